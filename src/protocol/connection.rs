@@ -1,0 +1,1396 @@
+//! One WebSocket connection as a deterministic state machine: bytes and `now` in, events and
+//! bytes out (through [`Transmit`]).
+//!
+//! States: `Handshaking` (server: waiting for the request head) → `Open` → `Closing` (our close
+//! frame sent, waiting for the peer's) → `Closed` (the WebSocket is over; closing TCP is the
+//! caller's job). A protocol error sends the RFC close code and goes straight to `Closed`.
+//!
+//! Memory: the struct is a few dozen bytes and owns no buffer. The caller lends `rx`, a buffer
+//! used only while a message or frame is incomplete; a complete frame found in the caller's input
+//! is unmasked in place and delivered from there, without a copy. After every [`Connection::read`]
+//! that returned `None`, `rx` is empty unless a partial frame or message is pending, so the caller
+//! can hand it back to a pool.
+
+use std::time::{Duration, Instant};
+
+use super::close::{self, CloseCode};
+use super::frame::{self, FrameHeader, HeaderError, MAX_HEADER_LEN, OpCode};
+use super::handshake::{HeadError, Request};
+use super::{Transmit, mask, utf8};
+
+/// Limits and timeouts, shared by all connections of a reactor and passed to each call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Largest frame payload accepted (close 1009 above it).
+    pub max_frame_size: u64,
+    /// Largest message accepted, all fragments together (close 1009 above it).
+    pub max_message_size: u64,
+    /// Largest HTTP request head (431 above it).
+    pub max_head_size: usize,
+    /// Most request header lines (431 above it).
+    pub max_headers: usize,
+    /// Time from accept to a complete request head.
+    pub handshake_timeout: Duration,
+    /// Send a ping after this long without hearing from the peer.
+    pub ping_interval: Option<Duration>,
+    /// After a ping, how long the peer has to send anything before the connection is dropped.
+    pub pong_timeout: Duration,
+    /// Close (1001) after this long without hearing from the peer.
+    pub idle_timeout: Option<Duration>,
+    /// How long to wait for the peer's close frame after sending ours.
+    pub close_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            max_frame_size: 16 << 20,
+            max_message_size: 16 << 20,
+            max_head_size: 8 << 10,
+            max_headers: 64,
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Some(Duration::from_secs(30)),
+            pong_timeout: Duration::from_secs(15),
+            idle_timeout: None,
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Which end of the connection this is: servers expect masked frames, clients send them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Accepts connections.
+    Server,
+    /// Opens connections.
+    Client,
+}
+
+/// Where the connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Server: reading the HTTP request head.
+    Handshaking,
+    /// Messages flow both ways.
+    Open,
+    /// Our close frame is sent; waiting for the peer's.
+    Closing,
+    /// Nothing more will be sent or delivered.
+    Closed,
+}
+
+/// The type of a data message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageKind {
+    /// UTF-8 text (validated).
+    Text,
+    /// Arbitrary bytes.
+    Binary,
+}
+
+/// What a read produced.
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a request's parsed headers live on the stack for one call; boxing would allocate per handshake"
+)]
+pub enum Event<'a> {
+    /// Server, while handshaking: a complete request head. Answer it, then call
+    /// [`Connection::accept`] (upgrade) or [`Connection::finish`] (plain HTTP).
+    Request(Request<'a>),
+    /// A complete message.
+    Message(MessageKind, &'a [u8]),
+    /// A ping; the pong is already sent.
+    Ping(&'a [u8]),
+    /// A pong.
+    Pong(&'a [u8]),
+    /// The peer's close frame (code and reason, if any); ours is already sent.
+    Close(Option<(CloseCode, &'a str)>),
+    /// The connection failed; the error answer or close frame is already sent.
+    Failed(Failure),
+}
+
+/// Why a connection failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// A bad request head; answered with this HTTP status.
+    Head(HeadError),
+    /// A protocol violation; closed with this code.
+    Protocol(CloseCode, &'static str),
+}
+
+/// What a timeout did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timeout {
+    /// No request head in time: closed.
+    Handshake,
+    /// The peer was quiet: a ping was sent.
+    PingSent,
+    /// No answer to our ping: close frame sent, connection closed.
+    Pong,
+    /// The peer was quiet too long: close handshake started (1001).
+    Idle,
+    /// The peer never answered our close frame: closed.
+    Close,
+}
+
+/// Why a message cannot be sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// Not open: still handshaking, or a close frame was already sent.
+    NotOpen,
+    /// A client must mask its frames: use [`Connection::send_in_place`].
+    NeedsMask,
+    /// A control frame payload over 125 bytes.
+    ControlTooLong,
+}
+
+const CLIENT: u8 = 1;
+const CLOSE_SENT: u8 = 2;
+const PING_OUT: u8 = 4;
+const IN_FRAME: u8 = 8;
+const FRAME_FIN: u8 = 16;
+
+/// What must be removed from `rx` at the start of the next read, because the last event borrowed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cleanup {
+    None,
+    Message,
+    Control,
+}
+
+/// One connection's protocol state. See the module docs.
+#[derive(Debug)]
+pub struct Connection {
+    /// Handshaking: when accepted. Open: when the peer was last heard. Closing: when our close left.
+    stamp: Instant,
+    /// Payload bytes of the current frame still to come.
+    remaining: u64,
+    /// Leading bytes of the text message in `rx` known to be valid UTF-8.
+    utf8_valid: u32,
+    /// Mask key of the current frame, rotated to the next payload byte.
+    mask: [u8; 4],
+    /// Client only: state of the mask key generator.
+    mask_seed: u32,
+    /// The close code sent or received; 0 while none.
+    close_code: u16,
+    state: State,
+    flags: u8,
+    /// Opcode of the frame whose payload is in progress.
+    frame_op: OpCode,
+    /// Kind of the message being assembled in `rx`, if any.
+    message: Option<MessageKind>,
+    /// Header bytes waiting at the end of `rx` for the rest of the header.
+    partial_header: u8,
+    /// Length of the control frame whose payload sits at the end of `rx`.
+    control_len: u8,
+    cleanup: Cleanup,
+}
+
+impl Connection {
+    /// A server connection just accepted, waiting for its request head.
+    pub fn server(now: Instant) -> Connection {
+        Connection::new(State::Handshaking, 0, 0, now)
+    }
+
+    /// A client connection whose handshake is done (see [`super::handshake::ClientHandshake`]).
+    /// `mask_seed` seeds the masking keys; pass a random value.
+    pub fn client(now: Instant, mask_seed: u32) -> Connection {
+        Connection::new(State::Open, CLIENT, mask_seed | 1, now)
+    }
+
+    fn new(state: State, flags: u8, mask_seed: u32, now: Instant) -> Connection {
+        Connection {
+            stamp: now,
+            remaining: 0,
+            utf8_valid: 0,
+            mask: [0; 4],
+            mask_seed,
+            close_code: 0,
+            state,
+            flags,
+            frame_op: OpCode::Continuation,
+            message: None,
+            partial_header: 0,
+            control_len: 0,
+            cleanup: Cleanup::None,
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The role.
+    pub fn role(&self) -> Role {
+        if self.flags & CLIENT != 0 {
+            Role::Client
+        } else {
+            Role::Server
+        }
+    }
+
+    /// The close code sent or received, once there is one.
+    pub fn close_code(&self) -> Option<CloseCode> {
+        (self.close_code != 0).then_some(CloseCode(self.close_code))
+    }
+
+    /// Whether messages can be sent.
+    pub fn can_send(&self) -> bool {
+        self.state == State::Open
+    }
+
+    /// Feeds received bytes. Consumes `input` from the front and returns at most one event; call
+    /// again (with the rest of `input`, possibly empty) until it returns `None`. An event may
+    /// borrow `input` (unmasked in place) or `rx`; both must be left alone until the next call.
+    pub fn read<'x, 'i: 'x, 'r: 'x>(
+        &mut self,
+        input: &mut &'i mut [u8],
+        rx: &'r mut Vec<u8>,
+        now: Instant,
+        config: &Config,
+        out: &mut (impl Transmit + ?Sized),
+    ) -> Option<Event<'x>> {
+        match std::mem::replace(&mut self.cleanup, Cleanup::None) {
+            Cleanup::None => {}
+            Cleanup::Message => rx.clear(),
+            Cleanup::Control => rx.truncate(rx.len() - self.control_len as usize),
+        }
+        match self.state {
+            State::Handshaking => self.read_head(input, rx, config, out),
+            State::Open | State::Closing => self.read_frames(input, rx, now, config, out),
+            State::Closed => {
+                *input = &mut [];
+                None
+            }
+        }
+    }
+
+    fn read_head<'x, 'i: 'x, 'r: 'x>(
+        &mut self,
+        input: &mut &'i mut [u8],
+        rx: &'r mut Vec<u8>,
+        config: &Config,
+        out: &mut (impl Transmit + ?Sized),
+    ) -> Option<Event<'x>> {
+        if input.is_empty() {
+            return None;
+        }
+        if rx.is_empty() {
+            // The usual case: the whole head in one read, parsed where it lies.
+            match parse_head(input, config) {
+                Ok(Some((_, len))) => {
+                    let (head, rest) = std::mem::take(input).split_at_mut(len);
+                    *input = rest;
+                    let (request, _) = parse_head(head, config).ok()??;
+                    return Some(Event::Request(request));
+                }
+                Ok(None) => {
+                    rx.extend_from_slice(input);
+                    *input = &mut [];
+                    return None;
+                }
+                Err(e) => return Some(self.fail_head(e, input, out)),
+            }
+        }
+        rx.extend_from_slice(input);
+        *input = &mut [];
+        let rx: &'r Vec<u8> = rx;
+        match parse_head(rx, config) {
+            // Bytes after the head stay in rx; `accept` leaves them there as frames to replay.
+            Ok(Some((request, len))) => {
+                self.remaining = len as u64;
+                Some(Event::Request(request))
+            }
+            Ok(None) => None,
+            Err(e) => Some(self.fail_head(e, input, out)),
+        }
+    }
+
+    fn fail_head(
+        &mut self,
+        error: HeadError,
+        input: &mut &mut [u8],
+        out: &mut (impl Transmit + ?Sized),
+    ) -> Event<'static> {
+        let answer: &[u8] = match error {
+            HeadError::Malformed => {
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            }
+            HeadError::TooLarge | HeadError::TooManyHeaders => {
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            }
+        };
+        out.transmit(answer, &[]);
+        *input = &mut [];
+        self.state = State::Closed;
+        Event::Failed(Failure::Head(error))
+    }
+
+    /// After a `Request` event: the upgrade was accepted (the 101 answer is the caller's to send).
+    /// Removes the head from `rx`; whatever stays in `rx` afterwards are frames the client sent
+    /// right behind its request, to be fed back through [`Connection::read`] as input.
+    pub fn accept(&mut self, now: Instant, rx: &mut Vec<u8>) {
+        debug_assert_eq!(self.state, State::Handshaking);
+        rx.drain(..(self.remaining as usize).min(rx.len()));
+        self.remaining = 0;
+        self.state = State::Open;
+        self.stamp = now;
+    }
+
+    /// After a `Request` event answered as plain HTTP, or to drop the connection without a
+    /// close handshake: nothing more is read or sent.
+    pub fn finish(&mut self) {
+        self.state = State::Closed;
+    }
+
+    fn read_frames<'x, 'i: 'x, 'r: 'x>(
+        &mut self,
+        input: &mut &'i mut [u8],
+        rx: &'r mut Vec<u8>,
+        now: Instant,
+        config: &Config,
+        out: &mut (impl Transmit + ?Sized),
+    ) -> Option<Event<'x>> {
+        if !input.is_empty() && self.state == State::Open {
+            self.stamp = now;
+            self.flags &= !PING_OUT;
+        }
+        loop {
+            if self.flags & IN_FRAME != 0 {
+                let take = self.remaining.min(input.len() as u64) as usize;
+                let (chunk, rest) = std::mem::take(input).split_at_mut(take);
+                *input = rest;
+                self.unmask(chunk);
+                self.remaining -= take as u64;
+                if self.frame_op.is_control() {
+                    rx.extend_from_slice(chunk);
+                    if self.remaining > 0 {
+                        return None;
+                    }
+                    self.flags &= !IN_FRAME;
+                    self.cleanup = Cleanup::Control;
+                    let rx: &'r Vec<u8> = rx;
+                    let payload = &rx[rx.len() - self.control_len as usize..];
+                    return self.on_control(self.frame_op, payload, now, out);
+                }
+                if self.state != State::Open {
+                    // Closing: data is no longer delivered.
+                    if self.remaining > 0 {
+                        return None;
+                    }
+                    self.flags &= !IN_FRAME;
+                    continue;
+                }
+                rx.extend_from_slice(chunk);
+                if self.message == Some(MessageKind::Text) {
+                    let start = self.utf8_valid as usize;
+                    match utf8::validate_partial(&rx[start..]) {
+                        Some(valid) => self.utf8_valid += valid as u32,
+                        None => {
+                            return Some(self.fail(
+                                CloseCode::INVALID_PAYLOAD,
+                                "invalid UTF-8",
+                                input,
+                                out,
+                            ));
+                        }
+                    }
+                }
+                if self.remaining > 0 {
+                    return None;
+                }
+                self.flags &= !IN_FRAME;
+                if self.flags & FRAME_FIN == 0 {
+                    continue;
+                }
+                let kind = self.message.take()?;
+                if kind == MessageKind::Text && self.utf8_valid as usize != rx.len() {
+                    return Some(self.fail(
+                        CloseCode::INVALID_PAYLOAD,
+                        "invalid UTF-8",
+                        input,
+                        out,
+                    ));
+                }
+                self.cleanup = Cleanup::Message;
+                return Some(Event::Message(kind, rx));
+            }
+
+            let header = match self.next_header(input, rx) {
+                Ok(Some(header)) => header,
+                Ok(None) => return None,
+                Err(HeaderError::ReservedOpcode(_)) => {
+                    return Some(self.fail(
+                        CloseCode::PROTOCOL_ERROR,
+                        "reserved opcode",
+                        input,
+                        out,
+                    ));
+                }
+                Err(HeaderError::LengthOverflow) => {
+                    return Some(self.fail(
+                        CloseCode::PROTOCOL_ERROR,
+                        "frame length overflow",
+                        input,
+                        out,
+                    ));
+                }
+            };
+            if let Err((code, why)) = self.check_header(&header, rx.len() as u64, config) {
+                return Some(self.fail(code, why, input, out));
+            }
+            self.mask = header.mask.unwrap_or([0; 4]);
+            let len = header.payload_len as usize;
+            let whole_in_input = header.payload_len <= input.len() as u64;
+
+            if header.opcode.is_control() {
+                if whole_in_input {
+                    let (payload, rest) = std::mem::take(input).split_at_mut(len);
+                    *input = rest;
+                    self.unmask(payload);
+                    return self.on_control(header.opcode, payload, now, out);
+                }
+                self.control_len = len as u8;
+            } else if header.opcode != OpCode::Continuation {
+                let kind = if header.opcode == OpCode::Text {
+                    MessageKind::Text
+                } else {
+                    MessageKind::Binary
+                };
+                if header.fin && whole_in_input && self.state == State::Open {
+                    // Fast path: a whole message in the input, delivered where it lies.
+                    let (payload, rest) = std::mem::take(input).split_at_mut(len);
+                    *input = rest;
+                    self.unmask(payload);
+                    if kind == MessageKind::Text && utf8::validate_complete(payload).is_none() {
+                        return Some(self.fail(
+                            CloseCode::INVALID_PAYLOAD,
+                            "invalid UTF-8",
+                            input,
+                            out,
+                        ));
+                    }
+                    return Some(Event::Message(kind, payload));
+                }
+                if self.state == State::Open {
+                    self.message = Some(kind);
+                    self.utf8_valid = 0;
+                }
+            }
+            self.frame_op = header.opcode;
+            self.remaining = header.payload_len;
+            self.flags |= IN_FRAME;
+            if header.fin {
+                self.flags |= FRAME_FIN;
+            } else {
+                self.flags &= !FRAME_FIN;
+            }
+        }
+    }
+
+    /// The next frame header: from `input`, or completed from bytes parked at the end of `rx`.
+    fn next_header(
+        &mut self,
+        input: &mut &mut [u8],
+        rx: &mut Vec<u8>,
+    ) -> Result<Option<FrameHeader>, HeaderError> {
+        if self.partial_header == 0 {
+            return match frame::decode_header(input)? {
+                Some((header, len)) => {
+                    *input = &mut std::mem::take(input)[len..];
+                    Ok(Some(header))
+                }
+                None => {
+                    // Never more than 13 bytes: a header is at most 14.
+                    self.partial_header = input.len() as u8;
+                    rx.extend_from_slice(input);
+                    *input = &mut [];
+                    Ok(None)
+                }
+            };
+        }
+        let start = rx.len() - self.partial_header as usize;
+        loop {
+            let have = rx.len() - start;
+            let needed = if have < 2 {
+                2
+            } else {
+                frame::header_len(rx[start + 1])
+            };
+            let take = (needed - have).min(input.len());
+            rx.extend_from_slice(&input[..take]);
+            *input = &mut std::mem::take(input)[take..];
+            if rx.len() - start < needed {
+                self.partial_header = (rx.len() - start) as u8;
+                return Ok(None);
+            }
+            if needed > 2 || frame::header_len(rx[start + 1]) == 2 {
+                break;
+            }
+        }
+        let decoded = frame::decode_header(&rx[start..]);
+        rx.truncate(start);
+        self.partial_header = 0;
+        Ok(decoded?.map(|(header, _)| header))
+    }
+
+    /// Checks a header against the protocol and the limits; `assembled` is the size of the message
+    /// so far.
+    fn check_header(
+        &self,
+        header: &FrameHeader,
+        assembled: u64,
+        config: &Config,
+    ) -> Result<(), (CloseCode, &'static str)> {
+        let protocol = |why| Err((CloseCode::PROTOCOL_ERROR, why));
+        if header.rsv != 0 {
+            return protocol("reserved bits set");
+        }
+        if header.mask.is_some() == (self.flags & CLIENT != 0) {
+            return protocol(if self.flags & CLIENT != 0 {
+                "masked server frame"
+            } else {
+                "unmasked client frame"
+            });
+        }
+        if header.opcode.is_control() {
+            if !header.fin {
+                return protocol("fragmented control frame");
+            }
+            if header.payload_len > 125 {
+                return protocol("control frame over 125 bytes");
+            }
+            return Ok(());
+        }
+        // While closing no message is assembled, so continuation rules are not checked.
+        if self.state == State::Open {
+            match (header.opcode, self.message) {
+                (OpCode::Continuation, None) => return protocol("continuation without a message"),
+                (OpCode::Text | OpCode::Binary, Some(_)) => {
+                    return protocol("new message inside a fragmented one");
+                }
+                _ => {}
+            }
+        }
+        if header.payload_len > config.max_frame_size {
+            return Err((CloseCode::MESSAGE_TOO_BIG, "frame too big"));
+        }
+        if assembled + header.payload_len > config.max_message_size {
+            return Err((CloseCode::MESSAGE_TOO_BIG, "message too big"));
+        }
+        Ok(())
+    }
+
+    fn unmask(&mut self, payload: &mut [u8]) {
+        if self.flags & CLIENT == 0 {
+            mask::apply_mask(payload, self.mask, 0);
+            self.mask.rotate_left(payload.len() % 4);
+        }
+    }
+
+    fn on_control<'a>(
+        &mut self,
+        opcode: OpCode,
+        payload: &'a [u8],
+        now: Instant,
+        out: &mut (impl Transmit + ?Sized),
+    ) -> Option<Event<'a>> {
+        match opcode {
+            OpCode::Ping => {
+                if self.state == State::Open {
+                    self.send_control(OpCode::Pong, payload, out);
+                }
+                Some(Event::Ping(payload))
+            }
+            OpCode::Pong => Some(Event::Pong(payload)),
+            _ => match close::parse_payload(payload) {
+                Err(code) => Some(self.fail(code, "bad close frame", &mut &mut [][..], out)),
+                Ok(received) => {
+                    if self.flags & CLOSE_SENT == 0 {
+                        let code = received.map_or(CloseCode::NO_STATUS, |(code, _)| code);
+                        self.close_code = code.0;
+                        // Echo the code, as RFC 6455 §5.5.1 suggests; an empty close gets an empty one.
+                        let mut buf = [0; 2 + close::MAX_REASON_LEN];
+                        let len = if received.is_some() {
+                            close::encode_payload(&mut buf, code, "")
+                        } else {
+                            0
+                        };
+                        self.send_control(OpCode::Close, &buf[..len], out);
+                        self.flags |= CLOSE_SENT;
+                    }
+                    self.state = State::Closed;
+                    self.stamp = now;
+                    Some(Event::Close(received))
+                }
+            },
+        }
+    }
+
+    /// Fails the connection: our close frame (if not sent yet) with `code`, then `Closed`.
+    fn fail(
+        &mut self,
+        code: CloseCode,
+        why: &'static str,
+        input: &mut &mut [u8],
+        out: &mut (impl Transmit + ?Sized),
+    ) -> Event<'static> {
+        if self.flags & CLOSE_SENT == 0 {
+            self.send_close(code, why, out);
+            self.close_code = code.0;
+        }
+        *input = &mut [];
+        self.state = State::Closed;
+        Event::Failed(Failure::Protocol(code, why))
+    }
+
+    fn send_close(&mut self, code: CloseCode, reason: &str, out: &mut (impl Transmit + ?Sized)) {
+        let mut buf = [0; 2 + close::MAX_REASON_LEN];
+        let len = close::encode_payload(&mut buf, code, reason);
+        self.send_control(OpCode::Close, &buf[..len], out);
+        self.flags |= CLOSE_SENT;
+    }
+
+    /// Sends a control frame; its payload is at most 125 bytes (checked by callers).
+    fn send_control(&mut self, opcode: OpCode, payload: &[u8], out: &mut (impl Transmit + ?Sized)) {
+        let mut copy = [0u8; 125];
+        let copy = &mut copy[..payload.len()];
+        copy.copy_from_slice(payload);
+        self.send_frame(opcode, copy, out);
+    }
+
+    /// Frames and sends `payload`, masking it in place for a client.
+    fn send_frame(
+        &mut self,
+        opcode: OpCode,
+        payload: &mut [u8],
+        out: &mut (impl Transmit + ?Sized),
+    ) {
+        let mask = (self.flags & CLIENT != 0).then(|| self.next_mask_key());
+        if let Some(key) = mask {
+            mask::apply_mask(payload, key, 0);
+        }
+        let mut header = [0; MAX_HEADER_LEN];
+        let len = frame::encode_header(
+            &mut header,
+            &FrameHeader {
+                fin: true,
+                rsv: 0,
+                opcode,
+                mask,
+                payload_len: payload.len() as u64,
+            },
+        );
+        out.transmit(&header[..len], payload);
+    }
+
+    fn next_mask_key(&mut self) -> [u8; 4] {
+        // xorshift32: masking keys only need to be unpredictable to a proxy, not secret.
+        let mut x = self.mask_seed;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.mask_seed = x;
+        x.to_ne_bytes()
+    }
+
+    /// Server: sends a message (header and payload through `out`, the payload not copied).
+    pub fn send(
+        &mut self,
+        kind: MessageKind,
+        payload: &[u8],
+        out: &mut (impl Transmit + ?Sized),
+    ) -> Result<(), SendError> {
+        if self.flags & CLIENT != 0 {
+            return Err(SendError::NeedsMask);
+        }
+        let header = self.message_header(kind, payload.len())?;
+        out.transmit(header.as_slice(), payload);
+        Ok(())
+    }
+
+    /// The header for a server message of `len` bytes, for callers that send the payload
+    /// themselves (a frame shared by many connections is built with [`frame::encode_frame`]).
+    pub fn message_header(&self, kind: MessageKind, len: usize) -> Result<HeaderBytes, SendError> {
+        if !self.can_send() {
+            return Err(SendError::NotOpen);
+        }
+        let mut header = HeaderBytes([0; MAX_HEADER_LEN], 0);
+        header.1 = frame::encode_header(
+            &mut header.0,
+            &FrameHeader {
+                fin: true,
+                rsv: 0,
+                opcode: kind_opcode(kind),
+                mask: None,
+                payload_len: len as u64,
+            },
+        ) as u8;
+        Ok(header)
+    }
+
+    /// Either role: sends a message, masking `payload` in place for a client.
+    pub fn send_in_place(
+        &mut self,
+        kind: MessageKind,
+        payload: &mut [u8],
+        out: &mut (impl Transmit + ?Sized),
+    ) -> Result<(), SendError> {
+        if !self.can_send() {
+            return Err(SendError::NotOpen);
+        }
+        self.send_frame(kind_opcode(kind), payload, out);
+        Ok(())
+    }
+
+    /// Sends a ping.
+    pub fn ping(
+        &mut self,
+        payload: &[u8],
+        out: &mut (impl Transmit + ?Sized),
+    ) -> Result<(), SendError> {
+        if !self.can_send() {
+            return Err(SendError::NotOpen);
+        }
+        if payload.len() > 125 {
+            return Err(SendError::ControlTooLong);
+        }
+        self.send_control(OpCode::Ping, payload, out);
+        Ok(())
+    }
+
+    /// Starts the close handshake (a close frame with `code` and `reason`, then `Closing`).
+    /// Before the handshake is done the connection is simply finished.
+    pub fn close(
+        &mut self,
+        code: CloseCode,
+        reason: &str,
+        now: Instant,
+        out: &mut (impl Transmit + ?Sized),
+    ) {
+        match self.state {
+            State::Handshaking => self.state = State::Closed,
+            State::Open => {
+                self.send_close(code, reason, out);
+                self.close_code = code.0;
+                self.state = State::Closing;
+                self.stamp = now;
+            }
+            State::Closing | State::Closed => {}
+        }
+    }
+
+    /// When [`Connection::handle_timeout`] next has something to do, if ever.
+    pub fn poll_timeout(&self, config: &Config) -> Option<Instant> {
+        match self.state {
+            State::Handshaking => Some(self.stamp + config.handshake_timeout),
+            State::Open => {
+                let ping = config.ping_interval.map(|interval| {
+                    let due = self.stamp + interval;
+                    if self.flags & PING_OUT != 0 {
+                        due + config.pong_timeout
+                    } else {
+                        due
+                    }
+                });
+                let idle = config.idle_timeout.map(|idle| self.stamp + idle);
+                match (ping, idle) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            State::Closing => Some(self.stamp + config.close_timeout),
+            State::Closed => None,
+        }
+    }
+
+    /// Acts on whatever timeout has passed by `now` (nothing if none has: timers may fire late or
+    /// spuriously, this checks).
+    pub fn handle_timeout(
+        &mut self,
+        now: Instant,
+        config: &Config,
+        out: &mut (impl Transmit + ?Sized),
+    ) -> Option<Timeout> {
+        if self.poll_timeout(config)? > now {
+            return None;
+        }
+        match self.state {
+            State::Handshaking => {
+                self.state = State::Closed;
+                Some(Timeout::Handshake)
+            }
+            State::Open => {
+                if config
+                    .idle_timeout
+                    .is_some_and(|idle| now >= self.stamp + idle)
+                {
+                    self.close(CloseCode::GOING_AWAY, "idle timeout", now, out);
+                    Some(Timeout::Idle)
+                } else if self.flags & PING_OUT != 0 {
+                    self.send_close(CloseCode::GOING_AWAY, "ping timeout", out);
+                    self.close_code = CloseCode::GOING_AWAY.0;
+                    self.state = State::Closed;
+                    Some(Timeout::Pong)
+                } else {
+                    self.send_control(OpCode::Ping, &[], out);
+                    self.flags |= PING_OUT;
+                    Some(Timeout::PingSent)
+                }
+            }
+            State::Closing => {
+                self.state = State::Closed;
+                Some(Timeout::Close)
+            }
+            State::Closed => None,
+        }
+    }
+}
+
+fn parse_head<'b>(
+    buf: &'b [u8],
+    config: &Config,
+) -> Result<Option<(Request<'b>, usize)>, HeadError> {
+    Request::parse(buf, config.max_head_size, config.max_headers)
+}
+
+fn kind_opcode(kind: MessageKind) -> OpCode {
+    match kind {
+        MessageKind::Text => OpCode::Text,
+        MessageKind::Binary => OpCode::Binary,
+    }
+}
+
+/// An encoded frame header, up to 14 bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct HeaderBytes([u8; MAX_HEADER_LEN], u8);
+
+impl HeaderBytes {
+    /// The header's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.0[..self.1 as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::handshake::ClientHandshake;
+    use proptest::prelude::*;
+
+    /// An owned copy of an event, to compare.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    enum Ev {
+        Request(String),
+        Text(String),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+        Close(Option<(u16, String)>),
+        Failed(Failure),
+    }
+
+    fn own(event: Event<'_>) -> Ev {
+        match event {
+            Event::Request(r) => Ev::Request(r.target().to_owned()),
+            Event::Message(MessageKind::Text, p) => {
+                Ev::Text(String::from_utf8(p.to_vec()).unwrap())
+            }
+            Event::Message(MessageKind::Binary, p) => Ev::Binary(p.to_vec()),
+            Event::Ping(p) => Ev::Ping(p.to_vec()),
+            Event::Pong(p) => Ev::Pong(p.to_vec()),
+            Event::Close(c) => Ev::Close(c.map(|(code, r)| (code.0, r.to_owned()))),
+            Event::Failed(f) => Ev::Failed(f),
+        }
+    }
+
+    /// A server connection already open, with its lent buffer and what it sent.
+    struct Server {
+        conn: Connection,
+        rx: Vec<u8>,
+        sent: Vec<u8>,
+        config: Config,
+        now: Instant,
+    }
+
+    impl Server {
+        fn open() -> Server {
+            let now = Instant::now();
+            let mut conn = Connection::server(now);
+            let mut rx = Vec::new();
+            conn.accept(now, &mut rx);
+            Server {
+                conn,
+                rx,
+                sent: Vec::new(),
+                config: Config::default(),
+                now,
+            }
+        }
+
+        fn feed(&mut self, bytes: &[u8]) -> Vec<Ev> {
+            let mut owned = bytes.to_vec();
+            let mut input = &mut owned[..];
+            let mut events = Vec::new();
+            while let Some(ev) = self.conn.read(
+                &mut input,
+                &mut self.rx,
+                self.now,
+                &self.config,
+                &mut self.sent,
+            ) {
+                events.push(own(ev));
+            }
+            assert!(input.is_empty(), "read returned None with input left");
+            events
+        }
+
+        /// What the server sent, decoded by a client connection.
+        fn sent_frames(&mut self) -> Vec<Ev> {
+            let mut client = Connection::client(self.now, 7);
+            let (mut rx, mut out) = (Vec::new(), Vec::new());
+            let mut bytes = std::mem::take(&mut self.sent);
+            let mut input = &mut bytes[..];
+            let mut events = Vec::new();
+            while let Some(ev) =
+                client.read(&mut input, &mut rx, self.now, &Config::default(), &mut out)
+            {
+                events.push(own(ev));
+            }
+            events
+        }
+    }
+
+    /// Client-side frame builder: masked frames with explicit flags.
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let key = [0x12, 0x34, 0x56, 0x78];
+        let mut header = [0; MAX_HEADER_LEN];
+        let mut h = FrameHeader {
+            fin,
+            rsv: 0,
+            opcode: OpCode::Text,
+            mask: Some(key),
+            payload_len: payload.len() as u64,
+        };
+        let n = frame::encode_header(&mut header, &h);
+        h.opcode = OpCode::Binary;
+        let _ = h;
+        header[0] = (header[0] & 0xF0) | opcode;
+        let mut out = header[..n].to_vec();
+        let mut body = payload.to_vec();
+        mask::apply_mask(&mut body, key, 0);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn close_frame(code: u16, reason: &[u8]) -> Vec<u8> {
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(reason);
+        frame(true, 0x8, &payload)
+    }
+
+    fn failed(code: CloseCode) -> impl Fn(&Ev) -> bool {
+        move |ev| matches!(ev, Ev::Failed(Failure::Protocol(c, _)) if *c == code)
+    }
+
+    #[test]
+    fn handshake_then_early_frames_are_kept() {
+        let now = Instant::now();
+        let mut conn = Connection::server(now);
+        let (mut rx, mut sent) = (Vec::new(), Vec::new());
+        let mut request = Vec::new();
+        ClientHandshake::new([1; 16]).write_request("h", "/echo", &[], &mut request);
+        request.extend_from_slice(&frame(true, 0x1, b"early"));
+        let config = Config::default();
+        // The head arrives in two reads, so it is assembled in rx with the frame behind it.
+        let (first, second) = request.split_at_mut(10);
+        let mut input = &mut first[..];
+        assert!(
+            conn.read(&mut input, &mut rx, now, &config, &mut sent)
+                .is_none()
+        );
+        let mut input = &mut second[..];
+        match conn.read(&mut input, &mut rx, now, &config, &mut sent) {
+            Some(Event::Request(r)) => assert_eq!(r.path(), "/echo"),
+            other => panic!("{other:?}"),
+        }
+        conn.accept(now, &mut rx);
+        let mut early = std::mem::take(&mut rx);
+        let mut input = &mut early[..];
+        let ev = conn
+            .read(&mut input, &mut rx, now, &config, &mut sent)
+            .map(own);
+        assert_eq!(ev, Some(Ev::Text("early".into())));
+    }
+
+    #[test]
+    fn bad_heads_get_http_errors() {
+        let now = Instant::now();
+        for (bytes, status) in [
+            (&b"\x16\x03\x01garbage\r\n\r\n"[..], "400"),
+            (&[b'a'; 9000][..], "431"),
+        ] {
+            let mut conn = Connection::server(now);
+            let (mut rx, mut sent) = (Vec::new(), Vec::new());
+            let mut owned = bytes.to_vec();
+            let mut input = &mut owned[..];
+            let ev = conn.read(&mut input, &mut rx, now, &Config::default(), &mut sent);
+            assert!(
+                matches!(ev, Some(Event::Failed(Failure::Head(_)))),
+                "{ev:?}"
+            );
+            assert!(String::from_utf8_lossy(&sent).starts_with(&format!("HTTP/1.1 {status}")));
+            assert_eq!(conn.state(), State::Closed);
+        }
+    }
+
+    #[test]
+    fn fragmented_message_with_interleaved_ping() {
+        let mut s = Server::open();
+        let mut bytes = frame(false, 0x1, b"Hel");
+        bytes.extend(frame(true, 0x9, b"p"));
+        bytes.extend(frame(false, 0x0, b"lo "));
+        bytes.extend(frame(true, 0x0, "wörld".as_bytes()));
+        assert_eq!(
+            s.feed(&bytes),
+            [Ev::Ping(b"p".to_vec()), Ev::Text("Hello wörld".into())]
+        );
+        assert_eq!(s.sent_frames(), [Ev::Pong(b"p".to_vec())]);
+        s.feed(&[]);
+        assert!(
+            s.rx.is_empty(),
+            "rx must be empty once the message is delivered"
+        );
+    }
+
+    #[test]
+    fn protocol_violations_close_with_1002() {
+        let cases: Vec<Vec<u8>> = vec![
+            {
+                let mut f = frame(true, 0x1, b"x");
+                f[0] |= 0x40;
+                f
+            }, // RSV1
+            frame(true, 0x3, b""),       // reserved opcode
+            frame(false, 0x9, b""),      // fragmented ping
+            frame(true, 0x9, &[0; 126]), // long ping
+            frame(true, 0x0, b"x"),      // stray continuation
+            [frame(false, 0x1, b"a"), frame(true, 0x1, b"b")].concat(), // nested message
+            vec![0x81, 0x01, b'x'],      // unmasked
+            close_frame(999, b""),       // invalid close code
+            frame(true, 0x8, &[3]),      // 1-byte close payload
+        ];
+        for bytes in cases {
+            let mut s = Server::open();
+            let events = s.feed(&bytes);
+            assert!(
+                events.last().is_some_and(failed(CloseCode::PROTOCOL_ERROR)),
+                "{bytes:x?}: {events:?}"
+            );
+            assert_eq!(s.conn.state(), State::Closed);
+            assert_eq!(
+                s.sent_frames(),
+                [Ev::Close(Some((1002, String::new())))].map(|e| match e {
+                    Ev::Close(Some((c, _))) => Ev::Close(Some((c, s_reason(&bytes)))),
+                    e => e,
+                })
+            );
+        }
+    }
+
+    /// The reason our close frame carries for a violation (what `fail` was given).
+    fn s_reason(bytes: &[u8]) -> String {
+        let mut s = Server::open();
+        match s.feed(bytes).pop() {
+            Some(Ev::Failed(Failure::Protocol(_, why))) => why.to_owned(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_fails_fast_with_1007() {
+        let mut s = Server::open();
+        assert_eq!(s.feed(&frame(false, 0x1, b"valid")), []);
+        // 0xF4 0x90 can never start a valid character: fail before the message ends.
+        let events = s.feed(&frame(false, 0x0, &[0xF4, 0x90]));
+        assert!(
+            events
+                .last()
+                .is_some_and(failed(CloseCode::INVALID_PAYLOAD)),
+            "{events:?}"
+        );
+        // Within one frame that arrives in pieces, too.
+        let mut s = Server::open();
+        let f = frame(true, 0x1, &[b'a', b'b', 0xFF, b'c']);
+        assert_eq!(s.feed(&f[..7]), []);
+        assert!(
+            s.feed(&f[7..9])
+                .last()
+                .is_some_and(failed(CloseCode::INVALID_PAYLOAD))
+        );
+        // A message that ends inside a character.
+        let mut s = Server::open();
+        assert!(
+            s.feed(&frame(true, 0x1, &[b'a', 0xCE]))
+                .last()
+                .is_some_and(failed(CloseCode::INVALID_PAYLOAD))
+        );
+        // A close reason.
+        let mut s = Server::open();
+        assert!(
+            s.feed(&close_frame(1000, &[0xFF]))
+                .last()
+                .is_some_and(failed(CloseCode::INVALID_PAYLOAD))
+        );
+    }
+
+    #[test]
+    fn limits_close_with_1009() {
+        let mut s = Server::open();
+        s.config.max_frame_size = 10;
+        assert!(
+            s.feed(&frame(true, 0x2, &[0; 11]))
+                .last()
+                .is_some_and(failed(CloseCode::MESSAGE_TOO_BIG))
+        );
+        let mut s = Server::open();
+        s.config.max_message_size = 10;
+        assert_eq!(s.feed(&frame(false, 0x2, &[0; 6])), []);
+        assert!(
+            s.feed(&frame(true, 0x0, &[0; 5]))
+                .last()
+                .is_some_and(failed(CloseCode::MESSAGE_TOO_BIG))
+        );
+        // Checked on the header, before any payload is buffered.
+        let mut s = Server::open();
+        let mut huge = vec![0x82, 0xFF];
+        huge.extend_from_slice(&(1u64 << 40).to_be_bytes());
+        huge.extend_from_slice(&[0; 4]);
+        assert!(
+            s.feed(&huge)
+                .last()
+                .is_some_and(failed(CloseCode::MESSAGE_TOO_BIG))
+        );
+        assert!(s.rx.capacity() < 1024);
+    }
+
+    #[test]
+    fn close_handshake_echoes_and_ends() {
+        let mut s = Server::open();
+        assert_eq!(
+            s.feed(&close_frame(4000, b"bye")),
+            [Ev::Close(Some((4000, "bye".into())))]
+        );
+        assert_eq!(s.conn.state(), State::Closed);
+        assert_eq!(s.sent_frames(), [Ev::Close(Some((4000, String::new())))]);
+        let mut s = Server::open();
+        assert_eq!(s.feed(&frame(true, 0x8, b"")), [Ev::Close(None)]);
+        assert_eq!(s.sent_frames(), [Ev::Close(None)]);
+        assert_eq!(s.conn.close_code(), Some(CloseCode::NO_STATUS));
+    }
+
+    #[test]
+    fn after_our_close_data_is_dropped_until_the_peers_close() {
+        let mut s = Server::open();
+        s.conn
+            .close(CloseCode::GOING_AWAY, "shutdown", s.now, &mut s.sent);
+        assert_eq!(s.conn.state(), State::Closing);
+        assert_eq!(
+            s.conn.send(MessageKind::Text, b"x", &mut s.sent),
+            Err(SendError::NotOpen)
+        );
+        let mut bytes = frame(true, 0x1, b"ignored");
+        bytes.extend(frame(true, 0x9, b""));
+        bytes.extend(close_frame(1000, b""));
+        assert_eq!(
+            s.feed(&bytes),
+            [Ev::Ping(vec![]), Ev::Close(Some((1000, String::new())))]
+        );
+        // Our close went out once, no pong after it.
+        assert_eq!(
+            s.sent_frames(),
+            [Ev::Close(Some((1001, "shutdown".into())))]
+        );
+        assert_eq!(s.conn.close_code(), Some(CloseCode::GOING_AWAY));
+    }
+
+    #[test]
+    fn timeouts_on_virtual_time() {
+        let config = Config {
+            ping_interval: Some(Duration::from_secs(30)),
+            pong_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(100)),
+            ..Config::default()
+        };
+        let t0 = Instant::now();
+        let secs = |s| t0 + Duration::from_secs(s);
+        let mut out = Vec::new();
+
+        let mut conn = Connection::server(t0);
+        assert_eq!(conn.poll_timeout(&config), Some(secs(10)));
+        assert_eq!(conn.handle_timeout(secs(9), &config, &mut out), None);
+        assert_eq!(
+            conn.handle_timeout(secs(10), &config, &mut out),
+            Some(Timeout::Handshake)
+        );
+        assert_eq!(conn.state(), State::Closed);
+
+        let mut s = Server::open();
+        s.config = config.clone();
+        assert_eq!(
+            s.conn.poll_timeout(&config),
+            Some(s.now + Duration::from_secs(30))
+        );
+        let t = s.now;
+        assert_eq!(
+            s.conn
+                .handle_timeout(t + Duration::from_secs(30), &config, &mut s.sent),
+            Some(Timeout::PingSent)
+        );
+        assert_eq!(s.sent_frames(), [Ev::Ping(vec![])]);
+        assert_eq!(
+            s.conn.poll_timeout(&config),
+            Some(t + Duration::from_secs(40))
+        );
+        // Any frame from the peer proves it alive.
+        s.now = t + Duration::from_secs(35);
+        s.feed(&frame(true, 0xA, b""));
+        assert_eq!(
+            s.conn.poll_timeout(&config),
+            Some(t + Duration::from_secs(65))
+        );
+        s.conn
+            .handle_timeout(t + Duration::from_secs(65), &config, &mut s.sent);
+        assert_eq!(
+            s.conn
+                .handle_timeout(t + Duration::from_secs(75), &config, &mut s.sent),
+            Some(Timeout::Pong)
+        );
+        assert_eq!(s.conn.state(), State::Closed);
+
+        let idle_only = Config {
+            ping_interval: None,
+            ..config.clone()
+        };
+        let mut s = Server::open();
+        let t = s.now;
+        assert_eq!(
+            s.conn
+                .handle_timeout(t + Duration::from_secs(100), &idle_only, &mut s.sent),
+            Some(Timeout::Idle)
+        );
+        assert_eq!(s.conn.state(), State::Closing);
+        assert_eq!(
+            s.conn.poll_timeout(&idle_only),
+            Some(t + Duration::from_secs(105))
+        );
+        assert_eq!(
+            s.conn
+                .handle_timeout(t + Duration::from_secs(105), &idle_only, &mut s.sent),
+            Some(Timeout::Close)
+        );
+        assert_eq!(s.conn.state(), State::Closed);
+    }
+
+    #[test]
+    fn client_and_server_exchange_messages() {
+        let mut s = Server::open();
+        let mut client = Connection::client(s.now, 99);
+        let mut wire = Vec::new();
+        let mut payload = b"hello".to_vec();
+        client
+            .send_in_place(MessageKind::Binary, &mut payload, &mut wire)
+            .unwrap();
+        assert_eq!(s.feed(&wire), [Ev::Binary(b"hello".to_vec())]);
+        s.conn
+            .send(MessageKind::Text, "é".as_bytes(), &mut s.sent)
+            .unwrap();
+        assert_eq!(s.sent_frames(), [Ev::Text("é".into())]);
+        assert_eq!(
+            client.send(MessageKind::Text, b"x", &mut wire),
+            Err(SendError::NeedsMask)
+        );
+    }
+
+    #[test]
+    fn connection_stays_small() {
+        assert!(
+            std::mem::size_of::<Connection>() <= 48,
+            "{}",
+            std::mem::size_of::<Connection>()
+        );
+    }
+
+    fn arb_stream() -> impl Strategy<Value = Vec<u8>> {
+        let message = (
+            any::<bool>(),
+            prop::collection::vec(any::<u8>(), 0..300),
+            1usize..4,
+            any::<bool>(),
+        );
+        prop::collection::vec(message, 1..6).prop_map(|messages| {
+            let mut bytes = Vec::new();
+            for (text, data, pieces, ping) in messages {
+                let data = if text {
+                    String::from_utf8_lossy(&data).into_owned().into_bytes()
+                } else {
+                    data
+                };
+                let step = data.len().div_ceil(pieces).max(1);
+                let chunks: Vec<&[u8]> = if data.is_empty() {
+                    vec![&[]]
+                } else {
+                    data.chunks(step).collect()
+                };
+                for (i, chunk) in chunks.iter().enumerate() {
+                    let op = if i > 0 {
+                        0x0
+                    } else if text {
+                        0x1
+                    } else {
+                        0x2
+                    };
+                    bytes.extend(frame(i + 1 == chunks.len(), op, chunk));
+                    if ping && i == 0 {
+                        bytes.extend(frame(true, 0x9, b"ka"));
+                    }
+                }
+            }
+            bytes.extend(close_frame(1000, b""));
+            bytes
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_gives_the_same_events(stream in arb_stream(), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8)) {
+            let whole = Server::open().feed(&stream);
+            prop_assert!(matches!(whole.last(), Some(Ev::Close(_))));
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
+            points.sort_unstable();
+            let mut s = Server::open();
+            let mut events = Vec::new();
+            let mut start = 0;
+            for point in points.into_iter().chain([stream.len()]) {
+                events.extend(s.feed(&stream[start..point]));
+                start = point;
+            }
+            prop_assert_eq!(events, whole);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600), split in any::<prop::sample::Index>()) {
+            let mut s = Server::open();
+            let at = split.index(bytes.len() + 1);
+            s.feed(&bytes[..at]);
+            s.feed(&bytes[at..]);
+            let mut fresh = Connection::server(s.now);
+            let (mut rx, mut out) = (Vec::new(), Vec::new());
+            let mut owned = bytes.clone();
+            let mut input = &mut owned[..];
+            while fresh.read(&mut input, &mut rx, s.now, &Config::default(), &mut out).is_some() {}
+        }
+    }
+}

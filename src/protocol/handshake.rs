@@ -1,0 +1,502 @@
+//! The HTTP/1.1 opening handshake (RFC 6455 §4), both sides.
+//!
+//! Server: parse a request head (which may arrive in pieces), tell a WebSocket upgrade from a plain
+//! HTTP request, validate the upgrade and compute `Sec-WebSocket-Accept`, write the answer.
+//! Client: write the request and check the server's answer.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+/// The GUID that RFC 6455 appends to the key before hashing.
+const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// The most headers a request may have, whatever the configuration says (the parser's stack array).
+pub const MAX_HEADERS_CAP: usize = 100;
+
+/// A request head that cannot be served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadError {
+    /// The head is longer than allowed (431).
+    TooLarge,
+    /// More header lines than allowed (431).
+    TooManyHeaders,
+    /// Not HTTP/1.x (400).
+    Malformed,
+}
+
+impl HeadError {
+    /// The HTTP status to answer with.
+    pub fn status(self) -> u16 {
+        match self {
+            HeadError::TooLarge | HeadError::TooManyHeaders => 431,
+            HeadError::Malformed => 400,
+        }
+    }
+}
+
+/// A parsed HTTP/1.x request head, borrowing the bytes it was parsed from.
+pub struct Request<'a> {
+    method: &'a str,
+    target: &'a str,
+    minor_version: u8,
+    headers: [httparse::Header<'a>; MAX_HEADERS_CAP],
+    header_count: usize,
+}
+
+impl<'a> Request<'a> {
+    /// Parses a head from the start of `buf`. `Ok(None)`: incomplete, read more. `Ok(Some)`: the
+    /// request and the length of its head (bytes after it belong to the body or to frames).
+    pub fn parse(
+        buf: &'a [u8],
+        max_head: usize,
+        max_headers: usize,
+    ) -> Result<Option<(Request<'a>, usize)>, HeadError> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+        let mut req = httparse::Request::new(&mut headers[..max_headers.min(MAX_HEADERS_CAP)]);
+        let len = match req.parse(buf) {
+            Ok(httparse::Status::Complete(len)) if len <= max_head => len,
+            Ok(httparse::Status::Complete(_)) => return Err(HeadError::TooLarge),
+            Ok(httparse::Status::Partial) if buf.len() >= max_head => {
+                return Err(HeadError::TooLarge);
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+            Err(_) => return Err(HeadError::Malformed),
+        };
+        let (Some(method), Some(target), Some(minor_version)) = (req.method, req.path, req.version)
+        else {
+            return Err(HeadError::Malformed);
+        };
+        let header_count = req.headers.len();
+        Ok(Some((
+            Request {
+                method,
+                target,
+                minor_version,
+                headers,
+                header_count,
+            },
+            len,
+        )))
+    }
+
+    /// The method, such as `GET`.
+    pub fn method(&self) -> &'a str {
+        self.method
+    }
+
+    /// The request target as sent: path and query.
+    pub fn target(&self) -> &'a str {
+        self.target
+    }
+
+    /// The path, without the query.
+    pub fn path(&self) -> &'a str {
+        self.target
+            .split_once('?')
+            .map_or(self.target, |(path, _)| path)
+    }
+
+    /// The query string after `?`, if any.
+    pub fn query(&self) -> Option<&'a str> {
+        self.target.split_once('?').map(|(_, query)| query)
+    }
+
+    /// All headers, in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> + '_ {
+        self.headers[..self.header_count]
+            .iter()
+            .map(|h| (h.name, h.value))
+    }
+
+    /// The first header of that name (names compare case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// Whether any header `name` lists `token` in its comma-separated value (case-insensitive).
+    pub fn has_token(&self, name: &str, token: &str) -> bool {
+        self.tokens(name).any(|t| t.eq_ignore_ascii_case(token))
+    }
+
+    /// The comma-separated tokens of every header `name`, trimmed, empty ones skipped.
+    pub fn tokens<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a str> + 's {
+        self.headers()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+    }
+
+    /// Whether the client asks for a WebSocket (`Upgrade: websocket`); such requests go through
+    /// [`Request::upgrade`], all others are plain HTTP.
+    pub fn wants_websocket(&self) -> bool {
+        self.has_token("upgrade", "websocket")
+    }
+
+    /// The subprotocols the client offers, in its order of preference.
+    pub fn protocols(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.tokens("sec-websocket-protocol")
+    }
+
+    /// Validates a WebSocket upgrade (RFC 6455 §4.2.1) and computes the accept value.
+    pub fn upgrade(&self) -> Result<Accept, Rejection> {
+        if self.method != "GET" {
+            return Err(Rejection {
+                status: 405,
+                header: Some(("Allow", "GET")),
+            });
+        }
+        let bad_request = Rejection {
+            status: 400,
+            header: None,
+        };
+        if self.minor_version < 1
+            || self.header("host").is_none()
+            || !self.has_token("connection", "upgrade")
+        {
+            return Err(bad_request);
+        }
+        if self.header("sec-websocket-version").map(<[u8]>::trim_ascii) != Some(b"13") {
+            return Err(Rejection {
+                status: 426,
+                header: Some(("Sec-WebSocket-Version", "13")),
+            });
+        }
+        let key = self
+            .header("sec-websocket-key")
+            .map(<[u8]>::trim_ascii)
+            .ok_or(bad_request)?;
+        let mut nonce = [0u8; 18];
+        match BASE64.decode_slice(key, &mut nonce) {
+            Ok(16) => Ok(Accept::for_key(key)),
+            _ => Err(bad_request),
+        }
+    }
+}
+
+impl std::fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method())
+            .field("target", &self.target())
+            .finish()
+    }
+}
+
+/// The `Sec-WebSocket-Accept` value for a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Accept([u8; 28]);
+
+impl Accept {
+    /// base64(SHA-1(key ++ GUID)).
+    pub fn for_key(key: &[u8]) -> Accept {
+        let mut sha = sha1_smol::Sha1::new();
+        sha.update(key);
+        sha.update(GUID);
+        let mut out = [0u8; 28];
+        BASE64
+            .encode_slice(sha.digest().bytes(), &mut out)
+            .expect("20 bytes encode to 28");
+        Accept(out)
+    }
+
+    /// The value as text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("base64 is ASCII")
+    }
+
+    /// Writes the `101 Switching Protocols` answer, with the chosen subprotocol and extensions.
+    pub fn write_response(
+        &self,
+        protocol: Option<&str>,
+        extensions: Option<&str>,
+        out: &mut Vec<u8>,
+    ) {
+        out.extend_from_slice(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
+        );
+        out.extend_from_slice(&self.0);
+        for (name, value) in [
+            ("Sec-WebSocket-Protocol", protocol),
+            ("Sec-WebSocket-Extensions", extensions),
+        ] {
+            if let Some(value) = value {
+                write_header(out, name, value);
+            }
+        }
+        out.extend_from_slice(b"\r\n\r\n");
+    }
+}
+
+/// Why an upgrade request is refused, as an HTTP answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// 400, 405 or 426.
+    pub status: u16,
+    /// A header the answer must carry (`Sec-WebSocket-Version: 13` with 426, `Allow` with 405).
+    pub header: Option<(&'static str, &'static str)>,
+}
+
+impl Rejection {
+    /// Writes the answer (which closes the connection).
+    pub fn write_response(&self, out: &mut Vec<u8>) {
+        let headers = self.header.as_slice();
+        write_response(
+            out,
+            self.status,
+            headers,
+            "text/plain",
+            reason(self.status).as_bytes(),
+        );
+    }
+}
+
+/// Writes a complete HTTP/1.1 response that closes the connection after the body.
+pub fn write_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    headers: &[(&str, &str)],
+    content_type: &str,
+    body: &[u8],
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    for (name, value) in headers {
+        write_header(out, name, value);
+    }
+    write_header(out, "Content-Type", content_type);
+    write_header(out, "Content-Length", &body.len().to_string());
+    write_header(out, "Connection", "close");
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(body);
+}
+
+fn write_header(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+}
+
+/// The reason phrase for the statuses this server sends.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// The client side: the request to send and the check of the server's answer.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientHandshake {
+    key: [u8; 24],
+}
+
+/// Why the server's answer does not open a WebSocket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientError {
+    /// Not an HTTP response, or larger than the limit.
+    Malformed,
+    /// A status other than 101.
+    Status(u16),
+    /// 101 without `Upgrade: websocket` and `Connection: upgrade`.
+    MissingUpgrade,
+    /// `Sec-WebSocket-Accept` does not match the key.
+    BadAccept,
+}
+
+impl ClientHandshake {
+    /// A handshake with this random nonce (the client must pick a fresh one per connection).
+    pub fn new(nonce: [u8; 16]) -> ClientHandshake {
+        let mut key = [0u8; 24];
+        BASE64
+            .encode_slice(nonce, &mut key)
+            .expect("16 bytes encode to 24");
+        ClientHandshake { key }
+    }
+
+    /// Writes the upgrade request for `path` on `host`.
+    pub fn write_request(
+        &self,
+        host: &str,
+        path: &str,
+        extra_headers: &[(&str, &str)],
+        out: &mut Vec<u8>,
+    ) {
+        out.extend_from_slice(b"GET ");
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1");
+        write_header(out, "Host", host);
+        write_header(out, "Upgrade", "websocket");
+        write_header(out, "Connection", "Upgrade");
+        write_header(out, "Sec-WebSocket-Version", "13");
+        write_header(
+            out,
+            "Sec-WebSocket-Key",
+            std::str::from_utf8(&self.key).expect("ASCII"),
+        );
+        for (name, value) in extra_headers {
+            write_header(out, name, value);
+        }
+        out.extend_from_slice(b"\r\n\r\n");
+    }
+
+    /// Checks the answer at the start of `buf`: `Ok(None)` while incomplete, else the length of the
+    /// head (bytes after it are already frames).
+    pub fn read_response(&self, buf: &[u8]) -> Result<Option<usize>, ClientError> {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut res = httparse::Response::new(&mut headers);
+        let len = match res.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() < 16 * 1024 => return Ok(None),
+            _ => return Err(ClientError::Malformed),
+        };
+        match res.code {
+            Some(101) => {}
+            Some(code) => return Err(ClientError::Status(code)),
+            None => return Err(ClientError::Malformed),
+        }
+        let has = |name: &str, token: &str| {
+            res.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case(name)
+                    && h.value
+                        .split(|&b| b == b',')
+                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+            })
+        };
+        if !has("upgrade", "websocket") || !has("connection", "upgrade") {
+            return Err(ClientError::MissingUpgrade);
+        }
+        let expected = Accept::for_key(&self.key);
+        let accept = res
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"))
+            .map(|h| h.value.trim_ascii());
+        if accept != Some(expected.as_str().as_bytes()) {
+            return Err(ClientError::BadAccept);
+        }
+        Ok(Some(len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &[u8] =
+        b"GET /chat?x=1 HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\n\
+        Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    fn parse(bytes: &[u8]) -> Result<Option<(Request<'_>, usize)>, HeadError> {
+        Request::parse(bytes, 8192, 64)
+    }
+
+    #[test]
+    fn rfc_example_accept_value() {
+        assert_eq!(
+            Accept::for_key(b"dGhlIHNhbXBsZSBub25jZQ==").as_str(),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn good_upgrade_parses_at_every_split() {
+        for cut in 0..GOOD.len() {
+            assert!(parse(&GOOD[..cut]).unwrap().is_none(), "cut {cut}");
+        }
+        let mut with_frame = GOOD.to_vec();
+        with_frame.extend_from_slice(b"\x81\x80abcd");
+        let (req, len) = parse(&with_frame).unwrap().unwrap();
+        assert_eq!(len, GOOD.len());
+        assert_eq!(req.path(), "/chat");
+        assert_eq!(req.query(), Some("x=1"));
+        assert!(req.wants_websocket());
+        assert_eq!(req.protocols().collect::<Vec<_>>(), ["chat", "superchat"]);
+        assert_eq!(
+            req.upgrade().unwrap().as_str(),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    fn with(replace: &str, by: &str) -> Vec<u8> {
+        String::from_utf8(GOOD.to_vec())
+            .unwrap()
+            .replace(replace, by)
+            .into_bytes()
+    }
+
+    #[test]
+    fn invalid_upgrades_are_rejected_with_the_right_status() {
+        let status = |bytes: Vec<u8>| {
+            let (req, _) = parse(&bytes).unwrap().unwrap();
+            req.upgrade().map(|_| 101).unwrap_or_else(|r| r.status)
+        };
+        assert_eq!(status(with("GET", "POST")), 405);
+        assert_eq!(status(with("HTTP/1.1", "HTTP/1.0")), 400);
+        assert_eq!(status(with("keep-alive, Upgrade", "keep-alive")), 400);
+        assert_eq!(status(with("Version: 13", "Version: 8")), 426);
+        assert_eq!(
+            status(with("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZQ==")),
+            400
+        );
+        assert_eq!(status(with("dGhlIHNhbXBsZSBub25jZQ==", "!!!")), 400);
+        assert_eq!(status(with("Host: server.example.com\r\n", "")), 400);
+        assert_eq!(status(with("keep-alive, Upgrade", "UPGRADE")), 101);
+    }
+
+    #[test]
+    fn head_limits() {
+        assert_eq!(
+            Request::parse(GOOD, 64, 64).err(),
+            Some(HeadError::TooLarge)
+        );
+        assert_eq!(
+            Request::parse(&GOOD[..100], 64, 64).err(),
+            Some(HeadError::TooLarge)
+        );
+        assert_eq!(
+            Request::parse(GOOD, 8192, 3).err(),
+            Some(HeadError::TooManyHeaders)
+        );
+        assert_eq!(
+            Request::parse(b"\x16\x03\x01\x00\xa5", 8192, 64).err(),
+            Some(HeadError::Malformed)
+        );
+    }
+
+    #[test]
+    fn client_and_server_agree() {
+        let client = ClientHandshake::new(*b"0123456789abcdef");
+        let mut request = Vec::new();
+        client.write_request("localhost", "/echo", &[], &mut request);
+        let (req, _) = parse(&request).unwrap().unwrap();
+        let accept = req.upgrade().unwrap();
+        let mut response = Vec::new();
+        accept.write_response(Some("chat"), None, &mut response);
+        assert_eq!(client.read_response(&response), Ok(Some(response.len())));
+        let wrong = ClientHandshake::new(*b"fedcba9876543210");
+        assert_eq!(wrong.read_response(&response), Err(ClientError::BadAccept));
+    }
+}
