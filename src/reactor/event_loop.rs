@@ -1,0 +1,746 @@
+//! One reactor's loop: accept, read into the shared buffer, drive each connection's protocol
+//! state machine, dispatch to the handler, write (corked), fire timers, drain on shutdown.
+//! Backend-independent: the OS part is a [`Backend`].
+
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use super::buffer::Pool;
+use super::sys::{Backend, IoEvent, LISTENER, WAKER};
+use super::timer::{TimerKey, TimerWheel};
+use super::txqueue::{MAX_IOVECS, TxQueue};
+use super::{Answer, Config, Ctx, Handler, Sink, Stats};
+use crate::protocol::handshake::write_response;
+use crate::protocol::{CloseCode, Connection, Event, State, Transmit};
+
+/// Timer resolution: fine enough for close and pong deadlines, coarse enough to batch.
+const TICK: Duration = Duration::from_millis(10);
+/// 4096 ticks of 10 ms: one rotation covers 41 s, so common timeouts fire in one pass.
+const WHEEL_SLOTS: usize = 4096;
+/// Reads from one socket per readiness event before others get a turn.
+const MAX_READS_PER_EVENT: usize = 8;
+/// Accepts per loop turn before connections get a turn.
+const MAX_ACCEPTS_PER_TURN: usize = 256;
+/// Bytes gathered in the cork buffer before writing; larger payloads are written directly.
+const CORK_SIZE: usize = 16 << 10;
+/// Pause after the process or system runs out of descriptors or memory at accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one accept-error log line per interval.
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The WebSocket is over: on_close has run, FIN is sent once the queue drains, and the socket
+/// is closed at the peer's FIN or after the close timeout.
+const LINGER: u8 = 1;
+/// The handler saw `on_open`, so it gets `on_close`.
+const OPENED: u8 = 2;
+/// A read hit the per-event cap: read again next turn (edge-triggered, no new event will come).
+const READ_AGAIN: u8 = 4;
+
+/// One connection's entry in the table. Everything an idle connection costs is here (plus its
+/// timer): no buffer, no queue.
+struct Conn<S, C> {
+    socket: S,
+    ws: Connection,
+    #[allow(clippy::box_collection, reason = "one word per connection instead of a Vec's three")]
+    rx: Option<Box<Vec<u8>>>,
+    tx: Option<Box<TxQueue>>,
+    timer: Option<TimerKey>,
+    app: Option<C>,
+    flags: u8,
+}
+
+pub(super) struct Reactor<B: Backend, H: Handler> {
+    backend: B,
+    handler: H,
+    config: Arc<Config>,
+    shutdown: Arc<AtomicBool>,
+    stats: Arc<Stats>,
+    conns: Slab<Conn<B::Socket, H::Conn>>,
+    timers: TimerWheel<u32>,
+    rx_pool: Pool<Vec<u8>>,
+    tx_pool: Pool<TxQueue>,
+    read_buf: Box<[u8]>,
+    cork: Vec<u8>,
+    scratch: Vec<u8>,
+    events: Vec<IoEvent>,
+    read_again: Vec<usize>,
+    accept_again: bool,
+    accept_paused_until: Option<Instant>,
+    accept_logged_at: Option<Instant>,
+    drain_deadline: Option<Instant>,
+}
+
+impl<B: Backend, H: Handler> Reactor<B, H> {
+    pub(super) fn new(
+        backend: B,
+        handler: H,
+        config: Arc<Config>,
+        shutdown: Arc<AtomicBool>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Reactor {
+            backend,
+            handler,
+            shutdown,
+            stats,
+            conns: Slab::new(),
+            timers: TimerWheel::new(Instant::now(), TICK, WHEEL_SLOTS),
+            rx_pool: Pool::new(1024, 64 << 10),
+            tx_pool: Pool::new(1024, 64 << 10),
+            read_buf: vec![0; config.read_buffer_size.max(4096)].into_boxed_slice(),
+            cork: Vec::with_capacity(CORK_SIZE),
+            scratch: Vec::new(),
+            events: Vec::with_capacity(1024),
+            read_again: Vec::new(),
+            accept_again: false,
+            accept_paused_until: None,
+            accept_logged_at: None,
+            drain_deadline: None,
+            config,
+        }
+    }
+
+    pub(super) fn run(mut self) {
+        loop {
+            let now = Instant::now();
+            self.fire_timers(now);
+            if self.shutdown.load(Ordering::Relaxed) && self.drain_deadline.is_none() {
+                self.begin_drain(now);
+            }
+            if let Some(deadline) = self.drain_deadline
+                && (self.conns.is_empty() || now >= deadline)
+            {
+                break;
+            }
+            if self.accept_paused_until.is_some_and(|until| now >= until) {
+                self.accept_paused_until = None;
+                self.accept_again = true;
+            }
+            self.publish_stats();
+            let timeout = self.wait_timeout(now);
+            self.events.clear();
+            if let Err(e) = self.backend.wait(&mut self.events, timeout) {
+                tracing::error!("reactor wait failed: {e}");
+                break;
+            }
+            let now = Instant::now();
+            if std::mem::take(&mut self.accept_again) {
+                self.accept(now);
+            }
+            for token in std::mem::take(&mut self.read_again) {
+                self.on_readable(token, now);
+            }
+            for i in 0..self.events.len() {
+                match self.events[i] {
+                    IoEvent::Readable(LISTENER) => self.accept(now),
+                    IoEvent::Readable(WAKER) => {}
+                    IoEvent::Readable(token) => self.on_readable(token, now),
+                    IoEvent::Writable(token) => self.on_writable(token, now),
+                }
+            }
+        }
+        for token in self
+            .conns
+            .iter()
+            .map(|(token, _)| token)
+            .collect::<Vec<_>>()
+        {
+            self.drop_conn(token);
+        }
+        self.publish_stats();
+    }
+
+    fn wait_timeout(&self, now: Instant) -> Option<Duration> {
+        if self.accept_again || !self.read_again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        [
+            self.timers.next_wakeup(now),
+            self.accept_paused_until
+                .map(|t| t.saturating_duration_since(now)),
+            self.drain_deadline
+                .map(|t| t.saturating_duration_since(now)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn publish_stats(&self) {
+        let s = &self.stats;
+        Stats::set(&s.connections, self.conns.len());
+        Stats::set(&s.rx_buffers_lent, self.rx_pool.lent());
+        Stats::set(&s.tx_queues_lent, self.tx_pool.lent());
+        Stats::set(&s.timers, self.timers.len());
+    }
+
+    fn accept(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some() || self.drain_deadline.is_some() {
+            return;
+        }
+        for _ in 0..MAX_ACCEPTS_PER_TURN {
+            match self.backend.accept() {
+                Ok(Some((mut socket, _peer))) => {
+                    if self.conns.len() >= self.config.max_connections_per_reactor {
+                        self.backend.close(socket);
+                        continue;
+                    }
+                    let entry = self.conns.vacant_entry();
+                    let token = entry.key();
+                    if let Err(e) = self.backend.register(&mut socket, token) {
+                        tracing::warn!("cannot watch accepted socket: {e}");
+                        continue;
+                    }
+                    let ws = Connection::server(now);
+                    let deadline = ws.poll_timeout(&self.config.protocol);
+                    let timer = deadline.map(|d| self.timers.insert(d, token as u32));
+                    entry.insert(Conn {
+                        socket,
+                        ws,
+                        rx: None,
+                        tx: None,
+                        timer,
+                        app: None,
+                        flags: 0,
+                    });
+                    self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(None) => return,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                        if self
+                            .accept_logged_at
+                            .is_none_or(|at| now >= at + ACCEPT_LOG_INTERVAL)
+                        {
+                            tracing::warn!(
+                                "accept failed, pausing accepts for {ACCEPT_BACKOFF:?}: {e}"
+                            );
+                            self.accept_logged_at = Some(now);
+                        }
+                        self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                        return;
+                    }
+                    // The peer gave up before we accepted: try the next one.
+                    Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM) => {}
+                    Some(libc::EINTR) => {}
+                    _ => {
+                        tracing::warn!("accept failed: {e}");
+                        return;
+                    }
+                },
+            }
+        }
+        self.accept_again = true;
+    }
+
+    fn on_readable(&mut self, token: usize, now: Instant) {
+        let mut buf = std::mem::take(&mut self.read_buf);
+        for _ in 0..MAX_READS_PER_EVENT {
+            let Some(conn) = self.conns.get_mut(token) else {
+                break;
+            };
+            conn.flags &= !READ_AGAIN;
+            match self.backend.read(&mut conn.socket, &mut buf) {
+                Ok(0) => {
+                    self.drop_conn(token);
+                    break;
+                }
+                Ok(n) => {
+                    self.on_data(token, &mut buf[..n], now);
+                    // A short read drained the socket; new data brings a new edge.
+                    if n < buf.len() {
+                        break;
+                    }
+                    if let Some(conn) = self.conns.get_mut(token)
+                        && conn.flags & READ_AGAIN == 0
+                    {
+                        conn.flags |= READ_AGAIN;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.drop_conn(token);
+                    break;
+                }
+            }
+        }
+        if let Some(conn) = self.conns.get(token)
+            && conn.flags & READ_AGAIN != 0
+        {
+            self.read_again.push(token);
+        }
+        self.read_buf = buf;
+    }
+
+    /// Feeds bytes read from `token` to its protocol state machine and dispatches the events.
+    fn on_data(&mut self, token: usize, input: &mut [u8], now: Instant) {
+        let Reactor {
+            backend,
+            handler,
+            config,
+            conns,
+            rx_pool,
+            tx_pool,
+            cork,
+            scratch,
+            stats,
+            ..
+        } = self;
+        let conn = &mut conns[token];
+        let Conn {
+            socket,
+            ws,
+            rx,
+            tx,
+            app,
+            flags,
+            ..
+        } = conn;
+        let state_before = ws.state();
+        let mut rxb = rx.take().unwrap_or_else(|| rx_pool.take());
+        let mut out = Writer {
+            backend,
+            socket,
+            tx,
+            tx_pool,
+            cork,
+            failed: false,
+        };
+        let mut dispatch = Dispatch {
+            handler,
+            config,
+            scratch,
+            stats,
+            now,
+            token,
+        };
+        if dispatch.drive(ws, app, flags, &mut out, input, &mut rxb) {
+            // Frames the client sent right behind its request head: feed them now, in order.
+            let mut early = std::mem::take(&mut *rxb);
+            dispatch.drive(ws, app, flags, &mut out, &mut early, &mut rxb);
+        }
+        out.flush();
+        let failed = out.failed;
+        if rxb.is_empty() {
+            rx_pool.give(rxb);
+        } else {
+            *rx = Some(rxb);
+        }
+        if failed {
+            self.drop_conn(token);
+        } else {
+            self.after_io(token, state_before, now);
+        }
+    }
+
+    fn on_writable(&mut self, token: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        if conn.tx.is_none() {
+            return;
+        }
+        let state = conn.ws.state();
+        let mut out = Writer {
+            backend: &mut self.backend,
+            socket: &mut conn.socket,
+            tx: &mut conn.tx,
+            tx_pool: &mut self.tx_pool,
+            cork: &mut self.cork,
+            failed: false,
+        };
+        out.flush_queue();
+        if out.failed {
+            self.drop_conn(token);
+        } else {
+            self.after_io(token, state, now);
+        }
+    }
+
+    /// Bookkeeping after a connection did I/O: timers, the end of the WebSocket, FIN.
+    fn after_io(&mut self, token: usize, state_before: State, now: Instant) {
+        let conn = &mut self.conns[token];
+        if conn.ws.state() == State::Closed {
+            if conn.flags & LINGER == 0 {
+                conn.flags |= LINGER;
+                if conn.flags & OPENED != 0
+                    && let Some(app) = conn.app.as_mut()
+                {
+                    self.handler.on_close(token, app, conn.ws.close_code());
+                }
+                // The peer has close_timeout to read what is queued and hang up.
+                if let Some(key) = conn.timer.take() {
+                    self.timers.cancel(key);
+                }
+                conn.timer = Some(
+                    self.timers
+                        .insert(now + self.config.protocol.close_timeout, token as u32),
+                );
+            }
+            if conn.tx.is_none() {
+                self.backend.shutdown_write(&mut conn.socket);
+            }
+            return;
+        }
+        if conn.ws.state() != state_before
+            && let Some(key) = conn.timer.take()
+        {
+            self.timers.cancel(key);
+        }
+        if conn.timer.is_none() {
+            conn.timer = conn
+                .ws
+                .poll_timeout(&self.config.protocol)
+                .map(|deadline| self.timers.insert(deadline, token as u32));
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(token) = self.timers.poll_expired(now) {
+            let token = token as usize;
+            let Some(conn) = self.conns.get_mut(token) else {
+                continue;
+            };
+            conn.timer = None;
+            if conn.flags & LINGER != 0 {
+                self.drop_conn(token);
+                continue;
+            }
+            let state_before = conn.ws.state();
+            let mut out = Writer {
+                backend: &mut self.backend,
+                socket: &mut conn.socket,
+                tx: &mut conn.tx,
+                tx_pool: &mut self.tx_pool,
+                cork: &mut self.cork,
+                failed: false,
+            };
+            if let Some(timeout) = conn.ws.handle_timeout(now, &self.config.protocol, &mut out) {
+                tracing::debug!(token, ?timeout, "timeout");
+            }
+            out.flush();
+            if out.failed {
+                self.drop_conn(token);
+            } else {
+                self.after_io(token, state_before, now);
+            }
+        }
+    }
+
+    fn begin_drain(&mut self, now: Instant) {
+        self.backend.stop_accepting();
+        self.accept_again = false;
+        self.drain_deadline = Some(now + self.config.drain_timeout);
+        let tokens: Vec<usize> = self.conns.iter().map(|(token, _)| token).collect();
+        for token in tokens {
+            let conn = &mut self.conns[token];
+            let state_before = conn.ws.state();
+            let mut out = Writer {
+                backend: &mut self.backend,
+                socket: &mut conn.socket,
+                tx: &mut conn.tx,
+                tx_pool: &mut self.tx_pool,
+                cork: &mut self.cork,
+                failed: false,
+            };
+            conn.ws
+                .close(CloseCode::GOING_AWAY, "server shutdown", now, &mut out);
+            out.flush();
+            if out.failed {
+                self.drop_conn(token);
+            } else {
+                self.after_io(token, state_before, now);
+            }
+        }
+    }
+
+    /// Removes a connection: closes its socket, returns what it borrowed, tells the handler.
+    fn drop_conn(&mut self, token: usize) {
+        let Some(mut conn) = self.conns.try_remove(token) else {
+            return;
+        };
+        if let Some(key) = conn.timer.take() {
+            self.timers.cancel(key);
+        }
+        if let Some(rx) = conn.rx.take() {
+            self.rx_pool.give(rx);
+        }
+        if let Some(tx) = conn.tx.take() {
+            self.tx_pool.give(tx);
+        }
+        if conn.flags & (OPENED | LINGER) == OPENED
+            && let Some(app) = conn.app.as_mut()
+        {
+            // Dropped before the close handshake finished: no code (1006 on the other side).
+            let code = conn.ws.close_code();
+            self.handler.on_close(token, app, code);
+        }
+        self.backend.close(conn.socket);
+    }
+}
+
+/// What a connection's events are dispatched with (the parts of the reactor they need).
+struct Dispatch<'a, H> {
+    handler: &'a mut H,
+    config: &'a Config,
+    scratch: &'a mut Vec<u8>,
+    stats: &'a Stats,
+    now: Instant,
+    token: usize,
+}
+
+impl<H: Handler> Dispatch<'_, H> {
+    /// Runs the state machine over `input`; true when bytes behind the request head were left in
+    /// `rx` to be fed again.
+    fn drive(
+        &mut self,
+        ws: &mut Connection,
+        app: &mut Option<H::Conn>,
+        flags: &mut u8,
+        out: &mut impl Sink,
+        mut input: &mut [u8],
+        rx: &mut Vec<u8>,
+    ) -> bool {
+        while let Some(event) = ws.read(&mut input, rx, self.now, &self.config.protocol, out) {
+            match event {
+                Event::Request(request) => {
+                    let peer = None;
+                    let answer = self.handler.on_request(&request, peer);
+                    self.scratch.clear();
+                    let upgrade = match answer {
+                        Answer::Upgrade { conn, protocol } if request.wants_websocket() => {
+                            match request.upgrade() {
+                                Ok(accept) => {
+                                    accept.write_response(protocol, None, self.scratch);
+                                    Some(conn)
+                                }
+                                Err(rejection) => {
+                                    rejection.write_response(self.scratch);
+                                    None
+                                }
+                            }
+                        }
+                        Answer::Upgrade { .. } => {
+                            write_response(
+                                self.scratch,
+                                426,
+                                &[("Upgrade", "websocket")],
+                                "text/plain",
+                                b"Upgrade Required",
+                            );
+                            None
+                        }
+                        Answer::Respond(response) => {
+                            let headers: Vec<(&str, &str)> = response
+                                .headers
+                                .iter()
+                                .map(|(n, v)| (*n, v.as_str()))
+                                .collect();
+                            write_response(
+                                self.scratch,
+                                response.status,
+                                &headers,
+                                response.content_type,
+                                &response.body,
+                            );
+                            self.stats.http_requests.fetch_add(1, Ordering::Relaxed);
+                            None
+                        }
+                        Answer::Reject(rejection) => {
+                            rejection.write_response(self.scratch);
+                            None
+                        }
+                    };
+                    out.transmit(self.scratch, &[]);
+                    let Some(conn) = upgrade else {
+                        ws.finish();
+                        return false;
+                    };
+                    ws.accept(self.now, rx);
+                    self.stats.upgrades.fetch_add(1, Ordering::Relaxed);
+                    *flags |= OPENED;
+                    let app = app.insert(conn);
+                    self.handler.on_open(&mut Ctx {
+                        id: self.token,
+                        conn: app,
+                        ws,
+                        out,
+                        now: self.now,
+                    });
+                    if !rx.is_empty() {
+                        return true;
+                    }
+                }
+                Event::Message(kind, payload) => {
+                    self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+                    if let Some(app) = app.as_mut() {
+                        let mut ctx = Ctx {
+                            id: self.token,
+                            conn: app,
+                            ws,
+                            out,
+                            now: self.now,
+                        };
+                        self.handler.on_message(&mut ctx, kind, payload);
+                    }
+                }
+                Event::Failed(failure) => {
+                    tracing::debug!(token = self.token, ?failure, "connection failed")
+                }
+                Event::Ping(_) | Event::Pong(_) | Event::Close(_) => {}
+            }
+        }
+        false
+    }
+}
+
+/// Writes for one connection: small frames are corked (gathered in the reactor's cork buffer
+/// and written with one syscall at the end of the turn); what the socket does not take goes to
+/// the connection's write queue, borrowed from the pool until it drains.
+struct Writer<'a, B: Backend> {
+    backend: &'a mut B,
+    socket: &'a mut B::Socket,
+    tx: &'a mut Option<Box<TxQueue>>,
+    tx_pool: &'a mut Pool<TxQueue>,
+    cork: &'a mut Vec<u8>,
+    /// The socket failed (reset, broken pipe): the connection must be dropped.
+    failed: bool,
+}
+
+impl<B: Backend> Writer<'_, B> {
+    /// Writes `bufs` now; returns how much the socket took.
+    fn write_now(&mut self, bufs: &[IoSlice<'_>]) -> usize {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let mut written = 0;
+        while written < total && !self.failed {
+            // Rebuild the slices past what was written (rare: only after a short write).
+            let mut skip = written;
+            let mut rest = [IoSlice::new(&[]); 3];
+            let mut n = 0;
+            for b in bufs {
+                if skip >= b.len() {
+                    skip -= b.len();
+                    continue;
+                }
+                rest[n] = IoSlice::new(&b[skip..]);
+                skip = 0;
+                n += 1;
+            }
+            match self.backend.write(self.socket, &rest[..n]) {
+                Ok(0) => break,
+                Ok(k) => written += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => self.failed = true,
+            }
+        }
+        written
+    }
+
+    fn queue(&mut self) -> &mut TxQueue {
+        self.tx.get_or_insert_with(|| self.tx_pool.take())
+    }
+
+    /// Writes the cork buffer; the rest goes to the queue.
+    fn flush(&mut self) {
+        if self.cork.is_empty() {
+            return;
+        }
+        let cork = std::mem::take(self.cork);
+        let written = if self.tx.is_none() {
+            self.write_now(&[IoSlice::new(&cork)])
+        } else {
+            0
+        };
+        if written < cork.len() && !self.failed {
+            self.queue().push_copy(&cork[written..]);
+        }
+        *self.cork = cork;
+        self.cork.clear();
+    }
+
+    /// Writes as much of the queue as the socket takes; gives the queue back once empty.
+    fn flush_queue(&mut self) {
+        self.flush();
+        while let Some(queue) = self.tx.as_deref_mut() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let n = queue.slices(&mut slices);
+            let written = match self.backend.write(self.socket, &slices[..n]) {
+                Ok(k) => k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.failed = true;
+                    return;
+                }
+            };
+            queue.consume(written);
+            if queue.is_empty() {
+                let queue = self.tx.take().expect("present");
+                self.tx_pool.give(queue);
+            } else if written == 0 {
+                return;
+            }
+        }
+    }
+}
+
+impl<B: Backend> Transmit for Writer<'_, B> {
+    fn transmit(&mut self, header: &[u8], payload: &[u8]) {
+        if self.failed {
+            return;
+        }
+        if let Some(queue) = self.tx.as_deref_mut() {
+            // Bytes are already waiting: keep the order.
+            queue.push_copy(header);
+            queue.push_copy(payload);
+            return;
+        }
+        let len = header.len() + payload.len();
+        if self.cork.len() + len <= CORK_SIZE {
+            self.cork.extend_from_slice(header);
+            self.cork.extend_from_slice(payload);
+            return;
+        }
+        self.flush();
+        if self.tx.is_some() {
+            return self.transmit(header, payload);
+        }
+        let written = self.write_now(&[IoSlice::new(header), IoSlice::new(payload)]);
+        if written < len && !self.failed {
+            let queue = self.queue();
+            if written < header.len() {
+                queue.push_copy(&header[written..]);
+                queue.push_copy(payload);
+            } else {
+                queue.push_copy(&payload[written - header.len()..]);
+            }
+        }
+    }
+}
+
+impl<B: Backend> Sink for Writer<'_, B> {
+    fn transmit_shared(&mut self, frame: &Arc<[u8]>) {
+        if self.failed {
+            return;
+        }
+        if self.tx.is_none() && self.cork.len() + frame.len() <= CORK_SIZE {
+            self.cork.extend_from_slice(frame);
+            return;
+        }
+        self.flush();
+        let written = if self.tx.is_none() {
+            self.write_now(&[IoSlice::new(frame)])
+        } else {
+            0
+        };
+        if written < frame.len() && !self.failed {
+            self.queue().push_shared(frame.clone(), written);
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! The engine: one event loop per core, generic over a [`Handler`] (the application).
+//!
+//! Each reactor thread owns its `SO_REUSEPORT` listener, its connection table (a `slab`), its
+//! buffer pools, its timer wheel and one shared read buffer. It knows WebSockets and HTTP heads
+//! (through [`crate::protocol`]) but no routes, topics or API: those are the handler's.
+//! I/O goes through a [`sys::Backend`]; everything else lives once, in [`event_loop`].
+#![deny(missing_docs)]
+
+pub mod buffer;
+mod event_loop;
+mod listen;
+pub mod sys;
+pub mod timer;
+pub mod txqueue;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::protocol::handshake::{Rejection, Request};
+use crate::protocol::{self, CloseCode, MessageKind, SendError, Transmit};
+
+pub use listen::bind_reuseport;
+
+/// Identifies a connection within its reactor (its slab key).
+pub type ConnId = usize;
+
+/// Settings of the engine, shared by every reactor.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Number of reactor threads.
+    pub threads: usize,
+    /// Pin reactor `i` to core `i % cores`.
+    pub pin_threads: bool,
+    /// `listen(2)` backlog of each reactor's listener.
+    pub backlog: i32,
+    /// Most connections per reactor; further ones are refused at accept.
+    pub max_connections_per_reactor: usize,
+    /// Bytes of the one read buffer each reactor shares among its connections.
+    pub read_buffer_size: usize,
+    /// On shutdown, how long connections get to finish their close handshake.
+    pub drain_timeout: Duration,
+    /// Protocol limits and timeouts.
+    pub protocol: protocol::Config,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9001)),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin_threads: true,
+            backlog: 4096,
+            max_connections_per_reactor: 1 << 20,
+            read_buffer_size: 64 << 10,
+            drain_timeout: Duration::from_secs(10),
+            protocol: protocol::Config::default(),
+        }
+    }
+}
+
+/// The application on top of a reactor; one instance per reactor thread, so no locking.
+pub trait Handler {
+    /// Per-connection state, stored in the connection's slab entry: every byte here is paid by
+    /// every connection, so keep it small.
+    type Conn;
+
+    /// A complete HTTP request head arrived. WebSocket upgrades are validated by the reactor
+    /// after an [`Answer::Upgrade`]; anything else is answered as plain HTTP.
+    fn on_request<'r>(
+        &mut self,
+        request: &Request<'r>,
+        peer: Option<SocketAddr>,
+    ) -> Answer<'r, Self::Conn>;
+
+    /// The WebSocket is open (the 101 answer is queued).
+    fn on_open(&mut self, _ctx: &mut Ctx<'_, Self::Conn>) {}
+
+    /// A complete message arrived.
+    fn on_message(&mut self, ctx: &mut Ctx<'_, Self::Conn>, kind: MessageKind, payload: &[u8]);
+
+    /// The WebSocket is over (close handshake, failure, timeout or dropped TCP); called once per
+    /// opened connection. `code` is the close code sent or received, `None` if the TCP
+    /// connection dropped without one.
+    fn on_close(&mut self, _id: ConnId, _conn: &mut Self::Conn, _code: Option<CloseCode>) {}
+}
+
+/// How to answer a request head.
+pub enum Answer<'r, C> {
+    /// Open a WebSocket with this state and subprotocol (one the client offered).
+    Upgrade {
+        /// The connection's application state.
+        conn: C,
+        /// The chosen subprotocol.
+        protocol: Option<&'r str>,
+    },
+    /// Answer as plain HTTP, then close.
+    Respond(Response),
+    /// Refuse with a status (and the header it calls for).
+    Reject(Rejection),
+}
+
+/// A plain HTTP answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// Further headers.
+    pub headers: Vec<(&'static str, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A response with a body and no further headers.
+    pub fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
+        Response {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+}
+
+/// Where a handler's outgoing frames go: the connection's corked writer.
+pub trait Sink: Transmit {
+    /// Queues a frame shared with other connections (framed once, never copied per connection).
+    fn transmit_shared(&mut self, frame: &Arc<[u8]>);
+}
+
+/// A handler's view of one open connection during a callback.
+pub struct Ctx<'a, C> {
+    id: ConnId,
+    conn: &'a mut C,
+    ws: &'a mut protocol::Connection,
+    out: &'a mut dyn Sink,
+    now: Instant,
+}
+
+impl<C> Ctx<'_, C> {
+    /// The connection's id in its reactor.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// The connection's application state.
+    pub fn conn(&mut self) -> &mut C {
+        self.conn
+    }
+
+    /// When the reactor woke for this event.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Sends a message (written at once if the socket takes it, else queued).
+    pub fn send(&mut self, kind: MessageKind, payload: &[u8]) -> Result<(), SendError> {
+        self.ws.send(kind, payload, &mut *self.out)
+    }
+
+    /// Sends a whole frame built with [`protocol::frame::encode_frame`], shared by many
+    /// connections.
+    pub fn send_shared(&mut self, frame: &Arc<[u8]>) -> Result<(), SendError> {
+        if !self.ws.can_send() {
+            return Err(SendError::NotOpen);
+        }
+        self.out.transmit_shared(frame);
+        Ok(())
+    }
+
+    /// Starts the close handshake.
+    pub fn close(&mut self, code: CloseCode, reason: &str) {
+        self.ws.close(code, reason, self.now, &mut *self.out);
+    }
+}
+
+/// Counters of one reactor, read by metrics and tests from other threads.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections in the table (any state).
+    pub connections: AtomicU64,
+    /// Connections accepted since start.
+    pub accepted: AtomicU64,
+    /// WebSocket handshakes completed.
+    pub upgrades: AtomicU64,
+    /// Plain HTTP requests answered.
+    pub http_requests: AtomicU64,
+    /// Messages received.
+    pub messages_in: AtomicU64,
+    /// Receive buffers currently lent to connections.
+    pub rx_buffers_lent: AtomicU64,
+    /// Write queues currently lent to connections.
+    pub tx_queues_lent: AtomicU64,
+    /// Pending timers.
+    pub timers: AtomicU64,
+}
+
+impl Stats {
+    fn set(gauge: &AtomicU64, value: usize) {
+        gauge.store(value as u64, Ordering::Relaxed);
+    }
+}
+
+/// Starts a graceful shutdown from any thread (a signal handler thread, a test).
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    flag: Arc<AtomicBool>,
+    wakers: Vec<Arc<dyn sys::Wake>>,
+}
+
+impl ShutdownHandle {
+    /// Stop accepting, close every connection with 1001, drain, then let the reactors exit.
+    pub fn shutdown(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.wakers.iter().for_each(|w| w.wake());
+    }
+}
+
+/// Running reactors: their stats, and the way to stop them.
+pub struct Runtime {
+    local_addr: SocketAddr,
+    shutdown: ShutdownHandle,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    stats: Vec<Arc<Stats>>,
+}
+
+impl Runtime {
+    /// Binds one listener per reactor and starts the reactor threads on the epoll backend.
+    /// `make_handler(i)` builds reactor `i`'s handler, on that reactor's thread.
+    pub fn start<H, F>(config: Config, make_handler: F) -> io::Result<Runtime>
+    where
+        H: Handler + 'static,
+        F: Fn(usize) -> H + Send + Sync + 'static,
+    {
+        let listeners = bind_reuseport(config.listen, config.threads.max(1), config.backlog)?;
+        let local_addr = listeners[0].local_addr()?;
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let make_handler = Arc::new(make_handler);
+        let config = Arc::new(config);
+        let mut runtime = Runtime {
+            local_addr,
+            shutdown: ShutdownHandle {
+                flag: shutdown.clone(),
+                wakers: Vec::new(),
+            },
+            threads: Mutex::new(Vec::new()),
+            stats: Vec::new(),
+        };
+        let mut threads = Vec::new();
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let backend = sys::epoll::Epoll::new(listener, 1024)?;
+            let stats = Arc::new(Stats::default());
+            runtime.shutdown.wakers.push(sys::Backend::waker(&backend));
+            runtime.stats.push(stats.clone());
+            let (config, make_handler, shutdown) =
+                (config.clone(), make_handler.clone(), shutdown.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("reactor-{index}"))
+                .spawn(move || {
+                    if config.pin_threads {
+                        listen::pin_to_core(index);
+                    }
+                    let handler = make_handler(index);
+                    event_loop::Reactor::new(backend, handler, config, shutdown, stats).run();
+                })?;
+            threads.push(thread);
+        }
+        runtime.threads = Mutex::new(threads);
+        Ok(runtime)
+    }
+
+    /// The address the listeners are bound to (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Per-reactor counters.
+    pub fn stats(&self) -> &[Arc<Stats>] {
+        &self.stats
+    }
+
+    /// Begins a graceful shutdown: stop accepting, close every connection with 1001, drain.
+    pub fn shutdown(&self) {
+        self.shutdown.shutdown();
+    }
+
+    /// A handle that begins the shutdown from another thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Waits for every reactor to finish (after [`Runtime::shutdown`]).
+    pub fn join(&self) {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.shutdown();
+        self.join();
+    }
+}
