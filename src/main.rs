@@ -1,0 +1,78 @@
+//! `clarion`: the command line. Parses flags and config, starts the reactors, and turns
+//! SIGINT/SIGTERM into a graceful drain.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use clarion::server::{self, config::Settings};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+#[derive(Parser)]
+#[command(
+    name = "clarion",
+    version,
+    about = "A WebSocket engine and push server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (routes: /echo WebSocket echo, /healthz).
+    Serve(Settings),
+}
+
+fn main() -> ExitCode {
+    let Command::Serve(flags) = Cli::parse().command;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let settings = match Settings::resolve(flags) {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("clarion: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("clarion: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = settings.reactor_config();
+    let runtime = match server::start(config.clone()) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("clarion: cannot listen on {}: {e}", config.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        "listening on {} with {} reactors (epoll)",
+        runtime.local_addr(),
+        config.threads
+    );
+    let shutdown = runtime.shutdown_handle();
+    std::thread::spawn(move || {
+        let mut pending = signals.forever();
+        if let Some(signal) = pending.next() {
+            tracing::info!(signal, "draining: closing connections with 1001");
+            shutdown.shutdown();
+        }
+        if pending.next().is_some() {
+            tracing::warn!("second signal: exiting without waiting");
+            std::process::exit(130);
+        }
+    });
+    runtime.join();
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
