@@ -45,7 +45,10 @@ const READ_AGAIN: u8 = 4;
 struct Conn<S, C> {
     socket: S,
     ws: Connection,
-    #[allow(clippy::box_collection, reason = "one word per connection instead of a Vec's three")]
+    #[allow(
+        clippy::box_collection,
+        reason = "one word per connection instead of a Vec's three"
+    )]
     rx: Option<Box<Vec<u8>>>,
     tx: Option<Box<TxQueue>>,
     timer: Option<TimerKey>,

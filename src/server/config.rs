@@ -33,7 +33,7 @@ pub struct Settings {
     pub threads: Option<usize>,
 
     /// Do not pin reactor threads to cores.
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub no_pin: Option<bool>,
 
     /// listen(2) backlog of each reactor's listener [default: 4096].
@@ -272,6 +272,20 @@ mod tests {
         assert_eq!(config.protocol.max_frame_size, 1000);
         assert_eq!(config.protocol.ping_interval, None);
         assert_eq!(config.protocol.close_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/clarion.toml");
+        let example = Settings::resolve(Settings {
+            config: Some(path),
+            ..Settings::default()
+        })
+        .unwrap();
+        let mut config = example.reactor_config();
+        config.threads = reactor::Config::default().threads;
+        let defaults = reactor::Config::default();
+        assert_eq!(format!("{config:?}"), format!("{defaults:?}"));
     }
 
     #[test]

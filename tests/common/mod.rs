@@ -1,0 +1,159 @@
+//! Shared helpers for the end-to-end tests: an in-process server on a free port, a third-party
+//! client (tungstenite) and a raw-socket client for bytes no library would send.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use clarion::reactor::{self, Runtime};
+use tungstenite::WebSocket;
+
+/// Starts the echo server on 127.0.0.1 with a free port, two reactors, after `adjust`.
+pub fn start(adjust: impl FnOnce(&mut reactor::Config)) -> Runtime {
+    let mut config = reactor::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        threads: 2,
+        pin_threads: false,
+        ..reactor::Config::default()
+    };
+    adjust(&mut config);
+    clarion::server::start(config).expect("server starts")
+}
+
+/// A tungstenite client connected to `path`.
+pub fn connect(addr: SocketAddr, path: &str) -> WebSocket<TcpStream> {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (ws, response) =
+        tungstenite::client(format!("ws://{addr}{path}"), stream).expect("handshake");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// A plain TCP connection with a 10 s read timeout.
+pub fn tcp(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// The upgrade request a conforming client sends.
+pub fn upgrade_request(path: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// A raw connection upgraded on `/echo`, its 101 head consumed.
+pub fn raw_ws(addr: SocketAddr) -> TcpStream {
+    let mut stream = tcp(addr);
+    stream.write_all(&upgrade_request("/echo")).unwrap();
+    let head = read_head(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream
+}
+
+/// Reads an HTTP head byte by byte (so nothing after it is consumed).
+pub fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Sends a raw request and returns the whole answer (until the server closes).
+pub fn http(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = tcp(addr);
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A masked client frame, written by hand.
+pub fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let key = [0xA1, 0xB2, 0xC3, 0xD4];
+    let mut out = vec![(fin as u8) << 7 | opcode];
+    match payload.len() {
+        n @ 0..=125 => out.push(0x80 | n as u8),
+        n @ 126..=0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out
+}
+
+/// Reads one unmasked server frame: (fin, opcode, payload).
+pub fn read_frame(stream: &mut TcpStream) -> std::io::Result<(bool, u8, Vec<u8>)> {
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head)?;
+    assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
+    let len = match head[1] & 0x7F {
+        126 => {
+            let mut b = [0u8; 2];
+            stream.read_exact(&mut b)?;
+            u16::from_be_bytes(b) as usize
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            stream.read_exact(&mut b)?;
+            u64::from_be_bytes(b) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload)?;
+    Ok((head[0] & 0x80 != 0, head[0] & 0x0F, payload))
+}
+
+/// Reads until the server's close frame and returns its code.
+pub fn read_close_code(stream: &mut TcpStream) -> u16 {
+    loop {
+        let (_, opcode, payload) = read_frame(stream).expect("a close frame");
+        if opcode == 0x8 {
+            return u16::from_be_bytes([payload[0], payload[1]]);
+        }
+    }
+}
+
+/// Sum of a counter over all reactors.
+pub fn total(
+    runtime: &Runtime,
+    counter: impl Fn(&reactor::Stats) -> &std::sync::atomic::AtomicU64,
+) -> u64 {
+    runtime
+        .stats()
+        .iter()
+        .map(|s| counter(s).load(std::sync::atomic::Ordering::Relaxed))
+        .sum()
+}
+
+/// Polls `condition` every 10 ms for up to 5 s.
+pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    for _ in 0..500 {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}

@@ -1,0 +1,137 @@
+//! The HTTP side of the handshake: plain routes, malformed and refused requests, frames that
+//! arrive right behind the request head.
+
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn healthz_and_unknown_routes() {
+    let server = start(|_| {});
+    let answer = http(
+        server.local_addr(),
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("ok\n"),
+        "{answer}"
+    );
+    let answer = http(
+        server.local_addr(),
+        b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    let answer = http(
+        server.local_addr(),
+        b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 426"),
+        "plain GET on a WebSocket route: {answer}"
+    );
+}
+
+#[test]
+fn bad_requests_get_4xx() {
+    let server = start(|c| {
+        c.protocol.max_head_size = 1024;
+        c.protocol.max_headers = 8;
+    });
+    let addr = server.local_addr();
+    let upgrade = String::from_utf8(upgrade_request("/echo")).unwrap();
+    let cases = [
+        (
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 tls".to_vec(),
+            "400",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(2000)).into_bytes(),
+            "431",
+        ),
+        (
+            (0..20)
+                .fold("GET / HTTP/1.1\r\n".to_owned(), |s, i| {
+                    s + &format!("H{i}: v\r\n")
+                })
+                .into_bytes(),
+            "431",
+        ),
+        (
+            upgrade.replace("Version: 13", "Version: 8").into_bytes(),
+            "426",
+        ),
+        (
+            upgrade
+                .replace("dGhlIHNhbXBsZSBub25jZQ==", "short")
+                .into_bytes(),
+            "400",
+        ),
+        (upgrade.replace("GET", "POST").into_bytes(), "405"),
+    ];
+    for (request, status) in cases {
+        let answer = http(addr, &request);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{status}: {answer}"
+        );
+    }
+    let answer = http(
+        addr,
+        &upgrade.replace("Version: 13", "Version: 8").into_bytes(),
+    );
+    assert!(answer.contains("Sec-WebSocket-Version: 13\r\n"), "{answer}");
+    // The server survived all of it.
+    let mut ws = connect(addr, "/echo");
+    ws.send(tungstenite::Message::text("still here")).unwrap();
+    assert_eq!(ws.read().unwrap(), tungstenite::Message::text("still here"));
+}
+
+#[test]
+fn frames_right_behind_the_head_are_kept() {
+    let server = start(|_| {});
+    for split in [None, Some(20)] {
+        let mut stream = tcp(server.local_addr());
+        let mut bytes = upgrade_request("/echo");
+        bytes.extend(frame(true, 0x1, b"eager"));
+        bytes.extend(frame(true, 0x2, b"client"));
+        match split {
+            // Everything in one write.
+            None => stream.write_all(&bytes).unwrap(),
+            // The head in two reads: the frames are parked behind it and replayed.
+            Some(at) => {
+                stream.write_all(&bytes[..at]).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+                stream.write_all(&bytes[at..]).unwrap();
+            }
+        }
+        assert!(read_head(&mut stream).starts_with("HTTP/1.1 101"));
+        assert_eq!(
+            read_frame(&mut stream).unwrap(),
+            (true, 0x1, b"eager".to_vec())
+        );
+        assert_eq!(
+            read_frame(&mut stream).unwrap(),
+            (true, 0x2, b"client".to_vec())
+        );
+    }
+}
+
+#[test]
+fn a_silent_client_is_dropped_at_the_handshake_timeout() {
+    let server = start(|c| c.protocol.handshake_timeout = Duration::from_millis(300));
+    let started = Instant::now();
+    let answer = http(server.local_addr(), b"GET /echo HTTP/1.1\r\n");
+    let waited = started.elapsed();
+    assert_eq!(answer, "");
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+}

@@ -1,0 +1,141 @@
+//! Timers and shutdown: idle timeout, keep-alive pings, graceful drain, and the `clarion`
+//! binary's signals and exit codes.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn idle_connections_are_closed_with_1001() {
+    let server = start(|c| {
+        c.protocol.ping_interval = None;
+        c.protocol.idle_timeout = Some(Duration::from_millis(300));
+    });
+    let mut stream = raw_ws(server.local_addr());
+    let started = Instant::now();
+    assert_eq!(read_close_code(&mut stream), 1001);
+    assert!(started.elapsed() >= Duration::from_millis(290));
+    // Anything from the client resets the idle clock.
+    let mut stream = raw_ws(server.local_addr());
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(150));
+        stream.write_all(&frame(true, 0x1, b"x")).unwrap();
+        assert_eq!(read_frame(&mut stream).unwrap(), (true, 0x1, b"x".to_vec()));
+    }
+    assert_eq!(read_close_code(&mut stream), 1001);
+}
+
+#[test]
+fn quiet_peers_are_pinged_and_dropped_when_they_do_not_answer() {
+    let server = start(|c| {
+        c.protocol.ping_interval = Some(Duration::from_millis(200));
+        c.protocol.pong_timeout = Duration::from_millis(200);
+    });
+    let mut stream = raw_ws(server.local_addr());
+    assert_eq!(read_frame(&mut stream).unwrap(), (true, 0x9, vec![]));
+    stream.write_all(&frame(true, 0xA, b"")).unwrap();
+    assert_eq!(
+        read_frame(&mut stream).unwrap(),
+        (true, 0x9, vec![]),
+        "pinged again after the pong"
+    );
+    // No answer this time.
+    assert_eq!(read_close_code(&mut stream), 1001);
+    assert!(eventually(|| total(&server, |s| &s.connections) == 0));
+}
+
+#[test]
+fn shutdown_closes_every_connection_with_1001_and_stops() {
+    let server = start(|c| {
+        c.drain_timeout = Duration::from_secs(5);
+        c.protocol.close_timeout = Duration::from_secs(1);
+    });
+    let addr = server.local_addr();
+    let mut clients: Vec<_> = (0..20).map(|_| raw_ws(addr)).collect();
+    let mut ws = connect(addr, "/echo");
+    server.shutdown();
+    for stream in &mut clients {
+        assert_eq!(read_close_code(stream), 1001);
+    }
+    // A conforming client answers the close; the server then hangs up.
+    match ws.read() {
+        Ok(tungstenite::Message::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("{other:?}"),
+    }
+    // The raw clients never answer: their close handshakes time out, then the reactors exit.
+    let started = Instant::now();
+    server.join();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "no longer accepting"
+    );
+}
+
+fn clarion() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_clarion"))
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let mut child = clarion()
+        .args(["serve", "--listen", "127.0.0.1:0", "--threads", "1"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    log.read_line(&mut line).unwrap();
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let mut stream = raw_ws(addr);
+    // SAFETY: kill(2) on the child we spawned, by its PID.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(read_close_code(&mut stream), 1001);
+    stream
+        .write_all(&frame(true, 0x8, &1001u16.to_be_bytes()))
+        .unwrap();
+    drop(stream);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn bad_flags_and_config_exit_with_status_2() {
+    let dir = std::env::temp_dir().join(format!("clarion-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad_file = dir.join("bad.toml");
+    std::fs::File::create(&bad_file)
+        .unwrap()
+        .write_all(b"threds = 2\n")
+        .unwrap();
+    let cases: Vec<Vec<String>> = vec![
+        vec!["serve".into(), "--threads".into(), "0".into()],
+        vec!["serve".into(), "--bogus".into()],
+        vec!["serve".into(), "--listen".into(), "nowhere".into()],
+        vec!["serve".into(), "--idle-timeout".into(), "soon".into()],
+        vec![
+            "serve".into(),
+            "--config".into(),
+            bad_file.display().to_string(),
+        ],
+    ];
+    for args in cases {
+        let out = clarion().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!out.stderr.is_empty(), "{args:?} explains itself");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
