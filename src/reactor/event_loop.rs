@@ -7,6 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
 use slab::Slab;
 
 use super::buffer::Pool;
@@ -63,6 +66,9 @@ pub(super) struct Reactor<B: Backend, H: Handler> {
     shutdown: Arc<AtomicBool>,
     stats: Arc<Stats>,
     conns: Slab<Conn<B::Socket, H::Conn>>,
+    /// Peer addresses of connections still handshaking (handed to `on_request`), kept apart so
+    /// open connections do not pay for them.
+    peers: HashMap<usize, SocketAddr>,
     timers: TimerWheel<u32>,
     rx_pool: Pool<Vec<u8>>,
     tx_pool: Pool<TxQueue>,
@@ -91,6 +97,7 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
             shutdown,
             stats,
             conns: Slab::new(),
+            peers: HashMap::new(),
             timers: TimerWheel::new(Instant::now(), TICK, WHEEL_SLOTS),
             rx_pool: Pool::new(1024, 64 << 10),
             tx_pool: Pool::new(1024, 64 << 10),
@@ -187,7 +194,7 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
         }
         for _ in 0..MAX_ACCEPTS_PER_TURN {
             match self.backend.accept() {
-                Ok(Some((mut socket, _peer))) => {
+                Ok(Some((mut socket, peer))) => {
                     if self.conns.len() >= self.config.max_connections_per_reactor {
                         self.backend.close(socket);
                         continue;
@@ -210,6 +217,7 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
                         app: None,
                         flags: 0,
                     });
+                    self.peers.insert(token, peer);
                     self.stats.accepted.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(None) => return,
@@ -292,6 +300,7 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
             cork,
             scratch,
             stats,
+            peers,
             ..
         } = self;
         let conn = &mut conns[token];
@@ -319,6 +328,7 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
             config,
             scratch,
             stats,
+            peers,
             now,
             token,
         };
@@ -467,6 +477,7 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
         let Some(mut conn) = self.conns.try_remove(token) else {
             return;
         };
+        self.peers.remove(&token);
         if let Some(key) = conn.timer.take() {
             self.timers.cancel(key);
         }
@@ -493,6 +504,7 @@ struct Dispatch<'a, H> {
     config: &'a Config,
     scratch: &'a mut Vec<u8>,
     stats: &'a Stats,
+    peers: &'a mut HashMap<usize, SocketAddr>,
     now: Instant,
     token: usize,
 }
@@ -512,7 +524,7 @@ impl<H: Handler> Dispatch<'_, H> {
         while let Some(event) = ws.read(&mut input, rx, self.now, &self.config.protocol, out) {
             match event {
                 Event::Request(request) => {
-                    let peer = None;
+                    let peer = self.peers.remove(&self.token);
                     let answer = self.handler.on_request(&request, peer);
                     self.scratch.clear();
                     let upgrade = match answer {
