@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    let fd_limit = clarion::server::config::raise_fd_limit();
     let settings = match Settings::resolve(flags) {
         Ok(settings) => settings,
         Err(message) => {
@@ -56,9 +57,10 @@ fn main() -> ExitCode {
         }
     };
     tracing::info!(
-        "listening on {} with {} reactors (epoll)",
+        "listening on {} with {} reactors ({:?}; RLIMIT_NOFILE {fd_limit})",
         runtime.local_addr(),
-        config.threads
+        config.threads,
+        runtime.io()
     );
     let shutdown = runtime.shutdown_handle();
     std::thread::spawn(move || {

@@ -1,21 +1,21 @@
-//! One reactor's loop: accept, read into the shared buffer, drive each connection's protocol
-//! state machine, dispatch to the handler, write (corked), fire timers, drain on shutdown.
+//! One reactor's loop: accept, take in bytes (read into the shared buffer, or a completion
+//! backend's provided buffer), drive each connection's protocol state machine, dispatch to the
+//! handler, write (corked, or queued and submitted), fire timers, drain on shutdown.
 //! Backend-independent: the OS part is a [`Backend`].
 
+use std::collections::HashMap;
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-
 use slab::Slab;
 
 use super::buffer::Pool;
-use super::sys::{Backend, IoEvent, LISTENER, WAKER};
+use super::sys::{Backend, Flushed, IoEvent};
 use super::timer::{TimerKey, TimerWheel};
-use super::txqueue::{MAX_IOVECS, TxQueue};
+use super::txqueue::TxQueue;
 use super::{Answer, Config, Ctx, Handler, Sink, Stats};
 use crate::protocol::handshake::write_response;
 use crate::protocol::{CloseCode, Connection, Event, State, Transmit};
@@ -42,6 +42,11 @@ const LINGER: u8 = 1;
 const OPENED: u8 = 2;
 /// A read hit the per-event cap: read again next turn (edge-triggered, no new event will come).
 const READ_AGAIN: u8 = 4;
+/// Closed, but the backend still has operations in flight on it: the entry (and its queue,
+/// which the kernel may be reading) waits for `Released`.
+const RELEASING: u8 = 8;
+/// FIN was sent.
+const FIN_SENT: u8 = 16;
 
 /// One connection's entry in the table. Everything an idle connection costs is here (plus its
 /// timer): no buffer, no queue.
@@ -61,11 +66,17 @@ struct Conn<S, C> {
 
 pub(super) struct Reactor<B: Backend, H: Handler> {
     backend: B,
+    core: Core<B::Socket, H>,
+    events: Vec<IoEvent<B::Socket>>,
+}
+
+/// Everything of a reactor but its backend, so that a completion backend's buffer can be
+/// borrowed while the core processes it.
+struct Core<S, H: Handler> {
     handler: H,
     config: Arc<Config>,
-    shutdown: Arc<AtomicBool>,
     stats: Arc<Stats>,
-    conns: Slab<Conn<B::Socket, H::Conn>>,
+    conns: Slab<Conn<S, H::Conn>>,
     /// Peer addresses of connections still handshaking (handed to `on_request`), kept apart so
     /// open connections do not pay for them.
     peers: HashMap<usize, SocketAddr>,
@@ -75,7 +86,6 @@ pub(super) struct Reactor<B: Backend, H: Handler> {
     read_buf: Box<[u8]>,
     cork: Vec<u8>,
     scratch: Vec<u8>,
-    events: Vec<IoEvent>,
     read_again: Vec<usize>,
     accept_again: bool,
     accept_paused_until: Option<Instant>,
@@ -84,17 +94,9 @@ pub(super) struct Reactor<B: Backend, H: Handler> {
 }
 
 impl<B: Backend, H: Handler> Reactor<B, H> {
-    pub(super) fn new(
-        backend: B,
-        handler: H,
-        config: Arc<Config>,
-        shutdown: Arc<AtomicBool>,
-        stats: Arc<Stats>,
-    ) -> Self {
-        Reactor {
-            backend,
+    pub(super) fn new(backend: B, handler: H, config: Arc<Config>, stats: Arc<Stats>) -> Self {
+        let core = Core {
             handler,
-            shutdown,
             stats,
             conns: Slab::new(),
             peers: HashMap::new(),
@@ -104,64 +106,331 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
             read_buf: vec![0; config.read_buffer_size.max(4096)].into_boxed_slice(),
             cork: Vec::with_capacity(CORK_SIZE),
             scratch: Vec::new(),
-            events: Vec::with_capacity(1024),
             read_again: Vec::new(),
             accept_again: false,
             accept_paused_until: None,
             accept_logged_at: None,
             drain_deadline: None,
             config,
+        };
+        Reactor {
+            backend,
+            core,
+            events: Vec::with_capacity(1024),
         }
     }
 
-    pub(super) fn run(mut self) {
+    pub(super) fn run(mut self, shutdown: &AtomicBool) {
         loop {
             let now = Instant::now();
             self.fire_timers(now);
-            if self.shutdown.load(Ordering::Relaxed) && self.drain_deadline.is_none() {
+            if shutdown.load(Ordering::Relaxed) && self.core.drain_deadline.is_none() {
                 self.begin_drain(now);
             }
-            if let Some(deadline) = self.drain_deadline
-                && (self.conns.is_empty() || now >= deadline)
+            if let Some(deadline) = self.core.drain_deadline
+                && (self.core.conns.is_empty() || now >= deadline)
             {
                 break;
             }
-            if self.accept_paused_until.is_some_and(|until| now >= until) {
-                self.accept_paused_until = None;
-                self.accept_again = true;
+            if self
+                .core
+                .accept_paused_until
+                .is_some_and(|until| now >= until)
+            {
+                self.core.accept_paused_until = None;
+                self.core.accept_again = true;
+                self.backend.resume_accepting();
             }
-            self.publish_stats();
-            let timeout = self.wait_timeout(now);
-            self.events.clear();
-            if let Err(e) = self.backend.wait(&mut self.events, timeout) {
+            self.core.publish_stats();
+            let timeout = self.core.wait_timeout(now);
+            let mut events = std::mem::take(&mut self.events);
+            if let Err(e) = self.backend.wait(&mut events, timeout) {
                 tracing::error!("reactor wait failed: {e}");
                 break;
             }
             let now = Instant::now();
-            if std::mem::take(&mut self.accept_again) {
+            if std::mem::take(&mut self.core.accept_again) {
                 self.accept(now);
             }
-            for token in std::mem::take(&mut self.read_again) {
+            for token in std::mem::take(&mut self.core.read_again) {
                 self.on_readable(token, now);
             }
-            for i in 0..self.events.len() {
-                match self.events[i] {
-                    IoEvent::Readable(LISTENER) => self.accept(now),
-                    IoEvent::Readable(WAKER) => {}
-                    IoEvent::Readable(token) => self.on_readable(token, now),
-                    IoEvent::Writable(token) => self.on_writable(token, now),
+            for event in events.drain(..) {
+                self.on_event(event, now);
+            }
+            self.events = events;
+        }
+        let tokens: Vec<usize> = self.core.conns.iter().map(|(token, _)| token).collect();
+        for token in tokens {
+            self.drop_conn(token);
+        }
+        // Queues a completion backend may still read from are leaked, not freed under it.
+        for conn in self.core.conns.drain() {
+            std::mem::forget(conn.tx);
+        }
+        self.core.publish_stats();
+    }
+
+    fn on_event(&mut self, event: IoEvent<B::Socket>, now: Instant) {
+        match event {
+            IoEvent::Acceptable => self.accept(now),
+            IoEvent::Accepted(socket) => self.on_accepted(socket, None, now),
+            IoEvent::AcceptFailed(e) => self.core.accept_failed(e, now),
+            IoEvent::Readable(token) => self.on_readable(token, now),
+            IoEvent::Received { token, buffer, len } => {
+                if self.core.is_live(token) {
+                    let input = self.backend.received(buffer, len);
+                    let failed = self.core.on_data::<B>(token, input, now);
+                    self.backend.release_buffer(buffer);
+                    self.after_io(token, failed, now);
+                } else {
+                    self.backend.release_buffer(buffer);
+                }
+            }
+            IoEvent::ReadClosed(token) => self.drop_conn(token),
+            IoEvent::Writable(token) => self.flush(token, now),
+            IoEvent::Sent { token, result } => self.on_sent(token, result, now),
+            IoEvent::Released(token) => {
+                if let Some(mut conn) = self.core.conns.try_remove(token)
+                    && let Some(tx) = conn.tx.take()
+                {
+                    self.core.tx_pool.give(tx);
+                }
+            }
+            IoEvent::Woken => {}
+        }
+    }
+
+    fn accept(&mut self, now: Instant) {
+        if self.core.accept_paused_until.is_some() || self.core.drain_deadline.is_some() {
+            return;
+        }
+        for _ in 0..MAX_ACCEPTS_PER_TURN {
+            match self.backend.accept() {
+                Ok(Some((socket, peer))) => self.on_accepted(socket, peer, now),
+                Ok(None) => return,
+                Err(e) => match e.raw_os_error() {
+                    // The peer gave up before we accepted: try the next one.
+                    Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM | libc::EINTR) => {}
+                    _ => return self.core.accept_failed(e, now),
+                },
+            }
+        }
+        self.core.accept_again = true;
+    }
+
+    fn on_accepted(&mut self, mut socket: B::Socket, peer: Option<SocketAddr>, now: Instant) {
+        let core = &mut self.core;
+        if core.conns.len() >= core.config.max_connections_per_reactor
+            || core.drain_deadline.is_some()
+        {
+            // Refused: closed without a word (nothing was registered, so nothing is in flight).
+            let _ = self.backend.close(usize::MAX, &mut socket);
+            return;
+        }
+        let entry = core.conns.vacant_entry();
+        let token = entry.key();
+        if let Err(e) = self.backend.register(&mut socket, token) {
+            tracing::warn!("cannot watch accepted socket: {e}");
+            let _ = self.backend.close(usize::MAX, &mut socket);
+            return;
+        }
+        let ws = Connection::server(now);
+        let timer = ws
+            .poll_timeout(&core.config.protocol)
+            .map(|deadline| core.timers.insert(deadline, token as u32));
+        entry.insert(Conn {
+            socket,
+            ws,
+            rx: None,
+            tx: None,
+            timer,
+            app: None,
+            flags: 0,
+        });
+        if let Some(peer) = peer {
+            core.peers.insert(token, peer);
+        }
+        core.stats.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn on_readable(&mut self, token: usize, now: Instant) {
+        let mut buf = std::mem::take(&mut self.core.read_buf);
+        for _ in 0..MAX_READS_PER_EVENT {
+            let Some(conn) = self.core.conns.get_mut(token) else {
+                break;
+            };
+            conn.flags &= !READ_AGAIN;
+            match B::read(&mut conn.socket, &mut buf) {
+                Ok(0) => {
+                    self.drop_conn(token);
+                    break;
+                }
+                Ok(n) => {
+                    let failed = self.core.on_data::<B>(token, &mut buf[..n], now);
+                    self.after_io(token, failed, now);
+                    // A short read drained the socket; new data brings a new edge.
+                    if n < buf.len() {
+                        break;
+                    }
+                    if let Some(conn) = self.core.conns.get_mut(token) {
+                        conn.flags |= READ_AGAIN;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.drop_conn(token);
+                    break;
                 }
             }
         }
-        for token in self
+        if self
+            .core
             .conns
-            .iter()
-            .map(|(token, _)| token)
-            .collect::<Vec<_>>()
+            .get(token)
+            .is_some_and(|conn| conn.flags & READ_AGAIN != 0)
         {
-            self.drop_conn(token);
+            self.core.read_again.push(token);
         }
-        self.publish_stats();
+        self.core.read_buf = buf;
+    }
+
+    /// Writes a connection's queue (on readiness, or after a completed send).
+    fn flush(&mut self, token: usize, now: Instant) {
+        let Some(conn) = self.core.conns.get_mut(token) else {
+            return;
+        };
+        if conn.flags & RELEASING != 0 {
+            return;
+        }
+        let Some(queue) = conn.tx.as_deref_mut() else {
+            return;
+        };
+        match self.backend.flush(token, &mut conn.socket, queue) {
+            Ok(Flushed::Done) => {
+                let queue = conn.tx.take().expect("present");
+                self.core.tx_pool.give(queue);
+                self.after_io(token, false, now);
+            }
+            Ok(Flushed::Pending) => {}
+            Err(_) => self.drop_conn(token),
+        }
+    }
+
+    fn on_sent(&mut self, token: usize, result: i32, now: Instant) {
+        let Some(conn) = self.core.conns.get_mut(token) else {
+            return;
+        };
+        if let Some(queue) = conn.tx.as_deref_mut() {
+            queue.finish_send(result.max(0) as usize);
+        }
+        if conn.flags & RELEASING != 0 {
+            return;
+        }
+        if result < 0 {
+            return self.drop_conn(token);
+        }
+        self.flush(token, now);
+    }
+
+    /// Bookkeeping after a connection did I/O: submit queued bytes, timers, the end of the
+    /// WebSocket, FIN.
+    fn after_io(&mut self, token: usize, failed: bool, now: Instant) {
+        if failed {
+            return self.drop_conn(token);
+        }
+        let Some(conn) = self.core.conns.get_mut(token) else {
+            return;
+        };
+        if !B::WRITES_NOW && conn.tx.as_deref().is_some_and(|q| !q.is_sending()) {
+            return self.flush(token, now);
+        }
+        if self.core.end_of_websocket(token, now) {
+            let conn = &mut self.core.conns[token];
+            if conn.tx.is_none() && conn.flags & FIN_SENT == 0 {
+                conn.flags |= FIN_SENT;
+                self.backend.shutdown_write(token, &mut conn.socket);
+            }
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(token) = self.core.timers.poll_expired(now) {
+            let token = token as usize;
+            let Some(conn) = self.core.conns.get_mut(token) else {
+                continue;
+            };
+            conn.timer = None;
+            if conn.flags & LINGER != 0 {
+                self.drop_conn(token);
+                continue;
+            }
+            let config = self.core.config.clone();
+            let failed = self.core.with_writer::<B, _>(token, |ws, out| {
+                if let Some(timeout) = ws.handle_timeout(now, &config.protocol, out) {
+                    tracing::debug!(token, ?timeout, "timeout");
+                }
+            });
+            self.after_io(token, failed, now);
+        }
+    }
+
+    fn begin_drain(&mut self, now: Instant) {
+        self.backend.stop_accepting();
+        self.core.accept_again = false;
+        self.core.drain_deadline = Some(now + self.core.config.drain_timeout);
+        let tokens: Vec<usize> = self.core.conns.iter().map(|(token, _)| token).collect();
+        for token in tokens {
+            if !self.core.is_live(token) {
+                continue;
+            }
+            let failed = self.core.with_writer::<B, _>(token, |ws, out| {
+                ws.close(CloseCode::GOING_AWAY, "server shutdown", now, out);
+            });
+            self.after_io(token, failed, now);
+        }
+    }
+
+    /// Ends a connection: tells the handler, returns what it borrowed, closes its socket.
+    fn drop_conn(&mut self, token: usize) {
+        let core = &mut self.core;
+        let Some(conn) = core.conns.get_mut(token) else {
+            return;
+        };
+        if conn.flags & RELEASING != 0 {
+            return;
+        }
+        core.peers.remove(&token);
+        if let Some(key) = conn.timer.take() {
+            core.timers.cancel(key);
+        }
+        if let Some(rx) = conn.rx.take() {
+            core.rx_pool.give(rx);
+        }
+        if conn.flags & (OPENED | LINGER) == OPENED
+            && let Some(app) = conn.app.as_mut()
+        {
+            // Dropped before the close handshake finished: no code (1006 on the other side).
+            core.handler.on_close(token, app, conn.ws.close_code());
+        }
+        if self.backend.close(token, &mut conn.socket) {
+            let mut conn = core.conns.remove(token);
+            if let Some(tx) = conn.tx.take() {
+                core.tx_pool.give(tx);
+            }
+        } else {
+            conn.flags |= RELEASING;
+        }
+    }
+}
+
+impl<S, H: Handler> Core<S, H> {
+    /// The connection exists and is not being released.
+    fn is_live(&self, token: usize) -> bool {
+        self.conns
+            .get(token)
+            .is_some_and(|conn| conn.flags & RELEASING == 0)
     }
 
     fn wait_timeout(&self, now: Instant) -> Option<Duration> {
@@ -188,122 +457,69 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
         Stats::set(&s.timers, self.timers.len());
     }
 
-    fn accept(&mut self, now: Instant) {
-        if self.accept_paused_until.is_some() || self.drain_deadline.is_some() {
-            return;
-        }
-        for _ in 0..MAX_ACCEPTS_PER_TURN {
-            match self.backend.accept() {
-                Ok(Some((mut socket, peer))) => {
-                    if self.conns.len() >= self.config.max_connections_per_reactor {
-                        self.backend.close(socket);
-                        continue;
-                    }
-                    let entry = self.conns.vacant_entry();
-                    let token = entry.key();
-                    if let Err(e) = self.backend.register(&mut socket, token) {
-                        tracing::warn!("cannot watch accepted socket: {e}");
-                        continue;
-                    }
-                    let ws = Connection::server(now);
-                    let deadline = ws.poll_timeout(&self.config.protocol);
-                    let timer = deadline.map(|d| self.timers.insert(d, token as u32));
-                    entry.insert(Conn {
-                        socket,
-                        ws,
-                        rx: None,
-                        tx: None,
-                        timer,
-                        app: None,
-                        flags: 0,
-                    });
-                    self.peers.insert(token, peer);
-                    self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(None) => return,
-                Err(e) => match e.raw_os_error() {
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                        if self
-                            .accept_logged_at
-                            .is_none_or(|at| now >= at + ACCEPT_LOG_INTERVAL)
-                        {
-                            tracing::warn!(
-                                "accept failed, pausing accepts for {ACCEPT_BACKOFF:?}: {e}"
-                            );
-                            self.accept_logged_at = Some(now);
-                        }
-                        self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
-                        return;
-                    }
-                    // The peer gave up before we accepted: try the next one.
-                    Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM) => {}
-                    Some(libc::EINTR) => {}
-                    _ => {
-                        tracing::warn!("accept failed: {e}");
-                        return;
-                    }
-                },
-            }
-        }
-        self.accept_again = true;
-    }
-
-    fn on_readable(&mut self, token: usize, now: Instant) {
-        let mut buf = std::mem::take(&mut self.read_buf);
-        for _ in 0..MAX_READS_PER_EVENT {
-            let Some(conn) = self.conns.get_mut(token) else {
-                break;
-            };
-            conn.flags &= !READ_AGAIN;
-            match self.backend.read(&mut conn.socket, &mut buf) {
-                Ok(0) => {
-                    self.drop_conn(token);
-                    break;
-                }
-                Ok(n) => {
-                    self.on_data(token, &mut buf[..n], now);
-                    // A short read drained the socket; new data brings a new edge.
-                    if n < buf.len() {
-                        break;
-                    }
-                    if let Some(conn) = self.conns.get_mut(token)
-                        && conn.flags & READ_AGAIN == 0
-                    {
-                        conn.flags |= READ_AGAIN;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.drop_conn(token);
-                    break;
+    fn accept_failed(&mut self, e: io::Error, now: Instant) {
+        match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                if self
+                    .accept_logged_at
+                    .is_none_or(|at| now >= at + ACCEPT_LOG_INTERVAL)
+                {
+                    tracing::warn!("accept failed, pausing accepts for {ACCEPT_BACKOFF:?}: {e}");
+                    self.accept_logged_at = Some(now);
                 }
             }
+            _ => tracing::warn!("accept failed: {e}"),
         }
-        if let Some(conn) = self.conns.get(token)
-            && conn.flags & READ_AGAIN != 0
-        {
-            self.read_again.push(token);
-        }
-        self.read_buf = buf;
+        self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
     }
 
-    /// Feeds bytes read from `token` to its protocol state machine and dispatches the events.
-    fn on_data(&mut self, token: usize, input: &mut [u8], now: Instant) {
-        let Reactor {
-            backend,
+    /// Runs `f` with a connection's protocol state and its writer; true if the socket failed.
+    fn with_writer<B: Backend<Socket = S>, R>(
+        &mut self,
+        token: usize,
+        f: impl FnOnce(&mut Connection, &mut Writer<'_, B>) -> R,
+    ) -> bool {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return false;
+        };
+        let state_before = conn.ws.state();
+        let mut out = Writer::<B> {
+            socket: &mut conn.socket,
+            tx: &mut conn.tx,
+            tx_pool: &mut self.tx_pool,
+            cork: &mut self.cork,
+            failed: false,
+        };
+        f(&mut conn.ws, &mut out);
+        out.flush();
+        let failed = out.failed;
+        rearm_on_state_change(&mut self.timers, conn, state_before);
+        failed
+    }
+
+    /// Feeds bytes received on `token` to its protocol state machine and dispatches the events.
+    /// True if the socket failed.
+    fn on_data<B: Backend<Socket = S>>(
+        &mut self,
+        token: usize,
+        input: &mut [u8],
+        now: Instant,
+    ) -> bool {
+        let Core {
             handler,
             config,
             conns,
+            peers,
             rx_pool,
             tx_pool,
             cork,
             scratch,
             stats,
-            peers,
             ..
         } = self;
-        let conn = &mut conns[token];
+        let Some(conn) = conns.get_mut(token) else {
+            return false;
+        };
         let Conn {
             socket,
             ws,
@@ -315,8 +531,7 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
         } = conn;
         let state_before = ws.state();
         let mut rxb = rx.take().unwrap_or_else(|| rx_pool.take());
-        let mut out = Writer {
-            backend,
+        let mut out = Writer::<B> {
             socket,
             tx,
             tx_pool,
@@ -344,157 +559,53 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
         } else {
             *rx = Some(rxb);
         }
-        if failed {
-            self.drop_conn(token);
-        } else {
-            self.after_io(token, state_before, now);
-        }
+        rearm_on_state_change(&mut self.timers, conn, state_before);
+        failed
     }
 
-    fn on_writable(&mut self, token: usize, now: Instant) {
-        let Some(conn) = self.conns.get_mut(token) else {
-            return;
-        };
-        if conn.tx.is_none() {
-            return;
-        }
-        let state = conn.ws.state();
-        let mut out = Writer {
-            backend: &mut self.backend,
-            socket: &mut conn.socket,
-            tx: &mut conn.tx,
-            tx_pool: &mut self.tx_pool,
-            cork: &mut self.cork,
-            failed: false,
-        };
-        out.flush_queue();
-        if out.failed {
-            self.drop_conn(token);
-        } else {
-            self.after_io(token, state, now);
-        }
-    }
-
-    /// Bookkeeping after a connection did I/O: timers, the end of the WebSocket, FIN.
-    fn after_io(&mut self, token: usize, state_before: State, now: Instant) {
+    /// Timers and the end of the WebSocket after I/O. True once the WebSocket is over.
+    fn end_of_websocket(&mut self, token: usize, now: Instant) -> bool {
         let conn = &mut self.conns[token];
-        if conn.ws.state() == State::Closed {
-            if conn.flags & LINGER == 0 {
-                conn.flags |= LINGER;
-                if conn.flags & OPENED != 0
-                    && let Some(app) = conn.app.as_mut()
-                {
-                    self.handler.on_close(token, app, conn.ws.close_code());
-                }
-                // The peer has close_timeout to read what is queued and hang up.
-                if let Some(key) = conn.timer.take() {
-                    self.timers.cancel(key);
-                }
-                conn.timer = Some(
-                    self.timers
-                        .insert(now + self.config.protocol.close_timeout, token as u32),
-                );
+        if conn.ws.state() != State::Closed {
+            if conn.timer.is_none() {
+                conn.timer = conn
+                    .ws
+                    .poll_timeout(&self.config.protocol)
+                    .map(|deadline| self.timers.insert(deadline, token as u32));
             }
-            if conn.tx.is_none() {
-                self.backend.shutdown_write(&mut conn.socket);
+            return false;
+        }
+        if conn.flags & LINGER == 0 {
+            conn.flags |= LINGER;
+            if conn.flags & OPENED != 0
+                && let Some(app) = conn.app.as_mut()
+            {
+                self.handler.on_close(token, app, conn.ws.close_code());
             }
-            return;
+            // The peer has close_timeout to read what is queued and hang up.
+            if let Some(key) = conn.timer.take() {
+                self.timers.cancel(key);
+            }
+            conn.timer = Some(
+                self.timers
+                    .insert(now + self.config.protocol.close_timeout, token as u32),
+            );
         }
-        if conn.ws.state() != state_before
-            && let Some(key) = conn.timer.take()
-        {
-            self.timers.cancel(key);
-        }
-        if conn.timer.is_none() {
-            conn.timer = conn
-                .ws
-                .poll_timeout(&self.config.protocol)
-                .map(|deadline| self.timers.insert(deadline, token as u32));
-        }
+        true
     }
+}
 
-    fn fire_timers(&mut self, now: Instant) {
-        while let Some(token) = self.timers.poll_expired(now) {
-            let token = token as usize;
-            let Some(conn) = self.conns.get_mut(token) else {
-                continue;
-            };
-            conn.timer = None;
-            if conn.flags & LINGER != 0 {
-                self.drop_conn(token);
-                continue;
-            }
-            let state_before = conn.ws.state();
-            let mut out = Writer {
-                backend: &mut self.backend,
-                socket: &mut conn.socket,
-                tx: &mut conn.tx,
-                tx_pool: &mut self.tx_pool,
-                cork: &mut self.cork,
-                failed: false,
-            };
-            if let Some(timeout) = conn.ws.handle_timeout(now, &self.config.protocol, &mut out) {
-                tracing::debug!(token, ?timeout, "timeout");
-            }
-            out.flush();
-            if out.failed {
-                self.drop_conn(token);
-            } else {
-                self.after_io(token, state_before, now);
-            }
-        }
-    }
-
-    fn begin_drain(&mut self, now: Instant) {
-        self.backend.stop_accepting();
-        self.accept_again = false;
-        self.drain_deadline = Some(now + self.config.drain_timeout);
-        let tokens: Vec<usize> = self.conns.iter().map(|(token, _)| token).collect();
-        for token in tokens {
-            let conn = &mut self.conns[token];
-            let state_before = conn.ws.state();
-            let mut out = Writer {
-                backend: &mut self.backend,
-                socket: &mut conn.socket,
-                tx: &mut conn.tx,
-                tx_pool: &mut self.tx_pool,
-                cork: &mut self.cork,
-                failed: false,
-            };
-            conn.ws
-                .close(CloseCode::GOING_AWAY, "server shutdown", now, &mut out);
-            out.flush();
-            if out.failed {
-                self.drop_conn(token);
-            } else {
-                self.after_io(token, state_before, now);
-            }
-        }
-    }
-
-    /// Removes a connection: closes its socket, returns what it borrowed, tells the handler.
-    fn drop_conn(&mut self, token: usize) {
-        let Some(mut conn) = self.conns.try_remove(token) else {
-            return;
-        };
-        self.peers.remove(&token);
-        if let Some(key) = conn.timer.take() {
-            self.timers.cancel(key);
-        }
-        if let Some(rx) = conn.rx.take() {
-            self.rx_pool.give(rx);
-        }
-        if let Some(tx) = conn.tx.take() {
-            self.tx_pool.give(tx);
-        }
-        if conn.flags & (OPENED | LINGER) == OPENED
-            && let Some(app) = conn.app.as_mut()
-        {
-            // Dropped before the close handshake finished: no code (1006 on the other side).
-            let code = conn.ws.close_code();
-            self.handler.on_close(token, app, code);
-        }
-        self.backend.close(conn.socket);
+/// A state change can move the deadline earlier (open -> closing): drop the timer so that
+/// `end_of_websocket` arms it again at the new deadline.
+fn rearm_on_state_change<S, C>(
+    timers: &mut TimerWheel<u32>,
+    conn: &mut Conn<S, C>,
+    state_before: State,
+) {
+    if conn.ws.state() != state_before
+        && let Some(key) = conn.timer.take()
+    {
+        timers.cancel(key);
     }
 }
 
@@ -614,11 +725,12 @@ impl<H: Handler> Dispatch<'_, H> {
     }
 }
 
-/// Writes for one connection: small frames are corked (gathered in the reactor's cork buffer
-/// and written with one syscall at the end of the turn); what the socket does not take goes to
-/// the connection's write queue, borrowed from the pool until it drains.
+/// Writes for one connection. On a readiness backend, small frames are corked (gathered in the
+/// reactor's cork buffer and written with one syscall at the end of the connection's turn) and
+/// what the socket does not take goes to the connection's write queue. On a completion backend
+/// every frame goes to the queue, which the reactor submits at the end of the turn. Queues are
+/// borrowed from the pool until they drain.
 struct Writer<'a, B: Backend> {
-    backend: &'a mut B,
     socket: &'a mut B::Socket,
     tx: &'a mut Option<Box<TxQueue>>,
     tx_pool: &'a mut Pool<TxQueue>,
@@ -646,7 +758,7 @@ impl<B: Backend> Writer<'_, B> {
                 skip = 0;
                 n += 1;
             }
-            match self.backend.write(self.socket, &rest[..n]) {
+            match B::write_now(self.socket, &rest[..n]) {
                 Ok(0) => break,
                 Ok(k) => written += k,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -678,31 +790,6 @@ impl<B: Backend> Writer<'_, B> {
         *self.cork = cork;
         self.cork.clear();
     }
-
-    /// Writes as much of the queue as the socket takes; gives the queue back once empty.
-    fn flush_queue(&mut self) {
-        self.flush();
-        while let Some(queue) = self.tx.as_deref_mut() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let n = queue.slices(&mut slices);
-            let written = match self.backend.write(self.socket, &slices[..n]) {
-                Ok(k) => k,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    self.failed = true;
-                    return;
-                }
-            };
-            queue.consume(written);
-            if queue.is_empty() {
-                let queue = self.tx.take().expect("present");
-                self.tx_pool.give(queue);
-            } else if written == 0 {
-                return;
-            }
-        }
-    }
 }
 
 impl<B: Backend> Transmit for Writer<'_, B> {
@@ -710,8 +797,9 @@ impl<B: Backend> Transmit for Writer<'_, B> {
         if self.failed {
             return;
         }
-        if let Some(queue) = self.tx.as_deref_mut() {
-            // Bytes are already waiting: keep the order.
+        if !B::WRITES_NOW || self.tx.is_some() {
+            // Submitted later, or bytes are already waiting: queue, in order.
+            let queue = self.queue();
             queue.push_copy(header);
             queue.push_copy(payload);
             return;
@@ -744,12 +832,12 @@ impl<B: Backend> Sink for Writer<'_, B> {
         if self.failed {
             return;
         }
-        if self.tx.is_none() && self.cork.len() + frame.len() <= CORK_SIZE {
+        if B::WRITES_NOW && self.tx.is_none() && self.cork.len() + frame.len() <= CORK_SIZE {
             self.cork.extend_from_slice(frame);
             return;
         }
         self.flush();
-        let written = if self.tx.is_none() {
+        let written = if B::WRITES_NOW && self.tx.is_none() {
             self.write_now(&[IoSlice::new(frame)])
         } else {
             0

@@ -24,6 +24,18 @@ use crate::protocol::handshake::{Rejection, Request};
 use crate::protocol::{self, CloseCode, MessageKind, SendError, Transmit};
 
 pub use listen::bind_reuseport;
+pub use sys::uring::UringConfig;
+
+/// Which event-loop backend the reactors use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Io {
+    /// io_uring where the kernel allows it, else epoll.
+    Auto,
+    /// epoll (readiness, through mio).
+    Epoll,
+    /// io_uring (completions, direct descriptors, provided buffers).
+    Uring,
+}
 
 /// Identifies a connection within its reactor (its slab key).
 pub type ConnId = usize;
@@ -45,6 +57,10 @@ pub struct Config {
     pub read_buffer_size: usize,
     /// On shutdown, how long connections get to finish their close handshake.
     pub drain_timeout: Duration,
+    /// The backend.
+    pub io: Io,
+    /// io_uring ring and buffer sizes (per reactor).
+    pub uring: UringConfig,
     /// Protocol limits and timeouts.
     pub protocol: protocol::Config,
 }
@@ -59,6 +75,8 @@ impl Default for Config {
             max_connections_per_reactor: 1 << 20,
             read_buffer_size: 64 << 10,
             drain_timeout: Duration::from_secs(10),
+            io: Io::Auto,
+            uring: UringConfig::default(),
             protocol: protocol::Config::default(),
         }
     }
@@ -227,13 +245,14 @@ impl ShutdownHandle {
 /// Running reactors: their stats, and the way to stop them.
 pub struct Runtime {
     local_addr: SocketAddr,
+    io: Io,
     shutdown: ShutdownHandle,
     threads: Mutex<Vec<JoinHandle<()>>>,
     stats: Vec<Arc<Stats>>,
 }
 
 impl Runtime {
-    /// Binds one listener per reactor and starts the reactor threads on the epoll backend.
+    /// Binds one listener per reactor and starts the reactor threads on the configured backend.
     /// `make_handler(i)` builds reactor `i`'s handler, on that reactor's thread.
     pub fn start<H, F>(config: Config, make_handler: F) -> io::Result<Runtime>
     where
@@ -242,39 +261,100 @@ impl Runtime {
     {
         let listeners = bind_reuseport(config.listen, config.threads.max(1), config.backlog)?;
         let local_addr = listeners[0].local_addr()?;
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let make_handler = Arc::new(make_handler);
-        let config = Arc::new(config);
         let mut runtime = Runtime {
             local_addr,
+            io: config.io,
             shutdown: ShutdownHandle {
-                flag: shutdown.clone(),
+                flag: Arc::new(AtomicBool::new(false)),
                 wakers: Vec::new(),
             },
             threads: Mutex::new(Vec::new()),
             stats: Vec::new(),
         };
+        let config = Arc::new(config);
+        let make_handler = Arc::new(make_handler);
+        runtime.io = match config.io {
+            Io::Auto => match sys::uring::probe(&config.uring) {
+                Ok(()) => Io::Uring,
+                Err(e) => {
+                    tracing::info!("io_uring unavailable ({e}); using epoll");
+                    Io::Epoll
+                }
+            },
+            io => io,
+        };
+        if runtime.io == Io::Uring {
+            let uring = config.uring;
+            runtime.spawn(listeners, &config, &make_handler, move |l| {
+                sys::uring::Uring::new(l, uring)
+            })?;
+        } else {
+            runtime.spawn(listeners, &config, &make_handler, |l| {
+                sys::epoll::Epoll::new(l, 1024)
+            })?;
+        }
+        Ok(runtime)
+    }
+
+    /// Starts one reactor thread per listener on the backend `make_backend` builds there (a ring
+    /// belongs to the thread that creates it). Fails, stopping what started, if any cannot.
+    fn spawn<B, H, F>(
+        &mut self,
+        listeners: Vec<std::net::TcpListener>,
+        config: &Arc<Config>,
+        make_handler: &Arc<F>,
+        make_backend: impl Fn(std::net::TcpListener) -> io::Result<B> + Clone + Send + 'static,
+    ) -> io::Result<()>
+    where
+        B: sys::Backend + 'static,
+        H: Handler + 'static,
+        F: Fn(usize) -> H + Send + Sync + 'static,
+    {
         let mut threads = Vec::new();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
         for (index, listener) in listeners.into_iter().enumerate() {
-            let backend = sys::epoll::Epoll::new(listener, 1024)?;
             let stats = Arc::new(Stats::default());
-            runtime.shutdown.wakers.push(sys::Backend::waker(&backend));
-            runtime.stats.push(stats.clone());
-            let (config, make_handler, shutdown) =
-                (config.clone(), make_handler.clone(), shutdown.clone());
+            self.stats.push(stats.clone());
+            let (config, make_handler, flag) = (
+                config.clone(),
+                make_handler.clone(),
+                self.shutdown.flag.clone(),
+            );
+            let (make_backend, ready_tx) = (make_backend.clone(), ready_tx.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("reactor-{index}"))
                 .spawn(move || {
                     if config.pin_threads {
                         listen::pin_to_core(index);
                     }
+                    let backend = match make_backend(listener) {
+                        Ok(backend) => backend,
+                        Err(e) => return drop(ready_tx.send(Err(e))),
+                    };
+                    let _ = ready_tx.send(Ok(sys::Backend::waker(&backend)));
                     let handler = make_handler(index);
-                    event_loop::Reactor::new(backend, handler, config, shutdown, stats).run();
+                    event_loop::Reactor::new(backend, handler, config, stats).run(&flag);
                 })?;
             threads.push(thread);
         }
-        runtime.threads = Mutex::new(threads);
-        Ok(runtime)
+        *self.threads.lock().unwrap_or_else(|e| e.into_inner()) = threads;
+        for _ in 0..self.stats.len() {
+            match ready.recv() {
+                Ok(Ok(waker)) => self.shutdown.wakers.push(waker),
+                Ok(Err(e)) => {
+                    self.shutdown();
+                    self.join();
+                    return Err(e);
+                }
+                Err(_) => return Err(io::Error::other("a reactor thread died while starting")),
+            }
+        }
+        Ok(())
+    }
+
+    /// The backend the reactors run on (`Auto` resolved).
+    pub fn io(&self) -> Io {
+        self.io
     }
 
     /// The address the listeners are bound to (with the real port when 0 was asked for).

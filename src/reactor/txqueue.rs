@@ -1,5 +1,10 @@
-//! The unsent bytes of one connection, in order: owned bytes (copied when a write fell short)
-//! and shared frames (one framed message referenced by many connections, never copied).
+//! The unsent bytes of one connection, in order: owned bytes (copied when a write fell short
+//! or, on a completion backend, when a frame was queued for submission) and shared frames (one
+//! framed message referenced by many connections, never copied).
+//!
+//! A completion backend (io_uring) sends from the queue asynchronously: [`TxQueue::start_send`]
+//! pins the chunks the kernel reads from and fills the queue's own message header, so both stay
+//! put until [`TxQueue::finish_send`].
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -23,14 +28,36 @@ impl Chunk {
     }
 }
 
+/// Most slices in one asynchronous send.
+const SEND_SLICES: usize = 16;
+
 /// A connection's write queue. It exists only while there is something to send.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct TxQueue {
     chunks: VecDeque<Chunk>,
     /// Bytes of the front chunk already sent.
     sent: usize,
     /// Bytes still to send.
     len: usize,
+    /// Front chunks an asynchronous send is reading: their bytes must not move.
+    pinned: usize,
+    /// The asynchronous send's message header and slices (boxed queues keep their address).
+    in_flight: Option<Box<InFlight>>,
+}
+
+struct InFlight {
+    header: libc::msghdr,
+    slices: [libc::iovec; SEND_SLICES],
+}
+
+impl std::fmt::Debug for TxQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxQueue")
+            .field("len", &self.len)
+            .field("chunks", &self.chunks.len())
+            .field("sending", &(self.pinned > 0))
+            .finish()
+    }
 }
 
 impl TxQueue {
@@ -50,7 +77,10 @@ impl TxQueue {
             return;
         }
         self.len += bytes.len();
-        if let Some(Chunk::Owned(last)) = self.chunks.back_mut() {
+        let last_is_free = self.chunks.len() > self.pinned;
+        if let Some(Chunk::Owned(last)) = self.chunks.back_mut()
+            && last_is_free
+        {
             last.extend_from_slice(bytes);
         } else {
             self.chunks.push_back(Chunk::Owned(bytes.to_vec()));
@@ -96,11 +126,48 @@ impl TxQueue {
         }
     }
 
-    /// Empties the queue, keeping its allocation for reuse.
+    /// Empties the queue, keeping its allocations for reuse. Not while a send is in flight.
     pub fn clear(&mut self) {
+        debug_assert!(!self.is_sending());
         self.chunks.clear();
         self.sent = 0;
         self.len = 0;
+    }
+
+    /// Whether an asynchronous send is reading from the queue.
+    pub fn is_sending(&self) -> bool {
+        self.pinned > 0
+    }
+
+    /// Prepares an asynchronous `sendmsg` of the queue's front and pins what it reads. The
+    /// header stays valid, and the bytes it points to stay put, until [`TxQueue::finish_send`];
+    /// bytes pushed meanwhile go to new chunks. The queue must be non-empty and not sending.
+    pub fn start_send(&mut self) -> *const libc::msghdr {
+        debug_assert!(!self.is_empty() && !self.is_sending());
+        // SAFETY: msghdr and iovec are plain C structs; all zeroes is a valid (empty) value.
+        let in_flight = self
+            .in_flight
+            .get_or_insert_with(|| Box::new(unsafe { std::mem::zeroed() }));
+        let mut count = 0;
+        for (i, chunk) in self.chunks.iter().take(SEND_SLICES).enumerate() {
+            let bytes = chunk.bytes();
+            let bytes = if i == 0 { &bytes[self.sent..] } else { bytes };
+            in_flight.slices[i] = libc::iovec {
+                iov_base: bytes.as_ptr() as *mut libc::c_void,
+                iov_len: bytes.len(),
+            };
+            count += 1;
+        }
+        in_flight.header.msg_iov = in_flight.slices.as_mut_ptr();
+        in_flight.header.msg_iovlen = count;
+        self.pinned = count;
+        &in_flight.header
+    }
+
+    /// The asynchronous send finished having written `written` bytes: drops them and unpins.
+    pub fn finish_send(&mut self, written: usize) {
+        self.pinned = 0;
+        self.consume(written.min(self.len));
     }
 }
 
@@ -119,6 +186,23 @@ mod tests {
             q.consume(take);
         }
         out
+    }
+
+    #[test]
+    fn bytes_pushed_during_a_send_do_not_move_the_pinned_ones() {
+        let mut q = TxQueue::default();
+        q.push_copy(b"first");
+        let header = q.start_send();
+        // SAFETY: the header and its single slice were just filled by start_send.
+        let slice = unsafe { *(*header).msg_iov };
+        let (ptr, len) = (slice.iov_base as *const u8, slice.iov_len);
+        q.push_copy(&[b'x'; 100_000]);
+        // SAFETY: pinned bytes stay valid and unmoved until finish_send.
+        assert_eq!(unsafe { std::slice::from_raw_parts(ptr, len) }, b"first");
+        q.finish_send(3);
+        assert!(!q.is_sending());
+        assert_eq!(q.len(), 2 + 100_000);
+        assert_eq!(&drain(&mut q, 4096)[..3], b"stx");
     }
 
     #[test]

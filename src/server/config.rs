@@ -8,11 +8,23 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
 use crate::protocol;
 use crate::reactor;
+
+/// The `--io` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoChoice {
+    /// io_uring if available, else epoll.
+    Auto,
+    /// epoll.
+    Epoll,
+    /// io_uring; fail if unavailable.
+    Uring,
+}
 
 /// `clarion serve` flags; each overrides the config file's key of the same name.
 #[derive(Args, Debug, Default, Deserialize, Clone)]
@@ -28,7 +40,26 @@ pub struct Settings {
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
 
-    /// Reactor threads, one per core [default: available cores].
+    /// Event-loop backend: io_uring where the kernel allows it (auto), or one of them
+    /// [default: auto].
+    #[arg(long, value_enum)]
+    pub io: Option<IoChoice>,
+
+    /// io_uring: fixed-file slots per reactor, i.e. the most connections one reactor holds
+    /// [default: the soft RLIMIT_NOFILE after raising it to the hard limit].
+    #[arg(long, value_name = "N")]
+    pub uring_files: Option<u32>,
+
+    /// io_uring: provided receive buffers per reactor, a power of two [default: 512].
+    #[arg(long, value_name = "N")]
+    pub uring_buffers: Option<u16>,
+
+    /// io_uring: bytes per provided receive buffer [default: 16384].
+    #[arg(long, value_name = "BYTES")]
+    pub uring_buffer_size: Option<u32>,
+
+    /// Reactor threads, one per core [default: available cores]. More than the cores is
+    /// allowed (with io_uring each reactor adds a fixed-file table).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 
@@ -119,6 +150,10 @@ impl Settings {
         }
         pick!(
             listen,
+            io,
+            uring_files,
+            uring_buffers,
+            uring_buffer_size,
             threads,
             no_pin,
             backlog,
@@ -171,6 +206,15 @@ impl Settings {
                 "read_buffer_size must be at least 4096",
             ),
             (config.backlog < 1, "backlog must be at least 1"),
+            (
+                !config.uring.buffers.is_power_of_two() || config.uring.buffers > 32768,
+                "uring_buffers must be a power of two up to 32768",
+            ),
+            (
+                config.uring.buffer_size < 1024,
+                "uring_buffer_size must be at least 1024",
+            ),
+            (config.uring.files == 0, "uring_files must be at least 1"),
         ];
         match checks.iter().find(|(bad, _)| *bad) {
             Some((_, message)) => Err((*message).to_owned()),
@@ -187,8 +231,25 @@ impl Settings {
             Some(v) => Some(v),
             None => default,
         };
+        let max_connections_per_reactor = self
+            .max_connections_per_reactor
+            .unwrap_or(d.max_connections_per_reactor);
+        let default_files = fd_limit()
+            .min(max_connections_per_reactor as u64)
+            .min(u32::MAX as u64) as u32;
         reactor::Config {
             listen: self.listen.unwrap_or(d.listen),
+            io: match self.io.unwrap_or(IoChoice::Auto) {
+                IoChoice::Auto => reactor::Io::Auto,
+                IoChoice::Epoll => reactor::Io::Epoll,
+                IoChoice::Uring => reactor::Io::Uring,
+            },
+            uring: reactor::UringConfig {
+                entries: d.uring.entries,
+                files: self.uring_files.unwrap_or(default_files),
+                buffers: self.uring_buffers.unwrap_or(d.uring.buffers),
+                buffer_size: self.uring_buffer_size.unwrap_or(d.uring.buffer_size),
+            },
             threads: self.threads.unwrap_or(d.threads),
             pin_threads: !self.no_pin.unwrap_or(false),
             backlog: self.backlog.unwrap_or(d.backlog),
@@ -210,6 +271,37 @@ impl Settings {
             },
         }
     }
+}
+
+/// The soft `RLIMIT_NOFILE`, which also caps an io_uring fixed-file table.
+fn fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) fills the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    limit.rlim_cur
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (epoll sockets and io_uring tables are
+/// both bounded by it); returns the new soft limit.
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct they are given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+    fd_limit()
 }
 
 /// Parses `250ms`, `10s`, `2m`, `1h` or `0`.
@@ -283,8 +375,10 @@ mod tests {
         })
         .unwrap();
         let mut config = example.reactor_config();
-        config.threads = reactor::Config::default().threads;
         let defaults = reactor::Config::default();
+        // Host-dependent defaults: the core count and the fd limit.
+        config.threads = defaults.threads;
+        config.uring.files = defaults.uring.files;
         assert_eq!(format!("{config:?}"), format!("{defaults:?}"));
     }
 

@@ -9,16 +9,35 @@ use std::time::Duration;
 use clarion::reactor::{self, Runtime};
 use tungstenite::WebSocket;
 
+/// The backend under test: `CLARION_TEST_IO=epoll|uring` (default: whatever `auto` picks).
+pub fn io() -> reactor::Io {
+    match std::env::var("CLARION_TEST_IO").as_deref() {
+        Ok("epoll") => reactor::Io::Epoll,
+        Ok("uring") => reactor::Io::Uring,
+        Ok(other) if !other.is_empty() => panic!("CLARION_TEST_IO={other}: use epoll or uring"),
+        _ => reactor::Io::Auto,
+    }
+}
+
 /// Starts the echo server on 127.0.0.1 with a free port, two reactors, after `adjust`.
 pub fn start(adjust: impl FnOnce(&mut reactor::Config)) -> Runtime {
     let mut config = reactor::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         threads: 2,
         pin_threads: false,
+        io: io(),
         ..reactor::Config::default()
     };
     adjust(&mut config);
-    clarion::server::start(config).expect("server starts")
+    let runtime = clarion::server::start(config).expect("server starts");
+    if io() != reactor::Io::Auto {
+        assert_eq!(
+            runtime.io(),
+            io(),
+            "the backend under test is the one running"
+        );
+    }
+    runtime
 }
 
 /// A tungstenite client connected to `path`.

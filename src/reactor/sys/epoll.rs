@@ -8,7 +8,11 @@ use std::time::Duration;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::{Backend, IoEvent, LISTENER, WAKER, Wake};
+use super::{Backend, Flushed, IoEvent, Wake};
+use crate::reactor::txqueue::{MAX_IOVECS, TxQueue};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
 
 /// One reactor's epoll instance and its `SO_REUSEPORT` listener.
 pub struct Epoll {
@@ -24,8 +28,8 @@ impl Epoll {
         let poll = Poll::new()?;
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
-            .register(&mut listener, Token(LISTENER), Interest::READABLE)?;
-        let waker = Arc::new(Waker::new(poll.registry(), Token(WAKER))?);
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         Ok(Epoll {
             poll,
             events: Events::with_capacity(events_capacity),
@@ -45,36 +49,48 @@ impl Wake for Waker {
 impl Backend for Epoll {
     type Socket = TcpStream;
 
-    fn wait(&mut self, events: &mut Vec<IoEvent>, timeout: Option<Duration>) -> io::Result<()> {
+    const WRITES_NOW: bool = true;
+
+    fn wait(
+        &mut self,
+        events: &mut Vec<IoEvent<TcpStream>>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
         match self.poll.poll(&mut self.events, timeout) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             other => other?,
         }
         for event in &self.events {
-            let token = event.token().0;
-            // Errors and hang-ups surface as a failed or empty read.
-            if event.is_readable() || event.is_read_closed() || event.is_error() {
-                events.push(IoEvent::Readable(token));
-            }
-            if event.is_writable() && token != LISTENER && token != WAKER {
-                events.push(IoEvent::Writable(token));
+            match event.token() {
+                LISTENER => events.push(IoEvent::Acceptable),
+                WAKER => events.push(IoEvent::Woken),
+                Token(token) => {
+                    // Errors and hang-ups surface as a failed or empty read.
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        events.push(IoEvent::Readable(token));
+                    }
+                    if event.is_writable() {
+                        events.push(IoEvent::Writable(token));
+                    }
+                }
             }
         }
         Ok(())
     }
 
-    fn accept(&mut self) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+    fn accept(&mut self) -> io::Result<Option<(TcpStream, Option<SocketAddr>)>> {
         let Some(listener) = &self.listener else {
             return Ok(None);
         };
         match listener.accept() {
-            Ok((stream, addr)) => {
-                stream.set_nodelay(true)?;
-                Ok(Some((stream, addr)))
-            }
+            Ok((stream, addr)) => Ok(Some((stream, Some(addr)))),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    fn resume_accepting(&mut self) {
+        // Edge-triggered: the reactor calls `accept` again itself after a pause.
     }
 
     fn stop_accepting(&mut self) {
@@ -84,7 +100,8 @@ impl Backend for Epoll {
     }
 
     fn register(&mut self, socket: &mut TcpStream, token: usize) -> io::Result<()> {
-        // Both interests once, edge-triggered: no epoll_ctl when a write queue fills or drains.
+        // TCP_NODELAY is inherited from the listener. Both interests once, edge-triggered: no
+        // epoll_ctl when a write queue fills or drains.
         self.poll.registry().register(
             socket,
             Token(token),
@@ -92,20 +109,49 @@ impl Backend for Epoll {
         )
     }
 
-    fn read(&mut self, socket: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    fn read(socket: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
         socket.read(buf)
     }
 
-    fn write(&mut self, socket: &mut TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    fn received(&mut self, _buffer: u16, _len: u32) -> &mut [u8] {
+        // Readiness backends never report `Received`.
+        &mut []
+    }
+
+    fn release_buffer(&mut self, _buffer: u16) {}
+
+    fn write_now(socket: &mut TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         socket.write_vectored(bufs)
     }
 
-    fn shutdown_write(&mut self, socket: &mut TcpStream) {
+    fn flush(
+        &mut self,
+        _token: usize,
+        socket: &mut TcpStream,
+        queue: &mut TxQueue,
+    ) -> io::Result<Flushed> {
+        while !queue.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let n = queue.slices(&mut slices);
+            match socket.write_vectored(&slices[..n]) {
+                Ok(0) => return Ok(Flushed::Pending),
+                Ok(written) => queue.consume(written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Pending),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Flushed::Done)
+    }
+
+    fn shutdown_write(&mut self, _token: usize, socket: &mut TcpStream) {
         let _ = socket.shutdown(Shutdown::Write);
     }
 
-    fn close(&mut self, mut socket: TcpStream) {
-        let _ = self.poll.registry().deregister(&mut socket);
+    fn close(&mut self, _token: usize, _socket: &mut TcpStream) -> bool {
+        // Closing the descriptor, when the reactor drops the socket, also removes it from the
+        // epoll set: no epoll_ctl needed.
+        true
     }
 
     fn waker(&self) -> Arc<dyn Wake> {

@@ -1,27 +1,68 @@
-//! The narrow, OS-specific part of a reactor: accept, read into a buffer, write, wait.
+//! The narrow, OS-specific part of a reactor: accept, read into a buffer, write or submit, wait.
 //!
-//! Everything else (the connection table, buffers, timers, parsing, dispatch) lives once, above,
-//! in [`super::event_loop`]. One file per backend.
+//! Two models behind one trait. A readiness backend (epoll) reports that a socket can be read or
+//! written, and the reactor then reads into its shared buffer and writes directly. A completion
+//! backend (io_uring) reports finished work: a connection accepted, bytes received into one of
+//! its provided buffers, a send done. Each backend produces only the events of its model; the
+//! reactor handles both, so the connection table, buffers, timers, parsing, dispatch and the
+//! close procedure live once, in [`super::event_loop`].
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::txqueue::TxQueue;
+
 pub mod epoll;
+pub mod uring;
 
-/// Token of the listening socket in readiness events.
-pub const LISTENER: usize = usize::MAX - 1;
-/// Token of the cross-thread waker.
-pub const WAKER: usize = usize::MAX - 2;
-
-/// What woke the reactor, per connection token (or [`LISTENER`], [`WAKER`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IoEvent {
-    /// Bytes (or end of stream) can be read.
+/// What happened, per connection token.
+#[derive(Debug)]
+pub enum IoEvent<S> {
+    /// Readiness: connections wait on the listener; call [`Backend::accept`] until `None`.
+    Acceptable,
+    /// Completion: a connection was accepted.
+    Accepted(S),
+    /// Completion: accepting stopped on an error (e.g. the file table is full);
+    /// [`Backend::resume_accepting`] starts it again.
+    AcceptFailed(io::Error),
+    /// Readiness: read with [`Backend::read`].
     Readable(usize),
-    /// Queued bytes can be written.
+    /// Completion: `len` bytes arrived in provided buffer `buffer` ([`Backend::received`]).
+    Received {
+        /// The connection.
+        token: usize,
+        /// The provided buffer holding the bytes.
+        buffer: u16,
+        /// How many bytes.
+        len: u32,
+    },
+    /// Completion: the peer closed its side, or receiving failed.
+    ReadClosed(usize),
+    /// Readiness: the connection's queue can be flushed with [`Backend::flush`].
     Writable(usize),
+    /// Completion: the send started by [`Backend::flush`] finished (bytes written, or -errno).
+    Sent {
+        /// The connection.
+        token: usize,
+        /// Bytes written, or a negated errno.
+        result: i32,
+    },
+    /// Completion: every operation of a connection closed with [`Backend::close`] has
+    /// finished; its token may be reused.
+    Released(usize),
+    /// Another thread called [`Wake::wake`].
+    Woken,
+}
+
+/// What [`Backend::flush`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flushed {
+    /// The queue is empty.
+    Done,
+    /// Bytes remain; a `Writable` or `Sent` event will follow.
+    Pending,
 }
 
 /// Wakes a reactor from another thread.
@@ -35,29 +76,58 @@ pub trait Backend {
     /// An accepted connection's socket.
     type Socket;
 
-    /// Waits until something is ready or `timeout` passes, then fills `events`.
-    fn wait(&mut self, events: &mut Vec<IoEvent>, timeout: Option<Duration>) -> io::Result<()>;
+    /// Whether [`Backend::write_now`] writes synchronously. Completion backends queue every byte
+    /// and send it when the reactor calls [`Backend::flush`] at the end of its turn.
+    const WRITES_NOW: bool;
 
-    /// Accepts one pending connection; `Ok(None)` when there is none.
-    fn accept(&mut self) -> io::Result<Option<(Self::Socket, SocketAddr)>>;
+    /// Submits what is pending, waits until something happens or `timeout` passes, then fills
+    /// `events`.
+    fn wait(
+        &mut self,
+        events: &mut Vec<IoEvent<Self::Socket>>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()>;
 
-    /// Stops accepting (shutdown): the listener is closed, queued connections are refused.
+    /// Readiness: accepts one pending connection; `Ok(None)` when there is none.
+    fn accept(&mut self) -> io::Result<Option<(Self::Socket, Option<SocketAddr>)>>;
+
+    /// Starts accepting again after an accept error paused it.
+    fn resume_accepting(&mut self);
+
+    /// Stops accepting (shutdown): the listener is closed.
     fn stop_accepting(&mut self);
 
-    /// Starts watching a new connection under `token`.
+    /// Starts watching (or receiving on) a new connection under `token`.
     fn register(&mut self, socket: &mut Self::Socket, token: usize) -> io::Result<()>;
 
-    /// Reads into `buf`: `Ok(0)` at end of stream, `WouldBlock` when nothing is there.
-    fn read(&mut self, socket: &mut Self::Socket, buf: &mut [u8]) -> io::Result<usize>;
+    /// Readiness: reads into `buf`; `Ok(0)` at end of stream, `WouldBlock` when nothing is there.
+    fn read(socket: &mut Self::Socket, buf: &mut [u8]) -> io::Result<usize>;
 
-    /// Writes as much of `bufs` as the socket takes now.
-    fn write(&mut self, socket: &mut Self::Socket, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// Completion: the bytes of a `Received` event.
+    fn received(&mut self, buffer: u16, len: u32) -> &mut [u8];
 
-    /// Sends FIN after the queued bytes; reading goes on.
-    fn shutdown_write(&mut self, socket: &mut Self::Socket);
+    /// Completion: gives a provided buffer back once its bytes are processed.
+    fn release_buffer(&mut self, buffer: u16);
 
-    /// Stops watching and closes the socket.
-    fn close(&mut self, socket: Self::Socket);
+    /// Writes as much of `bufs` as the socket takes now (0 on completion backends).
+    fn write_now(socket: &mut Self::Socket, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+
+    /// Sends what `queue` holds: writes it now (readiness) or starts an asynchronous send
+    /// (completion; nothing if one is already in flight).
+    fn flush(
+        &mut self,
+        token: usize,
+        socket: &mut Self::Socket,
+        queue: &mut TxQueue,
+    ) -> io::Result<Flushed>;
+
+    /// Sends FIN once what was written before is sent; reading goes on.
+    fn shutdown_write(&mut self, token: usize, socket: &mut Self::Socket);
+
+    /// Closes the connection. `true`: done, the token is free now. `false`: operations are still
+    /// in flight; a `Released` event will say when the token is free (until then the queue the
+    /// kernel may be reading must be kept).
+    fn close(&mut self, token: usize, socket: &mut Self::Socket) -> bool;
 
     /// A handle that wakes this backend's `wait` from any thread.
     fn waker(&self) -> Arc<dyn Wake>;

@@ -1,0 +1,582 @@
+//! The io_uring backend: completion-based, one ring per reactor thread.
+//!
+//! - Accept: one multishot accept straight into the ring's fixed-file table (direct descriptors,
+//!   `IORING_FILE_INDEX_ALLOC`), so accepted sockets take no process file descriptor and one
+//!   process can hold more connections than `RLIMIT_NOFILE` (the kernel caps each table at the
+//!   soft limit, so more connections need more rings, i.e. reactors).
+//! - Receive: one multishot recv per connection drawing from a provided-buffer ring: the kernel
+//!   picks a buffer only when bytes arrive, so an idle connection holds none; the reactor hands
+//!   it back right after parsing. `ENOBUFS` (ring empty) ends the recv without losing data; it
+//!   is re-armed at the next turn, once the turn's buffers are back.
+//! - Send: at most one `sendmsg` in flight per connection, straight from its write queue, which
+//!   pins what the kernel reads until the completion. A turn's submissions go in with one
+//!   `io_uring_enter`, which also waits (with the timer wheel's timeout).
+//! - Close: cancel the recv, close the direct descriptor; the token is released once every
+//!   operation on it has completed, so a late completion never reaches a reused token.
+
+use std::io::{self, IoSlice};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+
+use super::{Backend, Flushed, IoEvent, Wake};
+use crate::reactor::txqueue::TxQueue;
+
+/// Sizes of one reactor's ring and buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UringConfig {
+    /// Submission queue entries (the completion queue is four times larger).
+    pub entries: u32,
+    /// Slots of the fixed-file table: the most connections this reactor holds.
+    pub files: u32,
+    /// Provided receive buffers (a power of two, at most 32768).
+    pub buffers: u16,
+    /// Bytes per provided buffer.
+    pub buffer_size: u32,
+}
+
+impl Default for UringConfig {
+    fn default() -> UringConfig {
+        UringConfig {
+            entries: 4096,
+            files: 20_000,
+            buffers: 512,
+            buffer_size: 16 << 10,
+        }
+    }
+}
+
+/// A connection's socket: its slot in the ring's fixed-file table.
+#[derive(Debug)]
+pub struct Direct(u32);
+
+// user_data: the operation in the top byte, the token below.
+const ACCEPT: u64 = 1 << 56;
+const RECV: u64 = 2 << 56;
+const SEND: u64 = 3 << 56;
+const WAKE: u64 = 4 << 56;
+const IGNORE: u64 = 5 << 56;
+const TOKEN_MASK: u64 = (1 << 56) - 1;
+
+/// Per-token state of operations in flight.
+const RECV_ARMED: u8 = 1;
+const SEND_IN_FLIGHT: u8 = 2;
+const CLOSING: u8 = 4;
+
+const BUFFER_GROUP: u16 = 0;
+
+/// One reactor's ring, listener, provided buffers and waker.
+pub struct Uring {
+    ring: IoUring,
+    listener: Option<TcpListener>,
+    accepting: bool,
+    buffers: BufRing,
+    waker: Arc<EventFd>,
+    /// Per token: operations in flight.
+    ops: Vec<u8>,
+    /// Per token: its fixed-file slot, to re-arm its recv.
+    slots: Vec<u32>,
+    /// Tokens whose multishot recv ended and must be armed again.
+    rearm: Vec<usize>,
+    /// Completions reaped in one wait, kept for its capacity.
+    completed: Vec<cqueue::Entry>,
+}
+
+impl Uring {
+    /// Sets up a ring for `listener` (bound and listening), on the thread that will use it.
+    /// Errors say what the host lacks.
+    pub fn new(listener: TcpListener, config: UringConfig) -> io::Result<Uring> {
+        let ring = build_ring(config.entries)?;
+        register(&ring, &config)?;
+        let buffers = BufRing::new(&ring, config.buffers, config.buffer_size)?;
+        let waker = Arc::new(EventFd::new()?);
+        let mut uring = Uring {
+            ring,
+            listener: Some(listener),
+            accepting: false,
+            buffers,
+            waker,
+            ops: Vec::new(),
+            slots: Vec::new(),
+            rearm: Vec::new(),
+            completed: Vec::new(),
+        };
+        let wake = opcode::PollAdd::new(types::Fd(uring.waker.0.as_raw_fd()), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(WAKE);
+        uring.push(wake)?;
+        uring.resume_accepting();
+        Ok(uring)
+    }
+
+    /// Queues a submission, submitting first if the queue is full.
+    fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every entry pushed here points only at memory that outlives its operation:
+            // the listener and eventfd (owned by self), a boxed write queue kept until the send
+            // completes, or nothing.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return Ok(());
+            }
+            self.ring.submit()?;
+        }
+    }
+
+    fn ops_mut(&mut self, token: usize) -> &mut u8 {
+        if self.ops.len() <= token {
+            self.ops.resize(token + 1, 0);
+            self.slots.resize(token + 1, 0);
+        }
+        &mut self.ops[token]
+    }
+
+    fn arm_recv(&mut self, token: usize, slot: u32) -> io::Result<()> {
+        let recv = opcode::RecvMulti::new(types::Fixed(slot), BUFFER_GROUP)
+            .build()
+            .user_data(RECV | token as u64);
+        self.push(recv)?;
+        *self.ops_mut(token) |= RECV_ARMED;
+        Ok(())
+    }
+
+    /// Whether a closing token has nothing left in flight.
+    fn released(&mut self, token: usize) -> bool {
+        let ops = self.ops_mut(token);
+        if *ops & CLOSING != 0 && *ops & (RECV_ARMED | SEND_IN_FLIGHT) == 0 {
+            *ops = 0;
+            return true;
+        }
+        false
+    }
+
+    fn on_completion(&mut self, cqe: cqueue::Entry, events: &mut Vec<IoEvent<Direct>>) {
+        let (user_data, result, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
+        let token = (user_data & TOKEN_MASK) as usize;
+        match user_data & !TOKEN_MASK {
+            ACCEPT => {
+                if !cqueue::more(flags) {
+                    self.accepting = false;
+                }
+                if result >= 0 {
+                    events.push(IoEvent::Accepted(Direct(result as u32)));
+                    if !self.accepting {
+                        self.resume_accepting();
+                    }
+                } else if result != -libc::ECANCELED {
+                    events.push(IoEvent::AcceptFailed(io::Error::from_raw_os_error(-result)));
+                }
+            }
+            RECV => {
+                let more = cqueue::more(flags);
+                if !more {
+                    *self.ops_mut(token) &= !RECV_ARMED;
+                }
+                let closing = *self.ops_mut(token) & CLOSING != 0;
+                if result > 0 {
+                    let buffer = cqueue::buffer_select(flags)
+                        .expect("a recv from a buffer group names its buffer");
+                    events.push(IoEvent::Received {
+                        token,
+                        buffer,
+                        len: result as u32,
+                    });
+                    if !more && !closing {
+                        self.rearm.push(token);
+                    }
+                } else if result == -libc::ENOBUFS {
+                    // Every buffer is out: the data waits in the socket; ask again next turn.
+                    if !closing {
+                        self.rearm.push(token);
+                    }
+                } else if !closing {
+                    // 0: the peer closed; otherwise an error such as a reset.
+                    events.push(IoEvent::ReadClosed(token));
+                }
+                if self.released(token) {
+                    events.push(IoEvent::Released(token));
+                }
+            }
+            SEND => {
+                *self.ops_mut(token) &= !SEND_IN_FLIGHT;
+                events.push(IoEvent::Sent { token, result });
+                if self.released(token) {
+                    events.push(IoEvent::Released(token));
+                }
+            }
+            WAKE => {
+                self.waker.drain();
+                events.push(IoEvent::Woken);
+                if !cqueue::more(flags) {
+                    let wake = opcode::PollAdd::new(
+                        types::Fd(self.waker.0.as_raw_fd()),
+                        libc::POLLIN as u32,
+                    )
+                    .multi(true)
+                    .build()
+                    .user_data(WAKE);
+                    let _ = self.push(wake);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Checks, with a throwaway ring, that this host can run the backend with `config`.
+pub fn probe(config: &UringConfig) -> io::Result<()> {
+    // A kernel too old for multishot recv (6.0) accepts the ring but fails the recv later.
+    let mut uname = std::mem::MaybeUninit::<libc::utsname>::uninit();
+    // SAFETY: uname(2) fills the struct it is given.
+    let release = unsafe {
+        libc::uname(uname.as_mut_ptr());
+        std::ffi::CStr::from_ptr(uname.assume_init_ref().release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    };
+    let major: u32 = release
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    if major < 6 {
+        return Err(io::Error::other(format!(
+            "Linux {release} is too old: the io_uring backend needs 6.0+"
+        )));
+    }
+    let ring = build_ring(config.entries.min(64))?;
+    register(&ring, config)?;
+    BufRing::new(&ring, config.buffers.min(8), 4096).map(drop)
+}
+
+fn build_ring(entries: u32) -> io::Result<IoUring> {
+    IoUring::builder()
+        .setup_cqsize(entries * 4)
+        .setup_single_issuer()
+        .setup_coop_taskrun()
+        .setup_defer_taskrun()
+        .build(entries)
+        .map_err(|e| explain(e, "create an io_uring"))
+}
+
+fn register(ring: &IoUring, config: &UringConfig) -> io::Result<()> {
+    if !ring.params().is_feature_nodrop() {
+        return Err(io::Error::other(
+            "io_uring without IORING_FEAT_NODROP (Linux 5.5+ needed)",
+        ));
+    }
+    ring.submitter()
+        .register_files_sparse(config.files)
+        .map_err(|e| {
+            explain(
+                e,
+                &format!(
+                    "register a fixed-file table of {} slots (capped by the soft RLIMIT_NOFILE)",
+                    config.files
+                ),
+            )
+        })
+}
+
+/// Turns a setup error into one that says what to change.
+fn explain(e: io::Error, what: &str) -> io::Error {
+    let hint = match e.raw_os_error() {
+        Some(libc::ENOSYS) => "the kernel has no io_uring",
+        Some(libc::EPERM) => {
+            "io_uring is disabled (sysctl kernel.io_uring_disabled) or blocked by seccomp"
+        }
+        Some(libc::ENOMEM) => "not enough locked memory (raise RLIMIT_MEMLOCK, e.g. ulimit -l)",
+        Some(libc::EMFILE) => "RLIMIT_NOFILE is too low for the requested table",
+        Some(libc::EINVAL) => "the kernel is too old for this feature (Linux 6.0+ is needed)",
+        _ => "",
+    };
+    io::Error::new(
+        e.kind(),
+        format!(
+            "cannot {what}: {e}{}{hint}",
+            if hint.is_empty() { "" } else { "; " }
+        ),
+    )
+}
+
+impl Backend for Uring {
+    type Socket = Direct;
+
+    const WRITES_NOW: bool = false;
+
+    fn wait(
+        &mut self,
+        events: &mut Vec<IoEvent<Direct>>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        for token in std::mem::take(&mut self.rearm) {
+            // Tokens re-armed here are live: a closing one is never queued for re-arming.
+            if *self.ops_mut(token) & (CLOSING | RECV_ARMED) == 0 {
+                self.arm_recv(token, self.slots[token])?;
+            }
+        }
+        let submitted = match timeout {
+            Some(Duration::ZERO) => self.ring.submit(),
+            Some(timeout) => {
+                let timespec = types::Timespec::from(timeout);
+                let args = types::SubmitArgs::new().timespec(&timespec);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+            None => self.ring.submit_and_wait(1),
+        };
+        match submitted {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        let mut completed = std::mem::take(&mut self.completed);
+        completed.extend(self.ring.completion());
+        for cqe in completed.drain(..) {
+            self.on_completion(cqe, events);
+        }
+        self.completed = completed;
+        Ok(())
+    }
+
+    fn accept(&mut self) -> io::Result<Option<(Direct, Option<SocketAddr>)>> {
+        // Completions bring accepted sockets; this backend never reports `Acceptable`.
+        Ok(None)
+    }
+
+    fn resume_accepting(&mut self) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        if self.accepting {
+            return;
+        }
+        let accept = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
+            .allocate_file_index(true)
+            .build()
+            .user_data(ACCEPT);
+        self.accepting = self.push(accept).is_ok();
+    }
+
+    fn stop_accepting(&mut self) {
+        if self.listener.take().is_some() && self.accepting {
+            let _ = self.push(opcode::AsyncCancel::new(ACCEPT).build().user_data(IGNORE));
+            self.accepting = false;
+        }
+    }
+
+    fn register(&mut self, socket: &mut Direct, token: usize) -> io::Result<()> {
+        *self.ops_mut(token) = 0;
+        self.slots[token] = socket.0;
+        self.arm_recv(token, socket.0)
+    }
+
+    fn read(_socket: &mut Direct, _buf: &mut [u8]) -> io::Result<usize> {
+        // Completion backends never report `Readable`.
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    fn received(&mut self, buffer: u16, len: u32) -> &mut [u8] {
+        self.buffers.get(buffer, len)
+    }
+
+    fn release_buffer(&mut self, buffer: u16) {
+        self.buffers.recycle(buffer);
+    }
+
+    fn write_now(_socket: &mut Direct, _bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        Ok(0)
+    }
+
+    fn flush(
+        &mut self,
+        token: usize,
+        socket: &mut Direct,
+        queue: &mut TxQueue,
+    ) -> io::Result<Flushed> {
+        if queue.is_empty() {
+            return Ok(Flushed::Done);
+        }
+        if queue.is_sending() {
+            return Ok(Flushed::Pending);
+        }
+        let header = queue.start_send();
+        let send = opcode::SendMsg::new(types::Fixed(socket.0), header)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(SEND | token as u64);
+        if let Err(e) = self.push(send) {
+            queue.finish_send(0);
+            return Err(e);
+        }
+        *self.ops_mut(token) |= SEND_IN_FLIGHT;
+        Ok(Flushed::Pending)
+    }
+
+    fn shutdown_write(&mut self, _token: usize, socket: &mut Direct) {
+        let shutdown = opcode::Shutdown::new(types::Fixed(socket.0), libc::SHUT_WR)
+            .build()
+            .user_data(IGNORE);
+        let _ = self.push(shutdown);
+    }
+
+    fn close(&mut self, token: usize, socket: &mut Direct) -> bool {
+        let close = opcode::Close::new(types::Fixed(socket.0))
+            .build()
+            .user_data(IGNORE);
+        if token == usize::MAX {
+            // Never registered: nothing in flight.
+            let _ = self.push(close);
+            return true;
+        }
+        *self.ops_mut(token) |= CLOSING;
+        if self.ops[token] & RECV_ARMED != 0 {
+            let _ = self.push(
+                opcode::AsyncCancel::new(RECV | token as u64)
+                    .build()
+                    .user_data(IGNORE),
+            );
+        }
+        let _ = self.push(close);
+        self.released(token)
+    }
+
+    fn waker(&self) -> Arc<dyn Wake> {
+        self.waker.clone()
+    }
+}
+
+/// An eventfd that other threads write to wake the ring's multishot poll.
+struct EventFd(OwnedFd);
+
+impl EventFd {
+    fn new() -> io::Result<EventFd> {
+        // SAFETY: eventfd(2) has no memory arguments; a non-negative result is a new descriptor
+        // that we then own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a valid descriptor nobody else owns.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Resets the counter so the poll fires again on the next wake.
+    fn drain(&self) {
+        let mut value = 0u64;
+        // SAFETY: reads 8 bytes into a local u64, as eventfd(2) requires.
+        unsafe { libc::read(self.0.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
+    }
+}
+
+impl Wake for EventFd {
+    fn wake(&self) {
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a local u64, as eventfd(2) requires.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+}
+
+/// The provided-buffer ring: a page-aligned ring of buffer descriptors shared with the kernel,
+/// and the buffers themselves in one allocation.
+struct BufRing {
+    /// The descriptor ring (mmap'd, page aligned, registered with the kernel).
+    ring: *mut types::BufRingEntry,
+    entries: u16,
+    /// Our next tail position (published to the kernel in `recycle`).
+    tail: u16,
+    memory: Box<[u8]>,
+    buffer_size: u32,
+}
+
+impl BufRing {
+    fn new(uring: &IoUring, entries: u16, buffer_size: u32) -> io::Result<BufRing> {
+        if !entries.is_power_of_two() || entries > 32768 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "uring buffers must be a power of two up to 32768",
+            ));
+        }
+        let ring_bytes = entries as usize * std::mem::size_of::<types::BufRingEntry>();
+        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
+        let ring = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                ring_bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ring == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buffers = BufRing {
+            ring: ring.cast(),
+            entries,
+            tail: 0,
+            memory: vec![0u8; entries as usize * buffer_size as usize].into_boxed_slice(),
+            buffer_size,
+        };
+        // SAFETY: the descriptor ring is page aligned (mmap) and `entries` long; it and the
+        // buffers stay mapped until the BufRing drops, which happens after the io_uring closes
+        // (field order in Uring), ending the registration.
+        unsafe {
+            uring
+                .submitter()
+                .register_buf_ring_with_flags(ring as u64, entries, BUFFER_GROUP, 0)
+                .map_err(|e| explain(e, "register the provided-buffer ring"))?;
+        }
+        for bid in 0..entries {
+            buffers.recycle(bid);
+        }
+        Ok(buffers)
+    }
+
+    /// The first `len` bytes of buffer `bid`, which the kernel has filled.
+    fn get(&mut self, bid: u16, len: u32) -> &mut [u8] {
+        let start = bid as usize * self.buffer_size as usize;
+        &mut self.memory[start..start + len.min(self.buffer_size) as usize]
+    }
+
+    /// Gives buffer `bid` back to the kernel.
+    fn recycle(&mut self, bid: u16) {
+        let mask = self.entries - 1;
+        // SAFETY: the index is masked into the ring; the address and length name buffer `bid`
+        // inside `memory`, which outlives the registration; the tail is published with release
+        // ordering after the descriptor is written, as the kernel's protocol requires.
+        unsafe {
+            let entry = &mut *self.ring.add((self.tail & mask) as usize);
+            entry.set_addr(
+                self.memory
+                    .as_ptr()
+                    .add(bid as usize * self.buffer_size as usize) as u64,
+            );
+            entry.set_len(self.buffer_size);
+            entry.set_bid(bid);
+            self.tail = self.tail.wrapping_add(1);
+            let tail = types::BufRingEntry::tail(self.ring) as *const std::sync::atomic::AtomicU16;
+            (*tail).store(self.tail, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`. The Uring's ring field is dropped
+        // first (declared first), which ends the kernel's use of it.
+        unsafe {
+            libc::munmap(
+                self.ring.cast(),
+                self.entries as usize * std::mem::size_of::<types::BufRingEntry>(),
+            );
+        }
+    }
+}
