@@ -80,6 +80,9 @@ fn close_is_echoed_then_the_server_hangs_up() {
         ws.read(),
         Err(tungstenite::Error::ConnectionClosed)
     ));
+    // Once the client closes its socket too, the server frees the connection at once (it
+    // would otherwise linger up to the close timeout for the client's FIN).
+    drop(ws);
     assert!(eventually(|| total(&server, |s| &s.connections) == 0));
 }
 

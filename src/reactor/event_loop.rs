@@ -42,11 +42,14 @@ const LINGER: u8 = 1;
 const OPENED: u8 = 2;
 /// A read hit the per-event cap: read again next turn (edge-triggered, no new event will come).
 const READ_AGAIN: u8 = 4;
-/// Closed, but the backend still has operations in flight on it: the entry (and its queue,
-/// which the kernel may be reading) waits for `Released`.
+/// Closed: the entry stays (with its queue, which the kernel may still be reading) until the
+/// backend has no operation in flight on it and the current turn's events are all handled,
+/// so that no event of a batch reaches a connection that reuses the token.
 const RELEASING: u8 = 8;
 /// FIN was sent.
 const FIN_SENT: u8 = 16;
+/// The peer's FIN is pending behind the data: read to the end of the stream.
+const PEER_CLOSED: u8 = 32;
 
 /// One connection's entry in the table. Everything an idle connection costs is here (plus its
 /// timer): no buffer, no queue.
@@ -87,6 +90,8 @@ struct Core<S, H: Handler> {
     cork: Vec<u8>,
     scratch: Vec<u8>,
     read_again: Vec<usize>,
+    /// Tokens released this turn, freed once the turn's events are handled.
+    retired: Vec<usize>,
     accept_again: bool,
     accept_paused_until: Option<Instant>,
     accept_logged_at: Option<Instant>,
@@ -107,6 +112,7 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
             cork: Vec::with_capacity(CORK_SIZE),
             scratch: Vec::new(),
             read_again: Vec::new(),
+            retired: Vec::new(),
             accept_again: false,
             accept_paused_until: None,
             accept_logged_at: None,
@@ -127,6 +133,8 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
             if shutdown.load(Ordering::Relaxed) && self.core.drain_deadline.is_none() {
                 self.begin_drain(now);
             }
+            // Every event of the last batch is handled: tokens released since can be reused.
+            self.core.free_retired();
             if let Some(deadline) = self.core.drain_deadline
                 && (self.core.conns.is_empty() || now >= deadline)
             {
@@ -153,7 +161,7 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
                 self.accept(now);
             }
             for token in std::mem::take(&mut self.core.read_again) {
-                self.on_readable(token, now);
+                self.on_readable(token, false, now);
             }
             for event in events.drain(..) {
                 self.on_event(event, now);
@@ -164,6 +172,7 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
         for token in tokens {
             self.drop_conn(token);
         }
+        self.core.free_retired();
         // Queues a completion backend may still read from are leaked, not freed under it.
         for conn in self.core.conns.drain() {
             std::mem::forget(conn.tx);
@@ -176,7 +185,7 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
             IoEvent::Acceptable => self.accept(now),
             IoEvent::Accepted(socket) => self.on_accepted(socket, None, now),
             IoEvent::AcceptFailed(e) => self.core.accept_failed(e, now),
-            IoEvent::Readable(token) => self.on_readable(token, now),
+            IoEvent::Readable { token, closed } => self.on_readable(token, closed, now),
             IoEvent::Received { token, buffer, len } => {
                 if self.core.is_live(token) {
                     let input = self.backend.received(buffer, len);
@@ -190,13 +199,7 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
             IoEvent::ReadClosed(token) => self.drop_conn(token),
             IoEvent::Writable(token) => self.flush(token, now),
             IoEvent::Sent { token, result } => self.on_sent(token, result, now),
-            IoEvent::Released(token) => {
-                if let Some(mut conn) = self.core.conns.try_remove(token)
-                    && let Some(tx) = conn.tx.take()
-                {
-                    self.core.tx_pool.give(tx);
-                }
-            }
+            IoEvent::Released(token) => self.core.retired.push(token),
             IoEvent::Woken => {}
         }
     }
@@ -254,13 +257,24 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
         core.stats.accepted.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn on_readable(&mut self, token: usize, now: Instant) {
+    /// Reads what a readable socket holds. `closed`: the peer's FIN is pending too, so read to
+    /// the end even after a short read.
+    fn on_readable(&mut self, token: usize, closed: bool, now: Instant) {
         let mut buf = std::mem::take(&mut self.core.read_buf);
         for _ in 0..MAX_READS_PER_EVENT {
-            let Some(conn) = self.core.conns.get_mut(token) else {
+            let Some(conn) = self
+                .core
+                .conns
+                .get_mut(token)
+                .filter(|c| c.flags & RELEASING == 0)
+            else {
                 break;
             };
             conn.flags &= !READ_AGAIN;
+            if closed {
+                conn.flags |= PEER_CLOSED;
+            }
+            let closed = conn.flags & PEER_CLOSED != 0;
             match B::read(&mut conn.socket, &mut buf) {
                 Ok(0) => {
                     self.drop_conn(token);
@@ -269,8 +283,9 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
                 Ok(n) => {
                     let failed = self.core.on_data::<B>(token, &mut buf[..n], now);
                     self.after_io(token, failed, now);
-                    // A short read drained the socket; new data brings a new edge.
-                    if n < buf.len() {
+                    // A short read drained the socket; new data brings a new edge. A FIN that
+                    // came with the data brings none: read on to see it.
+                    if n < buf.len() && !closed {
                         break;
                     }
                     if let Some(conn) = self.core.conns.get_mut(token) {
@@ -340,7 +355,12 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
         if failed {
             return self.drop_conn(token);
         }
-        let Some(conn) = self.core.conns.get_mut(token) else {
+        let Some(conn) = self
+            .core
+            .conns
+            .get_mut(token)
+            .filter(|c| c.flags & RELEASING == 0)
+        else {
             return;
         };
         if !B::WRITES_NOW && conn.tx.as_deref().is_some_and(|q| !q.is_sending()) {
@@ -414,18 +434,25 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
             // Dropped before the close handshake finished: no code (1006 on the other side).
             core.handler.on_close(token, app, conn.ws.close_code());
         }
+        conn.flags |= RELEASING;
         if self.backend.close(token, &mut conn.socket) {
-            let mut conn = core.conns.remove(token);
-            if let Some(tx) = conn.tx.take() {
-                core.tx_pool.give(tx);
-            }
-        } else {
-            conn.flags |= RELEASING;
+            core.retired.push(token);
         }
     }
 }
 
 impl<S, H: Handler> Core<S, H> {
+    /// Frees the entries of connections released this turn.
+    fn free_retired(&mut self) {
+        for token in self.retired.drain(..) {
+            if let Some(mut conn) = self.conns.try_remove(token)
+                && let Some(tx) = conn.tx.take()
+            {
+                self.tx_pool.give(tx);
+            }
+        }
+    }
+
     /// The connection exists and is not being released.
     fn is_live(&self, token: usize) -> bool {
         self.conns

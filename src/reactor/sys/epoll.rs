@@ -66,8 +66,9 @@ impl Backend for Epoll {
                 WAKER => events.push(IoEvent::Woken),
                 Token(token) => {
                     // Errors and hang-ups surface as a failed or empty read.
-                    if event.is_readable() || event.is_read_closed() || event.is_error() {
-                        events.push(IoEvent::Readable(token));
+                    let closed = event.is_read_closed() || event.is_error();
+                    if event.is_readable() || closed {
+                        events.push(IoEvent::Readable { token, closed });
                     }
                     if event.is_writable() {
                         events.push(IoEvent::Writable(token));

@@ -27,8 +27,14 @@ pub enum IoEvent<S> {
     /// Completion: accepting stopped on an error (e.g. the file table is full);
     /// [`Backend::resume_accepting`] starts it again.
     AcceptFailed(io::Error),
-    /// Readiness: read with [`Backend::read`].
-    Readable(usize),
+    /// Readiness: read with [`Backend::read`]. `closed`: the peer has also shut its side, so
+    /// reading must go on to the end of the stream (no further edge will come).
+    Readable {
+        /// The connection.
+        token: usize,
+        /// The peer's FIN (or an error) is already pending.
+        closed: bool,
+    },
     /// Completion: `len` bytes arrived in provided buffer `buffer` ([`Backend::received`]).
     Received {
         /// The connection.

@@ -12,7 +12,9 @@
 //!   pins what the kernel reads until the completion. A turn's submissions go in with one
 //!   `io_uring_enter`, which also waits (with the timer wheel's timeout).
 //! - Close: cancel the recv, close the direct descriptor; the token is released once every
-//!   operation on it has completed, so a late completion never reaches a reused token.
+//!   operation on it has completed. Each operation's `user_data` carries the token and its
+//!   generation (bumped at every registration), so neither a late completion nor a cancel of a
+//!   connection's previous life can ever reach the next connection on the same token.
 
 use std::io::{self, IoSlice};
 use std::net::{SocketAddr, TcpListener};
@@ -53,18 +55,24 @@ impl Default for UringConfig {
 #[derive(Debug)]
 pub struct Direct(u32);
 
-// user_data: the operation in the top byte, the token below.
+// user_data: the operation in the top byte, then the token's generation (16 bits), then the
+// token (40 bits).
 const ACCEPT: u64 = 1 << 56;
 const RECV: u64 = 2 << 56;
 const SEND: u64 = 3 << 56;
 const WAKE: u64 = 4 << 56;
 const IGNORE: u64 = 5 << 56;
-const TOKEN_MASK: u64 = (1 << 56) - 1;
+const OP_MASK: u64 = 0xFF << 56;
+const GEN_SHIFT: u32 = 40;
+const TOKEN_MASK: u64 = (1 << GEN_SHIFT) - 1;
 
-/// Per-token state of operations in flight.
-const RECV_ARMED: u8 = 1;
-const SEND_IN_FLIGHT: u8 = 2;
-const CLOSING: u8 = 4;
+/// Per-token state: registered and not closed (a re-arm must never reach a released token,
+/// whose fixed-file slot may already belong to another connection).
+const LIVE: u8 = 1;
+/// Operations in flight.
+const RECV_ARMED: u8 = 2;
+const SEND_IN_FLIGHT: u8 = 4;
+const CLOSING: u8 = 8;
 
 const BUFFER_GROUP: u16 = 0;
 
@@ -79,6 +87,8 @@ pub struct Uring {
     ops: Vec<u8>,
     /// Per token: its fixed-file slot, to re-arm its recv.
     slots: Vec<u32>,
+    /// Per token: the generation of its current connection.
+    generations: Vec<u16>,
     /// Tokens whose multishot recv ended and must be armed again.
     rearm: Vec<usize>,
     /// Completions reaped in one wait, kept for its capacity.
@@ -101,6 +111,7 @@ impl Uring {
             waker,
             ops: Vec::new(),
             slots: Vec::new(),
+            generations: Vec::new(),
             rearm: Vec::new(),
             completed: Vec::new(),
         };
@@ -130,14 +141,20 @@ impl Uring {
         if self.ops.len() <= token {
             self.ops.resize(token + 1, 0);
             self.slots.resize(token + 1, 0);
+            self.generations.resize(token + 1, 0);
         }
         &mut self.ops[token]
+    }
+
+    /// The `user_data` of operation `op` on the current connection of `token`.
+    fn user_data(&self, op: u64, token: usize) -> u64 {
+        op | (self.generations[token] as u64) << GEN_SHIFT | token as u64
     }
 
     fn arm_recv(&mut self, token: usize, slot: u32) -> io::Result<()> {
         let recv = opcode::RecvMulti::new(types::Fixed(slot), BUFFER_GROUP)
             .build()
-            .user_data(RECV | token as u64);
+            .user_data(self.user_data(RECV, token));
         self.push(recv)?;
         *self.ops_mut(token) |= RECV_ARMED;
         Ok(())
@@ -156,7 +173,16 @@ impl Uring {
     fn on_completion(&mut self, cqe: cqueue::Entry, events: &mut Vec<IoEvent<Direct>>) {
         let (user_data, result, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
         let token = (user_data & TOKEN_MASK) as usize;
-        match user_data & !TOKEN_MASK {
+        let op = user_data & OP_MASK;
+        if (op == RECV || op == SEND) && user_data != self.user_data(op, token) {
+            // A previous connection on this token: never delivered; its buffer goes back.
+            if let Some(buffer) = cqueue::buffer_select(flags) {
+                self.buffers.recycle(buffer);
+            }
+            tracing::debug!(token, "stale completion dropped");
+            return;
+        }
+        match op {
             ACCEPT => {
                 if !cqueue::more(flags) {
                     self.accepting = false;
@@ -313,8 +339,7 @@ impl Backend for Uring {
         timeout: Option<Duration>,
     ) -> io::Result<()> {
         for token in std::mem::take(&mut self.rearm) {
-            // Tokens re-armed here are live: a closing one is never queued for re-arming.
-            if *self.ops_mut(token) & (CLOSING | RECV_ARMED) == 0 {
+            if *self.ops_mut(token) & (LIVE | RECV_ARMED) == LIVE {
                 self.arm_recv(token, self.slots[token])?;
             }
         }
@@ -372,8 +397,9 @@ impl Backend for Uring {
     }
 
     fn register(&mut self, socket: &mut Direct, token: usize) -> io::Result<()> {
-        *self.ops_mut(token) = 0;
+        *self.ops_mut(token) = LIVE;
         self.slots[token] = socket.0;
+        self.generations[token] = self.generations[token].wrapping_add(1);
         self.arm_recv(token, socket.0)
     }
 
@@ -410,7 +436,7 @@ impl Backend for Uring {
         let send = opcode::SendMsg::new(types::Fixed(socket.0), header)
             .flags(libc::MSG_NOSIGNAL as u32)
             .build()
-            .user_data(SEND | token as u64);
+            .user_data(self.user_data(SEND, token));
         if let Err(e) = self.push(send) {
             queue.finish_send(0);
             return Err(e);
@@ -435,10 +461,11 @@ impl Backend for Uring {
             let _ = self.push(close);
             return true;
         }
-        *self.ops_mut(token) |= CLOSING;
-        if self.ops[token] & RECV_ARMED != 0 {
+        let ops = self.ops_mut(token);
+        *ops = (*ops & !LIVE) | CLOSING;
+        if *ops & RECV_ARMED != 0 {
             let _ = self.push(
-                opcode::AsyncCancel::new(RECV | token as u64)
+                opcode::AsyncCancel::new(self.user_data(RECV, token))
                     .build()
                     .user_data(IGNORE),
             );
