@@ -29,6 +29,8 @@ pub struct Config {
     pub max_head_size: usize,
     /// Most request header lines (431 above it).
     pub max_headers: usize,
+    /// Largest plain HTTP request body (413 above it).
+    pub max_body_size: usize,
     /// Time from accept to a complete request head.
     pub handshake_timeout: Duration,
     /// Send a ping after this long without hearing from the peer.
@@ -48,6 +50,7 @@ impl Default for Config {
             max_message_size: 16 << 20,
             max_head_size: 8 << 10,
             max_headers: 64,
+            max_body_size: 1 << 20,
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Some(Duration::from_secs(30)),
             pong_timeout: Duration::from_secs(15),
@@ -95,9 +98,10 @@ pub enum MessageKind {
     reason = "a request's parsed headers live on the stack for one call; boxing would allocate per handshake"
 )]
 pub enum Event<'a> {
-    /// Server, while handshaking: a complete request head. Answer it, then call
-    /// [`Connection::accept`] (upgrade) or [`Connection::finish`] (plain HTTP).
-    Request(Request<'a>),
+    /// Server, while handshaking: a complete request head and its body (`Content-Length`
+    /// bytes, empty without one). Answer it, then call [`Connection::accept`] (upgrade) or
+    /// [`Connection::finish`] (plain HTTP).
+    Request(Request<'a>, &'a [u8]),
     /// A complete message.
     Message(MessageKind, &'a [u8]),
     /// A ping; the pong is already sent.
@@ -150,6 +154,8 @@ const CLOSE_SENT: u8 = 2;
 const PING_OUT: u8 = 4;
 const IN_FRAME: u8 = 8;
 const FRAME_FIN: u8 = 16;
+/// `100 Continue` was sent for a request body.
+const CONTINUE_SENT: u8 = 32;
 
 /// What must be removed from `rx` at the start of the next read, because the last event borrowed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -278,30 +284,47 @@ impl Connection {
             return None;
         }
         if rx.is_empty() {
-            // The usual case: the whole head in one read, parsed where it lies.
-            match parse_head(input, config) {
-                Ok(Some((_, len))) => {
-                    let (head, rest) = std::mem::take(input).split_at_mut(len);
+            // The usual case: the whole request in one read, parsed where it lies.
+            match parse_head(input, config).and_then(|parsed| request_len(parsed, config)) {
+                Ok(Some((head, total))) if total <= input.len() => {
+                    let (request, rest) = std::mem::take(input).split_at_mut(total);
                     *input = rest;
+                    let (head, body) = request.split_at(head);
                     let (request, _) = parse_head(head, config).ok()??;
-                    return Some(Event::Request(request));
+                    return Some(Event::Request(request, body));
                 }
-                Ok(None) => {
+                Ok(_) => {
                     rx.extend_from_slice(input);
                     *input = &mut [];
-                    return None;
                 }
                 Err(e) => return Some(self.fail_head(e, input, out)),
             }
+        } else {
+            rx.extend_from_slice(input);
+            *input = &mut [];
         }
-        rx.extend_from_slice(input);
-        *input = &mut [];
-        let rx: &'r Vec<u8> = rx;
-        match parse_head(rx, config) {
-            // Bytes after the head stay in rx; `accept` leaves them there as frames to replay.
-            Ok(Some((request, len))) => {
-                self.remaining = len as u64;
-                Some(Event::Request(request))
+        match parse_head(rx, config).and_then(|parsed| request_len(parsed, config)) {
+            // Bytes after the request stay in rx; `accept` leaves them there as frames to replay.
+            Ok(Some((head, total))) if total <= rx.len() => {
+                self.remaining = total as u64;
+                let rx: &'r Vec<u8> = rx;
+                let (head, body) = rx[..total].split_at(head);
+                let (request, _) = parse_head(head, config).ok()??;
+                Some(Event::Request(request, body))
+            }
+            Ok(Some(_)) => {
+                // The head is in, the body is not: tell a client that waits for it to send.
+                if self.flags & CONTINUE_SENT == 0 {
+                    self.flags |= CONTINUE_SENT;
+                    let expects = parse_head(rx, config)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|(request, _)| request.has_token("expect", "100-continue"));
+                    if expects {
+                        out.transmit(b"HTTP/1.1 100 Continue\r\n\r\n", &[]);
+                    }
+                }
+                None
             }
             Ok(None) => None,
             Err(e) => Some(self.fail_head(e, input, out)),
@@ -320,6 +343,12 @@ impl Connection {
             }
             HeadError::TooLarge | HeadError::TooManyHeaders => {
                 b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            }
+            HeadError::BodyTooLarge => {
+                b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            }
+            HeadError::LengthRequired => {
+                b"HTTP/1.1 411 Length Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             }
         };
         out.transmit(answer, &[]);
@@ -849,6 +878,17 @@ impl Connection {
     }
 }
 
+/// The lengths of a parsed request: its head, and head plus body.
+fn request_len(
+    parsed: Option<(Request<'_>, usize)>,
+    config: &Config,
+) -> Result<Option<(usize, usize)>, HeadError> {
+    let Some((request, head)) = parsed else {
+        return Ok(None);
+    };
+    Ok(Some((head, head + request.body_len(config.max_body_size)?)))
+}
+
 fn parse_head<'b>(
     buf: &'b [u8],
     config: &Config,
@@ -894,7 +934,9 @@ mod tests {
 
     fn own(event: Event<'_>) -> Ev {
         match event {
-            Event::Request(r) => Ev::Request(r.target().to_owned()),
+            Event::Request(r, body) => {
+                Ev::Request(format!("{} {}", r.target(), String::from_utf8_lossy(body)))
+            }
             Event::Message(MessageKind::Text, p) => {
                 Ev::Text(String::from_utf8(p.to_vec()).unwrap())
             }
@@ -1013,7 +1055,7 @@ mod tests {
         );
         let mut input = &mut second[..];
         match conn.read(&mut input, &mut rx, now, &config, &mut sent) {
-            Some(Event::Request(r)) => assert_eq!(r.path(), "/echo"),
+            Some(Event::Request(r, body)) => assert_eq!((r.path(), body), ("/echo", &b""[..])),
             other => panic!("{other:?}"),
         }
         conn.accept(now, &mut rx);

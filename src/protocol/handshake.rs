@@ -20,8 +20,12 @@ pub enum HeadError {
     TooLarge,
     /// More header lines than allowed (431).
     TooManyHeaders,
-    /// Not HTTP/1.x (400).
+    /// Not HTTP/1.x, or a bad `Content-Length` (400).
     Malformed,
+    /// A body larger than allowed (413).
+    BodyTooLarge,
+    /// A body without `Content-Length` (chunked): 411.
+    LengthRequired,
 }
 
 impl HeadError {
@@ -30,6 +34,8 @@ impl HeadError {
         match self {
             HeadError::TooLarge | HeadError::TooManyHeaders => 431,
             HeadError::Malformed => 400,
+            HeadError::BodyTooLarge => 413,
+            HeadError::LengthRequired => 411,
         }
     }
 }
@@ -129,6 +135,25 @@ impl<'a> Request<'a> {
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .filter(|t| !t.is_empty())
+    }
+
+    /// The body length announced by `Content-Length` (0 without one), checked against `max`.
+    pub fn body_len(&self, max: usize) -> Result<usize, HeadError> {
+        if self.header("transfer-encoding").is_some() {
+            return Err(HeadError::LengthRequired);
+        }
+        let Some(value) = self.header("content-length") else {
+            return Ok(0);
+        };
+        let len: u64 = std::str::from_utf8(value.trim_ascii())
+            .ok()
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse().ok())
+            .ok_or(HeadError::Malformed)?;
+        if len > max as u64 {
+            return Err(HeadError::BodyTooLarge);
+        }
+        Ok(len as usize)
     }
 
     /// Whether the client asks for a WebSocket (`Upgrade: websocket`); such requests go through
@@ -296,6 +321,7 @@ pub fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        411 => "Length Required",
         413 => "Content Too Large",
         426 => "Upgrade Required",
         429 => "Too Many Requests",

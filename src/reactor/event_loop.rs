@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::buffer::Pool;
+use super::mailbox::Mailboxes;
 use super::sys::{Backend, Flushed, IoEvent};
 use super::timer::{TimerKey, TimerWheel};
 use super::txqueue::TxQueue;
-use super::{Answer, Config, Ctx, Handler, Sink, Stats};
+use super::{Answer, Config, ConnId, Ctx, Handler, Local, LocalOps, Push, Sink, Stats};
 use crate::protocol::handshake::write_response;
 use crate::protocol::{CloseCode, Connection, Event, State, Transmit};
 
@@ -26,6 +27,8 @@ const TICK: Duration = Duration::from_millis(10);
 const WHEEL_SLOTS: usize = 4096;
 /// Reads from one socket per readiness event before others get a turn.
 const MAX_READS_PER_EVENT: usize = 8;
+/// Inbox messages handled per loop turn before connections get a turn.
+const MAX_INBOX_PER_TURN: usize = 4096;
 /// Accepts per loop turn before connections get a turn.
 const MAX_ACCEPTS_PER_TURN: usize = 256;
 /// Bytes gathered in the cork buffer before writing; larger payloads are written directly.
@@ -50,6 +53,8 @@ const RELEASING: u8 = 8;
 const FIN_SENT: u8 = 16;
 /// The peer's FIN is pending behind the data: read to the end of the stream.
 const PEER_CLOSED: u8 = 32;
+/// Frames were queued for it while draining the inbox: flush it once the drain is done.
+const DIRTY: u8 = 64;
 
 /// One connection's entry in the table. Everything an idle connection costs is here (plus its
 /// timer): no buffer, no queue.
@@ -71,6 +76,10 @@ pub(super) struct Reactor<B: Backend, H: Handler> {
     backend: B,
     core: Core<B::Socket, H>,
     events: Vec<IoEvent<B::Socket>>,
+    index: usize,
+    mailboxes: Arc<Mailboxes<H::Inbox>>,
+    /// The inbox held more than one turn's worth: drain again without waiting.
+    inbox_again: bool,
 }
 
 /// Everything of a reactor but its backend, so that a completion backend's buffer can be
@@ -90,6 +99,8 @@ struct Core<S, H: Handler> {
     cork: Vec<u8>,
     scratch: Vec<u8>,
     read_again: Vec<usize>,
+    /// Connections with frames queued during the inbox drain.
+    dirty: Vec<usize>,
     /// Tokens released this turn, freed once the turn's events are handled.
     retired: Vec<usize>,
     accept_again: bool,
@@ -99,7 +110,14 @@ struct Core<S, H: Handler> {
 }
 
 impl<B: Backend, H: Handler> Reactor<B, H> {
-    pub(super) fn new(backend: B, handler: H, config: Arc<Config>, stats: Arc<Stats>) -> Self {
+    pub(super) fn new(
+        backend: B,
+        handler: H,
+        config: Arc<Config>,
+        stats: Arc<Stats>,
+        index: usize,
+        mailboxes: Arc<Mailboxes<H::Inbox>>,
+    ) -> Self {
         let core = Core {
             handler,
             stats,
@@ -112,6 +130,7 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
             cork: Vec::with_capacity(CORK_SIZE),
             scratch: Vec::new(),
             read_again: Vec::new(),
+            dirty: Vec::new(),
             retired: Vec::new(),
             accept_again: false,
             accept_paused_until: None,
@@ -123,6 +142,9 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
             backend,
             core,
             events: Vec::with_capacity(1024),
+            index,
+            mailboxes,
+            inbox_again: false,
         }
     }
 
@@ -150,7 +172,11 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
                 self.backend.resume_accepting();
             }
             self.core.publish_stats();
-            let timeout = self.core.wait_timeout(now);
+            let timeout = if self.inbox_again {
+                Some(Duration::ZERO)
+            } else {
+                self.core.wait_timeout(now)
+            };
             let mut events = std::mem::take(&mut self.events);
             if let Err(e) = self.backend.wait(&mut events, timeout) {
                 tracing::error!("reactor wait failed: {e}");
@@ -167,6 +193,7 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
                 self.on_event(event, now);
             }
             self.events = events;
+            self.drain_inbox(now);
         }
         let tokens: Vec<usize> = self.core.conns.iter().map(|(token, _)| token).collect();
         for token in tokens {
@@ -178,6 +205,46 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
             std::mem::forget(conn.tx);
         }
         self.core.publish_stats();
+    }
+
+    /// Hands posted messages to the handler, then writes each connection they queued frames
+    /// for, once.
+    fn drain_inbox(&mut self, now: Instant) {
+        self.mailboxes.rearm(self.index);
+        let mut handled = 0;
+        while handled < MAX_INBOX_PER_TURN {
+            let Some(message) = self.mailboxes.take(self.index) else {
+                break;
+            };
+            let Core {
+                handler,
+                conns,
+                tx_pool,
+                cork,
+                timers,
+                dirty,
+                ..
+            } = &mut self.core;
+            let mut ops = LocalConns::<B, H> {
+                conns,
+                tx_pool,
+                cork,
+                timers,
+                dirty,
+            };
+            handler.on_inbox(&mut Local { ops: &mut ops, now }, message);
+            handled += 1;
+        }
+        self.inbox_again = handled == MAX_INBOX_PER_TURN;
+        for token in std::mem::take(&mut self.core.dirty) {
+            if let Some(conn) = self.core.conns.get_mut(token) {
+                conn.flags &= !DIRTY;
+                if B::WRITES_NOW {
+                    self.flush(token, now);
+                }
+                self.after_io(token, false, now);
+            }
+        }
     }
 
     fn on_event(&mut self, event: IoEvent<B::Socket>, now: Instant) {
@@ -622,6 +689,82 @@ impl<S, H: Handler> Core<S, H> {
     }
 }
 
+/// The handler's view of every connection during the inbox drain.
+struct LocalConns<'a, B: Backend, H: Handler> {
+    conns: &'a mut Slab<Conn<B::Socket, H::Conn>>,
+    tx_pool: &'a mut Pool<TxQueue>,
+    cork: &'a mut Vec<u8>,
+    timers: &'a mut TimerWheel<u32>,
+    dirty: &'a mut Vec<usize>,
+}
+
+impl<B: Backend, H: Handler> LocalConns<'_, B, H> {
+    fn open(&mut self, id: ConnId) -> Option<&mut Conn<B::Socket, H::Conn>> {
+        self.conns
+            .get_mut(id)
+            .filter(|conn| conn.flags & (RELEASING | LINGER) == 0 && conn.ws.can_send())
+    }
+}
+
+impl<B: Backend, H: Handler> LocalOps<H::Conn> for LocalConns<'_, B, H> {
+    fn conn(&mut self, id: ConnId) -> Option<&mut H::Conn> {
+        self.open(id)?.app.as_mut()
+    }
+
+    fn queued(&self, id: ConnId) -> Option<usize> {
+        let conn = self.conns.get(id)?;
+        Some(conn.tx.as_deref().map_or(0, TxQueue::len))
+    }
+
+    fn send_shared(&mut self, id: ConnId, frame: &Arc<[u8]>, max_queued: usize) -> Push {
+        let Some(conn) = self
+            .conns
+            .get_mut(id)
+            .filter(|c| c.flags & (RELEASING | LINGER) == 0 && c.ws.can_send())
+        else {
+            return Push::Closed;
+        };
+        let queued = conn.tx.as_deref().map_or(0, TxQueue::len);
+        if queued + frame.len() > max_queued {
+            return Push::Full;
+        }
+        conn.tx
+            .get_or_insert_with(|| self.tx_pool.take())
+            .push_shared(frame.clone(), 0);
+        if conn.flags & DIRTY == 0 {
+            conn.flags |= DIRTY;
+            self.dirty.push(id);
+        }
+        Push::Queued
+    }
+
+    fn close(&mut self, id: ConnId, code: CloseCode, reason: &str, now: Instant) {
+        let Some(conn) = self
+            .conns
+            .get_mut(id)
+            .filter(|c| c.flags & (RELEASING | LINGER) == 0)
+        else {
+            return;
+        };
+        let state_before = conn.ws.state();
+        let mut out = Writer::<B> {
+            socket: &mut conn.socket,
+            tx: &mut conn.tx,
+            tx_pool: self.tx_pool,
+            cork: self.cork,
+            failed: false,
+        };
+        conn.ws.close(code, reason, now, &mut out);
+        out.flush();
+        // A failed write shows up again at the next read or write of this connection.
+        rearm_on_state_change(self.timers, conn, state_before);
+        if conn.flags & DIRTY == 0 {
+            conn.flags |= DIRTY;
+            self.dirty.push(id);
+        }
+    }
+}
+
 /// A state change can move the deadline earlier (open -> closing): drop the timer so that
 /// `end_of_websocket` arms it again at the new deadline.
 fn rearm_on_state_change<S, C>(
@@ -661,9 +804,9 @@ impl<H: Handler> Dispatch<'_, H> {
     ) -> bool {
         while let Some(event) = ws.read(&mut input, rx, self.now, &self.config.protocol, out) {
             match event {
-                Event::Request(request) => {
+                Event::Request(request, body) => {
                     let peer = self.peers.remove(&self.token);
-                    let answer = self.handler.on_request(&request, peer);
+                    let answer = self.handler.on_request(&request, body, peer);
                     self.scratch.clear();
                     let upgrade = match answer {
                         Answer::Upgrade { conn, protocol } if request.wants_websocket() => {

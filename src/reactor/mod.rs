@@ -9,6 +9,7 @@
 pub mod buffer;
 mod event_loop;
 mod listen;
+pub mod mailbox;
 pub mod sys;
 pub mod timer;
 pub mod txqueue;
@@ -24,6 +25,7 @@ use crate::protocol::handshake::{Rejection, Request};
 use crate::protocol::{self, CloseCode, MessageKind, SendError, Transmit};
 
 pub use listen::bind_reuseport;
+pub use mailbox::Mailboxes;
 pub use sys::uring::UringConfig;
 
 /// Which event-loop backend the reactors use.
@@ -88,11 +90,16 @@ pub trait Handler {
     /// every connection, so keep it small.
     type Conn;
 
-    /// A complete HTTP request head arrived. WebSocket upgrades are validated by the reactor
-    /// after an [`Answer::Upgrade`]; anything else is answered as plain HTTP.
+    /// What other threads post to this reactor through [`Mailboxes`].
+    type Inbox: Send + 'static;
+
+    /// A complete HTTP request (head and `Content-Length` body) arrived. WebSocket upgrades are
+    /// validated by the reactor after an [`Answer::Upgrade`]; anything else is answered as
+    /// plain HTTP.
     fn on_request<'r>(
         &mut self,
         request: &Request<'r>,
+        body: &[u8],
         peer: Option<SocketAddr>,
     ) -> Answer<'r, Self::Conn>;
 
@@ -106,6 +113,73 @@ pub trait Handler {
     /// opened connection. `code` is the close code sent or received, `None` if the TCP
     /// connection dropped without one.
     fn on_close(&mut self, _id: ConnId, _conn: &mut Self::Conn, _code: Option<CloseCode>) {}
+
+    /// A message posted to this reactor. Frames sent through `local` are queued by reference
+    /// and each touched connection is written once after the inbox is drained, so a subscriber
+    /// behind on several messages gets them in one write.
+    fn on_inbox(&mut self, _local: &mut Local<'_, Self::Conn>, _message: Self::Inbox) {}
+}
+
+/// What [`Local::send_shared`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Push {
+    /// Queued for writing.
+    Queued,
+    /// Not queued: the connection already has more than the allowed bytes waiting.
+    Full,
+    /// Not queued: the connection is gone or no longer open.
+    Closed,
+}
+
+/// A handler's access to every connection of its reactor, during [`Handler::on_inbox`].
+pub struct Local<'a, C> {
+    ops: &'a mut dyn LocalOps<C>,
+    now: Instant,
+}
+
+/// The reactor side of [`Local`].
+trait LocalOps<C> {
+    fn conn(&mut self, id: ConnId) -> Option<&mut C>;
+    fn queued(&self, id: ConnId) -> Option<usize>;
+    fn send_shared(&mut self, id: ConnId, frame: &Arc<[u8]>, max_queued: usize) -> Push;
+    fn close(&mut self, id: ConnId, code: CloseCode, reason: &str, now: Instant);
+}
+
+impl<C> Local<'_, C> {
+    /// When the reactor woke.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// An open connection's application state.
+    pub fn conn(&mut self, id: ConnId) -> Option<&mut C> {
+        self.ops.conn(id)
+    }
+
+    /// Bytes waiting to be written to a connection.
+    pub fn queued(&self, id: ConnId) -> Option<usize> {
+        self.ops.queued(id)
+    }
+
+    /// Queues a whole frame shared with other connections, unless more than `max_queued`
+    /// bytes would then wait for this connection.
+    pub fn send_shared(&mut self, id: ConnId, frame: &Arc<[u8]>, max_queued: usize) -> Push {
+        self.ops.send_shared(id, frame, max_queued)
+    }
+
+    /// Starts the close handshake of a connection.
+    pub fn close(&mut self, id: ConnId, code: CloseCode, reason: &str) {
+        self.ops.close(id, code, reason, self.now);
+    }
+}
+
+/// What every reactor's handler is built with: the way to reach the other reactors, and
+/// everyone's counters.
+pub struct Shared<M> {
+    /// The reactors' inboxes.
+    pub mailboxes: Arc<Mailboxes<M>>,
+    /// The reactors' counters.
+    pub stats: Arc<[Arc<Stats>]>,
 }
 
 /// How to answer a request head.
@@ -253,11 +327,11 @@ pub struct Runtime {
 
 impl Runtime {
     /// Binds one listener per reactor and starts the reactor threads on the configured backend.
-    /// `make_handler(i)` builds reactor `i`'s handler, on that reactor's thread.
+    /// `make_handler(i, shared)` builds reactor `i`'s handler, on that reactor's thread.
     pub fn start<H, F>(config: Config, make_handler: F) -> io::Result<Runtime>
     where
         H: Handler + 'static,
-        F: Fn(usize) -> H + Send + Sync + 'static,
+        F: Fn(usize, &Shared<H::Inbox>) -> H + Send + Sync + 'static,
     {
         let listeners = bind_reuseport(config.listen, config.threads.max(1), config.backlog)?;
         let local_addr = listeners[0].local_addr()?;
@@ -308,19 +382,26 @@ impl Runtime {
     where
         B: sys::Backend + 'static,
         H: Handler + 'static,
-        F: Fn(usize) -> H + Send + Sync + 'static,
+        F: Fn(usize, &Shared<H::Inbox>) -> H + Send + Sync + 'static,
     {
         let mut threads = Vec::new();
         let (ready_tx, ready) = std::sync::mpsc::channel();
+        self.stats = (0..listeners.len())
+            .map(|_| Arc::new(Stats::default()))
+            .collect();
+        let shared = Arc::new(Shared {
+            mailboxes: Arc::new(Mailboxes::<H::Inbox>::new(listeners.len())),
+            stats: self.stats.iter().cloned().collect(),
+        });
         for (index, listener) in listeners.into_iter().enumerate() {
-            let stats = Arc::new(Stats::default());
-            self.stats.push(stats.clone());
+            let stats = self.stats[index].clone();
             let (config, make_handler, flag) = (
                 config.clone(),
                 make_handler.clone(),
                 self.shutdown.flag.clone(),
             );
-            let (make_backend, ready_tx) = (make_backend.clone(), ready_tx.clone());
+            let (make_backend, ready_tx, shared) =
+                (make_backend.clone(), ready_tx.clone(), shared.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("reactor-{index}"))
                 .spawn(move || {
@@ -331,9 +412,14 @@ impl Runtime {
                         Ok(backend) => backend,
                         Err(e) => return drop(ready_tx.send(Err(e))),
                     };
-                    let _ = ready_tx.send(Ok(sys::Backend::waker(&backend)));
-                    let handler = make_handler(index);
-                    event_loop::Reactor::new(backend, handler, config, stats).run(&flag);
+                    let waker = sys::Backend::waker(&backend);
+                    shared.mailboxes.set_waker(index, waker.clone());
+                    let _ = ready_tx.send(Ok(waker));
+                    let handler = make_handler(index, &shared);
+                    let mailboxes = shared.mailboxes.clone();
+                    drop(shared);
+                    event_loop::Reactor::new(backend, handler, config, stats, index, mailboxes)
+                        .run(&flag);
                 })?;
             threads.push(thread);
         }

@@ -22,10 +22,12 @@ pub struct App {}
 
 impl Handler for App {
     type Conn = Route;
+    type Inbox = ();
 
     fn on_request<'r>(
         &mut self,
         request: &Request<'r>,
+        _body: &[u8],
         _peer: Option<SocketAddr>,
     ) -> Answer<'r, Route> {
         match (request.method(), request.path()) {

@@ -91,6 +91,11 @@ pub struct Settings {
     #[arg(long, value_name = "N")]
     pub max_headers: Option<usize>,
 
+    /// Largest plain HTTP request body in bytes (the publish API); larger gets 413
+    /// [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    pub max_body_size: Option<usize>,
+
     /// Time a new connection has to send its request head [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
@@ -162,6 +167,7 @@ impl Settings {
             max_message_size,
             max_head_size,
             max_headers,
+            max_body_size,
             handshake_timeout,
             ping_interval,
             pong_timeout,
@@ -263,6 +269,7 @@ impl Settings {
                 max_message_size: self.max_message_size.unwrap_or(p.max_message_size),
                 max_head_size: self.max_head_size.unwrap_or(p.max_head_size),
                 max_headers: self.max_headers.unwrap_or(p.max_headers),
+                max_body_size: self.max_body_size.unwrap_or(p.max_body_size),
                 handshake_timeout: self.handshake_timeout.unwrap_or(p.handshake_timeout),
                 ping_interval: optional(self.ping_interval, p.ping_interval),
                 pong_timeout: self.pong_timeout.unwrap_or(p.pong_timeout),

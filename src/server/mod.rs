@@ -12,5 +12,5 @@ use crate::reactor::{self, Runtime};
 
 /// Starts the server's reactors.
 pub fn start(config: reactor::Config) -> io::Result<Runtime> {
-    Runtime::start(config, |_reactor| app::App::default())
+    Runtime::start(config, |_reactor, _shared| app::App::default())
 }
