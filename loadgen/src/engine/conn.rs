@@ -1,0 +1,168 @@
+//! One connection slot of an event loop: its socket, where it is in its life, the buffers it
+//! borrows only while it needs them, and the two socket helpers the loop uses (write with a
+//! backlog, read with retry on EINTR).
+
+use std::io::{self, Read, Write};
+
+use clarion::protocol::Connection;
+use clarion::protocol::handshake::ClientHandshake;
+use mio::net::TcpStream;
+
+use crate::failure::Reason;
+
+/// Most bytes a connection may have waiting for the socket before it counts as stalled.
+const MAX_BACKLOG: usize = 16 << 20;
+
+/// Where the socket is.
+#[derive(Debug)]
+pub enum Phase {
+    /// No socket: not dialed yet, waiting to retry, or finished.
+    Idle,
+    /// TCP connect in progress.
+    Connecting,
+    /// Upgrade request sent, waiting for the 101.
+    Handshaking(ClientHandshake),
+    /// WebSocket open (or closing, once we sent our close frame).
+    Open(Connection),
+    /// The WebSocket is over; waiting for the server to close TCP first, so the TIME_WAIT
+    /// lands on its side and the loadgen's ports stay free.
+    Finishing,
+}
+
+/// What the connection has been counted as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Life {
+    /// Not open yet (dialing, retrying).
+    Pending,
+    /// Counted as established.
+    Open,
+    /// Counted as failed, dropped or done; nothing more to count.
+    Ended,
+}
+
+/// One slot.
+#[derive(Debug)]
+pub struct Conn<S> {
+    /// The socket, while there is one.
+    pub stream: Option<TcpStream>,
+    /// Socket phase.
+    pub phase: Phase,
+    /// Counting state.
+    pub life: Life,
+    /// Whether it counts as ramped (ready or ended).
+    pub settled: bool,
+    /// We sent our close frame.
+    pub we_closed: bool,
+    /// Partial handshake answers and frames; empty (unallocated) otherwise.
+    pub rx: Vec<u8>,
+    /// Bytes the socket did not take yet; empty (unallocated) otherwise.
+    pub backlog: Vec<u8>,
+    /// Global connection index (picks the source, target and topic).
+    pub index: usize,
+    /// Dials so far for this connection.
+    pub attempts: u32,
+    /// Changes on every dial, so stale deadlines are recognised.
+    pub generation: u32,
+    /// When the current phase began (dial, request sent).
+    pub phase_ns: u64,
+    /// When the dial was due.
+    pub due_ns: u64,
+    /// The mode's state.
+    pub state: S,
+}
+
+impl<S: Default> Conn<S> {
+    /// A fresh slot for connection `index`.
+    pub fn new(index: usize) -> Conn<S> {
+        Conn {
+            stream: None,
+            phase: Phase::Idle,
+            life: Life::Pending,
+            settled: false,
+            we_closed: false,
+            rx: Vec::new(),
+            backlog: Vec::new(),
+            index,
+            attempts: 0,
+            generation: 0,
+            phase_ns: 0,
+            due_ns: 0,
+            state: S::default(),
+        }
+    }
+}
+
+/// Writes `tx` after whatever is in `backlog`; what the socket does not take is kept in
+/// `backlog`. `tx` is left empty.
+pub fn flush(
+    stream: &mut TcpStream,
+    backlog: &mut Vec<u8>,
+    tx: &mut Vec<u8>,
+) -> Result<(), Reason> {
+    if backlog.is_empty() {
+        if tx.is_empty() {
+            return Ok(());
+        }
+        let written = write_some(stream, tx);
+        if let Ok(n) = written
+            && n < tx.len()
+        {
+            backlog.extend_from_slice(&tx[n..]);
+        }
+        tx.clear();
+        written?;
+    } else {
+        backlog.extend_from_slice(tx);
+        tx.clear();
+        let written = write_some(stream, backlog)?;
+        backlog.drain(..written);
+        if backlog.is_empty() {
+            // Give the memory back: most connections never need a backlog again.
+            *backlog = Vec::new();
+        }
+    }
+    if backlog.len() > MAX_BACKLOG {
+        return Err(Reason::Stalled);
+    }
+    Ok(())
+}
+
+/// Writes as much of `bytes` as the socket takes now.
+fn write_some(stream: &mut TcpStream, bytes: &[u8]) -> Result<usize, Reason> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match stream.write(&bytes[written..]) {
+            Ok(0) => return Err(Reason::Reset),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Reason::of_io(&e)),
+        }
+    }
+    Ok(written)
+}
+
+/// What a read gave.
+pub enum Got {
+    /// Bytes (at the start of the buffer).
+    Bytes(usize),
+    /// Nothing more for now.
+    Empty,
+    /// The server closed its side.
+    Eof,
+    /// The socket broke.
+    Failed(Reason),
+}
+
+/// Reads into `buf`.
+pub fn read(stream: &mut TcpStream, buf: &mut [u8]) -> Got {
+    loop {
+        return match stream.read(buf) {
+            Ok(0) => Got::Eof,
+            Ok(n) => Got::Bytes(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Got::Empty,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Got::Failed(Reason::of_io(&e)),
+        };
+    }
+}

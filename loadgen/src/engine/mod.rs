@@ -1,0 +1,400 @@
+//! The event loop of one thread: a mio poll over the connections of one shard.
+//!
+//! Each loop owns its sockets, one read buffer and one write buffer for all of them; a
+//! connection borrows a receive or backlog buffer only while it has a partial frame or unsent
+//! bytes. Per turn: advance the stage, dial what the pacer releases, expire deadlines, send what
+//! the mode's schedule has due, wait for readiness, then for each ready socket read until it is
+//! drained, hand the frames to the mode and write everything it queued with one `write`.
+//!
+//! Stages: ramp (dial every slot at the ramp rate, retry connect errors with backoff) → measure
+//! (from the coordinator's go instant to its stop instant) → drain (wait for replies in flight)
+//! → closing (close handshakes, bounded by `--close-timeout`) → done. Churn skips the ramp and
+//! dials during the measurement instead.
+
+mod alarm;
+mod conn;
+mod events;
+mod pace;
+mod slots;
+mod socket;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::io;
+use std::time::{Duration, Instant};
+
+use clarion::protocol;
+use mio::{Events, Poll, Token};
+
+use crate::clock::{self, ns};
+use crate::control::Control;
+use crate::failure::Reason;
+use crate::plan::{Mode, Plan, Shard};
+use crate::tally::Tally;
+use crate::traffic::{self, Traffic, Verdict};
+use alarm::Alarm;
+use conn::{Conn, Life, Phase};
+use pace::Pacer;
+
+/// The one read buffer of a loop.
+const READ_BUFFER: usize = 64 << 10;
+/// How often a loop looks at the coordinator's instructions when nothing else wakes it.
+const CONTROL_POLL_NS: u64 = 20_000_000;
+/// How often keep-alive timeouts are checked when pings are on.
+const SWEEP_NS: u64 = 250_000_000;
+/// Waits shorter than this use the precise [`Alarm`]; longer ones epoll's millisecond timeout.
+const PRECISE_BELOW_NS: u64 = 2_000_000;
+/// The alarm's token (connection slots count up from 0).
+const ALARM: Token = Token(usize::MAX);
+
+/// Runs the loop of `shard` to the end and returns what it counted.
+pub fn run(plan: &Plan, control: &Control, loop_index: usize, shard: Shard) -> io::Result<Tally> {
+    if plan.private_fd_table {
+        crate::sys::unshare_fd_table()?;
+    }
+    Ok(match &plan.mode {
+        Mode::Idle { .. } => {
+            Worker::new(plan, control, loop_index, shard, traffic::idle::Idle)?.run()
+        }
+        Mode::Echo(echo) => {
+            let traffic = traffic::echo::Echo::new(echo, shard.count, shard.fraction);
+            Worker::new(plan, control, loop_index, shard, traffic)?.run()
+        }
+        Mode::Churn(churn) => {
+            let traffic = traffic::churn::Churn::new(churn);
+            Worker::new(plan, control, loop_index, shard, traffic)?.run()
+        }
+        Mode::Fanout(fanout) => {
+            let traffic = traffic::subscribe::Subscribe::new(fanout);
+            Worker::new(plan, control, loop_index, shard, traffic)?.run()
+        }
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Ramp,
+    Measure { stop_ns: u64 },
+    Drain { until_ns: u64 },
+    Closing { until_ns: u64 },
+}
+
+/// How slots get dialed.
+enum Dials {
+    /// Every slot once, at the ramp rate (idle, echo, fanout).
+    Hold(Pacer),
+    /// Cycles at the churn rate during the measurement, each taking a free slot.
+    Cycle {
+        rate: f64,
+        pacer: Option<Pacer>,
+        free: Vec<usize>,
+    },
+}
+
+/// What a socket is ready for.
+#[derive(Clone, Copy)]
+struct Readiness {
+    readable: bool,
+    writable: bool,
+    /// The server's FIN (or an error) is queued.
+    hangup: bool,
+}
+
+/// When an event was read.
+#[derive(Clone, Copy)]
+struct At {
+    now_ns: u64,
+    instant: Instant,
+}
+
+struct Worker<'a, T: Traffic> {
+    plan: &'a Plan,
+    control: &'a Control,
+    loop_index: usize,
+    traffic: T,
+    poll: Poll,
+    alarm: Alarm,
+    conns: Vec<Conn<T::Conn>>,
+    rbuf: Vec<u8>,
+    tx: Vec<u8>,
+    due: Vec<usize>,
+    ws_config: protocol::Config,
+    tally: Tally,
+    stage: Stage,
+    dials: Dials,
+    retries: BinaryHeap<Reverse<(u64, usize)>>,
+    connect_deadlines: VecDeque<(u64, usize, u32)>,
+    finish_deadlines: VecDeque<(u64, usize, u32)>,
+    /// Slots not yet settled (open and ready, or ended): the ramp is done at zero.
+    unsettled: usize,
+    ramp_reported: bool,
+    sockets: usize,
+    go_ns: u64,
+    generation: u32,
+    rng: u64,
+    next_sweep_ns: u64,
+}
+
+impl<'a, T: Traffic> Worker<'a, T> {
+    fn new(
+        plan: &'a Plan,
+        control: &'a Control,
+        loop_index: usize,
+        shard: Shard,
+        traffic: T,
+    ) -> io::Result<Worker<'a, T>> {
+        let start_ns = clock::now_ns();
+        let dials = match &plan.mode {
+            Mode::Churn(churn) => Dials::Cycle {
+                rate: churn.rate * shard.fraction,
+                pacer: None,
+                free: (0..shard.count).rev().collect(),
+            },
+            _ => Dials::Hold(Pacer::new(
+                start_ns,
+                plan.ramp_rate * shard.fraction,
+                shard.count as u64,
+            )),
+        };
+        let topics = match &plan.mode {
+            Mode::Fanout(fanout) => fanout.topics.len(),
+            _ => 0,
+        };
+        let ws_config = protocol::Config {
+            ping_interval: match plan.mode {
+                Mode::Idle { ping_interval } => ping_interval,
+                _ => None,
+            },
+            idle_timeout: None,
+            close_timeout: plan.close_timeout,
+            ..protocol::Config::default()
+        };
+        let poll = Poll::new()?;
+        let alarm = Alarm::new(poll.registry(), ALARM)?;
+        Ok(Worker {
+            plan,
+            control,
+            loop_index,
+            traffic,
+            poll,
+            alarm,
+            conns: (0..shard.count)
+                .map(|i| Conn::new(shard.first + i))
+                .collect(),
+            rbuf: vec![0; READ_BUFFER],
+            tx: Vec::with_capacity(READ_BUFFER),
+            due: Vec::new(),
+            ws_config,
+            tally: Tally::new(topics, plan.output.hdr.is_some()),
+            stage: Stage::Ramp,
+            dials,
+            retries: BinaryHeap::new(),
+            connect_deadlines: VecDeque::new(),
+            finish_deadlines: VecDeque::new(),
+            unsettled: shard.count,
+            ramp_reported: false,
+            sockets: 0,
+            go_ns: 0,
+            generation: 0,
+            rng: start_ns ^ (loop_index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            next_sweep_ns: start_ns + SWEEP_NS,
+        })
+    }
+
+    fn run(mut self) -> Tally {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now_ns = clock::now_ns();
+            let at = At {
+                now_ns,
+                instant: Instant::now(),
+            };
+            if !self.advance(at) {
+                break;
+            }
+            self.dial_due(now_ns);
+            self.expire(at);
+            if matches!(self.stage, Stage::Measure { .. }) {
+                self.send_scheduled(at);
+            }
+            self.control.live(self.loop_index).publish(&self.tally);
+            let before_poll_ns = clock::now_ns();
+            let wait = self.wait_ns(before_poll_ns);
+            if wait > 0 && wait < PRECISE_BELOW_NS {
+                self.alarm.arm(before_poll_ns + wait);
+            }
+            if let Err(e) = self
+                .poll
+                .poll(&mut events, Some(Duration::from_nanos(wait)))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                // The poll itself broke: nothing can be served any more; end cleanly.
+                self.control.abort();
+            }
+            let at = At {
+                now_ns: clock::now_ns(),
+                instant: Instant::now(),
+            };
+            for event in events.iter() {
+                if event.token() == ALARM {
+                    self.alarm.clear();
+                    continue;
+                }
+                let hangup = event.is_read_closed() || event.is_error();
+                let readiness = Readiness {
+                    readable: event.is_readable() || hangup,
+                    writable: event.is_writable() || event.is_error(),
+                    hangup,
+                };
+                self.on_event(event.token().0, readiness, at);
+            }
+        }
+        for slot in 0..self.conns.len() {
+            self.release(slot);
+        }
+        self.tally.finish_intervals();
+        self.control.live(self.loop_index).publish(&self.tally);
+        self.tally
+    }
+
+    fn sending(&self) -> bool {
+        matches!(self.stage, Stage::Measure { .. })
+    }
+
+    fn is_hold(&self) -> bool {
+        matches!(self.dials, Dials::Hold(_))
+    }
+
+    /// Moves through the stages; `false` once the loop is done.
+    fn advance(&mut self, at: At) -> bool {
+        let aborted = self.control.aborted();
+        match self.stage {
+            Stage::Ramp => {
+                if !self.ramp_reported && (self.unsettled == 0 || !self.is_hold()) {
+                    self.ramp_reported = true;
+                    self.control.report_ramped();
+                }
+                if aborted {
+                    self.enter_closing(at);
+                } else if let Some((go_ns, stop_ns)) = self.control.window()
+                    && at.now_ns >= go_ns
+                {
+                    self.begin_measure(go_ns, stop_ns, at);
+                }
+            }
+            Stage::Measure { stop_ns } => {
+                self.tally.roll_interval(at.now_ns, self.go_ns);
+                if aborted {
+                    self.enter_closing(at);
+                } else if at.now_ns >= stop_ns {
+                    self.stage = Stage::Drain {
+                        until_ns: at.now_ns + ns(self.plan.drain),
+                    };
+                }
+            }
+            Stage::Drain { until_ns } => {
+                self.tally.roll_interval(at.now_ns, self.go_ns);
+                if aborted
+                    || at.now_ns >= until_ns
+                    || self.traffic.drained(&self.tally, self.sockets)
+                {
+                    self.enter_closing(at);
+                }
+            }
+            Stage::Closing { until_ns } => {
+                return self.sockets > 0 && at.now_ns < until_ns;
+            }
+        }
+        true
+    }
+
+    fn begin_measure(&mut self, go_ns: u64, stop_ns: u64, at: At) {
+        self.go_ns = go_ns;
+        self.stage = Stage::Measure { stop_ns };
+        self.retries.clear();
+        for slot in 0..self.conns.len() {
+            if self.conns[slot].life == Life::Pending && self.is_hold() {
+                self.release(slot);
+                self.end_pending(slot, Reason::RampTimeout);
+            }
+        }
+        self.traffic.begin(go_ns);
+        for slot in 0..self.conns.len() {
+            self.with_link(slot, at, |traffic, state, link| {
+                traffic.started(state, link);
+                Verdict::Continue
+            });
+        }
+        if let Dials::Cycle { rate, pacer, .. } = &mut self.dials {
+            *pacer = Some(Pacer::new(go_ns, *rate, u64::MAX));
+        }
+    }
+
+    fn enter_closing(&mut self, at: At) {
+        self.stage = Stage::Closing {
+            until_ns: at.now_ns + ns(self.plan.close_timeout),
+        };
+        self.retries.clear();
+        for slot in 0..self.conns.len() {
+            match self.conns[slot].phase {
+                Phase::Open(_) => self.begin_close(slot, at),
+                Phase::Connecting | Phase::Handshaking(_) => self.fail(slot, Reason::Timeout, at),
+                // Aborted during the ramp: never dialed, or waiting to retry.
+                Phase::Idle if self.conns[slot].life == Life::Pending && self.is_hold() => {
+                    self.end_pending(slot, Reason::RampTimeout);
+                }
+                Phase::Idle | Phase::Finishing => {}
+            }
+        }
+    }
+
+    /// Nanoseconds until the loop has something to do, whatever the sockets do.
+    fn wait_ns(&self, now_ns: u64) -> u64 {
+        let mut next = now_ns
+            + if self.stage == Stage::Ramp {
+                CONTROL_POLL_NS
+            } else {
+                5 * CONTROL_POLL_NS
+            };
+        let mut consider = |at: Option<u64>| {
+            if let Some(at) = at {
+                next = next.min(at);
+            }
+        };
+        match (&self.dials, self.stage) {
+            (Dials::Hold(pacer), Stage::Ramp) => consider(pacer.next_due()),
+            (
+                Dials::Cycle {
+                    pacer: Some(pacer),
+                    free,
+                    ..
+                },
+                Stage::Measure { .. },
+            ) if !free.is_empty() => consider(pacer.next_due()),
+            _ => {}
+        }
+        consider(self.retries.peek().map(|r| r.0.0));
+        consider(self.connect_deadlines.front().map(|d| d.0));
+        consider(self.finish_deadlines.front().map(|d| d.0));
+        match self.stage {
+            Stage::Ramp => {}
+            Stage::Measure { stop_ns } => {
+                consider(Some(stop_ns));
+                consider(self.traffic.next_due_ns());
+            }
+            Stage::Drain { until_ns } | Stage::Closing { until_ns } => consider(Some(until_ns)),
+        }
+        if self.ws_config.ping_interval.is_some() {
+            consider(Some(self.next_sweep_ns));
+        }
+        next.saturating_sub(now_ns)
+    }
+}
+
+/// xorshift64*: nonces and masking seeds only need to differ, not to be secret.
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}

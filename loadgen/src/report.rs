@@ -1,0 +1,353 @@
+//! The results of a run: the JSON document (`--json`, stable keys), the table on stdout, the
+//! `--hdr` interval log, and the verdict (whether most connections failed, and why).
+
+use std::fmt::Write as _;
+use std::io;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use hdrhistogram::serialization::V2DeflateSerializer;
+use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+use serde::Serialize;
+
+use crate::clock;
+use crate::failure::{Failures, Reason};
+use crate::hist::Percentiles;
+use crate::plan::{Mode, Plan};
+use crate::run::ProcessResult;
+use crate::server::ServerWatch;
+use crate::tally::Interval;
+
+/// Share of its event loops' time the loadgen may use before its results are flagged.
+const SATURATED: f64 = 0.9;
+
+/// The loadgen's own CPU use.
+#[derive(Clone, Debug, Serialize)]
+pub struct CpuReport {
+    /// User time during the measurement window, seconds.
+    pub user_s: f64,
+    /// System time during the measurement window, seconds.
+    pub system_s: f64,
+    /// User plus system time per message received in the window, microseconds.
+    pub per_message_us: Option<f64>,
+    /// Cores kept busy on average during the window.
+    pub cores: f64,
+    /// User plus system time over the whole run (ramp and close included), seconds.
+    pub total_s: f64,
+    /// Whether the loadgen kept its event loops nearly saturated: then latencies include its
+    /// own queueing, and the run measures the loadgen as much as the server.
+    pub saturated: bool,
+}
+
+/// The server's memory, with `--server-pid`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerReport {
+    /// Its pid.
+    pub pid: u32,
+    /// VmRSS before the first connection, KiB.
+    pub rss_before_kib: Option<u64>,
+    /// VmRSS with every connection open, KiB.
+    pub rss_after_kib: Option<u64>,
+    /// (after − before) / established, bytes.
+    pub rss_per_connection_bytes: Option<f64>,
+    /// Why a reading is missing.
+    pub error: Option<String>,
+}
+
+/// Everything a run reports; these keys are stable.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// `idle`, `echo`, `churn` or `fanout`.
+    pub mode: &'static str,
+    /// Connections asked for (churn: the concurrency).
+    pub connections: usize,
+    /// Connections that opened (churn: handshakes completed).
+    pub established: u64,
+    /// Connections that never opened.
+    pub failed: u64,
+    /// Connections that opened and were lost before the end.
+    pub dropped: u64,
+    /// `failed` by reason.
+    pub failures: Failures,
+    /// `dropped` by reason.
+    pub drops: Failures,
+    /// Dials repeated after connect errors.
+    pub retries: u64,
+    /// Connections that ended with a complete close handshake.
+    pub closed_clean: u64,
+    /// Length of the measurement window, seconds.
+    pub duration_s: f64,
+    /// Messages sent.
+    pub messages_sent: u64,
+    /// Messages received.
+    pub messages_received: u64,
+    /// Messages received per second during the window.
+    pub throughput: f64,
+    /// What `throughput` counts.
+    pub throughput_unit: &'static str,
+    /// The mode's latency (echo: round trip; churn: dial due to echo received; fanout: intended
+    /// publish to receive).
+    pub latency_us: Percentiles,
+    /// TCP connect times.
+    pub connect_us: Percentiles,
+    /// Upgrade request to 101.
+    pub handshake_us: Percentiles,
+    /// Churn: cycles completed.
+    pub cycles: u64,
+    /// Churn: handshakes per second.
+    pub handshakes_per_s: f64,
+    /// Fanout: messages published.
+    pub published: u64,
+    /// Fanout: subscribers open when publishing began.
+    pub subscribers: u64,
+    /// Fanout: distinct deliveries.
+    pub delivered: u64,
+    /// Fanout: deliveries expected and not received.
+    pub missing: u64,
+    /// Fanout: repeated deliveries.
+    pub duplicates: u64,
+    /// Fanout: deliveries behind a later message of the same publisher.
+    pub out_of_order: u64,
+    /// Fanout: publishes that failed.
+    pub publish_errors: u64,
+    /// The loadgen's CPU use.
+    pub loadgen_cpu: CpuReport,
+    /// The server's memory, with `--server-pid`.
+    pub server: Option<ServerReport>,
+    /// Event-loop threads per process.
+    pub threads: usize,
+    /// Processes.
+    pub procs: usize,
+    /// RLIMIT_NOFILE of each process.
+    pub fd_limit: u64,
+}
+
+impl Report {
+    /// Builds the report of a finished run.
+    pub fn new(plan: &Plan, result: &ProcessResult, server: Option<&ServerWatch>) -> Report {
+        let tally = &result.tally;
+        // The window as it happened (shorter when aborted); never 0, rates divide by it.
+        let duration_s = result.window_s.max(1e-9);
+        let window_cpu = result.cpu_window.total_s();
+        let fanout = &tally.fanout;
+        Report {
+            mode: plan.mode.name(),
+            connections: plan.connections,
+            established: tally.established,
+            failed: tally.failures.total(),
+            dropped: tally.drops.total(),
+            failures: tally.failures.clone(),
+            drops: tally.drops.clone(),
+            retries: tally.retries,
+            closed_clean: tally.closed_clean,
+            duration_s,
+            messages_sent: tally.messages_sent,
+            messages_received: tally.messages_received,
+            throughput: tally.received_in_window as f64 / duration_s,
+            throughput_unit: match plan.mode {
+                Mode::Fanout(_) => "deliveries/s",
+                Mode::Churn(_) => "cycles/s",
+                Mode::Idle { .. } | Mode::Echo(_) => "msgs/s",
+            },
+            latency_us: Percentiles::of(&tally.latency),
+            connect_us: Percentiles::of(&tally.connect),
+            handshake_us: Percentiles::of(&tally.handshake),
+            cycles: tally.cycles,
+            handshakes_per_s: match plan.mode {
+                Mode::Churn(_) => tally.established as f64 / duration_s,
+                _ => 0.0,
+            },
+            published: fanout.published.iter().sum(),
+            subscribers: fanout.subscribers.iter().sum(),
+            delivered: fanout.delivered.iter().sum(),
+            missing: fanout.missing(),
+            duplicates: fanout.duplicates,
+            out_of_order: fanout.out_of_order,
+            publish_errors: fanout.publish_errors,
+            loadgen_cpu: CpuReport {
+                user_s: result.cpu_window.user_s,
+                system_s: result.cpu_window.system_s,
+                per_message_us: (tally.received_in_window > 0)
+                    .then(|| window_cpu * 1e6 / tally.received_in_window as f64),
+                cores: window_cpu / duration_s,
+                total_s: result.cpu_total.total_s(),
+                saturated: window_cpu / duration_s
+                    >= SATURATED * (plan.threads * plan.procs) as f64,
+            },
+            server: server.map(|watch| ServerReport {
+                pid: watch.pid,
+                rss_before_kib: watch.rss_before_kib,
+                rss_after_kib: watch.rss_after_kib,
+                rss_per_connection_bytes: watch.bytes_per_connection(tally.established),
+                error: watch.error.clone(),
+            }),
+            threads: plan.threads,
+            procs: plan.procs,
+            fd_limit: result.fd_limit,
+        }
+    }
+
+    /// `Err` with the reason when most connections failed (or dropped).
+    pub fn verdict(&self) -> Result<(), String> {
+        let attempted = self.established + self.failed;
+        let lost = self.failed + self.dropped;
+        if attempted == 0 {
+            return Err("no connection was attempted".into());
+        }
+        if lost * 2 <= attempted {
+            return Ok(());
+        }
+        let mut all = self.failures.clone();
+        all.merge(&self.drops);
+        let reason = all.dominant().unwrap_or(Reason::OtherIo);
+        Err(format!(
+            "most connections failed ({lost} of {attempted}), mostly {}: {}",
+            reason.name(),
+            reason.hint()
+        ))
+    }
+
+    /// The table printed at the end.
+    pub fn table(&self, targets: &[String]) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "clarion-loadgen {}: {} connections, {} thread(s) x {} process(es), {:.1} s measured, to {}",
+            self.mode,
+            self.connections,
+            self.threads,
+            self.procs,
+            self.duration_s,
+            targets.join(" ")
+        );
+        let _ = writeln!(
+            out,
+            "connections  established {}  failed {}  dropped {}  closed cleanly {}  retries {}",
+            self.established, self.failed, self.dropped, self.closed_clean, self.retries
+        );
+        for (label, failures) in [("failed", &self.failures), ("dropped", &self.drops)] {
+            let reasons: Vec<String> = failures
+                .nonzero()
+                .map(|(r, n)| format!("{} {n}", r.name()))
+                .collect();
+            if !reasons.is_empty() {
+                let _ = writeln!(out, "  {label} by reason: {}", reasons.join(", "));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "messages     sent {}  received {}  throughput {:.1} {}",
+            self.messages_sent, self.messages_received, self.throughput, self.throughput_unit
+        );
+        if self.mode == "churn" {
+            let _ = writeln!(
+                out,
+                "churn        cycles {}  handshakes {:.1}/s",
+                self.cycles, self.handshakes_per_s
+            );
+        }
+        if self.mode == "fanout" {
+            let _ = writeln!(
+                out,
+                "fanout       published {}  subscribers {}  delivered {}  missing {}  duplicates {}  out of order {}  publish errors {}",
+                self.published,
+                self.subscribers,
+                self.delivered,
+                self.missing,
+                self.duplicates,
+                self.out_of_order,
+                self.publish_errors
+            );
+        }
+        let _ = writeln!(
+            out,
+            "latency (us) {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "count", "p50", "p90", "p99", "p99.9", "p99.99", "max", "mean"
+        );
+        let main = match self.mode {
+            "echo" => "round trip",
+            "churn" => "cycle",
+            "fanout" => "delivery",
+            _ => "",
+        };
+        for (label, p) in [
+            (main, &self.latency_us),
+            ("connect", &self.connect_us),
+            ("handshake", &self.handshake_us),
+        ] {
+            if p.count > 0 {
+                let _ = writeln!(
+                    out,
+                    "  {label:<10} {:>10} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+                    p.count, p.p50, p.p90, p.p99, p.p99_9, p.p99_99, p.max, p.mean
+                );
+            }
+        }
+        let cpu = &self.loadgen_cpu;
+        let per_message = cpu
+            .per_message_us
+            .map_or(String::new(), |us| format!(", {us:.2} us per message"));
+        let _ = writeln!(
+            out,
+            "loadgen CPU  user {:.2} s  system {:.2} s in the window ({:.2} cores{per_message}); {:.2} s in all",
+            cpu.user_s, cpu.system_s, cpu.cores, cpu.total_s
+        );
+        if cpu.saturated {
+            let _ = writeln!(
+                out,
+                "  warning: the loadgen's event loops were saturated; latencies include its own \
+                 queueing (add --threads or --procs, or use --rate)"
+            );
+        }
+        if let Some(server) = &self.server {
+            match (server.rss_before_kib, server.rss_after_kib) {
+                (Some(before), Some(after)) => {
+                    let _ = writeln!(
+                        out,
+                        "server RSS   pid {}: {before} KiB before, {after} KiB with the connections open = {:.0} bytes per connection",
+                        server.pid,
+                        server.rss_per_connection_bytes.unwrap_or(0.0)
+                    );
+                }
+                _ => {
+                    let _ = writeln!(
+                        out,
+                        "server RSS   pid {}: {}",
+                        server.pid,
+                        server.error.as_deref().unwrap_or("not read")
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Writes the `--hdr` interval log of the mode's latency (values in nanoseconds; the log's max
+/// column in microseconds).
+pub fn write_hdr_log(path: &Path, intervals: &[Interval], go_ns: u64) -> io::Result<()> {
+    let since_go = Duration::from_nanos(clock::now_ns().saturating_sub(go_ns));
+    let start = SystemTime::now()
+        .checked_sub(since_go)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut file = io::BufWriter::new(std::fs::File::create(path)?);
+    let mut serializer = V2DeflateSerializer::new();
+    let mut log = IntervalLogWriterBuilder::new()
+        .add_comment("clarion-loadgen latency, values in nanoseconds")
+        .with_start_time(start)
+        .with_base_time(start)
+        .with_max_value_divisor(1000.0)
+        .begin_log_with(&mut file, &mut serializer)?;
+    let tag = Tag::new("latency");
+    for interval in intervals {
+        log.write_histogram(
+            &interval.histogram,
+            Duration::from_secs(interval.index as u64),
+            Duration::from_secs(1),
+            tag,
+        )
+        .map_err(|e| io::Error::other(format!("{e:?}")))?;
+    }
+    drop(log);
+    io::Write::flush(&mut file)
+}

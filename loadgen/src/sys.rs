@@ -1,0 +1,122 @@
+//! The few operating-system facts and knobs the loadgen needs: the file-descriptor limit, a
+//! private descriptor table per thread, its own CPU time, and another process's resident memory.
+
+use std::io;
+
+use serde::{Deserialize, Serialize};
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the limit now in force.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: `limit` is a valid rlimit whose soft value does not exceed the hard one.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// Gives the calling thread its own copy of the descriptor table, so its sockets count against
+/// `RLIMIT_NOFILE` on their own. The thread must keep its descriptors to itself (it does: an
+/// event loop never shares its sockets), and they close when it exits.
+pub fn unshare_fd_table() -> io::Result<()> {
+    // SAFETY: unshare(CLONE_FILES) only affects the calling thread's descriptor table; no memory
+    // is passed.
+    if unsafe { libc::unshare(libc::CLONE_FILES) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Lets the calling thread's sleeps end on time: the default timer slack (50 µs) would make a
+/// paced sender late by up to that much.
+pub fn tighten_timer_slack() {
+    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and affects only the calling thread.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+}
+
+/// CPU time, in seconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CpuTime {
+    /// In user space.
+    pub user_s: f64,
+    /// In the kernel on the process's behalf.
+    pub system_s: f64,
+}
+
+impl CpuTime {
+    /// This process's CPU time so far (all threads).
+    pub fn of_self() -> CpuTime {
+        // SAFETY: rusage is plain old data; all-zero is a valid value.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `usage` is a valid, writable rusage; RUSAGE_SELF always exists.
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        CpuTime {
+            user_s: secs(usage.ru_utime),
+            system_s: secs(usage.ru_stime),
+        }
+    }
+
+    /// Both together.
+    pub fn total_s(&self) -> f64 {
+        self.user_s + self.system_s
+    }
+
+    /// The time spent since `earlier`.
+    pub fn since(&self, earlier: CpuTime) -> CpuTime {
+        CpuTime {
+            user_s: (self.user_s - earlier.user_s).max(0.0),
+            system_s: (self.system_s - earlier.system_s).max(0.0),
+        }
+    }
+
+    /// Adds another process's time.
+    pub fn add(&mut self, other: CpuTime) {
+        self.user_s += other.user_s;
+        self.system_s += other.system_s;
+    }
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS` in `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    parse_vm_rss(&status).ok_or_else(|| io::Error::other("no VmRSS line"))
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_facts() {
+        assert!(raise_fd_limit().unwrap() >= 1024);
+        assert!(rss_kib(std::process::id()).unwrap() > 0);
+        let spin: u64 = (0..2_000_000u64).map(std::hint::black_box).sum();
+        assert!(spin > 0);
+        assert!(CpuTime::of_self().total_s() > 0.0);
+        assert_eq!(parse_vm_rss("Name: x\nVmRSS:\t  1234 kB\n"), Some(1234));
+        assert_eq!(parse_vm_rss("Name: x\n"), None);
+    }
+
+    #[test]
+    fn a_thread_can_take_a_private_fd_table() {
+        std::thread::spawn(|| unshare_fd_table().unwrap())
+            .join()
+            .unwrap();
+    }
+}

@@ -1,0 +1,245 @@
+//! What one event loop (and, merged, a process and the whole run) counted: connections by
+//! outcome, messages, fanout accounting and latency histograms. Mergeable and serializable, so
+//! threads and worker processes add up the same way.
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::failure::Failures;
+use crate::hist;
+
+/// Length of one `--hdr` interval.
+pub const INTERVAL_NS: u64 = 1_000_000_000;
+
+/// Fanout accounting, per topic where it matters.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FanoutTally {
+    /// Messages published per topic.
+    pub published: Vec<u64>,
+    /// Subscribers open when publishing began, per topic.
+    pub subscribers: Vec<u64>,
+    /// Distinct messages delivered, per topic, over all its subscribers.
+    pub delivered: Vec<u64>,
+    /// Deliveries of a message the subscriber already had.
+    pub duplicates: u64,
+    /// Deliveries that arrived after a later message of the same publisher.
+    pub out_of_order: u64,
+    /// Publishes that failed (HTTP error, envelope error, socket error).
+    pub publish_errors: u64,
+}
+
+impl FanoutTally {
+    /// An empty tally for `topics` topics.
+    pub fn new(topics: usize) -> FanoutTally {
+        FanoutTally {
+            published: vec![0; topics],
+            subscribers: vec![0; topics],
+            delivered: vec![0; topics],
+            ..FanoutTally::default()
+        }
+    }
+
+    /// Deliveries that should have happened and did not.
+    pub fn missing(&self) -> u64 {
+        let expected: u64 = self
+            .published
+            .iter()
+            .zip(&self.subscribers)
+            .map(|(p, s)| p * s)
+            .sum();
+        expected.saturating_sub(self.delivered.iter().sum())
+    }
+
+    fn merge(&mut self, other: &FanoutTally) {
+        add_each(&mut self.published, &other.published);
+        add_each(&mut self.subscribers, &other.subscribers);
+        add_each(&mut self.delivered, &other.delivered);
+        self.duplicates += other.duplicates;
+        self.out_of_order += other.out_of_order;
+        self.publish_errors += other.publish_errors;
+    }
+}
+
+fn add_each(into: &mut Vec<u64>, from: &[u64]) {
+    if into.len() < from.len() {
+        into.resize(from.len(), 0);
+    }
+    into.iter_mut().zip(from).for_each(|(a, b)| *a += b);
+}
+
+/// One interval of the `--hdr` log.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Interval {
+    /// Seconds since the measurement began.
+    pub index: u32,
+    /// The latencies recorded in it.
+    #[serde(with = "hist::as_hex")]
+    pub histogram: Histogram<u64>,
+}
+
+/// Everything counted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Tally {
+    /// Connections that reached an open WebSocket (churn: handshakes completed).
+    pub established: u64,
+    /// Connections that never opened, by their last reason.
+    pub failures: Failures,
+    /// Connections that opened and were lost before the end, by reason.
+    pub drops: Failures,
+    /// Dials repeated after a connect error.
+    pub retries: u64,
+    /// Connections that ended with a complete close handshake.
+    pub closed_clean: u64,
+    /// Messages sent (echo requests, churn messages, publishes).
+    pub messages_sent: u64,
+    /// Messages received.
+    pub messages_received: u64,
+    /// Messages received while the measurement ran (for throughput).
+    pub received_in_window: u64,
+    /// Churn: connect-exchange-close cycles completed.
+    pub cycles: u64,
+    /// Fanout accounting.
+    pub fanout: FanoutTally,
+    /// TCP connect times.
+    #[serde(with = "hist::as_hex")]
+    pub connect: Histogram<u64>,
+    /// Upgrade request to 101 times.
+    #[serde(with = "hist::as_hex")]
+    pub handshake: Histogram<u64>,
+    /// The mode's latency: echo round trip, churn cycle, publish-to-receive.
+    #[serde(with = "hist::as_hex")]
+    pub latency: Histogram<u64>,
+    /// `--hdr`: finished intervals of `latency`.
+    pub intervals: Vec<Interval>,
+    /// `--hdr`: the interval being recorded, and its index.
+    #[serde(skip)]
+    current: Option<(u32, Histogram<u64>)>,
+}
+
+impl Tally {
+    /// An empty tally; `intervals` keeps the per-second log for `--hdr`.
+    pub fn new(topics: usize, intervals: bool) -> Tally {
+        Tally {
+            established: 0,
+            failures: Failures::default(),
+            drops: Failures::default(),
+            retries: 0,
+            closed_clean: 0,
+            messages_sent: 0,
+            messages_received: 0,
+            received_in_window: 0,
+            cycles: 0,
+            fanout: FanoutTally::new(topics),
+            connect: hist::new(),
+            handshake: hist::new(),
+            latency: hist::new(),
+            intervals: Vec::new(),
+            current: intervals.then(|| (0, hist::new())),
+        }
+    }
+
+    /// Records one latency of the mode.
+    pub fn record_latency(&mut self, latency_ns: u64) {
+        hist::record(&mut self.latency, latency_ns);
+        if let Some((_, interval)) = &mut self.current {
+            hist::record(interval, latency_ns);
+        }
+    }
+
+    /// Closes the current `--hdr` interval if `now_ns` is past it (measured from `go_ns`).
+    pub fn roll_interval(&mut self, now_ns: u64, go_ns: u64) {
+        let Some((index, interval)) = &mut self.current else {
+            return;
+        };
+        let now_index = (now_ns.saturating_sub(go_ns) / INTERVAL_NS) as u32;
+        if now_index > *index {
+            if !interval.is_empty() {
+                self.intervals.push(Interval {
+                    index: *index,
+                    histogram: interval.clone(),
+                });
+                interval.reset();
+            }
+            *index = now_index;
+        }
+    }
+
+    /// Closes the last `--hdr` interval.
+    pub fn finish_intervals(&mut self) {
+        if let Some((index, interval)) = self.current.take()
+            && !interval.is_empty()
+        {
+            self.intervals.push(Interval {
+                index,
+                histogram: interval,
+            });
+        }
+    }
+
+    /// Adds another tally in.
+    pub fn merge(&mut self, other: &Tally) {
+        self.established += other.established;
+        self.failures.merge(&other.failures);
+        self.drops.merge(&other.drops);
+        self.retries += other.retries;
+        self.closed_clean += other.closed_clean;
+        self.messages_sent += other.messages_sent;
+        self.messages_received += other.messages_received;
+        self.received_in_window += other.received_in_window;
+        self.cycles += other.cycles;
+        self.fanout.merge(&other.fanout);
+        hist::merge(&mut self.connect, &other.connect);
+        hist::merge(&mut self.handshake, &other.handshake);
+        hist::merge(&mut self.latency, &other.latency);
+        for interval in &other.intervals {
+            match self
+                .intervals
+                .iter_mut()
+                .find(|i| i.index == interval.index)
+            {
+                Some(mine) => hist::merge(&mut mine.histogram, &interval.histogram),
+                None => self.intervals.push(interval.clone()),
+            }
+        }
+        self.intervals.sort_by_key(|i| i.index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failure::Reason;
+
+    #[test]
+    fn merges_and_survives_json() {
+        let mut a = Tally::new(2, true);
+        a.established = 3;
+        a.failures.add(Reason::Refused);
+        a.record_latency(1_000);
+        a.roll_interval(2 * INTERVAL_NS + 5, 0);
+        a.record_latency(2_000);
+        a.finish_intervals();
+        a.fanout.published[1] = 10;
+        a.fanout.subscribers[1] = 2;
+        a.fanout.delivered[1] = 19;
+        let json = serde_json::to_string(&a).unwrap();
+        let b: Tally = serde_json::from_str(&json).unwrap();
+        let mut total = Tally::new(2, false);
+        total.merge(&a);
+        total.merge(&b);
+        assert_eq!(total.established, 6);
+        assert_eq!(total.failures.total(), 2);
+        assert_eq!(total.latency.len(), 4);
+        assert_eq!(
+            total
+                .intervals
+                .iter()
+                .map(|i| (i.index, i.histogram.len()))
+                .collect::<Vec<_>>(),
+            [(0, 2), (2, 2)]
+        );
+        assert_eq!(a.fanout.missing(), 1);
+        // Merged: 20 published to each of 4 subscribers, 38 delivered.
+        assert_eq!(total.fanout.missing(), 42);
+    }
+}

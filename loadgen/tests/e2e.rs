@@ -1,0 +1,347 @@
+//! End to end: the loadgen against the real `clarion serve` (idle, echo, churn, --procs) and
+//! against a small fake fanout server (fanout over raw topics, the envelope protocol and HTTP
+//! publish), plus the exit statuses. 2,000 connections where it matters; under ~30 s in all.
+
+mod common;
+
+use common::fake_fanout::FakeFanout;
+use common::{ClarionServer, assert_keys, describe, free_port, loadgen, run_loadgen};
+
+#[test]
+fn idle_and_echo_hold_2000_connections() {
+    let server = ClarionServer::start(1);
+    let url = format!("ws://{}/echo", server.addr);
+    let pid = server.pid().to_string();
+    let (output, json) = run_loadgen(&[
+        "idle",
+        &url,
+        "-c",
+        "2000",
+        "-d",
+        "1s",
+        "--ping-interval",
+        "200ms",
+        "--server-pid",
+        &pid,
+    ]);
+    let json = json.unwrap_or_else(|| panic!("no JSON\n{}", describe(&output)));
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_keys(&json);
+    assert_eq!(json["mode"], "idle");
+    assert_eq!(json["established"], 2000, "{json:#}");
+    assert_eq!(json["failed"], 0);
+    assert_eq!(json["dropped"], 0);
+    assert_eq!(json["closed_clean"], 2000);
+    assert_eq!(json["handshake_us"]["count"], 2000);
+    assert!(json["server"]["rss_after_kib"].as_u64().unwrap() > 0);
+
+    let (output, json) = run_loadgen(&["echo", &url, "-c", "2000", "-d", "2s", "--window", "2"]);
+    let json = json.unwrap_or_else(|| panic!("no JSON\n{}", describe(&output)));
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_keys(&json);
+    assert_eq!(json["established"], 2000, "{json:#}");
+    assert_eq!(json["failed"], 0);
+    assert_eq!(json["dropped"], 0);
+    let received = json["messages_received"].as_u64().unwrap();
+    assert!(received >= 4000, "{json:#}");
+    assert_eq!(
+        json["messages_sent"], json["messages_received"],
+        "replies drained"
+    );
+    assert_eq!(json["latency_us"]["count"].as_u64().unwrap(), received);
+    assert!(json["throughput"].as_f64().unwrap() > 0.0);
+    assert!(json["loadgen_cpu"]["per_message_us"].as_f64().unwrap() > 0.0);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for column in [
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "p99.99",
+        "max",
+        "mean",
+        "throughput",
+    ] {
+        assert!(stdout.contains(column), "table lacks {column}:\n{stdout}");
+    }
+}
+
+#[test]
+fn echo_at_a_rate_churn_and_procs() {
+    let server = ClarionServer::start(1);
+    let url = format!("ws://{}/echo", server.addr);
+    let (output, json) = run_loadgen(&[
+        "echo", &url, "-c", "50", "-d", "1s", "--rate", "2000", "--window", "4",
+    ]);
+    let json = json.unwrap_or_else(|| panic!("no JSON\n{}", describe(&output)));
+    assert!(output.status.success(), "{}", describe(&output));
+    let sent = json["messages_sent"].as_u64().unwrap();
+    assert!(
+        (1800..=2100).contains(&sent),
+        "open loop sends on schedule: {json:#}"
+    );
+
+    let (output, json) = run_loadgen(&[
+        "churn",
+        &url,
+        "-d",
+        "1s",
+        "--rate",
+        "300",
+        "--concurrency",
+        "32",
+    ]);
+    let json = json.unwrap_or_else(|| panic!("no JSON\n{}", describe(&output)));
+    assert!(output.status.success(), "{}", describe(&output));
+    let cycles = json["cycles"].as_u64().unwrap();
+    assert!((200..=301).contains(&cycles), "{json:#}");
+    assert_eq!(json["failed"], 0);
+    assert_eq!(json["closed_clean"], json["established"]);
+
+    let (output, json) = run_loadgen(&[
+        "echo",
+        &url,
+        "-c",
+        "200",
+        "-d",
+        "1s",
+        "--procs",
+        "2",
+        "--threads",
+        "1",
+    ]);
+    let json = json.unwrap_or_else(|| panic!("no JSON\n{}", describe(&output)));
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_eq!(json["procs"], 2);
+    assert_eq!(json["established"], 200, "{json:#}");
+    assert!(json["messages_received"].as_u64().unwrap() > 200);
+
+    let hdr = std::env::temp_dir().join(format!("clarion-loadgen-{}.hdr", std::process::id()));
+    let (output, json) = run_loadgen(&[
+        "echo",
+        &url,
+        "-c",
+        "200",
+        "-d",
+        "2s",
+        "--threads",
+        "2",
+        "--private-fd-table",
+        "--hdr",
+        hdr.to_str().unwrap(),
+    ]);
+    let json = json.unwrap_or_else(|| panic!("no JSON\n{}", describe(&output)));
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_eq!(json["established"], 200, "{json:#}");
+    let log = std::fs::read_to_string(&hdr).unwrap();
+    let intervals = log
+        .lines()
+        .filter(|l| l.starts_with("Tag=latency,"))
+        .count();
+    assert!(intervals >= 2, "{log}");
+    let _ = std::fs::remove_file(&hdr);
+}
+
+#[test]
+fn fanout_delivers_every_message_once_to_2000_subscribers() {
+    let server = FakeFanout::start();
+    let url = format!("ws://{}/t/", server.addr);
+    let (output, json) = run_loadgen(&[
+        "fanout",
+        &url,
+        "-c",
+        "2000",
+        "-d",
+        "2s",
+        "--rate",
+        "20",
+        "--topics",
+        "2",
+        "--publishers",
+        "2",
+    ]);
+    let json = json.unwrap_or_else(|| panic!("no JSON\n{}", describe(&output)));
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_keys(&json);
+    assert_eq!(json["established"], 2000, "{json:#}");
+    assert_eq!(json["subscribers"], 2000);
+    let published = json["published"].as_u64().unwrap();
+    assert!(published >= 38, "{json:#}");
+    // Each topic's messages reach its 1,000 subscribers.
+    assert_eq!(
+        json["delivered"].as_u64().unwrap(),
+        published * 1000,
+        "{json:#}"
+    );
+    assert_eq!(json["missing"], 0);
+    assert_eq!(json["duplicates"], 0);
+    assert_eq!(json["out_of_order"], 0);
+    assert_eq!(
+        json["latency_us"]["count"].as_u64().unwrap(),
+        published * 1000
+    );
+
+    // Subscribers in two processes, publishers in the first: counts merge across them.
+    let (output, json) = run_loadgen(&[
+        "fanout",
+        &url,
+        "-c",
+        "400",
+        "-d",
+        "1s",
+        "--rate",
+        "20",
+        "--procs",
+        "2",
+        "--threads",
+        "1",
+    ]);
+    let json = json.unwrap_or_else(|| panic!("no JSON\n{}", describe(&output)));
+    assert!(output.status.success(), "{}", describe(&output));
+    let published = json["published"].as_u64().unwrap();
+    assert!(published >= 18, "{json:#}");
+    assert_eq!(json["subscribers"], 400);
+    assert_eq!(
+        json["delivered"].as_u64().unwrap(),
+        published * 400,
+        "{json:#}"
+    );
+    assert_eq!(json["missing"], 0);
+}
+
+#[test]
+fn fanout_over_the_envelope_protocol_and_http_publish() {
+    let server = FakeFanout::start();
+    let ws = format!("ws://{}/ws", server.addr);
+    let publish = format!("http://{}/publish", server.addr);
+    for via in ["ws", "http"] {
+        let (output, json) = run_loadgen(&[
+            "fanout",
+            &ws,
+            "--protocol",
+            "envelope",
+            "--publish-via",
+            via,
+            "--publish-url",
+            &publish,
+            "-c",
+            "200",
+            "-d",
+            "1s",
+            "--rate",
+            "20",
+        ]);
+        let json = json.unwrap_or_else(|| panic!("no JSON\n{}", describe(&output)));
+        assert!(output.status.success(), "{via}: {}", describe(&output));
+        let published = json["published"].as_u64().unwrap();
+        assert!(published >= 15, "{via}: {json:#}");
+        assert_eq!(
+            json["delivered"].as_u64().unwrap(),
+            published * 200,
+            "{via}: {json:#}"
+        );
+        assert_eq!(json["missing"], 0, "{via}");
+        assert_eq!(json["publish_errors"], 0, "{via}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_and_failed_runs_exit_1_with_a_reason() {
+    for args in [
+        &["echo"][..],
+        &["echo", "ws://10.1.2.3:80/"],
+        &["echo", "http://127.0.0.1:1/"],
+        &["echo", "ws://127.0.0.1:1/", "--size", "4"],
+        &["fanout", "ws://127.0.0.1:1/t/", "--topics", "3"],
+        &["idle", "ws://127.0.0.1:1/", "--source-ips", "10.0.0.1"],
+    ] {
+        let output = loadgen().args(args).output().unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            describe(&output)
+        );
+        assert!(!output.stderr.is_empty());
+    }
+    let nobody = free_port();
+    let url = format!("ws://{nobody}/");
+    let (output, json) = run_loadgen(&[
+        "echo",
+        &url,
+        "-c",
+        "20",
+        "-d",
+        "1s",
+        "--retries",
+        "1",
+        "--backoff",
+        "10ms",
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("refused"), "{stderr}");
+    let json = json.unwrap();
+    assert_eq!(json["failures"]["refused"], 20);
+    assert_eq!(json["retries"], 20);
+}
+
+#[test]
+fn a_server_that_answers_garbage_is_counted_not_fatal() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let garbage = std::thread::spawn(move || {
+        for (i, stream) in listener.incoming().take(10).enumerate() {
+            let mut stream = stream.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = std::io::Read::read(&mut stream, &mut request);
+            let answer: &[u8] = if i % 2 == 0 {
+                b"\x00\x01garbage\r\n\r\n"
+            } else {
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: wrong\r\n\r\n"
+            };
+            let _ = std::io::Write::write_all(&mut stream, answer);
+        }
+    });
+    let url = format!("ws://{addr}/");
+    let (output, json) = run_loadgen(&["idle", &url, "-c", "10", "-d", "1s", "--retries", "0"]);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let json = json.unwrap();
+    assert_eq!(json["failures"]["bad_handshake"], 10, "{json:#}");
+    garbage.join().unwrap();
+}
+
+#[test]
+fn a_server_that_hangs_up_after_the_upgrade_counts_as_dropped() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let rude = std::thread::spawn(move || {
+        for stream in listener.incoming().take(10) {
+            let mut stream = stream.unwrap();
+            let mut request = vec![0u8; 4096];
+            let n = std::io::Read::read(&mut stream, &mut request).unwrap();
+            let text = String::from_utf8_lossy(&request[..n]).into_owned();
+            let key = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                .unwrap()
+                .trim()
+                .to_owned();
+            let mut answer = Vec::new();
+            clarion::protocol::handshake::Accept::for_key(key.as_bytes()).write_response(
+                None,
+                None,
+                &mut answer,
+            );
+            let _ = std::io::Write::write_all(&mut stream, &answer);
+            // Dropped here: the FIN follows the 101 at once.
+        }
+    });
+    let url = format!("ws://{addr}/");
+    let (output, json) = run_loadgen(&["idle", &url, "-c", "10", "-d", "1s"]);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let json = json.unwrap();
+    assert_eq!(json["established"], 10, "{json:#}");
+    assert_eq!(json["drops"]["eof"], 10, "{json:#}");
+    rude.join().unwrap();
+}
