@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# epoll and io_uring side by side, interleaved in one run (these machines are noisy, so only
+# numbers from the same run are compared): echo throughput, p99 and server CPU time per
+# message at 100 and 1,000 connections (32-byte messages, one in flight per connection), and
+# server RSS per idle connection at 15,000. Server pinned to core 0, loadgen to core 1.
+#
+# Usage: scripts/bench-backends.sh   (ROUNDS=3 DURATION=5s IDLE=15000 to change)
+# Prints a markdown table; raw JSON reports go to target/bench-backends/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5s}
+IDLE=${IDLE:-15000}
+OUT=target/bench-backends
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json "$OUT"/*.cpu
+cargo build --release -q -p clarion -p clarion-loadgen
+SERVER=target/release/clarion
+LOADGEN=target/release/clarion-loadgen
+TICK=$(getconf CLK_TCK)
+
+server_pid=""
+stop_server() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null; server_pid=""; }
+trap stop_server EXIT
+
+start_server() { # io port
+  taskset -c 0 "$SERVER" serve --io "$1" --threads 1 --no-pin --listen "127.0.0.1:$2" \
+    --ping-interval 0 2>/dev/null &
+  server_pid=$!
+  for _ in $(seq 100); do
+    if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$2),0.2)" 2>/dev/null; then return; fi
+    sleep 0.05
+  done
+  echo "bench: server did not start" >&2; exit 1
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+for round in $(seq "$ROUNDS"); do
+  for io in epoll uring; do
+    for conns in 100 1000; do
+      port=$(free_port); start_server "$io" "$port"
+      before=$(cpu_ticks "$server_pid")
+      taskset -c 1 "$LOADGEN" echo "ws://127.0.0.1:$port/echo" -c "$conns" -s 32 -d "$DURATION" \
+        --threads 1 --json "$OUT/echo-$io-$conns-$round.json" >/dev/null
+      echo "$(( $(cpu_ticks "$server_pid") - before ))" > "$OUT/echo-$io-$conns-$round.cpu"
+      stop_server
+    done
+    port=$(free_port); start_server "$io" "$port"
+    taskset -c 1 "$LOADGEN" idle "ws://127.0.0.1:$port/echo" -c "$IDLE" -d 2s --threads 1 \
+      --server-pid "$server_pid" --json "$OUT/idle-$io-$round.json" >/dev/null
+    stop_server
+  done
+done
+
+python3 - "$OUT" "$ROUNDS" "$TICK" "$IDLE" <<'PY'
+import json, statistics, sys
+out, rounds, tick, idle = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+def med(xs): return statistics.median(xs)
+rows = {}
+for io in ("epoll", "uring"):
+    for conns in (100, 1000):
+        runs = []
+        for r in range(1, rounds + 1):
+            j = json.load(open(f"{out}/echo-{io}-{conns}-{r}.json"))
+            ticks = int(open(f"{out}/echo-{io}-{conns}-{r}.cpu").read())
+            msgs = j["messages_received"]
+            runs.append((j["throughput"], j["latency_us"]["p99"], ticks / tick / msgs * 1e6 if msgs else 0,
+                         j["loadgen_cpu"]["per_message_us"]))
+        rows[(io, conns)] = [med([x[i] for x in runs]) for i in range(4)]
+    rss = [json.load(open(f"{out}/idle-{io}-{r}.json"))["server"]["rss_per_connection_bytes"] for r in range(1, rounds + 1)]
+    rows[(io, "idle")] = med(rss)
+print(f"| backend | conns | echo msgs/s | p99 (µs) | server CPU/msg (µs) | loadgen CPU/msg (µs) |")
+print("| --- | --- | --- | --- | --- | --- |")
+for conns in (100, 1000):
+    for io in ("epoll", "uring"):
+        t, p99, cpu, lg = rows[(io, conns)]
+        print(f"| {io} | {conns} | {t:,.0f} | {p99:,.0f} | {cpu:.2f} | {lg:.2f} |")
+for conns in (100, 1000):
+    print(f"\nio_uring / epoll server CPU per message at {conns}: {rows[('uring', conns)][2] / rows[('epoll', conns)][2]:.2f}")
+print(f"\n| backend | RSS per idle connection at {idle:,} (bytes) |\n| --- | --- |")
+for io in ("epoll", "uring"):
+    print(f"| {io} | {rows[(io, 'idle')]:.0f} |")
+print(f"\n(medians of {rounds} interleaved rounds)")
+PY
