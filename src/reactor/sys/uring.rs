@@ -433,10 +433,25 @@ impl Backend for Uring {
             return Ok(Flushed::Pending);
         }
         let header = queue.start_send();
-        let send = opcode::SendMsg::new(types::Fixed(socket.0), header)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(self.user_data(SEND, token));
+        let user_data = self.user_data(SEND, token);
+        let flags = libc::MSG_NOSIGNAL;
+        // SAFETY: start_send just filled the header and its slices; they and the bytes they
+        // point to stay valid and in place until finish_send, after this send completes.
+        let only = unsafe { ((*header).msg_iovlen == 1).then(|| *(*header).msg_iov) };
+        // One chunk (the common case) goes out as a plain send: no message header to import.
+        let send = match only {
+            Some(slice) => opcode::Send::new(
+                types::Fixed(socket.0),
+                slice.iov_base as *const u8,
+                slice.iov_len as u32,
+            )
+            .flags(flags)
+            .build(),
+            None => opcode::SendMsg::new(types::Fixed(socket.0), header)
+                .flags(flags as u32)
+                .build(),
+        }
+        .user_data(user_data);
         if let Err(e) = self.push(send) {
             queue.finish_send(0);
             return Err(e);
@@ -549,7 +564,9 @@ impl BufRing {
             ring: ring.cast(),
             entries,
             tail: 0,
-            memory: vec![0u8; entries as usize * buffer_size as usize].into_boxed_slice(),
+            // Filled (not calloc'ed lazily) so the pages are resident from the start: this is the
+            // reactor's fixed receive memory, and no page fault lands on the hot path.
+            memory: vec![0xAAu8; entries as usize * buffer_size as usize].into_boxed_slice(),
             buffer_size,
         };
         // SAFETY: the descriptor ring is page aligned (mmap) and `entries` long; it and the
