@@ -11,12 +11,13 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5s}
 IDLE=${IDLE:-15000}
-OUT=target/bench-backends
+TARGET=${CARGO_TARGET_DIR:-target}
+OUT=$TARGET/bench-backends
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.cpu
 cargo build --release -q -p clarion -p clarion-loadgen
-SERVER=target/release/clarion
-LOADGEN=target/release/clarion-loadgen
+SERVER=$TARGET/release/clarion
+LOADGEN=$TARGET/release/clarion-loadgen
 TICK=$(getconf CLK_TCK)
 
 server_pid=""
