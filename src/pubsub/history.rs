@@ -1,0 +1,250 @@
+//! One topic's ring of recent messages, and the rule that decides whether a resume is complete.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::message::Message;
+
+/// What a resume (`since`) found.
+#[derive(Clone, Debug, Default)]
+pub struct Recovery {
+    /// Every message after `since` is in `messages`: the subscriber has no gap.
+    pub recovered: bool,
+    /// The missed messages in `seq` order; empty when not recovered.
+    pub messages: Vec<Arc<Message>>,
+}
+
+/// Limits of every topic's ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Limits {
+    /// Most messages kept.
+    pub capacity: usize,
+    /// Most payload bytes kept.
+    pub max_bytes: usize,
+    /// Oldest message kept; zero keeps messages whatever their age.
+    pub max_age: Duration,
+}
+
+/// What leaving or entering the ring changed, for the hub's gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Change {
+    /// Messages added (0 or 1).
+    pub added: u64,
+    /// Messages evicted.
+    pub evicted: u64,
+    /// Payload bytes added.
+    pub bytes_added: u64,
+    /// Payload bytes evicted.
+    pub bytes_evicted: u64,
+}
+
+/// Contiguous recent messages of one topic, oldest first: eviction only ever takes the front, so
+/// the ring always holds every `seq` from its oldest to the topic's current one.
+#[derive(Debug, Default)]
+pub(super) struct History {
+    ring: VecDeque<Arc<Message>>,
+    bytes: usize,
+}
+
+impl History {
+    /// Appends the newest message, then evicts what the limits no longer allow.
+    pub fn push(&mut self, message: Arc<Message>, limits: &Limits) -> Change {
+        let mut change = self.expire(message.published_at, limits);
+        let size = message.payload.bytes().len();
+        if limits.capacity == 0 || size > limits.max_bytes {
+            // It could never be replayed whole, and keeping it would evict everything else;
+            // dropping every older message keeps the ring contiguous.
+            change.absorb(self.evict_while(|_, _| true));
+            return change;
+        }
+        self.ring.push_back(message);
+        self.bytes += size;
+        change.added = 1;
+        change.bytes_added = size as u64;
+        change.absorb(
+            self.evict_while(|ring, bytes| {
+                ring.len() > limits.capacity || bytes > limits.max_bytes
+            }),
+        );
+        change
+    }
+
+    /// Evicts the messages older than the age limit at `now`.
+    pub fn expire(&mut self, now: Instant, limits: &Limits) -> Change {
+        if limits.max_age.is_zero() {
+            return Change::default();
+        }
+        self.evict_while(|ring, _| {
+            ring.front().is_some_and(|oldest| {
+                now.saturating_duration_since(oldest.published_at) > limits.max_age
+            })
+        })
+    }
+
+    /// The resume rule: recovered iff every message with a `seq` above `since` is still here, up
+    /// to `current` (the topic's latest `seq`). A `since` above `current` is from another life of
+    /// the topic and is never recovered.
+    pub fn recover(&self, since: u64, current: u64) -> Recovery {
+        let oldest = self
+            .ring
+            .front()
+            .map_or(current.saturating_add(1), |m| m.seq);
+        if since > current || since.saturating_add(1) < oldest {
+            return Recovery::default();
+        }
+        let skip = usize::try_from(since.saturating_add(1) - oldest).unwrap_or(usize::MAX);
+        Recovery {
+            recovered: true,
+            messages: self.ring.iter().skip(skip).cloned().collect(),
+        }
+    }
+
+    /// Nothing retained.
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
+    fn evict_while(
+        &mut self,
+        mut evict: impl FnMut(&VecDeque<Arc<Message>>, usize) -> bool,
+    ) -> Change {
+        let mut change = Change::default();
+        while evict(&self.ring, self.bytes) {
+            let Some(oldest) = self.ring.pop_front() else {
+                break;
+            };
+            let size = oldest.payload.bytes().len();
+            self.bytes -= size;
+            change.evicted += 1;
+            change.bytes_evicted += size as u64;
+        }
+        change
+    }
+}
+
+impl Change {
+    fn absorb(&mut self, other: Change) {
+        self.added += other.added;
+        self.evicted += other.evicted;
+        self.bytes_added += other.bytes_added;
+        self.bytes_evicted += other.bytes_evicted;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pubsub::message::{Format, Payload};
+
+    fn message(seq: u64, at: Instant, size: usize) -> Arc<Message> {
+        Arc::new(Message {
+            topic: Arc::from("t"),
+            seq,
+            published_at: at,
+            payload: Payload::new(Format::Binary, &vec![0; size]),
+        })
+    }
+
+    const LIMITS: Limits = Limits {
+        capacity: 3,
+        max_bytes: 1000,
+        max_age: Duration::ZERO,
+    };
+
+    fn seqs(recovery: &Recovery) -> Vec<u64> {
+        recovery.messages.iter().map(|m| m.seq).collect()
+    }
+
+    fn filled(upto: u64, limits: &Limits, start: Instant) -> History {
+        let mut history = History::default();
+        for seq in 1..=upto {
+            history.push(message(seq, start + Duration::from_secs(seq), 10), limits);
+        }
+        history
+    }
+
+    #[test]
+    fn recovers_everything_after_since_while_it_is_retained() {
+        let history = filled(5, &LIMITS, Instant::now()); // keeps 3, 4, 5
+        assert_eq!((history.ring.len(), history.bytes), (3, 30));
+        let r = history.recover(2, 5); // exact boundary: since + 1 == oldest
+        assert!(r.recovered);
+        assert_eq!(seqs(&r), [3, 4, 5]);
+        let r = history.recover(4, 5);
+        assert!(r.recovered);
+        assert_eq!(seqs(&r), [5]);
+    }
+
+    #[test]
+    fn too_old_is_not_recovered() {
+        let history = filled(5, &LIMITS, Instant::now());
+        let r = history.recover(1, 5); // seq 2 is gone
+        assert!(!r.recovered);
+        assert!(r.messages.is_empty());
+    }
+
+    #[test]
+    fn since_at_current_is_recovered_with_nothing_even_without_history() {
+        let history = filled(5, &LIMITS, Instant::now());
+        let r = history.recover(5, 5);
+        assert!(r.recovered && r.messages.is_empty());
+        let empty = History::default();
+        assert!(empty.recover(7, 7).recovered);
+        assert!(!empty.recover(6, 7).recovered);
+        assert!(empty.recover(0, 0).recovered);
+    }
+
+    #[test]
+    fn since_from_the_future_is_not_recovered() {
+        let history = filled(5, &LIMITS, Instant::now());
+        assert!(!history.recover(6, 5).recovered);
+        assert!(!history.recover(u64::MAX, 5).recovered);
+    }
+
+    #[test]
+    fn age_limit_expires_from_the_front() {
+        let start = Instant::now();
+        let limits = Limits {
+            max_age: Duration::from_secs(10),
+            ..LIMITS
+        };
+        let mut history = filled(3, &limits, start); // published at start + 1s, 2s, 3s
+        let change = history.expire(start + Duration::from_secs(12), &limits);
+        assert_eq!((change.evicted, change.bytes_evicted), (1, 10));
+        assert!(!history.recover(0, 3).recovered);
+        assert_eq!(seqs(&history.recover(1, 3)), [2, 3]);
+        history.expire(start + Duration::from_secs(60), &limits);
+        assert!(history.is_empty());
+        assert!(!history.recover(2, 3).recovered);
+        assert!(history.recover(3, 3).recovered);
+    }
+
+    #[test]
+    fn byte_limit_evicts_and_oversized_messages_empty_the_ring() {
+        let limits = Limits {
+            max_bytes: 25,
+            ..LIMITS
+        };
+        let history = filled(3, &limits, Instant::now());
+        assert_eq!((history.ring.len(), history.bytes), (2, 20));
+        let mut history = history;
+        let change = history.push(message(4, Instant::now(), 26), &limits);
+        assert_eq!((change.added, change.evicted), (0, 2));
+        assert!(history.is_empty());
+        assert!(history.recover(4, 4).recovered);
+        assert!(!history.recover(3, 4).recovered);
+    }
+
+    #[test]
+    fn zero_capacity_keeps_nothing() {
+        let limits = Limits {
+            capacity: 0,
+            ..LIMITS
+        };
+        let history = filled(3, &limits, Instant::now());
+        assert!(history.is_empty());
+        assert!(history.recover(3, 3).recovered);
+        assert!(!history.recover(2, 3).recovered);
+    }
+}

@@ -1,0 +1,566 @@
+//! One reactor's topics: topic name to local subscriber ids, kept so that fanout walks a plain
+//! slice and an idle subscription costs a few dozen bytes.
+//!
+//! Per subscription the registry holds a 4-byte id in the topic's member list and an entry in
+//! the topic's position index (what makes unsubscribe O(1)); the connection holds a
+//! [`Subscriptions`] (16 bytes, no allocation for its first topic). Connection ids are stored as
+//! `u32`: a reactor's slab never comes near 2³² entries, and halving them halves the registry.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Instant;
+
+use slab::Slab;
+
+use super::Error;
+use super::history::Recovery;
+use super::hub::{Hub, MAX_REACTORS, Resume};
+use super::message::Message;
+
+/// A handle on a topic in one reactor's [`Registry`], valid while the connection holding it is
+/// subscribed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TopicId(NonZeroU32);
+
+impl TopicId {
+    fn from_key(key: usize) -> Result<TopicId, Error> {
+        u32::try_from(key)
+            .ok()
+            .and_then(|k| NonZeroU32::new(k.wrapping_add(1)))
+            .map(TopicId)
+            .ok_or(Error::IdOverflow)
+    }
+
+    fn key(self) -> usize {
+        self.0.get() as usize - 1
+    }
+}
+
+/// The topics one connection is subscribed to, kept by the connection: 16 bytes, and no
+/// allocation until a second topic.
+#[derive(Debug, Default)]
+pub struct Subscriptions {
+    first: Option<TopicId>,
+    #[expect(
+        clippy::box_collection,
+        reason = "one pointer instead of a Vec's three words keeps every connection 16 bytes smaller"
+    )]
+    more: Option<Box<Vec<TopicId>>>,
+}
+
+impl Subscriptions {
+    /// How many topics (to enforce a per-connection maximum before subscribing).
+    pub fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.more.as_ref().map_or(0, |more| more.len())
+    }
+
+    /// No topic at all.
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// The topics, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = TopicId> + '_ {
+        self.first
+            .into_iter()
+            .chain(self.more.iter().flat_map(|more| more.iter().copied()))
+    }
+
+    fn insert(&mut self, id: TopicId) {
+        match self.first {
+            None => self.first = Some(id),
+            Some(_) => self.more.get_or_insert_default().push(id),
+        }
+    }
+
+    fn remove(&mut self, id: TopicId) {
+        if self.first == Some(id) {
+            // Refill `first` from the tail so `first` is empty only when everything is.
+            self.first = self.more.as_mut().and_then(|more| more.pop());
+        } else if let Some(more) = self.more.as_mut()
+            && let Some(at) = more.iter().position(|&other| other == id)
+        {
+            more.swap_remove(at);
+        }
+        if self.more.as_ref().is_some_and(|more| more.is_empty()) {
+            self.more = None;
+        }
+    }
+}
+
+/// A subscription the registry accepted.
+#[derive(Debug)]
+pub struct Subscribed {
+    /// The topic's handle in this registry.
+    pub topic: TopicId,
+    /// The topic's `seq` when the subscription took effect: the subscriber gets every message
+    /// after it, live, and none at or below it (history covers those).
+    pub seq: u64,
+    /// What a resume found, when one was asked for a new subscription.
+    pub recovery: Option<Recovery>,
+    /// The connection was subscribed already: nothing changed and nothing is replayed.
+    pub already: bool,
+}
+
+/// One topic's local subscribers.
+#[derive(Debug)]
+struct LocalTopic {
+    name: Arc<str>,
+    /// Live subscribers, the slice fanout walks.
+    members: Vec<u32>,
+    /// Each member's position in `members`.
+    index: HashMap<u32, u32>,
+    /// New subscribers and the `seq` they joined at; they become members with the first
+    /// message above it, so messages already in flight to this reactor skip them.
+    joining: Vec<(u32, u64)>,
+    /// The highest `seq` fanned out here: what is still in flight is above it.
+    last_seq: u64,
+}
+
+impl LocalTopic {
+    fn has(&self, conn: u32) -> bool {
+        self.index.contains_key(&conn) || self.joining.iter().any(|&(c, _)| c == conn)
+    }
+
+    fn len(&self) -> usize {
+        self.members.len() + self.joining.len()
+    }
+
+    fn remove(&mut self, conn: u32) -> bool {
+        if let Some(at) = self.index.remove(&conn) {
+            let at = at as usize;
+            if at < self.members.len() {
+                self.members.swap_remove(at);
+                if let Some(&moved) = self.members.get(at) {
+                    self.index.insert(moved, at as u32);
+                }
+            }
+            // A topic that once had many subscribers should not keep their memory.
+            if self.members.capacity() > 64 && self.members.len() < self.members.capacity() / 4 {
+                self.members.shrink_to(self.members.len() * 2);
+                self.index.shrink_to(self.members.len() * 2);
+            }
+            true
+        } else if let Some(at) = self.joining.iter().position(|&(c, _)| c == conn) {
+            self.joining.swap_remove(at);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Adds a live member (a field-level helper, so it can run while `joining` is borrowed).
+fn add_member(members: &mut Vec<u32>, index: &mut HashMap<u32, u32>, conn: u32) {
+    // A reactor holds fewer than 2³² connections, so a position always fits.
+    index.insert(conn, members.len() as u32);
+    members.push(conn);
+}
+
+/// One reactor's topics and their local subscribers. Not shared: each reactor owns one.
+#[derive(Debug)]
+pub struct Registry {
+    hub: Arc<Hub>,
+    reactor: usize,
+    /// Only live slab keys: a topic leaves both maps together.
+    by_name: HashMap<Arc<str>, TopicId>,
+    topics: Slab<LocalTopic>,
+    subscriptions: usize,
+}
+
+impl Registry {
+    /// The registry of reactor `reactor` (below [`MAX_REACTORS`]) on `hub`.
+    pub fn new(hub: Arc<Hub>, reactor: usize) -> Result<Registry, Error> {
+        if reactor >= MAX_REACTORS {
+            return Err(Error::TooManyReactors);
+        }
+        Ok(Registry {
+            hub,
+            reactor,
+            by_name: HashMap::new(),
+            topics: Slab::new(),
+            subscriptions: 0,
+        })
+    }
+
+    /// The hub this registry belongs to.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Subscribes connection `conn` to `topic`, replaying from `resume` when given. The caller
+    /// has validated the name and checked `subs.len()` against its per-connection maximum; on
+    /// success, it sends the recovered messages (if any) before anything [`Registry::fanout`]
+    /// gives it later.
+    pub fn subscribe(
+        &mut self,
+        conn: usize,
+        subs: &mut Subscriptions,
+        topic: &str,
+        resume: Option<&Resume>,
+        now: Instant,
+    ) -> Result<Subscribed, Error> {
+        let conn = u32::try_from(conn).map_err(|_| Error::IdOverflow)?;
+        let existing = self.by_name.get(topic).copied();
+        if let Some(id) = existing
+            && self.topics[id.key()].has(conn)
+        {
+            let (seq, _) = self.hub.join(topic, self.reactor, None, now)?;
+            return Ok(Subscribed {
+                topic: id,
+                seq,
+                recovery: None,
+                already: true,
+            });
+        }
+        let (seq, recovery) = self.hub.join(topic, self.reactor, resume, now)?;
+        let id = match existing {
+            Some(id) => id,
+            None => {
+                let entry = self.topics.vacant_entry();
+                let id = match TopicId::from_key(entry.key()) {
+                    Ok(id) => id,
+                    Err(error) => {
+                        self.hub.leave(topic, self.reactor);
+                        return Err(error);
+                    }
+                };
+                let name: Arc<str> = Arc::from(topic);
+                entry.insert(LocalTopic {
+                    name: name.clone(),
+                    members: Vec::new(),
+                    index: HashMap::new(),
+                    joining: Vec::new(),
+                    last_seq: 0,
+                });
+                self.by_name.insert(name, id);
+                id
+            }
+        };
+        let local = &mut self.topics[id.key()];
+        if local.last_seq >= seq {
+            // Nothing at or below `seq` can still be in flight to this reactor.
+            add_member(&mut local.members, &mut local.index, conn);
+        } else {
+            local.joining.push((conn, seq));
+        }
+        subs.insert(id);
+        self.subscriptions += 1;
+        Ok(Subscribed {
+            topic: id,
+            seq,
+            recovery,
+            already: false,
+        })
+    }
+
+    /// Unsubscribes connection `conn` from `topic`; false if it was not subscribed.
+    pub fn unsubscribe(&mut self, conn: usize, subs: &mut Subscriptions, topic: &str) -> bool {
+        let (Ok(conn), Some(&id)) = (u32::try_from(conn), self.by_name.get(topic)) else {
+            return false;
+        };
+        let removed = self.remove(id, conn);
+        if removed {
+            subs.remove(id);
+        }
+        removed
+    }
+
+    /// Unsubscribes connection `conn` from everything (it is closing); returns how many topics
+    /// it left.
+    pub fn unsubscribe_all(&mut self, conn: usize, subs: &mut Subscriptions) -> usize {
+        let subs = std::mem::take(subs);
+        let Ok(conn) = u32::try_from(conn) else {
+            return 0;
+        };
+        subs.iter().filter(|&id| self.remove(id, conn)).count()
+    }
+
+    /// The local subscribers that get `message`, which arrived from the hub (messages of a
+    /// topic must come here in `seq` order). Empty when no connection here subscribes.
+    pub fn fanout(&mut self, message: &Message) -> impl ExactSizeIterator<Item = usize> + '_ {
+        let members: &[u32] = match self.by_name.get(&**message.topic()) {
+            None => &[],
+            Some(&id) => {
+                let seq = message.seq();
+                let LocalTopic {
+                    members,
+                    index,
+                    joining,
+                    last_seq,
+                    ..
+                } = &mut self.topics[id.key()];
+                *last_seq = seq.max(*last_seq);
+                joining.retain(|&(conn, joined_at)| {
+                    let waiting = seq <= joined_at;
+                    if !waiting {
+                        add_member(members, index, conn);
+                    }
+                    waiting
+                });
+                members
+            }
+        };
+        members.iter().map(|&conn| conn as usize)
+    }
+
+    /// Local subscribers of `topic`.
+    pub fn count(&self, topic: &str) -> usize {
+        self.by_name
+            .get(topic)
+            .map_or(0, |id| self.topics[id.key()].len())
+    }
+
+    /// The name of a topic a connection holds a handle on.
+    pub fn name(&self, id: TopicId) -> Option<&Arc<str>> {
+        self.topics.get(id.key()).map(|local| &local.name)
+    }
+
+    /// Topics with at least one local subscriber.
+    pub fn topics(&self) -> usize {
+        self.topics.len()
+    }
+
+    /// Local subscriptions, all topics together.
+    pub fn subscriptions(&self) -> usize {
+        self.subscriptions
+    }
+
+    /// Removes `conn` from topic `id`; the topic goes when its last local subscriber does.
+    fn remove(&mut self, id: TopicId, conn: u32) -> bool {
+        let Some(local) = self.topics.get_mut(id.key()) else {
+            return false;
+        };
+        if !local.remove(conn) {
+            return false;
+        }
+        self.subscriptions -= 1;
+        if local.len() == 0 {
+            let local = self.topics.remove(id.key());
+            self.by_name.remove(&local.name);
+            self.hub.leave(&local.name, self.reactor);
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pubsub::hub::{Epoch, HubConfig};
+    use crate::pubsub::message::{Format, Payload};
+    use std::sync::mpsc::{self, Receiver, Sender};
+
+    const EPOCH: Epoch = Epoch::new(7);
+
+    type Side = (Registry, Receiver<Arc<Message>>);
+
+    struct World {
+        hub: Arc<Hub>,
+        inboxes: Vec<Sender<Arc<Message>>>,
+        now: Instant,
+    }
+
+    impl World {
+        fn new(reactors: usize) -> (World, Vec<Side>) {
+            let hub = Arc::new(Hub::new(HubConfig::default(), EPOCH));
+            let (inboxes, sides) = (0..reactors)
+                .map(|i| {
+                    let (tx, rx) = mpsc::channel();
+                    (tx, (Registry::new(hub.clone(), i).unwrap(), rx))
+                })
+                .unzip();
+            let now = Instant::now();
+            (World { hub, inboxes, now }, sides)
+        }
+
+        fn publish(&self, topic: &str) -> u64 {
+            let payload = Payload::new(Format::Text, topic.as_bytes());
+            self.hub
+                .publish_with(topic, payload, self.now, |message, reactors| {
+                    for i in reactors.iter() {
+                        self.inboxes[i].send(message.clone()).unwrap();
+                    }
+                    message.seq()
+                })
+                .unwrap()
+        }
+    }
+
+    /// Drains a reactor's inbox: (conn, seq) for every delivery.
+    fn drain(registry: &mut Registry, inbox: &Receiver<Arc<Message>>) -> Vec<(usize, u64)> {
+        let mut out = Vec::new();
+        while let Ok(message) = inbox.try_recv() {
+            let seq = message.seq();
+            out.extend(registry.fanout(&message).map(|conn| (conn, seq)));
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn subscribe_unsubscribe_and_counts() {
+        let (world, mut sides) = World::new(1);
+        let (registry, _) = &mut sides[0];
+        let (mut a, mut b) = (Subscriptions::default(), Subscriptions::default());
+        let now = world.now;
+        let sub = registry.subscribe(1, &mut a, "t", None, now).unwrap();
+        assert!(!sub.already && sub.recovery.is_none());
+        assert_eq!(registry.name(sub.topic).map(|n| &**n), Some("t"));
+        registry.subscribe(2, &mut b, "t", None, now).unwrap();
+        registry.subscribe(1, &mut a, "u", None, now).unwrap();
+        assert!(
+            registry
+                .subscribe(1, &mut a, "t", None, now)
+                .unwrap()
+                .already
+        );
+        assert_eq!((registry.count("t"), registry.count("u")), (2, 1));
+        assert_eq!((registry.topics(), registry.subscriptions()), (2, 3));
+        assert_eq!((a.len(), b.len()), (2, 1));
+
+        assert!(registry.unsubscribe(1, &mut a, "t"));
+        assert!(!registry.unsubscribe(1, &mut a, "t"));
+        assert!(!registry.unsubscribe(1, &mut a, "nope"));
+        assert!(!registry.unsubscribe(usize::MAX, &mut a, "u"));
+        assert_eq!((registry.count("t"), a.len()), (1, 1));
+        assert_eq!(a.iter().filter_map(|id| registry.name(id)).count(), 1);
+
+        assert_eq!(registry.unsubscribe_all(1, &mut a), 1);
+        assert!(a.is_empty());
+        assert_eq!(registry.count("u"), 0);
+        assert_eq!(registry.topics(), 1);
+        assert_eq!(registry.unsubscribe_all(2, &mut b), 1);
+        assert_eq!((registry.topics(), registry.subscriptions()), (0, 0));
+        assert!(matches!(
+            registry.subscribe(usize::MAX, &mut a, "t", None, now),
+            Err(Error::IdOverflow)
+        ));
+    }
+
+    #[test]
+    fn fanout_reaches_every_member_once_and_only_interested_reactors() {
+        let (world, mut sides) = World::new(2);
+        let mut subs: Vec<Subscriptions> = (0..100).map(|_| Subscriptions::default()).collect();
+        for (conn, s) in subs.iter_mut().enumerate() {
+            sides[0].0.subscribe(conn, s, "t", None, world.now).unwrap();
+        }
+        for conn in (0..100).step_by(3) {
+            assert!(sides[0].0.unsubscribe(conn, &mut subs[conn], "t"));
+        }
+        // A subscriber of a topic with no message yet becomes live with the first one.
+        assert_eq!(world.publish("t"), 1);
+        let (registry, inbox) = &mut sides[0];
+        let got = drain(registry, inbox);
+        let expected: Vec<_> = (0..100).filter(|c| c % 3 != 0).map(|c| (c, 1)).collect();
+        assert_eq!(got, expected);
+        let (registry, inbox) = &mut sides[1];
+        assert!(drain(registry, inbox).is_empty());
+    }
+
+    #[test]
+    fn last_subscriber_leaving_stops_the_reactor_receiving() {
+        let (world, mut sides) = World::new(2);
+        let mut s = Subscriptions::default();
+        sides[1]
+            .0
+            .subscribe(5, &mut s, "t", None, world.now)
+            .unwrap();
+        world.publish("t");
+        assert_eq!(sides[1].1.try_iter().count(), 1);
+        sides[1].0.unsubscribe_all(5, &mut s);
+        world.publish("t");
+        assert_eq!(sides[1].1.try_iter().count(), 0);
+    }
+
+    #[test]
+    fn resume_has_no_gap_and_no_duplicate_with_messages_in_flight() {
+        let (world, mut sides) = World::new(1);
+        let (registry, inbox) = &mut sides[0];
+        let (mut old, mut new) = (Subscriptions::default(), Subscriptions::default());
+        registry
+            .subscribe(1, &mut old, "t", None, world.now)
+            .unwrap();
+        for _ in 0..3 {
+            world.publish("t"); // in flight: the reactor has not run its inbox yet
+        }
+        let resume = Resume {
+            since: 1,
+            epoch: Some(EPOCH),
+        };
+        let sub = registry
+            .subscribe(2, &mut new, "t", Some(&resume), world.now)
+            .unwrap();
+        assert_eq!(sub.seq, 3);
+        let recovery = sub.recovery.unwrap();
+        assert!(recovery.recovered);
+        let replayed: Vec<u64> = recovery.messages.iter().map(|m| m.seq()).collect();
+        assert_eq!(replayed, [2, 3]);
+        world.publish("t");
+        let got = drain(registry, inbox);
+        assert_eq!(got, [(1, 1), (1, 2), (1, 3), (1, 4), (2, 4)]);
+        // Now caught up, a further subscriber is live at once.
+        let mut third = Subscriptions::default();
+        registry
+            .subscribe(3, &mut third, "t", None, world.now)
+            .unwrap();
+        world.publish("t");
+        assert_eq!(drain(registry, inbox), [(1, 5), (2, 5), (3, 5)]);
+    }
+
+    #[test]
+    fn resubscribing_skips_messages_left_in_flight_from_before() {
+        let (world, mut sides) = World::new(1);
+        let (registry, inbox) = &mut sides[0];
+        let mut s = Subscriptions::default();
+        registry.subscribe(1, &mut s, "t", None, world.now).unwrap();
+        world.publish("t");
+        registry.unsubscribe(1, &mut s, "t");
+        registry.subscribe(1, &mut s, "t", None, world.now).unwrap();
+        world.publish("t");
+        assert_eq!(drain(registry, inbox), [(1, 2)]);
+    }
+
+    #[test]
+    fn a_joining_subscriber_can_leave_before_going_live() {
+        let (world, mut sides) = World::new(1);
+        let (registry, inbox) = &mut sides[0];
+        let (mut a, mut b) = (Subscriptions::default(), Subscriptions::default());
+        registry.subscribe(1, &mut a, "t", None, world.now).unwrap();
+        world.publish("t");
+        registry.subscribe(2, &mut b, "t", None, world.now).unwrap();
+        assert_eq!(registry.count("t"), 2);
+        assert!(registry.unsubscribe(2, &mut b, "t"));
+        world.publish("t");
+        assert_eq!(drain(registry, inbox), [(1, 1), (1, 2)]);
+    }
+
+    #[test]
+    fn subscriptions_stay_small() {
+        assert_eq!(std::mem::size_of::<Subscriptions>(), 16);
+        let mut s = Subscriptions::default();
+        let ids: Vec<TopicId> = (0..4).map(|k| TopicId::from_key(k).unwrap()).collect();
+        ids.iter().for_each(|&id| s.insert(id));
+        assert_eq!(s.len(), 4);
+        s.remove(ids[0]);
+        s.remove(ids[2]);
+        let mut left: Vec<usize> = s.iter().map(TopicId::key).collect();
+        left.sort();
+        assert_eq!(left, [1, 3]);
+        s.remove(ids[1]);
+        s.remove(ids[3]);
+        assert!(s.is_empty() && s.more.is_none());
+        assert!(TopicId::from_key(u32::MAX as usize).is_err());
+    }
+
+    #[test]
+    fn too_many_reactors_is_refused() {
+        let hub = Arc::new(Hub::new(HubConfig::default(), EPOCH));
+        assert!(Registry::new(hub.clone(), MAX_REACTORS - 1).is_ok());
+        assert!(matches!(
+            Registry::new(hub, MAX_REACTORS),
+            Err(Error::TooManyReactors)
+        ));
+    }
+}

@@ -1,0 +1,585 @@
+//! Metrics: the publish-to-write latency histogram, and the renderings of `/metrics`
+//! (Prometheus text) and `/stats` (JSON) from plain numbers the caller gathers.
+//!
+//! One table lists every metric once (name, type, help, where its value comes from); both
+//! renderings walk it, so they cannot disagree. Names start with `clarion_`; counters end with
+//! `_total`; per-reactor series carry a `reactor` label.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use crate::pubsub::HubStats;
+
+/// `Content-Type` of the Prometheus text exposition format.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// Finite histogram buckets: upper bounds of 2^0 to 2^(BUCKETS-1) µs (1 µs to about 8.4 s).
+pub const BUCKETS: usize = 24;
+
+/// A latency histogram that many threads record into without locks (one relaxed add per
+/// bucket and one for the sum). Give each reactor its own, to keep its cache line local, and
+/// [`Histogram::merge`] the snapshots when rendering.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    /// Per bucket, not cumulative; the last one counts everything above the finite bounds.
+    counts: [AtomicU64; BUCKETS + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> LatencyHistogram {
+        LatencyHistogram::new()
+    }
+}
+
+impl LatencyHistogram {
+    /// An empty histogram.
+    pub const fn new() -> LatencyHistogram {
+        LatencyHistogram {
+            counts: [const { AtomicU64::new(0) }; BUCKETS + 1],
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one latency.
+    pub fn record(&self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        // The smallest bucket whose bound 2^i µs is at least `micros`.
+        let bucket = match micros {
+            0 | 1 => 0,
+            _ => (u64::BITS - (micros - 1).leading_zeros()) as usize,
+        };
+        if let Some(count) = self.counts.get(bucket.min(BUCKETS)) {
+            count.fetch_add(1, Relaxed);
+        }
+        self.sum_micros.fetch_add(micros, Relaxed);
+    }
+
+    /// The counts so far.
+    pub fn snapshot(&self) -> Histogram {
+        Histogram {
+            counts: std::array::from_fn(|i| self.counts[i].load(Relaxed)),
+            sum_micros: self.sum_micros.load(Relaxed),
+        }
+    }
+}
+
+/// A histogram's counts at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Histogram {
+    counts: [u64; BUCKETS + 1],
+    sum_micros: u64,
+}
+
+impl Histogram {
+    /// Adds another histogram's counts (another reactor's).
+    pub fn merge(&mut self, other: &Histogram) {
+        for (mine, theirs) in self.counts.iter_mut().zip(other.counts) {
+            *mine = mine.wrapping_add(theirs);
+        }
+        self.sum_micros = self.sum_micros.wrapping_add(other.sum_micros);
+    }
+
+    /// Latencies counted. Summed from the buckets, so it always agrees with them even though a
+    /// snapshot is not atomic across buckets.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().fold(0, |sum, &n| sum.wrapping_add(n))
+    }
+
+    /// All latencies added up, in microseconds.
+    pub fn sum_micros(&self) -> u64 {
+        self.sum_micros
+    }
+
+    /// The upper bound in µs of the bucket holding quantile `q` (0 to 1): the true value is at
+    /// most this and more than half of it. `None` when empty or above the finite buckets.
+    pub fn quantile_micros(&self, q: f64) -> Option<u64> {
+        let count = self.count();
+        if count == 0 {
+            return None;
+        }
+        // The rank of the quantile, 1-based; the cast saturates for out-of-range `q`.
+        let rank = ((q.clamp(0.0, 1.0) * count as f64).ceil() as u64).max(1);
+        let mut seen = 0u64;
+        let bucket = self.counts.iter().position(|&n| {
+            seen = seen.saturating_add(n);
+            seen >= rank
+        })?;
+        (bucket < BUCKETS).then(|| 1u64 << bucket)
+    }
+}
+
+/// One reactor's numbers, gathered by the caller from wherever it keeps them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReactorMetrics {
+    /// Open connections (gauge).
+    pub connections: u64,
+    /// TCP connections accepted.
+    pub accepted: u64,
+    /// WebSocket handshakes completed.
+    pub handshakes: u64,
+    /// Plain HTTP requests answered.
+    pub http_requests: u64,
+    /// WebSocket messages received.
+    pub messages_in: u64,
+    /// WebSocket messages sent (deliveries, acks, errors).
+    pub messages_out: u64,
+    /// Payload bytes received.
+    pub bytes_in: u64,
+    /// Bytes written to sockets.
+    pub bytes_out: u64,
+    /// Messages handed to subscribers by fanout.
+    pub deliveries: u64,
+    /// Deliveries skipped because a subscriber's queue was full (`drop` policy).
+    pub drops: u64,
+    /// Subscribers closed for falling behind (`close` policy).
+    pub slow_consumer_closes: u64,
+    /// Local subscriptions (gauge).
+    pub subscriptions: u64,
+}
+
+/// Everything one scrape shows.
+#[derive(Clone, Copy, Debug)]
+pub struct Snapshot<'a> {
+    /// Per reactor, in reactor order.
+    pub reactors: &'a [ReactorMetrics],
+    /// The hub's numbers.
+    pub hub: HubStats,
+    /// Publish-to-write latency, all reactors merged.
+    pub latency: Histogram,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One metric: `key` names it in `/stats`, and as `clarion_<key>[_total]` in `/metrics`.
+struct Def<T> {
+    key: &'static str,
+    kind: Kind,
+    help: &'static str,
+    value: fn(&T) -> u64,
+}
+
+const REACTOR_METRICS: &[Def<ReactorMetrics>] = &[
+    Def {
+        key: "connections",
+        kind: Kind::Gauge,
+        help: "Open connections.",
+        value: |r| r.connections,
+    },
+    Def {
+        key: "accepted",
+        kind: Kind::Counter,
+        help: "TCP connections accepted.",
+        value: |r| r.accepted,
+    },
+    Def {
+        key: "handshakes",
+        kind: Kind::Counter,
+        help: "WebSocket handshakes completed.",
+        value: |r| r.handshakes,
+    },
+    Def {
+        key: "http_requests",
+        kind: Kind::Counter,
+        help: "Plain HTTP requests answered.",
+        value: |r| r.http_requests,
+    },
+    Def {
+        key: "messages_in",
+        kind: Kind::Counter,
+        help: "WebSocket messages received.",
+        value: |r| r.messages_in,
+    },
+    Def {
+        key: "messages_out",
+        kind: Kind::Counter,
+        help: "WebSocket messages sent.",
+        value: |r| r.messages_out,
+    },
+    Def {
+        key: "bytes_in",
+        kind: Kind::Counter,
+        help: "Payload bytes received.",
+        value: |r| r.bytes_in,
+    },
+    Def {
+        key: "bytes_out",
+        kind: Kind::Counter,
+        help: "Bytes written to sockets.",
+        value: |r| r.bytes_out,
+    },
+    Def {
+        key: "deliveries",
+        kind: Kind::Counter,
+        help: "Messages handed to subscribers by fanout.",
+        value: |r| r.deliveries,
+    },
+    Def {
+        key: "drops",
+        kind: Kind::Counter,
+        help: "Deliveries skipped because a subscriber's queue was full.",
+        value: |r| r.drops,
+    },
+    Def {
+        key: "slow_consumer_closes",
+        kind: Kind::Counter,
+        help: "Subscribers closed for falling behind.",
+        value: |r| r.slow_consumer_closes,
+    },
+    Def {
+        key: "subscriptions",
+        kind: Kind::Gauge,
+        help: "Topic subscriptions.",
+        value: |r| r.subscriptions,
+    },
+];
+
+const HUB_METRICS: &[Def<HubStats>] = &[
+    Def {
+        key: "topics",
+        kind: Kind::Gauge,
+        help: "Topics alive.",
+        value: |h| h.topics,
+    },
+    Def {
+        key: "published",
+        kind: Kind::Counter,
+        help: "Messages published.",
+        value: |h| h.published,
+    },
+    Def {
+        key: "history_messages",
+        kind: Kind::Gauge,
+        help: "Messages retained in history.",
+        value: |h| h.history_messages,
+    },
+    Def {
+        key: "history_bytes",
+        kind: Kind::Gauge,
+        help: "Payload bytes retained in history.",
+        value: |h| h.history_bytes,
+    },
+    Def {
+        key: "history_evicted",
+        kind: Kind::Counter,
+        help: "Messages evicted from history.",
+        value: |h| h.history_evicted,
+    },
+];
+
+const LATENCY: &str = "clarion_publish_to_write_seconds";
+
+impl<T> Def<T> {
+    /// `clarion_<key>`, with `_total` for a counter.
+    fn name(&self) -> impl fmt::Display + '_ {
+        struct Name<'d>(&'d str, Kind);
+        impl fmt::Display for Name<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let suffix = if self.1 == Kind::Counter {
+                    "_total"
+                } else {
+                    ""
+                };
+                write!(f, "clarion_{}{suffix}", self.0)
+            }
+        }
+        Name(self.key, self.kind)
+    }
+
+    fn write_header(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        };
+        writeln!(f, "# HELP {} {}", self.name(), self.help)?;
+        writeln!(f, "# TYPE {} {kind}", self.name())
+    }
+}
+
+/// A microsecond count as decimal seconds, exactly.
+struct Seconds(u64);
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:06}", self.0 / 1_000_000, self.0 % 1_000_000)
+    }
+}
+
+/// The Prometheus text of a snapshot: `Prometheus(&snapshot).to_string()`.
+pub struct Prometheus<'a>(pub &'a Snapshot<'a>);
+
+impl fmt::Display for Prometheus<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let snapshot = self.0;
+        for def in REACTOR_METRICS {
+            def.write_header(f)?;
+            for (index, reactor) in snapshot.reactors.iter().enumerate() {
+                let value = (def.value)(reactor);
+                writeln!(f, "{}{{reactor=\"{index}\"}} {value}", def.name())?;
+            }
+        }
+        for def in HUB_METRICS {
+            def.write_header(f)?;
+            writeln!(f, "{} {}", def.name(), (def.value)(&snapshot.hub))?;
+        }
+        let latency = &snapshot.latency;
+        writeln!(
+            f,
+            "# HELP {LATENCY} Time from publish to the write of a delivery."
+        )?;
+        writeln!(f, "# TYPE {LATENCY} histogram")?;
+        let mut cumulative = 0u64;
+        for (bucket, &count) in latency.counts.iter().enumerate() {
+            cumulative = cumulative.wrapping_add(count);
+            if bucket < BUCKETS {
+                let le = Seconds(1 << bucket);
+                writeln!(f, "{LATENCY}_bucket{{le=\"{le}\"}} {cumulative}")?;
+            } else {
+                writeln!(f, "{LATENCY}_bucket{{le=\"+Inf\"}} {cumulative}")?;
+            }
+        }
+        writeln!(f, "{LATENCY}_sum {}", Seconds(latency.sum_micros))?;
+        writeln!(f, "{LATENCY}_count {}", latency.count())
+    }
+}
+
+/// `{key: value}` for each metric of a table.
+fn object<T>(defs: &[Def<T>], source: &T) -> Map<String, Value> {
+    defs.iter()
+        .map(|def| (def.key.to_owned(), Value::from((def.value)(source))))
+        .collect()
+}
+
+/// The `/stats` JSON of a snapshot: per reactor, totals, hub, and latency quantiles in µs.
+pub fn stats_json(snapshot: &Snapshot) -> String {
+    let totals: Map<String, Value> = REACTOR_METRICS
+        .iter()
+        .map(|def| {
+            let sum = snapshot
+                .reactors
+                .iter()
+                .fold(0u64, |sum, r| sum.wrapping_add((def.value)(r)));
+            (def.key.to_owned(), Value::from(sum))
+        })
+        .collect();
+    let latency = &snapshot.latency;
+    json!({
+        "reactors": snapshot.reactors.iter().map(|r| object(REACTOR_METRICS, r)).collect::<Vec<_>>(),
+        "totals": totals,
+        "hub": object(HUB_METRICS, &snapshot.hub),
+        "latency_us": {
+            "count": latency.count(),
+            "sum": latency.sum_micros(),
+            "p50": latency.quantile_micros(0.5),
+            "p99": latency.quantile_micros(0.99),
+            "p999": latency.quantile_micros(0.999),
+        },
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn micros(us: u64) -> Duration {
+        Duration::from_micros(us)
+    }
+
+    #[test]
+    fn buckets_are_powers_of_two_microseconds() {
+        let histogram = LatencyHistogram::new();
+        for us in [0, 1, 2, 3, 4, 5, 1 << 23, (1 << 23) + 1] {
+            histogram.record(micros(us));
+        }
+        histogram.record(Duration::from_secs(3600));
+        histogram.record(Duration::MAX);
+        let snapshot = histogram.snapshot();
+        let mut expected = [0u64; BUCKETS + 1];
+        expected[0] = 2; // 0, 1
+        expected[1] = 1; // 2
+        expected[2] = 2; // 3, 4
+        expected[3] = 1; // 5
+        expected[23] = 1; // 2^23
+        expected[24] = 3; // above
+        assert_eq!(snapshot.counts, expected);
+        assert_eq!(snapshot.count(), 10);
+    }
+
+    #[test]
+    fn quantiles_and_merge() {
+        let a = LatencyHistogram::new();
+        let b = LatencyHistogram::default();
+        assert_eq!(a.snapshot().quantile_micros(0.5), None);
+        for _ in 0..90 {
+            a.record(micros(100)); // bucket bound 128
+        }
+        for _ in 0..9 {
+            b.record(micros(1000)); // 1024
+        }
+        b.record(Duration::from_secs(100)); // above the finite buckets
+        let mut merged = a.snapshot();
+        merged.merge(&b.snapshot());
+        assert_eq!(merged.count(), 100);
+        assert_eq!(merged.sum_micros(), 90 * 100 + 9 * 1000 + 100_000_000);
+        assert_eq!(merged.quantile_micros(0.0), Some(128));
+        assert_eq!(merged.quantile_micros(0.5), Some(128));
+        assert_eq!(merged.quantile_micros(0.9), Some(128));
+        assert_eq!(merged.quantile_micros(0.95), Some(1024));
+        assert_eq!(merged.quantile_micros(0.999), None);
+        assert_eq!(merged.quantile_micros(f64::NAN), Some(128));
+    }
+
+    #[test]
+    fn concurrent_records_are_all_counted() {
+        let histogram = LatencyHistogram::new();
+        std::thread::scope(|scope| {
+            for t in 0..4u64 {
+                let histogram = &histogram;
+                scope.spawn(move || {
+                    for i in 0..10_000 {
+                        histogram.record(micros(i * t));
+                    }
+                });
+            }
+        });
+        assert_eq!(histogram.snapshot().count(), 40_000);
+    }
+
+    fn sample_reactors() -> Vec<ReactorMetrics> {
+        vec![
+            ReactorMetrics {
+                connections: 3,
+                deliveries: 10,
+                ..ReactorMetrics::default()
+            },
+            ReactorMetrics {
+                connections: 4,
+                deliveries: 5,
+                drops: 1,
+                ..ReactorMetrics::default()
+            },
+        ]
+    }
+
+    fn sample(reactors: &[ReactorMetrics]) -> Snapshot<'_> {
+        let histogram = LatencyHistogram::new();
+        histogram.record(micros(3));
+        histogram.record(micros(1_500_000));
+        Snapshot {
+            reactors,
+            hub: HubStats {
+                topics: 2,
+                published: 7,
+                ..HubStats::default()
+            },
+            latency: histogram.snapshot(),
+        }
+    }
+
+    /// Parses exposition text back: every sample belongs to a declared family and has a
+    /// numeric value. Returns the samples by `name{labels}`.
+    fn parse_back(text: &str) -> HashMap<String, f64> {
+        let mut families: HashMap<String, String> = HashMap::new();
+        let mut samples = HashMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+                assert!(families.insert(name.to_owned(), kind.to_owned()).is_none());
+                continue;
+            }
+            if line.starts_with("# HELP ") {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let name = series.split('{').next().unwrap();
+            assert!(name.starts_with("clarion_"), "{line}");
+            assert!(
+                name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "{line}"
+            );
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    name.strip_suffix(s)
+                        .filter(|f| families.get(*f).is_some_and(|k| k == "histogram"))
+                })
+                .unwrap_or(name);
+            let kind = families
+                .get(family)
+                .unwrap_or_else(|| panic!("undeclared: {line}"));
+            assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
+            let value: f64 = value.parse().unwrap();
+            assert!(samples.insert(series.to_owned(), value).is_none(), "{line}");
+        }
+        samples
+    }
+
+    #[test]
+    fn prometheus_text_parses_back() {
+        let reactors = sample_reactors();
+        let snapshot = sample(&reactors);
+        let text = Prometheus(&snapshot).to_string();
+        let samples = parse_back(&text);
+        assert_eq!(samples["clarion_connections{reactor=\"0\"}"], 3.0);
+        assert_eq!(samples["clarion_connections{reactor=\"1\"}"], 4.0);
+        assert_eq!(samples["clarion_deliveries_total{reactor=\"1\"}"], 5.0);
+        assert_eq!(samples["clarion_drops_total{reactor=\"1\"}"], 1.0);
+        assert_eq!(samples["clarion_published_total"], 7.0);
+        assert_eq!(samples["clarion_topics"], 2.0);
+        let bucket = |le: &str| samples[&format!("{LATENCY}_bucket{{le=\"{le}\"}}")];
+        assert_eq!(bucket("0.000002"), 0.0);
+        assert_eq!(bucket("0.000004"), 1.0);
+        assert_eq!(bucket("1.048576"), 1.0);
+        assert_eq!(bucket("2.097152"), 2.0);
+        assert_eq!(bucket("+Inf"), 2.0);
+        assert_eq!(samples[&format!("{LATENCY}_count")], 2.0);
+        assert_eq!(samples[&format!("{LATENCY}_sum")], 1.500003);
+        let buckets: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{LATENCY}_bucket")))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
+            .collect();
+        assert_eq!(buckets.len(), BUCKETS + 1);
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "cumulative");
+        let per_reactor = REACTOR_METRICS.len() * 2;
+        let total = per_reactor + HUB_METRICS.len() + BUCKETS + 3;
+        assert_eq!(samples.len(), total);
+    }
+
+    #[test]
+    fn no_reactors_still_renders_valid_text() {
+        let snapshot = Snapshot {
+            reactors: &[],
+            hub: HubStats::default(),
+            latency: Histogram::default(),
+        };
+        let samples = parse_back(&Prometheus(&snapshot).to_string());
+        assert_eq!(samples[&format!("{LATENCY}_count")], 0.0);
+    }
+
+    #[test]
+    fn stats_json_has_the_same_numbers() {
+        let reactors = sample_reactors();
+        let snapshot = sample(&reactors);
+        let stats: Value = serde_json::from_str(&stats_json(&snapshot)).unwrap();
+        assert_eq!(stats["reactors"][1]["connections"], 4);
+        assert_eq!(stats["totals"]["connections"], 7);
+        assert_eq!(stats["totals"]["deliveries"], 15);
+        assert_eq!(stats["hub"]["published"], 7);
+        assert_eq!(stats["latency_us"]["count"], 2);
+        assert_eq!(stats["latency_us"]["p50"], 4);
+        assert_eq!(stats["latency_us"]["p99"], 2_097_152);
+        let keys = stats["reactors"][0].as_object().unwrap().len();
+        assert_eq!(keys, REACTOR_METRICS.len());
+    }
+}
