@@ -21,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server (routes: /echo WebSocket echo, /healthz).
+    /// Run the server (WebSocket routes /t/<topic>, /ws, /echo; HTTP /publish, /metrics,
+    /// /stats, /healthz).
     Serve(Settings),
 }
 
@@ -49,7 +50,9 @@ fn main() -> ExitCode {
         }
     };
     let config = settings.reactor_config();
-    let runtime = match server::start(config.clone()) {
+    let app = settings.app_config();
+    let open_api = app.api_key.is_none();
+    let runtime = match server::start(config.clone(), app) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("clarion: cannot listen on {}: {e}", config.listen);
@@ -62,6 +65,9 @@ fn main() -> ExitCode {
         config.threads,
         runtime.io()
     );
+    if open_api {
+        tracing::warn!("no api_key: the HTTP publish API is open to anyone who can connect");
+    }
     let shutdown = runtime.shutdown_handle();
     std::thread::spawn(move || {
         let mut pending = signals.forever();

@@ -135,3 +135,22 @@ fn a_silent_client_is_dropped_at_the_handshake_timeout() {
         "{waited:?}"
     );
 }
+
+/// A client that leaves as soon as it has read an answer head makes the server shut down and
+/// close in quick succession. On io_uring the shutdown runs in a kernel worker; it must never
+/// land on the next connection accepted into the same fixed-file slot (which then got a FIN
+/// instead of its answer, a few times in a thousand).
+#[test]
+fn a_client_leaving_early_never_costs_the_next_connection_its_answer() {
+    let server = start(|_| {});
+    for i in 0..3000 {
+        let path = ["/nowhere", "/echo"][i % 2];
+        let mut stream = tcp(server.local_addr());
+        stream.write_all(&upgrade_request(path)).unwrap();
+        let head = read_head(&mut stream);
+        assert!(
+            head.starts_with("HTTP/1.1 "),
+            "connection {i} ({path}): {head:?}"
+        );
+    }
+}

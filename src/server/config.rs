@@ -11,7 +11,10 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
+use super::auth::AuthMode;
+use super::state::{AppConfig, ClientPublish, SlowConsumer};
 use crate::protocol;
+use crate::pubsub::{HubConfig, MAX_REACTORS};
 use crate::reactor;
 
 /// The `--io` choices.
@@ -129,6 +132,76 @@ pub struct Settings {
     /// Bytes of each reactor's shared read buffer [default: 65536].
     #[arg(long, value_name = "BYTES")]
     pub read_buffer_size: Option<usize>,
+
+    /// Whether /t/ and /ws need an HS256 JWT (in ?token= or Authorization: Bearer)
+    /// [default: none].
+    #[arg(long, value_enum)]
+    pub auth: Option<AuthMode>,
+
+    /// The HS256 secret of `auth = jwt` (prefer the config file: flags show in `ps`).
+    #[arg(long, value_name = "SECRET")]
+    pub jwt_secret: Option<String>,
+
+    /// Bearer key of the HTTP publish API; unset leaves the API open (a warning is logged).
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Option<String>,
+
+    /// Origins allowed to open /t/ and /ws, comma-separated `scheme://host[:port]`; requests
+    /// without an Origin header always pass [default: any].
+    #[arg(long, value_name = "ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+
+    /// Who may publish by sending on a WebSocket [default: all with auth = none, token with
+    /// auth = jwt].
+    #[arg(long, value_enum)]
+    pub client_publish: Option<ClientPublish>,
+
+    /// Most open WebSockets in the process, refused with 503 beyond; 0 = no limit [default: 0].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Most open WebSockets per client IP, refused with 429 beyond; 0 = no limit; epoll only
+    /// [default: 0].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// Most topics one connection subscribes to [default: 100].
+    #[arg(long, value_name = "N")]
+    pub max_topics_per_connection: Option<usize>,
+
+    /// Longest topic name in bytes [default: 256].
+    #[arg(long, value_name = "BYTES")]
+    pub max_topic_length: Option<usize>,
+
+    /// Most topics alive at once [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub max_topics: Option<usize>,
+
+    /// Bytes that may wait for one subscriber before `slow_consumer` applies [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    pub max_queued_bytes: Option<usize>,
+
+    /// What happens to a subscriber past `max_queued_bytes`: close it with 1008, or drop
+    /// messages (it sees a gap in `seq`) [default: close].
+    #[arg(long, value_enum)]
+    pub slow_consumer: Option<SlowConsumer>,
+
+    /// Messages kept per topic for resume; 0 = no history [default: 100].
+    #[arg(long, value_name = "N")]
+    pub history_size: Option<usize>,
+
+    /// Payload bytes kept per topic [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    pub history_max_bytes: Option<usize>,
+
+    /// Age after which a message leaves history; 0 = no age limit [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub history_max_age: Option<Duration>,
+
+    /// Payload bytes kept in history across all topics [default: 268435456].
+    #[arg(long, value_name = "BYTES")]
+    pub history_total_bytes: Option<usize>,
 }
 
 impl Settings {
@@ -174,16 +247,54 @@ impl Settings {
             idle_timeout,
             close_timeout,
             drain_timeout,
-            read_buffer_size
+            read_buffer_size,
+            auth,
+            jwt_secret,
+            api_key,
+            allowed_origins,
+            client_publish,
+            max_connections,
+            max_connections_per_ip,
+            max_topics_per_connection,
+            max_topic_length,
+            max_topics,
+            max_queued_bytes,
+            slow_consumer,
+            history_size,
+            history_max_bytes,
+            history_max_age,
+            history_total_bytes
         )
     }
 
     fn validated(settings: Settings) -> Result<Settings, String> {
         let config = settings.reactor_config();
         let p = &config.protocol;
+        let app = settings.app_config();
         let checks = [
             (config.threads == 0, "threads must be at least 1"),
-            (config.threads > 1024, "threads must be at most 1024"),
+            (config.threads > MAX_REACTORS, "threads must be at most 64"),
+            (
+                app.auth == AuthMode::Jwt && app.jwt_secret.as_deref().is_none_or(str::is_empty),
+                "auth = jwt needs a jwt_secret",
+            ),
+            (
+                app.auth == AuthMode::None && app.client_publish == ClientPublish::Token,
+                "client_publish = token needs auth = jwt",
+            ),
+            (
+                settings.api_key.as_deref() == Some(""),
+                "api_key must not be empty",
+            ),
+            (
+                app.max_topics_per_connection == 0 || app.max_topic_length == 0,
+                "max_topics_per_connection and max_topic_length must be at least 1",
+            ),
+            (app.hub.max_topics == 0, "max_topics must be at least 1"),
+            (
+                app.max_queued_bytes < 1024,
+                "max_queued_bytes must be at least 1024",
+            ),
             (
                 config.max_connections_per_reactor == 0,
                 "max_connections_per_reactor must be at least 1",
@@ -225,6 +336,40 @@ impl Settings {
         match checks.iter().find(|(bad, _)| *bad) {
             Some((_, message)) => Err((*message).to_owned()),
             None => Ok(settings),
+        }
+    }
+
+    /// The push server's configuration these settings describe (defaults where unset).
+    pub fn app_config(&self) -> AppConfig {
+        let d = AppConfig::default();
+        let h = HubConfig::default();
+        let auth = self.auth.unwrap_or(d.auth);
+        AppConfig {
+            auth,
+            jwt_secret: self.jwt_secret.clone(),
+            api_key: self.api_key.clone(),
+            allowed_origins: self.allowed_origins.clone().unwrap_or_default(),
+            client_publish: self.client_publish.unwrap_or(match auth {
+                AuthMode::None => ClientPublish::All,
+                AuthMode::Jwt => ClientPublish::Token,
+            }),
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .unwrap_or(d.max_connections_per_ip),
+            max_topics_per_connection: self
+                .max_topics_per_connection
+                .unwrap_or(d.max_topics_per_connection),
+            max_topic_length: self.max_topic_length.unwrap_or(d.max_topic_length),
+            max_queued_bytes: self.max_queued_bytes.unwrap_or(d.max_queued_bytes),
+            slow_consumer: self.slow_consumer.unwrap_or(d.slow_consumer),
+            hub: HubConfig {
+                history_size: self.history_size.unwrap_or(h.history_size),
+                history_max_bytes: self.history_max_bytes.unwrap_or(h.history_max_bytes),
+                history_max_age: self.history_max_age.unwrap_or(h.history_max_age),
+                history_total_bytes: self.history_total_bytes.unwrap_or(h.history_total_bytes),
+                max_topics: self.max_topics.unwrap_or(h.max_topics),
+            },
         }
     }
 
@@ -387,6 +532,7 @@ mod tests {
         config.threads = defaults.threads;
         config.uring.files = defaults.uring.files;
         assert_eq!(format!("{config:?}"), format!("{defaults:?}"));
+        assert_eq!(example.app_config(), AppConfig::default());
     }
 
     #[test]
@@ -415,5 +561,31 @@ mod tests {
                 .unwrap_err()
                 .contains("cannot read")
         );
+        let jwt = Settings {
+            auth: Some(AuthMode::Jwt),
+            ..Settings::default()
+        };
+        assert_eq!(
+            Settings::resolve(jwt).unwrap_err(),
+            "auth = jwt needs a jwt_secret"
+        );
+        assert!(toml::from_str::<Settings>("slow_consumer = \"maybe\"").is_err());
+    }
+
+    #[test]
+    fn client_publish_follows_auth_unless_set() {
+        let mut settings: Settings = toml::from_str("auth = \"jwt\"\njwt_secret = \"s\"").unwrap();
+        assert_eq!(settings.app_config().client_publish, ClientPublish::Token);
+        settings.client_publish = Some(ClientPublish::All);
+        assert_eq!(settings.app_config().client_publish, ClientPublish::All);
+        assert_eq!(
+            Settings::default().app_config().client_publish,
+            ClientPublish::All
+        );
+        let token_without_auth = Settings {
+            client_publish: Some(ClientPublish::Token),
+            ..Settings::default()
+        };
+        assert!(Settings::resolve(token_without_auth).is_err());
     }
 }

@@ -4,13 +4,42 @@
 //! plain values for the layers below.
 
 pub mod app;
+pub mod auth;
 pub mod config;
+pub mod envelope;
+pub mod http;
+pub mod metrics;
+pub mod state;
 
 use std::io;
+use std::sync::{Arc, OnceLock};
 
+use crate::pubsub::MAX_REACTORS;
 use crate::reactor::{self, Runtime};
+use auth::AuthMode;
+pub use state::AppConfig;
 
-/// Starts the server's reactors.
-pub fn start(config: reactor::Config) -> io::Result<Runtime> {
-    Runtime::start(config, |_reactor, _shared| app::App::default())
+/// Starts the server's reactors with the application settings `app`.
+pub fn start(config: reactor::Config, app: AppConfig) -> io::Result<Runtime> {
+    let invalid = |message: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, message));
+    if config.threads > MAX_REACTORS {
+        return invalid("the push server runs at most 64 reactors");
+    }
+    if app.auth == AuthMode::Jwt && app.jwt_secret.as_deref().is_none_or(str::is_empty) {
+        return invalid("auth = jwt needs a jwt_secret");
+    }
+    let per_ip = app.max_connections_per_ip != 0;
+    // The first reactor to start builds the shared state, from the inboxes the runtime made.
+    let server = OnceLock::new();
+    let runtime = Runtime::start(config, move |index, shared| {
+        let server = server.get_or_init(|| Arc::new(state::Server::new(app.clone(), shared)));
+        // `threads` was checked against the hub's limit above.
+        app::App::new(server.clone(), index).expect("reactor index below MAX_REACTORS")
+    })?;
+    if per_ip && runtime.io() == reactor::Io::Uring {
+        tracing::warn!(
+            "max_connections_per_ip is not enforced on io_uring (accept gives no peer address)"
+        );
+    }
+    Ok(runtime)
 }

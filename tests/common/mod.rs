@@ -7,6 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use clarion::reactor::{self, Runtime};
+use clarion::server::AppConfig;
 use tungstenite::WebSocket;
 
 /// The backend under test: `CLARION_TEST_IO=epoll|uring` (default: whatever `auto` picks).
@@ -19,8 +20,14 @@ pub fn io() -> reactor::Io {
     }
 }
 
-/// Starts the echo server on 127.0.0.1 with a free port, two reactors, after `adjust`.
+/// Starts the server (default application settings) on 127.0.0.1 with a free port, two
+/// reactors, after `adjust`.
 pub fn start(adjust: impl FnOnce(&mut reactor::Config)) -> Runtime {
+    start_app(adjust, AppConfig::default())
+}
+
+/// [`start`] with application settings.
+pub fn start_app(adjust: impl FnOnce(&mut reactor::Config), app: AppConfig) -> Runtime {
     let mut config = reactor::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         threads: 2,
@@ -29,7 +36,7 @@ pub fn start(adjust: impl FnOnce(&mut reactor::Config)) -> Runtime {
         ..reactor::Config::default()
     };
     adjust(&mut config);
-    let runtime = clarion::server::start(config).expect("server starts");
+    let runtime = clarion::server::start(config, app).expect("server starts");
     if io() != reactor::Io::Auto {
         assert_eq!(
             runtime.io(),

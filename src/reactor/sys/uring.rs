@@ -62,6 +62,7 @@ const RECV: u64 = 2 << 56;
 const SEND: u64 = 3 << 56;
 const WAKE: u64 = 4 << 56;
 const IGNORE: u64 = 5 << 56;
+const SHUTDOWN: u64 = 6 << 56;
 const OP_MASK: u64 = 0xFF << 56;
 const GEN_SHIFT: u32 = 40;
 const TOKEN_MASK: u64 = (1 << GEN_SHIFT) - 1;
@@ -73,6 +74,11 @@ const LIVE: u8 = 1;
 const RECV_ARMED: u8 = 2;
 const SEND_IN_FLIGHT: u8 = 4;
 const CLOSING: u8 = 8;
+/// The kernel runs a shutdown in a worker thread, so a close submitted behind it can free the
+/// slot first and the shutdown then hit the next connection accepted into it: the close waits
+/// for the shutdown's completion.
+const SHUTDOWN_IN_FLIGHT: u8 = 16;
+const CLOSE_DEFERRED: u8 = 32;
 
 const BUFFER_GROUP: u16 = 0;
 
@@ -163,7 +169,7 @@ impl Uring {
     /// Whether a closing token has nothing left in flight.
     fn released(&mut self, token: usize) -> bool {
         let ops = self.ops_mut(token);
-        if *ops & CLOSING != 0 && *ops & (RECV_ARMED | SEND_IN_FLIGHT) == 0 {
+        if *ops & CLOSING != 0 && *ops & (RECV_ARMED | SEND_IN_FLIGHT | SHUTDOWN_IN_FLIGHT) == 0 {
             *ops = 0;
             return true;
         }
@@ -174,7 +180,7 @@ impl Uring {
         let (user_data, result, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
         let token = (user_data & TOKEN_MASK) as usize;
         let op = user_data & OP_MASK;
-        if (op == RECV || op == SEND) && user_data != self.user_data(op, token) {
+        if (op == RECV || op == SEND || op == SHUTDOWN) && user_data != self.user_data(op, token) {
             // A previous connection on this token: never delivered; its buffer goes back.
             if let Some(buffer) = cqueue::buffer_select(flags) {
                 self.buffers.recycle(buffer);
@@ -229,6 +235,20 @@ impl Uring {
             SEND => {
                 *self.ops_mut(token) &= !SEND_IN_FLIGHT;
                 events.push(IoEvent::Sent { token, result });
+                if self.released(token) {
+                    events.push(IoEvent::Released(token));
+                }
+            }
+            SHUTDOWN => {
+                let ops = self.ops_mut(token);
+                *ops &= !SHUTDOWN_IN_FLIGHT;
+                if *ops & CLOSE_DEFERRED != 0 {
+                    *ops &= !CLOSE_DEFERRED;
+                    let close = opcode::Close::new(types::Fixed(self.slots[token]))
+                        .build()
+                        .user_data(IGNORE);
+                    let _ = self.push(close);
+                }
                 if self.released(token) {
                     events.push(IoEvent::Released(token));
                 }
@@ -460,11 +480,13 @@ impl Backend for Uring {
         Ok(Flushed::Pending)
     }
 
-    fn shutdown_write(&mut self, _token: usize, socket: &mut Direct) {
+    fn shutdown_write(&mut self, token: usize, socket: &mut Direct) {
         let shutdown = opcode::Shutdown::new(types::Fixed(socket.0), libc::SHUT_WR)
             .build()
-            .user_data(IGNORE);
-        let _ = self.push(shutdown);
+            .user_data(self.user_data(SHUTDOWN, token));
+        if self.push(shutdown).is_ok() {
+            *self.ops_mut(token) |= SHUTDOWN_IN_FLIGHT;
+        }
     }
 
     fn close(&mut self, token: usize, socket: &mut Direct) -> bool {
@@ -484,6 +506,11 @@ impl Backend for Uring {
                     .build()
                     .user_data(IGNORE),
             );
+        }
+        let ops = self.ops_mut(token);
+        if *ops & SHUTDOWN_IN_FLIGHT != 0 {
+            *ops |= CLOSE_DEFERRED;
+            return false;
         }
         let _ = self.push(close);
         self.released(token)

@@ -1,0 +1,164 @@
+//! The plain HTTP endpoints on the WebSocket port: the publish API, `/metrics` and `/stats`.
+//!
+//! - `POST /publish/<topic>`: the body is the payload. `Content-Type: application/octet-stream`
+//!   publishes binary, `application/json` requires one JSON value; otherwise UTF-8 is text (or
+//!   JSON when it is one JSON value) and anything else binary. Answers 202
+//!   `{"topic":…,"seq":…,"epoch":…}`.
+//! - `POST /publish`: a JSON array of `{"topic":…,"data":<JSON value>}` (a string is published
+//!   as its text, anything else as JSON). All items are checked before any is published.
+//!   Answers 202 `{"epoch":…,"results":[{"topic":…,"seq":…},…]}`.
+//!
+//! With an API key configured both need `Authorization: Bearer <key>` (401 without).
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use super::envelope::format_of;
+use super::metrics::{PROMETHEUS_CONTENT_TYPE, Prometheus, stats_json};
+use super::state::Server;
+use crate::protocol::MessageKind;
+use crate::protocol::handshake::Request;
+use crate::pubsub::{self, Format, Payload, validate_topic};
+use crate::reactor::Response;
+
+/// A JSON error body.
+pub fn error(status: u16, message: &str) -> Response {
+    Response::new(
+        status,
+        "application/json",
+        json!({ "error": message }).to_string(),
+    )
+}
+
+/// `GET /metrics`.
+pub fn metrics(server: &Server) -> Response {
+    let (reactors, latency) = server.metrics();
+    let body = Prometheus(&server.snapshot(&reactors, latency)).to_string();
+    Response::new(200, PROMETHEUS_CONTENT_TYPE, body)
+}
+
+/// `GET /stats`.
+pub fn stats(server: &Server) -> Response {
+    let (reactors, latency) = server.metrics();
+    let body = stats_json(&server.snapshot(&reactors, latency));
+    Response::new(200, "application/json", body)
+}
+
+/// `POST /publish/<topic>` and `POST /publish`, after the API key check.
+pub fn publish(server: &Server, request: &Request, body: &[u8], reactor: usize) -> Response {
+    if let Some(key) = &server.api_key
+        && !key.check(request)
+    {
+        let mut response = error(401, "missing or wrong API key");
+        response
+            .headers
+            .push(("WWW-Authenticate", "Bearer".to_owned()));
+        return response;
+    }
+    server.counters[reactor]
+        .bytes_in
+        .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    match request.path().strip_prefix("/publish/") {
+        Some(topic) => publish_one(server, topic, content_format(request, body), body),
+        None => publish_many(server, body),
+    }
+}
+
+/// The format the `Content-Type` asks for; `Err` when the body does not fit it.
+fn content_format(request: &Request, body: &[u8]) -> Result<Format, &'static str> {
+    let content_type = request.header("content-type").unwrap_or_default();
+    let media = content_type
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    let detected = format_of(MessageKind::Text, body);
+    if media.eq_ignore_ascii_case(b"application/octet-stream") {
+        Ok(Format::Binary)
+    } else if media.eq_ignore_ascii_case(b"application/json") {
+        match detected {
+            Format::Json => Ok(Format::Json),
+            _ => Err("the body is not one JSON value"),
+        }
+    } else {
+        Ok(detected)
+    }
+}
+
+fn publish_one(
+    server: &Server,
+    topic: &str,
+    format: Result<Format, &str>,
+    body: &[u8],
+) -> Response {
+    if let Err(e) = validate_topic(topic, server.config.max_topic_length) {
+        return error(400, &e.to_string());
+    }
+    let format = match format {
+        Ok(format) => format,
+        Err(message) => return error(400, message),
+    };
+    match server.publish(topic, Payload::new(format, body)) {
+        Ok(seq) => accepted(json!({
+            "topic": topic,
+            "seq": seq,
+            "epoch": server.hub.epoch().to_string(),
+        })),
+        Err(e) => refused(e),
+    }
+}
+
+/// One item of `POST /publish`.
+#[derive(Deserialize)]
+struct Item<'a> {
+    #[serde(borrow)]
+    topic: Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+fn publish_many(server: &Server, body: &[u8]) -> Response {
+    let Ok(items) = serde_json::from_slice::<Vec<Item>>(body) else {
+        return error(
+            400,
+            "expected a JSON array of {\"topic\":…,\"data\":…} objects",
+        );
+    };
+    let mut payloads = Vec::with_capacity(items.len());
+    for item in &items {
+        if let Err(e) = validate_topic(&item.topic, server.config.max_topic_length) {
+            return error(400, &format!("{}: {e}", item.topic));
+        }
+        let raw = item.data.get();
+        let payload = match serde_json::from_str::<Cow<str>>(raw) {
+            Ok(text) => Payload::new(Format::Text, text.as_bytes()),
+            Err(_) if format_of(MessageKind::Text, raw.as_bytes()) == Format::Json => {
+                Payload::new(Format::Json, raw.as_bytes())
+            }
+            Err(_) => return error(400, "data is not a JSON value every parser reads"),
+        };
+        payloads.push(payload);
+    }
+    let mut results = Vec::with_capacity(items.len());
+    for (item, payload) in items.iter().zip(payloads) {
+        match server.publish(&item.topic, payload) {
+            Ok(seq) => results.push(json!({ "topic": item.topic, "seq": seq })),
+            Err(e) => return refused(e),
+        }
+    }
+    accepted(json!({
+        "epoch": server.hub.epoch().to_string(),
+        "results": results,
+    }))
+}
+
+fn accepted(body: serde_json::Value) -> Response {
+    Response::new(202, "application/json", body.to_string())
+}
+
+fn refused(reason: pubsub::Error) -> Response {
+    error(503, &reason.to_string())
+}

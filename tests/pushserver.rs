@@ -1,0 +1,574 @@
+//! The push server end to end over real sockets: fanout to thousands of raw subscribers, the
+//! envelope protocol, the HTTP publish API, resume, slow consumers, auth and limits.
+
+mod common;
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use clarion::pubsub::HubConfig;
+use clarion::reactor::Runtime;
+use clarion::server::AppConfig;
+use clarion::server::auth::AuthMode;
+use clarion::server::state::SlowConsumer;
+use common::*;
+use serde_json::{Value, json};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+type Ws = WebSocket<TcpStream>;
+
+fn server(app: AppConfig) -> (Runtime, SocketAddr) {
+    let runtime = start_app(|_| {}, app);
+    let addr = runtime.local_addr();
+    (runtime, addr)
+}
+
+/// `POST path` with `body` and extra header lines; (status, body).
+fn post(addr: SocketAddr, path: &str, headers: &str, body: &[u8]) -> (u16, String) {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n{headers}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    split(&http(addr, &request))
+}
+
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    split(&http(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    ))
+}
+
+fn split(answer: &str) -> (u16, String) {
+    let status = answer
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"));
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    (status, body.to_owned())
+}
+
+/// The status a WebSocket upgrade of `path` gets, with extra header lines.
+fn upgrade_status(addr: SocketAddr, path: &str, headers: &str) -> u16 {
+    let request = String::from_utf8(upgrade_request(path)).unwrap();
+    let request = request.replacen("\r\n\r\n", &format!("\r\n{headers}\r\n"), 1);
+    let mut stream = tcp(addr);
+    std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+    split(&read_head(&mut stream)).0
+}
+
+fn stats(addr: SocketAddr) -> Value {
+    let (status, body) = get(addr, "/stats");
+    assert_eq!(status, 200);
+    serde_json::from_str(&body).unwrap()
+}
+
+fn total_stat(addr: SocketAddr, key: &str) -> u64 {
+    stats(addr)["totals"][key].as_u64().unwrap()
+}
+
+fn send(ws: &mut Ws, command: Value) {
+    ws.send(Message::text(command.to_string())).unwrap();
+}
+
+/// The next text message, as JSON.
+fn next(ws: &mut Ws) -> Value {
+    loop {
+        match ws.read().expect("a message") {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Binary(_) => panic!("binary from /ws"),
+            _ => {}
+        }
+    }
+}
+
+/// Sends `command` and returns the reply (the next message).
+fn call(ws: &mut Ws, command: Value) -> Value {
+    send(ws, command);
+    next(ws)
+}
+
+fn text_of(message: Message) -> Option<String> {
+    match message {
+        Message::Text(text) => Some(text.to_string()),
+        _ => None,
+    }
+}
+
+#[test]
+fn five_thousand_raw_subscribers_get_every_message_once_in_order() {
+    const SUBSCRIBERS: usize = 5_000;
+    const MESSAGES: usize = 20;
+    let (_runtime, addr) = server(AppConfig::default());
+    let mut subscribers: Vec<Ws> = (0..SUBSCRIBERS)
+        .map(|_| connect(addr, "/t/fan.out"))
+        .collect();
+    assert!(eventually(
+        || total_stat(addr, "subscriptions") == SUBSCRIBERS as u64
+    ));
+    for i in 0..MESSAGES {
+        let (status, body) = post(addr, "/publish/fan.out", "", format!("m{i}").as_bytes());
+        assert_eq!(status, 202, "{body}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["seq"], i + 1);
+    }
+    for ws in &mut subscribers {
+        for i in 0..MESSAGES {
+            let text = text_of(ws.read().unwrap()).expect("a text message");
+            assert_eq!(text, format!("m{i}"));
+        }
+    }
+    // Nothing more: a duplicate would be the next message.
+    let ws = &mut subscribers[SUBSCRIBERS / 2];
+    ws.get_mut()
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(ws.read().is_err(), "no duplicate");
+    let totals = &stats(addr)["totals"];
+    assert_eq!(totals["deliveries"], (SUBSCRIBERS * MESSAGES) as u64);
+    assert_eq!(totals["drops"], 0);
+}
+
+#[test]
+fn envelope_protocol_subscribe_publish_unsubscribe_and_errors() {
+    let (_runtime, addr) = server(AppConfig::default());
+    let mut sub = connect(addr, "/ws");
+    let mut publisher = connect(addr, "/ws");
+    let ack = call(
+        &mut sub,
+        json!({"type": "subscribe", "topic": "chat", "id": 1}),
+    );
+    assert_eq!(ack["type"], "ack");
+    assert_eq!(ack["id"], 1);
+    assert_eq!(ack["topic"], "chat");
+    assert_eq!(ack["seq"], 0);
+    assert!(ack["epoch"].is_string());
+
+    let ack = call(
+        &mut publisher,
+        json!({"type": "publish", "topic": "chat", "data": {"hi": [1, 2]}, "id": "p"}),
+    );
+    assert_eq!(
+        ack,
+        json!({"type": "ack", "id": "p", "topic": "chat", "seq": 1})
+    );
+    let delivery = next(&mut sub);
+    assert_eq!(
+        delivery,
+        json!({"type": "message", "topic": "chat", "seq": 1, "data": {"hi": [1, 2]}})
+    );
+    call(
+        &mut publisher,
+        json!({"type": "publish", "topic": "chat", "data": "plain"}),
+    );
+    assert_eq!(next(&mut sub)["data"], "plain");
+
+    // A raw subscriber of the same topic gets payloads as they are.
+    let mut raw = connect(addr, "/t/chat");
+    call(
+        &mut publisher,
+        json!({"type": "publish", "topic": "chat", "data": "third"}),
+    );
+    assert_eq!(text_of(raw.read().unwrap()).unwrap(), "third");
+    assert_eq!(next(&mut sub)["seq"], 3);
+    raw.send(Message::binary(vec![0u8, 1, 2])).unwrap();
+    let binary = next(&mut sub);
+    assert_eq!(
+        (binary["data"].as_str(), binary["encoding"].as_str()),
+        (Some("AAEC"), Some("base64"))
+    );
+
+    let ack = call(
+        &mut sub,
+        json!({"type": "unsubscribe", "topic": "chat", "id": 2}),
+    );
+    assert_eq!(ack, json!({"type": "ack", "id": 2}));
+    call(
+        &mut publisher,
+        json!({"type": "publish", "topic": "chat", "data": 5}),
+    );
+
+    let errors = [
+        (Message::text("not json"), "bad_request"),
+        (
+            Message::text(r#"{"type":"dance","topic":"chat","id":9}"#),
+            "unknown_type",
+        ),
+        (
+            Message::text(r#"{"type":"subscribe","id":9}"#),
+            "bad_request",
+        ),
+        (
+            Message::text(r#"{"type":"subscribe","topic":"a b","id":9}"#),
+            "invalid_topic",
+        ),
+        (Message::text(r#"[1,2,3]"#), "bad_request"),
+        (Message::binary(b"{}".to_vec()), "bad_request"),
+    ];
+    for (command, code) in errors {
+        sub.send(command).unwrap();
+        let reply = next(&mut sub);
+        assert_eq!(reply["type"], "error", "{reply}");
+        assert_eq!(reply["code"], code, "{reply}");
+        assert!(reply["message"].is_string());
+    }
+    // Unsubscribed: the publish of `5` never arrived; the connection still works.
+    let ack = call(
+        &mut sub,
+        json!({"type": "subscribe", "topic": "other", "id": 3}),
+    );
+    assert_eq!(ack["id"], 3);
+}
+
+#[test]
+fn http_publish_needs_the_api_key_and_reaches_subscribers() {
+    let (_runtime, addr) = server(AppConfig {
+        api_key: Some("sekret".into()),
+        ..AppConfig::default()
+    });
+    let mut a = connect(addr, "/t/a");
+    let mut b = connect(addr, "/t/b.c");
+    let key = "Authorization: Bearer sekret\r\n";
+    assert_eq!(post(addr, "/publish/a", "", b"x").0, 401);
+    assert_eq!(
+        post(addr, "/publish/a", "Authorization: Bearer nope\r\n", b"x").0,
+        401
+    );
+    assert_eq!(post(addr, "/publish", "", b"[]").0, 401);
+
+    let (status, body) = post(addr, "/publish/a", key, b"one");
+    assert_eq!(status, 202, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (answer["topic"].as_str(), answer["seq"].as_u64()),
+        (Some("a"), Some(1))
+    );
+    assert_eq!(answer["epoch"].as_str().unwrap().len(), 16);
+    assert_eq!(text_of(a.read().unwrap()).unwrap(), "one");
+
+    let binary = format!("{key}Content-Type: application/octet-stream\r\n");
+    assert_eq!(post(addr, "/publish/a", &binary, b"\x00\xff").0, 202);
+    assert_eq!(a.read().unwrap(), Message::binary(vec![0u8, 0xff]));
+
+    let many = json!([{"topic": "a", "data": "two"}, {"topic": "b.c", "data": {"n": 1}}]);
+    let (status, body) = post(addr, "/publish", key, many.to_string().as_bytes());
+    assert_eq!(status, 202, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        answer["results"],
+        json!([{"topic": "a", "seq": 3}, {"topic": "b.c", "seq": 1}])
+    );
+    assert_eq!(text_of(a.read().unwrap()).unwrap(), "two");
+    assert_eq!(text_of(b.read().unwrap()).unwrap(), r#"{"n":1}"#);
+
+    for bad in [
+        &b"{"[..],
+        b"[{\"topic\":\"a b\",\"data\":1}]",
+        b"[{\"data\":1}]",
+    ] {
+        assert_eq!(post(addr, "/publish", key, bad).0, 400);
+    }
+    let json = format!("{key}Content-Type: application/json\r\n");
+    assert_eq!(post(addr, "/publish/a", &json, b"{oops").0, 400);
+    assert_eq!(post(addr, "/publish/bad%20topic", key, b"x").0, 400);
+
+    let (status, metrics) = get(addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("clarion_deliveries_total"), "{metrics}");
+    assert!(metrics.contains("clarion_published_total"), "{metrics}");
+    assert_eq!(stats(addr)["hub"]["published"], 4);
+    assert_eq!(get(addr, "/healthz"), (200, "ok\n".to_owned()));
+}
+
+#[test]
+fn resume_replays_the_gap_exactly_then_goes_live() {
+    let (_runtime, addr) = server(AppConfig {
+        hub: HubConfig {
+            history_size: 3,
+            ..HubConfig::default()
+        },
+        ..AppConfig::default()
+    });
+    let publish = |i: u64| {
+        let (status, body) = post(addr, "/publish/feed", "", format!("{i}").as_bytes());
+        assert_eq!(status, 202, "{body}");
+    };
+    let mut ws = connect(addr, "/ws");
+    let ack = call(&mut ws, json!({"type": "subscribe", "topic": "feed"}));
+    let epoch = ack["epoch"].as_str().unwrap().to_owned();
+    for i in 1..=2 {
+        publish(i);
+        assert_eq!(next(&mut ws)["seq"], i);
+    }
+    drop(ws);
+    publish(3);
+    publish(4);
+
+    let mut ws = connect(addr, "/ws");
+    let ack = call(
+        &mut ws,
+        json!({"type": "subscribe", "topic": "feed", "since": 2, "epoch": epoch}),
+    );
+    assert_eq!(ack["recovered"], true, "{ack}");
+    assert_eq!(ack["seq"], 4);
+    publish(5);
+    for i in 3..=5u64 {
+        let delivery = next(&mut ws);
+        assert_eq!(delivery["seq"], i, "{delivery}");
+        assert_eq!(delivery["data"], i, "{delivery}");
+    }
+    drop(ws);
+
+    for i in 6..=10 {
+        publish(i);
+    }
+    let mut ws = connect(addr, "/ws");
+    let too_old = call(
+        &mut ws,
+        json!({"type": "subscribe", "topic": "feed", "since": 5, "epoch": epoch}),
+    );
+    assert_eq!(too_old["recovered"], false, "{too_old}");
+    assert_eq!(too_old["seq"], 10);
+    let mut other = connect(addr, "/ws");
+    let wrong_epoch = call(
+        &mut other,
+        json!({"type": "subscribe", "topic": "feed", "since": 9, "epoch": "0000000000000001"}),
+    );
+    assert_eq!(wrong_epoch["recovered"], false, "{wrong_epoch}");
+    publish(11);
+    assert_eq!(next(&mut ws)["seq"], 11, "live after a failed resume");
+    assert_eq!(next(&mut other)["seq"], 11);
+}
+
+/// One fast and one stalled raw subscriber; 16 KiB messages published through `/ws` until the
+/// stalled one is far past the 64 KiB cap. Returns the server address, the stalled socket and
+/// the number published.
+fn stall(policy: SlowConsumer) -> (Runtime, SocketAddr, Ws, usize) {
+    const MESSAGES: usize = 600;
+    let (runtime, addr) = server(AppConfig {
+        max_queued_bytes: 64 << 10,
+        slow_consumer: policy,
+        ..AppConfig::default()
+    });
+    let slow = connect_stalled(addr, "/t/firehose");
+    let mut fast = connect(addr, "/t/firehose");
+    // The fast subscriber reads each message before the next is published, so only the
+    // stalled one can fall behind, however busy the machine is.
+    let (got, received) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for i in 0..MESSAGES {
+            let text = text_of(fast.read().unwrap()).unwrap();
+            assert!(
+                text.starts_with(&format!("{i}:")),
+                "fast subscriber in order"
+            );
+            got.send(()).unwrap();
+        }
+    });
+    let mut publisher = connect(addr, "/ws");
+    let filler = "x".repeat(16 << 10);
+    for i in 0..MESSAGES {
+        let data = format!("{i}:{filler}");
+        let ack = call(
+            &mut publisher,
+            json!({"type": "publish", "topic": "firehose", "data": data}),
+        );
+        assert_eq!(ack["seq"], i + 1);
+        received.recv().expect("the fast subscriber keeps up");
+    }
+    reader.join().expect("the fast subscriber got everything");
+    (runtime, addr, slow, MESSAGES)
+}
+
+/// A client with a 4 KiB receive buffer: the kernel cannot hide a reader that stopped.
+fn connect_stalled(addr: SocketAddr, path: &str) -> Ws {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    tungstenite::client(format!("ws://{addr}{path}"), stream)
+        .unwrap()
+        .0
+}
+
+/// Reads what is there: (messages in order, close code if a close came).
+fn drain(ws: &mut Ws) -> (Vec<usize>, Option<CloseCode>) {
+    ws.get_mut()
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        match ws.read() {
+            Ok(Message::Text(text)) => {
+                seen.push(text.split(':').next().unwrap().parse().unwrap());
+            }
+            Ok(Message::Close(frame)) => return (seen, frame.map(|f| f.code)),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                return (seen, None);
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn a_slow_consumer_is_closed_with_1008_and_the_others_keep_up() {
+    let (_runtime, addr, mut slow, published) = stall(SlowConsumer::Close);
+    assert!(eventually(|| total_stat(addr, "slow_consumer_closes") == 1));
+    let (seen, code) = drain(&mut slow);
+    assert_eq!(code, Some(CloseCode::Policy));
+    assert!(
+        seen.len() < published,
+        "bounded: {} of {published}",
+        seen.len()
+    );
+    assert!(
+        seen.iter().enumerate().all(|(i, &n)| i == n),
+        "a prefix, in order"
+    );
+    assert_eq!(total_stat(addr, "drops"), 0);
+}
+
+#[test]
+fn a_slow_consumer_under_drop_sees_a_gap_and_stays_connected() {
+    let (runtime, addr, mut slow, published) = stall(SlowConsumer::Drop);
+    let drops = total_stat(addr, "drops");
+    assert!(drops > 0);
+    assert_eq!(total_stat(addr, "slow_consumer_closes"), 0);
+    let (seen, code) = drain(&mut slow);
+    assert_eq!(code, None);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order");
+    assert_eq!(
+        seen.len() as u64 + drops,
+        published as u64,
+        "each message delivered or dropped"
+    );
+    assert!(seen.len() < published);
+    // Still subscribed: the next message arrives.
+    post(addr, "/publish/firehose", "", b"999:after");
+    let (after, _) = drain(&mut slow);
+    assert_eq!(after, [999]);
+    // Once drained, the write queue went back to its pool: nothing stays allocated.
+    assert!(eventually(|| total(&runtime, |s| &s.tx_queues_lent) == 0));
+}
+
+#[test]
+fn tokens_origins_and_limits() {
+    use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
+    let secret = "shh";
+    let sign = |claims: Value, secret: &str| {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let (runtime, addr) = server(AppConfig {
+        auth: AuthMode::Jwt,
+        jwt_secret: Some(secret.into()),
+        allowed_origins: vec!["https://ok.example".into()],
+        client_publish: clarion::server::state::ClientPublish::Token,
+        max_connections: 3,
+        max_topics_per_connection: 2,
+        max_topic_length: 16,
+        ..AppConfig::default()
+    });
+    let exp = get_current_timestamp() + 600;
+    let good = sign(
+        json!({"exp": exp, "subscribe": ["news", "room.*"], "publish": ["room.*"]}),
+        secret,
+    );
+    let expired = sign(json!({"exp": exp - 7200, "subscribe": ["news"]}), secret);
+    let forged = sign(json!({"exp": exp, "subscribe": ["news"]}), "other");
+    let bearer = |token: &str| format!("Authorization: Bearer {token}\r\n");
+
+    assert_eq!(upgrade_status(addr, "/t/news", ""), 401);
+    assert_eq!(upgrade_status(addr, "/t/news", &bearer(&expired)), 401);
+    assert_eq!(upgrade_status(addr, "/t/news", &bearer(&forged)), 401);
+    assert_eq!(upgrade_status(addr, "/t/news?token=garbage", ""), 401);
+    assert_eq!(upgrade_status(addr, "/ws", ""), 401);
+    assert_eq!(upgrade_status(addr, "/t/sports", &bearer(&good)), 403);
+    let evil = format!("{}Origin: https://evil.example\r\n", bearer(&good));
+    assert_eq!(upgrade_status(addr, "/t/news", &evil), 403);
+    let long = format!("/t/{}", "n".repeat(17));
+    assert_eq!(upgrade_status(addr, &long, &bearer(&good)), 400);
+    let ok = format!("{}Origin: https://ok.example\r\n", bearer(&good));
+    assert_eq!(upgrade_status(addr, "/t/news", &ok), 101);
+
+    let mut news = connect(addr, &format!("/t/news?token={good}"));
+    let mut ws = connect(addr, &format!("/ws?token={good}"));
+    let reply = |ws: &mut Ws, command: Value| call(ws, command)["code"].clone();
+    assert_eq!(
+        reply(&mut ws, json!({"type": "subscribe", "topic": "room.1"})),
+        Value::Null
+    );
+    assert_eq!(
+        reply(&mut ws, json!({"type": "subscribe", "topic": "sports"})),
+        "forbidden"
+    );
+    assert_eq!(
+        reply(&mut ws, json!({"type": "subscribe", "topic": "news"})),
+        Value::Null
+    );
+    assert_eq!(
+        reply(&mut ws, json!({"type": "subscribe", "topic": "room.2"})),
+        "too_many_topics"
+    );
+    assert_eq!(
+        reply(
+            &mut ws,
+            json!({"type": "subscribe", "topic": "room.xxxxxxxxxxxx"})
+        ),
+        "invalid_topic"
+    );
+    assert_eq!(
+        reply(
+            &mut ws,
+            json!({"type": "publish", "topic": "news", "data": 1})
+        ),
+        "forbidden"
+    );
+    let ack = call(
+        &mut ws,
+        json!({"type": "publish", "topic": "room.1", "data": 1}),
+    );
+    assert_eq!(ack["seq"], 1);
+    assert_eq!(next(&mut ws)["topic"], "room.1", "its own delivery");
+
+    // A raw socket without a publish grant is closed when it sends.
+    news.send(Message::text("hello")).unwrap();
+    loop {
+        match news.read() {
+            Ok(Message::Close(frame)) => {
+                assert_eq!(frame.unwrap().code, CloseCode::Policy);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    drop(news);
+    // Only `ws` is left once the server has seen the others go.
+    assert!(eventually(|| total(&runtime, |s| &s.connections) == 1));
+
+    // Three open: the next is refused with 503, whatever the route.
+    let _second = connect(addr, &format!("/t/news?token={good}"));
+    let _third = connect(addr, &format!("/t/news?token={good}"));
+    assert!(eventually(|| upgrade_status(
+        addr,
+        "/t/news",
+        &bearer(&good)
+    ) == 503));
+    assert_eq!(upgrade_status(addr, "/echo", ""), 503);
+}
