@@ -4,7 +4,6 @@
 
 mod common;
 
-use common::fake_fanout::FakeFanout;
 use common::{ClarionServer, assert_keys, describe, free_port, loadgen, run_loadgen};
 
 #[test]
@@ -144,7 +143,7 @@ fn echo_at_a_rate_churn_and_procs() {
 
 #[test]
 fn fanout_delivers_every_message_once_to_2000_subscribers() {
-    let server = FakeFanout::start();
+    let server = ClarionServer::start(2);
     let url = format!("ws://{}/t/", server.addr);
     let (output, json) = run_loadgen(&[
         "fanout",
@@ -211,7 +210,7 @@ fn fanout_delivers_every_message_once_to_2000_subscribers() {
 
 #[test]
 fn fanout_over_the_envelope_protocol_and_http_publish() {
-    let server = FakeFanout::start();
+    let server = ClarionServer::start(2);
     let ws = format!("ws://{}/ws", server.addr);
     let publish = format!("http://{}/publish", server.addr);
     for via in ["ws", "http"] {

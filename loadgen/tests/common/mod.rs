@@ -2,8 +2,6 @@
 
 #![allow(dead_code, reason = "each test file uses a different part")]
 
-pub mod fake_fanout;
-
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
