@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Fanout on one reactor: N raw-topic subscribers (/t/<topic>) on one topic, one WebSocket
+# publisher at R msgs/s with S-byte payloads (each carrying its send time and sequence
+# number), server pinned to core 0 and clarion-loadgen to core 1. Reports deliveries/s,
+# server CPU time per delivery (user + system from /proc/PID/stat over the run, ramp-up
+# included), publish-to-receive percentiles, missing/duplicates/out-of-order, and the
+# server's RSS per idle subscriber.
+#
+# Usage: scripts/bench-fanout.sh   (SUBSCRIBERS="5000 10000" RATES="10 50" SIZE=64 DURATION=10s)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUBSCRIBERS=${SUBSCRIBERS:-"5000 10000"}
+RATES=${RATES:-"10 50"}
+SIZE=${SIZE:-64}
+DURATION=${DURATION:-10s}
+IDLE=${IDLE:-15000}
+TARGET=${CARGO_TARGET_DIR:-target}
+OUT=$TARGET/bench-fanout
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json "$OUT"/*.cpu
+cargo build --release -q -p clarion -p clarion-loadgen
+SERVER=$TARGET/release/clarion
+LOADGEN=$TARGET/release/clarion-loadgen
+TICK=$(getconf CLK_TCK)
+
+server_pid=""
+stop_server() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null; server_pid=""; }
+trap stop_server EXIT
+start_server() { # port
+  taskset -c 0 "$SERVER" serve --threads 1 --no-pin --listen "127.0.0.1:$1" --ping-interval 0 2>/dev/null &
+  server_pid=$!
+  for _ in $(seq 100); do
+    if python3 -c "import socket; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null; then return; fi
+    sleep 0.05
+  done
+  echo "bench: server did not start" >&2; exit 1
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+for subs in $SUBSCRIBERS; do
+  for rate in $RATES; do
+    port=$(free_port); start_server "$port"
+    before=$(cpu_ticks "$server_pid")
+    taskset -c 1 "$LOADGEN" fanout "ws://127.0.0.1:$port/t/" -c "$subs" --rate "$rate" -s "$SIZE" \
+      -d "$DURATION" --threads 1 --topics 1 --publishers 1 --json "$OUT/fanout-$subs-$rate.json" >/dev/null
+    echo "$(( $(cpu_ticks "$server_pid") - before ))" > "$OUT/fanout-$subs-$rate.cpu"
+    stop_server
+  done
+done
+port=$(free_port); start_server "$port"
+taskset -c 1 "$LOADGEN" fanout "ws://127.0.0.1:$port/t/" -c "$IDLE" --rate 1 -d 2s --threads 1 \
+  --topics 1 --publishers 1 --server-pid "$server_pid" --json "$OUT/idle.json" >/dev/null
+stop_server
+
+python3 - "$OUT" "$TICK" "$SUBSCRIBERS" "$RATES" "$IDLE" <<'PY'
+import json, sys
+out, tick, subs, rates, idle = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4].split(), int(sys.argv[5])
+print("| subscribers | msgs/s | deliveries/s | server CPU/delivery (µs) | p50 (ms) | p99 (ms) | p99.9 (ms) | missing | dup | ooo | loadgen saturated |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+for s in subs:
+    for r in rates:
+        j = json.load(open(f"{out}/fanout-{s}-{r}.json"))
+        cpu = int(open(f"{out}/fanout-{s}-{r}.cpu").read()) / tick
+        d = j["delivered"]; l = j["latency_us"]
+        print(f"| {int(s):,} | {r} | {j['throughput']:,.0f} | {cpu / d * 1e6 if d else 0:.2f} | {l['p50']/1000:.1f} | {l['p99']/1000:.1f} | {l['p99_9']/1000:.1f} | {j['missing']} | {j['duplicates']} | {j['out_of_order']} | {j['loadgen_cpu']['saturated']} |")
+j = json.load(open(f"{out}/idle.json"))
+print(f"\nRSS per idle subscriber (one topic, {idle:,} subscribers): {j['server']['rss_per_connection_bytes']:.0f} bytes")
+PY
