@@ -1,5 +1,6 @@
 //! One server process holds more WebSocket connections than RLIMIT_NOFILE allows (io_uring
-//! direct descriptors), each proven open by an echo, then closes them all cleanly.
+//! direct descriptors, or epoll with a private file table per reactor), each proven open by an
+//! echo, then closes them all cleanly.
 //!
 //! `thirty_thousand` runs in CI. `hundred_thousand` is the C100K run on this kind of host
 //! (fd hard limit 20,000): `scripts/c100k.sh` runs it.
@@ -33,15 +34,16 @@ impl Drop for Server {
     }
 }
 
-fn start_server(reactors: usize) -> (Server, SocketAddr) {
+fn start_server(io: &str, reactors: usize) -> (Server, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_clarion"))
         .args([
             "serve",
             "--io",
-            "uring",
+            io,
             "--listen",
             "127.0.0.1:0",
             "--no-pin",
+            "--private-fd-table",
         ])
         .args(["--threads", &reactors.to_string(), "--ping-interval", "0"])
         .stderr(Stdio::piped())
@@ -152,9 +154,9 @@ fn client_thread(
     }
 }
 
-fn hold(connections: usize, reactors: usize) {
+fn hold(io: &str, connections: usize, reactors: usize) {
     raise_fd_limit();
-    let (server, addr) = start_server(reactors);
+    let (server, addr) = start_server(io, reactors);
     let started = Instant::now();
     let (ready_tx, ready) = std::sync::mpsc::channel();
     let mut releases = Vec::new();
@@ -190,11 +192,18 @@ fn hold(connections: usize, reactors: usize) {
 
 #[test]
 fn thirty_thousand() {
-    hold(30_000, 3);
+    hold("uring", 30_000, 3);
+}
+
+/// epoll sockets are process descriptors: each reactor thread's private file table holds its
+/// share (`--private-fd-table`).
+#[test]
+fn thirty_thousand_on_epoll_with_private_fd_tables() {
+    hold("epoll", 30_000, 3);
 }
 
 #[test]
 #[ignore = "C100K: run by scripts/c100k.sh"]
 fn hundred_thousand() {
-    hold(100_000, 7);
+    hold("uring", 100_000, 7);
 }

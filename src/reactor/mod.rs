@@ -51,6 +51,10 @@ pub struct Config {
     pub threads: usize,
     /// Pin reactor `i` to core `i % cores`.
     pub pin_threads: bool,
+    /// Give each reactor thread its own file table (`unshare(CLONE_FILES)`), so each can hold
+    /// up to `RLIMIT_NOFILE` sockets: the epoll backend's way past the limit on hosts where it
+    /// cannot be raised (a reactor never shares its sockets).
+    pub private_fd_table: bool,
     /// `listen(2)` backlog of each reactor's listener.
     pub backlog: i32,
     /// Most connections per reactor; further ones are refused at accept.
@@ -73,6 +77,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9001)),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pin_threads: true,
+            private_fd_table: false,
             backlog: 4096,
             max_connections_per_reactor: 1 << 20,
             read_buffer_size: 64 << 10,
@@ -412,6 +417,13 @@ impl Runtime {
                         Ok(backend) => backend,
                         Err(e) => return drop(ready_tx.send(Err(e))),
                     };
+                    // After the backend exists: its waker's descriptor, which other threads write
+                    // to, must be the same in their table and in this thread's copy.
+                    if config.private_fd_table
+                        && let Err(e) = listen::unshare_files()
+                    {
+                        return drop(ready_tx.send(Err(e)));
+                    }
                     let waker = sys::Backend::waker(&backend);
                     shared.mailboxes.set_waker(index, waker.clone());
                     let _ = ready_tx.send(Ok(waker));

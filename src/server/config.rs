@@ -66,6 +66,11 @@ pub struct Settings {
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 
+    /// Give each reactor thread a private file table (unshare(CLONE_FILES)), so each holds up to
+    /// RLIMIT_NOFILE sockets: how the epoll backend passes the limit where it cannot be raised.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub private_fd_table: Option<bool>,
+
     /// Do not pin reactor threads to cores.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub no_pin: Option<bool>,
@@ -234,6 +239,7 @@ impl Settings {
             uring_buffer_size,
             threads,
             no_pin,
+            private_fd_table,
             backlog,
             max_connections_per_reactor,
             max_frame_size,
@@ -403,6 +409,7 @@ impl Settings {
             },
             threads: self.threads.unwrap_or(d.threads),
             pin_threads: !self.no_pin.unwrap_or(false),
+            private_fd_table: self.private_fd_table.unwrap_or(false),
             backlog: self.backlog.unwrap_or(d.backlog),
             max_connections_per_reactor: self
                 .max_connections_per_reactor
