@@ -55,7 +55,7 @@ fn main() -> ExitCode {
     let runtime = match server::start(config.clone(), app) {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("clarion: cannot listen on {}: {e}", config.listen);
+            eprintln!("clarion: cannot start on {}: {e}", config.listen);
             return ExitCode::FAILURE;
         }
     };
