@@ -20,35 +20,19 @@ SERVER=$TARGET/release/clarion
 LOADGEN=$TARGET/release/clarion-loadgen
 TICK=$(getconf CLK_TCK)
 
-server_pid=""
-stop_server() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null; server_pid=""; }
-trap stop_server EXIT
-
-start_server() { # io port
-  taskset -c 0 "$SERVER" serve --io "$1" --threads 1 --no-pin --listen "127.0.0.1:$2" \
-    --ping-interval 0 2>/dev/null &
-  server_pid=$!
-  for _ in $(seq 100); do
-    if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$2),0.2)" 2>/dev/null; then return; fi
-    sleep 0.05
-  done
-  echo "bench: server did not start" >&2; exit 1
-}
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source scripts/lib/bench-server.sh
 
 for round in $(seq "$ROUNDS"); do
   for io in epoll uring; do
     for conns in 100 1000; do
-      port=$(free_port); start_server "$io" "$port"
+      port=$(free_port); start_server "$port" --io "$io"
       before=$(cpu_ticks "$server_pid")
       taskset -c 1 "$LOADGEN" echo "ws://127.0.0.1:$port/echo" -c "$conns" -s 32 -d "$DURATION" \
         --threads 1 --json "$OUT/echo-$io-$conns-$round.json" >/dev/null
       echo "$(( $(cpu_ticks "$server_pid") - before ))" > "$OUT/echo-$io-$conns-$round.cpu"
       stop_server
     done
-    port=$(free_port); start_server "$io" "$port"
+    port=$(free_port); start_server "$port" --io "$io"
     taskset -c 1 "$LOADGEN" idle "ws://127.0.0.1:$port/echo" -c "$IDLE" -d 2s --threads 1 \
       --server-pid "$server_pid" --json "$OUT/idle-$io-$round.json" >/dev/null
     stop_server

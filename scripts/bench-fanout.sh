@@ -23,20 +23,7 @@ SERVER=$TARGET/release/clarion
 LOADGEN=$TARGET/release/clarion-loadgen
 TICK=$(getconf CLK_TCK)
 
-server_pid=""
-stop_server() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null; server_pid=""; }
-trap stop_server EXIT
-start_server() { # port
-  taskset -c 0 "$SERVER" serve --threads 1 --no-pin --listen "127.0.0.1:$1" --ping-interval 0 2>/dev/null &
-  server_pid=$!
-  for _ in $(seq 100); do
-    if python3 -c "import socket; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null; then return; fi
-    sleep 0.05
-  done
-  echo "bench: server did not start" >&2; exit 1
-}
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source scripts/lib/bench-server.sh
 
 for subs in $SUBSCRIBERS; do
   for rate in $RATES; do

@@ -14,7 +14,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
@@ -35,31 +35,19 @@ impl Drop for Server {
 }
 
 fn start_server(io: &str, reactors: usize) -> (Server, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_clarion"))
-        .args([
-            "serve",
-            "--io",
-            io,
-            "--listen",
-            "127.0.0.1:0",
-            "--no-pin",
-            "--private-fd-table",
-        ])
-        .args(["--threads", &reactors.to_string(), "--ping-interval", "0"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("clarion starts");
-    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut log, &mut line).unwrap();
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut log, &mut std::io::sink()));
+    let threads = reactors.to_string();
+    let (child, addr) = common::spawn_clarion(&[
+        "--io",
+        io,
+        "--listen",
+        "127.0.0.1:0",
+        "--no-pin",
+        "--private-fd-table",
+        "--threads",
+        &threads,
+        "--ping-interval",
+        "0",
+    ]);
     (Server(child), addr)
 }
 

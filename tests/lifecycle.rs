@@ -3,8 +3,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -86,20 +86,7 @@ fn clarion() -> Command {
 
 #[test]
 fn sigterm_drains_and_exits_zero() {
-    let mut child = clarion()
-        .args(["serve", "--listen", "127.0.0.1:0", "--threads", "1"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut log = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    log.read_line(&mut line).unwrap();
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let (mut child, addr) = spawn_clarion(&["--listen", "127.0.0.1:0", "--threads", "1"]);
     let mut stream = raw_ws(addr);
     // SAFETY: kill(2) on the child we spawned, by its PID.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

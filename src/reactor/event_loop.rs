@@ -329,12 +329,7 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
     fn on_readable(&mut self, token: usize, closed: bool, now: Instant) {
         let mut buf = std::mem::take(&mut self.core.read_buf);
         for _ in 0..MAX_READS_PER_EVENT {
-            let Some(conn) = self
-                .core
-                .conns
-                .get_mut(token)
-                .filter(|c| c.flags & RELEASING == 0)
-            else {
+            let Some(conn) = live(&mut self.core.conns, token) else {
                 break;
             };
             conn.flags &= !READ_AGAIN;
@@ -422,12 +417,7 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
         if failed {
             return self.drop_conn(token);
         }
-        let Some(conn) = self
-            .core
-            .conns
-            .get_mut(token)
-            .filter(|c| c.flags & RELEASING == 0)
-        else {
+        let Some(conn) = live(&mut self.core.conns, token) else {
             return;
         };
         if !B::WRITES_NOW && conn.tx.as_deref().is_some_and(|q| !q.is_sending()) {
@@ -689,6 +679,18 @@ impl<S, H: Handler> Core<S, H> {
     }
 }
 
+/// A connection that exists and is not being released.
+fn live<S, C>(conns: &mut Slab<Conn<S, C>>, token: usize) -> Option<&mut Conn<S, C>> {
+    conns
+        .get_mut(token)
+        .filter(|conn| conn.flags & RELEASING == 0)
+}
+
+/// A live connection whose WebSocket is open for sending.
+fn open<S, C>(conns: &mut Slab<Conn<S, C>>, token: usize) -> Option<&mut Conn<S, C>> {
+    live(conns, token).filter(|conn| conn.flags & LINGER == 0 && conn.ws.can_send())
+}
+
 /// The handler's view of every connection during the inbox drain.
 struct LocalConns<'a, B: Backend, H: Handler> {
     conns: &'a mut Slab<Conn<B::Socket, H::Conn>>,
@@ -698,17 +700,9 @@ struct LocalConns<'a, B: Backend, H: Handler> {
     dirty: &'a mut Vec<usize>,
 }
 
-impl<B: Backend, H: Handler> LocalConns<'_, B, H> {
-    fn open(&mut self, id: ConnId) -> Option<&mut Conn<B::Socket, H::Conn>> {
-        self.conns
-            .get_mut(id)
-            .filter(|conn| conn.flags & (RELEASING | LINGER) == 0 && conn.ws.can_send())
-    }
-}
-
 impl<B: Backend, H: Handler> LocalOps<H::Conn> for LocalConns<'_, B, H> {
     fn conn(&mut self, id: ConnId) -> Option<&mut H::Conn> {
-        self.open(id)?.app.as_mut()
+        open(self.conns, id)?.app.as_mut()
     }
 
     fn queued(&self, id: ConnId) -> Option<usize> {
@@ -717,11 +711,7 @@ impl<B: Backend, H: Handler> LocalOps<H::Conn> for LocalConns<'_, B, H> {
     }
 
     fn send_shared(&mut self, id: ConnId, frame: &Arc<[u8]>, max_queued: usize) -> Push {
-        let Some(conn) = self
-            .conns
-            .get_mut(id)
-            .filter(|c| c.flags & (RELEASING | LINGER) == 0 && c.ws.can_send())
-        else {
+        let Some(conn) = open(self.conns, id) else {
             return Push::Closed;
         };
         let queued = conn.tx.as_deref().map_or(0, TxQueue::len);
@@ -739,11 +729,7 @@ impl<B: Backend, H: Handler> LocalOps<H::Conn> for LocalConns<'_, B, H> {
     }
 
     fn close(&mut self, id: ConnId, code: CloseCode, reason: &str, now: Instant) {
-        let Some(conn) = self
-            .conns
-            .get_mut(id)
-            .filter(|c| c.flags & (RELEASING | LINGER) == 0)
-        else {
+        let Some(conn) = live(self.conns, id).filter(|c| c.flags & LINGER == 0) else {
             return;
         };
         let state_before = conn.ws.state();

@@ -47,6 +47,30 @@ pub fn start_app(adjust: impl FnOnce(&mut reactor::Config), app: AppConfig) -> R
     runtime
 }
 
+/// Runs the `clarion` binary with `serve` and `args` (which should listen on port 0) and
+/// returns it with the address from its first log line; the rest of its log is drained.
+pub fn spawn_clarion(args: &[&str]) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clarion"))
+        .arg("serve")
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("clarion starts");
+    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    log.read_line(&mut line).unwrap();
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut log, &mut std::io::sink()));
+    (child, addr)
+}
+
 /// A tungstenite client connected to `path`.
 pub fn connect(addr: SocketAddr, path: &str) -> WebSocket<TcpStream> {
     let stream = TcpStream::connect(addr).unwrap();

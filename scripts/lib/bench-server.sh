@@ -1,0 +1,35 @@
+# Helpers for the benchmark scripts (sourced): start a pinned clarion server, stop it, read its
+# CPU time, pick a free port. Expects $SERVER (the clarion binary).
+
+server_pid=""
+
+stop_server() {
+  if [ -n "$server_pid" ]; then
+    kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  fi
+  server_pid=""
+}
+trap stop_server EXIT
+
+# start_server PORT [serve flags...]: one reactor on core 0, no keep-alive pings.
+start_server() {
+  local port=$1; shift
+  taskset -c 0 "$SERVER" serve --threads 1 --no-pin --listen "127.0.0.1:$port" \
+    --ping-interval 0 "$@" 2>/dev/null &
+  server_pid=$!
+  for _ in $(seq 100); do
+    if python3 -c "import socket; socket.create_connection(('127.0.0.1',$port),0.2)" 2>/dev/null; then
+      return
+    fi
+    sleep 0.05
+  done
+  echo "bench: server did not start" >&2
+  exit 1
+}
+
+# User + system CPU time of a process, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
