@@ -236,7 +236,8 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
             handled += 1;
         }
         self.inbox_again = handled == MAX_INBOX_PER_TURN;
-        for token in std::mem::take(&mut self.core.dirty) {
+        let mut dirty = std::mem::take(&mut self.core.dirty);
+        for &token in &dirty {
             if let Some(conn) = self.core.conns.get_mut(token) {
                 conn.flags &= !DIRTY;
                 if B::WRITES_NOW {
@@ -245,6 +246,8 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
                 self.after_io(token, false, now);
             }
         }
+        dirty.clear();
+        self.core.dirty = dirty;
     }
 
     fn on_event(&mut self, event: IoEvent<B::Socket>, now: Instant) {

@@ -1,7 +1,8 @@
 //! The epoll backend, on `mio`: readiness, edge-triggered; reads and writes are plain syscalls.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +45,12 @@ impl Wake for Waker {
         // Fails only if the eventfd is gone, i.e. the reactor has already exited.
         let _ = Waker::wake(self);
     }
+}
+
+/// sendmsg(2) with `MSG_NOSIGNAL`: the socket layer directly (no VFS file-position lock, as
+/// writev takes), and a reset peer is an error rather than a SIGPIPE.
+fn send(socket: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    socket2::SockRef::from(socket).send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL)
 }
 
 impl Backend for Epoll {
@@ -111,7 +118,15 @@ impl Backend for Epoll {
     }
 
     fn read(socket: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-        socket.read(buf)
+        // recv(2), not read(2): straight to the socket layer, skipping the VFS file-position
+        // lock that read and writev take on every call.
+        // SAFETY: the kernel writes at most buf.len() bytes into buf, which we borrow mutably.
+        let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
     }
 
     fn received(&mut self, _buffer: u16, _len: u32) -> &mut [u8] {
@@ -122,7 +137,7 @@ impl Backend for Epoll {
     fn release_buffer(&mut self, _buffer: u16) {}
 
     fn write_now(socket: &mut TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        socket.write_vectored(bufs)
+        send(socket, bufs)
     }
 
     fn flush(
@@ -134,7 +149,7 @@ impl Backend for Epoll {
         while !queue.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let n = queue.slices(&mut slices);
-            match socket.write_vectored(&slices[..n]) {
+            match send(socket, &slices[..n]) {
                 Ok(0) => return Ok(Flushed::Pending),
                 Ok(written) => queue.consume(written),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Pending),
