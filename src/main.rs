@@ -33,6 +33,9 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // A write error would be reported with eprintln!, which panics the logging thread when
+        // stderr itself is gone (a closed pipe): lose the log line, keep the thread.
+        .log_internal_errors(false)
         .init();
     let fd_limit = clarion::server::config::raise_fd_limit();
     let settings = match Settings::resolve(flags) {
@@ -72,8 +75,8 @@ fn main() -> ExitCode {
     std::thread::spawn(move || {
         let mut pending = signals.forever();
         if let Some(signal) = pending.next() {
-            tracing::info!(signal, "draining: closing connections with 1001");
             shutdown.shutdown();
+            tracing::info!(signal, "draining: closing connections with 1001");
         }
         if pending.next().is_some() {
             tracing::warn!("second signal: exiting without waiting");

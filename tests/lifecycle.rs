@@ -126,3 +126,37 @@ fn bad_flags_and_config_exit_with_status_2() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn sigterm_still_drains_when_stderr_is_gone() {
+    use std::io::BufRead;
+    let mut child = clarion()
+        .args(["serve", "--listen", "127.0.0.1:0", "--threads", "1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    log.read_line(&mut line).unwrap();
+    // Whoever read the log went away: every later log line fails to write.
+    drop(log);
+    // SAFETY: kill(2) on the child we spawned, by its PID.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exit 0 within 5 s of SIGTERM"
+    );
+}
