@@ -11,16 +11,8 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5s}
 IDLE=${IDLE:-15000}
-TARGET=${CARGO_TARGET_DIR:-target}
-OUT=$TARGET/bench-backends
-mkdir -p "$OUT"
-rm -f "$OUT"/*.json "$OUT"/*.cpu
-cargo build --release -q -p clarion -p clarion-loadgen
-SERVER=$TARGET/release/clarion
-LOADGEN=$TARGET/release/clarion-loadgen
-TICK=$(getconf CLK_TCK)
-
-source scripts/lib/bench-server.sh
+source scripts/lib/bench.sh
+bench_setup backends
 
 for round in $(seq "$ROUNDS"); do
   for io in epoll uring; do

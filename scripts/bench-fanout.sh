@@ -14,16 +14,8 @@ RATES=${RATES:-"10 50"}
 SIZE=${SIZE:-64}
 DURATION=${DURATION:-10s}
 IDLE=${IDLE:-15000}
-TARGET=${CARGO_TARGET_DIR:-target}
-OUT=$TARGET/bench-fanout
-mkdir -p "$OUT"
-rm -f "$OUT"/*.json "$OUT"/*.cpu
-cargo build --release -q -p clarion -p clarion-loadgen
-SERVER=$TARGET/release/clarion
-LOADGEN=$TARGET/release/clarion-loadgen
-TICK=$(getconf CLK_TCK)
-
-source scripts/lib/bench-server.sh
+source scripts/lib/bench.sh
+bench_setup fanout
 
 for subs in $SUBSCRIBERS; do
   for rate in $RATES; do

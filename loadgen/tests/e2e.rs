@@ -145,7 +145,8 @@ fn echo_at_a_rate_churn_and_procs() {
 fn fanout_delivers_every_message_once_to_2000_subscribers() {
     let server = ClarionServer::start(2);
     let url = format!("ws://{}/t/", server.addr);
-    let (output, json) = run_loadgen(&[
+    // Each topic's messages reach its 1,000 subscribers.
+    let args = [
         "fanout",
         &url,
         "-c",
@@ -158,30 +159,19 @@ fn fanout_delivers_every_message_once_to_2000_subscribers() {
         "2",
         "--publishers",
         "2",
-    ]);
-    let json = json.unwrap_or_else(|| panic!("no JSON\n{}", describe(&output)));
-    assert!(output.status.success(), "{}", describe(&output));
+    ];
+    let json = complete_fanout(&args, 1000, 38, "raw");
     assert_keys(&json);
     assert_eq!(json["established"], 2000, "{json:#}");
     assert_eq!(json["subscribers"], 2000);
     let published = json["published"].as_u64().unwrap();
-    assert!(published >= 38, "{json:#}");
-    // Each topic's messages reach its 1,000 subscribers.
-    assert_eq!(
-        json["delivered"].as_u64().unwrap(),
-        published * 1000,
-        "{json:#}"
-    );
-    assert_eq!(json["missing"], 0);
-    assert_eq!(json["duplicates"], 0);
-    assert_eq!(json["out_of_order"], 0);
     assert_eq!(
         json["latency_us"]["count"].as_u64().unwrap(),
         published * 1000
     );
 
     // Subscribers in two processes, publishers in the first: counts merge across them.
-    let (output, json) = run_loadgen(&[
+    let args = [
         "fanout",
         &url,
         "-c",
@@ -194,18 +184,9 @@ fn fanout_delivers_every_message_once_to_2000_subscribers() {
         "2",
         "--threads",
         "1",
-    ]);
-    let json = json.unwrap_or_else(|| panic!("no JSON\n{}", describe(&output)));
-    assert!(output.status.success(), "{}", describe(&output));
-    let published = json["published"].as_u64().unwrap();
-    assert!(published >= 18, "{json:#}");
+    ];
+    let json = complete_fanout(&args, 400, 18, "two processes");
     assert_eq!(json["subscribers"], 400);
-    assert_eq!(
-        json["delivered"].as_u64().unwrap(),
-        published * 400,
-        "{json:#}"
-    );
-    assert_eq!(json["missing"], 0);
 }
 
 #[test]
@@ -214,7 +195,7 @@ fn fanout_over_the_envelope_protocol_and_http_publish() {
     let ws = format!("ws://{}/ws", server.addr);
     let publish = format!("http://{}/publish", server.addr);
     for via in ["ws", "http"] {
-        let (output, json) = run_loadgen(&[
+        let args = [
             "fanout",
             &ws,
             "--protocol",
@@ -229,19 +210,34 @@ fn fanout_over_the_envelope_protocol_and_http_publish() {
             "1s",
             "--rate",
             "20",
-        ]);
-        let json = json.unwrap_or_else(|| panic!("no JSON\n{}", describe(&output)));
-        assert!(output.status.success(), "{via}: {}", describe(&output));
-        let published = json["published"].as_u64().unwrap();
-        assert!(published >= 15, "{via}: {json:#}");
-        assert_eq!(
-            json["delivered"].as_u64().unwrap(),
-            published * 200,
-            "{via}: {json:#}"
-        );
-        assert_eq!(json["missing"], 0, "{via}");
+        ];
+        let json = complete_fanout(&args, 200, 15, via);
         assert_eq!(json["publish_errors"], 0, "{via}");
     }
+}
+
+/// Runs a fanout that must succeed with at least `at_least` messages published, each delivered
+/// to `per_message` subscribers exactly once and in order; returns its JSON report.
+fn complete_fanout(
+    args: &[&str],
+    per_message: u64,
+    at_least: u64,
+    what: &str,
+) -> serde_json::Value {
+    let (output, json) = run_loadgen(args);
+    let json = json.unwrap_or_else(|| panic!("{what}: no JSON\n{}", describe(&output)));
+    assert!(output.status.success(), "{what}: {}", describe(&output));
+    let published = json["published"].as_u64().unwrap();
+    assert!(published >= at_least, "{what}: {json:#}");
+    assert_eq!(
+        json["delivered"].as_u64().unwrap(),
+        published * per_message,
+        "{what}: {json:#}"
+    );
+    for key in ["missing", "duplicates", "out_of_order"] {
+        assert_eq!(json[key], 0, "{what}: {key}: {json:#}");
+    }
+    json
 }
 
 #[test]

@@ -1,5 +1,18 @@
-# Helpers for the benchmark scripts (sourced): start a pinned clarion server, stop it, read its
-# CPU time, pick a free port. Expects $SERVER (the clarion binary).
+# Helpers for the benchmark scripts (sourced): build, start a pinned clarion server, stop it,
+# read its CPU time, pick a free port.
+
+# bench_setup NAME: release build of server and loadgen; sets SERVER, LOADGEN, TICK and an
+# emptied OUT directory for this benchmark's reports.
+bench_setup() {
+  local target=${CARGO_TARGET_DIR:-target}
+  OUT=$target/bench-$1
+  mkdir -p "$OUT"
+  rm -f "$OUT"/*.json "$OUT"/*.cpu
+  cargo build --release -q -p clarion -p clarion-loadgen
+  SERVER=$target/release/clarion
+  LOADGEN=$target/release/clarion-loadgen
+  TICK=$(getconf CLK_TCK)
+}
 
 server_pid=""
 
