@@ -55,6 +55,7 @@ fn main() -> ExitCode {
     let config = settings.reactor_config();
     let app = settings.app_config();
     let open_api = app.api_key.is_none();
+    let max_connections = app.max_connections;
     let runtime = match server::start(config.clone(), app) {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -70,6 +71,15 @@ fn main() -> ExitCode {
     );
     if open_api {
         tracing::warn!("no api_key: the HTTP publish API is open to anyone who can connect");
+    }
+    for warning in server::host::warnings(
+        &config,
+        runtime.io(),
+        max_connections,
+        fd_limit,
+        server::host::somaxconn(),
+    ) {
+        tracing::warn!("{warning}");
     }
     let shutdown = runtime.shutdown_handle();
     std::thread::spawn(move || {

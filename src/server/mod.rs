@@ -7,6 +7,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod envelope;
+pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod state;
