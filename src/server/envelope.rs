@@ -105,8 +105,6 @@ pub enum ErrorCode {
     InvalidTopic,
     /// The `type` is none of the known commands.
     UnknownType,
-    /// The payload is larger than allowed.
-    TooLarge,
 }
 
 impl ErrorCode {
@@ -118,7 +116,6 @@ impl ErrorCode {
             ErrorCode::TooManyTopics => "too_many_topics",
             ErrorCode::InvalidTopic => "invalid_topic",
             ErrorCode::UnknownType => "unknown_type",
-            ErrorCode::TooLarge => "too_large",
         }
     }
 }
@@ -697,9 +694,9 @@ mod tests {
             json!({"type":"error","id":2,"code":"unknown_type","message":error.message})
         );
         out.clear();
-        render_error(&mut out, None, ErrorCode::TooLarge, "a\"\\\n\u{1}é");
+        render_error(&mut out, None, ErrorCode::BadRequest, "a\"\\\n\u{1}é");
         assert_eq!(json_of(&out)["message"], "a\"\\\n\u{1}é");
-        assert_eq!(json_of(&out)["code"], "too_large");
+        assert_eq!(json_of(&out)["code"], "bad_request");
     }
 
     fn message(format: Format, bytes: &[u8]) -> Arc<Message> {
