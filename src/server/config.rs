@@ -17,6 +17,39 @@ use crate::protocol;
 use crate::pubsub::{HubConfig, MAX_REACTORS};
 use crate::reactor;
 
+/// A configured secret (JWT key, API key): used as a `str`, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::ops::Deref for Secret {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret(text.to_owned()))
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(text: &str) -> Secret {
+        Secret(text.to_owned())
+    }
+}
+
 /// The `--io` choices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -145,11 +178,11 @@ pub struct Settings {
 
     /// The HS256 secret of `auth = jwt` (prefer the config file: flags show in `ps`).
     #[arg(long, value_name = "SECRET")]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
 
     /// Bearer key of the HTTP publish API; unset leaves the API open (a warning is logged).
     #[arg(long, value_name = "KEY")]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
 
     /// Origins allowed to open /t/ and /ws, comma-separated `scheme://host[:port]`; requests
     /// without an Origin header always pass [default: any].
@@ -540,6 +573,18 @@ mod tests {
         config.uring.files = defaults.uring.files;
         assert_eq!(format!("{config:?}"), format!("{defaults:?}"));
         assert_eq!(example.app_config(), AppConfig::default());
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let settings: Settings =
+            toml::from_str("api_key = \"hunter2\"\njwt_secret = \"swordfish\"").unwrap();
+        let shown = format!("{settings:?} {:?}", settings.app_config());
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("swordfish"),
+            "{shown}"
+        );
+        assert_eq!(settings.api_key.as_deref(), Some("hunter2"));
     }
 
     #[test]

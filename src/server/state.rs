@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::auth::{ApiKey, AuthMode, Jwt, Origins};
+use super::config::Secret;
 use super::metrics::{Histogram, LatencyHistogram, ReactorMetrics, Snapshot};
 use crate::pubsub::{self, Epoch, Hub, HubConfig, Message, Payload};
 use crate::reactor::{Mailboxes, Shared, Stats};
@@ -46,9 +47,9 @@ pub struct AppConfig {
     /// Whether `/t/` and `/ws` need a token.
     pub auth: AuthMode,
     /// The HS256 secret (required with [`AuthMode::Jwt`]).
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
     /// Bearer key of the HTTP publish API; `None` leaves the API open.
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     /// Allowed `Origin`s of `/t/` and `/ws`; empty allows all.
     pub allowed_origins: Vec<String>,
     /// Who may publish from a WebSocket.
