@@ -160,3 +160,30 @@ fn sigterm_still_drains_when_stderr_is_gone() {
         "exit 0 within 5 s of SIGTERM"
     );
 }
+
+#[test]
+fn deadlines_beyond_a_sweep_fire_and_idle_connections_hold_no_timer() {
+    let server = start(|c| {
+        c.protocol.ping_interval = Some(Duration::from_secs(30));
+        c.protocol.idle_timeout = None;
+    });
+    let clients: Vec<_> = (0..200).map(|_| raw_ws(server.local_addr())).collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    // Their next deadline (a ping in 30 s) is beyond the next sweep: no wheel node each.
+    assert_eq!(total(&server, |s| &s.timers), 0);
+    drop(clients);
+
+    // A 1.5 s idle timeout is armed by a sweep, not at open, and still fires on time.
+    let server = start(|c| {
+        c.protocol.ping_interval = None;
+        c.protocol.idle_timeout = Some(Duration::from_millis(1500));
+    });
+    let mut stream = raw_ws(server.local_addr());
+    let started = Instant::now();
+    assert_eq!(read_close_code(&mut stream), 1001);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1490) && waited < Duration::from_millis(2500),
+        "{waited:?}"
+    );
+}

@@ -21,6 +21,10 @@ use super::{Answer, Config, ConnId, Ctx, Handler, Local, LocalOps, Push, Sink, S
 use crate::protocol::handshake::write_response;
 use crate::protocol::{CloseCode, Connection, Event, State, Transmit};
 
+/// How often the reactor sweeps its table for deadlines coming up. A connection holds a wheel
+/// node only while its next deadline is within one sweep, so an idle connection waiting out a
+/// 30 s ping interval holds none (24 bytes saved per connection).
+const SWEEP: Duration = Duration::from_secs(1);
 /// Timer resolution: fine enough for close and pong deadlines, coarse enough to batch.
 const TICK: Duration = Duration::from_millis(10);
 /// 4096 ticks of 10 ms: one rotation covers 41 s, so common timeouts fire in one pass.
@@ -107,6 +111,7 @@ struct Core<S, H: Handler> {
     accept_paused_until: Option<Instant>,
     accept_logged_at: Option<Instant>,
     drain_deadline: Option<Instant>,
+    next_sweep: Instant,
 }
 
 impl<B: Backend, H: Handler> Reactor<B, H> {
@@ -136,6 +141,7 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
             accept_paused_until: None,
             accept_logged_at: None,
             drain_deadline: None,
+            next_sweep: Instant::now() + SWEEP,
             config,
         };
         Reactor {
@@ -157,6 +163,9 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
             }
             // Every event of the last batch is handled: tokens released since can be reused.
             self.core.free_retired();
+            if now >= self.core.next_sweep {
+                self.core.sweep(now);
+            }
             if let Some(deadline) = self.core.drain_deadline
                 && (self.core.conns.is_empty() || now >= deadline)
             {
@@ -309,9 +318,7 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
             return;
         }
         let ws = Connection::server(now);
-        let timer = ws
-            .poll_timeout(&core.config.protocol)
-            .map(|deadline| core.timers.insert(deadline, token as u32));
+        let timer = arm(&mut core.timers, &core.config, &ws, token, now);
         entry.insert(Conn {
             socket,
             ws,
@@ -502,6 +509,16 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
 }
 
 impl<S, H: Handler> Core<S, H> {
+    /// Arms a timer for every connection whose deadline now falls within the next sweep.
+    fn sweep(&mut self, now: Instant) {
+        for (token, conn) in self.conns.iter_mut() {
+            if conn.timer.is_none() && conn.flags & (LINGER | RELEASING) == 0 {
+                conn.timer = arm(&mut self.timers, &self.config, &conn.ws, token, now);
+            }
+        }
+        self.next_sweep = now + SWEEP;
+    }
+
     /// Frees the entries of connections released this turn.
     fn free_retired(&mut self) {
         for token in self.retired.drain(..) {
@@ -524,8 +541,11 @@ impl<S, H: Handler> Core<S, H> {
         if self.accept_again || !self.read_again.is_empty() {
             return Some(Duration::ZERO);
         }
+        let sweep =
+            (!self.conns.is_empty()).then(|| self.next_sweep.saturating_duration_since(now));
         [
             self.timers.next_wakeup(now),
+            sweep,
             self.accept_paused_until
                 .map(|t| t.saturating_duration_since(now)),
             self.drain_deadline
@@ -655,10 +675,8 @@ impl<S, H: Handler> Core<S, H> {
         let conn = &mut self.conns[token];
         if conn.ws.state() != State::Closed {
             if conn.timer.is_none() {
-                conn.timer = conn
-                    .ws
-                    .poll_timeout(&self.config.protocol)
-                    .map(|deadline| self.timers.insert(deadline, token as u32));
+                let timer = arm(&mut self.timers, &self.config, &conn.ws, token, now);
+                self.conns[token].timer = timer;
             }
             return false;
         }
@@ -680,6 +698,19 @@ impl<S, H: Handler> Core<S, H> {
         }
         true
     }
+}
+
+/// A wheel timer at the connection's next deadline if that is within one sweep; later
+/// deadlines are left to the sweep.
+fn arm(
+    timers: &mut TimerWheel<u32>,
+    config: &Config,
+    ws: &Connection,
+    token: usize,
+    now: Instant,
+) -> Option<TimerKey> {
+    let deadline = ws.poll_timeout(&config.protocol)?;
+    (deadline <= now + SWEEP).then(|| timers.insert(deadline, token as u32))
 }
 
 /// A connection that exists and is not being released.
