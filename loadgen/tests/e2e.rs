@@ -11,7 +11,7 @@ fn idle_and_echo_hold_2000_connections() {
     let server = ClarionServer::start(1);
     let url = format!("ws://{}/echo", server.addr);
     let pid = server.pid().to_string();
-    let (output, json) = run_loadgen(&[
+    let json = successful_run(&[
         "idle",
         &url,
         "-c",
@@ -23,8 +23,6 @@ fn idle_and_echo_hold_2000_connections() {
         "--server-pid",
         &pid,
     ]);
-    let json = json.unwrap_or_else(|| panic!("no JSON\n{}", describe(&output)));
-    assert!(output.status.success(), "{}", describe(&output));
     assert_keys(&json);
     assert_eq!(json["mode"], "idle");
     assert_eq!(json["established"], 2000, "{json:#}");
@@ -69,18 +67,16 @@ fn idle_and_echo_hold_2000_connections() {
 fn echo_at_a_rate_churn_and_procs() {
     let server = ClarionServer::start(1);
     let url = format!("ws://{}/echo", server.addr);
-    let (output, json) = run_loadgen(&[
+    let json = successful_run(&[
         "echo", &url, "-c", "50", "-d", "1s", "--rate", "2000", "--window", "4",
     ]);
-    let json = json.unwrap_or_else(|| panic!("no JSON\n{}", describe(&output)));
-    assert!(output.status.success(), "{}", describe(&output));
     let sent = json["messages_sent"].as_u64().unwrap();
     assert!(
         (1800..=2100).contains(&sent),
         "open loop sends on schedule: {json:#}"
     );
 
-    let (output, json) = run_loadgen(&[
+    let json = successful_run(&[
         "churn",
         &url,
         "-d",
@@ -90,14 +86,12 @@ fn echo_at_a_rate_churn_and_procs() {
         "--concurrency",
         "32",
     ]);
-    let json = json.unwrap_or_else(|| panic!("no JSON\n{}", describe(&output)));
-    assert!(output.status.success(), "{}", describe(&output));
     let cycles = json["cycles"].as_u64().unwrap();
     assert!((200..=301).contains(&cycles), "{json:#}");
     assert_eq!(json["failed"], 0);
     assert_eq!(json["closed_clean"], json["established"]);
 
-    let (output, json) = run_loadgen(&[
+    let json = successful_run(&[
         "echo",
         &url,
         "-c",
@@ -109,14 +103,12 @@ fn echo_at_a_rate_churn_and_procs() {
         "--threads",
         "1",
     ]);
-    let json = json.unwrap_or_else(|| panic!("no JSON\n{}", describe(&output)));
-    assert!(output.status.success(), "{}", describe(&output));
     assert_eq!(json["procs"], 2);
     assert_eq!(json["established"], 200, "{json:#}");
     assert!(json["messages_received"].as_u64().unwrap() > 200);
 
     let hdr = std::env::temp_dir().join(format!("clarion-loadgen-{}.hdr", std::process::id()));
-    let (output, json) = run_loadgen(&[
+    let json = successful_run(&[
         "echo",
         &url,
         "-c",
@@ -129,8 +121,6 @@ fn echo_at_a_rate_churn_and_procs() {
         "--hdr",
         hdr.to_str().unwrap(),
     ]);
-    let json = json.unwrap_or_else(|| panic!("no JSON\n{}", describe(&output)));
-    assert!(output.status.success(), "{}", describe(&output));
     assert_eq!(json["established"], 200, "{json:#}");
     let log = std::fs::read_to_string(&hdr).unwrap();
     let intervals = log
@@ -216,6 +206,14 @@ fn fanout_over_the_envelope_protocol_and_http_publish() {
     }
 }
 
+/// Runs the loadgen, which must succeed and write its JSON report; returns the report.
+fn successful_run(args: &[&str]) -> serde_json::Value {
+    let (output, json) = run_loadgen(args);
+    let json = json.unwrap_or_else(|| panic!("no JSON\n{}", describe(&output)));
+    assert!(output.status.success(), "{}", describe(&output));
+    json
+}
+
 /// Runs a fanout that must succeed with at least `at_least` messages published, each delivered
 /// to `per_message` subscribers exactly once and in order; returns its JSON report.
 fn complete_fanout(
@@ -224,9 +222,7 @@ fn complete_fanout(
     at_least: u64,
     what: &str,
 ) -> serde_json::Value {
-    let (output, json) = run_loadgen(args);
-    let json = json.unwrap_or_else(|| panic!("{what}: no JSON\n{}", describe(&output)));
-    assert!(output.status.success(), "{what}: {}", describe(&output));
+    let json = successful_run(args);
     let published = json["published"].as_u64().unwrap();
     assert!(published >= at_least, "{what}: {json:#}");
     assert_eq!(
