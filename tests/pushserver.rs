@@ -572,3 +572,33 @@ fn tokens_origins_and_limits() {
     ) == 503));
     assert_eq!(upgrade_status(addr, "/echo", ""), 503);
 }
+
+/// Opens a WebSocket on `/echo` from source address `source`; the status of its upgrade and
+/// the stream (held open by the caller).
+fn upgrade_from(source: [u8; 4], addr: SocketAddr) -> (u16, TcpStream) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut stream = TcpStream::from(socket);
+    std::io::Write::write_all(&mut stream, &upgrade_request("/echo")).unwrap();
+    let status = split(&read_head(&mut stream)).0;
+    (status, stream)
+}
+
+#[test]
+fn the_per_ip_cap_refuses_only_the_crowded_address() {
+    let (runtime, addr) = server(AppConfig {
+        max_connections_per_ip: 2,
+        ..AppConfig::default()
+    });
+    let (first, held) = upgrade_from([127, 0, 0, 1], addr);
+    let (second, _second) = upgrade_from([127, 0, 0, 1], addr);
+    assert_eq!((first, second), (101, 101));
+    assert_eq!(upgrade_from([127, 0, 0, 1], addr).0, 429);
+    // Another address has its own count.
+    assert_eq!(upgrade_from([127, 0, 0, 2], addr).0, 101);
+    // Once the server has seen one of the first two go, the address is admitted again.
+    drop(held);
+    assert!(eventually(|| total(&runtime, |s| &s.connections) == 1));
+    assert_eq!(upgrade_from([127, 0, 0, 1], addr).0, 101);
+}

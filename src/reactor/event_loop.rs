@@ -262,7 +262,7 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
     fn on_event(&mut self, event: IoEvent<B::Socket>, now: Instant) {
         match event {
             IoEvent::Acceptable => self.accept(now),
-            IoEvent::Accepted(socket) => self.on_accepted(socket, None, now),
+            IoEvent::Accepted(socket, peer) => self.on_accepted(socket, peer, now),
             IoEvent::AcceptFailed(e) => self.core.accept_failed(e, now),
             IoEvent::Readable { token, closed } => self.on_readable(token, closed, now),
             IoEvent::Received { token, buffer, len } => {

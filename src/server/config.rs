@@ -439,6 +439,7 @@ impl Settings {
                 files: self.uring_files.unwrap_or(default_files),
                 buffers: self.uring_buffers.unwrap_or(d.uring.buffers),
                 buffer_size: self.uring_buffer_size.unwrap_or(d.uring.buffer_size),
+                peer_addresses: d.uring.peer_addresses,
             },
             threads: self.threads.unwrap_or(d.threads),
             pin_threads: !self.no_pin.unwrap_or(false),

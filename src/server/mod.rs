@@ -21,7 +21,7 @@ use auth::AuthMode;
 pub use state::AppConfig;
 
 /// Starts the server's reactors with the application settings `app`.
-pub fn start(config: reactor::Config, app: AppConfig) -> io::Result<Runtime> {
+pub fn start(mut config: reactor::Config, app: AppConfig) -> io::Result<Runtime> {
     let invalid = |message: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, message));
     if config.threads > MAX_REACTORS {
         return invalid("the push server runs at most 64 reactors");
@@ -29,7 +29,8 @@ pub fn start(config: reactor::Config, app: AppConfig) -> io::Result<Runtime> {
     if app.auth == AuthMode::Jwt && app.jwt_secret.as_deref().is_none_or(str::is_empty) {
         return invalid("auth = jwt needs a jwt_secret");
     }
-    let per_ip = app.max_connections_per_ip != 0;
+    // Per-IP caps need each connection's address, which io_uring's multishot accept lacks.
+    config.uring.peer_addresses |= app.max_connections_per_ip != 0;
     // The first reactor to start builds the shared state, from the inboxes the runtime made.
     let server = OnceLock::new();
     let runtime = Runtime::start(config, move |index, shared| {
@@ -37,10 +38,5 @@ pub fn start(config: reactor::Config, app: AppConfig) -> io::Result<Runtime> {
         // `threads` was checked against the hub's limit above.
         app::App::new(server.clone(), index).expect("reactor index below MAX_REACTORS")
     })?;
-    if per_ip && runtime.io() == reactor::Io::Uring {
-        tracing::warn!(
-            "max_connections_per_ip is not enforced on io_uring (accept gives no peer address)"
-        );
-    }
     Ok(runtime)
 }

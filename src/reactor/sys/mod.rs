@@ -22,8 +22,9 @@ pub mod uring;
 pub enum IoEvent<S> {
     /// Readiness: connections wait on the listener; call [`Backend::accept`] until `None`.
     Acceptable,
-    /// Completion: a connection was accepted.
-    Accepted(S),
+    /// Completion: a connection was accepted (with its peer's address when the backend was
+    /// asked for it).
+    Accepted(S, Option<SocketAddr>),
     /// Completion: accepting stopped on an error (e.g. the file table is full);
     /// [`Backend::resume_accepting`] starts it again.
     AcceptFailed(io::Error),

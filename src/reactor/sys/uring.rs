@@ -3,7 +3,10 @@
 //! - Accept: one multishot accept straight into the ring's fixed-file table (direct descriptors,
 //!   `IORING_FILE_INDEX_ALLOC`), so accepted sockets take no process file descriptor and one
 //!   process can hold more connections than `RLIMIT_NOFILE` (the kernel caps each table at the
-//!   soft limit, so more connections need more rings, i.e. reactors).
+//!   soft limit, so more connections need more rings, i.e. reactors). A multishot accept writes
+//!   every peer's address to the same place, so when peer addresses are wanted
+//!   ([`UringConfig::peer_addresses`]) a few single-shot accepts, each with its own address
+//!   buffer, stay in flight instead.
 //! - Receive: one multishot recv per connection drawing from a provided-buffer ring: the kernel
 //!   picks a buffer only when bytes arrive, so an idle connection holds none; the reactor hands
 //!   it back right after parsing. `ENOBUFS` (ring empty) ends the recv without losing data; it
@@ -23,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use socket2::{SockAddr, SockAddrStorage};
 
 use super::{Backend, Flushed, IoEvent, Wake};
 use crate::reactor::txqueue::TxQueue;
@@ -38,6 +42,9 @@ pub struct UringConfig {
     pub buffers: u16,
     /// Bytes per provided buffer.
     pub buffer_size: u32,
+    /// Report each accepted connection's peer address (per-IP limits need it): single-shot
+    /// accepts, [`PEER_ACCEPTS`] in flight, instead of one multishot accept.
+    pub peer_addresses: bool,
 }
 
 impl Default for UringConfig {
@@ -47,9 +54,14 @@ impl Default for UringConfig {
             files: 20_000,
             buffers: 512,
             buffer_size: 16 << 10,
+            peer_addresses: false,
         }
     }
 }
+
+/// Single-shot accepts in flight when peer addresses are wanted: enough that a burst of
+/// connections never waits for a turn of the loop between two accepts.
+pub const PEER_ACCEPTS: usize = 8;
 
 /// A connection's socket: its slot in the ring's fixed-file table.
 #[derive(Debug)]
@@ -86,7 +98,7 @@ const BUFFER_GROUP: u16 = 0;
 pub struct Uring {
     ring: IoUring,
     listener: Option<TcpListener>,
-    accepting: bool,
+    accepts: Accepts,
     buffers: BufRing,
     waker: Arc<EventFd>,
     /// Per token: operations in flight.
@@ -112,7 +124,7 @@ impl Uring {
         let mut uring = Uring {
             ring,
             listener: Some(listener),
-            accepting: false,
+            accepts: Accepts::new(config.peer_addresses),
             buffers,
             waker,
             ops: Vec::new(),
@@ -134,8 +146,8 @@ impl Uring {
     fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
         loop {
             // SAFETY: every entry pushed here points only at memory that outlives its operation:
-            // the listener and eventfd (owned by self), a boxed write queue kept until the send
-            // completes, or nothing.
+            // the listener, eventfd and accept address buffers (owned by self and dropped after
+            // the ring), a boxed write queue kept until the send completes, or nothing.
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
                 return Ok(());
             }
@@ -190,14 +202,10 @@ impl Uring {
         }
         match op {
             ACCEPT => {
-                if !cqueue::more(flags) {
-                    self.accepting = false;
-                }
+                let peer = self.accepts.completed(token, cqueue::more(flags), result);
                 if result >= 0 {
-                    events.push(IoEvent::Accepted(Direct(result as u32)));
-                    if !self.accepting {
-                        self.resume_accepting();
-                    }
+                    events.push(IoEvent::Accepted(Direct(result as u32), peer));
+                    self.resume_accepting();
                 } else if result != -libc::ECANCELED {
                     events.push(IoEvent::AcceptFailed(io::Error::from_raw_os_error(-result)));
                 }
@@ -399,20 +407,21 @@ impl Backend for Uring {
         let Some(listener) = &self.listener else {
             return;
         };
-        if self.accepting {
-            return;
+        let listener = types::Fd(listener.as_raw_fd());
+        while let Some((index, accept)) = self.accepts.next_idle(listener) {
+            if self.push(accept.user_data(ACCEPT | index as u64)).is_err() {
+                return;
+            }
+            self.accepts.armed(index);
         }
-        let accept = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
-            .allocate_file_index(true)
-            .build()
-            .user_data(ACCEPT);
-        self.accepting = self.push(accept).is_ok();
     }
 
     fn stop_accepting(&mut self) {
-        if self.listener.take().is_some() && self.accepting {
-            let _ = self.push(opcode::AsyncCancel::new(ACCEPT).build().user_data(IGNORE));
-            self.accepting = false;
+        if self.listener.take().is_some() {
+            for index in self.accepts.in_flight() {
+                let cancel = opcode::AsyncCancel::new(ACCEPT | index as u64);
+                let _ = self.push(cancel.build().user_data(IGNORE));
+            }
         }
     }
 
@@ -518,6 +527,78 @@ impl Backend for Uring {
 
     fn waker(&self) -> Arc<dyn Wake> {
         self.waker.clone()
+    }
+}
+
+/// The accepts in flight on the listener: one multishot accept, or [`PEER_ACCEPTS`] single-shot
+/// accepts with an address buffer each (a multishot accept would write every peer's address
+/// to one place, overwritten before it is read).
+struct Accepts {
+    /// Bit `i`: accept `i` is in flight (the multishot accept is accept 0).
+    armed: u8,
+    /// Peer address buffers, one per single-shot accept; `None` for the multishot accept.
+    peers: Option<Box<[PeerAddr; PEER_ACCEPTS]>>,
+}
+
+/// Where the kernel writes one accepted peer's address.
+struct PeerAddr {
+    storage: SockAddrStorage,
+    len: libc::socklen_t,
+}
+
+impl Accepts {
+    fn new(peer_addresses: bool) -> Accepts {
+        let peers = peer_addresses.then(|| {
+            Box::new(std::array::from_fn(|_| PeerAddr {
+                storage: SockAddrStorage::zeroed(),
+                len: 0,
+            }))
+        });
+        Accepts { armed: 0, peers }
+    }
+
+    /// The next accept to arm on `listener`, if one is idle.
+    fn next_idle(&mut self, listener: types::Fd) -> Option<(usize, squeue::Entry)> {
+        let Some(peers) = &mut self.peers else {
+            let multishot = opcode::AcceptMulti::new(listener).allocate_file_index(true);
+            return (self.armed == 0).then(|| (0, multishot.build()));
+        };
+        let index = (0..PEER_ACCEPTS).find(|i| self.armed & 1 << i == 0)?;
+        let peer = &mut peers[index];
+        peer.len = peer.storage.size_of();
+        let accept =
+            opcode::Accept::new(listener, (&raw mut peer.storage).cast(), &raw mut peer.len)
+                .file_index(Some(types::DestinationSlot::auto_target()));
+        Some((index, accept.build()))
+    }
+
+    fn armed(&mut self, index: usize) {
+        self.armed |= 1 << index;
+    }
+
+    fn in_flight(&self) -> impl Iterator<Item = usize> + use<> {
+        let armed = self.armed;
+        (0..PEER_ACCEPTS).filter(move |i| armed & 1 << i != 0)
+    }
+
+    /// Accept `index` completed with `result` (`more`: a multishot accept goes on); the peer's
+    /// address when this is a single-shot accept that succeeded.
+    fn completed(&mut self, index: usize, more: bool, result: i32) -> Option<SocketAddr> {
+        if index >= PEER_ACCEPTS {
+            return None;
+        }
+        if !more {
+            self.armed &= !(1 << index);
+        }
+        let peer = self
+            .peers
+            .as_mut()
+            .filter(|_| result >= 0)?
+            .get_mut(index)?;
+        let storage = std::mem::replace(&mut peer.storage, SockAddrStorage::zeroed());
+        // SAFETY: the kernel wrote a socket address of `len` bytes into `storage` when this
+        // accept succeeded (it is not re-armed before this read).
+        unsafe { SockAddr::new(storage, peer.len) }.as_socket()
     }
 }
 
