@@ -67,8 +67,10 @@ pub const PEER_ACCEPTS: usize = 8;
 #[derive(Debug)]
 pub struct Direct(u32);
 
-// user_data: the operation in the top byte, then the token's generation (16 bits), then the
-// token (40 bits).
+// user_data: the operation (8 bits), the token's generation (8 bits), the connection's
+// fixed-file slot (24 bits; the kernel's table holds at most 2^20), the token (24 bits). The
+// slot rides in the operations that need it later (a recv to re-arm, a shutdown to close behind),
+// so the backend keeps only two bytes per token.
 const ACCEPT: u64 = 1 << 56;
 const RECV: u64 = 2 << 56;
 const SEND: u64 = 3 << 56;
@@ -76,8 +78,11 @@ const WAKE: u64 = 4 << 56;
 const IGNORE: u64 = 5 << 56;
 const SHUTDOWN: u64 = 6 << 56;
 const OP_MASK: u64 = 0xFF << 56;
-const GEN_SHIFT: u32 = 40;
-const TOKEN_MASK: u64 = (1 << GEN_SHIFT) - 1;
+const GEN_SHIFT: u32 = 48;
+const SLOT_SHIFT: u32 = 24;
+const FIELD_MASK: u64 = (1 << SLOT_SHIFT) - 1;
+/// Tokens must fit their field of `user_data`.
+const MAX_TOKENS: usize = 1 << SLOT_SHIFT;
 
 /// Per-token state: registered and not closed (a re-arm must never reach a released token,
 /// whose fixed-file slot may already belong to another connection).
@@ -103,12 +108,10 @@ pub struct Uring {
     waker: Arc<EventFd>,
     /// Per token: operations in flight.
     ops: Vec<u8>,
-    /// Per token: its fixed-file slot, to re-arm its recv.
-    slots: Vec<u32>,
     /// Per token: the generation of its current connection.
-    generations: Vec<u16>,
-    /// Tokens whose multishot recv ended and must be armed again.
-    rearm: Vec<usize>,
+    generations: Vec<u8>,
+    /// Tokens (and their slots) whose multishot recv ended and must be armed again.
+    rearm: Vec<(usize, u32)>,
     /// Completions reaped in one wait, kept for its capacity.
     completed: Vec<cqueue::Entry>,
 }
@@ -128,7 +131,6 @@ impl Uring {
             buffers,
             waker,
             ops: Vec::new(),
-            slots: Vec::new(),
             generations: Vec::new(),
             rearm: Vec::new(),
             completed: Vec::new(),
@@ -158,21 +160,23 @@ impl Uring {
     fn ops_mut(&mut self, token: usize) -> &mut u8 {
         if self.ops.len() <= token {
             self.ops.resize(token + 1, 0);
-            self.slots.resize(token + 1, 0);
             self.generations.resize(token + 1, 0);
         }
         &mut self.ops[token]
     }
 
-    /// The `user_data` of operation `op` on the current connection of `token`.
-    fn user_data(&self, op: u64, token: usize) -> u64 {
-        op | (self.generations[token] as u64) << GEN_SHIFT | token as u64
+    /// The `user_data` of operation `op` on the current connection of `token`, in `slot`.
+    fn user_data(&mut self, op: u64, token: usize, slot: u32) -> u64 {
+        self.ops_mut(token);
+        op | (self.generations[token] as u64) << GEN_SHIFT
+            | (slot as u64 & FIELD_MASK) << SLOT_SHIFT
+            | token as u64
     }
 
     fn arm_recv(&mut self, token: usize, slot: u32) -> io::Result<()> {
         let recv = opcode::RecvMulti::new(types::Fixed(slot), BUFFER_GROUP)
             .build()
-            .user_data(self.user_data(RECV, token));
+            .user_data(self.user_data(RECV, token, slot));
         self.push(recv)?;
         *self.ops_mut(token) |= RECV_ARMED;
         Ok(())
@@ -190,9 +194,12 @@ impl Uring {
 
     fn on_completion(&mut self, cqe: cqueue::Entry, events: &mut Vec<IoEvent<Direct>>) {
         let (user_data, result, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
-        let token = (user_data & TOKEN_MASK) as usize;
+        let token = (user_data & FIELD_MASK) as usize;
+        let slot = (user_data >> SLOT_SHIFT & FIELD_MASK) as u32;
         let op = user_data & OP_MASK;
-        if (op == RECV || op == SEND || op == SHUTDOWN) && user_data != self.user_data(op, token) {
+        if (op == RECV || op == SEND || op == SHUTDOWN)
+            && user_data != self.user_data(op, token, slot)
+        {
             // A previous connection on this token: never delivered; its buffer goes back.
             if let Some(buffer) = cqueue::buffer_select(flags) {
                 self.buffers.recycle(buffer);
@@ -225,12 +232,12 @@ impl Uring {
                         len: result as u32,
                     });
                     if !more && !closing {
-                        self.rearm.push(token);
+                        self.rearm.push((token, slot));
                     }
                 } else if result == -libc::ENOBUFS {
                     // Every buffer is out: the data waits in the socket; ask again next turn.
                     if !closing {
-                        self.rearm.push(token);
+                        self.rearm.push((token, slot));
                     }
                 } else if !closing {
                     // 0: the peer closed; otherwise an error such as a reset.
@@ -252,7 +259,7 @@ impl Uring {
                 *ops &= !SHUTDOWN_IN_FLIGHT;
                 if *ops & CLOSE_DEFERRED != 0 {
                     *ops &= !CLOSE_DEFERRED;
-                    let close = opcode::Close::new(types::Fixed(self.slots[token]))
+                    let close = opcode::Close::new(types::Fixed(slot))
                         .build()
                         .user_data(IGNORE);
                     let _ = self.push(close);
@@ -366,9 +373,9 @@ impl Backend for Uring {
         events: &mut Vec<IoEvent<Direct>>,
         timeout: Option<Duration>,
     ) -> io::Result<()> {
-        for token in std::mem::take(&mut self.rearm) {
+        for (token, slot) in std::mem::take(&mut self.rearm) {
             if *self.ops_mut(token) & (LIVE | RECV_ARMED) == LIVE {
-                self.arm_recv(token, self.slots[token])?;
+                self.arm_recv(token, slot)?;
             }
         }
         let submitted = match timeout {
@@ -426,8 +433,12 @@ impl Backend for Uring {
     }
 
     fn register(&mut self, socket: &mut Direct, token: usize) -> io::Result<()> {
+        if token >= MAX_TOKENS {
+            return Err(io::Error::other(format!(
+                "an io_uring reactor holds at most {MAX_TOKENS} connections"
+            )));
+        }
         *self.ops_mut(token) = LIVE;
-        self.slots[token] = socket.0;
         self.generations[token] = self.generations[token].wrapping_add(1);
         self.arm_recv(token, socket.0)
     }
@@ -462,7 +473,7 @@ impl Backend for Uring {
             return Ok(Flushed::Pending);
         }
         let header = queue.start_send();
-        let user_data = self.user_data(SEND, token);
+        let user_data = self.user_data(SEND, token, socket.0);
         let flags = libc::MSG_NOSIGNAL;
         // SAFETY: start_send just filled the header and its slices; they and the bytes they
         // point to stay valid and in place until finish_send, after this send completes.
@@ -492,7 +503,7 @@ impl Backend for Uring {
     fn shutdown_write(&mut self, token: usize, socket: &mut Direct) {
         let shutdown = opcode::Shutdown::new(types::Fixed(socket.0), libc::SHUT_WR)
             .build()
-            .user_data(self.user_data(SHUTDOWN, token));
+            .user_data(self.user_data(SHUTDOWN, token, socket.0));
         if self.push(shutdown).is_ok() {
             *self.ops_mut(token) |= SHUTDOWN_IN_FLIGHT;
         }
@@ -510,11 +521,8 @@ impl Backend for Uring {
         let ops = self.ops_mut(token);
         *ops = (*ops & !LIVE) | CLOSING;
         if *ops & RECV_ARMED != 0 {
-            let _ = self.push(
-                opcode::AsyncCancel::new(self.user_data(RECV, token))
-                    .build()
-                    .user_data(IGNORE),
-            );
+            let recv = self.user_data(RECV, token, socket.0);
+            let _ = self.push(opcode::AsyncCancel::new(recv).build().user_data(IGNORE));
         }
         let ops = self.ops_mut(token);
         if *ops & SHUTDOWN_IN_FLIGHT != 0 {
@@ -730,5 +738,42 @@ impl Drop for BufRing {
                 self.entries as usize * std::mem::size_of::<types::BufRingEntry>(),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring() -> Uring {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let config = UringConfig {
+            entries: 8,
+            files: 16,
+            buffers: 8,
+            buffer_size: 64,
+            peer_addresses: false,
+        };
+        Uring::new(listener, config).expect("io_uring is available on the test host")
+    }
+
+    #[test]
+    fn user_data_carries_operation_generation_slot_and_token() {
+        let mut uring = ring();
+        let (token, slot) = (0xABCDE, (1 << 20) - 1);
+        uring.ops_mut(token);
+        uring.generations[token] = 0xFE;
+        let user_data = uring.user_data(SHUTDOWN, token, slot);
+        assert_eq!(user_data & OP_MASK, SHUTDOWN);
+        assert_eq!((user_data >> GEN_SHIFT) as u8, 0xFE);
+        assert_eq!((user_data >> SLOT_SHIFT & FIELD_MASK) as u32, slot);
+        assert_eq!((user_data & FIELD_MASK) as usize, token);
+    }
+
+    #[test]
+    fn tokens_past_the_user_data_field_are_refused() {
+        let mut uring = ring();
+        let error = uring.register(&mut Direct(0), MAX_TOKENS).unwrap_err();
+        assert!(error.to_string().contains("at most"), "{error}");
     }
 }
