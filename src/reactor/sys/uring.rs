@@ -14,10 +14,11 @@
 //! - Send: at most one `sendmsg` in flight per connection, straight from its write queue, which
 //!   pins what the kernel reads until the completion. A turn's submissions go in with one
 //!   `io_uring_enter`, which also waits (with the timer wheel's timeout).
-//! - Close: cancel the recv, close the direct descriptor; the token is released once every
-//!   operation on it has completed. Each operation's `user_data` carries the token and its
-//!   generation (bumped at every registration), so neither a late completion nor a cancel of a
-//!   connection's previous life can ever reach the next connection on the same token.
+//! - Close: cancel the recv, close the direct descriptor; the token is released (and may be
+//!   reused) only once every operation on it has completed, so no completion of a connection's
+//!   previous life can reach the next one on the same token. The cancel names the recv by its
+//!   `user_data`, which holds token and slot, and goes in before the close that frees the slot,
+//!   so it cannot match a later connection either.
 
 use std::io::{self, IoSlice};
 use std::net::{SocketAddr, TcpListener};
@@ -67,10 +68,9 @@ pub const PEER_ACCEPTS: usize = 8;
 #[derive(Debug)]
 pub struct Direct(u32);
 
-// user_data: the operation (8 bits), the token's generation (8 bits), the connection's
-// fixed-file slot (24 bits; the kernel's table holds at most 2^20), the token (24 bits). The
-// slot rides in the operations that need it later (a recv to re-arm, a shutdown to close behind),
-// so the backend keeps only two bytes per token.
+// user_data: the operation (8 bits), the connection's fixed-file slot (24 bits; the kernel's
+// table holds at most 2^20), the token (24 bits). The slot rides in the operations that need it
+// later (a recv to re-arm, a shutdown to close behind), so the backend keeps one byte per token.
 const ACCEPT: u64 = 1 << 56;
 const RECV: u64 = 2 << 56;
 const SEND: u64 = 3 << 56;
@@ -78,7 +78,6 @@ const WAKE: u64 = 4 << 56;
 const IGNORE: u64 = 5 << 56;
 const SHUTDOWN: u64 = 6 << 56;
 const OP_MASK: u64 = 0xFF << 56;
-const GEN_SHIFT: u32 = 48;
 const SLOT_SHIFT: u32 = 24;
 const FIELD_MASK: u64 = (1 << SLOT_SHIFT) - 1;
 /// Tokens must fit their field of `user_data`.
@@ -108,8 +107,6 @@ pub struct Uring {
     waker: Arc<EventFd>,
     /// Per token: operations in flight.
     ops: Vec<u8>,
-    /// Per token: the generation of its current connection.
-    generations: Vec<u8>,
     /// Tokens (and their slots) whose multishot recv ended and must be armed again.
     rearm: Vec<(usize, u32)>,
     /// Completions reaped in one wait, kept for its capacity.
@@ -131,7 +128,6 @@ impl Uring {
             buffers,
             waker,
             ops: Vec::new(),
-            generations: Vec::new(),
             rearm: Vec::new(),
             completed: Vec::new(),
         };
@@ -160,23 +156,19 @@ impl Uring {
     fn ops_mut(&mut self, token: usize) -> &mut u8 {
         if self.ops.len() <= token {
             self.ops.resize(token + 1, 0);
-            self.generations.resize(token + 1, 0);
         }
         &mut self.ops[token]
     }
 
-    /// The `user_data` of operation `op` on the current connection of `token`, in `slot`.
-    fn user_data(&mut self, op: u64, token: usize, slot: u32) -> u64 {
-        self.ops_mut(token);
-        op | (self.generations[token] as u64) << GEN_SHIFT
-            | (slot as u64 & FIELD_MASK) << SLOT_SHIFT
-            | token as u64
+    /// The `user_data` of operation `op` on `token`, whose socket is in `slot`.
+    fn user_data(op: u64, token: usize, slot: u32) -> u64 {
+        op | (slot as u64 & FIELD_MASK) << SLOT_SHIFT | token as u64
     }
 
     fn arm_recv(&mut self, token: usize, slot: u32) -> io::Result<()> {
         let recv = opcode::RecvMulti::new(types::Fixed(slot), BUFFER_GROUP)
             .build()
-            .user_data(self.user_data(RECV, token, slot));
+            .user_data(Self::user_data(RECV, token, slot));
         self.push(recv)?;
         *self.ops_mut(token) |= RECV_ARMED;
         Ok(())
@@ -197,16 +189,6 @@ impl Uring {
         let token = (user_data & FIELD_MASK) as usize;
         let slot = (user_data >> SLOT_SHIFT & FIELD_MASK) as u32;
         let op = user_data & OP_MASK;
-        if (op == RECV || op == SEND || op == SHUTDOWN)
-            && user_data != self.user_data(op, token, slot)
-        {
-            // A previous connection on this token: never delivered; its buffer goes back.
-            if let Some(buffer) = cqueue::buffer_select(flags) {
-                self.buffers.recycle(buffer);
-            }
-            tracing::debug!(token, "stale completion dropped");
-            return;
-        }
         match op {
             ACCEPT => {
                 let peer = self.accepts.completed(token, cqueue::more(flags), result);
@@ -439,7 +421,6 @@ impl Backend for Uring {
             )));
         }
         *self.ops_mut(token) = LIVE;
-        self.generations[token] = self.generations[token].wrapping_add(1);
         self.arm_recv(token, socket.0)
     }
 
@@ -473,7 +454,7 @@ impl Backend for Uring {
             return Ok(Flushed::Pending);
         }
         let header = queue.start_send();
-        let user_data = self.user_data(SEND, token, socket.0);
+        let user_data = Self::user_data(SEND, token, socket.0);
         let flags = libc::MSG_NOSIGNAL;
         // SAFETY: start_send just filled the header and its slices; they and the bytes they
         // point to stay valid and in place until finish_send, after this send completes.
@@ -503,7 +484,7 @@ impl Backend for Uring {
     fn shutdown_write(&mut self, token: usize, socket: &mut Direct) {
         let shutdown = opcode::Shutdown::new(types::Fixed(socket.0), libc::SHUT_WR)
             .build()
-            .user_data(self.user_data(SHUTDOWN, token, socket.0));
+            .user_data(Self::user_data(SHUTDOWN, token, socket.0));
         if self.push(shutdown).is_ok() {
             *self.ops_mut(token) |= SHUTDOWN_IN_FLIGHT;
         }
@@ -521,7 +502,7 @@ impl Backend for Uring {
         let ops = self.ops_mut(token);
         *ops = (*ops & !LIVE) | CLOSING;
         if *ops & RECV_ARMED != 0 {
-            let recv = self.user_data(RECV, token, socket.0);
+            let recv = Self::user_data(RECV, token, socket.0);
             let _ = self.push(opcode::AsyncCancel::new(recv).build().user_data(IGNORE));
         }
         let ops = self.ops_mut(token);
@@ -758,14 +739,10 @@ mod tests {
     }
 
     #[test]
-    fn user_data_carries_operation_generation_slot_and_token() {
-        let mut uring = ring();
-        let (token, slot) = (0xABCDE, (1 << 20) - 1);
-        uring.ops_mut(token);
-        uring.generations[token] = 0xFE;
-        let user_data = uring.user_data(SHUTDOWN, token, slot);
+    fn user_data_carries_operation_slot_and_token() {
+        let (token, slot) = (MAX_TOKENS - 1, (1 << 20) - 1);
+        let user_data = Uring::user_data(SHUTDOWN, token, slot);
         assert_eq!(user_data & OP_MASK, SHUTDOWN);
-        assert_eq!((user_data >> GEN_SHIFT) as u8, 0xFE);
         assert_eq!((user_data >> SLOT_SHIFT & FIELD_MASK) as u32, slot);
         assert_eq!((user_data & FIELD_MASK) as usize, token);
     }
