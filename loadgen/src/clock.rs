@@ -20,3 +20,14 @@ pub fn now_ns() -> u64 {
 pub fn ns(duration: Duration) -> u64 {
     duration.as_nanos().min(u64::MAX as u128) as u64
 }
+
+/// Sleeps until `at_ns` on [`now_ns`]'s clock.
+pub fn sleep_until_ns(at_ns: u64) {
+    loop {
+        let now = now_ns();
+        if now >= at_ns {
+            return;
+        }
+        std::thread::sleep(Duration::from_nanos(at_ns - now));
+    }
+}

@@ -16,7 +16,7 @@ use crate::clock::{self, ns};
 use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::run::{GO_LEAD_NS, ProcessResult};
-use crate::server::ServerWatch;
+use crate::server::{CpuSampler, ServerWatch};
 
 /// What a worker said.
 enum Said {
@@ -81,6 +81,7 @@ pub fn run_parent(
     if let Some(watch) = server {
         watch.sample_after();
     }
+    let mut sampler = None;
     if abort.load(Ordering::Relaxed) || heard.gone > 0 {
         // Closing their stdin aborts the workers; they still report what they counted.
         children
@@ -89,6 +90,9 @@ pub fn run_parent(
     } else {
         let go_ns = clock::now_ns() + 2 * GO_LEAD_NS;
         let stop_ns = go_ns + ns(plan.duration);
+        sampler = server
+            .as_ref()
+            .map(|watch| CpuSampler::start(watch.pid, go_ns, stop_ns));
         for (_, stdin) in &mut children {
             if let Some(pipe) = stdin {
                 let _ = writeln!(pipe, "go {go_ns} {stop_ns}").and_then(|()| pipe.flush());
@@ -115,6 +119,9 @@ pub fn run_parent(
     for (mut child, stdin) in children {
         drop(stdin);
         let _ = child.wait();
+    }
+    if let (Some(watch), Some(sampler)) = (server.as_mut(), sampler) {
+        watch.finish_window(sampler, abort.load(Ordering::Relaxed));
     }
     let missing = plan.procs - heard.reported;
     match heard.total {

@@ -50,6 +50,11 @@ pub struct ServerReport {
     pub rss_after_kib: Option<u64>,
     /// (after − before) / established, bytes.
     pub rss_per_connection_bytes: Option<f64>,
+    /// Its CPU time (user + system) over the measurement window, seconds.
+    pub cpu_window_s: Option<f64>,
+    /// That CPU time per message received in the window (echo: round trip; fanout: delivery),
+    /// microseconds.
+    pub cpu_per_message_us: Option<f64>,
     /// Why a reading is missing.
     pub error: Option<String>,
 }
@@ -179,6 +184,11 @@ impl Report {
                 rss_before_kib: watch.rss_before_kib,
                 rss_after_kib: watch.rss_after_kib,
                 rss_per_connection_bytes: watch.bytes_per_connection(tally.established),
+                cpu_window_s: watch.cpu_window.map(|cpu| cpu.total_s()),
+                cpu_per_message_us: watch
+                    .cpu_window
+                    .filter(|_| tally.received_in_window > 0)
+                    .map(|cpu| cpu.total_s() * 1e6 / tally.received_in_window as f64),
                 error: watch.error.clone(),
             }),
             threads: plan.threads,
@@ -317,6 +327,16 @@ impl Report {
                         server.error.as_deref().unwrap_or("not read")
                     );
                 }
+            }
+            if let Some(cpu_s) = server.cpu_window_s {
+                let per_message = server
+                    .cpu_per_message_us
+                    .map_or(String::new(), |us| format!(", {us:.2} us per message"));
+                let _ = writeln!(
+                    out,
+                    "server CPU   {cpu_s:.2} s in the window ({:.2} cores{per_message})",
+                    cpu_s / self.duration_s
+                );
             }
         }
         out

@@ -18,7 +18,7 @@ use crate::clock::{self, ns};
 use crate::control::Control;
 use crate::plan::{Mode, Plan};
 use crate::progress::Progress;
-use crate::server::ServerWatch;
+use crate::server::{CpuSampler, ServerWatch};
 use crate::sys::{self, CpuTime};
 use crate::tally::Tally;
 use crate::{engine, publisher};
@@ -115,10 +115,15 @@ pub fn run_process(
     if let Some(watch) = server {
         watch.sample_after();
     }
+    let mut sampler = None;
     match steering {
         Steering::Local if !control.aborted() => {
             let go_ns = clock::now_ns() + GO_LEAD_NS;
-            control.start(go_ns, go_ns + ns(plan.duration));
+            let stop_ns = go_ns + ns(plan.duration);
+            control.start(go_ns, stop_ns);
+            sampler = server
+                .as_ref()
+                .map(|watch| CpuSampler::start(watch.pid, go_ns, stop_ns));
         }
         Steering::Local => {}
         Steering::Parent => {
@@ -128,6 +133,9 @@ pub fn run_process(
     }
 
     let window = measure(&control, progress);
+    if let (Some(watch), Some(sampler)) = (server.as_mut(), sampler) {
+        watch.finish_window(sampler, control.aborted());
+    }
     progress.show("closing", Some(control.totals()));
     let mut tally = Tally::new(topic_count(plan), false);
     let mut errors = Vec::new();

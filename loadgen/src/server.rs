@@ -1,9 +1,13 @@
 //! `--server-pid`: the server's resident memory before the loadgen opens its connections and once
-//! they are all open, to report what each connection costs the server.
+//! they are all open, to report what each connection costs the server; and its CPU time over the
+//! measurement window only (no ramp-up, no close), to report what each message costs it.
+
+use std::thread::JoinHandle;
 
 use serde::Serialize;
 
-use crate::sys;
+use crate::clock;
+use crate::sys::{self, CpuTime};
 
 /// The server's memory around the ramp-up.
 #[derive(Clone, Debug, Serialize)]
@@ -14,8 +18,28 @@ pub struct ServerWatch {
     pub rss_before_kib: Option<u64>,
     /// VmRSS once the ramp-up finished, KiB.
     pub rss_after_kib: Option<u64>,
+    /// CPU time over the measurement window.
+    pub cpu_window: Option<CpuTime>,
     /// Why a reading failed, if one did.
     pub error: Option<String>,
+}
+
+/// Reads the server's CPU time at the edges of a measurement window, from its own thread so it
+/// reads on time whatever the caller is doing.
+pub struct CpuSampler(JoinHandle<Result<CpuTime, String>>);
+
+impl CpuSampler {
+    /// Samples the server's CPU at `go_ns` and `stop_ns` (monotonic, see [`clock::now_ns`]).
+    pub fn start(pid: u32, go_ns: u64, stop_ns: u64) -> CpuSampler {
+        CpuSampler(std::thread::spawn(move || {
+            let read =
+                || sys::cpu_of(pid).map_err(|e| format!("cannot read /proc/{pid}/stat: {e}"));
+            clock::sleep_until_ns(go_ns);
+            let at_go = read()?;
+            clock::sleep_until_ns(stop_ns);
+            Ok(read()?.since(at_go))
+        }))
+    }
 }
 
 impl ServerWatch {
@@ -25,6 +49,7 @@ impl ServerWatch {
             pid,
             rss_before_kib: None,
             rss_after_kib: None,
+            cpu_window: None,
             error: None,
         };
         watch.rss_before_kib = watch.read();
@@ -34,6 +59,19 @@ impl ServerWatch {
     /// Takes the "after" reading.
     pub fn sample_after(&mut self) {
         self.rss_after_kib = self.read();
+    }
+
+    /// Collects the window's CPU time once the window has passed; an aborted run does not wait
+    /// for it.
+    pub fn finish_window(&mut self, sampler: CpuSampler, aborted: bool) {
+        if aborted && !sampler.0.is_finished() {
+            return;
+        }
+        match sampler.0.join() {
+            Ok(Ok(cpu)) => self.cpu_window = Some(cpu),
+            Ok(Err(e)) => self.error = Some(e),
+            Err(_) => self.error = Some("the CPU sampler panicked".into()),
+        }
     }
 
     /// Bytes of server memory per open connection, from the two readings.
@@ -66,5 +104,27 @@ mod tests {
         let missing = ServerWatch::start(u32::MAX);
         assert!(missing.error.is_some());
         assert_eq!(missing.bytes_per_connection(1), None);
+    }
+
+    #[test]
+    fn samples_cpu_over_the_window_only() {
+        let mut watch = ServerWatch::start(std::process::id());
+        let go_ns = clock::now_ns() + 20_000_000;
+        let stop_ns = go_ns + 1_000_000_000;
+        let sampler = CpuSampler::start(watch.pid, go_ns, stop_ns);
+        // Burn 50 ms of CPU inside the window (counted in CPU time, not wall time, so a busy
+        // machine only makes it take longer): the sample must see it.
+        clock::sleep_until_ns(go_ns + 15_000_000);
+        let start = CpuTime::of_self();
+        while CpuTime::of_self().since(start).total_s() < 0.05 && clock::now_ns() < stop_ns {
+            std::hint::black_box(&start);
+        }
+        watch.finish_window(sampler, false);
+        let cpu = watch.cpu_window.expect("sampled");
+        assert!(cpu.total_s() >= 0.04, "{cpu:?}");
+        let mut dead = ServerWatch::start(u32::MAX);
+        let now = clock::now_ns();
+        dead.finish_window(CpuSampler::start(u32::MAX, now, now), false);
+        assert!(dead.cpu_window.is_none() && dead.error.is_some());
     }
 }

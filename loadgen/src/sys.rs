@@ -87,6 +87,28 @@ impl CpuTime {
     }
 }
 
+/// User and system CPU time of process `pid` (all its threads) from `/proc/PID/stat`.
+pub fn cpu_of(pid: u32) -> io::Result<CpuTime> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // SAFETY: sysconf has no memory arguments.
+    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    parse_cpu_ticks(&stat)
+        .map(|(user, system)| CpuTime {
+            user_s: user as f64 / ticks_per_s,
+            system_s: system as f64 / ticks_per_s,
+        })
+        .ok_or_else(|| io::Error::other("unreadable /proc/PID/stat"))
+}
+
+/// `utime` and `stime` (fields 14 and 15), counted after the command name, which may hold
+/// spaces and parentheses.
+fn parse_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let user = fields.nth(11)?.parse().ok()?;
+    let system = fields.next()?.parse().ok()?;
+    Some((user, system))
+}
+
 /// Resident memory of process `pid` in KiB (`VmRSS` in `/proc/PID/status`).
 pub fn rss_kib(pid: u32) -> io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -101,6 +123,15 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_cpu_ticks_behind_an_awkward_command_name() {
+        let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1234 567 0 0 20 0 3 0";
+        assert_eq!(parse_cpu_ticks(stat), Some((1234, 567)));
+        assert_eq!(parse_cpu_ticks("42 (cut) S 1 2"), None);
+        let own = cpu_of(std::process::id()).unwrap();
+        assert!(own.total_s() >= 0.0);
+    }
 
     #[test]
     fn reads_own_facts() {
