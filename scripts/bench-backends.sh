@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # epoll and io_uring side by side, interleaved in one run (these machines are noisy, so only
 # numbers from the same run are compared): echo throughput, p99 and server CPU time per
-# message at 100 and 1,000 connections (32-byte messages, one in flight per connection), and
+# message at 100 and 1,000 connections (over the measurement window, from `--server-pid`) (32-byte messages, one in flight per connection), and
 # server RSS per idle connection at 15,000. Server pinned to core 0, loadgen to core 1.
 #
 # Usage: scripts/bench-backends.sh   (ROUNDS=3 DURATION=5s IDLE=15000 to change)
@@ -18,10 +18,8 @@ for round in $(seq "$ROUNDS"); do
   for io in epoll uring; do
     for conns in 100 1000; do
       port=$(free_port); start_server "$port" --io "$io"
-      before=$(cpu_ticks "$server_pid")
       taskset -c 1 "$LOADGEN" echo "ws://127.0.0.1:$port/echo" -c "$conns" -s 32 -d "$DURATION" \
-        --threads 1 --json "$OUT/echo-$io-$conns-$round.json" >/dev/null
-      echo "$(( $(cpu_ticks "$server_pid") - before ))" > "$OUT/echo-$io-$conns-$round.cpu"
+        --threads 1 --server-pid "$server_pid" --json "$OUT/echo-$io-$conns-$round.json" >/dev/null
       stop_server
     done
     port=$(free_port); start_server "$port" --io "$io"
@@ -31,9 +29,9 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-python3 - "$OUT" "$ROUNDS" "$TICK" "$IDLE" <<'PY'
+python3 - "$OUT" "$ROUNDS" "$IDLE" <<'PY'
 import json, statistics, sys
-out, rounds, tick, idle = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+out, rounds, idle = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def med(xs): return statistics.median(xs)
 rows = {}
 for io in ("epoll", "uring"):
@@ -41,9 +39,7 @@ for io in ("epoll", "uring"):
         runs = []
         for r in range(1, rounds + 1):
             j = json.load(open(f"{out}/echo-{io}-{conns}-{r}.json"))
-            ticks = int(open(f"{out}/echo-{io}-{conns}-{r}.cpu").read())
-            msgs = j["messages_received"]
-            runs.append((j["throughput"], j["latency_us"]["p99"], ticks / tick / msgs * 1e6 if msgs else 0,
+            runs.append((j["throughput"], j["latency_us"]["p99"], j["server"]["cpu_per_message_us"] or 0,
                          j["loadgen_cpu"]["per_message_us"]))
         rows[(io, conns)] = [med([x[i] for x in runs]) for i in range(4)]
     rss = [json.load(open(f"{out}/idle-{io}-{r}.json"))["server"]["rss_per_connection_bytes"] for r in range(1, rounds + 1)]

@@ -2,8 +2,8 @@
 # Fanout on one reactor: N raw-topic subscribers (/t/<topic>) on one topic, one WebSocket
 # publisher at R msgs/s with S-byte payloads (each carrying its send time and sequence
 # number), server pinned to core 0 and clarion-loadgen to core 1. Reports deliveries/s,
-# server CPU time per delivery (user + system from /proc/PID/stat over the run, ramp-up
-# included), publish-to-receive percentiles, missing/duplicates/out-of-order, and the
+# server CPU time per delivery (user + system from /proc/PID/stat over the measurement window,
+# read by `clarion-loadgen --server-pid`), publish-to-receive percentiles, missing/duplicates/out-of-order, and the
 # server's RSS per idle subscriber.
 #
 # Usage: scripts/bench-fanout.sh   (SUBSCRIBERS="5000 10000" RATES="10 50" SIZE=64 DURATION=10s)
@@ -20,10 +20,9 @@ bench_setup fanout
 for subs in $SUBSCRIBERS; do
   for rate in $RATES; do
     port=$(free_port); start_server "$port"
-    before=$(cpu_ticks "$server_pid")
     taskset -c 1 "$LOADGEN" fanout "ws://127.0.0.1:$port/t/" -c "$subs" --rate "$rate" -s "$SIZE" \
-      -d "$DURATION" --threads 1 --topics 1 --publishers 1 --json "$OUT/fanout-$subs-$rate.json" >/dev/null
-    echo "$(( $(cpu_ticks "$server_pid") - before ))" > "$OUT/fanout-$subs-$rate.cpu"
+      -d "$DURATION" --threads 1 --topics 1 --publishers 1 --server-pid "$server_pid" \
+      --json "$OUT/fanout-$subs-$rate.json" >/dev/null
     stop_server
   done
 done
@@ -32,17 +31,17 @@ taskset -c 1 "$LOADGEN" fanout "ws://127.0.0.1:$port/t/" -c "$IDLE" --rate 1 -d 
   --topics 1 --publishers 1 --server-pid "$server_pid" --json "$OUT/idle.json" >/dev/null
 stop_server
 
-python3 - "$OUT" "$TICK" "$SUBSCRIBERS" "$RATES" "$IDLE" <<'PY'
+python3 - "$OUT" "$SUBSCRIBERS" "$RATES" "$IDLE" <<'PY'
 import json, sys
-out, tick, subs, rates, idle = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4].split(), int(sys.argv[5])
+out, subs, rates, idle = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), int(sys.argv[4])
 print("| subscribers | msgs/s | deliveries/s | server CPU/delivery (µs) | p50 (ms) | p99 (ms) | p99.9 (ms) | missing | dup | ooo | loadgen saturated |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for s in subs:
     for r in rates:
         j = json.load(open(f"{out}/fanout-{s}-{r}.json"))
-        cpu = int(open(f"{out}/fanout-{s}-{r}.cpu").read()) / tick
-        d = j["delivered"]; l = j["latency_us"]
-        print(f"| {int(s):,} | {r} | {j['throughput']:,.0f} | {cpu / d * 1e6 if d else 0:.2f} | {l['p50']/1000:.1f} | {l['p99']/1000:.1f} | {l['p99_9']/1000:.1f} | {j['missing']} | {j['duplicates']} | {j['out_of_order']} | {j['loadgen_cpu']['saturated']} |")
+        cpu = j["server"]["cpu_per_message_us"] or 0
+        l = j["latency_us"]
+        print(f"| {int(s):,} | {r} | {j['throughput']:,.0f} | {cpu:.2f} | {l['p50']/1000:.1f} | {l['p99']/1000:.1f} | {l['p99_9']/1000:.1f} | {j['missing']} | {j['duplicates']} | {j['out_of_order']} | {j['loadgen_cpu']['saturated']} |")
 j = json.load(open(f"{out}/idle.json"))
 print(f"\nRSS per idle subscriber (one topic, {idle:,} subscribers): {j['server']['rss_per_connection_bytes']:.0f} bytes")
 PY

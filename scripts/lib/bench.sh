@@ -1,17 +1,17 @@
 # Helpers for the benchmark scripts (sourced): build, start a pinned clarion server, stop it,
-# read its CPU time, pick a free port.
+# pick a free port. The server's CPU time comes from `clarion-loadgen --server-pid`, which
+# reads it at the edges of the measurement window.
 
-# bench_setup NAME: release build of server and loadgen; sets SERVER, LOADGEN, TICK and an
+# bench_setup NAME: release build of server and loadgen; sets SERVER, LOADGEN and an
 # emptied OUT directory for this benchmark's reports.
 bench_setup() {
   local target=${CARGO_TARGET_DIR:-target}
   OUT=$target/bench-$1
   mkdir -p "$OUT"
-  rm -f "$OUT"/*.json "$OUT"/*.cpu
+  rm -f "$OUT"/*.json
   cargo build --release -q -p clarion -p clarion-loadgen
   SERVER=$target/release/clarion
   LOADGEN=$target/release/clarion-loadgen
-  TICK=$(getconf CLK_TCK)
 }
 
 server_pid=""
@@ -39,9 +39,6 @@ start_server() {
   echo "bench: server did not start" >&2
   exit 1
 }
-
-# User + system CPU time of a process, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
