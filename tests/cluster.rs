@@ -20,13 +20,8 @@ struct Node {
 
 impl Node {
     fn start(redis: &str, extra: &[&str]) -> Node {
-        let io = match common::io() {
-            clarion::reactor::Io::Epoll => "epoll",
-            clarion::reactor::Io::Uring => "uring",
-            clarion::reactor::Io::Auto => "auto",
-        };
         let mut args = vec!["--listen", "127.0.0.1:0", "--threads", "2", "--no-pin"];
-        args.extend(["--io", io, "--redis", redis]);
+        args.extend(["--io", io_flag(), "--redis", redis]);
         args.extend(extra);
         let (child, addr) = common::spawn_clarion(&args);
         let node = Node { child, addr };
@@ -68,6 +63,15 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `--io` for the backend under test.
+fn io_flag() -> &'static str {
+    match common::io() {
+        clarion::reactor::Io::Epoll => "epoll",
+        clarion::reactor::Io::Uring => "uring",
+        clarion::reactor::Io::Auto => "auto",
     }
 }
 
@@ -266,8 +270,9 @@ fn a_client_resumes_on_another_node_without_gap_or_duplicate() {
     let (mut back, ack) = subscriber(b.addr, "feed", Some((3, &epoch)));
     assert_eq!(ack["recovered"], true, "{ack}");
     assert_eq!(ack["epoch"].as_str(), Some(epoch.as_str()));
+    // 202 means queued for Redis: at least what the first client saw is there.
     let upto = ack["seq"].as_u64().unwrap();
-    assert!(upto >= 5);
+    assert!(upto >= 3);
     publishing.join().unwrap();
     let got = deliveries(&mut back, 197);
     let expected: Vec<(u64, String)> = (4..=200).map(|i| (i, format!("m{i}"))).collect();
@@ -393,6 +398,11 @@ fn both_nodes_ride_out_a_redis_restart_and_resume_fills_the_gap() {
             .health()
             .contains("cluster: up")));
     }
+    // B's buffer reaches Redis before anything published later, on any node.
+    assert!(wait_for(
+        Duration::from_secs(10),
+        || b.stats()["cluster"]["buffered"] == 0
+    ));
     for i in 9..=10 {
         assert_eq!(a.publish("r", &format!("m{i}")), 202);
     }
@@ -444,6 +454,8 @@ fn without_redis_publishes_fill_the_buffer_then_are_refused_and_counted() {
         "--threads",
         "1",
         "--no-pin",
+        "--io",
+        io_flag(),
         "--config",
         config.to_str().unwrap(),
     ]);

@@ -63,9 +63,11 @@ impl Default for ClusterConfig {
 
 /// Checks that `url` is a Redis URL the client accepts (it does not connect).
 pub fn check_url(url: &str) -> Result<(), String> {
-    redis::Client::open(url)
-        .map(drop)
-        .map_err(|e| format!("invalid redis URL {url:?}: {e}"))
+    client(url).map(drop)
+}
+
+fn client(url: &str) -> Result<redis::Client, String> {
+    redis::Client::open(url).map_err(|e| format!("invalid redis URL {url:?}: {e}"))
 }
 
 /// Why a publish was not taken.
@@ -103,8 +105,7 @@ impl Cluster {
         interest: Receiver<Interest>,
         mailboxes: Arc<Mailboxes<Post>>,
     ) -> Result<Cluster, String> {
-        check_url(&config.redis)?;
-        let client = redis::Client::open(config.redis.as_str()).map_err(|e| e.to_string())?;
+        let client = client(&config.redis)?;
         let link = Arc::new(Link::default());
         let presence = Arc::new(Presence::default());
         // Unique among the nodes sharing the Redis: random, like an epoch.
