@@ -100,6 +100,11 @@ impl History {
         }
     }
 
+    /// Evicts everything (before a message that does not follow the newest one).
+    pub fn clear(&mut self) -> Change {
+        self.evict_while(|_, _| true)
+    }
+
     /// Nothing retained.
     pub fn is_empty(&self) -> bool {
         self.ring.is_empty()

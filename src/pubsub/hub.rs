@@ -1,10 +1,20 @@
 //! The shared half of pubsub: per topic the `seq`, the history ring and the reactors with local
 //! subscribers, behind one short lock per topic in a sharded map.
+//!
+//! A hub numbers messages itself ([`Hub::new`], one node) or is *fed* ([`Hub::fed`]): an
+//! upstream (the cluster bridge) numbers them and hands them in with [`Hub::deliver`]. A fed hub
+//! keeps a topic *live* (its `seq` current, its history a copy of the upstream's recent
+//! messages) only while some reactor wants it: the first subscribe sends [`Interest::Join`] and
+//! waits (the subscribe answers [`Error::Pending`]) until the upstream calls [`Hub::sync`]; the
+//! last one to leave sends [`Interest::Leave`]. Everything else (join, resume, fanout order)
+//! works the same in both modes.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+use crossbeam_channel::Sender;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -102,6 +112,32 @@ fn bit(index: usize) -> u64 {
         .unwrap_or(0)
 }
 
+/// What a fed hub asks of its upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Interest {
+    /// A reactor wants `topic`, which is not live: feed it and call [`Hub::sync`].
+    Join(Arc<str>),
+    /// No reactor wants `topic` any more: stop feeding it.
+    Leave(Arc<str>),
+}
+
+/// What [`Hub::deliver`] did with a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivered {
+    /// Numbered right after the topic's `seq`: recorded and sent.
+    Sent,
+    /// At or below the topic's `seq`: already delivered, ignored.
+    Duplicate,
+    /// Above `have + 1`: the messages between are missing. Nothing was done; deliver them first
+    /// (or this one with `accept_gap`).
+    Gap {
+        /// The topic's `seq`.
+        have: u64,
+    },
+    /// Nobody here wants the topic (or it is not synced yet): ignored.
+    NotLive,
+}
+
 /// Limits of the hub.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HubConfig {
@@ -152,6 +188,12 @@ struct TopicState {
     seq: u64,
     /// Reactors with at least one local subscriber (bit `i` for reactor `i`).
     reactors: u64,
+    /// Fed hub: reactors with a subscribe waiting for the topic to become live.
+    waiting: u64,
+    /// `seq` and history are current: always in a numbering hub, while fed in a fed one.
+    live: bool,
+    /// Local subscribers, all reactors together.
+    subscribers: u64,
     history: History,
 }
 
@@ -160,7 +202,9 @@ type Shard = RwLock<HashMap<Arc<str>, Mutex<TopicState>>>;
 /// Topics shared by all reactors. See the module docs for the ordering contract.
 #[derive(Debug)]
 pub struct Hub {
-    epoch: Epoch,
+    epoch: AtomicU64,
+    /// A fed hub's line to its upstream; `None` in a hub that numbers messages itself.
+    upstream: Option<Sender<Interest>>,
     config: HubConfig,
     limits: Limits,
     hasher: RandomState,
@@ -176,10 +220,21 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// An empty hub for a server run of `epoch`.
+    /// An empty hub that numbers messages itself, for a server run of `epoch`.
     pub fn new(config: HubConfig, epoch: Epoch) -> Hub {
+        Hub::build(config, epoch, None)
+    }
+
+    /// An empty hub fed by an upstream, which receives the hub's [`Interest`]s on `upstream` and
+    /// sets the epoch with [`Hub::set_epoch`].
+    pub fn fed(config: HubConfig, upstream: Sender<Interest>) -> Hub {
+        Hub::build(config, Epoch(0), Some(upstream))
+    }
+
+    fn build(config: HubConfig, epoch: Epoch, upstream: Option<Sender<Interest>>) -> Hub {
         Hub {
-            epoch,
+            epoch: AtomicU64::new(epoch.0),
+            upstream,
             limits: Limits {
                 capacity: config.history_size,
                 max_bytes: config.history_max_bytes,
@@ -197,15 +252,31 @@ impl Hub {
         }
     }
 
-    /// This run's epoch.
+    /// The limits it was made with.
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// The epoch that this hub's `seq`s belong to.
     pub fn epoch(&self) -> Epoch {
-        self.epoch
+        Epoch(self.epoch.load(Relaxed))
+    }
+
+    /// Fed hub: the upstream's numbering started over as `epoch`.
+    pub fn set_epoch(&self, epoch: Epoch) {
+        self.epoch.store(epoch.0, Relaxed);
+    }
+
+    /// Whether an upstream numbers the messages.
+    pub fn is_fed(&self) -> bool {
+        self.upstream.is_some()
     }
 
     /// Publishes `payload` to `topic` (created if new): assigns the next `seq`, appends to
     /// history, then calls `send` with the message and the reactors that have subscribers of
     /// the topic, all under the topic's lock. Whatever `send` enqueues is therefore in `seq`
-    /// order; keep it to enqueueing (wake the reactors after this returns).
+    /// order; keep it to enqueueing (wake the reactors after this returns). A fed hub leaves
+    /// numbering to its upstream: publish there instead.
     pub fn publish_with<R>(
         &self,
         topic: &str,
@@ -221,22 +292,113 @@ impl Hub {
                 published_at: now,
                 payload,
             });
-            let size = message.payload.bytes().len();
-            let room = self.history_bytes.load(Relaxed).saturating_add(size as u64)
-                <= self.config.history_total_bytes as u64;
-            let limits = if room {
-                self.limits
-            } else {
-                Limits {
-                    capacity: 0,
-                    ..self.limits
-                }
-            };
-            let change = state.history.push(message.clone(), &limits);
-            self.account(change);
-            self.published.fetch_add(1, Relaxed);
+            self.record(state, &message);
             send(&message, Reactors(state.reactors))
         })
+    }
+
+    /// Fed hub: takes `message`, numbered upstream, if it is the next of its live topic; sends it
+    /// like [`Hub::publish_with`]. With `accept_gap` a message past a gap is taken too (the
+    /// history restarts at it, so it stays contiguous).
+    pub fn deliver(
+        &self,
+        message: Arc<Message>,
+        accept_gap: bool,
+        send: impl FnOnce(&Arc<Message>, Reactors),
+    ) -> Delivered {
+        let result = self.existing(&message.topic, |_, state| {
+            if !state.live {
+                return Delivered::NotLive;
+            }
+            if message.seq <= state.seq {
+                return Delivered::Duplicate;
+            }
+            if message.seq > state.seq + 1 {
+                if !accept_gap {
+                    return Delivered::Gap { have: state.seq };
+                }
+                let change = state.history.clear();
+                self.account(change);
+            }
+            state.seq = message.seq;
+            self.record(state, &message);
+            send(&message, Reactors(state.reactors));
+            Delivered::Sent
+        });
+        result.unwrap_or(Delivered::NotLive)
+    }
+
+    /// Fed hub: the upstream's view of `topic`, with `seq` its latest number and `recent` its
+    /// latest messages in `seq` order. A topic that is not live takes them as its history and
+    /// goes live; a live one (after the upstream reconnected) is sent the messages it missed.
+    /// With `replace` (the upstream's numbering started over) a live topic is reset like a new
+    /// one. Returns the reactors waiting for the topic: tell them it is ready.
+    pub fn sync(
+        &self,
+        topic: &str,
+        seq: u64,
+        recent: Vec<Arc<Message>>,
+        replace: bool,
+        mut send: impl FnMut(&Arc<Message>, Reactors),
+    ) -> Reactors {
+        let result = self.existing(topic, |_, state| {
+            if state.reactors == 0 && state.waiting == 0 {
+                return Reactors::default();
+            }
+            if state.live && !replace {
+                for message in recent {
+                    if message.seq > state.seq {
+                        if message.seq > state.seq + 1 {
+                            let change = state.history.clear();
+                            self.account(change);
+                        }
+                        state.seq = message.seq;
+                        self.record(state, &message);
+                        send(&message, Reactors(state.reactors));
+                    }
+                }
+            } else {
+                let change = state.history.clear();
+                self.account(change);
+                for message in recent {
+                    let change = state.history.push(message, &self.limits);
+                    self.account(change);
+                }
+            }
+            if !state.live || replace || seq > state.seq {
+                state.seq = seq;
+            }
+            state.live = true;
+            Reactors(state.waiting)
+        });
+        result.unwrap_or_default()
+    }
+
+    /// Fed hub: whether some reactor wants `topic` (`None` if not), and if so whether it is live.
+    pub fn wants(&self, topic: &str) -> Option<bool> {
+        let found = self.existing(topic, |_, state| {
+            (state.reactors != 0 || state.waiting != 0).then_some(state.live)
+        });
+        found.ok().flatten()
+    }
+
+    /// The topics some reactor wants (subscribed or waiting).
+    pub fn wanted(&self) -> Vec<Arc<str>> {
+        self.collect(|state| state.reactors != 0 || state.waiting != 0)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// Local subscribers of `topic`, all reactors together.
+    pub fn subscribers(&self, topic: &str) -> u64 {
+        self.existing(topic, |_, state| state.subscribers)
+            .unwrap_or(0)
+    }
+
+    /// Every topic with local subscribers, and how many.
+    pub fn subscriber_counts(&self) -> Vec<(Arc<str>, u64)> {
+        self.collect(|state| state.subscribers != 0)
     }
 
     /// What a subscriber resuming from `resume` missed on `topic`, without subscribing.
@@ -251,6 +413,39 @@ impl Hub {
         })
     }
 
+    /// Name and subscriber count of the topics that pass `filter`.
+    fn collect(&self, filter: impl Fn(&TopicState) -> bool) -> Vec<(Arc<str>, u64)> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let map = shard.read().unwrap_or_else(PoisonError::into_inner);
+            for (name, cell) in map.iter() {
+                let state = cell.lock().unwrap_or_else(PoisonError::into_inner);
+                if filter(&state) {
+                    out.push((name.clone(), state.subscribers));
+                }
+            }
+        }
+        out
+    }
+
+    /// Appends `message` (the topic's new `seq`) to history and counts it.
+    fn record(&self, state: &mut TopicState, message: &Arc<Message>) {
+        let size = message.payload.bytes().len();
+        let room = self.history_bytes.load(Relaxed).saturating_add(size as u64)
+            <= self.config.history_total_bytes as u64;
+        let limits = if room {
+            self.limits
+        } else {
+            Limits {
+                capacity: 0,
+                ..self.limits
+            }
+        };
+        let change = state.history.push(message.clone(), &limits);
+        self.account(change);
+        self.published.fetch_add(1, Relaxed);
+    }
+
     /// Removes the topics that no reactor subscribes to and whose history has expired (or was
     /// never kept). Call it now and then (every few seconds) from any one thread.
     pub fn sweep(&self, now: Instant) -> usize {
@@ -260,7 +455,7 @@ impl Hub {
             map.retain(|_, cell| {
                 let state = cell.get_mut().unwrap_or_else(PoisonError::into_inner);
                 self.expire(state, now);
-                let idle = state.reactors == 0 && state.history.is_empty();
+                let idle = state.reactors == 0 && state.waiting == 0 && state.history.is_empty();
                 if idle {
                     self.seq_floor.fetch_max(state.seq, Relaxed);
                     removed += 1;
@@ -285,32 +480,77 @@ impl Hub {
 
     /// Adds `reactor` to `topic`'s reactor set and reads, in the same critical section, the
     /// current `seq` (and what `resume` missed): every later publish reaches the reactor, and
-    /// every earlier one is at or below the returned `seq`.
+    /// every earlier one is at or below the returned `seq`. `new` counts one more subscriber.
+    /// In a fed hub a topic that is not live answers [`Error::Pending`] (see the module docs).
     pub(super) fn join(
         &self,
         topic: &str,
         reactor: usize,
         resume: Option<&Resume>,
+        new: bool,
         now: Instant,
     ) -> Result<(u64, Option<Recovery>), Error> {
-        self.get_or_create(topic, |_, state| {
+        self.get_or_create(topic, |name, state| {
+            if !state.live {
+                if state.reactors == 0 && state.waiting == 0 {
+                    self.tell(Interest::Join(name.clone()));
+                }
+                state.waiting |= bit(reactor);
+                return Err(Error::Pending);
+            }
             state.reactors |= bit(reactor);
+            state.waiting &= !bit(reactor);
+            state.subscribers += u64::from(new);
             let recovery = resume.map(|resume| {
                 self.expire(state, now);
                 self.recover(&state.history, state.seq, resume)
             });
-            (state.seq, recovery)
-        })
+            Ok((state.seq, recovery))
+        })?
     }
 
-    /// Removes `reactor` from `topic`'s reactor set (its last local subscriber left).
-    pub(super) fn leave(&self, topic: &str, reactor: usize) {
+    /// One subscriber of `topic` on `reactor` left; with `last`, the reactor's last one.
+    pub(super) fn leave(&self, topic: &str, reactor: usize, last: bool) {
         // A topic already swept has no reactor to remove.
-        let _ = self.existing(topic, |_, state| state.reactors &= !bit(reactor));
+        let _ = self.existing(topic, |name, state| {
+            state.subscribers = state.subscribers.saturating_sub(1);
+            if last {
+                state.reactors &= !bit(reactor);
+                self.release(name, state);
+            }
+        });
+    }
+
+    /// `reactor` no longer waits for `topic` (its waiting subscribers left before it was live).
+    pub(super) fn cancel_wait(&self, topic: &str, reactor: usize) {
+        let _ = self.existing(topic, |name, state| {
+            state.waiting &= !bit(reactor);
+            self.release(name, state);
+        });
+    }
+
+    /// Fed hub: a topic nobody wants any more stops being live and tells the upstream.
+    fn release(&self, name: &Arc<str>, state: &mut TopicState) {
+        if self.upstream.is_none() || state.reactors != 0 || state.waiting != 0 {
+            return;
+        }
+        if state.live {
+            state.live = false;
+            let change = state.history.clear();
+            self.account(change);
+        }
+        self.tell(Interest::Leave(name.clone()));
+    }
+
+    fn tell(&self, interest: Interest) {
+        if let Some(upstream) = &self.upstream {
+            // Fails only once the upstream is gone; there is nobody to tell then.
+            let _ = upstream.send(interest);
+        }
     }
 
     fn recover(&self, history: &History, current: u64, resume: &Resume) -> Recovery {
-        if resume.epoch == Some(self.epoch) {
+        if resume.epoch == Some(self.epoch()) {
             history.recover(resume.since, current)
         } else {
             Recovery::default()
@@ -378,6 +618,9 @@ impl Hub {
                 entry.insert_entry(Mutex::new(TopicState {
                     seq: self.seq_floor.load(Relaxed),
                     reactors: 0,
+                    waiting: 0,
+                    live: self.upstream.is_none(),
+                    subscribers: 0,
                     history: History::default(),
                 }))
             }
@@ -490,21 +733,21 @@ mod tests {
     fn publish_reaches_only_joined_reactors() {
         let hub = hub(HubConfig::default());
         let now = Instant::now();
-        assert!(matches!(hub.join("t", 3, None, now), Ok((0, None))));
-        hub.join("t", 63, None, now).unwrap();
-        hub.join("t", 64, None, now).unwrap(); // out of range: no bit
+        assert!(matches!(hub.join("t", 3, None, true, now), Ok((0, None))));
+        hub.join("t", 63, None, true, now).unwrap();
+        hub.join("t", 64, None, true, now).unwrap(); // out of range: no bit
         let reactors = hub
             .publish_with("t", Payload::new(Format::Binary, b""), now, |_, r| r)
             .unwrap();
         assert_eq!(reactors.iter().collect::<Vec<_>>(), [3, 63]);
         assert!(reactors.contains(3) && !reactors.contains(4) && !reactors.contains(99));
-        hub.leave("t", 3);
-        hub.leave("gone", 3);
+        hub.leave("t", 3, true);
+        hub.leave("gone", 3, true);
         let reactors = hub
             .publish_with("t", Payload::new(Format::Binary, b""), now, |_, r| r)
             .unwrap();
         assert_eq!(reactors.iter().collect::<Vec<_>>(), [63]);
-        let (seq, recovery) = hub.join("t", 0, Some(&resume(1)), now).unwrap();
+        let (seq, recovery) = hub.join("t", 0, Some(&resume(1)), true, now).unwrap();
         assert_eq!(seq, 2);
         assert_eq!(seqs(&recovery.unwrap()), [2]);
     }
@@ -519,11 +762,11 @@ mod tests {
         let now = Instant::now();
         publish(&hub, "a", "1", now);
         publish(&hub, "a", "2", now);
-        hub.join("b", 0, None, now).unwrap();
+        hub.join("b", 0, None, true, now).unwrap();
         let full = hub.publish_with("c", Payload::new(Format::Text, b""), now, |_, _| ());
         assert_eq!(full, Err(Error::TooManyTopics));
         assert!(matches!(
-            hub.join("c", 0, None, now),
+            hub.join("c", 0, None, true, now),
             Err(Error::TooManyTopics)
         ));
         assert_eq!(
@@ -589,6 +832,87 @@ mod tests {
         }
         assert_eq!(total, THREADS as u64 * EACH);
         assert_eq!(last["x"] + last["y"], total);
+    }
+
+    fn numbered(topic: &str, seq: u64) -> Arc<Message> {
+        let payload = Payload::new(Format::Text, format!("{seq}").as_bytes());
+        Arc::new(Message::new(Arc::from(topic), seq, Instant::now(), payload))
+    }
+
+    #[test]
+    fn a_fed_hub_waits_for_sync_then_takes_each_seq_once_in_order() {
+        let (tx, interest) = crossbeam_channel::unbounded();
+        let hub = Hub::fed(HubConfig::default(), tx);
+        hub.set_epoch(EPOCH);
+        let now = Instant::now();
+        assert!(hub.is_fed());
+        assert!(matches!(
+            hub.join("t", 1, None, true, now),
+            Err(Error::Pending)
+        ));
+        assert!(matches!(
+            hub.join("t", 2, None, true, now),
+            Err(Error::Pending)
+        ));
+        assert_eq!(
+            interest.try_iter().collect::<Vec<_>>(),
+            [Interest::Join("t".into())]
+        );
+        assert_eq!(hub.wants("t"), Some(false));
+        assert_eq!(
+            hub.deliver(numbered("t", 4), false, |_, _| ()),
+            Delivered::NotLive
+        );
+
+        // Synced at seq 5 with 4 and 5 in the log: the waiting reactors are told.
+        let recent = vec![numbered("t", 4), numbered("t", 5)];
+        let waiting = hub.sync("t", 5, recent, false, |_, _| panic!("nothing live yet"));
+        assert_eq!(waiting.iter().collect::<Vec<_>>(), [1, 2]);
+        let (seq, recovery) = hub.join("t", 1, Some(&resume(3)), true, now).unwrap();
+        assert_eq!((seq, seqs(&recovery.unwrap())), (5, vec![4, 5]));
+        assert_eq!(hub.subscribers("t"), 1);
+
+        let mut sent = Vec::new();
+        let mut take = |m: &Arc<Message>, r: Reactors| sent.push((m.seq(), r));
+        assert_eq!(
+            hub.deliver(numbered("t", 5), false, &mut take),
+            Delivered::Duplicate
+        );
+        assert_eq!(
+            hub.deliver(numbered("t", 6), false, &mut take),
+            Delivered::Sent
+        );
+        assert_eq!(
+            hub.deliver(numbered("t", 9), false, &mut take),
+            Delivered::Gap { have: 6 }
+        );
+        assert_eq!(
+            hub.deliver(numbered("t", 9), true, &mut take),
+            Delivered::Sent
+        );
+        assert_eq!(sent.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [6, 9]);
+        assert!(
+            sent.iter()
+                .all(|(_, r)| r.iter().collect::<Vec<_>>() == [1])
+        );
+        // History restarted at the gap, so it stays contiguous.
+        assert!(!hub.since("t", &resume(6), now).recovered);
+        assert_eq!(seqs(&hub.since("t", &resume(8), now)), [9]);
+
+        // Reconnected: the sync sends what was missed, after the hub's seq only.
+        let recent = vec![numbered("t", 9), numbered("t", 10), numbered("t", 11)];
+        let mut caught_up = Vec::new();
+        hub.sync("t", 11, recent, false, |m, _| caught_up.push(m.seq()));
+        assert_eq!(caught_up, [10, 11]);
+
+        // Reactor 2 never subscribed after all; reactor 1's subscriber leaves: released.
+        hub.cancel_wait("t", 2);
+        assert!(interest.try_recv().is_err(), "reactor 1 still wants it");
+        hub.leave("t", 1, true);
+        assert_eq!(interest.try_recv(), Ok(Interest::Leave("t".into())));
+        assert_eq!(hub.wants("t"), None);
+        assert_eq!(hub.subscribers("t"), 0);
+        assert_eq!(hub.sweep(now), 1, "a released topic keeps no history");
     }
 
     #[test]

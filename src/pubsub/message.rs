@@ -85,6 +85,16 @@ pub struct Message {
 }
 
 impl Message {
+    /// A message numbered elsewhere (by a cluster's upstream), for [`super::Hub::deliver`].
+    pub fn new(topic: Arc<str>, seq: u64, published_at: Instant, payload: Payload) -> Message {
+        Message {
+            topic,
+            seq,
+            published_at,
+            payload,
+        }
+    }
+
     /// The topic it was published to.
     pub fn topic(&self) -> &Arc<str> {
         &self.topic
@@ -104,6 +114,15 @@ impl Message {
     pub fn payload(&self) -> &Payload {
         &self.payload
     }
+}
+
+/// What a reactor's inbox carries from the hub's side.
+#[derive(Clone, Debug)]
+pub enum Post {
+    /// A message for the reactor's subscribers of its topic.
+    Message(Arc<Message>),
+    /// A fed hub's topic that a subscribe here waited for is live: subscribe again.
+    Ready(Arc<str>),
 }
 
 #[cfg(test)]

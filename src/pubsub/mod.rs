@@ -10,6 +10,10 @@
 //!   fanout list for a message that arrived from the hub. Each connection keeps its own
 //!   [`Subscriptions`], a list of small [`TopicId`] handles, so closing it can leave every topic.
 //!
+//! In a cluster the hub is *fed* (see [`Hub::fed`]): the bridge numbers messages upstream and
+//! delivers them here, and what reactors receive is a [`Post`]: a message, or word that a topic
+//! a subscribe waited for is ready.
+//!
 //! Resume without a gap or a duplicate: a subscribe reads the topic's current `seq` (and, when
 //! asked, the missed history) in the same critical section that makes the hub send future
 //! publishes to the reactor; the registry then keeps the new subscriber out of every message at
@@ -22,8 +26,10 @@ mod registry;
 mod topic;
 
 pub use history::Recovery;
-pub use hub::{Epoch, Hub, HubConfig, HubStats, MAX_REACTORS, Reactors, Resume};
-pub use message::{Format, Message, Payload, shared_frame};
+pub use hub::{
+    Delivered, Epoch, Hub, HubConfig, HubStats, Interest, MAX_REACTORS, Reactors, Resume,
+};
+pub use message::{Format, Message, Payload, Post, shared_frame};
 pub use registry::{Registry, Subscribed, Subscriptions, TopicId};
 pub use topic::{TopicError, validate_topic};
 
@@ -36,6 +42,9 @@ pub enum Error {
     TooManyReactors,
     /// A connection id or local topic count too large for the registry's 32-bit bookkeeping.
     IdOverflow,
+    /// A fed hub is fetching the topic from its upstream: subscribe again once it posts that
+    /// the topic is ready.
+    Pending,
 }
 
 impl std::fmt::Display for Error {
@@ -44,6 +53,7 @@ impl std::fmt::Display for Error {
             Error::TooManyTopics => "too many topics",
             Error::TooManyReactors => "too many reactors for the hub's 64-bit reactor sets",
             Error::IdOverflow => "id does not fit the registry's 32-bit bookkeeping",
+            Error::Pending => "the topic is being fetched from the cluster",
         })
     }
 }

@@ -206,7 +206,7 @@ impl Registry {
         if let Some(id) = existing
             && self.topics[id.key()].has(conn)
         {
-            let (seq, _) = self.hub.join(topic, self.reactor, None, now)?;
+            let (seq, _) = self.hub.join(topic, self.reactor, None, false, now)?;
             return Ok(Subscribed {
                 topic: id,
                 seq,
@@ -214,7 +214,7 @@ impl Registry {
                 already: true,
             });
         }
-        let (seq, recovery) = self.hub.join(topic, self.reactor, resume, now)?;
+        let (seq, recovery) = self.hub.join(topic, self.reactor, resume, true, now)?;
         let id = match existing {
             Some(id) => id,
             None => {
@@ -222,7 +222,7 @@ impl Registry {
                 let id = match TopicId::from_key(entry.key()) {
                     Ok(id) => id,
                     Err(error) => {
-                        self.hub.leave(topic, self.reactor);
+                        self.hub.leave(topic, self.reactor, true);
                         return Err(error);
                     }
                 };
@@ -305,6 +305,13 @@ impl Registry {
         members.iter().map(|&conn| conn as usize)
     }
 
+    /// A subscribe here waited for `topic` ([`Error::Pending`]) but nobody is left to retry it.
+    pub fn abandon(&self, topic: &str) {
+        if !self.by_name.contains_key(topic) {
+            self.hub.cancel_wait(topic, self.reactor);
+        }
+    }
+
     /// Local subscribers of `topic`.
     pub fn count(&self, topic: &str) -> usize {
         self.by_name
@@ -339,7 +346,9 @@ impl Registry {
         if local.len() == 0 {
             let local = self.topics.remove(id.key());
             self.by_name.remove(&local.name);
-            self.hub.leave(&local.name, self.reactor);
+            self.hub.leave(&local.name, self.reactor, true);
+        } else {
+            self.hub.leave(&local.name, self.reactor, false);
         }
         true
     }

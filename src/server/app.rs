@@ -3,9 +3,14 @@
 //! WebSocket routes: `/echo` (every message comes back as it came), `/t/<topic>` (a raw topic
 //! socket: receives every payload of the topic as is; what it sends is published to it when
 //! `client_publish` allows) and `/ws` (the JSON envelope protocol of [`super::envelope`]).
-//! HTTP: `/healthz`, `/metrics`, `/stats` and the publish API of [`super::http`]. Anything else
-//! is a 404. The protocols are specified in `docs/protocol.md`.
+//! HTTP: `/healthz`, `/metrics`, `/stats`, `/topics/<topic>` and the publish API of
+//! [`super::http`]. Anything else is a 404. The protocols are specified in `docs/protocol.md`.
+//!
+//! In a cluster the first subscribe of a topic on this node waits (without blocking anything)
+//! until the bridge has synced the topic from Redis: it is *parked* here and answered when the
+//! inbox says the topic is ready.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -17,10 +22,12 @@ use slab::Slab;
 use super::auth::Grants;
 use super::envelope::{self, Command, ErrorCode, Id, delivery_frame, format_of};
 use super::http;
-use super::state::{ClientPublish, Full, Server, SlowConsumer};
+use super::state::{ClientPublish, Full, PublishError, Server, SlowConsumer};
 use crate::protocol::handshake::Request;
 use crate::protocol::{CloseCode, MessageKind};
-use crate::pubsub::{self, Message, Payload, Registry, Subscriptions, validate_topic};
+use crate::pubsub::{
+    self, Message, Payload, Post, Registry, Subscribed, Subscriptions, shared_frame, validate_topic,
+};
 use crate::reactor::{Answer, ConnId, Ctx, Handler, Local, Push, Response};
 
 /// What a WebSocket connection is for, chosen by its path.
@@ -67,6 +74,39 @@ struct Pending {
     extra: Extra,
 }
 
+/// A subscribe waiting for its topic to be synced from the cluster.
+#[derive(Debug)]
+struct Parked {
+    conn: ConnId,
+    /// An envelope subscribe's id (its JSON text), to answer with; `None` if it had none.
+    id: Option<Box<str>>,
+    resume: Option<pubsub::Resume>,
+    /// An envelope subscribe, answered when done; otherwise a `/t/` socket's own topic.
+    envelope: bool,
+}
+
+/// Where a subscribe's answers go: the connection of a callback, or one reached from the inbox.
+trait Reply {
+    /// Queues a frame; false if the connection is gone or closing.
+    fn send_frame(&mut self, frame: &Arc<[u8]>) -> bool;
+}
+
+impl Reply for Ctx<'_, Conn> {
+    fn send_frame(&mut self, frame: &Arc<[u8]>) -> bool {
+        self.send_shared(frame).is_ok()
+    }
+}
+
+/// Connection `.1`, reached from the inbox.
+struct To<'l, 'a>(&'l mut Local<'a, Conn>, ConnId);
+
+impl Reply for To<'_, '_> {
+    fn send_frame(&mut self, frame: &Arc<[u8]>) -> bool {
+        // Answers and replays are not deliveries: no slow-consumer cap, as in a callback.
+        matches!(self.0.send_shared(self.1, frame, usize::MAX), Push::Queued)
+    }
+}
+
 /// One reactor's application state.
 pub struct App {
     server: Arc<Server>,
@@ -74,6 +114,8 @@ pub struct App {
     registry: Registry,
     extras: Slab<Extra>,
     pending: Option<Pending>,
+    /// Cluster mode: subscribes waiting for their topic, by topic.
+    parked: HashMap<Arc<str>, Vec<Parked>>,
     scratch: Vec<u8>,
 }
 
@@ -86,6 +128,7 @@ impl App {
             index,
             extras: Slab::new(),
             pending: None,
+            parked: HashMap::new(),
             scratch: Vec::new(),
         })
     }
@@ -178,18 +221,102 @@ impl App {
         if !conn.may_publish {
             return ctx.close(CloseCode::POLICY_VIOLATION, "publishing not allowed");
         }
-        let Some(topic) = conn
-            .subs
-            .iter()
-            .next()
-            .and_then(|id| self.registry.name(id))
-        else {
+        let first = conn.subs.iter().next();
+        let topic = match first {
+            Some(id) => self.registry.name(id).cloned(),
+            None => self.parked_topic(ctx.id()),
+        };
+        let Some(topic) = topic else {
             return;
         };
         let payload = Payload::new(format_of(kind, payload), payload);
-        if let Err(e) = self.server.publish(topic, payload) {
-            ctx.close(CloseCode::POLICY_VIOLATION, &e.to_string());
+        match self.server.publish(&topic, payload) {
+            Ok(_) => {}
+            // A raw socket has no answer to carry the refusal; the drop is counted.
+            Err(PublishError::Cluster(_)) => {}
+            Err(e) => ctx.close(CloseCode::POLICY_VIOLATION, &e.to_string()),
         }
+    }
+
+    /// The topic a `/t/` connection waits for, in cluster mode.
+    fn parked_topic(&self, conn: ConnId) -> Option<Arc<str>> {
+        self.parked
+            .iter()
+            .find(|(_, list)| list.iter().any(|p| p.conn == conn))
+            .map(|(topic, _)| topic.clone())
+    }
+
+    /// How many subscribes of `conn` wait.
+    fn parked_count(&self, conn: ConnId) -> usize {
+        self.parked
+            .values()
+            .map(|list| list.iter().filter(|p| p.conn == conn).count())
+            .sum()
+    }
+
+    fn park(&mut self, topic: &str, parked: Parked) {
+        match self.parked.get_mut(topic) {
+            Some(list) => list.push(parked),
+            None => {
+                self.parked.insert(Arc::from(topic), vec![parked]);
+            }
+        }
+    }
+
+    /// Forgets `conn`'s waiting subscribes (of `topic` only, if given); a topic nobody here
+    /// waits for any more is given up.
+    fn unpark_conn(&mut self, conn: ConnId, topic: Option<&str>) {
+        let registry = &self.registry;
+        self.parked.retain(|name, list| {
+            if topic.is_none_or(|t| t == &**name) {
+                list.retain(|p| p.conn != conn);
+            }
+            let keep = !list.is_empty();
+            if !keep {
+                registry.abandon(name);
+            }
+            keep
+        });
+    }
+
+    /// The topic the parked subscribes waited for is live: subscribe them now.
+    fn unpark(&mut self, local: &mut Local<'_, Conn>, topic: Arc<str>) {
+        let Some(parked) = self.parked.remove(&topic) else {
+            // Everyone here who waited has left.
+            return self.registry.abandon(&topic);
+        };
+        let now = local.now();
+        let mut out = std::mem::take(&mut self.scratch);
+        for p in parked {
+            let Some(conn) = local.conn(p.conn) else {
+                continue;
+            };
+            let subscribed =
+                self.registry
+                    .subscribe(p.conn, &mut conn.subs, &topic, p.resume.as_ref(), now);
+            let id = p.id.as_deref().map(Id::verbatim);
+            match subscribed {
+                Err(pubsub::Error::Pending) => {
+                    // The topic was given up and is wanted again: wait for the next sync.
+                    self.park(&topic, p);
+                }
+                Err(e) if p.envelope => {
+                    out.clear();
+                    let (code, message) = subscribe_error(e);
+                    envelope::render_error(&mut out, id, code, message);
+                    self.send(&mut To(local, p.conn), &out);
+                }
+                Err(e) => local.close(p.conn, CloseCode::POLICY_VIOLATION, &e.to_string()),
+                Ok(subscribed) => {
+                    self.update_gauge();
+                    if p.envelope {
+                        let to = &mut To(local, p.conn);
+                        self.answer_subscribed(to, id, &topic, subscribed, &mut out);
+                    }
+                }
+            }
+        }
+        self.scratch = out;
     }
 
     /// A message on `/ws`: one command, answered with an ack or an error.
@@ -230,6 +357,9 @@ impl App {
                 let conn_id = ctx.id();
                 self.registry
                     .unsubscribe(conn_id, &mut ctx.conn().subs, topic);
+                if !self.parked.is_empty() {
+                    self.unpark_conn(conn_id, Some(topic));
+                }
                 self.update_gauge();
                 envelope::render_ack(out, id);
             }
@@ -243,7 +373,12 @@ impl App {
                 } else {
                     match self.server.publish(topic, Payload::new(*format, data)) {
                         Ok(seq) => envelope::render_published(out, id, topic, seq),
-                        Err(e) => error(out, ErrorCode::TooManyTopics, &e.to_string()),
+                        Err(e @ PublishError::Hub(_)) => {
+                            error(out, ErrorCode::TooManyTopics, &e.to_string());
+                        }
+                        Err(e @ PublishError::Cluster(_)) => {
+                            error(out, ErrorCode::Unavailable, &e.to_string());
+                        }
                     }
                 }
             }
@@ -261,12 +396,17 @@ impl App {
     ) {
         let (conn_id, now) = (ctx.id(), ctx.now());
         let max = self.server.config.max_topics_per_connection;
+        let waiting = if self.parked.is_empty() {
+            0
+        } else {
+            self.parked_count(conn_id)
+        };
         let result = if !self.can_subscribe(self.grants(ctx.conn()), topic) {
             Err((
                 ErrorCode::Forbidden,
                 "subscribing to this topic is not allowed",
             ))
-        } else if ctx.conn().subs.len() >= max {
+        } else if ctx.conn().subs.len() + waiting >= max {
             Err((
                 ErrorCode::TooManyTopics,
                 "too many topics on this connection",
@@ -278,31 +418,58 @@ impl App {
                 .subscribe(conn_id, subs, topic, resume.as_ref(), now)
             {
                 Ok(subscribed) => Ok(subscribed),
-                Err(pubsub::Error::TooManyTopics) => {
-                    Err((ErrorCode::TooManyTopics, "too many topics on the server"))
+                Err(pubsub::Error::Pending) => {
+                    let id = id.map(|id| Box::from(id.as_json()));
+                    let parked = Parked {
+                        conn: conn_id,
+                        id,
+                        resume,
+                        envelope: true,
+                    };
+                    return self.park(topic, parked);
                 }
-                Err(_) => Err((ErrorCode::BadRequest, "cannot subscribe")),
+                Err(e) => Err(subscribe_error(e)),
             }
         };
-        let subscribed = match result {
-            Ok(subscribed) => subscribed,
+        match result {
+            Ok(subscribed) => {
+                self.update_gauge();
+                self.answer_subscribed(ctx, id, topic, subscribed, out);
+            }
             Err((code, message)) => {
                 envelope::render_error(out, id, code, message);
-                return self.reply(ctx, out);
+                self.reply(ctx, out);
             }
-        };
-        self.update_gauge();
+        }
+    }
+
+    /// Sends a subscribe's ack, then what a resume recovered: what was missed goes out before
+    /// anything live (live deliveries come from the inbox, after this).
+    fn answer_subscribed(
+        &self,
+        to: &mut impl Reply,
+        id: Option<Id<'_>>,
+        topic: &str,
+        subscribed: Subscribed,
+        out: &mut Vec<u8>,
+    ) {
         let recovery = subscribed.recovery.unwrap_or_default();
         let epoch = self.server.hub.epoch();
+        out.clear();
         envelope::render_subscribed(out, id, topic, recovery.recovered, epoch, subscribed.seq);
-        self.reply(ctx, out);
-        // What was missed goes out before anything live: live deliveries come from the inbox,
-        // after this callback.
+        self.send(to, out);
         for message in &recovery.messages {
             let frame = delivery_frame(message, out);
-            if ctx.send_shared(&frame).is_ok() {
+            if to.send_frame(&frame) {
                 self.server.counters[self.index].sent(frame.len());
             }
+        }
+    }
+
+    /// Sends `out` as one text message.
+    fn send(&self, to: &mut impl Reply, out: &[u8]) {
+        if to.send_frame(&shared_frame(MessageKind::Text, out)) {
+            self.server.counters[self.index].sent(out.len());
         }
     }
 
@@ -313,6 +480,14 @@ impl App {
     }
 }
 
+/// The error answer to a subscribe the registry refused.
+fn subscribe_error(error: pubsub::Error) -> (ErrorCode, &'static str) {
+    match error {
+        pubsub::Error::TooManyTopics => (ErrorCode::TooManyTopics, "too many topics on the server"),
+        _ => (ErrorCode::BadRequest, "cannot subscribe"),
+    }
+}
+
 /// A refusal before the upgrade, with a JSON body.
 fn refuse<'r>(status: u16, message: &str) -> Answer<'r, Conn> {
     Answer::Respond(http::error(status, message))
@@ -320,7 +495,7 @@ fn refuse<'r>(status: u16, message: &str) -> Answer<'r, Conn> {
 
 impl Handler for App {
     type Conn = Conn;
-    type Inbox = Arc<Message>;
+    type Inbox = Post;
 
     fn on_request<'r>(
         &mut self,
@@ -332,8 +507,9 @@ impl Handler for App {
         self.server.maybe_sweep(Instant::now());
         let path = request.path();
         match (request.method(), path) {
-            ("GET" | "HEAD", "/healthz") => {
-                Answer::Respond(Response::new(200, "text/plain", "ok\n"))
+            ("GET" | "HEAD", "/healthz") => Answer::Respond(http::health(&self.server)),
+            ("GET", _) if path.starts_with("/topics/") => {
+                Answer::Respond(http::presence(&self.server, &path["/topics/".len()..]))
             }
             ("GET", "/metrics") => Answer::Respond(http::metrics(&self.server)),
             ("GET", "/stats") => Answer::Respond(http::stats(&self.server)),
@@ -370,8 +546,18 @@ impl Handler for App {
                 .registry
                 .subscribe(id, &mut ctx.conn().subs, &topic, None, now);
             self.update_gauge();
-            if let Err(e) = subscribed {
-                ctx.close(CloseCode::POLICY_VIOLATION, &e.to_string());
+            match subscribed {
+                Ok(_) => {}
+                Err(pubsub::Error::Pending) => {
+                    let parked = Parked {
+                        conn: id,
+                        id: None,
+                        resume: None,
+                        envelope: false,
+                    };
+                    self.park(&topic, parked);
+                }
+                Err(e) => ctx.close(CloseCode::POLICY_VIOLATION, &e.to_string()),
             }
         }
     }
@@ -394,6 +580,9 @@ impl Handler for App {
         if self.registry.unsubscribe_all(id, &mut conn.subs) > 0 {
             self.update_gauge();
         }
+        if !self.parked.is_empty() {
+            self.unpark_conn(id, None);
+        }
         let extra = conn
             .extra
             .take()
@@ -402,7 +591,17 @@ impl Handler for App {
         self.server.maybe_sweep(Instant::now());
     }
 
-    fn on_inbox(&mut self, local: &mut Local<'_, Conn>, message: Arc<Message>) {
+    fn on_inbox(&mut self, local: &mut Local<'_, Conn>, post: Post) {
+        match post {
+            Post::Message(message) => self.fan_out(local, message),
+            Post::Ready(topic) => self.unpark(local, topic),
+        }
+    }
+}
+
+impl App {
+    /// A message from the hub, to this reactor's subscribers of its topic.
+    fn fan_out(&mut self, local: &mut Local<'_, Conn>, message: Arc<Message>) {
         let server = &*self.server;
         let counters = &server.counters[self.index];
         let (max_queued, policy) = (server.config.max_queued_bytes, server.config.slow_consumer);

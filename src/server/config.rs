@@ -1,7 +1,7 @@
 //! Settings: command-line flags over an optional TOML file over defaults.
 //!
-//! Every flag of `clarion serve` has a TOML key of the same name (with `_` for `-`); a flag
-//! given on the command line wins. Sizes are in bytes, durations are written `500ms`, `10s`,
+//! Every flag of `clarion serve` has a TOML key of the same name (with `_` for `-`), except
+//! `--redis`, which is `redis` in the `[cluster]` table; a flag given on the command line wins. Sizes are in bytes, durations are written `500ms`, `10s`,
 //! `2m` or `1h`; `0` turns an optional timer off.
 
 use std::net::SocketAddr;
@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::auth::AuthMode;
 use super::state::{AppConfig, ClientPublish, SlowConsumer};
+use crate::cluster::{self, ClusterConfig};
 use crate::protocol;
 use crate::pubsub::{HubConfig, MAX_REACTORS};
 use crate::reactor;
@@ -240,6 +241,32 @@ pub struct Settings {
     /// Payload bytes kept in history across all topics [default: 268435456].
     #[arg(long, value_name = "BYTES")]
     pub history_total_bytes: Option<usize>,
+
+    /// Join the cluster on this Redis (e.g. redis://127.0.0.1:6379): topics, `seq`s, history and
+    /// presence are shared with every node on it. Unset: a self-contained node. In the config
+    /// file: `redis` in the `[cluster]` table.
+    #[arg(long, value_name = "URL")]
+    #[serde(skip)]
+    pub redis: Option<String>,
+
+    /// The config file's `[cluster]` table.
+    #[arg(skip)]
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// The `[cluster]` table of the config file.
+#[derive(Debug, Default, Deserialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// The Redis URL (the `--redis` flag wins over it).
+    pub redis: Option<String>,
+    /// Payload bytes of publishes that may wait for Redis while it is slow or down; past it
+    /// publishes are refused [default: 16777216].
+    pub buffer_bytes: Option<usize>,
+    /// How often the node writes its subscriber counts to Redis; they expire after three
+    /// [default: 1s].
+    #[serde(default, deserialize_with = "de_duration")]
+    pub heartbeat: Option<Duration>,
 }
 
 impl Settings {
@@ -302,7 +329,9 @@ impl Settings {
             history_size,
             history_max_bytes,
             history_max_age,
-            history_total_bytes
+            history_total_bytes,
+            redis,
+            cluster
         )
     }
 
@@ -371,11 +400,18 @@ impl Settings {
                 "uring_buffer_size must be at least 1024",
             ),
             (config.uring.files == 0, "uring_files must be at least 1"),
+            (
+                app.cluster.as_ref().is_some_and(|c| c.heartbeat.is_zero()),
+                "cluster heartbeat must be above 0",
+            ),
         ];
-        match checks.iter().find(|(bad, _)| *bad) {
-            Some((_, message)) => Err((*message).to_owned()),
-            None => Ok(settings),
+        if let Some((_, message)) = checks.iter().find(|(bad, _)| *bad) {
+            return Err((*message).to_owned());
         }
+        if let Some(cluster) = &app.cluster {
+            cluster::check_url(&cluster.redis)?;
+        }
+        Ok(settings)
     }
 
     /// The push server's configuration these settings describe (defaults where unset).
@@ -409,7 +445,20 @@ impl Settings {
                 history_total_bytes: self.history_total_bytes.unwrap_or(h.history_total_bytes),
                 max_topics: self.max_topics.unwrap_or(h.max_topics),
             },
+            cluster: self.cluster_config(),
         }
+    }
+
+    /// The cluster this node joins, if a Redis URL is set (flag or `[cluster] redis`).
+    fn cluster_config(&self) -> Option<ClusterConfig> {
+        let table = self.cluster.clone().unwrap_or_default();
+        let redis = self.redis.clone().or(table.redis)?;
+        let d = ClusterConfig::default();
+        Some(ClusterConfig {
+            redis,
+            buffer_bytes: table.buffer_bytes.unwrap_or(d.buffer_bytes),
+            heartbeat: table.heartbeat.unwrap_or(d.heartbeat),
+        })
     }
 
     /// The engine configuration these settings describe (defaults where unset).
@@ -623,6 +672,50 @@ mod tests {
             "auth = jwt needs a jwt_secret"
         );
         assert!(toml::from_str::<Settings>("slow_consumer = \"maybe\"").is_err());
+    }
+
+    #[test]
+    fn cluster_comes_from_the_table_or_the_flag() {
+        let file: Settings = toml::from_str(
+            "[cluster]\nredis = \"redis://10.0.0.1:6379\"\nbuffer_bytes = 1000\nheartbeat = \"2s\"",
+        )
+        .unwrap();
+        let cluster = file.app_config().cluster.unwrap();
+        assert_eq!(cluster.redis, "redis://10.0.0.1:6379");
+        assert_eq!(cluster.buffer_bytes, 1000);
+        assert_eq!(cluster.heartbeat, Duration::from_secs(2));
+        let flags = Settings {
+            redis: Some("redis://127.0.0.1:7000".into()),
+            ..Settings::default()
+        };
+        let merged = flags.over(file).app_config().cluster.unwrap();
+        assert_eq!(merged.redis, "redis://127.0.0.1:7000");
+        assert_eq!(merged.buffer_bytes, 1000);
+        assert_eq!(Settings::default().app_config().cluster, None);
+        let bad = Settings {
+            redis: Some("http://nope".into()),
+            ..Settings::default()
+        };
+        assert!(
+            Settings::resolve(bad)
+                .unwrap_err()
+                .contains("invalid redis URL")
+        );
+        assert!(toml::from_str::<Settings>("[cluster]\nredos = \"x\"").is_err());
+    }
+
+    #[test]
+    fn the_cluster_examples_are_valid() {
+        for node in ["a", "b"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("config/cluster-node-{node}.toml"));
+            let settings = Settings::resolve(Settings {
+                config: Some(path),
+                ..Settings::default()
+            })
+            .unwrap();
+            assert!(settings.app_config().cluster.is_some());
+        }
     }
 
     #[test]

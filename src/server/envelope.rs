@@ -38,6 +38,11 @@ impl<'a> Id<'a> {
     pub fn as_json(&self) -> &'a str {
         self.0
     }
+
+    /// An id kept as the text [`Id::as_json`] gave (to answer a command later).
+    pub(crate) fn verbatim(json: &'a str) -> Id<'a> {
+        Id(json)
+    }
 }
 
 /// A client command.
@@ -105,6 +110,8 @@ pub enum ErrorCode {
     InvalidTopic,
     /// The `type` is none of the known commands.
     UnknownType,
+    /// Cluster mode: the publish could not be queued for Redis (link down, buffer full).
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -116,6 +123,7 @@ impl ErrorCode {
             ErrorCode::TooManyTopics => "too_many_topics",
             ErrorCode::InvalidTopic => "invalid_topic",
             ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }
@@ -366,11 +374,14 @@ pub fn render_subscribed(
     out.push(b'}');
 }
 
-/// Appends a publish ack: `{"type":"ack","id":…,"topic":…,"seq":…}` with the assigned `seq`.
-pub fn render_published(out: &mut Vec<u8>, id: Option<Id>, topic: &str, seq: u64) {
+/// Appends a publish ack: `{"type":"ack","id":…,"topic":…,"seq":…}` with the assigned `seq`
+/// (none in a cluster, where Redis assigns it after the ack).
+pub fn render_published(out: &mut Vec<u8>, id: Option<Id>, topic: &str, seq: Option<u64>) {
     open(out, "ack", id);
     str_field(out, "topic", topic);
-    u64_field(out, "seq", seq);
+    if let Some(seq) = seq {
+        u64_field(out, "seq", seq);
+    }
     out.push(b'}');
 }
 
@@ -681,11 +692,14 @@ mod tests {
                    "epoch":"0000000000000001","seq":41})
         );
         out.clear();
-        render_published(&mut out, None, "t", u64::MAX);
+        render_published(&mut out, None, "t", Some(u64::MAX));
         assert_eq!(
             out,
             format!(r#"{{"type":"ack","topic":"t","seq":{}}}"#, u64::MAX).as_bytes()
         );
+        out.clear();
+        render_published(&mut out, None, "t", None);
+        assert_eq!(out, br#"{"type":"ack","topic":"t"}"#);
         out.clear();
         let error = parse(r#"{"type":"x","id":2}"#).unwrap_err();
         error.render(&mut out);

@@ -8,7 +8,14 @@
 //!   as its text, anything else as JSON). All items are checked before any is published.
 //!   Answers 202 `{"epoch":…,"results":[{"topic":…,"seq":…},…]}`.
 //!
-//! With an API key configured both need `Authorization: Bearer <key>` (401 without).
+//! - `GET /topics/<topic>`: `{"topic":…,"subscribers":…,"local":…}`, the subscribers on every
+//!   node (in a cluster, the other nodes' as of their last heartbeat) and on this one.
+//! - `GET /healthz`: `ok`, and in a cluster the link's state (`cluster: up` or `cluster: down`).
+//!
+//! In a cluster a publish is queued for Redis, which numbers it later: the answers carry no
+//! `seq` then.
+//!
+//! With an API key configured the publish API needs `Authorization: Bearer <key>` (401 without).
 
 use std::borrow::Cow;
 
@@ -18,10 +25,10 @@ use serde_json::value::RawValue;
 
 use super::envelope::format_of;
 use super::metrics::{PROMETHEUS_CONTENT_TYPE, Prometheus, stats_json};
-use super::state::Server;
+use super::state::{PublishError, Server};
 use crate::protocol::MessageKind;
 use crate::protocol::handshake::Request;
-use crate::pubsub::{self, Format, Payload, validate_topic};
+use crate::pubsub::{Format, Payload, validate_topic};
 use crate::reactor::Response;
 
 /// A JSON error body.
@@ -45,6 +52,26 @@ pub fn stats(server: &Server) -> Response {
     let (reactors, latency) = server.metrics();
     let body = stats_json(&server.snapshot(&reactors, latency));
     Response::new(200, "application/json", body)
+}
+
+/// `GET /healthz`.
+pub fn health(server: &Server) -> Response {
+    let body = match server.cluster.as_ref().map(|c| c.stats().up) {
+        None => "ok\n",
+        Some(true) => "ok\ncluster: up\n",
+        Some(false) => "ok\ncluster: down\n",
+    };
+    Response::new(200, "text/plain", body)
+}
+
+/// `GET /topics/<topic>`: the topic's subscribers.
+pub fn presence(server: &Server, topic: &str) -> Response {
+    if let Err(e) = validate_topic(topic, server.config.max_topic_length) {
+        return error(400, &e.to_string());
+    }
+    let (local, elsewhere) = server.presence(topic);
+    let body = json!({ "topic": topic, "subscribers": local + elsewhere, "local": local });
+    Response::new(200, "application/json", body.to_string())
 }
 
 /// `POST /publish/<topic>` and `POST /publish`, after the API key check.
@@ -102,11 +129,13 @@ fn publish_one(
         Err(message) => return error(400, message),
     };
     match server.publish(topic, Payload::new(format, body)) {
-        Ok(seq) => accepted(json!({
-            "topic": topic,
-            "seq": seq,
-            "epoch": server.hub.epoch().to_string(),
-        })),
+        Ok(seq) => {
+            let mut answer = json!({ "topic": topic, "epoch": server.hub.epoch().to_string() });
+            if let Some(seq) = seq {
+                answer["seq"] = seq.into();
+            }
+            accepted(answer)
+        }
         Err(e) => refused(e),
     }
 }
@@ -145,7 +174,8 @@ fn publish_many(server: &Server, body: &[u8]) -> Response {
     let mut results = Vec::with_capacity(items.len());
     for (item, payload) in items.iter().zip(payloads) {
         match server.publish(&item.topic, payload) {
-            Ok(seq) => results.push(json!({ "topic": item.topic, "seq": seq })),
+            Ok(Some(seq)) => results.push(json!({ "topic": item.topic, "seq": seq })),
+            Ok(None) => results.push(json!({ "topic": item.topic })),
             Err(e) => return refused(e),
         }
     }
@@ -159,6 +189,6 @@ fn accepted(body: serde_json::Value) -> Response {
     Response::new(202, "application/json", body.to_string())
 }
 
-fn refused(reason: pubsub::Error) -> Response {
+fn refused(reason: PublishError) -> Response {
     error(503, &reason.to_string())
 }

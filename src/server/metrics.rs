@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
+use crate::cluster::ClusterStats;
 use crate::pubsub::HubStats;
 
 /// `Content-Type` of the Prometheus text exposition format.
@@ -150,6 +151,8 @@ pub struct Snapshot<'a> {
     pub hub: HubStats,
     /// Publish-to-write latency, all reactors merged.
     pub latency: Histogram,
+    /// The Redis link, in cluster mode.
+    pub cluster: Option<ClusterStats>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -274,6 +277,51 @@ const HUB_METRICS: &[Def<HubStats>] = &[
     },
 ];
 
+const CLUSTER_METRICS: &[Def<ClusterStats>] = &[
+    Def {
+        key: "cluster_up",
+        kind: Kind::Gauge,
+        help: "1 while both connections to Redis are up.",
+        value: |c| u64::from(c.up),
+    },
+    Def {
+        key: "cluster_buffered",
+        kind: Kind::Gauge,
+        help: "Publishes waiting for Redis.",
+        value: |c| c.buffered,
+    },
+    Def {
+        key: "cluster_buffered_bytes",
+        kind: Kind::Gauge,
+        help: "Payload bytes of the publishes waiting for Redis.",
+        value: |c| c.buffered_bytes,
+    },
+    Def {
+        key: "cluster_dropped",
+        kind: Kind::Counter,
+        help: "Publishes dropped: buffer full, or refused by Redis.",
+        value: |c| c.dropped,
+    },
+    Def {
+        key: "cluster_reconnects",
+        kind: Kind::Counter,
+        help: "Connections to Redis re-established after a loss.",
+        value: |c| c.reconnects,
+    },
+    Def {
+        key: "cluster_published",
+        kind: Kind::Counter,
+        help: "Publishes Redis took from this node.",
+        value: |c| c.published,
+    },
+    Def {
+        key: "cluster_received",
+        kind: Kind::Counter,
+        help: "Messages received from Redis.",
+        value: |c| c.received,
+    },
+];
+
 const LATENCY: &str = "clarion_publish_to_write_seconds";
 
 impl<T> Def<T> {
@@ -329,6 +377,14 @@ impl fmt::Display for Prometheus<'_> {
             def.write_header(f)?;
             writeln!(f, "{} {}", def.name(), (def.value)(&snapshot.hub))?;
         }
+        for def in CLUSTER_METRICS
+            .iter()
+            .filter(|_| snapshot.cluster.is_some())
+        {
+            def.write_header(f)?;
+            let value = snapshot.cluster.as_ref().map_or(0, def.value);
+            writeln!(f, "{} {value}", def.name())?;
+        }
         let latency = &snapshot.latency;
         writeln!(
             f,
@@ -374,6 +430,13 @@ pub fn stats_json(snapshot: &Snapshot) -> String {
         "reactors": snapshot.reactors.iter().map(|r| object(REACTOR_METRICS, r)).collect::<Vec<_>>(),
         "totals": totals,
         "hub": object(HUB_METRICS, &snapshot.hub),
+        // `{"up":…,"dropped":…}`: the table's keys without their `cluster_` prefix.
+        "cluster": snapshot.cluster.as_ref().map(|c| {
+            object(CLUSTER_METRICS, c)
+                .into_iter()
+                .map(|(key, value)| (key.trim_start_matches("cluster_").to_owned(), value))
+                .collect::<Map<String, Value>>()
+        }),
         "latency_us": {
             "count": latency.count(),
             "sum": latency.sum_micros(),
@@ -482,6 +545,7 @@ mod tests {
                 ..HubStats::default()
             },
             latency: histogram.snapshot(),
+            cluster: None,
         }
     }
 
@@ -557,14 +621,26 @@ mod tests {
     }
 
     #[test]
-    fn no_reactors_still_renders_valid_text() {
-        let snapshot = Snapshot {
+    fn no_reactors_still_renders_valid_text_and_cluster_numbers_show_when_clustered() {
+        let mut snapshot = Snapshot {
             reactors: &[],
             hub: HubStats::default(),
             latency: Histogram::default(),
+            cluster: None,
         };
         let samples = parse_back(&Prometheus(&snapshot).to_string());
         assert_eq!(samples[&format!("{LATENCY}_count")], 0.0);
+        assert!(!samples.contains_key("clarion_cluster_up"));
+        snapshot.cluster = Some(ClusterStats {
+            up: true,
+            dropped: 3,
+            ..ClusterStats::default()
+        });
+        let samples = parse_back(&Prometheus(&snapshot).to_string());
+        assert_eq!(samples["clarion_cluster_up"], 1.0);
+        assert_eq!(samples["clarion_cluster_dropped_total"], 3.0);
+        let stats: Value = serde_json::from_str(&stats_json(&snapshot)).unwrap();
+        assert_eq!(stats["cluster"]["dropped"], 3);
     }
 
     #[test]
@@ -576,6 +652,7 @@ mod tests {
         assert_eq!(stats["totals"]["connections"], 7);
         assert_eq!(stats["totals"]["deliveries"], 15);
         assert_eq!(stats["hub"]["published"], 7);
+        assert!(stats["cluster"].is_null());
         assert_eq!(stats["latency_us"]["count"], 2);
         assert_eq!(stats["latency_us"]["p50"], 4);
         assert_eq!(stats["latency_us"]["p99"], 2_097_152);

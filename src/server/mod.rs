@@ -29,12 +29,22 @@ pub fn start(mut config: reactor::Config, app: AppConfig) -> io::Result<Runtime>
     if app.auth == AuthMode::Jwt && app.jwt_secret.as_deref().is_none_or(str::is_empty) {
         return invalid("auth = jwt needs a jwt_secret");
     }
+    if let Some(cluster) = &app.cluster
+        && let Err(message) = crate::cluster::check_url(&cluster.redis)
+    {
+        return invalid(&message);
+    }
     // Per-IP caps need each connection's address, which io_uring's multishot accept lacks.
     config.uring.peer_addresses |= app.max_connections_per_ip != 0;
     // The first reactor to start builds the shared state, from the inboxes the runtime made.
     let server = OnceLock::new();
     let runtime = Runtime::start(config, move |index, shared| {
-        let server = server.get_or_init(|| Arc::new(state::Server::new(app.clone(), shared)));
+        let server = server.get_or_init(|| {
+            // The URL was checked above: only spawning the bridge's threads can fail here.
+            let state = state::Server::new(app.clone(), shared)
+                .unwrap_or_else(|e| panic!("cannot start the cluster bridge: {e}"));
+            Arc::new(state)
+        });
         // `threads` was checked against the hub's limit above.
         app::App::new(server.clone(), index).expect("reactor index below MAX_REACTORS")
     })?;

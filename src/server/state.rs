@@ -12,7 +12,8 @@ use serde::Deserialize;
 use super::auth::{ApiKey, AuthMode, Jwt, Origins};
 use super::config::Secret;
 use super::metrics::{Histogram, LatencyHistogram, ReactorMetrics, Snapshot};
-use crate::pubsub::{self, Epoch, Hub, HubConfig, Message, Payload};
+use crate::cluster::{BufferFull, Cluster, ClusterConfig};
+use crate::pubsub::{self, Epoch, Hub, HubConfig, Payload, Post};
 use crate::reactor::{Mailboxes, Shared, Stats};
 
 /// How often, at most, the hub drops idle topics and expired history.
@@ -68,6 +69,8 @@ pub struct AppConfig {
     pub slow_consumer: SlowConsumer,
     /// Topic, history and resume limits.
     pub hub: HubConfig,
+    /// The Redis cluster this node joins; `None` for a self-contained node.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for AppConfig {
@@ -85,6 +88,7 @@ impl Default for AppConfig {
             max_queued_bytes: 1 << 20,
             slow_consumer: SlowConsumer::Close,
             hub: HubConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -127,6 +131,24 @@ pub enum Full {
     Ip,
 }
 
+/// Why a publish was not taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublishError {
+    /// The hub refused (too many topics).
+    Hub(pubsub::Error),
+    /// Cluster mode: Redis is behind or down and the publish buffer is full.
+    Cluster(BufferFull),
+}
+
+impl std::fmt::Display for PublishError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublishError::Hub(e) => e.fmt(f),
+            PublishError::Cluster(e) => e.fmt(f),
+        }
+    }
+}
+
 /// State shared by every reactor's handler.
 pub struct Server {
     /// The settings.
@@ -134,7 +156,9 @@ pub struct Server {
     /// Topics, `seq`s and history.
     pub hub: Arc<Hub>,
     /// The reactors' inboxes: where a publish sends its message.
-    pub mailboxes: Arc<Mailboxes<Arc<Message>>>,
+    pub mailboxes: Arc<Mailboxes<Post>>,
+    /// The Redis bridge, in cluster mode.
+    pub cluster: Option<Cluster>,
     /// The engine's counters, per reactor.
     pub stats: Arc<[Arc<Stats>]>,
     /// The application's counters, per reactor.
@@ -154,10 +178,27 @@ pub struct Server {
 
 impl Server {
     /// The shared state for reactors reached through `shared`.
-    pub fn new(config: AppConfig, shared: &Shared<Arc<Message>>) -> Server {
+    ///
+    /// In cluster mode this starts the bridge threads; it fails only if they cannot be spawned
+    /// (the Redis URL was checked by [`super::start`]).
+    pub fn new(config: AppConfig, shared: &Shared<Post>) -> Result<Server, String> {
         let reactors = shared.mailboxes.len();
-        Server {
-            hub: Arc::new(Hub::new(config.hub.clone(), Epoch::random())),
+        let (hub, cluster) = match &config.cluster {
+            None => (
+                Arc::new(Hub::new(config.hub.clone(), Epoch::random())),
+                None,
+            ),
+            Some(cluster) => {
+                let (hub, interest) = Cluster::hub(config.hub.clone());
+                let hub = Arc::new(hub);
+                let mailboxes = shared.mailboxes.clone();
+                let bridge = Cluster::start(cluster, hub.clone(), interest, mailboxes)?;
+                (hub, Some(bridge))
+            }
+        };
+        Ok(Server {
+            hub,
+            cluster,
             mailboxes: shared.mailboxes.clone(),
             stats: shared.stats.clone(),
             counters: (0..reactors).map(|_| Counters::default()).collect(),
@@ -178,20 +219,35 @@ impl Server {
             started: Instant::now(),
             next_sweep: AtomicU64::new(0),
             config,
-        }
+        })
     }
 
-    /// Publishes `payload` to `topic` and posts the message to every reactor with subscribers;
-    /// returns its `seq`.
-    pub fn publish(&self, topic: &str, payload: Payload) -> Result<u64, pubsub::Error> {
+    /// Publishes `payload` to `topic`. A self-contained node numbers it and posts it to every
+    /// reactor with subscribers, and returns its `seq`; a cluster node queues it for Redis,
+    /// which numbers it later, and returns `None`.
+    pub fn publish(&self, topic: &str, payload: Payload) -> Result<Option<u64>, PublishError> {
+        if let Some(cluster) = &self.cluster {
+            return cluster
+                .publish(topic, payload)
+                .map(|()| None)
+                .map_err(PublishError::Cluster);
+        }
         // The reactor's wake-up time can be a whole batch old; latency starts at the publish.
         self.hub
             .publish_with(topic, payload, Instant::now(), |message, reactors| {
                 for reactor in reactors.iter() {
-                    self.mailboxes.post(reactor, message.clone());
+                    self.mailboxes.post(reactor, Post::Message(message.clone()));
                 }
-                message.seq()
+                Some(message.seq())
             })
+            .map_err(PublishError::Hub)
+    }
+
+    /// Subscribers of `topic`: (on this node, on the others as of the last heartbeat).
+    pub fn presence(&self, topic: &str) -> (u64, u64) {
+        let local = self.hub.subscribers(topic);
+        let elsewhere = self.cluster.as_ref().map_or(0, |c| c.elsewhere(topic));
+        (local, elsewhere)
     }
 
     /// Whether one more WebSocket from `ip` may open (checked before the upgrade; counted in
@@ -290,6 +346,7 @@ impl Server {
             reactors,
             hub: self.hub.stats(),
             latency,
+            cluster: self.cluster.as_ref().map(Cluster::stats),
         }
     }
 }

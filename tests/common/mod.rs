@@ -2,6 +2,8 @@
 //! client (tungstenite) and a raw-socket client for bytes no library would send.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod redis;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -48,7 +50,8 @@ pub fn start_app(adjust: impl FnOnce(&mut reactor::Config), app: AppConfig) -> R
 }
 
 /// Runs the `clarion` binary with `serve` and `args` (which should listen on port 0) and
-/// returns it with the address from its first log line; the rest of its log is drained.
+/// returns it with the address from its "listening on" log line (other threads, such as the
+/// cluster bridge, may log before it); the rest of its log is drained.
 pub fn spawn_clarion(args: &[&str]) -> (std::process::Child, SocketAddr) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clarion"))
@@ -58,14 +61,28 @@ pub fn spawn_clarion(args: &[&str]) -> (std::process::Child, SocketAddr) {
         .spawn()
         .expect("clarion starts");
     let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    log.read_line(&mut line).unwrap();
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let mut seen = String::new();
+    let mut addr = None;
+    for _ in 0..20 {
+        let mut line = String::new();
+        if log.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok());
+        seen.push_str(&line);
+        if addr.is_some() {
+            break;
+        }
+    }
+    let Some(addr) = addr else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("no address in {seen:?}");
+    };
     // Keep draining the log so the server never blocks on a full pipe.
     std::thread::spawn(move || std::io::copy(&mut log, &mut std::io::sink()));
     (child, addr)

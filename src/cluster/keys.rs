@@ -1,0 +1,91 @@
+//! Where a topic lives in Redis: key and channel names, and the two Lua scripts that make a
+//! publish and a sync atomic.
+//!
+//! Per topic `T` (the `{T}` hash tag keeps a topic's keys together): `clarion:{T}:seq` (the last
+//! `seq`, by `INCR`), `clarion:{T}:log` (a Stream capped with `MAXLEN ~`, entry ids `<seq>-0`,
+//! fields `f` format, `t` publish time in µs since the Unix epoch, `d` payload),
+//! `clarion:{T}:origins` (per node, the number of its last publish taken: what makes a retried
+//! publish count once) and the Pub/Sub channel `clarion:{T}`. Cluster-wide: `clarion:epoch`,
+//! `clarion:nodes` (a sorted set of node ids) and `clarion:presence:<node>` (a hash, topic to
+//! local subscribers, with a TTL).
+
+/// The epoch that every topic's `seq` belongs to; set once (`SET NX`) by the first node.
+pub(super) const EPOCH: &str = "clarion:epoch";
+
+/// Node ids that wrote presence recently (score: when to forget them, in ms since the epoch).
+pub(super) const NODES: &str = "clarion:nodes";
+
+const CHANNEL_PREFIX: &str = "clarion:{";
+
+/// The Pub/Sub channel of `topic`.
+pub(super) fn channel(topic: &str) -> String {
+    format!("{CHANNEL_PREFIX}{topic}}}")
+}
+
+/// The topic a channel of ours carries, if it is one.
+pub(super) fn topic_of(channel: &str) -> Option<&str> {
+    channel.strip_prefix(CHANNEL_PREFIX)?.strip_suffix('}')
+}
+
+/// The key holding `topic`'s last `seq`.
+pub(super) fn seq(topic: &str) -> String {
+    format!("clarion:{{{topic}}}:seq")
+}
+
+/// The Stream holding `topic`'s recent messages.
+pub(super) fn log(topic: &str) -> String {
+    format!("clarion:{{{topic}}}:log")
+}
+
+/// The hash of each node's last publish number taken for `topic`.
+pub(super) fn origins(topic: &str) -> String {
+    format!("clarion:{{{topic}}}:origins")
+}
+
+/// The hash of `node`'s subscriber counts.
+pub(super) fn presence(node: &str) -> String {
+    format!("clarion:presence:{node}")
+}
+
+/// Numbers and records one publish, once: `KEYS` seq, log, origins; `ARGV` node, publish
+/// number, log length (0 = no log), log TTL in ms (0 = none), format, time (µs), payload,
+/// channel. Returns the `seq`, or 0 when this node's publish of that number was taken already
+/// (a retry after a lost reply). Live subscribers get `<seq>:<format><time>:<payload>`.
+pub(super) const PUBLISH: &str = r"
+local last = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+if tonumber(ARGV[2]) <= last then return 0 end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[3], 86400000)
+local seq = redis.call('INCR', KEYS[1])
+if tonumber(ARGV[3]) > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-0',
+    'f', ARGV[5], 't', ARGV[6], 'd', ARGV[7])
+  if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
+end
+redis.call('PUBLISH', ARGV[8], seq .. ':' .. ARGV[5] .. ARGV[6] .. ':' .. ARGV[7])
+return seq
+";
+
+/// A topic's last `seq` and its newest log entries, read together: `KEYS` seq, log; `ARGV`
+/// how many entries. Returns `{seq, entries newest first}`.
+pub(super) const SYNC: &str = r"
+local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) == 0 then return {seq, {}} end
+return {seq, redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[1])}
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_name_their_topic_and_nothing_else() {
+        let name = channel("chat.room/1");
+        assert_eq!(name, "clarion:{chat.room/1}");
+        assert_eq!(topic_of(&name), Some("chat.room/1"));
+        assert_eq!(topic_of("clarion:{x"), None);
+        assert_eq!(topic_of("other:{x}"), None);
+        assert_eq!(seq("a"), "clarion:{a}:seq");
+        assert_eq!(log("a"), "clarion:{a}:log");
+    }
+}

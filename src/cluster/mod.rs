@@ -1,0 +1,185 @@
+//! The Redis bridge: one topic space across Clarion nodes.
+//!
+//! In cluster mode every publish, on any node and by any route, goes to Redis first: a Lua
+//! script gives it the topic's next `seq` (`INCR`), appends it to the topic's capped Stream (the
+//! history every node resumes from) and `PUBLISH`es it on the topic's channel. Each node
+//! subscribes to the channels of the topics its clients subscribe to and delivers what comes
+//! back, the origin included, so every node sees a topic in Redis's order, and each message is
+//! framed once per node.
+//!
+//! Threads: the reactors never wait on Redis. A publish is queued to the *publisher* thread
+//! ([`publisher`]), which pipelines it to Redis; the first subscribe of a topic on a node is
+//! answered once the *feed* thread ([`feed`]) has subscribed to the channel and synced the
+//! topic from its Stream, and the feed thread delivers every message into the hub, which posts
+//! it to the reactors' inboxes like a local publish. See `docs/architecture.md` for what holds
+//! while Redis is down.
+
+mod feed;
+mod keys;
+mod link;
+mod presence;
+mod publisher;
+mod wire;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::pubsub::{Epoch, Hub, HubConfig, Interest, Payload, Post};
+use crate::reactor::Mailboxes;
+pub use link::ClusterStats;
+use link::Link;
+use presence::Presence;
+use publisher::{Outgoing, Publisher};
+
+/// Longest wait to connect to Redis.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for a Redis reply; past it the connection counts as lost.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A node's cluster settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The Redis URL, e.g. `redis://127.0.0.1:6379`.
+    pub redis: String,
+    /// Payload bytes of publishes that may wait for Redis (while it is slow or down); past it
+    /// publishes are refused and counted as dropped.
+    pub buffer_bytes: usize,
+    /// How often the node writes its subscriber counts; they expire after three.
+    pub heartbeat: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> ClusterConfig {
+        ClusterConfig {
+            redis: String::new(),
+            buffer_bytes: 16 << 20,
+            heartbeat: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Checks that `url` is a Redis URL the client accepts (it does not connect).
+pub fn check_url(url: &str) -> Result<(), String> {
+    client(url).map(drop)
+}
+
+fn client(url: &str) -> Result<redis::Client, String> {
+    redis::Client::open(url).map_err(|e| format!("invalid redis URL {url:?}: {e}"))
+}
+
+/// Why a publish was not taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufferFull;
+
+impl std::fmt::Display for BufferFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the cluster link is behind and its publish buffer is full")
+    }
+}
+
+impl std::error::Error for BufferFull {}
+
+/// A running bridge; dropping it stops its threads.
+pub struct Cluster {
+    link: Arc<Link>,
+    outgoing: Sender<Outgoing>,
+    presence: Arc<Presence>,
+    buffer_bytes: u64,
+}
+
+impl Cluster {
+    /// A fed hub for a cluster node, and the receiver of its interest for [`Cluster::start`].
+    pub fn hub(config: HubConfig) -> (Hub, Receiver<Interest>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        (Hub::fed(config, tx), rx)
+    }
+
+    /// Starts the bridge threads for `hub` (made by [`Cluster::hub`]), delivering to the
+    /// reactors through `mailboxes`. They connect (and reconnect) in the background.
+    pub fn start(
+        config: &ClusterConfig,
+        hub: Arc<Hub>,
+        interest: Receiver<Interest>,
+        mailboxes: Arc<Mailboxes<Post>>,
+    ) -> Result<Cluster, String> {
+        let client = client(&config.redis)?;
+        let link = Arc::new(Link::default());
+        let presence = Arc::new(Presence::default());
+        // Unique among the nodes sharing the Redis: random, like an epoch.
+        let node: Arc<str> = Arc::from(Epoch::random().to_string());
+        let hub_config = hub.config().clone();
+        let (outgoing, incoming) = crossbeam_channel::unbounded();
+        let publisher = Publisher {
+            client: client.clone(),
+            link: link.clone(),
+            node: node.clone(),
+            log_length: hub_config.history_size,
+            log_ttl: hub_config.history_max_age,
+        };
+        let feed = feed::Feed {
+            client,
+            hub,
+            interest,
+            mailboxes,
+            link: link.clone(),
+            presence: presence.clone(),
+            node,
+            history: hub_config.history_size,
+            heartbeat: config.heartbeat,
+        };
+        let spawn = |name: &str| std::thread::Builder::new().name(name.to_owned());
+        spawn("clarion-publish")
+            .spawn(move || publisher.run(incoming))
+            .map_err(|e| e.to_string())?;
+        if let Err(e) = spawn("clarion-feed").spawn(move || feed.run()) {
+            link.stop.store(true, Relaxed);
+            return Err(e.to_string());
+        }
+        Ok(Cluster {
+            link,
+            outgoing,
+            presence,
+            buffer_bytes: config.buffer_bytes as u64,
+        })
+    }
+
+    /// Queues a publish for Redis, or refuses it (counted as dropped) when `buffer_bytes` are
+    /// already waiting. Never blocks.
+    pub fn publish(&self, topic: &str, payload: Payload) -> Result<(), BufferFull> {
+        let size = payload.bytes().len() as u64;
+        let before = self.link.buffered_bytes.fetch_add(size, Relaxed);
+        if before + size > self.buffer_bytes && before > 0 {
+            self.link.buffered_bytes.fetch_sub(size, Relaxed);
+            self.link.dropped.fetch_add(1, Relaxed);
+            return Err(BufferFull);
+        }
+        self.link.buffered.fetch_add(1, Relaxed);
+        let outgoing = Outgoing {
+            topic: Arc::from(topic),
+            payload,
+            time: wire::unix_micros(),
+        };
+        // The publisher thread lives as long as `self`.
+        let _ = self.outgoing.send(outgoing);
+        Ok(())
+    }
+
+    /// Subscribers of `topic` on the other nodes, as of the last heartbeat.
+    pub fn elsewhere(&self, topic: &str) -> u64 {
+        self.presence.elsewhere(topic)
+    }
+
+    /// The link's state and counters.
+    pub fn stats(&self) -> ClusterStats {
+        self.link.stats()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.link.stop.store(true, Relaxed);
+    }
+}

@@ -1,0 +1,486 @@
+//! Two Clarion nodes and a real Redis: one topic space across nodes. Each test starts its own
+//! `redis-server` on a free port and its own `clarion` processes, and stops them all.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::redis::Redis;
+use serde_json::{Value, json};
+use tungstenite::{Message as WsMessage, WebSocket};
+
+/// A `clarion serve` process, killed on drop.
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Node {
+    fn start(redis: &str, extra: &[&str]) -> Node {
+        let mut args = vec!["--listen", "127.0.0.1:0", "--threads", "2", "--no-pin"];
+        args.extend(["--io", io_flag(), "--redis", redis]);
+        args.extend(extra);
+        let (child, addr) = common::spawn_clarion(&args);
+        let node = Node { child, addr };
+        assert!(
+            wait_for(Duration::from_secs(10), || node
+                .health()
+                .contains("cluster: up")),
+            "node did not reach Redis"
+        );
+        node
+    }
+
+    fn health(&self) -> String {
+        get(self.addr, "/healthz")
+    }
+
+    fn stats(&self) -> Value {
+        serde_json::from_str(body(&get(self.addr, "/stats"))).unwrap()
+    }
+
+    fn presence(&self, topic: &str) -> (u64, u64) {
+        let answer: Value =
+            serde_json::from_str(body(&get(self.addr, &format!("/topics/{topic}")))).unwrap();
+        let n = |key: &str| answer[key].as_u64().unwrap();
+        (n("subscribers"), n("local"))
+    }
+
+    fn publish(&self, topic: &str, body: &str) -> u16 {
+        publish(self.addr, topic, body)
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `--io` for the backend under test.
+fn io_flag() -> &'static str {
+    match common::io() {
+        clarion::reactor::Io::Epoll => "epoll",
+        clarion::reactor::Io::Uring => "uring",
+        clarion::reactor::Io::Auto => "auto",
+    }
+}
+
+/// `POST /publish/<topic>`; returns the status code.
+fn publish(addr: SocketAddr, topic: &str, body: &str) -> u16 {
+    let request = format!(
+        "POST /publish/{topic} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = common::http(addr, request.as_bytes());
+    answer[9..12].parse().unwrap()
+}
+
+fn get(addr: SocketAddr, path: &str) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
+fn body(answer: &str) -> &str {
+    answer.split("\r\n\r\n").nth(1).unwrap_or_default()
+}
+
+fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+type Ws = WebSocket<TcpStream>;
+
+fn send(ws: &mut Ws, command: Value) {
+    ws.send(WsMessage::text(command.to_string())).unwrap();
+}
+
+/// The next JSON text message.
+fn next(ws: &mut Ws) -> Value {
+    loop {
+        match ws.read().expect("a message") {
+            WsMessage::Text(text) => return serde_json::from_str(&text).unwrap(),
+            WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// An envelope subscriber of `topic` on `addr`, after its ack (which is returned).
+fn subscriber(addr: SocketAddr, topic: &str, resume: Option<(u64, &str)>) -> (Ws, Value) {
+    let mut ws = common::connect(addr, "/ws");
+    let mut command = json!({"type": "subscribe", "topic": topic, "id": 1});
+    if let Some((since, epoch)) = resume {
+        command["since"] = since.into();
+        command["epoch"] = epoch.into();
+    }
+    send(&mut ws, command);
+    let ack = next(&mut ws);
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["id"], 1);
+    (ws, ack)
+}
+
+/// The next `count` deliveries: (seq, data).
+fn deliveries(ws: &mut Ws, count: usize) -> Vec<(u64, String)> {
+    (0..count)
+        .map(|_| {
+            let message = next(ws);
+            assert_eq!(message["type"], "message", "{message}");
+            let seq = message["seq"].as_u64().unwrap();
+            (seq, message["data"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+/// Nothing more arrives within `quiet`.
+fn assert_silent(ws: &mut Ws, quiet: Duration) {
+    ws.get_mut().set_read_timeout(Some(quiet)).unwrap();
+    match ws.read() {
+        Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {}
+        other => panic!("expected silence, got {other:?}"),
+    }
+    ws.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+}
+
+#[test]
+fn messages_published_on_one_node_reach_the_other_in_order_exactly_once() {
+    let redis = Redis::start();
+    let (a, b) = (
+        Node::start(&redis.url(), &[]),
+        Node::start(&redis.url(), &[]),
+    );
+    let (mut on_a, ack) = subscriber(a.addr, "room", None);
+    assert_eq!(
+        (ack["seq"].as_u64(), ack["recovered"].as_bool()),
+        (Some(0), Some(false))
+    );
+    let (mut also_on_a, _) = subscriber(a.addr, "room", None);
+    let (mut on_b, _) = subscriber(b.addr, "room", None);
+    let mut raw_on_a = common::connect(a.addr, "/t/room");
+    // The raw socket's subscribe is on its own connection: see it counted before publishing.
+    assert!(wait_for(Duration::from_secs(5), || a.presence("room").1 == 3));
+
+    // Publishers: HTTP on B, WebSocket on B, and HTTP on A (the origin also gets its own).
+    let mut publisher = common::connect(b.addr, "/ws");
+    let mut expected = Vec::new();
+    for i in 0..30 {
+        let body = format!("http-b-{i}");
+        assert_eq!(b.publish("room", &body), 202);
+        expected.push(body);
+        let body = format!("ws-b-{i}");
+        send(
+            &mut publisher,
+            json!({"type": "publish", "topic": "room", "data": body, "id": i}),
+        );
+        let ack = next(&mut publisher);
+        assert_eq!(ack, json!({"type": "ack", "id": i, "topic": "room"}));
+        expected.push(body);
+        let body = format!("http-a-{i}");
+        assert_eq!(a.publish("room", &body), 202);
+        expected.push(body);
+    }
+    let total = expected.len();
+    let got = deliveries(&mut on_a, total);
+    let seqs: Vec<u64> = got.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "one sequence, no gap"
+    );
+    let mut bodies: Vec<String> = got.iter().map(|(_, body)| body.clone()).collect();
+    // Each publisher's messages keep their order within Redis's order.
+    for prefix in ["http-b-", "ws-b-", "http-a-"] {
+        let mine: Vec<&String> = bodies.iter().filter(|b| b.starts_with(prefix)).collect();
+        let sent: Vec<&String> = expected.iter().filter(|b| b.starts_with(prefix)).collect();
+        assert_eq!(mine, sent, "{prefix} in publish order");
+    }
+    // Every node and every subscriber sees the same messages under the same numbers.
+    assert_eq!(deliveries(&mut also_on_a, total), got);
+    assert_eq!(deliveries(&mut on_b, total), got);
+    for (_, body) in &got {
+        match raw_on_a.read().unwrap() {
+            WsMessage::Text(text) => assert_eq!(text.as_str(), body),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    bodies.sort();
+    expected.sort();
+    assert_eq!(bodies, expected, "exactly the published messages");
+    assert_silent(&mut on_a, Duration::from_millis(300));
+    assert_silent(&mut on_b, Duration::from_millis(100));
+    let stats = a.stats();
+    assert_eq!(stats["cluster"]["up"], 1);
+    assert_eq!(stats["cluster"]["dropped"], 0);
+}
+
+#[test]
+fn a_client_resumes_on_another_node_without_gap_or_duplicate() {
+    let redis = Redis::start();
+    let (a, b) = (
+        Node::start(&redis.url(), &[]),
+        Node::start(&redis.url(), &[]),
+    );
+    let (mut first, ack) = subscriber(a.addr, "feed", None);
+    let epoch = ack["epoch"].as_str().unwrap().to_owned();
+    for i in 1..=5 {
+        assert_eq!(a.publish("feed", &format!("m{i}")), 202);
+    }
+    let seen = deliveries(&mut first, 3);
+    assert_eq!(seen.last().unwrap().0, 3);
+    drop(first); // it leaves A having seen 1..=3
+
+    // Publishing goes on, on A, while the client comes back on B (which has no subscriber of
+    // the topic yet, so B fetches it from Redis): the replay and the live messages must join.
+    let addr = a.addr;
+    let publishing = std::thread::spawn(move || {
+        for i in 6..=200 {
+            assert_eq!(publish(addr, "feed", &format!("m{i}")), 202);
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    let (mut back, ack) = subscriber(b.addr, "feed", Some((3, &epoch)));
+    assert_eq!(ack["recovered"], true, "{ack}");
+    assert_eq!(ack["epoch"].as_str(), Some(epoch.as_str()));
+    // 202 means queued for Redis: at least what the first client saw is there.
+    let upto = ack["seq"].as_u64().unwrap();
+    assert!(upto >= 3);
+    publishing.join().unwrap();
+    let got = deliveries(&mut back, 197);
+    let expected: Vec<(u64, String)> = (4..=200).map(|i| (i, format!("m{i}"))).collect();
+    assert_eq!(got, expected, "replay 4..={upto}, then live, contiguous");
+    assert_silent(&mut back, Duration::from_millis(200));
+
+    // A resume from before what the nodes keep is not recovered, on either node.
+    let (_, ack) = subscriber(a.addr, "feed", Some((1, &epoch)));
+    assert_eq!(
+        (ack["recovered"].as_bool(), ack["seq"].as_u64()),
+        (Some(false), Some(200))
+    );
+    let (_, ack) = subscriber(b.addr, "feed", Some((150, &epoch)));
+    assert_eq!(ack["recovered"], true);
+}
+
+#[test]
+fn a_trimmed_log_is_not_recovered() {
+    let redis = Redis::start();
+    let short = ["--history-size", "3"];
+    let (a, b) = (
+        Node::start(&redis.url(), &short),
+        Node::start(&redis.url(), &short),
+    );
+    let (_keep, ack) = subscriber(a.addr, "t", None);
+    let epoch = ack["epoch"].as_str().unwrap().to_owned();
+    for i in 1..=10 {
+        assert_eq!(a.publish("t", &format!("m{i}")), 202);
+    }
+    assert!(wait_for(
+        Duration::from_secs(5),
+        || a.stats()["hub"]["published"] == 10
+    ));
+    let (_, ack) = subscriber(b.addr, "t", Some((2, &epoch)));
+    assert_eq!(
+        (ack["recovered"].as_bool(), ack["seq"].as_u64()),
+        (Some(false), Some(10))
+    );
+    let (mut ws, ack) = subscriber(b.addr, "t", Some((7, &epoch)));
+    assert_eq!(ack["recovered"], true);
+    let got = deliveries(&mut ws, 3);
+    assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [8, 9, 10]);
+    // Another epoch (another cluster, or a Redis that lost its data) never recovers.
+    let (_, ack) = subscriber(b.addr, "t", Some((9, "0000000000000001")));
+    assert_eq!(ack["recovered"], false);
+}
+
+#[test]
+fn presence_counts_subscribers_across_nodes_and_forgets_a_dead_node() {
+    let redis = Redis::start();
+    let (a, b) = (
+        Node::start(&redis.url(), &[]),
+        Node::start(&redis.url(), &[]),
+    );
+    let _on_a: Vec<Ws> = (0..2)
+        .map(|_| common::connect(a.addr, "/t/lobby"))
+        .collect();
+    let _on_b: Vec<Ws> = (0..3)
+        .map(|_| subscriber(b.addr, "lobby", None).0)
+        .collect();
+    assert!(
+        wait_for(Duration::from_secs(5), || a.presence("lobby") == (5, 2)),
+        "{:?}",
+        a.presence("lobby")
+    );
+    assert!(wait_for(Duration::from_secs(5), || b.presence("lobby") == (5, 3)));
+    assert_eq!(a.presence("elsewhere"), (0, 0));
+    b.kill();
+    // B's counts expire three heartbeats (3 s) after its last one.
+    assert!(
+        wait_for(Duration::from_secs(8), || a.presence("lobby") == (2, 2)),
+        "{:?}",
+        a.presence("lobby")
+    );
+}
+
+#[test]
+fn a_single_node_answers_presence_with_its_own_counts() {
+    let server = common::start(|_| {});
+    let addr = server.local_addr();
+    let _subs: Vec<Ws> = (0..2).map(|_| common::connect(addr, "/t/solo")).collect();
+    assert!(wait_for(Duration::from_secs(5), || {
+        body(&get(addr, "/topics/solo")) == r#"{"local":2,"subscribers":2,"topic":"solo"}"#
+    }));
+    assert!(get(addr, "/topics/bad%20name").starts_with("HTTP/1.1 400"));
+    assert_eq!(body(&get(addr, "/healthz")), "ok\n");
+}
+
+#[test]
+fn both_nodes_ride_out_a_redis_restart_and_resume_fills_the_gap() {
+    let mut redis = Redis::persistent();
+    let (a, b) = (
+        Node::start(&redis.url(), &[]),
+        Node::start(&redis.url(), &[]),
+    );
+    let (mut leaver, ack) = subscriber(a.addr, "r", None);
+    let epoch = ack["epoch"].as_str().unwrap().to_owned();
+    let (mut stayer, _) = subscriber(b.addr, "r", None);
+    for i in 1..=5 {
+        assert_eq!(b.publish("r", &format!("m{i}")), 202);
+    }
+    assert_eq!(deliveries(&mut leaver, 5).last().unwrap().0, 5);
+    assert_eq!(deliveries(&mut stayer, 5).last().unwrap().0, 5);
+    drop(leaver);
+
+    redis.kill();
+    for node in [&a, &b] {
+        assert!(wait_for(Duration::from_secs(10), || node
+            .health()
+            .contains("cluster: down")));
+    }
+    // While Redis is down publishes are buffered, and local delivery of what is in flight and
+    // of the nodes' history goes on.
+    for i in 6..=8 {
+        assert_eq!(b.publish("r", &format!("m{i}")), 202);
+    }
+    assert!(b.stats()["cluster"]["buffered"].as_u64().unwrap() >= 1);
+    assert_silent(&mut stayer, Duration::from_millis(200));
+
+    redis.restart();
+    for node in [&a, &b] {
+        assert!(wait_for(Duration::from_secs(10), || node
+            .health()
+            .contains("cluster: up")));
+    }
+    // B's buffer reaches Redis before anything published later, on any node.
+    assert!(wait_for(
+        Duration::from_secs(10),
+        || b.stats()["cluster"]["buffered"] == 0
+    ));
+    for i in 9..=10 {
+        assert_eq!(a.publish("r", &format!("m{i}")), 202);
+    }
+    let expected: Vec<(u64, String)> = (6..=10).map(|i| (i, format!("m{i}"))).collect();
+    assert_eq!(
+        deliveries(&mut stayer, 5),
+        expected,
+        "buffered, then new, in order"
+    );
+    // The client that left during the outage comes back on the other node and gets the gap.
+    let (mut back, ack) = subscriber(b.addr, "r", Some((5, &epoch)));
+    assert_eq!(
+        (ack["recovered"].as_bool(), ack["seq"].as_u64()),
+        (Some(true), Some(10))
+    );
+    assert_eq!(deliveries(&mut back, 5), expected);
+    // And a new subscriber on A, whose hub went through the restart, is live.
+    let (mut fresh, _) = subscriber(a.addr, "r", None);
+    assert_eq!(b.publish("r", "m11"), 202);
+    assert_eq!(deliveries(&mut fresh, 1), [(11, "m11".to_owned())]);
+    assert_eq!(deliveries(&mut stayer, 1), [(11, "m11".to_owned())]);
+    for node in [&a, &b] {
+        let cluster = &node.stats()["cluster"];
+        assert!(cluster["reconnects"].as_u64().unwrap() >= 1, "{cluster}");
+        assert_eq!(cluster["buffered"], 0);
+        assert_eq!(cluster["dropped"], 0);
+    }
+}
+
+#[test]
+fn without_redis_publishes_fill_the_buffer_then_are_refused_and_counted() {
+    // Nothing listens on this Redis port: the link is down from the start.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(format!("clarion-buffer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!("[cluster]\nredis = \"redis://127.0.0.1:{port}\"\nbuffer_bytes = 100\n"),
+    )
+    .unwrap();
+    let (child, addr) = common::spawn_clarion(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--threads",
+        "1",
+        "--no-pin",
+        "--io",
+        io_flag(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let node = Node { child, addr };
+    assert_eq!(body(&node.health()), "ok\ncluster: down\n");
+    let sixty = "x".repeat(60);
+    assert_eq!(node.publish("t", &sixty), 202);
+    assert_eq!(node.publish("t", &sixty), 503);
+    let mut ws = common::connect(addr, "/ws");
+    send(
+        &mut ws,
+        json!({"type": "publish", "topic": "t", "data": sixty, "id": 1}),
+    );
+    let error = next(&mut ws);
+    assert_eq!(error["code"], "unavailable", "{error}");
+    let cluster = &node.stats()["cluster"];
+    assert_eq!(
+        (cluster["buffered"].as_u64(), cluster["dropped"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let metrics = get(addr, "/metrics");
+    assert!(
+        metrics.contains("clarion_cluster_dropped_total 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("clarion_cluster_up 0"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
