@@ -471,14 +471,25 @@ fn without_redis_publishes_fill_the_buffer_then_are_refused_and_counted() {
     );
     let error = next(&mut ws);
     assert_eq!(error["code"], "unavailable", "{error}");
+    // A raw socket has no reply to carry the refusal: it is closed with 1013.
+    let mut raw = common::connect(addr, "/t/t");
+    raw.send(tungstenite::Message::text(sixty.clone())).unwrap();
+    let code = loop {
+        match raw.read() {
+            Ok(tungstenite::Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(code, Some(1013));
     let cluster = &node.stats()["cluster"];
     assert_eq!(
         (cluster["buffered"].as_u64(), cluster["dropped"].as_u64()),
-        (Some(1), Some(2))
+        (Some(1), Some(3))
     );
     let metrics = get(addr, "/metrics");
     assert!(
-        metrics.contains("clarion_cluster_dropped_total 2"),
+        metrics.contains("clarion_cluster_dropped_total 3"),
         "{metrics}"
     );
     assert!(metrics.contains("clarion_cluster_up 0"));

@@ -27,6 +27,9 @@ impl CloseCode {
     pub const MESSAGE_TOO_BIG: CloseCode = CloseCode(1009);
     /// The server hit an unexpected condition.
     pub const INTERNAL_ERROR: CloseCode = CloseCode(1011);
+    /// Refused for now (IANA-registered; we send it, and, like Autobahn, do not accept it
+    /// from a peer): e.g. a publish the cluster link cannot take.
+    pub const TRY_AGAIN_LATER: CloseCode = CloseCode(1013);
 
     /// Whether a peer may send this code in a close frame: the defined codes 1000-1003 and
     /// 1007-1011, and the registered (3000-3999) and private (4000-4999) ranges. 1004-1006 and

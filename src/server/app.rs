@@ -232,8 +232,11 @@ impl App {
         let payload = Payload::new(format_of(kind, payload), payload);
         match self.server.publish(&topic, payload) {
             Ok(_) => {}
-            // A raw socket has no answer to carry the refusal; the drop is counted.
-            Err(PublishError::Cluster(_)) => {}
+            // A raw socket has no answer to carry the refusal: the drop is counted and the
+            // publisher told by the close code, never left believing it was sent.
+            Err(e @ PublishError::Cluster(_)) => {
+                ctx.close(CloseCode::TRY_AGAIN_LATER, &e.to_string())
+            }
             Err(e) => ctx.close(CloseCode::POLICY_VIOLATION, &e.to_string()),
         }
     }
