@@ -87,6 +87,13 @@ fn draw(title: &str, out: &std::path::Path, series: &[Series]) -> Result<(), Str
         .disable_x_mesh()
         .x_labels(PERCENTILES.len() * 2 + 1)
         .x_label_formatter(&|x| percentile_at(*x).to_owned())
+        .y_label_formatter(&|y| {
+            if *y >= 10.0 {
+                format!("{y:.0}")
+            } else {
+                format!("{y}")
+            }
+        })
         .y_desc(format!("latency ({unit}, log scale)"))
         .draw()
         .map_err(failed)?;
