@@ -87,6 +87,19 @@ measure() {
   stop_server
 }
 
+# CPU time all processes have spent busy since boot, in seconds (to tell how much other work
+# shared the machine during the run).
+busy_seconds() { awk -v tick="$TICK" '/^cpu /{print ($2 + $3 + $4 + $7 + $8) / tick}' /proc/stat; }
+# own_seconds: CPU time of this script and its children (servers, loadgen, sampler) so far, in
+# seconds, into own. (`times` must write to a file: in a pipe or $(...) it describes a subshell.)
+own_seconds() {
+  times >"$OUT/times"
+  own=$(awk '{for (i = 1; i <= 2; i++) {split($i, t, /[ms]/); s += t[1] * 60 + t[2]}} END {print s}' \
+    "$OUT/times")
+}
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+busy_before=$(busy_seconds)
+own_seconds; own_before=$own
 read -ra servers <<<"$SERVERS"
 count=${#servers[@]}
 started=$(date +%s)
@@ -114,10 +127,18 @@ for round in $(seq "$ROUNDS"); do
       -d "$IDLE_DURATION" --server-pid PID
   done
 done
-echo "measured in $(( $(date +%s) - started )) s" >&2
-
-python3 scripts/lib/compare_report.py "$OUT" "$ROUNDS" "$TICK" "$SERVERS" "$ECHO_CONNS" \
-  "$SUBSCRIBERS" "$FANOUT_RATES" "$IDLE" "$DRAIN" | tee "$OUT/compare.md"
+elapsed=$(( $(date +%s) - started ))
+own_seconds
+other=$(awk -v busy="$(busy_seconds)" -v b0="$busy_before" -v own="$own" -v o0="$own_before" \
+  -v t="$elapsed" 'BEGIN {printf "%.0f", 100 * ((busy - b0) - (own - o0)) / t}')
+{
+  echo "Measured in $elapsed s. Other work on the machine meanwhile: ${other} % of one core on" \
+    "average (all CPU time less this run's); load average (1, 5, 15 min) $load_before before," \
+    "$(cut -d' ' -f1-3 /proc/loadavg) after."
+  echo
+  python3 scripts/lib/compare_report.py "$OUT" "$ROUNDS" "$TICK" "$SERVERS" "$ECHO_CONNS" \
+    "$SUBSCRIBERS" "$FANOUT_RATES" "$IDLE" "$DRAIN"
+} | tee "$OUT/compare.md"
 
 # Latency charts: every round's report per server (the chart takes the median per percentile).
 chart() { # NAME TITLE

@@ -144,7 +144,7 @@ def failed(t):
 
 
 def delivery_faults(t):
-    return f"{t['missing']} / {t['duplicates']} / {t['out_of_order']}"
+    return f"{t['missing']:,} / {t['duplicates']:,} / {t['out_of_order']:,}"
 
 
 echo = {c: collect(f"echo{c}") for c in echo_conns}
