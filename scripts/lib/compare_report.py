@@ -16,7 +16,6 @@ fanout_rates = fanout_rates.split()
 drain_s = float(drain.rstrip("s"))
 BASE = "clarion-epoll"
 PEERS = [s for s in servers if not s.startswith("clarion")]
-CLARIONS = [s for s in servers if s.startswith("clarion")]
 notes = []
 
 
