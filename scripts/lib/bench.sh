@@ -1,6 +1,6 @@
-# Helpers for the benchmark scripts (sourced): build, start a pinned clarion server, stop it,
-# pick a free port. The server's CPU time comes from `clarion-loadgen --server-pid`, which
-# reads it at the edges of the measurement window.
+# Helpers for the benchmark scripts (sourced): build, start a pinned server (clarion or any
+# other), stop it, pick a free port. The server's CPU time comes from `clarion-loadgen
+# --server-pid`, which reads it at the edges of the measurement window.
 
 # bench_setup NAME: release build of server and loadgen; sets SERVER, LOADGEN and an
 # emptied OUT directory for this benchmark's reports.
@@ -18,17 +18,18 @@ server_pid=""
 
 stop_server() {
   if [ -n "$server_pid" ]; then
-    kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
   fi
   server_pid=""
 }
 trap stop_server EXIT
 
-# start_server PORT [serve flags...]: one reactor on core 0, no keep-alive pings.
-start_server() {
+# start_pinned PORT COMMAND...: runs any server on core 0 (its PID in server_pid) and waits
+# until PORT accepts connections.
+start_pinned() {
   local port=$1; shift
-  taskset -c 0 "$SERVER" serve --threads 1 --no-pin --listen "127.0.0.1:$port" \
-    --ping-interval 0 "$@" 2>/dev/null &
+  taskset -c 0 "$@" 2>/dev/null &
   server_pid=$!
   for _ in $(seq 100); do
     if python3 -c "import socket; socket.create_connection(('127.0.0.1',$port),0.2)" 2>/dev/null; then
@@ -36,8 +37,15 @@ start_server() {
     fi
     sleep 0.05
   done
-  echo "bench: server did not start" >&2
+  echo "bench: $1 did not start" >&2
   exit 1
+}
+
+# start_server PORT [serve flags...]: clarion with one reactor on core 0, no keep-alive pings.
+start_server() {
+  local port=$1; shift
+  start_pinned "$port" "$SERVER" serve --threads 1 --no-pin --listen "127.0.0.1:$port" \
+    --ping-interval 0 "$@"
 }
 
 free_port() {

@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Clarion side by side with its peers (issue 7): Clarion on epoll and on io_uring, a
+# tokio-tungstenite server and a fastwebsockets server (benches/peers/), each with one worker on
+# core 0, driven by clarion-loadgen on core 1, interleaved in one run (each scenario runs every
+# server in turn, the order rotating per round; other work on these machines moves absolute
+# numbers between runs, so only one run's numbers are compared):
+#
+#   echo      32-byte messages, one in flight per connection, at 100 and 1,000 connections:
+#             msgs/s, p99, server CPU per message, loadgen CPU per message
+#   fanout    5,000 /t/<topic> subscribers of one topic, one WebSocket publisher of 64-byte
+#             messages at 10 msgs/s (every server keeps up: latency and CPU per delivery) and at
+#             50 msgs/s (250,000 deliveries/s offered, more than one core of some servers can
+#             write: deliveries/s): deliveries/s, p99, server CPU per delivery
+#   idle      15,000 idle connections: server RSS growth per connection
+#
+# Server CPU is user + system time from /proc/PID/stat over the loadgen's measurement window
+# (`clarion-loadgen --server-pid`), per message or delivery received in it. Prints markdown tables with ratios to Clarion (epoll) and the issue's targets, writes
+# them to target/bench-compare/compare.md, and draws latency percentile charts (SVG) into docs/.
+#
+# Usage: scripts/compare.sh [--quick] [--rounds N]
+#   --quick      smoke run (about 2 minutes): 1 round, short windows, charts into the output
+#                directory instead of docs/
+#   environment: ROUNDS=3 ECHO_DURATION=5s FANOUT_DURATION=8s FANOUT_RATES="10 50" IDLE_DURATION=2s
+#                SERVERS="clarion-epoll clarion-uring tokio-tungstenite fastwebsockets"
+#                CHARTS=docs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=false
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) quick=true ;;
+    --rounds) ROUNDS=$2; shift ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "compare.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+if $quick; then
+  ROUNDS=${ROUNDS:-1} ECHO_DURATION=${ECHO_DURATION:-2s} FANOUT_DURATION=${FANOUT_DURATION:-2s}
+fi
+ROUNDS=${ROUNDS:-3}
+ECHO_DURATION=${ECHO_DURATION:-5s}
+FANOUT_DURATION=${FANOUT_DURATION:-8s}
+FANOUT_RATES=${FANOUT_RATES:-"10 50"}
+IDLE_DURATION=${IDLE_DURATION:-2s}
+SERVERS=${SERVERS:-"clarion-epoll clarion-uring tokio-tungstenite fastwebsockets"}
+ECHO_CONNS="100 1000"
+SUBSCRIBERS=5000
+IDLE=15000
+DRAIN=1s
+
+source scripts/lib/bench.sh
+bench_setup compare
+rm -f "$OUT"/*.txt "$OUT"/*.svg "$OUT"/compare.md
+TICK=$(getconf CLK_TCK)
+if $quick; then CHARTS=${CHARTS:-$OUT}; else CHARTS=${CHARTS:-docs}; fi
+PEERS=benches/peers/target/release
+cargo build --release -q --manifest-path benches/peers/Cargo.toml
+ulimit -n "$(ulimit -Hn)"
+
+# start SERVER PORT: one of $SERVERS, one worker thread on core 0.
+start() {
+  case $1 in
+    clarion-epoll) start_server "$2" --io epoll ;;
+    clarion-uring) start_server "$2" --io uring ;;
+    tokio-tungstenite) start_pinned "$2" "$PEERS/peer-tungstenite" --threads 1 --listen "127.0.0.1:$2" ;;
+    fastwebsockets) start_pinned "$2" "$PEERS/peer-fastwebsockets" --threads 1 --listen "127.0.0.1:$2" ;;
+    *) echo "compare.sh: unknown server $1" >&2; exit 2 ;;
+  esac
+}
+
+# measure SERVER NAME LOADGEN-ARGS...: a fresh server, the loadgen on core 1 against it
+# (watching the server's memory and CPU); reports go to $OUT/NAME.{json,txt}.
+measure() {
+  local server=$1 name=$2; shift 2
+  local port; port=$(free_port)
+  start "$server" "$port"
+  if ! taskset -c 1 "$LOADGEN" "${@//PORT/$port}" --threads 1 --drain "$DRAIN" \
+      --server-pid "$server_pid" --json "$OUT/$name.json" >"$OUT/$name.txt" 2>&1; then
+    echo "compare.sh: $name: the loadgen failed (see $OUT/$name.txt)" >&2
+  fi
+  stop_server
+}
+
+# CPU time all processes have spent busy since boot, in seconds (to tell how much other work
+# shared the machine during the run).
+busy_seconds() { awk -v tick="$TICK" '/^cpu /{print ($2 + $3 + $4 + $7 + $8) / tick}' /proc/stat; }
+# own_seconds: CPU time of this script and its children (servers, loadgen) so far, in
+# seconds, into own. (`times` must write to a file: in a pipe or $(...) it describes a subshell.)
+own_seconds() {
+  times >"$OUT/times"
+  own=$(awk '{for (i = 1; i <= 2; i++) {split($i, t, /[ms]/); s += t[1] * 60 + t[2]}} END {print s}' \
+    "$OUT/times")
+}
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+busy_before=$(busy_seconds)
+own_seconds; own_before=$own
+read -ra servers <<<"$SERVERS"
+count=${#servers[@]}
+started=$(date +%s)
+for round in $(seq "$ROUNDS"); do
+  # Rotate the order each round so no server always runs first or last.
+  order=()
+  for i in $(seq 0 $((count - 1))); do order+=("${servers[$(( (i + round - 1) % count ))]}"); done
+  for conns in $ECHO_CONNS; do
+    for server in "${order[@]}"; do
+      echo "round $round/$ROUNDS: echo -c $conns, $server" >&2
+      measure "$server" "echo$conns-$server-$round" echo "ws://127.0.0.1:PORT/echo" \
+        -c "$conns" -s 32 -d "$ECHO_DURATION"
+    done
+  done
+  for rate in $FANOUT_RATES; do
+    for server in "${order[@]}"; do
+      echo "round $round/$ROUNDS: fanout -c $SUBSCRIBERS --rate $rate, $server" >&2
+      measure "$server" "fanout$rate-$server-$round" fanout "ws://127.0.0.1:PORT/t/" \
+        -c "$SUBSCRIBERS" --rate "$rate" -s 64 -d "$FANOUT_DURATION" --topics 1 --publishers 1
+    done
+  done
+  for server in "${order[@]}"; do
+    echo "round $round/$ROUNDS: idle -c $IDLE, $server" >&2
+    measure "$server" "idle-$server-$round" idle "ws://127.0.0.1:PORT/echo" -c "$IDLE" \
+      -d "$IDLE_DURATION"
+  done
+done
+elapsed=$(( $(date +%s) - started ))
+own_seconds
+other=$(awk -v busy="$(busy_seconds)" -v b0="$busy_before" -v own="$own" -v o0="$own_before" \
+  -v t="$elapsed" 'BEGIN {printf "%.0f", 100 * ((busy - b0) - (own - o0)) / t}')
+{
+  echo "Measured in $elapsed s. Other work on the machine meanwhile: ${other} % of one core on" \
+    "average (all CPU time less this run's); load average (1, 5, 15 min) $load_before before," \
+    "$(cut -d' ' -f1-3 /proc/loadavg) after."
+  echo
+  python3 scripts/lib/compare_report.py "$OUT" "$ROUNDS" "$SERVERS" "$ECHO_CONNS" \
+    "$SUBSCRIBERS" "$FANOUT_RATES" "$IDLE"
+} | tee "$OUT/compare.md"
+
+# Latency charts: every round's report per server (the chart takes the median per percentile).
+chart() { # NAME TITLE
+  local series=()
+  for server in "${servers[@]}"; do
+    local files=()
+    for round in $(seq "$ROUNDS"); do files+=("$OUT/$1-$server-$round.json"); done
+    series+=("$server=$(IFS=,; echo "${files[*]}")")
+  done
+  "$PEERS/peers-charts" --title "$2" --out "$CHARTS/compare-$1.svg" "${series[@]}"
+}
+mkdir -p "$CHARTS"
+for conns in $ECHO_CONNS; do
+  chart "echo$conns" "echo round trip, $conns connections, 32 B (median of $ROUNDS rounds)"
+done
+for rate in $FANOUT_RATES; do
+  chart "fanout$rate" "fanout publish to receipt, $SUBSCRIBERS subscribers x $rate msgs/s, 64 B (median of $ROUNDS rounds)"
+done
+echo "tables: $OUT/compare.md; charts: $CHARTS/compare-*.svg" >&2
