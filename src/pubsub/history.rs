@@ -143,6 +143,7 @@ mod tests {
             seq,
             published_at: at,
             payload: Payload::new(Format::Binary, &vec![0; size]),
+            compressed: Default::default(),
         })
     }
 

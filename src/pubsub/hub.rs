@@ -220,6 +220,7 @@ impl Hub {
                 seq: state.seq,
                 published_at: now,
                 payload,
+                compressed: Default::default(),
             });
             let size = message.payload.bytes().len();
             let room = self.history_bytes.load(Relaxed).saturating_add(size as u64)

@@ -23,7 +23,7 @@ mod topic;
 
 pub use history::Recovery;
 pub use hub::{Epoch, Hub, HubConfig, HubStats, MAX_REACTORS, Reactors, Resume};
-pub use message::{Format, Message, Payload, shared_frame};
+pub use message::{Format, Message, Payload, frame_payload, shared_compressed_frame, shared_frame};
 pub use registry::{Registry, Subscribed, Subscriptions, TopicId};
 pub use topic::{TopicError, validate_topic};
 

@@ -13,7 +13,7 @@ use super::auth::{ApiKey, AuthMode, Jwt, Origins};
 use super::config::Secret;
 use super::metrics::{Histogram, LatencyHistogram, ReactorMetrics, Snapshot};
 use crate::pubsub::{self, Epoch, Hub, HubConfig, Message, Payload};
-use crate::reactor::{Mailboxes, Shared, Stats};
+use crate::reactor::{CompressionConfig, Mailboxes, Shared, Stats};
 
 /// How often, at most, the hub drops idle topics and expired history.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -68,6 +68,9 @@ pub struct AppConfig {
     pub slow_consumer: SlowConsumer,
     /// Topic, history and resume limits.
     pub hub: HubConfig,
+    /// permessage-deflate, as the engine negotiates it (fanout compresses with the same
+    /// level and window).
+    pub compression: CompressionConfig,
 }
 
 impl Default for AppConfig {
@@ -85,6 +88,7 @@ impl Default for AppConfig {
             max_queued_bytes: 1 << 20,
             slow_consumer: SlowConsumer::Close,
             hub: HubConfig::default(),
+            compression: CompressionConfig::default(),
         }
     }
 }
@@ -100,6 +104,10 @@ pub struct Counters {
     pub bytes_out: AtomicU64,
     /// Messages queued to subscribers by fanout.
     pub deliveries: AtomicU64,
+    /// Of those, deliveries of a shared compressed frame.
+    pub deflate_deliveries: AtomicU64,
+    /// Compressed payload bytes of those deliveries.
+    pub deflate_delivery_bytes: AtomicU64,
     /// Deliveries skipped for a full queue (`drop`).
     pub drops: AtomicU64,
     /// Subscribers closed for a full queue (`close`).
@@ -278,6 +286,15 @@ impl Server {
                     drops: c.drops.load(Relaxed),
                     slow_consumer_closes: c.slow_consumer_closes.load(Relaxed),
                     subscriptions: c.subscriptions.load(Relaxed),
+                    deflate_connections: s.deflate_connections.load(Relaxed),
+                    deflate_windows: s.deflate_windows.load(Relaxed),
+                    deflate_capped: s.deflate_capped.load(Relaxed),
+                    deflate_messages_in: s.deflate_messages_in.load(Relaxed),
+                    deflate_bytes_in: s.deflate_bytes_in.load(Relaxed),
+                    deflate_messages_out: s.deflate_messages_out.load(Relaxed)
+                        + c.deflate_deliveries.load(Relaxed),
+                    deflate_bytes_out: s.deflate_bytes_out.load(Relaxed)
+                        + c.deflate_delivery_bytes.load(Relaxed),
                 }
             })
             .collect();

@@ -44,7 +44,7 @@ pub fn negotiate<'a>(
         .into_iter()
         .filter_map(|value| std::str::from_utf8(value).ok())
         .flat_map(elements)
-        .filter_map(|element| parse(element))
+        .filter_map(parse)
         .find_map(Result::ok)?;
     let server_bits = offer
         .server_max_window_bits
