@@ -438,6 +438,7 @@ impl Handler for App {
         let (max_queued, policy) = (server.config.max_queued_bytes, server.config.slow_consumer);
         let raw = message.payload().frame();
         let zconfig = &server.config.compression;
+        let compressing = zconfig.policy != Policy::Off;
         // Built on the first envelope subscriber, then shared by all of them (and compressed
         // once, on the first that takes it).
         let mut wrapped: Option<Arc<[u8]>> = None;
@@ -448,7 +449,8 @@ impl Handler for App {
             let Some(route) = local.conn(id).map(|conn| conn.route) else {
                 continue;
             };
-            let params = local.deflate(id);
+            // With compression off, the plain path is as before: no lookup per subscriber.
+            let params = if compressing { local.deflate(id) } else { None };
             let (frame, is_compressed) = if route == Route::Envelope {
                 let plain =
                     wrapped.get_or_insert_with(|| delivery_frame(&message, &mut self.scratch));
