@@ -139,9 +139,10 @@ impl Reason {
     pub fn of_handshake(error: ClientError) -> Reason {
         match error {
             ClientError::Status(_) => Reason::HttpStatus,
-            ClientError::Malformed | ClientError::MissingUpgrade | ClientError::BadAccept => {
-                Reason::BadHandshake
-            }
+            ClientError::Malformed
+            | ClientError::MissingUpgrade
+            | ClientError::BadAccept
+            | ClientError::BadExtension => Reason::BadHandshake,
         }
     }
 

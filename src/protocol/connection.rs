@@ -14,7 +14,8 @@
 use std::time::{Duration, Instant};
 
 use super::close::{self, CloseCode};
-use super::frame::{self, FrameHeader, HeaderError, MAX_HEADER_LEN, OpCode};
+use super::deflate::{self, Deflater, Inflate, InflateError, Params};
+use super::frame::{self, FrameHeader, HeaderError, MAX_HEADER_LEN, OpCode, RSV1};
 use super::handshake::{HeadError, Request};
 use super::{Transmit, mask, utf8};
 
@@ -147,6 +148,8 @@ pub enum SendError {
     NeedsMask,
     /// A control frame payload over 125 bytes.
     ControlTooLong,
+    /// Compression was not negotiated on this connection.
+    NoDeflate,
 }
 
 const CLIENT: u8 = 1;
@@ -156,6 +159,8 @@ const IN_FRAME: u8 = 8;
 const FRAME_FIN: u8 = 16;
 /// `100 Continue` was sent for a request body.
 const CONTINUE_SENT: u8 = 32;
+/// The message being assembled in `rx` is compressed (its first frame had RSV1).
+const COMPRESSED: u8 = 64;
 
 /// What must be removed from `rx` at the start of the next read, because the last event borrowed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,6 +196,8 @@ pub struct Connection {
     /// Length of the control frame whose payload sits at the end of `rx`.
     control_len: u8,
     cleanup: Cleanup,
+    /// permessage-deflate, when negotiated.
+    deflate: Option<deflate::Packed>,
 }
 
 impl Connection {
@@ -220,6 +227,7 @@ impl Connection {
             partial_header: 0,
             control_len: 0,
             cleanup: Cleanup::None,
+            deflate: None,
         }
     }
 
@@ -247,13 +255,42 @@ impl Connection {
         self.state == State::Open
     }
 
+    /// The permessage-deflate parameters, when negotiated.
+    pub fn deflate(&self) -> Option<Params> {
+        self.deflate.map(deflate::Packed::unpack)
+    }
+
+    /// Turns permessage-deflate on with the agreed parameters (server: after
+    /// [`Connection::accept`]; client: after checking the server's answer). From then on RSV1
+    /// marks compressed messages, which [`Connection::read_inflating`] inflates.
+    pub fn set_deflate(&mut self, params: Params) {
+        self.deflate = Some(params.pack());
+    }
+
     /// Feeds received bytes. Consumes `input` from the front and returns at most one event; call
     /// again (with the rest of `input`, possibly empty) until it returns `None`. An event may
     /// borrow `input` (unmasked in place) or `rx`; both must be left alone until the next call.
+    /// For a connection without permessage-deflate; see [`Connection::read_inflating`].
     pub fn read<'x, 'i: 'x, 'r: 'x>(
         &mut self,
         input: &mut &'i mut [u8],
         rx: &'r mut Vec<u8>,
+        now: Instant,
+        config: &Config,
+        out: &mut (impl Transmit + ?Sized),
+    ) -> Option<Event<'x>> {
+        // A zero-sized value: leaking its box allocates nothing.
+        let no_inflate: &'static mut NoInflate = Box::leak(Box::new(NoInflate));
+        self.read_inflating(input, rx, no_inflate, now, config, out)
+    }
+
+    /// [`Connection::read`] for a connection that may have negotiated permessage-deflate:
+    /// compressed messages are inflated with what `inflate` lends (and may borrow it).
+    pub fn read_inflating<'x, 'i: 'x, 'r: 'x, 'f: 'x>(
+        &mut self,
+        input: &mut &'i mut [u8],
+        rx: &'r mut Vec<u8>,
+        inflate: &'f mut (impl Inflate + ?Sized),
         now: Instant,
         config: &Config,
         out: &mut (impl Transmit + ?Sized),
@@ -265,7 +302,7 @@ impl Connection {
         }
         match self.state {
             State::Handshaking => self.read_head(input, rx, config, out),
-            State::Open | State::Closing => self.read_frames(input, rx, now, config, out),
+            State::Open | State::Closing => self.read_frames(input, rx, inflate, now, config, out),
             State::Closed => {
                 *input = &mut [];
                 None
@@ -374,10 +411,11 @@ impl Connection {
         self.state = State::Closed;
     }
 
-    fn read_frames<'x, 'i: 'x, 'r: 'x>(
+    fn read_frames<'x, 'i: 'x, 'r: 'x, 'f: 'x>(
         &mut self,
         input: &mut &'i mut [u8],
         rx: &'r mut Vec<u8>,
+        inflate: &'f mut (impl Inflate + ?Sized),
         now: Instant,
         config: &Config,
         out: &mut (impl Transmit + ?Sized),
@@ -413,7 +451,8 @@ impl Connection {
                     continue;
                 }
                 rx.extend_from_slice(chunk);
-                if self.message == Some(MessageKind::Text) {
+                // Compressed text is validated once inflated.
+                if self.message == Some(MessageKind::Text) && self.flags & COMPRESSED == 0 {
                     let start = self.utf8_valid as usize;
                     match utf8::validate_partial(&rx[start..]) {
                         Some(valid) => self.utf8_valid += valid as u32,
@@ -435,6 +474,11 @@ impl Connection {
                     continue;
                 }
                 let kind = self.message.take()?;
+                self.cleanup = Cleanup::Message;
+                if self.flags & COMPRESSED != 0 {
+                    let rx: &'r Vec<u8> = rx;
+                    return Some(self.inflated(kind, rx, inflate, config, input, out));
+                }
                 if kind == MessageKind::Text && self.utf8_valid as usize != rx.len() {
                     return Some(self.fail(
                         CloseCode::INVALID_PAYLOAD,
@@ -443,7 +487,6 @@ impl Connection {
                         out,
                     ));
                 }
-                self.cleanup = Cleanup::Message;
                 return Some(Event::Message(kind, rx));
             }
 
@@ -488,11 +531,15 @@ impl Connection {
                 } else {
                     MessageKind::Binary
                 };
+                let compressed = header.rsv & RSV1 != 0;
                 if header.fin && whole_in_input && self.state == State::Open {
                     // Fast path: a whole message in the input, delivered where it lies.
                     let (payload, rest) = std::mem::take(input).split_at_mut(len);
                     *input = rest;
                     self.unmask(payload);
+                    if compressed {
+                        return Some(self.inflated(kind, payload, inflate, config, input, out));
+                    }
                     if kind == MessageKind::Text && utf8::validate_complete(payload).is_none() {
                         return Some(self.fail(
                             CloseCode::INVALID_PAYLOAD,
@@ -506,6 +553,11 @@ impl Connection {
                 if self.state == State::Open {
                     self.message = Some(kind);
                     self.utf8_valid = 0;
+                    if compressed {
+                        self.flags |= COMPRESSED;
+                    } else {
+                        self.flags &= !COMPRESSED;
+                    }
                 }
             }
             self.frame_op = header.opcode;
@@ -575,7 +627,14 @@ impl Connection {
     ) -> Result<(), (CloseCode, &'static str)> {
         let protocol = |why| Err((CloseCode::PROTOCOL_ERROR, why));
         if header.rsv != 0 {
-            return protocol("reserved bits set");
+            // RSV1 marks the first frame of a compressed message, once deflate is negotiated.
+            let first_data = matches!(header.opcode, OpCode::Text | OpCode::Binary);
+            if header.rsv != RSV1 || self.deflate.is_none() {
+                return protocol("reserved bits set");
+            }
+            if !first_data {
+                return protocol("RSV1 on a control or continuation frame");
+            }
         }
         if header.mask.is_some() == (self.flags & CLIENT != 0) {
             return protocol(if self.flags & CLIENT != 0 {
@@ -610,6 +669,44 @@ impl Connection {
             return Err((CloseCode::MESSAGE_TOO_BIG, "message too big"));
         }
         Ok(())
+    }
+
+    /// Inflates a whole compressed message and delivers it, or fails the connection (1009 past
+    /// the message limit, checked while inflating; 1007 for bad data or bad UTF-8).
+    fn inflated<'f>(
+        &mut self,
+        kind: MessageKind,
+        compressed: &[u8],
+        inflate: &'f mut (impl Inflate + ?Sized),
+        config: &Config,
+        input: &mut &mut [u8],
+        out: &mut (impl Transmit + ?Sized),
+    ) -> Event<'f> {
+        let Some(params) = self.deflate() else {
+            return self.fail(CloseCode::PROTOCOL_ERROR, "reserved bits set", input, out);
+        };
+        let peer = match self.role() {
+            Role::Server => params.client_to_server(),
+            Role::Client => params.server_to_client(),
+        };
+        let limit = usize::try_from(config.max_message_size).unwrap_or(usize::MAX);
+        match inflate.inflate(compressed, limit, peer) {
+            Ok(message) => {
+                if kind == MessageKind::Text && utf8::validate_complete(message).is_none() {
+                    return self.fail(CloseCode::INVALID_PAYLOAD, "invalid UTF-8", input, out);
+                }
+                Event::Message(kind, message)
+            }
+            Err(InflateError::TooBig) => {
+                self.fail(CloseCode::MESSAGE_TOO_BIG, "message too big", input, out)
+            }
+            Err(InflateError::Corrupt) => self.fail(
+                CloseCode::INVALID_PAYLOAD,
+                "invalid compressed data",
+                input,
+                out,
+            ),
+        }
     }
 
     fn unmask(&mut self, payload: &mut [u8]) {
@@ -687,13 +784,14 @@ impl Connection {
         let mut copy = [0u8; 125];
         let copy = &mut copy[..payload.len()];
         copy.copy_from_slice(payload);
-        self.send_frame(opcode, copy, out);
+        self.send_frame(opcode, 0, copy, out);
     }
 
-    /// Frames and sends `payload`, masking it in place for a client.
+    /// Frames and sends `payload` with the reserved bits `rsv`, masking it in place for a client.
     fn send_frame(
         &mut self,
         opcode: OpCode,
+        rsv: u8,
         payload: &mut [u8],
         out: &mut (impl Transmit + ?Sized),
     ) {
@@ -706,7 +804,7 @@ impl Connection {
             &mut header,
             &FrameHeader {
                 fin: true,
-                rsv: 0,
+                rsv,
                 opcode,
                 mask,
                 payload_len: payload.len() as u64,
@@ -770,7 +868,32 @@ impl Connection {
         if !self.can_send() {
             return Err(SendError::NotOpen);
         }
-        self.send_frame(kind_opcode(kind), payload, out);
+        self.send_frame(kind_opcode(kind), 0, payload, out);
+        Ok(())
+    }
+
+    /// Either role: sends `payload` as one compressed message (RSV1), compressed by `deflater`
+    /// into `scratch` (and masked there for a client). The deflater must be this connection's
+    /// own when its direction keeps context; a shared one is reset after each message.
+    pub fn send_compressed(
+        &mut self,
+        kind: MessageKind,
+        payload: &[u8],
+        deflater: &mut Deflater,
+        scratch: &mut Vec<u8>,
+        out: &mut (impl Transmit + ?Sized),
+    ) -> Result<(), SendError> {
+        if !self.can_send() {
+            return Err(SendError::NotOpen);
+        }
+        let params = self.deflate().ok_or(SendError::NoDeflate)?;
+        let ours = match self.role() {
+            Role::Server => params.server_to_client(),
+            Role::Client => params.client_to_server(),
+        };
+        scratch.clear();
+        deflater.compress(payload, scratch, ours.takeover);
+        self.send_frame(kind_opcode(kind), RSV1, scratch, out);
         Ok(())
     }
 
@@ -903,6 +1026,20 @@ fn kind_opcode(kind: MessageKind) -> OpCode {
     }
 }
 
+/// What [`Connection::read`] lends: nothing, since RSV1 is refused before any inflating.
+struct NoInflate;
+
+impl Inflate for NoInflate {
+    fn inflate(
+        &mut self,
+        _: &[u8],
+        _: usize,
+        _: deflate::Direction,
+    ) -> Result<&[u8], InflateError> {
+        Err(InflateError::Corrupt)
+    }
+}
+
 /// An encoded frame header, up to 14 bytes.
 #[derive(Clone, Copy, Debug)]
 pub struct HeaderBytes([u8; MAX_HEADER_LEN], u8);
@@ -952,6 +1089,7 @@ mod tests {
     struct Server {
         conn: Connection,
         rx: Vec<u8>,
+        inflate: deflate::MessageInflater,
         sent: Vec<u8>,
         config: Config,
         now: Instant,
@@ -966,6 +1104,7 @@ mod tests {
             Server {
                 conn,
                 rx,
+                inflate: deflate::MessageInflater::default(),
                 sent: Vec::new(),
                 config: Config::default(),
                 now,
@@ -976,9 +1115,10 @@ mod tests {
             let mut owned = bytes.to_vec();
             let mut input = &mut owned[..];
             let mut events = Vec::new();
-            while let Some(ev) = self.conn.read(
+            while let Some(ev) = self.conn.read_inflating(
                 &mut input,
                 &mut self.rx,
+                &mut self.inflate,
                 self.now,
                 &self.config,
                 &mut self.sent,
@@ -1025,6 +1165,196 @@ mod tests {
         mask::apply_mask(&mut body, key, 0);
         out.extend_from_slice(&body);
         out
+    }
+
+    /// A compressed message from a client: RSV1 on the first of `pieces` frames.
+    fn compressed(opcode: u8, payload: &[u8], pieces: usize, deflater: &mut Deflater) -> Vec<u8> {
+        let mut wire = Vec::new();
+        deflater.compress(payload, &mut wire, true);
+        let step = wire.len().div_ceil(pieces).max(1);
+        let mut bytes = Vec::new();
+        let chunks: Vec<&[u8]> = wire.chunks(step).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut f = frame(
+                i + 1 == chunks.len(),
+                if i == 0 { opcode } else { 0 },
+                chunk,
+            );
+            if i == 0 {
+                f[0] |= 0x40;
+            }
+            bytes.extend(f);
+        }
+        bytes
+    }
+
+    fn with_deflate(params: Params) -> Server {
+        let mut s = Server::open();
+        s.conn.set_deflate(params);
+        s
+    }
+
+    #[test]
+    fn compressed_messages_both_ways_with_and_without_context_takeover() {
+        for takeover in [false, true] {
+            let params = Params {
+                server_no_context_takeover: !takeover,
+                client_no_context_takeover: !takeover,
+                ..Params::default()
+            };
+            let mut s = with_deflate(params);
+            let mut client = Connection::client(s.now, 5);
+            client.set_deflate(params);
+            let (mut client_deflater, mut server_deflater) =
+                (Deflater::new(6, 15), Deflater::new(6, 15));
+            let (mut scratch, mut sizes) = (Vec::new(), Vec::new());
+            let mut client_inflate = deflate::MessageInflater::default();
+            for round in 0..3 {
+                let text = format!("{{\"round\":{round},\"text\":\"{}\"}}", "hello ".repeat(40));
+                let mut wire = Vec::new();
+                client
+                    .send_compressed(
+                        MessageKind::Text,
+                        text.as_bytes(),
+                        &mut client_deflater,
+                        &mut scratch,
+                        &mut wire,
+                    )
+                    .unwrap();
+                assert_eq!(wire[0], 0xC1, "FIN, RSV1, text");
+                sizes.push(wire.len());
+                assert_eq!(s.feed(&wire), [Ev::Text(text.clone())]);
+                s.conn
+                    .send_compressed(
+                        MessageKind::Text,
+                        text.as_bytes(),
+                        &mut server_deflater,
+                        &mut scratch,
+                        &mut s.sent,
+                    )
+                    .unwrap();
+                let mut sent = std::mem::take(&mut s.sent);
+                let mut input = &mut sent[..];
+                let (mut rx, mut out) = (Vec::new(), Vec::new());
+                let ev = client
+                    .read_inflating(
+                        &mut input,
+                        &mut rx,
+                        &mut client_inflate,
+                        s.now,
+                        &s.config,
+                        &mut out,
+                    )
+                    .map(own);
+                assert_eq!(ev, Some(Ev::Text(text)));
+            }
+            // With context takeover the repeats shrink to a few references.
+            assert_eq!(sizes[2] < sizes[0] / 2, takeover, "{sizes:?}");
+        }
+    }
+
+    #[test]
+    fn compressed_fragments_across_reads_with_a_ping_between() {
+        let mut s = with_deflate(Params::default());
+        let mut d = Deflater::new(6, 15);
+        let text = "fragmented and compressed ".repeat(50);
+        let mut bytes = compressed(0x1, text.as_bytes(), 3, &mut d);
+        let ping = frame(true, 0x9, b"p");
+        let first_end = {
+            let (h, n) = frame::decode_header(&bytes).unwrap().unwrap();
+            n + h.payload_len as usize
+        };
+        bytes.splice(first_end..first_end, ping);
+        let mut events = Vec::new();
+        for chunk in bytes.chunks(7) {
+            events.extend(s.feed(chunk));
+        }
+        assert_eq!(events, [Ev::Ping(b"p".to_vec()), Ev::Text(text.clone())]);
+        // The context is kept: the same text again is a reference or two.
+        let again = compressed(0x1, text.as_bytes(), 1, &mut d);
+        assert!(again.len() < 40, "{}", again.len());
+        assert_eq!(s.feed(&again), [Ev::Text(text)]);
+        assert!(s.rx.is_empty());
+    }
+
+    #[test]
+    fn rsv1_rules() {
+        let mut d = Deflater::new(6, 15);
+        let rsv1 = |mut f: Vec<u8>| {
+            f[0] |= 0x40;
+            f
+        };
+        // Without negotiation RSV1 is a reserved bit.
+        let mut s = Server::open();
+        assert!(
+            s.feed(&compressed(0x1, b"hi", 1, &mut d))
+                .last()
+                .is_some_and(failed(CloseCode::PROTOCOL_ERROR))
+        );
+        let cases = [
+            rsv1(frame(true, 0x9, b"")), // control
+            [frame(false, 0x1, b"a"), rsv1(frame(true, 0x0, b"b"))].concat(), // continuation
+            {
+                let mut f = frame(true, 0x1, b"x");
+                f[0] |= 0x20; // RSV2
+                f
+            },
+        ];
+        for bytes in cases {
+            let mut s = with_deflate(Params::default());
+            let events = s.feed(&bytes);
+            assert!(
+                events.last().is_some_and(failed(CloseCode::PROTOCOL_ERROR)),
+                "{bytes:x?}: {events:?}"
+            );
+        }
+        // An uncompressed message on a deflate connection is fine.
+        let mut s = with_deflate(Params::default());
+        assert_eq!(
+            s.feed(&frame(true, 0x2, b"plain")),
+            [Ev::Binary(b"plain".to_vec())]
+        );
+    }
+
+    #[test]
+    fn a_compression_bomb_closes_1009_before_inflating_it_all() {
+        let mut d = Deflater::new(9, 15);
+        let bomb = compressed(0x2, &vec![0; 32 << 20], 1, &mut d);
+        assert!(bomb.len() < 64 << 10);
+        for pieces in [1, 4] {
+            let mut s = with_deflate(Params::default());
+            s.config.max_message_size = 1 << 20;
+            let mut d = Deflater::new(9, 15);
+            let bytes = compressed(0x2, &vec![0; 32 << 20], pieces, &mut d);
+            let events = s.feed(&bytes);
+            assert!(
+                events
+                    .last()
+                    .is_some_and(failed(CloseCode::MESSAGE_TOO_BIG)),
+                "{events:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn compressed_text_is_validated_and_garbage_is_refused() {
+        let mut d = Deflater::new(6, 15);
+        let mut s = with_deflate(Params::default());
+        let events = s.feed(&compressed(0x1, &[b'a', 0xFF], 1, &mut d));
+        assert!(
+            events
+                .last()
+                .is_some_and(failed(CloseCode::INVALID_PAYLOAD)),
+            "{events:?}"
+        );
+        let mut s = with_deflate(Params::default());
+        let mut garbage = frame(true, 0x2, &[0xFF; 20]);
+        garbage[0] |= 0x40;
+        assert!(
+            s.feed(&garbage)
+                .last()
+                .is_some_and(failed(CloseCode::INVALID_PAYLOAD))
+        );
     }
 
     fn close_frame(code: u16, reason: &[u8]) -> Vec<u8> {
@@ -1426,6 +1756,10 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600), split in any::<prop::sample::Index>()) {
             let mut s = Server::open();
             let at = split.index(bytes.len() + 1);
+            s.feed(&bytes[..at]);
+            s.feed(&bytes[at..]);
+            // The same bytes on a deflate connection: compressed frames are inflated (or fail).
+            let mut s = with_deflate(Params::default());
             s.feed(&bytes[..at]);
             s.feed(&bytes[at..]);
             let mut fresh = Connection::server(s.now);

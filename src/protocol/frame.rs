@@ -147,12 +147,21 @@ pub fn encode_header(out: &mut [u8; MAX_HEADER_LEN], header: &FrameHeader) -> us
 /// A whole unmasked (server-to-client) frame: header then payload, in one buffer. Servers use it to
 /// frame a message once and share the bytes among many connections.
 pub fn encode_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+    encode_frame_rsv(opcode, 0, payload)
+}
+
+/// RSV1: the message is compressed (permessage-deflate, RFC 7692 §6).
+pub const RSV1: u8 = 0b100;
+
+/// Like [`encode_frame`], with the reserved bits `rsv` set (e.g. [`RSV1`] for a payload already
+/// compressed with permessage-deflate).
+pub fn encode_frame_rsv(opcode: OpCode, rsv: u8, payload: &[u8]) -> Vec<u8> {
     let mut header = [0u8; MAX_HEADER_LEN];
     let len = encode_header(
         &mut header,
         &FrameHeader {
             fin: true,
-            rsv: 0,
+            rsv,
             opcode,
             mask: None,
             payload_len: payload.len() as u64,

@@ -7,6 +7,8 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
+use super::deflate::{ClientOffer, Params};
+
 /// The GUID that RFC 6455 appends to the key before hashing.
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -349,6 +351,8 @@ pub enum ClientError {
     MissingUpgrade,
     /// `Sec-WebSocket-Accept` does not match the key.
     BadAccept,
+    /// `Sec-WebSocket-Extensions` answers something the offer did not allow.
+    BadExtension,
 }
 
 impl ClientHandshake {
@@ -390,6 +394,18 @@ impl ClientHandshake {
     /// Checks the answer at the start of `buf`: `Ok(None)` while incomplete, else the length of the
     /// head (bytes after it are already frames).
     pub fn read_response(&self, buf: &[u8]) -> Result<Option<usize>, ClientError> {
+        Ok(self.read_response_with(buf, None)?.map(|(len, _)| len))
+    }
+
+    /// [`ClientHandshake::read_response`] for a request that carried `offer` (its
+    /// [`ClientOffer::header`] as `Sec-WebSocket-Extensions`): also the permessage-deflate
+    /// parameters agreed, `None` when the server declined. Without an offer, extensions in the
+    /// answer are not checked.
+    pub fn read_response_with(
+        &self,
+        buf: &[u8],
+        offer: Option<&ClientOffer>,
+    ) -> Result<Option<(usize, Option<Params>)>, ClientError> {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut res = httparse::Response::new(&mut headers);
         let len = match res.parse(buf) {
@@ -422,7 +438,18 @@ impl ClientHandshake {
         if accept != Some(expected.as_str().as_bytes()) {
             return Err(ClientError::BadAccept);
         }
-        Ok(Some(len))
+        let Some(offer) = offer else {
+            return Ok(Some((len, None)));
+        };
+        let extensions = res
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+            .map(|h| h.value);
+        let params = offer
+            .accept(extensions)
+            .map_err(|_| ClientError::BadExtension)?;
+        Ok(Some((len, params)))
     }
 }
 
@@ -524,5 +551,48 @@ mod tests {
         assert_eq!(client.read_response(&response), Ok(Some(response.len())));
         let wrong = ClientHandshake::new(*b"fedcba9876543210");
         assert_eq!(wrong.read_response(&response), Err(ClientError::BadAccept));
+    }
+
+    #[test]
+    fn client_and_server_agree_on_permessage_deflate() {
+        use crate::protocol::deflate::{self, ClientOffer};
+        let client = ClientHandshake::new(*b"0123456789abcdef");
+        let offer = ClientOffer::default();
+        let mut request = Vec::new();
+        let header = offer.header();
+        client.write_request(
+            "h",
+            "/",
+            &[("Sec-WebSocket-Extensions", &header)],
+            &mut request,
+        );
+        let (req, _) = parse(&request).unwrap().unwrap();
+        let wants = deflate::Wants {
+            server_no_context_takeover: true,
+            client_no_context_takeover: true,
+            server_max_window_bits: 12,
+            client_max_window_bits: 10,
+        };
+        let offers = req
+            .headers()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-extensions"));
+        let (server, answer) = deflate::negotiate(offers.map(|(_, v)| v), &wants).unwrap();
+        let mut response = Vec::new();
+        req.upgrade()
+            .unwrap()
+            .write_response(None, Some(&answer), &mut response);
+        assert_eq!(
+            client.read_response_with(&response, Some(&offer)),
+            Ok(Some((response.len(), Some(server))))
+        );
+        // An answer outside the offer fails the handshake.
+        let mut bad = Vec::new();
+        req.upgrade()
+            .unwrap()
+            .write_response(None, Some("permessage-deflate; mystery"), &mut bad);
+        assert_eq!(
+            client.read_response_with(&bad, Some(&offer)),
+            Err(ClientError::BadExtension)
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! The sans-IO WebSocket protocol core (RFC 6455), both roles.
+//! The sans-IO WebSocket protocol core (RFC 6455, with permessage-deflate of RFC 7692), both
+//! roles.
 //!
 //! Bytes in, events and bytes out: nothing here owns a socket, reads a clock, spawns a thread or
 //! allocates per message on the happy path. Time is passed in (`now`), buffers are lent by the
@@ -8,6 +9,7 @@
 
 pub mod close;
 pub mod connection;
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod mask;

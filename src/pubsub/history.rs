@@ -143,12 +143,8 @@ mod tests {
     use crate::pubsub::message::{Format, Payload};
 
     fn message(seq: u64, at: Instant, size: usize) -> Arc<Message> {
-        Arc::new(Message {
-            topic: Arc::from("t"),
-            seq,
-            published_at: at,
-            payload: Payload::new(Format::Binary, &vec![0; size]),
-        })
+        let payload = Payload::new(Format::Binary, &vec![0; size]);
+        Arc::new(Message::new(Arc::from("t"), seq, at, payload))
     }
 
     const LIMITS: Limits = Limits {

@@ -286,12 +286,7 @@ impl Hub {
     ) -> Result<R, Error> {
         self.get_or_create(topic, |name, state| {
             state.seq += 1;
-            let message = Arc::new(Message {
-                topic: name.clone(),
-                seq: state.seq,
-                published_at: now,
-                payload,
-            });
+            let message = Arc::new(Message::new(name.clone(), state.seq, now, payload));
             self.record(state, &message);
             send(&message, Reactors(state.reactors))
         })

@@ -29,7 +29,9 @@ pub use history::Recovery;
 pub use hub::{
     Delivered, Epoch, Hub, HubConfig, HubStats, Interest, MAX_REACTORS, Reactors, Resume,
 };
-pub use message::{Format, Message, Payload, Post, shared_frame};
+pub use message::{
+    Format, Message, Payload, Post, frame_payload, shared_compressed_frame, shared_frame,
+};
 pub use registry::{Registry, Subscribed, Subscriptions, TopicId};
 pub use topic::{TopicError, validate_topic};
 

@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use super::buffer::Pool;
+use super::compression::{Compression, ConnInflate};
 use super::mailbox::Mailboxes;
 use super::sys::{Backend, Flushed, IoEvent};
 use super::timer::{TimerKey, TimerWheel};
 use super::txqueue::TxQueue;
 use super::{Answer, Config, ConnId, Ctx, Handler, Local, LocalOps, Push, Sink, Stats};
+use crate::protocol::deflate::Params;
 use crate::protocol::handshake::write_response;
 use crate::protocol::{CloseCode, Connection, Event, State, Transmit};
 
@@ -59,6 +61,9 @@ const FIN_SENT: u8 = 16;
 const PEER_CLOSED: u8 = 32;
 /// Frames were queued for it while draining the inbox: flush it once the drain is done.
 const DIRTY: u8 = 64;
+/// It negotiated permessage-deflate and is counted by the reactor's [`Compression`] until
+/// released (once, when its WebSocket ends).
+const DEFLATE: u8 = 128;
 
 /// One connection's entry in the table. Everything an idle connection costs is here (plus its
 /// timer): no buffer, no queue.
@@ -102,6 +107,7 @@ struct Core<S, H: Handler> {
     read_buf: Box<[u8]>,
     cork: Vec<u8>,
     scratch: Vec<u8>,
+    compression: Compression,
     read_again: Vec<usize>,
     /// Connections with frames queued during the inbox drain.
     dirty: Vec<usize>,
@@ -134,6 +140,7 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
             read_buf: vec![0; config.read_buffer_size.max(4096)].into_boxed_slice(),
             cork: Vec::with_capacity(CORK_SIZE),
             scratch: Vec::new(),
+            compression: Compression::new(config.compression),
             read_again: Vec::new(),
             dirty: Vec::new(),
             retired: Vec::new(),
@@ -495,6 +502,7 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
         if let Some(rx) = conn.rx.take() {
             core.rx_pool.give(rx);
         }
+        release_deflate(&mut core.compression, token, conn);
         if conn.flags & (OPENED | LINGER) == OPENED
             && let Some(app) = conn.app.as_mut()
         {
@@ -562,6 +570,7 @@ impl<S, H: Handler> Core<S, H> {
         Stats::set(&s.rx_buffers_lent, self.rx_pool.lent());
         Stats::set(&s.tx_queues_lent, self.tx_pool.lent());
         Stats::set(&s.timers, self.timers.len());
+        self.compression.policy.publish(s);
     }
 
     fn accept_failed(&mut self, e: io::Error, now: Instant) {
@@ -622,6 +631,7 @@ impl<S, H: Handler> Core<S, H> {
             cork,
             scratch,
             stats,
+            compression,
             ..
         } = self;
         let Some(conn) = conns.get_mut(token) else {
@@ -650,6 +660,7 @@ impl<S, H: Handler> Core<S, H> {
             config,
             scratch,
             stats,
+            compression,
             peers,
             now,
             token,
@@ -682,6 +693,7 @@ impl<S, H: Handler> Core<S, H> {
         }
         if conn.flags & LINGER == 0 {
             conn.flags |= LINGER;
+            release_deflate(&mut self.compression, token, conn);
             if conn.flags & OPENED != 0
                 && let Some(app) = conn.app.as_mut()
             {
@@ -697,6 +709,17 @@ impl<S, H: Handler> Core<S, H> {
             );
         }
         true
+    }
+}
+
+/// Gives back what a connection that negotiated compression holds (its windows, its place under
+/// the cap), once.
+fn release_deflate<S, C>(compression: &mut Compression, token: usize, conn: &mut Conn<S, C>) {
+    if conn.flags & DEFLATE != 0 {
+        conn.flags &= !DEFLATE;
+        if let Some(params) = conn.ws.deflate() {
+            compression.release(token, params);
+        }
     }
 }
 
@@ -742,6 +765,10 @@ impl<B: Backend, H: Handler> LocalOps<H::Conn> for LocalConns<'_, B, H> {
     fn queued(&self, id: ConnId) -> Option<usize> {
         let conn = self.conns.get(id)?;
         Some(conn.tx.as_deref().map_or(0, TxQueue::len))
+    }
+
+    fn deflate(&self, id: ConnId) -> Option<Params> {
+        self.conns.get(id)?.ws.deflate()
     }
 
     fn send_shared(&mut self, id: ConnId, frame: &Arc<[u8]>, max_queued: usize) -> Push {
@@ -805,6 +832,7 @@ struct Dispatch<'a, H> {
     config: &'a Config,
     scratch: &'a mut Vec<u8>,
     stats: &'a Stats,
+    compression: &'a mut Compression,
     peers: &'a mut HashMap<usize, SocketAddr>,
     now: Instant,
     token: usize,
@@ -822,17 +850,32 @@ impl<H: Handler> Dispatch<'_, H> {
         mut input: &mut [u8],
         rx: &mut Vec<u8>,
     ) -> bool {
-        while let Some(event) = ws.read(&mut input, rx, self.now, &self.config.protocol, out) {
+        let (stats, token) = (self.stats, self.token);
+        while let Some(event) = ws.read_inflating(
+            &mut input,
+            rx,
+            &mut ConnInflate {
+                inflating: &mut self.compression.inflating,
+                token,
+                stats,
+            },
+            self.now,
+            &self.config.protocol,
+            out,
+        ) {
             match event {
                 Event::Request(request, body) => {
                     let peer = self.peers.remove(&self.token);
                     let answer = self.handler.on_request(&request, body, peer);
                     self.scratch.clear();
+                    let mut deflate = None;
                     let upgrade = match answer {
                         Answer::Upgrade { conn, protocol } if request.wants_websocket() => {
                             match request.upgrade() {
                                 Ok(accept) => {
-                                    accept.write_response(protocol, None, self.scratch);
+                                    deflate = self.compression.policy.negotiate(&request, stats);
+                                    let extensions = deflate.as_ref().map(|(_, a)| a.as_str());
+                                    accept.write_response(protocol, extensions, self.scratch);
                                     Some(conn)
                                 }
                                 Err(rejection) => {
@@ -878,6 +921,10 @@ impl<H: Handler> Dispatch<'_, H> {
                         return false;
                     };
                     ws.accept(self.now, rx);
+                    if let Some((params, _)) = deflate {
+                        ws.set_deflate(params);
+                        *flags |= DEFLATE;
+                    }
                     self.stats.upgrades.fetch_add(1, Ordering::Relaxed);
                     *flags |= OPENED;
                     let app = app.insert(conn);
@@ -886,6 +933,8 @@ impl<H: Handler> Dispatch<'_, H> {
                         conn: app,
                         ws,
                         out,
+                        deflating: &mut self.compression.deflating,
+                        stats,
                         now: self.now,
                     });
                     if !rx.is_empty() {
@@ -900,6 +949,8 @@ impl<H: Handler> Dispatch<'_, H> {
                             conn: app,
                             ws,
                             out,
+                            deflating: &mut self.compression.deflating,
+                            stats,
                             now: self.now,
                         };
                         self.handler.on_message(&mut ctx, kind, payload);

@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod buffer;
+mod compression;
 mod event_loop;
 mod listen;
 pub mod mailbox;
@@ -21,9 +22,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::protocol::deflate::Params;
 use crate::protocol::handshake::{Rejection, Request};
 use crate::protocol::{self, CloseCode, MessageKind, SendError, Transmit};
 
+pub use compression::{CompressionConfig, Policy};
 pub use listen::bind_reuseport;
 pub use mailbox::Mailboxes;
 pub use sys::uring::UringConfig;
@@ -69,6 +72,8 @@ pub struct Config {
     pub uring: UringConfig,
     /// Protocol limits and timeouts.
     pub protocol: protocol::Config,
+    /// permessage-deflate.
+    pub compression: CompressionConfig,
 }
 
 impl Default for Config {
@@ -85,6 +90,7 @@ impl Default for Config {
             io: Io::Auto,
             uring: UringConfig::default(),
             protocol: protocol::Config::default(),
+            compression: CompressionConfig::default(),
         }
     }
 }
@@ -146,6 +152,7 @@ pub struct Local<'a, C> {
 trait LocalOps<C> {
     fn conn(&mut self, id: ConnId) -> Option<&mut C>;
     fn queued(&self, id: ConnId) -> Option<usize>;
+    fn deflate(&self, id: ConnId) -> Option<Params>;
     fn send_shared(&mut self, id: ConnId, frame: &Arc<[u8]>, max_queued: usize) -> Push;
     fn close(&mut self, id: ConnId, code: CloseCode, reason: &str, now: Instant);
 }
@@ -164,6 +171,12 @@ impl<C> Local<'_, C> {
     /// Bytes waiting to be written to a connection.
     pub fn queued(&self, id: ConnId) -> Option<usize> {
         self.ops.queued(id)
+    }
+
+    /// The permessage-deflate parameters an open connection negotiated, if it did: a frame
+    /// compressed on its own fits it when [`Params::accepts_shared`] says so.
+    pub fn deflate(&self, id: ConnId) -> Option<Params> {
+        self.ops.deflate(id)
     }
 
     /// Queues a whole frame shared with other connections, unless more than `max_queued`
@@ -239,6 +252,8 @@ pub struct Ctx<'a, C> {
     conn: &'a mut C,
     ws: &'a mut protocol::Connection,
     out: &'a mut dyn Sink,
+    deflating: &'a mut compression::Deflating,
+    stats: &'a Stats,
     now: Instant,
 }
 
@@ -258,9 +273,17 @@ impl<C> Ctx<'_, C> {
         self.now
     }
 
-    /// Sends a message (written at once if the socket takes it, else queued).
+    /// Sends a message (written at once if the socket takes it, else queued), compressed when
+    /// the connection negotiated permessage-deflate and the payload reaches the threshold.
     pub fn send(&mut self, kind: MessageKind, payload: &[u8]) -> Result<(), SendError> {
-        self.ws.send(kind, payload, &mut *self.out)
+        let (id, stats) = (self.id, self.stats);
+        self.deflating
+            .send(id, self.ws, kind, payload, &mut *self.out, stats)
+    }
+
+    /// The permessage-deflate parameters the connection negotiated, if it did.
+    pub fn deflate(&self) -> Option<Params> {
+        self.ws.deflate()
     }
 
     /// Sends a whole frame built with [`protocol::frame::encode_frame`], shared by many
@@ -298,6 +321,20 @@ pub struct Stats {
     pub tx_queues_lent: AtomicU64,
     /// Pending timers.
     pub timers: AtomicU64,
+    /// Open connections that negotiated permessage-deflate.
+    pub deflate_connections: AtomicU64,
+    /// Of those, connections holding their own windows (context takeover).
+    pub deflate_windows: AtomicU64,
+    /// Connections given no context takeover because `max_windows` was reached.
+    pub deflate_capped: AtomicU64,
+    /// Compressed messages received.
+    pub deflate_messages_in: AtomicU64,
+    /// Compressed payload bytes received (as sent, before inflating).
+    pub deflate_bytes_in: AtomicU64,
+    /// Messages sent compressed through [`Ctx::send`].
+    pub deflate_messages_out: AtomicU64,
+    /// Compressed payload bytes sent through [`Ctx::send`].
+    pub deflate_bytes_out: AtomicU64,
 }
 
 impl Stats {

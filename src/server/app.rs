@@ -23,12 +23,16 @@ use super::auth::Grants;
 use super::envelope::{self, Command, ErrorCode, Id, delivery_frame, format_of};
 use super::http;
 use super::state::{ClientPublish, Full, PublishError, Server, SlowConsumer};
+use crate::protocol::deflate::{Deflater, Params};
 use crate::protocol::handshake::Request;
 use crate::protocol::{CloseCode, MessageKind};
 use crate::pubsub::{
-    self, Message, Payload, Post, Registry, Subscribed, Subscriptions, shared_frame, validate_topic,
+    self, Message, Payload, Post, Registry, Subscribed, Subscriptions, frame_payload,
+    shared_compressed_frame, shared_frame, validate_topic,
 };
-use crate::reactor::{Answer, ConnId, Ctx, Handler, Local, Push, Response};
+use crate::reactor::{
+    Answer, CompressionConfig, ConnId, Ctx, Handler, Local, Policy, Push, Response,
+};
 
 /// What a WebSocket connection is for, chosen by its path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +121,8 @@ pub struct App {
     /// Cluster mode: subscribes waiting for their topic, by topic.
     parked: HashMap<Arc<str>, Vec<Parked>>,
     scratch: Vec<u8>,
+    /// Compresses fanout frames once for every subscriber they fit; made on first use.
+    deflater: Option<Deflater>,
 }
 
 impl App {
@@ -130,6 +136,7 @@ impl App {
             pending: None,
             parked: HashMap::new(),
             scratch: Vec::new(),
+            deflater: None,
         })
     }
 
@@ -491,6 +498,27 @@ fn subscribe_error(error: pubsub::Error) -> (ErrorCode, &'static str) {
     }
 }
 
+/// Compresses a fanout payload on its own (no context takeover), with the configured level and
+/// window: every reactor compresses alike, so whichever is first makes the frame for all.
+fn compress(
+    deflater: &mut Option<Deflater>,
+    config: &CompressionConfig,
+    payload: &[u8],
+) -> Vec<u8> {
+    let deflater = deflater.get_or_insert_with(|| Deflater::new(config.level, config.window_bits));
+    let mut out = Vec::new();
+    deflater.compress(payload, &mut out, false);
+    out
+}
+
+/// Whether a subscriber that negotiated `params` takes a shared compressed frame of a payload
+/// of `len` bytes.
+fn takes_compressed(params: Option<Params>, config: &CompressionConfig, len: usize) -> bool {
+    config.policy != Policy::Off
+        && len >= config.threshold
+        && params.is_some_and(|p| p.accepts_shared(config.window_bits, len))
+}
+
 /// A refusal before the upgrade, with a JSON body.
 fn refuse<'r>(status: u16, message: &str) -> Answer<'r, Conn> {
     Answer::Respond(http::error(status, message))
@@ -609,21 +637,49 @@ impl App {
         let counters = &server.counters[self.index];
         let (max_queued, policy) = (server.config.max_queued_bytes, server.config.slow_consumer);
         let raw = message.payload().frame();
-        // Built on the first envelope subscriber, then shared by all of them.
+        let zconfig = &server.config.compression;
+        let compressing = zconfig.policy != Policy::Off;
+        // Built on the first envelope subscriber, then shared by all of them (and compressed
+        // once, on the first that takes it).
         let mut wrapped: Option<Arc<[u8]>> = None;
+        let mut wrapped_compressed: Option<Arc<[u8]>> = None;
         let (mut delivered, mut bytes, mut dropped, mut evicted) = (0u64, 0u64, 0u64, 0u64);
+        let (mut compressed, mut compressed_bytes) = (0u64, 0u64);
         for id in self.registry.fanout(&message) {
-            let frame = match local.conn(id).map(|conn| conn.route) {
-                Some(Route::Envelope) => {
-                    wrapped.get_or_insert_with(|| delivery_frame(&message, &mut self.scratch))
+            let Some(route) = local.conn(id).map(|conn| conn.route) else {
+                continue;
+            };
+            // With compression off, the plain path is as before: no lookup per subscriber.
+            let params = if compressing { local.deflate(id) } else { None };
+            let (frame, is_compressed) = if route == Route::Envelope {
+                let plain =
+                    wrapped.get_or_insert_with(|| delivery_frame(&message, &mut self.scratch));
+                let len = frame_payload(plain).len();
+                if takes_compressed(params, zconfig, len) {
+                    let frame = wrapped_compressed.get_or_insert_with(|| {
+                        let payload = compress(&mut self.deflater, zconfig, frame_payload(plain));
+                        shared_compressed_frame(MessageKind::Text, &payload)
+                    });
+                    (&*frame, true)
+                } else {
+                    (&*plain, false)
                 }
-                Some(_) => raw,
-                None => continue,
+            } else if takes_compressed(params, zconfig, message.payload().bytes().len()) {
+                let deflater = &mut self.deflater;
+                let frame =
+                    message.compressed_frame(|payload| compress(deflater, zconfig, payload));
+                (frame, true)
+            } else {
+                (raw, false)
             };
             match local.send_shared(id, frame, max_queued) {
                 Push::Queued => {
                     delivered += 1;
                     bytes += frame.len() as u64;
+                    if is_compressed {
+                        compressed += 1;
+                        compressed_bytes += frame_payload(frame).len() as u64;
+                    }
                 }
                 Push::Full if policy == SlowConsumer::Drop => dropped += 1,
                 Push::Full => {
@@ -636,6 +692,12 @@ impl App {
         counters.deliveries.fetch_add(delivered, Relaxed);
         counters.messages_out.fetch_add(delivered, Relaxed);
         counters.bytes_out.fetch_add(bytes, Relaxed);
+        if compressed > 0 {
+            counters.deflate_deliveries.fetch_add(compressed, Relaxed);
+            counters
+                .deflate_delivery_bytes
+                .fetch_add(compressed_bytes, Relaxed);
+        }
         if dropped > 0 {
             counters.drops.fetch_add(dropped, Relaxed);
         }

@@ -63,6 +63,19 @@ pub enum IoChoice {
     Uring,
 }
 
+/// The `compression` choices (permessage-deflate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompressionChoice {
+    /// Decline every offer.
+    Off,
+    /// No context takeover, one compressor per reactor: nothing per connection.
+    Shared,
+    /// Context takeover with windows of its own, for up to `compression_max_windows`
+    /// connections per reactor (shared beyond).
+    PerConnection,
+}
+
 /// `clarion serve` flags; each overrides the config file's key of the same name.
 #[derive(Args, Debug, Default, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
@@ -242,6 +255,29 @@ pub struct Settings {
     #[arg(long, value_name = "BYTES")]
     pub history_total_bytes: Option<usize>,
 
+    /// permessage-deflate: off, shared (no context takeover, nothing per connection) or
+    /// per-connection (context takeover, windows of its own, capped) [default: off].
+    #[arg(long, value_enum)]
+    pub compression: Option<CompressionChoice>,
+
+    /// zlib level, 0 to 9 [default: 6].
+    #[arg(long, value_name = "N")]
+    pub compression_level: Option<u32>,
+
+    /// Largest LZ77 window the server compresses with and asks of clients, 8 to 15
+    /// (2^N bytes) [default: 15].
+    #[arg(long, value_name = "BITS")]
+    pub compression_window_bits: Option<u8>,
+
+    /// Messages shorter than this are sent uncompressed [default: 128].
+    #[arg(long, value_name = "BYTES")]
+    pub compression_threshold: Option<usize>,
+
+    /// per-connection: most connections per reactor with windows of their own; others get
+    /// shared [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub compression_max_windows: Option<usize>,
+
     /// Join the cluster on this Redis (e.g. redis://127.0.0.1:6379): topics, `seq`s, history and
     /// presence are shared with every node on it. Unset: a self-contained node. In the config
     /// file: `redis` in the `[cluster]` table.
@@ -331,7 +367,12 @@ impl Settings {
             history_max_age,
             history_total_bytes,
             redis,
-            cluster
+            cluster,
+            compression,
+            compression_level,
+            compression_window_bits,
+            compression_threshold,
+            compression_max_windows
         )
     }
 
@@ -404,6 +445,14 @@ impl Settings {
                 app.cluster.as_ref().is_some_and(|c| c.heartbeat.is_zero()),
                 "cluster heartbeat must be above 0",
             ),
+            (
+                config.compression.level > 9,
+                "compression_level must be 0 to 9",
+            ),
+            (
+                !(8..=15).contains(&config.compression.window_bits),
+                "compression_window_bits must be 8 to 15",
+            ),
         ];
         if let Some((_, message)) = checks.iter().find(|(bad, _)| *bad) {
             return Err((*message).to_owned());
@@ -446,6 +495,23 @@ impl Settings {
                 max_topics: self.max_topics.unwrap_or(h.max_topics),
             },
             cluster: self.cluster_config(),
+            compression: self.compression_config(),
+        }
+    }
+
+    /// The compression settings (defaults where unset), for the engine and for fanout.
+    pub fn compression_config(&self) -> reactor::CompressionConfig {
+        let d = reactor::CompressionConfig::default();
+        reactor::CompressionConfig {
+            policy: match self.compression {
+                None | Some(CompressionChoice::Off) => reactor::Policy::Off,
+                Some(CompressionChoice::Shared) => reactor::Policy::Shared,
+                Some(CompressionChoice::PerConnection) => reactor::Policy::PerConnection,
+            },
+            level: self.compression_level.unwrap_or(d.level),
+            window_bits: self.compression_window_bits.unwrap_or(d.window_bits),
+            threshold: self.compression_threshold.unwrap_or(d.threshold),
+            max_windows: self.compression_max_windows.unwrap_or(d.max_windows),
         }
     }
 
@@ -511,6 +577,7 @@ impl Settings {
                 idle_timeout: optional(self.idle_timeout, p.idle_timeout),
                 close_timeout: self.close_timeout.unwrap_or(p.close_timeout),
             },
+            compression: self.compression_config(),
         }
     }
 }

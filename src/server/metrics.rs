@@ -140,6 +140,20 @@ pub struct ReactorMetrics {
     pub slow_consumer_closes: u64,
     /// Local subscriptions (gauge).
     pub subscriptions: u64,
+    /// Open connections that negotiated permessage-deflate (gauge).
+    pub deflate_connections: u64,
+    /// Of those, connections with windows of their own (gauge).
+    pub deflate_windows: u64,
+    /// Connections given no context takeover because the window cap was reached.
+    pub deflate_capped: u64,
+    /// Compressed messages received.
+    pub deflate_messages_in: u64,
+    /// Compressed payload bytes received.
+    pub deflate_bytes_in: u64,
+    /// Messages sent compressed (replies, echoes and fanout deliveries).
+    pub deflate_messages_out: u64,
+    /// Compressed payload bytes sent.
+    pub deflate_bytes_out: u64,
 }
 
 /// Everything one scrape shows.
@@ -241,6 +255,48 @@ const REACTOR_METRICS: &[Def<ReactorMetrics>] = &[
         kind: Kind::Gauge,
         help: "Topic subscriptions.",
         value: |r| r.subscriptions,
+    },
+    Def {
+        key: "deflate_connections",
+        kind: Kind::Gauge,
+        help: "Open connections that negotiated permessage-deflate.",
+        value: |r| r.deflate_connections,
+    },
+    Def {
+        key: "deflate_windows",
+        kind: Kind::Gauge,
+        help: "Compressing connections with windows of their own (context takeover).",
+        value: |r| r.deflate_windows,
+    },
+    Def {
+        key: "deflate_capped",
+        kind: Kind::Counter,
+        help: "Connections given no context takeover because compression_max_windows was reached.",
+        value: |r| r.deflate_capped,
+    },
+    Def {
+        key: "deflate_messages_in",
+        kind: Kind::Counter,
+        help: "Compressed messages received.",
+        value: |r| r.deflate_messages_in,
+    },
+    Def {
+        key: "deflate_bytes_in",
+        kind: Kind::Counter,
+        help: "Compressed payload bytes received.",
+        value: |r| r.deflate_bytes_in,
+    },
+    Def {
+        key: "deflate_messages_out",
+        kind: Kind::Counter,
+        help: "Messages sent compressed.",
+        value: |r| r.deflate_messages_out,
+    },
+    Def {
+        key: "deflate_bytes_out",
+        kind: Kind::Counter,
+        help: "Compressed payload bytes sent.",
+        value: |r| r.deflate_bytes_out,
     },
 ];
 

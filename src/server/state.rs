@@ -14,7 +14,7 @@ use super::config::Secret;
 use super::metrics::{Histogram, LatencyHistogram, ReactorMetrics, Snapshot};
 use crate::cluster::{BufferFull, Cluster, ClusterConfig};
 use crate::pubsub::{self, Epoch, Hub, HubConfig, Payload, Post};
-use crate::reactor::{Mailboxes, Shared, Stats};
+use crate::reactor::{CompressionConfig, Mailboxes, Shared, Stats};
 
 /// How often, at most, the hub drops idle topics and expired history.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -71,6 +71,9 @@ pub struct AppConfig {
     pub hub: HubConfig,
     /// The Redis cluster this node joins; `None` for a self-contained node.
     pub cluster: Option<ClusterConfig>,
+    /// permessage-deflate, as the engine negotiates it (fanout compresses with the same
+    /// level and window).
+    pub compression: CompressionConfig,
 }
 
 impl Default for AppConfig {
@@ -89,6 +92,7 @@ impl Default for AppConfig {
             slow_consumer: SlowConsumer::Close,
             hub: HubConfig::default(),
             cluster: None,
+            compression: CompressionConfig::default(),
         }
     }
 }
@@ -104,6 +108,10 @@ pub struct Counters {
     pub bytes_out: AtomicU64,
     /// Messages queued to subscribers by fanout.
     pub deliveries: AtomicU64,
+    /// Of those, deliveries of a shared compressed frame.
+    pub deflate_deliveries: AtomicU64,
+    /// Compressed payload bytes of those deliveries.
+    pub deflate_delivery_bytes: AtomicU64,
     /// Deliveries skipped for a full queue (`drop`).
     pub drops: AtomicU64,
     /// Subscribers closed for a full queue (`close`).
@@ -334,6 +342,15 @@ impl Server {
                     drops: c.drops.load(Relaxed),
                     slow_consumer_closes: c.slow_consumer_closes.load(Relaxed),
                     subscriptions: c.subscriptions.load(Relaxed),
+                    deflate_connections: s.deflate_connections.load(Relaxed),
+                    deflate_windows: s.deflate_windows.load(Relaxed),
+                    deflate_capped: s.deflate_capped.load(Relaxed),
+                    deflate_messages_in: s.deflate_messages_in.load(Relaxed),
+                    deflate_bytes_in: s.deflate_bytes_in.load(Relaxed),
+                    deflate_messages_out: s.deflate_messages_out.load(Relaxed)
+                        + c.deflate_deliveries.load(Relaxed),
+                    deflate_bytes_out: s.deflate_bytes_out.load(Relaxed)
+                        + c.deflate_delivery_bytes.load(Relaxed),
                 }
             })
             .collect();

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The full Autobahn|Testsuite compression sets (12.* and 13.*: permessage-deflate with every
+# offer variant, 216 cases) against a release build, on both backends and under both
+# compression policies: four runs of about 6 minutes each. Too slow for every CI run, so
+# scripts/test.sh runs 13.* once per backend and this script runs everything.
+#
+# Usage: scripts/autobahn-deflate.sh     (reports in autobahn-reports/deflate-<io>-<policy>/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --release --bin clarion
+failed=0
+for io in epoll uring; do
+  for policy in shared per-connection; do
+    printf '\n== autobahn 12.* 13.*: %s, compression = %s\n' "$io" "$policy"
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    scripts/autobahn.sh --url "ws://127.0.0.1:$port/echo" --agent "clarion-$io-$policy" \
+      --cases '12.*,13.*' --exclude '' --timeout 1800 \
+      --report-dir "autobahn-reports/deflate-$io-$policy" \
+      --server-cmd "target/release/clarion serve --io $io --listen 127.0.0.1:$port --threads 2 --no-pin --compression $policy" \
+      || failed=1
+  done
+done
+exit "$failed"

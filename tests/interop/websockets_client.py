@@ -1,0 +1,69 @@
+"""A real library client for tests/compression.rs: Python `websockets`, negotiating
+permessage-deflate with Clarion, exchanging compressible messages on /echo, a raw topic and the
+envelope protocol. Prints one JSON line per connection with the negotiated answer; exits non-zero
+on any mismatch."""
+
+import json
+import sys
+
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+from websockets.sync.client import connect
+
+ADDR = sys.argv[1]
+TEXT = json.dumps({"text": "compressible " * 200, "n": list(range(50))})
+BINARY = bytes(range(256)) * 64
+
+OFFERS = {
+    # What websockets offers by default.
+    "default": None,
+    # Every parameter, with small windows: exercises 9-bit windows through a real zlib.
+    "small-windows": [
+        ClientPerMessageDeflateFactory(
+            server_no_context_takeover=False,
+            client_no_context_takeover=False,
+            server_max_window_bits=10,
+            client_max_window_bits=9,
+        )
+    ],
+}
+
+
+def dial(path, offer):
+    extensions = OFFERS[offer]
+    if extensions is None:
+        return connect(f"ws://{ADDR}{path}", open_timeout=10, close_timeout=5)
+    return connect(
+        f"ws://{ADDR}{path}",
+        extensions=extensions,
+        compression=None,
+        open_timeout=10,
+        close_timeout=5,
+    )
+
+
+def check(ws, got, want, what):
+    if got != want:
+        print(f"{what}: got {str(got)[:80]!r}", file=sys.stderr)
+        sys.exit(1)
+
+
+for offer in OFFERS:
+    with dial("/echo", offer) as ws:
+        answer = ws.response.headers.get("Sec-WebSocket-Extensions")
+        print(json.dumps({"offer": offer, "path": "/echo", "answer": answer}))
+        for _ in range(3):
+            ws.send(TEXT)
+            check(ws, ws.recv(timeout=10), TEXT, "echo text")
+            ws.send(BINARY)
+            check(ws, ws.recv(timeout=10), BINARY, "echo binary")
+
+    topic = f"interop.{offer}"
+    with dial(f"/t/{topic}", offer) as raw, dial("/ws", offer) as env:
+        env.send(json.dumps({"type": "subscribe", "topic": topic, "id": 1}))
+        check(env, json.loads(env.recv(timeout=10))["type"], "ack", "subscribe ack")
+        # Published by the raw socket, delivered back to it and to the envelope subscriber.
+        raw.send(TEXT)
+        check(raw, raw.recv(timeout=10), TEXT, "raw delivery")
+        delivery = json.loads(env.recv(timeout=10))
+        check(env, delivery["data"], json.loads(TEXT), "envelope delivery")
+        print(json.dumps({"offer": offer, "path": "/t/ and /ws", "ok": True}))
