@@ -71,6 +71,12 @@ impl Deflater {
         if out[start..].ends_with(&TAIL) {
             out.truncate(out.len() - TAIL.len());
         }
+        if out.len() == start {
+            // Nothing to flush (an empty message right after a flush, with the window kept):
+            // zlib writes nothing, and the receiver's `00 00 ff ff` alone is not deflate data.
+            // A single 0x00 makes it an empty stored block (RFC 7692 §7.2.3.6).
+            out.push(0x00);
+        }
         if !takeover {
             self.compress.reset();
         }
@@ -116,6 +122,12 @@ impl Inflater {
         limit: usize,
         takeover: bool,
     ) -> Result<(), InflateError> {
+        if compressed.is_empty() {
+            // Not deflate data even with the tail (a sender that flushed nothing for an empty
+            // message); read as the empty message it stands for, leaving the context as it
+            // was, which is where such a sender's context is too.
+            return Ok(());
+        }
         let start = out.len();
         let result = self.run(compressed, out, limit);
         if result.is_err() {
@@ -310,6 +322,35 @@ mod tests {
             .inflate(&exact, &mut out, 5000, false)
             .unwrap();
         assert_eq!(out.len(), 5000);
+    }
+
+    #[test]
+    fn empty_messages_keep_both_windows_in_step() {
+        // The regression (found by fuzz/connection_server): with context takeover, an empty
+        // message right after another compressed to nothing, and the next message then failed
+        // to inflate on the other end.
+        for bits in [8u8, 15] {
+            let (mut d, mut i) = (Deflater::new(6, bits), Inflater::new(bits));
+            for message in [&b"a"[..], b"", b"", b"b", b"", b"c"] {
+                let mut wire = Vec::new();
+                d.compress(message, &mut wire, true);
+                assert!(!wire.is_empty());
+                let mut back = Vec::new();
+                i.inflate(&wire, &mut back, 10, true).unwrap();
+                assert_eq!(back, message, "bits {bits}");
+            }
+        }
+        // A peer that does send an empty payload for an empty message stays in step too.
+        let (mut d, mut i) = (Deflater::new(6, 15), Inflater::new(15));
+        for message in [&b"x"[..], b"", b"y"] {
+            let mut wire = Vec::new();
+            if !message.is_empty() {
+                d.compress(message, &mut wire, true);
+            }
+            let mut back = Vec::new();
+            i.inflate(&wire, &mut back, 10, true).unwrap();
+            assert_eq!(back, message);
+        }
     }
 
     #[test]

@@ -1,0 +1,140 @@
+//! The server side of the opening handshake on arbitrary bytes, as the connection and the push
+//! server use it: `Request::parse`, then what a handler asks of the request (path, query, headers,
+//! body length, auth token, origin), the upgrade check and the permessage-deflate negotiation.
+//!
+//! Invariants: a parsed head is within the limits and parses again, alone, to the same length;
+//! a stricter limit never yields a different head; an accepted upgrade answers the key's accept
+//! value, and every answer written is a complete HTTP response with the right status.
+#![no_main]
+
+use clarion::protocol::deflate::{self, Wants};
+use clarion::protocol::handshake::{Accept, HeadError, Request};
+use clarion::server::auth::{self, ApiKey, Jwt, Origins};
+use libfuzzer_sys::fuzz_target;
+
+/// The defaults of `protocol::Config`, and a small pair.
+const LIMITS: [(usize, usize); 2] = [(8 << 10, 64), (256, 4)];
+
+fuzz_target!(|data: &[u8]| {
+    let mut lengths = Vec::new();
+    for (max_head, max_headers) in LIMITS {
+        match Request::parse(data, max_head, max_headers) {
+            Ok(Some((request, len))) => {
+                assert!(len <= max_head && len <= data.len());
+                let (again, again_len) = Request::parse(&data[..len], max_head, max_headers)
+                    .expect("a head parses again")
+                    .expect("a head is complete on its own");
+                assert_eq!(again_len, len);
+                assert_eq!(again.target(), request.target());
+                exercise(&request);
+                lengths.push(Some(len));
+            }
+            Ok(None) => {
+                assert!(data.len() < max_head);
+                lengths.push(None);
+            }
+            Err(error) => {
+                assert!(matches!(
+                    error,
+                    HeadError::TooLarge | HeadError::TooManyHeaders | HeadError::Malformed
+                ));
+                lengths.push(None);
+            }
+        }
+    }
+    // What the small limits accept, the default ones accept the same way.
+    if let [default, Some(small)] = lengths[..] {
+        assert_eq!(default, Some(small));
+    }
+});
+
+fn exercise(request: &Request<'_>) {
+    let (path, query) = (request.path(), request.query());
+    match query {
+        Some(query) => assert_eq!(format!("{path}?{query}"), request.target()),
+        None => assert_eq!(path, request.target()),
+    }
+    let _ = request.body_len(1 << 20).map(|len| assert!(len <= 1 << 20));
+    let _ = request.protocols().count();
+    if let Some(token) = auth::token(request) {
+        assert!(!token.is_empty());
+    }
+    let jwt = Jwt::new(b"fuzz secret").expect("a secret");
+    let _ = jwt.authenticate(request);
+    let _ = ApiKey::new(b"key").expect("a key").check(request);
+    let _ = Origins::new(&["https://example.com"]).allows(request);
+
+    let mut out = Vec::new();
+    match request.upgrade() {
+        Ok(accept) => {
+            assert_eq!(request.method(), "GET");
+            let key = request
+                .header("sec-websocket-key")
+                .expect("a key")
+                .trim_ascii();
+            assert_eq!(accept, Accept::for_key(key));
+            let extensions = negotiate(request);
+            accept.write_response(None, extensions.as_deref(), &mut out);
+            let headers = parse_response(&out, 101);
+            assert!(headers.contains(&("sec-websocket-accept".into(), accept.as_str().into())));
+        }
+        Err(rejection) => {
+            rejection.write_response(&mut out);
+            parse_response(&out, rejection.status);
+        }
+    }
+}
+
+/// Negotiates as the reactor does, for both of its compression policies; the answer of the
+/// shared one.
+fn negotiate(request: &Request<'_>) -> Option<String> {
+    let offers = || {
+        request
+            .headers()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-extensions"))
+            .map(|(_, value)| value)
+    };
+    let shared = Wants {
+        server_no_context_takeover: true,
+        client_no_context_takeover: true,
+        server_max_window_bits: 15,
+        client_max_window_bits: 15,
+    };
+    let own = Wants {
+        server_no_context_takeover: false,
+        client_no_context_takeover: false,
+        ..shared
+    };
+    let _ = deflate::negotiate(offers(), &own);
+    deflate::negotiate(offers(), &shared).map(|(params, answer)| {
+        assert!(params.server_no_context_takeover && params.client_no_context_takeover);
+        answer
+    })
+}
+
+/// Parses a response Clarion wrote: complete, with this status; its headers, names lower-cased.
+fn parse_response(bytes: &[u8], status: u16) -> Vec<(String, String)> {
+    let mut headers = [httparse::EMPTY_HEADER; 16];
+    let mut response = httparse::Response::new(&mut headers);
+    let len = match response.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        other => panic!(
+            "bad response {other:?}: {:?}",
+            String::from_utf8_lossy(bytes)
+        ),
+    };
+    assert_eq!(response.code, Some(status));
+    let body = &bytes[len..];
+    let headers: Vec<(String, String)> = response
+        .headers
+        .iter()
+        .map(|h| {
+            let value = String::from_utf8(h.value.to_vec()).expect("ASCII headers");
+            (h.name.to_ascii_lowercase(), value)
+        })
+        .collect();
+    if let Some((_, length)) = headers.iter().find(|(name, _)| name == "content-length") {
+        assert_eq!(length.parse::<usize>().ok(), Some(body.len()));
+    }
+    headers
+}
