@@ -172,12 +172,12 @@ impl Feed {
         let recent: Vec<Arc<Message>> = newest
             .iter()
             .rev()
-            .filter_map(|entry| wire::decode_entry(topic, entry))
+            .filter_map(|entry| wire::decode_entry(topic, entry, &self.node))
             .map(Arc::new)
             .collect();
         let waiting = self
             .hub
-            .sync(topic, seq, recent, replace, |m, r| self.post(m, r));
+            .sync(topic, seq, recent, replace, |p, r| self.post(p, r));
         for reactor in waiting.iter() {
             self.mailboxes.post(reactor, Post::Ready(topic.clone()));
         }
@@ -189,35 +189,41 @@ impl Feed {
         let Some(topic) = keys::topic_of(message.get_channel_name()) else {
             return Ok(());
         };
-        let Some(message) = wire::decode_live(Arc::from(topic), message.get_payload_bytes()) else {
+        let Some(message) =
+            wire::decode_live(Arc::from(topic), message.get_payload_bytes(), &self.node)
+        else {
             tracing::warn!(topic, "cluster: ignoring a malformed message");
             return Ok(());
         };
         self.link.received.fetch_add(1, Relaxed);
         let message = Arc::new(message);
-        if let Delivered::Gap { have } = self.hub.deliver(message.clone(), false, |m, r| {
-            self.post(m, r);
-        }) {
+        if let Delivered::Gap { have } = self
+            .hub
+            .deliver(message.clone(), false, |p, r| self.post(p, r))
+        {
             let missed: Vec<Value> = redis::cmd("XRANGE")
                 .arg(keys::log(topic))
                 .arg(format!("{}-0", have + 1))
                 .arg(format!("{}-0", message.seq() - 1))
                 .query(&mut query.con)?;
             for entry in &missed {
-                if let Some(old) = wire::decode_entry(message.topic(), entry) {
+                if let Some(old) = wire::decode_entry(message.topic(), entry, &self.node) {
                     self.link.received.fetch_add(1, Relaxed);
                     self.hub
-                        .deliver(Arc::new(old), true, |m, r| self.post(m, r));
+                        .deliver(Arc::new(old), true, |p, r| self.post(p, r));
                 }
             }
-            self.hub.deliver(message, true, |m, r| self.post(m, r));
+            self.hub.deliver(message, true, |p, r| self.post(p, r));
         }
         Ok(())
     }
 
-    fn post(&self, message: &Arc<Message>, reactors: Reactors) {
+    fn post(&self, post: Post, reactors: Reactors) {
+        if matches!(post, Post::Reset { .. }) {
+            self.link.resets.fetch_add(1, Relaxed);
+        }
         for reactor in reactors.iter() {
-            self.mailboxes.post(reactor, Post::Message(message.clone()));
+            self.mailboxes.post(reactor, post.clone());
         }
     }
 }

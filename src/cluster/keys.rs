@@ -49,20 +49,31 @@ pub(super) fn presence(node: &str) -> String {
 
 /// Numbers and records one publish, once: `KEYS` seq, log, origins; `ARGV` node, publish
 /// number, log length (0 = no log), log TTL in ms (0 = none), format, time (µs), payload,
-/// channel. Returns the `seq`, or 0 when this node's publish of that number was taken already
-/// (a retry after a lost reply). Live subscribers get `<seq>:<format><time>:<payload>`.
+/// channel, provisional `seq` (0 = none). Returns the `seq`, or 0 when this node's publish of
+/// that number was taken already (a retry after a lost reply). Live subscribers get
+/// `<seq>:<format><time>:<payload>`; a message its node delivered locally with a provisional
+/// `seq` (while Redis was down) names it as `<seq>/<node>/<provisional>:…`, and its log entry
+/// has the field `o` = `<node>/<provisional>`, so that its node knows it.
 pub(super) const PUBLISH: &str = r"
 local last = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
 if tonumber(ARGV[2]) <= last then return 0 end
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[3], 86400000)
 local seq = redis.call('INCR', KEYS[1])
+local origin = ''
+if tonumber(ARGV[9]) > 0 then origin = ARGV[1] .. '/' .. ARGV[9] end
 if tonumber(ARGV[3]) > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-0',
-    'f', ARGV[5], 't', ARGV[6], 'd', ARGV[7])
+  local fields = {'f', ARGV[5], 't', ARGV[6], 'd', ARGV[7]}
+  if origin ~= '' then
+    table.insert(fields, 'o')
+    table.insert(fields, origin)
+  end
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-0', unpack(fields))
   if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
 end
-redis.call('PUBLISH', ARGV[8], seq .. ':' .. ARGV[5] .. ARGV[6] .. ':' .. ARGV[7])
+local head = seq
+if origin ~= '' then head = seq .. '/' .. origin end
+redis.call('PUBLISH', ARGV[8], head .. ':' .. ARGV[5] .. ARGV[6] .. ':' .. ARGV[7])
 return seq
 ";
 

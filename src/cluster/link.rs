@@ -28,6 +28,10 @@ pub(super) struct Link {
     pub published: AtomicU64,
     /// Messages that came from Redis (live or fetched to fill a gap).
     pub received: AtomicU64,
+    /// Local publishes delivered locally with a provisional `seq` while the link was down.
+    pub provisional: AtomicU64,
+    /// Topics reset to Redis's numbering under their local subscribers.
+    pub resets: AtomicU64,
     /// The bridge threads are to exit.
     pub stop: AtomicBool,
 }
@@ -49,18 +53,29 @@ pub struct ClusterStats {
     pub published: u64,
     /// Messages received from Redis.
     pub received: u64,
+    /// Local publishes delivered here with a provisional `seq` while Redis was down.
+    pub provisional: u64,
+    /// Topics renumbered by Redis under their local subscribers.
+    pub resets: u64,
 }
 
 impl Link {
+    /// Both connections work: a publish will come back through the feed.
+    pub fn up(&self) -> bool {
+        self.publisher_up.load(Relaxed) && self.feed_up.load(Relaxed)
+    }
+
     pub fn stats(&self) -> ClusterStats {
         ClusterStats {
-            up: self.publisher_up.load(Relaxed) && self.feed_up.load(Relaxed),
+            up: self.up(),
             buffered: self.buffered.load(Relaxed),
             buffered_bytes: self.buffered_bytes.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
             reconnects: self.reconnects.load(Relaxed),
             published: self.published.load(Relaxed),
             received: self.received.load(Relaxed),
+            provisional: self.provisional.load(Relaxed),
+            resets: self.resets.load(Relaxed),
         }
     }
 

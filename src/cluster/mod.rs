@@ -11,8 +11,12 @@
 //! ([`publisher`]), which pipelines it to Redis; the first subscribe of a topic on a node is
 //! answered once the *feed* thread ([`feed`]) has subscribed to the channel and synced the
 //! topic from its Stream, and the feed thread delivers every message into the hub, which posts
-//! it to the reactors' inboxes like a local publish. See `docs/architecture.md` for what holds
-//! while Redis is down.
+//! it to the reactors' inboxes like a local publish.
+//!
+//! While the link is down a local publish is also delivered to this node's subscribers at once,
+//! with a provisional `seq` ([`Hub::publish_provisional`]); the hub confirms it when Redis numbers
+//! it the same, or resets the topic to Redis's numbering. See `docs/architecture.md` for what
+//! holds while Redis is down.
 
 mod feed;
 mod keys;
@@ -23,7 +27,7 @@ mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -85,6 +89,8 @@ impl std::error::Error for BufferFull {}
 /// A running bridge; dropping it stops its threads.
 pub struct Cluster {
     link: Arc<Link>,
+    hub: Arc<Hub>,
+    mailboxes: Arc<Mailboxes<Post>>,
     outgoing: Sender<Outgoing>,
     presence: Arc<Presence>,
     buffer_bytes: u64,
@@ -121,9 +127,9 @@ impl Cluster {
         };
         let feed = feed::Feed {
             client,
-            hub,
+            hub: hub.clone(),
             interest,
-            mailboxes,
+            mailboxes: mailboxes.clone(),
             link: link.clone(),
             presence: presence.clone(),
             node,
@@ -140,6 +146,8 @@ impl Cluster {
         }
         Ok(Cluster {
             link,
+            hub,
+            mailboxes,
             outgoing,
             presence,
             buffer_bytes: config.buffer_bytes as u64,
@@ -147,7 +155,8 @@ impl Cluster {
     }
 
     /// Queues a publish for Redis, or refuses it (counted as dropped) when `buffer_bytes` are
-    /// already waiting. Never blocks.
+    /// already waiting. Never blocks. While the link is down the publish is also delivered at
+    /// once to this node's subscribers, numbered provisionally ([`Hub::publish_provisional`]).
     pub fn publish(&self, topic: &str, payload: Payload) -> Result<(), BufferFull> {
         let size = payload.bytes().len() as u64;
         let before = self.link.buffered_bytes.fetch_add(size, Relaxed);
@@ -157,13 +166,35 @@ impl Cluster {
             return Err(BufferFull);
         }
         self.link.buffered.fetch_add(1, Relaxed);
-        let outgoing = Outgoing {
-            topic: Arc::from(topic),
-            payload,
-            time: wire::unix_micros(),
+        let time = wire::unix_micros();
+        let queue = |provisional: u64| {
+            let outgoing = Outgoing {
+                topic: Arc::from(topic),
+                payload: payload.clone(),
+                time,
+                provisional,
+            };
+            // The publisher thread lives as long as `self`.
+            let _ = self.outgoing.send(outgoing);
         };
-        // The publisher thread lives as long as `self`.
-        let _ = self.outgoing.send(outgoing);
+        if self.link.up() {
+            queue(0);
+            return Ok(());
+        }
+        // Numbered and queued under the topic's lock, so that Redis gets this node's
+        // provisional messages in their provisional order.
+        let now = Instant::now();
+        self.hub
+            .publish_provisional(topic, payload.clone(), now, |message, reactors| {
+                let Some(message) = message else {
+                    return queue(0);
+                };
+                self.link.provisional.fetch_add(1, Relaxed);
+                for reactor in reactors.iter() {
+                    self.mailboxes.post(reactor, Post::Message(message.clone()));
+                }
+                queue(message.seq());
+            });
         Ok(())
     }
 

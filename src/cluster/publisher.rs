@@ -33,6 +33,8 @@ pub(super) struct Outgoing {
     pub payload: Payload,
     /// Publish time, µs since the Unix epoch.
     pub time: u64,
+    /// The `seq` this node gave it while the link was down (it delivered it locally); 0 if none.
+    pub provisional: u64,
 }
 
 /// What the publish script needs besides the message.
@@ -173,6 +175,7 @@ impl Publisher {
                 .arg(outgoing.time)
                 .arg(outgoing.payload.bytes())
                 .arg(keys::channel(topic))
+                .arg(outgoing.provisional)
                 .ignore();
         }
         pipe.query::<Value>(&mut ready.con).map(drop)

@@ -105,6 +105,22 @@ impl History {
         self.evict_while(|_, _| true)
     }
 
+    /// Evicts the messages above `seq` (numbered provisionally, and numbered otherwise since):
+    /// the ring stays contiguous, now ending at or below `seq`.
+    pub fn truncate_after(&mut self, seq: u64) -> Change {
+        let mut change = Change::default();
+        while let Some(newest) = self.ring.back()
+            && newest.seq > seq
+        {
+            let size = newest.payload.bytes().len();
+            self.ring.pop_back();
+            self.bytes -= size;
+            change.evicted += 1;
+            change.bytes_evicted += size as u64;
+        }
+        change
+    }
+
     /// Nothing retained.
     pub fn is_empty(&self) -> bool {
         self.ring.is_empty()
@@ -175,6 +191,18 @@ mod tests {
         let r = history.recover(4, 5);
         assert!(r.recovered);
         assert_eq!(seqs(&r), [5]);
+    }
+
+    #[test]
+    fn truncating_keeps_the_ring_contiguous_up_to_the_new_end() {
+        let mut history = filled(5, &LIMITS, Instant::now()); // keeps 3, 4, 5
+        let change = history.truncate_after(3);
+        assert_eq!((change.evicted, change.bytes_evicted), (2, 20));
+        assert_eq!(history.bytes, 10);
+        assert_eq!(seqs(&history.recover(2, 3)), [3]);
+        assert!(history.truncate_after(9).evicted == 0 && !history.is_empty());
+        assert_eq!(history.truncate_after(0).evicted, 1);
+        assert!(history.is_empty());
     }
 
     #[test]

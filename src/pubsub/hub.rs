@@ -7,7 +7,9 @@
 //! messages) only while some reactor wants it: the first subscribe sends [`Interest::Join`] and
 //! waits (the subscribe answers [`Error::Pending`]) until the upstream calls [`Hub::sync`]; the
 //! last one to leave sends [`Interest::Leave`]. Everything else (join, resume, fanout order)
-//! works the same in both modes.
+//! works the same in both modes. While the upstream is unreachable a fed hub can number local
+//! publishes provisionally ([`Hub::publish_provisional`]); [`Hub::deliver`] later confirms
+//! them, or resets the topic to the upstream's numbering ([`Post::Reset`]).
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::Error;
 use super::history::{Change, History, Limits, Recovery};
-use super::message::{Message, Payload};
+use super::message::{Message, Payload, Post};
 
 /// Most reactors a hub can address: a topic's reactor set is one `u64`.
 pub const MAX_REACTORS: usize = 64;
@@ -134,6 +136,8 @@ pub enum Delivered {
         /// The topic's `seq`.
         have: u64,
     },
+    /// This node's own provisional message, numbered as it was: already sent, not again.
+    Confirmed,
     /// Nobody here wants the topic (or it is not synced yet): ignored.
     NotLive,
 }
@@ -186,6 +190,9 @@ pub struct HubStats {
 struct TopicState {
     /// The last `seq` assigned.
     seq: u64,
+    /// Fed hub: the last `seq` the upstream numbered; the ones above it up to `seq` are this
+    /// node's provisional messages.
+    confirmed: u64,
     /// Reactors with at least one local subscriber (bit `i` for reactor `i`).
     reactors: u64,
     /// Fed hub: reactors with a subscribe waiting for the topic to become live.
@@ -292,65 +299,145 @@ impl Hub {
         })
     }
 
+    /// Fed hub, upstream unreachable: delivers a local publish here at once. If `topic` is live
+    /// here, the message takes the topic's next `seq` *provisionally* (recorded and sent like
+    /// [`Hub::publish_with`]) until the upstream numbers it: [`Hub::deliver`] then confirms it
+    /// (same number: not sent again) or, if the upstream numbered it otherwise, resets the
+    /// topic's subscribers to the upstream's numbering. `send` gets the message (`None` when the
+    /// topic is not live here: nobody to deliver to) and the reactors, under the topic's lock, so
+    /// that the caller can queue the publish upstream in provisional order.
+    pub fn publish_provisional<R>(
+        &self,
+        topic: &str,
+        payload: Payload,
+        now: Instant,
+        send: impl FnOnce(Option<&Arc<Message>>, Reactors) -> R,
+    ) -> R {
+        let found = self.existing(topic, |name, state| {
+            if !state.live || state.reactors == 0 {
+                return None;
+            }
+            state.seq += 1;
+            let message = Arc::new(Message::new(name.clone(), state.seq, now, payload.clone()));
+            self.record(state, &message);
+            Some((message, Reactors(state.reactors)))
+        });
+        match found {
+            Ok(Some((message, reactors))) => send(Some(&message), reactors),
+            _ => send(None, Reactors::default()),
+        }
+    }
+
     /// Fed hub: takes `message`, numbered upstream, if it is the next of its live topic; sends it
-    /// like [`Hub::publish_with`]. With `accept_gap` a message past a gap is taken too (the
-    /// history restarts at it, so it stays contiguous).
+    /// like [`Hub::publish_with`] (as a [`Post`]). With `accept_gap` a message past a gap is taken
+    /// too (the history restarts at it, so it stays contiguous). A topic that has provisional
+    /// messages ([`Hub::publish_provisional`]) confirms them one by one as they come back with
+    /// the same numbers; at the first that does not, it sends its reactors [`Post::Reset`] and
+    /// takes the upstream's numbering.
     pub fn deliver(
         &self,
         message: Arc<Message>,
         accept_gap: bool,
-        send: impl FnOnce(&Arc<Message>, Reactors),
+        mut send: impl FnMut(Post, Reactors),
     ) -> Delivered {
-        let result = self.existing(&message.topic, |_, state| {
+        let topic = message.topic.clone();
+        let result = self.existing(&topic, |name, state| {
             if !state.live {
                 return Delivered::NotLive;
             }
-            if message.seq <= state.seq {
-                return Delivered::Duplicate;
-            }
-            if message.seq > state.seq + 1 {
-                if !accept_gap {
-                    return Delivered::Gap { have: state.seq };
-                }
-                let change = state.history.clear();
-                self.account(change);
-            }
-            state.seq = message.seq;
-            self.record(state, &message);
-            send(&message, Reactors(state.reactors));
-            Delivered::Sent
+            self.take(name, state, message, accept_gap, &mut send)
         });
         result.unwrap_or(Delivered::NotLive)
     }
 
+    /// [`Hub::deliver`] under the topic's lock.
+    fn take(
+        &self,
+        name: &Arc<str>,
+        state: &mut TopicState,
+        message: Arc<Message>,
+        accept_gap: bool,
+        send: &mut impl FnMut(Post, Reactors),
+    ) -> Delivered {
+        let seq = message.seq;
+        if seq <= state.confirmed {
+            return Delivered::Duplicate;
+        }
+        let next = seq == state.confirmed + 1;
+        if !next && !accept_gap {
+            return Delivered::Gap {
+                have: state.confirmed,
+            };
+        }
+        if state.seq > state.confirmed {
+            if next && message.provisional == seq {
+                state.confirmed = seq;
+                return Delivered::Confirmed;
+            }
+            self.rewind(name, state, send);
+        }
+        if !next {
+            let change = state.history.clear();
+            self.account(change);
+        }
+        state.seq = seq;
+        state.confirmed = seq;
+        self.record(state, &message);
+        send(Post::Message(message), Reactors(state.reactors));
+        Delivered::Sent
+    }
+
+    /// Drops the provisional messages (the upstream numbered them otherwise) and tells the
+    /// reactors that their subscribers' view above the last confirmed `seq` is void.
+    fn rewind(
+        &self,
+        name: &Arc<str>,
+        state: &mut TopicState,
+        send: &mut impl FnMut(Post, Reactors),
+    ) {
+        let change = state.history.truncate_after(state.confirmed);
+        self.account(change);
+        state.seq = state.confirmed;
+        let reset = Post::Reset {
+            topic: name.clone(),
+            seq: state.seq,
+        };
+        send(reset, Reactors(state.reactors));
+    }
+
     /// Fed hub: the upstream's view of `topic`, with `seq` its latest number and `recent` its
     /// latest messages in `seq` order. A topic that is not live takes them as its history and
-    /// goes live; a live one (after the upstream reconnected) is sent the messages it missed.
-    /// With `replace` (the upstream's numbering started over) a live topic is reset like a new
-    /// one. Returns the reactors waiting for the topic: tell them it is ready.
+    /// goes live; a live one (after the upstream reconnected) takes the messages it missed as
+    /// [`Hub::deliver`] would. With `replace` (the upstream's numbering started over) a live topic
+    /// is reset like a new one, and its reactors are sent [`Post::Reset`]. Returns the reactors
+    /// waiting for the topic: tell them it is ready.
     pub fn sync(
         &self,
         topic: &str,
         seq: u64,
         recent: Vec<Arc<Message>>,
         replace: bool,
-        mut send: impl FnMut(&Arc<Message>, Reactors),
+        mut send: impl FnMut(Post, Reactors),
     ) -> Reactors {
-        let result = self.existing(topic, |_, state| {
+        let result = self.existing(topic, |name, state| {
             if state.reactors == 0 && state.waiting == 0 {
                 return Reactors::default();
             }
             if state.live && !replace {
                 for message in recent {
-                    if message.seq > state.seq {
-                        if message.seq > state.seq + 1 {
-                            let change = state.history.clear();
-                            self.account(change);
-                        }
-                        state.seq = message.seq;
-                        self.record(state, &message);
-                        send(&message, Reactors(state.reactors));
+                    if message.seq > state.confirmed {
+                        self.take(name, state, message, true, &mut send);
                     }
+                }
+                if seq > state.confirmed {
+                    // The log no longer holds what the upstream numbered since: a gap.
+                    if state.seq > state.confirmed {
+                        self.rewind(name, state, &mut send);
+                    }
+                    let change = state.history.clear();
+                    self.account(change);
+                    state.seq = seq;
+                    state.confirmed = seq;
                 }
             } else {
                 let change = state.history.clear();
@@ -359,9 +446,15 @@ impl Hub {
                     let change = state.history.push(message, &self.limits);
                     self.account(change);
                 }
-            }
-            if !state.live || replace || seq > state.seq {
                 state.seq = seq;
+                state.confirmed = seq;
+                if state.live {
+                    let reset = Post::Reset {
+                        topic: name.clone(),
+                        seq,
+                    };
+                    send(reset, Reactors(state.reactors));
+                }
             }
             state.live = true;
             Reactors(state.waiting)
@@ -610,8 +703,10 @@ impl Hub {
                     self.topics.fetch_sub(1, Relaxed);
                     return Err(Error::TooManyTopics);
                 }
+                let floor = self.seq_floor.load(Relaxed);
                 entry.insert_entry(Mutex::new(TopicState {
-                    seq: self.seq_floor.load(Relaxed),
+                    seq: floor,
+                    confirmed: floor,
                     reactors: 0,
                     waiting: 0,
                     live: self.upstream.is_none(),
@@ -834,6 +929,158 @@ mod tests {
         Arc::new(Message::new(Arc::from(topic), seq, Instant::now(), payload))
     }
 
+    fn seq_of(post: &Post) -> u64 {
+        match post {
+            Post::Message(m) => m.seq(),
+            other => panic!("not a message: {other:?}"),
+        }
+    }
+
+    /// What a fed hub sent, as text: `5` for a message, `reset 4` for a reset.
+    fn posts(sent: &[Post]) -> Vec<String> {
+        sent.iter()
+            .map(|post| match post {
+                Post::Message(m) => m.seq().to_string(),
+                Post::Reset { seq, .. } => format!("reset {seq}"),
+                Post::Ready(topic) => format!("ready {topic}"),
+            })
+            .collect()
+    }
+
+    /// A fed hub with topic `t` live at `seq` 5 for reactor 0.
+    fn live_fed_hub() -> Hub {
+        let (tx, _interest) = crossbeam_channel::unbounded();
+        let hub = Hub::fed(HubConfig::default(), tx);
+        hub.set_epoch(EPOCH);
+        let now = Instant::now();
+        assert!(hub.join("t", 0, None, true, now).is_err());
+        let recent = (1..=5).map(|seq| numbered("t", seq)).collect();
+        hub.sync("t", 5, recent, false, |_, _| ());
+        hub.join("t", 0, None, true, now).unwrap();
+        hub
+    }
+
+    /// Publishes `count` messages provisionally; returns their `seq`s.
+    fn provisional(hub: &Hub, topic: &str, count: usize) -> Vec<u64> {
+        let now = Instant::now();
+        (0..count)
+            .map(|_| {
+                let payload = Payload::new(Format::Text, b"mine");
+                hub.publish_provisional(topic, payload, now, |m, r| {
+                    let expected: &[usize] = if m.is_some() { &[0] } else { &[] };
+                    assert_eq!(r.iter().collect::<Vec<_>>(), expected);
+                    m.map_or(0, |m| m.seq())
+                })
+            })
+            .collect()
+    }
+
+    fn own(seq: u64, provisional: u64) -> Arc<Message> {
+        let payload = Payload::new(Format::Text, b"mine");
+        let message = Message::new(Arc::from("t"), seq, Instant::now(), payload);
+        Arc::new(message.provisional_here(provisional))
+    }
+
+    #[test]
+    fn provisional_messages_confirmed_with_their_numbers_are_not_sent_again() {
+        let hub = live_fed_hub();
+        assert_eq!(provisional(&hub, "t", 2), [6, 7]);
+        assert_eq!(provisional(&hub, "not-live", 1), [0]);
+        let (_, recovery) = hub
+            .join("t", 0, Some(&resume(5)), false, Instant::now())
+            .unwrap();
+        assert_eq!(
+            seqs(&recovery.unwrap()),
+            [6, 7],
+            "history has them meanwhile"
+        );
+        let mut sent = Vec::new();
+        let mut take = |p: Post, _| sent.push(p);
+        assert_eq!(
+            hub.deliver(own(6, 6), false, &mut take),
+            Delivered::Confirmed
+        );
+        assert_eq!(
+            hub.deliver(own(6, 6), false, &mut take),
+            Delivered::Duplicate
+        );
+        assert_eq!(
+            hub.deliver(own(7, 7), false, &mut take),
+            Delivered::Confirmed
+        );
+        assert_eq!(
+            hub.deliver(numbered("t", 8), false, &mut take),
+            Delivered::Sent
+        );
+        assert_eq!(posts(&sent), ["8"]);
+        assert_eq!(seqs(&hub.since("t", &resume(5), Instant::now())), [6, 7, 8]);
+    }
+
+    #[test]
+    fn another_node_s_message_in_the_provisional_range_resets_to_the_upstream_numbering() {
+        let hub = live_fed_hub();
+        assert_eq!(provisional(&hub, "t", 3), [6, 7, 8]);
+        let mut sent = Vec::new();
+        let mut take = |p: Post, _| sent.push(p);
+        // 6 is ours as numbered; 7 is another node's; ours come back as 8 and 9, the last one
+        // numbered 8 here.
+        assert_eq!(
+            hub.deliver(own(6, 6), false, &mut take),
+            Delivered::Confirmed
+        );
+        assert_eq!(
+            hub.deliver(numbered("t", 7), false, &mut take),
+            Delivered::Sent
+        );
+        assert_eq!(hub.deliver(own(8, 7), false, &mut take), Delivered::Sent);
+        assert_eq!(hub.deliver(own(9, 8), false, &mut take), Delivered::Sent);
+        assert_eq!(posts(&sent), ["reset 6", "7", "8", "9"]);
+        let replay = hub.since("t", &resume(5), Instant::now());
+        assert_eq!(seqs(&replay), [6, 7, 8, 9]);
+        assert_eq!(
+            replay.messages[1].payload().bytes(),
+            b"7",
+            "the upstream's 7"
+        );
+        // A provisional publish after the reset continues from the upstream's numbering.
+        assert_eq!(provisional(&hub, "t", 1), [10]);
+    }
+
+    #[test]
+    fn a_sync_after_reconnecting_confirms_or_resets_like_live_delivery() {
+        let hub = live_fed_hub();
+        assert_eq!(provisional(&hub, "t", 2), [6, 7]);
+        let mut sent = Vec::new();
+        // Redis has our 6, then another node's 7 and 8.
+        let recent = vec![
+            numbered("t", 5),
+            own(6, 6),
+            numbered("t", 7),
+            numbered("t", 8),
+        ];
+        hub.sync("t", 8, recent, false, |p, _| sent.push(p));
+        assert_eq!(posts(&sent), ["reset 6", "7", "8"]);
+        // Our 7 comes back later as 9: sent (envelope subscribers were told to expect it).
+        sent.clear();
+        assert_eq!(
+            hub.deliver(own(9, 7), false, |p, _| sent.push(p)),
+            Delivered::Sent
+        );
+        assert_eq!(posts(&sent), ["9"]);
+
+        // Redis lost its data: live topics restart at its numbering, and say so.
+        sent.clear();
+        hub.sync(
+            "t",
+            2,
+            vec![numbered("t", 1), numbered("t", 2)],
+            true,
+            |p, _| sent.push(p),
+        );
+        assert_eq!(posts(&sent), ["reset 2"]);
+        assert_eq!(provisional(&hub, "t", 1), [3]);
+    }
+
     #[test]
     fn a_fed_hub_waits_for_sync_then_takes_each_seq_once_in_order() {
         let (tx, interest) = crossbeam_channel::unbounded();
@@ -858,6 +1105,11 @@ mod tests {
             hub.deliver(numbered("t", 4), false, |_, _| ()),
             Delivered::NotLive
         );
+        assert_eq!(
+            provisional(&hub, "t", 1),
+            [0],
+            "not live: nobody to deliver to"
+        );
 
         // Synced at seq 5 with 4 and 5 in the log: the waiting reactors are told.
         let recent = vec![numbered("t", 4), numbered("t", 5)];
@@ -868,7 +1120,7 @@ mod tests {
         assert_eq!(hub.subscribers("t"), 1);
 
         let mut sent = Vec::new();
-        let mut take = |m: &Arc<Message>, r: Reactors| sent.push((m.seq(), r));
+        let mut take = |p: Post, r: Reactors| sent.push((seq_of(&p), r));
         assert_eq!(
             hub.deliver(numbered("t", 5), false, &mut take),
             Delivered::Duplicate
@@ -897,7 +1149,7 @@ mod tests {
         // Reconnected: the sync sends what was missed, after the hub's seq only.
         let recent = vec![numbered("t", 9), numbered("t", 10), numbered("t", 11)];
         let mut caught_up = Vec::new();
-        hub.sync("t", 11, recent, false, |m, _| caught_up.push(m.seq()));
+        hub.sync("t", 11, recent, false, |p, _| caught_up.push(seq_of(&p)));
         assert_eq!(caught_up, [10, 11]);
 
         // Reactor 2 never subscribed after all; reactor 1's subscriber leaves: released.

@@ -99,6 +99,9 @@ pub struct Message {
     pub(super) payload: Payload,
     /// The compressed frame, made by the first reactor that needs it.
     pub(super) compressed: OnceLock<Arc<[u8]>>,
+    /// Fed hub: the `seq` this node gave the message itself, when it is this node's own publish
+    /// that it delivered locally while the upstream was unreachable; 0 otherwise.
+    pub(super) provisional: u64,
 }
 
 impl Message {
@@ -110,7 +113,21 @@ impl Message {
             published_at,
             payload,
             compressed: OnceLock::new(),
+            provisional: 0,
         }
+    }
+
+    /// Marks a message from the upstream as this node's own publish, which the node delivered
+    /// locally as `seq` while the upstream was unreachable (see [`super::Hub::publish_provisional`]).
+    pub fn provisional_here(mut self, seq: u64) -> Message {
+        self.provisional = seq;
+        self
+    }
+
+    /// The `seq` this node gave the message while the upstream was unreachable, when it is this
+    /// node's own publish coming back from the upstream; 0 otherwise.
+    pub fn provisional(&self) -> u64 {
+        self.provisional
     }
 
     /// The topic it was published to.
@@ -151,6 +168,14 @@ pub enum Post {
     Message(Arc<Message>),
     /// A fed hub's topic that a subscribe here waited for is live: subscribe again.
     Ready(Arc<str>),
+    /// A fed hub's topic was renumbered by the upstream above `seq`: the deliveries above it
+    /// were provisional (or from an older epoch), and what follows is the upstream's numbering.
+    Reset {
+        /// The topic.
+        topic: Arc<str>,
+        /// The last `seq` that still holds.
+        seq: u64,
+    },
 }
 
 #[cfg(test)]

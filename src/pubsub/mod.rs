@@ -11,8 +11,8 @@
 //!   [`Subscriptions`], a list of small [`TopicId`] handles, so closing it can leave every topic.
 //!
 //! In a cluster the hub is *fed* (see [`Hub::fed`]): the bridge numbers messages upstream and
-//! delivers them here, and what reactors receive is a [`Post`]: a message, or word that a topic
-//! a subscribe waited for is ready.
+//! delivers them here, and what reactors receive is a [`Post`]: a message, word that a topic
+//! a subscribe waited for is ready, or that the upstream renumbered a topic (a reset).
 //!
 //! Resume without a gap or a duplicate: a subscribe reads the topic's current `seq` (and, when
 //! asked, the missed history) in the same critical section that makes the hub send future

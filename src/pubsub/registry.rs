@@ -305,6 +305,28 @@ impl Registry {
         members.iter().map(|&conn| conn as usize)
     }
 
+    /// The hub renumbered `topic` above `seq` ([`super::Post::Reset`]): what arrives next starts
+    /// right above `seq`, so no subscriber waits for anything higher. Returns the local
+    /// subscribers, to be told.
+    pub fn reset(&mut self, topic: &str, seq: u64) -> Vec<usize> {
+        let Some(&id) = self.by_name.get(topic) else {
+            return Vec::new();
+        };
+        let local = &mut self.topics[id.key()];
+        local.last_seq = seq;
+        for (_, joined_at) in &mut local.joining {
+            *joined_at = (*joined_at).min(seq);
+        }
+        let joining = local.joining.iter().map(|&(conn, _)| conn);
+        local
+            .members
+            .iter()
+            .copied()
+            .chain(joining)
+            .map(|conn| conn as usize)
+            .collect()
+    }
+
     /// A subscribe here waited for `topic` ([`Error::Pending`]) but nobody is left to retry it.
     pub fn abandon(&self, topic: &str) {
         if !self.by_name.contains_key(topic) {
@@ -466,6 +488,33 @@ mod tests {
         assert_eq!(got, expected);
         let (registry, inbox) = &mut sides[1];
         assert!(drain(registry, inbox).is_empty());
+    }
+
+    #[test]
+    fn a_reset_lets_waiting_subscribers_take_the_renumbered_messages() {
+        let (world, mut sides) = World::new(1);
+        let (registry, inbox) = &mut sides[0];
+        let (mut a, mut b) = (Subscriptions::default(), Subscriptions::default());
+        registry.subscribe(1, &mut a, "t", None, world.now).unwrap();
+        assert_eq!(world.publish("t"), 1);
+        assert_eq!(world.publish("t"), 2);
+        // Joins at 2 while 1 and 2 are still in flight here: it waits for 3.
+        registry.subscribe(2, &mut b, "t", None, world.now).unwrap();
+        assert_eq!(drain(registry, inbox), [(1, 1), (1, 2)]);
+        // The upstream renumbered everything above 1: the next message is 2 again, for both.
+        let mut told = registry.reset("t", 1);
+        told.sort();
+        assert_eq!(told, [1, 2]);
+        let again = Message::new(
+            Arc::from("t"),
+            2,
+            world.now,
+            Payload::new(Format::Text, b""),
+        );
+        let mut got: Vec<usize> = registry.fanout(&again).collect();
+        got.sort();
+        assert_eq!(got, [1, 2]);
+        assert!(registry.reset("other", 1).is_empty());
     }
 
     #[test]

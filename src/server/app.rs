@@ -626,11 +626,32 @@ impl Handler for App {
         match post {
             Post::Message(message) => self.fan_out(local, message),
             Post::Ready(topic) => self.unpark(local, topic),
+            Post::Reset { topic, seq } => self.reset(local, &topic, seq),
         }
     }
 }
 
 impl App {
+    /// The cluster renumbered `topic` above `seq`: envelope subscribers are told (raw sockets
+    /// have no `seq` to correct).
+    fn reset(&mut self, local: &mut Local<'_, Conn>, topic: &str, seq: u64) {
+        let subscribers = self.registry.reset(topic, seq);
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        envelope::render_reset(&mut out, topic, self.server.hub.epoch(), seq);
+        let frame = shared_frame(MessageKind::Text, &out);
+        for id in subscribers {
+            if local
+                .conn(id)
+                .is_some_and(|conn| conn.route == Route::Envelope)
+                && matches!(local.send_shared(id, &frame, usize::MAX), Push::Queued)
+            {
+                self.server.counters[self.index].sent(out.len());
+            }
+        }
+        self.scratch = out;
+    }
+
     /// A message from the hub, to this reactor's subscribers of its topic.
     fn fan_out(&mut self, local: &mut Local<'_, Conn>, message: Arc<Message>) {
         let server = &*self.server;
@@ -645,10 +666,16 @@ impl App {
         let mut wrapped_compressed: Option<Arc<[u8]>> = None;
         let (mut delivered, mut bytes, mut dropped, mut evicted) = (0u64, 0u64, 0u64, 0u64);
         let (mut compressed, mut compressed_bytes) = (0u64, 0u64);
+        // A node's own provisional publish, numbered otherwise by the cluster, reached the raw
+        // sockets here already; envelope subscribers were told to expect it again.
+        let raw_had_it = message.provisional() != 0;
         for id in self.registry.fanout(&message) {
             let Some(route) = local.conn(id).map(|conn| conn.route) else {
                 continue;
             };
+            if raw_had_it && route == Route::Topic {
+                continue;
+            }
             // With compression off, the plain path is as before: no lookup per subscriber.
             let params = if compressing { local.deflate(id) } else { None };
             let (frame, is_compressed) = if route == Route::Envelope {

@@ -361,6 +361,23 @@ pub fn render_subscribed(
     } else {
         b",\"recovered\":false"
     });
+    epoch_field(out, epoch);
+    u64_field(out, "seq", seq);
+    out.push(b'}');
+}
+
+/// Appends `{"type":"reset","topic":…,"epoch":…,"seq":…}`: in a cluster, the deliveries of
+/// `topic` above `seq` were provisional (numbered by this node while Redis was down) or from an
+/// older epoch, and the cluster numbered them otherwise; what follows is the cluster's numbering.
+pub fn render_reset(out: &mut Vec<u8>, topic: &str, epoch: Epoch, seq: u64) {
+    open(out, "reset", None);
+    str_field(out, "topic", topic);
+    epoch_field(out, epoch);
+    u64_field(out, "seq", seq);
+    out.push(b'}');
+}
+
+fn epoch_field(out: &mut Vec<u8>, epoch: Epoch) {
     // The same 16 hex digits as `Epoch`'s `Display`, without formatting machinery.
     out.extend_from_slice(b",\"epoch\":\"");
     let value = epoch.value();
@@ -370,8 +387,6 @@ pub fn render_subscribed(
             .map(|nibble| HEX[(value >> (nibble * 4)) as usize & 0xf]),
     );
     out.push(b'"');
-    u64_field(out, "seq", seq);
-    out.push(b'}');
 }
 
 /// Appends a publish ack: `{"type":"ack","id":…,"topic":…,"seq":…}` with the assigned `seq`
@@ -690,6 +705,12 @@ mod tests {
             json_of(&out),
             json!({"type":"ack","id":"a","topic":"t","recovered":true,
                    "epoch":"0000000000000001","seq":41})
+        );
+        out.clear();
+        render_reset(&mut out, "t", Epoch::new(0xab), 9);
+        assert_eq!(
+            out,
+            br#"{"type":"reset","topic":"t","epoch":"00000000000000ab","seq":9}"#
         );
         out.clear();
         render_published(&mut out, None, "t", Some(u64::MAX));

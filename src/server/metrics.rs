@@ -376,6 +376,18 @@ const CLUSTER_METRICS: &[Def<ClusterStats>] = &[
         help: "Messages received from Redis.",
         value: |c| c.received,
     },
+    Def {
+        key: "cluster_provisional",
+        kind: Kind::Counter,
+        help: "Local publishes delivered here with a provisional seq while Redis was down.",
+        value: |c| c.provisional,
+    },
+    Def {
+        key: "cluster_resets",
+        kind: Kind::Counter,
+        help: "Topics renumbered by Redis under their local subscribers (provisional seqs taken by other nodes, or Redis lost its data).",
+        value: |c| c.resets,
+    },
 ];
 
 const LATENCY: &str = "clarion_publish_to_write_seconds";
