@@ -88,11 +88,13 @@ fn start_broadcast(max_queued: usize, full: Arc<AtomicU64>) -> Runtime {
         },
         ..reactor::Config::default()
     };
-    Runtime::start(config, move |_, shared: &Shared<Arc<[u8]>>| Broadcast {
-        subscribers: Vec::new(),
-        mailboxes: shared.mailboxes.clone(),
-        full: full.clone(),
-        max_queued,
+    Runtime::start(config, move |_, shared: &Shared<Arc<[u8]>>| {
+        Ok(Broadcast {
+            subscribers: Vec::new(),
+            mailboxes: shared.mailboxes.clone(),
+            full: full.clone(),
+            max_queued,
+        })
     })
     .unwrap()
 }

@@ -369,11 +369,12 @@ pub struct Runtime {
 
 impl Runtime {
     /// Binds one listener per reactor and starts the reactor threads on the configured backend.
-    /// `make_handler(i, shared)` builds reactor `i`'s handler, on that reactor's thread.
+    /// `make_handler(i, shared)` builds reactor `i`'s handler, on that reactor's thread; an error
+    /// there fails the start like a backend that cannot be built.
     pub fn start<H, F>(config: Config, make_handler: F) -> io::Result<Runtime>
     where
         H: Handler + 'static,
-        F: Fn(usize, &Shared<H::Inbox>) -> H + Send + Sync + 'static,
+        F: Fn(usize, &Shared<H::Inbox>) -> io::Result<H> + Send + Sync + 'static,
     {
         let listeners = bind_reuseport(config.listen, config.threads.max(1), config.backlog)?;
         let local_addr = listeners[0].local_addr()?;
@@ -424,7 +425,7 @@ impl Runtime {
     where
         B: sys::Backend + 'static,
         H: Handler + 'static,
-        F: Fn(usize, &Shared<H::Inbox>) -> H + Send + Sync + 'static,
+        F: Fn(usize, &Shared<H::Inbox>) -> io::Result<H> + Send + Sync + 'static,
     {
         let mut threads = Vec::new();
         let (ready_tx, ready) = std::sync::mpsc::channel();
@@ -463,8 +464,11 @@ impl Runtime {
                     }
                     let waker = sys::Backend::waker(&backend);
                     shared.mailboxes.set_waker(index, waker.clone());
+                    let handler = match make_handler(index, &shared) {
+                        Ok(handler) => handler,
+                        Err(e) => return drop(ready_tx.send(Err(e))),
+                    };
                     let _ = ready_tx.send(Ok(waker));
-                    let handler = make_handler(index, &shared);
                     let mailboxes = shared.mailboxes.clone();
                     drop(shared);
                     event_loop::Reactor::new(backend, handler, config, stats, index, mailboxes)

@@ -39,14 +39,13 @@ pub fn start(mut config: reactor::Config, app: AppConfig) -> io::Result<Runtime>
     // The first reactor to start builds the shared state, from the inboxes the runtime made.
     let server = OnceLock::new();
     let runtime = Runtime::start(config, move |index, shared| {
-        let server = server.get_or_init(|| {
-            // The URL was checked above: only spawning the bridge's threads can fail here.
-            let state = state::Server::new(app.clone(), shared)
-                .unwrap_or_else(|e| panic!("cannot start the cluster bridge: {e}"));
-            Arc::new(state)
-        });
+        // The URL was checked above: only spawning the bridge's threads can fail here.
+        let server = server.get_or_init(|| state::Server::new(app.clone(), shared).map(Arc::new));
+        let server = server
+            .as_ref()
+            .map_err(|e| io::Error::other(format!("cannot start the cluster bridge: {e}")))?;
         // `threads` was checked against the hub's limit above.
-        app::App::new(server.clone(), index).expect("reactor index below MAX_REACTORS")
+        app::App::new(server.clone(), index).map_err(|e| io::Error::other(e.to_string()))
     })?;
     Ok(runtime)
 }
