@@ -167,10 +167,10 @@ impl Cluster {
         }
         self.link.buffered.fetch_add(1, Relaxed);
         let time = wire::unix_micros();
-        let queue = |provisional: u64| {
+        let queue = |payload: Payload, provisional: u64| {
             let outgoing = Outgoing {
                 topic: Arc::from(topic),
-                payload: payload.clone(),
+                payload,
                 time,
                 provisional,
             };
@@ -178,7 +178,7 @@ impl Cluster {
             let _ = self.outgoing.send(outgoing);
         };
         if self.link.up() {
-            queue(0);
+            queue(payload, 0);
             return Ok(());
         }
         // Numbered and queued under the topic's lock, so that Redis gets this node's
@@ -187,13 +187,13 @@ impl Cluster {
         self.hub
             .publish_provisional(topic, payload.clone(), now, |message, reactors| {
                 let Some(message) = message else {
-                    return queue(0);
+                    return queue(payload, 0);
                 };
                 self.link.provisional.fetch_add(1, Relaxed);
                 for reactor in reactors.iter() {
                     self.mailboxes.post(reactor, Post::Message(message.clone()));
                 }
-                queue(message.seq());
+                queue(payload, message.seq());
             });
         Ok(())
     }

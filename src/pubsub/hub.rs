@@ -318,7 +318,7 @@ impl Hub {
                 return None;
             }
             state.seq += 1;
-            let message = Arc::new(Message::new(name.clone(), state.seq, now, payload.clone()));
+            let message = Arc::new(Message::new(name.clone(), state.seq, now, payload));
             self.record(state, &message);
             Some((message, Reactors(state.reactors)))
         });
@@ -408,8 +408,9 @@ impl Hub {
     /// Fed hub: the upstream's view of `topic`, with `seq` its latest number and `recent` its
     /// latest messages in `seq` order. A topic that is not live takes them as its history and
     /// goes live; a live one (after the upstream reconnected) takes the messages it missed as
-    /// [`Hub::deliver`] would. With `replace` (the upstream's numbering started over) a live topic
-    /// is reset like a new one, and its reactors are sent [`Post::Reset`]. Returns the reactors
+    /// [`Hub::deliver`] would. With `replace` (the upstream's numbering started over), or a `seq`
+    /// below what the topic took (the upstream went back to an older copy), a live topic is
+    /// reset like a new one, and its reactors are sent [`Post::Reset`]. Returns the reactors
     /// waiting for the topic: tell them it is ready.
     pub fn sync(
         &self,
@@ -423,7 +424,10 @@ impl Hub {
             if state.reactors == 0 && state.waiting == 0 {
                 return Reactors::default();
             }
-            if state.live && !replace {
+            // A Redis restored from an older copy (same epoch) numbers below what this node
+            // took: waiting for it to catch up would drop its new messages as duplicates.
+            let renumbered = replace || seq < state.confirmed;
+            if state.live && !renumbered {
                 for message in recent {
                     if message.seq > state.confirmed {
                         self.take(name, state, message, true, &mut send);
@@ -1079,6 +1083,16 @@ mod tests {
         );
         assert_eq!(posts(&sent), ["reset 2"]);
         assert_eq!(provisional(&hub, "t", 1), [3]);
+
+        // Redis came back from an older copy, same epoch: its numbering wins, or its next
+        // messages would be taken for duplicates.
+        sent.clear();
+        hub.sync("t", 1, vec![numbered("t", 1)], false, |p, _| sent.push(p));
+        assert_eq!(posts(&sent), ["reset 1"]);
+        assert_eq!(
+            hub.deliver(numbered("t", 2), false, |p, _| sent.push(p)),
+            Delivered::Sent
+        );
     }
 
     #[test]
