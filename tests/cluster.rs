@@ -301,6 +301,42 @@ fn a_client_resumes_on_another_node_without_gap_or_duplicate() {
 }
 
 #[test]
+fn a_message_missed_on_pub_sub_is_fetched_from_the_log_before_the_next() {
+    let redis = Redis::start();
+    let node = Node::start(&redis.url(), &[]);
+    let (mut ws, _) = subscriber(node.addr, "g", None);
+    assert_eq!(node.publish("g", "first"), 202);
+    assert_eq!(deliveries(&mut ws, 1), [(1, "first".to_owned())]);
+    // Another writer numbers and logs a message but its PUBLISH never reaches this node (as
+    // when Redis drops a subscriber's backlog): only the log has seq 2.
+    let mut con = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let seq: u64 = redis::cmd("INCR")
+        .arg("clarion:{g}:seq")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(seq, 2);
+    let time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+        .to_string();
+    let _: String = redis::cmd("XADD")
+        .arg("clarion:{g}:log")
+        .arg("2-0")
+        .arg(&["f", "t", "t", &time, "d", "missed"])
+        .query(&mut con)
+        .unwrap();
+    // Seq 3 arrives live: the node sees the gap and reads seq 2 from the log first.
+    assert_eq!(node.publish("g", "third"), 202);
+    let expected = [(2, "missed"), (3, "third")].map(|(seq, d)| (seq, d.to_owned()));
+    assert_eq!(deliveries(&mut ws, 2), expected);
+    assert_silent(&mut ws, Duration::from_millis(200));
+}
+
+#[test]
 fn a_trimmed_log_is_not_recovered() {
     let redis = Redis::start();
     let short = ["--history-size", "3"];
