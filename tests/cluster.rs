@@ -34,6 +34,14 @@ impl Node {
         node
     }
 
+    /// Two nodes on `redis`, both linked.
+    fn pair(redis: &Redis) -> (Node, Node) {
+        (
+            Node::start(&redis.url(), &[]),
+            Node::start(&redis.url(), &[]),
+        )
+    }
+
     fn health(&self) -> String {
         get(self.addr, "/healthz")
     }
@@ -184,10 +192,7 @@ fn assert_silent(ws: &mut Ws, quiet: Duration) {
 #[test]
 fn messages_published_on_one_node_reach_the_other_in_order_exactly_once() {
     let redis = Redis::start();
-    let (a, b) = (
-        Node::start(&redis.url(), &[]),
-        Node::start(&redis.url(), &[]),
-    );
+    let (a, b) = Node::pair(&redis);
     let (mut on_a, ack) = subscriber(a.addr, "room", None);
     assert_eq!(
         (ack["seq"].as_u64(), ack["recovered"].as_bool()),
@@ -255,10 +260,7 @@ fn messages_published_on_one_node_reach_the_other_in_order_exactly_once() {
 #[test]
 fn a_client_resumes_on_another_node_without_gap_or_duplicate() {
     let redis = Redis::start();
-    let (a, b) = (
-        Node::start(&redis.url(), &[]),
-        Node::start(&redis.url(), &[]),
-    );
+    let (a, b) = Node::pair(&redis);
     let (mut first, ack) = subscriber(a.addr, "feed", None);
     let epoch = ack["epoch"].as_str().unwrap().to_owned();
     for i in 1..=5 {
@@ -370,10 +372,7 @@ fn a_trimmed_log_is_not_recovered() {
 #[test]
 fn presence_counts_subscribers_across_nodes_and_forgets_a_dead_node() {
     let redis = Redis::start();
-    let (a, b) = (
-        Node::start(&redis.url(), &[]),
-        Node::start(&redis.url(), &[]),
-    );
+    let (a, b) = Node::pair(&redis);
     let _on_a: Vec<Ws> = (0..2)
         .map(|_| common::connect(a.addr, "/t/lobby"))
         .collect();
@@ -411,10 +410,7 @@ fn a_single_node_answers_presence_with_its_own_counts() {
 #[test]
 fn both_nodes_ride_out_a_redis_restart_and_resume_fills_the_gap() {
     let mut redis = Redis::persistent();
-    let (a, b) = (
-        Node::start(&redis.url(), &[]),
-        Node::start(&redis.url(), &[]),
-    );
+    let (a, b) = Node::pair(&redis);
     let (mut leaver, ack) = subscriber(a.addr, "r", None);
     let epoch = ack["epoch"].as_str().unwrap().to_owned();
     let (mut stayer, _) = subscriber(b.addr, "r", None);
@@ -541,10 +537,7 @@ fn settle(
 #[test]
 fn nodes_that_both_published_during_an_outage_converge_on_redis_numbering() {
     let mut redis = Redis::persistent();
-    let (a, b) = (
-        Node::start(&redis.url(), &[]),
-        Node::start(&redis.url(), &[]),
-    );
+    let (a, b) = Node::pair(&redis);
     let (mut on_a, ack) = subscriber(a.addr, "c", None);
     let epoch = ack["epoch"].as_str().unwrap().to_owned();
     let (mut on_b, _) = subscriber(b.addr, "c", None);

@@ -999,23 +999,13 @@ mod tests {
             "history has them meanwhile"
         );
         let mut sent = Vec::new();
-        let mut take = |p: Post, _| sent.push(p);
-        assert_eq!(
-            hub.deliver(own(6, 6), false, &mut take),
-            Delivered::Confirmed
-        );
-        assert_eq!(
-            hub.deliver(own(6, 6), false, &mut take),
-            Delivered::Duplicate
-        );
-        assert_eq!(
-            hub.deliver(own(7, 7), false, &mut take),
-            Delivered::Confirmed
-        );
-        assert_eq!(
-            hub.deliver(numbered("t", 8), false, &mut take),
-            Delivered::Sent
-        );
+        let arrivals = [own(6, 6), own(6, 6), own(7, 7), numbered("t", 8)];
+        let outcomes: Vec<Delivered> = arrivals
+            .into_iter()
+            .map(|m| hub.deliver(m, false, |p, _| sent.push(p)))
+            .collect();
+        use Delivered::{Confirmed, Duplicate, Sent};
+        assert_eq!(outcomes, [Confirmed, Duplicate, Confirmed, Sent]);
         assert_eq!(posts(&sent), ["8"]);
         assert_eq!(seqs(&hub.since("t", &resume(5), Instant::now())), [6, 7, 8]);
     }
@@ -1024,20 +1014,16 @@ mod tests {
     fn another_node_s_message_in_the_provisional_range_resets_to_the_upstream_numbering() {
         let hub = live_fed_hub();
         assert_eq!(provisional(&hub, "t", 3), [6, 7, 8]);
-        let mut sent = Vec::new();
-        let mut take = |p: Post, _| sent.push(p);
         // 6 is ours as numbered; 7 is another node's; ours come back as 8 and 9, the last one
         // numbered 8 here.
-        assert_eq!(
-            hub.deliver(own(6, 6), false, &mut take),
-            Delivered::Confirmed
-        );
-        assert_eq!(
-            hub.deliver(numbered("t", 7), false, &mut take),
-            Delivered::Sent
-        );
-        assert_eq!(hub.deliver(own(8, 7), false, &mut take), Delivered::Sent);
-        assert_eq!(hub.deliver(own(9, 8), false, &mut take), Delivered::Sent);
+        let mut sent = Vec::new();
+        let arrivals = [own(6, 6), numbered("t", 7), own(8, 7), own(9, 8)];
+        let outcomes: Vec<Delivered> = arrivals
+            .into_iter()
+            .map(|m| hub.deliver(m, false, |p, _| sent.push(p)))
+            .collect();
+        use Delivered::{Confirmed, Sent};
+        assert_eq!(outcomes, [Confirmed, Sent, Sent, Sent]);
         assert_eq!(posts(&sent), ["reset 6", "7", "8", "9"]);
         let replay = hub.since("t", &resume(5), Instant::now());
         assert_eq!(seqs(&replay), [6, 7, 8, 9]);
