@@ -50,3 +50,8 @@ for run in epoll:shared uring:per-connection; do
     --report-dir "autobahn-reports/$io" \
     --server-cmd "target/release/clarion serve --io $io --listen 127.0.0.1:$port --threads 2 --no-pin --compression $policy"
 done
+
+# The C100K script end to end at CI size (the full 100,000 takes about 45 s and 1 GiB of kernel
+# memory: run it by hand, see docs/benchmarks.md). It changes nothing on the host without --apply.
+step "scripts/bench-c100k.sh at 2,000 connections"
+scripts/bench-c100k.sh --connections 2000 --duration 2s
