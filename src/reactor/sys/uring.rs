@@ -762,15 +762,75 @@ mod tests {
     }
 
     fn ring() -> Uring {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        ring_with(TcpListener::bind("127.0.0.1:0").unwrap(), 16)
+    }
+
+    /// A ring of 8 submissions (so 32 completions) and 8 provided buffers of 64 bytes.
+    fn ring_with(listener: TcpListener, files: u32) -> Uring {
         let config = UringConfig {
             entries: 8,
-            files: 16,
+            files,
             buffers: 8,
             buffer_size: 64,
             peer_addresses: false,
         };
         Uring::new(listener, config).expect("io_uring is available on the test host")
+    }
+
+    #[test]
+    fn more_completions_than_the_queue_holds_and_than_buffers_all_arrive() {
+        use std::io::Write;
+        const CLIENTS: usize = 100;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut uring = ring_with(listener, 128);
+        let mut clients: Vec<_> = (0..CLIENTS)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let mut events = Vec::new();
+        let mut sockets = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while sockets.len() < CLIENTS && std::time::Instant::now() < deadline {
+            uring
+                .wait(&mut events, Some(Duration::from_millis(10)))
+                .unwrap();
+            for event in events.drain(..) {
+                if let IoEvent::Accepted(socket, _) = event {
+                    sockets.push(socket);
+                }
+            }
+        }
+        assert_eq!(sockets.len(), CLIENTS);
+        for (token, socket) in sockets.iter_mut().enumerate() {
+            uring.register(socket, token).unwrap();
+        }
+        // All at once: 100 receive completions for a 32-entry queue, and 8 buffers for them.
+        for (i, client) in clients.iter_mut().enumerate() {
+            client.write_all(&[i as u8; 40]).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let mut received = vec![0usize; CLIENTS];
+        let mut overflowed = false;
+        while received.iter().any(|&n| n < 40) && std::time::Instant::now() < deadline {
+            uring
+                .wait(&mut events, Some(Duration::from_millis(10)))
+                .unwrap();
+            overflowed |= uring.ring.submission().cq_overflow();
+            for event in events.drain(..) {
+                match event {
+                    IoEvent::Received { token, buffer, len } => {
+                        let bytes = uring.received(buffer, len);
+                        assert!(bytes.iter().all(|&b| b == token as u8), "token {token}");
+                        received[token] += bytes.len();
+                        uring.release_buffer(buffer);
+                    }
+                    IoEvent::ReadClosed(token) => panic!("connection {token} closed"),
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(received, vec![40; CLIENTS], "every byte, none twice");
+        assert!(overflowed, "the completion queue overflowed at least once");
     }
 
     #[test]
