@@ -1081,6 +1081,105 @@ mod tests {
         );
     }
 
+    /// What the model of a node and its upstream can do next.
+    #[derive(Clone, Copy, Debug)]
+    enum Step {
+        /// The node publishes while its link is down: delivered here at once, queued upstream.
+        Provisional,
+        /// Another node's publish reaches the upstream.
+        Foreign,
+        /// The node's oldest queued publish reaches the upstream.
+        Flush,
+        /// The upstream's next message reaches the node.
+        Deliver,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Step::Provisional),
+            Just(Step::Foreign),
+            Just(Step::Flush),
+            Just(Step::Deliver)
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the interleaving of provisional publishes, other nodes' publishes and
+        /// deliveries, an envelope subscriber that applies resets ends with exactly the upstream's
+        /// sequence, and a raw subscriber gets every message exactly once.
+        #[test]
+        fn provisional_delivery_converges_on_the_upstream_sequence(
+            steps in proptest::collection::vec(step(), 0..60)
+        ) {
+            let hub = live_fed_hub();
+            let mut posts: Vec<Post> = Vec::new();
+            let mut queued: std::collections::VecDeque<(String, u64)> = Default::default();
+            let mut upstream: Vec<(String, u64)> = Vec::new(); // payload, provisional seq if ours
+            let (mut delivered, mut published) = (0, 0);
+            let deliver = |hub: &Hub, upstream: &[(String, u64)], at: usize, posts: &mut Vec<Post>| {
+                let (body, provisional) = &upstream[at];
+                let payload = Payload::new(Format::Text, body.as_bytes());
+                let seq = 5 + at as u64 + 1;
+                let message = Message::new(Arc::from("t"), seq, Instant::now(), payload);
+                let outcome = hub.deliver(
+                    Arc::new(message.provisional_here(*provisional)),
+                    false,
+                    |p, _| posts.push(p),
+                );
+                assert!(!matches!(outcome, Delivered::Gap { .. } | Delivered::NotLive));
+            };
+            let all = steps.into_iter().chain(std::iter::repeat_n(Step::Flush, 60));
+            for step in all.chain(std::iter::repeat_n(Step::Deliver, 200)) {
+                match step {
+                    Step::Provisional => {
+                        published += 1;
+                        let body = format!("own-{published}");
+                        let payload = Payload::new(Format::Text, body.as_bytes());
+                        hub.publish_provisional("t", payload, Instant::now(), |m, _| {
+                            let m = m.expect("t is live");
+                            queued.push_back((body.clone(), m.seq()));
+                            posts.push(Post::Message(m.clone()));
+                        });
+                    }
+                    Step::Foreign => upstream.push((format!("foreign-{}", upstream.len()), 0)),
+                    Step::Flush => upstream.extend(queued.pop_front()),
+                    Step::Deliver if delivered < upstream.len() => {
+                        deliver(&hub, &upstream, delivered, &mut posts);
+                        delivered += 1;
+                    }
+                    Step::Deliver => {}
+                }
+            }
+            let expected: Vec<(u64, String)> = upstream
+                .iter()
+                .enumerate()
+                .map(|(at, (body, _))| (5 + at as u64 + 1, body.clone()))
+                .collect();
+            let mut view: Vec<(u64, String)> = Vec::new();
+            let mut raw: Vec<String> = Vec::new();
+            for post in &posts {
+                match post {
+                    Post::Message(m) => {
+                        let body = String::from_utf8(m.payload().bytes().to_vec()).unwrap();
+                        proptest::prop_assert!(view.last().is_none_or(|(last, _)| *last < m.seq()));
+                        view.push((m.seq(), body.clone()));
+                        if m.provisional() == 0 {
+                            raw.push(body);
+                        }
+                    }
+                    Post::Reset { seq, .. } => view.retain(|(s, _)| s <= seq),
+                    Post::Ready(_) => {}
+                }
+            }
+            proptest::prop_assert_eq!(&view, &expected);
+            raw.sort();
+            let mut all: Vec<String> = upstream.into_iter().map(|(body, _)| body).collect();
+            all.sort();
+            proptest::prop_assert_eq!(raw, all);
+        }
+    }
+
     #[test]
     fn a_fed_hub_waits_for_sync_then_takes_each_seq_once_in_order() {
         let (tx, interest) = crossbeam_channel::unbounded();
