@@ -98,6 +98,11 @@ const CLOSE_DEFERRED: u8 = 32;
 
 const BUFFER_GROUP: u16 = 0;
 
+/// Completions taken per turn, as the epoll backend takes at most 1,024 events: a burst (a
+/// ramp of accepts, a fanout's sends) leaves no per-reactor vector sized by its peak, and
+/// timers and the inbox get their turn between chunks.
+const MAX_COMPLETIONS: usize = 1024;
+
 /// One reactor's ring, listener, provided buffers and waker.
 pub struct Uring {
     ring: IoUring,
@@ -392,7 +397,8 @@ impl Backend for Uring {
             Err(e) => return Err(e),
         }
         let mut completed = std::mem::take(&mut self.completed);
-        completed.extend(self.ring.completion());
+        // What is left stays in the ring for the next turn, which then does not block.
+        completed.extend(self.ring.completion().take(MAX_COMPLETIONS));
         for cqe in completed.drain(..) {
             self.on_completion(cqe, events);
         }
