@@ -15,7 +15,7 @@ use slab::Slab;
 use super::buffer::Pool;
 use super::compression::{Compression, ConnInflate};
 use super::mailbox::Mailboxes;
-use super::sys::{Backend, Flushed, IoEvent};
+use super::sys::{Backend, Flushed, IoEvent, Sockets};
 use super::timer::{TimerKey, TimerWheel};
 use super::txqueue::TxQueue;
 use super::{Answer, Config, ConnId, Ctx, Handler, Local, LocalOps, Push, Sink, Stats};
@@ -79,6 +79,12 @@ struct Conn<S, C> {
     timer: Option<TimerKey>,
     app: Option<C>,
     flags: u8,
+}
+
+impl<S, C> Sockets<S> for Slab<Conn<S, C>> {
+    fn socket(&mut self, token: usize) -> Option<&mut S> {
+        self.get_mut(token).map(|conn| &mut conn.socket)
+    }
 }
 
 pub(super) struct Reactor<B: Backend, H: Handler> {
@@ -194,7 +200,10 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
                 self.core.wait_timeout(now)
             };
             let mut events = std::mem::take(&mut self.events);
-            if let Err(e) = self.backend.wait(&mut events, timeout) {
+            if let Err(e) = self
+                .backend
+                .wait(&mut events, timeout, &mut self.core.conns)
+            {
                 tracing::error!("reactor wait failed: {e}");
                 break;
             }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::{Backend, Flushed, IoEvent, Wake};
+use super::{Backend, Flushed, IoEvent, Sockets, Wake};
 use crate::reactor::txqueue::{MAX_IOVECS, TxQueue};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -62,6 +62,7 @@ impl Backend for Epoll {
         &mut self,
         events: &mut Vec<IoEvent<TcpStream>>,
         timeout: Option<Duration>,
+        _sockets: &mut dyn Sockets<TcpStream>,
     ) -> io::Result<()> {
         match self.poll.poll(&mut self.events, timeout) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),

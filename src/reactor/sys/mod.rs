@@ -78,6 +78,14 @@ pub trait Wake: Send + Sync {
     fn wake(&self);
 }
 
+/// The reactor's connections as a backend sees them while it reaps completions: a completion
+/// backend keeps its per-connection state in the socket, inside the reactor's entry, instead of
+/// a table of its own.
+pub trait Sockets<S> {
+    /// The socket registered under `token`, while its entry exists (until it is released).
+    fn socket(&mut self, token: usize) -> Option<&mut S>;
+}
+
 /// An event-loop backend for one reactor thread.
 pub trait Backend {
     /// An accepted connection's socket.
@@ -88,11 +96,12 @@ pub trait Backend {
     const WRITES_NOW: bool;
 
     /// Submits what is pending, waits until something happens or `timeout` passes, then fills
-    /// `events`.
+    /// `events`; `sockets` lends the connections' sockets meanwhile.
     fn wait(
         &mut self,
         events: &mut Vec<IoEvent<Self::Socket>>,
         timeout: Option<Duration>,
+        sockets: &mut dyn Sockets<Self::Socket>,
     ) -> io::Result<()>;
 
     /// Readiness: accepts one pending connection; `Ok(None)` when there is none.

@@ -29,7 +29,7 @@ use std::time::Duration;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use socket2::{SockAddr, SockAddrStorage};
 
-use super::{Backend, Flushed, IoEvent, Wake};
+use super::{Backend, Flushed, IoEvent, Sockets, Wake};
 use crate::reactor::txqueue::TxQueue;
 
 /// Sizes of one reactor's ring and buffers.
@@ -64,13 +64,34 @@ impl Default for UringConfig {
 /// connections never waits for a turn of the loop between two accepts.
 pub const PEER_ACCEPTS: usize = 8;
 
-/// A connection's socket: its slot in the ring's fixed-file table.
+/// A connection's socket, and all the backend keeps per connection: its slot in the ring's
+/// fixed-file table (the low 24 bits; the kernel's table holds at most 2^20) and the operations
+/// in flight on it (the high 8 bits). It lives in the reactor's connection entry, which
+/// [`Sockets`] lends back while completions are reaped.
 #[derive(Debug)]
 pub struct Direct(u32);
 
-// user_data: the operation (8 bits), the connection's fixed-file slot (24 bits; the kernel's
-// table holds at most 2^20), the token (24 bits). The slot rides in the operations that need it
-// later (a recv to re-arm, a shutdown to close behind), so the backend keeps one byte per token.
+const SLOT_BITS: u32 = 24;
+
+impl Direct {
+    fn new(slot: u32) -> Direct {
+        Direct(slot & ((1 << SLOT_BITS) - 1))
+    }
+
+    fn slot(&self) -> u32 {
+        self.0 & ((1 << SLOT_BITS) - 1)
+    }
+
+    fn ops(&self) -> u8 {
+        (self.0 >> SLOT_BITS) as u8
+    }
+
+    fn set_ops(&mut self, ops: u8) {
+        self.0 = self.slot() | u32::from(ops) << SLOT_BITS;
+    }
+}
+
+// user_data: the operation (8 bits) and the token (or an accept's index).
 const ACCEPT: u64 = 1 << 56;
 const RECV: u64 = 2 << 56;
 const SEND: u64 = 3 << 56;
@@ -78,13 +99,12 @@ const WAKE: u64 = 4 << 56;
 const IGNORE: u64 = 5 << 56;
 const SHUTDOWN: u64 = 6 << 56;
 const OP_MASK: u64 = 0xFF << 56;
-const SLOT_SHIFT: u32 = 24;
-const FIELD_MASK: u64 = (1 << SLOT_SHIFT) - 1;
 /// Tokens must fit their field of `user_data`.
-const MAX_TOKENS: usize = 1 << SLOT_SHIFT;
+const MAX_TOKENS: usize = 1 << 24;
+const TOKEN_MASK: u64 = MAX_TOKENS as u64 - 1;
 
-/// Per-token state: registered and not closed (a re-arm must never reach a released token,
-/// whose fixed-file slot may already belong to another connection).
+/// Per-connection state: registered and not closed (a re-arm must never reach a released
+/// connection, whose fixed-file slot may already belong to another one).
 const LIVE: u8 = 1;
 /// Operations in flight.
 const RECV_ARMED: u8 = 2;
@@ -110,11 +130,10 @@ pub struct Uring {
     accepts: Accepts,
     buffers: BufRing,
     waker: Arc<EventFd>,
-    /// Per token: operations in flight.
-    ops: Vec<u8>,
-    /// Tokens (and their slots) whose multishot recv ended and must be armed again.
-    rearm: Vec<(usize, u32)>,
-    /// Completions reaped in one wait, kept for its capacity.
+    /// Tokens whose multishot recv ended and must be armed again.
+    rearm: Vec<usize>,
+    /// Completions reaped in one wait (at most [`MAX_COMPLETIONS`]), allocated at start like
+    /// epoll's event list.
     completed: Vec<cqueue::Entry>,
 }
 
@@ -132,9 +151,8 @@ impl Uring {
             accepts: Accepts::new(config.peer_addresses),
             buffers,
             waker,
-            ops: Vec::new(),
             rearm: Vec::new(),
-            completed: Vec::new(),
+            completed: Vec::with_capacity(MAX_COMPLETIONS),
         };
         let wake = opcode::PollAdd::new(types::Fd(uring.waker.0.as_raw_fd()), libc::POLLIN as u32)
             .multi(true)
@@ -158,101 +176,53 @@ impl Uring {
         }
     }
 
-    fn ops_mut(&mut self, token: usize) -> &mut u8 {
-        if self.ops.len() <= token {
-            self.ops.resize(token + 1, 0);
-        }
-        &mut self.ops[token]
+    /// The `user_data` of operation `op` on `token`.
+    fn user_data(op: u64, token: usize) -> u64 {
+        op | token as u64 & TOKEN_MASK
     }
 
-    /// The `user_data` of operation `op` on `token`, whose socket is in `slot`.
-    fn user_data(op: u64, token: usize, slot: u32) -> u64 {
-        op | (slot as u64 & FIELD_MASK) << SLOT_SHIFT | token as u64
-    }
-
-    fn arm_recv(&mut self, token: usize, slot: u32) -> io::Result<()> {
-        let recv = opcode::RecvMulti::new(types::Fixed(slot), BUFFER_GROUP)
+    fn arm_recv(&mut self, token: usize, socket: &mut Direct) -> io::Result<()> {
+        let recv = opcode::RecvMulti::new(types::Fixed(socket.slot()), BUFFER_GROUP)
             .build()
-            .user_data(Self::user_data(RECV, token, slot));
+            .user_data(Self::user_data(RECV, token));
         self.push(recv)?;
-        *self.ops_mut(token) |= RECV_ARMED;
+        socket.set_ops(socket.ops() | RECV_ARMED);
         Ok(())
     }
 
-    /// Whether a closing token has nothing left in flight.
-    fn released(&mut self, token: usize) -> bool {
-        let ops = self.ops_mut(token);
-        if *ops & CLOSING != 0 && *ops & (RECV_ARMED | SEND_IN_FLIGHT | SHUTDOWN_IN_FLIGHT) == 0 {
-            *ops = 0;
+    /// Whether a closing connection has nothing left in flight.
+    fn released(socket: &mut Direct) -> bool {
+        let ops = socket.ops();
+        if ops & CLOSING != 0 && ops & (RECV_ARMED | SEND_IN_FLIGHT | SHUTDOWN_IN_FLIGHT) == 0 {
+            socket.set_ops(0);
             return true;
         }
         false
     }
 
-    fn on_completion(&mut self, cqe: cqueue::Entry, events: &mut Vec<IoEvent<Direct>>) {
+    fn on_completion(
+        &mut self,
+        cqe: cqueue::Entry,
+        events: &mut Vec<IoEvent<Direct>>,
+        sockets: &mut dyn Sockets<Direct>,
+    ) {
         let (user_data, result, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
-        let token = (user_data & FIELD_MASK) as usize;
-        let slot = (user_data >> SLOT_SHIFT & FIELD_MASK) as u32;
+        let token = (user_data & TOKEN_MASK) as usize;
         let op = user_data & OP_MASK;
         match op {
             ACCEPT => {
                 let peer = self.accepts.completed(token, cqueue::more(flags), result);
                 if result >= 0 {
-                    events.push(IoEvent::Accepted(Direct(result as u32), peer));
+                    events.push(IoEvent::Accepted(Direct::new(result as u32), peer));
                     self.resume_accepting();
                 } else if result != -libc::ECANCELED {
                     events.push(IoEvent::AcceptFailed(io::Error::from_raw_os_error(-result)));
                 }
             }
-            RECV => {
-                let more = cqueue::more(flags);
-                if !more {
-                    *self.ops_mut(token) &= !RECV_ARMED;
-                }
-                let closing = *self.ops_mut(token) & CLOSING != 0;
-                if result > 0 {
-                    let buffer = cqueue::buffer_select(flags)
-                        .expect("a recv from a buffer group names its buffer");
-                    events.push(IoEvent::Received {
-                        token,
-                        buffer,
-                        len: result as u32,
-                    });
-                    if !more && !closing {
-                        self.rearm.push((token, slot));
-                    }
-                } else if result == -libc::ENOBUFS {
-                    // Every buffer is out: the data waits in the socket; ask again next turn.
-                    if !closing {
-                        self.rearm.push((token, slot));
-                    }
-                } else if !closing {
-                    // 0: the peer closed; otherwise an error such as a reset.
-                    events.push(IoEvent::ReadClosed(token));
-                }
-                if self.released(token) {
-                    events.push(IoEvent::Released(token));
-                }
-            }
-            SEND => {
-                *self.ops_mut(token) &= !SEND_IN_FLIGHT;
-                events.push(IoEvent::Sent { token, result });
-                if self.released(token) {
-                    events.push(IoEvent::Released(token));
-                }
-            }
-            SHUTDOWN => {
-                let ops = self.ops_mut(token);
-                *ops &= !SHUTDOWN_IN_FLIGHT;
-                if *ops & CLOSE_DEFERRED != 0 {
-                    *ops &= !CLOSE_DEFERRED;
-                    let close = opcode::Close::new(types::Fixed(slot))
-                        .build()
-                        .user_data(IGNORE);
-                    let _ = self.push(close);
-                }
-                if self.released(token) {
-                    events.push(IoEvent::Released(token));
+            RECV | SEND | SHUTDOWN => {
+                // A connection's operations all complete before its entry is released.
+                if let Some(socket) = sockets.socket(token) {
+                    self.on_connection_completion(op, token, socket, result, flags, events);
                 }
             }
             WAKE => {
@@ -270,6 +240,64 @@ impl Uring {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A completion of `token`'s receive, send or shutdown.
+    fn on_connection_completion(
+        &mut self,
+        op: u64,
+        token: usize,
+        socket: &mut Direct,
+        result: i32,
+        flags: u32,
+        events: &mut Vec<IoEvent<Direct>>,
+    ) {
+        match op {
+            RECV => {
+                let more = cqueue::more(flags);
+                if !more {
+                    socket.set_ops(socket.ops() & !RECV_ARMED);
+                }
+                let closing = socket.ops() & CLOSING != 0;
+                if result > 0 {
+                    let buffer = cqueue::buffer_select(flags)
+                        .expect("a recv from a buffer group names its buffer");
+                    events.push(IoEvent::Received {
+                        token,
+                        buffer,
+                        len: result as u32,
+                    });
+                    if !more && !closing {
+                        self.rearm.push(token);
+                    }
+                } else if result == -libc::ENOBUFS {
+                    // Every buffer is out: the data waits in the socket; ask again next turn.
+                    if !closing {
+                        self.rearm.push(token);
+                    }
+                } else if !closing {
+                    // 0: the peer closed; otherwise an error such as a reset.
+                    events.push(IoEvent::ReadClosed(token));
+                }
+            }
+            SEND => {
+                socket.set_ops(socket.ops() & !SEND_IN_FLIGHT);
+                events.push(IoEvent::Sent { token, result });
+            }
+            _ => {
+                let ops = socket.ops() & !SHUTDOWN_IN_FLIGHT;
+                socket.set_ops(ops & !CLOSE_DEFERRED);
+                if ops & CLOSE_DEFERRED != 0 {
+                    let close = opcode::Close::new(types::Fixed(socket.slot()))
+                        .build()
+                        .user_data(IGNORE);
+                    let _ = self.push(close);
+                }
+            }
+        }
+        if Self::released(socket) {
+            events.push(IoEvent::Released(token));
         }
     }
 }
@@ -372,10 +400,13 @@ impl Backend for Uring {
         &mut self,
         events: &mut Vec<IoEvent<Direct>>,
         timeout: Option<Duration>,
+        sockets: &mut dyn Sockets<Direct>,
     ) -> io::Result<()> {
-        for (token, slot) in std::mem::take(&mut self.rearm) {
-            if *self.ops_mut(token) & (LIVE | RECV_ARMED) == LIVE {
-                self.arm_recv(token, slot)?;
+        for token in std::mem::take(&mut self.rearm) {
+            if let Some(socket) = sockets.socket(token)
+                && socket.ops() & (LIVE | RECV_ARMED) == LIVE
+            {
+                self.arm_recv(token, socket)?;
             }
         }
         let submitted = match timeout {
@@ -400,7 +431,7 @@ impl Backend for Uring {
         // What is left stays in the ring for the next turn, which then does not block.
         completed.extend(self.ring.completion().take(MAX_COMPLETIONS));
         for cqe in completed.drain(..) {
-            self.on_completion(cqe, events);
+            self.on_completion(cqe, events, sockets);
         }
         self.completed = completed;
         Ok(())
@@ -439,8 +470,8 @@ impl Backend for Uring {
                 "an io_uring reactor holds at most {MAX_TOKENS} connections"
             )));
         }
-        *self.ops_mut(token) = LIVE;
-        self.arm_recv(token, socket.0)
+        socket.set_ops(LIVE);
+        self.arm_recv(token, socket)
     }
 
     fn read(_socket: &mut Direct, _buf: &mut [u8]) -> io::Result<usize> {
@@ -473,7 +504,7 @@ impl Backend for Uring {
             return Ok(Flushed::Pending);
         }
         let header = queue.start_send();
-        let user_data = Self::user_data(SEND, token, socket.0);
+        let user_data = Self::user_data(SEND, token);
         let flags = libc::MSG_NOSIGNAL;
         // SAFETY: start_send just filled the header and its slices; they and the bytes they
         // point to stay valid and in place until finish_send, after this send completes.
@@ -481,13 +512,13 @@ impl Backend for Uring {
         // One chunk (the common case) goes out as a plain send: no message header to import.
         let send = match only {
             Some(slice) => opcode::Send::new(
-                types::Fixed(socket.0),
+                types::Fixed(socket.slot()),
                 slice.iov_base as *const u8,
                 slice.iov_len as u32,
             )
             .flags(flags)
             .build(),
-            None => opcode::SendMsg::new(types::Fixed(socket.0), header)
+            None => opcode::SendMsg::new(types::Fixed(socket.slot()), header)
                 .flags(flags as u32)
                 .build(),
         }
@@ -496,21 +527,21 @@ impl Backend for Uring {
             queue.finish_send(0);
             return Err(e);
         }
-        *self.ops_mut(token) |= SEND_IN_FLIGHT;
+        socket.set_ops(socket.ops() | SEND_IN_FLIGHT);
         Ok(Flushed::Pending)
     }
 
     fn shutdown_write(&mut self, token: usize, socket: &mut Direct) {
-        let shutdown = opcode::Shutdown::new(types::Fixed(socket.0), libc::SHUT_WR)
+        let shutdown = opcode::Shutdown::new(types::Fixed(socket.slot()), libc::SHUT_WR)
             .build()
-            .user_data(Self::user_data(SHUTDOWN, token, socket.0));
+            .user_data(Self::user_data(SHUTDOWN, token));
         if self.push(shutdown).is_ok() {
-            *self.ops_mut(token) |= SHUTDOWN_IN_FLIGHT;
+            socket.set_ops(socket.ops() | SHUTDOWN_IN_FLIGHT);
         }
     }
 
     fn close(&mut self, token: usize, socket: &mut Direct) -> bool {
-        let close = opcode::Close::new(types::Fixed(socket.0))
+        let close = opcode::Close::new(types::Fixed(socket.slot()))
             .build()
             .user_data(IGNORE);
         if token == usize::MAX {
@@ -518,19 +549,18 @@ impl Backend for Uring {
             let _ = self.push(close);
             return true;
         }
-        let ops = self.ops_mut(token);
-        *ops = (*ops & !LIVE) | CLOSING;
-        if *ops & RECV_ARMED != 0 {
-            let recv = Self::user_data(RECV, token, socket.0);
+        let ops = (socket.ops() & !LIVE) | CLOSING;
+        socket.set_ops(ops);
+        if ops & RECV_ARMED != 0 {
+            let recv = Self::user_data(RECV, token);
             let _ = self.push(opcode::AsyncCancel::new(recv).build().user_data(IGNORE));
         }
-        let ops = self.ops_mut(token);
-        if *ops & SHUTDOWN_IN_FLIGHT != 0 {
-            *ops |= CLOSE_DEFERRED;
+        if ops & SHUTDOWN_IN_FLIGHT != 0 {
+            socket.set_ops(ops | CLOSE_DEFERRED);
             return false;
         }
         let _ = self.push(close);
-        self.released(token)
+        Self::released(socket)
     }
 
     fn waker(&self) -> Arc<dyn Wake> {
@@ -783,6 +813,13 @@ mod tests {
         Uring::new(listener, config).expect("io_uring is available on the test host")
     }
 
+    /// The test's connection table: token `i` is `sockets[i]`.
+    impl Sockets<Direct> for Vec<Direct> {
+        fn socket(&mut self, token: usize) -> Option<&mut Direct> {
+            self.get_mut(token)
+        }
+    }
+
     #[test]
     fn more_completions_than_the_queue_holds_and_than_buffers_all_arrive() {
         use std::io::Write;
@@ -797,9 +834,8 @@ mod tests {
         let mut sockets = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while sockets.len() < CLIENTS && std::time::Instant::now() < deadline {
-            uring
-                .wait(&mut events, Some(Duration::from_millis(10)))
-                .unwrap();
+            let wait = Some(Duration::from_millis(10));
+            uring.wait(&mut events, wait, &mut sockets).unwrap();
             for event in events.drain(..) {
                 if let IoEvent::Accepted(socket, _) = event {
                     sockets.push(socket);
@@ -818,9 +854,8 @@ mod tests {
         let mut received = vec![0usize; CLIENTS];
         let mut overflowed = false;
         while received.iter().any(|&n| n < 40) && std::time::Instant::now() < deadline {
-            uring
-                .wait(&mut events, Some(Duration::from_millis(10)))
-                .unwrap();
+            let wait = Some(Duration::from_millis(10));
+            uring.wait(&mut events, wait, &mut sockets).unwrap();
             overflowed |= uring.ring.submission().cq_overflow();
             for event in events.drain(..) {
                 match event {
@@ -840,18 +875,30 @@ mod tests {
     }
 
     #[test]
-    fn user_data_carries_operation_slot_and_token() {
-        let (token, slot) = (MAX_TOKENS - 1, (1 << 20) - 1);
-        let user_data = Uring::user_data(SHUTDOWN, token, slot);
+    fn user_data_carries_operation_and_token() {
+        let token = MAX_TOKENS - 1;
+        let user_data = Uring::user_data(SHUTDOWN, token);
         assert_eq!(user_data & OP_MASK, SHUTDOWN);
-        assert_eq!((user_data >> SLOT_SHIFT & FIELD_MASK) as u32, slot);
-        assert_eq!((user_data & FIELD_MASK) as usize, token);
+        assert_eq!((user_data & TOKEN_MASK) as usize, token);
+    }
+
+    #[test]
+    fn a_direct_socket_keeps_its_slot_and_operations_apart() {
+        let slot = (1 << 20) - 1; // the kernel's largest fixed-file slot
+        let mut socket = Direct::new(slot);
+        assert_eq!((socket.slot(), socket.ops()), (slot, 0));
+        socket.set_ops(LIVE | RECV_ARMED | CLOSE_DEFERRED);
+        assert_eq!(socket.slot(), slot);
+        assert_eq!(socket.ops(), LIVE | RECV_ARMED | CLOSE_DEFERRED);
+        socket.set_ops(0xFF);
+        assert_eq!((socket.slot(), socket.ops()), (slot, 0xFF));
+        assert_eq!(size_of::<Direct>(), 4, "no bigger than a file descriptor");
     }
 
     #[test]
     fn tokens_past_the_user_data_field_are_refused() {
         let mut uring = ring();
-        let error = uring.register(&mut Direct(0), MAX_TOKENS).unwrap_err();
+        let error = uring.register(&mut Direct::new(0), MAX_TOKENS).unwrap_err();
         assert!(error.to_string().contains("at most"), "{error}");
     }
 }
