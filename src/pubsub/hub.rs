@@ -106,6 +106,15 @@ impl Reactors {
     }
 }
 
+/// Tells `state`'s reactors that the topic now stands at `state.seq` in the upstream's numbering.
+fn post_reset(name: &Arc<str>, state: &TopicState, send: &mut impl FnMut(Post, Reactors)) {
+    let reset = Post::Reset {
+        topic: name.clone(),
+        seq: state.seq,
+    };
+    send(reset, Reactors(state.reactors));
+}
+
 /// The bit of reactor `index`; none for an index out of range.
 fn bit(index: usize) -> u64 {
     u32::try_from(index)
@@ -398,11 +407,7 @@ impl Hub {
         let change = state.history.truncate_after(state.confirmed);
         self.account(change);
         state.seq = state.confirmed;
-        let reset = Post::Reset {
-            topic: name.clone(),
-            seq: state.seq,
-        };
-        send(reset, Reactors(state.reactors));
+        post_reset(name, state, send);
     }
 
     /// Fed hub: the upstream's view of `topic`, with `seq` its latest number and `recent` its
@@ -453,11 +458,7 @@ impl Hub {
                 state.seq = seq;
                 state.confirmed = seq;
                 if state.live {
-                    let reset = Post::Reset {
-                        topic: name.clone(),
-                        seq,
-                    };
-                    send(reset, Reactors(state.reactors));
+                    post_reset(name, state, &mut send);
                 }
             }
             state.live = true;

@@ -72,14 +72,15 @@ pub const PEER_ACCEPTS: usize = 8;
 pub struct Direct(u32);
 
 const SLOT_BITS: u32 = 24;
+const SLOT_MASK: u32 = (1 << SLOT_BITS) - 1;
 
 impl Direct {
     fn new(slot: u32) -> Direct {
-        Direct(slot & ((1 << SLOT_BITS) - 1))
+        Direct(slot & SLOT_MASK)
     }
 
     fn slot(&self) -> u32 {
-        self.0 & ((1 << SLOT_BITS) - 1)
+        self.0 & SLOT_MASK
     }
 
     fn ops(&self) -> u8 {
@@ -402,13 +403,16 @@ impl Backend for Uring {
         timeout: Option<Duration>,
         sockets: &mut dyn Sockets<Direct>,
     ) -> io::Result<()> {
-        for token in std::mem::take(&mut self.rearm) {
+        // Taken and put back, so the list keeps its capacity from turn to turn.
+        let mut rearm = std::mem::take(&mut self.rearm);
+        for token in rearm.drain(..) {
             if let Some(socket) = sockets.socket(token)
                 && socket.ops() & (LIVE | RECV_ARMED) == LIVE
             {
                 self.arm_recv(token, socket)?;
             }
         }
+        self.rearm = rearm;
         let submitted = match timeout {
             Some(Duration::ZERO) => self.ring.submit(),
             Some(timeout) => {
