@@ -526,8 +526,11 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
 }
 
 impl<S, H: Handler> Core<S, H> {
-    /// Arms a timer for every connection whose deadline now falls within the next sweep.
+    /// Arms a timer for every connection whose deadline now falls within the next sweep, and
+    /// frees pooled buffers the last period did not need.
     fn sweep(&mut self, now: Instant) {
+        self.rx_pool.trim();
+        self.tx_pool.trim();
         for (token, conn) in self.conns.iter_mut() {
             if conn.timer.is_none() && conn.flags & (LINGER | RELEASING) == 0 {
                 conn.timer = arm(&mut self.timers, &self.config, &conn.ws, token, now);
