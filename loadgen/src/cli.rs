@@ -73,6 +73,11 @@ pub struct Common {
     /// How long to measure once every connection is open (e.g. 10s, 500ms, 2m).
     #[arg(short = 'd', long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
+    /// Traffic before the measurement (echo, fanout): sent and checked for order and
+    /// duplicates, but neither timed nor counted, so that fresh connections' first messages
+    /// (TCP quick-ACK mode, cold caches) do not weigh on the steady-state figures.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub warmup: Duration,
     /// Event-loop threads per process [default: available cores].
     #[arg(long)]
     pub threads: Option<usize>,

@@ -136,6 +136,8 @@ pub struct Plan {
     pub connections: usize,
     /// Measurement time.
     pub duration: Duration,
+    /// Traffic before the measurement, not counted.
+    pub warmup: Duration,
     /// Event loops per process.
     pub threads: usize,
     /// Processes.
@@ -212,6 +214,9 @@ impl Plan {
         if common.duration.is_zero() {
             return Err("--duration must be more than 0".into());
         }
+        if !common.warmup.is_zero() && !matches!(mode, Mode::Echo(_) | Mode::Fanout(_)) {
+            return Err("--warmup applies to echo and fanout only".into());
+        }
         if common.retries > 100 {
             return Err(format!(
                 "--retries must be at most 100, not {}",
@@ -227,6 +232,7 @@ impl Plan {
             pairs,
             connections,
             duration: common.duration,
+            warmup: common.warmup,
             threads,
             procs,
             ramp_rate: common.ramp_rate,

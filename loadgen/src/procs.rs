@@ -88,7 +88,7 @@ pub fn run_parent(
             .iter_mut()
             .for_each(|(_, stdin)| drop(stdin.take()));
     } else {
-        let go_ns = clock::now_ns() + 2 * GO_LEAD_NS;
+        let go_ns = clock::now_ns() + 2 * GO_LEAD_NS + ns(plan.warmup);
         let stop_ns = go_ns + ns(plan.duration);
         sampler = server
             .as_ref()

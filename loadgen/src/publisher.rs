@@ -35,11 +35,13 @@ pub fn run(plan: &Plan, fanout: &Fanout, id: usize, control: &Control) -> Tally 
         return tally;
     };
     let interval_ns = 1e9 * fanout.publishers as f64 / fanout.rate;
+    // The warm-up's messages are sent like the others but not counted as published.
+    let start_ns = go_ns.saturating_sub(ns(plan.warmup));
     let mut client: Option<Client> = None;
     let template = stamp::template(fanout.size);
     let mut payload = Vec::with_capacity(fanout.size);
     for count in 0u64.. {
-        let due_ns = go_ns + (count as f64 * interval_ns) as u64;
+        let due_ns = start_ns + (count as f64 * interval_ns) as u64;
         if due_ns >= stop_ns || control.aborted() {
             break;
         }
@@ -61,8 +63,10 @@ pub fn run(plan: &Plan, fanout: &Fanout, id: usize, control: &Control) -> Tally 
         Stamp::published(due_ns, id as u16, count).write(&mut payload);
         match waited.and_then(|()| active.publish(&mut payload)) {
             Ok(()) => {
-                tally.fanout.published[topic] += 1;
                 tally.messages_sent += 1;
+                if due_ns >= go_ns {
+                    tally.fanout.published[topic] += 1;
+                }
             }
             Err(_) => {
                 tally.fanout.publish_errors += 1;

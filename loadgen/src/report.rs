@@ -82,6 +82,8 @@ pub struct Report {
     pub closed_clean: u64,
     /// Length of the measurement window, seconds.
     pub duration_s: f64,
+    /// Traffic before the window, not counted (`--warmup`), seconds.
+    pub warmup_s: f64,
     /// Messages sent.
     pub messages_sent: u64,
     /// Messages received.
@@ -146,6 +148,7 @@ impl Report {
             retries: tally.retries,
             closed_clean: tally.closed_clean,
             duration_s,
+            warmup_s: plan.warmup.as_secs_f64(),
             messages_sent: tally.messages_sent,
             messages_received: tally.messages_received,
             throughput: tally.received_in_window as f64 / duration_s,
@@ -222,12 +225,17 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "clarion-loadgen {}: {} connections, {} thread(s) x {} process(es), {:.1} s measured, to {}",
+            "clarion-loadgen {}: {} connections, {} thread(s) x {} process(es), {:.1} s measured{}, to {}",
             self.mode,
             self.connections,
             self.threads,
             self.procs,
             self.duration_s,
+            if self.warmup_s > 0.0 {
+                format!(" after {:.1} s of warm-up", self.warmup_s)
+            } else {
+                String::new()
+            },
             targets.join(" ")
         );
         let _ = writeln!(

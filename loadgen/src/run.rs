@@ -118,7 +118,7 @@ pub fn run_process(
     let mut sampler = None;
     match steering {
         Steering::Local if !control.aborted() => {
-            let go_ns = clock::now_ns() + GO_LEAD_NS;
+            let go_ns = clock::now_ns() + GO_LEAD_NS + ns(plan.warmup);
             let stop_ns = go_ns + ns(plan.duration);
             control.start(go_ns, stop_ns);
             sampler = server

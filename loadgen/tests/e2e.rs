@@ -191,6 +191,44 @@ fn fanout_delivers_every_message_once_to_2000_subscribers() {
     ];
     let json = complete_fanout(&args, 400, 18, "two processes");
     assert_eq!(json["subscribers"], 400);
+
+    // A warm-up: its messages are sent, delivered and checked, but neither timed nor counted
+    // as published or delivered (in one process and across two).
+    for procs in ["1", "2"] {
+        let args = [
+            "fanout",
+            &url,
+            "-c",
+            "400",
+            "-d",
+            "1s",
+            "--warmup",
+            "1s",
+            "--rate",
+            "20",
+            "--procs",
+            procs,
+            "--threads",
+            "1",
+        ];
+        let what = format!("warm-up, {procs} process(es)");
+        let json = complete_fanout(&args, 400, 18, &what);
+        let published = json["published"].as_u64().unwrap();
+        assert!(published <= 21, "{what}: only the window's: {json:#}");
+        let sent = json["messages_sent"].as_u64().unwrap();
+        assert!(sent >= published + 18, "{what}: warm-up sent too: {json:#}");
+        assert_eq!(
+            json["messages_received"].as_u64().unwrap(),
+            sent * 400,
+            "{what}"
+        );
+        assert_eq!(
+            json["latency_us"]["count"].as_u64().unwrap(),
+            published * 400,
+            "{what}"
+        );
+        assert_eq!(json["warmup_s"], 1.0, "{what}");
+    }
 }
 
 #[test]
@@ -259,6 +297,7 @@ fn usage_errors_exit_2_and_failed_runs_exit_1_with_a_reason() {
         &["echo", "ws://127.0.0.1:1/", "--size", "4"],
         &["fanout", "ws://127.0.0.1:1/t/", "--topics", "3"],
         &["idle", "ws://127.0.0.1:1/", "--source-ips", "10.0.0.1"],
+        &["idle", "ws://127.0.0.1:1/", "--warmup", "1s"],
     ] {
         let output = loadgen().args(args).output().unwrap();
         assert_eq!(

@@ -229,7 +229,7 @@ impl<T: Traffic> Worker<'_, T> {
             match event {
                 Event::Message(kind, payload) => {
                     self.tally.messages_received += 1;
-                    if sending {
+                    if sending && at.now_ns >= self.go_ns {
                         self.tally.received_in_window += 1;
                     }
                     let mut link = Link {
@@ -240,6 +240,7 @@ impl<T: Traffic> Worker<'_, T> {
                         slot,
                         due_ns: conn.due_ns,
                         sending,
+                        go_ns: self.go_ns,
                     };
                     match self
                         .traffic
@@ -306,6 +307,7 @@ impl<T: Traffic> Worker<'_, T> {
             slot,
             due_ns: conn.due_ns,
             sending,
+            go_ns: self.go_ns,
         };
         let verdict = callback(&mut self.traffic, &mut conn.state, &mut link);
         let fed = match verdict {

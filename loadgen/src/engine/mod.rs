@@ -235,6 +235,11 @@ impl<'a, T: Traffic> Worker<'a, T> {
                 now_ns: clock::now_ns(),
                 instant: Instant::now(),
             };
+            if self.stage == Stage::Ramp && !self.control.aborted() {
+                // The window may have opened while the loop slept: what woke it may be the
+                // first message, which must be judged against the window.
+                self.begin_when_due(at);
+            }
             for event in events.iter() {
                 if event.token() == ALARM {
                     self.alarm.clear();
@@ -276,10 +281,8 @@ impl<'a, T: Traffic> Worker<'a, T> {
                 }
                 if aborted {
                     self.enter_closing(at);
-                } else if let Some((go_ns, stop_ns)) = self.control.window()
-                    && at.now_ns >= go_ns
-                {
-                    self.begin_measure(go_ns, stop_ns, at);
+                } else {
+                    self.begin_when_due(at);
                 }
             }
             Stage::Measure { stop_ns } => {
@@ -308,8 +311,21 @@ impl<'a, T: Traffic> Worker<'a, T> {
         true
     }
 
+    /// Starts the traffic once the window is set and its warm-up (`go_ns` less `--warmup`) has
+    /// begun.
+    fn begin_when_due(&mut self, at: At) {
+        if let Some((go_ns, stop_ns)) = self.control.window()
+            && at.now_ns >= go_ns.saturating_sub(ns(self.plan.warmup))
+        {
+            self.begin_measure(go_ns, stop_ns, at);
+        }
+    }
+
+    /// Starts the traffic: at the warm-up's start (what arrives stamped before `go_ns` is not
+    /// counted).
     fn begin_measure(&mut self, go_ns: u64, stop_ns: u64, at: At) {
         self.go_ns = go_ns;
+        let start_ns = go_ns.saturating_sub(ns(self.plan.warmup));
         self.stage = Stage::Measure { stop_ns };
         self.retries.clear();
         for slot in 0..self.conns.len() {
@@ -318,7 +334,7 @@ impl<'a, T: Traffic> Worker<'a, T> {
                 self.end_pending(slot, Reason::RampTimeout);
             }
         }
-        self.traffic.begin(go_ns);
+        self.traffic.begin(start_ns);
         for slot in 0..self.conns.len() {
             self.with_link(slot, at, |traffic, state, link| {
                 traffic.started(state, link);
@@ -326,7 +342,7 @@ impl<'a, T: Traffic> Worker<'a, T> {
             });
         }
         if let Dials::Cycle { rate, pacer, .. } = &mut self.dials {
-            *pacer = Some(Pacer::new(go_ns, *rate, u64::MAX));
+            *pacer = Some(Pacer::new(start_ns, *rate, u64::MAX));
         }
     }
 

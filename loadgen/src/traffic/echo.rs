@@ -117,8 +117,10 @@ impl Traffic for Echo {
             return Verdict::Fail(Reason::BadPayload);
         }
         conn.in_flight -= 1;
-        link.tally
-            .record_latency(link.now_ns.saturating_sub(stamp.sent_ns));
+        if link.measured(stamp.sent_ns) {
+            link.tally
+                .record_latency(link.now_ns.saturating_sub(stamp.sent_ns));
+        }
         if link.sending {
             match self.schedule {
                 None => self.send(conn, link, link.now_ns),

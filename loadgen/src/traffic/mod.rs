@@ -41,11 +41,19 @@ pub struct Link<'a> {
     pub slot: usize,
     /// When this connection's dial was due (churn measures cycles from it).
     pub due_ns: u64,
-    /// Whether the measurement window is open (new messages may be sent).
+    /// Whether traffic runs (the warm-up or the measurement window: new messages may be sent).
     pub sending: bool,
+    /// When the measurement begins: messages stamped earlier are warm-up, not counted.
+    pub go_ns: u64,
 }
 
 impl Link<'_> {
+    /// Whether a message stamped `sent_ns` counts (it was sent in the measurement window, not
+    /// during the warm-up).
+    pub fn measured(&self, sent_ns: u64) -> bool {
+        sent_ns >= self.go_ns
+    }
+
     /// Sends `payload` (which the protocol masks in place) and counts it.
     pub fn send(&mut self, kind: MessageKind, payload: &mut [u8]) {
         if self.ws.send_in_place(kind, payload, self.tx).is_ok() {

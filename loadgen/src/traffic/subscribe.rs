@@ -50,6 +50,7 @@ impl Subscribe {
             // A message from a publisher of another topic.
             return Verdict::Fail(Reason::BadPayload);
         };
+        let measured = link.measured(stamp.sent_ns);
         let fanout = &mut link.tally.fanout;
         match tracker.arrive(stamp.count()) {
             Arrival::Duplicate => {
@@ -59,9 +60,11 @@ impl Subscribe {
             Arrival::OutOfOrder => fanout.out_of_order += 1,
             Arrival::InOrder => {}
         }
-        fanout.delivered[conn.topic] += 1;
-        link.tally
-            .record_latency(link.now_ns.saturating_sub(stamp.sent_ns));
+        if measured {
+            fanout.delivered[conn.topic] += 1;
+            link.tally
+                .record_latency(link.now_ns.saturating_sub(stamp.sent_ns));
+        }
         Verdict::Continue
     }
 }
