@@ -6,13 +6,17 @@
 # read by `clarion-loadgen --server-pid`), publish-to-receive percentiles, missing/duplicates/out-of-order, and the
 # server's RSS per idle subscriber.
 #
-# Usage: scripts/bench-fanout.sh   (SUBSCRIBERS="5000 10000" RATES="10 50" SIZE=64 DURATION=10s)
+# WARMUP (default 2s) runs the traffic before the measurement without counting it (see
+# `--warmup` in docs/loadgen.md); WARMUP=0s measures from the first message.
+#
+# Usage: scripts/bench-fanout.sh   (SUBSCRIBERS="5000 10000" RATES="10 50" SIZE=64 DURATION=10s WARMUP=2s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUBSCRIBERS=${SUBSCRIBERS:-"5000 10000"}
 RATES=${RATES:-"10 50"}
 SIZE=${SIZE:-64}
 DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
 IDLE=${IDLE:-15000}
 source scripts/lib/bench.sh
 bench_setup fanout
@@ -21,8 +25,8 @@ for subs in $SUBSCRIBERS; do
   for rate in $RATES; do
     port=$(free_port); start_server "$port"
     taskset -c 1 "$LOADGEN" fanout "ws://127.0.0.1:$port/t/" -c "$subs" --rate "$rate" -s "$SIZE" \
-      -d "$DURATION" --threads 1 --topics 1 --publishers 1 --server-pid "$server_pid" \
-      --json "$OUT/fanout-$subs-$rate.json" >/dev/null
+      -d "$DURATION" --warmup "$WARMUP" --threads 1 --topics 1 --publishers 1 \
+      --server-pid "$server_pid" --json "$OUT/fanout-$subs-$rate.json" >/dev/null
     stop_server
   done
 done
