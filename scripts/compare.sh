@@ -10,7 +10,9 @@
 #   fanout    5,000 /t/<topic> subscribers of one topic, one WebSocket publisher of 64-byte
 #             messages at 10 msgs/s (every server keeps up: latency and CPU per delivery) and at
 #             50 msgs/s (250,000 deliveries/s offered, more than one core of some servers can
-#             write: deliveries/s): deliveries/s, p99, server CPU per delivery
+#             write: deliveries/s): deliveries/s, p99, server CPU per delivery; after a 2 s
+#             warm-up (`--warmup`: sent, not counted) so fresh connections' first seconds do
+#             not weigh on every server's steady state
 #   idle      15,000 idle connections: server RSS growth per connection
 #
 # Server CPU is user + system time from /proc/PID/stat over the loadgen's measurement window
@@ -20,7 +22,8 @@
 # Usage: scripts/compare.sh [--quick] [--rounds N]
 #   --quick      smoke run (about 2 minutes): 1 round, short windows, charts into the output
 #                directory instead of docs/
-#   environment: ROUNDS=3 ECHO_DURATION=5s FANOUT_DURATION=8s FANOUT_RATES="10 50" IDLE_DURATION=2s
+#   environment: ROUNDS=3 ECHO_DURATION=5s FANOUT_DURATION=8s FANOUT_WARMUP=2s FANOUT_RATES="10 50"
+#                IDLE_DURATION=2s
 #                SERVERS="clarion-epoll clarion-uring tokio-tungstenite fastwebsockets"
 #                CHARTS=docs
 set -euo pipefail
@@ -42,6 +45,7 @@ fi
 ROUNDS=${ROUNDS:-3}
 ECHO_DURATION=${ECHO_DURATION:-5s}
 FANOUT_DURATION=${FANOUT_DURATION:-8s}
+FANOUT_WARMUP=${FANOUT_WARMUP:-2s}
 FANOUT_RATES=${FANOUT_RATES:-"10 50"}
 IDLE_DURATION=${IDLE_DURATION:-2s}
 SERVERS=${SERVERS:-"clarion-epoll clarion-uring tokio-tungstenite fastwebsockets"}
@@ -114,7 +118,7 @@ for round in $(seq "$ROUNDS"); do
     for server in "${order[@]}"; do
       echo "round $round/$ROUNDS: fanout -c $SUBSCRIBERS --rate $rate, $server" >&2
       measure "$server" "fanout$rate-$server-$round" fanout "ws://127.0.0.1:PORT/t/" \
-        -c "$SUBSCRIBERS" --rate "$rate" -s 64 -d "$FANOUT_DURATION" --topics 1 --publishers 1
+        -c "$SUBSCRIBERS" --rate "$rate" -s 64 -d "$FANOUT_DURATION" --warmup "$FANOUT_WARMUP" --topics 1 --publishers 1
     done
   done
   for server in "${order[@]}"; do
