@@ -83,28 +83,34 @@ fn expect_message(subscribers: &mut [TcpStream], payload: &str) {
 fn fanout_reuses_write_queues_instead_of_allocating_per_subscriber() {
     // More subscribers on one reactor than its pool keeps regardless of use (1,024).
     const SUBSCRIBERS: usize = 3_000;
-    const MESSAGES: u64 = 20;
+    const MESSAGES: usize = 21;
     IGNORED.with(|ignored| ignored.set(true));
     let runtime = start_app(|config| config.threads = 1, AppConfig::default());
     let addr = runtime.local_addr();
     let mut subscribers: Vec<TcpStream> = (0..SUBSCRIBERS)
         .map(|_| subscribe(addr, "/t/alloc"))
         .collect();
-    // Warm up: the first message lends a queue to every subscriber.
-    publish(addr, "warm");
-    expect_message(&mut subscribers, "warm");
 
     let before = ALLOCATIONS.load(Ordering::Relaxed);
-    for i in 0..MESSAGES {
-        let payload = format!("m{i}");
-        publish(addr, &payload);
-        expect_message(&mut subscribers, &payload);
+    let payloads: Vec<String> = (0..MESSAGES).map(|i| format!("m{i}")).collect();
+    for payload in &payloads {
+        publish(addr, payload);
+        // One subscriber has it: its fanout ran in a reactor turn of its own, before the next
+        // publish arrives (one turn's messages would share the queues).
+        expect_message(&mut subscribers[..1], payload);
     }
-    let per_message = (ALLOCATIONS.load(Ordering::Relaxed) - before) / MESSAGES;
-    // Each publish is a new HTTP connection, a request and a framed message: some tens of
-    // allocations. One per subscriber would be thousands.
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    for payload in &payloads {
+        expect_message(&mut subscribers[1..], payload);
+    }
+    // The first message lends a queue to every subscriber (up to 2 allocations each), and the
+    // pool may give the spare ones back if a second passes between two messages (a loaded
+    // machine): allow that twice over. Each publish is also a new HTTP connection, a request
+    // and a framed message: some tens of allocations. A queue per subscriber per message would
+    // be over 80,000.
+    let allowed = 3 * 2 * SUBSCRIBERS + MESSAGES * 100;
     assert!(
-        per_message < 100,
-        "{per_message} allocations per message to {SUBSCRIBERS} subscribers"
+        allocations < allowed as u64,
+        "{allocations} allocations for {MESSAGES} messages to {SUBSCRIBERS} subscribers"
     );
 }
