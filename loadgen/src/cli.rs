@@ -78,6 +78,11 @@ pub struct Common {
     /// (TCP quick-ACK mode, cold caches) do not weigh on the steady-state figures.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub warmup: Duration,
+    /// Receive coalescing, like a network card's interrupt moderation: while traffic flows,
+    /// each loop polls its sockets once per this period instead of sleeping on them, so senders
+    /// on loopback stop paying for waking it (adds up to one period of latency; 0 = off).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub coalesce: Duration,
     /// Event-loop threads per process [default: available cores].
     #[arg(long)]
     pub threads: Option<usize>,

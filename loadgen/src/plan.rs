@@ -138,6 +138,8 @@ pub struct Plan {
     pub duration: Duration,
     /// Traffic before the measurement, not counted.
     pub warmup: Duration,
+    /// Receive coalescing period (0: off).
+    pub coalesce: Duration,
     /// Event loops per process.
     pub threads: usize,
     /// Processes.
@@ -217,6 +219,9 @@ impl Plan {
         if !common.warmup.is_zero() && !matches!(mode, Mode::Echo(_) | Mode::Fanout(_)) {
             return Err("--warmup applies to echo and fanout only".into());
         }
+        if common.coalesce > Duration::from_millis(100) {
+            return Err("--coalesce must be at most 100ms".into());
+        }
         if common.retries > 100 {
             return Err(format!(
                 "--retries must be at most 100, not {}",
@@ -233,6 +238,7 @@ impl Plan {
             connections,
             duration: common.duration,
             warmup: common.warmup,
+            coalesce: common.coalesce,
             threads,
             procs,
             ramp_rate: common.ramp_rate,

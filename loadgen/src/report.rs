@@ -84,6 +84,8 @@ pub struct Report {
     pub duration_s: f64,
     /// Traffic before the window, not counted (`--warmup`), seconds.
     pub warmup_s: f64,
+    /// Receive coalescing period (`--coalesce`; 0: off), microseconds.
+    pub coalesce_us: f64,
     /// Messages sent.
     pub messages_sent: u64,
     /// Messages received.
@@ -149,6 +151,7 @@ impl Report {
             closed_clean: tally.closed_clean,
             duration_s,
             warmup_s: plan.warmup.as_secs_f64(),
+            coalesce_us: plan.coalesce.as_secs_f64() * 1e6,
             messages_sent: tally.messages_sent,
             messages_received: tally.messages_received,
             throughput: tally.received_in_window as f64 / duration_s,
@@ -231,10 +234,14 @@ impl Report {
             self.threads,
             self.procs,
             self.duration_s,
-            if self.warmup_s > 0.0 {
-                format!(" after {:.1} s of warm-up", self.warmup_s)
-            } else {
-                String::new()
+            match (self.warmup_s > 0.0, self.coalesce_us > 0.0) {
+                (false, false) => String::new(),
+                (true, false) => format!(" after {:.1} s of warm-up", self.warmup_s),
+                (false, true) => format!(" (receive coalescing {:.0} µs)", self.coalesce_us),
+                (true, true) => format!(
+                    " after {:.1} s of warm-up (receive coalescing {:.0} µs)",
+                    self.warmup_s, self.coalesce_us
+                ),
             },
             targets.join(" ")
         );

@@ -193,8 +193,9 @@ fn fanout_delivers_every_message_once_to_2000_subscribers() {
     assert_eq!(json["subscribers"], 400);
 
     // A warm-up: its messages are sent, delivered and checked, but neither timed nor counted
-    // as published or delivered (in one process and across two).
-    for procs in ["1", "2"] {
+    // as published or delivered (in one process and across two, the first with receive
+    // coalescing, which must not lose or reorder anything either).
+    for (procs, coalesce) in [("1", "200us"), ("2", "0s")] {
         let args = [
             "fanout",
             &url,
@@ -210,6 +211,8 @@ fn fanout_delivers_every_message_once_to_2000_subscribers() {
             procs,
             "--threads",
             "1",
+            "--coalesce",
+            coalesce,
         ];
         let what = format!("warm-up, {procs} process(es)");
         let json = complete_fanout(&args, 400, 18, &what);
@@ -228,6 +231,8 @@ fn fanout_delivers_every_message_once_to_2000_subscribers() {
             "{what}"
         );
         assert_eq!(json["warmup_s"], 1.0, "{what}");
+        let coalesce_us = if coalesce == "0s" { 0.0 } else { 200.0 };
+        assert_eq!(json["coalesce_us"], coalesce_us, "{what}");
     }
 }
 
@@ -298,6 +303,7 @@ fn usage_errors_exit_2_and_failed_runs_exit_1_with_a_reason() {
         &["fanout", "ws://127.0.0.1:1/t/", "--topics", "3"],
         &["idle", "ws://127.0.0.1:1/", "--source-ips", "10.0.0.1"],
         &["idle", "ws://127.0.0.1:1/", "--warmup", "1s"],
+        &["echo", "ws://127.0.0.1:1/", "--coalesce", "1s"],
     ] {
         let output = loadgen().args(args).output().unwrap();
         assert_eq!(

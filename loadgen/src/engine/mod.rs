@@ -12,6 +12,7 @@
 //! dials during the measurement instead.
 
 mod alarm;
+mod coalesce;
 mod conn;
 mod events;
 mod pace;
@@ -33,6 +34,7 @@ use crate::plan::{Mode, Plan, Shard};
 use crate::tally::Tally;
 use crate::traffic::{self, Traffic, Verdict};
 use alarm::Alarm;
+use coalesce::Coalesce;
 use conn::{Conn, Life, Phase};
 use pace::Pacer;
 
@@ -203,6 +205,10 @@ impl<'a, T: Traffic> Worker<'a, T> {
 
     fn run(mut self) -> Tally {
         let mut events = Events::with_capacity(1024);
+        let mut coalesce = Coalesce::new(ns(self.plan.coalesce));
+        if !self.plan.coalesce.is_zero() {
+            crate::sys::tighten_timer_slack();
+        }
         loop {
             let now_ns = clock::now_ns();
             let at = At {
@@ -218,14 +224,21 @@ impl<'a, T: Traffic> Worker<'a, T> {
                 self.send_scheduled(at);
             }
             self.control.live(self.loop_index).publish(&self.tally);
-            let before_poll_ns = clock::now_ns();
-            let wait = self.wait_ns(before_poll_ns);
+            let mut before_poll_ns = clock::now_ns();
+            let next = coalesce.next(before_poll_ns, self.wait_ns(before_poll_ns));
+            if let Some(until_ns) = next.sleep_until_ns {
+                std::thread::sleep(Duration::from_nanos(until_ns - before_poll_ns));
+                before_poll_ns = clock::now_ns();
+            }
+            let wait = next.timeout_ns;
             if wait > 0 && wait < PRECISE_BELOW_NS {
                 self.alarm.arm(before_poll_ns + wait);
             }
-            if let Err(e) = self
+            let polled = self
                 .poll
-                .poll(&mut events, Some(Duration::from_nanos(wait)))
+                .poll(&mut events, Some(Duration::from_nanos(wait)));
+            coalesce.polled(before_poll_ns, !events.is_empty());
+            if let Err(e) = polled
                 && e.kind() != io::ErrorKind::Interrupted
             {
                 // The poll itself broke: nothing can be served any more; end cleanly.
