@@ -47,10 +47,16 @@ impl Wake for Waker {
     }
 }
 
-/// sendmsg(2) with `MSG_NOSIGNAL`: the socket layer directly (no VFS file-position lock, as
-/// writev takes), and a reset peer is an error rather than a SIGPIPE.
+/// send(2) or sendmsg(2) with `MSG_NOSIGNAL`: the socket layer directly (no VFS file-position
+/// lock, as write and writev take), and a reset peer is an error rather than a SIGPIPE.
 fn send(socket: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-    socket2::SockRef::from(socket).send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL)
+    let socket = socket2::SockRef::from(socket);
+    match bufs {
+        // One slice (a corked turn, one shared frame): send(2) skips sendmsg's copy-in of a
+        // message header and an iovec array.
+        [one] => socket.send_with_flags(one, libc::MSG_NOSIGNAL),
+        _ => socket.send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL),
+    }
 }
 
 impl Backend for Epoll {
