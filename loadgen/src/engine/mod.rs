@@ -3,12 +3,14 @@
 //! Each loop owns its sockets, one read buffer and one write buffer for all of them; a
 //! connection borrows a receive or backlog buffer only while it has a partial frame or unsent
 //! bytes. Per turn: advance the stage, dial what the pacer releases, expire deadlines, send what
-//! the mode's schedule has due, wait for readiness, then for each ready socket read until it is
-//! drained, hand the frames to the mode and write everything it queued with one `write`.
+//! the mode's schedule has due, wait for readiness (or, with `--coalesce`, sleep and poll), then
+//! for each ready socket read until it is drained, hand the frames to the mode and write
+//! everything it queued with one `write`.
 //!
 //! Stages: ramp (dial every slot at the ramp rate, retry connect errors with backoff) → measure
-//! (from the coordinator's go instant to its stop instant) → drain (wait for replies in flight)
-//! → closing (close handshakes, bounded by `--close-timeout`) → done. Churn skips the ramp and
+//! (from the warm-up's start, the coordinator's go instant less `--warmup`, to its stop instant;
+//! what is stamped before go is checked but not counted) → drain (wait for replies in flight) →
+//! closing (close handshakes, bounded by `--close-timeout`) → done. Churn skips the ramp and
 //! dials during the measurement instead.
 
 mod alarm;
