@@ -164,6 +164,8 @@ pub const JSON_KEYS: &[&str] = &[
     "retries",
     "closed_clean",
     "duration_s",
+    "warmup_s",
+    "coalesce_us",
     "messages_sent",
     "messages_received",
     "throughput",
