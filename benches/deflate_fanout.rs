@@ -7,9 +7,9 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use clarion::protocol::MessageKind;
-use clarion::protocol::deflate::Deflater;
-use clarion::pubsub::{shared_compressed_frame, shared_frame};
+use clarion_protocol::MessageKind;
+use clarion_protocol::deflate::Deflater;
+use clarion_pubsub::{shared_compressed_frame, shared_frame};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 const SUBSCRIBERS: usize = 1000;

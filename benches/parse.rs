@@ -4,8 +4,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use clarion::protocol::handshake::Request;
-use clarion::protocol::{Config, Connection, MessageKind};
+use clarion_protocol::handshake::Request;
+use clarion_protocol::{Config, Connection, MessageKind};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const BROWSER_REQUEST: &[u8] = b"GET /echo HTTP/1.1\r\nHost: localhost:9001\r\nConnection: Upgrade\r\n\
@@ -68,7 +68,7 @@ fn frames(c: &mut Criterion) {
                 let mut input = &mut buf[..];
                 let mut total = 0;
                 while let Some(event) = server.read(&mut input, &mut rx, now, &config, &mut out) {
-                    if let clarion::protocol::Event::Message(_, payload) = event {
+                    if let clarion_protocol::Event::Message(_, payload) = event {
                         total += payload.len();
                     }
                 }

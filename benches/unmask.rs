@@ -3,7 +3,7 @@
 
 use std::hint::black_box;
 
-use clarion::protocol::mask::{apply_mask_with, available_paths};
+use clarion_protocol::mask::{apply_mask_with, available_paths};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 const SIZES: [usize; 4] = [64, 1460, 16384, 1 << 20];

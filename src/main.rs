@@ -37,7 +37,13 @@ fn main() -> ExitCode {
         // stderr itself is gone (a closed pipe): lose the log line, keep the thread.
         .log_internal_errors(false)
         .init();
-    let fd_limit = clarion::server::config::raise_fd_limit();
+    let fd_limit = match clarion_host::raise_fd_limit() {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!("cannot raise RLIMIT_NOFILE: {e}");
+            clarion_host::fd_limit()
+        }
+    };
     let settings = match Settings::resolve(flags) {
         Ok(settings) => settings,
         Err(message) => {

@@ -77,9 +77,9 @@ impl Drop for Node {
 /// `--io` for the backend under test.
 fn io_flag() -> &'static str {
     match common::io() {
-        clarion::reactor::Io::Epoll => "epoll",
-        clarion::reactor::Io::Uring => "uring",
-        clarion::reactor::Io::Auto => "auto",
+        clarion_engine::Io::Epoll => "epoll",
+        clarion_engine::Io::Uring => "uring",
+        clarion_engine::Io::Auto => "auto",
     }
 }
 

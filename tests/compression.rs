@@ -13,8 +13,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use clarion::reactor::{CompressionConfig, Policy, Runtime};
 use clarion::server::AppConfig;
+use clarion_engine::{CompressionConfig, Policy, Runtime};
 use common::*;
 
 fn server(policy: Policy) -> Runtime {

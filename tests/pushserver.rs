@@ -7,11 +7,11 @@ use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use clarion::pubsub::HubConfig;
-use clarion::reactor::Runtime;
 use clarion::server::AppConfig;
 use clarion::server::auth::AuthMode;
 use clarion::server::state::SlowConsumer;
+use clarion_engine::Runtime;
+use clarion_pubsub::HubConfig;
 use common::*;
 use serde_json::{Value, json};
 use tungstenite::protocol::frame::coding::CloseCode;

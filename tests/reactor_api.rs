@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use clarion::protocol::handshake::Request;
-use clarion::protocol::{MessageKind, frame};
-use clarion::reactor::{
+use clarion_engine::{
     self, Answer, ConnId, Ctx, Handler, Local, Mailboxes, Push, Response, Runtime, Shared,
 };
+use clarion_protocol::handshake::Request;
+use clarion_protocol::{MessageKind, frame};
 use common::*;
 
 /// Subscribers on `/sub`; `POST /pub` broadcasts its body to all of them, on every reactor.
@@ -42,7 +42,7 @@ impl Handler for Broadcast {
             },
             ("POST", "/pub") => {
                 let frame: Arc<[u8]> =
-                    frame::encode_frame(clarion::protocol::OpCode::Binary, body).into();
+                    frame::encode_frame(clarion_protocol::OpCode::Binary, body).into();
                 for reactor in 0..self.mailboxes.len() {
                     self.mailboxes.post(reactor, frame.clone());
                 }
@@ -58,12 +58,7 @@ impl Handler for Broadcast {
 
     fn on_message(&mut self, _ctx: &mut Ctx<'_, ()>, _kind: MessageKind, _payload: &[u8]) {}
 
-    fn on_close(
-        &mut self,
-        id: ConnId,
-        _conn: &mut (),
-        _code: Option<clarion::protocol::CloseCode>,
-    ) {
+    fn on_close(&mut self, id: ConnId, _conn: &mut (), _code: Option<clarion_protocol::CloseCode>) {
         self.subscribers.retain(|&s| s != id);
     }
 
@@ -77,16 +72,16 @@ impl Handler for Broadcast {
 }
 
 fn start_broadcast(max_queued: usize, full: Arc<AtomicU64>) -> Runtime {
-    let config = reactor::Config {
+    let config = clarion_engine::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         threads: 2,
         pin_threads: false,
         io: io(),
-        protocol: clarion::protocol::Config {
+        protocol: clarion_protocol::Config {
             max_body_size: 65536,
             ..Default::default()
         },
-        ..reactor::Config::default()
+        ..clarion_engine::Config::default()
     };
     Runtime::start(config, move |_, shared: &Shared<Arc<[u8]>>| {
         Ok(Broadcast {

@@ -18,10 +18,10 @@
 
 use std::time::{Duration, Instant};
 
-use clarion::protocol::deflate::{self, Deflater, MIN_WINDOW_BITS, MessageInflater, Params, Wants};
-use clarion::protocol::frame::MAX_HEADER_LEN;
-use clarion::protocol::handshake::write_response;
-use clarion::protocol::{Config, Connection, Event, MessageKind, State};
+use clarion_protocol::deflate::{self, Deflater, MIN_WINDOW_BITS, MessageInflater, Params, Wants};
+use clarion_protocol::frame::MAX_HEADER_LEN;
+use clarion_protocol::handshake::write_response;
+use clarion_protocol::{Config, Connection, Event, MessageKind, State};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -244,7 +244,7 @@ impl Server {
     }
 }
 
-/// What the reactor wants under each policy (see `reactor::compression`).
+/// What the reactor wants under each policy (see `clarion_engine::compression`).
 fn wants(options: u8) -> Wants {
     let shared = options & SERVER_NO_TAKEOVER != 0;
     Wants {

@@ -11,7 +11,7 @@
 //!   back.
 #![no_main]
 
-use clarion::protocol::deflate::{
+use clarion_protocol::deflate::{
     ClientOffer, Deflater, InflateError, Inflater, MAX_WINDOW_BITS, MIN_WINDOW_BITS, Params, Wants,
     negotiate,
 };

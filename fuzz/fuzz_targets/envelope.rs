@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use clarion::protocol::MessageKind;
-use clarion::pubsub::{Epoch, Format, Message, Payload, validate_topic};
+use clarion_protocol::MessageKind;
+use clarion_pubsub::{Epoch, Format, Message, Payload, validate_topic};
 use clarion::server::envelope::{
     Command, Id, format_of, parse_command, render_ack, render_delivery, render_published,
     render_subscribed,

@@ -6,8 +6,8 @@
 //! masking whole, and masking twice restores the input.
 #![no_main]
 
-use clarion::protocol::frame::{MAX_HEADER_LEN, decode_header, encode_header, header_len};
-use clarion::protocol::mask::{MaskPath, apply_mask, apply_mask_with, available_paths};
+use clarion_protocol::frame::{MAX_HEADER_LEN, decode_header, encode_header, header_len};
+use clarion_protocol::mask::{MaskPath, apply_mask, apply_mask_with, available_paths};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -7,12 +7,12 @@
 //! value, and every answer written is a complete HTTP response with the right status.
 #![no_main]
 
-use clarion::protocol::deflate::{self, Wants};
-use clarion::protocol::handshake::{Accept, HeadError, Request};
+use clarion_protocol::deflate::{self, Wants};
+use clarion_protocol::handshake::{Accept, HeadError, Request};
 use clarion::server::auth::{self, ApiKey, Jwt, Origins};
 use libfuzzer_sys::fuzz_target;
 
-/// The defaults of `protocol::Config`, and a small pair.
+/// The defaults of `clarion_protocol::Config`, and a small pair.
 const LIMITS: [(usize, usize); 2] = [(8 << 10, 64), (256, 4)];
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io;
 
-use clarion::protocol::handshake::ClientError;
+use clarion_protocol::handshake::ClientError;
 
 /// One reason a connection did not reach, or did not stay in, the open state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clarion::protocol::MessageKind;
+use clarion_protocol::MessageKind;
 
 use crate::cli::{self, ModeArgs, Protocol, PublishVia};
 use crate::sources::{Pairs, parse_source_ips};

@@ -10,8 +10,8 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use clarion::protocol::handshake::ClientHandshake;
-use clarion::protocol::{self, CloseCode, Connection, Event, MessageKind};
+use clarion_protocol::handshake::ClientHandshake;
+use clarion_protocol::{CloseCode, Connection, Event, MessageKind};
 
 use crate::cli::{Protocol, PublishVia};
 use crate::clock::{self, ns};
@@ -160,7 +160,7 @@ struct WsPublisher {
     rbuf: Vec<u8>,
     tx: Vec<u8>,
     command: Vec<u8>,
-    config: protocol::Config,
+    config: clarion_protocol::Config,
     timeout: Duration,
 }
 
@@ -213,9 +213,9 @@ impl WsPublisher {
             rbuf,
             tx: Vec::new(),
             command: Vec::new(),
-            config: protocol::Config {
+            config: clarion_protocol::Config {
                 ping_interval: None,
-                ..protocol::Config::default()
+                ..clarion_protocol::Config::default()
             },
             timeout,
         };

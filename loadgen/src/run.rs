@@ -19,7 +19,7 @@ use crate::control::Control;
 use crate::plan::{Mode, Plan};
 use crate::progress::Progress;
 use crate::server::{CpuSampler, ServerWatch};
-use crate::sys::{self, CpuTime};
+use crate::sys::CpuTime;
 use crate::tally::Tally;
 use crate::{engine, publisher};
 
@@ -75,7 +75,8 @@ pub fn run_process(
     progress: &mut Progress,
     server: &mut Option<ServerWatch>,
 ) -> Result<ProcessResult, String> {
-    let fd_limit = sys::raise_fd_limit().map_err(|e| format!("cannot set RLIMIT_NOFILE: {e}"))?;
+    let fd_limit =
+        clarion_host::raise_fd_limit().map_err(|e| format!("cannot set RLIMIT_NOFILE: {e}"))?;
     let control = Arc::new(Control::new(plan.threads));
     for signal in [SIGINT, SIGTERM] {
         signal_hook::flag::register(signal, control.abort_flag())

@@ -1,41 +1,9 @@
-//! The few operating-system facts and knobs the loadgen needs: the file-descriptor limit, a
-//! private descriptor table per thread, its own CPU time, and another process's resident memory.
+//! The few operating-system facts and knobs the loadgen needs beside `clarion_host`'s: timer
+//! slack, its own CPU time, and another process's resident memory.
 
 use std::io;
 
 use serde::{Deserialize, Serialize};
-
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the limit now in force.
-pub fn raise_fd_limit() -> io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid, writable rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        limit.rlim_cur = limit.rlim_max;
-        // SAFETY: `limit` is a valid rlimit whose soft value does not exceed the hard one.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(limit.rlim_cur)
-}
-
-/// Gives the calling thread its own copy of the descriptor table, so its sockets count against
-/// `RLIMIT_NOFILE` on their own. The thread must keep its descriptors to itself (it does: an
-/// event loop never shares its sockets), and they close when it exits.
-pub fn unshare_fd_table() -> io::Result<()> {
-    // SAFETY: unshare(CLONE_FILES) only affects the calling thread's descriptor table; no memory
-    // is passed.
-    if unsafe { libc::unshare(libc::CLONE_FILES) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
 
 /// Lets the calling thread's sleeps end on time: the default timer slack (50 µs) would make a
 /// paced sender late by up to that much.
@@ -135,19 +103,11 @@ mod tests {
 
     #[test]
     fn reads_own_facts() {
-        assert!(raise_fd_limit().unwrap() >= 1024);
         assert!(rss_kib(std::process::id()).unwrap() > 0);
         let spin: u64 = (0..2_000_000u64).map(std::hint::black_box).sum();
         assert!(spin > 0);
         assert!(CpuTime::of_self().total_s() > 0.0);
         assert_eq!(parse_vm_rss("Name: x\nVmRSS:\t  1234 kB\n"), Some(1234));
         assert_eq!(parse_vm_rss("Name: x\n"), None);
-    }
-
-    #[test]
-    fn a_thread_can_take_a_private_fd_table() {
-        std::thread::spawn(|| unshare_fd_table().unwrap())
-            .join()
-            .unwrap();
     }
 }

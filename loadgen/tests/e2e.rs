@@ -365,7 +365,7 @@ fn a_server_that_hangs_up_after_the_upgrade_counts_as_dropped() {
                 .trim()
                 .to_owned();
             let mut answer = Vec::new();
-            clarion::protocol::handshake::Accept::for_key(key.as_bytes()).write_response(
+            clarion_protocol::handshake::Accept::for_key(key.as_bytes()).write_response(
                 None,
                 None,
                 &mut answer,

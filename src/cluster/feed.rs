@@ -23,8 +23,8 @@ use redis::{Client, Connection, Msg, PubSub, RedisError, RedisResult, Value};
 use super::link::{Backoff, Link};
 use super::presence::Presence;
 use super::{CONNECT_TIMEOUT, IO_TIMEOUT, keys, wire};
-use crate::pubsub::{Delivered, Epoch, Hub, Interest, Message, Post, Reactors};
-use crate::reactor::Mailboxes;
+use clarion_engine::Mailboxes;
+use clarion_pubsub::{Delivered, Epoch, Hub, Interest, Message, Post, Reactors};
 
 /// Longest wait for a Pub/Sub message before looking for new interest.
 const POLL: Duration = Duration::from_millis(10);

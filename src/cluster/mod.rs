@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::pubsub::{Epoch, Hub, HubConfig, Interest, Payload, Post};
-use crate::reactor::Mailboxes;
+use clarion_engine::Mailboxes;
+use clarion_pubsub::{Epoch, Hub, HubConfig, Interest, Payload, Post};
 pub use link::ClusterStats;
 use link::Link;
 use presence::Presence;

@@ -12,7 +12,7 @@ use redis::{Connection, RedisResult};
 
 use super::keys;
 use super::wire::unix_micros;
-use crate::pubsub::Hub;
+use clarion_pubsub::Hub;
 
 /// How long a node stays in the node set without a heartbeat: far longer than a hash's TTL, so
 /// clock differences between nodes cannot drop a live one.

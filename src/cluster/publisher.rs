@@ -17,7 +17,7 @@ use redis::{Client, Connection, RedisError, Value};
 use super::link::{Backoff, Link};
 use super::wire::format_code;
 use super::{CONNECT_TIMEOUT, IO_TIMEOUT, keys};
-use crate::pubsub::Payload;
+use clarion_pubsub::Payload;
 
 /// Most publishes in one pipeline.
 const BATCH: usize = 256;

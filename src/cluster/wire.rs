@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::Value;
 
-use crate::pubsub::{Format, Message, Payload};
+use clarion_pubsub::{Format, Message, Payload};
 
 /// The one-byte name of a format in Redis.
 pub(super) fn format_code(format: Format) -> &'static str {

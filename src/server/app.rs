@@ -23,15 +23,15 @@ use super::auth::Grants;
 use super::envelope::{self, Command, ErrorCode, Id, delivery_frame, format_of};
 use super::http;
 use super::state::{ClientPublish, Full, PublishError, Server, SlowConsumer};
-use crate::protocol::deflate::{Deflater, Params};
-use crate::protocol::handshake::Request;
-use crate::protocol::{CloseCode, MessageKind};
-use crate::pubsub::{
+use clarion_engine::{
+    Answer, CompressionConfig, ConnId, Ctx, Handler, Local, Policy, Push, Response,
+};
+use clarion_protocol::deflate::{Deflater, Params};
+use clarion_protocol::handshake::Request;
+use clarion_protocol::{CloseCode, MessageKind};
+use clarion_pubsub::{
     self, Message, Payload, Post, Registry, Subscribed, Subscriptions, frame_payload,
     shared_compressed_frame, shared_frame, validate_topic,
-};
-use crate::reactor::{
-    Answer, CompressionConfig, ConnId, Ctx, Handler, Local, Policy, Push, Response,
 };
 
 /// What a WebSocket connection is for, chosen by its path.
@@ -84,7 +84,7 @@ struct Parked {
     conn: ConnId,
     /// An envelope subscribe's id (its JSON text), to answer with; `None` if it had none.
     id: Option<Box<str>>,
-    resume: Option<pubsub::Resume>,
+    resume: Option<clarion_pubsub::Resume>,
     /// An envelope subscribe, answered when done; otherwise a `/t/` socket's own topic.
     envelope: bool,
 }
@@ -127,7 +127,7 @@ pub struct App {
 
 impl App {
     /// Reactor `index`'s handler.
-    pub fn new(server: Arc<Server>, index: usize) -> Result<App, pubsub::Error> {
+    pub fn new(server: Arc<Server>, index: usize) -> Result<App, clarion_pubsub::Error> {
         Ok(App {
             registry: Registry::new(server.hub.clone(), index)?,
             server,
@@ -306,7 +306,7 @@ impl App {
                     .subscribe(p.conn, &mut conn.subs, &topic, p.resume.as_ref(), now);
             let id = p.id.as_deref().map(Id::verbatim);
             match subscribed {
-                Err(pubsub::Error::Pending) => {
+                Err(clarion_pubsub::Error::Pending) => {
                     // The topic was given up and is wanted again: wait for the next sync.
                     self.park(&topic, p);
                 }
@@ -401,7 +401,7 @@ impl App {
         ctx: &mut Ctx<'_, Conn>,
         id: Option<Id<'_>>,
         topic: &str,
-        resume: Option<pubsub::Resume>,
+        resume: Option<clarion_pubsub::Resume>,
         out: &mut Vec<u8>,
     ) {
         let (conn_id, now) = (ctx.id(), ctx.now());
@@ -428,7 +428,7 @@ impl App {
                 .subscribe(conn_id, subs, topic, resume.as_ref(), now)
             {
                 Ok(subscribed) => Ok(subscribed),
-                Err(pubsub::Error::Pending) => {
+                Err(clarion_pubsub::Error::Pending) => {
                     let id = id.map(|id| Box::from(id.as_json()));
                     let parked = Parked {
                         conn: conn_id,
@@ -491,9 +491,11 @@ impl App {
 }
 
 /// The error answer to a subscribe the registry refused.
-fn subscribe_error(error: pubsub::Error) -> (ErrorCode, &'static str) {
+fn subscribe_error(error: clarion_pubsub::Error) -> (ErrorCode, &'static str) {
     match error {
-        pubsub::Error::TooManyTopics => (ErrorCode::TooManyTopics, "too many topics on the server"),
+        clarion_pubsub::Error::TooManyTopics => {
+            (ErrorCode::TooManyTopics, "too many topics on the server")
+        }
         _ => (ErrorCode::BadRequest, "cannot subscribe"),
     }
 }
@@ -579,7 +581,7 @@ impl Handler for App {
             self.update_gauge();
             match subscribed {
                 Ok(_) => {}
-                Err(pubsub::Error::Pending) => {
+                Err(clarion_pubsub::Error::Pending) => {
                     let parked = Parked {
                         conn: id,
                         id: None,

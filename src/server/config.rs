@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use clarion_host::parse_duration;
 use serde::Deserialize;
 
 use super::auth::AuthMode;
 use super::state::{AppConfig, ClientPublish, SlowConsumer};
 use crate::cluster::{self, ClusterConfig};
-use crate::protocol;
-use crate::pubsub::{HubConfig, MAX_REACTORS};
-use crate::reactor;
+
+use clarion_pubsub::{HubConfig, MAX_REACTORS};
 
 /// A configured secret (JWT key, API key): used as a `str`, never shown by `Debug`.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -418,7 +418,7 @@ impl Settings {
             ),
             (p.max_head_size < 256, "max_head_size must be at least 256"),
             (
-                p.max_headers == 0 || p.max_headers > protocol::handshake::MAX_HEADERS_CAP,
+                p.max_headers == 0 || p.max_headers > clarion_protocol::handshake::MAX_HEADERS_CAP,
                 "max_headers must be 1 to 100",
             ),
             (
@@ -500,13 +500,13 @@ impl Settings {
     }
 
     /// The compression settings (defaults where unset), for the engine and for fanout.
-    pub fn compression_config(&self) -> reactor::CompressionConfig {
-        let d = reactor::CompressionConfig::default();
-        reactor::CompressionConfig {
+    pub fn compression_config(&self) -> clarion_engine::CompressionConfig {
+        let d = clarion_engine::CompressionConfig::default();
+        clarion_engine::CompressionConfig {
             policy: match self.compression {
-                None | Some(CompressionChoice::Off) => reactor::Policy::Off,
-                Some(CompressionChoice::Shared) => reactor::Policy::Shared,
-                Some(CompressionChoice::PerConnection) => reactor::Policy::PerConnection,
+                None | Some(CompressionChoice::Off) => clarion_engine::Policy::Off,
+                Some(CompressionChoice::Shared) => clarion_engine::Policy::Shared,
+                Some(CompressionChoice::PerConnection) => clarion_engine::Policy::PerConnection,
             },
             level: self.compression_level.unwrap_or(d.level),
             window_bits: self.compression_window_bits.unwrap_or(d.window_bits),
@@ -528,9 +528,9 @@ impl Settings {
     }
 
     /// The engine configuration these settings describe (defaults where unset).
-    pub fn reactor_config(&self) -> reactor::Config {
-        let d = reactor::Config::default();
-        let p = protocol::Config::default();
+    pub fn reactor_config(&self) -> clarion_engine::Config {
+        let d = clarion_engine::Config::default();
+        let p = clarion_protocol::Config::default();
         let optional = |value: Option<Duration>, default| match value {
             Some(Duration::ZERO) => None,
             Some(v) => Some(v),
@@ -539,17 +539,17 @@ impl Settings {
         let max_connections_per_reactor = self
             .max_connections_per_reactor
             .unwrap_or(d.max_connections_per_reactor);
-        let default_files = fd_limit()
+        let default_files = clarion_host::fd_limit()
             .min(max_connections_per_reactor as u64)
             .min(u32::MAX as u64) as u32;
-        reactor::Config {
+        clarion_engine::Config {
             listen: self.listen.unwrap_or(d.listen),
             io: match self.io.unwrap_or(IoChoice::Auto) {
-                IoChoice::Auto => reactor::Io::Auto,
-                IoChoice::Epoll => reactor::Io::Epoll,
-                IoChoice::Uring => reactor::Io::Uring,
+                IoChoice::Auto => clarion_engine::Io::Auto,
+                IoChoice::Epoll => clarion_engine::Io::Epoll,
+                IoChoice::Uring => clarion_engine::Io::Uring,
             },
-            uring: reactor::UringConfig {
+            uring: clarion_engine::UringConfig {
                 entries: d.uring.entries,
                 files: self.uring_files.unwrap_or(default_files),
                 buffers: self.uring_buffers.unwrap_or(d.uring.buffers),
@@ -565,7 +565,7 @@ impl Settings {
                 .unwrap_or(d.max_connections_per_reactor),
             read_buffer_size: self.read_buffer_size.unwrap_or(d.read_buffer_size),
             drain_timeout: self.drain_timeout.unwrap_or(d.drain_timeout),
-            protocol: protocol::Config {
+            protocol: clarion_protocol::Config {
                 max_frame_size: self.max_frame_size.unwrap_or(p.max_frame_size),
                 max_message_size: self.max_message_size.unwrap_or(p.max_message_size),
                 max_head_size: self.max_head_size.unwrap_or(p.max_head_size),
@@ -582,59 +582,6 @@ impl Settings {
     }
 }
 
-/// The soft `RLIMIT_NOFILE`, which also caps an io_uring fixed-file table.
-fn fd_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit(2) fills the struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return 1024;
-    }
-    limit.rlim_cur
-}
-
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit (epoll sockets and io_uring tables are
-/// both bounded by it); returns the new soft limit.
-pub fn raise_fd_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write the struct they are given.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-    fd_limit()
-}
-
-/// Parses `250ms`, `10s`, `2m`, `1h` or `0`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?} (use e.g. 500ms, 10s, 2m)"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        "" if n == 0 => Ok(Duration::ZERO),
-        _ => Err(format!(
-            "invalid duration {text:?} (use e.g. 500ms, 10s, 2m)"
-        )),
-    }
-}
-
 fn de_duration<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
     let text = String::deserialize(de)?;
     parse_duration(&text)
@@ -645,17 +592,6 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("1.5s").is_err());
-    }
 
     #[test]
     fn flags_override_the_file_which_overrides_defaults() {
@@ -684,7 +620,7 @@ mod tests {
         })
         .unwrap();
         let mut config = example.reactor_config();
-        let defaults = reactor::Config::default();
+        let defaults = clarion_engine::Config::default();
         // Host-dependent defaults: the core count and the fd limit.
         config.threads = defaults.threads;
         config.uring.files = defaults.uring.files;

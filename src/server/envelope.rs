@@ -26,8 +26,8 @@ use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use crate::protocol::MessageKind;
-use crate::pubsub::{Epoch, Format, Message, Resume, shared_frame};
+use clarion_protocol::MessageKind;
+use clarion_pubsub::{Epoch, Format, Message, Resume, shared_frame};
 
 /// A request id exactly as the client wrote it: the JSON text of a number or a string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -517,7 +517,7 @@ fn push_base64(out: &mut Vec<u8>, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::{Hub, HubConfig, Payload};
+    use clarion_pubsub::{Hub, HubConfig, Payload};
     use proptest::prelude::*;
     use serde_json::{Value, json};
     use std::time::Instant;

@@ -2,12 +2,12 @@
 //! limit cannot hold the configured connections or `net.core.somaxconn` caps the backlog.
 //! (`scripts/tune-linux.sh check` goes through every setting.)
 
-use crate::reactor::{self, Io};
+use clarion_engine::Io;
 
 /// The warnings for `config` running on `io` with `max_connections` (0 = unlimited) under an
 /// fd limit of `fd_limit` and, if known, `somaxconn`.
 pub fn warnings(
-    config: &reactor::Config,
+    config: &clarion_engine::Config,
     io: Io,
     max_connections: usize,
     fd_limit: u64,
@@ -60,12 +60,12 @@ pub fn somaxconn() -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn config(threads: usize, private_fd_table: bool, backlog: i32) -> reactor::Config {
-        reactor::Config {
+    fn config(threads: usize, private_fd_table: bool, backlog: i32) -> clarion_engine::Config {
+        clarion_engine::Config {
             threads,
             private_fd_table,
             backlog,
-            ..reactor::Config::default()
+            ..clarion_engine::Config::default()
         }
     }
 

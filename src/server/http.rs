@@ -26,10 +26,10 @@ use serde_json::value::RawValue;
 use super::envelope::format_of;
 use super::metrics::{PROMETHEUS_CONTENT_TYPE, Prometheus, stats_json};
 use super::state::{PublishError, Server};
-use crate::protocol::MessageKind;
-use crate::protocol::handshake::Request;
-use crate::pubsub::{Format, Payload, validate_topic};
-use crate::reactor::Response;
+use clarion_engine::Response;
+use clarion_protocol::MessageKind;
+use clarion_protocol::handshake::Request;
+use clarion_pubsub::{Format, Payload, validate_topic};
 
 /// A JSON error body.
 pub fn error(status: u16, message: &str) -> Response {

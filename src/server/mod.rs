@@ -15,13 +15,13 @@ pub mod state;
 use std::io;
 use std::sync::{Arc, OnceLock};
 
-use crate::pubsub::MAX_REACTORS;
-use crate::reactor::{self, Runtime};
 use auth::AuthMode;
+use clarion_engine::Runtime;
+use clarion_pubsub::MAX_REACTORS;
 pub use state::AppConfig;
 
 /// Starts the server's reactors with the application settings `app`.
-pub fn start(mut config: reactor::Config, app: AppConfig) -> io::Result<Runtime> {
+pub fn start(mut config: clarion_engine::Config, app: AppConfig) -> io::Result<Runtime> {
     let invalid = |message: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, message));
     if config.threads > MAX_REACTORS {
         return invalid("the push server runs at most 64 reactors");

@@ -13,8 +13,8 @@ use super::auth::{ApiKey, AuthMode, Jwt, Origins};
 use super::config::Secret;
 use super::metrics::{Histogram, LatencyHistogram, ReactorMetrics, Snapshot};
 use crate::cluster::{BufferFull, Cluster, ClusterConfig};
-use crate::pubsub::{self, Epoch, Hub, HubConfig, Payload, Post};
-use crate::reactor::{CompressionConfig, Mailboxes, Shared, Stats};
+use clarion_engine::{CompressionConfig, Mailboxes, Shared, Stats};
+use clarion_pubsub::{Epoch, Hub, HubConfig, Payload, Post};
 
 /// How often, at most, the hub drops idle topics and expired history.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -42,7 +42,7 @@ pub enum SlowConsumer {
     Drop,
 }
 
-/// The push server's settings (the engine's are in [`crate::reactor::Config`]).
+/// The push server's settings (the engine's are in [`clarion_engine::Config`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppConfig {
     /// Whether `/t/` and `/ws` need a token.
@@ -143,7 +143,7 @@ pub enum Full {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PublishError {
     /// The hub refused (too many topics).
-    Hub(pubsub::Error),
+    Hub(clarion_pubsub::Error),
     /// Cluster mode: Redis is behind or down and the publish buffer is full.
     Cluster(BufferFull),
 }

@@ -8,38 +8,38 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use clarion::reactor::{self, Runtime};
 use clarion::server::AppConfig;
+use clarion_engine::Runtime;
 use tungstenite::WebSocket;
 
 /// The backend under test: `CLARION_TEST_IO=epoll|uring` (default: whatever `auto` picks).
-pub fn io() -> reactor::Io {
+pub fn io() -> clarion_engine::Io {
     match std::env::var("CLARION_TEST_IO").as_deref() {
-        Ok("epoll") => reactor::Io::Epoll,
-        Ok("uring") => reactor::Io::Uring,
+        Ok("epoll") => clarion_engine::Io::Epoll,
+        Ok("uring") => clarion_engine::Io::Uring,
         Ok(other) if !other.is_empty() => panic!("CLARION_TEST_IO={other}: use epoll or uring"),
-        _ => reactor::Io::Auto,
+        _ => clarion_engine::Io::Auto,
     }
 }
 
 /// Starts the server (default application settings) on 127.0.0.1 with a free port, two
 /// reactors, after `adjust`.
-pub fn start(adjust: impl FnOnce(&mut reactor::Config)) -> Runtime {
+pub fn start(adjust: impl FnOnce(&mut clarion_engine::Config)) -> Runtime {
     start_app(adjust, AppConfig::default())
 }
 
 /// [`start`] with application settings.
-pub fn start_app(adjust: impl FnOnce(&mut reactor::Config), app: AppConfig) -> Runtime {
-    let mut config = reactor::Config {
+pub fn start_app(adjust: impl FnOnce(&mut clarion_engine::Config), app: AppConfig) -> Runtime {
+    let mut config = clarion_engine::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         threads: 2,
         pin_threads: false,
         io: io(),
-        ..reactor::Config::default()
+        ..clarion_engine::Config::default()
     };
     adjust(&mut config);
     let runtime = clarion::server::start(config, app).expect("server starts");
-    if io() != reactor::Io::Auto {
+    if io() != clarion_engine::Io::Auto {
         assert_eq!(
             runtime.io(),
             io(),
@@ -205,7 +205,7 @@ pub fn read_close_code(stream: &mut TcpStream) -> u16 {
 /// Sum of a counter over all reactors.
 pub fn total(
     runtime: &Runtime,
-    counter: impl Fn(&reactor::Stats) -> &std::sync::atomic::AtomicU64,
+    counter: impl Fn(&clarion_engine::Stats) -> &std::sync::atomic::AtomicU64,
 ) -> u64 {
     runtime
         .stats()

@@ -4,8 +4,8 @@
 
 use std::io::{self, Read, Write};
 
-use clarion::protocol::Connection;
-use clarion::protocol::handshake::ClientHandshake;
+use clarion_protocol::Connection;
+use clarion_protocol::handshake::ClientHandshake;
 use mio::net::TcpStream;
 
 use crate::failure::Reason;

@@ -2,8 +2,8 @@
 //! read the 101, then read frames into the protocol core and hand messages to the mode, write
 //! what they queued, and see the close handshake through.
 
-use clarion::protocol::handshake::ClientHandshake;
-use clarion::protocol::{CloseCode, Connection, Event};
+use clarion_protocol::handshake::ClientHandshake;
+use clarion_protocol::{CloseCode, Connection, Event};
 
 use super::conn::{self, Got, Life, Phase};
 use super::{At, Readiness, Worker, next_random};

@@ -26,7 +26,6 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::time::{Duration, Instant};
 
-use clarion::protocol;
 use mio::{Events, Poll, Token};
 
 use crate::clock::{self, ns};
@@ -54,7 +53,7 @@ const ALARM: Token = Token(usize::MAX);
 /// Runs the loop of `shard` to the end and returns what it counted.
 pub fn run(plan: &Plan, control: &Control, loop_index: usize, shard: Shard) -> io::Result<Tally> {
     if plan.private_fd_table {
-        crate::sys::unshare_fd_table()?;
+        clarion_host::unshare_fd_table()?;
     }
     Ok(match &plan.mode {
         Mode::Idle { .. } => {
@@ -122,7 +121,7 @@ struct Worker<'a, T: Traffic> {
     rbuf: Vec<u8>,
     tx: Vec<u8>,
     due: Vec<usize>,
-    ws_config: protocol::Config,
+    ws_config: clarion_protocol::Config,
     tally: Tally,
     stage: Stage,
     dials: Dials,
@@ -164,14 +163,14 @@ impl<'a, T: Traffic> Worker<'a, T> {
             Mode::Fanout(fanout) => fanout.topics.len(),
             _ => 0,
         };
-        let ws_config = protocol::Config {
+        let ws_config = clarion_protocol::Config {
             ping_interval: match plan.mode {
                 Mode::Idle { ping_interval } => ping_interval,
                 _ => None,
             },
             idle_timeout: None,
             close_timeout: plan.close_timeout,
-            ..protocol::Config::default()
+            ..clarion_protocol::Config::default()
         };
         let poll = Poll::new()?;
         let alarm = Alarm::new(poll.registry(), ALARM)?;

@@ -5,7 +5,7 @@
 use std::cmp::Reverse;
 use std::time::Instant;
 
-use clarion::protocol::Timeout;
+use clarion_protocol::Timeout;
 use mio::{Interest, Token};
 
 use super::conn::{self, Conn, Life, Phase};

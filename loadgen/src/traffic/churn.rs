@@ -2,7 +2,7 @@
 //! is measured from when its dial was due, so dials that start late (all slots busy) count their
 //! wait.
 
-use clarion::protocol::MessageKind;
+use clarion_protocol::MessageKind;
 
 use super::{Link, Traffic, Verdict};
 use crate::failure::Reason;

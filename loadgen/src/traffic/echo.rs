@@ -6,7 +6,7 @@
 //! `go + (k·n + c) / rate`; it is stamped with that intended time even when the window is full
 //! and it leaves late, so a slow server shows up in the latencies (no coordinated omission).
 
-use clarion::protocol::MessageKind;
+use clarion_protocol::MessageKind;
 
 use super::{Link, Traffic, Verdict};
 use crate::failure::Reason;

@@ -2,7 +2,7 @@
 //! protocol core sends when `--ping-interval` is set). A message from the server is counted, not
 //! an error.
 
-use clarion::protocol::MessageKind;
+use clarion_protocol::MessageKind;
 
 use super::{Link, Traffic, Verdict};
 use crate::tally::Tally;

@@ -9,7 +9,7 @@ pub mod subscribe;
 
 use std::borrow::Cow;
 
-use clarion::protocol::{Connection, MessageKind};
+use clarion_protocol::{Connection, MessageKind};
 
 use crate::failure::Reason;
 use crate::stamp::Stamp;

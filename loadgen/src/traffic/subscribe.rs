@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use clarion::protocol::MessageKind;
+use clarion_protocol::MessageKind;
 
 use super::envelope::{self, Incoming};
 use super::{Link, Traffic, Verdict};

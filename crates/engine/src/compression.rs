@@ -11,11 +11,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::protocol::deflate::{
+use clarion_protocol::deflate::{
     self, Deflater, Direction, Inflate, InflateError, Inflater, Params,
 };
-use crate::protocol::handshake::Request;
-use crate::protocol::{Connection, MessageKind, SendError, Transmit};
+use clarion_protocol::handshake::Request;
+use clarion_protocol::{Connection, MessageKind, SendError, Transmit};
 
 use super::Stats;
 

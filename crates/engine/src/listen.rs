@@ -29,20 +29,6 @@ pub fn bind_reuseport(
     Ok(listeners)
 }
 
-/// Gives the calling thread its own copy of the file table: descriptors it opens from now on
-/// count against `RLIMIT_NOFILE` in its table only.
-pub fn unshare_files() -> io::Result<()> {
-    // SAFETY: unshare(2) takes no pointers. The thread keeps copies of every descriptor it had,
-    // and closes those it opens itself.
-    if unsafe { libc::unshare(libc::CLONE_FILES) } != 0 {
-        return Err(io::Error::other(format!(
-            "unshare(CLONE_FILES) for a private fd table: {}",
-            io::Error::last_os_error()
-        )));
-    }
-    Ok(())
-}
-
 /// Pins the calling thread to core `index % cores` (best effort: a failure only costs locality).
 pub fn pin_to_core(index: usize) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

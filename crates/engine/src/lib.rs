@@ -2,7 +2,7 @@
 //!
 //! Each reactor thread owns its `SO_REUSEPORT` listener, its connection table (a `slab`), its
 //! buffer pools, its timer wheel and one shared read buffer. It knows WebSockets and HTTP heads
-//! (through [`crate::protocol`]) but no routes, topics or API: those are the handler's.
+//! (through [`clarion_protocol`]) but no routes, topics or API: those are the handler's.
 //! I/O goes through a [`sys::Backend`]; everything else lives once, in [`event_loop`].
 #![deny(missing_docs)]
 
@@ -22,9 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::protocol::deflate::Params;
-use crate::protocol::handshake::{Rejection, Request};
-use crate::protocol::{self, CloseCode, MessageKind, SendError, Transmit};
+use clarion_protocol::deflate::Params;
+use clarion_protocol::handshake::{Rejection, Request};
+use clarion_protocol::{CloseCode, MessageKind, SendError, Transmit};
 
 pub use compression::{CompressionConfig, Policy};
 pub use listen::bind_reuseport;
@@ -71,7 +71,7 @@ pub struct Config {
     /// io_uring ring and buffer sizes (per reactor).
     pub uring: UringConfig,
     /// Protocol limits and timeouts.
-    pub protocol: protocol::Config,
+    pub protocol: clarion_protocol::Config,
     /// permessage-deflate.
     pub compression: CompressionConfig,
 }
@@ -89,7 +89,7 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(10),
             io: Io::Auto,
             uring: UringConfig::default(),
-            protocol: protocol::Config::default(),
+            protocol: clarion_protocol::Config::default(),
             compression: CompressionConfig::default(),
         }
     }
@@ -250,7 +250,7 @@ pub trait Sink: Transmit {
 pub struct Ctx<'a, C> {
     id: ConnId,
     conn: &'a mut C,
-    ws: &'a mut protocol::Connection,
+    ws: &'a mut clarion_protocol::Connection,
     out: &'a mut dyn Sink,
     deflating: &'a mut compression::Deflating,
     stats: &'a Stats,
@@ -286,7 +286,7 @@ impl<C> Ctx<'_, C> {
         self.ws.deflate()
     }
 
-    /// Sends a whole frame built with [`protocol::frame::encode_frame`], shared by many
+    /// Sends a whole frame built with [`clarion_protocol::frame::encode_frame`], shared by many
     /// connections.
     pub fn send_shared(&mut self, frame: &Arc<[u8]>) -> Result<(), SendError> {
         if !self.ws.can_send() {
@@ -458,7 +458,7 @@ impl Runtime {
                     // After the backend exists: its waker's descriptor, which other threads write
                     // to, must be the same in their table and in this thread's copy.
                     if config.private_fd_table
-                        && let Err(e) = listen::unshare_files()
+                        && let Err(e) = clarion_host::unshare_fd_table()
                     {
                         return drop(ready_tx.send(Err(e)));
                     }

@@ -555,7 +555,7 @@ mod tests {
 
     #[test]
     fn client_and_server_agree_on_permessage_deflate() {
-        use crate::protocol::deflate::{self, ClientOffer};
+        use crate::deflate::{self, ClientOffer};
         let client = ClientHandshake::new(*b"0123456789abcdef");
         let offer = ClientOffer::default();
         let mut request = Vec::new();

@@ -732,7 +732,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::message::Format;
+    use crate::message::Format;
     use std::sync::mpsc;
 
     const EPOCH: Epoch = Epoch(0xfeed);

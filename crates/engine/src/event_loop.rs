@@ -19,9 +19,9 @@ use super::sys::{Backend, Flushed, IoEvent, Sockets};
 use super::timer::{TimerKey, TimerWheel};
 use super::txqueue::TxQueue;
 use super::{Answer, Config, ConnId, Ctx, Handler, Local, LocalOps, Push, Sink, Stats};
-use crate::protocol::deflate::Params;
-use crate::protocol::handshake::write_response;
-use crate::protocol::{CloseCode, Connection, Event, State, Transmit};
+use clarion_protocol::deflate::Params;
+use clarion_protocol::handshake::write_response;
+use clarion_protocol::{CloseCode, Connection, Event, State, Transmit};
 
 /// How often the reactor sweeps its table for deadlines coming up. A connection holds a wheel
 /// node only while its next deadline is within one sweep, so an idle connection waiting out a

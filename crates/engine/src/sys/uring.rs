@@ -30,7 +30,7 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use socket2::{SockAddr, SockAddrStorage};
 
 use super::{Backend, Flushed, IoEvent, Sockets, Wake};
-use crate::reactor::txqueue::TxQueue;
+use crate::txqueue::TxQueue;
 
 /// Sizes of one reactor's ring and buffers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

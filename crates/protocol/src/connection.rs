@@ -1054,7 +1054,7 @@ impl HeaderBytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::handshake::ClientHandshake;
+    use crate::handshake::ClientHandshake;
     use proptest::prelude::*;
 
     /// An owned copy of an event, to compare.

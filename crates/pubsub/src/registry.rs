@@ -379,8 +379,8 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::hub::{Epoch, HubConfig};
-    use crate::pubsub::message::{Format, Payload};
+    use crate::hub::{Epoch, HubConfig};
+    use crate::message::{Format, Payload};
     use std::sync::mpsc::{self, Receiver, Sender};
 
     const EPOCH: Epoch = Epoch::new(7);

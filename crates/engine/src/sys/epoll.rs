@@ -10,7 +10,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::{Backend, Flushed, IoEvent, Sockets, Wake};
-use crate::reactor::txqueue::{MAX_IOVECS, TxQueue};
+use crate::txqueue::{MAX_IOVECS, TxQueue};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);

@@ -156,7 +156,7 @@ impl Change {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::message::{Format, Payload};
+    use crate::message::{Format, Payload};
 
     fn message(seq: u64, at: Instant, size: usize) -> Arc<Message> {
         let payload = Payload::new(Format::Binary, &vec![0; size]);

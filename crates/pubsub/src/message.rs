@@ -5,8 +5,8 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use crate::protocol::MessageKind;
-use crate::protocol::frame::{self, OpCode, RSV1};
+use clarion_protocol::MessageKind;
+use clarion_protocol::frame::{self, OpCode, RSV1};
 
 /// What a payload is: decides the WebSocket opcode raw subscribers get and how the JSON envelope
 /// embeds it.
@@ -181,7 +181,7 @@ pub enum Post {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::frame::decode_header;
+    use clarion_protocol::frame::decode_header;
 
     #[test]
     fn payload_frames_once_and_gives_the_bytes_back() {
