@@ -28,8 +28,11 @@ chromium --version
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy (all targets, warnings are errors)"
+step "cargo clippy (all targets, warnings are errors; incompatible_msrv holds std to rust-version)"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "rust-version: every locked dependency declares it or older"
+scripts/check-msrv.sh
 
 for io in epoll uring; do
   step "cargo test: unit, property and end-to-end tests, server on $io"
