@@ -12,7 +12,7 @@ use clap::{Args, ValueEnum};
 use clarion_host::parse_duration;
 use serde::Deserialize;
 
-use super::auth::AuthMode;
+use super::auth::{AuthMode, JwtConfig};
 use super::state::{AppConfig, ClientPublish, SlowConsumer};
 use crate::cluster::{self, ClusterConfig};
 
@@ -185,14 +185,44 @@ pub struct Settings {
     #[arg(long, value_name = "BYTES")]
     pub read_buffer_size: Option<usize>,
 
-    /// Whether /t/ and /ws need an HS256 JWT (in ?token= or Authorization: Bearer)
-    /// [default: none].
+    /// Whether /t/ and /ws need a JWT (in ?token= or Authorization: Bearer) [default: none].
     #[arg(long, value_enum)]
     pub auth: Option<AuthMode>,
 
-    /// The HS256 secret of `auth = jwt` (prefer the config file: flags show in `ps`).
+    /// HS256: the shared secret of `auth = jwt`, at least 32 bytes (prefer the config file:
+    /// flags show in `ps`).
     #[arg(long, value_name = "SECRET")]
     pub jwt_secret: Option<Secret>,
+
+    /// RS256 or ES256 (from the key's type): a PEM file with the token signer's public key
+    /// (RSA of 2048 bits or more, or EC P-256), instead of jwt_secret.
+    #[arg(long, value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Accepted `aud` values, comma-separated; when set, tokens need one [default: not checked].
+    #[arg(long, value_name = "AUD", value_delimiter = ',')]
+    pub jwt_audience: Option<Vec<String>>,
+
+    /// Accepted `iss` values, comma-separated; when set, tokens need one [default: not checked].
+    #[arg(long, value_name = "ISS", value_delimiter = ',')]
+    pub jwt_issuer: Option<Vec<String>>,
+
+    /// Clock skew allowed on `exp` and `nbf`, in whole seconds; a connection is closed with
+    /// 4001 once its token's `exp` plus this has passed [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub jwt_leeway: Option<Duration>,
+
+    /// Shortest application heartbeat interval a /ws client may ask for (`hello`), 1s to 255s
+    /// [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub heartbeat_min: Option<Duration>,
+
+    /// Longest application heartbeat interval, 1s to 255s [default: 120s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub heartbeat_max: Option<Duration>,
 
     /// Bearer key of the HTTP publish API; unset leaves the API open (a warning is logged).
     #[arg(long, value_name = "KEY")]
@@ -352,6 +382,12 @@ impl Settings {
             read_buffer_size,
             auth,
             jwt_secret,
+            jwt_public_key,
+            jwt_audience,
+            jwt_issuer,
+            jwt_leeway,
+            heartbeat_min,
+            heartbeat_max,
             api_key,
             allowed_origins,
             client_publish,
@@ -383,10 +419,6 @@ impl Settings {
         let checks = [
             (config.threads == 0, "threads must be at least 1"),
             (config.threads > MAX_REACTORS, "threads must be at most 64"),
-            (
-                app.auth == AuthMode::Jwt && app.jwt_secret.as_deref().is_none_or(str::is_empty),
-                "auth = jwt needs a jwt_secret",
-            ),
             (
                 app.auth == AuthMode::None && app.client_publish == ClientPublish::Token,
                 "client_publish = token needs auth = jwt",
@@ -457,6 +489,7 @@ impl Settings {
         if let Some((_, message)) = checks.iter().find(|(bad, _)| *bad) {
             return Err((*message).to_owned());
         }
+        app.check()?;
         if let Some(cluster) = &app.cluster {
             cluster::check_url(&cluster.redis)?;
         }
@@ -470,7 +503,15 @@ impl Settings {
         let auth = self.auth.unwrap_or(d.auth);
         AppConfig {
             auth,
-            jwt_secret: self.jwt_secret.clone(),
+            jwt: JwtConfig {
+                secret: self.jwt_secret.clone(),
+                public_key: self.jwt_public_key.clone(),
+                audience: self.jwt_audience.clone().unwrap_or_default(),
+                issuer: self.jwt_issuer.clone().unwrap_or_default(),
+                leeway: self.jwt_leeway.unwrap_or(d.jwt.leeway),
+            },
+            heartbeat_min: self.heartbeat_min.unwrap_or(d.heartbeat_min),
+            heartbeat_max: self.heartbeat_max.unwrap_or(d.heartbeat_max),
             api_key: self.api_key.clone(),
             allowed_origins: self.allowed_origins.clone().unwrap_or_default(),
             client_publish: self.client_publish.unwrap_or(match auth {
@@ -672,7 +713,7 @@ mod tests {
         };
         assert_eq!(
             Settings::resolve(jwt).unwrap_err(),
-            "auth = jwt needs a jwt_secret"
+            "auth = jwt needs a jwt_secret or a jwt_public_key"
         );
         assert!(toml::from_str::<Settings>("slow_consumer = \"maybe\"").is_err());
     }
@@ -718,6 +759,53 @@ mod tests {
             })
             .unwrap();
             assert!(settings.app_config().cluster.is_some());
+        }
+    }
+
+    #[test]
+    fn jwt_and_heartbeat_settings() {
+        let file: Settings = toml::from_str(
+            "auth = \"jwt\"\njwt_public_key = \"tests/fixtures/jwt/es256-public.pem\"\n\
+             jwt_audience = [\"a\", \"b\"]\njwt_issuer = [\"i\"]\njwt_leeway = \"5s\"\n\
+             heartbeat_min = \"2s\"\nheartbeat_max = \"30s\"",
+        )
+        .unwrap();
+        let app = file.app_config();
+        assert_eq!(app.jwt.audience, ["a", "b"]);
+        assert_eq!(app.jwt.issuer, ["i"]);
+        assert_eq!(app.jwt.leeway, Duration::from_secs(5));
+        assert_eq!(
+            (app.heartbeat(1), app.heartbeat(10), app.heartbeat(999)),
+            (2, 10, 30)
+        );
+        assert_eq!(app.heartbeat(0), 0);
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt/es256-public.pem");
+        let flags = Settings {
+            jwt_public_key: Some(path),
+            ..Settings::default()
+        };
+        assert!(Settings::validated(flags.over(file.clone())).is_ok());
+        let short = Settings {
+            jwt_secret: Some("short".into()),
+            auth: Some(AuthMode::Jwt),
+            ..Settings::default()
+        };
+        let message = Settings::resolve(short).unwrap_err();
+        assert!(
+            message.starts_with("jwt_secret must be at least 32 bytes"),
+            "{message}"
+        );
+        for (min, max) in [("0", "10s"), ("10s", "5s"), ("1s", "256s")] {
+            let bad: Settings = toml::from_str(&format!(
+                "heartbeat_min = \"{min}\"\nheartbeat_max = \"{max}\""
+            ))
+            .unwrap();
+            assert!(
+                Settings::resolve(bad)
+                    .unwrap_err()
+                    .starts_with("heartbeat_min")
+            );
         }
     }
 

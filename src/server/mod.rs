@@ -15,7 +15,6 @@ pub mod state;
 use std::io;
 use std::sync::{Arc, OnceLock};
 
-use auth::AuthMode;
 use clarion_engine::Runtime;
 use clarion_pubsub::MAX_REACTORS;
 pub use state::AppConfig;
@@ -26,9 +25,10 @@ pub fn start(mut config: clarion_engine::Config, app: AppConfig) -> io::Result<R
     if config.threads > MAX_REACTORS {
         return invalid("the push server runs at most 64 reactors");
     }
-    if app.auth == AuthMode::Jwt && app.jwt_secret.as_deref().is_none_or(str::is_empty) {
-        return invalid("auth = jwt needs a jwt_secret");
-    }
+    let jwt = match app.check() {
+        Ok(jwt) => jwt,
+        Err(message) => return invalid(&message),
+    };
     if let Some(cluster) = &app.cluster
         && let Err(message) = crate::cluster::check_url(&cluster.redis)
     {
@@ -40,7 +40,8 @@ pub fn start(mut config: clarion_engine::Config, app: AppConfig) -> io::Result<R
     let server = OnceLock::new();
     let runtime = Runtime::start(config, move |index, shared| {
         // The URL was checked above: only spawning the bridge's threads can fail here.
-        let server = server.get_or_init(|| state::Server::new(app.clone(), shared).map(Arc::new));
+        let server = server
+            .get_or_init(|| state::Server::new(app.clone(), jwt.clone(), shared).map(Arc::new));
         let server = server
             .as_ref()
             .map_err(|e| io::Error::other(format!("cannot start the cluster bridge: {e}")))?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::auth::{ApiKey, AuthMode, Jwt, Origins};
+use super::auth::{ApiKey, AuthMode, Jwt, JwtConfig, Origins};
 use super::config::Secret;
 use super::metrics::{Histogram, LatencyHistogram, ReactorMetrics, Snapshot};
 use crate::cluster::{BufferFull, Cluster, ClusterConfig};
@@ -47,8 +47,13 @@ pub enum SlowConsumer {
 pub struct AppConfig {
     /// Whether `/t/` and `/ws` need a token.
     pub auth: AuthMode,
-    /// The HS256 secret (required with [`AuthMode::Jwt`]).
-    pub jwt_secret: Option<Secret>,
+    /// How tokens are checked (a key is required with [`AuthMode::Jwt`]).
+    pub jwt: JwtConfig,
+    /// The shortest heartbeat interval an envelope client may ask for (whole seconds, at
+    /// least 1 s); shorter asks get this.
+    pub heartbeat_min: Duration,
+    /// The longest heartbeat interval (at most 255 s); longer asks get this.
+    pub heartbeat_max: Duration,
     /// Bearer key of the HTTP publish API; `None` leaves the API open.
     pub api_key: Option<Secret>,
     /// Allowed `Origin`s of `/t/` and `/ws`; empty allows all.
@@ -80,7 +85,9 @@ impl Default for AppConfig {
     fn default() -> AppConfig {
         AppConfig {
             auth: AuthMode::None,
-            jwt_secret: None,
+            jwt: JwtConfig::default(),
+            heartbeat_min: Duration::from_secs(5),
+            heartbeat_max: Duration::from_secs(120),
             api_key: None,
             allowed_origins: Vec::new(),
             client_publish: ClientPublish::All,
@@ -94,6 +101,39 @@ impl Default for AppConfig {
             cluster: None,
             compression: CompressionConfig::default(),
         }
+    }
+}
+
+/// The longest heartbeat interval a connection can hold (its seconds fit a byte).
+pub const MAX_HEARTBEAT: Duration = Duration::from_secs(255);
+
+impl AppConfig {
+    /// The token verifier `auth` asks for, or why these settings cannot be served (one line
+    /// for the operator).
+    pub fn check(&self) -> Result<Option<Jwt>, String> {
+        let (min, max) = (self.heartbeat_min, self.heartbeat_max);
+        if min < Duration::from_secs(1) || max > MAX_HEARTBEAT || min > max {
+            return Err(
+                "heartbeat_min and heartbeat_max must be 1s to 255s, heartbeat_min at most \
+                 heartbeat_max"
+                    .to_owned(),
+            );
+        }
+        match self.auth {
+            AuthMode::None => Ok(None),
+            AuthMode::Jwt => Jwt::new(&self.jwt).map(Some),
+        }
+    }
+
+    /// The heartbeat interval, in whole seconds, for a client that asked for `seconds`: 0 (off)
+    /// stays 0, anything else is brought within `heartbeat_min` to `heartbeat_max`.
+    pub fn heartbeat(&self, seconds: u64) -> u8 {
+        if seconds == 0 {
+            return 0;
+        }
+        let (min, max) = (self.heartbeat_min.as_secs(), self.heartbeat_max.as_secs());
+        // `check` keeps both within 1 to 255.
+        seconds.clamp(min, max).min(u64::from(u8::MAX)) as u8
     }
 }
 
@@ -116,6 +156,12 @@ pub struct Counters {
     pub drops: AtomicU64,
     /// Subscribers closed for a full queue (`close`).
     pub slow_consumer_closes: AtomicU64,
+    /// Connections closed because their token expired (4001).
+    pub token_expired_closes: AtomicU64,
+    /// Tokens swapped in by `refresh`.
+    pub token_refreshes: AtomicU64,
+    /// Application heartbeats sent.
+    pub heartbeats: AtomicU64,
     /// Local subscriptions (gauge).
     pub subscriptions: AtomicU64,
     /// Publish to queued-for-write, once per message per reactor.
@@ -185,11 +231,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// The shared state for reactors reached through `shared`.
+    /// The shared state for reactors reached through `shared`, checking tokens with `jwt`
+    /// (from [`AppConfig::check`]).
     ///
     /// In cluster mode this starts the bridge threads; it fails only if they cannot be spawned
     /// (the Redis URL was checked by [`super::start`]).
-    pub fn new(config: AppConfig, shared: &Shared<Post>) -> Result<Server, String> {
+    pub fn new(
+        config: AppConfig,
+        jwt: Option<Jwt>,
+        shared: &Shared<Post>,
+    ) -> Result<Server, String> {
         let reactors = shared.mailboxes.len();
         let (hub, cluster) = match &config.cluster {
             None => (
@@ -210,13 +261,7 @@ impl Server {
             mailboxes: shared.mailboxes.clone(),
             stats: shared.stats.clone(),
             counters: (0..reactors).map(|_| Counters::default()).collect(),
-            jwt: match config.auth {
-                AuthMode::Jwt => config
-                    .jwt_secret
-                    .as_deref()
-                    .and_then(|s| Jwt::new(s.as_bytes())),
-                AuthMode::None => None,
-            },
+            jwt,
             api_key: config
                 .api_key
                 .as_deref()
@@ -341,6 +386,9 @@ impl Server {
                     deliveries: c.deliveries.load(Relaxed),
                     drops: c.drops.load(Relaxed),
                     slow_consumer_closes: c.slow_consumer_closes.load(Relaxed),
+                    token_expired_closes: c.token_expired_closes.load(Relaxed),
+                    token_refreshes: c.token_refreshes.load(Relaxed),
+                    heartbeats: c.heartbeats.load(Relaxed),
                     subscriptions: c.subscriptions.load(Relaxed),
                     deflate_connections: s.deflate_connections.load(Relaxed),
                     deflate_windows: s.deflate_windows.load(Relaxed),
