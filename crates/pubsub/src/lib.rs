@@ -19,19 +19,23 @@
 //! publishes to the reactor; the registry then keeps the new subscriber out of every message at
 //! or below that `seq`, which history already covered.
 
+#![deny(missing_docs)]
+
+mod epoch;
 mod history;
 mod hub;
 mod message;
+mod reactors;
 mod registry;
 mod topic;
 
+pub use epoch::{Epoch, Resume};
 pub use history::Recovery;
-pub use hub::{
-    Delivered, Epoch, Hub, HubConfig, HubStats, Interest, MAX_REACTORS, Reactors, Resume,
-};
+pub use hub::{Delivered, Hub, HubConfig, HubStats, Interest};
 pub use message::{
     Format, Message, Payload, Post, frame_payload, shared_compressed_frame, shared_frame,
 };
+pub use reactors::{MAX_REACTORS, Reactors};
 pub use registry::{Registry, Subscribed, Subscriptions, TopicId};
 pub use topic::{TopicError, validate_topic};
 
