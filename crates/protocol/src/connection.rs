@@ -844,9 +844,8 @@ impl Connection {
         Ok(())
     }
 
-    /// The header for a server message of `len` bytes, for callers that send the payload
-    /// themselves (a frame shared by many connections is built with [`frame::encode_frame`]).
-    pub fn message_header(&self, kind: MessageKind, len: usize) -> Result<HeaderBytes, SendError> {
+    /// The header of a server message of `len` bytes (an unmasked single frame).
+    fn message_header(&self, kind: MessageKind, len: usize) -> Result<HeaderBytes, SendError> {
         if !self.can_send() {
             return Err(SendError::NotOpen);
         }
@@ -1048,11 +1047,11 @@ impl Inflate for NoInflate {
 
 /// An encoded frame header, up to 14 bytes.
 #[derive(Clone, Copy, Debug)]
-pub struct HeaderBytes([u8; MAX_HEADER_LEN], u8);
+struct HeaderBytes([u8; MAX_HEADER_LEN], u8);
 
 impl HeaderBytes {
     /// The header's bytes.
-    pub fn as_slice(&self) -> &[u8] {
+    fn as_slice(&self) -> &[u8] {
         &self.0[..self.1 as usize]
     }
 }

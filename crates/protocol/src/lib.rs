@@ -13,7 +13,7 @@ pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
-pub mod utf8;
+mod utf8;
 
 pub use close::CloseCode;
 pub use connection::{Config, Connection, Event, MessageKind, Role, SendError, State, Timeout};
