@@ -39,6 +39,15 @@ fn main() -> ExitCode {
     let Some(("serve", flags)) = matches.subcommand() else {
         unreachable!("clap requires the one subcommand");
     };
+    // First, so that no signal finds its default action (SIGHUP's kills): one that comes
+    // while the server starts is handled once it runs.
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("clarion: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let fd_limit = clarion_host::raise_fd_limit();
     let loaded = Sources::new(config::keys(), flags, std::env::vars_os()).and_then(|sources| {
         Settings::load(&sources, std::env::vars_os()).map(|loaded| (sources, loaded))
@@ -66,14 +75,6 @@ fn main() -> ExitCode {
         tracing::warn!("cannot raise RLIMIT_NOFILE: {e}");
         clarion_host::fd_limit()
     });
-    // Before the reactors start, so that no signal finds its default action (SIGHUP's kills).
-    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
-        Ok(signals) => signals,
-        Err(e) => {
-            eprintln!("clarion: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let notifier = Notifier::from_env().unwrap_or_else(|e| {
         tracing::warn!("cannot use NOTIFY_SOCKET: {e}");
         None

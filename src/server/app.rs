@@ -364,6 +364,17 @@ impl App {
     fn execute(&mut self, ctx: &mut Ctx<'_, Conn>, command: Command<'_>, out: &mut Vec<u8>) {
         let id = command.id();
         let topic = command.topic();
+        tracing::trace!(
+            reactor = self.index,
+            conn = ctx.id(),
+            command = match command {
+                Command::Subscribe { .. } => "subscribe",
+                Command::Unsubscribe { .. } => "unsubscribe",
+                Command::Publish { .. } => "publish",
+            },
+            topic,
+            "command"
+        );
         let error = |out: &mut Vec<u8>, code, message: &str| {
             envelope::render_error(out, id, code, message);
         };

@@ -345,6 +345,7 @@ impl Server {
     /// reactor with subscribers, and returns its `seq`; a cluster node queues it for Redis,
     /// which numbers it later, and returns `None`.
     pub fn publish(&self, topic: &str, payload: Payload) -> Result<Option<u64>, PublishError> {
+        tracing::trace!(topic, bytes = payload.bytes().len(), "publish");
         if let Some(cluster) = &self.cluster {
             return cluster
                 .publish(topic, payload)
