@@ -63,7 +63,7 @@ fn the_environment_sets_keys_under_the_flags_and_secrets_come_from_files() {
     let dir = scratch("env");
     let key = dir.join("api_key");
     std::fs::write(&key, "from-a-file\n").unwrap();
-    let mut clarion = Clarion::start(
+    let clarion = Clarion::start(
         &["--max-connections", "2"],
         &[
             ("CLARION_LISTEN", "127.0.0.1:0"),
