@@ -40,7 +40,9 @@ fn example_keys(text: &str) -> BTreeSet<String> {
         };
         let key = key.trim();
         let is_key = key.starts_with(|c: char| c.is_ascii_lowercase())
-            && key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            && key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if is_key {
             found.insert(format!("{table}{key}"));
         }
@@ -81,14 +83,11 @@ fn the_example_file_lists_every_key() {
 #[test]
 fn the_reference_lists_every_key_and_what_a_reload_does() {
     let rows = reference_rows(&read("docs/configuration.md"));
-    assert_same(
-        "docs/configuration.md",
-        &rows.keys().cloned().collect(),
-    );
+    assert_same("docs/configuration.md", &rows.keys().cloned().collect());
     for (key, reload) in &rows {
-        let base = key.strip_suffix(FILE_SUFFIX).filter(|base| {
-            keys().iter().any(|k| k.secret && k.path == *base)
-        });
+        let base = key
+            .strip_suffix(FILE_SUFFIX)
+            .filter(|base| keys().iter().any(|k| k.secret && k.path == *base));
         let live = is_live(base.unwrap_or(key));
         let expected = if live { "live" } else { "restart" };
         assert_eq!(reload, expected, "docs/configuration.md: reload of {key}");

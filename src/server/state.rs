@@ -479,3 +479,124 @@ impl Server {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::systemd::Watchdog;
+    use clarion_engine::Policy;
+
+    fn server(config: AppConfig, reactors: usize) -> Server {
+        let shared = Shared {
+            mailboxes: Arc::new(Mailboxes::new(reactors)),
+            stats: (0..reactors).map(|_| Arc::new(Stats::default())).collect(),
+        };
+        Server::new(config, &shared).unwrap()
+    }
+
+    /// Each reloadable key, and the field of [`AppConfig`] it sets, shown.
+    fn reloadable_fields() -> Vec<(&'static str, fn(&AppConfig) -> String)> {
+        vec![
+            ("auth", |c| format!("{:?}", c.auth)),
+            ("jwt_secret", |c| format!("{:?}", c.jwt_secret.as_deref())),
+            ("api_key", |c| format!("{:?}", c.api_key.as_deref())),
+            ("allowed_origins", |c| format!("{:?}", c.allowed_origins)),
+            ("client_publish", |c| format!("{:?}", c.client_publish)),
+            ("max_connections", |c| c.max_connections.to_string()),
+            ("max_connections_per_ip", |c| {
+                c.max_connections_per_ip.to_string()
+            }),
+            ("max_topics_per_connection", |c| {
+                c.max_topics_per_connection.to_string()
+            }),
+            ("max_topic_length", |c| c.max_topic_length.to_string()),
+            ("max_queued_bytes", |c| c.max_queued_bytes.to_string()),
+            ("slow_consumer", |c| format!("{:?}", c.slow_consumer)),
+        ]
+    }
+
+    #[test]
+    fn a_reload_applies_the_reloadable_settings_and_keeps_the_rest() {
+        let fields = reloadable_fields();
+        let keys: Vec<_> = fields.iter().map(|(key, _)| *key).collect();
+        assert_eq!(keys, RELOADABLE, "every reloadable key is checked here");
+        let start = AppConfig {
+            max_connections_per_ip: 5,
+            ..AppConfig::default()
+        };
+        let server = server(start.clone(), 1);
+        let next = AppConfig {
+            auth: AuthMode::Jwt,
+            jwt_secret: Some("new secret".into()),
+            api_key: Some("new key".into()),
+            allowed_origins: vec!["https://a.example".into()],
+            client_publish: ClientPublish::None,
+            max_connections: 7,
+            max_connections_per_ip: 6,
+            max_topics_per_connection: 8,
+            max_topic_length: 9,
+            max_queued_bytes: 4096,
+            slow_consumer: SlowConsumer::Drop,
+            hub: HubConfig {
+                history_size: 1,
+                ..HubConfig::default()
+            },
+            compression: CompressionConfig {
+                policy: Policy::Shared,
+                ..CompressionConfig::default()
+            },
+            cluster: None,
+        };
+        server.reload(&next);
+        let live = server.live();
+        for (key, field) in &fields {
+            assert_ne!(field(&start), field(&next), "{key} changes in this test");
+            assert_eq!(field(&live.config), field(&next), "{key} is applied");
+        }
+        assert_eq!(live.config.hub, start.hub, "history needs a restart");
+        assert_eq!(live.config.compression, start.compression);
+        assert!(live.jwt.is_some() && live.api_key.is_some());
+
+        // Per-IP caps turned on later are not applied: nothing was counted.
+        let uncounted = self::server(AppConfig::default(), 1);
+        uncounted.reload(&next);
+        assert_eq!(uncounted.live().config.max_connections_per_ip, 0);
+        assert!(!uncounted.counts_ips());
+    }
+
+    #[test]
+    fn reactors_pick_up_a_reload_through_their_copy() {
+        let server = server(AppConfig::default(), 1);
+        let mut cached = server.cached();
+        server.reload(&AppConfig {
+            max_connections: 3,
+            ..AppConfig::default()
+        });
+        assert_eq!(cached.get().config.max_connections, 0);
+        server.refresh(&mut cached);
+        assert_eq!(cached.get().config.max_connections, 3);
+    }
+
+    #[test]
+    fn the_watchdog_pings_only_when_every_reactor_answered() {
+        let server = server(AppConfig::default(), 2);
+        let mut watchdog = Watchdog::default();
+        assert!(
+            watchdog.tick(&server, false),
+            "nothing asked yet: probe 1 goes out"
+        );
+        assert!(!watchdog.tick(&server, false));
+        server.answered(0, 1);
+        assert!(!watchdog.tick(&server, false), "reactor 1 has not answered");
+        assert!(
+            watchdog.tick(&server, true),
+            "the drain has its own timeout"
+        );
+        server.answered(1, 1);
+        assert!(
+            watchdog.tick(&server, false),
+            "both answered: probe 2 goes out"
+        );
+        assert!(!server.all_answered(2));
+    }
+}
