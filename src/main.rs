@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, Parser, Subcommand};
 use clarion::server::config::{self, Settings};
@@ -167,8 +167,9 @@ fn notify(notifier: &Option<Arc<Notifier>>, send: impl FnOnce(&Notifier) -> std:
     }
 }
 
-/// Once a second (more often under a short systemd watchdog): the count of refusals not
-/// logged, and the watchdog's round.
+/// Once a second (more often under a short systemd watchdog), the count of refusals not
+/// logged; every half of `WATCHDOG_USEC`, the watchdog's round (retried each tick while a
+/// reactor has not answered).
 fn spawn_housekeeping(
     server: Arc<Server>,
     notifier: Option<Arc<Notifier>>,
@@ -181,14 +182,19 @@ fn spawn_housekeeping(
     .filter(|_| notifier.is_some());
     let tick = interval.map_or(Duration::from_secs(1), |i| i.min(Duration::from_secs(1)));
     let mut watchdog = Watchdog::default();
+    let mut next_ping = Instant::now();
     let spawned = std::thread::Builder::new()
         .name("housekeeping".to_owned())
         .spawn(move || {
             loop {
                 std::thread::sleep(tick);
                 server.refusals.flush();
-                if interval.is_some() && watchdog.tick(&server, draining.load(Ordering::SeqCst)) {
+                if let Some(interval) = interval
+                    && Instant::now() >= next_ping
+                    && watchdog.tick(&server, draining.load(Ordering::SeqCst))
+                {
                     notify(&notifier, |n| n.watchdog());
+                    next_ping = Instant::now() + interval;
                 }
             }
         });

@@ -35,8 +35,8 @@ pub fn is_live(key: &str) -> bool {
 
 /// Splits the changed keys: `since_applied` (against the last applied keys) for what to apply,
 /// `since_start` (against the keys the process started with) for what needs a restart, which
-/// is named at every reload until the process restarts. `per_ip_counted` says whether the
-/// per-IP cap was on at start.
+/// is named at every reload until the process restarts. `per_ip_counted`: the per-IP cap
+/// was on at start; `per_ip_on`: the new settings set one.
 fn plan(
     since_applied: Vec<String>,
     since_start: Vec<String>,

@@ -29,7 +29,7 @@ pub const RUST_LOG: &str = "RUST_LOG";
 
 /// Flags whose key is not their name: `--redis` is `redis` of the `[cluster]` table.
 const FLAG_KEYS: &[(&str, &str)] = &[("redis", "cluster.redis")];
-/// Flags that are no key: where the keys are.
+/// Flags that set no key: `--config` says where the keys are.
 const NOT_KEYS: &[&str] = &["config"];
 
 /// The keys one source sets.
@@ -40,22 +40,40 @@ pub struct Layer {
     origins: BTreeMap<String, String>,
 }
 
-/// Which key a dotted path names: a key of the settings, or a secret's `_file` form (a path).
-fn lookup<'k>(keys: &'k [Key], path: &str) -> Option<(Kind, Option<&'k Key>)> {
+/// What a dotted path names.
+enum Named<'k> {
+    /// A key of the settings.
+    Key(&'k Key),
+    /// The `_file` form of this secret key: a path.
+    FileOf(&'k Key),
+}
+
+impl Named<'_> {
+    /// The kind of value the path takes.
+    fn kind(&self) -> Kind {
+        match self {
+            Named::Key(key) => key.kind.clone(),
+            Named::FileOf(_) => Kind::Text,
+        }
+    }
+}
+
+fn lookup<'k>(keys: &'k [Key], path: &str) -> Option<Named<'k>> {
     if let Some(key) = keys.iter().find(|k| k.path == path) {
-        return Some((key.kind.clone(), None));
+        return Some(Named::Key(key));
     }
     let base = path.strip_suffix(FILE_SUFFIX)?;
-    let key = keys.iter().find(|k| k.path == base && k.secret)?;
-    Some((Kind::Text, Some(key)))
+    keys.iter()
+        .find(|k| k.path == base && k.secret)
+        .map(Named::FileOf)
 }
 
 /// Whether `path` is a table that holds keys (`cluster`).
 fn is_table(keys: &[Key], path: &str) -> bool {
     keys.iter().any(|k| {
-        k.path.len() > path.len()
-            && k.path.starts_with(path)
-            && k.path[path.len()..].starts_with('.')
+        k.path
+            .strip_prefix(path)
+            .is_some_and(|rest| rest.starts_with('.'))
     })
 }
 
@@ -79,10 +97,12 @@ pub fn parse_text(kind: &Kind, text: &str) -> Result<Value, String> {
             .map(Value::Float)
             .map_err(|_| format!("expected a number, found {text:?}")),
         Kind::List(element) if trimmed.starts_with('[') => {
-            let parsed: Table = toml::from_str(&format!("v = {trimmed}"))
+            let mut parsed: Table = toml::from_str(&format!("v = {trimmed}"))
                 .map_err(|e| format!("expected a TOML array: {}", e.message()))?;
-            Ok(parsed.get("v").cloned().unwrap_or(Value::Array(Vec::new())))
-                .and_then(|v| check_array(element, v))
+            check_array(
+                element,
+                parsed.remove("v").unwrap_or(Value::Array(Vec::new())),
+            )
         }
         Kind::List(element) => trimmed
             .split(',')
@@ -95,6 +115,7 @@ pub fn parse_text(kind: &Kind, text: &str) -> Result<Value, String> {
     }
 }
 
+/// A TOML array of `element`s: quoted items are read as text of their kind (`["1", 2]`).
 fn check_array(element: &Kind, value: Value) -> Result<Value, String> {
     match value {
         Value::Array(items) => Ok(Value::Array(
@@ -206,7 +227,7 @@ impl Layer {
                 .find(|(flag, _)| *flag == id)
                 .map_or(id, |(_, key)| key);
             let flag = format!("--{}", id.replace('_', "-"));
-            let Some((kind, _)) = lookup(keys, path) else {
+            let Some(kind) = lookup(keys, path).map(|named| named.kind()) else {
                 return Err(format!("{flag} sets no config key (a bug)"));
             };
             let raw: Vec<String> = matches
@@ -255,7 +276,7 @@ impl Layer {
                 continue;
             }
             let path = key.to_ascii_lowercase().replace("__", ".");
-            let Some((kind, _)) = lookup(keys, &path) else {
+            let Some(kind) = lookup(keys, &path).map(|named| named.kind()) else {
                 warnings.push(format!("ignoring {name}: there is no setting {path}"));
                 continue;
             };
@@ -300,9 +321,9 @@ impl Layer {
         let named: Vec<(String, String)> = self
             .origins
             .keys()
-            .filter_map(|path| {
-                let (_, secret) = lookup(keys, path)?;
-                Some((path.clone(), secret?.path.clone()))
+            .filter_map(|path| match lookup(keys, path)? {
+                Named::FileOf(secret) => Some((path.clone(), secret.path.clone())),
+                Named::Key(_) => None,
             })
             .collect();
         for (file_key, key) in named {
@@ -330,9 +351,7 @@ impl Layer {
             }
         }
     }
-}
 
-impl Layer {
     /// Reads the layer into `T` (whose keys are `keys`). A value `T` refuses is named with its
     /// key and where it was set.
     pub fn deserialize<T: serde::de::DeserializeOwned>(&self, keys: &[Key]) -> Result<T, String> {

@@ -494,8 +494,11 @@ mod tests {
         Server::new(config, &shared).unwrap()
     }
 
-    /// Each reloadable key, and the field of [`AppConfig`] it sets, shown.
-    fn reloadable_fields() -> Vec<(&'static str, fn(&AppConfig) -> String)> {
+    /// The field of [`AppConfig`] a key sets, shown.
+    type Field = fn(&AppConfig) -> String;
+
+    /// Each reloadable key and its field.
+    fn reloadable_fields() -> Vec<(&'static str, Field)> {
         vec![
             ("auth", |c| format!("{:?}", c.auth)),
             ("jwt_secret", |c| format!("{:?}", c.jwt_secret.as_deref())),
