@@ -160,6 +160,7 @@ impl App {
         topic: Option<&str>,
     ) -> Answer<'r, Conn> {
         let (server, live) = (&*self.server, self.live.get());
+        // A refusal before the upgrade: logged, and answered with a JSON body.
         let refused = |status, reason: &str, grants: Option<&Grants>| {
             server.refusals.log(Refusal {
                 path: request.path(),
@@ -168,41 +169,44 @@ impl App {
                 reason,
                 subject: grants.and_then(Grants::subject),
             });
-            refuse(status, reason)
+            http::error(status, reason)
         };
         let ip = peer.map(|p| p.ip()).filter(|_| server.counts_ips());
         match server.admit(&live.config, ip) {
-            Err(Full::Server) => return refused(503, "too many connections", None),
-            Err(Full::Ip) => return refused(429, "too many connections from this address", None),
+            Err(Full::Server) => {
+                return Answer::Respond(refused(503, "too many connections", None));
+            }
+            Err(Full::Ip) => {
+                let reason = "too many connections from this address";
+                return Answer::Respond(refused(429, reason, None));
+            }
             Ok(()) => {}
         }
         let mut extra = Extra { grants: None, ip };
         let mut may_publish = false;
         if route != Route::Echo {
             if !live.origins.allows(request) {
-                return refused(403, "origin not allowed", None);
+                return Answer::Respond(refused(403, "origin not allowed", None));
             }
             if let Some(jwt) = &live.jwt {
                 match jwt.authenticate(request) {
                     Ok(grants) => extra.grants = Some(grants),
                     Err(e) => {
                         let mut response = refused(401, &e.to_string(), None);
-                        if let Answer::Respond(response) = &mut response {
-                            response
-                                .headers
-                                .push(("WWW-Authenticate", "Bearer".to_owned()));
-                        }
-                        return response;
+                        response
+                            .headers
+                            .push(("WWW-Authenticate", "Bearer".to_owned()));
+                        return Answer::Respond(response);
                     }
                 }
             }
             if let Some(topic) = topic {
                 let grants = extra.grants.as_ref();
                 if let Err(e) = validate_topic(topic, live.config.max_topic_length) {
-                    return refused(400, &e.to_string(), grants);
+                    return Answer::Respond(refused(400, &e.to_string(), grants));
                 }
                 if !can_subscribe(live, grants, topic) {
-                    return refused(403, "topic not allowed", grants);
+                    return Answer::Respond(refused(403, "topic not allowed", grants));
                 }
                 may_publish = can_publish(live, grants, topic);
             }
@@ -542,11 +546,6 @@ fn takes_compressed(params: Option<Params>, config: &CompressionConfig, len: usi
     config.policy != Policy::Off
         && len >= config.threshold
         && params.is_some_and(|p| p.accepts_shared(config.window_bits, len))
-}
-
-/// A refusal before the upgrade, with a JSON body.
-fn refuse<'r>(status: u16, message: &str) -> Answer<'r, Conn> {
-    Answer::Respond(http::error(status, message))
 }
 
 /// What a close code says, for the `debug` line of a close (the code is in the line too).
