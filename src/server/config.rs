@@ -116,7 +116,7 @@ pub enum CompressionChoice {
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// TOML config file (keys as these flags, with `_` for `-`) [env: CLARION_CONFIG]. Every
-    /// key can also be set as CLARION_<KEY> (CLARION_CLUSTER__REDIS for [cluster] redis):
+    /// key can also be set as `CLARION_<KEY>` (`CLARION_CLUSTER__REDIS` for `[cluster] redis`):
     /// flags win over the environment, which wins over the file.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
