@@ -119,7 +119,9 @@ fn main() -> ExitCode {
     let shutdown = runtime.shutdown_handle();
     std::thread::spawn(move || {
         for signal in signals.forever() {
-            if signal == SIGHUP {
+            if signal == SIGHUP && draining.load(Ordering::SeqCst) {
+                tracing::info!("draining: SIGHUP ignored");
+            } else if signal == SIGHUP {
                 notify(&notifier, |n| n.reloading());
                 reload(&mut reloader);
                 notify(&notifier, |n| n.ready(&listening));
