@@ -123,6 +123,18 @@ impl<'a> Command<'a> {
         }
     }
 
+    /// The command's `type`, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Subscribe { .. } => "subscribe",
+            Command::Unsubscribe { .. } => "unsubscribe",
+            Command::Publish { .. } => "publish",
+            Command::Hello { .. } => "hello",
+            Command::Refresh { .. } => "refresh",
+            Command::Ping { .. } => "ping",
+        }
+    }
+
     /// The topic the command is about, for the commands that have one.
     pub fn topic(&self) -> Option<&str> {
         match self {
