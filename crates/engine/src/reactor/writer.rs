@@ -302,3 +302,99 @@ impl ConnWriter for QueuedWriter<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::sys::epoll::Epoll;
+
+    /// A connected pair: the reactor's non-blocking side and the peer's.
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        (ours, peer)
+    }
+
+    fn read_exactly(peer: &mut TcpStream, len: usize) -> Vec<u8> {
+        let mut bytes = vec![0; len];
+        peer.read_exact(&mut bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn a_corked_writer_writes_small_frames_once_at_the_end_in_order() {
+        let (mut ours, mut peer) = pair();
+        let (mut corked, mut pool) = (Corked::<Epoll>::new(), Pool::new(1, 1024));
+        let mut tx = None;
+        let mut out = corked.writer(&mut ours, &mut tx, &mut pool);
+        out.transmit(b"ab", b"cd");
+        out.transmit_shared(&Arc::from(&b"ef"[..]));
+        out.transmit(b"g", b"");
+        // Nothing has left yet: the cork holds it until the turn's end.
+        assert_eq!(out.cork.as_slice(), b"abcdefg");
+        assert_eq!(out.finish(), Written::Done);
+        assert!(tx.is_none(), "the socket took it all");
+        assert_eq!(read_exactly(&mut peer, 7), b"abcdefg");
+    }
+
+    #[test]
+    fn a_corked_writer_queues_what_the_socket_does_not_take_and_keeps_order() {
+        let (mut ours, mut peer) = pair();
+        let (mut corked, mut pool) = (Corked::<Epoll>::new(), Pool::new(1, 1024));
+        let mut tx = None;
+        let big: Vec<u8> = (0..32 << 20).map(|i| (i % 251) as u8).collect();
+        let mut out = corked.writer(&mut ours, &mut tx, &mut pool);
+        out.transmit(b"head", &big);
+        // Behind a queue, even a small frame waits its turn rather than being corked.
+        out.transmit(b"tail", b"");
+        assert_eq!(out.finish(), Written::Done, "the rest waits for `Writable`");
+        let queue = tx
+            .as_deref_mut()
+            .expect("32 MiB does not fit a loopback socket");
+        let queued = queue.len();
+        assert!(queued > 0 && queued < big.len() + 8);
+        let reader = std::thread::spawn(move || read_exactly(&mut peer, 4 + big.len() + 4));
+        while !queue.is_empty() {
+            let mut slices = [IoSlice::new(&[]); crate::txqueue::MAX_IOVECS];
+            let n = queue.slices(&mut slices);
+            match Epoll::send(&mut ours, &slices[..n]) {
+                Ok(written) => queue.consume(written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let received = reader.join().unwrap();
+        let big: Vec<u8> = (0..32 << 20).map(|i| (i % 251) as u8).collect();
+        assert_eq!(&received[..4], b"head");
+        assert!(
+            received[4..4 + big.len()] == big[..],
+            "the payload, in order"
+        );
+        assert_eq!(&received[4 + big.len()..], b"tail");
+    }
+
+    #[test]
+    fn a_queued_writer_queues_everything_for_the_turn_s_end_and_shares_frames() {
+        let (mut pool, mut tx, mut queued, mut socket) = (Pool::new(1, 1024), None, Queued, ());
+        let frame: Arc<[u8]> = Arc::from(&b"shared"[..]);
+        let mut out = queued.writer(&mut socket, &mut tx, &mut pool);
+        out.transmit(b"ab", b"cd");
+        out.transmit_shared(&frame);
+        assert_eq!(out.finish(), Written::Queued);
+        assert_eq!(tx.as_deref().map(TxQueue::len), Some(10));
+        assert_eq!(Arc::strong_count(&frame), 2, "referenced, not copied");
+        let mut idle = None;
+        let out = queued.writer(&mut socket, &mut idle, &mut pool);
+        assert_eq!(
+            out.finish(),
+            Written::Done,
+            "nothing written, nothing to send"
+        );
+        assert!(idle.is_none(), "no queue is lent for nothing");
+    }
+}
