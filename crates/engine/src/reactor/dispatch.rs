@@ -17,22 +17,43 @@ use std::time::Instant;
 
 use clarion_protocol::deflate::Params;
 use clarion_protocol::handshake::{Request, write_response};
-use clarion_protocol::{Connection, Event};
+use clarion_protocol::{CloseCode, Connection, Event, State};
 
 use super::bookkeeping::{Core, rearm_on_state_change};
 use super::conn::{Conn, ConnFlags};
 use super::writer::{ConnWriter, Sink, Writing, Written};
 use crate::compression::{Compression, ConnInflate, Negotiator};
-use crate::{Answer, Config, Ctx, Handler, RequestInfo, Stats};
+use crate::limits::{Allowance, Rates};
+use crate::sys::Peer;
+use crate::{Answer, Config, Ctx, Handler, Limit, LimitHit, RequestInfo, Stats};
 
-impl<S, H: Handler> Core<S, H> {
+impl<S: Peer, H: Handler> Core<S, H> {
     /// Feeds bytes received on `token` to its protocol state machine and dispatches the events;
     /// what the connection's writer left to do.
+    ///
+    /// Limits applied on the way: the connection's byte and message allowance (over it: 1008
+    /// "rate limit", at once); its write cap (over it between two frames, the rest of `input`
+    /// is parked in `rx`, marked `UNREAD`, and fed when the queue drains); and the reactor's
+    /// budget for what receive buffers hold (a buffer that would take it past the budget
+    /// closes its connection with 1013).
     pub(super) fn on_data<W: Writing<S>>(
         &mut self,
         writing: &mut W,
         token: usize,
         input: &mut [u8],
+        now: Instant,
+    ) -> Written {
+        self.feed(writing, token, input, true, now)
+    }
+
+    /// [`Core::on_data`] for bytes that arrived now (`arrived`: charged to the connection's
+    /// byte allowance) or that were parked when they arrived (charged then).
+    pub(super) fn feed<W: Writing<S>>(
+        &mut self,
+        writing: &mut W,
+        token: usize,
+        input: &mut [u8],
+        arrived: bool,
         now: Instant,
     ) -> Written {
         let Core {
@@ -45,6 +66,9 @@ impl<S, H: Handler> Core<S, H> {
             scratch,
             stats,
             compression,
+            limits,
+            rates,
+            partial_bytes,
             ..
         } = self;
         let Some(conn) = conns.get_mut(token) else {
@@ -57,11 +81,14 @@ impl<S, H: Handler> Core<S, H> {
             tx,
             app,
             flags,
+            allowance,
             ..
         } = conn;
         let state_before = ws.state();
+        let held_before = rx.as_deref().map_or(0, Vec::capacity);
         let mut rxb = rx.take().unwrap_or_else(|| rx_pool.take());
         let mut out = writing.writer(socket, tx, tx_pool);
+        let cap = limits.max_queued_bytes();
         let mut dispatch = Dispatch {
             handler,
             config,
@@ -71,21 +98,85 @@ impl<S, H: Handler> Core<S, H> {
             peers,
             now,
             token,
+            rates: *rates,
+            cap,
         };
-        if dispatch.drive(ws, app, flags, &mut out, input, &mut rxb) {
-            // Frames the client sent right behind its request head: feed them now, in order.
-            let mut early = std::mem::take(&mut *rxb);
-            dispatch.drive(ws, app, flags, &mut out, &mut early, &mut rxb);
+        let mut hit = None;
+        if arrived && state_before == State::Open && !allowance.take_bytes(rates, input.len()) {
+            hit = Some(Limit::Rate);
+        } else if flags.contains(ConnFlags::UNREAD) {
+            // Bytes parked earlier are fed first: these wait behind them.
+            rxb.extend_from_slice(input);
+        } else {
+            let mut stop = dispatch.drive(ws, app, flags, allowance, &mut out, input, &mut rxb);
+            if stop == Stop::Early {
+                // Frames the client sent right behind its request head: feed them now, in order.
+                let mut early = std::mem::take(&mut *rxb);
+                stop = dispatch.drive(ws, app, flags, allowance, &mut out, &mut early, &mut rxb);
+            }
+            if stop == Stop::Rate {
+                hit = Some(Limit::Rate);
+            }
+        }
+        if hit == Some(Limit::Rate) {
+            ws.abort(CloseCode::POLICY_VIOLATION, Limit::Rate.reason(), &mut out);
+        }
+        if ws.state() == State::Closed {
+            // Nothing more is parsed: what the buffer held is moot (once the last event's
+            // borrow of it is given back).
+            ws.settle(&mut rxb);
+            rxb.clear();
+            flags.remove(ConnFlags::UNREAD);
+        }
+        let mut held = if rxb.is_empty() { 0 } else { rxb.capacity() };
+        *partial_bytes = *partial_bytes - held_before + held;
+        if held > held_before && *partial_bytes > config.max_partial_bytes_per_reactor {
+            ws.abort(CloseCode::TRY_AGAIN_LATER, "server busy", &mut out);
+            ws.settle(&mut rxb);
+            rxb.clear();
+            flags.remove(ConnFlags::UNREAD);
+            *partial_bytes -= held;
+            held = 0;
+            hit = Some(Limit::PartialBudget);
         }
         let written = out.finish();
-        if rxb.is_empty() {
+        if held == 0 {
             rx_pool.give(rxb);
         } else {
             *rx = Some(rxb);
         }
+        if let Some(limit) = hit {
+            Stats::bump(match limit {
+                Limit::Rate => &stats.rate_limited,
+                _ => &stats.partial_budget_closes,
+            });
+            let peer = match state_before {
+                State::Handshaking => peers.get(&token).copied(),
+                _ => socket.peer(),
+            };
+            handler.on_limit(&LimitHit {
+                limit,
+                id: Some(token),
+                peer,
+                conn: app.as_ref(),
+                now,
+            });
+        }
         rearm_on_state_change(&mut self.timers, conn, state_before);
+        self.left_handshake(token);
         written
     }
+}
+
+/// Why [`Dispatch::drive`] stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// The input is consumed (or parked in `rx`).
+    End,
+    /// The request head was answered with an upgrade and frames follow it in `rx`: feed them.
+    Early,
+    /// The connection sent more messages than its allowance.
+    Rate,
 }
 
 /// What a connection's events are dispatched with (the parts of the core they need).
@@ -98,33 +189,49 @@ struct Dispatch<'a, H> {
     peers: &'a mut HashMap<usize, SocketAddr>,
     now: Instant,
     token: usize,
+    rates: Rates,
+    /// The connection's write cap.
+    cap: usize,
 }
 
 impl<H: Handler> Dispatch<'_, H> {
-    /// Runs the state machine over `input`; true when bytes behind the request head were left in
-    /// `rx` to be fed again.
+    /// Runs the state machine over `input` until it is consumed, the connection goes over its
+    /// write cap between two frames (the rest is parked in `rx`), or over its message rate.
+    #[allow(clippy::too_many_arguments, reason = "the connection's parts, borrowed apart")]
     fn drive(
         &mut self,
         ws: &mut Connection,
         app: &mut Option<H::Conn>,
         flags: &mut ConnFlags,
+        allowance: &mut Allowance,
         out: &mut impl Sink,
         mut input: &mut [u8],
         rx: &mut Vec<u8>,
-    ) -> bool {
+    ) -> Stop {
         let (stats, token) = (self.stats, self.token);
-        while let Some(event) = ws.read_inflating(
-            &mut input,
-            rx,
-            &mut ConnInflate {
+        loop {
+            // Over its write cap: read no further until the queue drains. Only between two
+            // frames, where `rx` is free to hold the rest as it came.
+            if !input.is_empty() && out.queued() > self.cap && ws.settle(rx) {
+                rx.extend_from_slice(input);
+                flags.insert(ConnFlags::UNREAD);
+                return Stop::End;
+            }
+            let mut inflate = ConnInflate {
                 inflating: &mut self.compression.inflating,
                 token,
                 stats,
-            },
-            self.now,
-            &self.config.protocol,
-            out,
-        ) {
+            };
+            let Some(event) = ws.read_inflating(
+                &mut input,
+                rx,
+                &mut inflate,
+                self.now,
+                &self.config.protocol,
+                out,
+            ) else {
+                return Stop::End;
+            };
             match event {
                 Event::Request(request, body) => {
                     let info = RequestInfo {
@@ -138,7 +245,7 @@ impl<H: Handler> Dispatch<'_, H> {
                     out.transmit(self.scratch, &[]);
                     let Some((conn, deflate)) = answered else {
                         ws.finish();
-                        return false;
+                        return Stop::End;
                     };
                     ws.accept(self.now, rx);
                     if let Some(params) = deflate {
@@ -155,13 +262,18 @@ impl<H: Handler> Dispatch<'_, H> {
                         out,
                         deflating: &mut self.compression.deflating,
                         stats,
+                        flags,
+                        low_mark: self.cap / 2,
                         now: self.now,
                     });
                     if !rx.is_empty() {
-                        return true;
+                        return Stop::Early;
                     }
                 }
                 Event::Message(kind, payload) => {
+                    if !allowance.take_messages(&self.rates, 1) {
+                        return Stop::Rate;
+                    }
                     self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
                     if let Some(app) = app.as_mut() {
                         let mut ctx = Ctx {
@@ -171,18 +283,25 @@ impl<H: Handler> Dispatch<'_, H> {
                             out,
                             deflating: &mut self.compression.deflating,
                             stats,
+                            flags,
+                            low_mark: self.cap / 2,
                             now: self.now,
                         };
                         self.handler.on_message(&mut ctx, kind, payload);
                     }
                 }
+                // A ping costs a pong: counted like a message.
+                Event::Ping(_) | Event::Pong(_) => {
+                    if !allowance.take_messages(&self.rates, 1) {
+                        return Stop::Rate;
+                    }
+                }
                 Event::Failed(failure) => {
                     tracing::debug!(token = self.token, ?failure, "connection failed")
                 }
-                Event::Ping(_) | Event::Pong(_) | Event::Close(_) => {}
+                Event::Close(_) => {}
             }
         }
-        false
     }
 }
 
