@@ -72,8 +72,7 @@ impl LiveLimits {
     /// Puts new limits in force: each reactor applies them at its next check (a connection's
     /// bucket is brought within a smaller burst at the next sweep).
     pub fn store(&self, limits: &Limits) {
-        self.max_connections
-            .store(limits.max_connections, Relaxed);
+        self.max_connections.store(limits.max_connections, Relaxed);
         self.max_queued_bytes
             .store(limits.max_queued_bytes.max(1), Relaxed);
         self.message_rate.store(limits.message_rate, Relaxed);
@@ -193,7 +192,10 @@ impl Allowance {
         if rates.byte_rate == 0 {
             return true;
         }
-        match u32::try_from(bytes).ok().and_then(|b| self.bytes.checked_sub(b)) {
+        match u32::try_from(bytes)
+            .ok()
+            .and_then(|b| self.bytes.checked_sub(b))
+        {
             Some(left) => {
                 self.bytes = left;
                 true
@@ -209,7 +211,8 @@ impl Allowance {
         let messages = (u64::from(self.messages) + earned(rates.message_rate))
             .min(u64::from(rates.message_burst.min(MAX_MESSAGE_BURST)));
         self.messages = messages as u16;
-        let bytes = (u64::from(self.bytes) + earned(rates.byte_rate)).min(u64::from(rates.byte_burst));
+        let bytes =
+            (u64::from(self.bytes) + earned(rates.byte_rate)).min(u64::from(rates.byte_burst));
         self.bytes = bytes as u32;
     }
 }

@@ -366,7 +366,10 @@ fn long_output_goes_out_in_slices_as_the_queue_drains() {
         assert_eq!(payload[..4], n.to_be_bytes(), "in order");
     }
     let most = server.most_queued.load(Ordering::Relaxed);
-    assert!(most <= CAP / 2 + SLICE + 16, "at most the low mark and a slice: {most}");
+    assert!(
+        most <= CAP / 2 + SLICE + 16,
+        "at most the low mark and a slice: {most}"
+    );
     assert!(eventually(|| server.total(|s| &s.tx_queues_lent) == 0));
 }
 
@@ -405,7 +408,8 @@ fn a_flood_of_messages_or_bytes_closes_with_1008_rate_limit() {
         "{hits:?}"
     );
     // The calm connection was not affected.
-    calm.write_all(&client_frame(true, 1, b"still here")).unwrap();
+    calm.write_all(&client_frame(true, 1, b"still here"))
+        .unwrap();
     assert_eq!(read_frame(&mut calm).unwrap(), (1, b"still here".to_vec()));
 }
 
@@ -457,7 +461,9 @@ fn silent_and_drip_fed_handshakes_are_capped_and_closed_at_the_deadline() {
     assert!(eventually(|| server.total(|s| &s.refused_handshakes) == 1));
     // One header byte every 100 ms never completes: the deadline closes it, and the silent one.
     let dripper = std::thread::spawn(move || {
-        for byte in b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Slow: 1234567890123456789012345678901234567890\r\n" {
+        for byte in
+            b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Slow: 1234567890123456789012345678901234567890\r\n"
+        {
             if drip.write_all(&[*byte]).is_err() {
                 break;
             }
@@ -467,7 +473,10 @@ fn silent_and_drip_fed_handshakes_are_capped_and_closed_at_the_deadline() {
         matches!(drip.read(&mut buf), Ok(0) | Err(_))
     });
     assert!(eventually(|| server.total(|s| &s.handshake_timeouts) == 2));
-    assert!(dripper.join().unwrap(), "the drip-fed connection was closed");
+    assert!(
+        dripper.join().unwrap(),
+        "the drip-fed connection was closed"
+    );
     drop(silent);
     assert!(eventually(|| server.total(|s| &s.handshaking) == 0));
     let hits = server.hits();

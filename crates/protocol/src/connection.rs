@@ -951,7 +951,8 @@ impl Connection {
         }
         self.state = State::Closed;
         self.remaining = 0;
-        self.flags.remove(Flags::IN_FRAME | Flags::FRAME_FIN | Flags::COMPRESSED);
+        self.flags
+            .remove(Flags::IN_FRAME | Flags::FRAME_FIN | Flags::COMPRESSED);
         self.message = None;
         self.partial_header = 0;
         self.control_len = 0;
@@ -1777,7 +1778,10 @@ mod tests {
     #[test]
     fn settle_says_when_rx_is_free_and_abort_forgets_the_frame_in_progress() {
         let mut s = Server::open();
-        assert!(s.conn.settle(&mut s.rx), "a fresh connection is between frames");
+        assert!(
+            s.conn.settle(&mut s.rx),
+            "a fresh connection is between frames"
+        );
         // A fragmented message in progress, and a partial frame header: not between frames.
         s.feed(&frame(false, 0x1, b"frag"));
         assert!(!s.conn.settle(&mut s.rx));
@@ -1793,7 +1797,8 @@ mod tests {
         // buffer may be taken back at once.
         s.feed(&frame(true, 0x2, &[7; 100])[..50]);
         s.sent.clear();
-        s.conn.abort(CloseCode::POLICY_VIOLATION, "rate limit", &mut s.sent);
+        s.conn
+            .abort(CloseCode::POLICY_VIOLATION, "rate limit", &mut s.sent);
         assert_eq!(s.conn.state(), State::Closed);
         assert_eq!(s.conn.close_code(), Some(CloseCode::POLICY_VIOLATION));
         assert_eq!(

@@ -196,8 +196,7 @@ impl<S, H: Handler> Core<S, H> {
     pub(super) fn left_handshake(&mut self, token: usize) {
         if let Some(conn) = self.conns.get_mut(token)
             && conn.flags.contains(ConnFlags::HANDSHAKING)
-            && (conn.ws.state() != State::Handshaking
-                || conn.flags.contains(ConnFlags::RELEASING))
+            && (conn.ws.state() != State::Handshaking || conn.flags.contains(ConnFlags::RELEASING))
         {
             conn.flags.remove(ConnFlags::HANDSHAKING);
             self.handshaking -= 1;

@@ -197,7 +197,10 @@ struct Dispatch<'a, H> {
 impl<H: Handler> Dispatch<'_, H> {
     /// Runs the state machine over `input` until it is consumed, the connection goes over its
     /// write cap between two frames (the rest is parked in `rx`), or over its message rate.
-    #[allow(clippy::too_many_arguments, reason = "the connection's parts, borrowed apart")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the connection's parts, borrowed apart"
+    )]
     fn drive(
         &mut self,
         ws: &mut Connection,

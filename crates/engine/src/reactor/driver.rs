@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use super::Reactor;
 use super::writer::Writing;
 use crate::Handler;
-use crate::sys::{Flushed, Peer, Waker};
 use crate::sys::completion::Sockets;
+use crate::sys::{Flushed, Peer, Waker};
 use crate::txqueue::TxQueue;
 
 /// One I/O model, as the shared core drives it.

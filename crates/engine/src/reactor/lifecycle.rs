@@ -142,10 +142,10 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
             return;
         };
         let state_before = conn.ws.state();
-        let mut out = self
-            .driver
-            .writing()
-            .writer(&mut conn.socket, &mut conn.tx, &mut core.tx_pool);
+        let mut out =
+            self.driver
+                .writing()
+                .writer(&mut conn.socket, &mut conn.tx, &mut core.tx_pool);
         core.handler.on_writable(&mut Ctx {
             id: token,
             conn: app,

@@ -372,14 +372,24 @@ mod tests {
         );
         // Returns (rather than waiting forever for a shutdown) once the wait fails for good.
         reactor.run(&AtomicBool::new(false));
-        assert_eq!(called.load(Ordering::Relaxed), 5, "the lasting error ends it");
+        assert_eq!(
+            called.load(Ordering::Relaxed),
+            5,
+            "the lasting error ends it"
+        );
         assert_eq!(stats.wait_retries.load(Ordering::Relaxed), 3);
         assert!(stats.failed.load(Ordering::Relaxed));
     }
 
     #[test]
     fn what_a_wait_may_get_past() {
-        for code in [libc::EINTR, libc::EAGAIN, libc::EBUSY, libc::ENOMEM, libc::ENOBUFS] {
+        for code in [
+            libc::EINTR,
+            libc::EAGAIN,
+            libc::EBUSY,
+            libc::ENOMEM,
+            libc::ENOBUFS,
+        ] {
             assert!(is_transient(&io::Error::from_raw_os_error(code)), "{code}");
         }
         for code in [libc::EBADF, libc::EINVAL, libc::EFAULT, libc::ENXIO] {
