@@ -81,7 +81,7 @@ fn main() -> ExitCode {
     });
     let config = settings.reactor_config();
     let app = settings.app_config();
-    let open_api = app.api_key.is_none();
+    let open_publishing = app.open_publishing();
     let max_connections = app.max_connections;
     let running = match server::launch(config.clone(), app) {
         Ok(running) => running,
@@ -98,8 +98,12 @@ fn main() -> ExitCode {
         runtime.io()
     );
     tracing::info!("{listening}");
-    if open_api {
-        tracing::warn!("no api_key: the HTTP publish API is open to anyone who can connect");
+    if open_publishing {
+        // Beyond loopback this needed --insecure (or the start was refused).
+        tracing::warn!(
+            "publishing is open to anyone who can connect (no api_key, or client_publish = all \
+             without auth)"
+        );
     }
     for warning in server::host::warnings(
         &config,
@@ -114,9 +118,12 @@ fn main() -> ExitCode {
     notify(&notifier, |n| n.ready(&listening));
     let draining = Arc::new(AtomicBool::new(false));
     spawn_housekeeping(running.server.clone(), notifier.clone(), draining.clone());
+    let server = running.server.clone();
+    let drain_started = Arc::new(std::sync::Mutex::new(None::<Instant>));
 
     let mut reloader = Reloader::new(sources, loaded.layer, running.server, Some(logging));
     let shutdown = runtime.shutdown_handle();
+    let drain_clock = drain_started.clone();
     std::thread::spawn(move || {
         for signal in signals.forever() {
             if signal == SIGHUP && draining.load(Ordering::SeqCst) {
@@ -127,6 +134,7 @@ fn main() -> ExitCode {
                 notify(&notifier, |n| n.ready(&listening));
             } else if !draining.swap(true, Ordering::SeqCst) {
                 notify(&notifier, |n| n.stopping());
+                *drain_clock.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                 shutdown.shutdown();
                 tracing::info!(signal, "draining: closing connections with 1001");
             } else {
@@ -136,6 +144,16 @@ fn main() -> ExitCode {
         }
     });
     runtime.join();
+    // Publishes acknowledged to clients but not yet taken by Redis: sent within what is left
+    // of the drain timeout, the rest counted and logged.
+    let started = *drain_started.lock().unwrap_or_else(|e| e.into_inner());
+    let deadline = started.unwrap_or_else(Instant::now) + config.drain_timeout;
+    server.finish(deadline);
+    let failed = runtime.failed();
+    if failed > 0 {
+        tracing::error!("stopped: {failed} reactor(s) had failed");
+        return ExitCode::FAILURE;
+    }
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

@@ -5,6 +5,10 @@
 //! back-off; the reactors refuse new ones once the queue holds `buffer_bytes` (see
 //! [`super::Cluster::publish`]). A batch whose replies were lost is sent again: each publish
 //! carries this node's id and its own number, and the script takes each number once.
+//!
+//! At shutdown ([`super::Cluster::finish`]) the thread sends what is queued until the drain's
+//! deadline, reconnecting if it must; what is left then is counted as dropped and logged: an
+//! acknowledged publish is sent or reported lost, never silently.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -37,6 +41,19 @@ pub(super) struct Outgoing {
     pub provisional: u64,
 }
 
+impl Outgoing {
+    /// Bytes a publish of `payload` to `topic` takes while it waits: the record, its topic name
+    /// (with the `Arc`'s counts) and its payload. What `buffer_bytes` counts, so that empty
+    /// payloads are not free.
+    pub fn memory(topic: &str, payload: &Payload) -> usize {
+        size_of::<Outgoing>() + 2 * size_of::<usize>() + topic.len() + payload.memory()
+    }
+}
+
+/// How long the thread pauses between reconnections while it flushes at shutdown (the back-off
+/// is cut short once stopping).
+const FLUSH_RETRY: Duration = Duration::from_millis(50);
+
 /// What the publish script needs besides the message.
 #[derive(Clone, Debug)]
 pub(super) struct Publisher {
@@ -64,10 +81,21 @@ impl Publisher {
         let mut lost = false;
         let mut idle_since = Instant::now();
         loop {
-            if self.link.stopping() && (queue.is_empty() || connected.is_none()) {
-                return;
+            if self.link.stopping() {
+                let nothing_left = queue.is_empty() && incoming.is_empty();
+                let due = self
+                    .link
+                    .flush_until
+                    .get()
+                    .is_none_or(|&deadline| Instant::now() >= deadline);
+                if nothing_left || due {
+                    return self.give_up(queue.len() + incoming.len(), &queue, &incoming);
+                }
             }
             let Some(ready) = connected.as_mut() else {
+                if self.link.stopping() && lost {
+                    std::thread::sleep(FLUSH_RETRY);
+                }
                 match self.connect() {
                     Ok(fresh) => {
                         connected = Some(fresh);
@@ -87,7 +115,12 @@ impl Publisher {
                 continue;
             };
             if queue.is_empty() {
-                match incoming.recv_timeout(IDLE) {
+                let idle = if self.link.stopping() {
+                    FLUSH_RETRY
+                } else {
+                    IDLE
+                };
+                match incoming.recv_timeout(idle) {
                     Ok(outgoing) => {
                         number += 1;
                         queue.push_back((number, outgoing));
@@ -119,7 +152,7 @@ impl Publisher {
                 Ok(()) => {
                     let bytes: u64 = queue
                         .drain(..batch)
-                        .map(|(_, o)| o.payload.bytes().len() as u64)
+                        .map(|(_, o)| Outgoing::memory(&o.topic, &o.payload) as u64)
                         .sum();
                     self.link.published.fetch_add(batch as u64, Relaxed);
                     self.release(batch as u64, bytes);
@@ -134,13 +167,40 @@ impl Publisher {
                     tracing::warn!("cluster: Redis refused {batch} publishes: {e}");
                     let bytes: u64 = queue
                         .drain(..batch)
-                        .map(|(_, o)| o.payload.bytes().len() as u64)
+                        .map(|(_, o)| Outgoing::memory(&o.topic, &o.payload) as u64)
                         .sum();
                     self.link.dropped.fetch_add(batch as u64, Relaxed);
                     self.release(batch as u64, bytes);
                 }
             }
         }
+    }
+
+    /// The thread's end: `left` publishes were acknowledged but not sent (the drain's deadline
+    /// passed, or no flush was asked for): counted as dropped, and logged.
+    fn give_up(
+        &self,
+        left: usize,
+        queue: &VecDeque<(u64, Outgoing)>,
+        incoming: &Receiver<Outgoing>,
+    ) {
+        if left == 0 {
+            return;
+        }
+        let bytes: usize = queue
+            .iter()
+            .map(|(_, o)| o)
+            .chain(incoming.try_iter().collect::<Vec<_>>().iter())
+            .map(|o| Outgoing::memory(&o.topic, &o.payload))
+            .sum();
+        self.link.dropped.fetch_add(left as u64, Relaxed);
+        self.link.lost_at_exit.store(left as u64, Relaxed);
+        self.release(left as u64, bytes as u64);
+        tracing::error!(
+            lost = left,
+            "cluster: {left} acknowledged publishes could not be sent to Redis before the \
+             drain timeout; they are lost"
+        );
     }
 
     fn connect(&self) -> Result<Connected, RedisError> {

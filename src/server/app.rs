@@ -18,6 +18,7 @@
 //! Logs: each refused client at `info` (rate-limited, [`super::refusals`]); each WebSocket's
 //! open and close at `debug`; requests, commands and each message's fanout at `trace`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -35,16 +36,17 @@ use super::envelope::{
 use super::http;
 use super::live::Cached;
 use super::refusals::Refusal;
-use super::state::{ClientPublish, Full, Live, PublishError, Server, SlowConsumer};
+use super::state::{ClientPublish, Live, Origin, PublishError, Server, SlowConsumer};
 use clarion_engine::{
-    Answer, CompressionConfig, ConnId, Ctx, Handler, Local, Policy, Push, RequestInfo, Response,
+    Answer, CompressionConfig, ConnId, Ctx, Handler, Limit, LimitHit, Local, Policy, Push,
+    RequestInfo, Response,
 };
 use clarion_protocol::deflate::{Deflater, Params};
 use clarion_protocol::handshake::Request;
 use clarion_protocol::{CloseCode, MessageKind};
 use clarion_pubsub::{
-    self, Message, Payload, Post, Registry, Subscribed, Subscriptions, frame_payload,
-    shared_compressed_frame, shared_frame, validate_topic,
+    self, Message, Payload, Post, Registry, Resume, Subscribed, Subscriptions, TopicId,
+    frame_payload, shared_compressed_frame, shared_frame, validate_topic,
 };
 
 /// What a WebSocket connection is for, chosen by its path.
@@ -111,13 +113,37 @@ struct Parked {
 
 /// Where a subscribe's answers go: the connection of a callback, or one reached from the inbox.
 trait Reply {
+    /// The connection.
+    fn id(&self) -> ConnId;
     /// Queues a frame; false if the connection is gone or closing.
     fn send_frame(&mut self, frame: &Arc<[u8]>) -> bool;
+    /// Less than half the connection's write cap waits: room for the next slice of a replay.
+    fn has_room(&self) -> bool;
+    /// Asks for `on_writable` once the queue is down to half the write cap.
+    fn notify_writable(&mut self);
+    /// Ends the connection with `code`.
+    fn close(&mut self, code: CloseCode, reason: &str);
 }
 
 impl Reply for Ctx<'_, Conn> {
+    fn id(&self) -> ConnId {
+        Ctx::id(self)
+    }
+
     fn send_frame(&mut self, frame: &Arc<[u8]>) -> bool {
         self.send_shared(frame).is_ok()
+    }
+
+    fn has_room(&self) -> bool {
+        Ctx::has_room(self)
+    }
+
+    fn notify_writable(&mut self) {
+        Ctx::notify_writable(self);
+    }
+
+    fn close(&mut self, code: CloseCode, reason: &str) {
+        Ctx::close(self, code, reason);
     }
 }
 
@@ -125,10 +151,42 @@ impl Reply for Ctx<'_, Conn> {
 struct To<'l, 'a>(&'l mut Local<'a, Conn>, ConnId);
 
 impl Reply for To<'_, '_> {
+    fn id(&self) -> ConnId {
+        self.1
+    }
+
     fn send_frame(&mut self, frame: &Arc<[u8]>) -> bool {
-        // Answers and replays are not deliveries: no slow-consumer cap, as in a callback.
+        // Answers are not deliveries: no slow-consumer cap (they come from reading the
+        // connection, which stops past its cap; replays go out only while it has room).
         matches!(self.0.send_shared(self.1, frame, usize::MAX), Push::Queued)
     }
+
+    fn has_room(&self) -> bool {
+        self.0.has_room(self.1)
+    }
+
+    fn notify_writable(&mut self) {
+        self.0.notify_writable(self.1);
+    }
+
+    fn close(&mut self, code: CloseCode, reason: &str) {
+        self.0.close(self.1, code, reason);
+    }
+}
+
+/// Bytes of history one replay slice takes at most (the first at the subscribe, the next ones
+/// as the connection's queue drains): a resume never queues more than this beyond the
+/// connection's low mark, whatever `since` asks for.
+const REPLAY_SLICE: usize = 64 << 10;
+
+/// A resume whose replay goes out in slices: the subscriber is held (no live message) until it
+/// has everything up to the topic's `seq`.
+#[derive(Debug)]
+struct Replay {
+    topic: TopicId,
+    /// The last `seq` sent.
+    sent: u64,
+    epoch: Option<clarion_pubsub::Epoch>,
 }
 
 /// One reactor's application state.
@@ -142,6 +200,8 @@ pub struct App {
     pending: Option<Pending>,
     /// Cluster mode: subscribes waiting for their topic, by topic.
     parked: HashMap<Arc<str>, Vec<Parked>>,
+    /// Resumes whose replay goes out in slices, by connection (only while one does).
+    replays: HashMap<ConnId, Vec<Replay>>,
     scratch: Vec<u8>,
     /// Compresses fanout frames once for every subscriber they fit; made on first use.
     deflater: Option<Deflater>,
@@ -169,6 +229,7 @@ impl App {
             extras: Slab::new(),
             pending: None,
             parked: HashMap::new(),
+            replays: HashMap::new(),
             scratch: Vec::new(),
             deflater: None,
             heartbeat_frame: shared_frame(MessageKind::Text, HEARTBEAT),
@@ -202,15 +263,9 @@ impl App {
             http::error(status, reason)
         };
         let ip = peer.map(|p| p.ip()).filter(|_| server.counts_ips());
-        match server.admit(&live.config, ip) {
-            Err(Full::Server) => {
-                return Answer::Respond(refused(503, "too many connections", None));
-            }
-            Err(Full::Ip) => {
-                let reason = "too many connections from this address";
-                return Answer::Respond(refused(429, reason, None));
-            }
-            Ok(()) => {}
+        if server.admit(&live.config, ip).is_err() {
+            let reason = "too many connections from this address";
+            return Answer::Respond(refused(429, reason, None));
         }
         let mut extra = Extra { grants: None, ip };
         let mut may_publish = false;
@@ -272,9 +327,26 @@ impl App {
         }
     }
 
+    /// The path an open connection came on, as far as its state tells (a `/t/` socket's topic
+    /// while it is subscribed): for the log line of a limit it hit.
+    fn path_of(&self, conn: &Conn) -> Cow<'static, str> {
+        match conn.route {
+            Route::Echo => Cow::Borrowed("/echo"),
+            Route::Envelope => Cow::Borrowed("/ws"),
+            Route::Topic => match conn
+                .subs
+                .iter()
+                .next()
+                .and_then(|id| self.registry.name(id))
+            {
+                Some(topic) => Cow::Owned(format!("/t/{topic}")),
+                None => Cow::Borrowed("/t/"),
+            },
+        }
+    }
+
     fn grants(&self, conn: &Conn) -> Option<&Grants> {
-        let key = conn.extra?.get() as usize - 1;
-        self.extras.get(key)?.grants.as_ref()
+        grants_in(&self.extras, conn)
     }
 
     /// Seconds until the token of `conn` ends it (`exp` plus the leeway), with tokens in use.
@@ -305,15 +377,30 @@ impl App {
             return;
         };
         let payload = Payload::new(format_of(kind, payload), payload);
-        match self.server.publish(&topic, payload) {
-            Ok(_) => {}
-            // A raw socket has no answer to carry the refusal: the drop is counted and the
-            // publisher told by the close code, never left believing it was sent.
-            Err(e @ PublishError::Cluster(_)) => {
-                ctx.close(CloseCode::TRY_AGAIN_LATER, &e.to_string())
-            }
-            Err(e) => ctx.close(CloseCode::POLICY_VIOLATION, &e.to_string()),
+        // A raw socket has no answer to carry a refusal: the publisher is told by the close
+        // code (and the refusal counted), never left believing it was sent.
+        if let Err(e) = self.publish(&topic, payload) {
+            let code = match e {
+                PublishError::TooLarge { .. } => CloseCode::MESSAGE_TOO_BIG,
+                e if e.is_transient() => CloseCode::TRY_AGAIN_LATER,
+                _ => CloseCode::POLICY_VIOLATION,
+            };
+            ctx.close(code, &e.to_string());
         }
+    }
+
+    /// A client's publish, within the write cap in force; a refusal is counted.
+    fn publish(&self, topic: &str, payload: Payload) -> Result<Option<u64>, PublishError> {
+        let max_queued = self.live.get().config.max_queued_bytes;
+        let published = self
+            .server
+            .publish(topic, payload, Origin::Client, max_queued);
+        if published.is_err() {
+            self.server.counters[self.index]
+                .publishes_refused
+                .fetch_add(1, Relaxed);
+        }
+        published
     }
 
     /// The topic a `/t/` connection waits for, in cluster mode.
@@ -378,9 +465,10 @@ impl App {
                 self.send(&mut To(local, p.conn), &out);
                 continue;
             }
+            let resume = p.resume.as_ref();
             let subscribed =
                 self.registry
-                    .subscribe(p.conn, &mut conn.subs, &topic, p.resume.as_ref(), now);
+                    .subscribe(p.conn, &mut conn.subs, &topic, resume, REPLAY_SLICE, now);
             match subscribed {
                 Err(clarion_pubsub::Error::Pending) => {
                     // The topic was given up and is wanted again: wait for the next sync.
@@ -464,6 +552,9 @@ impl App {
             }
             Command::Unsubscribe { .. } => {
                 let conn_id = ctx.id();
+                if let Some(id) = self.registry.id(topic) {
+                    end_replay(&mut self.replays, conn_id, id);
+                }
                 self.registry
                     .unsubscribe(conn_id, &mut ctx.conn().subs, topic);
                 if !self.parked.is_empty() {
@@ -480,14 +571,20 @@ impl App {
                         "publishing to this topic is not allowed",
                     );
                 } else {
-                    match self.server.publish(topic, Payload::new(*format, data)) {
+                    match self.publish(topic, Payload::new(*format, data)) {
                         Ok(seq) => envelope::render_published(out, id, topic, seq),
-                        Err(e @ PublishError::Hub(_)) => {
+                        Err(e @ PublishError::TooLarge { .. }) => {
+                            error(out, ErrorCode::TooLarge, &e.to_string());
+                        }
+                        Err(
+                            e @ PublishError::Hub(
+                                clarion_pubsub::Error::TooManyTopics
+                                | clarion_pubsub::Error::TooManyNewTopics,
+                            ),
+                        ) => {
                             error(out, ErrorCode::TooManyTopics, &e.to_string());
                         }
-                        Err(e @ PublishError::Cluster(_)) => {
-                            error(out, ErrorCode::Unavailable, &e.to_string());
-                        }
+                        Err(e) => error(out, ErrorCode::Unavailable, &e.to_string()),
                     }
                 }
             }
@@ -539,6 +636,9 @@ impl App {
             .cloned()
             .collect();
         for topic in &ended {
+            if let Some(id) = self.registry.id(topic) {
+                end_replay(&mut self.replays, conn_id, id);
+            }
             self.registry
                 .unsubscribe(conn_id, &mut ctx.conn().subs, topic);
             out.clear();
@@ -588,7 +688,7 @@ impl App {
             let subs = &mut ctx.conn().subs;
             match self
                 .registry
-                .subscribe(conn_id, subs, topic, resume.as_ref(), now)
+                .subscribe(conn_id, subs, topic, resume.as_ref(), REPLAY_SLICE, now)
             {
                 Ok(subscribed) => Ok(subscribed),
                 Err(clarion_pubsub::Error::Pending) => {
@@ -617,9 +717,11 @@ impl App {
     }
 
     /// Sends a subscribe's ack, then what a resume recovered: what was missed goes out before
-    /// anything live (live deliveries come from the inbox, after this).
+    /// anything live (live deliveries come from the inbox, after this). A replay larger than
+    /// one slice goes on as the connection's queue drains ([`App::pump_replays`]), the
+    /// subscriber held meanwhile: a small `subscribe` never queues a megabyte.
     fn answer_subscribed(
-        &self,
+        &mut self,
         to: &mut impl Reply,
         id: Option<Id<'_>>,
         topic: &str,
@@ -631,11 +733,79 @@ impl App {
         out.clear();
         envelope::render_subscribed(out, id, topic, recovery.recovered, epoch, subscribed.seq);
         self.send(to, out);
-        for message in &recovery.messages {
+        let sent = self.send_deliveries(to, &recovery.messages, out);
+        if recovery.complete {
+            return;
+        }
+        self.server.counters[self.index]
+            .sliced_replays
+            .fetch_add(1, Relaxed);
+        let replay = Replay {
+            topic: subscribed.topic,
+            sent: sent.unwrap_or(subscribed.seq),
+            epoch: Some(epoch),
+        };
+        self.replays.entry(to.id()).or_default().push(replay);
+        self.pump_replays(to, out);
+    }
+
+    /// Sends `messages` as envelope deliveries; the `seq` of the last one, if any.
+    fn send_deliveries(
+        &self,
+        to: &mut impl Reply,
+        messages: &[Arc<Message>],
+        out: &mut Vec<u8>,
+    ) -> Option<u64> {
+        for message in messages {
             let frame = delivery_frame(message, out);
             if to.send_frame(&frame) {
                 self.server.counters[self.index].sent(frame.len());
             }
+        }
+        messages.last().map(|m| m.seq())
+    }
+
+    /// Sends the next slices of `to`'s replays while its queue has room, and asks to be told
+    /// when it drains if any is left. A replay that reaches its topic's `seq` ends, and its
+    /// subscriber takes live messages from there; one whose history was evicted under it
+    /// meanwhile is a slow consumer (closed, or with `drop` left with the gap in `seq`).
+    fn pump_replays(&mut self, to: &mut impl Reply, out: &mut Vec<u8>) {
+        let conn = to.id();
+        let Some(mut replays) = self.replays.remove(&conn) else {
+            return;
+        };
+        let now = Instant::now();
+        while let Some(replay) = replays.last_mut() {
+            if !to.has_room() {
+                break;
+            }
+            let resume = Resume {
+                since: replay.sent,
+                epoch: replay.epoch,
+            };
+            let slice = self
+                .registry
+                .replay(conn, replay.topic, &resume, REPLAY_SLICE, now);
+            if !slice.recovered {
+                if self.live.get().config.slow_consumer == SlowConsumer::Close {
+                    self.server.counters[self.index]
+                        .slow_consumer_closes
+                        .fetch_add(1, Relaxed);
+                    return to.close(CloseCode::POLICY_VIOLATION, "slow consumer");
+                }
+                replays.pop();
+                continue;
+            }
+            if let Some(last) = self.send_deliveries(to, &slice.messages, out) {
+                replay.sent = last;
+            }
+            if slice.complete {
+                replays.pop();
+            }
+        }
+        if !replays.is_empty() {
+            to.notify_writable();
+            self.replays.insert(conn, replays);
         }
     }
 
@@ -750,7 +920,7 @@ impl Handler for App {
             ("POST", _) if path.starts_with("/publish/") => {
                 Answer::Respond(http::publish(server, live, request, body, peer, self.index))
             }
-            (_, "/echo") => self.websocket(Route::Echo, request, peer, None),
+            (_, "/echo") if live.config.echo => self.websocket(Route::Echo, request, peer, None),
             (_, "/ws") => self.websocket(Route::Envelope, request, peer, None),
             (_, _) if path.starts_with("/t/") => {
                 self.websocket(Route::Topic, request, peer, path.get(3..))
@@ -793,9 +963,9 @@ impl Handler for App {
         }
         if let Some(topic) = topic {
             let (id, now) = (ctx.id(), ctx.now());
-            let subscribed = self
-                .registry
-                .subscribe(id, &mut ctx.conn().subs, &topic, None, now);
+            let subscribed =
+                self.registry
+                    .subscribe(id, &mut ctx.conn().subs, &topic, None, 0, now);
             self.update_gauge();
             match subscribed {
                 Ok(_) => {}
@@ -848,6 +1018,7 @@ impl Handler for App {
         if !self.parked.is_empty() {
             self.unpark_conn(id, None);
         }
+        self.replays.remove(&id);
         let extra = conn
             .extra
             .take()
@@ -893,13 +1064,59 @@ impl Handler for App {
         // Due when a multiple of the interval, shifted by the connection's phase, was passed
         // since the last sweep: once per interval however late a sweep comes.
         let phase = id as u64 % heartbeat.max(1);
-        if heartbeat != 0
-            && (self.tick + phase) / heartbeat != (self.prev_tick + phase) / heartbeat
-            && ctx.send_shared(&self.heartbeat_frame).is_ok()
+        if heartbeat != 0 && (self.tick + phase) / heartbeat != (self.prev_tick + phase) / heartbeat
         {
             let counters = &self.server.counters[self.index];
-            counters.heartbeats.fetch_add(1, Relaxed);
-            counters.sent(self.heartbeat_frame.len());
+            // A client that is behind has bytes coming: a heartbeat would only add to them.
+            if !ctx.has_room() {
+                counters.heartbeats_skipped.fetch_add(1, Relaxed);
+            } else if ctx.send_shared(&self.heartbeat_frame).is_ok() {
+                counters.heartbeats.fetch_add(1, Relaxed);
+                counters.sent(self.heartbeat_frame.len());
+            }
+        }
+    }
+
+    fn on_writable(&mut self, ctx: &mut Ctx<'_, Conn>) {
+        let mut out = std::mem::take(&mut self.scratch);
+        self.pump_replays(ctx, &mut out);
+        self.scratch = out;
+    }
+
+    fn on_limit(&mut self, hit: &LimitHit<'_, Conn>) {
+        let path: Cow<str> = match hit.conn {
+            None => Cow::Borrowed(""),
+            Some(conn) => self.path_of(conn),
+        };
+        let status = match hit.limit {
+            Limit::Rate => CloseCode::POLICY_VIOLATION.0,
+            Limit::PartialBudget => CloseCode::TRY_AGAIN_LATER.0,
+            Limit::HandshakeTimeout => 408,
+            // Closed or dropped without an answer: what an HTTP server would have said.
+            _ => 503,
+        };
+        self.server.refusals.log(Refusal {
+            path: &path,
+            peer: hit.peer,
+            status,
+            reason: hit.limit.reason(),
+            subject: hit.conn.and_then(|conn| self.grants(conn)?.subject()),
+        });
+    }
+}
+
+/// The grants of `conn`, kept in the reactor's side table `extras`.
+fn grants_in<'e>(extras: &'e Slab<Extra>, conn: &Conn) -> Option<&'e Grants> {
+    let key = conn.extra?.get() as usize - 1;
+    extras.get(key)?.grants.as_ref()
+}
+
+/// Forgets `conn`'s replay of `topic` (it unsubscribed or lost the grant).
+fn end_replay(replays: &mut HashMap<ConnId, Vec<Replay>>, conn: ConnId, topic: TopicId) {
+    if let Some(list) = replays.get_mut(&conn) {
+        list.retain(|r| r.topic != topic);
+        if list.is_empty() {
+            replays.remove(&conn);
         }
     }
 }
@@ -925,6 +1142,17 @@ impl App {
     /// have no `seq` to correct).
     fn reset(&mut self, local: &mut Local<'_, Conn>, topic: &str, seq: u64) {
         let subscribers = self.registry.reset(topic, seq);
+        // A replay in progress goes on from `seq` in the new numbering (the client drops what
+        // it had above it, as `reset` tells every subscriber).
+        if let Some(id) = self.registry.id(topic) {
+            let epoch = Some(self.server.hub.epoch());
+            for replay in self.replays.values_mut().flatten() {
+                if replay.topic == id {
+                    replay.sent = replay.sent.min(seq);
+                    replay.epoch = epoch;
+                }
+            }
+        }
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
         envelope::render_reset(&mut out, topic, self.server.hub.epoch(), seq);
@@ -999,8 +1227,21 @@ impl App {
                 }
                 Push::Full if policy == SlowConsumer::Drop => dropped += 1,
                 Push::Full => {
-                    local.close(id, CloseCode::POLICY_VIOLATION, "slow consumer");
                     evicted += 1;
+                    if let Some(conn) = local.conn(id) {
+                        let path = match route {
+                            Route::Topic => format!("/t/{}", message.topic()),
+                            _ => "/ws".to_owned(),
+                        };
+                        server.refusals.log(Refusal {
+                            path: &path,
+                            peer: None,
+                            status: CloseCode::POLICY_VIOLATION.0,
+                            reason: "slow consumer",
+                            subject: grants_in(&self.extras, conn).and_then(Grants::subject),
+                        });
+                    }
+                    local.close(id, CloseCode::POLICY_VIOLATION, "slow consumer");
                 }
                 Push::Closed => {}
             }

@@ -5,12 +5,16 @@
 //!   JSON when it is one JSON value) and anything else binary. Answers 202
 //!   `{"topic":…,"seq":…,"epoch":…}`.
 //! - `POST /publish`: a JSON array of `{"topic":…,"data":<JSON value>}` (a string is published
-//!   as its text, anything else as JSON). All items are checked before any is published.
-//!   Answers 202 `{"epoch":…,"results":[{"topic":…,"seq":…},…]}`.
+//!   as its text, anything else as JSON). All items are checked (names, JSON, sizes) before any
+//!   is published; then each is published on its own, and the answer has one result per item,
+//!   in order: `{"topic":…,"seq":…}` or, for one that could not be published now,
+//!   `{"topic":…,"error":…,"status":503}`, so a client retries exactly those. 202 when every
+//!   item was published, 503 when none was, 207 when some were.
 //!
 //! - `GET /topics/<topic>`: `{"topic":…,"subscribers":…,"local":…}`, the subscribers on every
 //!   node (in a cluster, the other nodes' as of their last heartbeat) and on this one.
-//! - `GET /healthz`: `ok`, and in a cluster the link's state (`cluster: up` or `cluster: down`).
+//! - `GET /healthz`: `ok`, and in a cluster the link's state (`cluster: up` or `cluster: down`);
+//!   503 `failed: reactor N` when a reactor stopped on a backend error.
 //!
 //! In a cluster a publish is queued for Redis, which numbers it later: the answers carry no
 //! `seq` then.
@@ -27,7 +31,7 @@ use serde_json::value::RawValue;
 use super::envelope::format_of;
 use super::metrics::{PROMETHEUS_CONTENT_TYPE, Prometheus, stats_json};
 use super::refusals::Refusal;
-use super::state::{Live, PublishError, Server};
+use super::state::{Live, Origin, PublishError, Server};
 use clarion_engine::Response;
 use clarion_protocol::MessageKind;
 use clarion_protocol::handshake::Request;
@@ -56,8 +60,15 @@ pub fn stats(server: &Server) -> Response {
     Response::new(200, "application/json", body)
 }
 
-/// `GET /healthz`.
+/// `GET /healthz`: 200 while every reactor serves, 503 once one stopped on a backend error
+/// (its connections are gone; the process should be restarted).
 pub fn health(server: &Server) -> Response {
+    let failed = server.failed_reactors();
+    if !failed.is_empty() {
+        let list: Vec<String> = failed.iter().map(usize::to_string).collect();
+        let body = format!("failed: reactor {}\n", list.join(", "));
+        return Response::new(503, "text/plain", body);
+    }
     let body = match server.cluster.as_ref().map(|c| c.stats().up) {
         None => "ok\n",
         Some(true) => "ok\ncluster: up\n",
@@ -105,13 +116,12 @@ pub fn publish(
     server.counters[reactor]
         .bytes_in
         .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    let max_topic_length = live.config.max_topic_length;
     match request.path().strip_prefix("/publish/") {
         Some(topic) => {
             let format = content_format(request, body);
-            publish_one(server, max_topic_length, topic, format, body)
+            publish_one(server, live, topic, format, body)
         }
-        None => publish_many(server, max_topic_length, body),
+        None => publish_many(server, live, body),
     }
 }
 
@@ -138,19 +148,20 @@ fn content_format(request: &Request, body: &[u8]) -> Result<Format, &'static str
 
 fn publish_one(
     server: &Server,
-    max_topic_length: usize,
+    live: &Live,
     topic: &str,
     format: Result<Format, &str>,
     body: &[u8],
 ) -> Response {
-    if let Err(e) = validate_topic(topic, max_topic_length) {
+    if let Err(e) = validate_topic(topic, live.config.max_topic_length) {
         return error(400, &e.to_string());
     }
     let format = match format {
         Ok(format) => format,
         Err(message) => return error(400, message),
     };
-    match server.publish(topic, Payload::new(format, body)) {
+    let max_queued = live.config.max_queued_bytes;
+    match server.publish(topic, Payload::new(format, body), Origin::Api, max_queued) {
         Ok(seq) => {
             let mut answer = json!({ "topic": topic, "epoch": server.hub.epoch().to_string() });
             if let Some(seq) = seq {
@@ -200,31 +211,69 @@ pub fn parse_batch(
     Ok(batch)
 }
 
-fn publish_many(server: &Server, max_topic_length: usize, body: &[u8]) -> Response {
-    let batch = match parse_batch(body, max_topic_length) {
+fn publish_many(server: &Server, live: &Live, body: &[u8]) -> Response {
+    let batch = match parse_batch(body, live.config.max_topic_length) {
         Ok(batch) => batch,
         Err(message) => return error(400, &message),
     };
-    let mut results = Vec::with_capacity(batch.len());
-    for (topic, payload) in batch {
-        match server.publish(&topic, payload) {
-            Ok(Some(seq)) => results.push(json!({ "topic": topic, "seq": seq })),
-            Ok(None) => results.push(json!({ "topic": topic })),
-            Err(e) => return refused(e),
+    // Too large for any subscriber is the batch's fault: refused whole, before publishing.
+    let max_queued = live.config.max_queued_bytes;
+    for (topic, payload) in &batch {
+        let size = super::envelope::delivery_len(topic, payload);
+        if size > max_queued {
+            let e = PublishError::TooLarge {
+                size,
+                max: max_queued,
+            };
+            return error(413, &format!("{topic}: {e}"));
         }
     }
-    accepted(json!({
+    let mut results = Vec::with_capacity(batch.len());
+    let mut published = 0;
+    for (topic, payload) in batch {
+        match server.publish(&topic, payload, Origin::Api, max_queued) {
+            Ok(seq) => {
+                published += 1;
+                let mut result = json!({ "topic": topic });
+                if let Some(seq) = seq {
+                    result["seq"] = seq.into();
+                }
+                results.push(result);
+            }
+            Err(e) => results.push(json!({
+                "topic": topic,
+                "error": e.to_string(),
+                "status": status_of(e),
+            })),
+        }
+    }
+    let status = match published {
+        n if n == results.len() => 202,
+        0 => 503,
+        _ => 207,
+    };
+    let body = json!({
         "epoch": server.hub.epoch().to_string(),
         "results": results,
-    }))
+    });
+    Response::new(status, "application/json", body.to_string())
 }
 
 fn accepted(body: serde_json::Value) -> Response {
     Response::new(202, "application/json", body.to_string())
 }
 
+/// The status of a publish refused: 413 when no subscriber could take it, else 503 (the server
+/// or the cluster link is behind, or out of topics).
+fn status_of(reason: PublishError) -> u16 {
+    match reason {
+        PublishError::TooLarge { .. } => 413,
+        _ => 503,
+    }
+}
+
 fn refused(reason: PublishError) -> Response {
-    error(503, &reason.to_string())
+    error(status_of(reason), &reason.to_string())
 }
 
 #[cfg(test)]

@@ -24,10 +24,46 @@ pub fn io() -> clarion_engine::Io {
     }
 }
 
-/// Starts the server (default application settings) on 127.0.0.1 with a free port, two
-/// reactors, after `adjust`.
+/// The server's default settings with what the end-to-end tests exercise turned on: `/echo`,
+/// publishing from clients, and no per-client rates (tests send as fast as they can; the
+/// limits have tests of their own in `tests/hostile.rs`).
+pub fn app() -> AppConfig {
+    AppConfig {
+        echo: true,
+        client_publish: clarion::server::state::ClientPublish::All,
+        message_rate: 0,
+        byte_rate: 0,
+        ..AppConfig::default()
+    }
+}
+
+/// [`app`] for a `clarion serve` process, as environment variables.
+pub const TEST_ENV: &[(&str, &str)] = &[
+    ("CLARION_ECHO", "true"),
+    ("CLARION_CLIENT_PUBLISH", "all"),
+    ("CLARION_MESSAGE_RATE", "0"),
+    ("CLARION_BYTE_RATE", "0"),
+    ("CLARION_MAX_HANDSHAKES_PER_REACTOR", "65536"),
+];
+
+/// Whether the server closes a new connection without answering its request (a limit at
+/// accept: `max_connections`, `max_handshakes_per_reactor`).
+pub fn refused_at_accept(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return true;
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut byte = [0u8; 1];
+    matches!(stream.read(&mut byte), Ok(0) | Err(_))
+}
+
+/// Starts the server ([`app`]'s settings) on 127.0.0.1 with a free port, two reactors, after
+/// `adjust`.
 pub fn start(adjust: impl FnOnce(&mut clarion_engine::Config)) -> Runtime {
-    start_app(adjust, AppConfig::default())
+    start_app(adjust, app())
 }
 
 /// [`start`] with application settings.
@@ -76,11 +112,26 @@ pub struct Clarion {
 impl Clarion {
     /// Runs `clarion serve ARGS` with `env` added to the environment (and `CLARION_IO` set to
     /// the backend under test, when one is chosen), and waits for its "listening on" line.
+    /// What the tests exercise beyond the production defaults is on ([`TEST_ENV`]); a test's
+    /// own `env` or flags win.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Clarion {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_clarion"));
+        Clarion::launch(args, &[TEST_ENV, env].concat())
+    }
+
+    /// [`Clarion::start`] with the production defaults: only `args` and `env` change them.
+    pub fn production(args: &[&str], env: &[(&str, &str)]) -> Clarion {
+        Clarion::launch(args, env)
+    }
+
+    fn launch(args: &[&str], env: &[(&str, &str)]) -> Clarion {
+        // `CLARION_TEST_BIN` runs another build (to see a test fail without the fix it checks).
+        let bin = std::env::var_os("CLARION_TEST_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_clarion").into());
+        let mut command = std::process::Command::new(bin);
         command.arg("serve").args(args);
-        // The test's own variable is no setting: passed on, it would only be warned about.
+        // The test's own variables are no settings: passed on, they would only be warned about.
         command.env_remove("CLARION_TEST_IO");
+        command.env_remove("CLARION_TEST_BIN");
         match io() {
             clarion_engine::Io::Epoll => command.env("CLARION_IO", "epoll"),
             clarion_engine::Io::Uring => command.env("CLARION_IO", "uring"),
@@ -134,6 +185,11 @@ impl Clarion {
                 return Some(line);
             }
         }
+    }
+
+    /// The process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
     }
 
     /// Sends `signal` to the process.

@@ -304,6 +304,11 @@ impl Registry {
         recovery
     }
 
+    /// `topic`'s handle here, while some connection here subscribes to it.
+    pub fn id(&self, topic: &str) -> Option<TopicId> {
+        self.by_name.get(topic).copied()
+    }
+
     /// Unsubscribes connection `conn` from `topic`; false if it was not subscribed.
     pub fn unsubscribe(&mut self, conn: usize, subs: &mut Subscriptions, topic: &str) -> bool {
         let (Ok(conn), Some(&id)) = (u32::try_from(conn), self.by_name.get(topic)) else {
