@@ -21,16 +21,23 @@ export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** The `clarion` binary: $CLARION_BIN, else the newest of target/{debug,release}, else built. */
 export function clarionBin() {
-  if (process.env.CLARION_BIN) return process.env.CLARION_BIN;
+  return process.env.CLARION_BIN ?? cargoBuilt("clarion", ["--bin", "clarion"]);
+}
+
+/**
+ * The newest of target/{debug,release}/`file` (a path under the profile's directory), else
+ * built with `cargo build ARGS` (debug).
+ */
+export function cargoBuilt(file, args) {
   const target = process.env.CARGO_TARGET_DIR ?? path.join(ROOT, "target");
   const built = ["debug", "release"]
-    .map((profile) => path.join(target, profile, "clarion"))
-    .filter((file) => fs.existsSync(file))
+    .map((profile) => path.join(target, profile, file))
+    .filter((candidate) => fs.existsSync(candidate))
     .sort((a, b) => fs.statSync(b).mtimeMs - fs.statSync(a).mtimeMs);
   if (built.length > 0) return built[0];
-  const cargo = spawnSync("cargo", ["build", "--bin", "clarion"], { cwd: ROOT, stdio: "inherit" });
-  if (cargo.status !== 0) throw new Error("cargo build --bin clarion failed");
-  return path.join(target, "debug", "clarion");
+  const cargo = spawnSync("cargo", ["build", ...args], { cwd: ROOT, stdio: "inherit" });
+  if (cargo.status !== 0) throw new Error(`cargo build ${args.join(" ")} failed`);
+  return path.join(target, "debug", file);
 }
 
 /** A free loopback port (closed again before it is returned). */
