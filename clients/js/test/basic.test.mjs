@@ -3,6 +3,7 @@
 // at a cut), ping, close, and what throws.
 
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { after, before, test } from "node:test";
 import WebSocket from "ws";
 import { ClarionError, connect } from "../dist/index.js";
@@ -179,5 +180,59 @@ test("publishTimeout rejects a publish unanswered (maybeSent) or still queued (r
   } finally {
     client.close();
     await proxy.close();
+  }
+});
+
+test("binary payloads arrive as Uint8Array", async () => {
+  const { client, events, next } = recorded(server.url());
+  try {
+    client.subscribe("basic.bin");
+    await next("subscribed");
+    const response = await fetch(`http://127.0.0.1:${server.port}/publish/basic.bin`, {
+      method: "POST",
+      headers: { "content-type": "application/octet-stream" },
+      body: new Uint8Array([0, 1, 254, 255]),
+    });
+    assert.equal(response.status, 202);
+    const message = await next("message");
+    assert.ok(message.data instanceof Uint8Array);
+    assert.deepEqual([...message.data], [0, 1, 254, 255]);
+    assert.equal(events.filter((e) => e.name === "error").length, 0);
+  } finally {
+    client.close();
+  }
+});
+
+test("which WebSocket: the ws package when the runtime has none, else the global one (token in the query)", async () => {
+  // Node 20 has no global WebSocket: without the option the client loads `ws` itself.
+  assert.equal(globalThis.WebSocket, undefined);
+  const client = connect(server.url());
+  const connected = new Promise((resolve) => client.on("connected", resolve));
+  await connected;
+  client.close();
+
+  // With one (Node 22, or Node 20 with --experimental-websocket) it is used, as in a browser.
+  const secret = "a secret of at least thirty-two bytes, for the global";
+  const guarded = await Clarion.start(["--auth", "jwt"], { env: { CLARION_JWT_SECRET: secret } });
+  try {
+    const token = jwt({ exp: nowSeconds() + 600, subscribe: ["g"], publish: ["g"] }, secret);
+    const script = `
+      import { connect } from ${JSON.stringify(new URL("../dist/index.js", import.meta.url).href)};
+      if (typeof WebSocket !== "function") throw new Error("no global WebSocket");
+      const client = connect(${JSON.stringify(guarded.url())}, { token: ${JSON.stringify(token)} });
+      client.on("disconnected", (e) => { console.log(JSON.stringify(e)); process.exit(1); });
+      client.on("message", (m) => { console.log(JSON.stringify(m)); process.exit(0); });
+      client.on("subscribed", () => client.publish("g", { via: "global" }));
+      client.subscribe("g");
+    `;
+    const flags = process.versions.node.startsWith("20.") ? ["--experimental-websocket", "--no-warnings"] : [];
+    const output = await new Promise((resolve, reject) =>
+      execFile(process.execPath, [...flags, "--input-type=module", "-e", script], { timeout: 30_000 }, (error, stdout) =>
+        error ? reject(new Error(`${error.message}: ${stdout}`)) : resolve(stdout),
+      ),
+    );
+    assert.deepEqual(JSON.parse(output), { topic: "g", seq: 1, data: { via: "global" } });
+  } finally {
+    await guarded.stop();
   }
 });
