@@ -12,11 +12,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clarion::server::app::{App, Conn};
 use clarion::server::{AppConfig, launch_with};
-use clarion_engine::{Answer, ConnId, Ctx, Handler, Local, Response};
+use clarion_engine::{Answer, ConnId, Ctx, Handler, Local, RequestInfo, Response};
 use clarion_protocol::handshake::Request;
 use clarion_protocol::{CloseCode, MessageKind};
 use clarion_pubsub::{Format, Payload, Post};
@@ -75,11 +75,11 @@ impl Handler for Ticker {
         &mut self,
         request: &Request<'r>,
         body: &[u8],
-        peer: Option<SocketAddr>,
+        info: &RequestInfo,
     ) -> Answer<'r, Conn> {
         match self.site.answer(request.path()) {
             Some(response) if request.method() == "GET" => Answer::Respond(response),
-            _ => self.app.on_request(request, body, peer),
+            _ => self.app.on_request(request, body, info),
         }
     }
 
@@ -91,15 +91,15 @@ impl Handler for Ticker {
         self.app.on_message(ctx, kind, payload)
     }
 
-    fn on_close(&mut self, id: ConnId, conn: &mut Conn, code: Option<CloseCode>) {
-        self.app.on_close(id, conn, code)
+    fn on_close(&mut self, id: ConnId, conn: &mut Conn, code: Option<CloseCode>, now: Instant) {
+        self.app.on_close(id, conn, code, now)
     }
 
     fn on_inbox(&mut self, local: &mut Local<'_, Conn>, message: Post) {
         self.app.on_inbox(local, message)
     }
 
-    fn on_sweep(&mut self, now: std::time::Instant) -> bool {
+    fn on_sweep(&mut self, now: Instant) -> bool {
         self.app.on_sweep(now)
     }
 
