@@ -4,7 +4,7 @@
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { Clarion, Proxy, checkOnceInOrder, recorded, sleep, until } from "./helpers.mjs";
+import { Clarion, Proxy, checkOnceInOrder, recorded, until } from "./helpers.mjs";
 
 test("a server restart: disconnected with willRetry, then resumed:true recovered:false on the new epoch", async () => {
   const server = await Clarion.start();
@@ -121,10 +121,6 @@ test("a stalled connection (not closed) is abandoned by the heartbeat watch with
     assert.equal(resumed.recovered, true);
     await until(() => seqs("beat").length === 2, "the message sent into the stalled connection");
     assert.deepEqual(seqs("beat"), [1, 2]);
-    assert.equal(proxy.accepted, 2);
-    // The new connection is not stalled: heartbeats keep it up past the watch's limit.
-    await sleep(2500);
-    assert.equal(client.state, "connected");
   } finally {
     client.close();
     await proxy.close();
