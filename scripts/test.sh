@@ -39,7 +39,7 @@ for io in epoll uring; do
   CLARION_TEST_IO=$io cargo test --workspace
 done
 
-# The TypeScript client (clients/js): its build tools (typescript, ws) from its committed
+# The TypeScript client (clients/js): its build tools (typescript, ws, types) from its committed
 # lockfile into clients/js/node_modules (nothing global), tsc, then node --test against the debug
 # server and the ticker example just built, a redis-server and Chromium. About a minute.
 step "TypeScript client (clients/js): npm ci, tsc, node --test"

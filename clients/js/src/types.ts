@@ -1,22 +1,27 @@
 // The public types of the client: options, events, positions and errors (docs/clients.md,
 // sections 2, 3, 8 and 12).
 
+// The WebSocket types are loose on purpose: the browser's, undici's and the `ws` package's
+// declarations differ in their event and option types, and each must be accepted as is.
+/* eslint-disable @typescript-eslint/no-explicit-any */
+
 /** The constructor of a WebSocket: the browser's, Node's global one, or the `ws` package's. */
 export interface WebSocketConstructor {
-  new (url: string, protocols?: string | string[] | object, options?: object): WebSocketLike;
+  new (url: string, ...rest: any[]): WebSocketLike;
 }
 
 /** What the client uses of a WebSocket (the standard API, which `ws` implements too). */
 export interface WebSocketLike {
   readonly readyState: number;
   binaryType: string;
-  onopen: ((event: unknown) => void) | null;
-  onmessage: ((event: { data: unknown }) => void) | null;
-  onclose: ((event: { code: number; reason: string }) => void) | null;
-  onerror: ((event: unknown) => void) | null;
+  onopen: ((event: any) => void) | null;
+  onmessage: ((event: any) => void) | null;
+  onclose: ((event: any) => void) | null;
+  onerror: ((event: any) => void) | null;
   send(data: string): void;
   close(code?: number, reason?: string): void;
 }
+/* eslint-enable @typescript-eslint/no-explicit-any */
 
 /** Backoff between attempts: `cap(n) = min(max, min × factor^(n−1))`, delay uniform in `[0, cap(n)]`. */
 export interface BackoffOptions {
