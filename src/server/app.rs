@@ -791,7 +791,7 @@ impl App {
                     self.server.counters[self.index]
                         .slow_consumer_closes
                         .fetch_add(1, Relaxed);
-                    return to.close(CloseCode::POLICY_VIOLATION, "slow consumer");
+                    return to.close(CloseCode::TRY_AGAIN_LATER, "slow consumer");
                 }
                 replays.pop();
                 continue;
@@ -864,10 +864,12 @@ fn close_reason(code: Option<CloseCode>) -> &'static str {
         Some(CloseCode::UNSUPPORTED_DATA) => "unsupported data",
         Some(CloseCode::NO_STATUS) => "closed without a code",
         Some(CloseCode::INVALID_PAYLOAD) => "invalid UTF-8",
-        Some(CloseCode::POLICY_VIOLATION) => "policy (slow consumer, forbidden publish)",
+        Some(CloseCode::POLICY_VIOLATION) => "policy (rate limit, forbidden publish, too many topics)",
         Some(CloseCode::MESSAGE_TOO_BIG) => "message too big",
         Some(CloseCode::INTERNAL_ERROR) => "internal error",
-        Some(CloseCode::TRY_AGAIN_LATER) => "try again later (cluster publish buffer full)",
+        Some(CloseCode::TRY_AGAIN_LATER) => {
+            "try again later (slow consumer, server busy, a publish refused for now)"
+        }
         Some(_) => "application code",
     }
 }
@@ -1236,12 +1238,14 @@ impl App {
                         server.refusals.log(Refusal {
                             path: &path,
                             peer: None,
-                            status: CloseCode::POLICY_VIOLATION.0,
+                            status: CloseCode::TRY_AGAIN_LATER.0,
                             reason: "slow consumer",
                             subject: grants_in(&self.extras, conn).and_then(Grants::subject),
                         });
                     }
-                    local.close(id, CloseCode::POLICY_VIOLATION, "slow consumer");
+                    // 1013, not 1008: falling behind is temporary, and a client retries (with
+                    // backoff) and resumes on 1013 where 1008 tells it to stop.
+                    local.close(id, CloseCode::TRY_AGAIN_LATER, "slow consumer");
                 }
                 Push::Closed => {}
             }
