@@ -204,8 +204,9 @@ read -r inuse0 tcpmem0 slab0 <<<"$(kernel_sample)"
 (while true; do kernel_sample; sleep 0.5; done) >"$OUT/kernel.log" &
 sampler_pid=$!
 
+# /echo on, no per-client rates, and room for the ramp's handshakes (production defaults aside).
 "$SERVER" serve "${io[@]}" --threads "$reactors" --no-pin --listen "127.0.0.1:$PORT" \
-  --ping-interval 0 2>"$OUT/server.log" &
+  --ping-interval 0 --echo --message-rate 0 --byte-rate 0 --max-handshakes-per-reactor 65536 2>"$OUT/server.log" &
 server_pid=$!
 for _ in $(seq 100); do
   if in_use "$PORT"; then break; fi

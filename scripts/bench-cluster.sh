@@ -56,7 +56,7 @@ for round in $(seq "$ROUNDS"); do
   port_a=$(free_port); start_server "$port_a" --redis "$redis"
   port_b=$(free_port)
   taskset -c 1 "$SERVER" serve --threads 1 --no-pin --listen "127.0.0.1:$port_b" \
-    --ping-interval 0 --redis "$redis" 2>/dev/null &
+    --ping-interval 0 "${BENCH_FLAGS[@]}" --redis "$redis" 2>/dev/null &
   others+=($!)
   wait_port "$port_b"
   sleep 0.5  # both nodes reach Redis

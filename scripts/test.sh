@@ -54,13 +54,16 @@ cargo build --bin clarion --example ticker
 # pairs: scripts/autobahn-deflate.sh.
 step "autobahn conformance (cases 1.* to 10.*, 12.*, 13.*) on both backends, compression on"
 cargo build --release --bin clarion
+# The server for Autobahn|Testsuite: /echo on, no per-client rates, and the 16 MiB messages of
+# cases 9.* (the production defaults are 64 KiB).
+conformance="--echo --message-rate 0 --byte-rate 0 --max-frame-size 16777216 --max-message-size 16777216"
 for run in epoll:shared uring:per-connection; do
   io=${run%%:*} policy=${run#*:}
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   scripts/autobahn.sh --url "ws://127.0.0.1:$port/echo" --agent "clarion-$io" \
     --cases '1.*,2.*,3.*,4.*,5.*,6.*,7.*,8.*,9.*,10.*,12.*,13.*' --exclude '' \
     --report-dir "autobahn-reports/$io" \
-    --server-cmd "target/release/clarion serve --io $io --listen 127.0.0.1:$port --threads 2 --no-pin --compression $policy"
+    --server-cmd "target/release/clarion serve --io $io --listen 127.0.0.1:$port --threads 2 --no-pin --compression $policy $conformance"
 done
 
 # The C100K script end to end at CI size (the full 100,000 takes about 45 s and 1 GiB of kernel

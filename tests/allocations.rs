@@ -10,7 +10,6 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use clarion::server::AppConfig;
 use common::*;
 
 struct Counting;

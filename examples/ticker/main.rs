@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clarion::server::app::{App, Conn};
+use clarion::server::state::Origin;
 use clarion::server::{AppConfig, launch_with};
-use clarion_engine::{Answer, ConnId, Ctx, Handler, Local, RequestInfo, Response};
+use clarion_engine::{Answer, ConnId, Ctx, Handler, LimitHit, Local, RequestInfo, Response};
 use clarion_protocol::handshake::Request;
 use clarion_protocol::{CloseCode, MessageKind};
 use clarion_pubsub::{Format, Payload, Post};
@@ -106,6 +107,14 @@ impl Handler for Ticker {
     fn on_sweep_conn(&mut self, ctx: &mut Ctx<'_, Conn>) {
         self.app.on_sweep_conn(ctx)
     }
+
+    fn on_writable(&mut self, ctx: &mut Ctx<'_, Conn>) {
+        self.app.on_writable(ctx)
+    }
+
+    fn on_limit(&mut self, hit: &LimitHit<'_, Conn>) {
+        self.app.on_limit(hit)
+    }
 }
 
 fn main() {
@@ -152,9 +161,11 @@ fn main() {
             price / 100,
             price % 100
         );
+        let payload = Payload::new(Format::Json, tick.as_bytes());
+        let max_queued = running.server.live().config.max_queued_bytes;
         if let Err(e) = running
             .server
-            .publish("ticker", Payload::new(Format::Json, tick.as_bytes()))
+            .publish("ticker", payload, Origin::Api, max_queued)
         {
             eprintln!("ticker: publish: {e}");
         }
