@@ -15,7 +15,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use crate::clock::{self, ns};
 use crate::plan::Plan;
 use crate::progress::Progress;
-use crate::run::{GO_LEAD_NS, ProcessResult};
+use crate::run::{GO_LEAD_NS, OwnMemory, ProcessResult};
 use crate::server::{CpuSampler, ServerWatch};
 
 /// What a worker said.
@@ -36,6 +36,7 @@ pub fn run_parent(
         signal_hook::flag::register(signal, abort.clone())
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     }
+    let mut memory = OwnMemory::before();
     let (said_tx, said) = mpsc::channel();
     let mut children: Vec<(Child, Option<ChildStdin>)> = Vec::new();
     for index in 0..plan.procs {
@@ -81,6 +82,7 @@ pub fn run_parent(
     if let Some(watch) = server {
         watch.sample_after();
     }
+    memory.ramped();
     let mut sampler = None;
     if abort.load(Ordering::Relaxed) || heard.gone > 0 {
         // Closing their stdin aborts the workers; they still report what they counted.
@@ -88,7 +90,7 @@ pub fn run_parent(
             .iter_mut()
             .for_each(|(_, stdin)| drop(stdin.take()));
     } else {
-        let go_ns = clock::now_ns() + 2 * GO_LEAD_NS + ns(plan.warmup);
+        let go_ns = clock::now_ns() + 2 * GO_LEAD_NS + ns(plan.hold) + ns(plan.warmup);
         let stop_ns = go_ns + ns(plan.duration);
         sampler = server
             .as_ref()
@@ -124,8 +126,13 @@ pub fn run_parent(
         watch.finish_window(sampler, abort.load(Ordering::Relaxed));
     }
     let missing = plan.procs - heard.reported;
+    memory.finish();
     match heard.total {
-        Some(total) if missing == 0 => Ok(total),
+        Some(mut total) if missing == 0 => {
+            // The parent's own memory is the loadgen's too.
+            total.memory.add(memory);
+            Ok(total)
+        }
         Some(_) | None => Err(format!(
             "{missing} of {} worker processes ended without a result",
             plan.procs

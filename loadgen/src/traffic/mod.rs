@@ -39,19 +39,21 @@ pub struct Link<'a> {
     pub now_ns: u64,
     /// The connection's slot in its loop.
     pub slot: usize,
-    /// When this connection's dial was due (churn measures cycles from it).
-    pub due_ns: u64,
+    /// The connection's global index (picks its source, target and topic).
+    pub index: usize,
     /// Whether traffic runs (the warm-up or the measurement window: new messages may be sent).
     pub sending: bool,
     /// When the measurement begins: messages stamped earlier are warm-up, not counted.
     pub go_ns: u64,
+    /// When the measurement ends (0 before it begins).
+    pub stop_ns: u64,
 }
 
 impl Link<'_> {
-    /// Whether a message stamped `sent_ns` counts (it was sent in the measurement window, not
-    /// during the warm-up).
+    /// Whether a message stamped `sent_ns` was sent in the measurement window (not during the
+    /// warm-up, nor after the window, as the storm's message is): its latency is measured.
     pub fn measured(&self, sent_ns: u64) -> bool {
-        sent_ns >= self.go_ns
+        (self.go_ns..self.stop_ns).contains(&sent_ns)
     }
 
     /// Sends `payload` (which the protocol masks in place) and counts it.
@@ -86,8 +88,11 @@ pub trait Traffic {
         Cow::Borrowed(&target.path)
     }
 
-    /// The WebSocket of connection `index` just opened.
-    fn opened(&mut self, _index: usize, _conn: &mut Self::Conn, _link: &mut Link<'_>) -> Verdict {
+    /// The connection is being dialed; the dial was due at `due_ns`.
+    fn dialed(&mut self, _conn: &mut Self::Conn, _due_ns: u64) {}
+
+    /// The WebSocket just opened (again, after the reconnect storm dropped it).
+    fn opened(&mut self, _conn: &mut Self::Conn, _link: &mut Link<'_>) -> Verdict {
         Verdict::Continue
     }
 
