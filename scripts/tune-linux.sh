@@ -57,22 +57,9 @@ state_file() {
   fi
 }
 
-proc_path() { printf '/proc/sys/%s\n' "${1//.//}"; }
-
-# Current value of a sysctl with runs of whitespace collapsed to one space; empty if absent.
-read_sysctl() {
-  local p
-  p=$(proc_path "$1")
-  [ -r "$p" ] || return 0
-  tr -s ' \t' '  ' <"$p" | tr -d '\n'
-}
-
-write_sysctl() {
-  local p
-  p=$(proc_path "$1")
-  [ -w "$p" ] || return 1
-  { printf '%s\n' "$2" >"$p"; } 2>/dev/null
-}
+# proc_path, read_sysctl, write_sysctl
+# shellcheck source=lib/sysctl.sh
+. "$(dirname "$0")/lib/sysctl.sh"
 
 # --- the table -------------------------------------------------------------------------------
 # Each row: key, current, recommended (shown), status, why, and for apply the value to write

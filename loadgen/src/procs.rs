@@ -68,7 +68,8 @@ pub fn run_parent(
     drop(said_tx);
 
     let mut heard = Heard::default();
-    let ramp_deadline = clock::now_ns() + ns(plan.ramp_timeout);
+    let start_ns = clock::now_ns();
+    let ramp_deadline = start_ns + ns(plan.ramp_timeout);
     while heard.ramped + heard.gone < plan.procs
         && !abort.load(Ordering::Relaxed)
         && clock::now_ns() < ramp_deadline
@@ -79,6 +80,7 @@ pub fn run_parent(
             heard.note(message);
         }
     }
+    let ramp_s = clock::now_ns().saturating_sub(start_ns) as f64 / 1e9;
     if let Some(watch) = server {
         watch.sample_after();
     }
@@ -129,8 +131,9 @@ pub fn run_parent(
     memory.finish();
     match heard.total {
         Some(mut total) if missing == 0 => {
-            // The parent's own memory is the loadgen's too.
+            // The parent's own memory is the loadgen's too; its ramp waited for every worker.
             total.memory.add(memory);
+            total.ramp_s = ramp_s;
             Ok(total)
         }
         Some(_) | None => Err(format!(

@@ -152,6 +152,10 @@ pub struct Report {
     pub retries: u64,
     /// Connections that ended with a complete close handshake.
     pub closed_clean: u64,
+    /// From the start until every connection was open (or failed), seconds.
+    pub ramp_s: f64,
+    /// Connections established per second of that (0 for churn).
+    pub ramp_rate: f64,
     /// Length of the measurement window, seconds.
     pub duration_s: f64,
     /// Connections held after the ramp-up before the warm-up (`--hold`), seconds.
@@ -238,6 +242,12 @@ impl Report {
             drops: tally.drops.clone(),
             retries: tally.retries,
             closed_clean: tally.closed_clean,
+            ramp_s: result.ramp_s,
+            ramp_rate: match plan.mode {
+                // Churn has no ramp-up: its connections come and go in the window.
+                Mode::Churn(_) => 0.0,
+                _ => tally.established as f64 / result.ramp_s.max(1e-9),
+            },
             duration_s,
             hold_s: plan.hold.as_secs_f64(),
             warmup_s: plan.warmup.as_secs_f64(),
@@ -389,8 +399,14 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "connections  established {}  failed {}  dropped {}  closed cleanly {}  retries {}",
-            self.established, self.failed, self.dropped, self.closed_clean, self.retries
+            "connections  established {}  failed {}  dropped {}  closed cleanly {}  retries {}  (ramp-up {:.1} s, {:.0}/s)",
+            self.established,
+            self.failed,
+            self.dropped,
+            self.closed_clean,
+            self.retries,
+            self.ramp_s,
+            self.ramp_rate
         );
         for (label, failures) in [("failed", &self.failures), ("dropped", &self.drops)] {
             let reasons: Vec<String> = failures

@@ -93,6 +93,8 @@ pub struct ProcessResult {
     pub window_s: f64,
     /// Its own memory.
     pub memory: OwnMemory,
+    /// From its start until every connection was open (or failed), seconds.
+    pub ramp_s: f64,
 }
 
 impl ProcessResult {
@@ -107,6 +109,7 @@ impl ProcessResult {
         }
         self.window_s = self.window_s.max(other.window_s);
         self.memory.add(other.memory);
+        self.ramp_s = self.ramp_s.max(other.ramp_s);
     }
 }
 
@@ -156,6 +159,7 @@ pub fn run_process(
         // A loop could not start: stop the others, then report its error below.
         control.abort();
     }
+    let ramp_s = clock::now_ns().saturating_sub(start_ns) as f64 / 1e9;
     if let Some(watch) = server {
         watch.sample_after();
     }
@@ -203,6 +207,7 @@ pub fn run_process(
         go_ns: window.go_ns,
         window_s: window.seconds,
         memory,
+        ramp_s,
     })
 }
 
