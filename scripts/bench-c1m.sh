@@ -19,7 +19,8 @@
 # counters. Where it does not reach N it says which limit stopped it.
 #
 #   scripts/bench-c1m.sh [--apply] [--connections N] [--io uring|epoll] [--ramp-rate R]
-#                        [--hold D] [--rounds K] [--round-every D] [--storm F] [--no-netns]
+#                        [--hold D] [--rounds K] [--round-every D] [--storm F]
+#                        [--pong-timeout D] [--no-netns]
 #
 # --connections N   subscribers (default 1000000)
 # --io IO           the server's backend (default: io_uring where the kernel allows it)
@@ -27,6 +28,8 @@
 # --hold D          how long all are held before the fanout (default 60s)
 # --rounds K        fanout messages (default 5), --round-every D apart (default 20s)
 # --storm F         share dropped by the reconnect storm (default 0.1; 0: none)
+# --pong-timeout D  the server's (default: its own, 15s); a subscriber whose answer to a ping
+#                   waits behind a fanout longer than this is dropped
 # --apply           set the host-wide settings the run needs, and restore them at the end
 # --no-netns        run in the host's network namespace (its settings are then needed too)
 #
@@ -49,8 +52,9 @@ PROG=bench-c1m
 . scripts/lib/sysctl.sh
 
 N=1000000 IO="" RAMP_RATE=10000 HOLD=60s ROUNDS=5 ROUND_EVERY=20s STORM=0.1 APPLY=0 NETNS=1
+PONG_TIMEOUT=""
 usage() {
-  sed -n 2,41p "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n 2,44p "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 while [ $# -gt 0 ]; do
@@ -64,6 +68,7 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS=${2:?}; shift ;;
     --round-every) ROUND_EVERY=${2:?}; shift ;;
     --storm) STORM=${2:?}; shift ;;
+    --pong-timeout) PONG_TIMEOUT=${2:?}; shift ;;
     -h | --help) usage ;;
     *) echo "$PROG: unknown argument $1" >&2; usage ;;
   esac
@@ -209,8 +214,12 @@ LOADGEN=$(realpath "${CARGO_TARGET_DIR:-target}/release/clarion-loadgen")
 
 NS="" server_pid="" loadgen_pid="" sampler_pid=""
 in_ns() { if [ -n "$NS" ]; then ip netns exec "$NS" "$@"; else "$@"; fi; }
-# in_ns in the background, with the command's own pid in $! (`ip netns exec` execs it).
-in_ns_bg() { if [ -n "$NS" ]; then ip netns exec "$NS" "$@" & else "$@" & fi; }
+# in_ns in the background in a session of its own, as separately started programs run (the
+# scheduler's autogroups then share the CPU between them and the host's other work), with the
+# command's own pid in $! (`ip netns exec` and `setsid` exec it).
+in_ns_bg() {
+  if [ -n "$NS" ]; then setsid ip netns exec "$NS" "$@" & else setsid "$@" & fi
+}
 finish() {
   local pid
   for pid in "$sampler_pid" "$loadgen_pid"; do
@@ -250,16 +259,21 @@ fi
 
 # Kernel and process figures, sampled every second all through the run (from the server's view
 # of the namespace: /proc/PID/net): time, TCP sockets in use, orphans, TIME_WAIT, TCP buffer
-# pages, slab KiB, MemAvailable KiB, server RSS KiB, loadgen RSS KiB, then the host's CPU time
-# (/proc/stat: user nice system idle iowait irq softirq steal, in ticks).
+# pages, slab KiB, MemAvailable KiB, server and loadgen RSS KiB, server and loadgen CPU (user,
+# kernel ticks), then the host's CPU (/proc/stat: user nice system idle iowait irq softirq
+# steal, ticks).
 sample() {
-  local pid=$1 lg=$2 rss
+  local pid=$1 lg=$2 rss cpu
   printf '%s ' "$(date +%s.%N)"
   awk '/^TCP:/ {printf "%s %s %s %s ", $3, $5, $7, $11}' "/proc/$pid/net/sockstat"
   awk '/^Slab:/ {s=$2} /^MemAvailable:/ {a=$2} END {printf "%s %s ", s, a}' /proc/meminfo
   awk '/^VmRSS:/ {printf "%s ", $2}' "/proc/$pid/status"
   rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$lg/status" 2>/dev/null) || true
   printf '%s ' "${rss:-0}"
+  for p in "$pid" "$lg"; do # utime and stime follow the command name, which may hold spaces
+    cpu=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12, $13}') || true
+    printf '%s ' "${cpu:-0 0}"
+  done
   awk '/^cpu / {print $2, $3, $4, $5, $6, $7, $8, $9}' /proc/stat
 }
 counters() { # the namespace's TCP counters and the host's softnet drops, raw (parsed by the report)
@@ -268,8 +282,9 @@ counters() { # the namespace's TCP counters and the host's softnet drops, raw (p
 }
 
 read -r slab0 <<<"$(awk '/^Slab:/ {print $2}' /proc/meminfo)"
-in_ns_bg "$SERVER" serve "${IO_FLAGS[@]}" --threads "$REACTORS" --no-pin --listen "127.0.0.1:$PORT" \
-  --backlog 65535 2>"$OUT/server.log"
+server_flags=(--threads "$REACTORS" --no-pin --listen "127.0.0.1:$PORT" --backlog 65535)
+[ -z "$PONG_TIMEOUT" ] || server_flags+=(--pong-timeout "$PONG_TIMEOUT")
+in_ns_bg "$SERVER" serve "${IO_FLAGS[@]}" "${server_flags[@]}" 2>"$OUT/server.log"
 server_pid=$!
 for _ in $(seq 100); do
   if in_ns bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT" 2>/dev/null; then break; fi
@@ -287,10 +302,10 @@ python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) > 0 else 1)" "$STORM" &
 LOADGEN_ARGS=(fanout "ws://127.0.0.1:$PORT/ws" --protocol envelope -c "$N" --topics 1 --publishers 1
   --rate "$(python3 -c "print(1 / $ROUND_S)")" -s 64 -d "${window}s" --hold "$HOLD" "${storm_flags[@]}"
   --threads "$THREADS" --private-fd-table --source-ips "127.0.0.2-127.0.0.$((SOURCES + 1))"
-  --ramp-rate "$RAMP_RATE" --ramp-timeout "${ramp_timeout}s" --connect-timeout 30s
+  --ramp-rate "$RAMP_RATE" --max-pending $((2 * RAMP_RATE)) --ramp-timeout "${ramp_timeout}s" --connect-timeout 30s
   --close-timeout "${close_timeout}s" --drain 2s --server-pid "$server_pid" --progress
   --json "$OUT/loadgen.json")
-echo "$PROG: $N connections: server pid $server_pid (${IO_FLAGS[*]}, $REACTORS reactors), loadgen $THREADS threads from 127.0.0.2-127.0.0.$((SOURCES + 1)), ramp $RAMP_RATE/s, hold $HOLD, $ROUNDS rounds ${ROUND_EVERY} apart, storm $STORM"
+echo "$PROG: $N connections: server pid $server_pid (${IO_FLAGS[*]}, $REACTORS reactors${PONG_TIMEOUT:+, pong timeout $PONG_TIMEOUT}), loadgen $THREADS threads from 127.0.0.2-127.0.0.$((SOURCES + 1)), ramp $RAMP_RATE/s, hold $HOLD, $ROUNDS rounds ${ROUND_EVERY} apart, storm $STORM"
 echo "$PROG: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo), Linux $(uname -r), RLIMIT_NOFILE hard $hard; $(uptime | sed 's/.*load average/load average/')"
 started=$(date +%s.%N)
 status=0

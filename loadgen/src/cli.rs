@@ -98,6 +98,11 @@ pub struct Common {
     /// New connections per second while ramping up, over all threads; 0 = no pacing.
     #[arg(long, default_value_t = 10_000.0)]
     pub ramp_rate: f64,
+    /// Most connections being opened at once during the ramp-up (dialed, not yet open and
+    /// ready), over all threads; the ramp waits below it, so a server that falls behind slows
+    /// the ramp instead of timing out a growing queue of handshakes. 0 = no limit.
+    #[arg(long, default_value_t = 0)]
+    pub max_pending: usize,
     /// Longest the ramp-up may take; connections not open by then count as failed.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub ramp_timeout: Duration,

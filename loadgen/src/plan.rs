@@ -165,6 +165,8 @@ pub struct Plan {
     pub procs: usize,
     /// Connections per second while ramping (0: unpaced).
     pub ramp_rate: f64,
+    /// Most connections being opened at once over all loops (0: no limit).
+    pub max_pending: usize,
     /// Longest ramp.
     pub ramp_timeout: Duration,
     /// Retries after connect errors.
@@ -261,6 +263,7 @@ impl Plan {
             threads,
             procs,
             ramp_rate: common.ramp_rate,
+            max_pending: common.max_pending,
             ramp_timeout: common.ramp_timeout,
             retries: common.retries,
             backoff: common.backoff,

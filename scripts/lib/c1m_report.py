@@ -52,7 +52,7 @@ def main():
     samples = []
     for line in open(os.path.join(out, "kernel.log")):
         fields = line.split()
-        if len(fields) == 17:
+        if len(fields) == 21:
             samples.append([float(fields[0])] + [int(f) for f in fields[1:]])
     before = read_counters(os.path.join(out, "counters-before.txt"))
     after = read_counters(os.path.join(out, "counters-after.txt"))
@@ -76,15 +76,28 @@ def main():
     cores = int(host.get("cores", "1"))
     floor_s = n * per_delivery / 1e6 / cores if per_delivery else None
     storm, close = j["storm"], j["close"]
-    # The host's CPU over the fanout window (go is after the ramp-up and the hold).
+    # CPU by phase, from the samples nearest its edges: the server's and the loadgen's (user,
+    # kernel seconds) and the host's split (all processes).
+    tick = os.sysconf("SC_CLK_TCK")
     go = started + j["ramp_s"] + j["hold_s"]
-    window = [x for x in samples if go <= x[0] <= go + j["duration_s"] + 1]
-    cpu_split = None
-    if len(window) >= 2:
-        ticks = [b - a for a, b in zip(window[0][9:17], window[-1][9:17])]
-        total = sum(ticks) or 1
-        names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
-        cpu_split = {name: t / total for name, t in zip(names, ticks)}
+    edges = [("ramp", started, started + j["ramp_s"]), ("hold", started + j["ramp_s"], go),
+             ("fanout", go, go + j["duration_s"]), ("storm and close", go + j["duration_s"], ended)]
+    phases = {}
+    for name, t_from, t_to in edges:
+        inside = [x for x in samples if t_from - 0.5 <= x[0] <= t_to + 0.5]
+        if len(inside) < 2 or inside[-1][0] - inside[0][0] < 1:
+            continue
+        d = [b - a for a, b in zip(inside[0], inside[-1])]
+        host_ticks = d[13:21]
+        total = sum(host_ticks) or 1
+        phases[name] = {
+            "seconds": d[0],
+            "server_cpu_s": {"user": d[9] / tick, "system": d[10] / tick},
+            "loadgen_cpu_s": {"user": d[11] / tick, "system": d[12] / tick},
+            "host_cpu_share": {k: t / total for k, t in zip(
+                ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"), host_ticks)},
+        }
+    cpu_split = phases.get("fanout", {}).get("host_cpu_share")
     deltas = {key: after.get(key, 0) - before.get(key, 0) for key, _ in COUNTERS}
 
     report = {
@@ -137,6 +150,7 @@ def main():
             "loadgen_cpu": j["loadgen_cpu"],
             "host_cpu_share": cpu_split,
         },
+        "cpu_by_phase": phases,
         "storm": storm,
         "storm_message": storm_rounds,
         "close": close,
@@ -200,6 +214,17 @@ def main():
                   f"({r['deliveries']:,} deliveries)")
     print(f"- close: {close['open']:,} open, {close['clean']:,} closed cleanly, {close['failed']:,} not, "
           f"in {close['seconds']:.1f} s")
+    if phases:
+        print("- CPU by phase (seconds; the host's split is every process's, other work included):")
+        for name, p in phases.items():
+            host_split = ", ".join(f"{k} {v:.0%}" for k, v in p["host_cpu_share"].items() if v >= 0.005)
+            print(f"  - {name} ({p['seconds']:.0f} s): server {p['server_cpu_s']['user']:.1f} user + "
+                  f"{p['server_cpu_s']['system']:.1f} kernel, loadgen {p['loadgen_cpu_s']['user']:.1f} + "
+                  f"{p['loadgen_cpu_s']['system']:.1f}; host {host_split}")
+        if "ramp" in phases and j["established"]:
+            ramp_cpu = phases["ramp"]["server_cpu_s"]
+            print(f"    server CPU per connection opened: "
+                  f"{(ramp_cpu['user'] + ramp_cpu['system']) * 1e6 / j['established']:.0f} µs")
     nonzero = [(key, deltas[key], why) for key, why in COUNTERS if deltas[key]]
     if nonzero:
         print("- kernel counters during the run: " + "; ".join(f"{k} {v:,}" for k, v, _ in nonzero))

@@ -144,6 +144,10 @@ struct Worker<'a, T: Traffic> {
     finish_deadlines: VecDeque<(u64, u32, u32)>,
     /// Slots not yet settled (open and ready, or ended): the ramp is done at zero.
     unsettled: usize,
+    /// Slots the ramp has dialed.
+    dialed: usize,
+    /// Most slots dialed and not settled at once (`--max-pending`, this loop's share).
+    max_pending: usize,
     ramp_reported: bool,
     sockets: usize,
     go_ns: u64,
@@ -213,6 +217,11 @@ impl<'a, T: Traffic> Worker<'a, T> {
             connect_deadlines: VecDeque::new(),
             finish_deadlines: VecDeque::new(),
             unsettled: shard.count,
+            dialed: 0,
+            max_pending: match plan.max_pending {
+                0 => usize::MAX,
+                all => ((all as f64 * shard.fraction).ceil() as usize).max(1),
+            },
             ramp_reported: false,
             sockets: 0,
             go_ns: 0,
@@ -300,6 +309,11 @@ impl<'a, T: Traffic> Worker<'a, T> {
 
     fn is_hold(&self) -> bool {
         matches!(self.dials, Dials::Hold(_))
+    }
+
+    /// Ramp: slots dialed and not yet settled (connecting, upgrading, subscribing, retrying).
+    fn pending(&self) -> usize {
+        self.dialed - (self.conns.len() - self.unsettled)
     }
 
     /// Moves through the stages; `false` once the loop is done.
@@ -439,7 +453,9 @@ impl<'a, T: Traffic> Worker<'a, T> {
             }
         };
         match (&self.dials, self.stage) {
-            (Dials::Hold(pacer), Stage::Ramp) => consider(pacer.next_due()),
+            (Dials::Hold(pacer), Stage::Ramp) if self.pending() < self.max_pending => {
+                consider(pacer.next_due());
+            }
             (
                 Dials::Cycle {
                     pacer: Some(pacer),

@@ -22,9 +22,12 @@ const MAX_DIALS_PER_TURN: usize = 256;
 impl<T: Traffic> Worker<'_, T> {
     pub(super) fn dial_due(&mut self, now_ns: u64) {
         for _ in 0..MAX_DIALS_PER_TURN {
+            let room = self.pending() < self.max_pending;
             let next = match (&mut self.dials, self.stage) {
-                (Dials::Hold(pacer), Stage::Ramp) => {
-                    pacer.take(now_ns).map(|(step, due)| (step as usize, due))
+                (Dials::Hold(pacer), Stage::Ramp) if room => {
+                    let step = pacer.take(now_ns).map(|(step, due)| (step as usize, due));
+                    self.dialed += step.is_some() as usize;
+                    step
                 }
                 (Dials::Hold(_), Stage::Storm { .. }) => self
                     .storm

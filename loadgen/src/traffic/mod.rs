@@ -50,10 +50,10 @@ pub struct Link<'a> {
 }
 
 impl Link<'_> {
-    /// Whether a message stamped `sent_ns` was sent in the measurement window (not during the
-    /// warm-up, nor after the window, as the storm's message is): its latency is measured.
+    /// Whether a message stamped `sent_ns` counts (it was sent in the measurement window, not
+    /// during the warm-up).
     pub fn measured(&self, sent_ns: u64) -> bool {
-        (self.go_ns..self.stop_ns).contains(&sent_ns)
+        sent_ns >= self.go_ns
     }
 
     /// Sends `payload` (which the protocol masks in place) and counts it.

@@ -68,6 +68,7 @@ impl Subscribe {
             return Verdict::Fail(Reason::BadPayload);
         }
         let tracker = &mut self.trackers[link.slot * self.stride + publisher / topics];
+        let counted = link.measured(stamp.sent_ns);
         let fanout = &mut link.tally.fanout;
         match tracker.arrive(stamp.count()) {
             Arrival::Duplicate => {
@@ -77,12 +78,13 @@ impl Subscribe {
             Arrival::OutOfOrder => fanout.out_of_order += 1,
             Arrival::InOrder => {}
         }
-        // Not warm-up: counted, and timed if it was sent in the window.
-        if stamp.sent_ns >= link.go_ns {
+        // Not warm-up: counted, and timed unless it is the storm's message (due after the
+        // window, while some subscribers are away on purpose).
+        if counted {
             fanout.delivered[topic] += 1;
             let latency_ns = link.now_ns.saturating_sub(stamp.sent_ns);
             link.tally.rounds.record(stamp, latency_ns);
-            if link.measured(stamp.sent_ns) {
+            if stamp.sent_ns < link.stop_ns {
                 link.tally.record_latency(latency_ns);
             }
         }
