@@ -71,6 +71,8 @@ pub struct StormReport {
     pub replayed: u64,
     /// Not back (dial failures past the retries, or the storm's timeout).
     pub failed: u64,
+    /// `failed` by reason (`timeout`: the storm's timeout, or connect plus upgrade too slow).
+    pub failures: Failures,
     /// How long the dropped connections stayed away before dialing again, seconds.
     pub blip_s: f64,
     /// From the end of the blip until the last one was back (or given up), seconds.
@@ -150,6 +152,8 @@ pub struct Report {
     pub drops: Failures,
     /// Dials repeated after connect errors.
     pub retries: u64,
+    /// `retries` by the reason of the error retried.
+    pub retry_reasons: Failures,
     /// Connections that ended with a complete close handshake.
     pub closed_clean: u64,
     /// From the start until every connection was open (or failed), seconds.
@@ -241,6 +245,7 @@ impl Report {
             failures: tally.failures.clone(),
             drops: tally.drops.clone(),
             retries: tally.retries,
+            retry_reasons: tally.retried.clone(),
             closed_clean: tally.closed_clean,
             ramp_s: result.ramp_s,
             ramp_rate: match plan.mode {
@@ -301,6 +306,7 @@ impl Report {
                 replayed: tally.storm.replayed,
                 blip_s: STORM_BLIP.as_secs_f64(),
                 failed: tally.storm.failed,
+                failures: tally.storm.failures.clone(),
                 seconds: tally.storm.ns as f64 / 1e9,
                 rejoin_us: Percentiles::of(&tally.storm.rejoin),
             },
@@ -408,7 +414,12 @@ impl Report {
             self.ramp_s,
             self.ramp_rate
         );
-        for (label, failures) in [("failed", &self.failures), ("dropped", &self.drops)] {
+        for (label, failures) in [
+            ("failed", &self.failures),
+            ("dropped", &self.drops),
+            ("retried", &self.retry_reasons),
+            ("not back after the storm", &self.storm.failures),
+        ] {
             let reasons: Vec<String> = failures
                 .nonzero()
                 .map(|(r, n)| format!("{} {n}", r.name()))

@@ -93,6 +93,8 @@ pub struct StormTally {
     pub replayed: u64,
     /// Not back by the storm's timeout, or failed dialing again.
     pub failed: u64,
+    /// Why they did not come back (`timeout` for the storm's timeout too).
+    pub failures: Failures,
     /// From the end of the blip until the last one was back or given up, ns (the longest
     /// loop's).
     pub ns: u64,
@@ -109,6 +111,7 @@ impl StormTally {
             not_recovered: 0,
             replayed: 0,
             failed: 0,
+            failures: Failures::default(),
             ns: 0,
             rejoin: hist::new(),
         }
@@ -120,6 +123,7 @@ impl StormTally {
         self.not_recovered += other.not_recovered;
         self.replayed += other.replayed;
         self.failed += other.failed;
+        self.failures.merge(&other.failures);
         self.ns = self.ns.max(other.ns);
         hist::merge(&mut self.rejoin, &other.rejoin);
     }
@@ -211,6 +215,8 @@ pub struct Tally {
     pub drops: Failures,
     /// Dials repeated after a connect error.
     pub retries: u64,
+    /// The errors that were retried, by reason.
+    pub retried: Failures,
     /// Connections that ended with a complete close handshake.
     pub closed_clean: u64,
     /// Messages sent (echo requests, churn messages, publishes).
@@ -253,6 +259,7 @@ impl Tally {
             failures: Failures::default(),
             drops: Failures::default(),
             retries: 0,
+            retried: Failures::default(),
             closed_clean: 0,
             messages_sent: 0,
             messages_received: 0,
@@ -314,6 +321,7 @@ impl Tally {
         self.failures.merge(&other.failures);
         self.drops.merge(&other.drops);
         self.retries += other.retries;
+        self.retried.merge(&other.retried);
         self.closed_clean += other.closed_clean;
         self.messages_sent += other.messages_sent;
         self.messages_received += other.messages_received;

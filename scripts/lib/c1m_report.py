@@ -115,6 +115,7 @@ def main():
             "connect_us": j["connect_us"],
             "handshake_us": j["handshake_us"],
             "retries": j["retries"],
+            "retry_reasons": {k: v for k, v in j["retry_reasons"].items() if v},
         },
         "hold_s": j["hold_s"],
         "memory": {
@@ -172,7 +173,8 @@ def main():
     print(f"- ramp: {j['ramp_s']:.1f} s, {j['ramp_rate']:,.0f} connections/s (asked {int(host['ramp_rate']):,}/s); "
           f"connect p50 {j['connect_us']['p50']:,.0f} µs p99 {j['connect_us']['p99']:,.0f} µs, "
           f"upgrade p50 {j['handshake_us']['p50']:,.0f} µs p99 {j['handshake_us']['p99']:,.0f} µs, "
-          f"{j['retries']} retries")
+          f"{j['retries']:,} dials retried over the run"
+          + (f" ({report['ramp']['retry_reasons']})" if j["retries"] else ""))
     print(f"- held {j['hold_s']:.0f} s with the server's keep-alive pings (every 30 s of silence) answered")
     print("- memory:")
     if server.get("rss_per_connection_bytes") is not None:
@@ -208,7 +210,8 @@ def main():
               f"{storm['rejoined']:,} back and resumed in {storm['seconds']:.2f} s "
               f"(p50 {storm['rejoin_us']['p50'] / 1e3:,.0f} ms, p99 {storm['rejoin_us']['p99'] / 1e3:,.0f} ms), "
               f"{storm['replayed']:,} messages replayed; {storm['not_recovered']} not resumed, "
-              f"{storm['failed']} failed")
+              f"{storm['failed']} failed"
+              + (f" ({ {k: v for k, v in storm['failures'].items() if v} })" if storm["failed"] else ""))
         for r in storm_rounds:
             print(f"  - the message published while they were away: last subscriber {r['last_us'] / 1e3:,.0f} ms "
                   f"({r['deliveries']:,} deliveries)")

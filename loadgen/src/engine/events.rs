@@ -293,14 +293,14 @@ impl<T: Traffic> Worker<'_, T> {
                         self.settle(slot);
                     }
                     if self.conns[slot].life == Life::Rejoining {
-                        self.rejoined(slot, true, at);
+                        self.rejoined(slot, Ok(()), at);
                     }
                 }
             }
             Fed::Finish => self.begin_close(slot, at),
             Fed::Closed => {
                 match conn.life {
-                    Life::Rejoining => self.rejoined(slot, false, at),
+                    Life::Rejoining => self.rejoined(slot, Err(Reason::ClosedByServer), at),
                     _ if conn.we_closed => self.tally.closed_clean += 1,
                     _ => self.tally.drops.add(Reason::ClosedByServer),
                 }

@@ -420,7 +420,7 @@ impl<'a, T: Traffic> Worker<'a, T> {
             if self.conns[slot].life == Life::Rejoining {
                 // Aborted during the storm before it came back.
                 self.release(slot);
-                self.rejoined(slot, false, at);
+                self.rejoined(slot, Err(Reason::Timeout), at);
             }
             match self.conns[slot].phase {
                 Phase::Open(_) => {

@@ -32,6 +32,7 @@ impl<T: Traffic> Worker<'_, T> {
                 (Dials::Hold(_), Stage::Storm { .. }) => self
                     .storm
                     .as_mut()
+                    .filter(|storm| storm.in_flight() < self.max_pending)
                     .and_then(|storm| storm.next_dial(now_ns))
                     .map(|slot| (slot, now_ns)),
                 (
@@ -160,6 +161,7 @@ impl<T: Traffic> Worker<'_, T> {
         match conn.life {
             Life::Pending | Life::Rejoining if retry => {
                 self.tally.retries += 1;
+                self.tally.retried.add(reason);
                 let delay = backoff_ns(
                     ns(self.plan.backoff),
                     conn.attempts as u32,
@@ -168,7 +170,7 @@ impl<T: Traffic> Worker<'_, T> {
                 self.retries.push(Reverse((at.now_ns + delay, slot as u32)));
             }
             Life::Pending => self.end_pending(slot, reason),
-            Life::Rejoining => self.rejoined(slot, false, at),
+            Life::Rejoining => self.rejoined(slot, Err(reason), at),
             Life::Open => {
                 self.tally.drops.add(reason);
                 conn.life = Life::Ended;

@@ -2,8 +2,8 @@
 //! process (the stop instant plus `--drain`), each loop drops that share of its open connections
 //! at once, as a network blip would (an abortive close: the server sees a reset). The blip lasts
 //! [`STORM_BLIP`], long enough for the publishers' storm message to be published while they are
-//! away; then all of them dial again as fast as the loop can (at most 256 dials a turn, connect
-//! errors retried with backoff). Each returns by resuming its subscription from the last `seq` it
+//! away; then all of them dial again as fast as the loop can (at most 256 dials a turn and, with
+//! `--max-pending`, below that many in flight; connect errors retried with backoff). Each returns by resuming its subscription from the last `seq` it
 //! had, so the server replays what it missed; the storm ends when every dropped connection is
 //! back and acknowledged, or failed, or at `--storm-timeout`. Counted: how many were dropped,
 //! came back, came back without their history (`recovered:false`) or not at all, the messages
@@ -14,6 +14,7 @@ use socket2::SockRef;
 use super::conn::Life;
 use super::{At, Stage, Worker};
 use crate::clock::ns;
+use crate::failure::Reason;
 use crate::hist;
 use crate::plan::{self, STORM_BLIP};
 use crate::traffic::Traffic;
@@ -67,6 +68,11 @@ impl Storm {
             return None;
         }
         self.queue.pop().map(|slot| slot as usize)
+    }
+
+    /// Dialed and not back yet.
+    pub fn in_flight(&self) -> usize {
+        self.pending - self.queue.len()
     }
 
     /// When dials are waiting, when they are due.
@@ -125,8 +131,8 @@ impl<T: Traffic> Worker<'_, T> {
         }
     }
 
-    /// A dropped connection is back (`ok`) or given up; the storm's time runs to the last one.
-    pub(super) fn rejoined(&mut self, slot: usize, ok: bool, at: At) {
+    /// A dropped connection is back (`Ok`) or given up; the storm's time runs to the last one.
+    pub(super) fn rejoined(&mut self, slot: usize, outcome: Result<(), Reason>, at: At) {
         let Some(storm) = &mut self.storm else {
             return;
         };
@@ -134,13 +140,17 @@ impl<T: Traffic> Worker<'_, T> {
         storm.pending = storm.pending.saturating_sub(1);
         let conn = &mut self.conns[slot];
         let tally = &mut self.tally.storm;
-        if ok {
-            conn.life = Life::Open;
-            tally.rejoined += 1;
-            hist::record(&mut tally.rejoin, since_ns);
-        } else {
-            conn.life = Life::Ended;
-            tally.failed += 1;
+        match outcome {
+            Ok(()) => {
+                conn.life = Life::Open;
+                tally.rejoined += 1;
+                hist::record(&mut tally.rejoin, since_ns);
+            }
+            Err(reason) => {
+                conn.life = Life::Ended;
+                tally.failed += 1;
+                tally.failures.add(reason);
+            }
         }
         tally.ns = tally.ns.max(since_ns);
     }
@@ -150,7 +160,7 @@ impl<T: Traffic> Worker<'_, T> {
         for slot in 0..self.conns.len() {
             if self.conns[slot].life == Life::Rejoining {
                 self.release(slot);
-                self.rejoined(slot, false, at);
+                self.rejoined(slot, Err(Reason::Timeout), at);
             }
         }
         if let Some(storm) = &mut self.storm {

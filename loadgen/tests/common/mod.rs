@@ -162,6 +162,7 @@ pub const JSON_KEYS: &[&str] = &[
     "failures",
     "drops",
     "retries",
+    "retry_reasons",
     "closed_clean",
     "ramp_s",
     "ramp_rate",
