@@ -34,7 +34,7 @@
 # --no-netns        run in the host's network namespace (its settings are then needed too)
 #
 # Host-wide settings (checked; with --apply set and restored at the end, even on failure):
-# fs.file-max, net.ipv4.tcp_mem, net.ipv4.tcp_max_orphans, net.core.netdev_max_backlog, and
+# fs.file-max, net.ipv4.tcp_mem, net.core.netdev_max_backlog, and
 # net.ipv4.tcp_child_ehash_entries (Linux 6.1+), set only for the instant the namespace is
 # created: it gives the namespace a TCP established hash table of its own, sized for the run
 # (the host's is sized at boot, 262,144 buckets here, eight sockets a bucket at C1M). Inside
@@ -122,10 +122,7 @@ need fs.file-max "$(at_least "$files_max" "$files_want")" "$files_want" \
   "two sockets per connection (server and loadgen), each a file"
 read -r mem_lo mem_press mem_hi <<<"$(read_sysctl net.ipv4.tcp_mem)"
 need net.ipv4.tcp_mem "$(at_least "$mem_hi" $((2 * N)))" "$N $((3 * N / 2)) $((2 * N))" \
-  "pages all TCP buffers may take; a fanout to N queues a message on every socket at once"
-orphans=$(read_sysctl net.ipv4.tcp_max_orphans)
-need net.ipv4.tcp_max_orphans "$(at_least "$orphans" $((N + 10000)))" $((N + 10000)) \
-  "closing N connections orphans the server's sockets until the client's FIN; past the cap they are reset"
+  "pages all TCP buffers may take; a socket holding any byte is charged a page, and a fanout or a close queues bytes on all N at once"
 backlog=$(read_sysctl net.core.netdev_max_backlog)
 backlog_want=$((N / 16 < 1000 ? 1000 : N / 16 > 65536 ? 65536 : N / 16))
 need net.core.netdev_max_backlog "$(at_least "$backlog" "$backlog_want")" "$backlog_want" \
