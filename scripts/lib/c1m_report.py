@@ -98,6 +98,19 @@ def main():
                 ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"), host_ticks)},
         }
     cpu_split = phases.get("fanout", {}).get("host_cpu_share")
+    # The window's server CPU includes the keep-alive pings, which go on through the rounds:
+    # the hold, with no deliveries, gives their rate. Subtracting it is rough (a busy server
+    # pings late), so both figures are reported.
+    net_per_delivery = None
+    if "hold" in phases and "fanout" in phases and j["delivered"]:
+        hold, fan = phases["hold"], phases["fanout"]
+        scale = fan["seconds"] / hold["seconds"]
+        net = {k: max(0.0, fan["server_cpu_s"][k] - hold["server_cpu_s"][k] * scale)
+               for k in ("user", "system")}
+        deliveries = j["subscribers"] * sum(1 for r in rounds if 0 <= r["at_s"] < j["duration_s"])
+        if deliveries:
+            net_per_delivery = {k: v * 1e6 / deliveries for k, v in net.items()}
+            net_per_delivery["keepalive_cores"] = sum(hold["server_cpu_s"].values()) / hold["seconds"]
     deltas = {key: after.get(key, 0) - before.get(key, 0) for key, _ in COUNTERS}
 
     report = {
@@ -148,6 +161,7 @@ def main():
                 "system": server.get("cpu_system_per_message_us"),
             },
             "last_subscriber_floor_s": floor_s,
+            "server_cpu_per_delivery_net_of_keepalive_us": net_per_delivery,
             "loadgen_cpu": j["loadgen_cpu"],
             "host_cpu_share": cpu_split,
         },
@@ -200,6 +214,11 @@ def main():
         print(f"  - server CPU per delivery {per_delivery:.2f} µs ({server['cpu_user_per_message_us']:.3f} user, "
               f"{server['cpu_system_per_message_us']:.3f} kernel); floor for the last subscriber "
               f"{n:,} x {per_delivery:.2f} µs / {cores} cores = {floor_s:.2f} s")
+    if net_per_delivery:
+        net_total = net_per_delivery["user"] + net_per_delivery["system"]
+        print(f"  - less the keep-alive pings (the hold's rate, {net_per_delivery['keepalive_cores']:.2f} cores of "
+              f"server CPU; rough): {net_total:.2f} µs per delivery ({net_per_delivery['user']:.3f} user, "
+              f"{net_per_delivery['system']:.2f} kernel); floor {n * net_total / 1e6 / cores:.2f} s")
     lg = j["loadgen_cpu"]
     print(f"  - loadgen CPU in the window {lg['user_s']:.1f} s user, {lg['system_s']:.1f} s kernel")
     if cpu_split:
