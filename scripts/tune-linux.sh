@@ -23,9 +23,10 @@
 # ${XDG_STATE_HOME:-$HOME/.local/state}/clarion/tune-linux.saved. One "key<TAB>value" line per
 # changed sysctl and one "file<TAB>path<TAB>backup" line per file --persist wrote.
 #
-# The figures behind the recommendations (measured on the project machine at a million
-# connections, docs/tuning.md): about 4.3 KiB of kernel memory per idle TCP socket and 144-160
-# bytes of server user space per subscribed connection.
+# The figures behind the recommendations (measured on the project machine, docs/tuning.md):
+# about 4.3 KiB of kernel memory per idle TCP socket (at a million), 114 bytes of server user
+# space per idle connection, and 144-160 per topic subscriber at a million (the arithmetic below
+# uses 160).
 set -euo pipefail
 
 PROG=tune-linux.sh

@@ -23,7 +23,7 @@ mod keys;
 mod link;
 mod presence;
 mod publisher;
-mod wire;
+pub mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
