@@ -3,7 +3,9 @@
 # `clarion-loadgen` process over loopback, inside a network namespace this script creates (so the
 # host's own network settings stay as they are), run through every phase of a push server's day:
 #
-#   ramp     N envelope subscribers (`/ws`, one topic) at --ramp-rate connections a second
+#   ramp     N envelope subscribers (`/ws`, one topic) at --ramp-rate connections a second,
+#            at most half a second's worth being opened at once, connect errors retried 10
+#            times with backoff (0.5 s doubling to 5 s) as clients do
 #   hold     --hold with every connection open; the server's keep-alive pings (every 30 s of
 #            silence) are on and answered
 #   fanout   --rounds messages to all N, one every --round-every
@@ -54,7 +56,7 @@ PROG=bench-c1m
 N=1000000 IO="" RAMP_RATE=10000 HOLD=60s ROUNDS=5 ROUND_EVERY=20s STORM=0.1 APPLY=0 NETNS=1
 PONG_TIMEOUT=""
 usage() {
-  sed -n 2,44p "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n 2,49p "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 while [ $# -gt 0 ]; do
@@ -307,7 +309,8 @@ python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) > 0 else 1)" "$STORM" &
 LOADGEN_ARGS=(fanout "ws://127.0.0.1:$PORT/ws" --protocol envelope -c "$N" --topics 1 --publishers 1
   --rate "$(python3 -c "print(1 / $ROUND_S)")" -s 64 -d "${window}s" --hold "$HOLD" "${storm_flags[@]}"
   --threads "$THREADS" --private-fd-table --source-ips "127.0.0.2-127.0.0.$((SOURCES + 1))"
-  --ramp-rate "$RAMP_RATE" --max-pending $((2 * RAMP_RATE)) --ramp-timeout "${ramp_timeout}s" --connect-timeout 30s
+  --ramp-rate "$RAMP_RATE" --max-pending $((RAMP_RATE / 2)) --retries 10 --backoff 500ms
+  --ramp-timeout "${ramp_timeout}s" --connect-timeout 30s
   --close-timeout "${close_timeout}s" --drain 2s --server-pid "$server_pid" --progress
   --json "$OUT/loadgen.json")
 echo "$PROG: $N connections: server pid $server_pid (${IO_FLAGS[*]}, $REACTORS reactors${PONG_TIMEOUT:+, pong timeout $PONG_TIMEOUT}), loadgen $THREADS threads from 127.0.0.2-127.0.0.$((SOURCES + 1)), ramp $RAMP_RATE/s, hold $HOLD, $ROUNDS rounds ${ROUND_EVERY} apart, storm $STORM"
