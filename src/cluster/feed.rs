@@ -8,21 +8,24 @@
 //! message past a gap (missed while the link was down) first has the gap filled from the log,
 //! as far as the log still holds it.
 //!
-//! One Pub/Sub connection and one command connection. The Pub/Sub read waits at most
-//! [`POLL`] so that new interest (a topic's first subscriber) is acted on promptly; messages
-//! themselves are read as they arrive.
+//! Command connections ([`Commands`]) and push connections ([`Subscriptions`]), one of each per
+//! master. The wait for pushed messages lasts at most [`POLL`] so that new interest (a topic's
+//! first subscriber) is acted on promptly; messages themselves are read as they arrive. A topic
+//! whose Redis Cluster slot moved is subscribed again on its new master and synced, which fills
+//! what was published there in between from the log. In Sentinel mode a `+switch-master` (or a
+//! connection lost) ends the session, and the next one asks the sentinels for the master.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use redis::{Client, Connection, Msg, PubSub, RedisError, RedisResult, Value};
+use redis::{FromRedisValue, RedisError, RedisResult, Value};
 
 use super::link::{Backoff, Link};
 use super::presence::Presence;
-use super::{CONNECT_TIMEOUT, IO_TIMEOUT, keys, wire};
+use super::servers::{Commands, Event, Routed, Servers, Subscriptions};
+use super::{keys, wire};
 use clarion_engine::Mailboxes;
 use clarion_pubsub::{Delivered, Epoch, Hub, Interest, Message, Post, Reactors};
 
@@ -31,7 +34,7 @@ const POLL: Duration = Duration::from_millis(10);
 
 /// Everything the receiving thread works with.
 pub(super) struct Feed {
-    pub client: Client,
+    pub servers: Arc<Servers>,
     pub hub: Arc<Hub>,
     pub interest: Receiver<Interest>,
     pub mailboxes: Arc<Mailboxes<Post>>,
@@ -43,9 +46,11 @@ pub(super) struct Feed {
     pub heartbeat: Duration,
 }
 
-/// The command connection and the sync script's hash.
-struct Query {
-    con: Connection,
+/// A session's connections.
+struct Session {
+    commands: Commands,
+    subscriptions: Subscriptions,
+    /// The sync script's hash.
     sync: String,
 }
 
@@ -67,23 +72,28 @@ impl Feed {
     }
 
     fn session(&self, backoff: &mut Backoff, lost: &mut bool) -> RedisResult<()> {
-        let mut query = self.query_connection()?;
-        let mut sub = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
-        sub.set_write_timeout(Some(IO_TIMEOUT))?;
-        let epoch = shared_epoch(&mut query.con)?;
+        let mut session = Session {
+            commands: Commands::connect(&self.servers)?,
+            subscriptions: Subscriptions::new(&self.servers),
+            sync: keys::SYNC.sha(),
+        };
+        session.subscriptions.watch();
+        let epoch = shared_epoch(&mut session.commands)?;
         let replace = epoch != self.hub.epoch();
         self.hub.set_epoch(epoch);
-        let mut pubsub = sub.as_pubsub();
-        pubsub.set_read_timeout(Some(IO_TIMEOUT))?;
         // Interest sent before now is in the hub's state, which is read next.
         while self.interest.try_recv().is_ok() {}
-        let mut subscribed = HashSet::new();
-        for topic in self.hub.wanted() {
-            pubsub.subscribe(keys::channel(&topic))?;
-            subscribed.insert(topic);
+        let wanted = self.hub.wanted();
+        for topic in &wanted {
+            let Session {
+                subscriptions,
+                commands,
+                ..
+            } = &mut session;
+            subscriptions.subscribe(topic, commands)?;
         }
-        for topic in &subscribed {
-            self.sync(&mut query, topic, replace)?;
+        for topic in &wanted {
+            self.sync(&mut session, topic, replace)?;
         }
         self.link.feed_up.store(true, Relaxed);
         if *lost {
@@ -91,84 +101,83 @@ impl Feed {
             tracing::info!(%epoch, "cluster: receiving from Redis again");
         }
         backoff.reset();
-        pubsub.set_read_timeout(Some(POLL))?;
         let mut next_beat = Instant::now();
         while !self.link.stopping() {
+            if session.commands.stale() {
+                return Err(switched());
+            }
             let mut changed: Vec<Arc<str>> = Vec::new();
             while let Ok(Interest::Join(topic) | Interest::Leave(topic)) = self.interest.try_recv()
             {
                 changed.push(topic);
             }
-            if !changed.is_empty() {
-                pubsub.set_read_timeout(Some(IO_TIMEOUT))?;
-                for topic in changed {
-                    self.follow(&mut pubsub, &mut query, &mut subscribed, topic)?;
-                }
-                pubsub.set_read_timeout(Some(POLL))?;
+            for topic in changed {
+                self.follow(&mut session, topic)?;
             }
             if Instant::now() >= next_beat {
                 self.presence
-                    .beat(&mut query.con, &self.hub, &self.node, self.heartbeat)?;
+                    .beat(&mut session.commands, &self.hub, &self.node, self.heartbeat)?;
+                session.subscriptions.watch();
                 next_beat = Instant::now() + self.heartbeat;
             }
-            match pubsub.get_message() {
-                Ok(message) => self.receive(&mut query, &message)?,
-                Err(e) if e.is_timeout() => {}
-                Err(e) => return Err(e),
+            for event in session.subscriptions.wait(POLL)? {
+                match event {
+                    Event::Message { topic, payload } => {
+                        self.receive(&mut session, topic, &payload)?;
+                    }
+                    Event::Moved(topic) => {
+                        tracing::debug!(%topic, "cluster: the topic's slot moved");
+                        self.follow(&mut session, topic)?;
+                    }
+                    Event::Switched => {
+                        self.servers.switched();
+                        return Err(switched());
+                    }
+                }
             }
         }
         Ok(())
     }
 
-    fn query_connection(&self) -> RedisResult<Query> {
-        let mut con = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
-        con.set_read_timeout(Some(IO_TIMEOUT))?;
-        con.set_write_timeout(Some(IO_TIMEOUT))?;
-        let sync = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(keys::SYNC)
-            .query(&mut con)?;
-        Ok(Query { con, sync })
-    }
-
     /// Brings the channel subscription of `topic` in line with what the hub wants now (interest
-    /// messages can be stale by the time they are read), and syncs a topic that waits.
-    fn follow(
-        &self,
-        pubsub: &mut PubSub<'_>,
-        query: &mut Query,
-        subscribed: &mut HashSet<Arc<str>>,
-        topic: Arc<str>,
-    ) -> RedisResult<()> {
+    /// messages can be stale by the time they are read), and syncs a topic that waits or was
+    /// subscribed again.
+    fn follow(&self, session: &mut Session, topic: Arc<str>) -> RedisResult<()> {
         match self.hub.wants(&topic) {
             Some(live) => {
-                if !subscribed.contains(&topic) {
-                    pubsub.subscribe(keys::channel(&topic))?;
-                    subscribed.insert(topic.clone());
+                let fresh = !session.subscriptions.contains(&topic);
+                if fresh {
+                    let Session {
+                        subscriptions,
+                        commands,
+                        ..
+                    } = session;
+                    subscriptions.subscribe(&topic, commands)?;
                 }
-                if !live {
-                    self.sync(query, &topic, false)?;
+                if fresh || !live {
+                    self.sync(session, &topic, false)?;
                 }
             }
-            None => {
-                if subscribed.remove(&topic) {
-                    pubsub.unsubscribe(keys::channel(&topic))?;
-                }
-            }
+            None => session.subscriptions.unsubscribe(&topic)?,
         }
         Ok(())
     }
 
     /// Reads `topic`'s last `seq` and newest log entries and hands them to the hub; tells the
     /// reactors that waited for it.
-    fn sync(&self, query: &mut Query, topic: &Arc<str>, replace: bool) -> RedisResult<()> {
-        let (seq, newest): (u64, Vec<Value>) = redis::cmd("EVALSHA")
-            .arg(&query.sync)
+    fn sync(&self, session: &mut Session, topic: &Arc<str>, replace: bool) -> RedisResult<()> {
+        let seq_key = keys::seq(topic);
+        let mut sync = redis::cmd("EVALSHA");
+        sync.arg(&session.sync)
             .arg(2)
-            .arg(keys::seq(topic))
+            .arg(&seq_key)
             .arg(keys::log(topic))
-            .arg(self.history)
-            .query(&mut query.con)?;
+            .arg(self.history);
+        let reply = one(session
+            .commands
+            .run(&[Routed::new(&seq_key, sync)], 0)?
+            .replies)?;
+        let (seq, newest) = <(u64, Vec<Value>)>::from_redis_value(reply)?;
         let recent: Vec<Arc<Message>> = newest
             .iter()
             .rev()
@@ -185,14 +194,9 @@ impl Feed {
     }
 
     /// A Pub/Sub message: delivered in order, after filling any gap before it from the log.
-    fn receive(&self, query: &mut Query, message: &Msg) -> RedisResult<()> {
-        let Some(topic) = keys::topic_of(message.get_channel_name()) else {
-            return Ok(());
-        };
-        let Some(message) =
-            wire::decode_live(Arc::from(topic), message.get_payload_bytes(), &self.node)
-        else {
-            tracing::warn!(topic, "cluster: ignoring a malformed message");
+    fn receive(&self, session: &mut Session, topic: Arc<str>, payload: &[u8]) -> RedisResult<()> {
+        let Some(message) = wire::decode_live(topic.clone(), payload, &self.node) else {
+            tracing::warn!(%topic, "cluster: ignoring a malformed message");
             return Ok(());
         };
         self.link.received.fetch_add(1, Relaxed);
@@ -201,13 +205,18 @@ impl Feed {
             .hub
             .deliver(message.clone(), false, |p, r| self.post(p, r))
         {
-            let missed: Vec<Value> = redis::cmd("XRANGE")
-                .arg(keys::log(topic))
+            let log = keys::log(&topic);
+            let mut range = redis::cmd("XRANGE");
+            range
+                .arg(&log)
                 .arg(format!("{}-0", have + 1))
-                .arg(format!("{}-0", message.seq() - 1))
-                .query(&mut query.con)?;
-            for entry in &missed {
-                if let Some(old) = wire::decode_entry(message.topic(), entry, &self.node) {
+                .arg(format!("{}-0", message.seq() - 1));
+            let reply = one(session
+                .commands
+                .run(&[Routed::new(&log, range)], 0)?
+                .replies)?;
+            for entry in &Vec::<Value>::from_redis_value(reply)? {
+                if let Some(old) = wire::decode_entry(&topic, entry, &self.node) {
                     self.link.received.fetch_add(1, Relaxed);
                     self.hub
                         .deliver(Arc::new(old), true, |p, r| self.post(p, r));
@@ -228,18 +237,37 @@ impl Feed {
     }
 }
 
+/// Why a session ended when Sentinel named another master.
+fn switched() -> RedisError {
+    RedisError::from((
+        redis::ErrorKind::Io,
+        "Sentinel named another master; connecting to it",
+    ))
+}
+
+/// The one reply of a one-command run, or its error.
+fn one(replies: Vec<Value>) -> RedisResult<Value> {
+    match replies.into_iter().next() {
+        Some(Value::ServerError(error)) => Err(error.into()),
+        Some(reply) => Ok(reply),
+        None => Ok(Value::Nil),
+    }
+}
+
 /// The cluster's epoch: the one in Redis, or a new one this node sets (first node, or a Redis
 /// that lost its data, whose `seq`s start over).
-fn shared_epoch(con: &mut Connection) -> RedisResult<Epoch> {
-    let (stored,): (String,) = redis::pipe()
-        .cmd("SET")
-        .arg(keys::EPOCH)
+fn shared_epoch(commands: &mut Commands) -> RedisResult<Epoch> {
+    let mut set = redis::cmd("SET");
+    set.arg(keys::EPOCH)
         .arg(Epoch::random().to_string())
-        .arg("NX")
-        .ignore()
-        .cmd("GET")
-        .arg(keys::EPOCH)
-        .query(con)?;
+        .arg("NX");
+    let mut get = redis::cmd("GET");
+    get.arg(keys::EPOCH);
+    let ran = commands.run(
+        &[Routed::new(keys::EPOCH, set), Routed::new(keys::EPOCH, get)],
+        0,
+    )?;
+    let stored = String::from_redis_value(one(ran.replies.into_iter().skip(1).collect())?)?;
     Epoch::parse(&stored).ok_or_else(|| {
         RedisError::from((
             redis::ErrorKind::Client,

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::auth::AuthMode;
 use super::state::{AppConfig, ClientPublish, SlowConsumer};
-use crate::cluster::{self, ClusterConfig};
+use crate::cluster::{self, Auth, ClusterConfig, Upstream};
 
 use clarion_pubsub::{HubConfig, MAX_REACTORS};
 
@@ -290,12 +290,28 @@ pub struct Settings {
     pub cluster: Option<ClusterSettings>,
 }
 
-/// The `[cluster]` table of the config file.
+/// The `[cluster]` table of the config file: where Redis is (one of `redis`, `sentinels` with
+/// `master_name`, `redis_cluster`), and how the node uses it.
 #[derive(Debug, Default, Deserialize, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSettings {
-    /// The Redis URL (the `--redis` flag wins over it).
+    /// The Redis URL (the `--redis` flag wins over it, and over the other two).
     pub redis: Option<String>,
+    /// Redis Sentinel addresses (`host:port`, or `redis://` URLs with the sentinel's own
+    /// credentials): the node uses the master they know as `master_name`, and follows failovers.
+    pub sentinels: Option<Vec<String>>,
+    /// The name the sentinels monitor the master under.
+    pub master_name: Option<String>,
+    /// Redis Cluster nodes to read the slot map from (`host:port` or `redis://` URLs).
+    pub redis_cluster: Option<Vec<String>>,
+    /// ACL user for the servers found through `sentinels` or `redis_cluster`.
+    pub username: Option<String>,
+    /// Password for the servers found through `sentinels` or `redis_cluster` (and the listed
+    /// `redis_cluster` nodes without their own).
+    pub password: Option<Secret>,
+    /// Replicas that must acknowledge a publish (`WAIT`) before the node lets go of it
+    /// [default: 0].
+    pub min_replicas_ack: Option<u32>,
     /// Payload bytes of publishes that may wait for Redis while it is slow or down; past it
     /// publishes are refused [default: 16777216].
     pub buffer_bytes: Option<usize>,
@@ -303,6 +319,25 @@ pub struct ClusterSettings {
     /// [default: 1s].
     #[serde(default, deserialize_with = "de_duration")]
     pub heartbeat: Option<Duration>,
+}
+
+impl ClusterSettings {
+    /// What is wrong with the way the table names Redis, if anything (`flag`: `--redis` was
+    /// given, which replaces it).
+    fn conflict(&self, flag: bool) -> Option<&'static str> {
+        let named = [
+            self.redis.is_some(),
+            self.sentinels.is_some(),
+            self.redis_cluster.is_some(),
+        ];
+        if !flag && named.iter().filter(|&&set| set).count() > 1 {
+            return Some("[cluster] names Redis once: redis, sentinels or redis_cluster");
+        }
+        if self.master_name.is_some() != self.sentinels.is_some() {
+            return Some("[cluster] sentinels and master_name go together");
+        }
+        None
+    }
 }
 
 impl Settings {
@@ -457,8 +492,13 @@ impl Settings {
         if let Some((_, message)) = checks.iter().find(|(bad, _)| *bad) {
             return Err((*message).to_owned());
         }
+        if let Some(table) = &settings.cluster
+            && let Some(conflict) = table.conflict(settings.redis.is_some())
+        {
+            return Err(conflict.to_owned());
+        }
         if let Some(cluster) = &app.cluster {
-            cluster::check_url(&cluster.redis)?;
+            cluster::check(cluster)?;
         }
         Ok(settings)
     }
@@ -515,15 +555,28 @@ impl Settings {
         }
     }
 
-    /// The cluster this node joins, if a Redis URL is set (flag or `[cluster] redis`).
+    /// The cluster this node joins, if Redis is named (`--redis`, or `[cluster]` `redis`,
+    /// `sentinels` or `redis_cluster`).
     fn cluster_config(&self) -> Option<ClusterConfig> {
         let table = self.cluster.clone().unwrap_or_default();
-        let redis = self.redis.clone().or(table.redis)?;
+        let upstream = match (self.redis.clone().or(table.redis), table.sentinels) {
+            (Some(url), _) => Upstream::Redis(url),
+            (None, Some(sentinels)) => Upstream::Sentinel {
+                sentinels,
+                master_name: table.master_name.unwrap_or_default(),
+            },
+            (None, None) => Upstream::Cluster(table.redis_cluster?),
+        };
         let d = ClusterConfig::default();
         Some(ClusterConfig {
-            redis,
+            upstream,
+            auth: Auth {
+                username: table.username,
+                password: table.password.map(|p| p.0),
+            },
             buffer_bytes: table.buffer_bytes.unwrap_or(d.buffer_bytes),
             heartbeat: table.heartbeat.unwrap_or(d.heartbeat),
+            min_replicas_ack: table.min_replicas_ack.unwrap_or(d.min_replicas_ack),
         })
     }
 
@@ -684,15 +737,22 @@ mod tests {
         )
         .unwrap();
         let cluster = file.app_config().cluster.unwrap();
-        assert_eq!(cluster.redis, "redis://10.0.0.1:6379");
+        assert_eq!(
+            cluster.upstream,
+            Upstream::Redis("redis://10.0.0.1:6379".into())
+        );
         assert_eq!(cluster.buffer_bytes, 1000);
         assert_eq!(cluster.heartbeat, Duration::from_secs(2));
+        assert_eq!(cluster.min_replicas_ack, 0);
         let flags = Settings {
             redis: Some("redis://127.0.0.1:7000".into()),
             ..Settings::default()
         };
         let merged = flags.over(file).app_config().cluster.unwrap();
-        assert_eq!(merged.redis, "redis://127.0.0.1:7000");
+        assert_eq!(
+            merged.upstream,
+            Upstream::Redis("redis://127.0.0.1:7000".into())
+        );
         assert_eq!(merged.buffer_bytes, 1000);
         assert_eq!(Settings::default().app_config().cluster, None);
         let bad = Settings {
@@ -705,6 +765,68 @@ mod tests {
                 .contains("invalid redis URL")
         );
         assert!(toml::from_str::<Settings>("[cluster]\nredos = \"x\"").is_err());
+    }
+
+    #[test]
+    fn cluster_names_sentinels_or_redis_cluster_once() {
+        let sentinel: Settings = toml::from_str(
+            "[cluster]\nsentinels = [\"10.0.0.1:26379\", \"10.0.0.2:26379\"]\n\
+             master_name = \"main\"\npassword = \"pw\"\nmin_replicas_ack = 1",
+        )
+        .unwrap();
+        let cluster = Settings::validated(sentinel)
+            .unwrap()
+            .app_config()
+            .cluster
+            .unwrap();
+        assert_eq!(
+            cluster.upstream,
+            Upstream::Sentinel {
+                sentinels: vec!["10.0.0.1:26379".into(), "10.0.0.2:26379".into()],
+                master_name: "main".into()
+            }
+        );
+        assert_eq!(cluster.auth.password.as_deref(), Some("pw"));
+        assert_eq!(cluster.min_replicas_ack, 1);
+        assert!(
+            !format!("{cluster:?}").contains("pw"),
+            "the password is not shown"
+        );
+        let sharded: Settings =
+            toml::from_str("[cluster]\nredis_cluster = [\"10.0.0.1:7000\"]").unwrap();
+        assert_eq!(
+            sharded.app_config().cluster.unwrap().upstream,
+            Upstream::Cluster(vec!["10.0.0.1:7000".into()])
+        );
+        for (bad, error) in [
+            (
+                "redis = \"redis://h\"\nredis_cluster = [\"h:1\"]",
+                "names Redis once",
+            ),
+            ("sentinels = [\"h:1\"]", "go together"),
+            (
+                "redis_cluster = [\"h:1\"]\nmaster_name = \"m\"",
+                "go together",
+            ),
+            (
+                "sentinels = [\"h:1\"]\nmaster_name = \"\"",
+                "need a master_name",
+            ),
+            ("redis_cluster = []", "redis_cluster is empty"),
+            ("redis_cluster = [\"h:x\"]", "invalid redis_cluster entry"),
+        ] {
+            let settings: Settings = toml::from_str(&format!("[cluster]\n{bad}")).unwrap();
+            let message = Settings::validated(settings).unwrap_err();
+            assert!(message.contains(error), "{bad}: {message}");
+        }
+        // The flag replaces whatever the table names.
+        let table: Settings =
+            toml::from_str("[cluster]\nredis_cluster = [\"h:1\"]\nredis = \"redis://x\"").unwrap();
+        let flags = Settings {
+            redis: Some("redis://127.0.0.1:7000".into()),
+            ..Settings::default()
+        };
+        assert!(Settings::validated(flags.over(table)).is_ok());
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub fn start(mut config: clarion_engine::Config, app: AppConfig) -> io::Result<R
         return invalid("auth = jwt needs a jwt_secret");
     }
     if let Some(cluster) = &app.cluster
-        && let Err(message) = crate::cluster::check_url(&cluster.redis)
+        && let Err(message) = crate::cluster::check(cluster)
     {
         return invalid(&message);
     }

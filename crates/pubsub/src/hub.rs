@@ -435,9 +435,8 @@ impl Hub {
             // node's latest messages (same epoch), numbers below what this node took, or holds
             // other messages under those numbers: waiting for it to catch up would drop its new
             // messages as duplicates, or keep messages it no longer has.
-            let renumbered = replace
-                || seq < state.confirmed
-                || state.history.differs(&recent, state.confirmed);
+            let renumbered =
+                replace || seq < state.confirmed || state.history.differs(&recent, state.confirmed);
             if state.live && !renumbered {
                 for message in recent {
                     if message.seq > state.confirmed {
