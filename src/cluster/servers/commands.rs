@@ -24,6 +24,9 @@ pub(super) const ROUNDS: u32 = 10;
 /// Wait before a command refused with `TRYAGAIN` (a slot migrating) goes again, times the round.
 const SETTLE: Duration = Duration::from_millis(20);
 
+/// `ASKING`, encoded.
+const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
+
 /// A command and the slot of its keys (ignored with one server).
 #[derive(Clone, Debug)]
 pub(in crate::cluster) struct Routed {
@@ -145,19 +148,21 @@ impl Commands {
                     None => groups.push((node, vec![(i, asking)])),
                 }
             }
+            let mut packed = Vec::new();
             for (node, group) in &groups {
-                let mut pipe = redis::pipe();
+                packed.clear();
                 for &(i, asking) in group {
                     if asking {
-                        pipe.cmd("ASKING");
+                        packed.extend_from_slice(ASKING);
                     }
-                    pipe.add_command(commands[i].cmd.clone());
+                    commands[i].cmd.write_packed_command(&mut packed);
                 }
                 if replicas > 0 {
-                    pipe.cmd("WAIT").arg(replicas).arg(REPLICA_WAIT_MS);
+                    let mut wait = redis::cmd("WAIT");
+                    wait.arg(replicas).arg(REPLICA_WAIT_MS);
+                    wait.write_packed_command(&mut packed);
                 }
-                self.connection(node)?
-                    .send_packed_command(&pipe.get_packed_pipeline())?;
+                self.connection(node)?.send_packed_command(&packed)?;
             }
             let mut again = false;
             for (node, group) in &groups {
