@@ -916,3 +916,52 @@ fn a_redis_cluster_carries_each_topic_on_its_own_master_through_a_slot_migration
     assert_eq!(published["dropped"], 0);
     assert_eq!(a.stats()["cluster"]["up"], 1);
 }
+
+#[test]
+fn nodes_follow_a_failover_whose_old_master_lives_on() {
+    let redis = Sentinels::start();
+    let config = format!(
+        "sentinels = {}\nmaster_name = \"{MASTER_NAME}\"",
+        redis.toml_list()
+    );
+    let (a, b) = (
+        Node::configured(&config, &[]),
+        Node::configured(&config, &[]),
+    );
+    let (mut on_a, _) = subscriber(a.addr, "s", None);
+    let (mut on_b, _) = subscriber(b.addr, "s", None);
+    for i in 1..=5 {
+        assert_eq!(b.publish("s", &format!("m{i}")), 202);
+    }
+    let first: Vec<(u64, String)> = (1..=5).map(|i| (i, format!("m{i}"))).collect();
+    assert_eq!(deliveries(&mut on_a, 5), first);
+    assert_eq!(deliveries(&mut on_b, 5), first);
+    // An operator's failover: the old master is demoted, not killed. The sentinels announce
+    // it on +switch-master; both nodes leave the old master for the new one.
+    let _: () = redis.sentinels[0].query(&["SENTINEL", "FAILOVER", MASTER_NAME]);
+    let promoted = redis.replica.port();
+    assert!(wait_for(Duration::from_secs(30), || redis.named_master()
+        == Some(promoted)));
+    let following = || {
+        let (_, count): (String, u64) = redis.replica.query(&["PUBSUB", "NUMSUB", "clarion:{s}"]);
+        count == 2
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), following),
+        "both nodes subscribe on the new master"
+    );
+    for i in 6..=10 {
+        assert_eq!(a.publish("s", &format!("m{i}")), 202);
+    }
+    let then: Vec<(u64, String)> = (6..=10).map(|i| (i, format!("m{i}"))).collect();
+    assert_eq!(deliveries(&mut on_a, 5), then);
+    assert_eq!(deliveries(&mut on_b, 5), then);
+    let demoted = || {
+        let role: redis::RedisResult<Vec<redis::Value>> = redis.master.try_query(&["ROLE"]);
+        role.is_ok_and(|role| role[0] == redis::Value::BulkString(b"slave".to_vec()))
+    };
+    assert!(wait_for(Duration::from_secs(30), demoted));
+    for node in [&a, &b] {
+        assert_eq!(node.stats()["cluster"]["dropped"], 0);
+    }
+}

@@ -12,8 +12,9 @@
 //! master. The wait for pushed messages lasts at most [`POLL`] so that new interest (a topic's
 //! first subscriber) is acted on promptly; messages themselves are read as they arrive. A topic
 //! whose Redis Cluster slot moved is subscribed again on its new master and synced, which fills
-//! what was published there in between from the log. In Sentinel mode a `+switch-master` (or a
-//! connection lost) ends the session, and the next one asks the sentinels for the master.
+//! what was published there in between from the log. In Sentinel mode a new master (announced
+//! by the sentinels, see [`super::servers::watch_sentinels`]) or a connection lost ends the
+//! session, and the next one asks the sentinels for the master.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -77,7 +78,6 @@ impl Feed {
             subscriptions: Subscriptions::new(&self.servers),
             sync: keys::SYNC.sha(),
         };
-        session.subscriptions.watch();
         let epoch = shared_epoch(&mut session.commands)?;
         let replace = epoch != self.hub.epoch();
         self.hub.set_epoch(epoch);
@@ -117,7 +117,6 @@ impl Feed {
             if Instant::now() >= next_beat {
                 self.presence
                     .beat(&mut session.commands, &self.hub, &self.node, self.heartbeat)?;
-                session.subscriptions.watch();
                 next_beat = Instant::now() + self.heartbeat;
             }
             for event in session.subscriptions.wait(POLL)? {
@@ -128,10 +127,6 @@ impl Feed {
                     Event::Moved(topic) => {
                         tracing::debug!(%topic, "cluster: the topic's slot moved");
                         self.follow(&mut session, topic)?;
-                    }
-                    Event::Switched => {
-                        self.servers.switched();
-                        return Err(switched());
                     }
                 }
             }

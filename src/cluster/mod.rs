@@ -15,7 +15,8 @@
 //! ([`publisher`]), which pipelines it to Redis; the first subscribe of a topic on a node is
 //! answered once the *feed* thread ([`feed`]) has subscribed to the channel and synced the
 //! topic from its Stream, and the feed thread delivers every message into the hub, which posts
-//! it to the reactors' inboxes like a local publish.
+//! it to the reactors' inboxes like a local publish. With Sentinel a third thread listens for
+//! failovers ([`servers::watch_sentinels`]).
 //!
 //! While the link is down a local publish is also delivered to this node's subscribers at once,
 //! with a provisional `seq` ([`Hub::publish_provisional`]); the hub confirms it when Redis numbers
@@ -152,7 +153,17 @@ impl Cluster {
         spawn("clarion-publish")
             .spawn(move || publisher.run(incoming))
             .map_err(|e| e.to_string())?;
-        if let Err(e) = spawn("clarion-feed").spawn(move || feed.run()) {
+        let watching = (servers.clone(), link.clone());
+        let mut started = spawn("clarion-feed").spawn(move || feed.run()).map(drop);
+        if started.is_ok() && servers.sentinels() {
+            started = spawn("clarion-sentinel")
+                .spawn(move || {
+                    let (servers, link) = watching;
+                    servers::watch_sentinels(&servers, || link.stopping());
+                })
+                .map(drop);
+        }
+        if let Err(e) = started {
             link.stop.store(true, Relaxed);
             return Err(e.to_string());
         }

@@ -77,10 +77,6 @@ impl Publisher {
             if self.link.stopping() && (queue.is_empty() || connected.is_none()) {
                 return;
             }
-            if connected.as_ref().is_some_and(Commands::stale) {
-                connected = None;
-                tracing::info!("cluster: Sentinel named another master; publishing there");
-            }
             let Some(ready) = connected.as_mut() else {
                 match Commands::connect(&self.servers) {
                     Ok(fresh) => {
@@ -126,6 +122,13 @@ impl Publisher {
             {
                 number += 1;
                 queue.push_back((number, outgoing));
+            }
+            // Checked right before sending: a master that Sentinel replaced may still take
+            // writes (until it is demoted), and they would be lost with it.
+            if ready.stale() {
+                connected = None;
+                tracing::info!("cluster: Sentinel named another master; publishing there");
+                continue;
             }
             let batch = queue.len().min(BATCH);
             match self.send(ready, &sha, queue.range(..batch)) {

@@ -23,6 +23,7 @@ use redis::{
 
 use super::{CONNECT_TIMEOUT, IO_TIMEOUT, keys};
 pub(super) use commands::{Commands, Routed};
+pub(super) use sentinel::watch as watch_sentinels;
 pub(super) use slots::slot;
 pub(super) use subscriptions::{Event, Subscriptions};
 
@@ -166,6 +167,11 @@ impl Servers {
     /// Redis Cluster: channels are sharded (`SSUBSCRIBE`, `SPUBLISH`).
     pub fn sharded(&self) -> bool {
         matches!(self.deployment, Deployment::Cluster(_))
+    }
+
+    /// Sentinel mode: the master can change under the node.
+    pub fn sentinels(&self) -> bool {
+        matches!(self.deployment, Deployment::Sentinel { .. })
     }
 
     /// The current generation: connections made under an older one are stale.

@@ -1,7 +1,7 @@
 //! The feed's subscriptions: each followed topic's channel on the master that carries it (the
 //! one master; in Redis Cluster the master of the topic's slot, with a sharded channel, so that
 //! a message crosses only its own shard), one push connection per master, all waited on at
-//! once; and in Sentinel mode a sentinel's `+switch-master` announcements.
+//! once.
 //!
 //! A subscribe returns once the server confirmed it (the topic's sync must read the log after
 //! that, or a message could fall between the two). When a slot moves to another master, Redis
@@ -17,8 +17,7 @@ use redis::{RedisResult, ServerError, Value};
 use super::super::{IO_TIMEOUT, keys};
 use super::commands::{Commands, ROUNDS, moved_to};
 use super::push::{self, PushConnection};
-use super::sentinel::{SWITCH_CHANNEL, switch_names};
-use super::{Deployment, Node, Servers, slot};
+use super::{Node, Servers, slot};
 
 /// Most values read from one connection per [`Subscriptions::wait`], so that a busy master
 /// cannot keep the feed from its other work.
@@ -31,8 +30,6 @@ pub(in crate::cluster) enum Event {
     Message { topic: Arc<str>, payload: Vec<u8> },
     /// The server dropped the topic's channel: its slot moved to another master.
     Moved(Arc<str>),
-    /// Sentinel named a new master.
-    Switched,
 }
 
 /// The Pub/Sub words of one kind of channel.
@@ -82,7 +79,6 @@ pub(in crate::cluster) struct Subscriptions {
     words: &'static Words,
     by_node: HashMap<Node, Server>,
     topics: HashMap<Arc<str>, Node>,
-    watch: Option<PushConnection>,
     events: VecDeque<Event>,
 }
 
@@ -94,7 +90,6 @@ impl Subscriptions {
             words: if servers.sharded() { &SHARDED } else { &PLAIN },
             by_node: HashMap::new(),
             topics: HashMap::new(),
-            watch: None,
             events: VecDeque::new(),
         }
     }
@@ -152,42 +147,13 @@ impl Subscriptions {
         Ok(())
     }
 
-    /// In Sentinel mode, listens for `+switch-master` on the first sentinel that takes the
-    /// subscribe, unless it does already. Not fatal if none does: a master that fails is found
-    /// again when its connections fail, and one that is demoted refuses writes.
-    pub fn watch(&mut self) {
-        let Deployment::Sentinel { sentinels, .. } = &self.servers.deployment else {
-            return;
-        };
-        if self.watch.is_some() {
-            return;
-        }
-        for sentinel in sentinels {
-            let subscribed = PushConnection::connect(sentinel).and_then(|mut con| {
-                con.send(redis::cmd("SUBSCRIBE").arg(SWITCH_CHANNEL))?;
-                match con.read(IO_TIMEOUT)? {
-                    Value::ServerError(error) => Err(error.into()),
-                    _ => Ok(con),
-                }
-            });
-            match subscribed {
-                Ok(con) => {
-                    self.watch = Some(con);
-                    return;
-                }
-                Err(e) => tracing::debug!("cluster: sentinel watch: {e}"),
-            }
-        }
-    }
-
     /// Waits at most `timeout` for something to come in, and returns all that did.
     pub fn wait(&mut self, timeout: Duration) -> RedisResult<Vec<Event>> {
         if !self.events.is_empty() {
             return Ok(self.events.drain(..).collect());
         }
         let nodes: Vec<Node> = self.by_node.keys().cloned().collect();
-        let mut fds: Vec<_> = nodes.iter().map(|n| self.by_node[n].con.fd()).collect();
-        fds.extend(self.watch.as_ref().map(PushConnection::fd));
+        let fds: Vec<_> = nodes.iter().map(|n| self.by_node[n].con.fd()).collect();
         let buffered = self.by_node.values().any(|s| s.more);
         let wait = if buffered { Duration::ZERO } else { timeout };
         let ready = push::readable(&fds, wait)?;
@@ -215,35 +181,7 @@ impl Subscriptions {
                 }
             }
         }
-        if ready.last() == Some(&true) && self.watch.is_some() {
-            self.read_watch();
-        }
         Ok(self.events.drain(..).collect())
-    }
-
-    fn read_watch(&mut self) {
-        let Deployment::Sentinel { master_name, .. } = &self.servers.deployment else {
-            return;
-        };
-        while let Some(watch) = self.watch.as_mut() {
-            match watch.try_read() {
-                Ok(Some(Value::Array(parts))) => {
-                    if let [Value::BulkString(kind), _, Value::BulkString(payload)] = &parts[..]
-                        && kind == b"message"
-                        && switch_names(payload, master_name)
-                    {
-                        tracing::info!("cluster: Sentinel switched the master");
-                        self.events.push_back(Event::Switched);
-                    }
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::debug!("cluster: sentinel watch lost: {e}");
-                    self.watch = None;
-                }
-            }
-        }
     }
 
     /// Queues what `value` (pushed by `node`) carries: a message, or a channel the server
