@@ -77,11 +77,13 @@ wait_linked() {
   echo "bench: the node on $1 did not reach Redis" >&2; exit 1
 }
 
-# redis PORT [args...]: a throwaway redis-server on core 1 (its PID appended to others).
+# redis PORT [args...]: a throwaway redis-server on core 1 (its PID appended to others), its
+# files (a replica's copy, a cluster node's nodes.conf) under $OUT.
 redis() {
-  local port=$1; shift
-  taskset -c 1 redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no "$@" \
-    >/dev/null &
+  local port=$1 dir=$OUT/redis-$1; shift
+  mkdir -p "$dir"; rm -f "$dir"/*
+  taskset -c 1 redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$dir" "$@" >/dev/null &
   others+=($!)
   wait_port "$port"
 }
@@ -90,10 +92,9 @@ redis() {
 redis_cluster() {
   cluster_ports=()
   for _ in $(seq "$1"); do
-    local port dir
-    port=$(free_port); dir=$OUT/redis-cluster-$port
-    mkdir -p "$dir"; rm -f "$dir/nodes.conf"
-    redis "$port" --cluster-enabled yes --cluster-config-file nodes.conf --dir "$dir"
+    local port
+    port=$(free_port)
+    redis "$port" --cluster-enabled yes --cluster-config-file nodes.conf
     cluster_ports+=("$port")
   done
   redis-cli --cluster create "${cluster_ports[@]/#/127.0.0.1:}" --cluster-yes >/dev/null
