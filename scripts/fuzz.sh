@@ -5,6 +5,10 @@
 #   scripts/fuzz.sh --quick             every target, 10 s each
 #   scripts/fuzz.sh deflate envelope    only these targets
 #
+# The targets (fuzz/fuzz_targets/, listed in fuzz/Cargo.toml; README "Fuzzing" says what each
+# checks): handshake_request, connection_server, frame_decode, deflate, envelope, jwt,
+# publish_batch, cluster_wire.
+#
 # Installs cargo-fuzz from crates.io if it is missing. cargo-fuzz passes nightly-only rustc flags
 # (sanitizer coverage, AddressSanitizer); on a stable toolchain RUSTC_BOOTSTRAP=1 lets them
 # through. FUZZ_SANITIZER=none builds without AddressSanitizer (faster, fewer findings).

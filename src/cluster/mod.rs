@@ -29,7 +29,7 @@ mod link;
 mod presence;
 mod publisher;
 mod servers;
-mod wire;
+pub mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;

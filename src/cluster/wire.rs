@@ -4,6 +4,9 @@
 //! provisional `seq` while Redis was down also names its origin (`<seq>/<node>/<provisional>`
 //! live, field `o` = `<node>/<provisional>` in the log); decoded by that node, it is marked
 //! [`Message::provisional_here`]. Anything malformed is refused, never trusted.
+//!
+//! The two decoders are public for the fuzz target `cluster_wire`: Redis is as trusted as the
+//! network between the nodes, and what comes from it is checked like client input.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -62,7 +65,7 @@ fn provisional_for(node: &str, origin: &[u8]) -> Option<u64> {
 }
 
 /// A message of `topic` from its live form, as node `node` sees it.
-pub(super) fn decode_live(topic: Arc<str>, body: &[u8], node: &str) -> Option<Message> {
+pub fn decode_live(topic: Arc<str>, body: &[u8], node: &str) -> Option<Message> {
     let (head, rest) = split_at_colon(body)?;
     let (seq, provisional) = match head.iter().position(|&b| b == b'/') {
         Some(at) => (&head[..at], provisional_for(node, &head[at + 1..])?),
@@ -76,7 +79,7 @@ pub(super) fn decode_live(topic: Arc<str>, body: &[u8], node: &str) -> Option<Me
 
 /// A message of `topic` from a log entry as `XRANGE` returns it (`[id, [field, value, …]]`),
 /// as node `node` sees it.
-pub(super) fn decode_entry(topic: &Arc<str>, entry: &Value, node: &str) -> Option<Message> {
+pub fn decode_entry(topic: &Arc<str>, entry: &Value, node: &str) -> Option<Message> {
     let Value::Array(parts) = entry else {
         return None;
     };

@@ -149,17 +149,21 @@ struct Item<'a> {
     data: &'a RawValue,
 }
 
-fn publish_many(server: &Server, body: &[u8]) -> Response {
+/// Parses and checks a `POST /publish` body (see the module docs), every item before any is
+/// published: the topics and payloads in order, or the reason for a 400 answer. A `data` string
+/// is published as its text; any other value as JSON, byte for byte as the body holds it, if it
+/// is one that strict parsers read back (no `1e999`, no lone surrogate).
+pub fn parse_batch(
+    body: &[u8],
+    max_topic_length: usize,
+) -> Result<Vec<(Cow<'_, str>, Payload)>, String> {
     let Ok(items) = serde_json::from_slice::<Vec<Item>>(body) else {
-        return error(
-            400,
-            "expected a JSON array of {\"topic\":…,\"data\":…} objects",
-        );
+        return Err("expected a JSON array of {\"topic\":…,\"data\":…} objects".to_owned());
     };
-    let mut payloads = Vec::with_capacity(items.len());
-    for item in &items {
-        if let Err(e) = validate_topic(&item.topic, server.config.max_topic_length) {
-            return error(400, &format!("{}: {e}", item.topic));
+    let mut batch = Vec::with_capacity(items.len());
+    for item in items {
+        if let Err(e) = validate_topic(&item.topic, max_topic_length) {
+            return Err(format!("{}: {e}", item.topic));
         }
         let raw = item.data.get();
         let payload = match serde_json::from_str::<Cow<str>>(raw) {
@@ -167,15 +171,23 @@ fn publish_many(server: &Server, body: &[u8]) -> Response {
             Err(_) if format_of(MessageKind::Text, raw.as_bytes()) == Format::Json => {
                 Payload::new(Format::Json, raw.as_bytes())
             }
-            Err(_) => return error(400, "data is not a JSON value every parser reads"),
+            Err(_) => return Err("data is not a JSON value every parser reads".to_owned()),
         };
-        payloads.push(payload);
+        batch.push((item.topic, payload));
     }
-    let mut results = Vec::with_capacity(items.len());
-    for (item, payload) in items.iter().zip(payloads) {
-        match server.publish(&item.topic, payload) {
-            Ok(Some(seq)) => results.push(json!({ "topic": item.topic, "seq": seq })),
-            Ok(None) => results.push(json!({ "topic": item.topic })),
+    Ok(batch)
+}
+
+fn publish_many(server: &Server, body: &[u8]) -> Response {
+    let batch = match parse_batch(body, server.config.max_topic_length) {
+        Ok(batch) => batch,
+        Err(message) => return error(400, &message),
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for (topic, payload) in batch {
+        match server.publish(&topic, payload) {
+            Ok(Some(seq)) => results.push(json!({ "topic": topic, "seq": seq })),
+            Ok(None) => results.push(json!({ "topic": topic })),
             Err(e) => return refused(e),
         }
     }
@@ -191,4 +203,47 @@ fn accepted(body: serde_json::Value) -> Response {
 
 fn refused(reason: PublishError) -> Response {
     error(503, &reason.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_keeps_strings_as_text_and_other_values_as_their_json() {
+        let body = br#"[{"topic":"a","data":"hi \u00e9"},
+                        {"topic":"b/c","extra":[1e999],"data":{"x": [1, 2.5]}}]"#;
+        let batch = parse_batch(body, 64).unwrap();
+        let got: Vec<(&str, Format, &[u8])> = batch
+            .iter()
+            .map(|(topic, payload)| (&**topic, payload.format(), payload.bytes()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a", Format::Text, "hi é".as_bytes()),
+                ("b/c", Format::Json, br#"{"x": [1, 2.5]}"#),
+            ]
+        );
+        assert!(parse_batch(b"[]", 64).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_batch_with_one_bad_item_is_refused_whole() {
+        let bad: [&[u8]; 9] = [
+            b"",
+            b"{}",
+            br#"[{"topic":"a"}]"#,
+            br#"[{"data":1}]"#,
+            br#"[{"topic":"a","data":1,"topic":"b"}]"#,
+            br#"[{"topic":"a","data":1},{"topic":"no spaces","data":1}]"#,
+            br#"[{"topic":"aaaaa","data":1}]"#,
+            br#"[{"topic":"a","data":1e999}]"#,
+            br#"[{"topic":"a","data":"\ud800"}]"#,
+        ];
+        for body in bad {
+            let refused = parse_batch(body, 4);
+            assert!(refused.is_err(), "{:?}", String::from_utf8_lossy(body));
+        }
+    }
 }

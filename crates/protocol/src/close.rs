@@ -44,7 +44,7 @@ pub const MAX_REASON_LEN: usize = 123;
 
 /// Parses a received close payload: `Ok(None)` when empty, else the code and reason; the error
 /// is the code to fail the connection with.
-pub fn parse_payload(payload: &[u8]) -> Result<Option<(CloseCode, &str)>, CloseCode> {
+pub(crate) fn parse_payload(payload: &[u8]) -> Result<Option<(CloseCode, &str)>, CloseCode> {
     match payload {
         [] => Ok(None),
         [_] => Err(CloseCode::PROTOCOL_ERROR),
@@ -61,7 +61,11 @@ pub fn parse_payload(payload: &[u8]) -> Result<Option<(CloseCode, &str)>, CloseC
 
 /// Writes a close payload into `out` and returns its length; the reason is cut at a character
 /// boundary so the payload stays within a control frame.
-pub fn encode_payload(out: &mut [u8; 2 + MAX_REASON_LEN], code: CloseCode, reason: &str) -> usize {
+pub(crate) fn encode_payload(
+    out: &mut [u8; 2 + MAX_REASON_LEN],
+    code: CloseCode,
+    reason: &str,
+) -> usize {
     let mut cut = reason.len().min(MAX_REASON_LEN);
     while !reason.is_char_boundary(cut) {
         cut -= 1;

@@ -152,15 +152,27 @@ pub enum SendError {
     NoDeflate,
 }
 
-const CLIENT: u8 = 1;
-const CLOSE_SENT: u8 = 2;
-const PING_OUT: u8 = 4;
-const IN_FRAME: u8 = 8;
-const FRAME_FIN: u8 = 16;
-/// `100 Continue` was sent for a request body.
-const CONTINUE_SENT: u8 = 32;
-/// The message being assembled in `rx` is compressed (its first frame had RSV1).
-const COMPRESSED: u8 = 64;
+bitflags::bitflags! {
+    /// A connection's yes/no facts, one bit each in one byte (the struct stays 48 bytes).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct Flags: u8 {
+        /// Client role: our frames are masked, the peer's must not be. Set once, at creation.
+        const CLIENT = 1;
+        /// Our close frame is sent: nothing more may be sent, and the peer's close ends it.
+        const CLOSE_SENT = 1 << 1;
+        /// Our ping is unanswered: the peer must be heard within `pong_timeout`. Anything it
+        /// sends clears it, not only a pong.
+        const PING_OUT = 1 << 2;
+        /// A frame header was read and `remaining` bytes of its payload are still to come.
+        const IN_FRAME = 1 << 3;
+        /// The frame in progress has FIN set: its end completes the message.
+        const FRAME_FIN = 1 << 4;
+        /// `100 Continue` was sent for a request body (once per request).
+        const CONTINUE_SENT = 1 << 5;
+        /// The message being assembled in `rx` is compressed (its first frame had RSV1).
+        const COMPRESSED = 1 << 6;
+    }
+}
 
 /// What must be removed from `rx` at the start of the next read, because the last event borrowed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,7 +198,7 @@ pub struct Connection {
     /// The close code sent or received; 0 while none.
     close_code: u16,
     state: State,
-    flags: u8,
+    flags: Flags,
     /// Opcode of the frame whose payload is in progress.
     frame_op: OpCode,
     /// Kind of the message being assembled in `rx`, if any.
@@ -203,16 +215,16 @@ pub struct Connection {
 impl Connection {
     /// A server connection just accepted, waiting for its request head.
     pub fn server(now: Instant) -> Connection {
-        Connection::new(State::Handshaking, 0, 0, now)
+        Connection::new(State::Handshaking, Flags::empty(), 0, now)
     }
 
     /// A client connection whose handshake is done (see [`super::handshake::ClientHandshake`]).
     /// `mask_seed` seeds the masking keys; pass a random value.
     pub fn client(now: Instant, mask_seed: u32) -> Connection {
-        Connection::new(State::Open, CLIENT, mask_seed | 1, now)
+        Connection::new(State::Open, Flags::CLIENT, mask_seed | 1, now)
     }
 
-    fn new(state: State, flags: u8, mask_seed: u32, now: Instant) -> Connection {
+    fn new(state: State, flags: Flags, mask_seed: u32, now: Instant) -> Connection {
         Connection {
             stamp: now,
             remaining: 0,
@@ -238,7 +250,7 @@ impl Connection {
 
     /// The role.
     pub fn role(&self) -> Role {
-        if self.flags & CLIENT != 0 {
+        if self.flags.contains(Flags::CLIENT) {
             Role::Client
         } else {
             Role::Server
@@ -351,8 +363,8 @@ impl Connection {
             }
             Ok(Some(_)) => {
                 // The head is in, the body is not: tell a client that waits for it to send.
-                if self.flags & CONTINUE_SENT == 0 {
-                    self.flags |= CONTINUE_SENT;
+                if !self.flags.contains(Flags::CONTINUE_SENT) {
+                    self.flags.insert(Flags::CONTINUE_SENT);
                     let expects = parse_head(rx, config)
                         .ok()
                         .flatten()
@@ -422,10 +434,10 @@ impl Connection {
     ) -> Option<Event<'x>> {
         if !input.is_empty() && self.state == State::Open {
             self.stamp = now;
-            self.flags &= !PING_OUT;
+            self.flags.remove(Flags::PING_OUT);
         }
         loop {
-            if self.flags & IN_FRAME != 0 {
+            if self.flags.contains(Flags::IN_FRAME) {
                 let take = self.remaining.min(input.len() as u64) as usize;
                 let (chunk, rest) = std::mem::take(input).split_at_mut(take);
                 *input = rest;
@@ -436,7 +448,7 @@ impl Connection {
                     if self.remaining > 0 {
                         return None;
                     }
-                    self.flags &= !IN_FRAME;
+                    self.flags.remove(Flags::IN_FRAME);
                     self.cleanup = Cleanup::Control;
                     let rx: &'r Vec<u8> = rx;
                     let payload = &rx[rx.len() - self.control_len as usize..];
@@ -447,12 +459,14 @@ impl Connection {
                     if self.remaining > 0 {
                         return None;
                     }
-                    self.flags &= !IN_FRAME;
+                    self.flags.remove(Flags::IN_FRAME);
                     continue;
                 }
                 rx.extend_from_slice(chunk);
                 // Compressed text is validated once inflated.
-                if self.message == Some(MessageKind::Text) && self.flags & COMPRESSED == 0 {
+                if self.message == Some(MessageKind::Text)
+                    && !self.flags.contains(Flags::COMPRESSED)
+                {
                     let start = self.utf8_valid as usize;
                     match utf8::validate_partial(&rx[start..]) {
                         Some(valid) => self.utf8_valid += valid as u32,
@@ -469,13 +483,13 @@ impl Connection {
                 if self.remaining > 0 {
                     return None;
                 }
-                self.flags &= !IN_FRAME;
-                if self.flags & FRAME_FIN == 0 {
+                self.flags.remove(Flags::IN_FRAME);
+                if !self.flags.contains(Flags::FRAME_FIN) {
                     continue;
                 }
                 let kind = self.message.take()?;
                 self.cleanup = Cleanup::Message;
-                if self.flags & COMPRESSED != 0 {
+                if self.flags.contains(Flags::COMPRESSED) {
                     let rx: &'r Vec<u8> = rx;
                     return Some(self.inflated(kind, rx, inflate, config, input, out));
                 }
@@ -553,21 +567,13 @@ impl Connection {
                 if self.state == State::Open {
                     self.message = Some(kind);
                     self.utf8_valid = 0;
-                    if compressed {
-                        self.flags |= COMPRESSED;
-                    } else {
-                        self.flags &= !COMPRESSED;
-                    }
+                    self.flags.set(Flags::COMPRESSED, compressed);
                 }
             }
             self.frame_op = header.opcode;
             self.remaining = header.payload_len;
-            self.flags |= IN_FRAME;
-            if header.fin {
-                self.flags |= FRAME_FIN;
-            } else {
-                self.flags &= !FRAME_FIN;
-            }
+            self.flags.insert(Flags::IN_FRAME);
+            self.flags.set(Flags::FRAME_FIN, header.fin);
         }
     }
 
@@ -636,8 +642,8 @@ impl Connection {
                 return protocol("RSV1 on a control or continuation frame");
             }
         }
-        if header.mask.is_some() == (self.flags & CLIENT != 0) {
-            return protocol(if self.flags & CLIENT != 0 {
+        if header.mask.is_some() == (self.flags.contains(Flags::CLIENT)) {
+            return protocol(if self.flags.contains(Flags::CLIENT) {
                 "masked server frame"
             } else {
                 "unmasked client frame"
@@ -710,7 +716,7 @@ impl Connection {
     }
 
     fn unmask(&mut self, payload: &mut [u8]) {
-        if self.flags & CLIENT == 0 {
+        if !self.flags.contains(Flags::CLIENT) {
             mask::apply_mask(payload, self.mask, 0);
             self.mask.rotate_left(payload.len() % 4);
         }
@@ -734,7 +740,7 @@ impl Connection {
             _ => match close::parse_payload(payload) {
                 Err(code) => Some(self.fail(code, "bad close frame", &mut &mut [][..], out)),
                 Ok(received) => {
-                    if self.flags & CLOSE_SENT == 0 {
+                    if !self.flags.contains(Flags::CLOSE_SENT) {
                         let code = received.map_or(CloseCode::NO_STATUS, |(code, _)| code);
                         self.close_code = code.0;
                         // Echo the code, as RFC 6455 §5.5.1 suggests; an empty close gets an empty one.
@@ -745,7 +751,7 @@ impl Connection {
                             0
                         };
                         self.send_control(OpCode::Close, &buf[..len], out);
-                        self.flags |= CLOSE_SENT;
+                        self.flags.insert(Flags::CLOSE_SENT);
                     }
                     self.state = State::Closed;
                     self.stamp = now;
@@ -763,7 +769,7 @@ impl Connection {
         input: &mut &mut [u8],
         out: &mut (impl Transmit + ?Sized),
     ) -> Event<'static> {
-        if self.flags & CLOSE_SENT == 0 {
+        if !self.flags.contains(Flags::CLOSE_SENT) {
             self.send_close(code, why, out);
             self.close_code = code.0;
         }
@@ -776,7 +782,7 @@ impl Connection {
         let mut buf = [0; 2 + close::MAX_REASON_LEN];
         let len = close::encode_payload(&mut buf, code, reason);
         self.send_control(OpCode::Close, &buf[..len], out);
-        self.flags |= CLOSE_SENT;
+        self.flags.insert(Flags::CLOSE_SENT);
     }
 
     /// Sends a control frame; its payload is at most 125 bytes (checked by callers).
@@ -795,7 +801,7 @@ impl Connection {
         payload: &mut [u8],
         out: &mut (impl Transmit + ?Sized),
     ) {
-        let mask = (self.flags & CLIENT != 0).then(|| self.next_mask_key());
+        let mask = (self.flags.contains(Flags::CLIENT)).then(|| self.next_mask_key());
         if let Some(key) = mask {
             mask::apply_mask(payload, key, 0);
         }
@@ -830,7 +836,7 @@ impl Connection {
         payload: &[u8],
         out: &mut (impl Transmit + ?Sized),
     ) -> Result<(), SendError> {
-        if self.flags & CLIENT != 0 {
+        if self.flags.contains(Flags::CLIENT) {
             return Err(SendError::NeedsMask);
         }
         let header = self.message_header(kind, payload.len())?;
@@ -838,9 +844,8 @@ impl Connection {
         Ok(())
     }
 
-    /// The header for a server message of `len` bytes, for callers that send the payload
-    /// themselves (a frame shared by many connections is built with [`frame::encode_frame`]).
-    pub fn message_header(&self, kind: MessageKind, len: usize) -> Result<HeaderBytes, SendError> {
+    /// The header of a server message of `len` bytes (an unmasked single frame).
+    fn message_header(&self, kind: MessageKind, len: usize) -> Result<HeaderBytes, SendError> {
         if !self.can_send() {
             return Err(SendError::NotOpen);
         }
@@ -941,7 +946,7 @@ impl Connection {
             State::Open => {
                 let ping = config.ping_interval.map(|interval| {
                     let due = self.stamp + interval;
-                    if self.flags & PING_OUT != 0 {
+                    if self.flags.contains(Flags::PING_OUT) {
                         due + config.pong_timeout
                     } else {
                         due
@@ -981,14 +986,14 @@ impl Connection {
                 {
                     self.close(CloseCode::GOING_AWAY, "idle timeout", now, out);
                     Some(Timeout::Idle)
-                } else if self.flags & PING_OUT != 0 {
+                } else if self.flags.contains(Flags::PING_OUT) {
                     self.send_close(CloseCode::GOING_AWAY, "ping timeout", out);
                     self.close_code = CloseCode::GOING_AWAY.0;
                     self.state = State::Closed;
                     Some(Timeout::Pong)
                 } else {
                     self.send_control(OpCode::Ping, &[], out);
-                    self.flags |= PING_OUT;
+                    self.flags.insert(Flags::PING_OUT);
                     Some(Timeout::PingSent)
                 }
             }
@@ -1042,11 +1047,11 @@ impl Inflate for NoInflate {
 
 /// An encoded frame header, up to 14 bytes.
 #[derive(Clone, Copy, Debug)]
-pub struct HeaderBytes([u8; MAX_HEADER_LEN], u8);
+struct HeaderBytes([u8; MAX_HEADER_LEN], u8);
 
 impl HeaderBytes {
     /// The header's bytes.
-    pub fn as_slice(&self) -> &[u8] {
+    fn as_slice(&self) -> &[u8] {
         &self.0[..self.1 as usize]
     }
 }
@@ -1686,13 +1691,11 @@ mod tests {
         );
     }
 
+    /// Every connection of a reactor holds one: its bytes are per-connection memory at C1M.
     #[test]
-    fn connection_stays_small() {
-        assert!(
-            std::mem::size_of::<Connection>() <= 48,
-            "{}",
-            std::mem::size_of::<Connection>()
-        );
+    fn connection_is_48_bytes_and_its_flags_one() {
+        assert_eq!(std::mem::size_of::<Connection>(), 48);
+        assert_eq!(std::mem::size_of::<Flags>(), 1);
     }
 
     fn arb_stream() -> impl Strategy<Value = Vec<u8>> {

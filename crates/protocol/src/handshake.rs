@@ -312,7 +312,7 @@ fn write_header(out: &mut Vec<u8>, name: &str, value: &str) {
 }
 
 /// The reason phrase for the statuses this server sends.
-pub fn reason(status: u16) -> &'static str {
+pub(crate) fn reason(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
         200 => "OK",

@@ -2,14 +2,14 @@
 //! sequence fails the connection (close 1007) as soon as it arrives, not when the message ends.
 
 /// Validates a complete byte string.
-pub fn validate_complete(bytes: &[u8]) -> Option<&str> {
+pub(crate) fn validate_complete(bytes: &[u8]) -> Option<&str> {
     simdutf8::basic::from_utf8(bytes).ok()
 }
 
 /// Validates a prefix of a message that may continue: returns how many leading bytes are
 /// complete valid characters, or `None` if the bytes can never become valid. Up to 3 trailing
 /// bytes may be an unfinished character; the caller checks them again when more arrive.
-pub fn validate_partial(bytes: &[u8]) -> Option<usize> {
+pub(crate) fn validate_partial(bytes: &[u8]) -> Option<usize> {
     match simdutf8::compat::from_utf8(bytes) {
         Ok(_) => Some(bytes.len()),
         Err(e) if e.error_len().is_none() => Some(e.valid_up_to()),

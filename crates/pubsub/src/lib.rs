@@ -1,37 +1,102 @@
 //! Topics, fanout and history, without sockets: pubsub knows frames and connection ids, never a
-//! socket, a backend or a route.
+//! socket, a backend or a route. The push server's engine threads (reactors) use it to deliver
+//! each published message to every subscriber, framed once.
 //!
-//! Two halves:
-//! - [`Hub`], shared by every reactor thread: per topic the sequence number, the history ring and
-//!   the set of reactors that have local subscribers. A publish assigns the next `seq` and hands
-//!   the message to the caller's closure under the topic's lock, so whatever the closure enqueues
-//!   (one send per interested reactor) leaves in `seq` order.
-//! - [`Registry`], one per reactor, unshared: topic name to local subscriber ids, and the
-//!   fanout list for a message that arrived from the hub. Each connection keeps its own
-//!   [`Subscriptions`], a list of small [`TopicId`] handles, so closing it can leave every topic.
+//! # Two halves
 //!
-//! In a cluster the hub is *fed* (see [`Hub::fed`]): the bridge numbers messages upstream and
-//! delivers them here, and what reactors receive is a [`Post`]: a message, word that a topic
-//! a subscribe waited for is ready, or that the upstream renumbered a topic (a reset).
+//! - [`Hub`], one, shared by every reactor thread: per topic the sequence number (`seq`, from 1
+//!   without gaps, meaningful within the hub's [`Epoch`]), the history ring that resumes replay,
+//!   and the set of reactors that have local subscribers. A publish assigns the next `seq` and
+//!   hands the message to the caller's closure under the topic's lock, so whatever the closure
+//!   enqueues (one send per interested reactor) leaves in `seq` order.
+//! - [`Registry`], one per reactor, unshared (no locks): topic name to local subscriber ids, and
+//!   the fanout list for a message that arrived from the hub. Each connection keeps its own
+//!   [`Subscriptions`] (16 bytes), a list of small [`TopicId`] handles, so closing it can leave
+//!   every topic.
+//!
+//! A [`Message`] holds its payload as one WebSocket frame in an `Arc<[u8]>` ([`Payload`]), built
+//! before any lock is taken: every subscriber on every reactor is sent the same bytes by
+//! reference, and history holds the same `Arc`.
 //!
 //! Resume without a gap or a duplicate: a subscribe reads the topic's current `seq` (and, when
 //! asked, the missed history) in the same critical section that makes the hub send future
 //! publishes to the reactor; the registry then keeps the new subscriber out of every message at
 //! or below that `seq`, which history already covered.
+//!
+//! In a cluster the hub is *fed* (see [`Hub::fed`]): the bridge numbers messages upstream and
+//! delivers them here, and what reactors receive is a [`Post`]: a message, word that a topic
+//! a subscribe waited for is ready, or that the upstream renumbered a topic (a reset).
+//!
+//! # First use
+//!
+//! One reactor (index 0) with one subscribed connection (id 7); the inbox that carries messages
+//! from the hub to the reactor is a channel here (the engine's mailboxes in the server).
+//!
+//! ```
+//! use std::sync::{Arc, mpsc};
+//! use std::time::Instant;
+//!
+//! use clarion_pubsub::{Epoch, Format, Hub, HubConfig, Payload, Registry, Resume, Subscriptions};
+//!
+//! let now = Instant::now();
+//! let hub = Arc::new(Hub::new(HubConfig::default(), Epoch::random()));
+//! let mut registry = Registry::new(hub.clone(), 0)?;
+//! let mut subscriptions = Subscriptions::default(); // kept in the connection's state
+//! registry.subscribe(7, &mut subscriptions, "news", None, now)?;
+//!
+//! // Any thread publishes: framed once, numbered under the topic's lock, posted to each reactor
+//! // that has subscribers.
+//! let (to_reactor, inbox) = mpsc::channel();
+//! let payload = Payload::new(Format::Text, b"hello");
+//! let seq = hub.publish_with("news", payload, now, |message, reactors| {
+//!     for reactor in reactors.iter() {
+//!         assert_eq!(reactor, 0);
+//!         to_reactor.send(message.clone()).unwrap();
+//!     }
+//!     message.seq()
+//! })?;
+//! assert_eq!(seq, 1);
+//!
+//! // The reactor drains its inbox and sends each local subscriber the shared frame.
+//! for message in inbox.try_iter() {
+//!     let frame: &Arc<[u8]> = message.payload().frame(); // the same bytes for everyone
+//!     let subscribers: Vec<usize> = registry.fanout(&message).collect();
+//!     assert_eq!((subscribers, &frame[..]), (vec![7], &b"\x81\x05hello"[..]));
+//! }
+//!
+//! // A client that reconnects with the last `seq` it saw gets what it missed from history.
+//! let resume = Resume { since: 0, epoch: Some(hub.epoch()) };
+//! let missed = hub.since("news", &resume, now);
+//! assert!(missed.recovered);
+//! assert_eq!(missed.messages[0].payload().bytes(), b"hello");
+//!
+//! registry.unsubscribe_all(7, &mut subscriptions); // the connection closed
+//! # Ok::<(), clarion_pubsub::Error>(())
+//! ```
+//!
+//! # The modules
+//!
+//! `hub/` (the shared half: `mod.rs` the hub and joining, `topics.rs` its sharded table and
+//! history bookkeeping, `local.rs` local numbering, `fed.rs` cluster mode), `registry.rs` (the
+//! per-reactor half), `message.rs` (payloads, frames, posts), `history.rs` (a topic's ring and the
+//! resume rule), `epoch.rs`, `reactors.rs` (reactor sets) and `topic.rs` (valid topic names).
+#![deny(missing_docs)]
 
+mod epoch;
 mod history;
 mod hub;
 mod message;
+mod reactors;
 mod registry;
 mod topic;
 
+pub use epoch::{Epoch, Resume};
 pub use history::Recovery;
-pub use hub::{
-    Delivered, Epoch, Hub, HubConfig, HubStats, Interest, MAX_REACTORS, Reactors, Resume,
-};
+pub use hub::{Delivered, Hub, HubConfig, HubStats, Interest};
 pub use message::{
     Format, Message, Payload, Post, frame_payload, shared_compressed_frame, shared_frame,
 };
+pub use reactors::{MAX_REACTORS, Reactors};
 pub use registry::{Registry, Subscribed, Subscriptions, TopicId};
 pub use topic::{TopicError, validate_topic};
 

@@ -14,9 +14,11 @@ use std::time::Instant;
 use slab::Slab;
 
 use super::Error;
+use super::epoch::Resume;
 use super::history::Recovery;
-use super::hub::{Hub, MAX_REACTORS, Resume};
+use super::hub::Hub;
 use super::message::Message;
+use super::reactors::MAX_REACTORS;
 
 /// A handle on a topic in one reactor's [`Registry`], valid while the connection holding it is
 /// subscribed.
@@ -379,7 +381,8 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::{Epoch, HubConfig};
+    use crate::epoch::Epoch;
+    use crate::hub::HubConfig;
     use crate::message::{Format, Payload};
     use std::sync::mpsc::{self, Receiver, Sender};
 
@@ -594,9 +597,37 @@ mod tests {
         assert_eq!(drain(registry, inbox), [(1, 1), (1, 2)]);
     }
 
+    /// What a connection and each of its subscriptions cost, in bytes (64-bit targets).
     #[test]
-    fn subscriptions_stay_small() {
-        assert_eq!(std::mem::size_of::<Subscriptions>(), 16);
+    fn sizes_per_connection_and_per_subscription() {
+        use std::mem::{size_of, size_of_val};
+        // In the connection's state: one topic without allocating, more in a boxed list of
+        // 4-byte handles.
+        assert_eq!(size_of::<Subscriptions>(), 16);
+        assert_eq!(size_of::<Option<TopicId>>(), 4);
+        // In the registry, per subscriber: its id in the member list and its position in the
+        // index (a hash map entry: plus one control byte and the map's spare capacity), or, while
+        // it waits for messages in flight, its id and the `seq` it joined at.
+        let (world, mut sides) = World::new(1);
+        let (registry, _) = &mut sides[0];
+        let (mut a, mut b) = (Subscriptions::default(), Subscriptions::default());
+        registry.subscribe(1, &mut a, "t", None, world.now).unwrap();
+        world.publish("t");
+        let id = registry
+            .subscribe(2, &mut b, "t", None, world.now)
+            .unwrap()
+            .topic;
+        let local = &registry.topics[id.key()];
+        assert_eq!(size_of_val(&local.members[0]), 4);
+        let (conn, at) = local.index.iter().next().unwrap();
+        assert_eq!(size_of_val(conn) + size_of_val(at), 8);
+        assert_eq!(size_of_val(&local.joining[0]), 16);
+        // Per topic per reactor, whatever its subscriber count.
+        assert_eq!(size_of::<LocalTopic>(), 120);
+    }
+
+    #[test]
+    fn subscriptions_keep_their_topics() {
         let mut s = Subscriptions::default();
         let ids: Vec<TopicId> = (0..4).map(|k| TopicId::from_key(k).unwrap()).collect();
         ids.iter().for_each(|&id| s.insert(id));

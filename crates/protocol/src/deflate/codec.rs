@@ -9,7 +9,7 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, 
 use super::{MAX_WINDOW_BITS, MIN_WINDOW_BITS};
 
 /// What a sync flush ends with, and what RFC 7692 §7.2.1 strips from every message.
-pub const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+pub(crate) const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
 /// zlib's raw deflate cannot use a 256-byte window. A 512-byte one is used instead, which is
 /// still within the peer's limit: zlib never emits a distance above 2^bits - 262, so at 9 bits

@@ -1,21 +1,21 @@
 //! permessage-deflate (RFC 7692): what was agreed, how it is negotiated, and the codec.
 //!
-//! - [`negotiate`]: parsing `Sec-WebSocket-Extensions` offers, the server's choice and answer,
-//!   the client's offer and its check of the answer.
-//! - [`codec`]: [`Deflater`] and [`Inflater`] (raw deflate through `flate2` on zlib-rs), with the
+//! - `negotiate.rs`: parsing `Sec-WebSocket-Extensions` offers, the server's choice and answer
+//!   ([`negotiate()`]), the client's offer and its check of the answer ([`ClientOffer`]).
+//! - `codec.rs`: [`Deflater`] and [`Inflater`] (raw deflate through `flate2` on zlib-rs), with the
 //!   `00 00 ff ff` tail of RFC 7692 §7.2.1 removed on send and put back on receive.
 //!
 //! The connection keeps the agreed [`Params`] in two bytes; the compression contexts are lent by
 //! the caller (see [`Inflate`]), so a reactor decides which connections own a window and which
 //! share one.
 
-pub mod codec;
-pub mod negotiate;
+mod codec;
+mod negotiate;
 
 use std::num::NonZeroU16;
 
 pub use codec::{Deflater, Inflate, InflateError, Inflater, MessageInflater};
-pub use negotiate::{ClientOffer, Wants, negotiate};
+pub use negotiate::{BadAnswer, ClientOffer, Wants, negotiate};
 
 /// The largest LZ77 window (32 KiB), and the default of both window parameters.
 pub const MAX_WINDOW_BITS: u8 = 15;

@@ -7,7 +7,7 @@
 use super::{MAX_WINDOW_BITS, MIN_WINDOW_BITS, Params};
 
 /// The extension token.
-pub const NAME: &str = "permessage-deflate";
+pub(crate) const NAME: &str = "permessage-deflate";
 
 /// What the server wants from any offer it accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

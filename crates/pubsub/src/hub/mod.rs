@@ -1,0 +1,343 @@
+//! The shared half of pubsub: per topic the `seq`, the history ring and the reactors with local
+//! subscribers, behind one short lock per topic in a sharded map.
+//!
+//! A hub numbers messages itself ([`Hub::new`], one node) or is *fed* ([`Hub::fed`]): an
+//! upstream (the cluster bridge) numbers them and hands them in with [`Hub::deliver`]. A fed hub
+//! keeps a topic *live* (its `seq` current, its history a copy of the upstream's recent
+//! messages) only while some reactor wants it: the first subscribe sends [`Interest::Join`] and
+//! waits (the subscribe answers [`Error::Pending`]) until the upstream calls [`Hub::sync`]; the
+//! last one to leave sends [`Interest::Leave`]. Everything else (join, resume, fanout order)
+//! works the same in both modes. While the upstream is unreachable a fed hub can number local
+//! publishes provisionally ([`Hub::publish_provisional`]); [`Hub::deliver`] later confirms
+//! them, or resets the topic to the upstream's numbering ([`crate::Post::Reset`]).
+//!
+//! Here: the [`Hub`] and what both modes share (limits, numbers, joining and leaving a topic,
+//! resume and subscriber queries). Beside it, one concern each: `topics.rs` (the sharded table of
+//! topic states, history bookkeeping, the sweep), `local.rs` (a hub that numbers its own
+//! publishes) and `fed.rs` (a hub numbered by a cluster upstream).
+
+mod fed;
+mod local;
+mod topics;
+
+use std::hash::RandomState;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use super::Error;
+use super::epoch::{Epoch, Resume};
+use super::history::{History, Limits, Recovery};
+use super::reactors::bit;
+pub use fed::{Delivered, Interest};
+use topics::{SHARDS, Shard};
+
+/// Limits of the hub.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubConfig {
+    /// Messages kept per topic for resume; 0 turns history off.
+    pub history_size: usize,
+    /// Payload bytes kept per topic.
+    pub history_max_bytes: usize,
+    /// Age after which a message leaves history; zero keeps messages whatever their age.
+    pub history_max_age: Duration,
+    /// Payload bytes kept across all topics. Past it a publish is not retained and empties its
+    /// topic's ring, so the total stays bounded without a global eviction order.
+    pub history_total_bytes: usize,
+    /// Most topics alive at once; a publish or subscribe that would create one more fails.
+    pub max_topics: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> HubConfig {
+        HubConfig {
+            history_size: 100,
+            history_max_bytes: 1 << 20,
+            history_max_age: Duration::from_secs(300),
+            history_total_bytes: 256 << 20,
+            max_topics: 100_000,
+        }
+    }
+}
+
+/// The hub's numbers, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HubStats {
+    /// Topics alive.
+    pub topics: u64,
+    /// Messages published since start.
+    pub published: u64,
+    /// Messages retained in history.
+    pub history_messages: u64,
+    /// Payload bytes retained in history.
+    pub history_bytes: u64,
+    /// Messages evicted from history (by count, size or age) since start.
+    pub history_evicted: u64,
+}
+
+/// Topics shared by all reactors. See the module docs for the ordering contract.
+#[derive(Debug)]
+pub struct Hub {
+    epoch: AtomicU64,
+    /// A fed hub's line to its upstream; `None` in a hub that numbers messages itself.
+    upstream: Option<Sender<Interest>>,
+    config: HubConfig,
+    limits: Limits,
+    hasher: RandomState,
+    shards: [Shard; SHARDS],
+    topics: AtomicUsize,
+    /// The highest `seq` of any topic removed by [`Hub::sweep`]: a topic created again starts
+    /// there, so a `seq` never means two messages within one epoch.
+    seq_floor: AtomicU64,
+    published: AtomicU64,
+    history_messages: AtomicU64,
+    history_bytes: AtomicU64,
+    history_evicted: AtomicU64,
+}
+
+impl Hub {
+    /// An empty hub that numbers messages itself, for a server run of `epoch`.
+    pub fn new(config: HubConfig, epoch: Epoch) -> Hub {
+        Hub::build(config, epoch, None)
+    }
+
+    /// An empty hub fed by an upstream, which receives the hub's [`Interest`]s on `upstream` and
+    /// sets the epoch with [`Hub::set_epoch`].
+    pub fn fed(config: HubConfig, upstream: Sender<Interest>) -> Hub {
+        Hub::build(config, Epoch::new(0), Some(upstream))
+    }
+
+    fn build(config: HubConfig, epoch: Epoch, upstream: Option<Sender<Interest>>) -> Hub {
+        Hub {
+            epoch: AtomicU64::new(epoch.value()),
+            upstream,
+            limits: Limits {
+                capacity: config.history_size,
+                max_bytes: config.history_max_bytes,
+                max_age: config.history_max_age,
+            },
+            config,
+            hasher: RandomState::new(),
+            shards: std::array::from_fn(|_| RwLock::default()),
+            topics: AtomicUsize::new(0),
+            seq_floor: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            history_messages: AtomicU64::new(0),
+            history_bytes: AtomicU64::new(0),
+            history_evicted: AtomicU64::new(0),
+        }
+    }
+
+    /// The limits it was made with.
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// The epoch that this hub's `seq`s belong to.
+    pub fn epoch(&self) -> Epoch {
+        Epoch::new(self.epoch.load(Relaxed))
+    }
+
+    /// Fed hub: the upstream's numbering started over as `epoch`.
+    pub fn set_epoch(&self, epoch: Epoch) {
+        self.epoch.store(epoch.value(), Relaxed);
+    }
+
+    /// Whether an upstream numbers the messages.
+    pub fn is_fed(&self) -> bool {
+        self.upstream.is_some()
+    }
+
+    /// Adds `reactor` to `topic`'s reactor set and reads, in the same critical section, the
+    /// current `seq` (and what `resume` missed): every later publish reaches the reactor, and
+    /// every earlier one is at or below the returned `seq`. `new` counts one more subscriber.
+    /// In a fed hub a topic that is not live answers [`Error::Pending`] (see the module docs).
+    pub(crate) fn join(
+        &self,
+        topic: &str,
+        reactor: usize,
+        resume: Option<&Resume>,
+        new: bool,
+        now: Instant,
+    ) -> Result<(u64, Option<Recovery>), Error> {
+        self.get_or_create(topic, |name, state| {
+            if !state.live {
+                if state.reactors == 0 && state.waiting == 0 {
+                    self.tell(Interest::Join(name.clone()));
+                }
+                state.waiting |= bit(reactor);
+                return Err(Error::Pending);
+            }
+            state.reactors |= bit(reactor);
+            state.waiting &= !bit(reactor);
+            state.subscribers += u64::from(new);
+            let recovery = resume.map(|resume| {
+                self.expire(state, now);
+                self.recover(&state.history, state.seq, resume)
+            });
+            Ok((state.seq, recovery))
+        })?
+    }
+
+    /// One subscriber of `topic` on `reactor` left; with `last`, the reactor's last one.
+    pub(crate) fn leave(&self, topic: &str, reactor: usize, last: bool) {
+        // A topic already swept has no reactor to remove.
+        let _ = self.existing(topic, |name, state| {
+            state.subscribers = state.subscribers.saturating_sub(1);
+            if last {
+                state.reactors &= !bit(reactor);
+                self.release(name, state);
+            }
+        });
+    }
+
+    /// `reactor` no longer waits for `topic` (its waiting subscribers left before it was live).
+    pub(crate) fn cancel_wait(&self, topic: &str, reactor: usize) {
+        let _ = self.existing(topic, |name, state| {
+            state.waiting &= !bit(reactor);
+            self.release(name, state);
+        });
+    }
+
+    /// What a subscriber resuming from `resume` missed on `topic`, without subscribing.
+    pub fn since(&self, topic: &str, resume: &Resume, now: Instant) -> Recovery {
+        let found = self.existing(topic, |_, state| {
+            self.expire(state, now);
+            self.recover(&state.history, state.seq, resume)
+        });
+        // A topic that does not exist has no history, and its `seq` would start at the floor.
+        found.unwrap_or_else(|_| {
+            self.recover(&History::default(), self.seq_floor.load(Relaxed), resume)
+        })
+    }
+
+    /// Local subscribers of `topic`, all reactors together.
+    pub fn subscribers(&self, topic: &str) -> u64 {
+        self.existing(topic, |_, state| state.subscribers)
+            .unwrap_or(0)
+    }
+
+    /// Every topic with local subscribers, and how many.
+    pub fn subscriber_counts(&self) -> Vec<(Arc<str>, u64)> {
+        self.collect(|state| state.subscribers != 0)
+    }
+
+    /// Current numbers.
+    pub fn stats(&self) -> HubStats {
+        HubStats {
+            topics: self.topics.load(Relaxed) as u64,
+            published: self.published.load(Relaxed),
+            history_messages: self.history_messages.load(Relaxed),
+            history_bytes: self.history_bytes.load(Relaxed),
+            history_evicted: self.history_evicted.load(Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Format, Payload};
+
+    pub(super) const EPOCH: Epoch = Epoch::new(0xfeed);
+
+    pub(super) fn hub(config: HubConfig) -> Hub {
+        Hub::new(config, EPOCH)
+    }
+
+    pub(super) fn publish(hub: &Hub, topic: &str, body: &str, now: Instant) -> u64 {
+        hub.publish_with(
+            topic,
+            Payload::new(Format::Text, body.as_bytes()),
+            now,
+            |m, _| m.seq(),
+        )
+        .unwrap()
+    }
+
+    pub(super) fn resume(since: u64) -> Resume {
+        Resume {
+            since,
+            epoch: Some(EPOCH),
+        }
+    }
+
+    pub(super) fn seqs(recovery: &Recovery) -> Vec<u64> {
+        recovery.messages.iter().map(|m| m.seq()).collect()
+    }
+
+    #[test]
+    fn since_recovers_in_order_and_checks_the_epoch() {
+        let hub = hub(HubConfig::default());
+        let now = Instant::now();
+        for body in ["a", "b", "c"] {
+            publish(&hub, "t", body, now);
+        }
+        let r = hub.since("t", &resume(1), now);
+        assert!(r.recovered);
+        assert_eq!(seqs(&r), [2, 3]);
+        assert_eq!(r.messages[0].payload().bytes(), b"b");
+        assert_eq!(&**r.messages[0].topic(), "t");
+        let other = Resume {
+            since: 1,
+            epoch: Some(Epoch::new(1)),
+        };
+        assert!(!hub.since("t", &other, now).recovered);
+        let unknown = Resume {
+            since: 1,
+            epoch: None,
+        };
+        assert!(!hub.since("t", &unknown, now).recovered);
+        // A topic nobody published to: only `since: 0` has nothing missing.
+        assert!(hub.since("nope", &resume(0), now).recovered);
+        assert!(!hub.since("nope", &resume(3), now).recovered);
+    }
+
+    #[test]
+    fn since_is_too_old_after_the_ring_wrapped_and_after_the_age_limit() {
+        let hub = hub(HubConfig {
+            history_size: 2,
+            history_max_age: Duration::from_secs(10),
+            ..HubConfig::default()
+        });
+        let start = Instant::now();
+        for i in 0..4 {
+            publish(&hub, "t", "m", start + Duration::from_secs(i));
+        }
+        assert!(!hub.since("t", &resume(1), start).recovered);
+        assert_eq!(seqs(&hub.since("t", &resume(2), start)), [3, 4]);
+        // Seq 3 (published at 2 s) is past the 10 s age limit, seq 4 (at 3 s) is not yet.
+        let late = start + Duration::from_millis(12_500);
+        assert!(!hub.since("t", &resume(2), late).recovered);
+        assert_eq!(seqs(&hub.since("t", &resume(3), late)), [4]);
+        let later = late + Duration::from_secs(1);
+        assert!(!hub.since("t", &resume(3), later).recovered);
+        assert!(hub.since("t", &resume(4), later).recovered);
+        assert_eq!(hub.stats().history_evicted, 4);
+    }
+
+    #[test]
+    fn publish_reaches_only_joined_reactors() {
+        let hub = hub(HubConfig::default());
+        let now = Instant::now();
+        assert!(matches!(hub.join("t", 3, None, true, now), Ok((0, None))));
+        hub.join("t", 63, None, true, now).unwrap();
+        hub.join("t", 64, None, true, now).unwrap(); // out of range: no bit
+        let reactors = hub
+            .publish_with("t", Payload::new(Format::Binary, b""), now, |_, r| r)
+            .unwrap();
+        assert_eq!(reactors.iter().collect::<Vec<_>>(), [3, 63]);
+        assert!(reactors.contains(3) && !reactors.contains(4) && !reactors.contains(99));
+        hub.leave("t", 3, true);
+        hub.leave("gone", 3, true);
+        let reactors = hub
+            .publish_with("t", Payload::new(Format::Binary, b""), now, |_, r| r)
+            .unwrap();
+        assert_eq!(reactors.iter().collect::<Vec<_>>(), [63]);
+        let (seq, recovery) = hub.join("t", 0, Some(&resume(1)), true, now).unwrap();
+        assert_eq!(seq, 2);
+        assert_eq!(seqs(&recovery.unwrap()), [2]);
+    }
+}

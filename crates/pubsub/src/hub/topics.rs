@@ -1,0 +1,250 @@
+//! The hub's topic table: each topic's state behind its own mutex, in a map sharded by the
+//! topic's hash so that publishers on different topics rarely meet on a lock; the bookkeeping of
+//! the history rings it holds (the hub-wide gauges and byte budget); and the sweep that removes
+//! idle topics.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::hash::BuildHasher;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
+
+use super::Hub;
+use crate::Error;
+use crate::epoch::Resume;
+use crate::history::{Change, History, Limits, Recovery};
+use crate::message::Message;
+
+/// Topic map shards: enough that publishers on different topics rarely meet on a shard lock.
+pub(super) const SHARDS: usize = 64;
+
+/// One topic's shared state, guarded by its own mutex.
+#[derive(Debug)]
+pub(super) struct TopicState {
+    /// The last `seq` assigned.
+    pub(super) seq: u64,
+    /// Fed hub: the last `seq` the upstream numbered; the ones above it up to `seq` are this
+    /// node's provisional messages.
+    pub(super) confirmed: u64,
+    /// Reactors with at least one local subscriber (bit `i` for reactor `i`).
+    pub(super) reactors: u64,
+    /// Fed hub: reactors with a subscribe waiting for the topic to become live.
+    pub(super) waiting: u64,
+    /// `seq` and history are current: always in a numbering hub, while fed in a fed one.
+    pub(super) live: bool,
+    /// Local subscribers, all reactors together.
+    pub(super) subscribers: u64,
+    /// Recent messages, contiguous up to `seq`, for resume.
+    pub(super) history: History,
+}
+
+/// One shard of the topic table: its map's lock is held only to find or add a topic, the
+/// topic's own lock for the rest.
+pub(super) type Shard = RwLock<HashMap<Arc<str>, Mutex<TopicState>>>;
+
+impl Hub {
+    /// The shard that holds `topic`.
+    fn shard(&self, topic: &str) -> &Shard {
+        // SHARDS is a power of two, so the mask keeps the index in range.
+        &self.shards[self.hasher.hash_one(topic) as usize & (SHARDS - 1)]
+    }
+
+    /// Runs `f` on an existing topic under its lock, or gives `f` back if there is none. The
+    /// shard's read lock is held throughout, so [`Hub::sweep`] cannot remove the topic meanwhile.
+    pub(super) fn existing<R, F>(&self, topic: &str, f: F) -> Result<R, F>
+    where
+        F: FnOnce(&Arc<str>, &mut TopicState) -> R,
+    {
+        let map = self
+            .shard(topic)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        match map.get_key_value(topic) {
+            Some((name, cell)) => {
+                let mut state = cell.lock().unwrap_or_else(PoisonError::into_inner);
+                Ok(f(name, &mut state))
+            }
+            None => Err(f),
+        }
+    }
+
+    /// Runs `f` on `topic` under its lock, creating the topic first if needed.
+    pub(super) fn get_or_create<R>(
+        &self,
+        topic: &str,
+        f: impl FnOnce(&Arc<str>, &mut TopicState) -> R,
+    ) -> Result<R, Error> {
+        let f = match self.existing(topic, f) {
+            Ok(result) => return Ok(result),
+            Err(f) => f,
+        };
+        let mut map = self
+            .shard(topic)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let entry = match map.entry(Arc::from(topic)) {
+            Entry::Occupied(entry) => entry,
+            Entry::Vacant(entry) => {
+                if self.topics.fetch_add(1, Relaxed) >= self.config.max_topics {
+                    self.topics.fetch_sub(1, Relaxed);
+                    return Err(Error::TooManyTopics);
+                }
+                let floor = self.seq_floor.load(Relaxed);
+                entry.insert_entry(Mutex::new(TopicState {
+                    seq: floor,
+                    confirmed: floor,
+                    reactors: 0,
+                    waiting: 0,
+                    live: self.upstream.is_none(),
+                    subscribers: 0,
+                    history: History::default(),
+                }))
+            }
+        };
+        let name = entry.key().clone();
+        let state = entry
+            .into_mut()
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(f(&name, state))
+    }
+
+    /// Name and subscriber count of the topics that pass `filter`.
+    pub(super) fn collect(&self, filter: impl Fn(&TopicState) -> bool) -> Vec<(Arc<str>, u64)> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let map = shard.read().unwrap_or_else(PoisonError::into_inner);
+            for (name, cell) in map.iter() {
+                let state = cell.lock().unwrap_or_else(PoisonError::into_inner);
+                if filter(&state) {
+                    out.push((name.clone(), state.subscribers));
+                }
+            }
+        }
+        out
+    }
+
+    /// Appends `message` (the topic's new `seq`) to history and counts it.
+    pub(super) fn record(&self, state: &mut TopicState, message: &Arc<Message>) {
+        let size = message.payload.bytes().len();
+        let room = self.history_bytes.load(Relaxed).saturating_add(size as u64)
+            <= self.config.history_total_bytes as u64;
+        let limits = if room {
+            self.limits
+        } else {
+            Limits {
+                capacity: 0,
+                ..self.limits
+            }
+        };
+        let change = state.history.push(message.clone(), &limits);
+        self.account(change);
+        self.published.fetch_add(1, Relaxed);
+    }
+
+    /// The resume rule of [`History::recover`], for a claim of this hub's epoch only: a `seq`
+    /// of another epoch names other messages.
+    pub(super) fn recover(&self, history: &History, current: u64, resume: &Resume) -> Recovery {
+        if resume.epoch == Some(self.epoch()) {
+            history.recover(resume.since, current)
+        } else {
+            Recovery::default()
+        }
+    }
+
+    /// Evicts what the age limit no longer allows from `state`'s history, and counts it.
+    pub(super) fn expire(&self, state: &mut TopicState, now: Instant) {
+        let change = state.history.expire(now, &self.limits);
+        self.account(change);
+    }
+
+    /// Applies a history change to the hub-wide gauges.
+    pub(super) fn account(&self, change: Change) {
+        self.history_messages.fetch_add(change.added, Relaxed);
+        self.history_messages.fetch_sub(change.evicted, Relaxed);
+        self.history_bytes.fetch_add(change.bytes_added, Relaxed);
+        self.history_bytes.fetch_sub(change.bytes_evicted, Relaxed);
+        self.history_evicted.fetch_add(change.evicted, Relaxed);
+    }
+
+    /// Removes the topics that no reactor subscribes to and whose history has expired (or was
+    /// never kept). Call it now and then (every few seconds) from any one thread.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let mut removed = 0;
+        for shard in &self.shards {
+            let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
+            map.retain(|_, cell| {
+                let state = cell.get_mut().unwrap_or_else(PoisonError::into_inner);
+                self.expire(state, now);
+                let idle = state.reactors == 0 && state.waiting == 0 && state.history.is_empty();
+                if idle {
+                    self.seq_floor.fetch_max(state.seq, Relaxed);
+                    removed += 1;
+                }
+                !idle
+            });
+        }
+        self.topics.fetch_sub(removed, Relaxed);
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::hub::HubConfig;
+    use crate::hub::tests::{hub, publish, resume, seqs};
+    use crate::message::{Format, Payload};
+
+    #[test]
+    fn topic_limit_and_sweep() {
+        let hub = hub(HubConfig {
+            max_topics: 2,
+            history_max_age: Duration::from_secs(1),
+            ..HubConfig::default()
+        });
+        let now = Instant::now();
+        publish(&hub, "a", "1", now);
+        publish(&hub, "a", "2", now);
+        hub.join("b", 0, None, true, now).unwrap();
+        let full = hub.publish_with("c", Payload::new(Format::Text, b""), now, |_, _| ());
+        assert_eq!(full, Err(Error::TooManyTopics));
+        assert!(matches!(
+            hub.join("c", 0, None, true, now),
+            Err(Error::TooManyTopics)
+        ));
+        assert_eq!(
+            hub.sweep(now),
+            0,
+            "history and subscribers keep topics alive"
+        );
+        let later = now + Duration::from_secs(5);
+        assert_eq!(hub.sweep(later), 1, "a has expired, b has a reactor");
+        assert_eq!(hub.stats().topics, 1);
+        assert_eq!(hub.stats().history_messages, 0);
+        // Re-created, `a` goes on from the floor: old `seq`s never name new messages.
+        assert_eq!(publish(&hub, "a", "3", later), 3);
+        assert!(!hub.since("a", &resume(1), later).recovered);
+        assert_eq!(seqs(&hub.since("a", &resume(2), later)), [3]);
+    }
+
+    #[test]
+    fn total_history_bytes_stay_bounded() {
+        let hub = hub(HubConfig {
+            history_total_bytes: 10,
+            ..HubConfig::default()
+        });
+        let now = Instant::now();
+        publish(&hub, "a", "12345678", now);
+        publish(&hub, "b", "12", now);
+        assert_eq!(hub.stats().history_bytes, 10);
+        publish(&hub, "a", "x", now); // no room: not kept, and `a`'s ring is emptied
+        assert_eq!(hub.stats().history_bytes, 2);
+        assert!(!hub.since("a", &resume(1), now).recovered);
+        assert!(hub.since("a", &resume(2), now).recovered);
+        assert_eq!(seqs(&hub.since("b", &resume(0), now)), [1]);
+    }
+}
