@@ -84,17 +84,10 @@ impl Feed {
         // Interest sent before now is in the hub's state, which is read next.
         while self.interest.try_recv().is_ok() {}
         let wanted = self.hub.wanted();
-        for topic in &wanted {
-            let Session {
-                subscriptions,
-                commands,
-                ..
-            } = &mut session;
-            subscriptions.subscribe(topic, commands)?;
-        }
-        for topic in &wanted {
-            self.sync(&mut session, topic, replace)?;
-        }
+        session
+            .subscriptions
+            .subscribe(&wanted, &mut session.commands)?;
+        self.sync(&mut session, &wanted, replace)?;
         self.link.feed_up.store(true, Relaxed);
         if *lost {
             self.link.reconnects.fetch_add(1, Relaxed);
@@ -141,16 +134,14 @@ impl Feed {
         match self.hub.wants(&topic) {
             Some(live) => {
                 let fresh = !session.subscriptions.contains(&topic);
+                let topics = [topic];
                 if fresh {
-                    let Session {
-                        subscriptions,
-                        commands,
-                        ..
-                    } = session;
-                    subscriptions.subscribe(&topic, commands)?;
+                    session
+                        .subscriptions
+                        .subscribe(&topics, &mut session.commands)?;
                 }
                 if fresh || !live {
-                    self.sync(session, &topic, false)?;
+                    self.sync(session, &topics, false)?;
                 }
             }
             None => session.subscriptions.unsubscribe(&topic)?,
@@ -158,32 +149,37 @@ impl Feed {
         Ok(())
     }
 
-    /// Reads `topic`'s last `seq` and newest log entries and hands them to the hub; tells the
-    /// reactors that waited for it.
-    fn sync(&self, session: &mut Session, topic: &Arc<str>, replace: bool) -> RedisResult<()> {
-        let seq_key = keys::seq(topic);
-        let mut sync = redis::cmd("EVALSHA");
-        sync.arg(&session.sync)
-            .arg(2)
-            .arg(&seq_key)
-            .arg(keys::log(topic))
-            .arg(self.history);
-        let reply = one(session
-            .commands
-            .run(&[Routed::new(&seq_key, sync)], 0)?
-            .replies)?;
-        let (seq, newest) = <(u64, Vec<Value>)>::from_redis_value(reply)?;
-        let recent: Vec<Arc<Message>> = newest
+    /// Reads each topic's last `seq` and newest log entries (one pipeline per master) and hands
+    /// them to the hub; tells the reactors that waited for a topic.
+    fn sync(&self, session: &mut Session, topics: &[Arc<str>], replace: bool) -> RedisResult<()> {
+        let reads: Vec<Routed> = topics
             .iter()
-            .rev()
-            .filter_map(|entry| wire::decode_entry(topic, entry, &self.node))
-            .map(Arc::new)
+            .map(|topic| {
+                let seq_key = keys::seq(topic);
+                let mut sync = redis::cmd("EVALSHA");
+                sync.arg(&session.sync)
+                    .arg(2)
+                    .arg(&seq_key)
+                    .arg(keys::log(topic))
+                    .arg(self.history);
+                Routed::new(&seq_key, sync)
+            })
             .collect();
-        let waiting = self
-            .hub
-            .sync(topic, seq, recent, replace, |p, r| self.post(p, r));
-        for reactor in waiting.iter() {
-            self.mailboxes.post(reactor, Post::Ready(topic.clone()));
+        let replies = session.commands.run(&reads, 0)?.ok()?;
+        for (topic, reply) in topics.iter().zip(replies) {
+            let (seq, newest) = <(u64, Vec<Value>)>::from_redis_value(reply)?;
+            let recent: Vec<Arc<Message>> = newest
+                .iter()
+                .rev()
+                .filter_map(|entry| wire::decode_entry(topic, entry, &self.node))
+                .map(Arc::new)
+                .collect();
+            let waiting = self
+                .hub
+                .sync(topic, seq, recent, replace, |p, r| self.post(p, r));
+            for reactor in waiting.iter() {
+                self.mailboxes.post(reactor, Post::Ready(topic.clone()));
+            }
         }
         Ok(())
     }
@@ -206,11 +202,8 @@ impl Feed {
                 .arg(&log)
                 .arg(format!("{}-0", have + 1))
                 .arg(format!("{}-0", message.seq() - 1));
-            let reply = one(session
-                .commands
-                .run(&[Routed::new(&log, range)], 0)?
-                .replies)?;
-            for entry in &Vec::<Value>::from_redis_value(reply)? {
+            let replies = session.commands.run(&[Routed::new(&log, range)], 0)?.ok()?;
+            for entry in &Vec::<Value>::from_redis_value(first(replies))? {
                 if let Some(old) = wire::decode_entry(&topic, entry, &self.node) {
                     self.link.received.fetch_add(1, Relaxed);
                     self.hub
@@ -240,13 +233,9 @@ fn switched() -> RedisError {
     ))
 }
 
-/// The one reply of a one-command run, or its error.
-fn one(replies: Vec<Value>) -> RedisResult<Value> {
-    match replies.into_iter().next() {
-        Some(Value::ServerError(error)) => Err(error.into()),
-        Some(reply) => Ok(reply),
-        None => Ok(Value::Nil),
-    }
+/// The first of some replies (`Nil` if none).
+fn first(replies: Vec<Value>) -> Value {
+    replies.into_iter().next().unwrap_or(Value::Nil)
 }
 
 /// The cluster's epoch: the one in Redis, or a new one this node sets (first node, or a Redis
@@ -262,7 +251,7 @@ fn shared_epoch(commands: &mut Commands) -> RedisResult<Epoch> {
         &[Routed::new(keys::EPOCH, set), Routed::new(keys::EPOCH, get)],
         0,
     )?;
-    let stored = String::from_redis_value(one(ran.replies.into_iter().skip(1).collect())?)?;
+    let stored = String::from_redis_value(first(ran.ok()?.split_off(1)))?;
     Epoch::parse(&stored).ok_or_else(|| {
         RedisError::from((
             redis::ErrorKind::Client,

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::{FromRedisValue, RedisResult, Value};
+use redis::{FromRedisValue, RedisResult};
 
 use super::keys;
 use super::servers::{Commands, Routed};
@@ -66,7 +66,7 @@ impl Presence {
             ],
             0,
         )?;
-        let replies = checked(ran.replies)?;
+        let replies = ran.ok()?;
         let nodes: Vec<String> = replies
             .last()
             .map(Vec::<String>::from_redis_value_ref)
@@ -83,7 +83,7 @@ impl Presence {
             })
             .collect();
         let mut total: HashMap<String, u64> = HashMap::new();
-        for hash in checked(commands.run(&reads, 0)?.replies)? {
+        for hash in commands.run(&reads, 0)?.ok()? {
             for (topic, count) in HashMap::<String, u64>::from_redis_value(hash)? {
                 *total.entry(topic).or_default() += count;
             }
@@ -102,15 +102,4 @@ impl Presence {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// `replies`, or the first error among them.
-fn checked(replies: Vec<Value>) -> RedisResult<Vec<Value>> {
-    replies
-        .into_iter()
-        .map(|reply| match reply {
-            Value::ServerError(error) => Err(error.into()),
-            reply => Ok(reply),
-        })
-        .collect()
 }

@@ -53,6 +53,19 @@ pub(in crate::cluster) struct Ran {
     pub acked: bool,
 }
 
+impl Ran {
+    /// The replies, or the first error among them.
+    pub fn ok(self) -> RedisResult<Vec<Value>> {
+        self.replies
+            .into_iter()
+            .map(|reply| match reply {
+                Value::ServerError(error) => Err(error.into()),
+                reply => Ok(reply),
+            })
+            .collect()
+    }
+}
+
 /// Where commands go.
 #[derive(Debug)]
 enum Route {

@@ -99,33 +99,48 @@ impl Subscriptions {
         self.topics.contains_key(topic)
     }
 
-    /// Subscribes `topic`'s channel on the master that `commands` says carries it (following
-    /// `MOVED`), and waits for the confirmation; messages that come meanwhile are kept.
-    pub fn subscribe(&mut self, topic: &Arc<str>, commands: &mut Commands) -> RedisResult<()> {
-        let channel = keys::channel(topic);
-        let slot = slot(channel.as_bytes());
+    /// Subscribes the channels of `topics` on the masters that `commands` says carry them
+    /// (following `MOVED`), all sent before any confirmation is read, and waits for the
+    /// confirmations; messages that come meanwhile are kept.
+    pub fn subscribe(&mut self, topics: &[Arc<str>], commands: &mut Commands) -> RedisResult<()> {
+        let mut pending: Vec<&Arc<str>> = topics.iter().collect();
         for _ in 0..ROUNDS {
-            let node = commands.owner(slot).clone();
-            let subscribe = redis::cmd(self.words.subscribe).arg(&channel).clone();
-            self.server(&node)?.con.send(&subscribe)?;
-            let deadline = Instant::now() + IO_TIMEOUT;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let value = self.server(&node)?.con.read(left)?;
-                match self.take(&node, value) {
-                    Pushed::Subscribed(name) if name == channel.as_bytes() => {
-                        self.topics.insert(topic.clone(), node);
-                        return Ok(());
-                    }
-                    Pushed::Refused(error) => match moved_to(&error) {
-                        Some((slot, to)) => {
-                            commands.moved(slot, to);
-                            break;
-                        }
-                        None => return Err(error.into()),
-                    },
-                    _ => {}
+            // Per master, the topics whose confirmations are due, in the order sent (a master
+            // answers its commands in order; messages may come between).
+            let mut sent: Vec<(Node, VecDeque<&Arc<str>>)> = Vec::new();
+            for topic in pending.drain(..) {
+                let channel = keys::channel(topic);
+                let node = commands.owner(slot(channel.as_bytes())).clone();
+                let subscribe = redis::cmd(self.words.subscribe).arg(&channel).clone();
+                self.server(&node)?.con.send(&subscribe)?;
+                match sent.iter_mut().find(|(n, _)| *n == node) {
+                    Some((_, due)) => due.push_back(topic),
+                    None => sent.push((node, VecDeque::from([topic]))),
                 }
+            }
+            for (node, mut due) in sent {
+                let deadline = Instant::now() + IO_TIMEOUT;
+                while let Some(&topic) = due.front() {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let value = self.server(&node)?.con.read(left)?;
+                    match self.take(&node, value) {
+                        Pushed::Subscribed(name) if name == keys::channel(topic).as_bytes() => {
+                            self.topics.insert(topic.clone(), node.clone());
+                            due.pop_front();
+                        }
+                        Pushed::Refused(error) => match moved_to(&error) {
+                            Some((slot, to)) => {
+                                commands.moved(slot, to);
+                                pending.extend(due.pop_front());
+                            }
+                            None => return Err(error.into()),
+                        },
+                        _ => {}
+                    }
+                }
+            }
+            if pending.is_empty() {
+                return Ok(());
             }
         }
         Err(redis::RedisError::from((
