@@ -839,9 +839,11 @@ fn a_redis_cluster_carries_each_topic_on_its_own_master_through_a_slot_migration
         }
     }
     let config = format!("redis_cluster = {}", redis.toml_list());
+    // The log covers what is published while the slot migrates (see below).
+    let history = ["--history-size", "1000"];
     let (a, b) = (
-        Node::configured(&config, &[]),
-        Node::configured(&config, &[]),
+        Node::configured(&config, &history),
+        Node::configured(&config, &history),
     );
     let mut subscribers: Vec<Ws> = topics
         .iter()
@@ -871,7 +873,10 @@ fn a_redis_cluster_carries_each_topic_on_its_own_master_through_a_slot_migration
         assert!(!stats.contains("cmdstat_publish:"), "{stats}");
     }
 
-    // The first topic's slot moves to another master while B publishes to it.
+    // The first topic's slot moves to another master while B publishes to it. While its keys
+    // move, B's publishes are redirected (TRYAGAIN, then ASK) and published on the new master,
+    // where A does not listen yet; when the slot is handed over, A subscribes there and fills
+    // the pause from the log.
     let moving = topics[0].clone();
     let slot = redis.slot(&moving);
     let addr_b = b.addr;
@@ -887,7 +892,7 @@ fn a_redis_cluster_carries_each_topic_on_its_own_master_through_a_slot_migration
         }
     });
     publishing_started.recv().unwrap();
-    redis.migrate(slot, 0, 1);
+    redis.migrate(slot, 0, 1, Duration::from_millis(100));
     assert_eq!(redis.owner(slot), 1);
     publishing.join().unwrap();
     // And after it, when B's map is surely stale.

@@ -340,23 +340,24 @@ impl RedisCluster {
 
     /// Moves `slot` from master `from` to master `to` as `redis-cli --cluster reshard` does:
     /// mark it importing and migrating, `MIGRATE` its keys, then give it to `to` (the target
-    /// first, so that a client sent there finds it).
-    pub fn migrate(&self, slot: u16, from: usize, to: usize) {
+    /// first, so that a client sent there finds it). The keys move one at a time with `pause`
+    /// after each, so that traffic meets the slot with its keys split over the two masters
+    /// (`TRYAGAIN`), then all moved but the slot not yet handed over (`ASK`).
+    pub fn migrate(&self, slot: u16, from: usize, to: usize, pause: Duration) {
         let (source, target) = (&self.masters[from], &self.masters[to]);
         let slot = slot.to_string();
         let source_id: String = source.query(&["CLUSTER", "MYID"]);
         let target_id: String = target.query(&["CLUSTER", "MYID"]);
         let _: () = target.query(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id]);
         let _: () = source.query(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id]);
+        let port = target.port.to_string();
         loop {
-            let keys: Vec<String> = source.query(&["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
-            if keys.is_empty() {
+            let keys: Vec<String> = source.query(&["CLUSTER", "GETKEYSINSLOT", &slot, "1"]);
+            let Some(key) = keys.first() else {
                 break;
-            }
-            let port = target.port.to_string();
-            let mut migrate = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
-            migrate.extend(keys.iter().map(String::as_str));
-            let _: () = source.query(&migrate);
+            };
+            let _: () = source.query(&["MIGRATE", "127.0.0.1", &port, key, "0", "5000"]);
+            std::thread::sleep(pause);
         }
         for node in std::iter::once(target)
             .chain(std::iter::once(source))

@@ -297,3 +297,32 @@ fn read_slots(
         ))
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(reply: &[u8]) -> ServerError {
+        match redis::parse_redis_value(reply).unwrap() {
+            Value::ServerError(error) => error,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn redirections_name_their_slot_and_master() {
+        let moved = error(b"-MOVED 3999 127.0.0.1:6381\r\n");
+        assert_eq!(moved_to(&moved), Some((3999, Node::new("127.0.0.1", 6381))));
+        let ask = error(b"-ASK 3999 10.0.0.2:7000\r\n");
+        assert_eq!(moved_to(&ask), None, "ASK moves nothing");
+        assert_eq!(target(&ask), Some((3999, Node::new("10.0.0.2", 7000))));
+        for bad in [
+            &b"-MOVED\r\n"[..],
+            b"-MOVED 3999\r\n",
+            b"-MOVED x 127.0.0.1:6381\r\n",
+            b"-MOVED 3999 nowhere\r\n",
+        ] {
+            assert_eq!(target(&error(bad)), None, "{bad:?}");
+        }
+    }
+}
