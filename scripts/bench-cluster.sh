@@ -93,7 +93,17 @@ redis_cluster() {
   cluster_ports=()
   for _ in $(seq "$1"); do
     local port
-    port=$(free_port)
+    port=$(python3 -c '
+import socket
+while True:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    if port + 10000 <= 65535:
+        bus = socket.socket()
+        try:
+            bus.bind(("127.0.0.1", port + 10000)); print(port); break
+        except OSError:
+            pass
+')  # its cluster bus listens on port + 10000
     redis "$port" --cluster-enabled yes --cluster-config-file nodes.conf
     cluster_ports+=("$port")
   done
@@ -125,10 +135,9 @@ fanout() {
     --publish-url "http://127.0.0.1:$3/publish" --json "$OUT/$1.json" >/dev/null
 }
 
+# cpu_ticks PID...: each one's CPU time so far (user + system, clock ticks).
 cpu_ticks() {
-  local total=0
-  for pid in "$@"; do total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
-  echo "$total"
+  for pid in "$@"; do awk '{printf "%d ", $14 + $15}' "/proc/$pid/stat"; done
 }
 
 # saturate NAME CONFIG_FILE REDIS_PID...: the throughput run on two fresh nodes.
@@ -147,7 +156,7 @@ saturate() {
   taskset -c 0 "$LOADGEN" idle -c "$TOPICS" -d "$DURATION" --threads 1 "${urls[@]}" \
     --json "$OUT/$name.json" >/dev/null
   after=$(cpu_ticks "$@")
-  echo "$(((after - before) * 1000000 / TICK))" >"$OUT/$name.redis-us"
+  echo "$TICK $before / $after" >"$OUT/$name.redis-cpu"
   wait "$publisher"
   stop_from "$keep"
 }
@@ -210,10 +219,13 @@ def latency_row(name, label, r):
 def saturate_row(name, label, r):
     j = load(name)
     received = j["messages_received"]
-    redis_us = int(open(f"{out}/{name}.redis-us").read())
+    tick, rest = open(f"{out}/{name}.redis-cpu").read().split(" ", 1)
+    before, after = (list(map(int, side.split())) for side in rest.split("/"))
+    used = [(b - a) * 1e6 / int(tick) for a, b in zip(before, after)]
+    per = sum(used) / received if received else 0
+    shares = "/".join(f"{u / sum(used):.0%}" for u in used) if sum(used) else "-"
     publisher = json.loads(open(f"{out}/{name}.publisher").read())
-    per = redis_us / received if received else 0
-    print(f"| {label} | {r} | {j['throughput']:,.0f} | {per:.1f} | {publisher['accepted']:,} | {publisher['refused']:,} |")
+    print(f"| {label} | {r} | {j['throughput']:,.0f} | {per:.1f} | {shares} | {publisher['accepted']:,} | {publisher['refused']:,} |")
 if mode in ("all", "latency"):
     print("latency")
     print("| set-up | round | deliveries/s | p50 (ms) | p99 (ms) | p99.9 (ms) | missing | dup | ooo |")
@@ -221,7 +233,7 @@ if mode in ("all", "latency"):
     for r in range(1, rounds + 1):
         for name in ["single", "local", "cross"]:
             latency_row(f"{name}-{r}", name, r)
-saturate_head = "| set-up | round | deliveries/s | Redis CPU per message (µs, all masters) | accepted | refused (503) |\n| --- | --- | --- | --- | --- | --- |"
+saturate_head = "| set-up | round | deliveries/s | Redis CPU per message (µs, all masters) | share per master | accepted | refused (503) |\n| --- | --- | --- | --- | --- | --- | --- |"
 if mode in ("all", "throughput"):
     print("\nthroughput")
     print(saturate_head)

@@ -52,7 +52,12 @@ impl Redis {
     }
 
     fn launch(args: &[&str]) -> Redis {
-        let port = free_port();
+        // A cluster node also listens on its port + 10000 (the cluster bus).
+        let port = if args.contains(&"--cluster-enabled") {
+            free_cluster_port()
+        } else {
+            free_port()
+        };
         let dir = std::env::temp_dir().join(format!("clarion-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -386,4 +391,14 @@ fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
+}
+
+/// A free port whose cluster bus port (+10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= u16::MAX - 10000 && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
 }
