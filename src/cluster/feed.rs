@@ -16,6 +16,7 @@
 //! by the sentinels, see [`super::servers::watch_sentinels`]) or a connection lost ends the
 //! session, and the next one asks the sentinels for the master.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -104,14 +105,13 @@ impl Feed {
             {
                 changed.push(topic);
             }
-            for topic in changed {
-                self.follow(&mut session, topic)?;
-            }
+            self.follow(&mut session, changed)?;
             if Instant::now() >= next_beat {
                 self.presence
                     .beat(&mut session.commands, &self.hub, &self.node, self.heartbeat)?;
                 next_beat = Instant::now() + self.heartbeat;
             }
+            let mut moved = Vec::new();
             for event in session.subscriptions.wait(POLL)? {
                 match event {
                     Event::Message { topic, payload } => {
@@ -119,34 +119,43 @@ impl Feed {
                     }
                     Event::Moved(topic) => {
                         tracing::debug!(%topic, "cluster: the topic's slot moved");
-                        self.follow(&mut session, topic)?;
+                        moved.push(topic);
                     }
                 }
             }
+            self.follow(&mut session, moved)?;
         }
         Ok(())
     }
 
-    /// Brings the channel subscription of `topic` in line with what the hub wants now (interest
-    /// messages can be stale by the time they are read), and syncs a topic that waits or was
-    /// subscribed again.
-    fn follow(&self, session: &mut Session, topic: Arc<str>) -> RedisResult<()> {
-        match self.hub.wants(&topic) {
-            Some(live) => {
-                let fresh = !session.subscriptions.contains(&topic);
-                let topics = [topic];
-                if fresh {
-                    session
-                        .subscriptions
-                        .subscribe(&topics, &mut session.commands)?;
-                }
-                if fresh || !live {
-                    self.sync(session, &topics, false)?;
-                }
+    /// Brings the channel subscriptions of `topics` in line with what the hub wants now
+    /// (interest messages can be stale by the time they are read), and syncs the topics that
+    /// wait or were subscribed again: all subscribes, then all syncs, each pipelined.
+    fn follow(&self, session: &mut Session, topics: Vec<Arc<str>>) -> RedisResult<()> {
+        let mut subscribe = Vec::new();
+        let mut sync = Vec::new();
+        let mut seen = HashSet::new();
+        for topic in topics {
+            if !seen.insert(topic.clone()) {
+                continue;
             }
-            None => session.subscriptions.unsubscribe(&topic)?,
+            match self.hub.wants(&topic) {
+                Some(live) => {
+                    let fresh = !session.subscriptions.contains(&topic);
+                    if fresh {
+                        subscribe.push(topic.clone());
+                    }
+                    if fresh || !live {
+                        sync.push(topic);
+                    }
+                }
+                None => session.subscriptions.unsubscribe(&topic)?,
+            }
         }
-        Ok(())
+        session
+            .subscriptions
+            .subscribe(&subscribe, &mut session.commands)?;
+        self.sync(session, &sync, false)
     }
 
     /// Reads each topic's last `seq` and newest log entries (one pipeline per master) and hands
