@@ -280,7 +280,8 @@ pub struct Settings {
 
     /// Join the cluster on this Redis (e.g. redis://127.0.0.1:6379): topics, `seq`s, history and
     /// presence are shared with every node on it. Unset: a self-contained node. In the config
-    /// file: `redis` in the `[cluster]` table.
+    /// file: `redis` in the `[cluster]` table, where `sentinels` or `redis_cluster` can name
+    /// Redis instead (this flag replaces them).
     #[arg(long, value_name = "URL")]
     #[serde(skip)]
     pub redis: Option<String>,
