@@ -742,12 +742,14 @@ fn subscribers_on_two_nodes_ride_out_a_sentinel_failover_and_resume_across_it() 
         .arg(1)
         .query(&mut direct)
         .unwrap();
-    let replicated: u64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(5000)
-        .query(&mut direct)
-        .unwrap();
-    assert_eq!(replicated, 1);
+    assert!(wait_for(Duration::from_secs(30), || {
+        let replicated: u64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(1000)
+            .query(&mut direct)
+            .unwrap();
+        replicated == 1
+    }));
     redis.master.kill();
     let promoted = redis.replica.port();
     assert!(
