@@ -16,7 +16,8 @@
 #   topic (clarion-loadgen idle, which counts what it receives); a closed-loop publisher
 #   (scripts/lib/publish_batches.py, two connections, batches of 100 messages of SIZE bytes over
 #   the same topics) publishes to node B as fast as B takes them; deliveries per second at A over
-#   DURATION are the rate. Redis's CPU time over the window (/proc) gives its cost per message.
+#   DURATION are the rate. Redis's and the nodes' CPU time over the window (/proc) give their
+#   costs per message.
 #   Nodes, loadgen and publisher run on core 0, the Redis servers on core 1: the single Redis has
 #   a core to itself and the three masters share one (this machine has two), so the run shows
 #   the cluster's cost per message and its overhead, not the gain of masters on cores of their
@@ -143,20 +144,25 @@ cpu_ticks() {
 # saturate NAME CONFIG_FILE REDIS_PID...: the throughput run on two fresh nodes.
 saturate() {
   local name=$1 file=$2; shift 2
-  local port_a port_b seconds=${DURATION%s} urls=() before after publisher keep=${#others[@]}
+  local port_a port_b seconds=${DURATION%s} urls=() before after nodes_before nodes_after
+  local publisher keep=${#others[@]}
   port_a=$(free_port); port_b=$(free_port)
   node "$port_a" 0 "$file"
   node "$port_b" 0 "$file"
+  local nodes=("${others[@]: -2}")
   for i in $(seq 0 $((TOPICS - 1))); do urls+=("ws://127.0.0.1:$port_a/t/bench-$i"); done
   taskset -c 0 python3 scripts/lib/publish_batches.py 127.0.0.1 "$port_b" "$TOPICS" 100 "$SIZE" \
     $((seconds + 4)) 2 bench- >"$OUT/$name.publisher" &
   publisher=$!
   sleep 1
   before=$(cpu_ticks "$@")
+  nodes_before=$(cpu_ticks "${nodes[@]}")
   taskset -c 0 "$LOADGEN" idle -c "$TOPICS" -d "$DURATION" --threads 1 "${urls[@]}" \
     --json "$OUT/$name.json" >/dev/null
   after=$(cpu_ticks "$@")
+  nodes_after=$(cpu_ticks "${nodes[@]}")
   echo "$TICK $before / $after" >"$OUT/$name.redis-cpu"
+  echo "$TICK $nodes_before / $nodes_after" >"$OUT/$name.nodes-cpu"
   wait "$publisher"
   stop_from "$keep"
 }
@@ -216,16 +222,19 @@ def load(name):
 def latency_row(name, label, r):
     j = load(name); l = j["latency_us"]
     print(f"| {label} | {r} | {j['throughput']:,.0f} | {l['p50']/1000:.2f} | {l['p99']/1000:.2f} | {l['p99_9']/1000:.2f} | {j['missing']} | {j['duplicates']} | {j['out_of_order']} |")
+def cpu_us(path):
+    """Each process's CPU time (µs) over the window, from a `TICK before / after` file."""
+    tick, rest = open(path).read().split(" ", 1)
+    before, after = (list(map(int, side.split())) for side in rest.split("/"))
+    return [(b - a) * 1e6 / int(tick) for a, b in zip(before, after)]
 def saturate_row(name, label, r):
     j = load(name)
-    received = j["messages_received"]
-    tick, rest = open(f"{out}/{name}.redis-cpu").read().split(" ", 1)
-    before, after = (list(map(int, side.split())) for side in rest.split("/"))
-    used = [(b - a) * 1e6 / int(tick) for a, b in zip(before, after)]
-    per = sum(used) / received if received else 0
-    shares = "/".join(f"{u / sum(used):.0%}" for u in used) if sum(used) else "-"
+    received = max(j["messages_received"], 1)
+    redis = cpu_us(f"{out}/{name}.redis-cpu")
+    node_a, node_b = cpu_us(f"{out}/{name}.nodes-cpu")
+    shares = "/".join(f"{u / sum(redis):.0%}" for u in redis) if sum(redis) else "-"
     publisher = json.loads(open(f"{out}/{name}.publisher").read())
-    print(f"| {label} | {r} | {j['throughput']:,.0f} | {per:.1f} | {shares} | {publisher['accepted']:,} | {publisher['refused']:,} |")
+    print(f"| {label} | {r} | {j['throughput']:,.0f} | {sum(redis) / received:.1f} | {shares} | {node_b / received:.1f} | {node_a / received:.1f} | {publisher['accepted']:,} | {publisher['refused']:,} |")
 if mode in ("all", "latency"):
     print("latency")
     print("| set-up | round | deliveries/s | p50 (ms) | p99 (ms) | p99.9 (ms) | missing | dup | ooo |")
@@ -233,7 +242,7 @@ if mode in ("all", "latency"):
     for r in range(1, rounds + 1):
         for name in ["single", "local", "cross"]:
             latency_row(f"{name}-{r}", name, r)
-saturate_head = "| set-up | round | deliveries/s | Redis CPU per message (µs, all masters) | share per master | accepted | refused (503) |\n| --- | --- | --- | --- | --- | --- | --- |"
+saturate_head = "| set-up | round | deliveries/s | Redis CPU per message (µs, all masters) | share per master | node B (publishes) CPU per message (µs) | node A (delivers) CPU per message (µs) | accepted | refused (503) |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 if mode in ("all", "throughput"):
     print("\nthroughput")
     print(saturate_head)
