@@ -8,6 +8,9 @@
 //! message past a gap (missed while the link was down) first has the gap filled from the log,
 //! as far as the log still holds it.
 //!
+//! Link events (connections, topics followed and left, syncs, gap fills, resets) are logged at
+//! `debug`, heartbeats at `trace`.
+//!
 //! Command connections ([`Commands`]) and push connections ([`Subscriptions`]), one of each per
 //! master. The wait for pushed messages lasts at most [`POLL`] so that new interest (a topic's
 //! first subscriber) is acted on promptly; messages themselves are read as they arrive. A topic
@@ -65,6 +68,8 @@ impl Feed {
             if let Err(e) = self.session(&mut backoff, &mut lost) {
                 if self.link.feed_up.swap(false, Relaxed) || !lost {
                     tracing::warn!("cluster: lost Redis ({e}); local delivery goes on, retrying");
+                } else {
+                    tracing::debug!("cluster: feed cannot reach Redis yet ({e})");
                 }
                 lost = true;
                 self.presence.clear();
@@ -90,6 +95,7 @@ impl Feed {
             .subscribe(&wanted, &mut session.commands)?;
         self.sync(&mut session, &wanted, replace)?;
         self.link.feed_up.store(true, Relaxed);
+        tracing::debug!(%epoch, topics = wanted.len(), "cluster: feed connected");
         if *lost {
             self.link.reconnects.fetch_add(1, Relaxed);
             tracing::info!(%epoch, "cluster: receiving from Redis again");
@@ -107,6 +113,7 @@ impl Feed {
             }
             self.follow(&mut session, changed)?;
             if Instant::now() >= next_beat {
+                tracing::trace!("cluster: presence heartbeat");
                 self.presence
                     .beat(&mut session.commands, &self.hub, &self.node, self.heartbeat)?;
                 next_beat = Instant::now() + self.heartbeat;
@@ -143,13 +150,19 @@ impl Feed {
                 Some(live) => {
                     let fresh = !session.subscriptions.contains(&topic);
                     if fresh {
+                        tracing::debug!(topic = &*topic, "cluster: following a topic");
                         subscribe.push(topic.clone());
                     }
                     if fresh || !live {
                         sync.push(topic);
                     }
                 }
-                None => session.subscriptions.unsubscribe(&topic)?,
+                None => {
+                    if session.subscriptions.contains(&topic) {
+                        tracing::debug!(topic = &*topic, "cluster: leaving a topic");
+                    }
+                    session.subscriptions.unsubscribe(&topic)?;
+                }
             }
         }
         session
@@ -183,9 +196,17 @@ impl Feed {
                 .filter_map(|entry| wire::decode_entry(topic, entry, &self.node))
                 .map(Arc::new)
                 .collect();
+            let entries = recent.len();
             let waiting = self
                 .hub
                 .sync(topic, seq, recent, replace, |p, r| self.post(p, r));
+            tracing::debug!(
+                topic = &**topic,
+                seq,
+                entries,
+                reactors_waiting = waiting.iter().count(),
+                "cluster: synced a topic from Redis"
+            );
             for reactor in waiting.iter() {
                 self.mailboxes.post(reactor, Post::Ready(topic.clone()));
             }
@@ -212,7 +233,15 @@ impl Feed {
                 .arg(format!("{}-0", have + 1))
                 .arg(format!("{}-0", message.seq() - 1));
             let replies = session.commands.run(&[Routed::new(&log, range)], 0)?.ok()?;
-            for entry in &Vec::<Value>::from_redis_value(first(replies))? {
+            let missed = Vec::<Value>::from_redis_value(first(replies))?;
+            tracing::debug!(
+                %topic,
+                after = have,
+                before = message.seq(),
+                read = missed.len(),
+                "cluster: filling a gap from the log"
+            );
+            for entry in &missed {
                 if let Some(old) = wire::decode_entry(&topic, entry, &self.node) {
                     self.link.received.fetch_add(1, Relaxed);
                     self.hub
@@ -225,7 +254,8 @@ impl Feed {
     }
 
     fn post(&self, post: Post, reactors: Reactors) {
-        if matches!(post, Post::Reset { .. }) {
+        if let Post::Reset { topic, seq } = &post {
+            tracing::debug!(topic = &**topic, seq, "cluster: topic renumbered by Redis");
             self.link.resets.fetch_add(1, Relaxed);
         }
         for reactor in reactors.iter() {

@@ -82,6 +82,7 @@ impl Publisher {
                     Ok(fresh) => {
                         connected = Some(fresh);
                         self.link.publisher_up.store(true, Relaxed);
+                        tracing::debug!("cluster: publisher connected");
                         if lost {
                             self.link.reconnects.fetch_add(1, Relaxed);
                             tracing::info!("cluster: publishing to Redis again");
@@ -146,6 +147,7 @@ impl Publisher {
                         .published
                         .fetch_add(batch as u64 - refused, Relaxed);
                     self.release(batch as u64, bytes);
+                    tracing::trace!(batch, bytes, "cluster: published a batch");
                 }
                 Ok(Sent::Unreplicated) => {
                     // Kept: sent again (a no-op for what Redis took) until replicas have it.
@@ -217,6 +219,8 @@ impl Publisher {
     fn down(&self, error: &RedisError, lost: &mut bool) {
         if self.link.publisher_up.swap(false, Relaxed) || !*lost {
             tracing::warn!("cluster: cannot publish to Redis ({error}); buffering and retrying");
+        } else {
+            tracing::debug!("cluster: publisher cannot reach Redis yet ({error})");
         }
         *lost = true;
     }

@@ -9,22 +9,35 @@
 //! In a cluster the first subscribe of a topic on this node waits (without blocking anything)
 //! until the bridge has synced the topic from Redis: it is *parked* here and answered when the
 //! inbox says the topic is ready.
+//!
+//! Time-based duties ride on the reactor's once-a-second sweep ([`Handler::on_sweep`]), with
+//! nothing per connection but a byte: a token whose `exp` plus the leeway has passed closes its
+//! connection with 4001, and an envelope client that asked for heartbeats (`hello`) gets one
+//! every `heartbeat` seconds, spread over the interval by connection id.
+//!
+//! Logs: each refused client at `info` (rate-limited, [`super::refusals`]); each WebSocket's
+//! open and close at `debug`; requests, commands and each message's fanout at `trace`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use slab::Slab;
 
-use super::auth::Grants;
-use super::envelope::{self, Command, ErrorCode, Id, delivery_frame, format_of};
+use super::auth::{Grants, Unauthorized};
+use super::envelope::{
+    self, Command, ErrorCode, HEARTBEAT, Id, TOKEN_EXPIRED, TOKEN_REFUSED, delivery_frame,
+    format_of,
+};
 use super::http;
-use super::state::{ClientPublish, Full, PublishError, Server, SlowConsumer};
+use super::live::Cached;
+use super::refusals::Refusal;
+use super::state::{ClientPublish, Full, Live, PublishError, Server, SlowConsumer};
 use clarion_engine::{
-    Answer, CompressionConfig, ConnId, Ctx, Handler, Local, Policy, Push, Response,
+    Answer, CompressionConfig, ConnId, Ctx, Handler, Local, Policy, Push, RequestInfo, Response,
 };
 use clarion_protocol::deflate::{Deflater, Params};
 use clarion_protocol::handshake::Request;
@@ -54,6 +67,9 @@ pub struct Conn {
     route: Route,
     /// A `/t/` connection may publish what it sends.
     may_publish: bool,
+    /// `/ws`: seconds between application heartbeats, 0 for none (fits the padding: the entry
+    /// stays 24 bytes).
+    heartbeat: u8,
 }
 
 /// What only some connections need (token grants, a counted IP), kept out of the slab entry.
@@ -76,6 +92,10 @@ impl Extra {
 struct Pending {
     topic: Option<Box<str>>,
     extra: Extra,
+    /// `/ws` with a token refused: opened only to be closed with a code a browser can read.
+    refused: Option<Unauthorized>,
+    /// For the `debug` line of the open.
+    peer: Option<SocketAddr>,
 }
 
 /// A subscribe waiting for its topic to be synced from the cluster.
@@ -114,6 +134,8 @@ impl Reply for To<'_, '_> {
 /// One reactor's application state.
 pub struct App {
     server: Arc<Server>,
+    /// The settings in force, refreshed at the start of each callback that reads them.
+    live: Cached<Live>,
     index: usize,
     registry: Registry,
     extras: Slab<Extra>,
@@ -123,6 +145,17 @@ pub struct App {
     scratch: Vec<u8>,
     /// Compresses fanout frames once for every subscriber they fit; made on first use.
     deflater: Option<Deflater>,
+    /// `{"type":"heartbeat"}`, framed once for every connection.
+    heartbeat_frame: Arc<[u8]>,
+    /// Connections of this reactor with heartbeats on.
+    heartbeats: usize,
+    /// The reactor's sweeps, as whole seconds since `origin`: this one and the one before
+    /// (heartbeats fall due when a multiple of their interval lies between them).
+    origin: Instant,
+    tick: u64,
+    prev_tick: u64,
+    /// Unix seconds at this sweep, for token expiry.
+    wall: u64,
 }
 
 impl App {
@@ -130,6 +163,7 @@ impl App {
     pub fn new(server: Arc<Server>, index: usize) -> Result<App, clarion_pubsub::Error> {
         Ok(App {
             registry: Registry::new(server.hub.clone(), index)?,
+            live: server.cached(),
             server,
             index,
             extras: Slab::new(),
@@ -137,6 +171,12 @@ impl App {
             parked: HashMap::new(),
             scratch: Vec::new(),
             deflater: None,
+            heartbeat_frame: shared_frame(MessageKind::Text, HEARTBEAT),
+            heartbeats: 0,
+            origin: Instant::now(),
+            tick: 0,
+            prev_tick: 0,
+            wall: 0,
         })
     }
 
@@ -149,24 +189,53 @@ impl App {
         peer: Option<SocketAddr>,
         topic: Option<&str>,
     ) -> Answer<'r, Conn> {
-        let server = &*self.server;
+        let (server, live) = (&*self.server, self.live.get());
+        // A refusal before the upgrade: logged, and answered with a JSON body.
+        let refused = |status, reason: &str, grants: Option<&Grants>| {
+            server.refusals.log(Refusal {
+                path: request.path(),
+                peer,
+                status,
+                reason,
+                subject: grants.and_then(Grants::subject),
+            });
+            http::error(status, reason)
+        };
         let ip = peer.map(|p| p.ip()).filter(|_| server.counts_ips());
-        match server.admit(ip) {
-            Err(Full::Server) => return refuse(503, "too many connections"),
-            Err(Full::Ip) => return refuse(429, "too many connections from this address"),
+        match server.admit(&live.config, ip) {
+            Err(Full::Server) => {
+                return Answer::Respond(refused(503, "too many connections", None));
+            }
+            Err(Full::Ip) => {
+                let reason = "too many connections from this address";
+                return Answer::Respond(refused(429, reason, None));
+            }
             Ok(()) => {}
         }
         let mut extra = Extra { grants: None, ip };
         let mut may_publish = false;
+        let mut refused_token = None;
         if route != Route::Echo {
-            if !server.origins.allows(request) {
-                return refuse(403, "origin not allowed");
+            if !live.origins.allows(request) {
+                return Answer::Respond(refused(403, "origin not allowed", None));
             }
-            if let Some(jwt) = &server.jwt {
+            if let Some(jwt) = &live.jwt {
                 match jwt.authenticate(request) {
                     Ok(grants) => extra.grants = Some(grants),
+                    // A browser sees no HTTP status when an upgrade fails, only 1006: an
+                    // envelope client is told why with a close code instead (logged with it).
+                    Err(e) if route == Route::Envelope => {
+                        server.refusals.log(Refusal {
+                            path: request.path(),
+                            peer,
+                            status: token_close_code(e).0,
+                            reason: &e.to_string(),
+                            subject: None,
+                        });
+                        refused_token = Some(e);
+                    }
                     Err(e) => {
-                        let mut response = http::error(401, &e.to_string());
+                        let mut response = refused(401, &e.to_string(), None);
                         response
                             .headers
                             .push(("WWW-Authenticate", "Bearer".to_owned()));
@@ -175,18 +244,21 @@ impl App {
                 }
             }
             if let Some(topic) = topic {
-                if let Err(e) = validate_topic(topic, server.config.max_topic_length) {
-                    return refuse(400, &e.to_string());
+                let grants = extra.grants.as_ref();
+                if let Err(e) = validate_topic(topic, live.config.max_topic_length) {
+                    return Answer::Respond(refused(400, &e.to_string(), grants));
                 }
-                if !self.can_subscribe(extra.grants.as_ref(), topic) {
-                    return refuse(403, "topic not allowed");
+                if !can_subscribe(live, grants, topic) {
+                    return Answer::Respond(refused(403, "topic not allowed", grants));
                 }
-                may_publish = self.can_publish(extra.grants.as_ref(), topic);
+                may_publish = can_publish(live, grants, topic);
             }
         }
         self.pending = Some(Pending {
             topic: topic.map(Box::from),
             extra,
+            refused: refused_token,
+            peer,
         });
         Answer::Upgrade {
             conn: Conn {
@@ -194,26 +266,22 @@ impl App {
                 extra: None,
                 route,
                 may_publish,
+                heartbeat: 0,
             },
             protocol: None,
-        }
-    }
-
-    fn can_subscribe(&self, grants: Option<&Grants>, topic: &str) -> bool {
-        self.server.jwt.is_none() || grants.is_some_and(|g| g.can_subscribe(topic))
-    }
-
-    fn can_publish(&self, grants: Option<&Grants>, topic: &str) -> bool {
-        match self.server.config.client_publish {
-            ClientPublish::All => true,
-            ClientPublish::None => false,
-            ClientPublish::Token => grants.is_some_and(|g| g.can_publish(topic)),
         }
     }
 
     fn grants(&self, conn: &Conn) -> Option<&Grants> {
         let key = conn.extra?.get() as usize - 1;
         self.extras.get(key)?.grants.as_ref()
+    }
+
+    /// Seconds until the token of `conn` ends it (`exp` plus the leeway), with tokens in use.
+    fn expires_in(&self, conn: &Conn) -> Option<u64> {
+        let grants = self.grants(conn)?;
+        let remaining = self.live.get().jwt.as_ref()?.remaining(grants, unix_now());
+        Some(remaining.unwrap_or(0))
     }
 
     fn update_gauge(&self) {
@@ -301,10 +369,18 @@ impl App {
             let Some(conn) = local.conn(p.conn) else {
                 continue;
             };
+            let id = p.id.as_deref().map(Id::verbatim);
+            // A `refresh` while it waited may have taken the grant away.
+            if p.envelope && !can_subscribe(self.live.get(), self.grants(conn), &topic) {
+                out.clear();
+                let message = "subscribing to this topic is not allowed";
+                envelope::render_error(&mut out, id, ErrorCode::Forbidden, message);
+                self.send(&mut To(local, p.conn), &out);
+                continue;
+            }
             let subscribed =
                 self.registry
                     .subscribe(p.conn, &mut conn.subs, &topic, p.resume.as_ref(), now);
-            let id = p.id.as_deref().map(Id::verbatim);
             match subscribed {
                 Err(clarion_pubsub::Error::Pending) => {
                     // The topic was given up and is wanted again: wait for the next sync.
@@ -351,15 +427,38 @@ impl App {
 
     fn execute(&mut self, ctx: &mut Ctx<'_, Conn>, command: Command<'_>, out: &mut Vec<u8>) {
         let id = command.id();
-        let topic = command.topic();
+        let topic = command.topic().unwrap_or_default();
+        tracing::trace!(
+            reactor = self.index,
+            conn = ctx.id(),
+            command = command.name(),
+            topic,
+            "command"
+        );
         let error = |out: &mut Vec<u8>, code, message: &str| {
             envelope::render_error(out, id, code, message);
         };
-        if let Err(e) = validate_topic(topic, self.server.config.max_topic_length) {
+        if command.topic().is_some()
+            && let Err(e) = validate_topic(topic, self.live.get().config.max_topic_length)
+        {
             error(out, ErrorCode::InvalidTopic, &e.to_string());
             return self.reply(ctx, out);
         }
         match &command {
+            Command::Hello { heartbeat, .. } => {
+                let interval = self.live.get().config.heartbeat(*heartbeat);
+                let conn = ctx.conn();
+                match (conn.heartbeat != 0, interval != 0) {
+                    (false, true) => self.heartbeats += 1,
+                    (true, false) => self.heartbeats -= 1,
+                    _ => {}
+                }
+                conn.heartbeat = interval;
+                let expires_in = self.expires_in(ctx.conn());
+                envelope::render_session(out, id, Some(interval), expires_in);
+            }
+            Command::Refresh { token, .. } => return self.refresh(ctx, id, token, out),
+            Command::Ping { .. } => envelope::render_ack(out, id),
             Command::Subscribe { resume, .. } => {
                 return self.subscribe(ctx, id, topic, *resume, out);
             }
@@ -374,7 +473,7 @@ impl App {
                 envelope::render_ack(out, id);
             }
             Command::Publish { format, data, .. } => {
-                if !self.can_publish(self.grants(ctx.conn()), topic) {
+                if !can_publish(self.live.get(), self.grants(ctx.conn()), topic) {
                     error(
                         out,
                         ErrorCode::Forbidden,
@@ -396,6 +495,70 @@ impl App {
         self.reply(ctx, out);
     }
 
+    /// `refresh`: the new token's grants replace the old ones, subscriptions they no longer
+    /// allow are ended (an `unsubscribed` for each, before the ack), and its `exp` is the one
+    /// that now ends the connection. A refused token changes nothing.
+    fn refresh(
+        &mut self,
+        ctx: &mut Ctx<'_, Conn>,
+        id: Option<Id<'_>>,
+        token: &str,
+        out: &mut Vec<u8>,
+    ) {
+        let Some(jwt) = &self.live.get().jwt else {
+            let message = "tokens are not in use on this server";
+            envelope::render_error(out, id, ErrorCode::Unauthorized, message);
+            return self.reply(ctx, out);
+        };
+        let grants = match jwt.verify(token.as_bytes()) {
+            Ok(grants) => grants,
+            Err(e) => {
+                envelope::render_error(out, id, ErrorCode::Unauthorized, &e.to_string());
+                return self.reply(ctx, out);
+            }
+        };
+        // Every `/ws` connection under `auth = jwt` was opened with grants.
+        let Some(key) = ctx.conn().extra.map(|key| key.get() as usize - 1) else {
+            let message = "this connection has no token to replace";
+            envelope::render_error(out, id, ErrorCode::Unauthorized, message);
+            return self.reply(ctx, out);
+        };
+        let old_subject = self.extras[key].grants.as_ref().map(Grants::subject);
+        if old_subject.is_some_and(|subject| subject != grants.subject()) {
+            let message = "the token is for another subject";
+            envelope::render_error(out, id, ErrorCode::Unauthorized, message);
+            return self.reply(ctx, out);
+        }
+        let conn_id = ctx.id();
+        let ended: Vec<Arc<str>> = ctx
+            .conn()
+            .subs
+            .iter()
+            .filter_map(|topic| self.registry.name(topic))
+            .filter(|topic| !grants.can_subscribe(topic))
+            .cloned()
+            .collect();
+        for topic in &ended {
+            self.registry
+                .unsubscribe(conn_id, &mut ctx.conn().subs, topic);
+            out.clear();
+            let message = "the refreshed token does not grant this topic";
+            envelope::render_unsubscribed(out, topic, ErrorCode::Forbidden, message);
+            self.reply(ctx, out);
+        }
+        if !ended.is_empty() {
+            self.update_gauge();
+        }
+        let expires_in = jwt.remaining(&grants, unix_now()).unwrap_or(0);
+        self.extras[key].grants = Some(grants);
+        self.server.counters[self.index]
+            .token_refreshes
+            .fetch_add(1, Relaxed);
+        out.clear();
+        envelope::render_session(out, id, None, Some(expires_in));
+        self.reply(ctx, out);
+    }
+
     fn subscribe(
         &mut self,
         ctx: &mut Ctx<'_, Conn>,
@@ -405,13 +568,13 @@ impl App {
         out: &mut Vec<u8>,
     ) {
         let (conn_id, now) = (ctx.id(), ctx.now());
-        let max = self.server.config.max_topics_per_connection;
+        let max = self.live.get().config.max_topics_per_connection;
         let waiting = if self.parked.is_empty() {
             0
         } else {
             self.parked_count(conn_id)
         };
-        let result = if !self.can_subscribe(self.grants(ctx.conn()), topic) {
+        let result = if !can_subscribe(self.live.get(), self.grants(ctx.conn()), topic) {
             Err((
                 ErrorCode::Forbidden,
                 "subscribing to this topic is not allowed",
@@ -521,9 +684,34 @@ fn takes_compressed(params: Option<Params>, config: &CompressionConfig, len: usi
         && params.is_some_and(|p| p.accepts_shared(config.window_bits, len))
 }
 
-/// A refusal before the upgrade, with a JSON body.
-fn refuse<'r>(status: u16, message: &str) -> Answer<'r, Conn> {
-    Answer::Respond(http::error(status, message))
+/// What a close code says, for the `debug` line of a close (the code is in the line too).
+fn close_reason(code: Option<CloseCode>) -> &'static str {
+    match code {
+        None => "dropped without a close frame (reset, read error or timeout)",
+        Some(CloseCode::NORMAL) => "normal",
+        Some(CloseCode::GOING_AWAY) => "going away (idle, drain or client leaving)",
+        Some(CloseCode::PROTOCOL_ERROR) => "protocol error",
+        Some(CloseCode::UNSUPPORTED_DATA) => "unsupported data",
+        Some(CloseCode::NO_STATUS) => "closed without a code",
+        Some(CloseCode::INVALID_PAYLOAD) => "invalid UTF-8",
+        Some(CloseCode::POLICY_VIOLATION) => "policy (slow consumer, forbidden publish)",
+        Some(CloseCode::MESSAGE_TOO_BIG) => "message too big",
+        Some(CloseCode::INTERNAL_ERROR) => "internal error",
+        Some(CloseCode::TRY_AGAIN_LATER) => "try again later (cluster publish buffer full)",
+        Some(_) => "application code",
+    }
+}
+
+fn can_subscribe(live: &Live, grants: Option<&Grants>, topic: &str) -> bool {
+    live.jwt.is_none() || grants.is_some_and(|g| g.can_subscribe(topic))
+}
+
+fn can_publish(live: &Live, grants: Option<&Grants>, topic: &str) -> bool {
+    match live.config.client_publish {
+        ClientPublish::All => true,
+        ClientPublish::None => false,
+        ClientPublish::Token => grants.is_some_and(|g| g.can_publish(topic)),
+    }
 }
 
 impl Handler for App {
@@ -534,23 +722,33 @@ impl Handler for App {
         &mut self,
         request: &Request<'r>,
         body: &[u8],
-        peer: Option<SocketAddr>,
+        info: &RequestInfo,
     ) -> Answer<'r, Conn> {
         self.pending = None;
-        self.server.maybe_sweep(Instant::now());
+        self.server.refresh(&mut self.live);
+        self.server.maybe_sweep(info.now());
+        let peer = info.peer();
         let path = request.path();
+        tracing::trace!(
+            reactor = self.index,
+            method = request.method(),
+            path,
+            ?peer,
+            "request"
+        );
+        let (server, live) = (&*self.server, self.live.get());
         match (request.method(), path) {
-            ("GET" | "HEAD", "/healthz") => Answer::Respond(http::health(&self.server)),
+            ("GET" | "HEAD", "/healthz") => Answer::Respond(http::health(server)),
             ("GET", _) if path.starts_with("/topics/") => {
-                Answer::Respond(http::presence(&self.server, &path["/topics/".len()..]))
+                Answer::Respond(http::presence(server, live, &path["/topics/".len()..]))
             }
-            ("GET", "/metrics") => Answer::Respond(http::metrics(&self.server)),
-            ("GET", "/stats") => Answer::Respond(http::stats(&self.server)),
+            ("GET", "/metrics") => Answer::Respond(http::metrics(server)),
+            ("GET", "/stats") => Answer::Respond(http::stats(server)),
             ("POST", "/publish") => {
-                Answer::Respond(http::publish(&self.server, request, body, self.index))
+                Answer::Respond(http::publish(server, live, request, body, peer, self.index))
             }
             ("POST", _) if path.starts_with("/publish/") => {
-                Answer::Respond(http::publish(&self.server, request, body, self.index))
+                Answer::Respond(http::publish(server, live, request, body, peer, self.index))
             }
             (_, "/echo") => self.websocket(Route::Echo, request, peer, None),
             (_, "/ws") => self.websocket(Route::Envelope, request, peer, None),
@@ -562,16 +760,36 @@ impl Handler for App {
     }
 
     fn on_open(&mut self, ctx: &mut Ctx<'_, Conn>) {
-        let Pending { topic, extra } = self.pending.take().unwrap_or(Pending {
+        let Pending {
+            topic,
+            extra,
+            refused,
+            peer,
+        } = self.pending.take().unwrap_or(Pending {
             topic: None,
             extra: Extra::default(),
+            refused: None,
+            peer: None,
         });
+        tracing::debug!(
+            reactor = self.index,
+            conn = ctx.id(),
+            route = ?ctx.conn().route,
+            ?peer,
+            topic = topic.as_deref(),
+            sub = extra.grants.as_ref().and_then(Grants::subject),
+            "websocket open"
+        );
         self.server.opened(extra.ip);
         if !extra.is_empty() {
             let key = self.extras.insert(extra);
             // A slab key of a live connection's extra is far below 2³²; if not, the extra is
             // simply not found later (no grants: publish and subscribe are refused).
             ctx.conn().extra = u32::try_from(key + 1).ok().and_then(NonZeroU32::new);
+        }
+        if let Some(refused) = refused {
+            // The close is the whole answer: nothing the client sends is read any more.
+            return ctx.close(token_close_code(refused), &refused.to_string());
         }
         if let Some(topic) = topic {
             let (id, now) = (ctx.id(), ctx.now());
@@ -596,6 +814,7 @@ impl Handler for App {
     }
 
     fn on_message(&mut self, ctx: &mut Ctx<'_, Conn>, kind: MessageKind, payload: &[u8]) {
+        self.server.refresh(&mut self.live);
         self.server.counters[self.index]
             .bytes_in
             .fetch_add(payload.len() as u64, Relaxed);
@@ -609,7 +828,20 @@ impl Handler for App {
         }
     }
 
-    fn on_close(&mut self, id: ConnId, conn: &mut Conn, _code: Option<CloseCode>) {
+    fn on_close(&mut self, id: ConnId, conn: &mut Conn, code: Option<CloseCode>, now: Instant) {
+        tracing::debug!(
+            reactor = self.index,
+            conn = id,
+            route = ?conn.route,
+            code = code.map(|c| c.0),
+            reason = close_reason(code),
+            topics = conn.subs.len(),
+            "websocket closed"
+        );
+        if conn.heartbeat != 0 {
+            conn.heartbeat = 0;
+            self.heartbeats -= 1;
+        }
         if self.registry.unsubscribe_all(id, &mut conn.subs) > 0 {
             self.update_gauge();
         }
@@ -621,16 +853,71 @@ impl Handler for App {
             .take()
             .and_then(|key| self.extras.try_remove(key.get() as usize - 1));
         self.server.closed(extra.and_then(|extra| extra.ip));
-        self.server.maybe_sweep(Instant::now());
+        self.server.maybe_sweep(now);
     }
 
     fn on_inbox(&mut self, local: &mut Local<'_, Conn>, post: Post) {
+        self.server.refresh(&mut self.live);
         match post {
             Post::Message(message) => self.fan_out(local, message),
             Post::Ready(topic) => self.unpark(local, topic),
             Post::Reset { topic, seq } => self.reset(local, &topic, seq),
+            Post::Probe(round) => self.server.answered(self.index, round),
         }
     }
+
+    fn on_sweep(&mut self, now: Instant) -> bool {
+        self.server.refresh(&mut self.live);
+        self.prev_tick = self.tick;
+        self.tick = now.saturating_duration_since(self.origin).as_secs();
+        let expiring = self.live.get().jwt.is_some() && !self.extras.is_empty();
+        if expiring {
+            self.wall = unix_now();
+        }
+        expiring || self.heartbeats > 0
+    }
+
+    fn on_sweep_conn(&mut self, ctx: &mut Ctx<'_, Conn>) {
+        let id = ctx.id();
+        let conn = ctx.conn();
+        let heartbeat = u64::from(conn.heartbeat);
+        if let Some(jwt) = &self.live.get().jwt
+            && let Some(grants) = self.grants(conn)
+            && jwt.remaining(grants, self.wall).is_none()
+        {
+            self.server.counters[self.index]
+                .token_expired_closes
+                .fetch_add(1, Relaxed);
+            return ctx.close(TOKEN_EXPIRED, "token expired");
+        }
+        // Due when a multiple of the interval, shifted by the connection's phase, was passed
+        // since the last sweep: once per interval however late a sweep comes.
+        let phase = id as u64 % heartbeat.max(1);
+        if heartbeat != 0
+            && (self.tick + phase) / heartbeat != (self.prev_tick + phase) / heartbeat
+            && ctx.send_shared(&self.heartbeat_frame).is_ok()
+        {
+            let counters = &self.server.counters[self.index];
+            counters.heartbeats.fetch_add(1, Relaxed);
+            counters.sent(self.heartbeat_frame.len());
+        }
+    }
+}
+
+/// How a `/ws` upgrade whose token was refused is closed: 4001 for an expired token (get a new
+/// one), 4003 for the rest (do not retry with it).
+fn token_close_code(refused: Unauthorized) -> CloseCode {
+    match refused {
+        Unauthorized::Expired => TOKEN_EXPIRED,
+        _ => TOKEN_REFUSED,
+    }
+}
+
+/// Seconds since the Unix epoch (0 for a clock set before it).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 impl App {
@@ -656,11 +943,11 @@ impl App {
 
     /// A message from the hub, to this reactor's subscribers of its topic.
     fn fan_out(&mut self, local: &mut Local<'_, Conn>, message: Arc<Message>) {
-        let server = &*self.server;
+        let (server, config) = (&*self.server, &self.live.get().config);
         let counters = &server.counters[self.index];
-        let (max_queued, policy) = (server.config.max_queued_bytes, server.config.slow_consumer);
+        let (max_queued, policy) = (config.max_queued_bytes, config.slow_consumer);
         let raw = message.payload().frame();
-        let zconfig = &server.config.compression;
+        let zconfig = &config.compression;
         let compressing = zconfig.policy != Policy::Off;
         // Built on the first envelope subscriber, then shared by all of them (and compressed
         // once, on the first that takes it).
@@ -733,11 +1020,22 @@ impl App {
         if evicted > 0 {
             counters.slow_consumer_closes.fetch_add(evicted, Relaxed);
         }
-        let now = Instant::now();
+        tracing::trace!(
+            reactor = self.index,
+            topic = &**message.topic(),
+            seq = message.seq(),
+            delivered,
+            dropped,
+            evicted,
+            "fanout"
+        );
+        // The clock, not `local.now()`: the latency includes the inbox messages handled before
+        // this one in the same turn.
+        let fanned_out = Instant::now();
         counters
             .latency
-            .record(now.saturating_duration_since(message.published_at()));
-        server.maybe_sweep(now);
+            .record(fanned_out.saturating_duration_since(message.published_at()));
+        server.maybe_sweep(local.now());
     }
 }
 
@@ -746,7 +1044,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_connection_costs_24_bytes() {
-        assert!(size_of::<Conn>() <= 24, "{}", size_of::<Conn>());
+    fn a_connection_costs_24_bytes_of_state_and_104_in_its_reactor() {
+        assert_eq!(size_of::<Conn>(), 24);
+        // The engine's entry around it: what an idle push-server connection costs.
+        assert_eq!(clarion_engine::connection_size::<Conn>(), 104);
     }
 }

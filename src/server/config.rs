@@ -1,27 +1,60 @@
-//! Settings: command-line flags over an optional TOML file over defaults.
+//! Settings: command-line flags over `CLARION_*` environment variables over an optional TOML
+//! file over defaults (how the sources merge: [`super::sources`]).
 //!
 //! Every flag of `clarion serve` has a TOML key of the same name (with `_` for `-`), except
-//! `--redis`, which is `redis` in the `[cluster]` table; a flag given on the command line wins. Sizes are in bytes, durations are written `500ms`, `10s`,
-//! `2m` or `1h`; `0` turns an optional timer off.
+//! `--redis`, which is `redis` in the `[cluster]` table, and an environment variable
+//! `CLARION_<KEY>` (upper case; `__` for a table: `CLARION_CLUSTER__REDIS`). Sizes are in bytes,
+//! durations are written `500ms`, `10s`, `2m` or `1h`; `0` turns an optional timer off. The
+//! list of keys is read off [`Settings`] itself ([`keys`]); `docs/configuration.md` and
+//! `config/clarion.toml` are tested against it.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use clarion_host::parse_duration;
 use serde::Deserialize;
 
-use super::auth::AuthMode;
+use super::auth::{AuthMode, JwtConfig};
+use super::keys::{Key, SECRET, keys_of};
+use super::logging::LogFormat;
+use super::sources::{Layer, Sources};
 use super::state::{AppConfig, ClientPublish, SlowConsumer};
 use crate::cluster::{self, Auth, ClusterConfig, Upstream};
 
 use clarion_pubsub::{HubConfig, MAX_REACTORS};
 
-/// A configured secret (JWT key, API key): used as a `str`, never shown by `Debug`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
+/// A configured secret (JWT key, API key, a URL with a password): used as a `str`, never shown
+/// by `Debug`. A key of this type may also be read from a file (`<key>_file`, see
+/// [`super::sources`]): it asks serde for the newtype [`SECRET`], which is how the key list
+/// knows it.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Secret, D::Error> {
+        struct Text;
+        impl<'de> serde::de::Visitor<'de> for Text {
+            type Value = Secret;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_newtype_struct<D: serde::Deserializer<'de>>(
+                self,
+                de: D,
+            ) -> Result<Secret, D::Error> {
+                String::deserialize(de).map(Secret)
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Secret, E> {
+                Ok(Secret(text.to_owned()))
+            }
+        }
+        de.deserialize_newtype_struct(SECRET, Text)
+    }
+}
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -76,11 +109,15 @@ pub enum CompressionChoice {
     PerConnection,
 }
 
-/// `clarion serve` flags; each overrides the config file's key of the same name.
+/// `clarion serve` flags, which are also the config keys: each flag overrides its
+/// `CLARION_<KEY>` variable, which overrides the config file's key of the same name.
 #[derive(Args, Debug, Default, Deserialize, Clone)]
+#[group(skip)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// TOML config file (keys as these flags, with `_` for `-`).
+    /// TOML config file (keys as these flags, with `_` for `-`) [env: CLARION_CONFIG]. Every
+    /// key can also be set as `CLARION_<KEY>` (`CLARION_CLUSTER__REDIS` for `[cluster] redis`):
+    /// flags win over the environment, which wins over the file.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -185,18 +222,59 @@ pub struct Settings {
     #[arg(long, value_name = "BYTES")]
     pub read_buffer_size: Option<usize>,
 
-    /// Whether /t/ and /ws need an HS256 JWT (in ?token= or Authorization: Bearer)
-    /// [default: none].
+    /// Whether /t/ and /ws need a JWT (in ?token= or Authorization: Bearer) [default: none].
     #[arg(long, value_enum)]
     pub auth: Option<AuthMode>,
 
-    /// The HS256 secret of `auth = jwt` (prefer the config file: flags show in `ps`).
+    /// HS256: the shared secret of `auth = jwt`, at least 32 bytes (flags show in `ps`: prefer
+    /// --jwt-secret-file or CLARION_JWT_SECRET_FILE).
     #[arg(long, value_name = "SECRET")]
     pub jwt_secret: Option<Secret>,
 
+    /// A file holding the JWT secret (trailing newlines trimmed), re-read on SIGHUP.
+    #[arg(long, value_name = "FILE", conflicts_with = "jwt_secret")]
+    #[serde(skip)]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// RS256 or ES256 (from the key's type): a PEM file with the token signer's public key
+    /// (RSA of 2048 bits or more, or EC P-256), instead of jwt_secret; re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Accepted `aud` values, comma-separated; when set, tokens need one [default: not checked].
+    #[arg(long, value_name = "AUD", value_delimiter = ',')]
+    pub jwt_audience: Option<Vec<String>>,
+
+    /// Accepted `iss` values, comma-separated; when set, tokens need one [default: not checked].
+    #[arg(long, value_name = "ISS", value_delimiter = ',')]
+    pub jwt_issuer: Option<Vec<String>>,
+
+    /// Clock skew allowed on `exp` and `nbf`, in whole seconds; a connection is closed with
+    /// 4001 once its token's `exp` plus this has passed [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub jwt_leeway: Option<Duration>,
+
+    /// Shortest application heartbeat interval a /ws client may ask for (`hello`), 1s to 255s
+    /// [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub heartbeat_min: Option<Duration>,
+
+    /// Longest application heartbeat interval, 1s to 255s [default: 120s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub heartbeat_max: Option<Duration>,
+
     /// Bearer key of the HTTP publish API; unset leaves the API open (a warning is logged).
+    /// Flags show in `ps`: prefer --api-key-file or CLARION_API_KEY_FILE.
     #[arg(long, value_name = "KEY")]
     pub api_key: Option<Secret>,
+
+    /// A file holding the API key (trailing newlines trimmed), re-read on SIGHUP.
+    #[arg(long, value_name = "FILE", conflicts_with = "api_key")]
+    #[serde(skip)]
+    pub api_key_file: Option<PathBuf>,
 
     /// Origins allowed to open /t/ and /ws, comma-separated `scheme://host[:port]`; requests
     /// without an Origin header always pass [default: any].
@@ -212,7 +290,8 @@ pub struct Settings {
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
-    /// Most open WebSockets per client IP, refused with 429 beyond; 0 = no limit; epoll only
+    /// Most open WebSockets per client IP, refused with 429 beyond; 0 = no limit. Both
+    /// backends (on io_uring a non-zero cap makes accepts carry the peer's address)
     /// [default: 0].
     #[arg(long, value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
@@ -280,36 +359,48 @@ pub struct Settings {
 
     /// Join the cluster on this Redis (e.g. redis://127.0.0.1:6379): topics, `seq`s, history and
     /// presence are shared with every node on it. Unset: a self-contained node. In the config
-    /// file: `redis` in the `[cluster]` table, where `sentinels` or `redis_cluster` can name
-    /// Redis instead (this flag replaces them).
+    /// file: `redis` in the `[cluster]` table (or `redis_file`, for a URL with a password),
+    /// which wins over `sentinels` and `redis_cluster`, the other ways to name Redis.
     #[arg(long, value_name = "URL")]
     #[serde(skip)]
     pub redis: Option<String>,
+
+    /// What to log: a level (error, warn, info, debug, trace) or `tracing` filter directives
+    /// such as `info,clarion::server=debug`; RUST_LOG is read when CLARION_LOG_LEVEL is not
+    /// set. Applied again on SIGHUP [default: info].
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    /// Log lines as plain text or one JSON object each [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
 
     /// The config file's `[cluster]` table.
     #[arg(skip)]
     pub cluster: Option<ClusterSettings>,
 }
 
-/// The `[cluster]` table of the config file: where Redis is (one of `redis`, `sentinels` with
-/// `master_name`, `redis_cluster`), and how the node uses it.
+/// The `[cluster]` table of the config file: where Redis is (`redis`, or `sentinels` with
+/// `master_name`, or `redis_cluster`), and how the node uses it.
 #[derive(Debug, Default, Deserialize, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSettings {
-    /// The Redis URL (the `--redis` flag wins over it, and over the other two).
-    pub redis: Option<String>,
-    /// Redis Sentinel addresses (`host:port`, or `redis://` URLs with the sentinel's own
-    /// credentials): the node uses the master they know as `master_name`, and follows failovers.
+    /// The Redis URL (the `--redis` flag wins over it). A secret: it may hold a password. Set,
+    /// it wins over `sentinels` and `redis_cluster`.
+    pub redis: Option<Secret>,
+    /// Redis Sentinel addresses (`host:port`): the node uses the master they know as
+    /// `master_name`, and follows failovers.
     pub sentinels: Option<Vec<String>>,
     /// The name the sentinels monitor the master under.
     pub master_name: Option<String>,
-    /// Redis Cluster nodes to read the slot map from (`host:port` or `redis://` URLs).
+    /// Redis Cluster nodes (`host:port`) to read the slot map from.
     pub redis_cluster: Option<Vec<String>>,
-    /// ACL user for the servers found through `sentinels` or `redis_cluster`.
+    /// ACL user for the Redis servers named by `sentinels` or `redis_cluster`.
     pub username: Option<String>,
-    /// Password for the servers found through `sentinels` or `redis_cluster` (and the listed
-    /// `redis_cluster` nodes without their own).
+    /// Password for the Redis servers named by `sentinels` or `redis_cluster`.
     pub password: Option<Secret>,
+    /// Password for the sentinels themselves.
+    pub sentinel_password: Option<Secret>,
     /// Replicas that must acknowledge a publish (`WAIT`) before the node lets go of it
     /// [default: 0].
     pub min_replicas_ack: Option<u32>,
@@ -323,16 +414,10 @@ pub struct ClusterSettings {
 }
 
 impl ClusterSettings {
-    /// What is wrong with the way the table names Redis, if anything (`flag`: `--redis` was
-    /// given, which replaces it).
-    fn conflict(&self, flag: bool) -> Option<&'static str> {
-        let named = [
-            self.redis.is_some(),
-            self.sentinels.is_some(),
-            self.redis_cluster.is_some(),
-        ];
-        if !flag && named.iter().filter(|&&set| set).count() > 1 {
-            return Some("[cluster] names Redis once: redis, sentinels or redis_cluster");
+    /// What is wrong with the way the table names Redis, if anything.
+    fn conflict(&self) -> Option<&'static str> {
+        if self.sentinels.is_some() && self.redis_cluster.is_some() {
+            return Some("[cluster] sentinels and redis_cluster name Redis twice: keep one");
         }
         if self.master_name.is_some() != self.sentinels.is_some() {
             return Some("[cluster] sentinels and master_name go together");
@@ -341,88 +426,51 @@ impl ClusterSettings {
     }
 }
 
+/// Every config key, read off [`Settings`] once (see [`super::keys`]).
+pub fn keys() -> &'static [Key] {
+    static KEYS: LazyLock<Vec<Key>> = LazyLock::new(keys_of::<Settings>);
+    &KEYS
+}
+
+/// The flags of `clarion serve`, as a command of their own (for tests and tools).
+pub fn command() -> clap::Command {
+    Settings::augment_args(clap::Command::new("serve"))
+}
+
+/// Settings read from their sources, and the merged keys they came from.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The settings, validated.
+    pub settings: Settings,
+    /// The merged keys (secrets read from their files), to compare on reload.
+    pub layer: Layer,
+    /// Environment variables ignored, to log once logging is set up.
+    pub warnings: Vec<String>,
+}
+
 impl Settings {
-    /// The flags, over the config file they name (if any).
-    pub fn resolve(flags: Settings) -> Result<Settings, String> {
-        let Some(path) = flags.config.clone() else {
-            return Self::validated(flags);
-        };
-        let file = Self::from_file(&path)?;
-        Self::validated(flags.over(file))
-    }
-
-    /// Reads a TOML config file.
-    pub fn from_file(path: &Path) -> Result<Settings, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))
-    }
-
-    /// `self`'s values where set, else `base`'s.
-    fn over(self, base: Settings) -> Settings {
-        macro_rules! pick {
-            ($($field:ident),*) => { Settings { config: self.config, $($field: self.$field.or(base.$field)),* } };
-        }
-        pick!(
-            listen,
-            io,
-            uring_files,
-            uring_buffers,
-            uring_buffer_size,
-            threads,
-            no_pin,
-            private_fd_table,
-            backlog,
-            max_connections_per_reactor,
-            max_frame_size,
-            max_message_size,
-            max_head_size,
-            max_headers,
-            max_body_size,
-            handshake_timeout,
-            ping_interval,
-            pong_timeout,
-            idle_timeout,
-            close_timeout,
-            drain_timeout,
-            read_buffer_size,
-            auth,
-            jwt_secret,
-            api_key,
-            allowed_origins,
-            client_publish,
-            max_connections,
-            max_connections_per_ip,
-            max_topics_per_connection,
-            max_topic_length,
-            max_topics,
-            max_queued_bytes,
-            slow_consumer,
-            history_size,
-            history_max_bytes,
-            history_max_age,
-            history_total_bytes,
-            redis,
-            cluster,
-            compression,
-            compression_level,
-            compression_window_bits,
-            compression_threshold,
-            compression_max_windows
-        )
+    /// Reads `sources` with the environment `vars`, merges and validates them.
+    pub fn load(
+        sources: &Sources,
+        vars: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> Result<Loaded, String> {
+        let (layer, warnings) = sources.read(keys(), vars)?;
+        let settings = Self::validated(layer.deserialize(keys())?)?;
+        Ok(Loaded {
+            settings,
+            layer,
+            warnings,
+        })
     }
 
     fn validated(settings: Settings) -> Result<Settings, String> {
+        let bad_log_level = super::logging::filter(&settings.log_level()).is_err();
         let config = settings.reactor_config();
         let p = &config.protocol;
         let app = settings.app_config();
         let checks = [
             (config.threads == 0, "threads must be at least 1"),
             (config.threads > MAX_REACTORS, "threads must be at most 64"),
-            (
-                app.auth == AuthMode::Jwt && app.jwt_secret.as_deref().is_none_or(str::is_empty),
-                "auth = jwt needs a jwt_secret",
-            ),
             (
                 app.auth == AuthMode::None && app.client_publish == ClientPublish::Token,
                 "client_publish = token needs auth = jwt",
@@ -482,6 +530,10 @@ impl Settings {
                 "cluster heartbeat must be above 0",
             ),
             (
+                bad_log_level,
+                "log_level is not a valid filter (e.g. info or info,clarion=debug)",
+            ),
+            (
                 config.compression.level > 9,
                 "compression_level must be 0 to 9",
             ),
@@ -493,15 +545,23 @@ impl Settings {
         if let Some((_, message)) = checks.iter().find(|(bad, _)| *bad) {
             return Err((*message).to_owned());
         }
-        if let Some(table) = &settings.cluster
-            && let Some(conflict) = table.conflict(settings.redis.is_some())
+        if let Some(conflict) = settings
+            .cluster
+            .as_ref()
+            .and_then(ClusterSettings::conflict)
         {
             return Err(conflict.to_owned());
         }
         if let Some(cluster) = &app.cluster {
             cluster::check(cluster)?;
         }
+        app.check()?;
         Ok(settings)
+    }
+
+    /// The log filter (default `info`).
+    pub fn log_level(&self) -> String {
+        self.log_level.clone().unwrap_or_else(|| "info".to_owned())
     }
 
     /// The push server's configuration these settings describe (defaults where unset).
@@ -511,7 +571,15 @@ impl Settings {
         let auth = self.auth.unwrap_or(d.auth);
         AppConfig {
             auth,
-            jwt_secret: self.jwt_secret.clone(),
+            jwt: JwtConfig {
+                secret: self.jwt_secret.clone(),
+                public_key: self.jwt_public_key.clone(),
+                audience: self.jwt_audience.clone().unwrap_or_default(),
+                issuer: self.jwt_issuer.clone().unwrap_or_default(),
+                leeway: self.jwt_leeway.unwrap_or(d.jwt.leeway),
+            },
+            heartbeat_min: self.heartbeat_min.unwrap_or(d.heartbeat_min),
+            heartbeat_max: self.heartbeat_max.unwrap_or(d.heartbeat_max),
             api_key: self.api_key.clone(),
             allowed_origins: self.allowed_origins.clone().unwrap_or_default(),
             client_publish: self.client_publish.unwrap_or(match auth {
@@ -560,7 +628,11 @@ impl Settings {
     /// `sentinels` or `redis_cluster`).
     fn cluster_config(&self) -> Option<ClusterConfig> {
         let table = self.cluster.clone().unwrap_or_default();
-        let upstream = match (self.redis.clone().or(table.redis), table.sentinels) {
+        let redis = self
+            .redis
+            .clone()
+            .or_else(|| table.redis.map(|url| String::from(&*url)));
+        let upstream = match (redis, table.sentinels) {
             (Some(url), _) => Upstream::Redis(url),
             (None, Some(sentinels)) => Upstream::Sentinel {
                 sentinels,
@@ -568,12 +640,14 @@ impl Settings {
             },
             (None, None) => Upstream::Cluster(table.redis_cluster?),
         };
+        let text = |secret: Option<Secret>| secret.map(|s| String::from(&*s));
         let d = ClusterConfig::default();
         Some(ClusterConfig {
             upstream,
             auth: Auth {
                 username: table.username,
-                password: table.password.map(|p| p.0),
+                password: text(table.password),
+                sentinel_password: text(table.sentinel_password),
             },
             buffer_bytes: table.buffer_bytes.unwrap_or(d.buffer_bytes),
             heartbeat: table.heartbeat.unwrap_or(d.heartbeat),
@@ -646,33 +720,227 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::sources::scratch_dir;
+    use std::path::Path;
+
+    /// `clarion serve ARGS` in an environment of `env` only.
+    fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Loaded, String> {
+        let matches = command()
+            .try_get_matches_from(std::iter::once("serve").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        let vars = || {
+            env.iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+        };
+        let sources = Sources::new(keys(), &matches, vars())?;
+        Settings::load(&sources, vars())
+    }
+
+    fn example(name: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("config")
+            .join(name);
+        path.to_str().unwrap().to_owned()
+    }
 
     #[test]
-    fn flags_override_the_file_which_overrides_defaults() {
-        let file: Settings = toml::from_str(
-            "threads = 3\nping_interval = \"0\"\nmax_frame_size = 1000\nlisten = \"0.0.0.0:80\"",
+    fn flags_override_the_environment_which_overrides_the_file() {
+        let file = scratch_dir("precedence").join("clarion.toml");
+        std::fs::write(
+            &file,
+            "threads = 3\nping_interval = \"0\"\nmax_frame_size = 1000\nlisten = \"0.0.0.0:80\"\n\
+             backlog = 7\n",
         )
         .unwrap();
-        let flags = Settings {
-            threads: Some(5),
-            ..Settings::default()
-        };
-        let config = flags.over(file).reactor_config();
-        assert_eq!(config.threads, 5);
-        assert_eq!(config.listen, "0.0.0.0:80".parse().unwrap());
+        let file = file.to_str().unwrap();
+        let env = [
+            ("CLARION_THREADS", "4"),
+            ("CLARION_BACKLOG", "8"),
+            ("CLARION_MAX_HEADERS", "10"),
+        ];
+        let loaded = load(&["--config", file, "--threads", "5"], &env).unwrap();
+        let config = loaded.settings.reactor_config();
+        assert_eq!(
+            config.threads, 5,
+            "the flag wins over the environment and the file"
+        );
+        assert_eq!(config.backlog, 8, "the environment wins over the file");
+        assert_eq!(
+            config.protocol.max_headers, 10,
+            "the environment over a default"
+        );
+        assert_eq!(
+            config.listen,
+            "0.0.0.0:80".parse().unwrap(),
+            "the file over a default"
+        );
         assert_eq!(config.protocol.max_frame_size, 1000);
         assert_eq!(config.protocol.ping_interval, None);
         assert_eq!(config.protocol.close_timeout, Duration::from_secs(5));
+        assert_eq!(loaded.layer.origin("threads"), Some("--threads"));
+        assert_eq!(loaded.layer.origin("backlog"), Some("CLARION_BACKLOG"));
+        // CLARION_CONFIG names the file when --config does not.
+        let loaded = load(&[], &[("CLARION_CONFIG", file)]).unwrap();
+        assert_eq!(loaded.settings.reactor_config().threads, 3);
+    }
+
+    #[test]
+    fn every_kind_of_value_comes_from_the_environment() {
+        let loaded = load(
+            &[],
+            &[
+                ("CLARION_LISTEN", "127.0.0.1:7000"),
+                ("CLARION_IO", "epoll"),
+                ("CLARION_NO_PIN", "true"),
+                ("CLARION_IDLE_TIMEOUT", "2m"),
+                (
+                    "CLARION_ALLOWED_ORIGINS",
+                    "https://a.example, https://b.example",
+                ),
+                ("CLARION_SLOW_CONSUMER", "drop"),
+                ("CLARION_COMPRESSION", "per-connection"),
+                ("CLARION_CLUSTER__REDIS", "redis://127.0.0.1:7001"),
+                ("CLARION_CLUSTER__HEARTBEAT", "2s"),
+                ("CLARION_API_KEY", "k"),
+                ("CLARION_LOG_FORMAT", "json"),
+                ("CLARION_LOG_LEVEL", "debug"),
+            ],
+        )
+        .unwrap();
+        let (config, app) = (
+            loaded.settings.reactor_config(),
+            loaded.settings.app_config(),
+        );
+        assert_eq!(config.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(config.io, clarion_engine::Io::Epoll);
+        assert!(!config.pin_threads);
+        assert_eq!(config.protocol.idle_timeout, Some(Duration::from_secs(120)));
+        assert_eq!(
+            app.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert_eq!(app.slow_consumer, SlowConsumer::Drop);
+        assert_eq!(
+            config.compression.policy,
+            clarion_engine::Policy::PerConnection
+        );
+        let cluster = app.cluster.unwrap();
+        assert_eq!(
+            cluster.upstream,
+            Upstream::Redis("redis://127.0.0.1:7001".into())
+        );
+        assert_eq!(cluster.heartbeat, Duration::from_secs(2));
+        assert_eq!(app.api_key.as_deref(), Some("k"));
+        assert_eq!(loaded.settings.log_format, Some(LogFormat::Json));
+        assert_eq!(loaded.settings.log_level(), "debug");
+        // RUST_LOG stands in for CLARION_LOG_LEVEL, below it.
+        let rust_log = load(&[], &[("RUST_LOG", "warn")]).unwrap();
+        assert_eq!(rust_log.settings.log_level(), "warn");
+        let both = load(&[], &[("RUST_LOG", "warn"), ("CLARION_LOG_LEVEL", "error")]);
+        assert_eq!(both.unwrap().settings.log_level(), "error");
+    }
+
+    #[test]
+    fn bad_values_name_their_source() {
+        let error = |args: &[&str], env: &[(&str, &str)]| load(args, env).unwrap_err();
+        assert_eq!(
+            error(&[], &[("CLARION_THREADS", "x")]),
+            "CLARION_THREADS: expected an integer, found \"x\""
+        );
+        let timeout = error(&[], &[("CLARION_IDLE_TIMEOUT", "soon")]);
+        assert!(
+            timeout.starts_with("CLARION_IDLE_TIMEOUT: invalid idle_timeout"),
+            "{timeout}"
+        );
+        let io = error(&[], &[("CLARION_IO", "kqueue")]);
+        assert!(io.starts_with("CLARION_IO: invalid io"), "{io}");
+        let negative = error(&[], &[("CLARION_BACKLOG", "-1")]);
+        assert!(negative.contains("backlog"), "{negative}");
+        assert_eq!(
+            error(&[], &[("CLARION_THREADS", "0")]),
+            "threads must be at least 1"
+        );
+        assert!(error(&["--log-level", "clarion=loud"], &[]).starts_with("log_level"));
+        let file = scratch_dir("bad-values").join("clarion.toml");
+        std::fs::write(&file, "max_topics = \"many\"\n").unwrap();
+        let path = file.to_str().unwrap();
+        let typed = error(&["--config", path], &[]);
+        assert!(
+            typed.starts_with(&format!("{path}: invalid max_topics")),
+            "{typed}"
+        );
+        // A variable that names no setting is ignored, with a warning.
+        let loaded = load(&[], &[("CLARION_MAX_CONECTIONS", "5")]).unwrap();
+        assert_eq!(loaded.settings.app_config().max_connections, 0);
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    }
+
+    #[test]
+    fn secrets_come_from_files_named_anywhere() {
+        let dir = scratch_dir("secret-files");
+        let (jwt, key) = (dir.join("jwt"), dir.join("key"));
+        std::fs::write(&jwt, "swordfish, a secret of 32 bytes or more\n").unwrap();
+        std::fs::write(&key, "hunter2\r\n").unwrap();
+        let (jwt, key) = (jwt.to_str().unwrap(), key.to_str().unwrap());
+        let loaded = load(
+            &["--auth", "jwt", "--jwt-secret-file", jwt],
+            &[("CLARION_API_KEY_FILE", key)],
+        )
+        .unwrap();
+        let app = loaded.settings.app_config();
+        let secret = app.jwt.secret.as_deref();
+        assert_eq!(secret, Some("swordfish, a secret of 32 bytes or more"));
+        assert_eq!(app.api_key.as_deref(), Some("hunter2"));
+
+        let file = dir.join("clarion.toml");
+        std::fs::write(
+            &file,
+            format!("api_key = \"in the file\"\njwt_secret_file = {jwt:?}\n"),
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+        let loaded = load(&["--config", file], &[("CLARION_API_KEY_FILE", key)]).unwrap();
+        let app = loaded.settings.app_config();
+        let secret = app.jwt.secret.as_deref();
+        assert_eq!(secret, Some("swordfish, a secret of 32 bytes or more"));
+        assert_eq!(
+            app.api_key.as_deref(),
+            Some("hunter2"),
+            "the environment's file wins over the config file's value"
+        );
+
+        let missing = load(&[], &[("CLARION_API_KEY_FILE", "/nonexistent/key")]).unwrap_err();
+        assert!(
+            missing.starts_with("CLARION_API_KEY_FILE: cannot read api_key_file /nonexistent/key"),
+            "{missing}"
+        );
+        let both = load(&["--api-key", "x", "--api-key-file", key], &[]).unwrap_err();
+        assert!(both.contains("cannot be used with"), "{both}");
+    }
+
+    #[test]
+    fn every_flag_is_a_key_or_names_a_secret_file() {
+        for arg in command().get_arguments() {
+            let id = arg.get_id().as_str();
+            let path = match id {
+                "config" => continue,
+                "redis" => "cluster.redis",
+                id => id,
+            };
+            let known = keys().iter().any(|key| {
+                key.path == path
+                    || (key.secret
+                        && path.strip_suffix(super::super::keys::FILE_SUFFIX) == Some(&key.path))
+            });
+            assert!(known, "--{id} sets no key");
+        }
     }
 
     #[test]
     fn the_shipped_example_is_valid_and_matches_the_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/clarion.toml");
-        let example = Settings::resolve(Settings {
-            config: Some(path),
-            ..Settings::default()
-        })
-        .unwrap();
+        let example = load(&["--config", &example("clarion.toml")], &[])
+            .unwrap()
+            .settings;
         let mut config = example.reactor_config();
         let defaults = clarion_engine::Config::default();
         // Host-dependent defaults: the core count and the fd limit.
@@ -680,64 +948,64 @@ mod tests {
         config.uring.files = defaults.uring.files;
         assert_eq!(format!("{config:?}"), format!("{defaults:?}"));
         assert_eq!(example.app_config(), AppConfig::default());
+        assert_eq!(example.log_level(), "info");
+        assert_eq!(example.log_format, Some(LogFormat::default()));
+        // The [cluster] table's values, used once a Redis URL is set.
+        let table = example.cluster.unwrap();
+        let cluster = ClusterConfig::default();
+        assert_eq!(table.buffer_bytes, Some(cluster.buffer_bytes));
+        assert_eq!(table.heartbeat, Some(cluster.heartbeat));
+        assert_eq!(table.min_replicas_ack, Some(cluster.min_replicas_ack));
     }
 
     #[test]
     fn secrets_never_show_in_debug_output() {
-        let settings: Settings =
-            toml::from_str("api_key = \"hunter2\"\njwt_secret = \"swordfish\"").unwrap();
-        let shown = format!("{settings:?} {:?}", settings.app_config());
-        assert!(
-            !shown.contains("hunter2") && !shown.contains("swordfish"),
-            "{shown}"
-        );
+        let settings: Settings = toml::from_str(
+            "api_key = \"hunter2\"\njwt_secret = \"swordfish\"\n[cluster]\nredis = \"redis://:pw@h\"",
+        )
+        .unwrap();
+        let shown = format!("{settings:?} {:?}", settings.app_config().jwt);
+        for secret in ["hunter2", "swordfish", "redis://:pw@h"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
         assert_eq!(settings.api_key.as_deref(), Some("hunter2"));
     }
 
     #[test]
     fn bad_files_and_values_are_reported() {
-        assert!(
-            toml::from_str::<Settings>("thread = 3")
-                .unwrap_err()
-                .to_string()
-                .contains("unknown field")
-        );
+        let unknown = scratch_dir("unknown-key").join("clarion.toml");
+        std::fs::write(&unknown, "thread = 3\n").unwrap();
+        let error = load(&["--config", unknown.to_str().unwrap()], &[]).unwrap_err();
+        assert!(error.ends_with("unknown key thread"), "{error}");
         assert!(toml::from_str::<Settings>("close_timeout = \"soon\"").is_err());
-        let zero = Settings {
-            threads: Some(0),
-            ..Settings::default()
-        };
         assert_eq!(
-            Settings::resolve(zero).unwrap_err(),
+            load(&["--threads", "0"], &[]).unwrap_err(),
             "threads must be at least 1"
         );
-        let missing = Settings {
-            config: Some("/nonexistent.toml".into()),
-            ..Settings::default()
-        };
-        assert!(
-            Settings::resolve(missing)
-                .unwrap_err()
-                .contains("cannot read")
-        );
-        let jwt = Settings {
-            auth: Some(AuthMode::Jwt),
-            ..Settings::default()
-        };
+        let missing = load(&["--config", "/nonexistent.toml"], &[]).unwrap_err();
+        assert!(missing.contains("cannot read"), "{missing}");
         assert_eq!(
-            Settings::resolve(jwt).unwrap_err(),
-            "auth = jwt needs a jwt_secret"
+            load(&["--auth", "jwt"], &[]).unwrap_err(),
+            "auth = jwt needs a jwt_secret or a jwt_public_key"
         );
         assert!(toml::from_str::<Settings>("slow_consumer = \"maybe\"").is_err());
     }
 
     #[test]
     fn cluster_comes_from_the_table_or_the_flag() {
-        let file: Settings = toml::from_str(
+        let file = scratch_dir("cluster").join("clarion.toml");
+        std::fs::write(
+            &file,
             "[cluster]\nredis = \"redis://10.0.0.1:6379\"\nbuffer_bytes = 1000\nheartbeat = \"2s\"",
         )
         .unwrap();
-        let cluster = file.app_config().cluster.unwrap();
+        let file = file.to_str().unwrap();
+        let cluster = load(&["--config", file], &[])
+            .unwrap()
+            .settings
+            .app_config()
+            .cluster;
+        let cluster = cluster.unwrap();
         assert_eq!(
             cluster.upstream,
             Upstream::Redis("redis://10.0.0.1:6379".into())
@@ -745,23 +1013,19 @@ mod tests {
         assert_eq!(cluster.buffer_bytes, 1000);
         assert_eq!(cluster.heartbeat, Duration::from_secs(2));
         assert_eq!(cluster.min_replicas_ack, 0);
-        let flags = Settings {
-            redis: Some("redis://127.0.0.1:7000".into()),
-            ..Settings::default()
-        };
-        let merged = flags.over(file).app_config().cluster.unwrap();
+        let flagged = load(
+            &["--config", file, "--redis", "redis://127.0.0.1:7000"],
+            &[],
+        );
+        let merged = flagged.unwrap().settings.app_config().cluster.unwrap();
         assert_eq!(
             merged.upstream,
             Upstream::Redis("redis://127.0.0.1:7000".into())
         );
         assert_eq!(merged.buffer_bytes, 1000);
         assert_eq!(Settings::default().app_config().cluster, None);
-        let bad = Settings {
-            redis: Some("http://nope".into()),
-            ..Settings::default()
-        };
         assert!(
-            Settings::resolve(bad)
+            load(&["--redis", "http://nope"], &[])
                 .unwrap_err()
                 .contains("invalid redis URL")
         );
@@ -769,17 +1033,17 @@ mod tests {
     }
 
     #[test]
-    fn cluster_names_sentinels_or_redis_cluster_once() {
-        let sentinel: Settings = toml::from_str(
+    fn cluster_names_sentinels_or_redis_cluster() {
+        let file = scratch_dir("sentinels").join("clarion.toml");
+        std::fs::write(
+            &file,
             "[cluster]\nsentinels = [\"10.0.0.1:26379\", \"10.0.0.2:26379\"]\n\
              master_name = \"main\"\npassword = \"pw\"\nmin_replicas_ack = 1",
         )
         .unwrap();
-        let cluster = Settings::validated(sentinel)
-            .unwrap()
-            .app_config()
-            .cluster
-            .unwrap();
+        let file = file.to_str().unwrap();
+        let loaded = load(&["--config", file], &[]).unwrap().settings;
+        let cluster = loaded.app_config().cluster.unwrap();
         assert_eq!(
             cluster.upstream,
             Upstream::Sentinel {
@@ -790,19 +1054,28 @@ mod tests {
         assert_eq!(cluster.auth.password.as_deref(), Some("pw"));
         assert_eq!(cluster.min_replicas_ack, 1);
         assert!(
-            !format!("{cluster:?}").contains("pw"),
-            "the password is not shown"
+            !format!("{loaded:?} {cluster:?}").contains("pw"),
+            "never shown"
         );
-        let sharded: Settings =
-            toml::from_str("[cluster]\nredis_cluster = [\"10.0.0.1:7000\"]").unwrap();
+        // From the environment, a list is comma-separated; --redis wins over the table.
+        let env = [(
+            "CLARION_CLUSTER__REDIS_CLUSTER",
+            "10.0.0.1:7000,10.0.0.2:7000",
+        )];
+        let sharded = load(&[], &env).unwrap().settings.app_config().cluster;
         assert_eq!(
-            sharded.app_config().cluster.unwrap().upstream,
-            Upstream::Cluster(vec!["10.0.0.1:7000".into()])
+            sharded.unwrap().upstream,
+            Upstream::Cluster(vec!["10.0.0.1:7000".into(), "10.0.0.2:7000".into()])
+        );
+        let flagged = load(&["--config", file, "--redis", "redis://h:1"], &[]).unwrap();
+        assert_eq!(
+            flagged.settings.app_config().cluster.unwrap().upstream,
+            Upstream::Redis("redis://h:1".into())
         );
         for (bad, error) in [
             (
-                "redis = \"redis://h\"\nredis_cluster = [\"h:1\"]",
-                "names Redis once",
+                "sentinels = [\"h:1\"]\nmaster_name = \"m\"\nredis_cluster = [\"h:1\"]",
+                "name Redis twice",
             ),
             ("sentinels = [\"h:1\"]", "go together"),
             (
@@ -815,32 +1088,67 @@ mod tests {
             ),
             ("redis_cluster = []", "redis_cluster is empty"),
             ("redis_cluster = [\"h:x\"]", "invalid redis_cluster entry"),
+            ("redis_cluster = [\"redis://:pw@h:1\"]", "host:port"),
         ] {
-            let settings: Settings = toml::from_str(&format!("[cluster]\n{bad}")).unwrap();
-            let message = Settings::validated(settings).unwrap_err();
+            let path = scratch_dir("bad-cluster").join("clarion.toml");
+            std::fs::write(&path, format!("[cluster]\n{bad}")).unwrap();
+            let message = load(&["--config", path.to_str().unwrap()], &[]).unwrap_err();
             assert!(message.contains(error), "{bad}: {message}");
         }
-        // The flag replaces whatever the table names.
-        let table: Settings =
-            toml::from_str("[cluster]\nredis_cluster = [\"h:1\"]\nredis = \"redis://x\"").unwrap();
-        let flags = Settings {
-            redis: Some("redis://127.0.0.1:7000".into()),
-            ..Settings::default()
-        };
-        assert!(Settings::validated(flags.over(table)).is_ok());
     }
 
     #[test]
     fn the_cluster_examples_are_valid() {
         for node in ["a", "b"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join(format!("config/cluster-node-{node}.toml"));
-            let settings = Settings::resolve(Settings {
-                config: Some(path),
-                ..Settings::default()
-            })
-            .unwrap();
+            let path = example(&format!("cluster-node-{node}.toml"));
+            let settings = load(&["--config", &path], &[]).unwrap().settings;
             assert!(settings.app_config().cluster.is_some());
+        }
+    }
+
+    #[test]
+    fn jwt_and_heartbeat_settings() {
+        let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt/es256-public.pem");
+        let file = scratch_dir("jwt-settings").join("clarion.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "auth = \"jwt\"\njwt_public_key = {key:?}\njwt_audience = [\"a\", \"b\"]\n\
+                 jwt_issuer = [\"i\"]\njwt_leeway = \"5s\"\nheartbeat_min = \"2s\"\n\
+                 heartbeat_max = \"30s\"\n"
+            ),
+        )
+        .unwrap();
+        let app = load(&["--config", file.to_str().unwrap()], &[])
+            .unwrap()
+            .settings
+            .app_config();
+        assert_eq!(app.jwt.public_key.as_deref(), Some(key.as_path()));
+        assert_eq!(app.jwt.audience, ["a", "b"]);
+        assert_eq!(app.jwt.issuer, ["i"]);
+        assert_eq!(app.jwt.leeway, Duration::from_secs(5));
+        assert_eq!(
+            (app.heartbeat(1), app.heartbeat(10), app.heartbeat(999)),
+            (2, 10, 30)
+        );
+        assert_eq!(app.heartbeat(0), 0);
+        let env = load(
+            &["--auth", "jwt", "--jwt-secret", &"k".repeat(32)],
+            &[("CLARION_JWT_AUDIENCE", "x,y"), ("CLARION_JWT_LEEWAY", "0")],
+        )
+        .unwrap()
+        .settings
+        .app_config();
+        assert_eq!(env.jwt.audience, ["x", "y"]);
+        assert_eq!(env.jwt.leeway, Duration::ZERO);
+        let short = load(&["--auth", "jwt", "--jwt-secret", "short"], &[]).unwrap_err();
+        assert!(
+            short.starts_with("jwt_secret must be at least 32 bytes"),
+            "{short}"
+        );
+        for (min, max) in [("0", "10s"), ("10s", "5s"), ("1s", "256s")] {
+            let bad = load(&["--heartbeat-min", min, "--heartbeat-max", max], &[]);
+            assert!(bad.unwrap_err().starts_with("heartbeat_min"), "{min} {max}");
         }
     }
 
@@ -854,10 +1162,6 @@ mod tests {
             Settings::default().app_config().client_publish,
             ClientPublish::All
         );
-        let token_without_auth = Settings {
-            client_publish: Some(ClientPublish::Token),
-            ..Settings::default()
-        };
-        assert!(Settings::resolve(token_without_auth).is_err());
+        assert!(load(&["--client-publish", "token"], &[]).is_err());
     }
 }

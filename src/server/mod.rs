@@ -9,25 +9,45 @@ pub mod config;
 pub mod envelope;
 pub mod host;
 pub mod http;
+pub mod keys;
+pub mod live;
+pub mod logging;
 pub mod metrics;
+pub mod refusals;
+pub mod reload;
+pub mod sources;
 pub mod state;
+pub mod systemd;
 
 use std::io;
 use std::sync::{Arc, OnceLock};
 
-use auth::AuthMode;
 use clarion_engine::Runtime;
 use clarion_pubsub::MAX_REACTORS;
 pub use state::AppConfig;
 
+/// A started server: its reactors, and the state they share (what reloads and the service
+/// watchdog reach).
+pub struct Running {
+    /// The reactors.
+    pub runtime: Runtime,
+    /// Their shared state.
+    pub server: Arc<state::Server>,
+}
+
 /// Starts the server's reactors with the application settings `app`.
-pub fn start(mut config: clarion_engine::Config, app: AppConfig) -> io::Result<Runtime> {
+pub fn start(config: clarion_engine::Config, app: AppConfig) -> io::Result<Runtime> {
+    launch(config, app).map(|running| running.runtime)
+}
+
+/// [`start`], keeping a handle on the shared state.
+pub fn launch(mut config: clarion_engine::Config, app: AppConfig) -> io::Result<Running> {
     let invalid = |message: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, message));
     if config.threads > MAX_REACTORS {
         return invalid("the push server runs at most 64 reactors");
     }
-    if app.auth == AuthMode::Jwt && app.jwt_secret.as_deref().is_none_or(str::is_empty) {
-        return invalid("auth = jwt needs a jwt_secret");
+    if let Err(message) = app.check() {
+        return invalid(&message);
     }
     if let Some(cluster) = &app.cluster
         && let Err(message) = crate::cluster::check(cluster)
@@ -37,15 +57,23 @@ pub fn start(mut config: clarion_engine::Config, app: AppConfig) -> io::Result<R
     // Per-IP caps need each connection's address, which io_uring's multishot accept lacks.
     config.uring.peer_addresses |= app.max_connections_per_ip != 0;
     // The first reactor to start builds the shared state, from the inboxes the runtime made.
-    let server = OnceLock::new();
+    let built = Arc::new(OnceLock::new());
+    let server = built.clone();
     let runtime = Runtime::start(config, move |index, shared| {
-        // The URL was checked above: only spawning the bridge's threads can fail here.
+        // The URL and the token key were checked above: spawning the bridge's threads, or a
+        // key file changed since, is what can fail here.
         let server = server.get_or_init(|| state::Server::new(app.clone(), shared).map(Arc::new));
         let server = server
             .as_ref()
-            .map_err(|e| io::Error::other(format!("cannot start the cluster bridge: {e}")))?;
+            .map_err(|e| io::Error::other(format!("cannot start: {e}")))?;
         // `threads` was checked against the hub's limit above.
         app::App::new(server.clone(), index).map_err(|e| io::Error::other(e.to_string()))
     })?;
-    Ok(runtime)
+    // Every reactor has started, so the first one built the state.
+    let server = built
+        .get()
+        .and_then(|server| server.as_ref().ok())
+        .cloned()
+        .ok_or_else(|| io::Error::other("the reactors started without their shared state"))?;
+    Ok(Running { runtime, server })
 }

@@ -1,5 +1,9 @@
 //! What every reactor's handler shares: the application settings, the hub, the inboxes, the
 //! access rules and the counters. One [`Server`] per process, behind an `Arc`.
+//!
+//! The settings that may change while the server runs (SIGHUP) and the access rules built from
+//! them are one [`Live`] value, which each reactor reads through its own cached copy
+//! ([`super::live`]); the rest is fixed at start.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -9,9 +13,11 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::auth::{ApiKey, AuthMode, Jwt, Origins};
+use super::auth::{ApiKey, AuthMode, Jwt, JwtConfig, Origins};
 use super::config::Secret;
+use super::live::{Cached, Versioned};
 use super::metrics::{Histogram, LatencyHistogram, ReactorMetrics, Snapshot};
+use super::refusals::RefusalLog;
 use crate::cluster::{BufferFull, Cluster, ClusterConfig};
 use clarion_engine::{CompressionConfig, Mailboxes, Shared, Stats};
 use clarion_pubsub::{Epoch, Hub, HubConfig, Payload, Post};
@@ -47,8 +53,13 @@ pub enum SlowConsumer {
 pub struct AppConfig {
     /// Whether `/t/` and `/ws` need a token.
     pub auth: AuthMode,
-    /// The HS256 secret (required with [`AuthMode::Jwt`]).
-    pub jwt_secret: Option<Secret>,
+    /// How tokens are checked (a key is required with [`AuthMode::Jwt`]).
+    pub jwt: JwtConfig,
+    /// The shortest heartbeat interval an envelope client may ask for (whole seconds, at
+    /// least 1 s); shorter asks get this.
+    pub heartbeat_min: Duration,
+    /// The longest heartbeat interval (at most 255 s); longer asks get this.
+    pub heartbeat_max: Duration,
     /// Bearer key of the HTTP publish API; `None` leaves the API open.
     pub api_key: Option<Secret>,
     /// Allowed `Origin`s of `/t/` and `/ws`; empty allows all.
@@ -57,7 +68,7 @@ pub struct AppConfig {
     pub client_publish: ClientPublish,
     /// Most open WebSockets in the process; 0 = no limit.
     pub max_connections: usize,
-    /// Most open WebSockets per client IP; 0 = no limit (and not enforced on io_uring).
+    /// Most open WebSockets per client IP; 0 = no limit (both backends).
     pub max_connections_per_ip: usize,
     /// Most topics one connection subscribes to.
     pub max_topics_per_connection: usize,
@@ -80,7 +91,9 @@ impl Default for AppConfig {
     fn default() -> AppConfig {
         AppConfig {
             auth: AuthMode::None,
-            jwt_secret: None,
+            jwt: JwtConfig::default(),
+            heartbeat_min: Duration::from_secs(5),
+            heartbeat_max: Duration::from_secs(120),
             api_key: None,
             allowed_origins: Vec::new(),
             client_publish: ClientPublish::All,
@@ -94,6 +107,44 @@ impl Default for AppConfig {
             cluster: None,
             compression: CompressionConfig::default(),
         }
+    }
+}
+
+/// The longest heartbeat interval a connection can hold (its seconds fit a byte).
+pub const MAX_HEARTBEAT: Duration = Duration::from_secs(255);
+
+impl AppConfig {
+    /// Why these settings cannot be served, if they cannot (one line for the operator): the
+    /// heartbeat range, and with `auth = jwt` the token key (read and parsed here).
+    pub fn check(&self) -> Result<(), String> {
+        let (min, max) = (self.heartbeat_min, self.heartbeat_max);
+        if min < Duration::from_secs(1) || max > MAX_HEARTBEAT || min > max {
+            return Err(
+                "heartbeat_min and heartbeat_max must be 1s to 255s, heartbeat_min at most \
+                 heartbeat_max"
+                    .to_owned(),
+            );
+        }
+        self.verifier().map(drop)
+    }
+
+    /// The token verifier `auth` asks for: `None` with `auth = none`.
+    pub fn verifier(&self) -> Result<Option<Jwt>, String> {
+        match self.auth {
+            AuthMode::None => Ok(None),
+            AuthMode::Jwt => Jwt::new(&self.jwt).map(Some),
+        }
+    }
+
+    /// The heartbeat interval, in whole seconds, for a client that asked for `seconds`: 0 (off)
+    /// stays 0, anything else is brought within `heartbeat_min` to `heartbeat_max`.
+    pub fn heartbeat(&self, seconds: u64) -> u8 {
+        if seconds == 0 {
+            return 0;
+        }
+        let (min, max) = (self.heartbeat_min.as_secs(), self.heartbeat_max.as_secs());
+        // `check` keeps both within 1 to 255.
+        seconds.clamp(min, max).min(u64::from(u8::MAX)) as u8
     }
 }
 
@@ -116,6 +167,12 @@ pub struct Counters {
     pub drops: AtomicU64,
     /// Subscribers closed for a full queue (`close`).
     pub slow_consumer_closes: AtomicU64,
+    /// Connections closed because their token expired (4001).
+    pub token_expired_closes: AtomicU64,
+    /// Tokens swapped in by `refresh`.
+    pub token_refreshes: AtomicU64,
+    /// Application heartbeats sent.
+    pub heartbeats: AtomicU64,
     /// Local subscriptions (gauge).
     pub subscriptions: AtomicU64,
     /// Publish to queued-for-write, once per message per reactor.
@@ -157,10 +214,72 @@ impl std::fmt::Display for PublishError {
     }
 }
 
+/// The config keys a reload applies while the server runs ([`Server::reload`]); a change to
+/// any other key is logged as needing a restart. `max_connections_per_ip` applies between
+/// non-zero values: turning the cap on needs a restart (connections open before it were not
+/// counted, and io_uring accepts then start to carry addresses). Every reload reads the
+/// `jwt_public_key` file again, so a rotated key is picked up even under the same path.
+pub const RELOADABLE: &[&str] = &[
+    "auth",
+    "jwt_secret",
+    "jwt_public_key",
+    "jwt_audience",
+    "jwt_issuer",
+    "jwt_leeway",
+    "heartbeat_min",
+    "heartbeat_max",
+    "api_key",
+    "allowed_origins",
+    "client_publish",
+    "max_connections",
+    "max_connections_per_ip",
+    "max_topics_per_connection",
+    "max_topic_length",
+    "max_queued_bytes",
+    "slow_consumer",
+];
+
+/// The settings in force and the access rules built from them: replaced whole by a reload.
+pub struct Live {
+    /// The settings (those not in [`RELOADABLE`] as at start).
+    pub config: AppConfig,
+    /// Token verifier, with `auth = jwt`.
+    pub jwt: Option<Jwt>,
+    /// HTTP API key, when set.
+    pub api_key: Option<ApiKey>,
+    /// Origin allowlist.
+    pub origins: Origins,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The rest is built from the config, secrets included.
+        f.debug_struct("Live")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Live {
+    /// Fails only if `auth = jwt` has no usable key (settings are checked before they get
+    /// here, but a key file can change in between): never a server without its verifier.
+    fn new(config: AppConfig) -> Result<Live, String> {
+        Ok(Live {
+            jwt: config.verifier()?,
+            api_key: config
+                .api_key
+                .as_deref()
+                .and_then(|k| ApiKey::new(k.as_bytes())),
+            origins: Origins::new(&config.allowed_origins),
+            config,
+        })
+    }
+}
+
 /// State shared by every reactor's handler.
 pub struct Server {
-    /// The settings.
-    pub config: AppConfig,
+    /// The settings in force and the access rules: read through [`Server::cached`].
+    live: Versioned<Live>,
     /// Topics, `seq`s and history.
     pub hub: Arc<Hub>,
     /// The reactors' inboxes: where a publish sends its message.
@@ -171,12 +290,12 @@ pub struct Server {
     pub stats: Arc<[Arc<Stats>]>,
     /// The application's counters, per reactor.
     pub counters: Box<[Counters]>,
-    /// Token verifier, with `auth = jwt`.
-    pub jwt: Option<Jwt>,
-    /// HTTP API key, when set.
-    pub api_key: Option<ApiKey>,
-    /// Origin allowlist.
-    pub origins: Origins,
+    /// Refused clients, logged at a bounded rate.
+    pub refusals: RefusalLog,
+    /// Per reactor, the last liveness probe it answered ([`Server::probe`]).
+    probes_answered: Box<[AtomicU64]>,
+    /// Whether open connections are counted per IP: fixed at start by the per-IP cap.
+    counts_ips: bool,
     open: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     started: Instant,
@@ -188,9 +307,11 @@ impl Server {
     /// The shared state for reactors reached through `shared`.
     ///
     /// In cluster mode this starts the bridge threads; it fails only if they cannot be spawned
-    /// (the Redis URL was checked by [`super::start`]).
+    /// (the Redis URL was checked by [`super::start`]) or the token key cannot be used.
     pub fn new(config: AppConfig, shared: &Shared<Post>) -> Result<Server, String> {
         let reactors = shared.mailboxes.len();
+        let live = Live::new(config)?;
+        let config = &live.config;
         let (hub, cluster) = match &config.cluster {
             None => (
                 Arc::new(Hub::new(config.hub.clone(), Epoch::random())),
@@ -210,30 +331,82 @@ impl Server {
             mailboxes: shared.mailboxes.clone(),
             stats: shared.stats.clone(),
             counters: (0..reactors).map(|_| Counters::default()).collect(),
-            jwt: match config.auth {
-                AuthMode::Jwt => config
-                    .jwt_secret
-                    .as_deref()
-                    .and_then(|s| Jwt::new(s.as_bytes())),
-                AuthMode::None => None,
-            },
-            api_key: config
-                .api_key
-                .as_deref()
-                .and_then(|k| ApiKey::new(k.as_bytes())),
-            origins: Origins::new(&config.allowed_origins),
+            refusals: RefusalLog::default(),
+            probes_answered: (0..reactors).map(|_| AtomicU64::new(0)).collect(),
+            counts_ips: config.max_connections_per_ip != 0,
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             started: Instant::now(),
             next_sweep: AtomicU64::new(0),
-            config,
+            live: Versioned::new(live),
         })
+    }
+
+    /// The settings in force now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load()
+    }
+
+    /// A reactor's copy of the settings, refreshed with [`Server::refresh`].
+    pub fn cached(&self) -> Cached<Live> {
+        self.live.cached()
+    }
+
+    /// Brings a reactor's copy up to date: one atomic load unless a reload happened.
+    pub fn refresh(&self, cached: &mut Cached<Live>) {
+        cached.refresh(&self.live);
+    }
+
+    /// Applies `next`'s [`RELOADABLE`] settings; every other setting keeps its value from the
+    /// start. Open connections are kept: a new secret, key, origin list or limit applies to
+    /// requests and commands from now on (a token already accepted keeps its grants, and its
+    /// expiry is checked with the new leeway). Nothing changes if the token key cannot be
+    /// used.
+    pub fn reload(&self, next: &AppConfig) -> Result<(), String> {
+        let mut config = self.live().config.clone();
+        config.auth = next.auth;
+        config.jwt = next.jwt.clone();
+        config.heartbeat_min = next.heartbeat_min;
+        config.heartbeat_max = next.heartbeat_max;
+        config.api_key = next.api_key.clone();
+        config.allowed_origins = next.allowed_origins.clone();
+        config.client_publish = next.client_publish;
+        config.max_connections = next.max_connections;
+        if self.counts_ips {
+            config.max_connections_per_ip = next.max_connections_per_ip;
+        }
+        config.max_topics_per_connection = next.max_topics_per_connection;
+        config.max_topic_length = next.max_topic_length;
+        config.max_queued_bytes = next.max_queued_bytes;
+        config.slow_consumer = next.slow_consumer;
+        self.live.store(Live::new(config)?);
+        Ok(())
+    }
+
+    /// Asks every reactor to answer liveness probe `round` (a number above the last one).
+    pub fn probe(&self, round: u64) {
+        for reactor in 0..self.mailboxes.len() {
+            self.mailboxes.post(reactor, Post::Probe(round));
+        }
+    }
+
+    /// Reactor `index` answered probe `round`.
+    pub fn answered(&self, index: usize, round: u64) {
+        self.probes_answered[index].fetch_max(round, Relaxed);
+    }
+
+    /// Whether every reactor has answered probe `round`.
+    pub fn all_answered(&self, round: u64) -> bool {
+        self.probes_answered
+            .iter()
+            .all(|answered| answered.load(Relaxed) >= round)
     }
 
     /// Publishes `payload` to `topic`. A self-contained node numbers it and posts it to every
     /// reactor with subscribers, and returns its `seq`; a cluster node queues it for Redis,
     /// which numbers it later, and returns `None`.
     pub fn publish(&self, topic: &str, payload: Payload) -> Result<Option<u64>, PublishError> {
+        tracing::trace!(topic, bytes = payload.bytes().len(), "publish");
         if let Some(cluster) = &self.cluster {
             return cluster
                 .publish(topic, payload)
@@ -260,12 +433,12 @@ impl Server {
 
     /// Whether one more WebSocket from `ip` may open (checked before the upgrade; counted in
     /// [`Server::opened`], so concurrent handshakes can overshoot by a few).
-    pub fn admit(&self, ip: Option<IpAddr>) -> Result<(), Full> {
-        let max = self.config.max_connections;
+    pub fn admit(&self, config: &AppConfig, ip: Option<IpAddr>) -> Result<(), Full> {
+        let max = config.max_connections;
         if max != 0 && self.open.load(Relaxed) >= max {
             return Err(Full::Server);
         }
-        let per_ip = self.config.max_connections_per_ip;
+        let per_ip = config.max_connections_per_ip;
         if let Some(ip) = ip.filter(|_| per_ip != 0)
             && self.ips().get(&ip).is_some_and(|&n| n >= per_ip)
         {
@@ -298,7 +471,7 @@ impl Server {
 
     /// Whether per-IP counting is on.
     pub fn counts_ips(&self) -> bool {
-        self.config.max_connections_per_ip != 0
+        self.counts_ips
     }
 
     fn ips(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
@@ -341,6 +514,9 @@ impl Server {
                     deliveries: c.deliveries.load(Relaxed),
                     drops: c.drops.load(Relaxed),
                     slow_consumer_closes: c.slow_consumer_closes.load(Relaxed),
+                    token_expired_closes: c.token_expired_closes.load(Relaxed),
+                    token_refreshes: c.token_refreshes.load(Relaxed),
+                    heartbeats: c.heartbeats.load(Relaxed),
                     subscriptions: c.subscriptions.load(Relaxed),
                     deflate_connections: s.deflate_connections.load(Relaxed),
                     deflate_windows: s.deflate_windows.load(Relaxed),
@@ -365,5 +541,184 @@ impl Server {
             latency,
             cluster: self.cluster.as_ref().map(Cluster::stats),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::systemd::Watchdog;
+    use clarion_engine::Policy;
+
+    fn server(config: AppConfig, reactors: usize) -> Server {
+        let shared = Shared {
+            mailboxes: Arc::new(Mailboxes::new(reactors)),
+            stats: (0..reactors).map(|_| Arc::new(Stats::default())).collect(),
+        };
+        Server::new(config, &shared).unwrap()
+    }
+
+    /// The field of [`AppConfig`] a key sets, shown.
+    type Field = fn(&AppConfig) -> String;
+
+    /// Each reloadable key and its field.
+    fn reloadable_fields() -> Vec<(&'static str, Field)> {
+        vec![
+            ("auth", |c| format!("{:?}", c.auth)),
+            ("jwt_secret", |c| format!("{:?}", c.jwt.secret.as_deref())),
+            ("jwt_public_key", |c| format!("{:?}", c.jwt.public_key)),
+            ("jwt_audience", |c| format!("{:?}", c.jwt.audience)),
+            ("jwt_issuer", |c| format!("{:?}", c.jwt.issuer)),
+            ("jwt_leeway", |c| format!("{:?}", c.jwt.leeway)),
+            ("heartbeat_min", |c| format!("{:?}", c.heartbeat_min)),
+            ("heartbeat_max", |c| format!("{:?}", c.heartbeat_max)),
+            ("api_key", |c| format!("{:?}", c.api_key.as_deref())),
+            ("allowed_origins", |c| format!("{:?}", c.allowed_origins)),
+            ("client_publish", |c| format!("{:?}", c.client_publish)),
+            ("max_connections", |c| c.max_connections.to_string()),
+            ("max_connections_per_ip", |c| {
+                c.max_connections_per_ip.to_string()
+            }),
+            ("max_topics_per_connection", |c| {
+                c.max_topics_per_connection.to_string()
+            }),
+            ("max_topic_length", |c| c.max_topic_length.to_string()),
+            ("max_queued_bytes", |c| c.max_queued_bytes.to_string()),
+            ("slow_consumer", |c| format!("{:?}", c.slow_consumer)),
+        ]
+    }
+
+    #[test]
+    fn a_reload_applies_the_reloadable_settings_and_keeps_the_rest() {
+        let fields = reloadable_fields();
+        let keys: Vec<_> = fields.iter().map(|(key, _)| *key).collect();
+        assert_eq!(keys, RELOADABLE, "every reloadable key is checked here");
+        let start = AppConfig {
+            max_connections_per_ip: 5,
+            ..AppConfig::default()
+        };
+        let server = server(start.clone(), 1);
+        let next = AppConfig {
+            auth: AuthMode::Jwt,
+            // The fields of one key each; `jwt_secret` and `jwt_public_key` are checked below,
+            // as a verifier cannot have both.
+            jwt: JwtConfig {
+                secret: Some("a new secret of thirty-two bytes!".into()),
+                public_key: None,
+                audience: vec!["aud".into()],
+                issuer: vec!["iss".into()],
+                leeway: Duration::from_secs(7),
+            },
+            heartbeat_min: Duration::from_secs(2),
+            heartbeat_max: Duration::from_secs(3),
+            api_key: Some("new key".into()),
+            allowed_origins: vec!["https://a.example".into()],
+            client_publish: ClientPublish::None,
+            max_connections: 7,
+            max_connections_per_ip: 6,
+            max_topics_per_connection: 8,
+            max_topic_length: 9,
+            max_queued_bytes: 4096,
+            slow_consumer: SlowConsumer::Drop,
+            hub: HubConfig {
+                history_size: 1,
+                ..HubConfig::default()
+            },
+            compression: CompressionConfig {
+                policy: Policy::Shared,
+                ..CompressionConfig::default()
+            },
+            cluster: None,
+        };
+        server.reload(&next).unwrap();
+        let live = server.live();
+        for (key, field) in &fields {
+            if *key != "jwt_public_key" {
+                assert_ne!(field(&start), field(&next), "{key} changes in this test");
+            }
+            assert_eq!(field(&live.config), field(&next), "{key} is applied");
+        }
+        assert_eq!(live.config.hub, start.hub, "history needs a restart");
+        assert_eq!(live.config.compression, start.compression);
+        assert!(live.jwt.is_some() && live.api_key.is_some());
+
+        // Per-IP caps turned on later are not applied: nothing was counted.
+        let uncounted = self::server(AppConfig::default(), 1);
+        uncounted.reload(&next).unwrap();
+        assert_eq!(uncounted.live().config.max_connections_per_ip, 0);
+        assert!(!uncounted.counts_ips());
+    }
+
+    #[test]
+    fn a_reload_reads_the_public_key_again_and_refuses_an_unusable_one() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt");
+        let with_key = |file: &str| AppConfig {
+            auth: AuthMode::Jwt,
+            jwt: JwtConfig {
+                public_key: Some(fixtures.join(file)),
+                ..JwtConfig::default()
+            },
+            ..AppConfig::default()
+        };
+        let server = server(with_key("es256-public.pem"), 1);
+        let algorithm = |server: &Server| server.live().jwt.as_ref().map(Jwt::algorithm);
+        assert_eq!(algorithm(&server), Some(jsonwebtoken::Algorithm::ES256));
+        server.reload(&with_key("rs256-public.pem")).unwrap();
+        assert_eq!(algorithm(&server), Some(jsonwebtoken::Algorithm::RS256));
+        let refused = server.reload(&with_key("rsa1024-public.pem")).unwrap_err();
+        assert!(refused.contains("2048"), "{refused}");
+        assert_eq!(algorithm(&server), Some(jsonwebtoken::Algorithm::RS256));
+        let short = AppConfig {
+            auth: AuthMode::Jwt,
+            jwt: JwtConfig {
+                secret: Some("short".into()),
+                ..JwtConfig::default()
+            },
+            ..AppConfig::default()
+        };
+        assert!(server.reload(&short).is_err());
+        let shared = Shared {
+            mailboxes: Arc::new(Mailboxes::new(1)),
+            stats: vec![Arc::new(Stats::default())].into(),
+        };
+        assert!(Server::new(short, &shared).is_err());
+    }
+
+    #[test]
+    fn reactors_pick_up_a_reload_through_their_copy() {
+        let server = server(AppConfig::default(), 1);
+        let mut cached = server.cached();
+        server
+            .reload(&AppConfig {
+                max_connections: 3,
+                ..AppConfig::default()
+            })
+            .unwrap();
+        assert_eq!(cached.get().config.max_connections, 0);
+        server.refresh(&mut cached);
+        assert_eq!(cached.get().config.max_connections, 3);
+    }
+
+    #[test]
+    fn the_watchdog_pings_only_when_every_reactor_answered() {
+        let server = server(AppConfig::default(), 2);
+        let mut watchdog = Watchdog::default();
+        assert!(
+            watchdog.tick(&server, false),
+            "nothing asked yet: probe 1 goes out"
+        );
+        assert!(!watchdog.tick(&server, false));
+        server.answered(0, 1);
+        assert!(!watchdog.tick(&server, false), "reactor 1 has not answered");
+        assert!(
+            watchdog.tick(&server, true),
+            "the drain has its own timeout"
+        );
+        server.answered(1, 1);
+        assert!(
+            watchdog.tick(&server, false),
+            "both answered: probe 2 goes out"
+        );
+        assert!(!server.all_answered(2));
     }
 }

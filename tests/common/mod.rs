@@ -1,5 +1,6 @@
 //! Shared helpers for the end-to-end tests: an in-process server on a free port, a third-party
-//! client (tungstenite) and a raw-socket client for bytes no library would send.
+//! client (tungstenite) and a raw-socket client for bytes no library would send, HTTP requests,
+//! and the `/ws` envelope commands.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod redis;
@@ -10,7 +11,8 @@ use std::time::Duration;
 
 use clarion::server::AppConfig;
 use clarion_engine::Runtime;
-use tungstenite::WebSocket;
+use serde_json::Value;
+use tungstenite::{Message, WebSocket};
 
 /// The backend under test: `CLARION_TEST_IO=epoll|uring` (default: whatever `auto` picks).
 pub fn io() -> clarion_engine::Io {
@@ -53,39 +55,112 @@ pub fn start_app(adjust: impl FnOnce(&mut clarion_engine::Config), app: AppConfi
 /// returns it with the address from its "listening on" log line (other threads, such as the
 /// cluster bridge, may log before it); the rest of its log is drained.
 pub fn spawn_clarion(args: &[&str]) -> (std::process::Child, SocketAddr) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clarion"))
-        .arg("serve")
-        .args(args)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("clarion starts");
-    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    let mut addr = None;
-    for _ in 0..20 {
-        let mut line = String::new();
-        if log.read_line(&mut line).unwrap_or(0) == 0 {
-            break;
-        }
-        addr = line
+    Clarion::start(args, &[]).into_parts()
+}
+
+/// Longest wait for a log line or a notification: a bound for a server that never sends it,
+/// not a timing assertion.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A running `clarion serve` process and its log, line by line. Killed when dropped, unless
+/// taken apart with [`Clarion::into_parts`].
+pub struct Clarion {
+    child: Option<std::process::Child>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// The lines read so far.
+    pub log: Vec<String>,
+}
+
+impl Clarion {
+    /// Runs `clarion serve ARGS` with `env` added to the environment (and `CLARION_IO` set to
+    /// the backend under test, when one is chosen), and waits for its "listening on" line.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Clarion {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_clarion"));
+        command.arg("serve").args(args);
+        // The test's own variable is no setting: passed on, it would only be warned about.
+        command.env_remove("CLARION_TEST_IO");
+        match io() {
+            clarion_engine::Io::Epoll => command.env("CLARION_IO", "epoll"),
+            clarion_engine::Io::Uring => command.env("CLARION_IO", "uring"),
+            clarion_engine::Io::Auto => &mut command,
+        };
+        command.envs(env.iter().copied());
+        let mut child = command
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("clarion starts");
+        let stderr = child.stderr.take().unwrap();
+        let (send, lines) = std::sync::mpsc::channel();
+        // Reads to the end, so the server never blocks on a full pipe, whoever listens.
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = send.send(line);
+            }
+        });
+        let mut clarion = Clarion {
+            child: Some(child),
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            lines,
+            log: Vec::new(),
+        };
+        let Some(line) = clarion.try_wait_for("listening on ") else {
+            panic!("no address in {:?}", clarion.log);
+        };
+        clarion.addr = line
             .split("listening on ")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|a| a.parse().ok());
-        seen.push_str(&line);
-        if addr.is_some() {
-            break;
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        clarion
+    }
+
+    /// The next log line that contains `needle` (the lines before it are kept in `log`).
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        self.try_wait_for(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in {:#?}", self.log))
+    }
+
+    /// [`Clarion::wait_for`], `None` if the log ends or stays silent for [`PATIENCE`].
+    pub fn try_wait_for(&mut self, needle: &str) -> Option<String> {
+        loop {
+            let line = self.lines.recv_timeout(PATIENCE).ok()?;
+            self.log.push(line.clone());
+            if line.contains(needle) {
+                return Some(line);
+            }
         }
     }
-    let Some(addr) = addr else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("no address in {seen:?}");
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut log, &mut std::io::sink()));
-    (child, addr)
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        // SAFETY: kill(2) on the child we spawned, by its PID.
+        unsafe { libc::kill(pid, signal) };
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.as_mut().unwrap().wait().unwrap()
+    }
+
+    /// The process and its address; its log goes on being drained.
+    pub fn into_parts(mut self) -> (std::process::Child, SocketAddr) {
+        (self.child.take().unwrap(), self.addr)
+    }
+}
+
+impl Drop for Clarion {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// A tungstenite client connected to `path`.
@@ -223,4 +298,74 @@ pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     false
+}
+
+/// A client WebSocket over a plain TCP stream.
+pub type Ws = WebSocket<TcpStream>;
+
+/// `POST path` with `body` and extra header lines; (status, body).
+pub fn post(addr: SocketAddr, path: &str, headers: &str, body: &[u8]) -> (u16, String) {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n{headers}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    split(&http(addr, &request))
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    split(&http(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    ))
+}
+
+pub fn split(answer: &str) -> (u16, String) {
+    let status = answer
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"));
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    (status, body.to_owned())
+}
+
+/// The status a WebSocket upgrade of `path` gets, with extra header lines.
+pub fn upgrade_status(addr: SocketAddr, path: &str, headers: &str) -> u16 {
+    let request = String::from_utf8(upgrade_request(path)).unwrap();
+    let request = request.replacen("\r\n\r\n", &format!("\r\n{headers}\r\n"), 1);
+    let mut stream = tcp(addr);
+    std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+    split(&read_head(&mut stream)).0
+}
+
+pub fn stats(addr: SocketAddr) -> Value {
+    let (status, body) = get(addr, "/stats");
+    assert_eq!(status, 200);
+    serde_json::from_str(&body).unwrap()
+}
+
+pub fn total_stat(addr: SocketAddr, key: &str) -> u64 {
+    stats(addr)["totals"][key].as_u64().unwrap()
+}
+
+pub fn send(ws: &mut Ws, command: Value) {
+    ws.send(Message::text(command.to_string())).unwrap();
+}
+
+/// The next text message, as JSON.
+pub fn next(ws: &mut Ws) -> Value {
+    loop {
+        match ws.read().expect("a message") {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Binary(_) => panic!("binary from /ws"),
+            _ => {}
+        }
+    }
+}
+
+/// Sends `command` and returns the reply (the next message).
+pub fn call(ws: &mut Ws, command: Value) -> Value {
+    send(ws, command);
+    next(ws)
 }

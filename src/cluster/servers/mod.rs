@@ -32,14 +32,14 @@ pub(super) use subscriptions::{Event, Subscriptions};
 pub enum Upstream {
     /// One server, by URL (`redis://host:6379`, `redis://:password@host:6379/0`, …).
     Redis(String),
-    /// The master that these sentinels (`host:port` or `redis://` URLs) know as `master_name`.
+    /// The master that these sentinels (`host:port`) know as `master_name`.
     Sentinel {
         /// Sentinel addresses.
         sentinels: Vec<String>,
         /// The name the sentinels monitor the master under.
         master_name: String,
     },
-    /// A Redis Cluster, found from any of these nodes (`host:port` or `redis://` URLs).
+    /// A Redis Cluster, found from any of these nodes (`host:port`).
     Cluster(Vec<String>),
 }
 
@@ -49,21 +49,25 @@ impl Default for Upstream {
     }
 }
 
-/// Credentials for the servers a node finds (Sentinel's master, Redis Cluster's nodes) and for
-/// listed entries without their own. A sentinel entry uses only its own URL's.
+/// Credentials for the Redis servers of Sentinel and Redis Cluster (a `redis` URL carries its
+/// own), and for the sentinels.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Auth {
-    /// ACL user; unset: the default user.
+    /// ACL user of the Redis servers; unset: the default user.
     pub username: Option<String>,
-    /// Password; unset: no `AUTH`.
+    /// Password of the Redis servers; unset: no `AUTH`.
     pub password: Option<String>,
+    /// Password of the sentinels; unset: no `AUTH`.
+    pub sentinel_password: Option<String>,
 }
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |secret: &Option<String>| secret.as_ref().map(|_| "<redacted>");
         f.debug_struct("Auth")
             .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password", &shown(&self.password))
+            .field("sentinel_password", &shown(&self.sentinel_password))
             .finish()
     }
 }
@@ -143,14 +147,17 @@ impl Servers {
                 if master_name.is_empty() {
                     return Err("sentinels need a master_name".to_owned());
                 }
+                let sentinel_auth = Auth {
+                    username: None,
+                    password: auth.sentinel_password.clone(),
+                    sentinel_password: None,
+                };
                 Deployment::Sentinel {
-                    sentinels: entries(sentinels, "sentinels", None)?,
+                    sentinels: entries(sentinels, "sentinels", &sentinel_auth)?,
                     master_name: master_name.clone(),
                 }
             }
-            Upstream::Cluster(nodes) => {
-                Deployment::Cluster(entries(nodes, "redis_cluster", Some(auth))?)
-            }
+            Upstream::Cluster(nodes) => Deployment::Cluster(entries(nodes, "redis_cluster", auth)?),
         };
         let found = "redis://127.0.0.1"
             .into_connection_info()
@@ -239,32 +246,23 @@ fn settings(auth: &Auth) -> RedisConnectionInfo {
     settings
 }
 
-/// Parses a list of `host:port` or `redis://` entries (TCP only); those without credentials of
-/// their own take `auth`'s, if given.
-fn entries(list: &[String], key: &str, auth: Option<&Auth>) -> Result<Vec<ConnectionInfo>, String> {
+/// Parses a list of `host:port` entries, each to be reached with `auth`'s credentials (which
+/// have keys of their own, secrets: not in the list).
+fn entries(list: &[String], key: &str, auth: &Auth) -> Result<Vec<ConnectionInfo>, String> {
     if list.is_empty() {
         return Err(format!("{key} is empty"));
     }
     list.iter()
         .map(|entry| {
-            let url = if entry.contains("://") {
-                entry.clone()
-            } else {
-                format!("redis://{entry}")
-            };
-            let info = url
-                .as_str()
+            if entry.contains(['/', '@']) {
+                return Err(format!(
+                    "{key} entry {entry:?} is not host:port (credentials go in their own keys)"
+                ));
+            }
+            let info = format!("redis://{entry}")
                 .into_connection_info()
                 .map_err(|e| format!("invalid {key} entry {entry:?}: {e}"))?;
-            if !matches!(info.addr(), ConnectionAddr::Tcp(..)) {
-                return Err(format!("{key} entry {entry:?} is not host:port"));
-            }
-            Ok(match auth {
-                Some(auth) if info.redis_settings().password().is_none() => {
-                    info.set_redis_settings(settings(auth))
-                }
-                _ => info,
-            })
+            Ok(info.set_redis_settings(settings(auth)))
         })
         .collect()
 }
@@ -293,50 +291,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entries_take_host_port_or_urls_and_the_credentials_where_they_have_none() {
+    fn entries_are_host_port_and_take_the_credentials_of_their_kind() {
         let auth = Auth {
             username: Some("app".into()),
             password: Some("secret".into()),
+            sentinel_password: Some("watch".into()),
         };
-        let list = ["10.0.0.1:7000".to_owned(), "redis://:own@h:7001".to_owned()];
-        let parsed = entries(&list, "redis_cluster", Some(&auth)).unwrap();
+        let list = ["10.0.0.1:7000".to_owned(), "[::1]:7001".to_owned()];
+        let parsed = entries(&list, "redis_cluster", &auth).unwrap();
         assert_eq!(Node::of(&parsed[0]), Node::new("10.0.0.1", 7000));
         assert_eq!(parsed[0].redis_settings().username(), Some("app"));
         assert_eq!(parsed[0].redis_settings().password(), Some("secret"));
-        assert_eq!(parsed[1].redis_settings().password(), Some("own"));
-        assert_eq!(parsed[1].redis_settings().username(), None);
+        assert!(matches!(parsed[1].addr(), ConnectionAddr::Tcp(_, 7001)));
         for bad in [
             &[][..],
             &["h:x".to_owned()],
-            &["redis+unix:///tmp/r".to_owned()],
+            &["redis://h:1".to_owned()],
+            &["user:pw@h:1".to_owned()],
         ] {
-            assert!(
-                entries(bad, "redis_cluster", Some(&auth)).is_err(),
-                "{bad:?}"
-            );
+            assert!(entries(bad, "redis_cluster", &auth).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn sentinels_need_a_master_name_and_never_take_the_credentials() {
-        let auth = Auth {
-            username: None,
-            password: Some("secret".into()),
+        let upstream = Upstream::Sentinel {
+            sentinels: list.to_vec(),
+            master_name: "main".into(),
         };
-        let upstream = |name: &str| Upstream::Sentinel {
-            sentinels: vec!["127.0.0.1:26379".into()],
-            master_name: name.into(),
-        };
-        assert!(Servers::new(&upstream(""), &auth).is_err());
-        let servers = Servers::new(&upstream("main"), &auth).unwrap();
+        let servers = Servers::new(&upstream, &auth).unwrap();
         let Deployment::Sentinel { sentinels, .. } = &servers.deployment else {
             panic!("{:?}", servers.deployment);
         };
-        assert_eq!(sentinels[0].redis_settings().password(), None);
-        // The master it finds gets them.
+        assert_eq!(sentinels[0].redis_settings().password(), Some("watch"));
+        assert_eq!(sentinels[0].redis_settings().username(), None);
+        // The master it finds gets the servers' credentials.
         let master = servers.info(&Node::new("10.0.0.2", 6379));
         assert_eq!(master.redis_settings().password(), Some("secret"));
-        assert!(!servers.sharded());
+        let shown = format!("{auth:?}");
+        assert!(
+            !shown.contains("secret") && !shown.contains("watch"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn sentinels_need_a_master_name() {
+        let upstream = Upstream::Sentinel {
+            sentinels: vec!["127.0.0.1:26379".into()],
+            master_name: String::new(),
+        };
+        assert!(Servers::new(&upstream, &Auth::default()).is_err());
     }
 
     #[test]
