@@ -701,12 +701,9 @@ fn log_of(redis: &Redis, topic: &str) -> Vec<(u64, String)> {
 #[test]
 fn subscribers_on_two_nodes_ride_out_a_sentinel_failover_and_resume_across_it() {
     let mut redis = Sentinels::start();
-    let sentinels = redis.toml_list();
-    let config = |acks: u32| {
-        format!(
-            "sentinels = {sentinels}\nmaster_name = \"{MASTER_NAME}\"\nmin_replicas_ack = {acks}"
-        )
-    };
+    // Servers and sentinels ask for passwords (each their own).
+    let sentinels = redis.config();
+    let config = |acks: u32| format!("{sentinels}\nmin_replicas_ack = {acks}");
     // Node A lets go of a publish once the replica has it too; node B once the master has it.
     let history = ["--history-size", "1000"];
     let a = Node::configured(&config(1), &history);
@@ -840,7 +837,8 @@ fn a_redis_cluster_carries_each_topic_on_its_own_master_through_a_slot_migration
             break;
         }
     }
-    let config = format!("redis_cluster = {}", redis.toml_list());
+    // The masters ask for a password: the nodes' command and push connections authenticate.
+    let config = redis.config();
     // The log covers what is published while the slot migrates (see below).
     let history = ["--history-size", "1000"];
     let (a, b) = (
@@ -927,10 +925,7 @@ fn a_redis_cluster_carries_each_topic_on_its_own_master_through_a_slot_migration
 #[test]
 fn nodes_follow_a_failover_whose_old_master_lives_on() {
     let redis = Sentinels::start();
-    let config = format!(
-        "sentinels = {}\nmaster_name = \"{MASTER_NAME}\"",
-        redis.toml_list()
-    );
+    let config = redis.config();
     let (a, b) = (
         Node::configured(&config, &[]),
         Node::configured(&config, &[]),

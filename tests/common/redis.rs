@@ -34,10 +34,29 @@ impl Redis {
     /// A throwaway replica of `master`.
     pub fn replica_of(master: &Redis) -> Redis {
         let port = master.port.to_string();
-        Redis::launch(&["--appendonly", "no", "--replicaof", "127.0.0.1", &port])
+        let mut args = vec!["--appendonly", "no", "--repl-diskless-sync-delay", "0"];
+        args.extend(["--replicaof", "127.0.0.1", &port]);
+        if let Some(password) = master.password() {
+            args.extend(["--requirepass", password, "--masterauth", password]);
+        }
+        Redis::launch(&args)
     }
 
-    /// A throwaway Redis Cluster node, not yet in a cluster.
+    /// [`Redis::start`], asking for [`PASSWORD`] (and giving it to its master, once a replica).
+    pub fn guarded() -> Redis {
+        Redis::launch(&[
+            "--appendonly",
+            "no",
+            "--repl-diskless-sync-delay",
+            "0",
+            "--requirepass",
+            PASSWORD,
+            "--masterauth",
+            PASSWORD,
+        ])
+    }
+
+    /// A throwaway Redis Cluster node, not yet in a cluster, that asks for [`PASSWORD`].
     fn cluster_node() -> Redis {
         Redis::launch(&[
             "--appendonly",
@@ -48,6 +67,10 @@ impl Redis {
             "nodes.conf",
             "--cluster-node-timeout",
             "2000",
+            "--requirepass",
+            PASSWORD,
+            "--masterauth",
+            PASSWORD,
         ])
     }
 
@@ -103,15 +126,32 @@ impl Redis {
             return false;
         };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut reply = [0u8; 7];
-        stream.write_all(b"PING\r\n").is_ok()
+        let (request, expected) = match self.password() {
+            Some(password) => (
+                format!("AUTH {password}\r\nPING\r\n"),
+                &b"+OK\r\n+PONG\r\n"[..],
+            ),
+            None => ("PING\r\n".to_owned(), &b"+PONG\r\n"[..]),
+        };
+        let mut reply = vec![0u8; expected.len()];
+        stream.write_all(request.as_bytes()).is_ok()
             && stream.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
+            && reply == expected
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// The password it asks for, if any.
+    pub fn password(&self) -> Option<&str> {
+        let at = self.args.iter().position(|a| a == "--requirepass")?;
+        self.args.get(at + 1).map(String::as_str)
+    }
+
+    /// `redis://[:<password>@]127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let auth = self
+            .password()
+            .map(|p| format!(":{p}@"))
+            .unwrap_or_default();
+        format!("redis://{auth}127.0.0.1:{}", self.port)
     }
 
     /// `127.0.0.1:<port>`.
@@ -186,8 +226,14 @@ impl Drop for Redis {
     }
 }
 
+/// The password of the test's Redis servers behind Sentinel and in Redis Cluster.
+pub const PASSWORD: &str = "clarion-test";
+/// The password of the test's sentinels.
+pub const SENTINEL_PASSWORD: &str = "clarion-watch";
+
 /// A master, its replica and three sentinels that watch it as `main` (quorum 2, a master
-/// unanswered for 1 s is down).
+/// unanswered for 1 s is down); the servers ask for [`PASSWORD`], the sentinels for
+/// [`SENTINEL_PASSWORD`].
 pub struct Sentinels {
     pub master: Redis,
     pub replica: Redis,
@@ -201,7 +247,7 @@ impl Sentinels {
     /// Starts them, and returns once the replica has the master's data and every sentinel
     /// knows the replica and the other two.
     pub fn start() -> Sentinels {
-        let master = Redis::start();
+        let master = Redis::guarded();
         let replica = Redis::replica_of(&master);
         let sentinels = (0..3)
             .map(|_| {
@@ -214,6 +260,7 @@ impl Sentinels {
                     &config,
                     format!(
                         "sentinel monitor {MASTER_NAME} 127.0.0.1 {} 2\n\
+                         sentinel auth-pass {MASTER_NAME} {PASSWORD}\n\
                          sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
                          sentinel failover-timeout {MASTER_NAME} 10000\n",
                         master.port
@@ -224,7 +271,9 @@ impl Sentinels {
                     child: None,
                     port,
                     dir,
-                    args: vec!["--sentinel".into()],
+                    args: ["--sentinel", "--requirepass", SENTINEL_PASSWORD]
+                        .map(String::from)
+                        .to_vec(),
                 };
                 sentinel.spawn(&[config.to_str().unwrap()]);
                 sentinel
@@ -251,14 +300,18 @@ impl Sentinels {
         set
     }
 
-    /// `["127.0.0.1:<port>", …]`, as a TOML array.
-    pub fn toml_list(&self) -> String {
+    /// The `[cluster]` lines that name them: the sentinels, the master's name, the passwords.
+    pub fn config(&self) -> String {
         let list: Vec<String> = self
             .sentinels
             .iter()
             .map(|s| format!("\"{}\"", s.host_port()))
             .collect();
-        format!("[{}]", list.join(", "))
+        format!(
+            "sentinels = [{}]\nmaster_name = \"{MASTER_NAME}\"\n\
+             password = \"{PASSWORD}\"\nsentinel_password = \"{SENTINEL_PASSWORD}\"",
+            list.join(", ")
+        )
     }
 
     /// The port of the master that the sentinels name now (each asked in turn).
@@ -271,7 +324,8 @@ impl Sentinels {
     }
 }
 
-/// A Redis Cluster of `n` masters and no replicas, slots spread evenly.
+/// A Redis Cluster of `n` masters and no replicas, slots spread evenly, that asks for
+/// [`PASSWORD`].
 pub struct RedisCluster {
     pub masters: Vec<Redis>,
 }
@@ -282,7 +336,7 @@ impl RedisCluster {
     pub fn start(n: usize) -> RedisCluster {
         let masters: Vec<Redis> = (0..n).map(|_| Redis::cluster_node()).collect();
         let status = Command::new("redis-cli")
-            .args(["--cluster", "create"])
+            .args(["-a", PASSWORD, "--no-auth-warning", "--cluster", "create"])
             .args(masters.iter().map(Redis::host_port))
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .stdout(Stdio::null())
@@ -303,14 +357,17 @@ impl RedisCluster {
         cluster
     }
 
-    /// `["127.0.0.1:<port>", …]` of every master, as a TOML array.
-    pub fn toml_list(&self) -> String {
+    /// The `[cluster]` lines that name it: every master, and the password.
+    pub fn config(&self) -> String {
         let list: Vec<String> = self
             .masters
             .iter()
             .map(|m| format!("\"{}\"", m.host_port()))
             .collect();
-        format!("[{}]", list.join(", "))
+        format!(
+            "redis_cluster = [{}]\npassword = \"{PASSWORD}\"",
+            list.join(", ")
+        )
     }
 
     /// The slot of `key` (`CLUSTER KEYSLOT`).
@@ -361,7 +418,11 @@ impl RedisCluster {
             let Some(key) = keys.first() else {
                 break;
             };
-            let _: () = source.query(&["MIGRATE", "127.0.0.1", &port, key, "0", "5000"]);
+            let mut migrate = vec!["MIGRATE", "127.0.0.1", &port, key, "0", "5000"];
+            if let Some(password) = target.password() {
+                migrate.extend(["AUTH", password]);
+            }
+            let _: () = source.query(&migrate);
             std::thread::sleep(pause);
         }
         for node in std::iter::once(target)
