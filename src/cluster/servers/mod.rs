@@ -28,7 +28,7 @@ pub(super) use slots::slot;
 pub(super) use subscriptions::{Event, Subscriptions};
 
 /// How a node finds Redis: what `[cluster]` names.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Upstream {
     /// One server, by URL (`redis://host:6379`, `redis://:password@host:6379/0`, …).
     Redis(String),
@@ -41,6 +41,24 @@ pub enum Upstream {
     },
     /// A Redis Cluster, found from any of these nodes (`host:port`).
     Cluster(Vec<String>),
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // The URL may hold a password.
+            Upstream::Redis(_) => f.write_str("Redis(<redacted>)"),
+            Upstream::Sentinel {
+                sentinels,
+                master_name,
+            } => f
+                .debug_struct("Sentinel")
+                .field("sentinels", sentinels)
+                .field("master_name", master_name)
+                .finish(),
+            Upstream::Cluster(nodes) => f.debug_tuple("Cluster").field(nodes).finish(),
+        }
+    }
 }
 
 impl Default for Upstream {
@@ -329,6 +347,12 @@ mod tests {
             !shown.contains("secret") && !shown.contains("watch"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn a_redis_url_is_never_shown() {
+        let shown = format!("{:?}", Upstream::Redis("redis://:hunter2@h:1".into()));
+        assert_eq!(shown, "Redis(<redacted>)");
     }
 
     #[test]
