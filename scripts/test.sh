@@ -7,12 +7,14 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
-# What the end-to-end tests run against, installed when missing: redis-server (the cluster tests
-# start their own on free loopback ports), headless Chromium and Python websockets (compression
-# interop).
-step "test peers: redis-server, chromium, Python websockets (installed if missing)"
+# What the end-to-end tests run against, installed when missing: redis-server and redis-cli (the
+# cluster tests start their own servers, sentinels with `redis-server --sentinel`, and a Redis
+# Cluster made with `redis-cli --cluster create`, on free loopback ports), headless Chromium and
+# Python websockets (compression interop).
+step "test peers: redis-server, redis-cli, chromium, Python websockets (installed if missing)"
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
 command -v chromium >/dev/null || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
