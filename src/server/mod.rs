@@ -70,7 +70,7 @@ where
     // The limits that may change at run time are the application's settings.
     config.limits = app.engine_limits();
     if let Some(cluster) = &app.cluster
-        && let Err(message) = crate::cluster::check_url(&cluster.redis)
+        && let Err(message) = crate::cluster::check(cluster)
     {
         return invalid(&message);
     }
