@@ -5,7 +5,8 @@
 //! history, and publishes too large for any subscriber.
 //!
 //! Each attack runs while a well-behaved probe (an envelope client that opened before it and
-//! sends `ping` every 50 ms) keeps being answered, each answer within [`PROBE_PATIENCE`], and
+//! sends `ping` every 50 ms) keeps being answered, every ping acknowledged in order (its
+//! slowest answer is printed, not asserted: timing on a shared machine proves nothing), and
 //! while the server's resident memory, sampled every 20 ms, stays within the test's stated
 //! bound above what it held before. The bounds are generous for a shared machine; without the
 //! limit it checks, each attack takes the server far past its bound, or one of its assertions
@@ -25,9 +26,9 @@ use common::{Clarion, frame, get, post, read_head, stats, tcp, upgrade_request};
 use serde_json::{Value, json};
 use tungstenite::Message;
 
-/// The longest a probe's `ping` may wait for its ack: far above a loaded machine's hiccups, far
-/// below what a server that stopped serving others would take.
-const PROBE_PATIENCE: Duration = Duration::from_secs(5);
+/// The longest a probe's `ping` waits for its ack: a bound for a server that stopped serving
+/// others, not a timing assertion.
+const PROBE_PATIENCE: Duration = common::PATIENCE;
 
 /// A MiB.
 const MIB: u64 = 1 << 20;
@@ -101,8 +102,8 @@ impl Watch {
         }
     }
 
-    /// Ends the watch: the probe was answered throughout, each ping within
-    /// [`PROBE_PATIENCE`], and the server's memory grew by at most `bound` bytes.
+    /// Ends the watch: the probe was answered throughout (every ping acknowledged), and the
+    /// server's memory grew by at most `bound` bytes.
     fn finish(self, bound: u64, what: &str) {
         self.stop.store(true, Ordering::Relaxed);
         self.sampler.join().unwrap();
@@ -120,7 +121,6 @@ impl Watch {
             bound / 1024
         );
         assert!(answered > 0, "{what}: the probe ran");
-        assert!(slowest <= PROBE_PATIENCE, "{what}: slowest {slowest:?}");
         assert!(
             grew <= bound,
             "{what}: the server grew by {} MiB, past {} MiB",
@@ -174,13 +174,18 @@ fn close_code(stream: &mut TcpStream) -> Option<u16> {
     }
 }
 
-/// Whether the server closed `stream` (read hits the end, or a reset).
+/// Whether the server closed `stream` (read hits the end, or a reset) before the stream's read
+/// timeout.
 fn closed_by_server(stream: &mut TcpStream) -> bool {
     let mut buf = [0u8; 4096];
     loop {
         match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return true,
+            Ok(0) => return true,
             Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
         }
     }
 }
@@ -222,11 +227,13 @@ fn clients_that_send_and_never_read_hold_no_more_than_their_write_cap() {
         sent >> 20
     );
     // Paused, and not read since (dropped once past write_timeout, on a very slow machine).
-    let (paused, dropped) = (
-        total(server.addr, "paused"),
-        total(server.addr, "write_timeouts"),
+    let paused_or_dropped =
+        || total(server.addr, "paused") + total(server.addr, "write_timeouts");
+    assert!(
+        common::eventually(|| paused_or_dropped() == 16),
+        "{} paused or dropped of 16",
+        paused_or_dropped()
     );
-    assert_eq!(paused + dropped, 16, "{paused} paused, {dropped} dropped");
     // 16 x (1 MiB cap and the echoes of one read), and room for the allocator.
     watch.finish(96 * MIB, "send without reading");
 }
@@ -359,7 +366,6 @@ fn silent_and_drip_fed_handshakes_are_capped_and_closed_at_the_deadline() {
     );
     let addr = server.addr;
     let watch = Watch::start(&server);
-    let started = Instant::now();
     let attackers: Vec<_> = (0..400)
         .map(|n| {
             std::thread::spawn(move || {
@@ -385,14 +391,10 @@ fn silent_and_drip_fed_handshakes_are_capped_and_closed_at_the_deadline() {
             })
         })
         .collect();
+    // Each closed by the server (at accept, or at the deadline), none left open by it.
     for attacker in attackers {
-        assert!(attacker.join().unwrap());
+        assert!(attacker.join().unwrap(), "the server closed it");
     }
-    let took = started.elapsed();
-    assert!(
-        took < Duration::from_secs(60),
-        "closed by the deadline: {took:?}"
-    );
     assert!(
         total(addr, "refused_handshakes") > 0,
         "past the cap: closed at accept"
@@ -403,6 +405,51 @@ fn silent_and_drip_fed_handshakes_are_capped_and_closed_at_the_deadline() {
     // Slots are free again.
     let _fresh = upgraded(addr, "/ws");
     watch.finish(32 * MIB, "drip-fed handshakes");
+}
+
+#[test]
+fn huge_request_heads_are_answered_431_at_the_head_limit() {
+    let server = Clarion::production(&["--listen", "127.0.0.1:0", "--threads", "2"], &[]);
+    let addr = server.addr;
+    let watch = Watch::start(&server);
+    // 32 clients offer a megabyte of request head each: one header line that never ends, or
+    // ten thousand short headers (the defaults: 8 KiB, 64 headers).
+    let attackers: Vec<_> = (0..32)
+        .map(|n| {
+            std::thread::spawn(move || {
+                let mut head = b"GET /ws HTTP/1.1\r\nHost: x\r\n".to_vec();
+                if n % 2 == 0 {
+                    head.extend_from_slice(b"X-Big: ");
+                    head.resize(1 << 20, b'a');
+                } else {
+                    for i in 0..10_000 {
+                        head.extend_from_slice(format!("H{i}: v\r\n").as_bytes());
+                    }
+                }
+                let mut stream = tcp(addr);
+                stream.set_read_timeout(Some(common::PATIENCE)).unwrap();
+                let mut writer = stream.try_clone().unwrap();
+                // Written whole (the server reads on and drops the rest while it closes), or
+                // until the server hangs up.
+                let sender = std::thread::spawn(move || {
+                    let _ = writer.write_all(&head);
+                });
+                let mut answer = Vec::new();
+                // A reset after the answer keeps what was read.
+                let _ = stream.read_to_end(&mut answer);
+                sender.join().unwrap();
+                String::from_utf8_lossy(&answer).into_owned()
+            })
+        })
+        .collect();
+    for attacker in attackers {
+        let answer = attacker.join().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    }
+    // Nothing of them is held, and a well-formed request goes through.
+    assert!(common::eventually(|| total(addr, "handshaking") <= 1));
+    let _fresh = upgraded(addr, "/ws");
+    watch.finish(32 * MIB, "huge request heads");
 }
 
 #[test]
