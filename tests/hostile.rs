@@ -227,8 +227,7 @@ fn clients_that_send_and_never_read_hold_no_more_than_their_write_cap() {
         sent >> 20
     );
     // Paused, and not read since (dropped once past write_timeout, on a very slow machine).
-    let paused_or_dropped =
-        || total(server.addr, "paused") + total(server.addr, "write_timeouts");
+    let paused_or_dropped = || total(server.addr, "paused") + total(server.addr, "write_timeouts");
     assert!(
         common::eventually(|| paused_or_dropped() == 16),
         "{} paused or dropped of 16",

@@ -864,7 +864,9 @@ fn close_reason(code: Option<CloseCode>) -> &'static str {
         Some(CloseCode::UNSUPPORTED_DATA) => "unsupported data",
         Some(CloseCode::NO_STATUS) => "closed without a code",
         Some(CloseCode::INVALID_PAYLOAD) => "invalid UTF-8",
-        Some(CloseCode::POLICY_VIOLATION) => "policy (rate limit, forbidden publish, too many topics)",
+        Some(CloseCode::POLICY_VIOLATION) => {
+            "policy (rate limit, forbidden publish, too many topics)"
+        }
         Some(CloseCode::MESSAGE_TOO_BIG) => "message too big",
         Some(CloseCode::INTERNAL_ERROR) => "internal error",
         Some(CloseCode::TRY_AGAIN_LATER) => {

@@ -123,7 +123,7 @@ impl History {
             })
             .map(|(_, m)| m.clone())
             .collect();
-        let complete = messages.last().map_or(true, |m| m.seq == current);
+        let complete = messages.last().is_none_or(|m| m.seq == current);
         Recovery {
             recovered: true,
             messages,
