@@ -11,6 +11,7 @@ mod compression;
 mod event_loop;
 mod listen;
 pub mod mailbox;
+mod proxies;
 pub mod sys;
 pub mod timer;
 pub mod txqueue;
@@ -29,6 +30,7 @@ use clarion_protocol::{CloseCode, MessageKind, SendError, Transmit};
 pub use compression::{CompressionConfig, Policy};
 pub use listen::bind_reuseport;
 pub use mailbox::Mailboxes;
+pub use proxies::{Cidr, CidrError, TrustedProxies};
 pub use sys::uring::UringConfig;
 
 /// Which event-loop backend the reactors use.
