@@ -21,6 +21,7 @@ use slab::Slab;
 
 use super::auth::Grants;
 use super::envelope::{self, Command, ErrorCode, Id, delivery_frame, format_of};
+use super::forwarded;
 use super::http;
 use super::state::{ClientPublish, Full, PublishError, Server, SlowConsumer};
 use clarion_engine::{
@@ -60,6 +61,7 @@ pub struct Conn {
 #[derive(Debug, Default)]
 struct Extra {
     grants: Option<Grants>,
+    /// The key the per-IP cap counted this client under ([`Server::client_key`]).
     ip: Option<IpAddr>,
 }
 
@@ -140,17 +142,53 @@ impl App {
         })
     }
 
-    /// Checks a WebSocket request (limits, and for pubsub routes origin, token and topic) and
-    /// answers the upgrade or the refusal.
+    /// The client's address: the peer's, or the one trusted proxies forwarded the request for.
+    /// A trusted proxy's forwarding header that cannot be read is refused with 400.
+    fn client(
+        &self,
+        request: &Request<'_>,
+        peer: Option<SocketAddr>,
+    ) -> Result<Option<SocketAddr>, Response> {
+        let Some(peer) = peer else {
+            return Ok(None);
+        };
+        let config = &self.server.config;
+        let counters = &self.server.counters[self.index];
+        match forwarded::client(
+            request,
+            peer,
+            &config.trusted_proxies,
+            config.forwarded_header,
+        ) {
+            Ok(None) => Ok(Some(peer)),
+            Ok(Some(client)) => {
+                counters.forwarded_requests.fetch_add(1, Relaxed);
+                Ok(Some(client))
+            }
+            Err(e) => {
+                counters.forwarded_refused.fetch_add(1, Relaxed);
+                tracing::debug!(%peer, "refused a request: malformed forwarding header: {e}");
+                Err(http::error(
+                    400,
+                    &format!("malformed forwarding header: {e}"),
+                ))
+            }
+        }
+    }
+
+    /// Checks a WebSocket request from `client` (limits, and for pubsub routes origin, token and
+    /// topic) and answers the upgrade or the refusal.
     fn websocket<'r>(
         &mut self,
         route: Route,
         request: &Request<'r>,
-        peer: Option<SocketAddr>,
+        client: Option<SocketAddr>,
         topic: Option<&str>,
     ) -> Answer<'r, Conn> {
         let server = &*self.server;
-        let ip = peer.map(|p| p.ip()).filter(|_| server.counts_ips());
+        let ip = client
+            .filter(|_| server.counts_ips())
+            .map(|c| server.client_key(c.ip()));
         match server.admit(ip) {
             Err(Full::Server) => return refuse(503, "too many connections"),
             Err(Full::Ip) => return refuse(429, "too many connections from this address"),
@@ -538,6 +576,10 @@ impl Handler for App {
     ) -> Answer<'r, Conn> {
         self.pending = None;
         self.server.maybe_sweep(Instant::now());
+        let client = match self.client(request, peer) {
+            Ok(client) => client,
+            Err(refusal) => return Answer::Respond(refusal),
+        };
         let path = request.path();
         match (request.method(), path) {
             ("GET" | "HEAD", "/healthz") => Answer::Respond(http::health(&self.server)),
@@ -552,10 +594,10 @@ impl Handler for App {
             ("POST", _) if path.starts_with("/publish/") => {
                 Answer::Respond(http::publish(&self.server, request, body, self.index))
             }
-            (_, "/echo") => self.websocket(Route::Echo, request, peer, None),
-            (_, "/ws") => self.websocket(Route::Envelope, request, peer, None),
+            (_, "/echo") => self.websocket(Route::Echo, request, client, None),
+            (_, "/ws") => self.websocket(Route::Envelope, request, client, None),
             (_, _) if path.starts_with("/t/") => {
-                self.websocket(Route::Topic, request, peer, path.get(3..))
+                self.websocket(Route::Topic, request, client, path.get(3..))
             }
             _ => Answer::Respond(Response::new(404, "text/plain", "not found\n")),
         }

@@ -13,9 +13,11 @@ use clarion_host::parse_duration;
 use serde::Deserialize;
 
 use super::auth::AuthMode;
+use super::forwarded::ForwardedHeader;
 use super::state::{AppConfig, ClientPublish, SlowConsumer};
 use crate::cluster::{self, ClusterConfig};
 
+use clarion_engine::{Cidr, TrustedProxies};
 use clarion_pubsub::{HubConfig, MAX_REACTORS};
 
 /// A configured secret (JWT key, API key): used as a `str`, never shown by `Debug`.
@@ -212,10 +214,27 @@ pub struct Settings {
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
-    /// Most open WebSockets per client IP, refused with 429 beyond; 0 = no limit; epoll only
-    /// [default: 0].
+    /// Most open WebSockets per client address, refused with 429 beyond; 0 = no limit
+    /// [default: 0]. An IPv6 client is its block of `ipv6_prefix` bits.
     #[arg(long, value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
+
+    /// Prefix length of the IPv6 block the per-IP cap counts as one client, 1 to 128
+    /// [default: 64]. IPv4 addresses (IPv4-mapped IPv6 included) count one each.
+    #[arg(long, value_name = "BITS")]
+    pub ipv6_prefix: Option<u8>,
+
+    /// Proxies and load balancers whose forwarding header names the client, comma-separated
+    /// addresses or CIDR blocks (10.0.0.0/8, ::1); empty: forwarding headers are ignored
+    /// [default: none].
+    #[arg(long, value_name = "CIDRS", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "de_cidrs")]
+    pub trusted_proxies: Option<Vec<Cidr>>,
+
+    /// The header the trusted proxies set: x-forwarded-for or forwarded (RFC 7239); only that
+    /// one is read [default: x-forwarded-for].
+    #[arg(long, value_enum)]
+    pub forwarded_header: Option<ForwardedHeader>,
 
     /// Most topics one connection subscribes to [default: 100].
     #[arg(long, value_name = "N")]
@@ -357,6 +376,9 @@ impl Settings {
             client_publish,
             max_connections,
             max_connections_per_ip,
+            ipv6_prefix,
+            trusted_proxies,
+            forwarded_header,
             max_topics_per_connection,
             max_topic_length,
             max_topics,
@@ -400,6 +422,10 @@ impl Settings {
                 "max_topics_per_connection and max_topic_length must be at least 1",
             ),
             (app.hub.max_topics == 0, "max_topics must be at least 1"),
+            (
+                !(1..=128).contains(&app.ipv6_prefix),
+                "ipv6_prefix must be 1 to 128",
+            ),
             (
                 app.max_queued_bytes < 1024,
                 "max_queued_bytes must be at least 1024",
@@ -481,6 +507,9 @@ impl Settings {
             max_connections_per_ip: self
                 .max_connections_per_ip
                 .unwrap_or(d.max_connections_per_ip),
+            ipv6_prefix: self.ipv6_prefix.unwrap_or(d.ipv6_prefix),
+            trusted_proxies: TrustedProxies::new(self.trusted_proxies.clone().unwrap_or_default()),
+            forwarded_header: self.forwarded_header.unwrap_or(d.forwarded_header),
             max_topics_per_connection: self
                 .max_topics_per_connection
                 .unwrap_or(d.max_topics_per_connection),
@@ -587,6 +616,15 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Duratio
     parse_duration(&text)
         .map(Some)
         .map_err(serde::de::Error::custom)
+}
+
+fn de_cidrs<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Vec<Cidr>>, D::Error> {
+    let texts = Vec::<String>::deserialize(de)?;
+    texts
+        .iter()
+        .map(|text| text.parse().map_err(serde::de::Error::custom))
+        .collect::<Result<_, _>>()
+        .map(Some)
 }
 
 #[cfg(test)]
@@ -719,6 +757,38 @@ mod tests {
             .unwrap();
             assert!(settings.app_config().cluster.is_some());
         }
+    }
+
+    #[test]
+    fn trusted_proxies_and_the_ipv6_prefix_come_from_file_or_flags() {
+        let file: Settings = toml::from_str(
+            "trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nforwarded_header = \"forwarded\"\nipv6_prefix = 56",
+        )
+        .unwrap();
+        let app = file.app_config();
+        assert!(app.trusted_proxies.trusts("10.1.2.3".parse().unwrap()));
+        assert!(app.trusted_proxies.trusts("::1".parse().unwrap()));
+        assert!(!app.trusted_proxies.trusts("192.0.2.1".parse().unwrap()));
+        assert_eq!(app.forwarded_header, ForwardedHeader::Forwarded);
+        assert_eq!(app.ipv6_prefix, 56);
+        let flags = Settings {
+            trusted_proxies: Some(vec!["192.0.2.0/24".parse().unwrap()]),
+            ..Settings::default()
+        };
+        let merged = flags.over(file).app_config();
+        assert!(merged.trusted_proxies.trusts("192.0.2.9".parse().unwrap()));
+        assert!(!merged.trusted_proxies.trusts("10.1.2.3".parse().unwrap()));
+        let typo = toml::from_str::<Settings>("trusted_proxies = [\"10.1.2.3/8\"]");
+        assert!(typo.unwrap_err().to_string().contains("host bits"));
+        assert!(toml::from_str::<Settings>("forwarded_header = \"x-real-ip\"").is_err());
+        let zero = Settings {
+            ipv6_prefix: Some(0),
+            ..Settings::default()
+        };
+        assert_eq!(
+            Settings::resolve(zero).unwrap_err(),
+            "ipv6_prefix must be 1 to 128"
+        );
     }
 
     #[test]

@@ -140,6 +140,10 @@ pub struct ReactorMetrics {
     pub slow_consumer_closes: u64,
     /// Local subscriptions (gauge).
     pub subscriptions: u64,
+    /// Requests whose client address a trusted proxy's forwarding header named.
+    pub forwarded_requests: u64,
+    /// Requests refused for a malformed forwarding header from a trusted proxy.
+    pub forwarded_refused: u64,
     /// Open connections that negotiated permessage-deflate (gauge).
     pub deflate_connections: u64,
     /// Of those, connections with windows of their own (gauge).
@@ -255,6 +259,18 @@ const REACTOR_METRICS: &[Def<ReactorMetrics>] = &[
         kind: Kind::Gauge,
         help: "Topic subscriptions.",
         value: |r| r.subscriptions,
+    },
+    Def {
+        key: "forwarded_requests",
+        kind: Kind::Counter,
+        help: "Requests whose client address a trusted proxy's forwarding header named.",
+        value: |r| r.forwarded_requests,
+    },
+    Def {
+        key: "forwarded_refused",
+        kind: Kind::Counter,
+        help: "Requests refused (400) for a trusted proxy's forwarding header that could not be read.",
+        value: |r| r.forwarded_refused,
     },
     Def {
         key: "deflate_connections",

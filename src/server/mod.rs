@@ -7,6 +7,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod envelope;
+pub mod forwarded;
 pub mod host;
 pub mod http;
 pub mod metrics;
@@ -34,8 +35,10 @@ pub fn start(mut config: clarion_engine::Config, app: AppConfig) -> io::Result<R
     {
         return invalid(&message);
     }
-    // Per-IP caps need each connection's address, which io_uring's multishot accept lacks.
-    config.uring.peer_addresses |= app.max_connections_per_ip != 0;
+    // Per-IP caps and trusted proxies need each connection's address, which io_uring's
+    // multishot accept lacks.
+    config.uring.peer_addresses |=
+        app.max_connections_per_ip != 0 || !app.trusted_proxies.is_empty();
     // The first reactor to start builds the shared state, from the inboxes the runtime made.
     let server = OnceLock::new();
     let runtime = Runtime::start(config, move |index, shared| {

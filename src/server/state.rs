@@ -11,9 +11,10 @@ use serde::Deserialize;
 
 use super::auth::{ApiKey, AuthMode, Jwt, Origins};
 use super::config::Secret;
+use super::forwarded::ForwardedHeader;
 use super::metrics::{Histogram, LatencyHistogram, ReactorMetrics, Snapshot};
 use crate::cluster::{BufferFull, Cluster, ClusterConfig};
-use clarion_engine::{CompressionConfig, Mailboxes, Shared, Stats};
+use clarion_engine::{Cidr, CompressionConfig, Mailboxes, Shared, Stats, TrustedProxies};
 use clarion_pubsub::{Epoch, Hub, HubConfig, Payload, Post};
 
 /// How often, at most, the hub drops idle topics and expired history.
@@ -57,8 +58,16 @@ pub struct AppConfig {
     pub client_publish: ClientPublish,
     /// Most open WebSockets in the process; 0 = no limit.
     pub max_connections: usize,
-    /// Most open WebSockets per client IP; 0 = no limit (and not enforced on io_uring).
+    /// Most open WebSockets per client address (an IPv4 address, or an IPv6 block of
+    /// `ipv6_prefix` bits); 0 = no limit.
     pub max_connections_per_ip: usize,
+    /// Prefix length of the IPv6 block counted as one client by the per-IP cap (one host often
+    /// owns a whole /64).
+    pub ipv6_prefix: u8,
+    /// Proxies whose forwarding headers (and PROXY protocol headers) are believed.
+    pub trusted_proxies: TrustedProxies,
+    /// The forwarding header the trusted proxies set.
+    pub forwarded_header: ForwardedHeader,
     /// Most topics one connection subscribes to.
     pub max_topics_per_connection: usize,
     /// Longest topic name in bytes.
@@ -86,6 +95,9 @@ impl Default for AppConfig {
             client_publish: ClientPublish::All,
             max_connections: 0,
             max_connections_per_ip: 0,
+            ipv6_prefix: 64,
+            trusted_proxies: TrustedProxies::default(),
+            forwarded_header: ForwardedHeader::default(),
             max_topics_per_connection: 100,
             max_topic_length: 256,
             max_queued_bytes: 1 << 20,
@@ -116,6 +128,10 @@ pub struct Counters {
     pub drops: AtomicU64,
     /// Subscribers closed for a full queue (`close`).
     pub slow_consumer_closes: AtomicU64,
+    /// Requests whose client address a trusted proxy's forwarding header named.
+    pub forwarded_requests: AtomicU64,
+    /// Requests refused (400) for a trusted proxy's forwarding header that could not be read.
+    pub forwarded_refused: AtomicU64,
     /// Local subscriptions (gauge).
     pub subscriptions: AtomicU64,
     /// Publish to queued-for-write, once per message per reactor.
@@ -154,6 +170,17 @@ impl std::fmt::Display for PublishError {
             PublishError::Hub(e) => e.fmt(f),
             PublishError::Cluster(e) => e.fmt(f),
         }
+    }
+}
+
+/// What the per-IP cap counts a client address under: an IPv4 address (IPv4-mapped IPv6
+/// included), or the IPv6 block of `ipv6_prefix` bits that holds it, since one host (one home
+/// router, one VM) is usually given a whole /64.
+pub fn client_key(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    let ip = ip.to_canonical();
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(_) => Cidr::containing(ip, ipv6_prefix).network(),
     }
 }
 
@@ -301,6 +328,11 @@ impl Server {
         self.config.max_connections_per_ip != 0
     }
 
+    /// What the per-IP cap counts `ip` under ([`client_key`] with `ipv6_prefix`).
+    pub fn client_key(&self, ip: IpAddr) -> IpAddr {
+        client_key(ip, self.config.ipv6_prefix)
+    }
+
     fn ips(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
         self.per_ip.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -341,6 +373,8 @@ impl Server {
                     deliveries: c.deliveries.load(Relaxed),
                     drops: c.drops.load(Relaxed),
                     slow_consumer_closes: c.slow_consumer_closes.load(Relaxed),
+                    forwarded_requests: c.forwarded_requests.load(Relaxed),
+                    forwarded_refused: c.forwarded_refused.load(Relaxed),
                     subscriptions: c.subscriptions.load(Relaxed),
                     deflate_connections: s.deflate_connections.load(Relaxed),
                     deflate_windows: s.deflate_windows.load(Relaxed),
@@ -365,5 +399,27 @@ impl Server {
             latency,
             cluster: self.cluster.as_ref().map(Cluster::stats),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ip: &str, prefix: u8) -> IpAddr {
+        client_key(ip.parse().unwrap(), prefix)
+    }
+
+    #[test]
+    fn an_ipv6_block_is_one_client_and_ipv4_keeps_every_bit() {
+        assert_eq!(
+            key("2001:db8:1:2:aaaa::1", 64),
+            key("2001:db8:1:2:bbbb::9", 64)
+        );
+        assert_ne!(key("2001:db8:1:2::1", 64), key("2001:db8:1:3::1", 64));
+        assert_eq!(key("2001:db8:1:2::1", 48), key("2001:db8:1:3::1", 48));
+        assert_ne!(key("2001:db8::1", 128), key("2001:db8::2", 128));
+        assert_eq!(key("::ffff:198.51.100.7", 64), key("198.51.100.7", 64));
+        assert_ne!(key("198.51.100.7", 64), key("198.51.100.8", 64));
     }
 }
