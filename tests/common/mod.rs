@@ -2,6 +2,7 @@
 //! client (tungstenite) and a raw-socket client for bytes no library would send.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod proxy;
 pub mod redis;
 
 use std::io::{Read, Write};
