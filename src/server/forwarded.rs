@@ -33,7 +33,8 @@ pub enum ForwardedHeader {
 }
 
 impl ForwardedHeader {
-    fn name(self) -> &'static str {
+    /// The header's name, lower-case.
+    pub fn name(self) -> &'static str {
         match self {
             ForwardedHeader::XForwardedFor => "x-forwarded-for",
             ForwardedHeader::Forwarded => "forwarded",
