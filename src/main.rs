@@ -1,11 +1,19 @@
-//! `clarion`: the command line. Parses flags and config, starts the reactors, and turns
-//! SIGINT/SIGTERM into a graceful drain.
+//! `clarion`: the command line. Reads the settings (flags, environment, config file), starts the
+//! reactors, tells systemd, reloads on SIGHUP and turns SIGINT/SIGTERM into a graceful drain.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
-use clarion::server::{self, config::Settings};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use clap::{CommandFactory, Parser, Subcommand};
+use clarion::server::config::{self, Settings};
+use clarion::server::logging::Logging;
+use clarion::server::reload::Reloader;
+use clarion::server::sources::Sources;
+use clarion::server::systemd::{self, Notifier, Watchdog};
+use clarion::server::{self, state::Server};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 #[derive(Parser)]
@@ -27,54 +35,69 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let Command::Serve(flags) = Cli::parse().command;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // A write error would be reported with eprintln!, which panics the logging thread when
-        // stderr itself is gone (a closed pipe): lose the log line, keep the thread.
-        .log_internal_errors(false)
-        .init();
-    let fd_limit = match clarion_host::raise_fd_limit() {
-        Ok(limit) => limit,
-        Err(e) => {
-            tracing::warn!("cannot raise RLIMIT_NOFILE: {e}");
-            clarion_host::fd_limit()
-        }
+    let matches = Cli::command().get_matches();
+    let Some(("serve", flags)) = matches.subcommand() else {
+        unreachable!("clap requires the one subcommand");
     };
-    let settings = match Settings::resolve(flags) {
-        Ok(settings) => settings,
-        Err(message) => {
-            eprintln!("clarion: {message}");
-            return ExitCode::from(2);
-        }
-    };
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+    // First, so that no signal finds its default action (SIGHUP's kills): one that comes
+    // while the server starts is handled once it runs.
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(signals) => signals,
         Err(e) => {
             eprintln!("clarion: cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let fd_limit = clarion_host::raise_fd_limit();
+    let loaded = Sources::new(config::keys(), flags, std::env::vars_os()).and_then(|sources| {
+        Settings::load(&sources, std::env::vars_os()).map(|loaded| (sources, loaded))
+    });
+    let (sources, loaded) = match loaded {
+        Ok(loaded) => loaded,
+        Err(message) => {
+            eprintln!("clarion: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let settings = &loaded.settings;
+    let format = settings.log_format.unwrap_or_default();
+    let logging = match Logging::init(format, &settings.log_level()) {
+        Ok(logging) => logging,
+        Err(message) => {
+            eprintln!("clarion: cannot set up logging: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    let fd_limit = fd_limit.unwrap_or_else(|e| {
+        tracing::warn!("cannot raise RLIMIT_NOFILE: {e}");
+        clarion_host::fd_limit()
+    });
+    let notifier = Notifier::from_env().unwrap_or_else(|e| {
+        tracing::warn!("cannot use NOTIFY_SOCKET: {e}");
+        None
+    });
     let config = settings.reactor_config();
     let app = settings.app_config();
     let open_api = app.api_key.is_none();
     let max_connections = app.max_connections;
-    let runtime = match server::start(config.clone(), app) {
-        Ok(runtime) => runtime,
+    let running = match server::launch(config.clone(), app) {
+        Ok(running) => running,
         Err(e) => {
             eprintln!("clarion: cannot start on {}: {e}", config.listen);
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(
+    let runtime = running.runtime;
+    let listening = format!(
         "listening on {} with {} reactors ({:?}; RLIMIT_NOFILE {fd_limit})",
         runtime.local_addr(),
         config.threads,
         runtime.io()
     );
+    tracing::info!("{listening}");
     if open_api {
         tracing::warn!("no api_key: the HTTP publish API is open to anyone who can connect");
     }
@@ -87,19 +110,99 @@ fn main() -> ExitCode {
     ) {
         tracing::warn!("{warning}");
     }
+    let notifier = notifier.map(Arc::new);
+    notify(&notifier, |n| n.ready(&listening));
+    let draining = Arc::new(AtomicBool::new(false));
+    spawn_housekeeping(running.server.clone(), notifier.clone(), draining.clone());
+
+    let mut reloader = Reloader::new(sources, loaded.layer, running.server, Some(logging));
     let shutdown = runtime.shutdown_handle();
     std::thread::spawn(move || {
-        let mut pending = signals.forever();
-        if let Some(signal) = pending.next() {
-            shutdown.shutdown();
-            tracing::info!(signal, "draining: closing connections with 1001");
-        }
-        if pending.next().is_some() {
-            tracing::warn!("second signal: exiting without waiting");
-            std::process::exit(130);
+        for signal in signals.forever() {
+            if signal == SIGHUP && draining.load(Ordering::SeqCst) {
+                tracing::info!("draining: SIGHUP ignored");
+            } else if signal == SIGHUP {
+                notify(&notifier, |n| n.reloading());
+                reload(&mut reloader);
+                notify(&notifier, |n| n.ready(&listening));
+            } else if !draining.swap(true, Ordering::SeqCst) {
+                notify(&notifier, |n| n.stopping());
+                shutdown.shutdown();
+                tracing::info!(signal, "draining: closing connections with 1001");
+            } else {
+                tracing::warn!("second signal: exiting without waiting");
+                std::process::exit(130);
+            }
         }
     });
     runtime.join();
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// SIGHUP: applies what may change at run time and says what needs a restart.
+fn reload(reloader: &mut Reloader) {
+    match reloader.reload(std::env::vars_os()) {
+        Err(message) => tracing::error!("reload refused, the running config stays: {message}"),
+        Ok(outcome) => {
+            if outcome.applied.is_empty() {
+                tracing::info!("reloaded: nothing to apply");
+            } else {
+                tracing::info!("reloaded: applied {}", outcome.applied.join(", "));
+            }
+            if !outcome.restart.is_empty() {
+                tracing::warn!(
+                    "reload: changed but applied only after a restart: {}",
+                    outcome.restart.join(", ")
+                );
+            }
+        }
+    }
+}
+
+/// Sends a notification to systemd, if it listens; a failure is logged, never fatal.
+fn notify(notifier: &Option<Arc<Notifier>>, send: impl FnOnce(&Notifier) -> std::io::Result<()>) {
+    if let Some(notifier) = notifier
+        && let Err(e) = send(notifier)
+    {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
+}
+
+/// Once a second (more often under a short systemd watchdog), the count of refusals not
+/// logged; every half of `WATCHDOG_USEC`, the watchdog's round (retried each tick while a
+/// reactor has not answered).
+fn spawn_housekeeping(
+    server: Arc<Server>,
+    notifier: Option<Arc<Notifier>>,
+    draining: Arc<AtomicBool>,
+) {
+    let interval = systemd::watchdog_interval(
+        std::env::var_os("WATCHDOG_USEC").as_deref(),
+        std::env::var_os("WATCHDOG_PID").as_deref(),
+    )
+    .filter(|_| notifier.is_some());
+    let tick = interval.map_or(Duration::from_secs(1), |i| i.min(Duration::from_secs(1)));
+    let mut watchdog = Watchdog::default();
+    let mut next_ping = Instant::now();
+    let spawned = std::thread::Builder::new()
+        .name("housekeeping".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(tick);
+                server.refusals.flush();
+                if let Some(interval) = interval
+                    && Instant::now() >= next_ping
+                    && watchdog.tick(&server, draining.load(Ordering::SeqCst))
+                {
+                    notify(&notifier, |n| n.watchdog());
+                    next_ping = Instant::now() + interval;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(
+            "cannot start the housekeeping thread (no watchdog, no refusal counts): {e}"
+        );
+    }
 }

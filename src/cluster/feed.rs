@@ -8,6 +8,9 @@
 //! message past a gap (missed while the link was down) first has the gap filled from the log,
 //! as far as the log still holds it.
 //!
+//! Link events (connections, topics followed and left, syncs, gap fills, resets) are logged at
+//! `debug`, heartbeats at `trace`.
+//!
 //! One Pub/Sub connection and one command connection. The Pub/Sub read waits at most
 //! [`POLL`] so that new interest (a topic's first subscriber) is acted on promptly; messages
 //! themselves are read as they arrive.
@@ -58,6 +61,8 @@ impl Feed {
             if let Err(e) = self.session(&mut backoff, &mut lost) {
                 if self.link.feed_up.swap(false, Relaxed) || !lost {
                     tracing::warn!("cluster: lost Redis ({e}); local delivery goes on, retrying");
+                } else {
+                    tracing::debug!("cluster: feed cannot reach Redis yet ({e})");
                 }
                 lost = true;
                 self.presence.clear();
@@ -86,6 +91,7 @@ impl Feed {
             self.sync(&mut query, topic, replace)?;
         }
         self.link.feed_up.store(true, Relaxed);
+        tracing::debug!(%epoch, topics = subscribed.len(), "cluster: feed connected");
         if *lost {
             self.link.reconnects.fetch_add(1, Relaxed);
             tracing::info!(%epoch, "cluster: receiving from Redis again");
@@ -107,6 +113,7 @@ impl Feed {
                 pubsub.set_read_timeout(Some(POLL))?;
             }
             if Instant::now() >= next_beat {
+                tracing::trace!("cluster: presence heartbeat");
                 self.presence
                     .beat(&mut query.con, &self.hub, &self.node, self.heartbeat)?;
                 next_beat = Instant::now() + self.heartbeat;
@@ -143,6 +150,7 @@ impl Feed {
         match self.hub.wants(&topic) {
             Some(live) => {
                 if !subscribed.contains(&topic) {
+                    tracing::debug!(topic = &*topic, "cluster: following a topic");
                     pubsub.subscribe(keys::channel(&topic))?;
                     subscribed.insert(topic.clone());
                 }
@@ -152,6 +160,7 @@ impl Feed {
             }
             None => {
                 if subscribed.remove(&topic) {
+                    tracing::debug!(topic = &*topic, "cluster: leaving a topic");
                     pubsub.unsubscribe(keys::channel(&topic))?;
                 }
             }
@@ -175,9 +184,17 @@ impl Feed {
             .filter_map(|entry| wire::decode_entry(topic, entry, &self.node))
             .map(Arc::new)
             .collect();
+        let entries = recent.len();
         let waiting = self
             .hub
             .sync(topic, seq, recent, replace, |p, r| self.post(p, r));
+        tracing::debug!(
+            topic = &**topic,
+            seq,
+            entries,
+            reactors_waiting = waiting.iter().count(),
+            "cluster: synced a topic from Redis"
+        );
         for reactor in waiting.iter() {
             self.mailboxes.post(reactor, Post::Ready(topic.clone()));
         }
@@ -206,6 +223,13 @@ impl Feed {
                 .arg(format!("{}-0", have + 1))
                 .arg(format!("{}-0", message.seq() - 1))
                 .query(&mut query.con)?;
+            tracing::debug!(
+                topic,
+                after = have,
+                before = message.seq(),
+                read = missed.len(),
+                "cluster: filling a gap from the log"
+            );
             for entry in &missed {
                 if let Some(old) = wire::decode_entry(message.topic(), entry, &self.node) {
                     self.link.received.fetch_add(1, Relaxed);
@@ -219,7 +243,8 @@ impl Feed {
     }
 
     fn post(&self, post: Post, reactors: Reactors) {
-        if matches!(post, Post::Reset { .. }) {
+        if let Post::Reset { topic, seq } = &post {
+            tracing::debug!(topic = &**topic, seq, "cluster: topic renumbered by Redis");
             self.link.resets.fetch_add(1, Relaxed);
         }
         for reactor in reactors.iter() {

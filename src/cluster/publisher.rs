@@ -72,6 +72,7 @@ impl Publisher {
                     Ok(fresh) => {
                         connected = Some(fresh);
                         self.link.publisher_up.store(true, Relaxed);
+                        tracing::debug!("cluster: publisher connected");
                         if lost {
                             self.link.reconnects.fetch_add(1, Relaxed);
                             tracing::info!("cluster: publishing to Redis again");
@@ -122,6 +123,7 @@ impl Publisher {
                         .sum();
                     self.link.published.fetch_add(batch as u64, Relaxed);
                     self.release(batch as u64, bytes);
+                    tracing::trace!(batch, bytes, "cluster: published a batch");
                 }
                 Err(e) if is_link_failure(&e) => {
                     connected = None;
@@ -184,6 +186,8 @@ impl Publisher {
     fn down(&self, error: &RedisError, lost: &mut bool) {
         if self.link.publisher_up.swap(false, Relaxed) || !*lost {
             tracing::warn!("cluster: cannot publish to Redis ({error}); buffering and retrying");
+        } else {
+            tracing::debug!("cluster: publisher cannot reach Redis yet ({error})");
         }
         *lost = true;
     }

@@ -9,6 +9,9 @@
 //! In a cluster the first subscribe of a topic on this node waits (without blocking anything)
 //! until the bridge has synced the topic from Redis: it is *parked* here and answered when the
 //! inbox says the topic is ready.
+//!
+//! Logs: each refused client at `info` (rate-limited, [`super::refusals`]); each WebSocket's
+//! open and close at `debug`; requests, commands and each message's fanout at `trace`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,7 +26,9 @@ use super::auth::Grants;
 use super::envelope::{self, Command, ErrorCode, Id, delivery_frame, format_of};
 use super::forwarded;
 use super::http;
-use super::state::{ClientPublish, Full, PublishError, Server, SlowConsumer};
+use super::live::Cached;
+use super::refusals::Refusal;
+use super::state::{ClientPublish, Full, Live, PublishError, Server, SlowConsumer};
 use clarion_engine::{
     Answer, CompressionConfig, ConnId, Ctx, Handler, Local, Policy, Push, Response,
 };
@@ -78,6 +83,8 @@ impl Extra {
 struct Pending {
     topic: Option<Box<str>>,
     extra: Extra,
+    /// The client's address, for the `debug` line of the open (as `peer`).
+    client: Option<SocketAddr>,
 }
 
 /// A subscribe waiting for its topic to be synced from the cluster.
@@ -116,6 +123,8 @@ impl Reply for To<'_, '_> {
 /// One reactor's application state.
 pub struct App {
     server: Arc<Server>,
+    /// The settings in force, refreshed at the start of each callback that reads them.
+    live: Cached<Live>,
     index: usize,
     registry: Registry,
     extras: Slab<Extra>,
@@ -132,6 +141,7 @@ impl App {
     pub fn new(server: Arc<Server>, index: usize) -> Result<App, clarion_pubsub::Error> {
         Ok(App {
             registry: Registry::new(server.hub.clone(), index)?,
+            live: server.cached(),
             server,
             index,
             extras: Slab::new(),
@@ -143,7 +153,8 @@ impl App {
     }
 
     /// The client's address: the peer's, or the one trusted proxies forwarded the request for.
-    /// A trusted proxy's forwarding header that cannot be read is refused with 400.
+    /// A trusted proxy's forwarding header that cannot be read is refused with 400 (and the
+    /// refusal logged with the proxy's address: the client's is what could not be read).
     fn client(
         &self,
         request: &Request<'_>,
@@ -152,7 +163,7 @@ impl App {
         let Some(peer) = peer else {
             return Ok(None);
         };
-        let config = &self.server.config;
+        let config = &self.live.get().config;
         let counters = &self.server.counters[self.index];
         match forwarded::client(
             request,
@@ -167,11 +178,15 @@ impl App {
             }
             Err(e) => {
                 counters.forwarded_refused.fetch_add(1, Relaxed);
-                tracing::debug!(%peer, "refused a request: malformed forwarding header: {e}");
-                Err(http::error(
-                    400,
-                    &format!("malformed forwarding header: {e}"),
-                ))
+                let reason = format!("malformed forwarding header: {e}");
+                self.server.refusals.log(Refusal {
+                    path: request.path(),
+                    peer: Some(peer),
+                    status: 400,
+                    reason: &reason,
+                    subject: None,
+                });
+                Err(http::error(400, &reason))
             }
         }
     }
@@ -185,26 +200,42 @@ impl App {
         client: Option<SocketAddr>,
         topic: Option<&str>,
     ) -> Answer<'r, Conn> {
-        let server = &*self.server;
+        let (server, live) = (&*self.server, self.live.get());
+        // A refusal before the upgrade: logged, and answered with a JSON body.
+        let refused = |status, reason: &str, grants: Option<&Grants>| {
+            server.refusals.log(Refusal {
+                path: request.path(),
+                peer: client,
+                status,
+                reason,
+                subject: grants.and_then(Grants::subject),
+            });
+            http::error(status, reason)
+        };
         let ip = client
             .filter(|_| server.counts_ips())
             .map(|c| server.client_key(c.ip()));
-        match server.admit(ip) {
-            Err(Full::Server) => return refuse(503, "too many connections"),
-            Err(Full::Ip) => return refuse(429, "too many connections from this address"),
+        match server.admit(&live.config, ip) {
+            Err(Full::Server) => {
+                return Answer::Respond(refused(503, "too many connections", None));
+            }
+            Err(Full::Ip) => {
+                let reason = "too many connections from this address";
+                return Answer::Respond(refused(429, reason, None));
+            }
             Ok(()) => {}
         }
         let mut extra = Extra { grants: None, ip };
         let mut may_publish = false;
         if route != Route::Echo {
-            if !server.origins.allows(request) {
-                return refuse(403, "origin not allowed");
+            if !live.origins.allows(request) {
+                return Answer::Respond(refused(403, "origin not allowed", None));
             }
-            if let Some(jwt) = &server.jwt {
+            if let Some(jwt) = &live.jwt {
                 match jwt.authenticate(request) {
                     Ok(grants) => extra.grants = Some(grants),
                     Err(e) => {
-                        let mut response = http::error(401, &e.to_string());
+                        let mut response = refused(401, &e.to_string(), None);
                         response
                             .headers
                             .push(("WWW-Authenticate", "Bearer".to_owned()));
@@ -213,18 +244,20 @@ impl App {
                 }
             }
             if let Some(topic) = topic {
-                if let Err(e) = validate_topic(topic, server.config.max_topic_length) {
-                    return refuse(400, &e.to_string());
+                let grants = extra.grants.as_ref();
+                if let Err(e) = validate_topic(topic, live.config.max_topic_length) {
+                    return Answer::Respond(refused(400, &e.to_string(), grants));
                 }
-                if !self.can_subscribe(extra.grants.as_ref(), topic) {
-                    return refuse(403, "topic not allowed");
+                if !can_subscribe(live, grants, topic) {
+                    return Answer::Respond(refused(403, "topic not allowed", grants));
                 }
-                may_publish = self.can_publish(extra.grants.as_ref(), topic);
+                may_publish = can_publish(live, grants, topic);
             }
         }
         self.pending = Some(Pending {
             topic: topic.map(Box::from),
             extra,
+            client,
         });
         Answer::Upgrade {
             conn: Conn {
@@ -234,18 +267,6 @@ impl App {
                 may_publish,
             },
             protocol: None,
-        }
-    }
-
-    fn can_subscribe(&self, grants: Option<&Grants>, topic: &str) -> bool {
-        self.server.jwt.is_none() || grants.is_some_and(|g| g.can_subscribe(topic))
-    }
-
-    fn can_publish(&self, grants: Option<&Grants>, topic: &str) -> bool {
-        match self.server.config.client_publish {
-            ClientPublish::All => true,
-            ClientPublish::None => false,
-            ClientPublish::Token => grants.is_some_and(|g| g.can_publish(topic)),
         }
     }
 
@@ -390,10 +411,21 @@ impl App {
     fn execute(&mut self, ctx: &mut Ctx<'_, Conn>, command: Command<'_>, out: &mut Vec<u8>) {
         let id = command.id();
         let topic = command.topic();
+        tracing::trace!(
+            reactor = self.index,
+            conn = ctx.id(),
+            command = match command {
+                Command::Subscribe { .. } => "subscribe",
+                Command::Unsubscribe { .. } => "unsubscribe",
+                Command::Publish { .. } => "publish",
+            },
+            topic,
+            "command"
+        );
         let error = |out: &mut Vec<u8>, code, message: &str| {
             envelope::render_error(out, id, code, message);
         };
-        if let Err(e) = validate_topic(topic, self.server.config.max_topic_length) {
+        if let Err(e) = validate_topic(topic, self.live.get().config.max_topic_length) {
             error(out, ErrorCode::InvalidTopic, &e.to_string());
             return self.reply(ctx, out);
         }
@@ -412,7 +444,7 @@ impl App {
                 envelope::render_ack(out, id);
             }
             Command::Publish { format, data, .. } => {
-                if !self.can_publish(self.grants(ctx.conn()), topic) {
+                if !can_publish(self.live.get(), self.grants(ctx.conn()), topic) {
                     error(
                         out,
                         ErrorCode::Forbidden,
@@ -443,13 +475,13 @@ impl App {
         out: &mut Vec<u8>,
     ) {
         let (conn_id, now) = (ctx.id(), ctx.now());
-        let max = self.server.config.max_topics_per_connection;
+        let max = self.live.get().config.max_topics_per_connection;
         let waiting = if self.parked.is_empty() {
             0
         } else {
             self.parked_count(conn_id)
         };
-        let result = if !self.can_subscribe(self.grants(ctx.conn()), topic) {
+        let result = if !can_subscribe(self.live.get(), self.grants(ctx.conn()), topic) {
             Err((
                 ErrorCode::Forbidden,
                 "subscribing to this topic is not allowed",
@@ -559,9 +591,34 @@ fn takes_compressed(params: Option<Params>, config: &CompressionConfig, len: usi
         && params.is_some_and(|p| p.accepts_shared(config.window_bits, len))
 }
 
-/// A refusal before the upgrade, with a JSON body.
-fn refuse<'r>(status: u16, message: &str) -> Answer<'r, Conn> {
-    Answer::Respond(http::error(status, message))
+/// What a close code says, for the `debug` line of a close (the code is in the line too).
+fn close_reason(code: Option<CloseCode>) -> &'static str {
+    match code {
+        None => "dropped without a close frame (reset, read error or timeout)",
+        Some(CloseCode::NORMAL) => "normal",
+        Some(CloseCode::GOING_AWAY) => "going away (idle, drain or client leaving)",
+        Some(CloseCode::PROTOCOL_ERROR) => "protocol error",
+        Some(CloseCode::UNSUPPORTED_DATA) => "unsupported data",
+        Some(CloseCode::NO_STATUS) => "closed without a code",
+        Some(CloseCode::INVALID_PAYLOAD) => "invalid UTF-8",
+        Some(CloseCode::POLICY_VIOLATION) => "policy (slow consumer, forbidden publish)",
+        Some(CloseCode::MESSAGE_TOO_BIG) => "message too big",
+        Some(CloseCode::INTERNAL_ERROR) => "internal error",
+        Some(CloseCode::TRY_AGAIN_LATER) => "try again later (cluster publish buffer full)",
+        Some(_) => "application code",
+    }
+}
+
+fn can_subscribe(live: &Live, grants: Option<&Grants>, topic: &str) -> bool {
+    live.jwt.is_none() || grants.is_some_and(|g| g.can_subscribe(topic))
+}
+
+fn can_publish(live: &Live, grants: Option<&Grants>, topic: &str) -> bool {
+    match live.config.client_publish {
+        ClientPublish::All => true,
+        ClientPublish::None => false,
+        ClientPublish::Token => grants.is_some_and(|g| g.can_publish(topic)),
+    }
 }
 
 impl Handler for App {
@@ -575,25 +632,35 @@ impl Handler for App {
         peer: Option<SocketAddr>,
     ) -> Answer<'r, Conn> {
         self.pending = None;
+        self.server.refresh(&mut self.live);
         self.server.maybe_sweep(Instant::now());
         let client = match self.client(request, peer) {
             Ok(client) => client,
             Err(refusal) => return Answer::Respond(refusal),
         };
         let path = request.path();
+        tracing::trace!(
+            reactor = self.index,
+            method = request.method(),
+            path,
+            ?peer,
+            ?client,
+            "request"
+        );
+        let (server, live) = (&*self.server, self.live.get());
         match (request.method(), path) {
-            ("GET" | "HEAD", "/healthz") => Answer::Respond(http::health(&self.server)),
+            ("GET" | "HEAD", "/healthz") => Answer::Respond(http::health(server)),
             ("GET", _) if path.starts_with("/topics/") => {
-                Answer::Respond(http::presence(&self.server, &path["/topics/".len()..]))
+                Answer::Respond(http::presence(server, live, &path["/topics/".len()..]))
             }
-            ("GET", "/metrics") => Answer::Respond(http::metrics(&self.server)),
-            ("GET", "/stats") => Answer::Respond(http::stats(&self.server)),
-            ("POST", "/publish") => {
-                Answer::Respond(http::publish(&self.server, request, body, self.index))
-            }
-            ("POST", _) if path.starts_with("/publish/") => {
-                Answer::Respond(http::publish(&self.server, request, body, self.index))
-            }
+            ("GET", "/metrics") => Answer::Respond(http::metrics(server)),
+            ("GET", "/stats") => Answer::Respond(http::stats(server)),
+            ("POST", "/publish") => Answer::Respond(http::publish(
+                server, live, request, body, client, self.index,
+            )),
+            ("POST", _) if path.starts_with("/publish/") => Answer::Respond(http::publish(
+                server, live, request, body, client, self.index,
+            )),
             (_, "/echo") => self.websocket(Route::Echo, request, client, None),
             (_, "/ws") => self.websocket(Route::Envelope, request, client, None),
             (_, _) if path.starts_with("/t/") => {
@@ -604,10 +671,24 @@ impl Handler for App {
     }
 
     fn on_open(&mut self, ctx: &mut Ctx<'_, Conn>) {
-        let Pending { topic, extra } = self.pending.take().unwrap_or(Pending {
+        let Pending {
+            topic,
+            extra,
+            client,
+        } = self.pending.take().unwrap_or(Pending {
             topic: None,
             extra: Extra::default(),
+            client: None,
         });
+        tracing::debug!(
+            reactor = self.index,
+            conn = ctx.id(),
+            route = ?ctx.conn().route,
+            peer = ?client,
+            topic = topic.as_deref(),
+            sub = extra.grants.as_ref().and_then(Grants::subject),
+            "websocket open"
+        );
         self.server.opened(extra.ip);
         if !extra.is_empty() {
             let key = self.extras.insert(extra);
@@ -638,6 +719,7 @@ impl Handler for App {
     }
 
     fn on_message(&mut self, ctx: &mut Ctx<'_, Conn>, kind: MessageKind, payload: &[u8]) {
+        self.server.refresh(&mut self.live);
         self.server.counters[self.index]
             .bytes_in
             .fetch_add(payload.len() as u64, Relaxed);
@@ -651,7 +733,16 @@ impl Handler for App {
         }
     }
 
-    fn on_close(&mut self, id: ConnId, conn: &mut Conn, _code: Option<CloseCode>) {
+    fn on_close(&mut self, id: ConnId, conn: &mut Conn, code: Option<CloseCode>) {
+        tracing::debug!(
+            reactor = self.index,
+            conn = id,
+            route = ?conn.route,
+            code = code.map(|c| c.0),
+            reason = close_reason(code),
+            topics = conn.subs.len(),
+            "websocket closed"
+        );
         if self.registry.unsubscribe_all(id, &mut conn.subs) > 0 {
             self.update_gauge();
         }
@@ -667,10 +758,12 @@ impl Handler for App {
     }
 
     fn on_inbox(&mut self, local: &mut Local<'_, Conn>, post: Post) {
+        self.server.refresh(&mut self.live);
         match post {
             Post::Message(message) => self.fan_out(local, message),
             Post::Ready(topic) => self.unpark(local, topic),
             Post::Reset { topic, seq } => self.reset(local, &topic, seq),
+            Post::Probe(round) => self.server.answered(self.index, round),
         }
     }
 }
@@ -698,11 +791,11 @@ impl App {
 
     /// A message from the hub, to this reactor's subscribers of its topic.
     fn fan_out(&mut self, local: &mut Local<'_, Conn>, message: Arc<Message>) {
-        let server = &*self.server;
+        let (server, config) = (&*self.server, &self.live.get().config);
         let counters = &server.counters[self.index];
-        let (max_queued, policy) = (server.config.max_queued_bytes, server.config.slow_consumer);
+        let (max_queued, policy) = (config.max_queued_bytes, config.slow_consumer);
         let raw = message.payload().frame();
-        let zconfig = &server.config.compression;
+        let zconfig = &config.compression;
         let compressing = zconfig.policy != Policy::Off;
         // Built on the first envelope subscriber, then shared by all of them (and compressed
         // once, on the first that takes it).
@@ -775,6 +868,15 @@ impl App {
         if evicted > 0 {
             counters.slow_consumer_closes.fetch_add(evicted, Relaxed);
         }
+        tracing::trace!(
+            reactor = self.index,
+            topic = &**message.topic(),
+            seq = message.seq(),
+            delivered,
+            dropped,
+            evicted,
+            "fanout"
+        );
         let now = Instant::now();
         counters
             .latency

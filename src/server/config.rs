@@ -1,11 +1,17 @@
-//! Settings: command-line flags over an optional TOML file over defaults.
+//! Settings: command-line flags over `CLARION_*` environment variables over an optional TOML
+//! file over defaults (how the sources merge: [`super::sources`]).
 //!
 //! Every flag of `clarion serve` has a TOML key of the same name (with `_` for `-`), except
-//! `--redis`, which is `redis` in the `[cluster]` table; a flag given on the command line wins. Sizes are in bytes, durations are written `500ms`, `10s`,
-//! `2m` or `1h`; `0` turns an optional timer off.
+//! `--redis`, which is `redis` in the `[cluster]` table, and an environment variable
+//! `CLARION_<KEY>` (upper case; `__` for a table: `CLARION_CLUSTER__REDIS`). Sizes are in bytes,
+//! durations are written `500ms`, `10s`, `2m` or `1h`; `0` turns an optional timer off. The
+//! list of keys is read off [`Settings`] itself ([`keys`]); `docs/configuration.md` and
+//! `config/clarion.toml` are tested against it.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -14,16 +20,43 @@ use serde::Deserialize;
 
 use super::auth::AuthMode;
 use super::forwarded::ForwardedHeader;
+use super::keys::{Key, SECRET, keys_of};
+use super::logging::LogFormat;
+use super::sources::{Layer, Sources};
 use super::state::{AppConfig, ClientPublish, SlowConsumer};
 use crate::cluster::{self, ClusterConfig};
 
 use clarion_engine::{Cidr, TrustedProxies};
 use clarion_pubsub::{HubConfig, MAX_REACTORS};
 
-/// A configured secret (JWT key, API key): used as a `str`, never shown by `Debug`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
+/// A configured secret (JWT key, API key, a URL with a password): used as a `str`, never shown
+/// by `Debug`. A key of this type may also be read from a file (`<key>_file`, see
+/// [`super::sources`]): it asks serde for the newtype [`SECRET`], which is how the key list
+/// knows it.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Secret, D::Error> {
+        struct Text;
+        impl<'de> serde::de::Visitor<'de> for Text {
+            type Value = Secret;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_newtype_struct<D: serde::Deserializer<'de>>(
+                self,
+                de: D,
+            ) -> Result<Secret, D::Error> {
+                String::deserialize(de).map(Secret)
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Secret, E> {
+                Ok(Secret(text.to_owned()))
+            }
+        }
+        de.deserialize_newtype_struct(SECRET, Text)
+    }
+}
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -78,11 +111,15 @@ pub enum CompressionChoice {
     PerConnection,
 }
 
-/// `clarion serve` flags; each overrides the config file's key of the same name.
+/// `clarion serve` flags, which are also the config keys: each flag overrides its
+/// `CLARION_<KEY>` variable, which overrides the config file's key of the same name.
 #[derive(Args, Debug, Default, Deserialize, Clone)]
+#[group(skip)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// TOML config file (keys as these flags, with `_` for `-`).
+    /// TOML config file (keys as these flags, with `_` for `-`) [env: CLARION_CONFIG]. Every
+    /// key can also be set as `CLARION_<KEY>` (`CLARION_CLUSTER__REDIS` for `[cluster] redis`):
+    /// flags win over the environment, which wins over the file.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -192,13 +229,25 @@ pub struct Settings {
     #[arg(long, value_enum)]
     pub auth: Option<AuthMode>,
 
-    /// The HS256 secret of `auth = jwt` (prefer the config file: flags show in `ps`).
+    /// The HS256 secret of `auth = jwt` (flags show in `ps`: prefer --jwt-secret-file or
+    /// CLARION_JWT_SECRET_FILE).
     #[arg(long, value_name = "SECRET")]
     pub jwt_secret: Option<Secret>,
 
+    /// A file holding the JWT secret (trailing newlines trimmed), re-read on SIGHUP.
+    #[arg(long, value_name = "FILE", conflicts_with = "jwt_secret")]
+    #[serde(skip)]
+    pub jwt_secret_file: Option<PathBuf>,
+
     /// Bearer key of the HTTP publish API; unset leaves the API open (a warning is logged).
+    /// Flags show in `ps`: prefer --api-key-file or CLARION_API_KEY_FILE.
     #[arg(long, value_name = "KEY")]
     pub api_key: Option<Secret>,
+
+    /// A file holding the API key (trailing newlines trimmed), re-read on SIGHUP.
+    #[arg(long, value_name = "FILE", conflicts_with = "api_key")]
+    #[serde(skip)]
+    pub api_key_file: Option<PathBuf>,
 
     /// Origins allowed to open /t/ and /ws, comma-separated `scheme://host[:port]`; requests
     /// without an Origin header always pass [default: any].
@@ -214,8 +263,9 @@ pub struct Settings {
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
-    /// Most open WebSockets per client address, refused with 429 beyond; 0 = no limit
-    /// [default: 0]. An IPv6 client is its block of `ipv6_prefix` bits.
+    /// Most open WebSockets per client address, refused with 429 beyond; 0 = no limit. An
+    /// IPv6 client is its block of `ipv6_prefix` bits. Both backends (on io_uring a non-zero
+    /// cap makes accepts carry the peer's address) [default: 0].
     #[arg(long, value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
 
@@ -299,10 +349,20 @@ pub struct Settings {
 
     /// Join the cluster on this Redis (e.g. redis://127.0.0.1:6379): topics, `seq`s, history and
     /// presence are shared with every node on it. Unset: a self-contained node. In the config
-    /// file: `redis` in the `[cluster]` table.
+    /// file: `redis` in the `[cluster]` table (or `redis_file`, for a URL with a password).
     #[arg(long, value_name = "URL")]
     #[serde(skip)]
     pub redis: Option<String>,
+
+    /// What to log: a level (error, warn, info, debug, trace) or `tracing` filter directives
+    /// such as `info,clarion::server=debug`; RUST_LOG is read when CLARION_LOG_LEVEL is not
+    /// set. Applied again on SIGHUP [default: info].
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    /// Log lines as plain text or one JSON object each [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
 
     /// The config file's `[cluster]` table.
     #[arg(skip)]
@@ -313,8 +373,8 @@ pub struct Settings {
 #[derive(Debug, Default, Deserialize, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSettings {
-    /// The Redis URL (the `--redis` flag wins over it).
-    pub redis: Option<String>,
+    /// The Redis URL (the `--redis` flag wins over it). A secret: it may hold a password.
+    pub redis: Option<Secret>,
     /// Payload bytes of publishes that may wait for Redis while it is slow or down; past it
     /// publishes are refused [default: 16777216].
     pub buffer_bytes: Option<usize>,
@@ -324,81 +384,45 @@ pub struct ClusterSettings {
     pub heartbeat: Option<Duration>,
 }
 
+/// Every config key, read off [`Settings`] once (see [`super::keys`]).
+pub fn keys() -> &'static [Key] {
+    static KEYS: LazyLock<Vec<Key>> = LazyLock::new(keys_of::<Settings>);
+    &KEYS
+}
+
+/// The flags of `clarion serve`, as a command of their own (for tests and tools).
+pub fn command() -> clap::Command {
+    Settings::augment_args(clap::Command::new("serve"))
+}
+
+/// Settings read from their sources, and the merged keys they came from.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The settings, validated.
+    pub settings: Settings,
+    /// The merged keys (secrets read from their files), to compare on reload.
+    pub layer: Layer,
+    /// Environment variables ignored, to log once logging is set up.
+    pub warnings: Vec<String>,
+}
+
 impl Settings {
-    /// The flags, over the config file they name (if any).
-    pub fn resolve(flags: Settings) -> Result<Settings, String> {
-        let Some(path) = flags.config.clone() else {
-            return Self::validated(flags);
-        };
-        let file = Self::from_file(&path)?;
-        Self::validated(flags.over(file))
-    }
-
-    /// Reads a TOML config file.
-    pub fn from_file(path: &Path) -> Result<Settings, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))
-    }
-
-    /// `self`'s values where set, else `base`'s.
-    fn over(self, base: Settings) -> Settings {
-        macro_rules! pick {
-            ($($field:ident),*) => { Settings { config: self.config, $($field: self.$field.or(base.$field)),* } };
-        }
-        pick!(
-            listen,
-            io,
-            uring_files,
-            uring_buffers,
-            uring_buffer_size,
-            threads,
-            no_pin,
-            private_fd_table,
-            backlog,
-            max_connections_per_reactor,
-            max_frame_size,
-            max_message_size,
-            max_head_size,
-            max_headers,
-            max_body_size,
-            handshake_timeout,
-            ping_interval,
-            pong_timeout,
-            idle_timeout,
-            close_timeout,
-            drain_timeout,
-            read_buffer_size,
-            auth,
-            jwt_secret,
-            api_key,
-            allowed_origins,
-            client_publish,
-            max_connections,
-            max_connections_per_ip,
-            ipv6_prefix,
-            trusted_proxies,
-            forwarded_header,
-            max_topics_per_connection,
-            max_topic_length,
-            max_topics,
-            max_queued_bytes,
-            slow_consumer,
-            history_size,
-            history_max_bytes,
-            history_max_age,
-            history_total_bytes,
-            redis,
-            cluster,
-            compression,
-            compression_level,
-            compression_window_bits,
-            compression_threshold,
-            compression_max_windows
-        )
+    /// Reads `sources` with the environment `vars`, merges and validates them.
+    pub fn load(
+        sources: &Sources,
+        vars: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> Result<Loaded, String> {
+        let (layer, warnings) = sources.read(keys(), vars)?;
+        let settings = Self::validated(layer.deserialize(keys())?)?;
+        Ok(Loaded {
+            settings,
+            layer,
+            warnings,
+        })
     }
 
     fn validated(settings: Settings) -> Result<Settings, String> {
+        let bad_log_level = super::logging::filter(&settings.log_level()).is_err();
         let config = settings.reactor_config();
         let p = &config.protocol;
         let app = settings.app_config();
@@ -472,6 +496,10 @@ impl Settings {
                 "cluster heartbeat must be above 0",
             ),
             (
+                bad_log_level,
+                "log_level is not a valid filter (e.g. info or info,clarion=debug)",
+            ),
+            (
                 config.compression.level > 9,
                 "compression_level must be 0 to 9",
             ),
@@ -487,6 +515,11 @@ impl Settings {
             cluster::check_url(&cluster.redis)?;
         }
         Ok(settings)
+    }
+
+    /// The log filter (default `info`).
+    pub fn log_level(&self) -> String {
+        self.log_level.clone().unwrap_or_else(|| "info".to_owned())
     }
 
     /// The push server's configuration these settings describe (defaults where unset).
@@ -547,7 +580,10 @@ impl Settings {
     /// The cluster this node joins, if a Redis URL is set (flag or `[cluster] redis`).
     fn cluster_config(&self) -> Option<ClusterConfig> {
         let table = self.cluster.clone().unwrap_or_default();
-        let redis = self.redis.clone().or(table.redis)?;
+        let redis = self
+            .redis
+            .clone()
+            .or_else(|| table.redis.map(|url| String::from(&*url)))?;
         let d = ClusterConfig::default();
         Some(ClusterConfig {
             redis,
@@ -630,33 +666,222 @@ fn de_cidrs<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Vec<Cidr>>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::sources::scratch_dir;
+    use std::path::Path;
+
+    /// `clarion serve ARGS` in an environment of `env` only.
+    fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Loaded, String> {
+        let matches = command()
+            .try_get_matches_from(std::iter::once("serve").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        let vars = || {
+            env.iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+        };
+        let sources = Sources::new(keys(), &matches, vars())?;
+        Settings::load(&sources, vars())
+    }
+
+    fn example(name: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("config")
+            .join(name);
+        path.to_str().unwrap().to_owned()
+    }
 
     #[test]
-    fn flags_override_the_file_which_overrides_defaults() {
-        let file: Settings = toml::from_str(
-            "threads = 3\nping_interval = \"0\"\nmax_frame_size = 1000\nlisten = \"0.0.0.0:80\"",
+    fn flags_override_the_environment_which_overrides_the_file() {
+        let file = scratch_dir("precedence").join("clarion.toml");
+        std::fs::write(
+            &file,
+            "threads = 3\nping_interval = \"0\"\nmax_frame_size = 1000\nlisten = \"0.0.0.0:80\"\n\
+             backlog = 7\n",
         )
         .unwrap();
-        let flags = Settings {
-            threads: Some(5),
-            ..Settings::default()
-        };
-        let config = flags.over(file).reactor_config();
-        assert_eq!(config.threads, 5);
-        assert_eq!(config.listen, "0.0.0.0:80".parse().unwrap());
+        let file = file.to_str().unwrap();
+        let env = [
+            ("CLARION_THREADS", "4"),
+            ("CLARION_BACKLOG", "8"),
+            ("CLARION_MAX_HEADERS", "10"),
+        ];
+        let loaded = load(&["--config", file, "--threads", "5"], &env).unwrap();
+        let config = loaded.settings.reactor_config();
+        assert_eq!(
+            config.threads, 5,
+            "the flag wins over the environment and the file"
+        );
+        assert_eq!(config.backlog, 8, "the environment wins over the file");
+        assert_eq!(
+            config.protocol.max_headers, 10,
+            "the environment over a default"
+        );
+        assert_eq!(
+            config.listen,
+            "0.0.0.0:80".parse().unwrap(),
+            "the file over a default"
+        );
         assert_eq!(config.protocol.max_frame_size, 1000);
         assert_eq!(config.protocol.ping_interval, None);
         assert_eq!(config.protocol.close_timeout, Duration::from_secs(5));
+        assert_eq!(loaded.layer.origin("threads"), Some("--threads"));
+        assert_eq!(loaded.layer.origin("backlog"), Some("CLARION_BACKLOG"));
+        // CLARION_CONFIG names the file when --config does not.
+        let loaded = load(&[], &[("CLARION_CONFIG", file)]).unwrap();
+        assert_eq!(loaded.settings.reactor_config().threads, 3);
+    }
+
+    #[test]
+    fn every_kind_of_value_comes_from_the_environment() {
+        let loaded = load(
+            &[],
+            &[
+                ("CLARION_LISTEN", "127.0.0.1:7000"),
+                ("CLARION_IO", "epoll"),
+                ("CLARION_NO_PIN", "true"),
+                ("CLARION_IDLE_TIMEOUT", "2m"),
+                (
+                    "CLARION_ALLOWED_ORIGINS",
+                    "https://a.example, https://b.example",
+                ),
+                ("CLARION_SLOW_CONSUMER", "drop"),
+                ("CLARION_COMPRESSION", "per-connection"),
+                ("CLARION_CLUSTER__REDIS", "redis://127.0.0.1:7001"),
+                ("CLARION_CLUSTER__HEARTBEAT", "2s"),
+                ("CLARION_API_KEY", "k"),
+                ("CLARION_LOG_FORMAT", "json"),
+                ("CLARION_LOG_LEVEL", "debug"),
+            ],
+        )
+        .unwrap();
+        let (config, app) = (
+            loaded.settings.reactor_config(),
+            loaded.settings.app_config(),
+        );
+        assert_eq!(config.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(config.io, clarion_engine::Io::Epoll);
+        assert!(!config.pin_threads);
+        assert_eq!(config.protocol.idle_timeout, Some(Duration::from_secs(120)));
+        assert_eq!(
+            app.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert_eq!(app.slow_consumer, SlowConsumer::Drop);
+        assert_eq!(
+            config.compression.policy,
+            clarion_engine::Policy::PerConnection
+        );
+        let cluster = app.cluster.unwrap();
+        assert_eq!(cluster.redis, "redis://127.0.0.1:7001");
+        assert_eq!(cluster.heartbeat, Duration::from_secs(2));
+        assert_eq!(app.api_key.as_deref(), Some("k"));
+        assert_eq!(loaded.settings.log_format, Some(LogFormat::Json));
+        assert_eq!(loaded.settings.log_level(), "debug");
+        // RUST_LOG stands in for CLARION_LOG_LEVEL, below it.
+        let rust_log = load(&[], &[("RUST_LOG", "warn")]).unwrap();
+        assert_eq!(rust_log.settings.log_level(), "warn");
+        let both = load(&[], &[("RUST_LOG", "warn"), ("CLARION_LOG_LEVEL", "error")]);
+        assert_eq!(both.unwrap().settings.log_level(), "error");
+    }
+
+    #[test]
+    fn bad_values_name_their_source() {
+        let error = |args: &[&str], env: &[(&str, &str)]| load(args, env).unwrap_err();
+        assert_eq!(
+            error(&[], &[("CLARION_THREADS", "x")]),
+            "CLARION_THREADS: expected an integer, found \"x\""
+        );
+        let timeout = error(&[], &[("CLARION_IDLE_TIMEOUT", "soon")]);
+        assert!(
+            timeout.starts_with("CLARION_IDLE_TIMEOUT: invalid idle_timeout"),
+            "{timeout}"
+        );
+        let io = error(&[], &[("CLARION_IO", "kqueue")]);
+        assert!(io.starts_with("CLARION_IO: invalid io"), "{io}");
+        let negative = error(&[], &[("CLARION_BACKLOG", "-1")]);
+        assert!(negative.contains("backlog"), "{negative}");
+        assert_eq!(
+            error(&[], &[("CLARION_THREADS", "0")]),
+            "threads must be at least 1"
+        );
+        assert!(error(&["--log-level", "clarion=loud"], &[]).starts_with("log_level"));
+        let file = scratch_dir("bad-values").join("clarion.toml");
+        std::fs::write(&file, "max_topics = \"many\"\n").unwrap();
+        let path = file.to_str().unwrap();
+        let typed = error(&["--config", path], &[]);
+        assert!(
+            typed.starts_with(&format!("{path}: invalid max_topics")),
+            "{typed}"
+        );
+        // A variable that names no setting is ignored, with a warning.
+        let loaded = load(&[], &[("CLARION_MAX_CONECTIONS", "5")]).unwrap();
+        assert_eq!(loaded.settings.app_config().max_connections, 0);
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    }
+
+    #[test]
+    fn secrets_come_from_files_named_anywhere() {
+        let dir = scratch_dir("secret-files");
+        let (jwt, key) = (dir.join("jwt"), dir.join("key"));
+        std::fs::write(&jwt, "swordfish\n").unwrap();
+        std::fs::write(&key, "hunter2\r\n").unwrap();
+        let (jwt, key) = (jwt.to_str().unwrap(), key.to_str().unwrap());
+        let loaded = load(
+            &["--auth", "jwt", "--jwt-secret-file", jwt],
+            &[("CLARION_API_KEY_FILE", key)],
+        )
+        .unwrap();
+        let app = loaded.settings.app_config();
+        assert_eq!(app.jwt_secret.as_deref(), Some("swordfish"));
+        assert_eq!(app.api_key.as_deref(), Some("hunter2"));
+
+        let file = dir.join("clarion.toml");
+        std::fs::write(
+            &file,
+            format!("api_key = \"in the file\"\njwt_secret_file = {jwt:?}\n"),
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+        let loaded = load(&["--config", file], &[("CLARION_API_KEY_FILE", key)]).unwrap();
+        let app = loaded.settings.app_config();
+        assert_eq!(app.jwt_secret.as_deref(), Some("swordfish"));
+        assert_eq!(
+            app.api_key.as_deref(),
+            Some("hunter2"),
+            "the environment's file wins over the config file's value"
+        );
+
+        let missing = load(&[], &[("CLARION_API_KEY_FILE", "/nonexistent/key")]).unwrap_err();
+        assert!(
+            missing.starts_with("CLARION_API_KEY_FILE: cannot read api_key_file /nonexistent/key"),
+            "{missing}"
+        );
+        let both = load(&["--api-key", "x", "--api-key-file", key], &[]).unwrap_err();
+        assert!(both.contains("cannot be used with"), "{both}");
+    }
+
+    #[test]
+    fn every_flag_is_a_key_or_names_a_secret_file() {
+        for arg in command().get_arguments() {
+            let id = arg.get_id().as_str();
+            let path = match id {
+                "config" => continue,
+                "redis" => "cluster.redis",
+                id => id,
+            };
+            let known = keys().iter().any(|key| {
+                key.path == path
+                    || (key.secret
+                        && path.strip_suffix(super::super::keys::FILE_SUFFIX) == Some(&key.path))
+            });
+            assert!(known, "--{id} sets no key");
+        }
     }
 
     #[test]
     fn the_shipped_example_is_valid_and_matches_the_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/clarion.toml");
-        let example = Settings::resolve(Settings {
-            config: Some(path),
-            ..Settings::default()
-        })
-        .unwrap();
+        let example = load(&["--config", &example("clarion.toml")], &[])
+            .unwrap()
+            .settings;
         let mut config = example.reactor_config();
         let defaults = clarion_engine::Config::default();
         // Host-dependent defaults: the core count and the fd limit.
@@ -664,52 +889,43 @@ mod tests {
         config.uring.files = defaults.uring.files;
         assert_eq!(format!("{config:?}"), format!("{defaults:?}"));
         assert_eq!(example.app_config(), AppConfig::default());
+        assert_eq!(example.log_level(), "info");
+        assert_eq!(example.log_format, Some(LogFormat::default()));
+        // The [cluster] table's values, used once a Redis URL is set.
+        let table = example.cluster.unwrap();
+        let cluster = ClusterConfig::default();
+        assert_eq!(table.buffer_bytes, Some(cluster.buffer_bytes));
+        assert_eq!(table.heartbeat, Some(cluster.heartbeat));
     }
 
     #[test]
     fn secrets_never_show_in_debug_output() {
-        let settings: Settings =
-            toml::from_str("api_key = \"hunter2\"\njwt_secret = \"swordfish\"").unwrap();
-        let shown = format!("{settings:?} {:?}", settings.app_config());
-        assert!(
-            !shown.contains("hunter2") && !shown.contains("swordfish"),
-            "{shown}"
-        );
+        let settings: Settings = toml::from_str(
+            "api_key = \"hunter2\"\njwt_secret = \"swordfish\"\n[cluster]\nredis = \"redis://:pw@h\"",
+        )
+        .unwrap();
+        let shown = format!("{settings:?} {:?}", settings.app_config().jwt_secret);
+        for secret in ["hunter2", "swordfish", "redis://:pw@h"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
         assert_eq!(settings.api_key.as_deref(), Some("hunter2"));
     }
 
     #[test]
     fn bad_files_and_values_are_reported() {
-        assert!(
-            toml::from_str::<Settings>("thread = 3")
-                .unwrap_err()
-                .to_string()
-                .contains("unknown field")
-        );
+        let unknown = scratch_dir("unknown-key").join("clarion.toml");
+        std::fs::write(&unknown, "thread = 3\n").unwrap();
+        let error = load(&["--config", unknown.to_str().unwrap()], &[]).unwrap_err();
+        assert!(error.ends_with("unknown key thread"), "{error}");
         assert!(toml::from_str::<Settings>("close_timeout = \"soon\"").is_err());
-        let zero = Settings {
-            threads: Some(0),
-            ..Settings::default()
-        };
         assert_eq!(
-            Settings::resolve(zero).unwrap_err(),
+            load(&["--threads", "0"], &[]).unwrap_err(),
             "threads must be at least 1"
         );
-        let missing = Settings {
-            config: Some("/nonexistent.toml".into()),
-            ..Settings::default()
-        };
-        assert!(
-            Settings::resolve(missing)
-                .unwrap_err()
-                .contains("cannot read")
-        );
-        let jwt = Settings {
-            auth: Some(AuthMode::Jwt),
-            ..Settings::default()
-        };
+        let missing = load(&["--config", "/nonexistent.toml"], &[]).unwrap_err();
+        assert!(missing.contains("cannot read"), "{missing}");
         assert_eq!(
-            Settings::resolve(jwt).unwrap_err(),
+            load(&["--auth", "jwt"], &[]).unwrap_err(),
             "auth = jwt needs a jwt_secret"
         );
         assert!(toml::from_str::<Settings>("slow_consumer = \"maybe\"").is_err());
@@ -717,28 +933,32 @@ mod tests {
 
     #[test]
     fn cluster_comes_from_the_table_or_the_flag() {
-        let file: Settings = toml::from_str(
+        let file = scratch_dir("cluster").join("clarion.toml");
+        std::fs::write(
+            &file,
             "[cluster]\nredis = \"redis://10.0.0.1:6379\"\nbuffer_bytes = 1000\nheartbeat = \"2s\"",
         )
         .unwrap();
-        let cluster = file.app_config().cluster.unwrap();
+        let file = file.to_str().unwrap();
+        let cluster = load(&["--config", file], &[])
+            .unwrap()
+            .settings
+            .app_config()
+            .cluster;
+        let cluster = cluster.unwrap();
         assert_eq!(cluster.redis, "redis://10.0.0.1:6379");
         assert_eq!(cluster.buffer_bytes, 1000);
         assert_eq!(cluster.heartbeat, Duration::from_secs(2));
-        let flags = Settings {
-            redis: Some("redis://127.0.0.1:7000".into()),
-            ..Settings::default()
-        };
-        let merged = flags.over(file).app_config().cluster.unwrap();
+        let flagged = load(
+            &["--config", file, "--redis", "redis://127.0.0.1:7000"],
+            &[],
+        );
+        let merged = flagged.unwrap().settings.app_config().cluster.unwrap();
         assert_eq!(merged.redis, "redis://127.0.0.1:7000");
         assert_eq!(merged.buffer_bytes, 1000);
         assert_eq!(Settings::default().app_config().cluster, None);
-        let bad = Settings {
-            redis: Some("http://nope".into()),
-            ..Settings::default()
-        };
         assert!(
-            Settings::resolve(bad)
+            load(&["--redis", "http://nope"], &[])
                 .unwrap_err()
                 .contains("invalid redis URL")
         );
@@ -748,47 +968,66 @@ mod tests {
     #[test]
     fn the_cluster_examples_are_valid() {
         for node in ["a", "b"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join(format!("config/cluster-node-{node}.toml"));
-            let settings = Settings::resolve(Settings {
-                config: Some(path),
-                ..Settings::default()
-            })
-            .unwrap();
+            let path = example(&format!("cluster-node-{node}.toml"));
+            let settings = load(&["--config", &path], &[]).unwrap().settings;
             assert!(settings.app_config().cluster.is_some());
         }
     }
 
     #[test]
-    fn trusted_proxies_and_the_ipv6_prefix_come_from_file_or_flags() {
-        let file: Settings = toml::from_str(
-            "trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nforwarded_header = \"forwarded\"\nipv6_prefix = 56",
+    fn trusted_proxies_and_the_ipv6_prefix_come_from_file_flags_or_environment() {
+        let file = scratch_dir("proxies").join("clarion.toml");
+        std::fs::write(
+            &file,
+            "trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nforwarded_header = \"forwarded\"\n\
+             ipv6_prefix = 56\n",
         )
         .unwrap();
-        let app = file.app_config();
+        let file = file.to_str().unwrap();
+        let app = load(&["--config", file], &[])
+            .unwrap()
+            .settings
+            .app_config();
         assert!(app.trusted_proxies.trusts("10.1.2.3".parse().unwrap()));
         assert!(app.trusted_proxies.trusts("::1".parse().unwrap()));
         assert!(!app.trusted_proxies.trusts("192.0.2.1".parse().unwrap()));
         assert_eq!(app.forwarded_header, ForwardedHeader::Forwarded);
         assert_eq!(app.ipv6_prefix, 56);
-        let flags = Settings {
-            trusted_proxies: Some(vec!["192.0.2.0/24".parse().unwrap()]),
-            ..Settings::default()
-        };
-        let merged = flags.over(file).app_config();
-        assert!(merged.trusted_proxies.trusts("192.0.2.9".parse().unwrap()));
-        assert!(!merged.trusted_proxies.trusts("10.1.2.3".parse().unwrap()));
+        let flagged = load(
+            &[
+                "--config",
+                file,
+                "--trusted-proxies",
+                "192.0.2.0/24,fd00::/8",
+            ],
+            &[],
+        );
+        let proxies = flagged.unwrap().settings.app_config().trusted_proxies;
+        assert!(proxies.trusts("192.0.2.9".parse().unwrap()));
+        assert!(proxies.trusts("fd12::1".parse().unwrap()));
+        assert!(
+            !proxies.trusts("10.1.2.3".parse().unwrap()),
+            "the flag replaces the list"
+        );
+        let env = [("CLARION_TRUSTED_PROXIES", "127.0.0.1, 10.0.0.0/8")];
+        let proxies = load(&[], &env)
+            .unwrap()
+            .settings
+            .app_config()
+            .trusted_proxies;
+        assert!(proxies.trusts("127.0.0.1".parse().unwrap()));
+        assert!(proxies.trusts("10.9.9.9".parse().unwrap()));
+        let typo = load(&["--trusted-proxies", "10.1.2.3/8"], &[]).unwrap_err();
+        assert!(typo.contains("did you mean 10.0.0.0/8"), "{typo}");
         let typo = toml::from_str::<Settings>("trusted_proxies = [\"10.1.2.3/8\"]");
         assert!(typo.unwrap_err().to_string().contains("host bits"));
-        assert!(toml::from_str::<Settings>("forwarded_header = \"x-real-ip\"").is_err());
-        let zero = Settings {
-            ipv6_prefix: Some(0),
-            ..Settings::default()
-        };
+        assert!(load(&["--forwarded-header", "x-real-ip"], &[]).is_err());
         assert_eq!(
-            Settings::resolve(zero).unwrap_err(),
+            load(&["--ipv6-prefix", "0"], &[]).unwrap_err(),
             "ipv6_prefix must be 1 to 128"
         );
+        assert_eq!(Settings::default().app_config().ipv6_prefix, 64);
+        assert!(Settings::default().app_config().trusted_proxies.is_empty());
     }
 
     #[test]
@@ -801,10 +1040,6 @@ mod tests {
             Settings::default().app_config().client_publish,
             ClientPublish::All
         );
-        let token_without_auth = Settings {
-            client_publish: Some(ClientPublish::Token),
-            ..Settings::default()
-        };
-        assert!(Settings::resolve(token_without_auth).is_err());
+        assert!(load(&["--client-publish", "token"], &[]).is_err());
     }
 }

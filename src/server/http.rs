@@ -18,6 +18,7 @@
 //! With an API key configured the publish API needs `Authorization: Bearer <key>` (401 without).
 
 use std::borrow::Cow;
+use std::net::SocketAddr;
 
 use serde::Deserialize;
 use serde_json::json;
@@ -25,7 +26,8 @@ use serde_json::value::RawValue;
 
 use super::envelope::format_of;
 use super::metrics::{PROMETHEUS_CONTENT_TYPE, Prometheus, stats_json};
-use super::state::{PublishError, Server};
+use super::refusals::Refusal;
+use super::state::{Live, PublishError, Server};
 use clarion_engine::Response;
 use clarion_protocol::MessageKind;
 use clarion_protocol::handshake::Request;
@@ -65,8 +67,8 @@ pub fn health(server: &Server) -> Response {
 }
 
 /// `GET /topics/<topic>`: the topic's subscribers.
-pub fn presence(server: &Server, topic: &str) -> Response {
-    if let Err(e) = validate_topic(topic, server.config.max_topic_length) {
+pub fn presence(server: &Server, live: &Live, topic: &str) -> Response {
+    if let Err(e) = validate_topic(topic, live.config.max_topic_length) {
         return error(400, &e.to_string());
     }
     let (local, elsewhere) = server.presence(topic);
@@ -74,12 +76,27 @@ pub fn presence(server: &Server, topic: &str) -> Response {
     Response::new(200, "application/json", body.to_string())
 }
 
-/// `POST /publish/<topic>` and `POST /publish`, after the API key check.
-pub fn publish(server: &Server, request: &Request, body: &[u8], reactor: usize) -> Response {
-    if let Some(key) = &server.api_key
+/// `POST /publish/<topic>` and `POST /publish` from `peer`, after the API key check.
+pub fn publish(
+    server: &Server,
+    live: &Live,
+    request: &Request,
+    body: &[u8],
+    peer: Option<SocketAddr>,
+    reactor: usize,
+) -> Response {
+    if let Some(key) = &live.api_key
         && !key.check(request)
     {
-        let mut response = error(401, "missing or wrong API key");
+        let reason = "missing or wrong API key";
+        server.refusals.log(Refusal {
+            path: request.path(),
+            peer,
+            status: 401,
+            reason,
+            subject: None,
+        });
+        let mut response = error(401, reason);
         response
             .headers
             .push(("WWW-Authenticate", "Bearer".to_owned()));
@@ -88,9 +105,13 @@ pub fn publish(server: &Server, request: &Request, body: &[u8], reactor: usize) 
     server.counters[reactor]
         .bytes_in
         .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    let max_topic_length = live.config.max_topic_length;
     match request.path().strip_prefix("/publish/") {
-        Some(topic) => publish_one(server, topic, content_format(request, body), body),
-        None => publish_many(server, body),
+        Some(topic) => {
+            let format = content_format(request, body);
+            publish_one(server, max_topic_length, topic, format, body)
+        }
+        None => publish_many(server, max_topic_length, body),
     }
 }
 
@@ -117,11 +138,12 @@ fn content_format(request: &Request, body: &[u8]) -> Result<Format, &'static str
 
 fn publish_one(
     server: &Server,
+    max_topic_length: usize,
     topic: &str,
     format: Result<Format, &str>,
     body: &[u8],
 ) -> Response {
-    if let Err(e) = validate_topic(topic, server.config.max_topic_length) {
+    if let Err(e) = validate_topic(topic, max_topic_length) {
         return error(400, &e.to_string());
     }
     let format = match format {
@@ -178,8 +200,8 @@ pub fn parse_batch(
     Ok(batch)
 }
 
-fn publish_many(server: &Server, body: &[u8]) -> Response {
-    let batch = match parse_batch(body, server.config.max_topic_length) {
+fn publish_many(server: &Server, max_topic_length: usize, body: &[u8]) -> Response {
+    let batch = match parse_batch(body, max_topic_length) {
         Ok(batch) => batch,
         Err(message) => return error(400, &message),
     };

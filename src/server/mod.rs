@@ -10,8 +10,15 @@ pub mod envelope;
 pub mod forwarded;
 pub mod host;
 pub mod http;
+pub mod keys;
+pub mod live;
+pub mod logging;
 pub mod metrics;
+pub mod refusals;
+pub mod reload;
+pub mod sources;
 pub mod state;
+pub mod systemd;
 
 use std::io;
 use std::sync::{Arc, OnceLock};
@@ -21,8 +28,22 @@ use clarion_engine::Runtime;
 use clarion_pubsub::MAX_REACTORS;
 pub use state::AppConfig;
 
+/// A started server: its reactors, and the state they share (what reloads and the service
+/// watchdog reach).
+pub struct Running {
+    /// The reactors.
+    pub runtime: Runtime,
+    /// Their shared state.
+    pub server: Arc<state::Server>,
+}
+
 /// Starts the server's reactors with the application settings `app`.
-pub fn start(mut config: clarion_engine::Config, app: AppConfig) -> io::Result<Runtime> {
+pub fn start(config: clarion_engine::Config, app: AppConfig) -> io::Result<Runtime> {
+    launch(config, app).map(|running| running.runtime)
+}
+
+/// [`start`], keeping a handle on the shared state.
+pub fn launch(mut config: clarion_engine::Config, app: AppConfig) -> io::Result<Running> {
     let invalid = |message: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, message));
     if config.threads > MAX_REACTORS {
         return invalid("the push server runs at most 64 reactors");
@@ -40,7 +61,8 @@ pub fn start(mut config: clarion_engine::Config, app: AppConfig) -> io::Result<R
     config.uring.peer_addresses |=
         app.max_connections_per_ip != 0 || !app.trusted_proxies.is_empty();
     // The first reactor to start builds the shared state, from the inboxes the runtime made.
-    let server = OnceLock::new();
+    let built = Arc::new(OnceLock::new());
+    let server = built.clone();
     let runtime = Runtime::start(config, move |index, shared| {
         // The URL was checked above: only spawning the bridge's threads can fail here.
         let server = server.get_or_init(|| state::Server::new(app.clone(), shared).map(Arc::new));
@@ -50,5 +72,11 @@ pub fn start(mut config: clarion_engine::Config, app: AppConfig) -> io::Result<R
         // `threads` was checked against the hub's limit above.
         app::App::new(server.clone(), index).map_err(|e| io::Error::other(e.to_string()))
     })?;
-    Ok(runtime)
+    // Every reactor has started, so the first one built the state.
+    let server = built
+        .get()
+        .and_then(|server| server.as_ref().ok())
+        .cloned()
+        .ok_or_else(|| io::Error::other("the reactors started without their shared state"))?;
+    Ok(Running { runtime, server })
 }

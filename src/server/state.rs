@@ -1,5 +1,9 @@
 //! What every reactor's handler shares: the application settings, the hub, the inboxes, the
 //! access rules and the counters. One [`Server`] per process, behind an `Arc`.
+//!
+//! The settings that may change while the server runs (SIGHUP) and the access rules built from
+//! them are one [`Live`] value, which each reactor reads through its own cached copy
+//! ([`super::live`]); the rest is fixed at start.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -12,7 +16,9 @@ use serde::Deserialize;
 use super::auth::{ApiKey, AuthMode, Jwt, Origins};
 use super::config::Secret;
 use super::forwarded::ForwardedHeader;
+use super::live::{Cached, Versioned};
 use super::metrics::{Histogram, LatencyHistogram, ReactorMetrics, Snapshot};
+use super::refusals::RefusalLog;
 use crate::cluster::{BufferFull, Cluster, ClusterConfig};
 use clarion_engine::{Cidr, CompressionConfig, Mailboxes, Shared, Stats, TrustedProxies};
 use clarion_pubsub::{Epoch, Hub, HubConfig, Payload, Post};
@@ -59,7 +65,7 @@ pub struct AppConfig {
     /// Most open WebSockets in the process; 0 = no limit.
     pub max_connections: usize,
     /// Most open WebSockets per client address (an IPv4 address, or an IPv6 block of
-    /// `ipv6_prefix` bits); 0 = no limit.
+    /// `ipv6_prefix` bits); 0 = no limit (both backends).
     pub max_connections_per_ip: usize,
     /// Prefix length of the IPv6 block counted as one client by the per-IP cap (one host often
     /// owns a whole /64).
@@ -173,6 +179,65 @@ impl std::fmt::Display for PublishError {
     }
 }
 
+/// The config keys a reload applies while the server runs ([`Server::reload`]); a change to
+/// any other key is logged as needing a restart. `max_connections_per_ip` applies between
+/// non-zero values: turning the cap on needs a restart (connections open before it were not
+/// counted, and io_uring accepts then start to carry addresses).
+pub const RELOADABLE: &[&str] = &[
+    "auth",
+    "jwt_secret",
+    "api_key",
+    "allowed_origins",
+    "client_publish",
+    "max_connections",
+    "max_connections_per_ip",
+    "max_topics_per_connection",
+    "max_topic_length",
+    "max_queued_bytes",
+    "slow_consumer",
+];
+
+/// The settings in force and the access rules built from them: replaced whole by a reload.
+pub struct Live {
+    /// The settings (those not in [`RELOADABLE`] as at start).
+    pub config: AppConfig,
+    /// Token verifier, with `auth = jwt`.
+    pub jwt: Option<Jwt>,
+    /// HTTP API key, when set.
+    pub api_key: Option<ApiKey>,
+    /// Origin allowlist.
+    pub origins: Origins,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The rest is built from the config, secrets included.
+        f.debug_struct("Live")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Live {
+    fn new(config: AppConfig) -> Live {
+        Live {
+            jwt: match config.auth {
+                AuthMode::Jwt => config
+                    .jwt_secret
+                    .as_deref()
+                    .and_then(|s| Jwt::new(s.as_bytes())),
+                AuthMode::None => None,
+            },
+            api_key: config
+                .api_key
+                .as_deref()
+                .and_then(|k| ApiKey::new(k.as_bytes())),
+            origins: Origins::new(&config.allowed_origins),
+            config,
+        }
+    }
+}
+
 /// What the per-IP cap counts a client address under: an IPv4 address (IPv4-mapped IPv6
 /// included), or the IPv6 block of `ipv6_prefix` bits that holds it, since one host (one home
 /// router, one VM) is usually given a whole /64.
@@ -186,8 +251,8 @@ pub fn client_key(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
 
 /// State shared by every reactor's handler.
 pub struct Server {
-    /// The settings.
-    pub config: AppConfig,
+    /// The settings in force and the access rules: read through [`Server::cached`].
+    live: Versioned<Live>,
     /// Topics, `seq`s and history.
     pub hub: Arc<Hub>,
     /// The reactors' inboxes: where a publish sends its message.
@@ -198,12 +263,14 @@ pub struct Server {
     pub stats: Arc<[Arc<Stats>]>,
     /// The application's counters, per reactor.
     pub counters: Box<[Counters]>,
-    /// Token verifier, with `auth = jwt`.
-    pub jwt: Option<Jwt>,
-    /// HTTP API key, when set.
-    pub api_key: Option<ApiKey>,
-    /// Origin allowlist.
-    pub origins: Origins,
+    /// Refused clients, logged at a bounded rate.
+    pub refusals: RefusalLog,
+    /// Per reactor, the last liveness probe it answered ([`Server::probe`]).
+    probes_answered: Box<[AtomicU64]>,
+    /// Whether open connections are counted per IP: fixed at start by the per-IP cap.
+    counts_ips: bool,
+    /// `ipv6_prefix`, fixed at start: the keys of `per_ip` must not change under it.
+    ipv6_prefix: u8,
     open: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     started: Instant,
@@ -237,30 +304,78 @@ impl Server {
             mailboxes: shared.mailboxes.clone(),
             stats: shared.stats.clone(),
             counters: (0..reactors).map(|_| Counters::default()).collect(),
-            jwt: match config.auth {
-                AuthMode::Jwt => config
-                    .jwt_secret
-                    .as_deref()
-                    .and_then(|s| Jwt::new(s.as_bytes())),
-                AuthMode::None => None,
-            },
-            api_key: config
-                .api_key
-                .as_deref()
-                .and_then(|k| ApiKey::new(k.as_bytes())),
-            origins: Origins::new(&config.allowed_origins),
+            refusals: RefusalLog::default(),
+            probes_answered: (0..reactors).map(|_| AtomicU64::new(0)).collect(),
+            counts_ips: config.max_connections_per_ip != 0,
+            ipv6_prefix: config.ipv6_prefix,
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             started: Instant::now(),
             next_sweep: AtomicU64::new(0),
-            config,
+            live: Versioned::new(Live::new(config)),
         })
+    }
+
+    /// The settings in force now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load()
+    }
+
+    /// A reactor's copy of the settings, refreshed with [`Server::refresh`].
+    pub fn cached(&self) -> Cached<Live> {
+        self.live.cached()
+    }
+
+    /// Brings a reactor's copy up to date: one atomic load unless a reload happened.
+    pub fn refresh(&self, cached: &mut Cached<Live>) {
+        cached.refresh(&self.live);
+    }
+
+    /// Applies `next`'s [`RELOADABLE`] settings; every other setting keeps its value from the
+    /// start. Open connections are kept: a new secret, key, origin list or limit applies to
+    /// requests and commands from now on (a token already accepted keeps its grants).
+    pub fn reload(&self, next: &AppConfig) {
+        let mut config = self.live().config.clone();
+        config.auth = next.auth;
+        config.jwt_secret = next.jwt_secret.clone();
+        config.api_key = next.api_key.clone();
+        config.allowed_origins = next.allowed_origins.clone();
+        config.client_publish = next.client_publish;
+        config.max_connections = next.max_connections;
+        if self.counts_ips {
+            config.max_connections_per_ip = next.max_connections_per_ip;
+        }
+        config.max_topics_per_connection = next.max_topics_per_connection;
+        config.max_topic_length = next.max_topic_length;
+        config.max_queued_bytes = next.max_queued_bytes;
+        config.slow_consumer = next.slow_consumer;
+        self.live.store(Live::new(config));
+    }
+
+    /// Asks every reactor to answer liveness probe `round` (a number above the last one).
+    pub fn probe(&self, round: u64) {
+        for reactor in 0..self.mailboxes.len() {
+            self.mailboxes.post(reactor, Post::Probe(round));
+        }
+    }
+
+    /// Reactor `index` answered probe `round`.
+    pub fn answered(&self, index: usize, round: u64) {
+        self.probes_answered[index].fetch_max(round, Relaxed);
+    }
+
+    /// Whether every reactor has answered probe `round`.
+    pub fn all_answered(&self, round: u64) -> bool {
+        self.probes_answered
+            .iter()
+            .all(|answered| answered.load(Relaxed) >= round)
     }
 
     /// Publishes `payload` to `topic`. A self-contained node numbers it and posts it to every
     /// reactor with subscribers, and returns its `seq`; a cluster node queues it for Redis,
     /// which numbers it later, and returns `None`.
     pub fn publish(&self, topic: &str, payload: Payload) -> Result<Option<u64>, PublishError> {
+        tracing::trace!(topic, bytes = payload.bytes().len(), "publish");
         if let Some(cluster) = &self.cluster {
             return cluster
                 .publish(topic, payload)
@@ -287,12 +402,12 @@ impl Server {
 
     /// Whether one more WebSocket from `ip` may open (checked before the upgrade; counted in
     /// [`Server::opened`], so concurrent handshakes can overshoot by a few).
-    pub fn admit(&self, ip: Option<IpAddr>) -> Result<(), Full> {
-        let max = self.config.max_connections;
+    pub fn admit(&self, config: &AppConfig, ip: Option<IpAddr>) -> Result<(), Full> {
+        let max = config.max_connections;
         if max != 0 && self.open.load(Relaxed) >= max {
             return Err(Full::Server);
         }
-        let per_ip = self.config.max_connections_per_ip;
+        let per_ip = config.max_connections_per_ip;
         if let Some(ip) = ip.filter(|_| per_ip != 0)
             && self.ips().get(&ip).is_some_and(|&n| n >= per_ip)
         {
@@ -325,12 +440,12 @@ impl Server {
 
     /// Whether per-IP counting is on.
     pub fn counts_ips(&self) -> bool {
-        self.config.max_connections_per_ip != 0
+        self.counts_ips
     }
 
     /// What the per-IP cap counts `ip` under ([`client_key`] with `ipv6_prefix`).
     pub fn client_key(&self, ip: IpAddr) -> IpAddr {
-        client_key(ip, self.config.ipv6_prefix)
+        client_key(ip, self.ipv6_prefix)
     }
 
     fn ips(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
@@ -405,6 +520,134 @@ impl Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::systemd::Watchdog;
+    use clarion_engine::Policy;
+
+    fn server(config: AppConfig, reactors: usize) -> Server {
+        let shared = Shared {
+            mailboxes: Arc::new(Mailboxes::new(reactors)),
+            stats: (0..reactors).map(|_| Arc::new(Stats::default())).collect(),
+        };
+        Server::new(config, &shared).unwrap()
+    }
+
+    /// The field of [`AppConfig`] a key sets, shown.
+    type Field = fn(&AppConfig) -> String;
+
+    /// Each reloadable key and its field.
+    fn reloadable_fields() -> Vec<(&'static str, Field)> {
+        vec![
+            ("auth", |c| format!("{:?}", c.auth)),
+            ("jwt_secret", |c| format!("{:?}", c.jwt_secret.as_deref())),
+            ("api_key", |c| format!("{:?}", c.api_key.as_deref())),
+            ("allowed_origins", |c| format!("{:?}", c.allowed_origins)),
+            ("client_publish", |c| format!("{:?}", c.client_publish)),
+            ("max_connections", |c| c.max_connections.to_string()),
+            ("max_connections_per_ip", |c| {
+                c.max_connections_per_ip.to_string()
+            }),
+            ("max_topics_per_connection", |c| {
+                c.max_topics_per_connection.to_string()
+            }),
+            ("max_topic_length", |c| c.max_topic_length.to_string()),
+            ("max_queued_bytes", |c| c.max_queued_bytes.to_string()),
+            ("slow_consumer", |c| format!("{:?}", c.slow_consumer)),
+        ]
+    }
+
+    #[test]
+    fn a_reload_applies_the_reloadable_settings_and_keeps_the_rest() {
+        let fields = reloadable_fields();
+        let keys: Vec<_> = fields.iter().map(|(key, _)| *key).collect();
+        assert_eq!(keys, RELOADABLE, "every reloadable key is checked here");
+        let start = AppConfig {
+            max_connections_per_ip: 5,
+            ..AppConfig::default()
+        };
+        let server = server(start.clone(), 1);
+        let next = AppConfig {
+            auth: AuthMode::Jwt,
+            jwt_secret: Some("new secret".into()),
+            api_key: Some("new key".into()),
+            allowed_origins: vec!["https://a.example".into()],
+            client_publish: ClientPublish::None,
+            max_connections: 7,
+            max_connections_per_ip: 6,
+            ipv6_prefix: 48,
+            trusted_proxies: TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]),
+            forwarded_header: ForwardedHeader::Forwarded,
+            max_topics_per_connection: 8,
+            max_topic_length: 9,
+            max_queued_bytes: 4096,
+            slow_consumer: SlowConsumer::Drop,
+            hub: HubConfig {
+                history_size: 1,
+                ..HubConfig::default()
+            },
+            compression: CompressionConfig {
+                policy: Policy::Shared,
+                ..CompressionConfig::default()
+            },
+            cluster: None,
+        };
+        server.reload(&next);
+        let live = server.live();
+        for (key, field) in &fields {
+            assert_ne!(field(&start), field(&next), "{key} changes in this test");
+            assert_eq!(field(&live.config), field(&next), "{key} is applied");
+        }
+        assert_eq!(live.config.hub, start.hub, "history needs a restart");
+        assert_eq!(
+            live.config.ipv6_prefix, 64,
+            "the per-IP keys need a restart"
+        );
+        assert!(live.config.trusted_proxies.is_empty(), "so do the proxies");
+        assert_eq!(live.config.forwarded_header, ForwardedHeader::XForwardedFor);
+        assert_eq!(live.config.compression, start.compression);
+        assert!(live.jwt.is_some() && live.api_key.is_some());
+
+        // Per-IP caps turned on later are not applied: nothing was counted.
+        let uncounted = self::server(AppConfig::default(), 1);
+        uncounted.reload(&next);
+        assert_eq!(uncounted.live().config.max_connections_per_ip, 0);
+        assert!(!uncounted.counts_ips());
+    }
+
+    #[test]
+    fn reactors_pick_up_a_reload_through_their_copy() {
+        let server = server(AppConfig::default(), 1);
+        let mut cached = server.cached();
+        server.reload(&AppConfig {
+            max_connections: 3,
+            ..AppConfig::default()
+        });
+        assert_eq!(cached.get().config.max_connections, 0);
+        server.refresh(&mut cached);
+        assert_eq!(cached.get().config.max_connections, 3);
+    }
+
+    #[test]
+    fn the_watchdog_pings_only_when_every_reactor_answered() {
+        let server = server(AppConfig::default(), 2);
+        let mut watchdog = Watchdog::default();
+        assert!(
+            watchdog.tick(&server, false),
+            "nothing asked yet: probe 1 goes out"
+        );
+        assert!(!watchdog.tick(&server, false));
+        server.answered(0, 1);
+        assert!(!watchdog.tick(&server, false), "reactor 1 has not answered");
+        assert!(
+            watchdog.tick(&server, true),
+            "the drain has its own timeout"
+        );
+        server.answered(1, 1);
+        assert!(
+            watchdog.tick(&server, false),
+            "both answered: probe 2 goes out"
+        );
+        assert!(!server.all_answered(2));
+    }
 
     fn key(ip: &str, prefix: u8) -> IpAddr {
         client_key(ip.parse().unwrap(), prefix)

@@ -176,6 +176,9 @@ pub enum Post {
         /// The last `seq` that still holds.
         seq: u64,
     },
+    /// A liveness probe with its round number, from the server's service watchdog: the
+    /// reactor notes that it reached its inbox. The hub never sends one.
+    Probe(u64),
 }
 
 #[cfg(test)]

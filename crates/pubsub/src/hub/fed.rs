@@ -273,6 +273,7 @@ mod tests {
                 Post::Message(m) => m.seq().to_string(),
                 Post::Reset { seq, .. } => format!("reset {seq}"),
                 Post::Ready(topic) => format!("ready {topic}"),
+                Post::Probe(round) => format!("probe {round}"),
             })
             .collect()
     }
@@ -495,7 +496,7 @@ mod tests {
                         }
                     }
                     Post::Reset { seq, .. } => view.retain(|(s, _)| s <= seq),
-                    Post::Ready(_) => {}
+                    Post::Ready(_) | Post::Probe(_) => {}
                 }
             }
             proptest::prop_assert_eq!(&view, &expected);

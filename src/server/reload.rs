@@ -1,0 +1,162 @@
+//! Reload on SIGHUP: the config file, the environment and the secret files are read again with
+//! the flags of the command line, checked whole, and what may change while the server runs is
+//! applied without dropping a connection: the keys of [`RELOADABLE`] and `log_level`. A changed
+//! key that needs a restart is named, not applied; a config that does not load or validate is
+//! refused whole and the running one stays.
+//!
+//! The reactors pick the new settings up through their cached copies ([`super::live`]).
+
+use std::ffi::OsString;
+use std::sync::Arc;
+
+use super::config::{Settings, keys};
+use super::logging::Logging;
+use super::sources::{Layer, Sources, changed};
+use super::state::{RELOADABLE, Server};
+
+/// The key that sets the log filter (applied by the reloader, not the server).
+const LOG_LEVEL: &str = "log_level";
+/// The per-IP cap: live only while it stays on (see [`RELOADABLE`]).
+const PER_IP: &str = "max_connections_per_ip";
+
+/// What a reload did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Keys whose new values are in force.
+    pub applied: Vec<String>,
+    /// Keys whose new values differ from the running ones and need a restart.
+    pub restart: Vec<String>,
+}
+
+/// Whether `key` applies at run time.
+pub fn is_live(key: &str) -> bool {
+    key == LOG_LEVEL || RELOADABLE.contains(&key)
+}
+
+/// Splits the changed keys: `since_applied` (against the last applied keys) for what to apply,
+/// `since_start` (against the keys the process started with) for what needs a restart, which
+/// is named at every reload until the process restarts. `per_ip_counted`: the per-IP cap
+/// was on at start; `per_ip_on`: the new settings set one.
+fn plan(
+    since_applied: Vec<String>,
+    since_start: Vec<String>,
+    per_ip_counted: bool,
+    per_ip_on: bool,
+) -> Outcome {
+    let per_ip_live = per_ip_counted || !per_ip_on;
+    let applied = since_applied
+        .into_iter()
+        .filter(|key| is_live(key) && (key != PER_IP || per_ip_live))
+        .collect();
+    let restart = since_start
+        .into_iter()
+        .filter(|key| !is_live(key) || (key == PER_IP && !per_ip_live))
+        .collect();
+    Outcome { applied, restart }
+}
+
+/// Reloads the running server's settings.
+pub struct Reloader {
+    sources: Sources,
+    /// The keys the process started with.
+    started: Layer,
+    /// The keys last applied.
+    applied: Layer,
+    server: Arc<Server>,
+    logging: Option<Logging>,
+}
+
+impl Reloader {
+    /// A reloader for `server`, which started with `layer` read from `sources`; `logging`, if
+    /// given, gets the new log level.
+    pub fn new(
+        sources: Sources,
+        layer: Layer,
+        server: Arc<Server>,
+        logging: Option<Logging>,
+    ) -> Reloader {
+        Reloader {
+            sources,
+            started: layer.clone(),
+            applied: layer,
+            server,
+            logging,
+        }
+    }
+
+    /// Reads the sources again with the environment `vars` and applies what may change at run
+    /// time. On an error nothing is applied.
+    pub fn reload(
+        &mut self,
+        vars: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> Result<Outcome, String> {
+        let loaded = Settings::load(&self.sources, vars)?;
+        let since_applied = changed(keys(), self.applied.table(), loaded.layer.table());
+        let since_start = changed(keys(), self.started.table(), loaded.layer.table());
+        let app = loaded.settings.app_config();
+        let outcome = plan(
+            since_applied,
+            since_start,
+            self.server.counts_ips(),
+            app.max_connections_per_ip != 0,
+        );
+        if outcome.applied.iter().any(|key| key == LOG_LEVEL)
+            && let Some(logging) = &self.logging
+        {
+            // Validated with the settings: this cannot fail.
+            logging.set_level(&loaded.settings.log_level())?;
+        }
+        self.server.reload(&app);
+        self.applied = loaded.layer;
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(list: &[&str]) -> Vec<String> {
+        list.iter().map(|k| k.to_string()).collect()
+    }
+
+    #[test]
+    fn live_keys_apply_and_the_rest_wait_for_a_restart() {
+        let outcome = plan(
+            keys(&["api_key", "log_level", "max_connections"]),
+            keys(&[
+                "api_key",
+                "listen",
+                "log_level",
+                "max_connections",
+                "threads",
+            ]),
+            false,
+            false,
+        );
+        assert_eq!(outcome.applied, ["api_key", "log_level", "max_connections"]);
+        assert_eq!(outcome.restart, ["listen", "threads"]);
+    }
+
+    #[test]
+    fn the_per_ip_cap_is_live_only_while_it_was_on_from_the_start() {
+        let changed = || keys(&["max_connections_per_ip"]);
+        // Counted from the start: any new value applies.
+        assert_eq!(plan(changed(), changed(), true, true).applied, changed());
+        assert_eq!(plan(changed(), changed(), true, false).applied, changed());
+        // Not counted: turning it on needs a restart.
+        let on = plan(changed(), changed(), false, true);
+        assert!(on.applied.is_empty());
+        assert_eq!(on.restart, changed());
+    }
+
+    #[test]
+    fn every_live_key_is_a_key() {
+        for key in RELOADABLE.iter().chain([&LOG_LEVEL]) {
+            assert!(
+                super::keys().iter().any(|k| k.path == *key),
+                "{key} is not a config key"
+            );
+        }
+    }
+}
