@@ -236,3 +236,32 @@ fn haproxy_in_front() {
 fn haproxy_drops_an_idle_connection_without_pings() {
     dropped_without_pings(Kind::Haproxy);
 }
+
+#[test]
+fn refusals_are_logged_with_the_client_a_trusted_proxy_named() {
+    let mut clarion = Clarion::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+            "--trusted-proxies",
+            "127.0.0.1",
+            "--max-connections-per-ip",
+            "1",
+        ],
+        &[],
+    );
+    let addr = clarion.addr;
+    let (first, _held) = forwarded(addr, "[2001:db8::7]:4711");
+    assert_eq!(first, 101);
+    assert_eq!(forwarded(addr, "2001:db8::8").0, 429, "the same /64");
+    let line = clarion.wait_for("refused a client");
+    assert!(line.contains("peer=[2001:db8::8]:0"), "{line}");
+    assert!(line.contains("status=429"), "{line}");
+    // A malformed header: the proxy is named, since the client could not be read.
+    assert_eq!(forwarded(addr, "2001:db8::zz").0, 400);
+    let line = clarion.wait_for("refused a client");
+    assert!(line.contains("peer=127.0.0.1:"), "{line}");
+    assert!(line.contains("malformed forwarding header"), "{line}");
+}
