@@ -14,82 +14,13 @@ use clarion_engine::Runtime;
 use clarion_pubsub::HubConfig;
 use common::*;
 use serde_json::{Value, json};
+use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::{Message, WebSocket};
-
-type Ws = WebSocket<TcpStream>;
 
 fn server(app: AppConfig) -> (Runtime, SocketAddr) {
     let runtime = start_app(|_| {}, app);
     let addr = runtime.local_addr();
     (runtime, addr)
-}
-
-/// `POST path` with `body` and extra header lines; (status, body).
-fn post(addr: SocketAddr, path: &str, headers: &str, body: &[u8]) -> (u16, String) {
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n{headers}\r\n",
-        body.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(body);
-    split(&http(addr, &request))
-}
-
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    split(&http(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
-    ))
-}
-
-fn split(answer: &str) -> (u16, String) {
-    let status = answer
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {answer:?}"));
-    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
-    (status, body.to_owned())
-}
-
-/// The status a WebSocket upgrade of `path` gets, with extra header lines.
-fn upgrade_status(addr: SocketAddr, path: &str, headers: &str) -> u16 {
-    let request = String::from_utf8(upgrade_request(path)).unwrap();
-    let request = request.replacen("\r\n\r\n", &format!("\r\n{headers}\r\n"), 1);
-    let mut stream = tcp(addr);
-    std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
-    split(&read_head(&mut stream)).0
-}
-
-fn stats(addr: SocketAddr) -> Value {
-    let (status, body) = get(addr, "/stats");
-    assert_eq!(status, 200);
-    serde_json::from_str(&body).unwrap()
-}
-
-fn total_stat(addr: SocketAddr, key: &str) -> u64 {
-    stats(addr)["totals"][key].as_u64().unwrap()
-}
-
-fn send(ws: &mut Ws, command: Value) {
-    ws.send(Message::text(command.to_string())).unwrap();
-}
-
-/// The next text message, as JSON.
-fn next(ws: &mut Ws) -> Value {
-    loop {
-        match ws.read().expect("a message") {
-            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
-            Message::Binary(_) => panic!("binary from /ws"),
-            _ => {}
-        }
-    }
-}
-
-/// Sends `command` and returns the reply (the next message).
-fn call(ws: &mut Ws, command: Value) -> Value {
-    send(ws, command);
-    next(ws)
 }
 
 fn text_of(message: Message) -> Option<String> {
@@ -465,7 +396,7 @@ fn a_slow_consumer_under_drop_sees_a_gap_and_stays_connected() {
 #[test]
 fn tokens_origins_and_limits() {
     use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
-    let secret = "shh";
+    let secret = "a secret of at least thirty-two bytes";
     let sign = |claims: Value, secret: &str| {
         encode(
             &Header::default(),
@@ -476,7 +407,10 @@ fn tokens_origins_and_limits() {
     };
     let (runtime, addr) = server(AppConfig {
         auth: AuthMode::Jwt,
-        jwt_secret: Some(secret.into()),
+        jwt: clarion::server::auth::JwtConfig {
+            secret: Some(secret.into()),
+            ..Default::default()
+        },
         allowed_origins: vec!["https://ok.example".into()],
         client_publish: clarion::server::state::ClientPublish::Token,
         max_connections: 3,
@@ -497,7 +431,7 @@ fn tokens_origins_and_limits() {
     assert_eq!(upgrade_status(addr, "/t/news", &bearer(&expired)), 401);
     assert_eq!(upgrade_status(addr, "/t/news", &bearer(&forged)), 401);
     assert_eq!(upgrade_status(addr, "/t/news?token=garbage", ""), 401);
-    assert_eq!(upgrade_status(addr, "/ws", ""), 401);
+    // `/ws` answers a refused token with a close code instead (tests/auth.rs).
     assert_eq!(upgrade_status(addr, "/t/sports", &bearer(&good)), 403);
     let evil = format!("{}Origin: https://evil.example\r\n", bearer(&good));
     assert_eq!(upgrade_status(addr, "/t/news", &evil), 403);

@@ -206,3 +206,98 @@ fn a_subscriber_that_does_not_read_hits_its_cap_and_others_are_unaffected() {
         "the handler was told the stalled subscriber is full"
     );
 }
+
+/// Counts the sweep hooks; with `per_conn`, each open connection gets a "tick" at its first
+/// sweep and a close with 4000 at its second.
+struct Sweeper {
+    per_conn: bool,
+    sweeps: Arc<AtomicU64>,
+    visits: Arc<AtomicU64>,
+}
+
+impl Handler for Sweeper {
+    type Conn = u8;
+    type Inbox = ();
+
+    fn on_request<'r>(
+        &mut self,
+        _request: &Request<'r>,
+        _body: &[u8],
+        _peer: Option<SocketAddr>,
+    ) -> Answer<'r, u8> {
+        Answer::Upgrade {
+            conn: 0,
+            protocol: None,
+        }
+    }
+
+    fn on_message(&mut self, _ctx: &mut Ctx<'_, u8>, _kind: MessageKind, _payload: &[u8]) {}
+
+    fn on_sweep(&mut self, _now: std::time::Instant) -> bool {
+        self.sweeps.fetch_add(1, Ordering::Relaxed);
+        self.per_conn
+    }
+
+    fn on_sweep_conn(&mut self, ctx: &mut Ctx<'_, u8>) {
+        self.visits.fetch_add(1, Ordering::Relaxed);
+        *ctx.conn() += 1;
+        match *ctx.conn() {
+            1 => ctx.send(MessageKind::Text, b"tick").unwrap(),
+            _ => ctx.close(clarion_protocol::CloseCode(4000), "swept"),
+        }
+    }
+}
+
+fn start_sweeper(per_conn: bool) -> (Runtime, Arc<AtomicU64>, Arc<AtomicU64>) {
+    let (sweeps, visits) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let config = clarion_engine::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        threads: 1,
+        pin_threads: false,
+        io: io(),
+        ..clarion_engine::Config::default()
+    };
+    let (s, v) = (sweeps.clone(), visits.clone());
+    let runtime = Runtime::start(config, move |_, _: &Shared<()>| {
+        Ok(Sweeper {
+            per_conn,
+            sweeps: s.clone(),
+            visits: v.clone(),
+        })
+    })
+    .unwrap();
+    (runtime, sweeps, visits)
+}
+
+/// Waits up to 30 s (sweeps are a second apart; a loaded machine may stretch them).
+fn within_30s(mut condition: impl FnMut() -> bool) -> bool {
+    (0..3000).any(|_| {
+        condition() || {
+            std::thread::sleep(Duration::from_millis(10));
+            false
+        }
+    })
+}
+
+#[test]
+fn the_sweep_hands_each_open_connection_to_the_handler_which_can_send_and_close() {
+    let (server, sweeps, _) = start_sweeper(true);
+    let mut stream = subscribe(server.local_addr());
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let (_, opcode, payload) = read_frame(&mut stream).unwrap();
+    assert_eq!((opcode, &payload[..]), (0x1, &b"tick"[..]));
+    assert_eq!(read_close_code(&mut stream), 4000);
+    assert!(sweeps.load(Ordering::Relaxed) >= 2);
+}
+
+#[test]
+fn a_handler_that_declines_the_sweep_is_not_called_per_connection() {
+    let (server, sweeps, visits) = start_sweeper(false);
+    let _stream = subscribe(server.local_addr());
+    assert!(eventually(|| total(&server, |s| &s.upgrades) == 1));
+    let seen = sweeps.load(Ordering::Relaxed);
+    assert!(within_30s(|| sweeps.load(Ordering::Relaxed) >= seen + 2));
+    assert_eq!(visits.load(Ordering::Relaxed), 0);
+}

@@ -13,7 +13,7 @@ use clarion_protocol::MessageKind;
 use clarion_pubsub::{Epoch, Format, Message, Payload, validate_topic};
 use clarion::server::envelope::{
     Command, Id, format_of, parse_command, render_ack, render_delivery, render_published,
-    render_subscribed,
+    render_session, render_subscribed,
 };
 use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
@@ -34,10 +34,18 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    let (id, topic) = (command.id(), command.topic());
+    // Commands without a topic (hello, refresh, ping) exercise the renderers with "".
+    let (id, topic) = (command.id(), command.topic().unwrap_or_default());
     render_ack(&mut out, id);
     assert_id(&json(&out), id);
     out.clear();
+    render_session(&mut out, id, Some(u8::MAX), Some(u64::MAX));
+    assert_id(&json(&out), id);
+    out.clear();
+    if let Command::Refresh { token, .. } = &command {
+        // A token is any string; it is verified, never echoed.
+        assert!(token.len() <= data.len());
+    }
     render_published(&mut out, id, topic, Some(u64::MAX));
     let ack = json(&out);
     assert_id(&ack, id);

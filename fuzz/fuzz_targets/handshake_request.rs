@@ -12,7 +12,7 @@
 
 use clarion_protocol::deflate::{self, Wants};
 use clarion_protocol::handshake::{Accept, HeadError, Request};
-use clarion::server::auth::{self, ApiKey, Jwt, Origins};
+use clarion::server::auth::{self, ApiKey, Jwt, JwtConfig, Origins};
 use clarion::server::forwarded::{self, ForwardedHeader};
 use clarion_engine::TrustedProxies;
 use libfuzzer_sys::fuzz_target;
@@ -64,7 +64,11 @@ fn exercise(request: &Request<'_>) {
     if let Some(token) = auth::token(request) {
         assert!(!token.is_empty());
     }
-    let jwt = Jwt::new(b"fuzz secret").expect("a secret");
+    let jwt = Jwt::new(&JwtConfig {
+        secret: Some("a fuzz secret of at least 32 bytes".into()),
+        ..JwtConfig::default()
+    })
+    .expect("a secret");
     let _ = jwt.authenticate(request);
     let _ = ApiKey::new(b"key").expect("a key").check(request);
     let _ = Origins::new(&["https://example.com"]).allows(request);

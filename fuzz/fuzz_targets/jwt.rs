@@ -14,7 +14,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use clarion::server::auth::{Grants, Jwt, Unauthorized, pattern_matches};
+use clarion::server::auth::{Grants, Jwt, JwtConfig, Unauthorized, pattern_matches};
 use jsonwebtoken::{Algorithm, EncodingKey, get_current_timestamp};
 use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
@@ -22,11 +22,16 @@ use serde_json::{Map, Value};
 
 const SECRET: &[u8] = b"the fuzz target's secret, 32+ bytes";
 const HS256_HEADER: &[u8] = br#"{"alg":"HS256","typ":"JWT"}"#;
-/// jsonwebtoken's default leeway for `exp` and `nbf`, in seconds.
+/// The default `jwt_leeway` for `exp` and `nbf`, in seconds.
 const LEEWAY: u64 = 60;
 
 fuzz_target!(|data: &[u8]| {
-    let jwt = Jwt::new(SECRET).expect("a secret");
+    let jwt = Jwt::new(&JwtConfig {
+        secret: Some(std::str::from_utf8(SECRET).expect("UTF-8").into()),
+        leeway: std::time::Duration::from_secs(LEEWAY),
+        ..JwtConfig::default()
+    })
+    .expect("a secret");
     check_token(&jwt, data);
     let (header, claims) = match data.iter().position(|&b| b == b'\n') {
         Some(at) => (&data[..at], &data[at + 1..]),

@@ -10,6 +10,11 @@
 //! until the bridge has synced the topic from Redis: it is *parked* here and answered when the
 //! inbox says the topic is ready.
 //!
+//! Time-based duties ride on the reactor's once-a-second sweep ([`Handler::on_sweep`]), with
+//! nothing per connection but a byte: a token whose `exp` plus the leeway has passed closes its
+//! connection with 4001, and an envelope client that asked for heartbeats (`hello`) gets one
+//! every `heartbeat` seconds, spread over the interval by connection id.
+//!
 //! Logs: each refused client at `info` (rate-limited, [`super::refusals`]); each WebSocket's
 //! open and close at `debug`; requests, commands and each message's fanout at `trace`.
 
@@ -18,12 +23,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use slab::Slab;
 
-use super::auth::Grants;
-use super::envelope::{self, Command, ErrorCode, Id, delivery_frame, format_of};
+use super::auth::{Grants, Unauthorized};
+use super::envelope::{
+    self, Command, ErrorCode, HEARTBEAT, Id, TOKEN_EXPIRED, TOKEN_REFUSED, delivery_frame,
+    format_of,
+};
 use super::forwarded;
 use super::http;
 use super::live::Cached;
@@ -60,6 +68,9 @@ pub struct Conn {
     route: Route,
     /// A `/t/` connection may publish what it sends.
     may_publish: bool,
+    /// `/ws`: seconds between application heartbeats, 0 for none (fits the padding: the entry
+    /// stays 24 bytes).
+    heartbeat: u8,
 }
 
 /// What only some connections need (token grants, a counted IP), kept out of the slab entry.
@@ -83,6 +94,8 @@ impl Extra {
 struct Pending {
     topic: Option<Box<str>>,
     extra: Extra,
+    /// `/ws` with a token refused: opened only to be closed with a code a browser can read.
+    refused: Option<Unauthorized>,
     /// The client's address, for the `debug` line of the open (as `peer`).
     client: Option<SocketAddr>,
 }
@@ -134,6 +147,17 @@ pub struct App {
     scratch: Vec<u8>,
     /// Compresses fanout frames once for every subscriber they fit; made on first use.
     deflater: Option<Deflater>,
+    /// `{"type":"heartbeat"}`, framed once for every connection.
+    heartbeat_frame: Arc<[u8]>,
+    /// Connections of this reactor with heartbeats on.
+    heartbeats: usize,
+    /// The reactor's sweeps, as whole seconds since `origin`: this one and the one before
+    /// (heartbeats fall due when a multiple of their interval lies between them).
+    origin: Instant,
+    tick: u64,
+    prev_tick: u64,
+    /// Unix seconds at this sweep, for token expiry.
+    wall: u64,
 }
 
 impl App {
@@ -149,6 +173,12 @@ impl App {
             parked: HashMap::new(),
             scratch: Vec::new(),
             deflater: None,
+            heartbeat_frame: shared_frame(MessageKind::Text, HEARTBEAT),
+            heartbeats: 0,
+            origin: Instant::now(),
+            tick: 0,
+            prev_tick: 0,
+            wall: 0,
         })
     }
 
@@ -227,6 +257,7 @@ impl App {
         }
         let mut extra = Extra { grants: None, ip };
         let mut may_publish = false;
+        let mut refused_token = None;
         if route != Route::Echo {
             if !live.origins.allows(request) {
                 return Answer::Respond(refused(403, "origin not allowed", None));
@@ -234,6 +265,18 @@ impl App {
             if let Some(jwt) = &live.jwt {
                 match jwt.authenticate(request) {
                     Ok(grants) => extra.grants = Some(grants),
+                    // A browser sees no HTTP status when an upgrade fails, only 1006: an
+                    // envelope client is told why with a close code instead (logged with it).
+                    Err(e) if route == Route::Envelope => {
+                        server.refusals.log(Refusal {
+                            path: request.path(),
+                            peer: client,
+                            status: token_close_code(e).0,
+                            reason: &e.to_string(),
+                            subject: None,
+                        });
+                        refused_token = Some(e);
+                    }
                     Err(e) => {
                         let mut response = refused(401, &e.to_string(), None);
                         response
@@ -257,6 +300,7 @@ impl App {
         self.pending = Some(Pending {
             topic: topic.map(Box::from),
             extra,
+            refused: refused_token,
             client,
         });
         Answer::Upgrade {
@@ -265,6 +309,7 @@ impl App {
                 extra: None,
                 route,
                 may_publish,
+                heartbeat: 0,
             },
             protocol: None,
         }
@@ -273,6 +318,13 @@ impl App {
     fn grants(&self, conn: &Conn) -> Option<&Grants> {
         let key = conn.extra?.get() as usize - 1;
         self.extras.get(key)?.grants.as_ref()
+    }
+
+    /// Seconds until the token of `conn` ends it (`exp` plus the leeway), with tokens in use.
+    fn expires_in(&self, conn: &Conn) -> Option<u64> {
+        let grants = self.grants(conn)?;
+        let remaining = self.live.get().jwt.as_ref()?.remaining(grants, unix_now());
+        Some(remaining.unwrap_or(0))
     }
 
     fn update_gauge(&self) {
@@ -360,10 +412,18 @@ impl App {
             let Some(conn) = local.conn(p.conn) else {
                 continue;
             };
+            let id = p.id.as_deref().map(Id::verbatim);
+            // A `refresh` while it waited may have taken the grant away.
+            if p.envelope && !can_subscribe(self.live.get(), self.grants(conn), &topic) {
+                out.clear();
+                let message = "subscribing to this topic is not allowed";
+                envelope::render_error(&mut out, id, ErrorCode::Forbidden, message);
+                self.send(&mut To(local, p.conn), &out);
+                continue;
+            }
             let subscribed =
                 self.registry
                     .subscribe(p.conn, &mut conn.subs, &topic, p.resume.as_ref(), now);
-            let id = p.id.as_deref().map(Id::verbatim);
             match subscribed {
                 Err(clarion_pubsub::Error::Pending) => {
                     // The topic was given up and is wanted again: wait for the next sync.
@@ -410,26 +470,38 @@ impl App {
 
     fn execute(&mut self, ctx: &mut Ctx<'_, Conn>, command: Command<'_>, out: &mut Vec<u8>) {
         let id = command.id();
-        let topic = command.topic();
+        let topic = command.topic().unwrap_or_default();
         tracing::trace!(
             reactor = self.index,
             conn = ctx.id(),
-            command = match command {
-                Command::Subscribe { .. } => "subscribe",
-                Command::Unsubscribe { .. } => "unsubscribe",
-                Command::Publish { .. } => "publish",
-            },
+            command = command.name(),
             topic,
             "command"
         );
         let error = |out: &mut Vec<u8>, code, message: &str| {
             envelope::render_error(out, id, code, message);
         };
-        if let Err(e) = validate_topic(topic, self.live.get().config.max_topic_length) {
+        if command.topic().is_some()
+            && let Err(e) = validate_topic(topic, self.live.get().config.max_topic_length)
+        {
             error(out, ErrorCode::InvalidTopic, &e.to_string());
             return self.reply(ctx, out);
         }
         match &command {
+            Command::Hello { heartbeat, .. } => {
+                let interval = self.live.get().config.heartbeat(*heartbeat);
+                let conn = ctx.conn();
+                match (conn.heartbeat != 0, interval != 0) {
+                    (false, true) => self.heartbeats += 1,
+                    (true, false) => self.heartbeats -= 1,
+                    _ => {}
+                }
+                conn.heartbeat = interval;
+                let expires_in = self.expires_in(ctx.conn());
+                envelope::render_session(out, id, Some(interval), expires_in);
+            }
+            Command::Refresh { token, .. } => return self.refresh(ctx, id, token, out),
+            Command::Ping { .. } => envelope::render_ack(out, id),
             Command::Subscribe { resume, .. } => {
                 return self.subscribe(ctx, id, topic, *resume, out);
             }
@@ -463,6 +535,70 @@ impl App {
                 }
             }
         }
+        self.reply(ctx, out);
+    }
+
+    /// `refresh`: the new token's grants replace the old ones, subscriptions they no longer
+    /// allow are ended (an `unsubscribed` for each, before the ack), and its `exp` is the one
+    /// that now ends the connection. A refused token changes nothing.
+    fn refresh(
+        &mut self,
+        ctx: &mut Ctx<'_, Conn>,
+        id: Option<Id<'_>>,
+        token: &str,
+        out: &mut Vec<u8>,
+    ) {
+        let Some(jwt) = &self.live.get().jwt else {
+            let message = "tokens are not in use on this server";
+            envelope::render_error(out, id, ErrorCode::Unauthorized, message);
+            return self.reply(ctx, out);
+        };
+        let grants = match jwt.verify(token.as_bytes()) {
+            Ok(grants) => grants,
+            Err(e) => {
+                envelope::render_error(out, id, ErrorCode::Unauthorized, &e.to_string());
+                return self.reply(ctx, out);
+            }
+        };
+        // Every `/ws` connection under `auth = jwt` was opened with grants.
+        let Some(key) = ctx.conn().extra.map(|key| key.get() as usize - 1) else {
+            let message = "this connection has no token to replace";
+            envelope::render_error(out, id, ErrorCode::Unauthorized, message);
+            return self.reply(ctx, out);
+        };
+        let old_subject = self.extras[key].grants.as_ref().map(Grants::subject);
+        if old_subject.is_some_and(|subject| subject != grants.subject()) {
+            let message = "the token is for another subject";
+            envelope::render_error(out, id, ErrorCode::Unauthorized, message);
+            return self.reply(ctx, out);
+        }
+        let conn_id = ctx.id();
+        let ended: Vec<Arc<str>> = ctx
+            .conn()
+            .subs
+            .iter()
+            .filter_map(|topic| self.registry.name(topic))
+            .filter(|topic| !grants.can_subscribe(topic))
+            .cloned()
+            .collect();
+        for topic in &ended {
+            self.registry
+                .unsubscribe(conn_id, &mut ctx.conn().subs, topic);
+            out.clear();
+            let message = "the refreshed token does not grant this topic";
+            envelope::render_unsubscribed(out, topic, ErrorCode::Forbidden, message);
+            self.reply(ctx, out);
+        }
+        if !ended.is_empty() {
+            self.update_gauge();
+        }
+        let expires_in = jwt.remaining(&grants, unix_now()).unwrap_or(0);
+        self.extras[key].grants = Some(grants);
+        self.server.counters[self.index]
+            .token_refreshes
+            .fetch_add(1, Relaxed);
+        out.clear();
+        envelope::render_session(out, id, None, Some(expires_in));
         self.reply(ctx, out);
     }
 
@@ -674,10 +810,12 @@ impl Handler for App {
         let Pending {
             topic,
             extra,
+            refused,
             client,
         } = self.pending.take().unwrap_or(Pending {
             topic: None,
             extra: Extra::default(),
+            refused: None,
             client: None,
         });
         tracing::debug!(
@@ -695,6 +833,10 @@ impl Handler for App {
             // A slab key of a live connection's extra is far below 2³²; if not, the extra is
             // simply not found later (no grants: publish and subscribe are refused).
             ctx.conn().extra = u32::try_from(key + 1).ok().and_then(NonZeroU32::new);
+        }
+        if let Some(refused) = refused {
+            // The close is the whole answer: nothing the client sends is read any more.
+            return ctx.close(token_close_code(refused), &refused.to_string());
         }
         if let Some(topic) = topic {
             let (id, now) = (ctx.id(), ctx.now());
@@ -743,6 +885,10 @@ impl Handler for App {
             topics = conn.subs.len(),
             "websocket closed"
         );
+        if conn.heartbeat != 0 {
+            conn.heartbeat = 0;
+            self.heartbeats -= 1;
+        }
         if self.registry.unsubscribe_all(id, &mut conn.subs) > 0 {
             self.update_gauge();
         }
@@ -766,6 +912,59 @@ impl Handler for App {
             Post::Probe(round) => self.server.answered(self.index, round),
         }
     }
+
+    fn on_sweep(&mut self, now: Instant) -> bool {
+        self.server.refresh(&mut self.live);
+        self.prev_tick = self.tick;
+        self.tick = now.saturating_duration_since(self.origin).as_secs();
+        let expiring = self.live.get().jwt.is_some() && !self.extras.is_empty();
+        if expiring {
+            self.wall = unix_now();
+        }
+        expiring || self.heartbeats > 0
+    }
+
+    fn on_sweep_conn(&mut self, ctx: &mut Ctx<'_, Conn>) {
+        let id = ctx.id();
+        let conn = ctx.conn();
+        let heartbeat = u64::from(conn.heartbeat);
+        if let Some(jwt) = &self.live.get().jwt
+            && let Some(grants) = self.grants(conn)
+            && jwt.remaining(grants, self.wall).is_none()
+        {
+            self.server.counters[self.index]
+                .token_expired_closes
+                .fetch_add(1, Relaxed);
+            return ctx.close(TOKEN_EXPIRED, "token expired");
+        }
+        // Due when a multiple of the interval, shifted by the connection's phase, was passed
+        // since the last sweep: once per interval however late a sweep comes.
+        let phase = id as u64 % heartbeat.max(1);
+        if heartbeat != 0
+            && (self.tick + phase) / heartbeat != (self.prev_tick + phase) / heartbeat
+            && ctx.send_shared(&self.heartbeat_frame).is_ok()
+        {
+            let counters = &self.server.counters[self.index];
+            counters.heartbeats.fetch_add(1, Relaxed);
+            counters.sent(self.heartbeat_frame.len());
+        }
+    }
+}
+
+/// How a `/ws` upgrade whose token was refused is closed: 4001 for an expired token (get a new
+/// one), 4003 for the rest (do not retry with it).
+fn token_close_code(refused: Unauthorized) -> CloseCode {
+    match refused {
+        Unauthorized::Expired => TOKEN_EXPIRED,
+        _ => TOKEN_REFUSED,
+    }
+}
+
+/// Seconds since the Unix epoch (0 for a clock set before it).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 impl App {

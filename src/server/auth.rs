@@ -1,21 +1,39 @@
-//! Who may connect and what they may do: HS256 JWTs with topic grants, the API key of the HTTP
-//! publish API, and the Origin allowlist. Every check reads a request head; none does I/O.
+//! Who may connect and what they may do: JWTs with topic grants (HS256 with a shared secret, or
+//! RS256 / ES256 with the signer's public key), the API key of the HTTP publish API, and the
+//! Origin allowlist. Every check reads a request head or a token; none does I/O (the public key
+//! file is read once, when the verifier is built).
 //!
 //! A token comes in `Authorization: Bearer <jwt>` or, for browsers that cannot set headers, in
-//! the `token` query parameter (taken as is: a JWT needs no percent-encoding). Its claims:
-//! `exp` (required), `sub` (optional), and `subscribe` / `publish`, lists of topic patterns.
+//! the `token` query parameter (taken as is: a JWT needs no percent-encoding); on `/ws` a
+//! `refresh` command brings the next one. Its claims: `exp` (required), `nbf` (checked when
+//! present), `aud` and `iss` (required and checked when configured), `sub` (optional), and
+//! `subscribe` / `publish`, lists of topic patterns.
 //!
 //! Patterns: a topic splits into segments at `.` and `/`. In a pattern, `*` matches exactly one
 //! non-empty segment and a final `**` matches one or more segments (whatever their separators);
 //! any other segment matches itself. Separators must agree: `chat.*` matches `chat.lobby`, not
 //! `chat/lobby` or `chat.a.b`; `chat.**` matches both `chat.a` and `chat.a/b`, not `chat`.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use p256::elliptic_curve::sec1::ToEncodedPoint;
+use rsa::pkcs1::DecodeRsaPublicKey;
+use rsa::pkcs8::DecodePublicKey;
+use rsa::traits::PublicKeyParts;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
+use super::config::Secret;
 use clarion_protocol::handshake::Request;
+
+/// The shortest HS256 secret accepted: 32 bytes, the 256 bits of the hash (RFC 7518 §3.2).
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// The smallest RSA key accepted for RS256 (RFC 7518 §3.3).
+pub const MIN_RSA_BITS: usize = 2048;
 
 /// Whether WebSocket clients must show a token.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -28,14 +46,18 @@ pub enum AuthMode {
     Jwt,
 }
 
-/// Why a request is refused with 401.
+/// Why a token is refused (401 before the upgrade; close 4001 or 4003 on `/ws`; an
+/// `unauthorized` error to a `refresh`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unauthorized {
     /// No token in the request.
     Missing,
-    /// The token's `exp` has passed.
+    /// The token's `exp` (plus the leeway) has passed.
     Expired,
-    /// Malformed, wrong algorithm, bad signature, or missing or mistyped claims.
+    /// `aud` or `iss` missing, or not one of the configured values.
+    NotForUs,
+    /// Malformed, wrong algorithm, bad signature, not yet valid (`nbf`), or missing or mistyped
+    /// claims.
     Invalid,
 }
 
@@ -43,7 +65,8 @@ impl std::fmt::Display for Unauthorized {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Unauthorized::Missing => "missing token",
-            Unauthorized::Expired => "expired token",
+            Unauthorized::Expired => "token expired",
+            Unauthorized::NotForUs => "token not meant for this server (aud or iss)",
             Unauthorized::Invalid => "invalid token",
         })
     }
@@ -74,7 +97,7 @@ pub struct Grants {
 }
 
 impl Grants {
-    /// The token's `sub`, for logs.
+    /// The token's `sub`: for logs, and a `refresh` must keep it.
     pub fn subject(&self) -> Option<&str> {
         self.subject.as_deref()
     }
@@ -95,35 +118,104 @@ impl Grants {
     }
 }
 
-/// Verifies HS256 JWTs with one shared secret.
+/// How tokens are checked: the `jwt_*` settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JwtConfig {
+    /// HS256: the shared secret, at least [`MIN_SECRET_LEN`] bytes.
+    pub secret: Option<Secret>,
+    /// RS256 or ES256 (chosen by the key's type): a PEM file with the signer's public key, RSA
+    /// of at least [`MIN_RSA_BITS`] or EC P-256.
+    pub public_key: Option<PathBuf>,
+    /// Accepted `aud` values; when set, a token needs an `aud` holding one of them.
+    pub audience: Vec<String>,
+    /// Accepted `iss` values; when set, a token needs one of them as its `iss`.
+    pub issuer: Vec<String>,
+    /// Clock skew allowed for `exp` and `nbf` (whole seconds). A connection is closed once its
+    /// token's `exp` plus this has passed.
+    pub leeway: Duration,
+}
+
+impl Default for JwtConfig {
+    fn default() -> JwtConfig {
+        JwtConfig {
+            secret: None,
+            public_key: None,
+            audience: Vec::new(),
+            issuer: Vec::new(),
+            leeway: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Verifies JWTs with one key: an HS256 secret, or an RS256 or ES256 public key.
+#[derive(Clone)]
 pub struct Jwt {
     key: DecodingKey,
     validation: Validation,
+    leeway: u64,
 }
 
 impl std::fmt::Debug for Jwt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the key.
-        f.write_str("Jwt { .. }")
+        write!(f, "Jwt {{ algorithm: {:?}, .. }}", self.algorithm())
     }
 }
 
 impl Jwt {
-    /// A verifier for tokens signed with `secret`; `None` for an empty secret, which anyone
-    /// could sign with.
-    pub fn new(secret: &[u8]) -> Option<Jwt> {
-        if secret.is_empty() {
-            return None;
-        }
-        let mut validation = Validation::new(Algorithm::HS256);
-        // `exp` is required and checked (with jsonwebtoken's 60 s leeway for clock skew); `nbf`
-        // is checked when present; Clarion configures no audience to check.
+    /// A verifier for `config`, or why the configuration cannot be used (one line, for the
+    /// operator): no key or two, a secret shorter than [`MIN_SECRET_LEN`], or a key file that
+    /// cannot be read or holds no usable public key.
+    pub fn new(config: &JwtConfig) -> Result<Jwt, String> {
+        let (algorithm, key) = match (&config.secret, &config.public_key) {
+            (Some(_), Some(_)) => {
+                return Err("set jwt_secret or jwt_public_key, not both".to_owned());
+            }
+            (None, None) => {
+                return Err("auth = jwt needs a jwt_secret or a jwt_public_key".to_owned());
+            }
+            (Some(secret), None) => {
+                if secret.len() < MIN_SECRET_LEN {
+                    return Err(format!(
+                        "jwt_secret must be at least {MIN_SECRET_LEN} bytes (HS256 needs a \
+                         256-bit key); it has {}",
+                        secret.len()
+                    ));
+                }
+                (
+                    Algorithm::HS256,
+                    DecodingKey::from_secret(secret.as_bytes()),
+                )
+            }
+            (None, Some(path)) => {
+                let pem = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read jwt_public_key {}: {e}", path.display()))?;
+                public_key(&pem).map_err(|e| format!("jwt_public_key {}: {e}", path.display()))?
+            }
+        };
+        let mut validation = Validation::new(algorithm);
+        // `exp` is required and checked, `nbf` checked when present, both with the leeway.
+        validation.leeway = config.leeway.as_secs();
         validation.validate_nbf = true;
-        validation.validate_aud = false;
-        Some(Jwt {
-            key: DecodingKey::from_secret(secret),
+        validation.validate_aud = !config.audience.is_empty();
+        if !config.audience.is_empty() {
+            validation.set_audience(&config.audience);
+            validation.required_spec_claims.insert("aud".to_owned());
+        }
+        if !config.issuer.is_empty() {
+            validation.set_issuer(&config.issuer);
+            validation.required_spec_claims.insert("iss".to_owned());
+        }
+        Ok(Jwt {
+            key,
             validation,
+            leeway: config.leeway.as_secs(),
         })
+    }
+
+    /// The algorithm tokens must be signed with.
+    pub fn algorithm(&self) -> Algorithm {
+        self.validation.algorithms[0]
     }
 
     /// Checks the token that `request` carries (see the module docs for where).
@@ -131,11 +223,16 @@ impl Jwt {
         self.verify(token(request).ok_or(Unauthorized::Missing)?)
     }
 
-    /// Checks one token: signature, algorithm, `exp`, and the claims' shape.
+    /// Checks one token: signature, algorithm, `exp`, `nbf`, `aud`, `iss`, and the claims'
+    /// shape.
     pub fn verify(&self, token: &[u8]) -> Result<Grants, Unauthorized> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |error| match error.kind() {
                 ErrorKind::ExpiredSignature => Unauthorized::Expired,
+                ErrorKind::InvalidAudience | ErrorKind::InvalidIssuer => Unauthorized::NotForUs,
+                ErrorKind::MissingRequiredClaim(claim) if claim == "aud" || claim == "iss" => {
+                    Unauthorized::NotForUs
+                }
                 _ => Unauthorized::Invalid,
             },
         )?;
@@ -147,6 +244,49 @@ impl Jwt {
             subscribe: boxed(claims.subscribe),
             publish: boxed(claims.publish),
         })
+    }
+
+    /// Seconds from `now` (Unix seconds) until a connection holding `grants` must end: its
+    /// `exp` plus the leeway. `None` once that has passed.
+    pub fn remaining(&self, grants: &Grants, now: u64) -> Option<u64> {
+        grants
+            .expires_at
+            .saturating_add(self.leeway)
+            .checked_sub(now)
+    }
+}
+
+/// The algorithm and verifying key of a PEM public key: RSA (SubjectPublicKeyInfo or PKCS#1)
+/// for RS256, EC P-256 (SubjectPublicKeyInfo) for ES256. The key is parsed and checked here,
+/// so a bad file stops the start instead of failing every token later.
+fn public_key(pem: &str) -> Result<(Algorithm, DecodingKey), String> {
+    let rsa = if pem.contains("-----BEGIN RSA PUBLIC KEY-----") {
+        Some(rsa::RsaPublicKey::from_pkcs1_pem(pem).map_err(|e| format!("bad RSA key: {e}"))?)
+    } else {
+        rsa::RsaPublicKey::from_public_key_pem(pem).ok()
+    };
+    if let Some(rsa) = rsa {
+        let bits = rsa.size() * 8;
+        if bits < MIN_RSA_BITS {
+            return Err(format!(
+                "an RSA key of {bits} bits; RS256 needs at least {MIN_RSA_BITS}"
+            ));
+        }
+        let (n, e) = (rsa.n().to_bytes_be(), rsa.e().to_bytes_be());
+        return Ok((
+            Algorithm::RS256,
+            DecodingKey::from_rsa_raw_components(&n, &e),
+        ));
+    }
+    match p256::PublicKey::from_public_key_pem(pem) {
+        Ok(ec) => Ok((
+            Algorithm::ES256,
+            DecodingKey::from_ec_der(ec.to_encoded_point(false).as_bytes()),
+        )),
+        Err(_) => Err(
+            "not a public key in PEM (BEGIN PUBLIC KEY, RSA or EC P-256; or BEGIN RSA PUBLIC KEY)"
+                .to_owned(),
+        ),
     }
 }
 
@@ -282,7 +422,31 @@ mod tests {
     use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
     use serde_json::{Value, json};
 
-    const SECRET: &[u8] = b"test secret";
+    const SECRET: &[u8] = b"a test secret of 32 bytes or more";
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/jwt")
+            .join(name)
+    }
+
+    /// The DER inside a PEM file (the body's base64), for jsonwebtoken's DER signing keys.
+    fn pem_der(name: &str) -> Vec<u8> {
+        use base64::Engine;
+        let text = std::fs::read_to_string(fixture(name)).unwrap();
+        let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap()
+    }
+
+    fn config(secret: Option<&[u8]>, public_key: Option<&str>) -> JwtConfig {
+        JwtConfig {
+            secret: secret.map(|s| Secret::from(std::str::from_utf8(s).unwrap())),
+            public_key: public_key.map(fixture),
+            ..JwtConfig::default()
+        }
+    }
 
     fn sign(claims: &Value, secret: &[u8]) -> String {
         encode(
@@ -300,7 +464,7 @@ mod tests {
     }
 
     fn jwt() -> Jwt {
-        Jwt::new(SECRET).unwrap()
+        Jwt::new(&config(Some(SECRET), None)).unwrap()
     }
 
     fn in_an_hour() -> u64 {
@@ -365,7 +529,133 @@ mod tests {
         for junk in [&b""[..], b"a.b.c", b"...", b"\xff\xfe", &[b'a'; 10_000]] {
             assert_eq!(jwt.verify(junk), Err(Unauthorized::Invalid));
         }
-        assert!(Jwt::new(b"").is_none());
+    }
+
+    #[test]
+    fn unusable_configurations_are_refused_in_one_line() {
+        let refused = |config: JwtConfig| Jwt::new(&config).unwrap_err();
+        let short = refused(config(Some(&[b'k'; 31]), None));
+        assert!(
+            short.starts_with("jwt_secret must be at least 32 bytes"),
+            "{short}"
+        );
+        assert!(refused(config(Some(b""), None)).starts_with("jwt_secret must be at least"));
+        assert!(Jwt::new(&config(Some(&[b'k'; 32]), None)).is_ok());
+        assert_eq!(
+            refused(config(Some(SECRET), Some("rs256-public.pem"))),
+            "set jwt_secret or jwt_public_key, not both"
+        );
+        assert!(refused(config(None, None)).contains("needs a jwt_secret or a jwt_public_key"));
+        assert!(refused(config(None, Some("nonexistent.pem"))).starts_with("cannot read"));
+        let too_short = refused(config(None, Some("rsa1024-public.pem")));
+        assert!(too_short.contains("1024 bits"), "{too_short}");
+        for unusable in ["p384-public.pem", "rs256-private.pem", "README.md"] {
+            let message = refused(config(None, Some(unusable)));
+            assert!(
+                message.contains("not a public key"),
+                "{unusable}: {message}"
+            );
+            assert!(!message.contains('\n'));
+        }
+    }
+
+    fn sign_with(algorithm: Algorithm, key: &EncodingKey, claims: &Value) -> String {
+        encode(&Header::new(algorithm), claims, key).unwrap()
+    }
+
+    #[test]
+    fn rs256_and_es256_tokens_verify_with_the_public_key_only() {
+        let claims = json!({"exp": in_an_hour(), "sub": "ada", "subscribe": ["a"]});
+        let rsa = EncodingKey::from_rsa_der(&pem_der("rs256-private.pem"));
+        let ec = EncodingKey::from_ec_der(&pem_der("es256-private.pem"));
+        let rs256 = sign_with(Algorithm::RS256, &rsa, &claims);
+        let es256 = sign_with(Algorithm::ES256, &ec, &claims);
+        for file in ["rs256-public.pem", "rs256-public-pkcs1.pem"] {
+            let jwt = Jwt::new(&config(None, Some(file))).unwrap();
+            assert_eq!(jwt.algorithm(), Algorithm::RS256);
+            assert!(jwt.verify(rs256.as_bytes()).unwrap().can_subscribe("a"));
+            assert_eq!(jwt.verify(es256.as_bytes()), Err(Unauthorized::Invalid));
+        }
+        let jwt = Jwt::new(&config(None, Some("es256-public.pem"))).unwrap();
+        assert_eq!(jwt.algorithm(), Algorithm::ES256);
+        assert_eq!(jwt.verify(es256.as_bytes()).unwrap().subject(), Some("ada"));
+        assert_eq!(jwt.verify(rs256.as_bytes()), Err(Unauthorized::Invalid));
+        // The classic confusion: an HS256 token whose secret is the public key file's text.
+        let public = std::fs::read(fixture("rs256-public.pem")).unwrap();
+        let confused = sign(&claims, &public);
+        let rs = Jwt::new(&config(None, Some("rs256-public.pem"))).unwrap();
+        assert_eq!(rs.verify(confused.as_bytes()), Err(Unauthorized::Invalid));
+        // A token signed with another key of the right type.
+        let other = sign_with(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(&[7; 32]),
+            &claims,
+        );
+        assert_eq!(jwt.verify(other.as_bytes()), Err(Unauthorized::Invalid));
+    }
+
+    #[test]
+    fn audience_and_issuer_when_configured() {
+        let jwt = Jwt::new(&JwtConfig {
+            audience: vec!["clarion".into(), "push".into()],
+            issuer: vec!["https://auth.example".into()],
+            ..config(Some(SECRET), None)
+        })
+        .unwrap();
+        let exp = in_an_hour();
+        let check = |claims: Value| jwt.verify(sign(&claims, SECRET).as_bytes()).map(|_| ());
+        let iss = "https://auth.example";
+        assert_eq!(
+            check(json!({"exp": exp, "aud": "push", "iss": iss})),
+            Ok(())
+        );
+        assert_eq!(
+            check(json!({"exp": exp, "aud": ["x", "clarion"], "iss": iss})),
+            Ok(())
+        );
+        for claims in [
+            json!({"exp": exp, "aud": "other", "iss": iss}),
+            json!({"exp": exp, "aud": "push", "iss": "https://evil.example"}),
+            json!({"exp": exp, "iss": iss}),
+            json!({"exp": exp, "aud": "push"}),
+        ] {
+            assert_eq!(
+                check(claims.clone()),
+                Err(Unauthorized::NotForUs),
+                "{claims}"
+            );
+        }
+        // Unconfigured, they are not checked (a token may carry them).
+        let open = jwt_with_leeway(60);
+        let token = sign(&json!({"exp": exp, "aud": "any", "iss": "any"}), SECRET);
+        assert!(open.verify(token.as_bytes()).is_ok());
+    }
+
+    fn jwt_with_leeway(seconds: u64) -> Jwt {
+        Jwt::new(&JwtConfig {
+            leeway: Duration::from_secs(seconds),
+            ..config(Some(SECRET), None)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_leeway_bounds_acceptance_and_the_time_remaining() {
+        let now = get_current_timestamp();
+        let token = sign(&json!({"exp": now - 30}), SECRET);
+        assert_eq!(
+            jwt_with_leeway(10).verify(token.as_bytes()),
+            Err(Unauthorized::Expired)
+        );
+        let jwt = jwt_with_leeway(60);
+        let grants = jwt.verify(token.as_bytes()).unwrap();
+        assert_eq!(jwt.remaining(&grants, now - 30), Some(60));
+        assert_eq!(jwt.remaining(&grants, now + 30), Some(0));
+        assert_eq!(jwt.remaining(&grants, now + 31), None);
+        let never = jwt
+            .verify(sign(&json!({"exp": u64::MAX}), SECRET).as_bytes())
+            .unwrap();
+        assert_eq!(jwt.remaining(&never, now), Some(u64::MAX - now));
     }
 
     #[test]

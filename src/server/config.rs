@@ -18,7 +18,7 @@ use clap::{Args, ValueEnum};
 use clarion_host::parse_duration;
 use serde::Deserialize;
 
-use super::auth::AuthMode;
+use super::auth::{AuthMode, JwtConfig};
 use super::forwarded::ForwardedHeader;
 use super::keys::{Key, SECRET, keys_of};
 use super::logging::LogFormat;
@@ -224,13 +224,12 @@ pub struct Settings {
     #[arg(long, value_name = "BYTES")]
     pub read_buffer_size: Option<usize>,
 
-    /// Whether /t/ and /ws need an HS256 JWT (in ?token= or Authorization: Bearer)
-    /// [default: none].
+    /// Whether /t/ and /ws need a JWT (in ?token= or Authorization: Bearer) [default: none].
     #[arg(long, value_enum)]
     pub auth: Option<AuthMode>,
 
-    /// The HS256 secret of `auth = jwt` (flags show in `ps`: prefer --jwt-secret-file or
-    /// CLARION_JWT_SECRET_FILE).
+    /// HS256: the shared secret of `auth = jwt`, at least 32 bytes (flags show in `ps`: prefer
+    /// --jwt-secret-file or CLARION_JWT_SECRET_FILE).
     #[arg(long, value_name = "SECRET")]
     pub jwt_secret: Option<Secret>,
 
@@ -238,6 +237,36 @@ pub struct Settings {
     #[arg(long, value_name = "FILE", conflicts_with = "jwt_secret")]
     #[serde(skip)]
     pub jwt_secret_file: Option<PathBuf>,
+
+    /// RS256 or ES256 (from the key's type): a PEM file with the token signer's public key
+    /// (RSA of 2048 bits or more, or EC P-256), instead of jwt_secret; re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Accepted `aud` values, comma-separated; when set, tokens need one [default: not checked].
+    #[arg(long, value_name = "AUD", value_delimiter = ',')]
+    pub jwt_audience: Option<Vec<String>>,
+
+    /// Accepted `iss` values, comma-separated; when set, tokens need one [default: not checked].
+    #[arg(long, value_name = "ISS", value_delimiter = ',')]
+    pub jwt_issuer: Option<Vec<String>>,
+
+    /// Clock skew allowed on `exp` and `nbf`, in whole seconds; a connection is closed with
+    /// 4001 once its token's `exp` plus this has passed [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub jwt_leeway: Option<Duration>,
+
+    /// Shortest application heartbeat interval a /ws client may ask for (`hello`), 1s to 255s
+    /// [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub heartbeat_min: Option<Duration>,
+
+    /// Longest application heartbeat interval, 1s to 255s [default: 120s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub heartbeat_max: Option<Duration>,
 
     /// Bearer key of the HTTP publish API; unset leaves the API open (a warning is logged).
     /// Flags show in `ps`: prefer --api-key-file or CLARION_API_KEY_FILE.
@@ -430,10 +459,6 @@ impl Settings {
             (config.threads == 0, "threads must be at least 1"),
             (config.threads > MAX_REACTORS, "threads must be at most 64"),
             (
-                app.auth == AuthMode::Jwt && app.jwt_secret.as_deref().is_none_or(str::is_empty),
-                "auth = jwt needs a jwt_secret",
-            ),
-            (
                 app.auth == AuthMode::None && app.client_publish == ClientPublish::Token,
                 "client_publish = token needs auth = jwt",
             ),
@@ -514,6 +539,7 @@ impl Settings {
         if let Some(cluster) = &app.cluster {
             cluster::check_url(&cluster.redis)?;
         }
+        app.check()?;
         Ok(settings)
     }
 
@@ -529,7 +555,15 @@ impl Settings {
         let auth = self.auth.unwrap_or(d.auth);
         AppConfig {
             auth,
-            jwt_secret: self.jwt_secret.clone(),
+            jwt: JwtConfig {
+                secret: self.jwt_secret.clone(),
+                public_key: self.jwt_public_key.clone(),
+                audience: self.jwt_audience.clone().unwrap_or_default(),
+                issuer: self.jwt_issuer.clone().unwrap_or_default(),
+                leeway: self.jwt_leeway.unwrap_or(d.jwt.leeway),
+            },
+            heartbeat_min: self.heartbeat_min.unwrap_or(d.heartbeat_min),
+            heartbeat_max: self.heartbeat_max.unwrap_or(d.heartbeat_max),
             api_key: self.api_key.clone(),
             allowed_origins: self.allowed_origins.clone().unwrap_or_default(),
             client_publish: self.client_publish.unwrap_or(match auth {
@@ -822,7 +856,7 @@ mod tests {
     fn secrets_come_from_files_named_anywhere() {
         let dir = scratch_dir("secret-files");
         let (jwt, key) = (dir.join("jwt"), dir.join("key"));
-        std::fs::write(&jwt, "swordfish\n").unwrap();
+        std::fs::write(&jwt, "swordfish, a secret of 32 bytes or more\n").unwrap();
         std::fs::write(&key, "hunter2\r\n").unwrap();
         let (jwt, key) = (jwt.to_str().unwrap(), key.to_str().unwrap());
         let loaded = load(
@@ -831,7 +865,8 @@ mod tests {
         )
         .unwrap();
         let app = loaded.settings.app_config();
-        assert_eq!(app.jwt_secret.as_deref(), Some("swordfish"));
+        let secret = app.jwt.secret.as_deref();
+        assert_eq!(secret, Some("swordfish, a secret of 32 bytes or more"));
         assert_eq!(app.api_key.as_deref(), Some("hunter2"));
 
         let file = dir.join("clarion.toml");
@@ -843,7 +878,8 @@ mod tests {
         let file = file.to_str().unwrap();
         let loaded = load(&["--config", file], &[("CLARION_API_KEY_FILE", key)]).unwrap();
         let app = loaded.settings.app_config();
-        assert_eq!(app.jwt_secret.as_deref(), Some("swordfish"));
+        let secret = app.jwt.secret.as_deref();
+        assert_eq!(secret, Some("swordfish, a secret of 32 bytes or more"));
         assert_eq!(
             app.api_key.as_deref(),
             Some("hunter2"),
@@ -904,7 +940,7 @@ mod tests {
             "api_key = \"hunter2\"\njwt_secret = \"swordfish\"\n[cluster]\nredis = \"redis://:pw@h\"",
         )
         .unwrap();
-        let shown = format!("{settings:?} {:?}", settings.app_config().jwt_secret);
+        let shown = format!("{settings:?} {:?}", settings.app_config().jwt);
         for secret in ["hunter2", "swordfish", "redis://:pw@h"] {
             assert!(!shown.contains(secret), "{shown}");
         }
@@ -926,7 +962,7 @@ mod tests {
         assert!(missing.contains("cannot read"), "{missing}");
         assert_eq!(
             load(&["--auth", "jwt"], &[]).unwrap_err(),
-            "auth = jwt needs a jwt_secret"
+            "auth = jwt needs a jwt_secret or a jwt_public_key"
         );
         assert!(toml::from_str::<Settings>("slow_consumer = \"maybe\"").is_err());
     }
@@ -1028,6 +1064,52 @@ mod tests {
         );
         assert_eq!(Settings::default().app_config().ipv6_prefix, 64);
         assert!(Settings::default().app_config().trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn jwt_and_heartbeat_settings() {
+        let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt/es256-public.pem");
+        let file = scratch_dir("jwt-settings").join("clarion.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "auth = \"jwt\"\njwt_public_key = {key:?}\njwt_audience = [\"a\", \"b\"]\n\
+                 jwt_issuer = [\"i\"]\njwt_leeway = \"5s\"\nheartbeat_min = \"2s\"\n\
+                 heartbeat_max = \"30s\"\n"
+            ),
+        )
+        .unwrap();
+        let app = load(&["--config", file.to_str().unwrap()], &[])
+            .unwrap()
+            .settings
+            .app_config();
+        assert_eq!(app.jwt.public_key.as_deref(), Some(key.as_path()));
+        assert_eq!(app.jwt.audience, ["a", "b"]);
+        assert_eq!(app.jwt.issuer, ["i"]);
+        assert_eq!(app.jwt.leeway, Duration::from_secs(5));
+        assert_eq!(
+            (app.heartbeat(1), app.heartbeat(10), app.heartbeat(999)),
+            (2, 10, 30)
+        );
+        assert_eq!(app.heartbeat(0), 0);
+        let env = load(
+            &["--auth", "jwt", "--jwt-secret", &"k".repeat(32)],
+            &[("CLARION_JWT_AUDIENCE", "x,y"), ("CLARION_JWT_LEEWAY", "0")],
+        )
+        .unwrap()
+        .settings
+        .app_config();
+        assert_eq!(env.jwt.audience, ["x", "y"]);
+        assert_eq!(env.jwt.leeway, Duration::ZERO);
+        let short = load(&["--auth", "jwt", "--jwt-secret", "short"], &[]).unwrap_err();
+        assert!(
+            short.starts_with("jwt_secret must be at least 32 bytes"),
+            "{short}"
+        );
+        for (min, max) in [("0", "10s"), ("10s", "5s"), ("1s", "256s")] {
+            let bad = load(&["--heartbeat-min", min, "--heartbeat-max", max], &[]);
+            assert!(bad.unwrap_err().starts_with("heartbeat_min"), "{min} {max}");
+        }
     }
 
     #[test]

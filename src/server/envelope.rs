@@ -5,10 +5,16 @@
 //!   for a resume)
 //! - `{"type":"unsubscribe","topic":"t","id":2}`
 //! - `{"type":"publish","topic":"t","data":<any JSON value>,"id":3}`
+//! - `{"type":"hello","heartbeat":25,"id":4}` (session settings: the heartbeat interval)
+//! - `{"type":"refresh","token":"<jwt>","id":5}` (the next token, without reconnecting)
+//! - `{"type":"ping","id":6}` (answered with an ack at once)
 //!
 //! Server messages: `{"type":"ack","id":1,…}` (a subscribe ack adds `topic`, `recovered`,
-//! `epoch`, `seq`; a publish ack adds `topic`, `seq`), `{"type":"error","id":1,"code":…,
-//! "message":…}` and deliveries `{"type":"message","topic":"t","seq":42,"data":…}`.
+//! `epoch`, `seq`; a publish ack adds `topic`, `seq`; a hello ack `heartbeat` and, with tokens,
+//! `expires_in`; a refresh ack `expires_in`), `{"type":"error","id":1,"code":…,"message":…}`,
+//! deliveries `{"type":"message","topic":"t","seq":42,"data":…}`, `{"type":"heartbeat"}`, and
+//! `{"type":"unsubscribed","topic":"t","code":…,"message":…}` when the server ends a
+//! subscription.
 //!
 //! A delivery's `data` depends on the payload's [`Format`]: JSON goes in as is, other text as a
 //! JSON string, binary as a base64 string with `"encoding":"base64"` beside it. An envelope
@@ -26,8 +32,16 @@ use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use clarion_protocol::MessageKind;
+use clarion_protocol::{CloseCode, MessageKind};
 use clarion_pubsub::{Epoch, Format, Message, Resume, shared_frame};
+
+/// Close code of a connection whose token expired (at the upgrade on `/ws`, or during any
+/// pubsub connection once `exp` plus the leeway has passed): get a new token and reconnect.
+pub const TOKEN_EXPIRED: CloseCode = CloseCode(4001);
+
+/// Close code of a `/ws` upgrade whose token was refused (missing, malformed, badly signed, not
+/// yet valid, not for this server): do not retry with the same token.
+pub const TOKEN_REFUSED: CloseCode = CloseCode(4003);
 
 /// A request id exactly as the client wrote it: the JSON text of a number or a string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +89,25 @@ pub enum Command<'a> {
         /// The JSON text of the value, or the string's text.
         data: Cow<'a, [u8]>,
     },
+    /// Session settings.
+    Hello {
+        /// Request id.
+        id: Option<Id<'a>>,
+        /// The heartbeat interval asked for, in seconds; 0 (or absent) for none.
+        heartbeat: u64,
+    },
+    /// Swap in the next token.
+    Refresh {
+        /// Request id.
+        id: Option<Id<'a>>,
+        /// The token (not yet verified).
+        token: Cow<'a, str>,
+    },
+    /// A liveness probe, acknowledged at once.
+    Ping {
+        /// Request id.
+        id: Option<Id<'a>>,
+    },
 }
 
 impl<'a> Command<'a> {
@@ -83,16 +116,32 @@ impl<'a> Command<'a> {
         match self {
             Command::Subscribe { id, .. }
             | Command::Unsubscribe { id, .. }
-            | Command::Publish { id, .. } => *id,
+            | Command::Publish { id, .. }
+            | Command::Hello { id, .. }
+            | Command::Refresh { id, .. }
+            | Command::Ping { id } => *id,
         }
     }
 
-    /// The topic the command is about.
-    pub fn topic(&self) -> &str {
+    /// The command's `type`, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Subscribe { .. } => "subscribe",
+            Command::Unsubscribe { .. } => "unsubscribe",
+            Command::Publish { .. } => "publish",
+            Command::Hello { .. } => "hello",
+            Command::Refresh { .. } => "refresh",
+            Command::Ping { .. } => "ping",
+        }
+    }
+
+    /// The topic the command is about, for the commands that have one.
+    pub fn topic(&self) -> Option<&str> {
         match self {
             Command::Subscribe { topic, .. }
             | Command::Unsubscribe { topic, .. }
-            | Command::Publish { topic, .. } => topic,
+            | Command::Publish { topic, .. } => Some(topic),
+            Command::Hello { .. } | Command::Refresh { .. } | Command::Ping { .. } => None,
         }
     }
 }
@@ -112,6 +161,9 @@ pub enum ErrorCode {
     UnknownType,
     /// Cluster mode: the publish could not be queued for Redis (link down, buffer full).
     Unavailable,
+    /// A `refresh` token was refused (missing, malformed, badly signed, expired, not for this
+    /// server, or for another subject), or tokens are not in use.
+    Unauthorized,
 }
 
 impl ErrorCode {
@@ -124,6 +176,7 @@ impl ErrorCode {
             ErrorCode::InvalidTopic => "invalid_topic",
             ErrorCode::UnknownType => "unknown_type",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Unauthorized => "unauthorized",
         }
     }
 }
@@ -162,6 +215,10 @@ struct Fields<'a> {
     epoch: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    heartbeat: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    token: Option<&'a RawValue>,
 }
 
 /// `Some` for a field that is there, even as `null` (plain `Option` would read `null` as absent,
@@ -317,10 +374,28 @@ pub fn parse_command(input: &[u8]) -> Result<Command<'_>, EnvelopeError<'_>> {
                 data,
             })
         }
+        "hello" => {
+            let heartbeat = match fields.heartbeat {
+                None => 0,
+                Some(raw) => serde_json::from_str(raw.get()).map_err(|_| {
+                    bad(
+                        id,
+                        "\"heartbeat\" must be a whole number of seconds, 0 or more",
+                    )
+                })?,
+            };
+            Ok(Command::Hello { id, heartbeat })
+        }
+        "refresh" => {
+            let raw = fields.token.ok_or(bad(id, "missing \"token\""))?;
+            let token = string(raw).ok_or(bad(id, "\"token\" must be a string"))?;
+            Ok(Command::Refresh { id, token })
+        }
+        "ping" => Ok(Command::Ping { id }),
         _ => Err(EnvelopeError {
             id,
             code: ErrorCode::UnknownType,
-            message: "\"type\" must be subscribe, unsubscribe or publish",
+            message: "\"type\" must be subscribe, unsubscribe, publish, hello, refresh or ping",
         }),
     }
 }
@@ -397,6 +472,38 @@ pub fn render_published(out: &mut Vec<u8>, id: Option<Id>, topic: &str, seq: Opt
     if let Some(seq) = seq {
         u64_field(out, "seq", seq);
     }
+    out.push(b'}');
+}
+
+/// Appends the ack of a `hello` or a `refresh`: `{"type":"ack","id":…}` with `heartbeat` (the
+/// interval in effect, 0 for none) when given, and `expires_in` (seconds until the token's
+/// expiry ends the connection) when given.
+pub fn render_session(
+    out: &mut Vec<u8>,
+    id: Option<Id>,
+    heartbeat: Option<u8>,
+    expires_in: Option<u64>,
+) {
+    open(out, "ack", id);
+    if let Some(heartbeat) = heartbeat {
+        u64_field(out, "heartbeat", heartbeat.into());
+    }
+    if let Some(seconds) = expires_in {
+        u64_field(out, "expires_in", seconds);
+    }
+    out.push(b'}');
+}
+
+/// The application heartbeat, sent every `heartbeat` seconds to a client that asked.
+pub const HEARTBEAT: &[u8] = br#"{"type":"heartbeat"}"#;
+
+/// Appends `{"type":"unsubscribed","topic":…,"code":…,"message":…}`: the server ended the
+/// subscription (the client did not ask).
+pub fn render_unsubscribed(out: &mut Vec<u8>, topic: &str, code: ErrorCode, message: &str) {
+    open(out, "unsubscribed", None);
+    str_field(out, "topic", topic);
+    str_field(out, "code", code.as_str());
+    str_field(out, "message", message);
     out.push(b'}');
 }
 
@@ -550,7 +657,7 @@ mod tests {
             })
         );
         let plain = parse(r#" { "topic" : "a.b", "type" : "subscribe" } "#).unwrap();
-        assert_eq!(plain.topic(), "a.b");
+        assert_eq!(plain.topic(), Some("a.b"));
         assert!(matches!(
             plain,
             Command::Subscribe {
@@ -572,6 +679,47 @@ mod tests {
                 data: Cow::Borrowed(br#"{"a":[1, 2]}"#),
             })
         );
+    }
+
+    #[test]
+    fn parses_session_commands() {
+        assert_eq!(
+            parse(r#"{"type":"hello","heartbeat":25,"id":1}"#),
+            Ok(Command::Hello {
+                id: Some(Id("1")),
+                heartbeat: 25
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"hello"}"#),
+            Ok(Command::Hello {
+                id: None,
+                heartbeat: 0
+            })
+        );
+        let refresh = parse(r#"{"type":"refresh","token":"a.b\/c","id":"r"}"#).unwrap();
+        assert_eq!(
+            refresh,
+            Command::Refresh {
+                id: Some(Id("\"r\"")),
+                token: "a.b/c".into()
+            }
+        );
+        assert_eq!(refresh.topic(), None);
+        assert_eq!(
+            parse(r#"{"type":"ping","id":9,"topic":"ignored"}"#),
+            Ok(Command::Ping { id: Some(Id("9")) })
+        );
+        for bad in [
+            r#"{"type":"hello","heartbeat":-1,"id":1}"#,
+            r#"{"type":"hello","heartbeat":2.5,"id":1}"#,
+            r#"{"type":"hello","heartbeat":"25","id":1}"#,
+            r#"{"type":"hello","heartbeat":null,"id":1}"#,
+            r#"{"type":"refresh","id":1}"#,
+            r#"{"type":"refresh","token":7,"id":1}"#,
+        ] {
+            assert_eq!(error_of(bad), (Some("1"), ErrorCode::BadRequest), "{bad}");
+        }
     }
 
     fn published(input: &str) -> (Format, Vec<u8>) {
@@ -729,6 +877,27 @@ mod tests {
             json!({"type":"error","id":2,"code":"unknown_type","message":error.message})
         );
         out.clear();
+        render_session(&mut out, Some(Id("3")), Some(25), Some(3540));
+        assert_eq!(
+            out,
+            br#"{"type":"ack","id":3,"heartbeat":25,"expires_in":3540}"#
+        );
+        out.clear();
+        render_session(&mut out, None, Some(0), None);
+        assert_eq!(out, br#"{"type":"ack","heartbeat":0}"#);
+        out.clear();
+        render_session(&mut out, Some(Id("4")), None, Some(0));
+        assert_eq!(out, br#"{"type":"ack","id":4,"expires_in":0}"#);
+        out.clear();
+        render_unsubscribed(&mut out, "a.b", ErrorCode::Forbidden, "no \"grant\"");
+        assert_eq!(
+            json_of(&out),
+            json!({"type":"unsubscribed","topic":"a.b","code":"forbidden",
+                   "message":"no \"grant\""})
+        );
+        assert_eq!(json_of(HEARTBEAT), json!({"type":"heartbeat"}));
+        assert_eq!(ErrorCode::Unauthorized.as_str(), "unauthorized");
+        out.clear();
         render_error(&mut out, None, ErrorCode::BadRequest, "a\"\\\n\u{1}é");
         assert_eq!(json_of(&out)["message"], "a\"\\\n\u{1}é");
         assert_eq!(json_of(&out)["code"], "bad_request");
@@ -806,12 +975,17 @@ mod tests {
             Just("since"),
             Just("epoch"),
             Just("data"),
+            Just("heartbeat"),
+            Just("token"),
             Just("x"),
         ];
         let kind = prop_oneof![
             Just("\"subscribe\""),
             Just("\"unsubscribe\""),
             Just("\"publish\""),
+            Just("\"hello\""),
+            Just("\"refresh\""),
+            Just("\"ping\""),
         ];
         (
             kind,

@@ -138,6 +138,12 @@ pub struct ReactorMetrics {
     pub drops: u64,
     /// Subscribers closed for falling behind (`close` policy).
     pub slow_consumer_closes: u64,
+    /// Connections closed because their token expired.
+    pub token_expired_closes: u64,
+    /// Tokens swapped in by `refresh`.
+    pub token_refreshes: u64,
+    /// Application heartbeats sent on `/ws`.
+    pub heartbeats: u64,
     /// Local subscriptions (gauge).
     pub subscriptions: u64,
     /// Requests whose client address a trusted proxy's forwarding header named.
@@ -253,6 +259,24 @@ const REACTOR_METRICS: &[Def<ReactorMetrics>] = &[
         kind: Kind::Counter,
         help: "Subscribers closed for falling behind.",
         value: |r| r.slow_consumer_closes,
+    },
+    Def {
+        key: "token_expired_closes",
+        kind: Kind::Counter,
+        help: "Connections closed with 4001 because their token expired.",
+        value: |r| r.token_expired_closes,
+    },
+    Def {
+        key: "token_refreshes",
+        kind: Kind::Counter,
+        help: "Tokens swapped in by the refresh command.",
+        value: |r| r.token_refreshes,
+    },
+    Def {
+        key: "heartbeats",
+        kind: Kind::Counter,
+        help: "Application heartbeats sent to envelope clients that asked for them.",
+        value: |r| r.heartbeats,
     },
     Def {
         key: "subscriptions",

@@ -23,7 +23,6 @@ pub mod systemd;
 use std::io;
 use std::sync::{Arc, OnceLock};
 
-use auth::AuthMode;
 use clarion_engine::Runtime;
 use clarion_pubsub::MAX_REACTORS;
 pub use state::AppConfig;
@@ -48,8 +47,8 @@ pub fn launch(mut config: clarion_engine::Config, app: AppConfig) -> io::Result<
     if config.threads > MAX_REACTORS {
         return invalid("the push server runs at most 64 reactors");
     }
-    if app.auth == AuthMode::Jwt && app.jwt_secret.as_deref().is_none_or(str::is_empty) {
-        return invalid("auth = jwt needs a jwt_secret");
+    if let Err(message) = app.check() {
+        return invalid(&message);
     }
     if let Some(cluster) = &app.cluster
         && let Err(message) = crate::cluster::check_url(&cluster.redis)
@@ -64,11 +63,12 @@ pub fn launch(mut config: clarion_engine::Config, app: AppConfig) -> io::Result<
     let built = Arc::new(OnceLock::new());
     let server = built.clone();
     let runtime = Runtime::start(config, move |index, shared| {
-        // The URL was checked above: only spawning the bridge's threads can fail here.
+        // The URL and the token key were checked above: spawning the bridge's threads, or a
+        // key file changed since, is what can fail here.
         let server = server.get_or_init(|| state::Server::new(app.clone(), shared).map(Arc::new));
         let server = server
             .as_ref()
-            .map_err(|e| io::Error::other(format!("cannot start the cluster bridge: {e}")))?;
+            .map_err(|e| io::Error::other(format!("cannot start: {e}")))?;
         // `threads` was checked against the hub's limit above.
         app::App::new(server.clone(), index).map_err(|e| io::Error::other(e.to_string()))
     })?;

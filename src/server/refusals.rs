@@ -26,7 +26,8 @@ pub struct Refusal<'a> {
     pub path: &'a str,
     /// The client's address, when the backend reports it.
     pub peer: Option<SocketAddr>,
-    /// The HTTP status answered.
+    /// The HTTP status answered (for a `/ws` upgrade whose token was refused, the close code
+    /// it was closed with at once: 4001 or 4003).
     pub status: u16,
     /// What was wrong.
     pub reason: &'a str,

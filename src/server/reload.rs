@@ -100,13 +100,14 @@ impl Reloader {
             self.server.counts_ips(),
             app.max_connections_per_ip != 0,
         );
+        // First, as it reads the token key again: if that fails, nothing is applied.
+        self.server.reload(&app)?;
         if outcome.applied.iter().any(|key| key == LOG_LEVEL)
             && let Some(logging) = &self.logging
         {
             // Validated with the settings: this cannot fail.
             logging.set_level(&loaded.settings.log_level())?;
         }
-        self.server.reload(&app);
         self.applied = loaded.layer;
         Ok(outcome)
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::auth::{ApiKey, AuthMode, Jwt, Origins};
+use super::auth::{ApiKey, AuthMode, Jwt, JwtConfig, Origins};
 use super::config::Secret;
 use super::forwarded::ForwardedHeader;
 use super::live::{Cached, Versioned};
@@ -54,8 +54,13 @@ pub enum SlowConsumer {
 pub struct AppConfig {
     /// Whether `/t/` and `/ws` need a token.
     pub auth: AuthMode,
-    /// The HS256 secret (required with [`AuthMode::Jwt`]).
-    pub jwt_secret: Option<Secret>,
+    /// How tokens are checked (a key is required with [`AuthMode::Jwt`]).
+    pub jwt: JwtConfig,
+    /// The shortest heartbeat interval an envelope client may ask for (whole seconds, at
+    /// least 1 s); shorter asks get this.
+    pub heartbeat_min: Duration,
+    /// The longest heartbeat interval (at most 255 s); longer asks get this.
+    pub heartbeat_max: Duration,
     /// Bearer key of the HTTP publish API; `None` leaves the API open.
     pub api_key: Option<Secret>,
     /// Allowed `Origin`s of `/t/` and `/ws`; empty allows all.
@@ -95,7 +100,9 @@ impl Default for AppConfig {
     fn default() -> AppConfig {
         AppConfig {
             auth: AuthMode::None,
-            jwt_secret: None,
+            jwt: JwtConfig::default(),
+            heartbeat_min: Duration::from_secs(5),
+            heartbeat_max: Duration::from_secs(120),
             api_key: None,
             allowed_origins: Vec::new(),
             client_publish: ClientPublish::All,
@@ -112,6 +119,44 @@ impl Default for AppConfig {
             cluster: None,
             compression: CompressionConfig::default(),
         }
+    }
+}
+
+/// The longest heartbeat interval a connection can hold (its seconds fit a byte).
+pub const MAX_HEARTBEAT: Duration = Duration::from_secs(255);
+
+impl AppConfig {
+    /// Why these settings cannot be served, if they cannot (one line for the operator): the
+    /// heartbeat range, and with `auth = jwt` the token key (read and parsed here).
+    pub fn check(&self) -> Result<(), String> {
+        let (min, max) = (self.heartbeat_min, self.heartbeat_max);
+        if min < Duration::from_secs(1) || max > MAX_HEARTBEAT || min > max {
+            return Err(
+                "heartbeat_min and heartbeat_max must be 1s to 255s, heartbeat_min at most \
+                 heartbeat_max"
+                    .to_owned(),
+            );
+        }
+        self.verifier().map(drop)
+    }
+
+    /// The token verifier `auth` asks for: `None` with `auth = none`.
+    pub fn verifier(&self) -> Result<Option<Jwt>, String> {
+        match self.auth {
+            AuthMode::None => Ok(None),
+            AuthMode::Jwt => Jwt::new(&self.jwt).map(Some),
+        }
+    }
+
+    /// The heartbeat interval, in whole seconds, for a client that asked for `seconds`: 0 (off)
+    /// stays 0, anything else is brought within `heartbeat_min` to `heartbeat_max`.
+    pub fn heartbeat(&self, seconds: u64) -> u8 {
+        if seconds == 0 {
+            return 0;
+        }
+        let (min, max) = (self.heartbeat_min.as_secs(), self.heartbeat_max.as_secs());
+        // `check` keeps both within 1 to 255.
+        seconds.clamp(min, max).min(u64::from(u8::MAX)) as u8
     }
 }
 
@@ -134,6 +179,12 @@ pub struct Counters {
     pub drops: AtomicU64,
     /// Subscribers closed for a full queue (`close`).
     pub slow_consumer_closes: AtomicU64,
+    /// Connections closed because their token expired (4001).
+    pub token_expired_closes: AtomicU64,
+    /// Tokens swapped in by `refresh`.
+    pub token_refreshes: AtomicU64,
+    /// Application heartbeats sent.
+    pub heartbeats: AtomicU64,
     /// Requests whose client address a trusted proxy's forwarding header named.
     pub forwarded_requests: AtomicU64,
     /// Requests refused (400) for a trusted proxy's forwarding header that could not be read.
@@ -182,10 +233,17 @@ impl std::fmt::Display for PublishError {
 /// The config keys a reload applies while the server runs ([`Server::reload`]); a change to
 /// any other key is logged as needing a restart. `max_connections_per_ip` applies between
 /// non-zero values: turning the cap on needs a restart (connections open before it were not
-/// counted, and io_uring accepts then start to carry addresses).
+/// counted, and io_uring accepts then start to carry addresses). Every reload reads the
+/// `jwt_public_key` file again, so a rotated key is picked up even under the same path.
 pub const RELOADABLE: &[&str] = &[
     "auth",
     "jwt_secret",
+    "jwt_public_key",
+    "jwt_audience",
+    "jwt_issuer",
+    "jwt_leeway",
+    "heartbeat_min",
+    "heartbeat_max",
     "api_key",
     "allowed_origins",
     "client_publish",
@@ -219,22 +277,18 @@ impl std::fmt::Debug for Live {
 }
 
 impl Live {
-    fn new(config: AppConfig) -> Live {
-        Live {
-            jwt: match config.auth {
-                AuthMode::Jwt => config
-                    .jwt_secret
-                    .as_deref()
-                    .and_then(|s| Jwt::new(s.as_bytes())),
-                AuthMode::None => None,
-            },
+    /// Fails only if `auth = jwt` has no usable key (settings are checked before they get
+    /// here, but a key file can change in between): never a server without its verifier.
+    fn new(config: AppConfig) -> Result<Live, String> {
+        Ok(Live {
+            jwt: config.verifier()?,
             api_key: config
                 .api_key
                 .as_deref()
                 .and_then(|k| ApiKey::new(k.as_bytes())),
             origins: Origins::new(&config.allowed_origins),
             config,
-        }
+        })
     }
 }
 
@@ -282,9 +336,11 @@ impl Server {
     /// The shared state for reactors reached through `shared`.
     ///
     /// In cluster mode this starts the bridge threads; it fails only if they cannot be spawned
-    /// (the Redis URL was checked by [`super::start`]).
+    /// (the Redis URL was checked by [`super::start`]) or the token key cannot be used.
     pub fn new(config: AppConfig, shared: &Shared<Post>) -> Result<Server, String> {
         let reactors = shared.mailboxes.len();
+        let live = Live::new(config)?;
+        let config = &live.config;
         let (hub, cluster) = match &config.cluster {
             None => (
                 Arc::new(Hub::new(config.hub.clone(), Epoch::random())),
@@ -312,7 +368,7 @@ impl Server {
             per_ip: Mutex::new(HashMap::new()),
             started: Instant::now(),
             next_sweep: AtomicU64::new(0),
-            live: Versioned::new(Live::new(config)),
+            live: Versioned::new(live),
         })
     }
 
@@ -333,11 +389,15 @@ impl Server {
 
     /// Applies `next`'s [`RELOADABLE`] settings; every other setting keeps its value from the
     /// start. Open connections are kept: a new secret, key, origin list or limit applies to
-    /// requests and commands from now on (a token already accepted keeps its grants).
-    pub fn reload(&self, next: &AppConfig) {
+    /// requests and commands from now on (a token already accepted keeps its grants, and its
+    /// expiry is checked with the new leeway). Nothing changes if the token key cannot be
+    /// used.
+    pub fn reload(&self, next: &AppConfig) -> Result<(), String> {
         let mut config = self.live().config.clone();
         config.auth = next.auth;
-        config.jwt_secret = next.jwt_secret.clone();
+        config.jwt = next.jwt.clone();
+        config.heartbeat_min = next.heartbeat_min;
+        config.heartbeat_max = next.heartbeat_max;
         config.api_key = next.api_key.clone();
         config.allowed_origins = next.allowed_origins.clone();
         config.client_publish = next.client_publish;
@@ -349,7 +409,8 @@ impl Server {
         config.max_topic_length = next.max_topic_length;
         config.max_queued_bytes = next.max_queued_bytes;
         config.slow_consumer = next.slow_consumer;
-        self.live.store(Live::new(config));
+        self.live.store(Live::new(config)?);
+        Ok(())
     }
 
     /// Asks every reactor to answer liveness probe `round` (a number above the last one).
@@ -488,6 +549,9 @@ impl Server {
                     deliveries: c.deliveries.load(Relaxed),
                     drops: c.drops.load(Relaxed),
                     slow_consumer_closes: c.slow_consumer_closes.load(Relaxed),
+                    token_expired_closes: c.token_expired_closes.load(Relaxed),
+                    token_refreshes: c.token_refreshes.load(Relaxed),
+                    heartbeats: c.heartbeats.load(Relaxed),
                     forwarded_requests: c.forwarded_requests.load(Relaxed),
                     forwarded_refused: c.forwarded_refused.load(Relaxed),
                     subscriptions: c.subscriptions.load(Relaxed),
@@ -538,7 +602,13 @@ mod tests {
     fn reloadable_fields() -> Vec<(&'static str, Field)> {
         vec![
             ("auth", |c| format!("{:?}", c.auth)),
-            ("jwt_secret", |c| format!("{:?}", c.jwt_secret.as_deref())),
+            ("jwt_secret", |c| format!("{:?}", c.jwt.secret.as_deref())),
+            ("jwt_public_key", |c| format!("{:?}", c.jwt.public_key)),
+            ("jwt_audience", |c| format!("{:?}", c.jwt.audience)),
+            ("jwt_issuer", |c| format!("{:?}", c.jwt.issuer)),
+            ("jwt_leeway", |c| format!("{:?}", c.jwt.leeway)),
+            ("heartbeat_min", |c| format!("{:?}", c.heartbeat_min)),
+            ("heartbeat_max", |c| format!("{:?}", c.heartbeat_max)),
             ("api_key", |c| format!("{:?}", c.api_key.as_deref())),
             ("allowed_origins", |c| format!("{:?}", c.allowed_origins)),
             ("client_publish", |c| format!("{:?}", c.client_publish)),
@@ -567,7 +637,17 @@ mod tests {
         let server = server(start.clone(), 1);
         let next = AppConfig {
             auth: AuthMode::Jwt,
-            jwt_secret: Some("new secret".into()),
+            // The fields of one key each; `jwt_secret` and `jwt_public_key` are checked below,
+            // as a verifier cannot have both.
+            jwt: JwtConfig {
+                secret: Some("a new secret of thirty-two bytes!".into()),
+                public_key: None,
+                audience: vec!["aud".into()],
+                issuer: vec!["iss".into()],
+                leeway: Duration::from_secs(7),
+            },
+            heartbeat_min: Duration::from_secs(2),
+            heartbeat_max: Duration::from_secs(3),
             api_key: Some("new key".into()),
             allowed_origins: vec!["https://a.example".into()],
             client_publish: ClientPublish::None,
@@ -590,10 +670,12 @@ mod tests {
             },
             cluster: None,
         };
-        server.reload(&next);
+        server.reload(&next).unwrap();
         let live = server.live();
         for (key, field) in &fields {
-            assert_ne!(field(&start), field(&next), "{key} changes in this test");
+            if *key != "jwt_public_key" {
+                assert_ne!(field(&start), field(&next), "{key} changes in this test");
+            }
             assert_eq!(field(&live.config), field(&next), "{key} is applied");
         }
         assert_eq!(live.config.hub, start.hub, "history needs a restart");
@@ -608,19 +690,56 @@ mod tests {
 
         // Per-IP caps turned on later are not applied: nothing was counted.
         let uncounted = self::server(AppConfig::default(), 1);
-        uncounted.reload(&next);
+        uncounted.reload(&next).unwrap();
         assert_eq!(uncounted.live().config.max_connections_per_ip, 0);
         assert!(!uncounted.counts_ips());
+    }
+
+    #[test]
+    fn a_reload_reads_the_public_key_again_and_refuses_an_unusable_one() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt");
+        let with_key = |file: &str| AppConfig {
+            auth: AuthMode::Jwt,
+            jwt: JwtConfig {
+                public_key: Some(fixtures.join(file)),
+                ..JwtConfig::default()
+            },
+            ..AppConfig::default()
+        };
+        let server = server(with_key("es256-public.pem"), 1);
+        let algorithm = |server: &Server| server.live().jwt.as_ref().map(Jwt::algorithm);
+        assert_eq!(algorithm(&server), Some(jsonwebtoken::Algorithm::ES256));
+        server.reload(&with_key("rs256-public.pem")).unwrap();
+        assert_eq!(algorithm(&server), Some(jsonwebtoken::Algorithm::RS256));
+        let refused = server.reload(&with_key("rsa1024-public.pem")).unwrap_err();
+        assert!(refused.contains("2048"), "{refused}");
+        assert_eq!(algorithm(&server), Some(jsonwebtoken::Algorithm::RS256));
+        let short = AppConfig {
+            auth: AuthMode::Jwt,
+            jwt: JwtConfig {
+                secret: Some("short".into()),
+                ..JwtConfig::default()
+            },
+            ..AppConfig::default()
+        };
+        assert!(server.reload(&short).is_err());
+        let shared = Shared {
+            mailboxes: Arc::new(Mailboxes::new(1)),
+            stats: vec![Arc::new(Stats::default())].into(),
+        };
+        assert!(Server::new(short, &shared).is_err());
     }
 
     #[test]
     fn reactors_pick_up_a_reload_through_their_copy() {
         let server = server(AppConfig::default(), 1);
         let mut cached = server.cached();
-        server.reload(&AppConfig {
-            max_connections: 3,
-            ..AppConfig::default()
-        });
+        server
+            .reload(&AppConfig {
+                max_connections: 3,
+                ..AppConfig::default()
+            })
+            .unwrap();
         assert_eq!(cached.get().config.max_connections, 0);
         server.refresh(&mut cached);
         assert_eq!(cached.get().config.max_connections, 3);

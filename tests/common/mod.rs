@@ -1,5 +1,6 @@
 //! Shared helpers for the end-to-end tests: an in-process server on a free port, a third-party
-//! client (tungstenite) and a raw-socket client for bytes no library would send.
+//! client (tungstenite) and a raw-socket client for bytes no library would send, HTTP requests,
+//! and the `/ws` envelope commands.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod proxy;
@@ -11,7 +12,8 @@ use std::time::Duration;
 
 use clarion::server::AppConfig;
 use clarion_engine::Runtime;
-use tungstenite::WebSocket;
+use serde_json::Value;
+use tungstenite::{Message, WebSocket};
 
 /// The backend under test: `CLARION_TEST_IO=epoll|uring` (default: whatever `auto` picks).
 pub fn io() -> clarion_engine::Io {
@@ -297,4 +299,74 @@ pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     false
+}
+
+/// A client WebSocket over a plain TCP stream.
+pub type Ws = WebSocket<TcpStream>;
+
+/// `POST path` with `body` and extra header lines; (status, body).
+pub fn post(addr: SocketAddr, path: &str, headers: &str, body: &[u8]) -> (u16, String) {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n{headers}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    split(&http(addr, &request))
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    split(&http(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    ))
+}
+
+pub fn split(answer: &str) -> (u16, String) {
+    let status = answer
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"));
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    (status, body.to_owned())
+}
+
+/// The status a WebSocket upgrade of `path` gets, with extra header lines.
+pub fn upgrade_status(addr: SocketAddr, path: &str, headers: &str) -> u16 {
+    let request = String::from_utf8(upgrade_request(path)).unwrap();
+    let request = request.replacen("\r\n\r\n", &format!("\r\n{headers}\r\n"), 1);
+    let mut stream = tcp(addr);
+    std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+    split(&read_head(&mut stream)).0
+}
+
+pub fn stats(addr: SocketAddr) -> Value {
+    let (status, body) = get(addr, "/stats");
+    assert_eq!(status, 200);
+    serde_json::from_str(&body).unwrap()
+}
+
+pub fn total_stat(addr: SocketAddr, key: &str) -> u64 {
+    stats(addr)["totals"][key].as_u64().unwrap()
+}
+
+pub fn send(ws: &mut Ws, command: Value) {
+    ws.send(Message::text(command.to_string())).unwrap();
+}
+
+/// The next text message, as JSON.
+pub fn next(ws: &mut Ws) -> Value {
+    loop {
+        match ws.read().expect("a message") {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Binary(_) => panic!("binary from /ws"),
+            _ => {}
+        }
+    }
+}
+
+/// Sends `command` and returns the reply (the next message).
+pub fn call(ws: &mut Ws, command: Value) -> Value {
+    send(ws, command);
+    next(ws)
 }

@@ -26,7 +26,7 @@ use clarion_protocol::{CloseCode, Connection, Event, State, Transmit};
 /// How often the reactor sweeps its table for deadlines coming up. A connection holds a wheel
 /// node only while its next deadline is within one sweep, so an idle connection waiting out a
 /// 30 s ping interval holds none (24 bytes saved per connection).
-const SWEEP: Duration = Duration::from_secs(1);
+const SWEEP: Duration = super::SWEEP_INTERVAL;
 /// Timer resolution: fine enough for close and pong deadlines, coarse enough to batch.
 const TICK: Duration = Duration::from_millis(10);
 /// 4096 ticks of 10 ms: one rotation covers 41 s, so common timeouts fire in one pass.
@@ -117,6 +117,8 @@ struct Core<S, H: Handler> {
     read_again: Vec<usize>,
     /// Connections with frames queued during the inbox drain.
     dirty: Vec<usize>,
+    /// Connections the handler wrote to or closed during a sweep: (token, socket failed).
+    swept: Vec<(usize, bool)>,
     /// Tokens released this turn, freed once the turn's events are handled.
     retired: Vec<usize>,
     accept_again: bool,
@@ -149,6 +151,7 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
             compression: Compression::new(config.compression),
             read_again: Vec::new(),
             dirty: Vec::new(),
+            swept: Vec::new(),
             retired: Vec::new(),
             accept_again: false,
             accept_paused_until: None,
@@ -177,7 +180,7 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
             // Every event of the last batch is handled: tokens released since can be reused.
             self.core.free_retired();
             if now >= self.core.next_sweep {
-                self.core.sweep(now);
+                self.sweep(now);
             }
             if let Some(deadline) = self.core.drain_deadline
                 && (self.core.conns.is_empty() || now >= deadline)
@@ -230,6 +233,18 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
             std::mem::forget(conn.tx);
         }
         self.core.publish_stats();
+    }
+
+    /// The periodic walk of the table (see [`Core::sweep`]), then the I/O bookkeeping of the
+    /// connections the handler wrote to or closed during it.
+    fn sweep(&mut self, now: Instant) {
+        self.core.sweep::<B>(now);
+        let mut swept = std::mem::take(&mut self.core.swept);
+        for &(token, failed) in &swept {
+            self.after_io(token, failed, now);
+        }
+        swept.clear();
+        self.core.swept = swept;
     }
 
     /// Hands posted messages to the handler, then writes each connection they queued frames
@@ -526,14 +541,67 @@ impl<B: Backend, H: Handler> Reactor<B, H> {
 }
 
 impl<S, H: Handler> Core<S, H> {
-    /// Arms a timer for every connection whose deadline now falls within the next sweep, and
-    /// frees pooled buffers the last period did not need.
-    fn sweep(&mut self, now: Instant) {
+    /// Arms a timer for every connection whose deadline now falls within the next sweep, frees
+    /// pooled buffers the last period did not need, and, if the handler asks, gives it each
+    /// open WebSocket ([`Handler::on_sweep_conn`]) in the same pass. Connections it wrote to or
+    /// closed are left in `swept` for the reactor's bookkeeping.
+    fn sweep<B: Backend<Socket = S>>(&mut self, now: Instant) {
         self.rx_pool.trim();
         self.tx_pool.trim();
-        for (token, conn) in self.conns.iter_mut() {
-            if conn.timer.is_none() && conn.flags & (LINGER | RELEASING) == 0 {
-                conn.timer = arm(&mut self.timers, &self.config, &conn.ws, token, now);
+        let per_conn = self.handler.on_sweep(now);
+        let Core {
+            handler,
+            config,
+            conns,
+            timers,
+            tx_pool,
+            cork,
+            stats,
+            compression,
+            swept,
+            ..
+        } = self;
+        for (token, conn) in conns.iter_mut() {
+            if conn.flags & (LINGER | RELEASING) != 0 {
+                continue;
+            }
+            if per_conn
+                && conn.flags & OPENED != 0
+                && conn.ws.can_send()
+                && let Some(app) = conn.app.as_mut()
+            {
+                let state_before = conn.ws.state();
+                let mut out = Writer::<B> {
+                    socket: &mut conn.socket,
+                    tx: &mut conn.tx,
+                    tx_pool,
+                    cork,
+                    failed: false,
+                };
+                handler.on_sweep_conn(&mut Ctx {
+                    id: token,
+                    conn: app,
+                    ws: &mut conn.ws,
+                    out: &mut out,
+                    deflating: &mut compression.deflating,
+                    stats,
+                    now,
+                });
+                out.flush();
+                let failed = out.failed;
+                rearm_on_state_change(timers, conn, state_before);
+                // A completion backend submits queued bytes in `after_io`; a readiness backend
+                // has written them or waits for writability. A close needs its deadline armed.
+                if failed
+                    || conn.ws.state() != state_before
+                    || (!B::WRITES_NOW && conn.tx.is_some())
+                {
+                    swept.push((token, failed));
+                    continue;
+                }
+            }
+            if conn.timer.is_none() {
+                conn.timer = arm(timers, config, &conn.ws, token, now);
             }
         }
         self.next_sweep = now + SWEEP;

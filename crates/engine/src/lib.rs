@@ -131,7 +131,24 @@ pub trait Handler {
     /// and each touched connection is written once after the inbox is drained, so a subscriber
     /// behind on several messages gets them in one write.
     fn on_inbox(&mut self, _local: &mut Local<'_, Self::Conn>, _message: Self::Inbox) {}
+
+    /// The reactor's sweep begins: it walks its table about once a second ([`SWEEP_INTERVAL`]
+    /// apart at least; later when the loop is busy) to arm the timers of connections whose
+    /// deadlines come near. Return true to have [`Handler::on_sweep_conn`] called for every
+    /// open WebSocket during this sweep; false (the default) costs nothing per connection.
+    fn on_sweep(&mut self, _now: Instant) -> bool {
+        false
+    }
+
+    /// During a sweep that [`Handler::on_sweep`] asked for, once per open WebSocket: the place
+    /// for the handler's own coarse deadlines (a token's expiry, an application heartbeat)
+    /// without a timer or an allocation per connection. Sends and closes work as in any other
+    /// callback.
+    fn on_sweep_conn(&mut self, _ctx: &mut Ctx<'_, Self::Conn>) {}
 }
+
+/// How often, at most, a reactor sweeps its table (and calls [`Handler::on_sweep`]).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What [`Local::send_shared`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
