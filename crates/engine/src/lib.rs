@@ -12,6 +12,7 @@ mod event_loop;
 mod listen;
 pub mod mailbox;
 mod proxies;
+pub mod proxy_protocol;
 pub mod sys;
 pub mod timer;
 pub mod txqueue;
@@ -31,6 +32,7 @@ pub use compression::{CompressionConfig, Policy};
 pub use listen::bind_reuseport;
 pub use mailbox::Mailboxes;
 pub use proxies::{Cidr, CidrError, TrustedProxies};
+pub use proxy_protocol::ProxyProtocol;
 pub use sys::uring::UringConfig;
 
 /// Which event-loop backend the reactors use.
