@@ -1,11 +1,12 @@
-//! Behind a proxy: the client's address from trusted proxies' forwarding headers (per-IP caps
-//! counted on it, IPv6 clients counted per /64), then real nginx and HAProxy in front with TLS,
-//! from the configs in `deploy/`: WebSocket upgrades, the publish API, the per-IP cap on the
-//! client's address, and idle connections kept alive through the proxy's read timeout by the
-//! server's pings.
+//! Behind a proxy: the client's address from trusted proxies' forwarding headers and PROXY
+//! protocol headers (per-IP caps counted on it, IPv6 clients counted per /64), then real nginx
+//! and HAProxy in front with TLS, from the configs in `deploy/`, in HTTP mode (X-Forwarded-For)
+//! and in TCP mode (PROXY protocol versions 1 and 2): WebSocket upgrades, the publish API, the
+//! per-IP cap on the client's address, and idle connections kept alive through the proxy's
+//! timeout by the server's pings.
 //!
-//! Needs `nginx`, `haproxy`, `openssl` and `python3` with `websockets` (scripts/test.sh
-//! installs them).
+//! Needs `nginx` (with its stream module), `haproxy`, `openssl`, `curl` and `python3` with
+//! `websockets` (scripts/test.sh installs them).
 
 mod common;
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use clarion::server::AppConfig;
 use clarion::server::forwarded::ForwardedHeader;
-use clarion_engine::{Runtime, TrustedProxies};
+use clarion_engine::{ProxyProtocol, Runtime, TrustedProxies};
 use common::proxy::{Kind, Proxy};
 use common::*;
 
@@ -61,9 +62,19 @@ fn forwarded(addr: SocketAddr, client: &str) -> (u16, TcpStream) {
     )
 }
 
-/// A counter of `/metrics`, summed over reactors.
+/// A counter of `/metrics`, summed over reactors, asked from 127.0.0.9: neither a trusted proxy
+/// (which would have to send a PROXY header) nor a client the tests count.
 fn metric(addr: SocketAddr, name: &str) -> u64 {
-    let answer = http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from(([127, 0, 0, 9], 0)).into()).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut stream = TcpStream::from(socket);
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut stream, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     answer
         .lines()
         .filter(|line| line.starts_with(&format!("clarion_{name}{{")))
@@ -154,12 +165,20 @@ fn a_malformed_header_from_a_trusted_proxy_is_refused_with_400() {
 }
 
 /// Clarion with pings every second (or none) and two WebSockets per client, behind `kind`
-/// whose read timeout is 3 s.
+/// whose read timeout is 10 s (and taking the PROXY protocol version it sends, if any). The
+/// timeout is short to keep the tests short, and long beside a second so that a loaded machine
+/// stalling the pings, or a client's TLS handshake, for several seconds does not fail them (in
+/// TCP mode the timeout covers the handshake too).
 fn behind(kind: Kind, ping: Option<Duration>) -> (Runtime, Proxy) {
     let runtime = server(ForwardedHeader::XForwardedFor, |config| {
         config.protocol.ping_interval = ping;
+        config.proxy_protocol = match kind {
+            Kind::Nginx | Kind::Haproxy => ProxyProtocol::Off,
+            Kind::NginxStream => ProxyProtocol::V1,
+            Kind::HaproxyTcp => ProxyProtocol::V2,
+        };
     });
-    let proxy = Proxy::start(kind, runtime.local_addr(), "3s");
+    let proxy = Proxy::start(kind, runtime.local_addr(), "10s");
     (runtime, proxy)
 }
 
@@ -194,13 +213,20 @@ fn through(kind: Kind) {
         .expect("curl runs");
     assert!(published.status.success(), "{published:?}");
     assert_eq!(clients.run("recv b"), "hi");
-    // Silent for more than twice the proxy's 3 s read timeout: the server's pings (every
+    // Silent for more than twice the proxy's 10 s read timeout: the server's pings (every
     // second) and the client's pongs keep the proxy from dropping it.
-    assert_eq!(clients.run("idle 7"), "ok");
+    assert_eq!(clients.run("idle 21"), "ok");
     assert_eq!(clients.run("echo a still here"), "still here");
     assert_eq!(clients.run("echo d still here"), "still here");
-    // Four upgrades (the refused one included) and the publish, each with its client named.
-    assert_eq!(metric(runtime.local_addr(), "forwarded_requests_total"), 5);
+    // Four upgrades (the refused one included) and the publish, each with its client named: by
+    // X-Forwarded-For, or by the PROXY header (and then no forwarding header is believed).
+    let addr = runtime.local_addr();
+    let (forwarded, refused) = match kind {
+        Kind::Nginx | Kind::Haproxy => (5, 0),
+        Kind::NginxStream | Kind::HaproxyTcp => (0, 0),
+    };
+    assert_eq!(metric(addr, "forwarded_requests_total"), forwarded);
+    assert_eq!(metric(addr, "proxy_protocol_refused_total"), refused);
 }
 
 /// The control: with the server's pings off, the same idle connection is dropped by the proxy,
@@ -238,6 +264,26 @@ fn haproxy_drops_an_idle_connection_without_pings() {
 }
 
 #[test]
+fn nginx_stream_in_front_with_proxy_protocol_v1() {
+    through(Kind::NginxStream);
+}
+
+#[test]
+fn nginx_stream_drops_an_idle_connection_without_pings() {
+    dropped_without_pings(Kind::NginxStream);
+}
+
+#[test]
+fn haproxy_tcp_in_front_with_proxy_protocol_v2() {
+    through(Kind::HaproxyTcp);
+}
+
+#[test]
+fn haproxy_tcp_drops_an_idle_connection_without_pings() {
+    dropped_without_pings(Kind::HaproxyTcp);
+}
+
+#[test]
 fn refusals_are_logged_with_the_client_a_trusted_proxy_named() {
     let mut clarion = Clarion::start(
         &[
@@ -264,4 +310,102 @@ fn refusals_are_logged_with_the_client_a_trusted_proxy_named() {
     let line = clarion.wait_for("refused a client");
     assert!(line.contains("peer=127.0.0.1:"), "{line}");
     assert!(line.contains("malformed forwarding header"), "{line}");
+}
+
+/// A PROXY protocol version 1 line for a client at `source`.
+fn v1(source: &str) -> Vec<u8> {
+    let source: SocketAddr = source.parse().unwrap();
+    let family = if source.is_ipv4() { "TCP4" } else { "TCP6" };
+    let to = if source.is_ipv4() { "127.0.0.1" } else { "::1" };
+    let (ip, port) = (source.ip(), source.port());
+    format!("PROXY {family} {ip} {to} {port} 9001\r\n").into_bytes()
+}
+
+/// A PROXY protocol version 2 header for an IPv4 client at `source`, with a TLV after the
+/// addresses.
+fn v2(source: [u8; 4], port: u16) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x13".to_vec();
+    header.extend_from_slice(&source);
+    header.extend_from_slice(&[127, 0, 0, 1]);
+    header.extend_from_slice(&port.to_be_bytes());
+    header.extend_from_slice(&9001u16.to_be_bytes());
+    header.extend_from_slice(&[0x04, 0x00, 0x04, 0, 0, 0, 0]);
+    header
+}
+
+/// Opens a connection from `source`, writes `parts` in turn (a pause between them, so they
+/// tend to arrive in separate reads), then an upgrade of `/echo`: its status, or `None` if the
+/// server closed the connection without an answer.
+fn upgrade_behind(addr: SocketAddr, source: [u8; 4], parts: &[&[u8]]) -> (Option<u16>, TcpStream) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    socket.set_tcp_nodelay(true).unwrap();
+    let mut stream = TcpStream::from(socket);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    for part in parts {
+        stream.write_all(part).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A refused connection may be closed before the request is written: a reset is no answer.
+    let _ = stream.write_all(&upgrade_request("/echo"));
+    let head = read_head(&mut stream);
+    (head.get(9..12).and_then(|s| s.parse().ok()), stream)
+}
+
+/// A server taking the PROXY protocol in `mode` from 127.0.0.1, two WebSockets per client.
+fn proxy_protocol_server(mode: ProxyProtocol) -> Runtime {
+    server(ForwardedHeader::XForwardedFor, |config| {
+        config.proxy_protocol = mode
+    })
+}
+
+#[test]
+fn a_proxy_protocol_header_names_the_client_the_cap_counts() {
+    let runtime = proxy_protocol_server(ProxyProtocol::Any);
+    let addr = runtime.local_addr();
+    let from_proxy = |parts: &[&[u8]]| upgrade_behind(addr, [127, 0, 0, 1], parts);
+    let (a, _a) = from_proxy(&[&v1("198.51.100.7:5000")]);
+    let (b, _b) = from_proxy(&[&v2([198, 51, 100, 7], 5001)]);
+    assert_eq!((a, b), (Some(101), Some(101)));
+    assert_eq!(from_proxy(&[&v1("198.51.100.7:5002")]).0, Some(429));
+    // Another client; its header cut into three writes.
+    let header = v1("[2001:db8::1]:4711");
+    let (first, rest) = header.split_at(5);
+    let (second, third) = rest.split_at(20);
+    assert_eq!(from_proxy(&[first, second, third]).0, Some(101));
+    // A health check from the proxy itself (version 2 LOCAL): the proxy is the client.
+    let local = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00";
+    assert_eq!(from_proxy(&[local]).0, Some(101));
+    assert_eq!(metric(addr, "proxy_protocol_refused_total"), 0);
+}
+
+#[test]
+fn the_proxy_protocol_refuses_a_missing_header_a_foreign_one_and_a_version_not_taken() {
+    let runtime = proxy_protocol_server(ProxyProtocol::V2);
+    let addr = runtime.local_addr();
+    // The trusted proxy without a header, and with a version 1 one: closed without an answer.
+    assert_eq!(upgrade_behind(addr, [127, 0, 0, 1], &[]).0, None);
+    assert_eq!(
+        upgrade_behind(addr, [127, 0, 0, 1], &[&v1("198.51.100.7:1")]).0,
+        None
+    );
+    // A client may not name itself, in either version.
+    assert_eq!(
+        upgrade_behind(addr, [127, 0, 0, 2], &[&v2([1, 2, 3, 4], 1)]).0,
+        None
+    );
+    assert_eq!(
+        upgrade_behind(addr, [127, 0, 0, 2], &[&v1("1.2.3.4:1")]).0,
+        None
+    );
+    eventually(|| metric(addr, "proxy_protocol_refused_total") == 4);
+    assert_eq!(metric(addr, "proxy_protocol_refused_total"), 4);
+    // Without one it is served as usual, as itself (two per client).
+    let (a, _a) = upgrade_behind(addr, [127, 0, 0, 2], &[]);
+    let (b, _b) = upgrade_behind(addr, [127, 0, 0, 2], &[]);
+    assert_eq!((a, b), (Some(101), Some(101)));
+    assert_eq!(upgrade_behind(addr, [127, 0, 0, 2], &[]).0, Some(429));
 }

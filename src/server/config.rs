@@ -98,6 +98,20 @@ pub enum IoChoice {
     Uring,
 }
 
+/// The `proxy_protocol` choices: which PROXY protocol versions the trusted proxies send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocolChoice {
+    /// None looked for.
+    Off,
+    /// Version 1 (text).
+    V1,
+    /// Version 2 (binary).
+    V2,
+    /// Either.
+    Any,
+}
+
 /// The `compression` choices (permessage-deflate).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -315,6 +329,12 @@ pub struct Settings {
     #[arg(long, value_enum)]
     pub forwarded_header: Option<ForwardedHeader>,
 
+    /// PROXY protocol on the listener: the versions trusted_proxies send at the start of each
+    /// connection (v1, v2 or any); their connections without one are closed, and so are other
+    /// peers' that start with one. Needs trusted_proxies [default: off].
+    #[arg(long, value_enum)]
+    pub proxy_protocol: Option<ProxyProtocolChoice>,
+
     /// Most topics one connection subscribes to [default: 100].
     #[arg(long, value_name = "N")]
     pub max_topics_per_connection: Option<usize>,
@@ -474,6 +494,11 @@ impl Settings {
             (
                 !(1..=128).contains(&app.ipv6_prefix),
                 "ipv6_prefix must be 1 to 128",
+            ),
+            (
+                config.proxy_protocol != clarion_engine::ProxyProtocol::Off
+                    && app.trusted_proxies.is_empty(),
+                "proxy_protocol needs trusted_proxies: the proxies that send the header",
             ),
             (
                 app.max_queued_bytes < 1024,
@@ -677,6 +702,14 @@ impl Settings {
                 close_timeout: self.close_timeout.unwrap_or(p.close_timeout),
             },
             compression: self.compression_config(),
+            proxy_protocol: match self.proxy_protocol {
+                None | Some(ProxyProtocolChoice::Off) => clarion_engine::ProxyProtocol::Off,
+                Some(ProxyProtocolChoice::V1) => clarion_engine::ProxyProtocol::V1,
+                Some(ProxyProtocolChoice::V2) => clarion_engine::ProxyProtocol::V2,
+                Some(ProxyProtocolChoice::Any) => clarion_engine::ProxyProtocol::Any,
+            },
+            // The server's start hands the engine `AppConfig::trusted_proxies`.
+            ..clarion_engine::Config::default()
         }
     }
 }
@@ -1062,6 +1095,17 @@ mod tests {
             load(&["--ipv6-prefix", "0"], &[]).unwrap_err(),
             "ipv6_prefix must be 1 to 128"
         );
+        let alone = load(&["--proxy-protocol", "v2"], &[]).unwrap_err();
+        assert!(
+            alone.starts_with("proxy_protocol needs trusted_proxies"),
+            "{alone}"
+        );
+        let both = load(
+            &["--proxy-protocol", "any", "--trusted-proxies", "10.0.0.0/8"],
+            &[],
+        );
+        let engine = both.unwrap().settings.reactor_config();
+        assert_eq!(engine.proxy_protocol, clarion_engine::ProxyProtocol::Any);
         assert_eq!(Settings::default().app_config().ipv6_prefix, 64);
         assert!(Settings::default().app_config().trusted_proxies.is_empty());
     }

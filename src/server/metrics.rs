@@ -150,6 +150,8 @@ pub struct ReactorMetrics {
     pub forwarded_requests: u64,
     /// Requests refused for a malformed forwarding header from a trusted proxy.
     pub forwarded_refused: u64,
+    /// Connections closed for their PROXY protocol header.
+    pub proxy_protocol_refused: u64,
     /// Open connections that negotiated permessage-deflate (gauge).
     pub deflate_connections: u64,
     /// Of those, connections with windows of their own (gauge).
@@ -295,6 +297,12 @@ const REACTOR_METRICS: &[Def<ReactorMetrics>] = &[
         kind: Kind::Counter,
         help: "Requests refused (400) for a trusted proxy's forwarding header that could not be read.",
         value: |r| r.forwarded_refused,
+    },
+    Def {
+        key: "proxy_protocol_refused",
+        kind: Kind::Counter,
+        help: "Connections closed for their PROXY protocol header: missing or malformed from a trusted proxy, or sent by another peer.",
+        value: |r| r.proxy_protocol_refused,
     },
     Def {
         key: "deflate_connections",

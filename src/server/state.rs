@@ -554,6 +554,7 @@ impl Server {
                     heartbeats: c.heartbeats.load(Relaxed),
                     forwarded_requests: c.forwarded_requests.load(Relaxed),
                     forwarded_refused: c.forwarded_refused.load(Relaxed),
+                    proxy_protocol_refused: s.proxy_refused.load(Relaxed),
                     subscriptions: c.subscriptions.load(Relaxed),
                     deflate_connections: s.deflate_connections.load(Relaxed),
                     deflate_windows: s.deflate_windows.load(Relaxed),

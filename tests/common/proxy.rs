@@ -18,13 +18,32 @@ pub struct Proxy {
 }
 
 /// Which proxy, and how it talks to the server.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// nginx, HTTP mode: `deploy/nginx.conf`, X-Forwarded-For.
     Nginx,
     /// HAProxy, HTTP mode: `deploy/haproxy.cfg`, X-Forwarded-For.
     Haproxy,
+    /// nginx, stream module: `deploy/nginx-stream.conf`, PROXY protocol version 1.
+    NginxStream,
+    /// HAProxy, TCP mode: `deploy/haproxy-tcp.cfg`, PROXY protocol version 2.
+    HaproxyTcp,
 }
+
+impl Kind {
+    /// Its template, and the program that runs it.
+    fn template(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Nginx => ("deploy/nginx.conf", "nginx"),
+            Kind::Haproxy => ("deploy/haproxy.cfg", "haproxy"),
+            Kind::NginxStream => ("deploy/nginx-stream.conf", "nginx"),
+            Kind::HaproxyTcp => ("deploy/haproxy-tcp.cfg", "haproxy"),
+        }
+    }
+}
+
+/// Debian's nginx stream module (package libnginx-mod-stream).
+const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
 impl Proxy {
     /// Starts `kind` in front of `upstream`, dropping a WebSocket silent for `read_timeout`.
@@ -39,32 +58,28 @@ impl Proxy {
             .status()
             .expect("scripts/make-cert.sh runs (it needs openssl)");
         assert!(made.success(), "scripts/make-cert.sh failed");
-        let (template, program) = match kind {
-            Kind::Nginx => ("deploy/nginx.conf", "nginx"),
-            Kind::Haproxy => ("deploy/haproxy.cfg", "haproxy"),
-        };
+        let (template, program) = kind.template();
         let cert = |file: &str| dir.join("cert").join(file).display().to_string();
+        // HAProxy takes the chain and the key in one file.
+        let chain = match program {
+            "haproxy" => "combined.pem",
+            _ => "chain.pem",
+        };
         let text = std::fs::read_to_string(root.join(template)).unwrap();
         let config = text
             .replace("@PREFIX@", &dir.display().to_string())
             .replace("@LISTEN@", &format!("127.0.0.1:{port}"))
             .replace("@UPSTREAM@", &upstream.to_string())
             .replace("@READ_TIMEOUT@", read_timeout)
-            .replace(
-                "@CERT@",
-                &cert(if matches!(kind, Kind::Haproxy) {
-                    "combined.pem"
-                } else {
-                    "chain.pem"
-                }),
-            )
-            .replace("@KEY@", &cert("key.pem"));
+            .replace("@CERT@", &cert(chain))
+            .replace("@KEY@", &cert("key.pem"))
+            .replace("@STREAM_MODULE@", STREAM_MODULE);
         assert!(!config.contains('@'), "a placeholder left in {template}");
         let conf = dir.join("proxy.conf");
         std::fs::write(&conf, config).unwrap();
         let mut command = Command::new(program);
-        match kind {
-            Kind::Nginx => command
+        match program {
+            "nginx" => command
                 .arg("-p")
                 .arg(&dir)
                 .arg("-c")
@@ -72,7 +87,7 @@ impl Proxy {
                 .arg("-e")
                 .arg(dir.join("error.log"))
                 .args(["-g", "daemon off;"]),
-            Kind::Haproxy => command
+            _ => command
                 .arg("-f")
                 .arg(&conf)
                 .arg("-p")
@@ -84,7 +99,10 @@ impl Proxy {
             .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot run {program} ({e}): apt-get install {program}; scripts/test.sh installs it")
+                panic!(
+                    "cannot run {program} ({e}): apt-get install {program} \
+                     (and libnginx-mod-stream); scripts/test.sh installs them"
+                )
             });
         let proxy = Proxy {
             child,

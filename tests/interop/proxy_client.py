@@ -17,6 +17,7 @@ The client never pings on its own (ping_interval=None) and answers the server's 
 idle connection carries exactly the server's keep-alive traffic.
 """
 
+import contextlib
 import socket
 import ssl
 import sys
@@ -32,61 +33,67 @@ TIMEOUT = 60
 
 def main():
     base, cafile = sys.argv[1], sys.argv[2]
-    target = urlsplit(base)
-    context = ssl.create_default_context(cafile=cafile)
-    conns = {}
-    for line in sys.stdin:
-        words = line.split()
-        if not words:
-            continue
-        command, args = words[0], words[1:]
+    clients = Clients(base, ssl.create_default_context(cafile=cafile))
+    # Every connection opened is closed on the way out.
+    with contextlib.ExitStack() as clients.stack:
+        for line in sys.stdin:
+            words = line.split()
+            if words:
+                print(clients.run(words[0], words[1:]), flush=True)
+
+
+class Clients:
+    """The named connections, and the commands on them."""
+
+    def __init__(self, base, context):
+        self.base, self.target, self.context = base, urlsplit(base), context
+        self.conns = {}
+        self.stack = None
+
+    def run(self, command, args):
+        """One command's answer."""
         if command == "open":
-            name, source, path = args[:3]
-            headers = [tuple(h.split("=", 1)) for h in args[3:]]
-            sock = socket.create_connection(
-                (target.hostname, target.port), timeout=TIMEOUT, source_address=(source, 0)
-            )
-            try:
-                conns[name] = connect(
-                    base + path,
+            return self.open(args[0], args[1], args[2], [tuple(h.split("=", 1)) for h in args[3:]])
+        if command == "idle":
+            time.sleep(float(args[0]))
+            return "ok"
+        conn = self.conns[args[0]]
+        try:
+            if command == "echo":
+                conn.send(" ".join(args[1:]))
+                return conn.recv(timeout=TIMEOUT)
+            if command == "recv":
+                return conn.recv(timeout=TIMEOUT)
+            if command == "closed":
+                while True:
+                    conn.recv(timeout=TIMEOUT)
+            if command == "close":
+                conn.close()
+                return "ok"
+        except ConnectionClosed:
+            return "closed"
+        return f"unknown command {command}"
+
+    def open(self, name, source, path, headers):
+        sock = socket.create_connection(
+            (self.target.hostname, self.target.port), timeout=TIMEOUT, source_address=(source, 0)
+        )
+        try:
+            self.conns[name] = self.stack.enter_context(
+                connect(
+                    self.base + path,
                     sock=sock,
-                    ssl=context,
+                    ssl=self.context,
                     server_hostname="localhost",
                     additional_headers=headers,
                     ping_interval=None,
                     open_timeout=TIMEOUT,
                     close_timeout=5,
                 )
-                answer = "101"
-            except InvalidStatus as refused:
-                answer = str(refused.response.status_code)
-        elif command == "echo":
-            name, text = args[0], " ".join(args[1:])
-            try:
-                conns[name].send(text)
-                answer = conns[name].recv(timeout=TIMEOUT)
-            except ConnectionClosed:
-                answer = "closed"
-        elif command == "recv":
-            try:
-                answer = conns[args[0]].recv(timeout=TIMEOUT)
-            except ConnectionClosed:
-                answer = "closed"
-        elif command == "idle":
-            time.sleep(float(args[0]))
-            answer = "ok"
-        elif command == "closed":
-            try:
-                while True:
-                    conns[args[0]].recv(timeout=TIMEOUT)
-            except ConnectionClosed:
-                answer = "closed"
-        elif command == "close":
-            conns.pop(args[0]).close()
-            answer = "ok"
-        else:
-            answer = f"unknown command {command}"
-        print(answer, flush=True)
+            )
+            return "101"
+        except InvalidStatus as refused:
+            return str(refused.response.status_code)
 
 
 if __name__ == "__main__":
