@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # What a proxy in front of Clarion costs: memory per idle WebSocket and CPU per connection and
-# per message, for nginx and HAProxy terminating TLS with the tested configs of deploy/, beside
-# Clarion alone. Loopback only; every run is bounded. Results: docs/deploy.md.
+# per message, for nginx and HAProxy terminating TLS with the tested configs of deploy/ (HTTP
+# mode with X-Forwarded-For, and TCP mode with the PROXY protocol), beside Clarion alone.
+# Loopback only; every run is bounded. Results: docs/deploy.md.
 #
 #   scripts/bench-proxy.sh [--connections N] [--hold 20s] [--echo 10s]
 #
-# For each of direct, nginx and haproxy:
+# For each of direct, nginx, haproxy, nginx-stream and haproxy-tcp:
 #   1. `clarion-loadgen idle -c N` opens N WebSockets and holds them; once Clarion counts N open,
 #      the RSS of every process of the proxy (nginx: master and workers) is read and compared
 #      with before the ramp: bytes per idle connection. Clarion's own RSS per connection is the
@@ -77,16 +78,17 @@ cpu_ticks() {
 }
 ticks=$(getconf CLK_TCK)
 
-# Clarion's open connections, from /metrics.
+# Clarion's open connections, from /metrics. Requests straight to Clarion come from 127.0.0.9:
+# 127.0.0.1 is the trusted proxy, which must send a PROXY header when that is on.
 open_connections() {
-  curl -s "http://$upstream/metrics" |
+  curl -s --interface 127.0.0.9 "http://$upstream/metrics" |
     awk '/^clarion_connections\{/ { n += $2 } END { print n + 0 }'
 }
 
 fill() { # template port -> config on stdout
   sed -e "s#@PREFIX@#$2#g; s#@LISTEN@#127.0.0.1:$3#g; s#@UPSTREAM@#$upstream#g" \
     -e "s#@READ_TIMEOUT@#60s#g; s#@KEY@#$work/cert/key.pem#g" \
-    -e "s#@CERT@#$4#g" "$1"
+    -e "s#@CERT@#$4#g; s#@STREAM_MODULE@#/usr/lib/nginx/modules/ngx_stream_module.so#g" "$1"
 }
 
 start_proxy() { # kind -> sets proxy_pid, front_port
@@ -94,12 +96,16 @@ start_proxy() { # kind -> sets proxy_pid, front_port
   mkdir -p "$dir"
   port=$(free_port)
   case "$kind" in
-    nginx)
-      fill deploy/nginx.conf "$dir" "$port" "$work/cert/chain.pem" >"$dir/nginx.conf"
+    nginx | nginx-stream)
+      local template=deploy/nginx.conf
+      [ "$kind" = nginx-stream ] && template=deploy/nginx-stream.conf
+      fill "$template" "$dir" "$port" "$work/cert/chain.pem" >"$dir/nginx.conf"
       taskset -c 1 nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off;' &
       ;;
-    haproxy)
-      fill deploy/haproxy.cfg "$dir" "$port" "$work/cert/combined.pem" >"$dir/haproxy.cfg"
+    haproxy | haproxy-tcp)
+      local template=deploy/haproxy.cfg
+      [ "$kind" = haproxy-tcp ] && template=deploy/haproxy-tcp.cfg
+      fill "$template" "$dir" "$port" "$work/cert/combined.pem" >"$dir/haproxy.cfg"
       taskset -c 1 haproxy -f "$dir/haproxy.cfg" -db 2>"$dir/haproxy.log" &
       ;;
   esac
@@ -135,14 +141,14 @@ EOF
   exit 1
 }
 
-start_clarion() { # -> sets upstream, clarion_pid
+start_clarion() { # [PROXY protocol version] -> sets upstream, clarion_pid
   upstream=127.0.0.1:$(free_port)
   taskset -c 0 "$clarion" serve --listen "$upstream" --threads 1 --trusted-proxies 127.0.0.1 \
-    2>"$work/clarion.log" &
+    --proxy-protocol "${1:-off}" 2>"$work/clarion.log" &
   clarion_pid=$!
   pids+=("$clarion_pid")
   for _ in $(seq 200); do
-    curl -s -o /dev/null "http://$upstream/healthz" && return
+    curl -s -o /dev/null --interface 127.0.0.9 "http://$upstream/healthz" && return
     sleep 0.05
   done
   echo "clarion did not start" >&2
@@ -152,9 +158,13 @@ start_clarion() { # -> sets upstream, clarion_pid
 printf '%s connections, held %s; echo for %s with 50 connections\n' "$connections" "$hold" "$echo_for"
 printf '| path | proxy RSS per idle connection | Clarion RSS per idle connection | proxy CPU per connection | proxy CPU per echoed message | Clarion CPU per echoed message |\n'
 printf '| --- | --- | --- | --- | --- | --- |\n'
-for kind in direct nginx haproxy; do
+for kind in direct nginx haproxy nginx-stream haproxy-tcp; do
   # A fresh Clarion for each path: its RSS growth per connection is measured from its start.
-  start_clarion
+  case "$kind" in
+    nginx-stream) start_clarion v1 ;;
+    haproxy-tcp) start_clarion v2 ;;
+    *) start_clarion ;;
+  esac
   if [ "$kind" = direct ]; then
     url="ws://$upstream/echo"
     watched=()

@@ -66,7 +66,9 @@ fn forwarded(addr: SocketAddr, client: &str) -> (u16, TcpStream) {
 /// (which would have to send a PROXY header) nor a client the tests count.
 fn metric(addr: SocketAddr, name: &str) -> u64 {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&SocketAddr::from(([127, 0, 0, 9], 0)).into()).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 9], 0)).into())
+        .unwrap();
     socket.connect(&addr.into()).unwrap();
     let mut stream = TcpStream::from(socket);
     stream

@@ -170,7 +170,10 @@ mod tests {
         let mut layer = Layer::new("127.0.0.1:40000");
         assert_eq!(layer.feed(b"GET / HTTP/1.1\r\n"), Step::Refuse);
         assert_eq!(layer.refused(), 1);
-        assert!(!layer.flags.contains(ConnFlags::PROXY_HEADER), "decided once");
+        assert!(
+            !layer.flags.contains(ConnFlags::PROXY_HEADER),
+            "decided once"
+        );
         let mut version_2 = Layer::new("127.0.0.1:40000");
         assert_eq!(
             version_2.feed(b"\r\n\r\n\0\r\nQUIT\n\x20\0\0\0"),
