@@ -11,7 +11,7 @@ use crate::timer::TimerKey;
 use crate::txqueue::TxQueue;
 
 bitflags! {
-    /// Where a connection is in its life: two bytes of its entry.
+    /// Where a connection is in its life: two bytes of its entry (in what was padding).
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub(crate) struct ConnFlags: u16 {
         /// The WebSocket is over: `on_close` has run, FIN goes out once the queue drains, and
@@ -47,6 +47,9 @@ bitflags! {
         const WANTS_WRITABLE = 1 << 10;
         /// Still sending its request head (or body): counted against `max_handshakes_per_reactor`.
         const HANDSHAKING = 1 << 11;
+        /// The listener takes PROXY protocol headers and this connection's first bytes have not
+        /// been looked at yet ([`super::proxy_header`]).
+        const PROXY_HEADER = 1 << 12;
     }
 }
 

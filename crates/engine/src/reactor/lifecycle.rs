@@ -13,7 +13,7 @@ use super::driver::Driver;
 use super::writer::{ConnWriter, Writing, Written};
 use crate::limits::Allowance;
 use crate::sys::{Flushed, Peer};
-use crate::{Ctx, Handler, Limit, LimitHit, Stats};
+use crate::{Ctx, Handler, Limit, LimitHit, ProxyProtocol, Stats};
 
 /// A driver's connection writer.
 type WriterOf<'a, D> = <<D as Driver>::Writing as Writing<<D as Driver>::Socket>>::Writer<'a>;
@@ -65,7 +65,10 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         }
         let ws = Connection::server(now);
         let timer = arm(&mut core.timers, &core.config, &ws, token, now);
-        entry.insert(Conn::new(socket, ws, timer, Allowance::full(&core.rates)));
+        let conn = entry.insert(Conn::new(socket, ws, timer, Allowance::full(&core.rates)));
+        if core.config.proxy_protocol != ProxyProtocol::Off {
+            conn.flags.insert(ConnFlags::PROXY_HEADER);
+        }
         core.handshaking += 1;
         if let Some(peer) = peer {
             core.peers.insert(token, peer);
