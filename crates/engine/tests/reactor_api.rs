@@ -1,7 +1,7 @@
 //! The engine's application interface, through a small broadcast handler: a request body
 //! (the publish), a post to every reactor's mailbox, frames shared by reference with every
-//! subscriber, backpressure reported to the handler, request body limits, and what each
-//! callback is told. Clients are tungstenite and raw sockets; `CLARION_TEST_IO=epoll|uring`
+//! subscriber (WebSockets and streaming responses alike), backpressure reported to the handler,
+//! request body limits, and what each callback is told. Clients are tungstenite and raw sockets; `CLARION_TEST_IO=epoll|uring`
 //! picks the backend.
 
 use std::io::{Read, Write};
@@ -15,7 +15,7 @@ use clarion_engine::{
     Shared, Stats,
 };
 use clarion_protocol::handshake::Request;
-use clarion_protocol::{CloseCode, MessageKind, frame};
+use clarion_protocol::{CloseCode, MessageKind, SendError, frame};
 use tungstenite::{Message, WebSocket};
 
 /// What a connection's callbacks were told, in order.
@@ -63,6 +63,11 @@ impl Handler for Broadcast {
                 conn: (),
                 protocol: None,
             },
+            ("GET", "/stream") => {
+                let mut response = Response::new(200, "text/plain", "head\n");
+                response.headers.push(("X-Stream", "yes".to_owned()));
+                Answer::Stream { conn: (), response }
+            }
             ("POST", "/pub") => {
                 let frame: Arc<[u8]> =
                     frame::encode_frame(clarion_protocol::OpCode::Binary, body).into();
@@ -78,6 +83,10 @@ impl Handler for Broadcast {
     fn on_open(&mut self, ctx: &mut Ctx<'_, ()>) {
         self.seen.lock().unwrap().push(Seen::Open(ctx.id()));
         self.subscribers.push(ctx.id());
+        if ctx.is_streaming() {
+            ctx.send_bytes(b"opened\n").unwrap();
+            assert_eq!(ctx.send(MessageKind::Text, b"x"), Err(SendError::NotOpen));
+        }
     }
 
     fn on_message(&mut self, _ctx: &mut Ctx<'_, ()>, _kind: MessageKind, _payload: &[u8]) {}
@@ -226,6 +235,51 @@ fn a_post_reaches_every_subscriber_on_every_reactor() {
     );
 }
 
+/// Reads from `stream` until `wanted` bytes have come.
+fn read_exactly(stream: &mut TcpStream, wanted: usize) -> Vec<u8> {
+    let mut got = vec![0; wanted];
+    stream.read_exact(&mut got).unwrap();
+    got
+}
+
+#[test]
+fn a_streaming_response_carries_its_head_its_own_bytes_and_shared_ones() {
+    let server = start(1, 1 << 20);
+    let addr = server.runtime.local_addr();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // Bytes behind the request are not a second request: a stream reads nothing.
+    stream
+        .write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\nGET /nothing HTTP/1.1\r\n\r\n")
+        .unwrap();
+    let head = "HTTP/1.1 200 OK\r\nX-Stream: yes\r\nContent-Type: text/plain\r\n\
+                Connection: close\r\n\r\nhead\nopened\n";
+    let got = read_exactly(&mut stream, head.len());
+    assert_eq!(String::from_utf8_lossy(&got), head);
+    assert!(eventually(|| server.seen.lock().unwrap().len() == 2));
+    for n in 0..3 {
+        let body = format!("message {n}");
+        assert!(publish(addr, body.as_bytes()).starts_with("HTTP/1.1 202"));
+        // The shared bytes, as the handler built them (a WebSocket frame here), unchanged.
+        let shared = frame::encode_frame(clarion_protocol::OpCode::Binary, body.as_bytes());
+        assert_eq!(read_exactly(&mut stream, shared.len()), shared);
+    }
+    // The client hangs up: the handler hears of it once, without a close code.
+    drop(stream);
+    assert!(eventually(|| server.seen.lock().unwrap().len() == 3 + 3));
+    let seen = server.seen.lock().unwrap();
+    let closes: Vec<_> = seen
+        .iter()
+        .filter_map(|s| match s {
+            Seen::Close { code, .. } => Some(*code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closes, [None]);
+}
+
 #[test]
 fn a_body_sent_after_100_continue_and_in_pieces() {
     let server = start(2, 1 << 20);
@@ -341,10 +395,14 @@ impl Handler for Sweeper {
 
     fn on_request<'r>(
         &mut self,
-        _request: &Request<'r>,
+        request: &Request<'r>,
         _body: &[u8],
         _info: &RequestInfo,
     ) -> Answer<'r, u8> {
+        if request.path() == "/stream" {
+            let response = Response::new(200, "text/plain", "");
+            return Answer::Stream { conn: 0, response };
+        }
         Answer::Upgrade {
             conn: 0,
             protocol: None,
@@ -361,8 +419,9 @@ impl Handler for Sweeper {
     fn on_sweep_conn(&mut self, ctx: &mut Ctx<'_, u8>) {
         self.visits.fetch_add(1, Ordering::Relaxed);
         *ctx.conn() += 1;
-        match *ctx.conn() {
-            1 => ctx.send(MessageKind::Text, b"tick").unwrap(),
+        match (*ctx.conn(), ctx.is_streaming()) {
+            (1, false) => ctx.send(MessageKind::Text, b"tick").unwrap(),
+            (1, true) => ctx.send_bytes(b"tick\n").unwrap(),
             _ => ctx.close(CloseCode(4000), "swept"),
         }
     }
@@ -412,6 +471,24 @@ fn the_sweep_hands_each_open_connection_to_the_handler_which_can_send_and_close(
         other => panic!("expected the sweep's close, got {other:?}"),
     }
     assert!(sweeps.load(Ordering::Relaxed) >= 2);
+}
+
+#[test]
+fn the_sweep_visits_streaming_responses_too_and_a_close_ends_them() {
+    let (server, _, visits) = start_sweeper(true);
+    let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream
+        .write_all(b"GET /stream HTTP/1.0\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\ntick\n"), "{answer}");
+    assert!(visits.load(Ordering::Relaxed) >= 2);
 }
 
 #[test]

@@ -112,7 +112,7 @@ impl<S, H: Handler> Core<S, H> {
             }
             if per_conn
                 && conn.flags.contains(ConnFlags::OPENED)
-                && conn.ws.can_send()
+                && conn.writable()
                 && let Some(app) = conn.app.as_mut()
             {
                 let state_before = conn.ws.state();
