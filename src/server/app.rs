@@ -3,8 +3,11 @@
 //! WebSocket routes: `/echo` (every message comes back as it came), `/t/<topic>` (a raw topic
 //! socket: receives every payload of the topic as is; what it sends is published to it when
 //! `client_publish` allows) and `/ws` (the JSON envelope protocol of [`super::envelope`]).
-//! HTTP: `/healthz`, `/metrics`, `/stats`, `/topics/<topic>` and the publish API of
-//! [`super::http`]. Anything else is a 404. The protocols are specified in `docs/protocol.md`.
+//! Streams for clients without WebSockets: `/sse` (Server-Sent Events) and `/stream` (NDJSON),
+//! in [`streams`] and [`super::stream`]. HTTP: `/healthz`, `/metrics`, `/stats`,
+//! `/topics/<topic>` and the publish API of [`super::http`], with CORS preflights
+//! ([`super::cors`]). Anything else is a 404. The protocols are specified in
+//! `docs/protocol.md`.
 //!
 //! In a cluster the first subscribe of a topic on this node waits (without blocking anything)
 //! until the bridge has synced the topic from Redis: it is *parked* here and answered when the
@@ -27,7 +30,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use slab::Slab;
 
+mod streams;
+
 use super::auth::{Grants, Unauthorized};
+use super::cors;
 use super::envelope::{
     self, Command, ErrorCode, HEARTBEAT, Id, TOKEN_EXPIRED, TOKEN_REFUSED, delivery_frame,
     format_of,
@@ -35,7 +41,9 @@ use super::envelope::{
 use super::http;
 use super::live::Cached;
 use super::refusals::Refusal;
-use super::state::{ClientPublish, Full, Live, PublishError, Server, SlowConsumer};
+use super::state::{Full, Live, PublishError, Server, SlowConsumer};
+use super::stream::{self, KINDS, StreamKind, StreamRequest};
+use streams::StreamFrames;
 use clarion_engine::{
     Answer, CompressionConfig, ConnId, Ctx, Handler, Local, Policy, Push, RequestInfo, Response,
 };
@@ -56,6 +64,8 @@ pub enum Route {
     Topic,
     /// `/ws`: JSON envelope commands and deliveries.
     Envelope,
+    /// `/sse` or `/stream`: a streaming response, subscribed to the topics of its URL.
+    Stream(StreamKind),
 }
 
 /// A connection's state in its slab entry: 24 bytes, paid by every connection.
@@ -91,11 +101,22 @@ impl Extra {
 #[derive(Debug)]
 struct Pending {
     topic: Option<Box<str>>,
+    /// A stream's request: its kind, topics and positions.
+    stream: Option<StreamRequest>,
     extra: Extra,
     /// `/ws` with a token refused: opened only to be closed with a code a browser can read.
     refused: Option<Unauthorized>,
     /// For the `debug` line of the open.
     peer: Option<SocketAddr>,
+}
+
+/// What a client that passed [`App::check_client`] takes to its open.
+struct Checked {
+    extra: Extra,
+    /// `/ws` with a token refused: opened only to be closed with a code a browser can read.
+    refused_token: Option<Unauthorized>,
+    /// `/t/`: the connection may publish to its topic.
+    may_publish: bool,
 }
 
 /// A subscribe waiting for its topic to be synced from the cluster.
@@ -147,6 +168,10 @@ pub struct App {
     deflater: Option<Deflater>,
     /// `{"type":"heartbeat"}`, framed once for every connection.
     heartbeat_frame: Arc<[u8]>,
+    /// Each stream kind's heartbeat, built once.
+    stream_heartbeats: [Arc<[u8]>; KINDS.len()],
+    /// The current message's stream bytes.
+    stream_frames: StreamFrames,
     /// Connections of this reactor with heartbeats on.
     heartbeats: usize,
     /// The reactor's sweeps, as whole seconds since `origin`: this one and the one before
@@ -172,6 +197,8 @@ impl App {
             scratch: Vec::new(),
             deflater: None,
             heartbeat_frame: shared_frame(MessageKind::Text, HEARTBEAT),
+            stream_heartbeats: streams::heartbeats(),
+            stream_frames: StreamFrames::default(),
             heartbeats: 0,
             origin: Instant::now(),
             tick: 0,
@@ -189,8 +216,40 @@ impl App {
         peer: Option<SocketAddr>,
         topic: Option<&str>,
     ) -> Answer<'r, Conn> {
+        let checked = match self.check_client(route, request, peer, topic.as_slice()) {
+            Ok(checked) => checked,
+            Err(refusal) => return Answer::Respond(refusal),
+        };
+        self.pending = Some(Pending {
+            topic: topic.map(Box::from),
+            stream: None,
+            extra: checked.extra,
+            refused: checked.refused_token,
+            peer,
+        });
+        Answer::Upgrade {
+            conn: Conn {
+                subs: Subscriptions::default(),
+                extra: None,
+                route,
+                may_publish: checked.may_publish,
+                heartbeat: 0,
+            },
+            protocol: None,
+        }
+    }
+
+    /// What every client passes before it is answered: the connection caps, and on pubsub
+    /// routes the origin, the token, and each topic's name and grant. What its open needs, or
+    /// the refusal (logged, with a JSON body).
+    fn check_client(
+        &self,
+        route: Route,
+        request: &Request<'_>,
+        peer: Option<SocketAddr>,
+        topics: &[&str],
+    ) -> Result<Checked, Response> {
         let (server, live) = (&*self.server, self.live.get());
-        // A refusal before the upgrade: logged, and answered with a JSON body.
         let refused = |status, reason: &str, grants: Option<&Grants>| {
             server.refusals.log(Refusal {
                 path: request.path(),
@@ -203,73 +262,61 @@ impl App {
         };
         let ip = peer.map(|p| p.ip()).filter(|_| server.counts_ips());
         match server.admit(&live.config, ip) {
-            Err(Full::Server) => {
-                return Answer::Respond(refused(503, "too many connections", None));
-            }
+            Err(Full::Server) => return Err(refused(503, "too many connections", None)),
             Err(Full::Ip) => {
-                let reason = "too many connections from this address";
-                return Answer::Respond(refused(429, reason, None));
+                return Err(refused(429, "too many connections from this address", None));
             }
             Ok(()) => {}
         }
-        let mut extra = Extra { grants: None, ip };
-        let mut may_publish = false;
-        let mut refused_token = None;
-        if route != Route::Echo {
-            if !live.origins.allows(request) {
-                return Answer::Respond(refused(403, "origin not allowed", None));
-            }
-            if let Some(jwt) = &live.jwt {
-                match jwt.authenticate(request) {
-                    Ok(grants) => extra.grants = Some(grants),
-                    // A browser sees no HTTP status when an upgrade fails, only 1006: an
-                    // envelope client is told why with a close code instead (logged with it).
-                    Err(e) if route == Route::Envelope => {
-                        server.refusals.log(Refusal {
-                            path: request.path(),
-                            peer,
-                            status: token_close_code(e).0,
-                            reason: &e.to_string(),
-                            subject: None,
-                        });
-                        refused_token = Some(e);
-                    }
-                    Err(e) => {
-                        let mut response = refused(401, &e.to_string(), None);
-                        response
-                            .headers
-                            .push(("WWW-Authenticate", "Bearer".to_owned()));
-                        return Answer::Respond(response);
-                    }
+        let mut checked = Checked {
+            extra: Extra { grants: None, ip },
+            refused_token: None,
+            may_publish: false,
+        };
+        if route == Route::Echo {
+            return Ok(checked);
+        }
+        if !live.origins.allows(request) {
+            return Err(refused(403, "origin not allowed", None));
+        }
+        if let Some(jwt) = &live.jwt {
+            match jwt.authenticate(request) {
+                Ok(grants) => checked.extra.grants = Some(grants),
+                // A browser sees no HTTP status when an upgrade fails, only 1006: an envelope
+                // client is told why with a close code instead (logged with it).
+                Err(e) if route == Route::Envelope => {
+                    server.refusals.log(Refusal {
+                        path: request.path(),
+                        peer,
+                        status: token_close_code(e).0,
+                        reason: &e.to_string(),
+                        subject: None,
+                    });
+                    checked.refused_token = Some(e);
                 }
-            }
-            if let Some(topic) = topic {
-                let grants = extra.grants.as_ref();
-                if let Err(e) = validate_topic(topic, live.config.max_topic_length) {
-                    return Answer::Respond(refused(400, &e.to_string(), grants));
+                Err(e) => {
+                    let mut response = refused(401, &e.to_string(), None);
+                    response
+                        .headers
+                        .push(("WWW-Authenticate", "Bearer".to_owned()));
+                    return Err(response);
                 }
-                if !can_subscribe(live, grants, topic) {
-                    return Answer::Respond(refused(403, "topic not allowed", grants));
-                }
-                may_publish = can_publish(live, grants, topic);
             }
         }
-        self.pending = Some(Pending {
-            topic: topic.map(Box::from),
-            extra,
-            refused: refused_token,
-            peer,
-        });
-        Answer::Upgrade {
-            conn: Conn {
-                subs: Subscriptions::default(),
-                extra: None,
-                route,
-                may_publish,
-                heartbeat: 0,
-            },
-            protocol: None,
+        let grants = checked.extra.grants.as_ref();
+        for topic in topics {
+            if let Err(e) = validate_topic(topic, live.config.max_topic_length) {
+                return Err(refused(400, &e.to_string(), grants));
+            }
+            if !live.can_subscribe(grants, topic) {
+                return Err(refused(403, "topic not allowed", grants));
+            }
         }
+        checked.may_publish = route == Route::Topic
+            && topics
+                .first()
+                .is_some_and(|topic| live.can_publish(grants, topic));
+        Ok(checked)
     }
 
     fn grants(&self, conn: &Conn) -> Option<&Grants> {
@@ -371,13 +418,17 @@ impl App {
             };
             let id = p.id.as_deref().map(Id::verbatim);
             // A `refresh` while it waited may have taken the grant away.
-            if p.envelope && !can_subscribe(self.live.get(), self.grants(conn), &topic) {
+            if p.envelope && !self.live.get().can_subscribe(self.grants(conn), &topic) {
                 out.clear();
                 let message = "subscribing to this topic is not allowed";
                 envelope::render_error(&mut out, id, ErrorCode::Forbidden, message);
                 self.send(&mut To(local, p.conn), &out);
                 continue;
             }
+            let stream = match conn.route {
+                Route::Stream(kind) => Some(kind),
+                _ => None,
+            };
             let subscribed =
                 self.registry
                     .subscribe(p.conn, &mut conn.subs, &topic, p.resume.as_ref(), now);
@@ -392,12 +443,28 @@ impl App {
                     envelope::render_error(&mut out, id, code, message);
                     self.send(&mut To(local, p.conn), &out);
                 }
-                Err(e) => local.close(p.conn, CloseCode::POLICY_VIOLATION, &e.to_string()),
+                Err(e) => {
+                    let reason = e.to_string();
+                    match stream {
+                        Some(kind) => streams::end_from_inbox(
+                            local,
+                            &mut out,
+                            p.conn,
+                            kind,
+                            (CloseCode::POLICY_VIOLATION, &reason),
+                        ),
+                        None => local.close(p.conn, CloseCode::POLICY_VIOLATION, &reason),
+                    }
+                }
                 Ok(subscribed) => {
                     self.update_gauge();
                     if p.envelope {
                         let to = &mut To(local, p.conn);
                         self.answer_subscribed(to, id, &topic, subscribed, &mut out);
+                    } else if let Some(kind) = stream {
+                        self.scratch = std::mem::take(&mut out);
+                        self.stream_subscribed(local, p.conn, kind, &topic, subscribed, p.resume);
+                        out = std::mem::take(&mut self.scratch);
                     }
                 }
             }
@@ -473,7 +540,7 @@ impl App {
                 envelope::render_ack(out, id);
             }
             Command::Publish { format, data, .. } => {
-                if !can_publish(self.live.get(), self.grants(ctx.conn()), topic) {
+                if !self.live.get().can_publish(self.grants(ctx.conn()), topic) {
                     error(
                         out,
                         ErrorCode::Forbidden,
@@ -574,7 +641,7 @@ impl App {
         } else {
             self.parked_count(conn_id)
         };
-        let result = if !can_subscribe(self.live.get(), self.grants(ctx.conn()), topic) {
+        let result = if !self.live.get().can_subscribe(self.grants(ctx.conn()), topic) {
             Err((
                 ErrorCode::Forbidden,
                 "subscribing to this topic is not allowed",
@@ -653,6 +720,10 @@ impl App {
     }
 }
 
+/// How a slow consumer is closed: 1013, not 1008, since falling behind is temporary (a client
+/// retries with backoff and resumes on 1013, where 1008 tells it to stop).
+const SLOW: (CloseCode, &str) = (CloseCode::TRY_AGAIN_LATER, "slow consumer");
+
 /// The error answer to a subscribe the registry refused.
 fn subscribe_error(error: clarion_pubsub::Error) -> (ErrorCode, &'static str) {
     match error {
@@ -702,18 +773,6 @@ fn close_reason(code: Option<CloseCode>) -> &'static str {
     }
 }
 
-fn can_subscribe(live: &Live, grants: Option<&Grants>, topic: &str) -> bool {
-    live.jwt.is_none() || grants.is_some_and(|g| g.can_subscribe(topic))
-}
-
-fn can_publish(live: &Live, grants: Option<&Grants>, topic: &str) -> bool {
-    match live.config.client_publish {
-        ClientPublish::All => true,
-        ClientPublish::None => false,
-        ClientPublish::Token => grants.is_some_and(|g| g.can_publish(topic)),
-    }
-}
-
 impl Handler for App {
     type Conn = Conn;
     type Inbox = Post;
@@ -750,6 +809,15 @@ impl Handler for App {
             ("POST", _) if path.starts_with("/publish/") => {
                 Answer::Respond(http::publish(server, live, request, body, peer, self.index))
             }
+            ("OPTIONS", _) if stream::is_stream_path(path) || path.starts_with("/publish") => {
+                Answer::Respond(cors::preflight(request, &live.origins))
+            }
+            ("GET", _) if stream::is_stream_path(path) => self.stream(request, peer),
+            (_, _) if stream::is_stream_path(path) => {
+                let mut response = http::error(405, "streams are read with GET");
+                response.headers.push(("Allow", "GET, OPTIONS".to_owned()));
+                Answer::Respond(response)
+            }
             (_, "/echo") => self.websocket(Route::Echo, request, peer, None),
             (_, "/ws") => self.websocket(Route::Envelope, request, peer, None),
             (_, _) if path.starts_with("/t/") => {
@@ -762,11 +830,13 @@ impl Handler for App {
     fn on_open(&mut self, ctx: &mut Ctx<'_, Conn>) {
         let Pending {
             topic,
+            stream,
             extra,
             refused,
             peer,
         } = self.pending.take().unwrap_or(Pending {
             topic: None,
+            stream: None,
             extra: Extra::default(),
             refused: None,
             peer: None,
@@ -790,6 +860,9 @@ impl Handler for App {
         if let Some(refused) = refused {
             // The close is the whole answer: nothing the client sends is read any more.
             return ctx.close(token_close_code(refused), &refused.to_string());
+        }
+        if let Some(request) = stream {
+            return self.open_stream(ctx, request);
         }
         if let Some(topic) = topic {
             let (id, now) = (ctx.id(), ctx.now());
@@ -825,6 +898,8 @@ impl Handler for App {
             }
             Route::Topic => self.raw_publish(ctx, kind, payload),
             Route::Envelope => self.command(ctx, kind, payload),
+            // A stream reads nothing: the engine never delivers a message on one.
+            Route::Stream(_) => {}
         }
     }
 
@@ -881,6 +956,7 @@ impl Handler for App {
         let id = ctx.id();
         let conn = ctx.conn();
         let heartbeat = u64::from(conn.heartbeat);
+        let route = conn.route;
         if let Some(jwt) = &self.live.get().jwt
             && let Some(grants) = self.grants(conn)
             && jwt.remaining(grants, self.wall).is_none()
@@ -888,18 +964,22 @@ impl Handler for App {
             self.server.counters[self.index]
                 .token_expired_closes
                 .fetch_add(1, Relaxed);
-            return ctx.close(TOKEN_EXPIRED, "token expired");
+            return self.end_stream(ctx, TOKEN_EXPIRED, "token expired");
         }
         // Due when a multiple of the interval, shifted by the connection's phase, was passed
         // since the last sweep: once per interval however late a sweep comes.
         let phase = id as u64 % heartbeat.max(1);
-        if heartbeat != 0
-            && (self.tick + phase) / heartbeat != (self.prev_tick + phase) / heartbeat
-            && ctx.send_shared(&self.heartbeat_frame).is_ok()
+        if heartbeat != 0 && (self.tick + phase) / heartbeat != (self.prev_tick + phase) / heartbeat
         {
-            let counters = &self.server.counters[self.index];
-            counters.heartbeats.fetch_add(1, Relaxed);
-            counters.sent(self.heartbeat_frame.len());
+            let frame = match route {
+                Route::Stream(kind) => &self.stream_heartbeats[kind.index()],
+                _ => &self.heartbeat_frame,
+            };
+            if ctx.send_shared(frame).is_ok() {
+                let counters = &self.server.counters[self.index];
+                counters.heartbeats.fetch_add(1, Relaxed);
+                counters.sent(frame.len());
+            }
         }
     }
 }
@@ -930,12 +1010,18 @@ impl App {
         envelope::render_reset(&mut out, topic, self.server.hub.epoch(), seq);
         let frame = shared_frame(MessageKind::Text, &out);
         for id in subscribers {
-            if local
-                .conn(id)
-                .is_some_and(|conn| conn.route == Route::Envelope)
-                && matches!(local.send_shared(id, &frame, usize::MAX), Push::Queued)
-            {
-                self.server.counters[self.index].sent(out.len());
+            match local.conn(id).map(|conn| conn.route) {
+                Some(Route::Envelope) => {
+                    if matches!(local.send_shared(id, &frame, usize::MAX), Push::Queued) {
+                        self.server.counters[self.index].sent(out.len());
+                    }
+                }
+                Some(Route::Stream(kind)) => {
+                    if let Some(bytes) = self.stream_reset(local, id, kind, &out) {
+                        self.server.counters[self.index].sent(bytes);
+                    }
+                }
+                _ => {}
             }
         }
         self.scratch = out;
@@ -958,11 +1044,32 @@ impl App {
         // A node's own provisional publish, numbered otherwise by the cluster, reached the raw
         // sockets here already; envelope subscribers were told to expect it again.
         let raw_had_it = message.provisional() != 0;
-        for id in self.registry.fanout(&message) {
-            let Some(route) = local.conn(id).map(|conn| conn.route) else {
+        let topic = self.registry.deliver(&message);
+        self.stream_frames.clear();
+        let epoch = server.hub.epoch();
+        for id in topic.iter().flat_map(|&topic| self.registry.members(topic)) {
+            let Some(conn) = local.conn(id) else {
                 continue;
             };
+            let route = conn.route;
             if raw_had_it && route == Route::Topic {
+                continue;
+            }
+            if let Route::Stream(kind) = route {
+                let waiting = !self.parked.is_empty() && streams::waits(&self.parked, id);
+                let frames = &mut self.stream_frames;
+                let frame = frames.bytes(kind, id, &conn.subs, &message, &self.registry, waiting, epoch);
+                match local.send_shared(id, frame, max_queued) {
+                    Push::Queued => {
+                        delivered += 1;
+                        bytes += frame.len() as u64;
+                    }
+                    Push::Full => {
+                        streams::end_from_inbox(local, &mut self.scratch, id, kind, SLOW);
+                        evicted += 1;
+                    }
+                    Push::Closed => {}
+                }
                 continue;
             }
             // With compression off, the plain path is as before: no lookup per subscriber.
@@ -1001,7 +1108,7 @@ impl App {
                 Push::Full => {
                     // 1013, not 1008: falling behind is temporary, and a client retries (with
                     // backoff) and resumes on 1013 where 1008 tells it to stop.
-                    local.close(id, CloseCode::TRY_AGAIN_LATER, "slow consumer");
+                    local.close(id, SLOW.0, SLOW.1);
                     evicted += 1;
                 }
                 Push::Closed => {}

@@ -15,7 +15,11 @@
 //! In a cluster a publish is queued for Redis, which numbers it later: the answers carry no
 //! `seq` then.
 //!
-//! With an API key configured the publish API needs `Authorization: Bearer <key>` (401 without).
+//! With an API key configured the publish API needs `Authorization: Bearer <key>` (401 without),
+//! or a client's token (`auth = jwt`; in `Authorization: Bearer` or `?token=`) that allows
+//! publishing to every topic of the request by `client_publish` (403 otherwise): what a client
+//! that cannot open a WebSocket publishes with. Browser pages on other origins get the CORS
+//! headers of [`super::cors`], from allowed origins only (403 otherwise).
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -24,6 +28,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
+use super::auth::{Grants, token};
 use super::envelope::format_of;
 use super::metrics::{PROMETHEUS_CONTENT_TYPE, Prometheus, stats_json};
 use super::refusals::Refusal;
@@ -76,7 +81,8 @@ pub fn presence(server: &Server, live: &Live, topic: &str) -> Response {
     Response::new(200, "application/json", body.to_string())
 }
 
-/// `POST /publish/<topic>` and `POST /publish` from `peer`, after the API key check.
+/// `POST /publish/<topic>` and `POST /publish` from `peer`: checked (origin, then the API key
+/// or a client's token), published, and answered with the CORS headers the page's origin needs.
 pub fn publish(
     server: &Server,
     live: &Live,
@@ -85,33 +91,80 @@ pub fn publish(
     peer: Option<SocketAddr>,
     reactor: usize,
 ) -> Response {
-    if let Some(key) = &live.api_key
-        && !key.check(request)
-    {
-        let reason = "missing or wrong API key";
+    let refuse = |status, reason: &str, subject: Option<&str>| {
         server.refusals.log(Refusal {
             path: request.path(),
             peer,
-            status: 401,
+            status,
             reason,
-            subject: None,
+            subject,
         });
-        let mut response = error(401, reason);
-        response
-            .headers
-            .push(("WWW-Authenticate", "Bearer".to_owned()));
-        return response;
-    }
-    server.counters[reactor]
-        .bytes_in
-        .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    let max_topic_length = live.config.max_topic_length;
-    match request.path().strip_prefix("/publish/") {
-        Some(topic) => {
-            let format = content_format(request, body);
-            publish_one(server, max_topic_length, topic, format, body)
+        let mut response = error(status, reason);
+        if status == 401 {
+            response
+                .headers
+                .push(("WWW-Authenticate", "Bearer".to_owned()));
         }
-        None => publish_many(server, max_topic_length, body),
+        response
+    };
+    let mut response = if !live.origins.allows(request) {
+        refuse(403, "origin not allowed", None)
+    } else {
+        match publisher(live, request) {
+            Err(reason) => refuse(401, &reason, None),
+            Ok(who) => {
+                server.counters[reactor]
+                    .bytes_in
+                    .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                let allowed = |topic: &str| match &who {
+                    Publisher::Api => true,
+                    Publisher::Client(grants) => live.can_publish(Some(grants), topic),
+                };
+                let subject = match &who {
+                    Publisher::Client(grants) => grants.subject(),
+                    Publisher::Api => None,
+                };
+                let max_topic_length = live.config.max_topic_length;
+                let forbidden = "publishing to this topic is not allowed";
+                match request.path().strip_prefix("/publish/") {
+                    Some(topic) if !allowed(topic) => refuse(403, forbidden, subject),
+                    Some(topic) => {
+                        let format = content_format(request, body);
+                        publish_one(server, max_topic_length, topic, format, body)
+                    }
+                    None => publish_many(server, max_topic_length, body, &allowed)
+                        .unwrap_or_else(|| refuse(403, forbidden, subject)),
+                }
+            }
+        }
+    };
+    response.headers.extend(super::cors::headers(request, &live.origins));
+    response
+}
+
+/// Who publishes over HTTP.
+enum Publisher {
+    /// The API itself: no key is set, or the request has it.
+    Api,
+    /// A client, with its token's grants.
+    Client(Grants),
+}
+
+/// Who the request publishes as: the API (no key set, or the key given), or a client whose
+/// token the server accepts (`auth = jwt`); the reason for a 401 otherwise.
+fn publisher(live: &Live, request: &Request) -> Result<Publisher, String> {
+    let Some(key) = &live.api_key else {
+        return Ok(Publisher::Api);
+    };
+    if key.check(request) {
+        return Ok(Publisher::Api);
+    }
+    match (&live.jwt, token(request)) {
+        (Some(jwt), Some(token)) => jwt
+            .verify(token)
+            .map(Publisher::Client)
+            .map_err(|e| e.to_string()),
+        _ => Err("missing or wrong API key".to_owned()),
     }
 }
 
@@ -200,23 +253,33 @@ pub fn parse_batch(
     Ok(batch)
 }
 
-fn publish_many(server: &Server, max_topic_length: usize, body: &[u8]) -> Response {
+/// `POST /publish`: every item checked (its topic, and whether the publisher may publish to
+/// it) before any is published; `None` when one is not allowed.
+fn publish_many(
+    server: &Server,
+    max_topic_length: usize,
+    body: &[u8],
+    allowed: &dyn Fn(&str) -> bool,
+) -> Option<Response> {
     let batch = match parse_batch(body, max_topic_length) {
         Ok(batch) => batch,
-        Err(message) => return error(400, &message),
+        Err(message) => return Some(error(400, &message)),
     };
+    if !batch.iter().all(|(topic, _)| allowed(topic)) {
+        return None;
+    }
     let mut results = Vec::with_capacity(batch.len());
     for (topic, payload) in batch {
         match server.publish(&topic, payload) {
             Ok(Some(seq)) => results.push(json!({ "topic": topic, "seq": seq })),
             Ok(None) => results.push(json!({ "topic": topic })),
-            Err(e) => return refused(e),
+            Err(e) => return Some(refused(e)),
         }
     }
-    accepted(json!({
+    Some(accepted(json!({
         "epoch": server.hub.epoch().to_string(),
         "results": results,
-    }))
+    })))
 }
 
 fn accepted(body: serde_json::Value) -> Response {

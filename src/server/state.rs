@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::auth::{ApiKey, AuthMode, Jwt, JwtConfig, Origins};
+use super::auth::{ApiKey, AuthMode, Grants, Jwt, JwtConfig, Origins};
 use super::config::Secret;
 use super::live::{Cached, Versioned};
 use super::metrics::{Histogram, LatencyHistogram, ReactorMetrics, Snapshot};
@@ -76,6 +76,9 @@ pub struct AppConfig {
     pub max_topic_length: usize,
     /// Bytes that may wait for one subscriber before [`SlowConsumer`] applies.
     pub max_queued_bytes: usize,
+    /// How often a stream (`/sse`, `/stream`) gets a heartbeat, so that proxies do not time it
+    /// out (whole seconds, 1 s to 255 s).
+    pub stream_heartbeat: Duration,
     /// What to do with a subscriber that falls behind.
     pub slow_consumer: SlowConsumer,
     /// Topic, history and resume limits.
@@ -102,6 +105,7 @@ impl Default for AppConfig {
             max_topics_per_connection: 100,
             max_topic_length: 256,
             max_queued_bytes: 1 << 20,
+            stream_heartbeat: Duration::from_secs(15),
             slow_consumer: SlowConsumer::Close,
             hub: HubConfig::default(),
             cluster: None,
@@ -125,6 +129,9 @@ impl AppConfig {
                     .to_owned(),
             );
         }
+        if !(Duration::from_secs(1)..=MAX_HEARTBEAT).contains(&self.stream_heartbeat) {
+            return Err("stream_heartbeat must be 1s to 255s".to_owned());
+        }
         self.verifier().map(drop)
     }
 
@@ -134,6 +141,11 @@ impl AppConfig {
             AuthMode::None => Ok(None),
             AuthMode::Jwt => Jwt::new(&self.jwt).map(Some),
         }
+    }
+
+    /// A stream's heartbeat interval, in whole seconds (`check` keeps it within 1 to 255).
+    pub fn stream_heartbeat_secs(&self) -> u8 {
+        self.stream_heartbeat.as_secs().clamp(1, u64::from(u8::MAX)) as u8
     }
 
     /// The heartbeat interval, in whole seconds, for a client that asked for `seconds`: 0 (off)
@@ -182,7 +194,12 @@ pub struct Counters {
 impl Counters {
     /// Counts one message of `bytes` frame bytes sent to a client.
     pub fn sent(&self, bytes: usize) {
-        self.messages_out.fetch_add(1, Relaxed);
+        self.sent_many(1, bytes);
+    }
+
+    /// Counts `messages` sent to a client in `bytes` (a stream's events written together).
+    pub fn sent_many(&self, messages: usize, bytes: usize) {
+        self.messages_out.fetch_add(messages as u64, Relaxed);
         self.bytes_out.fetch_add(bytes as u64, Relaxed);
     }
 }
@@ -261,6 +278,21 @@ impl std::fmt::Debug for Live {
 }
 
 impl Live {
+    /// Whether a client holding `grants` (its token's, with `auth = jwt`) may subscribe to
+    /// `topic`: anyone may without tokens.
+    pub fn can_subscribe(&self, grants: Option<&Grants>, topic: &str) -> bool {
+        self.jwt.is_none() || grants.is_some_and(|g| g.can_subscribe(topic))
+    }
+
+    /// Whether a client holding `grants` may publish to `topic`, per `client_publish`.
+    pub fn can_publish(&self, grants: Option<&Grants>, topic: &str) -> bool {
+        match self.config.client_publish {
+            ClientPublish::All => true,
+            ClientPublish::None => false,
+            ClientPublish::Token => grants.is_some_and(|g| g.can_publish(topic)),
+        }
+    }
+
     /// Fails only if `auth = jwt` has no usable key (settings are checked before they get
     /// here, but a key file can change in between): never a server without its verifier.
     fn new(config: AppConfig) -> Result<Live, String> {

@@ -345,7 +345,6 @@ pub(crate) fn reason(status: u16) -> &'static str {
         101 => "Switching Protocols",
         200 => "OK",
         202 => "Accepted",
-        204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
