@@ -43,7 +43,6 @@ use super::live::Cached;
 use super::refusals::Refusal;
 use super::state::{Full, Live, PublishError, Server, SlowConsumer};
 use super::stream::{self, KINDS, StreamKind, StreamRequest};
-use streams::StreamFrames;
 use clarion_engine::{
     Answer, CompressionConfig, ConnId, Ctx, Handler, Local, Policy, Push, RequestInfo, Response,
 };
@@ -54,6 +53,7 @@ use clarion_pubsub::{
     self, Message, Payload, Post, Registry, Subscribed, Subscriptions, frame_payload,
     shared_compressed_frame, shared_frame, validate_topic,
 };
+use streams::StreamFrames;
 
 /// What a WebSocket connection is for, chosen by its path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -641,7 +641,11 @@ impl App {
         } else {
             self.parked_count(conn_id)
         };
-        let result = if !self.live.get().can_subscribe(self.grants(ctx.conn()), topic) {
+        let result = if !self
+            .live
+            .get()
+            .can_subscribe(self.grants(ctx.conn()), topic)
+        {
             Err((
                 ErrorCode::Forbidden,
                 "subscribing to this topic is not allowed",
@@ -1058,7 +1062,15 @@ impl App {
             if let Route::Stream(kind) = route {
                 let waiting = !self.parked.is_empty() && streams::waits(&self.parked, id);
                 let frames = &mut self.stream_frames;
-                let frame = frames.bytes(kind, id, &conn.subs, &message, &self.registry, waiting, epoch);
+                let frame = frames.bytes(
+                    kind,
+                    id,
+                    &conn.subs,
+                    &message,
+                    &self.registry,
+                    waiting,
+                    epoch,
+                );
                 match local.send_shared(id, frame, max_queued) {
                     Push::Queued => {
                         delivered += 1;

@@ -40,7 +40,10 @@ pub fn preflight(request: &Request, origins: &Origins) -> Response {
     let mut response = Response::new(200, "text/plain", "");
     response.headers = headers(request, origins);
     response.headers.extend([
-        ("Access-Control-Allow-Methods", "GET, POST, OPTIONS".to_owned()),
+        (
+            "Access-Control-Allow-Methods",
+            "GET, POST, OPTIONS".to_owned(),
+        ),
         (
             "Access-Control-Allow-Headers",
             "Authorization, Content-Type, Last-Event-ID".to_owned(),

@@ -138,7 +138,9 @@ pub fn publish(
             }
         }
     };
-    response.headers.extend(super::cors::headers(request, &live.origins));
+    response
+        .headers
+        .extend(super::cors::headers(request, &live.origins));
     response
 }
 

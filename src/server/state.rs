@@ -651,6 +651,7 @@ mod tests {
             max_topics_per_connection: 8,
             max_topic_length: 9,
             max_queued_bytes: 4096,
+            stream_heartbeat: Duration::from_secs(5),
             slow_consumer: SlowConsumer::Drop,
             hub: HubConfig {
                 history_size: 1,
@@ -671,6 +672,7 @@ mod tests {
             assert_eq!(field(&live.config), field(&next), "{key} is applied");
         }
         assert_eq!(live.config.hub, start.hub, "history needs a restart");
+        assert_eq!(live.config.stream_heartbeat, start.stream_heartbeat);
         assert_eq!(live.config.compression, start.compression);
         assert!(live.jwt.is_some() && live.api_key.is_some());
 

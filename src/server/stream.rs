@@ -158,9 +158,7 @@ pub fn parse(request: &Request, max_topics: usize) -> Result<StreamRequest, &'st
     let mut wanted = topics
         .into_iter()
         .map(|(topic, since)| {
-            let resume = since
-                .map(|since| resume_from(&since, epoch))
-                .transpose()?;
+            let resume = since.map(|since| resume_from(&since, epoch)).transpose()?;
             Ok(Wanted {
                 topic: topic.into(),
                 resume,
@@ -208,7 +206,13 @@ fn apply_last_event_id(wanted: &mut [Wanted], header: &[u8]) {
             let epoch = Epoch::parse(epoch)?;
             let positions: Vec<Option<u64>> = list
                 .split(',')
-                .map(|p| if p.is_empty() { Ok(None) } else { p.parse().map(Some) })
+                .map(|p| {
+                    if p.is_empty() {
+                        Ok(None)
+                    } else {
+                        p.parse().map(Some)
+                    }
+                })
                 .collect::<Result<_, _>>()
                 .ok()?;
             (positions.len() == wanted.len()).then_some((epoch, positions))
@@ -442,4 +446,135 @@ pub fn close_json(out: &mut Vec<u8>, code: u16, reason: &str) {
     out.extend_from_slice(br#","reason":"#);
     envelope::push_json_str(out, reason);
     out.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clarion_pubsub::Payload;
+    use std::time::Instant;
+
+    fn request(head: &str) -> Result<StreamRequest, &'static str> {
+        let (request, _) = Request::parse(head.as_bytes(), 8192, 64).unwrap().unwrap();
+        parse(&request, 4)
+    }
+
+    #[test]
+    fn topics_are_sorted_once_each_with_their_own_positions() {
+        let wanted = request(
+            "GET /sse/c?since=3&topic=a%3Ab&since=0123456789abcdef:7&topic=c&epoch=00000000000000ff \
+             HTTP/1.1\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            wanted.kind,
+            StreamKind {
+                format: StreamFormat::Sse,
+                chunked: true
+            }
+        );
+        let epoch = |text| Epoch::parse(text);
+        assert_eq!(
+            wanted.topics,
+            [
+                Wanted {
+                    topic: "a:b".into(),
+                    resume: Some(Resume {
+                        since: 7,
+                        epoch: epoch("0123456789abcdef")
+                    })
+                },
+                Wanted {
+                    topic: "c".into(),
+                    resume: Some(Resume {
+                        since: 3,
+                        epoch: epoch("00000000000000ff")
+                    })
+                },
+            ]
+        );
+        let nd = request("GET /stream?topic=x HTTP/1.0\r\n\r\n").unwrap();
+        assert_eq!(
+            (nd.kind.format, nd.kind.chunked),
+            (StreamFormat::Ndjson, false)
+        );
+        for bad in [
+            "GET /sse HTTP/1.1\r\n\r\n",
+            "GET /sse?topic=a&topic=b&topic=c&topic=d&topic=e HTTP/1.1\r\n\r\n",
+            "GET /sse/a?since=1&since=2 HTTP/1.1\r\n\r\n",
+            "GET /stream/a?format=envelope HTTP/1.1\r\n\r\n",
+            "GET /sse/a%zz HTTP/1.1\r\n\r\n",
+            "GET /sse/a%ff HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(request(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn last_event_id_wins_and_one_that_does_not_fit_recovers_nothing() {
+        let head = |id: &str| {
+            format!("GET /sse?topic=b&topic=a&since=9 HTTP/1.1\r\nLast-Event-ID: {id}\r\n\r\n")
+        };
+        let got = request(&head("00000000000000ff:4,")).unwrap();
+        let epoch = Epoch::parse("00000000000000ff");
+        assert_eq!(got.topics[0].resume, Some(Resume { since: 4, epoch }));
+        assert_eq!(got.topics[1].resume, None, "an empty place: no position");
+        for junk in [
+            "00000000000000ff:4",
+            "00000000000000ff:1,x",
+            "garbage",
+            "zz:2,3",
+        ] {
+            let got = request(&head(junk)).unwrap();
+            let nowhere = Some(Resume {
+                since: 0,
+                epoch: None,
+            });
+            assert!(got.topics.iter().all(|t| t.resume == nowhere), "{junk}");
+        }
+    }
+
+    #[test]
+    fn events_are_framed_per_kind_and_chunked_once() {
+        let message = Message::new(
+            Arc::from("t"),
+            5,
+            Instant::now(),
+            Payload::new(Format::Text, b"a\r\nb\rc\n"),
+        );
+        let mut out = Vec::new();
+        let sse = StreamKind {
+            format: StreamFormat::Sse,
+            chunked: false,
+        };
+        let bytes = Writer::new(sse, &mut out)
+            .message(&message, Some(b"e:5"))
+            .shared();
+        assert_eq!(
+            &bytes[..],
+            b"event: t\ndata: a\ndata: b\ndata: c\ndata: \nid: e:5\n\n"
+        );
+        let nd = StreamKind {
+            format: StreamFormat::Ndjson,
+            chunked: true,
+        };
+        let json = Message::new(
+            Arc::from("t"),
+            6,
+            Instant::now(),
+            Payload::new(Format::Json, b"{\n\"k\": 1\r\n}"),
+        );
+        let bytes = Writer::new(nd, &mut out).message(&json, None).shared();
+        let line = br#"{"type":"message","topic":"t","seq":6,"data":{ "k": 1  }}"#;
+        let mut want = format!("{:x}\r\n", line.len() + 1).into_bytes();
+        want.extend_from_slice(line);
+        want.extend_from_slice(b"\n\r\n");
+        assert_eq!(&bytes[..], &want[..]);
+        let mut writer = Writer::new(nd, &mut out);
+        assert!(writer.is_empty());
+        assert!(
+            writer.finish().is_empty(),
+            "nothing is no chunk (a 0 chunk would end it)"
+        );
+    }
 }

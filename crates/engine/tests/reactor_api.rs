@@ -480,9 +480,7 @@ fn the_sweep_visits_streaming_responses_too_and_a_close_ends_them() {
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    stream
-        .write_all(b"GET /stream HTTP/1.0\r\n\r\n")
-        .unwrap();
+    stream.write_all(b"GET /stream HTTP/1.0\r\n\r\n").unwrap();
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).unwrap();
     let answer = String::from_utf8_lossy(&answer);

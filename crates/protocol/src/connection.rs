@@ -1193,7 +1193,10 @@ mod tests {
         // The head arrives in two reads (so it is gathered in `rx`), with bytes behind it.
         let mut first = b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n".to_vec();
         let mut input = &mut first[..];
-        assert!(conn.read(&mut input, &mut rx, now, &config, &mut sent).is_none());
+        assert!(
+            conn.read(&mut input, &mut rx, now, &config, &mut sent)
+                .is_none()
+        );
         let mut rest = b"\r\nstray bytes".to_vec();
         let mut input = &mut rest[..];
         let event = conn.read(&mut input, &mut rx, now, &config, &mut sent);
@@ -1211,7 +1214,10 @@ mod tests {
         let mut noise = frame(true, 0x1, b"hello");
         noise.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
         let mut input = &mut noise[..];
-        assert!(conn.read(&mut input, &mut rx, now, &config, &mut sent).is_none());
+        assert!(
+            conn.read(&mut input, &mut rx, now, &config, &mut sent)
+                .is_none()
+        );
         assert!(input.is_empty() && rx.is_empty());
         // No timer of its own: no pings, no idle timeout.
         let quiet = Config {

@@ -526,7 +526,10 @@ mod tests {
         let (request, _) = parse(b"GET /sse HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert_eq!(request.minor_version(), 0);
         let mut out = Vec::new();
-        let headers = [("Transfer-Encoding", "chunked"), ("Cache-Control", "no-cache")];
+        let headers = [
+            ("Transfer-Encoding", "chunked"),
+            ("Cache-Control", "no-cache"),
+        ];
         write_stream_head(&mut out, 200, &headers, "text/event-stream");
         assert_eq!(
             out,

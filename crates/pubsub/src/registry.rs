@@ -475,22 +475,40 @@ mod tests {
         let (world, mut sides) = World::new(1);
         let (registry, inbox) = &mut sides[0];
         let (mut old, mut new) = (Subscriptions::default(), Subscriptions::default());
-        let topic = registry.subscribe(1, &mut old, "t", None, world.now).unwrap().topic;
+        let topic = registry
+            .subscribe(1, &mut old, "t", None, world.now)
+            .unwrap()
+            .topic;
         assert_eq!(world.publish("t"), 1);
         assert_eq!(drain(registry, inbox), [(1, 1)]);
         assert_eq!(registry.position(topic, 1), Some(1));
         // 2 is in flight when connection 2 joins at 2: it waits, its position is 2, and the old
         // member's is 1 until 2 is fanned out.
         world.publish("t");
-        assert_eq!(registry.subscribe(2, &mut new, "t", None, world.now).unwrap().seq, 2);
+        assert_eq!(
+            registry
+                .subscribe(2, &mut new, "t", None, world.now)
+                .unwrap()
+                .seq,
+            2
+        );
         assert!(registry.is_joining(topic, 2) && !registry.is_joining(topic, 1));
-        assert_eq!((registry.position(topic, 1), registry.position(topic, 2)), (Some(1), Some(2)));
+        assert_eq!(
+            (registry.position(topic, 1), registry.position(topic, 2)),
+            (Some(1), Some(2))
+        );
         assert_eq!(drain(registry, inbox), [(1, 2)]);
-        assert_eq!((registry.position(topic, 1), registry.position(topic, 2)), (Some(2), Some(2)));
+        assert_eq!(
+            (registry.position(topic, 1), registry.position(topic, 2)),
+            (Some(2), Some(2))
+        );
         world.publish("t");
         assert_eq!(drain(registry, inbox), [(1, 3), (2, 3)]);
         assert!(!registry.is_joining(topic, 2));
-        assert_eq!((registry.position(topic, 1), registry.position(topic, 2)), (Some(3), Some(3)));
+        assert_eq!(
+            (registry.position(topic, 1), registry.position(topic, 2)),
+            (Some(3), Some(3))
+        );
     }
 
     #[test]

@@ -52,7 +52,10 @@ impl StreamFrames {
     /// The bytes of `message` for stream `conn` (of `kind`, subscribed to `subs`), shared with
     /// every stream of the same kind and topics unless this one's positions are its own
     /// (`waiting` for a topic, or joining one).
-    #[allow(clippy::too_many_arguments, reason = "the parts of the app a fanout reads")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the parts of the app a fanout reads"
+    )]
     pub(super) fn bytes(
         &mut self,
         kind: StreamKind,
@@ -78,7 +81,9 @@ impl StreamFrames {
         }
         if waiting || subs.iter().any(|topic| registry.is_joining(topic, conn)) {
             write_positions(id, epoch, &positions(registry, conn, subs, &[]));
-            let bytes = Writer::new(kind, scratch).message(message, Some(id)).shared();
+            let bytes = Writer::new(kind, scratch)
+                .message(message, Some(id))
+                .shared();
             return own.insert(bytes);
         }
         let built = if subs.len() == 1 {
@@ -98,7 +103,9 @@ impl StreamFrames {
         };
         built.get_or_insert_with(|| {
             write_positions(id, epoch, &positions(registry, conn, subs, &[]));
-            Writer::new(kind, scratch).message(message, Some(id)).shared()
+            Writer::new(kind, scratch)
+                .message(message, Some(id))
+                .shared()
         })
     }
 }
@@ -323,7 +330,6 @@ impl App {
             .collect()
     }
 
-
     /// A stream the cluster renumbered: `reset`, with the positions it now holds.
     pub(super) fn stream_reset(
         &mut self,
@@ -387,7 +393,9 @@ pub(super) fn end_from_inbox(
 fn close_event(kind: StreamKind, out: &mut Vec<u8>, code: CloseCode, reason: &str) -> Arc<[u8]> {
     let mut json = Vec::new();
     close_json(&mut json, code.0, reason);
-    Writer::new(kind, out).control("close", &json, None).shared()
+    Writer::new(kind, out)
+        .control("close", &json, None)
+        .shared()
 }
 
 /// The heartbeat of each stream kind, by [`StreamKind::index`], built once.
