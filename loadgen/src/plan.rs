@@ -132,6 +132,8 @@ pub struct Plan {
     pub mode: Mode,
     /// Sources and targets.
     pub pairs: Pairs,
+    /// The `sse` transport (`http://` URLs): subscribers read Server-Sent Events.
+    pub sse: bool,
     /// Connections open at once (churn: its concurrency).
     pub connections: usize,
     /// Measurement time.
@@ -170,11 +172,28 @@ impl Plan {
     /// Checks the flags.
     pub fn from_args(args: &ModeArgs) -> Result<Plan, String> {
         let common = args.common();
-        let targets = common
+        let parsed = common
             .urls
             .iter()
-            .map(|u| url::parse_ws(u))
+            .map(|u| url::parse_subscriber(u))
             .collect::<Result<Vec<_>, _>>()?;
+        let sse = parsed.iter().any(|(_, sse)| *sse);
+        if sse && !parsed.iter().all(|(_, sse)| *sse) {
+            return Err("the URLs are all ws:// or all http:// (the sse transport)".into());
+        }
+        let sse_modes = matches!(args, ModeArgs::Idle { .. } | ModeArgs::Fanout { .. });
+        if sse && !sse_modes {
+            return Err("http:// URLs (the sse transport) are for idle and fanout".into());
+        }
+        if let ModeArgs::Idle {
+            ping_interval: Some(_),
+            ..
+        } = args
+            && sse
+        {
+            return Err("--ping-interval is for WebSockets: SSE streams have no pings".into());
+        }
+        let targets = parsed.into_iter().map(|(target, _)| target).collect();
         let sources = match &common.source_ips {
             Some(spec) => parse_source_ips(spec)?,
             None => Vec::new(),
@@ -186,7 +205,7 @@ impl Plan {
             },
             ModeArgs::Echo { echo, .. } => Mode::Echo(check_echo(echo)?),
             ModeArgs::Churn { churn, .. } => Mode::Churn(check_churn(churn)?),
-            ModeArgs::Fanout { fanout, .. } => Mode::Fanout(check_fanout(fanout, &pairs)?),
+            ModeArgs::Fanout { fanout, .. } => Mode::Fanout(check_fanout(fanout, &pairs, sse)?),
         };
         let connections = match args {
             ModeArgs::Churn { churn, .. } => churn.concurrency,
@@ -235,6 +254,7 @@ impl Plan {
         Ok(Plan {
             mode,
             pairs,
+            sse,
             connections,
             duration: common.duration,
             warmup: common.warmup,
@@ -317,7 +337,20 @@ fn check_churn(churn: &cli::ChurnArgs) -> Result<Churn, String> {
     })
 }
 
-fn check_fanout(fanout: &cli::FanoutArgs, pairs: &Pairs) -> Result<Fanout, String> {
+fn check_fanout(fanout: &cli::FanoutArgs, pairs: &Pairs, sse: bool) -> Result<Fanout, String> {
+    let protocol = match (fanout.protocol, sse) {
+        (Protocol::Raw | Protocol::Sse, true) => Protocol::Sse,
+        (Protocol::Sse, false) => return Err("--protocol sse needs http:// URLs".into()),
+        (Protocol::Envelope, true) => {
+            return Err(
+                "http:// URLs are SSE subscribers: --protocol envelope is for ws://".into(),
+            );
+        }
+        (protocol, false) => protocol,
+    };
+    if protocol == Protocol::Sse && fanout.publish_via != PublishVia::Http {
+        return Err("SSE subscribers need --publish-via http".into());
+    }
     if !(1..=100_000).contains(&fanout.topics) {
         return Err(format!(
             "--topics must be 1..=100000, not {}",
@@ -353,7 +386,7 @@ fn check_fanout(fanout: &cli::FanoutArgs, pairs: &Pairs) -> Result<Fanout, Strin
         return Err("--publish-token must be printable ASCII without spaces".into());
     }
     Ok(Fanout {
-        protocol: fanout.protocol,
+        protocol,
         topics: (0..fanout.topics)
             .map(|i| format!("{}{i}", fanout.topic_prefix))
             .collect(),

@@ -120,6 +120,8 @@ struct Worker<'a, T: Traffic> {
     conns: Vec<Conn<T::Conn>>,
     rbuf: Vec<u8>,
     tx: Vec<u8>,
+    /// Multi-line SSE data, joined.
+    scratch: Vec<u8>,
     due: Vec<usize>,
     ws_config: clarion_protocol::Config,
     tally: Tally,
@@ -186,6 +188,7 @@ impl<'a, T: Traffic> Worker<'a, T> {
                 .collect(),
             rbuf: vec![0; READ_BUFFER],
             tx: Vec::with_capacity(READ_BUFFER),
+            scratch: Vec::new(),
             due: Vec::new(),
             ws_config,
             tally: Tally::new(topics, plan.output.hdr.is_some()),
@@ -367,7 +370,7 @@ impl<'a, T: Traffic> Worker<'a, T> {
         self.retries.clear();
         for slot in 0..self.conns.len() {
             match self.conns[slot].phase {
-                Phase::Open(_) => self.begin_close(slot, at),
+                Phase::Open(_) | Phase::Stream(_) => self.begin_close(slot, at),
                 Phase::Connecting | Phase::Handshaking(_) => self.fail(slot, Reason::Timeout, at),
                 // Aborted during the ramp: never dialed, or waiting to retry.
                 Phase::Idle if self.conns[slot].life == Life::Pending && self.is_hold() => {

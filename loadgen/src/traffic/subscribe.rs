@@ -1,6 +1,7 @@
-//! `fanout`, subscriber side: each connection subscribes to one topic (raw topic socket, or a
-//! subscribe command on the envelope protocol) and checks every delivery's stamp: latency from
-//! the publisher's intended send time, and sequence bookkeeping per publisher.
+//! `fanout`, subscriber side: each connection subscribes to one topic (raw topic socket, a
+//! subscribe command on the envelope protocol, or a Server-Sent Events stream) and checks every
+//! delivery's stamp: latency from the publisher's intended send time, and sequence bookkeeping
+//! per publisher.
 
 use std::borrow::Cow;
 
@@ -74,7 +75,7 @@ impl Traffic for Subscribe {
 
     fn path<'t>(&self, index: usize, target: &'t Target) -> Cow<'t, str> {
         match self.settings.protocol {
-            Protocol::Raw => {
+            Protocol::Raw | Protocol::Sse => {
                 let topic = &self.settings.topics[self.settings.topic_of(index)];
                 Cow::Owned(format!("{}/{topic}", target.path.trim_end_matches('/')))
             }
@@ -90,6 +91,8 @@ impl Traffic for Subscribe {
             .collect();
         match self.settings.protocol {
             Protocol::Raw => conn.subscribed = true,
+            // Subscribed by the request; ready at its `subscribed` event.
+            Protocol::Sse => {}
             Protocol::Envelope => {
                 envelope::subscribe(&self.settings.topics[conn.topic], 1, &mut self.scratch);
                 // A command, not a measured message: not counted as sent.
@@ -118,6 +121,15 @@ impl Traffic for Subscribe {
     ) -> Verdict {
         let stamp = match self.settings.protocol {
             Protocol::Raw => Stamp::read(payload),
+            // An event's data: a stamped payload, or a control event's JSON.
+            Protocol::Sse if payload.starts_with(br#"{"type":"subscribed""#) => {
+                conn.subscribed = true;
+                return Verdict::Continue;
+            }
+            Protocol::Sse if payload.starts_with(br#"{"type":"close""#) => {
+                return Verdict::Fail(Reason::ClosedByServer);
+            }
+            Protocol::Sse => Stamp::read(payload),
             Protocol::Envelope => match envelope::parse(payload) {
                 Some(Incoming::Delivery(data)) => Stamp::read(data.as_bytes()),
                 Some(Incoming::Ack) => {
