@@ -33,6 +33,8 @@ struct Stream {
     reader: BufReader<Body>,
     head: String,
     sse: bool,
+    /// The first event of a stream that opened: `session`.
+    session: Option<Event>,
 }
 
 /// A response body: chunks decoded, or the bytes as they come.
@@ -105,11 +107,16 @@ impl Stream {
             left: 0,
             started: false,
         };
-        Stream {
+        let mut stream = Stream {
             reader: BufReader::new(body),
             head,
             sse,
+            session: None,
+        };
+        if stream.status() == 200 {
+            stream.session = stream.next();
         }
+        stream
     }
 
     fn status(&self) -> u16 {
@@ -211,6 +218,10 @@ fn sse_events_carry_payloads_as_they_are_and_resume_from_last_event_id() {
         json!({"type":"subscribed","topic":"news","recovered":false,"epoch":epoch,"seq":1})
     );
     assert_eq!(subscribed.id.as_deref(), Some(&*format!("{epoch}:1")));
+    let session = sse.session.take().unwrap();
+    assert_eq!(session.event, "@session");
+    assert_eq!(session.data, r#"{"type":"session","heartbeat":15}"#);
+    assert_eq!(session.id, None);
     publish(addr, "news", "application/json", br#"{"n": 2}"#);
     publish(addr, "news", "text/plain", b"two\nlines");
     publish(addr, "news", "application/octet-stream", &[0, 1, 2, 255]);
@@ -336,6 +347,8 @@ fn ndjson_streams_are_envelopes_chunked_or_to_the_end_and_resume_from_since() {
     for http10 in [false, true] {
         let path = format!("/stream/t?since={epoch}:0");
         let mut nd = Stream::open(addr, &path, "", http10);
+        let session = nd.session.take().unwrap();
+        assert_eq!(session.data, r#"{"type":"session","heartbeat":1}"#);
         assert!(nd.head.contains("Content-Type: application/x-ndjson"));
         assert_eq!(nd.head.contains("Transfer-Encoding: chunked"), !http10);
         assert_eq!(
@@ -463,7 +476,18 @@ fn a_stream_ends_with_a_close_event_when_its_token_expires() {
     let server = start_app(|c| c.threads = 1, jwt_app(|_| {}));
     let addr = server.local_addr();
     let short = token(json!({"exp": unix_now() + 2, "subscribe": ["t"]}));
-    let mut nd = Stream::open(addr, &format!("/stream/t?token={short}"), "", false);
+    let mut nd = Stream::open(
+        addr,
+        &format!("/stream/t?token={short}&heartbeat=7"),
+        "",
+        false,
+    );
+    let session: Value = serde_json::from_str(&nd.session.take().unwrap().data).unwrap();
+    assert_eq!(
+        session["heartbeat"], 7,
+        "asked for, within heartbeat_min and heartbeat_max"
+    );
+    assert!(session["expires_in"].as_u64().unwrap() <= 2, "{session}");
     assert_eq!(nd.json()["type"], "subscribed");
     assert_eq!(
         nd.json(),

@@ -7,11 +7,13 @@
 //!   topic, in the byte order of the topic names, which a reconnecting `EventSource` sends back
 //!   as `Last-Event-ID`. With `format=envelope` each event's `data` is the JSON delivery of the
 //!   envelope protocol (`{"type":"message","topic":…,"seq":…,"data":…}`) and no `event:` line.
-//!   Control events: `@subscribed`, `@reset` and `@close` (JSON data, named with an `@` no topic
-//!   has); heartbeats are comments (`: heartbeat`).
+//!   Control events: `@session` (first: the heartbeat interval and, with tokens, `expires_in`),
+//!   `@subscribed`, `@reset` and `@close` (JSON data, named with an `@` no topic has);
+//!   heartbeats are comments (`: heartbeat`). `heartbeat=<seconds>` asks for an interval
+//!   (within `heartbeat_min` and `heartbeat_max`; `stream_heartbeat` without it).
 //! - `GET /stream?topic=…` (or `/stream/<topic>`): `application/x-ndjson`, one envelope per
-//!   line: deliveries, `{"type":"subscribed",…}`, `{"type":"reset",…}`, `{"type":"close",…}`
-//!   and `{"type":"heartbeat"}`.
+//!   line: `{"type":"session",…}`, deliveries, `{"type":"subscribed",…}`, `{"type":"reset",…}`,
+//!   `{"type":"close",…}` and `{"type":"heartbeat"}`.
 //!
 //! HTTP/1.1 requests get a chunked body, HTTP/1.0 ones (nginx's default to its upstreams) a
 //! body that runs to the connection's end. Positions to resume from: `Last-Event-ID`, or a
@@ -107,6 +109,8 @@ pub struct StreamRequest {
     pub kind: StreamKind,
     /// The topics, in the byte order of their names: the order of positions in ids.
     pub topics: Vec<Wanted>,
+    /// The heartbeat interval asked for (`heartbeat=<seconds>`), if any.
+    pub heartbeat: Option<u64>,
 }
 
 /// Whether a path is a stream route (`/sse`, `/sse/<topic>`, `/stream`, `/stream/<topic>`).
@@ -136,6 +140,7 @@ pub fn parse(request: &Request, max_topics: usize) -> Result<StreamRequest, &'st
         topics.push((decode(topic)?, None));
     }
     let mut epoch = None;
+    let mut heartbeat = None;
     for pair in request.query().unwrap_or_default().split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         match name {
@@ -146,6 +151,9 @@ pub fn parse(request: &Request, max_topics: usize) -> Result<StreamRequest, &'st
                 None => return Err("since must follow the topic it belongs to"),
             },
             "epoch" => epoch = Some(Epoch::parse(&decode(value)?).ok_or("epoch is not valid")?),
+            "heartbeat" => {
+                heartbeat = Some(value.parse().map_err(|_| "heartbeat is not a number")?)
+            }
             "format" if sse && value == "envelope" => format = StreamFormat::SseEnvelope,
             "format" if sse && value == "raw" => {}
             "format" => return Err("format must be raw or envelope (SSE only)"),
@@ -180,6 +188,7 @@ pub fn parse(request: &Request, max_topics: usize) -> Result<StreamRequest, &'st
     Ok(StreamRequest {
         kind,
         topics: wanted,
+        heartbeat,
     })
 }
 
@@ -435,6 +444,15 @@ pub fn subscribed_json(out: &mut Vec<u8>, topic: &str, recovered: bool, epoch: E
     // The envelope's subscribe ack without a command id: the same fields, its own type.
     let ack = br#"{"type":"ack""#;
     out.splice(..ack.len(), *br#"{"type":"subscribed""#);
+}
+
+/// `{"type":"session","heartbeat":…}` (and `expires_in`, seconds until a token ends the stream):
+/// what a `hello` ack says on `/ws`.
+pub fn session_json(out: &mut Vec<u8>, heartbeat: u8, expires_in: Option<u64>) {
+    out.clear();
+    envelope::render_session(out, None, Some(heartbeat), expires_in);
+    let ack = br#"{"type":"ack""#;
+    out.splice(..ack.len(), *br#"{"type":"session""#);
 }
 
 /// `{"type":"close","code":…,"reason":…}`: why the server ends the stream, as a WebSocket

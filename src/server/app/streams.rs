@@ -23,7 +23,8 @@ use super::{App, Conn, Parked, Pending, Route};
 use crate::server::cors;
 use crate::server::http;
 use crate::server::stream::{
-    self, KINDS, STREAM_HEADERS, StreamKind, StreamRequest, Writer, close_json, subscribed_json,
+    self, KINDS, STREAM_HEADERS, StreamKind, StreamRequest, Writer, close_json, session_json,
+    subscribed_json,
 };
 
 /// One message's stream bytes on this reactor, built on first need.
@@ -169,7 +170,10 @@ impl App {
             Ok(checked) => checked,
             Err(refusal) => return refuse(refusal),
         };
-        let heartbeat = live.config.stream_heartbeat_secs();
+        let heartbeat = match wanted.heartbeat {
+            Some(asked) if asked > 0 => live.config.heartbeat(asked),
+            _ => live.config.stream_heartbeat_secs(),
+        };
         let mut response = Response::new(200, kind.content_type(), Vec::new());
         response.headers = STREAM_HEADERS
             .iter()
@@ -242,7 +246,10 @@ impl App {
         let mut writer = Writer::new(kind, &mut out);
         // Native EventSources that lose the stream come back spread over 1 to 5 s.
         writer.retry(1000 + (id as u64).wrapping_mul(7919) % 4000);
-        let mut events = 0;
+        let heartbeat = ctx.conn().heartbeat;
+        session_json(&mut json, heartbeat, self.expires_in(ctx.conn()));
+        writer.control("session", &json, None);
+        let mut events = 1;
         for (at, done) in subscribed.into_iter().enumerate() {
             let Some(done) = done else { continue };
             let topic = positions[at].0.clone();
