@@ -258,8 +258,8 @@ fn the_sse_transport_holds_streams_and_fans_out_to_them() {
     assert_eq!(json["established"], 500, "{json:#}");
     assert_eq!(json["closed_clean"], 500, "{json:#}");
     assert_eq!(
-        json["messages_received"], 500,
-        "one `subscribed` each: {json:#}"
+        json["messages_received"], 1000,
+        "`session` and `subscribed` each: {json:#}"
     );
     let sse = format!("http://{}/sse/", server.addr);
     let args = [
