@@ -1,8 +1,9 @@
 //! Server-Sent Events (`/sse`) and NDJSON (`/stream`) over real sockets: events and their ids,
 //! resume from `Last-Event-ID` and from `since` without a gap or a duplicate, several topics
 //! on one stream, chunked (HTTP/1.1) and unframed (HTTP/1.0) bodies, heartbeats, tokens (401,
-//! 403, expiry with a `close` event), CORS, publishing with a client's token, and a stream that
-//! stops reading ended as a slow consumer.
+//! 403, expiry with a `close` event), CORS, publishing with a client's token, a stream that
+//! stops reading ended as a slow consumer, and a real nginx with its defaults in the path
+//! (unbuffered events, resume across a restart of the node behind it, in cluster mode).
 
 mod common;
 
@@ -570,4 +571,99 @@ fn a_stream_that_stops_reading_is_ended_as_a_slow_consumer_under_either_policy()
             json!({"type":"close","code":1013,"reason":"slow consumer"})
         );
     }
+}
+
+/// `clarion serve` on `listen`, linked to `redis` (whose seq, epoch and history outlive it).
+fn cluster_node(listen: &str, redis: &redis::Redis) -> Clarion {
+    let url = redis.url();
+    let args = [
+        "--listen",
+        listen,
+        "--threads",
+        "1",
+        "--no-pin",
+        "--redis",
+        &url,
+    ];
+    let node = Clarion::start(&args, &[]);
+    // A bound for a node that never links, not a timing assertion.
+    let linked = (0..2000).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        get(node.addr, "/healthz").1.contains("cluster: up")
+    });
+    assert!(linked, "the node did not reach Redis: {:#?}", node.log);
+    node
+}
+
+/// `POST /publish/<topic>` of `text` through `addr` (nginx, which keeps clients alive: this one
+/// asks it not to).
+fn publish_text(addr: SocketAddr, topic: &str, text: &str) {
+    let headers = "Connection: close\r\nContent-Type: text/plain\r\n";
+    let (status, body) = post(addr, &format!("/publish/{topic}"), headers, text.as_bytes());
+    assert_eq!(status, 202, "{body}");
+}
+
+#[test]
+fn through_nginx_with_its_defaults_a_stream_flows_unbuffered_and_resumes_across_a_restart() {
+    let redis = redis::Redis::start();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut node = cluster_node(&listen, &redis);
+    let other = cluster_node("127.0.0.1:0", &redis);
+    let nginx = nginx::Nginx::start(node.addr);
+    // The plain proxy drops `Upgrade`, so WebSockets cannot pass; the upgrading one lets them.
+    assert_ne!(upgrade_status(nginx.plain, "/ws", ""), 101);
+    assert_eq!(upgrade_status(nginx.upgrading, "/ws", ""), 101);
+
+    let mut sse = Stream::open(nginx.plain, "/sse/news?heartbeat=5", "", false);
+    assert_eq!(sse.status(), 200, "{}\n{}", sse.head, nginx.log());
+    assert!(sse.head.contains("text/event-stream"), "{}", sse.head);
+    let ack: Value = serde_json::from_str(&sse.next_event().data).unwrap();
+    assert_eq!(ack["recovered"], false, "{ack}");
+    // nginx would hold these bytes in its buffers (4 KiB and more) but for X-Accel-Buffering:
+    // each event is read before the next is published, so a buffered one would never come.
+    let comment = sse.next().expect("a heartbeat through nginx");
+    assert_eq!(comment.event, ":", "{comment:?}");
+    let mut got: Vec<Event> = Vec::new();
+    for text in ["m1", "m2", "m3"] {
+        publish_text(nginx.plain, "news", text);
+        got.push(sse.next_event());
+    }
+    // The node dies; the stream ends; what is published meanwhile (on the other node) is kept
+    // in Redis; the node comes back on the same address behind the same nginx.
+    drop(node);
+    assert_eq!(sse.next(), None, "the stream ends with its upstream");
+    publish_text(other.addr, "news", "m4");
+    publish_text(other.addr, "news", "m5");
+    node = cluster_node(&listen, &redis);
+    let last = got.last().unwrap().id.clone().expect("an id");
+    let header = format!("Last-Event-ID: {last}\r\n");
+    let mut back = Stream::open(nginx.plain, "/sse/news", &header, false);
+    assert_eq!(back.status(), 200, "{}\n{}", back.head, nginx.log());
+    let ack: Value = serde_json::from_str(&back.next_event().data).unwrap();
+    assert_eq!(ack["recovered"], true, "{ack}");
+    got.push(back.next_event());
+    got.push(back.next_event());
+    publish_text(nginx.plain, "news", "m6");
+    got.push(back.next_event());
+    // No gap, no duplicate: six messages in order, ids one apart in one epoch.
+    let data: Vec<&str> = got.iter().map(|e| e.data.as_str()).collect();
+    assert_eq!(data, ["m1", "m2", "m3", "m4", "m5", "m6"]);
+    let epoch = ack["epoch"].as_str().unwrap();
+    let first: u64 = got[0]
+        .id
+        .as_deref()
+        .unwrap()
+        .split(':')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    for (i, event) in got.iter().enumerate() {
+        assert_eq!(event.event, "news");
+        assert_eq!(
+            event.id.as_deref(),
+            Some(&*format!("{epoch}:{}", first + i as u64))
+        );
+    }
+    drop(node);
 }

@@ -3,6 +3,7 @@
 //! and the `/ws` envelope commands.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod nginx;
 pub mod redis;
 
 use std::io::{Read, Write};
@@ -298,6 +299,13 @@ pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     false
+}
+
+/// A loopback port that was free a moment ago (for servers that must come back on the same
+/// port, or that cannot report theirs).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
 }
 
 /// A client WebSocket over a plain TCP stream.

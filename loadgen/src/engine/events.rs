@@ -6,7 +6,7 @@ use clarion_protocol::handshake::ClientHandshake;
 use clarion_protocol::{CloseCode, Connection, Event, MessageKind};
 
 use super::conn::{self, Got, Life, Phase};
-use super::{At, Readiness, Worker, next_random};
+use super::{At, Readiness, Stage, Worker, next_random};
 use crate::clock::ns;
 use crate::failure::Reason;
 use crate::hist;
@@ -41,18 +41,18 @@ impl<T: Traffic> Worker<'_, T> {
         };
         match conn.phase {
             Phase::Idle => {}
-            Phase::Connecting => {
+            Phase::Connecting { .. } => {
                 if ready.readable || ready.writable {
                     self.on_connect(slot, at);
                 }
             }
-            Phase::Handshaking(_) => {
+            Phase::Handshaking { .. } => {
                 if ready.readable {
                     self.read_handshake(slot, at);
                 }
             }
             Phase::Open(_) | Phase::Stream(_) => {
-                if ready.writable && !conn.backlog.is_empty() {
+                if ready.writable && conn.lent.is_some() {
                     self.flush(slot, at);
                 }
                 if ready.readable {
@@ -69,7 +69,7 @@ impl<T: Traffic> Worker<'_, T> {
 
     pub(super) fn on_connect(&mut self, slot: usize, at: At) {
         let conn = &mut self.conns[slot];
-        let Some(stream) = &mut conn.stream else {
+        let (Phase::Connecting { since_ns }, Some(stream)) = (&conn.phase, &mut conn.stream) else {
             return;
         };
         let error = match stream.take_error() {
@@ -84,51 +84,61 @@ impl<T: Traffic> Worker<'_, T> {
         if let Some(e) = error {
             return self.fail(slot, Reason::of_io(&e), at);
         }
-        hist::record(
-            &mut self.tally.connect,
-            at.now_ns.saturating_sub(conn.phase_ns),
-        );
+        if conn.life == Life::Pending {
+            hist::record(&mut self.tally.connect, at.now_ns.saturating_sub(*since_ns));
+        }
         let mut nonce = [0u8; 16];
         nonce[..8].copy_from_slice(&next_random(&mut self.rng).to_ne_bytes());
         nonce[8..].copy_from_slice(&next_random(&mut self.rng).to_ne_bytes());
         let handshake = ClientHandshake::new(nonce);
-        let (_, target) = self.plan.pairs.pair(conn.index);
-        let path = self.traffic.path(conn.index, target);
+        let index = self.first + slot;
+        let (_, target) = self.plan.pairs.pair(index);
+        let path = self.traffic.path(index, target);
         if self.plan.sse {
             // The handshake's key goes unused: an event stream is a plain GET.
             sse::write_request(&target.host, &path, &mut self.tx);
         } else {
             handshake.write_request(&target.host, &path, &[], &mut self.tx);
         }
-        conn.phase = Phase::Handshaking(handshake);
-        conn.phase_ns = at.now_ns;
+        conn.phase = Phase::Handshaking {
+            handshake,
+            since_ns: at.now_ns,
+        };
         self.flush(slot, at);
     }
 
     pub(super) fn read_handshake(&mut self, slot: usize, at: At) {
         loop {
             let conn = &mut self.conns[slot];
-            let (Phase::Handshaking(handshake), Some(stream)) = (&conn.phase, &mut conn.stream)
+            let (
+                Phase::Handshaking {
+                    handshake,
+                    since_ns,
+                },
+                Some(stream),
+            ) = (&conn.phase, &mut conn.stream)
             else {
                 return;
             };
+            let (handshake, since_ns) = (*handshake, *since_ns);
             let n = match conn::read(stream, &mut self.rbuf) {
                 Got::Bytes(n) => n,
                 Got::Empty => return,
                 Got::Eof => return self.fail(slot, Reason::Eof, at),
                 Got::Failed(reason) => return self.fail(slot, reason, at),
             };
-            let head = if conn.rx.is_empty() {
+            let mut rx = self.take_rx(slot);
+            let head = if rx.is_empty() {
                 &self.rbuf[..n]
             } else {
-                conn.rx.extend_from_slice(&self.rbuf[..n]);
-                &conn.rx[..]
+                rx.extend_from_slice(&self.rbuf[..n]);
+                &rx[..]
             };
             let (answer, stream) = if self.plan.sse {
                 match sse::read_head(head) {
                     Ok(Some((len, decoder))) => (Ok(Some(len)), Some(decoder)),
                     Ok(None) => (Ok(None), None),
-                    Err(reason) => return self.fail(slot, reason, at),
+                    Err(reason) => (Err(reason), None),
                 }
             } else {
                 let answer = handshake.read_response(head);
@@ -136,20 +146,26 @@ impl<T: Traffic> Worker<'_, T> {
             };
             match answer {
                 Ok(None) => {
-                    if conn.rx.is_empty() {
-                        conn.rx.extend_from_slice(&self.rbuf[..n]);
+                    if rx.is_empty() {
+                        rx.extend_from_slice(&self.rbuf[..n]);
                     }
+                    self.put_rx(slot, rx);
                 }
-                Err(reason) => return self.fail(slot, reason, at),
+                Err(reason) => {
+                    self.put_rx(slot, rx);
+                    return self.fail(slot, reason, at);
+                }
                 Ok(Some(head)) => {
-                    let early = if conn.rx.is_empty() {
+                    let early = if rx.is_empty() {
+                        self.put_rx(slot, rx);
                         None
                     } else {
-                        let mut early = std::mem::take(&mut conn.rx);
-                        early.drain(..head);
-                        Some(early)
+                        // Gives the (now empty) entry back; the answer's tail is fed below.
+                        self.put_rx(slot, Vec::new());
+                        rx.drain(..head);
+                        Some(rx)
                     };
-                    self.open(slot, stream, early, head..n, at);
+                    self.open(slot, since_ns, stream, early, head..n, at);
                     // Whatever came behind the 101 (frames, even the server's FIN) raises no
                     // new edge: read on until the socket is empty.
                     return self.read_frames(slot, true, at);
@@ -158,11 +174,12 @@ impl<T: Traffic> Worker<'_, T> {
         }
     }
 
-    /// The 101 arrived (or, with `stream`, the event stream's head); what came with it is in
-    /// `early` or else in `rbuf[in_rbuf]`.
+    /// The 101 (to a request sent at `since_ns`) arrived, or with `stream` the event stream's
+    /// head; what came with it is in `early` or else in `rbuf[in_rbuf]`.
     pub(super) fn open(
         &mut self,
         slot: usize,
+        since_ns: u64,
         stream: Option<sse::Decoder>,
         early: Option<Vec<u8>>,
         in_rbuf: std::ops::Range<usize>,
@@ -170,20 +187,19 @@ impl<T: Traffic> Worker<'_, T> {
     ) {
         let seed = next_random(&mut self.rng) as u32;
         let conn = &mut self.conns[slot];
-        hist::record(
-            &mut self.tally.handshake,
-            at.now_ns.saturating_sub(conn.phase_ns),
-        );
-        self.tally.established += 1;
-        conn.life = Life::Open;
+        if conn.life == Life::Pending {
+            hist::record(
+                &mut self.tally.handshake,
+                at.now_ns.saturating_sub(since_ns),
+            );
+            self.tally.established += 1;
+            conn.life = Life::Open;
+        }
         conn.phase = match stream {
             Some(decoder) => Phase::Stream(decoder),
             None => Phase::Open(Connection::client(at.instant, seed)),
         };
-        let index = conn.index;
-        self.with_link(slot, at, |traffic, state, link| {
-            traffic.opened(index, state, link)
-        });
+        self.with_link(slot, at, |traffic, state, link| traffic.opened(state, link));
         let fed = match early {
             Some(mut early) => self.feed(slot, &mut early, at),
             None if !in_rbuf.is_empty() => {
@@ -233,10 +249,18 @@ impl<T: Traffic> Worker<'_, T> {
         }
     }
 
-    /// Hands received bytes to the protocol and the mode.
+    /// Hands received bytes to the protocol and the mode, with the slot's receive buffer for
+    /// what stays incomplete.
     pub(super) fn feed(&mut self, slot: usize, input: &mut [u8], at: At) -> Fed {
+        let mut rx = self.take_rx(slot);
+        let fed = self.feed_with(slot, input, &mut rx, at);
+        self.put_rx(slot, rx);
+        fed
+    }
+
+    fn feed_with(&mut self, slot: usize, input: &mut [u8], rx: &mut Vec<u8>, at: At) -> Fed {
         if matches!(self.conns[slot].phase, Phase::Stream(_)) {
-            return self.feed_stream(slot, input, at);
+            return self.feed_stream(slot, input, rx, at);
         }
         let sending = self.sending();
         let conn = &mut self.conns[slot];
@@ -244,13 +268,7 @@ impl<T: Traffic> Worker<'_, T> {
             return Fed::Open;
         };
         let mut input = input;
-        while let Some(event) = ws.read(
-            &mut input,
-            &mut conn.rx,
-            at.instant,
-            &self.ws_config,
-            &mut self.tx,
-        ) {
+        while let Some(event) = ws.read(&mut input, rx, at.instant, &self.ws_config, &mut self.tx) {
             match event {
                 Event::Message(kind, payload) => {
                     self.tally.messages_received += 1;
@@ -263,9 +281,10 @@ impl<T: Traffic> Worker<'_, T> {
                         tally: &mut self.tally,
                         now_ns: at.now_ns,
                         slot,
-                        due_ns: conn.due_ns,
+                        index: self.first + slot,
                         sending,
                         go_ns: self.go_ns,
+                        stop_ns: self.stop_ns,
                     };
                     match self
                         .traffic
@@ -285,8 +304,9 @@ impl<T: Traffic> Worker<'_, T> {
     }
 
     /// Hands an event stream's bytes to the mode, one event's data at a time (as a text message).
-    fn feed_stream(&mut self, slot: usize, input: &[u8], at: At) -> Fed {
+    fn feed_stream(&mut self, slot: usize, input: &[u8], rx: &mut Vec<u8>, at: At) -> Fed {
         let sending = self.sending();
+        let index = self.first + slot;
         let conn = &mut self.conns[slot];
         let Phase::Stream(decoder) = &mut conn.phase else {
             return Fed::Open;
@@ -295,8 +315,8 @@ impl<T: Traffic> Worker<'_, T> {
         let mut unused = Connection::client(at.instant, 0);
         let mut verdict = Verdict::Continue;
         let (traffic, tally, tx) = (&mut self.traffic, &mut self.tally, &mut self.tx);
-        let (state, due_ns, go_ns) = (&mut conn.state, conn.due_ns, self.go_ns);
-        let fed = decoder.feed(input, &mut conn.rx, &mut self.scratch, &mut |_, data| {
+        let (state, go_ns, stop_ns) = (&mut conn.state, self.go_ns, self.stop_ns);
+        let fed = decoder.feed(input, rx, &mut self.scratch, &mut |_, data| {
             tally.messages_received += 1;
             if sending && at.now_ns >= go_ns {
                 tally.received_in_window += 1;
@@ -307,9 +327,10 @@ impl<T: Traffic> Worker<'_, T> {
                 tally,
                 now_ns: at.now_ns,
                 slot,
-                due_ns,
+                index,
                 sending,
                 go_ns,
+                stop_ns,
             };
             verdict = traffic.message(state, &mut link, MessageKind::Text, data);
             tx.clear();
@@ -332,17 +353,23 @@ impl<T: Traffic> Worker<'_, T> {
         }
         match fed {
             Fed::Open => {
-                if !conn.settled && self.traffic.ready(&conn.state) {
-                    self.settle(slot);
+                if self.traffic.ready(&conn.state) {
+                    if !conn.settled {
+                        self.settle(slot);
+                    }
+                    if self.conns[slot].life == Life::Rejoining {
+                        self.rejoined(slot, Ok(()), at);
+                    }
                 }
             }
             Fed::Finish => self.begin_close(slot, at),
             Fed::Closed => {
-                if conn.we_closed {
-                    self.tally.closed_clean += 1;
-                } else {
-                    self.tally.drops.add(Reason::ClosedByServer);
+                match conn.life {
+                    Life::Rejoining => self.rejoined(slot, Err(Reason::ClosedByServer), at),
+                    _ if conn.we_closed => self.tally.closed_clean += 1,
+                    _ => self.tally.drops.add(Reason::ClosedByServer),
                 }
+                let conn = &mut self.conns[slot];
                 conn.life = Life::Ended;
                 self.settle(slot);
                 self.await_eof(slot, at);
@@ -373,9 +400,10 @@ impl<T: Traffic> Worker<'_, T> {
             tally: &mut self.tally,
             now_ns: at.now_ns,
             slot,
-            due_ns: conn.due_ns,
+            index: self.first + slot,
             sending,
             go_ns: self.go_ns,
+            stop_ns: self.stop_ns,
         };
         let verdict = callback(&mut self.traffic, &mut conn.state, &mut link);
         if stream {
@@ -389,17 +417,6 @@ impl<T: Traffic> Worker<'_, T> {
         self.conclude(slot, fed, at);
     }
 
-    pub(super) fn flush(&mut self, slot: usize, at: At) {
-        let conn = &mut self.conns[slot];
-        let Some(stream) = &mut conn.stream else {
-            self.tx.clear();
-            return;
-        };
-        if let Err(reason) = conn::flush(stream, &mut conn.backlog, &mut self.tx) {
-            self.fail(slot, reason, at);
-        }
-    }
-
     /// Sends our close frame; the server's answer ends the connection. A stream has none: our
     /// FIN asks the server to end it, and its own FIN is the clean end.
     pub(super) fn begin_close(&mut self, slot: usize, at: At) {
@@ -408,9 +425,7 @@ impl<T: Traffic> Worker<'_, T> {
             if !conn.we_closed {
                 conn.we_closed = true;
                 let _ = stream.shutdown(std::net::Shutdown::Write);
-                let deadline = at.now_ns + ns(self.plan.close_timeout);
-                self.finish_deadlines
-                    .push_back((deadline, slot, conn.generation));
+                self.watch_finish(slot, at);
             }
             return;
         }
@@ -420,11 +435,7 @@ impl<T: Traffic> Worker<'_, T> {
         if !conn.we_closed {
             conn.we_closed = true;
             ws.close(CloseCode::NORMAL, "", at.instant, &mut self.tx);
-            self.finish_deadlines.push_back((
-                at.now_ns + ns(self.plan.close_timeout),
-                slot,
-                conn.generation,
-            ));
+            self.watch_finish(slot, at);
         }
         self.flush(slot, at);
     }
@@ -433,12 +444,25 @@ impl<T: Traffic> Worker<'_, T> {
     pub(super) fn await_eof(&mut self, slot: usize, at: At) {
         let conn = &mut self.conns[slot];
         conn.phase = Phase::Finishing;
-        conn.rx = Vec::new();
         if !conn.we_closed {
+            self.watch_finish(slot, at);
+        }
+        // Nothing more will be read; a backlog (our close frame) may still be leaving.
+        if self.conns[slot].lent.is_some() {
+            drop(self.take_rx(slot));
+            self.put_rx(slot, Vec::new());
+        }
+    }
+
+    /// Bounds the end of a connection's close by `--close-timeout`. While the loop is closing
+    /// everything its own deadline does that, so no entry per connection is queued (16 bytes
+    /// each at the peak of closing a million).
+    fn watch_finish(&mut self, slot: usize, at: At) {
+        if !matches!(self.stage, Stage::Closing { .. }) {
             self.finish_deadlines.push_back((
                 at.now_ns + ns(self.plan.close_timeout),
-                slot,
-                conn.generation,
+                slot as u32,
+                self.conns[slot].generation,
             ));
         }
     }
