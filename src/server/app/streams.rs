@@ -27,13 +27,16 @@ use crate::server::stream::{
     subscribed_json,
 };
 
+/// A message's bytes for each stream kind, by [`StreamKind::index`], once built.
+type PerKind = [Option<Arc<[u8]>>; KINDS.len()];
+
 /// One message's stream bytes on this reactor, built on first need.
 #[derive(Debug, Default)]
 pub(super) struct StreamFrames {
     /// By [`StreamKind::index`]: NDJSON lines, and SSE events of single-topic streams.
-    single: [Option<Arc<[u8]>>; KINDS.len()],
+    single: PerKind,
     /// SSE events of streams of several topics, by their topics (sorted handles).
-    shapes: Vec<(Vec<TopicId>, [Option<Arc<[u8]>>; KINDS.len()])>,
+    shapes: Vec<(Vec<TopicId>, PerKind)>,
     /// The last event built for one stream alone.
     own: Option<Arc<[u8]>>,
     /// A stream's topics, gathered to find its shape.
