@@ -38,6 +38,7 @@ use super::envelope::{
     self, Command, ErrorCode, HEARTBEAT, Id, TOKEN_EXPIRED, TOKEN_REFUSED, delivery_frame,
     format_of,
 };
+use super::forwarded;
 use super::http;
 use super::live::Cached;
 use super::refusals::Refusal;
@@ -86,6 +87,7 @@ pub struct Conn {
 #[derive(Debug, Default)]
 struct Extra {
     grants: Option<Grants>,
+    /// The key the per-IP cap counted this client under ([`Server::client_key`]).
     ip: Option<IpAddr>,
 }
 
@@ -106,8 +108,8 @@ struct Pending {
     extra: Extra,
     /// `/ws` with a token refused: opened only to be closed with a code a browser can read.
     refused: Option<Unauthorized>,
-    /// For the `debug` line of the open.
-    peer: Option<SocketAddr>,
+    /// The client's address, for the `debug` line of the open (as `peer`).
+    client: Option<SocketAddr>,
 }
 
 /// What a client that passed [`App::check_client`] takes to its open.
@@ -207,16 +209,55 @@ impl App {
         })
     }
 
-    /// Checks a WebSocket request (limits, and for pubsub routes origin, token and topic) and
-    /// answers the upgrade or the refusal.
+    /// The client's address: the peer's, or the one trusted proxies forwarded the request for.
+    /// A trusted proxy's forwarding header that cannot be read is refused with 400 (and the
+    /// refusal logged with the proxy's address: the client's is what could not be read).
+    fn client(
+        &self,
+        request: &Request<'_>,
+        peer: Option<SocketAddr>,
+    ) -> Result<Option<SocketAddr>, Response> {
+        let Some(peer) = peer else {
+            return Ok(None);
+        };
+        let config = &self.live.get().config;
+        let counters = &self.server.counters[self.index];
+        match forwarded::client(
+            request,
+            peer,
+            &config.trusted_proxies,
+            config.forwarded_header,
+        ) {
+            Ok(None) => Ok(Some(peer)),
+            Ok(Some(client)) => {
+                counters.forwarded_requests.fetch_add(1, Relaxed);
+                Ok(Some(client))
+            }
+            Err(e) => {
+                counters.forwarded_refused.fetch_add(1, Relaxed);
+                let reason = format!("malformed forwarding header: {e}");
+                self.server.refusals.log(Refusal {
+                    path: request.path(),
+                    peer: Some(peer),
+                    status: 400,
+                    reason: &reason,
+                    subject: None,
+                });
+                Err(http::error(400, &reason))
+            }
+        }
+    }
+
+    /// Checks a WebSocket request from `client` (limits, and for pubsub routes origin, token and
+    /// topic) and answers the upgrade or the refusal.
     fn websocket<'r>(
         &mut self,
         route: Route,
         request: &Request<'r>,
-        peer: Option<SocketAddr>,
+        client: Option<SocketAddr>,
         topic: Option<&str>,
     ) -> Answer<'r, Conn> {
-        let checked = match self.check_client(route, request, peer, topic.as_slice()) {
+        let checked = match self.check_client(route, request, client, topic.as_slice()) {
             Ok(checked) => checked,
             Err(refusal) => return Answer::Respond(refusal),
         };
@@ -225,7 +266,7 @@ impl App {
             stream: None,
             extra: checked.extra,
             refused: checked.refused_token,
-            peer,
+            client,
         });
         Answer::Upgrade {
             conn: Conn {
@@ -246,21 +287,23 @@ impl App {
         &self,
         route: Route,
         request: &Request<'_>,
-        peer: Option<SocketAddr>,
+        client: Option<SocketAddr>,
         topics: &[&str],
     ) -> Result<Checked, Response> {
         let (server, live) = (&*self.server, self.live.get());
         let refused = |status, reason: &str, grants: Option<&Grants>| {
             server.refusals.log(Refusal {
                 path: request.path(),
-                peer,
+                peer: client,
                 status,
                 reason,
                 subject: grants.and_then(Grants::subject),
             });
             http::error(status, reason)
         };
-        let ip = peer.map(|p| p.ip()).filter(|_| server.counts_ips());
+        let ip = client
+            .filter(|_| server.counts_ips())
+            .map(|c| server.client_key(c.ip()));
         match server.admit(&live.config, ip) {
             Err(Full::Server) => return Err(refused(503, "too many connections", None)),
             Err(Full::Ip) => {
@@ -287,7 +330,7 @@ impl App {
                 Err(e) if route == Route::Envelope => {
                     server.refusals.log(Refusal {
                         path: request.path(),
-                        peer,
+                        peer: client,
                         status: token_close_code(e).0,
                         reason: &e.to_string(),
                         subject: None,
@@ -791,12 +834,17 @@ impl Handler for App {
         self.server.refresh(&mut self.live);
         self.server.maybe_sweep(info.now());
         let peer = info.peer();
+        let client = match self.client(request, peer) {
+            Ok(client) => client,
+            Err(refusal) => return Answer::Respond(refusal),
+        };
         let path = request.path();
         tracing::trace!(
             reactor = self.index,
             method = request.method(),
             path,
             ?peer,
+            ?client,
             "request"
         );
         let (server, live) = (&*self.server, self.live.get());
@@ -807,25 +855,25 @@ impl Handler for App {
             }
             ("GET", "/metrics") => Answer::Respond(http::metrics(server)),
             ("GET", "/stats") => Answer::Respond(http::stats(server)),
-            ("POST", "/publish") => {
-                Answer::Respond(http::publish(server, live, request, body, peer, self.index))
-            }
-            ("POST", _) if path.starts_with("/publish/") => {
-                Answer::Respond(http::publish(server, live, request, body, peer, self.index))
-            }
+            ("POST", "/publish") => Answer::Respond(http::publish(
+                server, live, request, body, client, self.index,
+            )),
+            ("POST", _) if path.starts_with("/publish/") => Answer::Respond(http::publish(
+                server, live, request, body, client, self.index,
+            )),
             ("OPTIONS", _) if stream::is_stream_path(path) || path.starts_with("/publish") => {
                 Answer::Respond(cors::preflight(request, &live.origins))
             }
-            ("GET", _) if stream::is_stream_path(path) => self.stream(request, peer),
+            ("GET", _) if stream::is_stream_path(path) => self.stream(request, client),
             (_, _) if stream::is_stream_path(path) => {
                 let mut response = http::error(405, "streams are read with GET");
                 response.headers.push(("Allow", "GET, OPTIONS".to_owned()));
                 Answer::Respond(response)
             }
-            (_, "/echo") => self.websocket(Route::Echo, request, peer, None),
-            (_, "/ws") => self.websocket(Route::Envelope, request, peer, None),
+            (_, "/echo") => self.websocket(Route::Echo, request, client, None),
+            (_, "/ws") => self.websocket(Route::Envelope, request, client, None),
             (_, _) if path.starts_with("/t/") => {
-                self.websocket(Route::Topic, request, peer, path.get(3..))
+                self.websocket(Route::Topic, request, client, path.get(3..))
             }
             _ => Answer::Respond(Response::new(404, "text/plain", "not found\n")),
         }
@@ -837,19 +885,19 @@ impl Handler for App {
             stream,
             extra,
             refused,
-            peer,
+            client,
         } = self.pending.take().unwrap_or(Pending {
             topic: None,
             stream: None,
             extra: Extra::default(),
             refused: None,
-            peer: None,
+            client: None,
         });
         tracing::debug!(
             reactor = self.index,
             conn = ctx.id(),
             route = ?ctx.conn().route,
-            ?peer,
+            peer = ?client,
             topic = topic.as_deref(),
             sub = extra.grants.as_ref().and_then(Grants::subject),
             "websocket open"

@@ -4,6 +4,7 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod nginx;
+pub mod proxy;
 pub mod redis;
 
 use std::io::{Read, Write};

@@ -155,7 +155,7 @@ impl App {
     pub(super) fn stream<'r>(
         &mut self,
         request: &Request<'r>,
-        peer: Option<std::net::SocketAddr>,
+        client: Option<std::net::SocketAddr>,
     ) -> Answer<'r, Conn> {
         let live = self.live.get();
         let cors = cors::headers(request, &live.origins);
@@ -169,7 +169,7 @@ impl App {
         };
         let kind = wanted.kind;
         let topics: Vec<&str> = wanted.topics.iter().map(|want| &*want.topic).collect();
-        let checked = match self.check_client(Route::Stream(kind), request, peer, &topics) {
+        let checked = match self.check_client(Route::Stream(kind), request, client, &topics) {
             Ok(checked) => checked,
             Err(refusal) => return refuse(refusal),
         };
@@ -193,7 +193,7 @@ impl App {
             stream: Some(wanted),
             extra: checked.extra,
             refused: None,
-            peer,
+            client,
         });
         Answer::Stream {
             conn: Conn {
