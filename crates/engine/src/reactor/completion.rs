@@ -20,6 +20,8 @@ pub(crate) struct CompletionDriver<B: Completion> {
     backend: B,
     writing: Queued,
     events: Vec<Completed<B::Socket>>,
+    /// Sends that completed having written, since start.
+    writes: u64,
 }
 
 impl<B: Completion> CompletionDriver<B> {
@@ -29,6 +31,7 @@ impl<B: Completion> CompletionDriver<B> {
             backend,
             writing: Queued,
             events: Vec::with_capacity(1024),
+            writes: 0,
         }
     }
 }
@@ -103,6 +106,10 @@ impl<B: Completion> Driver for CompletionDriver<B> {
     fn waker(&self) -> Waker {
         self.backend.waker()
     }
+
+    fn socket_writes(&self) -> u64 {
+        self.writes
+    }
 }
 
 impl<B: Completion, H: Handler> Reactor<CompletionDriver<B>, H> {
@@ -128,6 +135,9 @@ impl<B: Completion, H: Handler> Reactor<CompletionDriver<B>, H> {
         };
         if let Some(queue) = conn.tx.as_deref_mut() {
             queue.finish_send(result.max(0) as usize);
+        }
+        if result > 0 {
+            self.driver.writes += 1;
         }
         if conn.flags.contains(ConnFlags::RELEASING) {
             return;

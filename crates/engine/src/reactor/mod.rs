@@ -89,7 +89,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
                 self.core.accept_paused_until = None;
                 self.driver.resume_accepting();
             }
-            self.core.publish_stats();
+            self.core.publish_stats(self.driver.socket_writes());
             let timeout = if self.inbox_again {
                 Some(Duration::ZERO)
             } else {
@@ -113,7 +113,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         for conn in self.core.conns.drain() {
             std::mem::forget(conn.tx);
         }
-        self.core.publish_stats();
+        self.core.publish_stats(self.driver.socket_writes());
     }
 
     /// The periodic walk of the table (see [`Core::sweep`]), then the I/O bookkeeping of the
