@@ -207,7 +207,10 @@ mod tests {
     #[test]
     fn a_rotated_list_visits_every_entry_once_then_what_was_added() {
         for listed in [1, 2, 7, 64] {
-            for start in [0, 1, listed / 2, listed - 1] {
+            for start in [0, 1, listed / 2, listed - 1]
+                .into_iter()
+                .filter(|&s| s < listed)
+            {
                 let order: Vec<usize> =
                     (0..listed + 3).map(|i| rotated(i, start, listed)).collect();
                 let mut seen = order[..listed].to_vec();
