@@ -1,8 +1,9 @@
 """The report of the fanout load ramp (scripts/lib/ramp.sh): per server and rate, deliveries/s,
 missing, latency percentiles (median over rounds, and the worst round's p99 against the median
 round's), server CPU per delivery (user and system apart), messages and bytes per socket write
-(Clarion's /stats), then each server's saturation point: the highest rate at which that rate and
-every lower one delivered everything with a median p99 under one second."""
+(Clarion's /stats), then each server's saturation point: the highest rate at which every delivery
+arrived (in every round) with a median p99 under one second, and any lower rate that did not
+(a sign of a noisy run)."""
 
 import json
 import statistics
@@ -66,14 +67,13 @@ print(
     "| bytes per write | loadgen saturated |"
 )
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-saturation = {}
+saturation, failed_below = {}, {}
 for server in servers:
-    saturation[server] = None
-    keeps_up = True
+    saturation[server], failed = None, []
     for rate in rates:
         runs = [r for r in (step(server, rate, n) for n in range(1, rounds + 1)) if r]
         if not runs:
-            keeps_up = False
+            failed.append(rate)
             continue
         m = {k: median([r[k] for r in runs]) for k in runs[0] if k not in ("missing", "saturated")}
         missing = sum(r["missing"] for r in runs)
@@ -86,14 +86,18 @@ for server in servers:
             f"| {fmt(m['user'], '.2f')} / {fmt(m['sys'], '.2f')} | {fmt(m['per_write'], '.1f')} "
             f"| {fmt(m['bytes_per_write'], ',.0f')} | {saturated}/{len(runs)} |"
         )
-        keeps_up = keeps_up and missing == 0 and m["p99"] < 1e6 and len(runs) == rounds
-        if keeps_up:
+        if missing == 0 and m["p99"] < 1e6 and len(runs) == rounds:
             saturation[server] = rate
+        else:
+            failed.append(rate)
+    failed_below[server] = [r for r in failed if saturation[server] and r < saturation[server]]
 print()
 print(f"Rounds: {rounds}; medians over the rounds; missing summed (lost, failed and dropped).")
 for server in servers:
     point = saturation[server]
     said = f"{point} msgs/s" if point else f"below {rates[0]} msgs/s"
+    if failed_below[server]:
+        said += f" (but not at {', '.join(map(str, failed_below[server]))} msgs/s: a noisy run?)"
     print(f"Saturation point of {server} (every delivery, median p99 < 1 s): {said}")
 for note in notes:
     print(f"Note: {note}")
