@@ -2,6 +2,7 @@
 //! the client's task; nothing here blocks or does I/O.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -114,44 +115,44 @@ impl Client {
     }
 
     /// Ends the subscription of `topic` at once (no message of it is read from the event
-    /// streams after this call); completes when the server acknowledges, or at once when not
-    /// connected. A topic not held completes at once.
-    pub async fn unsubscribe(&self, topic: &str) {
-        unsubscribe(&self.inner, topic, None).await;
+    /// streams after this call); the future completes when the server acknowledges, or at once
+    /// when not connected. A topic not held completes at once.
+    pub fn unsubscribe(&self, topic: &str) -> impl Future<Output = ()> + Send + 'static {
+        wait_done(unsubscribe(&self.inner, topic, None))
     }
 
     /// Publishes `data` (a JSON string is published as its text) on `topic`: sent now if
-    /// connected, else queued up to `max_queued` (or refused). Resolves with the server's ack or
-    /// fails with its error code or a local one (`disconnected`, `queue_full`, `timeout`,
-    /// `closed`).
-    pub async fn publish(
+    /// connected, else queued up to `max_queued` (or refused). The command is issued by this
+    /// call, so publishes keep the order of the calls whenever their futures are awaited. The
+    /// future resolves with the server's ack or fails with its error code or a local one
+    /// (`disconnected`, `queue_full`, `timeout`, `closed`).
+    pub fn publish(
         &self,
         topic: &str,
         data: serde_json::Value,
-    ) -> Result<PublishAck, PublishError> {
+    ) -> impl Future<Output = Result<PublishAck, PublishError>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         let _ = self
             .inner
             .commands
             .send(Command::Publish(topic.to_owned(), data, tx));
-        rx.await.unwrap_or_else(|_| Err(closed()))
+        async move { rx.await.unwrap_or_else(|_| Err(closed())) }
     }
 
     /// The round trip of a `ping` command; fails at once with `disconnected` when not
     /// connected.
-    pub async fn ping(&self) -> Result<Duration, PublishError> {
+    pub fn ping(&self) -> impl Future<Output = Result<Duration, PublishError>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         let _ = self.inner.commands.send(Command::Ping(tx));
-        rx.await.unwrap_or_else(|_| Err(closed()))
+        async move { rx.await.unwrap_or_else(|_| Err(closed())) }
     }
 
     /// Stops for good: no more retries, pending publishes fail with `closed`, the socket is
-    /// closed with 1000. Completes when that is done.
-    pub async fn close(&self) {
+    /// closed with 1000. The future completes when that is done.
+    pub fn close(&self) -> impl Future<Output = ()> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        if self.inner.commands.send(Command::Close(tx)).is_ok() {
-            let _ = rx.await;
-        }
+        let sent = self.inner.commands.send(Command::Close(tx)).is_ok();
+        wait_done(sent.then_some(rx))
     }
 }
 
@@ -190,38 +191,45 @@ impl Subscription {
     }
 
     /// Ends it, as [`Client::unsubscribe`] does.
-    pub async fn unsubscribe(&self) {
-        if let Some(inner) = self.client.upgrade() {
-            unsubscribe(&inner, &self.cell.topic, Some(&self.cell)).await;
-        } else {
-            self.cell.end();
-        }
+    pub fn unsubscribe(&self) -> impl Future<Output = ()> + Send + 'static {
+        let done = match self.client.upgrade() {
+            Some(inner) => unsubscribe(&inner, &self.cell.topic, Some(&self.cell)),
+            None => {
+                self.cell.end();
+                None
+            }
+        };
+        wait_done(done)
     }
 }
 
-/// Ends the subscription of `topic` (only if it is `cell`'s, when one is given).
-async fn unsubscribe(inner: &Inner, topic: &str, cell: Option<&Arc<SubCell>>) {
-    let rx = {
-        let mut held = lock(&inner.subscriptions);
-        let Some(current) = held.get(topic) else {
-            return;
-        };
-        if cell.is_some_and(|cell| !Arc::ptr_eq(cell, current)) {
-            return;
-        }
-        let current = held.remove(topic).expect("just found");
-        current.end();
-        let (tx, rx) = oneshot::channel();
-        if inner
-            .commands
-            .send(Command::Unsubscribe(current, tx))
-            .is_err()
-        {
-            return;
-        }
-        rx
-    };
-    let _ = rx.await;
+/// Ends the subscription of `topic` (only if it is `cell`'s, when one is given); the answer to
+/// wait for, if a command went to the task.
+fn unsubscribe(
+    inner: &Inner,
+    topic: &str,
+    cell: Option<&Arc<SubCell>>,
+) -> Option<oneshot::Receiver<()>> {
+    let mut held = lock(&inner.subscriptions);
+    let current = held.get(topic)?;
+    if cell.is_some_and(|cell| !Arc::ptr_eq(cell, current)) {
+        return None;
+    }
+    let current = held.remove(topic).expect("just found");
+    current.end();
+    let (tx, rx) = oneshot::channel();
+    inner
+        .commands
+        .send(Command::Unsubscribe(current, tx))
+        .ok()
+        .map(|()| rx)
+}
+
+/// Completes when `done` is answered (or dropped), at once without one.
+async fn wait_done(done: Option<oneshot::Receiver<()>>) {
+    if let Some(done) = done {
+        let _ = done.await;
+    }
 }
 
 fn closed() -> PublishError {

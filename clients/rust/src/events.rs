@@ -75,10 +75,11 @@ impl Sink {
         if self.counter.status.load(Ordering::Acquire) == ABANDONED {
             return false;
         }
+        // Counted before it can be read, so the reader never counts below zero.
+        let queued = self.counter.queued.fetch_add(1, Ordering::AcqRel) + 1;
         if self.tx.send(Item { event, cell }).is_err() {
             return false;
         }
-        let queued = self.counter.queued.fetch_add(1, Ordering::AcqRel) + 1;
         // Nobody took the initial stream and it is full: nobody is going to.
         !(queued >= capacity
             && self

@@ -45,20 +45,18 @@ impl Queue {
         }
     }
 
-    /// Queues `publish`, or gives it back with the rejection: `disconnected` when queueing is
-    /// off, `queue_full` past a bound.
-    pub(crate) fn push(&mut self, publish: Publish) -> Result<(), (Publish, PublishError)> {
+    /// Queues `publish`, or says why not: `disconnected` when queueing is off, `queue_full`
+    /// past a bound.
+    pub(crate) fn push(&mut self, publish: Publish) -> Result<(), PublishError> {
         if self.max == 0 {
-            let error = PublishError::local("disconnected", "not connected", false);
-            return Err((publish, error));
+            return Err(PublishError::local("disconnected", "not connected", false));
         }
         if self.items.len() >= self.max || self.bytes + publish.size() > self.max_bytes {
-            let error = PublishError::local(
+            return Err(PublishError::local(
                 "queue_full",
                 "too many publishes are waiting for the connection",
                 false,
-            );
-            return Err((publish, error));
+            ));
         }
         self.bytes += publish.size();
         self.items.push_back(publish);
@@ -104,11 +102,7 @@ mod tests {
         let mut queue = Queue::new(2, 1 << 20);
         assert!(queue.push(publish(1, "a")).is_ok());
         assert!(queue.push(publish(2, "b")).is_ok());
-        let (back, error) = queue.push(publish(3, "c")).unwrap_err();
-        assert_eq!(
-            (back.ticket, error.code.as_str()),
-            (Ticket(3), "queue_full")
-        );
+        assert_eq!(queue.push(publish(3, "c")).unwrap_err().code, "queue_full");
         assert_eq!(queue.pop().unwrap().ticket, Ticket(1));
         assert_eq!(queue.remove(Ticket(2)).unwrap().ticket, Ticket(2));
         assert!(queue.remove(Ticket(2)).is_none());
@@ -119,7 +113,7 @@ mod tests {
         assert!(queue.push(publish(1, "0123456789")).is_ok());
         assert!(queue.push(publish(2, "0123456789")).is_ok());
         assert_eq!(
-            queue.push(publish(3, "x")).unwrap_err().1.code,
+            queue.push(publish(3, "x")).unwrap_err().code,
             "queue_full",
             "bytes"
         );
@@ -128,7 +122,7 @@ mod tests {
     #[test]
     fn no_queue_rejects_as_disconnected() {
         let mut queue = Queue::new(0, 1 << 20);
-        let (_, error) = queue.push(publish(1, "a")).unwrap_err();
+        let error = queue.push(publish(1, "a")).unwrap_err();
         assert_eq!(
             (error.code.as_str(), error.maybe_sent),
             ("disconnected", false)

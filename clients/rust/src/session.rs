@@ -429,7 +429,7 @@ impl Session {
                         self.deadlines.insert((at, ticket));
                     }
                 }
-                Err((_, error)) => self.reply(ticket, Reply::Publish(Err(error))),
+                Err(error) => self.reply(ticket, Reply::Publish(Err(error))),
             }
         }
     }
@@ -550,11 +550,7 @@ impl Session {
                         self.emit(event);
                     }
                 }
-                Some(Pending::Unsubscribe(ticket)) => {
-                    if let Some(ticket) = ticket {
-                        self.reply(ticket, Reply::Done);
-                    }
-                }
+                Some(Pending::Unsubscribe(Some(ticket))) => self.reply(ticket, Reply::Done),
                 Some(Pending::Publish(publish)) => {
                     self.forget_deadline(&publish);
                     let ack = PublishAck {
@@ -573,7 +569,7 @@ impl Session {
                     let round_trip = now.saturating_duration_since(sent);
                     self.reply(ticket, Reply::Ping(Ok(round_trip)));
                 }
-                None => {}
+                Some(Pending::Unsubscribe(None)) | None => {}
             },
             Incoming::Ack(None, _) => {}
             Incoming::Error {
@@ -583,17 +579,11 @@ impl Session {
             } => match self.pending.remove(&id) {
                 // An older server that does not know `hello`: connected, no watch, no refresh.
                 Some(Pending::Hello) => self.connected(now, None, None),
-                Some(Pending::Subscribe { cell, .. }) => {
-                    if self.subs.failed(&cell) {
-                        let topic = cell.topic.clone();
-                        self.emit_error(&code, message, Some(topic));
-                    }
+                Some(Pending::Subscribe { cell, .. }) if self.subs.failed(&cell) => {
+                    let topic = cell.topic.clone();
+                    self.emit_error(&code, message, Some(topic));
                 }
-                Some(Pending::Unsubscribe(ticket)) => {
-                    if let Some(ticket) = ticket {
-                        self.reply(ticket, Reply::Done);
-                    }
-                }
+                Some(Pending::Unsubscribe(Some(ticket))) => self.reply(ticket, Reply::Done),
                 Some(Pending::Publish(publish)) => {
                     self.forget_deadline(&publish);
                     let error = PublishError {
@@ -616,7 +606,7 @@ impl Session {
                     };
                     self.reply(ticket, Reply::Ping(Err(error)));
                 }
-                None => {}
+                Some(Pending::Unsubscribe(None) | Pending::Subscribe { .. }) | None => {}
             },
             Incoming::Error {
                 id: None,
