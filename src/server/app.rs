@@ -37,7 +37,7 @@ use super::live::Cached;
 use super::refusals::Refusal;
 use super::state::{ClientPublish, Full, Live, PublishError, Server, SlowConsumer};
 use clarion_engine::{
-    Answer, CompressionConfig, ConnId, Ctx, Handler, Local, Policy, Push, Response,
+    Answer, CompressionConfig, ConnId, Ctx, Handler, Local, Policy, Push, RequestInfo, Response,
 };
 use clarion_protocol::deflate::{Deflater, Params};
 use clarion_protocol::handshake::Request;
@@ -694,10 +694,10 @@ fn close_reason(code: Option<CloseCode>) -> &'static str {
         Some(CloseCode::UNSUPPORTED_DATA) => "unsupported data",
         Some(CloseCode::NO_STATUS) => "closed without a code",
         Some(CloseCode::INVALID_PAYLOAD) => "invalid UTF-8",
-        Some(CloseCode::POLICY_VIOLATION) => "policy (slow consumer, forbidden publish)",
+        Some(CloseCode::POLICY_VIOLATION) => "policy (forbidden publish, too many topics)",
         Some(CloseCode::MESSAGE_TOO_BIG) => "message too big",
         Some(CloseCode::INTERNAL_ERROR) => "internal error",
-        Some(CloseCode::TRY_AGAIN_LATER) => "try again later (cluster publish buffer full)",
+        Some(CloseCode::TRY_AGAIN_LATER) => "try again later (slow consumer, cluster buffer full)",
         Some(_) => "application code",
     }
 }
@@ -722,11 +722,12 @@ impl Handler for App {
         &mut self,
         request: &Request<'r>,
         body: &[u8],
-        peer: Option<SocketAddr>,
+        info: &RequestInfo,
     ) -> Answer<'r, Conn> {
         self.pending = None;
         self.server.refresh(&mut self.live);
-        self.server.maybe_sweep(Instant::now());
+        self.server.maybe_sweep(info.now());
+        let peer = info.peer();
         let path = request.path();
         tracing::trace!(
             reactor = self.index,
@@ -827,7 +828,7 @@ impl Handler for App {
         }
     }
 
-    fn on_close(&mut self, id: ConnId, conn: &mut Conn, code: Option<CloseCode>) {
+    fn on_close(&mut self, id: ConnId, conn: &mut Conn, code: Option<CloseCode>, now: Instant) {
         tracing::debug!(
             reactor = self.index,
             conn = id,
@@ -852,7 +853,7 @@ impl Handler for App {
             .take()
             .and_then(|key| self.extras.try_remove(key.get() as usize - 1));
         self.server.closed(extra.and_then(|extra| extra.ip));
-        self.server.maybe_sweep(Instant::now());
+        self.server.maybe_sweep(now);
     }
 
     fn on_inbox(&mut self, local: &mut Local<'_, Conn>, post: Post) {
@@ -998,7 +999,9 @@ impl App {
                 }
                 Push::Full if policy == SlowConsumer::Drop => dropped += 1,
                 Push::Full => {
-                    local.close(id, CloseCode::POLICY_VIOLATION, "slow consumer");
+                    // 1013, not 1008: falling behind is temporary, and a client retries (with
+                    // backoff) and resumes on 1013 where 1008 tells it to stop.
+                    local.close(id, CloseCode::TRY_AGAIN_LATER, "slow consumer");
                     evicted += 1;
                 }
                 Push::Closed => {}
@@ -1028,11 +1031,13 @@ impl App {
             evicted,
             "fanout"
         );
-        let now = Instant::now();
+        // The clock, not `local.now()`: the latency includes the inbox messages handled before
+        // this one in the same turn.
+        let fanned_out = Instant::now();
         counters
             .latency
-            .record(now.saturating_duration_since(message.published_at()));
-        server.maybe_sweep(now);
+            .record(fanned_out.saturating_duration_since(message.published_at()));
+        server.maybe_sweep(local.now());
     }
 }
 
@@ -1041,7 +1046,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_connection_costs_24_bytes() {
-        assert!(size_of::<Conn>() <= 24, "{}", size_of::<Conn>());
+    fn a_connection_costs_24_bytes_of_state_and_104_in_its_reactor() {
+        assert_eq!(size_of::<Conn>(), 24);
+        // The engine's entry around it: what an idle push-server connection costs.
+        assert_eq!(clarion_engine::connection_size::<Conn>(), 104);
     }
 }

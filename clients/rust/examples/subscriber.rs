@@ -60,7 +60,9 @@ async fn main() {
                 retry_in,
                 ..
             } => match (will_retry, retry_in) {
-                (true, Some(delay)) => println!("disconnected ({code} {reason}); retry in {delay:?}"),
+                (true, Some(delay)) => {
+                    println!("disconnected ({code} {reason}); retry in {delay:?}")
+                }
                 _ => println!("disconnected ({code} {reason}); stopped"),
             },
             other => println!("{other:?}"),

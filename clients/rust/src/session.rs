@@ -309,9 +309,11 @@ impl Session {
                         true
                     }
                     Ok(_) => false,
+                    // A provider that is down may recover after a refused token; after a
+                    // broken policy only a new token gives a reason to come back.
                     Err(why) => {
                         self.token_provider_failed(why);
-                        true
+                        ended.code != 1008
                     }
                 };
                 self.finish(ended, retry, now);
@@ -450,11 +452,9 @@ impl Session {
 
     /// `close()`: final (section 2).
     pub(crate) fn close(&mut self, ticket: Ticket) {
-        let shown = match self.phase {
-            Phase::Closed => return self.reply(ticket, Reply::Done),
-            Phase::Connected { .. } | Phase::Waiting { .. } | Phase::Recheck(_) => true,
-            Phase::Token { .. } | Phase::Opening { .. } | Phase::Hello { .. } => false,
-        };
+        if matches!(self.phase, Phase::Closed) {
+            return self.reply(ticket, Reply::Done);
+        }
         let closed = |maybe_sent| PublishError::local("closed", "the client is closed", maybe_sent);
         for (_, pending) in std::mem::take(&mut self.pending) {
             match pending {
@@ -470,15 +470,13 @@ impl Session {
         self.deadlines.clear();
         self.phase = Phase::Closed;
         self.out.push_back(Output::Shutdown);
-        if shown {
-            self.emit(Event::Disconnected {
-                code: 1000,
-                reason: "client closed".to_owned(),
-                will_retry: false,
-                retry_in: None,
-                status: None,
-            });
-        }
+        self.emit(Event::Disconnected {
+            code: 1000,
+            reason: "closed by the client".to_owned(),
+            will_retry: false,
+            retry_in: None,
+            status: None,
+        });
         self.reply(ticket, Reply::Done);
     }
 
@@ -727,16 +725,18 @@ impl Session {
             status,
             opened,
         };
+        // Section 6: a refused token (4003, or 401 from an older server) and a broken policy
+        // (1008) are retried only with another token from the provider.
         let refused = code == 4003 || status == Some(401);
         let retry = match self.auth {
-            _ if code == 1008 || status == Some(403) => false,
-            AuthKind::Provider if refused => {
+            _ if status == Some(403) => false,
+            AuthKind::Provider if refused || code == 1008 => {
                 self.phase = Phase::Recheck(ended);
                 self.out.push_back(Output::FetchToken(Purpose::Recheck));
                 return;
             }
             AuthKind::Provider => true,
-            AuthKind::Fixed(_) | AuthKind::None => !refused && code != 4001,
+            AuthKind::Fixed(_) | AuthKind::None => !refused && code != 1008 && code != 4001,
         };
         self.finish(ended, retry, now);
     }

@@ -5,7 +5,7 @@
 use super::txqueue::TxQueue;
 
 /// Something a pool can hand out again after it has been used.
-pub trait Recycle: Default {
+pub(crate) trait Recycle: Default {
     /// Empties it, and gives back memory beyond `max_capacity` bytes.
     fn recycle(&mut self, max_capacity: usize);
 }
@@ -33,7 +33,7 @@ impl Recycle for TxQueue {
 /// nothing once warm; [`Pool::trim`], called about once a second, frees what the last period
 /// did not need beyond `max_free`.
 #[derive(Debug)]
-pub struct Pool<T> {
+pub(crate) struct Pool<T> {
     free: Vec<Box<T>>,
     /// Free items always kept, whatever the recent peak.
     max_free: usize,
@@ -48,7 +48,7 @@ pub struct Pool<T> {
 impl<T: Recycle> Pool<T> {
     /// A pool keeping at least `max_free` free items of up to `max_capacity` bytes each, and
     /// up to the recent peak of lending.
-    pub fn new(max_free: usize, max_capacity: usize) -> Pool<T> {
+    pub(crate) fn new(max_free: usize, max_capacity: usize) -> Pool<T> {
         Pool {
             free: Vec::new(),
             max_free,
@@ -59,14 +59,14 @@ impl<T: Recycle> Pool<T> {
     }
 
     /// An empty item, reused when one is free.
-    pub fn take(&mut self) -> Box<T> {
+    pub(crate) fn take(&mut self) -> Box<T> {
         self.lent += 1;
         self.peak = self.peak.max(self.lent);
         self.free.pop().unwrap_or_default()
     }
 
     /// Returns an item to the pool (its contents are discarded).
-    pub fn give(&mut self, mut item: Box<T>) {
+    pub(crate) fn give(&mut self, mut item: Box<T>) {
         self.lent -= 1;
         if self.free.len() < self.max_free.max(self.peak - self.lent) {
             item.recycle(self.max_capacity);
@@ -76,7 +76,7 @@ impl<T: Recycle> Pool<T> {
 
     /// Frees the free items that neither `max_free` nor the peak since the last trim calls
     /// for, and starts a new period.
-    pub fn trim(&mut self) {
+    pub(crate) fn trim(&mut self) {
         let keep = self.max_free.max(self.peak - self.lent);
         self.free.truncate(keep);
         self.free.shrink_to(keep);
@@ -84,7 +84,7 @@ impl<T: Recycle> Pool<T> {
     }
 
     /// Items lent out and not yet given back.
-    pub fn lent(&self) -> usize {
+    pub(crate) fn lent(&self) -> usize {
         self.lent
     }
 }

@@ -7,7 +7,7 @@ use socket2::{Domain, Socket, Type};
 
 /// Binds `count` listeners to `addr` with `SO_REUSEPORT`, so the kernel spreads incoming
 /// connections over them. With port 0 the first picks a port and the rest share it.
-pub fn bind_reuseport(
+pub(crate) fn bind_reuseport(
     addr: SocketAddr,
     count: usize,
     backlog: i32,
@@ -30,7 +30,7 @@ pub fn bind_reuseport(
 }
 
 /// Pins the calling thread to core `index % cores` (best effort: a failure only costs locality).
-pub fn pin_to_core(index: usize) {
+pub(crate) fn pin_to_core(index: usize) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // SAFETY: cpu_set_t is plain data, zeroed is its empty set; CPU_SET stays within it because
     // the core number is below the machine's core count; sched_setaffinity only reads it.

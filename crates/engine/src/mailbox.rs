@@ -2,12 +2,12 @@
 //! reactor: an unbounded channel per reactor and a coalesced wake, so a burst of posts costs
 //! one wake-up, not one per message.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::sys::Wake;
+use crate::sys::Waker;
 
 /// One inbox per reactor.
 pub struct Mailboxes<M> {
@@ -18,7 +18,7 @@ struct Mailbox<M> {
     sender: Sender<M>,
     receiver: Receiver<M>,
     /// Set once the reactor's backend exists; posts before that wait in the channel.
-    waker: OnceLock<Arc<dyn Wake>>,
+    waker: OnceLock<Waker>,
     /// A wake is on its way: further posts need not send another.
     woken: AtomicBool,
 }
@@ -62,25 +62,28 @@ impl<M> Mailboxes<M> {
         }
     }
 
-    pub(super) fn set_waker(&self, reactor: usize, waker: Arc<dyn Wake>) {
+    pub(crate) fn set_waker(&self, reactor: usize, waker: Waker) {
         let _ = self.boxes[reactor].waker.set(waker);
     }
 
     /// Reactor side: the next message, if any. Call [`Mailboxes::rearm`] before draining.
-    pub(super) fn take(&self, reactor: usize) -> Option<M> {
+    pub(crate) fn take(&self, reactor: usize) -> Option<M> {
         self.boxes[reactor].receiver.try_recv().ok()
     }
 
     /// Reactor side: the next post must wake the reactor again.
-    pub(super) fn rearm(&self, reactor: usize) {
+    pub(crate) fn rearm(&self, reactor: usize) {
         self.boxes[reactor].woken.store(false, Ordering::Release);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::Arc;
     use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::sys::Wake;
 
     struct Counter(AtomicUsize);
 

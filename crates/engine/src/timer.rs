@@ -30,7 +30,7 @@ const NIL: u32 = u32::MAX;
 /// Keys are reused once their timer has fired or been cancelled, so a caller keeps a
 /// key only while its timer is pending.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TimerKey(u32);
+pub(crate) struct TimerKey(u32);
 
 /// One pending timer.
 struct Node<T> {
@@ -53,7 +53,7 @@ impl<T> Node<T> {
 ///
 /// Time only moves forward through [`poll_expired`](Self::poll_expired): the `now`
 /// passed to successive calls must not go backwards (a monotonic clock).
-pub struct TimerWheel<T> {
+pub(crate) struct TimerWheel<T> {
     start: Instant,
     tick_nanos: u128,
     nodes: Slab<Node<T>>,
@@ -80,7 +80,7 @@ impl<T> TimerWheel<T> {
     /// # Panics
     ///
     /// If `tick` is zero.
-    pub fn new(start: Instant, tick: Duration, slots: usize) -> Self {
+    pub(crate) fn new(start: Instant, tick: Duration, slots: usize) -> Self {
         assert!(!tick.is_zero(), "timer wheel tick must be non-zero");
         let slots = slots.max(1).next_power_of_two();
         TimerWheel {
@@ -104,7 +104,7 @@ impl<T> TimerWheel<T> {
     /// # Panics
     ///
     /// If more than `u32::MAX - 1` timers are pending at once.
-    pub fn insert(&mut self, deadline: Instant, value: T) -> TimerKey {
+    pub(crate) fn insert(&mut self, deadline: Instant, value: T) -> TimerKey {
         let tick = self.tick_ceil(deadline);
         let entry = self.nodes.vacant_entry();
         let key = match u32::try_from(entry.key()) {
@@ -138,7 +138,7 @@ impl<T> TimerWheel<T> {
     ///
     /// Returns `None` if it already fired or was cancelled (keys may be reused after
     /// that, so callers keep a key only while it is pending).
-    pub fn cancel(&mut self, key: TimerKey) -> Option<T> {
+    pub(crate) fn cancel(&mut self, key: TimerKey) -> Option<T> {
         let node = self.nodes.try_remove(key.0 as usize)?;
         if node.prev != NIL {
             self.nodes[node.prev as usize].next = node.next;
@@ -162,7 +162,7 @@ impl<T> TimerWheel<T> {
     /// Ticks are swept in order, so earlier ticks normally come out first; the order
     /// is unspecified within a tick, after a jump of more than one rotation, and for
     /// timers that were inserted already due.
-    pub fn poll_expired(&mut self, now: Instant) -> Option<T> {
+    pub(crate) fn poll_expired(&mut self, now: Instant) -> Option<T> {
         self.polled_until = self.polled_until.max(now);
         let now_tick = self.tick_floor(now);
         while self.ready == NIL && self.cursor <= now_tick {
@@ -195,7 +195,7 @@ impl<T> TimerWheel<T> {
     /// (`Duration::ZERO` if something is already due). It may be earlier than the true
     /// deadline (a slot holding only timers of later rotations counts as occupied),
     /// never later. Costs one scan of the occupancy bitmap, at most `slots / 64` words.
-    pub fn next_wakeup(&self, now: Instant) -> Option<Duration> {
+    pub(crate) fn next_wakeup(&self, now: Instant) -> Option<Duration> {
         if self.nodes.is_empty() {
             return None;
         }
@@ -211,12 +211,13 @@ impl<T> TimerWheel<T> {
     }
 
     /// Number of pending timers.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.nodes.len()
     }
 
     /// Whether no timer is pending.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }
 

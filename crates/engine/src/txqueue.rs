@@ -11,7 +11,7 @@ use std::io::IoSlice;
 use std::sync::Arc;
 
 /// Most slices handed to one `writev`.
-pub const MAX_IOVECS: usize = 64;
+pub(crate) const MAX_IOVECS: usize = 64;
 
 #[derive(Debug)]
 enum Chunk {
@@ -33,7 +33,7 @@ const SEND_SLICES: usize = 16;
 
 /// A connection's write queue. It exists only while there is something to send.
 #[derive(Default)]
-pub struct TxQueue {
+pub(crate) struct TxQueue {
     chunks: VecDeque<Chunk>,
     /// Bytes of the front chunk already sent.
     sent: usize,
@@ -62,17 +62,17 @@ impl std::fmt::Debug for TxQueue {
 
 impl TxQueue {
     /// Bytes still to send.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// Nothing to send.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Appends a copy of `bytes` (to the last owned chunk when there is one).
-    pub fn push_copy(&mut self, bytes: &[u8]) {
+    pub(crate) fn push_copy(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
@@ -88,7 +88,7 @@ impl TxQueue {
     }
 
     /// Appends a shared frame, from byte `from` on.
-    pub fn push_shared(&mut self, frame: Arc<[u8]>, from: usize) {
+    pub(crate) fn push_shared(&mut self, frame: Arc<[u8]>, from: usize) {
         if from >= frame.len() {
             return;
         }
@@ -101,7 +101,7 @@ impl TxQueue {
     }
 
     /// The unsent bytes as slices for `writev`, in order.
-    pub fn slices<'a>(&'a self, out: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
+    pub(crate) fn slices<'a>(&'a self, out: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
         let mut n = 0;
         for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
             let bytes = chunk.bytes();
@@ -112,7 +112,7 @@ impl TxQueue {
     }
 
     /// Drops `written` bytes from the front.
-    pub fn consume(&mut self, mut written: usize) {
+    pub(crate) fn consume(&mut self, mut written: usize) {
         self.len -= written;
         while let Some(front) = self.chunks.front() {
             let left = front.bytes().len() - self.sent;
@@ -127,7 +127,7 @@ impl TxQueue {
     }
 
     /// Empties the queue, keeping its allocations for reuse. Not while a send is in flight.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         debug_assert!(!self.is_sending());
         self.chunks.clear();
         self.sent = 0;
@@ -135,14 +135,14 @@ impl TxQueue {
     }
 
     /// Whether an asynchronous send is reading from the queue.
-    pub fn is_sending(&self) -> bool {
+    pub(crate) fn is_sending(&self) -> bool {
         self.pinned > 0
     }
 
     /// Prepares an asynchronous `sendmsg` of the queue's front and pins what it reads. The
     /// header stays valid, and the bytes it points to stay put, until [`TxQueue::finish_send`];
     /// bytes pushed meanwhile go to new chunks. The queue must be non-empty and not sending.
-    pub fn start_send(&mut self) -> *const libc::msghdr {
+    pub(crate) fn start_send(&mut self) -> *const libc::msghdr {
         debug_assert!(!self.is_empty() && !self.is_sending());
         // SAFETY: msghdr and iovec are plain C structs; all zeroes is a valid (empty) value.
         let in_flight = self
@@ -165,7 +165,7 @@ impl TxQueue {
     }
 
     /// The asynchronous send finished having written `written` bytes: drops them and unpins.
-    pub fn finish_send(&mut self, written: usize) {
+    pub(crate) fn finish_send(&mut self, written: usize) {
         self.pinned = 0;
         self.consume(written.min(self.len));
     }

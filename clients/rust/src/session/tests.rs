@@ -451,6 +451,25 @@ fn with_a_provider_4001_retries_and_4003_asks_it_again() {
 }
 
 #[test]
+fn with_a_provider_1008_retries_only_with_another_token() {
+    for (answer, retry) in [
+        (Ok("tok1".to_owned()), false),
+        (Err("down".to_owned()), false),
+        (Ok("tok2".to_owned()), true),
+    ] {
+        let mut h = provider_harness();
+        h.connect(0, None);
+        h.session.ended(1008, "policy", None, h.now);
+        assert!(matches!(
+            h.drain().actions[..],
+            [Output::FetchToken(Purpose::Recheck)]
+        ));
+        h.session.token_ready(Purpose::Recheck, answer, h.now);
+        assert_eq!(disconnected(&h.drain().events).1, retry);
+    }
+}
+
+#[test]
 fn a_failing_provider_fails_the_attempt() {
     let options = Options::default().token_provider(|| Box::pin(async { Ok("x".into()) }));
     let mut h = Harness::new(options);

@@ -1,21 +1,38 @@
 //! The engine's application interface, through a small broadcast handler: a request body
 //! (the publish), a post to every reactor's mailbox, frames shared by reference with every
-//! subscriber, backpressure reported to the handler, and request body limits.
-
-mod common;
+//! subscriber, backpressure reported to the handler, request body limits, and what each
+//! callback is told. Clients are tungstenite and raw sockets; `CLARION_TEST_IO=epoll|uring`
+//! picks the backend.
 
 use std::io::{Read, Write};
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use clarion_engine::{
-    self, Answer, ConnId, Ctx, Handler, Local, Mailboxes, Push, Response, Runtime, Shared,
+    Answer, ConnId, Ctx, Handler, Io, Local, Mailboxes, Push, RequestInfo, Response, Runtime,
+    Shared, Stats,
 };
 use clarion_protocol::handshake::Request;
-use clarion_protocol::{MessageKind, frame};
-use common::*;
+use clarion_protocol::{CloseCode, MessageKind, frame};
+use tungstenite::{Message, WebSocket};
+
+/// What a connection's callbacks were told, in order.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Request {
+        id: ConnId,
+        peer: Option<SocketAddr>,
+        now: Instant,
+    },
+    Open(ConnId),
+    Close {
+        id: ConnId,
+        code: Option<u16>,
+        now: Instant,
+    },
+}
 
 /// Subscribers on `/sub`; `POST /pub` broadcasts its body to all of them, on every reactor.
 struct Broadcast {
@@ -23,6 +40,7 @@ struct Broadcast {
     mailboxes: Arc<Mailboxes<Arc<[u8]>>>,
     full: Arc<AtomicU64>,
     max_queued: usize,
+    seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl Handler for Broadcast {
@@ -33,8 +51,13 @@ impl Handler for Broadcast {
         &mut self,
         request: &Request<'r>,
         body: &[u8],
-        _peer: Option<SocketAddr>,
+        info: &RequestInfo,
     ) -> Answer<'r, ()> {
+        self.seen.lock().unwrap().push(Seen::Request {
+            id: info.id(),
+            peer: info.peer(),
+            now: info.now(),
+        });
         match (request.method(), request.path()) {
             ("GET", "/sub") => Answer::Upgrade {
                 conn: (),
@@ -53,12 +76,18 @@ impl Handler for Broadcast {
     }
 
     fn on_open(&mut self, ctx: &mut Ctx<'_, ()>) {
+        self.seen.lock().unwrap().push(Seen::Open(ctx.id()));
         self.subscribers.push(ctx.id());
     }
 
     fn on_message(&mut self, _ctx: &mut Ctx<'_, ()>, _kind: MessageKind, _payload: &[u8]) {}
 
-    fn on_close(&mut self, id: ConnId, _conn: &mut (), _code: Option<clarion_protocol::CloseCode>) {
+    fn on_close(&mut self, id: ConnId, _conn: &mut (), code: Option<CloseCode>, now: Instant) {
+        let code = code.map(|c| c.0);
+        self.seen
+            .lock()
+            .unwrap()
+            .push(Seen::Close { id, code, now });
         self.subscribers.retain(|&s| s != id);
     }
 
@@ -71,10 +100,26 @@ impl Handler for Broadcast {
     }
 }
 
-fn start_broadcast(max_queued: usize, full: Arc<AtomicU64>) -> Runtime {
-    let config = clarion_engine::Config {
+/// The backend under test: `CLARION_TEST_IO=epoll|uring` (default: whatever `auto` picks).
+fn io() -> Io {
+    match std::env::var("CLARION_TEST_IO").as_deref() {
+        Ok("epoll") => Io::Epoll,
+        Ok("uring") => Io::Uring,
+        Ok(other) if !other.is_empty() => panic!("CLARION_TEST_IO={other}: use epoll or uring"),
+        _ => Io::Auto,
+    }
+}
+
+struct Server {
+    runtime: Runtime,
+    full: Arc<AtomicU64>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+fn start(threads: usize, max_queued: usize) -> Server {
+    let mut config = clarion_engine::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        threads: 2,
+        threads,
         pin_threads: false,
         io: io(),
         protocol: clarion_protocol::Config {
@@ -83,63 +128,111 @@ fn start_broadcast(max_queued: usize, full: Arc<AtomicU64>) -> Runtime {
         },
         ..clarion_engine::Config::default()
     };
-    Runtime::start(config, move |_, shared: &Shared<Arc<[u8]>>| {
+    config.uring.peer_addresses = true;
+    let (full, seen) = (Arc::new(AtomicU64::new(0)), Arc::default());
+    let (full2, seen2) = (full.clone(), Arc::clone(&seen));
+    let runtime = Runtime::start(config, move |_, shared: &Shared<Arc<[u8]>>| {
         Ok(Broadcast {
             subscribers: Vec::new(),
             mailboxes: shared.mailboxes.clone(),
-            full: full.clone(),
+            full: full2.clone(),
             max_queued,
+            seen: Arc::clone(&seen2),
         })
     })
-    .unwrap()
+    .unwrap();
+    if io() != Io::Auto {
+        assert_eq!(
+            runtime.io(),
+            io(),
+            "the backend under test is the one running"
+        );
+    }
+    Server {
+        runtime,
+        full,
+        seen,
+    }
 }
 
-fn subscribe(addr: SocketAddr) -> std::net::TcpStream {
-    let mut stream = tcp(addr);
-    stream.write_all(&upgrade_request("/sub")).unwrap();
-    assert!(read_head(&mut stream).starts_with("HTTP/1.1 101"));
+fn subscribe(addr: SocketAddr) -> WebSocket<TcpStream> {
+    let stream = TcpStream::connect(addr).unwrap();
     stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (ws, response) = tungstenite::client(format!("ws://{addr}/sub"), stream).unwrap();
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// Sends a raw request and returns the whole answer (until the server closes).
+fn http(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn publish(addr: SocketAddr, body: &[u8]) -> String {
+    let head = format!(
+        "POST /pub HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    http(addr, &[head.as_bytes(), body].concat())
+}
+
+fn total(runtime: &Runtime, counter: impl Fn(&Stats) -> &AtomicU64) -> u64 {
+    let stats = runtime.stats().iter();
+    stats.map(|s| counter(s).load(Ordering::Relaxed)).sum()
+}
+
+/// Polls `condition` every 10 ms for up to 10 s.
+fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    (0..1000).any(|_| {
+        condition() || {
+            std::thread::sleep(Duration::from_millis(10));
+            false
+        }
+    })
 }
 
 #[test]
 fn a_post_reaches_every_subscriber_on_every_reactor() {
-    let server = start_broadcast(1 << 20, Arc::default());
-    let addr = server.local_addr();
+    let server = start(2, 1 << 20);
+    let addr = server.runtime.local_addr();
     let mut subscribers: Vec<_> = (0..50).map(|_| subscribe(addr)).collect();
-    assert!(eventually(|| total(&server, |s| &s.upgrades) == 50));
+    assert!(eventually(|| total(&server.runtime, |s| &s.upgrades) == 50));
     for n in 0..3 {
         let body = format!("message {n}");
-        let answer = http(
-            addr,
-            format!(
-                "POST /pub HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        );
+        let answer = publish(addr, body.as_bytes());
         assert!(
             answer.starts_with("HTTP/1.1 202") && answer.ends_with(&body.len().to_string()),
             "{answer}"
         );
     }
-    for stream in &mut subscribers {
+    for ws in &mut subscribers {
         for n in 0..3 {
-            assert_eq!(
-                read_frame(stream).unwrap(),
-                (true, 0x2, format!("message {n}").into_bytes())
-            );
+            let expected = Message::Binary(format!("message {n}").into_bytes().into());
+            assert_eq!(ws.read().unwrap(), expected);
         }
     }
     assert!(
-        eventually(|| total(&server, |s| &s.tx_queues_lent) == 0),
+        eventually(|| total(&server.runtime, |s| &s.tx_queues_lent) == 0),
         "queues go back once written"
     );
 }
 
 #[test]
 fn a_body_sent_after_100_continue_and_in_pieces() {
-    let server = start_broadcast(1 << 20, Arc::default());
-    let mut stream = tcp(server.local_addr());
+    let server = start(2, 1 << 20);
+    let mut stream = TcpStream::connect(server.runtime.local_addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     stream
         .write_all(
             b"POST /pub HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n",
@@ -161,8 +254,8 @@ fn a_body_sent_after_100_continue_and_in_pieces() {
 
 #[test]
 fn bodies_over_the_limit_or_without_a_length_are_refused() {
-    let server = start_broadcast(1 << 20, Arc::default());
-    let addr = server.local_addr();
+    let server = start(2, 1 << 20);
+    let addr = server.runtime.local_addr();
     let answer = http(
         addr,
         b"POST /pub HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n",
@@ -179,32 +272,59 @@ fn bodies_over_the_limit_or_without_a_length_are_refused() {
 
 #[test]
 fn a_subscriber_that_does_not_read_hits_its_cap_and_others_are_unaffected() {
-    let full = Arc::new(AtomicU64::new(0));
-    let server = start_broadcast(256 * 1024, full.clone());
-    let addr = server.local_addr();
+    let server = start(2, 256 * 1024);
+    let addr = server.runtime.local_addr();
     let _stalled = subscribe(addr);
     let mut reader = subscribe(addr);
-    assert!(eventually(|| total(&server, |s| &s.upgrades) == 2));
+    assert!(eventually(|| total(&server.runtime, |s| &s.upgrades) == 2));
     let body = vec![b'x'; 60_000];
-    let request = [
-        format!(
-            "POST /pub HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes(),
-        body.clone(),
-    ]
-    .concat();
     for _ in 0..300 {
-        http(addr, &request);
-        let (_, _, payload) = read_frame(&mut reader).unwrap();
-        assert_eq!(payload, body);
+        publish(addr, &body);
+        assert_eq!(reader.read().unwrap(), Message::Binary(body.clone().into()));
     }
     // 300 x 60 KB is far more than loopback socket buffers plus the stalled one's 256 KiB cap.
     assert!(
-        full.load(Ordering::Relaxed) > 0,
+        server.full.load(Ordering::Relaxed) > 0,
         "the handler was told the stalled subscriber is full"
     );
+}
+
+#[test]
+fn each_callback_is_told_its_connection_its_peer_and_the_time() {
+    let server = start(1, 1 << 20);
+    let addr = server.runtime.local_addr();
+    let before = Instant::now();
+    let mut ws = subscribe(addr);
+    let client = ws.get_ref().local_addr().unwrap();
+    assert!(eventually(|| server.seen.lock().unwrap().len() == 2));
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+    assert!(eventually(|| server.seen.lock().unwrap().len() == 3));
+    let after = Instant::now();
+    let seen = server.seen.lock().unwrap();
+    let Seen::Request { id, peer, now } = seen[0] else {
+        panic!("{seen:?}");
+    };
+    assert_eq!(peer, Some(client), "the peer is the client's address");
+    assert!(
+        before <= now && now <= after,
+        "`now` is the reactor's clock"
+    );
+    assert_eq!(
+        seen[1],
+        Seen::Open(id),
+        "the upgrade keeps the request's id"
+    );
+    let Seen::Close {
+        id: closed,
+        code,
+        now: closed_at,
+    } = seen[2]
+    else {
+        panic!("{seen:?}");
+    };
+    assert_eq!((closed, code), (id, Some(1005)), "a close without a code");
+    assert!(now <= closed_at && closed_at <= after);
 }
 
 /// Counts the sweep hooks; with `per_conn`, each open connection gets a "tick" at its first
@@ -223,7 +343,7 @@ impl Handler for Sweeper {
         &mut self,
         _request: &Request<'r>,
         _body: &[u8],
-        _peer: Option<SocketAddr>,
+        _info: &RequestInfo,
     ) -> Answer<'r, u8> {
         Answer::Upgrade {
             conn: 0,
@@ -233,7 +353,7 @@ impl Handler for Sweeper {
 
     fn on_message(&mut self, _ctx: &mut Ctx<'_, u8>, _kind: MessageKind, _payload: &[u8]) {}
 
-    fn on_sweep(&mut self, _now: std::time::Instant) -> bool {
+    fn on_sweep(&mut self, _now: Instant) -> bool {
         self.sweeps.fetch_add(1, Ordering::Relaxed);
         self.per_conn
     }
@@ -243,7 +363,7 @@ impl Handler for Sweeper {
         *ctx.conn() += 1;
         match *ctx.conn() {
             1 => ctx.send(MessageKind::Text, b"tick").unwrap(),
-            _ => ctx.close(clarion_protocol::CloseCode(4000), "swept"),
+            _ => ctx.close(CloseCode(4000), "swept"),
         }
     }
 }
@@ -282,20 +402,22 @@ fn within_30s(mut condition: impl FnMut() -> bool) -> bool {
 #[test]
 fn the_sweep_hands_each_open_connection_to_the_handler_which_can_send_and_close() {
     let (server, sweeps, _) = start_sweeper(true);
-    let mut stream = subscribe(server.local_addr());
-    stream
+    let mut ws = subscribe(server.local_addr());
+    ws.get_mut()
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let (_, opcode, payload) = read_frame(&mut stream).unwrap();
-    assert_eq!((opcode, &payload[..]), (0x1, &b"tick"[..]));
-    assert_eq!(read_close_code(&mut stream), 4000);
+    assert_eq!(ws.read().unwrap(), Message::text("tick"));
+    match ws.read().unwrap() {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 4000),
+        other => panic!("expected the sweep's close, got {other:?}"),
+    }
     assert!(sweeps.load(Ordering::Relaxed) >= 2);
 }
 
 #[test]
 fn a_handler_that_declines_the_sweep_is_not_called_per_connection() {
     let (server, sweeps, visits) = start_sweeper(false);
-    let _stream = subscribe(server.local_addr());
+    let _ws = subscribe(server.local_addr());
     assert!(eventually(|| total(&server, |s| &s.upgrades) == 1));
     let seen = sweeps.load(Ordering::Relaxed);
     assert!(within_30s(|| sweeps.load(Ordering::Relaxed) >= seen + 2));

@@ -1,0 +1,68 @@
+//! The engine's settings, shared by every reactor, and the choice of backend.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::{CompressionConfig, UringConfig};
+
+/// Which event-loop backend the reactors use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Io {
+    /// io_uring where the kernel allows it, else epoll.
+    Auto,
+    /// epoll (readiness, through mio).
+    Epoll,
+    /// io_uring (completions, direct descriptors, provided buffers).
+    Uring,
+}
+
+/// Settings of the engine, shared by every reactor.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Number of reactor threads.
+    pub threads: usize,
+    /// Pin reactor `i` to core `i % cores`.
+    pub pin_threads: bool,
+    /// Give each reactor thread its own file table (`unshare(CLONE_FILES)`), so each can hold
+    /// up to `RLIMIT_NOFILE` sockets: the epoll backend's way past the limit on hosts where it
+    /// cannot be raised (a reactor never shares its sockets).
+    pub private_fd_table: bool,
+    /// `listen(2)` backlog of each reactor's listener.
+    pub backlog: i32,
+    /// Most connections per reactor; further ones are refused at accept.
+    pub max_connections_per_reactor: usize,
+    /// Bytes of the one read buffer each reactor shares among its connections (epoll; io_uring
+    /// receives into its provided buffers, [`UringConfig`]).
+    pub read_buffer_size: usize,
+    /// On shutdown, how long connections get to finish their close handshake.
+    pub drain_timeout: Duration,
+    /// The backend.
+    pub io: Io,
+    /// io_uring ring and buffer sizes (per reactor).
+    pub uring: UringConfig,
+    /// Protocol limits and timeouts.
+    pub protocol: clarion_protocol::Config,
+    /// permessage-deflate.
+    pub compression: CompressionConfig,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9001)),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin_threads: true,
+            private_fd_table: false,
+            backlog: 4096,
+            max_connections_per_reactor: 1 << 20,
+            read_buffer_size: 64 << 10,
+            drain_timeout: Duration::from_secs(10),
+            io: Io::Auto,
+            uring: UringConfig::default(),
+            protocol: clarion_protocol::Config::default(),
+            compression: CompressionConfig::default(),
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! What a handler's callbacks act through: [`Ctx`] on one open connection during its own event,
+//! [`Local`] on any connection of the reactor during the inbox drain.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use clarion_protocol::deflate::Params;
+use clarion_protocol::{CloseCode, MessageKind, SendError};
+
+use crate::compression::Deflating;
+use crate::reactor::Sink;
+use crate::{ConnId, Push, Stats};
+
+/// A handler's view of one open connection during a callback.
+pub struct Ctx<'a, C> {
+    pub(crate) id: ConnId,
+    pub(crate) conn: &'a mut C,
+    pub(crate) ws: &'a mut clarion_protocol::Connection,
+    pub(crate) out: &'a mut dyn Sink,
+    pub(crate) deflating: &'a mut Deflating,
+    pub(crate) stats: &'a Stats,
+    pub(crate) now: Instant,
+}
+
+impl<C> Ctx<'_, C> {
+    /// The connection's id in its reactor.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// The connection's application state.
+    pub fn conn(&mut self) -> &mut C {
+        self.conn
+    }
+
+    /// When the reactor woke for this event.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Sends a message (written at once if the socket takes it, else queued), compressed when
+    /// the connection negotiated permessage-deflate and the payload reaches the threshold.
+    pub fn send(&mut self, kind: MessageKind, payload: &[u8]) -> Result<(), SendError> {
+        let (id, stats) = (self.id, self.stats);
+        self.deflating
+            .send(id, self.ws, kind, payload, &mut *self.out, stats)
+    }
+
+    /// The permessage-deflate parameters the connection negotiated, if it did.
+    pub fn deflate(&self) -> Option<Params> {
+        self.ws.deflate()
+    }
+
+    /// Sends a whole frame built with [`clarion_protocol::frame::encode_frame`], shared by many
+    /// connections.
+    pub fn send_shared(&mut self, frame: &Arc<[u8]>) -> Result<(), SendError> {
+        if !self.ws.can_send() {
+            return Err(SendError::NotOpen);
+        }
+        self.out.transmit_shared(frame);
+        Ok(())
+    }
+
+    /// Starts the close handshake.
+    pub fn close(&mut self, code: CloseCode, reason: &str) {
+        self.ws.close(code, reason, self.now, &mut *self.out);
+    }
+}
+
+/// A handler's access to every connection of its reactor, during [`crate::Handler::on_inbox`].
+pub struct Local<'a, C> {
+    pub(crate) ops: &'a mut dyn LocalOps<C>,
+    pub(crate) now: Instant,
+}
+
+/// The reactor side of [`Local`].
+pub(crate) trait LocalOps<C> {
+    fn conn(&mut self, id: ConnId) -> Option<&mut C>;
+    fn queued(&self, id: ConnId) -> Option<usize>;
+    fn deflate(&self, id: ConnId) -> Option<Params>;
+    fn send_shared(&mut self, id: ConnId, frame: &Arc<[u8]>, max_queued: usize) -> Push;
+    fn close(&mut self, id: ConnId, code: CloseCode, reason: &str, now: Instant);
+}
+
+impl<C> Local<'_, C> {
+    /// When the reactor woke.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// An open connection's application state.
+    pub fn conn(&mut self, id: ConnId) -> Option<&mut C> {
+        self.ops.conn(id)
+    }
+
+    /// Bytes waiting to be written to a connection.
+    pub fn queued(&self, id: ConnId) -> Option<usize> {
+        self.ops.queued(id)
+    }
+
+    /// The permessage-deflate parameters an open connection negotiated, if it did: a frame
+    /// compressed on its own fits it when [`Params::accepts_shared`] says so.
+    pub fn deflate(&self, id: ConnId) -> Option<Params> {
+        self.ops.deflate(id)
+    }
+
+    /// Queues a whole frame shared with other connections, unless more than `max_queued`
+    /// bytes would then wait for this connection.
+    pub fn send_shared(&mut self, id: ConnId, frame: &Arc<[u8]>, max_queued: usize) -> Push {
+        self.ops.send_shared(id, frame, max_queued)
+    }
+
+    /// Starts the close handshake of a connection.
+    pub fn close(&mut self, id: ConnId, code: CloseCode, reason: &str) {
+        self.ops.close(id, code, reason, self.now);
+    }
+}

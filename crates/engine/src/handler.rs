@@ -1,0 +1,157 @@
+//! The application's side of a reactor: the [`Handler`] trait, and what its callbacks are told
+//! and answer.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use clarion_protocol::handshake::{Rejection, Request};
+use clarion_protocol::{CloseCode, MessageKind};
+
+use crate::{ConnId, Ctx, Local};
+
+/// The application on top of a reactor; one instance per reactor thread, so no locking.
+///
+/// Every callback is told `now`, the time the reactor woke for the event: a handler never
+/// needs to read the clock for bookkeeping.
+pub trait Handler {
+    /// Per-connection state, stored in the connection's slab entry: every byte here is paid by
+    /// every connection, so keep it small ([`crate::connection_size`] says what an entry
+    /// weighs with it).
+    type Conn;
+
+    /// What other threads post to this reactor through [`crate::Mailboxes`].
+    type Inbox: Send + 'static;
+
+    /// A complete HTTP request (head and `Content-Length` body) arrived. WebSocket upgrades are
+    /// validated by the reactor after an [`Answer::Upgrade`]; anything else is answered as
+    /// plain HTTP.
+    fn on_request<'r>(
+        &mut self,
+        request: &Request<'r>,
+        body: &[u8],
+        info: &RequestInfo,
+    ) -> Answer<'r, Self::Conn>;
+
+    /// The WebSocket is open (the 101 answer is queued).
+    fn on_open(&mut self, _ctx: &mut Ctx<'_, Self::Conn>) {}
+
+    /// A complete message arrived.
+    fn on_message(&mut self, ctx: &mut Ctx<'_, Self::Conn>, kind: MessageKind, payload: &[u8]);
+
+    /// The WebSocket is over (close handshake, failure, timeout or dropped TCP); called once per
+    /// opened connection. `code` is the close code sent or received, `None` if the TCP
+    /// connection dropped without one.
+    fn on_close(
+        &mut self,
+        _id: ConnId,
+        _conn: &mut Self::Conn,
+        _code: Option<CloseCode>,
+        _now: Instant,
+    ) {
+    }
+
+    /// A message posted to this reactor. Frames sent through `local` are queued by reference
+    /// and each touched connection is written once after the inbox is drained, so a subscriber
+    /// behind on several messages gets them in one write.
+    fn on_inbox(&mut self, _local: &mut Local<'_, Self::Conn>, _message: Self::Inbox) {}
+
+    /// The reactor's sweep begins: it walks its table about once a second
+    /// ([`crate::SWEEP_INTERVAL`] apart at least; later when the loop is busy) to arm the timers
+    /// of connections whose deadlines come near. Return true to have
+    /// [`Handler::on_sweep_conn`] called for every open WebSocket during this sweep; false (the
+    /// default) costs nothing per connection.
+    fn on_sweep(&mut self, _now: Instant) -> bool {
+        false
+    }
+
+    /// During a sweep that [`Handler::on_sweep`] asked for, once per open WebSocket: the place
+    /// for the handler's own coarse deadlines (a token's expiry, an application heartbeat)
+    /// without a timer or an allocation per connection. Sends and closes work as in any other
+    /// callback.
+    fn on_sweep_conn(&mut self, _ctx: &mut Ctx<'_, Self::Conn>) {}
+}
+
+/// Where and when a request arrived: what [`Handler::on_request`] is told besides the request
+/// itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestInfo {
+    pub(crate) id: ConnId,
+    pub(crate) peer: Option<SocketAddr>,
+    pub(crate) now: Instant,
+}
+
+impl RequestInfo {
+    /// What a request on connection `id` from `peer`, at `now`, is told (for testing a handler
+    /// without sockets; the reactor makes these itself).
+    pub fn new(id: ConnId, peer: Option<SocketAddr>, now: Instant) -> RequestInfo {
+        RequestInfo { id, peer, now }
+    }
+
+    /// The connection's id in its reactor (the id its WebSocket keeps if the request upgrades).
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// The peer's address, when the backend reports it (always on epoll; on io_uring when
+    /// [`crate::UringConfig::peer_addresses`] asks for it).
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// When the reactor woke for this request.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+}
+
+/// How to answer a request head.
+#[non_exhaustive]
+pub enum Answer<'r, C> {
+    /// Open a WebSocket with this state and subprotocol (one the client offered).
+    Upgrade {
+        /// The connection's application state.
+        conn: C,
+        /// The chosen subprotocol.
+        protocol: Option<&'r str>,
+    },
+    /// Answer as plain HTTP, then close.
+    Respond(Response),
+    /// Refuse with a status (and the header it calls for).
+    Reject(Rejection),
+}
+
+/// A plain HTTP answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// Further headers.
+    pub headers: Vec<(&'static str, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A response with a body and no further headers.
+    pub fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
+        Response {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+}
+
+/// What [`Local::send_shared`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Push {
+    /// Queued for writing.
+    Queued,
+    /// Not queued: the connection already has more than the allowed bytes waiting.
+    Full,
+    /// Not queued: the connection is gone or no longer open.
+    Closed,
+}

@@ -1,0 +1,299 @@
+//! The core of a reactor, the same for both I/O models: the connection table and what it
+//! borrows (pools, timers, compression), and its bookkeeping: the sweep that arms timers and
+//! trims pools, retiring released entries, the wait's timeout, accept back-off, and stats.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clarion_protocol::{Connection, State};
+use slab::Slab;
+
+use super::conn::{Conn, ConnFlags};
+use super::writer::{ConnWriter, Writing, Written};
+use crate::buffer::Pool;
+use crate::compression::Compression;
+use crate::timer::{TimerKey, TimerWheel};
+use crate::txqueue::TxQueue;
+use crate::{Config, Ctx, Handler, Stats};
+
+/// How often the reactor sweeps its table for deadlines coming up. A connection holds a wheel
+/// node only while its next deadline is within one sweep, so an idle connection waiting out a
+/// 30 s ping interval holds none (24 bytes saved per connection).
+pub(super) const SWEEP: Duration = crate::SWEEP_INTERVAL;
+/// Timer resolution: fine enough for close and pong deadlines, coarse enough to batch.
+const TICK: Duration = Duration::from_millis(10);
+/// 4096 ticks of 10 ms: one rotation covers 41 s, so common timeouts fire in one pass.
+const WHEEL_SLOTS: usize = 4096;
+/// Pause after the process or system runs out of descriptors or memory at accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one accept-error log line per interval.
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Everything of a reactor but its driver, so that a driver's buffer can be borrowed while the
+/// core processes its bytes.
+pub(crate) struct Core<S, H: Handler> {
+    pub(super) handler: H,
+    pub(super) config: Arc<Config>,
+    pub(super) stats: Arc<Stats>,
+    pub(super) conns: Slab<Conn<S, H::Conn>>,
+    /// Peer addresses of connections still handshaking (handed to `on_request`), kept apart so
+    /// open connections do not pay for them. What else a request is told about its connection
+    /// (the listener it came on, TLS details) belongs here too.
+    pub(super) peers: HashMap<usize, SocketAddr>,
+    pub(super) timers: TimerWheel<u32>,
+    pub(super) rx_pool: Pool<Vec<u8>>,
+    pub(super) tx_pool: Pool<TxQueue>,
+    pub(super) scratch: Vec<u8>,
+    pub(super) compression: Compression,
+    /// Connections with bytes queued this turn, moved on once at its end.
+    pub(super) dirty: Vec<usize>,
+    /// Connections the handler wrote to or closed during a sweep, and how their writer ended.
+    pub(super) swept: Vec<(usize, Written)>,
+    /// Tokens released this turn, freed once the turn's events are handled.
+    pub(super) retired: Vec<usize>,
+    pub(super) accept_paused_until: Option<Instant>,
+    accept_logged_at: Option<Instant>,
+    pub(super) drain_deadline: Option<Instant>,
+    pub(super) next_sweep: Instant,
+}
+
+impl<S, H: Handler> Core<S, H> {
+    pub(super) fn new(handler: H, config: Arc<Config>, stats: Arc<Stats>) -> Self {
+        let now = Instant::now();
+        Core {
+            handler,
+            stats,
+            conns: Slab::new(),
+            peers: HashMap::new(),
+            timers: TimerWheel::new(now, TICK, WHEEL_SLOTS),
+            rx_pool: Pool::new(1024, 64 << 10),
+            tx_pool: Pool::new(1024, 64 << 10),
+            scratch: Vec::new(),
+            compression: Compression::new(config.compression),
+            dirty: Vec::new(),
+            swept: Vec::new(),
+            retired: Vec::new(),
+            accept_paused_until: None,
+            accept_logged_at: None,
+            drain_deadline: None,
+            next_sweep: now + SWEEP,
+            config,
+        }
+    }
+
+    /// Arms a timer for every connection whose deadline now falls within the next sweep, frees
+    /// pooled buffers the last period did not need, and, if the handler asks, gives it each
+    /// open WebSocket ([`Handler::on_sweep_conn`]) in the same pass. Connections it wrote to or
+    /// closed are left in `swept` for the reactor's bookkeeping.
+    pub(super) fn sweep<W: Writing<S>>(&mut self, writing: &mut W, now: Instant) {
+        self.rx_pool.trim();
+        self.tx_pool.trim();
+        let per_conn = self.handler.on_sweep(now);
+        let Core {
+            handler,
+            config,
+            conns,
+            timers,
+            tx_pool,
+            stats,
+            compression,
+            swept,
+            ..
+        } = self;
+        for (token, conn) in conns.iter_mut() {
+            if conn
+                .flags
+                .intersects(ConnFlags::LINGER | ConnFlags::RELEASING)
+            {
+                continue;
+            }
+            if per_conn
+                && conn.flags.contains(ConnFlags::OPENED)
+                && conn.ws.can_send()
+                && let Some(app) = conn.app.as_mut()
+            {
+                let state_before = conn.ws.state();
+                let mut out = writing.writer(&mut conn.socket, &mut conn.tx, tx_pool);
+                handler.on_sweep_conn(&mut Ctx {
+                    id: token,
+                    conn: app,
+                    ws: &mut conn.ws,
+                    out: &mut out,
+                    deflating: &mut compression.deflating,
+                    stats,
+                    now,
+                });
+                let written = out.finish();
+                rearm_on_state_change(timers, conn, state_before);
+                // Queued bytes and a failed socket are the reactor's to move on; a close needs
+                // its deadline armed by the same bookkeeping.
+                if written != Written::Done || conn.ws.state() != state_before {
+                    swept.push((token, written));
+                    continue;
+                }
+            }
+            if conn.timer.is_none() {
+                conn.timer = arm(timers, config, &conn.ws, token, now);
+            }
+        }
+        self.next_sweep = now + SWEEP;
+    }
+
+    /// Frees the entries of connections released this turn.
+    pub(super) fn free_retired(&mut self) {
+        for token in self.retired.drain(..) {
+            if let Some(mut conn) = self.conns.try_remove(token)
+                && let Some(tx) = conn.tx.take()
+            {
+                self.tx_pool.give(tx);
+            }
+        }
+    }
+
+    /// The connection exists and is not being released.
+    pub(super) fn is_live(&self, token: usize) -> bool {
+        self.conns
+            .get(token)
+            .is_some_and(|conn| !conn.flags.contains(ConnFlags::RELEASING))
+    }
+
+    /// Whether new connections are taken now (not paused, not draining).
+    pub(super) fn accepting(&self) -> bool {
+        self.accept_paused_until.is_none() && self.drain_deadline.is_none()
+    }
+
+    /// How long the loop may sleep: until the next timer, sweep, end of an accept pause or the
+    /// drain deadline.
+    pub(super) fn wait_timeout(&self, now: Instant) -> Option<Duration> {
+        let sweep =
+            (!self.conns.is_empty()).then(|| self.next_sweep.saturating_duration_since(now));
+        [
+            self.timers.next_wakeup(now),
+            sweep,
+            self.accept_paused_until
+                .map(|t| t.saturating_duration_since(now)),
+            self.drain_deadline
+                .map(|t| t.saturating_duration_since(now)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    pub(super) fn publish_stats(&self) {
+        let s = &self.stats;
+        Stats::set(&s.connections, self.conns.len());
+        Stats::set(&s.rx_buffers_lent, self.rx_pool.lent());
+        Stats::set(&s.tx_queues_lent, self.tx_pool.lent());
+        Stats::set(&s.timers, self.timers.len());
+        self.compression.policy.publish(s);
+    }
+
+    /// Accepting failed: pause it, and say so (once per interval when it is the descriptor or
+    /// memory limit).
+    pub(super) fn accept_failed(&mut self, e: io::Error, now: Instant) {
+        match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                if self
+                    .accept_logged_at
+                    .is_none_or(|at| now >= at + ACCEPT_LOG_INTERVAL)
+                {
+                    tracing::warn!("accept failed, pausing accepts for {ACCEPT_BACKOFF:?}: {e}");
+                    self.accept_logged_at = Some(now);
+                }
+            }
+            _ => tracing::warn!("accept failed: {e}"),
+        }
+        self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+    }
+
+    /// Marks a connection for the turn's end, which moves its queue on once.
+    pub(super) fn mark_dirty(&mut self, token: usize) {
+        mark_dirty(&mut self.conns, &mut self.dirty, token);
+    }
+
+    /// Timers and the end of the WebSocket after I/O. True once the WebSocket is over.
+    pub(super) fn end_of_websocket(&mut self, token: usize, now: Instant) -> bool {
+        let conn = &mut self.conns[token];
+        if conn.ws.state() != State::Closed {
+            if conn.timer.is_none() {
+                let timer = arm(&mut self.timers, &self.config, &conn.ws, token, now);
+                self.conns[token].timer = timer;
+            }
+            return false;
+        }
+        if !conn.flags.contains(ConnFlags::LINGER) {
+            conn.flags.insert(ConnFlags::LINGER);
+            release_deflate(&mut self.compression, token, conn);
+            if conn.flags.contains(ConnFlags::OPENED)
+                && let Some(app) = conn.app.as_mut()
+            {
+                self.handler.on_close(token, app, conn.ws.close_code(), now);
+            }
+            // The peer has close_timeout to read what is queued and hang up.
+            if let Some(key) = conn.timer.take() {
+                self.timers.cancel(key);
+            }
+            conn.timer = Some(
+                self.timers
+                    .insert(now + self.config.protocol.close_timeout, token as u32),
+            );
+        }
+        true
+    }
+}
+
+/// Marks `token` for the turn's end, once.
+pub(super) fn mark_dirty<S, C>(conns: &mut Slab<Conn<S, C>>, dirty: &mut Vec<usize>, token: usize) {
+    if let Some(conn) = conns.get_mut(token)
+        && !conn.flags.contains(ConnFlags::DIRTY)
+    {
+        conn.flags.insert(ConnFlags::DIRTY);
+        dirty.push(token);
+    }
+}
+
+/// Gives back what a connection that negotiated compression holds (its windows, its place under
+/// the cap), once.
+pub(super) fn release_deflate<S, C>(
+    compression: &mut Compression,
+    token: usize,
+    conn: &mut Conn<S, C>,
+) {
+    if conn.flags.contains(ConnFlags::DEFLATE) {
+        conn.flags.remove(ConnFlags::DEFLATE);
+        if let Some(params) = conn.ws.deflate() {
+            compression.release(token, params);
+        }
+    }
+}
+
+/// A wheel timer at the connection's next deadline if that is within one sweep; later
+/// deadlines are left to the sweep.
+pub(super) fn arm(
+    timers: &mut TimerWheel<u32>,
+    config: &Config,
+    ws: &Connection,
+    token: usize,
+    now: Instant,
+) -> Option<TimerKey> {
+    let deadline = ws.poll_timeout(&config.protocol)?;
+    (deadline <= now + SWEEP).then(|| timers.insert(deadline, token as u32))
+}
+
+/// A state change can move the deadline earlier (open -> closing): drop the timer so that
+/// `end_of_websocket` arms it again at the new deadline.
+pub(super) fn rearm_on_state_change<S, C>(
+    timers: &mut TimerWheel<u32>,
+    conn: &mut Conn<S, C>,
+    state_before: State,
+) {
+    if conn.ws.state() != state_before
+        && let Some(key) = conn.timer.take()
+    {
+        timers.cancel(key);
+    }
+}

@@ -1,0 +1,142 @@
+//! The completion driver: runs the shared core over a [`Completion`] backend (io_uring). It
+//! takes in accepted connections and received buffers as they complete, parses each buffer in
+//! place and hands it straight back, and sends each connection's queue once per turn (one send
+//! in flight per connection; the next when it completes).
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use super::Reactor;
+use super::conn::ConnFlags;
+use super::driver::Driver;
+use super::writer::{Queued, Written};
+use crate::Handler;
+use crate::sys::completion::{Completed, Completion, Sockets};
+use crate::sys::{Flushed, Waker};
+use crate::txqueue::TxQueue;
+
+/// A completion backend and what only this model needs.
+pub(crate) struct CompletionDriver<B: Completion> {
+    backend: B,
+    writing: Queued,
+    events: Vec<Completed<B::Socket>>,
+}
+
+impl<B: Completion> CompletionDriver<B> {
+    /// Drives `backend`.
+    pub(crate) fn new(backend: B) -> Self {
+        CompletionDriver {
+            backend,
+            writing: Queued,
+            events: Vec::with_capacity(1024),
+        }
+    }
+}
+
+impl<B: Completion> Driver for CompletionDriver<B> {
+    type Socket = B::Socket;
+    type Writing = Queued;
+
+    fn writing(&mut self) -> &mut Queued {
+        &mut self.writing
+    }
+
+    fn wait(
+        &mut self,
+        sockets: &mut impl Sockets<B::Socket>,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        self.backend.wait(&mut self.events, timeout, sockets)
+    }
+
+    fn dispatch<H: Handler>(reactor: &mut Reactor<Self, H>, now: Instant) {
+        let mut events = std::mem::take(&mut reactor.driver.events);
+        for event in events.drain(..) {
+            match event {
+                Completed::Accepted(socket, peer) => reactor.on_accepted(socket, peer, now),
+                Completed::AcceptFailed(e) => reactor.core.accept_failed(e, now),
+                Completed::Received { token, buffer, len } => {
+                    reactor.on_received(token, buffer, len, now)
+                }
+                Completed::ReadClosed(token) => reactor.drop_conn(token, now),
+                Completed::Sent { token, result } => reactor.on_sent(token, result, now),
+                Completed::Released(token) => reactor.core.retired.push(token),
+                Completed::Woken => {}
+            }
+        }
+        reactor.driver.events = events;
+    }
+
+    fn register(&mut self, socket: &mut B::Socket, token: usize) -> io::Result<()> {
+        self.backend.register(socket, token)
+    }
+
+    fn refuse(&mut self, socket: B::Socket) {
+        self.backend.discard(socket);
+    }
+
+    fn flush(
+        &mut self,
+        token: usize,
+        socket: &mut B::Socket,
+        queue: &mut TxQueue,
+    ) -> io::Result<Flushed> {
+        self.backend.send(token, socket, queue)
+    }
+
+    fn shutdown_write(&mut self, token: usize, socket: &mut B::Socket) {
+        self.backend.shutdown_write(token, socket);
+    }
+
+    fn close(&mut self, token: usize, socket: &mut B::Socket) -> bool {
+        self.backend.close(token, socket)
+    }
+
+    fn resume_accepting(&mut self) {
+        self.backend.resume_accepting();
+    }
+
+    fn stop_accepting(&mut self) {
+        self.backend.stop_accepting();
+    }
+
+    fn waker(&self) -> Waker {
+        self.backend.waker()
+    }
+}
+
+impl<B: Completion, H: Handler> Reactor<CompletionDriver<B>, H> {
+    /// Parses the bytes of a provided buffer in place, then gives the buffer back.
+    fn on_received(&mut self, token: usize, buffer: u16, len: u32, now: Instant) {
+        if !self.core.is_live(token) {
+            return self.driver.backend.release_buffer(buffer);
+        }
+        let CompletionDriver {
+            backend, writing, ..
+        } = &mut self.driver;
+        let input = backend.received(buffer, len);
+        let written = self.core.on_data(writing, token, input, now);
+        self.driver.backend.release_buffer(buffer);
+        self.after_io(token, written, now);
+    }
+
+    /// A send finished: drop what it wrote, and send the rest (or finish the connection's
+    /// turn of writing).
+    fn on_sent(&mut self, token: usize, result: i32, now: Instant) {
+        let Some(conn) = self.core.conns.get_mut(token) else {
+            return;
+        };
+        if let Some(queue) = conn.tx.as_deref_mut() {
+            queue.finish_send(result.max(0) as usize);
+        }
+        if conn.flags.contains(ConnFlags::RELEASING) {
+            return;
+        }
+        if result < 0 {
+            return self.drop_conn(token, now);
+        }
+        if self.flush(token, now) {
+            self.after_io(token, Written::Done, now);
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Protocol events to the handler: a connection's bytes go through its state machine, and each
+//! event it gives is dispatched at once (a request is answered or upgraded, a message handed to
+//! `on_message`).
+//!
+//! [`Core::on_data`] is the one entry of a connection's received bytes for both I/O models (the
+//! readiness driver's shared read buffer, a completion backend's provided buffer). TLS goes
+//! there: records decrypted into a plaintext buffer lent from a reactor pool, then fed here.
+//! HTTP keep-alive and streaming responses (Server-Sent Events) start in [`write_answer`]:
+//! an answer that keeps the connection (new `Answer` variants; the enum is non-exhaustive for
+//! them) leaves it open where `Respond` now finishes it, and a streaming one makes it a target
+//! of `Local::send_shared` like an open WebSocket.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use clarion_protocol::deflate::Params;
+use clarion_protocol::handshake::{Request, write_response};
+use clarion_protocol::{Connection, Event};
+
+use super::bookkeeping::{Core, rearm_on_state_change};
+use super::conn::{Conn, ConnFlags};
+use super::writer::{ConnWriter, Sink, Writing, Written};
+use crate::compression::{Compression, ConnInflate, Negotiator};
+use crate::{Answer, Config, Ctx, Handler, RequestInfo, Stats};
+
+impl<S, H: Handler> Core<S, H> {
+    /// Feeds bytes received on `token` to its protocol state machine and dispatches the events;
+    /// what the connection's writer left to do.
+    pub(super) fn on_data<W: Writing<S>>(
+        &mut self,
+        writing: &mut W,
+        token: usize,
+        input: &mut [u8],
+        now: Instant,
+    ) -> Written {
+        let Core {
+            handler,
+            config,
+            conns,
+            peers,
+            rx_pool,
+            tx_pool,
+            scratch,
+            stats,
+            compression,
+            ..
+        } = self;
+        let Some(conn) = conns.get_mut(token) else {
+            return Written::Done;
+        };
+        let Conn {
+            socket,
+            ws,
+            rx,
+            tx,
+            app,
+            flags,
+            ..
+        } = conn;
+        let state_before = ws.state();
+        let mut rxb = rx.take().unwrap_or_else(|| rx_pool.take());
+        let mut out = writing.writer(socket, tx, tx_pool);
+        let mut dispatch = Dispatch {
+            handler,
+            config,
+            scratch,
+            stats,
+            compression,
+            peers,
+            now,
+            token,
+        };
+        if dispatch.drive(ws, app, flags, &mut out, input, &mut rxb) {
+            // Frames the client sent right behind its request head: feed them now, in order.
+            let mut early = std::mem::take(&mut *rxb);
+            dispatch.drive(ws, app, flags, &mut out, &mut early, &mut rxb);
+        }
+        let written = out.finish();
+        if rxb.is_empty() {
+            rx_pool.give(rxb);
+        } else {
+            *rx = Some(rxb);
+        }
+        rearm_on_state_change(&mut self.timers, conn, state_before);
+        written
+    }
+}
+
+/// What a connection's events are dispatched with (the parts of the core they need).
+struct Dispatch<'a, H> {
+    handler: &'a mut H,
+    config: &'a Config,
+    scratch: &'a mut Vec<u8>,
+    stats: &'a Stats,
+    compression: &'a mut Compression,
+    peers: &'a mut HashMap<usize, SocketAddr>,
+    now: Instant,
+    token: usize,
+}
+
+impl<H: Handler> Dispatch<'_, H> {
+    /// Runs the state machine over `input`; true when bytes behind the request head were left in
+    /// `rx` to be fed again.
+    fn drive(
+        &mut self,
+        ws: &mut Connection,
+        app: &mut Option<H::Conn>,
+        flags: &mut ConnFlags,
+        out: &mut impl Sink,
+        mut input: &mut [u8],
+        rx: &mut Vec<u8>,
+    ) -> bool {
+        let (stats, token) = (self.stats, self.token);
+        while let Some(event) = ws.read_inflating(
+            &mut input,
+            rx,
+            &mut ConnInflate {
+                inflating: &mut self.compression.inflating,
+                token,
+                stats,
+            },
+            self.now,
+            &self.config.protocol,
+            out,
+        ) {
+            match event {
+                Event::Request(request, body) => {
+                    let info = RequestInfo {
+                        id: token,
+                        peer: self.peers.remove(&token),
+                        now: self.now,
+                    };
+                    let answer = self.handler.on_request(&request, body, &info);
+                    let negotiator = &mut self.compression.policy;
+                    let answered = write_answer(answer, &request, negotiator, self.scratch, stats);
+                    out.transmit(self.scratch, &[]);
+                    let Some((conn, deflate)) = answered else {
+                        ws.finish();
+                        return false;
+                    };
+                    ws.accept(self.now, rx);
+                    if let Some(params) = deflate {
+                        ws.set_deflate(params);
+                        flags.insert(ConnFlags::DEFLATE);
+                    }
+                    self.stats.upgrades.fetch_add(1, Ordering::Relaxed);
+                    flags.insert(ConnFlags::OPENED);
+                    let app = app.insert(conn);
+                    self.handler.on_open(&mut Ctx {
+                        id: self.token,
+                        conn: app,
+                        ws,
+                        out,
+                        deflating: &mut self.compression.deflating,
+                        stats,
+                        now: self.now,
+                    });
+                    if !rx.is_empty() {
+                        return true;
+                    }
+                }
+                Event::Message(kind, payload) => {
+                    self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+                    if let Some(app) = app.as_mut() {
+                        let mut ctx = Ctx {
+                            id: self.token,
+                            conn: app,
+                            ws,
+                            out,
+                            deflating: &mut self.compression.deflating,
+                            stats,
+                            now: self.now,
+                        };
+                        self.handler.on_message(&mut ctx, kind, payload);
+                    }
+                }
+                Event::Failed(failure) => {
+                    tracing::debug!(token = self.token, ?failure, "connection failed")
+                }
+                Event::Ping(_) | Event::Pong(_) | Event::Close(_) => {}
+            }
+        }
+        false
+    }
+}
+
+/// Writes the handler's answer to a request head into `scratch`; when it upgrades, the
+/// connection's state and the compression agreed.
+fn write_answer<C>(
+    answer: Answer<'_, C>,
+    request: &Request<'_>,
+    negotiator: &mut Negotiator,
+    scratch: &mut Vec<u8>,
+    stats: &Stats,
+) -> Option<(C, Option<Params>)> {
+    scratch.clear();
+    let mut deflate = None;
+    let upgrade = match answer {
+        Answer::Upgrade { conn, protocol } if request.wants_websocket() => {
+            match request.upgrade() {
+                Ok(accept) => {
+                    deflate = negotiator.negotiate(request, stats);
+                    let extensions = deflate.as_ref().map(|(_, a)| a.as_str());
+                    accept.write_response(protocol, extensions, scratch);
+                    Some(conn)
+                }
+                Err(rejection) => {
+                    rejection.write_response(scratch);
+                    None
+                }
+            }
+        }
+        Answer::Upgrade { .. } => {
+            write_response(
+                scratch,
+                426,
+                &[("Upgrade", "websocket")],
+                "text/plain",
+                b"Upgrade Required",
+            );
+            None
+        }
+        Answer::Respond(response) => {
+            let headers: Vec<(&str, &str)> = response
+                .headers
+                .iter()
+                .map(|(n, v)| (*n, v.as_str()))
+                .collect();
+            write_response(
+                scratch,
+                response.status,
+                &headers,
+                response.content_type,
+                &response.body,
+            );
+            stats.http_requests.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Answer::Reject(rejection) => {
+            rejection.write_response(scratch);
+            None
+        }
+    };
+    upgrade.map(|conn| (conn, deflate.map(|(params, _)| params)))
+}

@@ -1,0 +1,181 @@
+//! A connection's life in the shared core, the same for both I/O models: admitted, written,
+//! timed out, closed. The drivers call these; the close procedure lives here once.
+
+use std::time::Instant;
+
+use clarion_protocol::{CloseCode, Config, Connection};
+
+use super::Reactor;
+use super::bookkeeping::{arm, rearm_on_state_change, release_deflate};
+use super::conn::{Conn, ConnFlags, live};
+use super::driver::Driver;
+use super::writer::{ConnWriter, Writing, Written};
+use crate::Handler;
+use crate::sys::Flushed;
+
+/// A driver's connection writer.
+type WriterOf<'a, D> = <<D as Driver>::Writing as Writing<<D as Driver>::Socket>>::Writer<'a>;
+
+impl<D: Driver, H: Handler> Reactor<D, H> {
+    /// Takes a connection a driver accepted into the table, or refuses it (over the cap, or
+    /// draining) by closing it without a word.
+    pub(super) fn on_accepted(
+        &mut self,
+        mut socket: D::Socket,
+        peer: Option<std::net::SocketAddr>,
+        now: Instant,
+    ) {
+        let core = &mut self.core;
+        if core.conns.len() >= core.config.max_connections_per_reactor
+            || core.drain_deadline.is_some()
+        {
+            return self.driver.refuse(socket);
+        }
+        let entry = core.conns.vacant_entry();
+        let token = entry.key();
+        if let Err(e) = self.driver.register(&mut socket, token) {
+            tracing::warn!("cannot watch accepted socket: {e}");
+            return self.driver.refuse(socket);
+        }
+        let ws = Connection::server(now);
+        let timer = arm(&mut core.timers, &core.config, &ws, token, now);
+        entry.insert(Conn::new(socket, ws, timer));
+        if let Some(peer) = peer {
+            core.peers.insert(token, peer);
+        }
+        core.stats
+            .accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Bookkeeping after a connection's writer finished: drop it if its socket failed, leave it
+    /// to the turn's end if it queued bytes, else the timers, the end of the WebSocket and FIN.
+    pub(super) fn after_io(&mut self, token: usize, written: Written, now: Instant) {
+        match written {
+            Written::Failed => return self.drop_conn(token, now),
+            Written::Queued => return self.core.mark_dirty(token),
+            Written::Done => {}
+        }
+        if live(&mut self.core.conns, token).is_none() {
+            return;
+        }
+        if self.core.end_of_websocket(token, now) {
+            let conn = &mut self.core.conns[token];
+            if conn.tx.is_none() && !conn.flags.contains(ConnFlags::FIN_SENT) {
+                conn.flags.insert(ConnFlags::FIN_SENT);
+                self.driver.shutdown_write(token, &mut conn.socket);
+            }
+        }
+    }
+
+    /// Moves a connection's queue on; true when it emptied now (and went back to the pool).
+    pub(super) fn flush(&mut self, token: usize, now: Instant) -> bool {
+        let Some(conn) = live(&mut self.core.conns, token) else {
+            return false;
+        };
+        let Some(queue) = conn.tx.as_deref_mut() else {
+            return false;
+        };
+        match self.driver.flush(token, &mut conn.socket, queue) {
+            Ok(Flushed::Done) => {
+                let queue = conn.tx.take().expect("present");
+                self.core.tx_pool.give(queue);
+                true
+            }
+            Ok(Flushed::Pending) => false,
+            Err(_) => {
+                self.drop_conn(token, now);
+                false
+            }
+        }
+    }
+
+    /// Runs `f` with a connection's protocol state, its writer and the protocol settings.
+    fn with_writer(
+        &mut self,
+        token: usize,
+        f: impl FnOnce(&mut Connection, &mut WriterOf<'_, D>, &Config),
+    ) -> Written {
+        let core = &mut self.core;
+        let Some(conn) = core.conns.get_mut(token) else {
+            return Written::Done;
+        };
+        let state_before = conn.ws.state();
+        let mut out =
+            self.driver
+                .writing()
+                .writer(&mut conn.socket, &mut conn.tx, &mut core.tx_pool);
+        f(&mut conn.ws, &mut out, &core.config.protocol);
+        let written = out.finish();
+        rearm_on_state_change(&mut core.timers, conn, state_before);
+        written
+    }
+
+    /// Acts on the deadlines that passed: pings, pong, handshake, idle and close timeouts.
+    pub(super) fn fire_timers(&mut self, now: Instant) {
+        while let Some(token) = self.core.timers.poll_expired(now) {
+            let token = token as usize;
+            let Some(conn) = self.core.conns.get_mut(token) else {
+                continue;
+            };
+            conn.timer = None;
+            if conn.flags.contains(ConnFlags::LINGER) {
+                self.drop_conn(token, now);
+                continue;
+            }
+            let written = self.with_writer(token, |ws, out, protocol| {
+                if let Some(timeout) = ws.handle_timeout(now, protocol, out) {
+                    tracing::debug!(token, ?timeout, "timeout");
+                }
+            });
+            self.after_io(token, written, now);
+        }
+    }
+
+    /// Shutdown: stop accepting and send every open connection a close (1001).
+    pub(super) fn begin_drain(&mut self, now: Instant) {
+        self.driver.stop_accepting();
+        self.core.drain_deadline = Some(now + self.core.config.drain_timeout);
+        let tokens: Vec<usize> = self.core.conns.iter().map(|(token, _)| token).collect();
+        for token in tokens {
+            if !self.core.is_live(token) {
+                continue;
+            }
+            let written = self.with_writer(token, |ws, out, _| {
+                ws.close(CloseCode::GOING_AWAY, "server shutdown", now, out);
+            });
+            self.after_io(token, written, now);
+        }
+    }
+
+    /// Ends a connection: tells the handler, returns what it borrowed, closes its socket. Its
+    /// entry stays (released) until the driver has nothing in flight on it and the turn's
+    /// events are handled.
+    pub(super) fn drop_conn(&mut self, token: usize, now: Instant) {
+        let core = &mut self.core;
+        let Some(conn) = core.conns.get_mut(token) else {
+            return;
+        };
+        if conn.flags.contains(ConnFlags::RELEASING) {
+            return;
+        }
+        core.peers.remove(&token);
+        if let Some(key) = conn.timer.take() {
+            core.timers.cancel(key);
+        }
+        if let Some(rx) = conn.rx.take() {
+            core.rx_pool.give(rx);
+        }
+        release_deflate(&mut core.compression, token, conn);
+        if conn.flags & (ConnFlags::OPENED | ConnFlags::LINGER) == ConnFlags::OPENED
+            && let Some(app) = conn.app.as_mut()
+        {
+            // Dropped before the close handshake finished: no code (1006 on the other side).
+            core.handler.on_close(token, app, conn.ws.close_code(), now);
+        }
+        conn.flags.insert(ConnFlags::RELEASING);
+        if self.driver.close(token, &mut conn.socket) {
+            core.retired.push(token);
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! One reactor: a thread's event loop over its connections, generic over an I/O [`Driver`]
+//! (readiness or completion) and the application's [`Handler`].
+//!
+//! A turn: wait for I/O, let the driver hand what happened to the shared procedures (parse,
+//! dispatch, write), drain the inbox (other threads' posts, through `Handler::on_inbox`), fire
+//! due timers, then end the turn: every connection that queued bytes during it is moved on
+//! once (written, or given one send that goes in with the next wait).
+
+mod bookkeeping;
+mod completion;
+mod conn;
+mod dispatch;
+mod driver;
+mod lifecycle;
+mod local;
+mod readiness;
+mod writer;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+pub(crate) use completion::CompletionDriver;
+pub(crate) use conn::{Conn, SlabEntry};
+pub(crate) use driver::Driver;
+pub(crate) use readiness::ReadinessDriver;
+pub(crate) use writer::Sink;
+
+use crate::mailbox::Mailboxes;
+use crate::{Config, Handler, Local, Stats};
+use bookkeeping::Core;
+use local::LocalConns;
+use writer::Written;
+
+/// Inbox messages handled per loop turn before connections get a turn.
+const MAX_INBOX_PER_TURN: usize = 4096;
+
+/// One reactor thread's state.
+pub(crate) struct Reactor<D: Driver, H: Handler> {
+    driver: D,
+    core: Core<D::Socket, H>,
+    index: usize,
+    mailboxes: Arc<Mailboxes<H::Inbox>>,
+    /// The inbox held more than one turn's worth: drain again without waiting.
+    inbox_again: bool,
+}
+
+impl<D: Driver, H: Handler> Reactor<D, H> {
+    pub(crate) fn new(
+        driver: D,
+        handler: H,
+        config: Arc<Config>,
+        stats: Arc<Stats>,
+        index: usize,
+        mailboxes: Arc<Mailboxes<H::Inbox>>,
+    ) -> Self {
+        Reactor {
+            driver,
+            core: Core::new(handler, config, stats),
+            index,
+            mailboxes,
+            inbox_again: false,
+        }
+    }
+
+    pub(crate) fn run(mut self, shutdown: &AtomicBool) {
+        loop {
+            let now = Instant::now();
+            self.fire_timers(now);
+            if shutdown.load(Ordering::Relaxed) && self.core.drain_deadline.is_none() {
+                self.begin_drain(now);
+            }
+            self.end_turn(now);
+            // Every event of the last batch is handled: tokens released since can be reused.
+            self.core.free_retired();
+            if now >= self.core.next_sweep {
+                self.sweep(now);
+            }
+            if let Some(deadline) = self.core.drain_deadline
+                && (self.core.conns.is_empty() || now >= deadline)
+            {
+                break;
+            }
+            if self
+                .core
+                .accept_paused_until
+                .is_some_and(|until| now >= until)
+            {
+                self.core.accept_paused_until = None;
+                self.driver.resume_accepting();
+            }
+            self.core.publish_stats();
+            let timeout = if self.inbox_again {
+                Some(Duration::ZERO)
+            } else {
+                self.core.wait_timeout(now)
+            };
+            if let Err(e) = self.driver.wait(&mut self.core.conns, timeout) {
+                tracing::error!("reactor wait failed: {e}");
+                break;
+            }
+            let now = Instant::now();
+            D::dispatch(&mut self, now);
+            self.drain_inbox(now);
+        }
+        let now = Instant::now();
+        let tokens: Vec<usize> = self.core.conns.iter().map(|(token, _)| token).collect();
+        for token in tokens {
+            self.drop_conn(token, now);
+        }
+        self.core.free_retired();
+        // Queues a completion backend may still read from are leaked, not freed under it.
+        for conn in self.core.conns.drain() {
+            std::mem::forget(conn.tx);
+        }
+        self.core.publish_stats();
+    }
+
+    /// The periodic walk of the table (see [`Core::sweep`]), then the I/O bookkeeping of the
+    /// connections the handler wrote to or closed during it.
+    fn sweep(&mut self, now: Instant) {
+        self.core.sweep(self.driver.writing(), now);
+        let mut swept = std::mem::take(&mut self.core.swept);
+        for &(token, written) in &swept {
+            self.after_io(token, written, now);
+        }
+        swept.clear();
+        self.core.swept = swept;
+    }
+
+    /// Hands posted messages to the handler; the frames it queues go out at the turn's end.
+    fn drain_inbox(&mut self, now: Instant) {
+        self.mailboxes.rearm(self.index);
+        let mut handled = 0;
+        while handled < MAX_INBOX_PER_TURN {
+            let Some(message) = self.mailboxes.take(self.index) else {
+                break;
+            };
+            let Core {
+                handler,
+                conns,
+                tx_pool,
+                timers,
+                dirty,
+                ..
+            } = &mut self.core;
+            let mut ops = LocalConns {
+                conns,
+                tx_pool,
+                writing: self.driver.writing(),
+                timers,
+                dirty,
+            };
+            handler.on_inbox(&mut Local { ops: &mut ops, now }, message);
+            handled += 1;
+        }
+        self.inbox_again = handled == MAX_INBOX_PER_TURN;
+    }
+
+    /// The turn's end: each connection that queued bytes during the turn is moved on once, so a
+    /// subscriber behind on several messages gets them in one write (or one send).
+    fn end_turn(&mut self, now: Instant) {
+        // By index: nothing below marks a connection again, but nothing is lost if it did.
+        let mut next = 0;
+        while let Some(&token) = self.core.dirty.get(next) {
+            next += 1;
+            let Some(conn) = self.core.conns.get_mut(token) else {
+                continue;
+            };
+            conn.flags.remove(conn::ConnFlags::DIRTY);
+            self.flush(token, now);
+            self.after_io(token, Written::Done, now);
+        }
+        self.core.dirty.clear();
+    }
+}

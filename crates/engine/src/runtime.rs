@@ -1,0 +1,212 @@
+//! Starting and stopping reactors: one thread per listener, each with its backend, driver and
+//! handler; what every handler is built with ([`Shared`]); graceful shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crate::listen::{bind_reuseport, pin_to_core};
+use crate::reactor::{CompletionDriver, Driver, Reactor, ReadinessDriver};
+use crate::sys::{Waker, epoll, uring};
+use crate::{Config, Handler, Io, Mailboxes, Stats};
+
+/// What every reactor's handler is built with: the way to reach the other reactors, and
+/// everyone's counters.
+pub struct Shared<M> {
+    /// The reactors' inboxes.
+    pub mailboxes: Arc<Mailboxes<M>>,
+    /// The reactors' counters.
+    pub stats: Arc<[Arc<Stats>]>,
+}
+
+/// Starts a graceful shutdown from any thread (a signal handler thread, a test).
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    flag: Arc<AtomicBool>,
+    wakers: Vec<Waker>,
+}
+
+impl ShutdownHandle {
+    /// Stop accepting, close every connection with 1001, drain, then let the reactors exit.
+    pub fn shutdown(&self) {
+        self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wakers.iter().for_each(|w| w.wake());
+    }
+}
+
+/// Running reactors: their stats, and the way to stop them.
+pub struct Runtime {
+    local_addr: SocketAddr,
+    io: Io,
+    shutdown: ShutdownHandle,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    stats: Vec<Arc<Stats>>,
+}
+
+impl Runtime {
+    /// Binds one listener per reactor and starts the reactor threads on the configured backend.
+    /// `make_handler(i, shared)` builds reactor `i`'s handler, on that reactor's thread; an error
+    /// there fails the start like a backend that cannot be built.
+    pub fn start<H, F>(config: Config, make_handler: F) -> io::Result<Runtime>
+    where
+        H: Handler + 'static,
+        F: Fn(usize, &Shared<H::Inbox>) -> io::Result<H> + Send + Sync + 'static,
+    {
+        let listeners = bind_reuseport(config.listen, config.threads.max(1), config.backlog)?;
+        let local_addr = listeners[0].local_addr()?;
+        let mut runtime = Runtime {
+            local_addr,
+            io: config.io,
+            shutdown: ShutdownHandle {
+                flag: Arc::new(AtomicBool::new(false)),
+                wakers: Vec::new(),
+            },
+            threads: Mutex::new(Vec::new()),
+            stats: Vec::new(),
+        };
+        let config = Arc::new(config);
+        let make_handler = Arc::new(make_handler);
+        runtime.io = match config.io {
+            Io::Auto => match uring::probe(&config.uring) {
+                Ok(()) => Io::Uring,
+                Err(e) => {
+                    tracing::info!("io_uring unavailable ({e}); using epoll");
+                    Io::Epoll
+                }
+            },
+            io => io,
+        };
+        if runtime.io == Io::Uring {
+            let uring = config.uring;
+            runtime.spawn(listeners, &config, &make_handler, move |l| {
+                uring::Uring::new(l, uring).map(CompletionDriver::new)
+            })?;
+        } else {
+            let read_buffer_size = config.read_buffer_size;
+            runtime.spawn(listeners, &config, &make_handler, move |l| {
+                let backend = epoll::Epoll::new(l, 1024)?;
+                Ok(ReadinessDriver::new(backend, read_buffer_size))
+            })?;
+        }
+        Ok(runtime)
+    }
+
+    /// Starts one reactor thread per listener on the driver `make_driver` builds there (a ring
+    /// belongs to the thread that creates it). Fails, stopping what started, if any cannot.
+    fn spawn<D, H, F>(
+        &mut self,
+        listeners: Vec<std::net::TcpListener>,
+        config: &Arc<Config>,
+        make_handler: &Arc<F>,
+        make_driver: impl Fn(std::net::TcpListener) -> io::Result<D> + Clone + Send + 'static,
+    ) -> io::Result<()>
+    where
+        D: Driver + 'static,
+        H: Handler + 'static,
+        F: Fn(usize, &Shared<H::Inbox>) -> io::Result<H> + Send + Sync + 'static,
+    {
+        let mut threads = Vec::new();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        self.stats = (0..listeners.len())
+            .map(|_| Arc::new(Stats::default()))
+            .collect();
+        let shared = Arc::new(Shared {
+            mailboxes: Arc::new(Mailboxes::<H::Inbox>::new(listeners.len())),
+            stats: self.stats.iter().cloned().collect(),
+        });
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let stats = self.stats[index].clone();
+            let (config, make_handler, flag) = (
+                config.clone(),
+                make_handler.clone(),
+                self.shutdown.flag.clone(),
+            );
+            let (make_driver, ready_tx, shared) =
+                (make_driver.clone(), ready_tx.clone(), shared.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("reactor-{index}"))
+                .spawn(move || {
+                    if config.pin_threads {
+                        pin_to_core(index);
+                    }
+                    let driver = match make_driver(listener) {
+                        Ok(driver) => driver,
+                        Err(e) => return drop(ready_tx.send(Err(e))),
+                    };
+                    // After the backend exists: its waker's descriptor, which other threads write
+                    // to, must be the same in their table and in this thread's copy.
+                    if config.private_fd_table
+                        && let Err(e) = clarion_host::unshare_fd_table()
+                    {
+                        return drop(ready_tx.send(Err(e)));
+                    }
+                    let waker = driver.waker();
+                    shared.mailboxes.set_waker(index, waker.clone());
+                    let handler = match make_handler(index, &shared) {
+                        Ok(handler) => handler,
+                        Err(e) => return drop(ready_tx.send(Err(e))),
+                    };
+                    let _ = ready_tx.send(Ok(waker));
+                    let mailboxes = shared.mailboxes.clone();
+                    drop(shared);
+                    Reactor::new(driver, handler, config, stats, index, mailboxes).run(&flag);
+                })?;
+            threads.push(thread);
+        }
+        *self.threads.lock().unwrap_or_else(|e| e.into_inner()) = threads;
+        for _ in 0..self.stats.len() {
+            match ready.recv() {
+                Ok(Ok(waker)) => self.shutdown.wakers.push(waker),
+                Ok(Err(e)) => {
+                    self.shutdown();
+                    self.join();
+                    return Err(e);
+                }
+                Err(_) => return Err(io::Error::other("a reactor thread died while starting")),
+            }
+        }
+        Ok(())
+    }
+
+    /// The backend the reactors run on (`Auto` resolved).
+    pub fn io(&self) -> Io {
+        self.io
+    }
+
+    /// The address the listeners are bound to (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Per-reactor counters.
+    pub fn stats(&self) -> &[Arc<Stats>] {
+        &self.stats
+    }
+
+    /// Begins a graceful shutdown: stop accepting, close every connection with 1001, drain.
+    pub fn shutdown(&self) {
+        self.shutdown.shutdown();
+    }
+
+    /// A handle that begins the shutdown from another thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Waits for every reactor to finish (after [`Runtime::shutdown`]).
+    pub fn join(&self) {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.shutdown();
+        self.join();
+    }
+}
