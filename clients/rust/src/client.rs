@@ -117,7 +117,7 @@ impl Client {
     /// Ends the subscription of `topic` at once (no message of it is read from the event
     /// streams after this call); the future completes when the server acknowledges, or at once
     /// when not connected. A topic not held completes at once.
-    pub fn unsubscribe(&self, topic: &str) -> impl Future<Output = ()> + Send + 'static {
+    pub fn unsubscribe(&self, topic: &str) -> impl Future<Output = ()> + Send + use<> {
         wait_done(unsubscribe(&self.inner, topic, None))
     }
 
@@ -130,7 +130,7 @@ impl Client {
         &self,
         topic: &str,
         data: serde_json::Value,
-    ) -> impl Future<Output = Result<PublishAck, PublishError>> + Send + 'static {
+    ) -> impl Future<Output = Result<PublishAck, PublishError>> + Send + use<> {
         let (tx, rx) = oneshot::channel();
         let _ = self
             .inner
@@ -141,7 +141,7 @@ impl Client {
 
     /// The round trip of a `ping` command; fails at once with `disconnected` when not
     /// connected.
-    pub fn ping(&self) -> impl Future<Output = Result<Duration, PublishError>> + Send + 'static {
+    pub fn ping(&self) -> impl Future<Output = Result<Duration, PublishError>> + Send + use<> {
         let (tx, rx) = oneshot::channel();
         let _ = self.inner.commands.send(Command::Ping(tx));
         async move { rx.await.unwrap_or_else(|_| Err(closed())) }
@@ -149,7 +149,7 @@ impl Client {
 
     /// Stops for good: no more retries, pending publishes fail with `closed`, the socket is
     /// closed with 1000. The future completes when that is done.
-    pub fn close(&self) -> impl Future<Output = ()> + Send + 'static {
+    pub fn close(&self) -> impl Future<Output = ()> + Send + use<> {
         let (tx, rx) = oneshot::channel();
         let sent = self.inner.commands.send(Command::Close(tx)).is_ok();
         wait_done(sent.then_some(rx))
@@ -191,7 +191,7 @@ impl Subscription {
     }
 
     /// Ends it, as [`Client::unsubscribe`] does.
-    pub fn unsubscribe(&self) -> impl Future<Output = ()> + Send + 'static {
+    pub fn unsubscribe(&self) -> impl Future<Output = ()> + Send + use<> {
         let done = match self.client.upgrade() {
             Some(inner) => unsubscribe(&inner, &self.cell.topic, Some(&self.cell)),
             None => {
