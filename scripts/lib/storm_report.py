@@ -75,6 +75,15 @@ def main():
     peak_bin = max(bins.values()) if bins else 0
     print(f"peak accept rate: {peak_window} connections in the busiest 1 s window; "
           f"{peak_bin / width:.0f}/s in the busiest {width * 1000:.0f} ms bin")
+    draws = [r[9] / 1e9 for r in down]
+    if draws:
+        print(f"backoff draw for the first attempt after the cut (s): p10 {pct(draws, 10):.2f}  "
+              f"p50 {pct(draws, 50):.2f}  p90 {pct(draws, 90):.2f}  max {max(draws):.2f}")
+        dbins = {}
+        for t in draws:
+            dbins[int(t // width)] = dbins.get(int(t // width), 0) + 1
+        print(f"draws by {width * 1000:.0f} ms bin: "
+              + ", ".join(f"{b * width:.2f}s {n}" for b, n in sorted(dbins.items())))
     print(f"\nreconnections (hello acked) by time since the cut, {width * 1000:.0f} ms bins:")
     scale = max(1, peak_bin // 60)
     for b in range(min(bins) if bins else 0, (max(bins) if bins else -1) + 1):

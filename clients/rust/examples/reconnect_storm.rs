@@ -44,6 +44,8 @@ fn number(args: &[String], name: &str, default: u64) -> u64 {
 #[derive(Default)]
 struct Record {
     down_ns: u64,
+    /// The backoff's draw for the first attempt after the cut.
+    first_delay_ns: u64,
     connected_ns: u64,
     subscribed_ns: u64,
     recovered: Option<bool>,
@@ -126,9 +128,10 @@ async fn clients(args: &[String]) {
                         }
                         r.last_seq = seq;
                     }
-                    Event::Disconnected { .. } if armed.load(Ordering::Relaxed) => {
+                    Event::Disconnected { retry_in, .. } if armed.load(Ordering::Relaxed) => {
                         if r.down_ns == 0 {
                             r.down_ns = now;
+                            r.first_delay_ns = retry_in.unwrap_or_default().as_nanos() as u64;
                         }
                         if r.subscribed_ns == 0 {
                             r.attempts += 1;
@@ -173,7 +176,7 @@ async fn clients(args: &[String]) {
             json.push(',');
         }
         json.push_str(&format!(
-            "[{},{},{},{},{},{},{},{},{}]",
+            "[{},{},{},{},{},{},{},{},{},{}]",
             r.down_ns,
             r.connected_ns,
             r.subscribed_ns,
@@ -187,6 +190,7 @@ async fn clients(args: &[String]) {
             r.last_seq,
             r.topic,
             handles[i].state() as u8,
+            r.first_delay_ns,
         ));
     }
     json.push(']');
