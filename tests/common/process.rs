@@ -25,27 +25,32 @@ pub fn binary() -> PathBuf {
     }
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("the test's own path");
-            // target/<profile>/deps/<test> -> target/<profile>
-            let profile_dir = exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .expect("target dir");
-            let release = profile_dir
-                .file_name()
-                .is_some_and(|name| name == "release");
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-            let mut build = std::process::Command::new(cargo);
-            build.args(["build", "--quiet", "-p", "clarion", "--bin", "clarion"]);
-            if release {
-                build.arg("--release");
-            }
-            let status = build.status().expect("cargo runs");
-            assert!(status.success(), "cargo build --bin clarion failed");
-            profile_dir.join("clarion")
-        })
+        .get_or_init(|| cargo_build(&["-p", "clarion", "--bin", "clarion"], "clarion"))
         .clone()
+}
+
+/// Runs `cargo build --quiet ARGS` in the profile of the running test (debug or release) and
+/// returns `target/<profile>/<built>`: for what Cargo does not hand a test (another package's
+/// binary, an example).
+pub fn cargo_build(args: &[&str], built: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let release = profile_dir
+        .file_name()
+        .is_some_and(|name| name == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut build = std::process::Command::new(cargo);
+    build.arg("build").arg("--quiet").args(args);
+    if release {
+        build.arg("--release");
+    }
+    let status = build.status().expect("cargo runs");
+    assert!(status.success(), "cargo build {args:?} failed");
+    profile_dir.join(built)
 }
 
 /// Runs the `clarion` binary with `serve` and `args` (which should listen on port 0) and

@@ -59,3 +59,8 @@ pub use event::{Data, Event, Position, PublishAck, PublishError, State, Subscrip
 pub use events::Events;
 pub use options::{Auth, BoxError, Options, TokenFuture, TokenProvider};
 pub use url::UrlError;
+
+/// The README's Rust blocks, compiled as doctests so that they keep up with the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
