@@ -4,6 +4,7 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod process;
+pub mod proxy;
 pub mod redis;
 
 #[allow(unused_imports, reason = "each test binary uses a different subset")]
