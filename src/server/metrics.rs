@@ -166,6 +166,8 @@ pub struct ReactorMetrics {
     pub deflate_messages_out: u64,
     /// Compressed payload bytes sent.
     pub deflate_bytes_out: u64,
+    /// Writes that carried bytes to sockets (`writev` calls, or completed io_uring sends).
+    pub socket_writes: u64,
 }
 
 /// Everything one scrape shows.
@@ -345,6 +347,12 @@ const REACTOR_METRICS: &[Def<ReactorMetrics>] = &[
         kind: Kind::Counter,
         help: "Compressed payload bytes sent.",
         value: |r| r.deflate_bytes_out,
+    },
+    Def {
+        key: "socket_writes",
+        kind: Kind::Counter,
+        help: "Writes that carried bytes to sockets (writev calls, or completed io_uring sends).",
+        value: |r| r.socket_writes,
     },
 ];
 

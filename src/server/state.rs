@@ -565,6 +565,7 @@ impl Server {
                         + c.deflate_deliveries.load(Relaxed),
                     deflate_bytes_out: s.deflate_bytes_out.load(Relaxed)
                         + c.deflate_delivery_bytes.load(Relaxed),
+                    socket_writes: s.socket_writes.load(Relaxed),
                 }
             })
             .collect();
