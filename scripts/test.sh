@@ -46,6 +46,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "rust-version: every locked dependency declares it or older"
 scripts/check-msrv.sh
 
+# The workspace includes the Rust client (clients/rust): its unit tests, its scenarios against the
+# real server (and redis-server) and its README example run here, on both backends.
 for io in epoll uring; do
   step "cargo test: unit, property and end-to-end tests, server on $io"
   CLARION_TEST_IO=$io cargo test --workspace
