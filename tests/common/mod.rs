@@ -9,7 +9,7 @@ pub mod proxy;
 pub mod redis;
 
 #[allow(unused_imports, reason = "each test binary uses a different subset")]
-pub use process::{Clarion, PATIENCE, spawn_clarion};
+pub use process::{Clarion, PATIENCE, free_port, spawn_clarion};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -191,13 +191,6 @@ pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     false
-}
-
-/// A loopback port that was free a moment ago (for servers that must come back on the same
-/// port, or that cannot report theirs).
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 /// A client WebSocket over a plain TCP stream.

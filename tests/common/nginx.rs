@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::free_port;
+use super::process::free_port;
 
 /// A running nginx with two listeners in front of one upstream.
 pub struct Nginx {

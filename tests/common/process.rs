@@ -53,6 +53,13 @@ pub fn cargo_build(args: &[&str], built: &str) -> PathBuf {
     profile_dir.join(built)
 }
 
+/// A loopback port that was free a moment ago (for servers that must come back on the same
+/// port, or that cannot report theirs).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
 /// Runs the `clarion` binary with `serve` and `args` (which should listen on port 0) and
 /// returns it with the address from its "listening on" log line (other threads, such as the
 /// cluster bridge, may log before it); the rest of its log is drained.

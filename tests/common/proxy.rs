@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::free_port;
+use super::process::free_port;
 
 /// A running proxy.
 pub struct Proxy {

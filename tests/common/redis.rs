@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::free_port;
+use super::process::free_port;
 
 /// A running `redis-server` (or sentinel).
 pub struct Redis {

@@ -106,8 +106,7 @@ impl Server {
 
 /// A loopback address nothing listens on (a port the kernel just handed out and took back).
 pub fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+    SocketAddr::from(([127, 0, 0, 1], process::free_port()))
 }
 
 /// Polls `condition` every 50 ms for up to [`PATIENCE`].
