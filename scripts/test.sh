@@ -12,7 +12,8 @@ step() { printf '\n== %s\n' "$*"; }
 # Cluster made with `redis-cli --cluster create`, on free loopback ports), headless Chromium and
 # Python websockets (compression interop), nginx (with its stream module) and HAProxy in front of
 # the server with TLS (tests/proxy.rs, certificates by scripts/make-cert.sh with openssl;
-# publishes with curl).
+# publishes with curl), and nginx as a plain proxy that breaks WebSockets in front of the
+# streams (tests/streams.rs).
 step "test peers: redis-server, redis-cli, chromium, nginx, haproxy, Python websockets (installed if missing)"
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
@@ -45,6 +46,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "rust-version: every locked dependency declares it or older"
 scripts/check-msrv.sh
 
+# The workspace includes the Rust client (clients/rust): its unit tests, its scenarios against the
+# real server (and redis-server) and its README example run here, on both backends.
 for io in epoll uring; do
   step "cargo test: unit, property and end-to-end tests, server on $io"
   CLARION_TEST_IO=$io cargo test --workspace

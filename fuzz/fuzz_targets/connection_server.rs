@@ -203,6 +203,8 @@ impl Server {
             State::Open | State::Closing => {
                 self.config.max_message_size + 125 + MAX_HEADER_LEN as u64
             }
+            // Never reached here (the target never answers with a stream); nothing is kept.
+            State::Streaming => 0,
             State::Closed => return,
         };
         assert!(held <= most, "rx holds {held} bytes, more than {most}");

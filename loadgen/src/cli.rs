@@ -188,6 +188,9 @@ pub enum Protocol {
     /// The JSON envelope protocol on the URL (ws://host/ws): subscribe commands, deliveries with
     /// topic, seq and data.
     Envelope,
+    /// Server-Sent Events, taken when the URLs are http:// (http://host/sse/ + news): needs
+    /// --publish-via http.
+    Sse,
 }
 
 /// How publishers publish.

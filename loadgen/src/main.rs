@@ -19,6 +19,7 @@ mod run;
 mod sequence;
 mod server;
 mod sources;
+mod sse;
 mod stamp;
 mod sys;
 mod tally;

@@ -147,6 +147,8 @@ pub struct Plan {
     pub mode: Mode,
     /// Sources and targets.
     pub pairs: Pairs,
+    /// The `sse` transport (`http://` URLs): subscribers read Server-Sent Events.
+    pub sse: bool,
     /// Connections open at once (churn: its concurrency).
     pub connections: usize,
     /// Measurement time.
@@ -191,11 +193,23 @@ impl Plan {
     /// Checks the flags.
     pub fn from_args(args: &ModeArgs) -> Result<Plan, String> {
         let common = args.common();
-        let targets = common
+        let parsed = common
             .urls
             .iter()
-            .map(|u| url::parse_ws(u))
+            .map(|u| url::parse_subscriber(u))
             .collect::<Result<Vec<_>, _>>()?;
+        let sse = parsed.iter().any(|(_, sse)| *sse);
+        if sse && !parsed.iter().all(|(_, sse)| *sse) {
+            return Err("the URLs are all ws:// or all http:// (the sse transport)".into());
+        }
+        let sse_modes = matches!(args, ModeArgs::Idle { .. } | ModeArgs::Fanout { .. });
+        if sse && !sse_modes {
+            return Err("http:// URLs (the sse transport) are for idle and fanout".into());
+        }
+        if sse && common.ping_interval.is_some() {
+            return Err("--ping-interval is for WebSockets: SSE streams have no pings".into());
+        }
+        let targets = parsed.into_iter().map(|(target, _)| target).collect();
         let sources = match &common.source_ips {
             Some(spec) => parse_source_ips(spec)?,
             None => Vec::new(),
@@ -205,7 +219,7 @@ impl Plan {
             ModeArgs::Idle { .. } => Mode::Idle,
             ModeArgs::Echo { echo, .. } => Mode::Echo(check_echo(echo)?),
             ModeArgs::Churn { churn, .. } => Mode::Churn(check_churn(churn)?),
-            ModeArgs::Fanout { fanout, .. } => Mode::Fanout(check_fanout(fanout, &pairs)?),
+            ModeArgs::Fanout { fanout, .. } => Mode::Fanout(check_fanout(fanout, &pairs, sse)?),
         };
         let connections = match args {
             ModeArgs::Churn { churn, .. } => churn.concurrency,
@@ -254,6 +268,7 @@ impl Plan {
         Ok(Plan {
             mode,
             pairs,
+            sse,
             connections,
             duration: common.duration,
             hold: common.hold,
@@ -339,7 +354,20 @@ fn check_churn(churn: &cli::ChurnArgs) -> Result<Churn, String> {
     })
 }
 
-fn check_fanout(fanout: &cli::FanoutArgs, pairs: &Pairs) -> Result<Fanout, String> {
+fn check_fanout(fanout: &cli::FanoutArgs, pairs: &Pairs, sse: bool) -> Result<Fanout, String> {
+    let protocol = match (fanout.protocol, sse) {
+        (Protocol::Raw | Protocol::Sse, true) => Protocol::Sse,
+        (Protocol::Sse, false) => return Err("--protocol sse needs http:// URLs".into()),
+        (Protocol::Envelope, true) => {
+            return Err(
+                "http:// URLs are SSE subscribers: --protocol envelope is for ws://".into(),
+            );
+        }
+        (protocol, false) => protocol,
+    };
+    if protocol == Protocol::Sse && fanout.publish_via != PublishVia::Http {
+        return Err("SSE subscribers need --publish-via http".into());
+    }
     if !(1..=100_000).contains(&fanout.topics) {
         return Err(format!(
             "--topics must be 1..=100000, not {}",
@@ -379,9 +407,9 @@ fn check_fanout(fanout: &cli::FanoutArgs, pairs: &Pairs) -> Result<Fanout, Strin
         Some(fraction) if !(fraction > 0.0 && fraction <= 1.0) => {
             return Err(format!("--storm must be a share in (0, 1], not {fraction}"));
         }
-        Some(_) if fanout.protocol != Protocol::Envelope => {
+        Some(_) if protocol != Protocol::Envelope => {
             return Err(
-                "--storm needs --protocol envelope: raw topic sockets cannot resume".into(),
+                "--storm needs --protocol envelope: the loadgen's raw topic sockets and SSE streams do not resume".into(),
             );
         }
         Some(fraction) => Some(Storm {
@@ -390,7 +418,7 @@ fn check_fanout(fanout: &cli::FanoutArgs, pairs: &Pairs) -> Result<Fanout, Strin
         }),
     };
     Ok(Fanout {
-        protocol: fanout.protocol,
+        protocol,
         topics: (0..fanout.topics)
             .map(|i| format!("{}{i}", fanout.topic_prefix))
             .collect(),

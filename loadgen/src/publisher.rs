@@ -186,7 +186,10 @@ impl WsPublisher {
         stream.set_nodelay(true).map_err(io)?;
         stream.set_read_timeout(Some(timeout)).map_err(io)?;
         let path = match protocol {
-            Protocol::Raw => format!("{}/{topic}", target.path.trim_end_matches('/')),
+            // SSE subscribers publish over HTTP (the plan checks it): a raw socket otherwise.
+            Protocol::Raw | Protocol::Sse => {
+                format!("{}/{topic}", target.path.trim_end_matches('/'))
+            }
             Protocol::Envelope => target.path.clone(),
         };
         let nonce = clock::now_ns().to_ne_bytes();
@@ -237,9 +240,10 @@ impl WsPublisher {
     fn publish(&mut self, payload: &mut [u8]) -> Result<(), Reason> {
         let sent = match self.protocol {
             // Text: the stamp is ASCII, and text reaches envelope subscribers as a string.
-            Protocol::Raw => self
-                .ws
-                .send_in_place(MessageKind::Text, payload, &mut self.tx),
+            Protocol::Raw | Protocol::Sse => {
+                self.ws
+                    .send_in_place(MessageKind::Text, payload, &mut self.tx)
+            }
             Protocol::Envelope => {
                 envelope::publish(&self.topic, payload, &mut self.command);
                 self.ws

@@ -22,6 +22,19 @@ pub fn parse_ws(url: &str) -> Result<Target, String> {
     parse(url, "ws", 80)
 }
 
+/// Parses a subscriber's URL: `ws://` (WebSocket), or `http://` for the `sse` transport
+/// (Server-Sent Events); true for the latter.
+pub fn parse_subscriber(url: &str) -> Result<(Target, bool), String> {
+    if url
+        .get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+    {
+        parse_http(url).map(|target| (target, true))
+    } else {
+        parse_ws(url).map(|target| (target, false))
+    }
+}
+
 /// Parses an `http://` URL.
 pub fn parse_http(url: &str) -> Result<Target, String> {
     parse(url, "http", 80)

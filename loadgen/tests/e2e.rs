@@ -253,6 +253,52 @@ fn fanout_over_the_envelope_protocol_and_http_publish() {
 }
 
 #[test]
+fn the_sse_transport_holds_streams_and_fans_out_to_them() {
+    let server = ClarionServer::start(2);
+    let idle = format!("http://{}/sse/news", server.addr);
+    let json = successful_run(&["idle", &idle, "-c", "500", "-d", "1s"]);
+    assert_eq!(json["established"], 500, "{json:#}");
+    assert_eq!(json["closed_clean"], 500, "{json:#}");
+    assert_eq!(
+        json["messages_received"], 1000,
+        "`session` and `subscribed` each: {json:#}"
+    );
+    let sse = format!("http://{}/sse/", server.addr);
+    let args = [
+        "fanout",
+        &sse,
+        "--publish-via",
+        "http",
+        "--topics",
+        "2",
+        "--publishers",
+        "2",
+        "-c",
+        "300",
+        "-d",
+        "1s",
+        "--rate",
+        "20",
+    ];
+    let json = complete_fanout(&args, 150, 15, "sse");
+    assert_eq!(json["publish_errors"], 0);
+    // A WebSocket publisher cannot go with SSE subscribers, nor http:// with echo.
+    for args in [
+        &["fanout", &sse][..],
+        &["echo", &sse],
+        &["idle", &idle, "--ping-interval", "1s"],
+    ] {
+        let output = loadgen().args(args).output().unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            describe(&output)
+        );
+    }
+}
+
+#[test]
 fn a_held_fanout_survives_a_reconnect_storm_by_resuming() {
     let server = ClarionServer::start(2);
     let ws = format!("ws://{}/ws", server.addr);

@@ -3,8 +3,11 @@
 //! WebSocket routes: `/echo` (every message comes back as it came), `/t/<topic>` (a raw topic
 //! socket: receives every payload of the topic as is; what it sends is published to it when
 //! `client_publish` allows) and `/ws` (the JSON envelope protocol of [`super::envelope`]).
-//! HTTP: `/healthz`, `/metrics`, `/stats`, `/topics/<topic>` and the publish API of
-//! [`super::http`]. Anything else is a 404. The protocols are specified in `docs/protocol.md`.
+//! Streams for clients without WebSockets: `/sse` (Server-Sent Events) and `/stream` (NDJSON),
+//! in [`streams`] and [`super::stream`]. HTTP: `/healthz`, `/metrics`, `/stats`,
+//! `/topics/<topic>` and the publish API of [`super::http`], with CORS preflights
+//! ([`super::cors`]). Anything else is a 404. The protocols are specified in
+//! `docs/protocol.md`.
 //!
 //! In a cluster the first subscribe of a topic on this node waits (without blocking anything)
 //! until the bridge has synced the topic from Redis: it is *parked* here and answered when the
@@ -28,7 +31,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use slab::Slab;
 
+mod streams;
+
 use super::auth::{Grants, Unauthorized};
+use super::cors;
 use super::envelope::{
     self, Command, ErrorCode, HEARTBEAT, Id, TOKEN_EXPIRED, TOKEN_REFUSED, delivery_frame,
     format_of,
@@ -37,7 +43,8 @@ use super::forwarded;
 use super::http;
 use super::live::Cached;
 use super::refusals::Refusal;
-use super::state::{ClientPublish, Live, Origin, PublishError, Server, SlowConsumer};
+use super::state::{Live, Origin, PublishError, Server, SlowConsumer};
+use super::stream::{self, KINDS, StreamKind, StreamRequest};
 use clarion_engine::{
     Answer, CompressionConfig, ConnId, Ctx, Handler, Limit, LimitHit, Local, Policy, Push,
     RequestInfo, Response,
@@ -49,6 +56,7 @@ use clarion_pubsub::{
     self, Message, Payload, Post, Registry, Resume, Subscribed, Subscriptions, TopicId,
     frame_payload, shared_compressed_frame, shared_frame, validate_topic,
 };
+use streams::StreamFrames;
 
 /// What a WebSocket connection is for, chosen by its path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +67,8 @@ pub enum Route {
     Topic,
     /// `/ws`: JSON envelope commands and deliveries.
     Envelope,
+    /// `/sse` or `/stream`: a streaming response, subscribed to the topics of its URL.
+    Stream(StreamKind),
 }
 
 /// A connection's state in its slab entry: 24 bytes, paid by every connection.
@@ -95,11 +105,22 @@ impl Extra {
 #[derive(Debug)]
 struct Pending {
     topic: Option<Box<str>>,
+    /// A stream's request: its kind, topics and positions.
+    stream: Option<StreamRequest>,
     extra: Extra,
     /// `/ws` with a token refused: opened only to be closed with a code a browser can read.
     refused: Option<Unauthorized>,
     /// The client's address, for the `debug` line of the open (as `peer`).
     client: Option<SocketAddr>,
+}
+
+/// What a client that passed [`App::check_client`] takes to its open.
+struct Checked {
+    extra: Extra,
+    /// `/ws` with a token refused: opened only to be closed with a code a browser can read.
+    refused_token: Option<Unauthorized>,
+    /// `/t/`: the connection may publish to its topic.
+    may_publish: bool,
 }
 
 /// A subscribe waiting for its topic to be synced from the cluster.
@@ -117,6 +138,8 @@ struct Parked {
 trait Reply {
     /// The connection.
     fn id(&self) -> ConnId;
+    /// Its state; `None` once it is gone or closing.
+    fn conn(&mut self) -> Option<&mut Conn>;
     /// Queues a frame; false if the connection is gone or closing.
     fn send_frame(&mut self, frame: &Arc<[u8]>) -> bool;
     /// Less than half the connection's write cap waits: room for the next slice of a replay.
@@ -130,6 +153,10 @@ trait Reply {
 impl Reply for Ctx<'_, Conn> {
     fn id(&self) -> ConnId {
         Ctx::id(self)
+    }
+
+    fn conn(&mut self) -> Option<&mut Conn> {
+        Some(Ctx::conn(self))
     }
 
     fn send_frame(&mut self, frame: &Arc<[u8]>) -> bool {
@@ -155,6 +182,10 @@ struct To<'l, 'a>(&'l mut Local<'a, Conn>, ConnId);
 impl Reply for To<'_, '_> {
     fn id(&self) -> ConnId {
         self.1
+    }
+
+    fn conn(&mut self) -> Option<&mut Conn> {
+        self.0.conn(self.1)
     }
 
     fn send_frame(&mut self, frame: &Arc<[u8]>) -> bool {
@@ -209,6 +240,10 @@ pub struct App {
     deflater: Option<Deflater>,
     /// `{"type":"heartbeat"}`, framed once for every connection.
     heartbeat_frame: Arc<[u8]>,
+    /// Each stream kind's heartbeat, built once.
+    stream_heartbeats: [Arc<[u8]>; KINDS.len()],
+    /// The current message's stream bytes.
+    stream_frames: StreamFrames,
     /// Connections of this reactor with heartbeats on.
     heartbeats: usize,
     /// The reactor's sweeps, as whole seconds since `origin`: this one and the one before
@@ -235,6 +270,8 @@ impl App {
             scratch: Vec::new(),
             deflater: None,
             heartbeat_frame: shared_frame(MessageKind::Text, HEARTBEAT),
+            stream_heartbeats: streams::heartbeats(),
+            stream_frames: StreamFrames::default(),
             heartbeats: 0,
             origin: Instant::now(),
             tick: 0,
@@ -291,8 +328,40 @@ impl App {
         client: Option<SocketAddr>,
         topic: Option<&str>,
     ) -> Answer<'r, Conn> {
+        let checked = match self.check_client(route, request, client, topic.as_slice()) {
+            Ok(checked) => checked,
+            Err(refusal) => return Answer::Respond(refusal),
+        };
+        self.pending = Some(Pending {
+            topic: topic.map(Box::from),
+            stream: None,
+            extra: checked.extra,
+            refused: checked.refused_token,
+            client,
+        });
+        Answer::Upgrade {
+            conn: Conn {
+                subs: Subscriptions::default(),
+                extra: None,
+                route,
+                may_publish: checked.may_publish,
+                heartbeat: 0,
+            },
+            protocol: None,
+        }
+    }
+
+    /// What every client passes before it is answered: the connection caps, and on pubsub
+    /// routes the origin, the token, and each topic's name and grant. What its open needs, or
+    /// the refusal (logged, with a JSON body).
+    fn check_client(
+        &self,
+        route: Route,
+        request: &Request<'_>,
+        client: Option<SocketAddr>,
+        topics: &[&str],
+    ) -> Result<Checked, Response> {
         let (server, live) = (&*self.server, self.live.get());
-        // A refusal before the upgrade: logged, and answered with a JSON body.
         let refused = |status, reason: &str, grants: Option<&Grants>| {
             server.refusals.log(Refusal {
                 path: request.path(),
@@ -307,67 +376,57 @@ impl App {
             .filter(|_| server.counts_ips())
             .map(|c| server.client_key(c.ip()));
         if server.admit(&live.config, ip).is_err() {
-            let reason = "too many connections from this address";
-            return Answer::Respond(refused(429, reason, None));
+            return Err(refused(429, "too many connections from this address", None));
         }
-        let mut extra = Extra { grants: None, ip };
-        let mut may_publish = false;
-        let mut refused_token = None;
-        if route != Route::Echo {
-            if !live.origins.allows(request) {
-                return Answer::Respond(refused(403, "origin not allowed", None));
-            }
-            if let Some(jwt) = &live.jwt {
-                match jwt.authenticate(request) {
-                    Ok(grants) => extra.grants = Some(grants),
-                    // A browser sees no HTTP status when an upgrade fails, only 1006: an
-                    // envelope client is told why with a close code instead (logged with it).
-                    Err(e) if route == Route::Envelope => {
-                        server.refusals.log(Refusal {
-                            path: request.path(),
-                            peer: client,
-                            status: token_close_code(e).0,
-                            reason: &e.to_string(),
-                            subject: None,
-                        });
-                        refused_token = Some(e);
-                    }
-                    Err(e) => {
-                        let mut response = refused(401, &e.to_string(), None);
-                        response
-                            .headers
-                            .push(("WWW-Authenticate", "Bearer".to_owned()));
-                        return Answer::Respond(response);
-                    }
+        let mut checked = Checked {
+            extra: Extra { grants: None, ip },
+            refused_token: None,
+            may_publish: false,
+        };
+        if route == Route::Echo {
+            return Ok(checked);
+        }
+        if !live.origins.allows(request) {
+            return Err(refused(403, "origin not allowed", None));
+        }
+        if let Some(jwt) = &live.jwt {
+            match jwt.authenticate(request) {
+                Ok(grants) => checked.extra.grants = Some(grants),
+                // A browser sees no HTTP status when an upgrade fails, only 1006: an envelope
+                // client is told why with a close code instead (logged with it).
+                Err(e) if route == Route::Envelope => {
+                    server.refusals.log(Refusal {
+                        path: request.path(),
+                        peer: client,
+                        status: token_close_code(e).0,
+                        reason: &e.to_string(),
+                        subject: None,
+                    });
+                    checked.refused_token = Some(e);
+                }
+                Err(e) => {
+                    let mut response = refused(401, &e.to_string(), None);
+                    response
+                        .headers
+                        .push(("WWW-Authenticate", "Bearer".to_owned()));
+                    return Err(response);
                 }
             }
-            if let Some(topic) = topic {
-                let grants = extra.grants.as_ref();
-                if let Err(e) = validate_topic(topic, live.config.max_topic_length) {
-                    return Answer::Respond(refused(400, &e.to_string(), grants));
-                }
-                if !can_subscribe(live, grants, topic) {
-                    return Answer::Respond(refused(403, "topic not allowed", grants));
-                }
-                may_publish = can_publish(live, grants, topic);
+        }
+        let grants = checked.extra.grants.as_ref();
+        for topic in topics {
+            if let Err(e) = validate_topic(topic, live.config.max_topic_length) {
+                return Err(refused(400, &e.to_string(), grants));
+            }
+            if !live.can_subscribe(grants, topic) {
+                return Err(refused(403, "topic not allowed", grants));
             }
         }
-        self.pending = Some(Pending {
-            topic: topic.map(Box::from),
-            extra,
-            refused: refused_token,
-            client,
-        });
-        Answer::Upgrade {
-            conn: Conn {
-                subs: Subscriptions::default(),
-                extra: None,
-                route,
-                may_publish,
-                heartbeat: 0,
-            },
-            protocol: None,
-        }
+        checked.may_publish = route == Route::Topic
+            && topics
+                .first()
+                .is_some_and(|topic| live.can_publish(grants, topic));
+        Ok(checked)
     }
 
     /// The path an open connection came on, as far as its state tells (a `/t/` socket's topic
@@ -385,6 +444,7 @@ impl App {
                 Some(topic) => Cow::Owned(format!("/t/{topic}")),
                 None => Cow::Borrowed("/t/"),
             },
+            Route::Stream(kind) => Cow::Borrowed(kind.path()),
         }
     }
 
@@ -501,7 +561,7 @@ impl App {
             };
             let id = p.id.as_deref().map(Id::verbatim);
             // A `refresh` while it waited may have taken the grant away.
-            if p.envelope && !can_subscribe(self.live.get(), self.grants(conn), &topic) {
+            if p.envelope && !self.live.get().can_subscribe(self.grants(conn), &topic) {
                 out.clear();
                 let message = "subscribing to this topic is not allowed";
                 envelope::render_error(&mut out, id, ErrorCode::Forbidden, message);
@@ -509,6 +569,10 @@ impl App {
                 continue;
             }
             let resume = p.resume.as_ref();
+            let stream = match conn.route {
+                Route::Stream(kind) => Some(kind),
+                _ => None,
+            };
             let subscribed =
                 self.registry
                     .subscribe(p.conn, &mut conn.subs, &topic, resume, REPLAY_SLICE, now);
@@ -523,12 +587,28 @@ impl App {
                     envelope::render_error(&mut out, id, code, message);
                     self.send(&mut To(local, p.conn), &out);
                 }
-                Err(e) => local.close(p.conn, CloseCode::POLICY_VIOLATION, &e.to_string()),
+                Err(e) => {
+                    let reason = e.to_string();
+                    match stream {
+                        Some(kind) => streams::end_from_inbox(
+                            local,
+                            &mut out,
+                            p.conn,
+                            kind,
+                            (CloseCode::POLICY_VIOLATION, &reason),
+                        ),
+                        None => local.close(p.conn, CloseCode::POLICY_VIOLATION, &reason),
+                    }
+                }
                 Ok(subscribed) => {
                     self.update_gauge();
                     if p.envelope {
                         let to = &mut To(local, p.conn);
                         self.answer_subscribed(to, id, &topic, subscribed, &mut out);
+                    } else if let Some(kind) = stream {
+                        self.scratch = std::mem::take(&mut out);
+                        self.stream_subscribed(local, p.conn, kind, &topic, subscribed, p.resume);
+                        out = std::mem::take(&mut self.scratch);
                     }
                 }
             }
@@ -607,7 +687,7 @@ impl App {
                 envelope::render_ack(out, id);
             }
             Command::Publish { format, data, .. } => {
-                if !can_publish(self.live.get(), self.grants(ctx.conn()), topic) {
+                if !self.live.get().can_publish(self.grants(ctx.conn()), topic) {
                     error(
                         out,
                         ErrorCode::Forbidden,
@@ -717,7 +797,11 @@ impl App {
         } else {
             self.parked_count(conn_id)
         };
-        let result = if !can_subscribe(self.live.get(), self.grants(ctx.conn()), topic) {
+        let result = if !self
+            .live
+            .get()
+            .can_subscribe(self.grants(ctx.conn()), topic)
+        {
             Err((
                 ErrorCode::Forbidden,
                 "subscribing to this topic is not allowed",
@@ -817,8 +901,12 @@ impl App {
         let Some(mut replays) = self.replays.remove(&conn) else {
             return;
         };
+        let stream = match to.conn().map(|c| c.route) {
+            Some(Route::Stream(kind)) => Some(kind),
+            _ => None,
+        };
         let now = Instant::now();
-        while let Some(replay) = replays.last_mut() {
+        while let Some(replay) = replays.last() {
             if !to.has_room() {
                 break;
             }
@@ -826,20 +914,29 @@ impl App {
                 since: replay.sent,
                 epoch: replay.epoch,
             };
+            let topic = replay.topic;
             let slice = self
                 .registry
-                .replay(conn, replay.topic, &resume, REPLAY_SLICE, now);
+                .replay(conn, topic, &resume, REPLAY_SLICE, now);
             if !slice.recovered {
-                if self.live.get().config.slow_consumer == SlowConsumer::Close {
+                // A stream cannot skip a message (its ids are positions): it always ends.
+                if stream.is_some() || self.live.get().config.slow_consumer == SlowConsumer::Close {
                     self.server.counters[self.index]
                         .slow_consumer_closes
                         .fetch_add(1, Relaxed);
-                    return to.close(CloseCode::TRY_AGAIN_LATER, "slow consumer");
+                    if let Some(kind) = stream {
+                        to.send_frame(&streams::close_event(kind, out, SLOW.0, SLOW.1));
+                    }
+                    return to.close(SLOW.0, SLOW.1);
                 }
                 replays.pop();
                 continue;
             }
-            if let Some(last) = self.send_deliveries(to, &slice.messages, out) {
+            let last = match stream {
+                Some(kind) => self.send_stream_replay(to, kind, topic, &replays, &slice.messages),
+                None => self.send_deliveries(to, &slice.messages, out),
+            };
+            if let (Some(last), Some(replay)) = (last, replays.last_mut()) {
                 replay.sent = last;
             }
             if slice.complete {
@@ -865,6 +962,10 @@ impl App {
         }
     }
 }
+
+/// How a slow consumer is closed: 1013, not 1008, since falling behind is temporary (a client
+/// retries with backoff and resumes on 1013, where 1008 tells it to stop).
+const SLOW: (CloseCode, &str) = (CloseCode::TRY_AGAIN_LATER, "slow consumer");
 
 /// The error answer to a subscribe the registry refused.
 fn subscribe_error(error: clarion_pubsub::Error) -> (ErrorCode, &'static str) {
@@ -919,18 +1020,6 @@ fn close_reason(code: Option<CloseCode>) -> &'static str {
     }
 }
 
-fn can_subscribe(live: &Live, grants: Option<&Grants>, topic: &str) -> bool {
-    live.jwt.is_none() || grants.is_some_and(|g| g.can_subscribe(topic))
-}
-
-fn can_publish(live: &Live, grants: Option<&Grants>, topic: &str) -> bool {
-    match live.config.client_publish {
-        ClientPublish::All => true,
-        ClientPublish::None => false,
-        ClientPublish::Token => grants.is_some_and(|g| g.can_publish(topic)),
-    }
-}
-
 impl Handler for App {
     type Conn = Conn;
     type Inbox = Post;
@@ -972,6 +1061,15 @@ impl Handler for App {
             ("POST", _) if path.starts_with("/publish/") => Answer::Respond(http::publish(
                 server, live, request, body, client, self.index,
             )),
+            ("OPTIONS", _) if stream::is_stream_path(path) || path.starts_with("/publish") => {
+                Answer::Respond(cors::preflight(request, &live.origins))
+            }
+            ("GET", _) if stream::is_stream_path(path) => self.stream(request, client),
+            (_, _) if stream::is_stream_path(path) => {
+                let mut response = http::error(405, "streams are read with GET");
+                response.headers.push(("Allow", "GET, OPTIONS".to_owned()));
+                Answer::Respond(response)
+            }
             (_, "/echo") if live.config.echo => self.websocket(Route::Echo, request, client, None),
             (_, "/ws") => self.websocket(Route::Envelope, request, client, None),
             (_, _) if path.starts_with("/t/") => {
@@ -984,11 +1082,13 @@ impl Handler for App {
     fn on_open(&mut self, ctx: &mut Ctx<'_, Conn>) {
         let Pending {
             topic,
+            stream,
             extra,
             refused,
             client,
         } = self.pending.take().unwrap_or(Pending {
             topic: None,
+            stream: None,
             extra: Extra::default(),
             refused: None,
             client: None,
@@ -1012,6 +1112,9 @@ impl Handler for App {
         if let Some(refused) = refused {
             // The close is the whole answer: nothing the client sends is read any more.
             return ctx.close(token_close_code(refused), &refused.to_string());
+        }
+        if let Some(request) = stream {
+            return self.open_stream(ctx, request);
         }
         if let Some(topic) = topic {
             let (id, now) = (ctx.id(), ctx.now());
@@ -1047,6 +1150,8 @@ impl Handler for App {
             }
             Route::Topic => self.raw_publish(ctx, kind, payload),
             Route::Envelope => self.command(ctx, kind, payload),
+            // A stream reads nothing: the engine never delivers a message on one.
+            Route::Stream(_) => {}
         }
     }
 
@@ -1104,6 +1209,7 @@ impl Handler for App {
         let id = ctx.id();
         let conn = ctx.conn();
         let heartbeat = u64::from(conn.heartbeat);
+        let route = conn.route;
         if let Some(jwt) = &self.live.get().jwt
             && let Some(grants) = self.grants(conn)
             && jwt.remaining(grants, self.wall).is_none()
@@ -1111,7 +1217,7 @@ impl Handler for App {
             self.server.counters[self.index]
                 .token_expired_closes
                 .fetch_add(1, Relaxed);
-            return ctx.close(TOKEN_EXPIRED, "token expired");
+            return self.end_stream(ctx, TOKEN_EXPIRED, "token expired");
         }
         // Due when a multiple of the interval, shifted by the connection's phase, was passed
         // since the last sweep: once per interval however late a sweep comes.
@@ -1122,9 +1228,15 @@ impl Handler for App {
             // A client that is behind has bytes coming: a heartbeat would only add to them.
             if !ctx.has_room() {
                 counters.heartbeats_skipped.fetch_add(1, Relaxed);
-            } else if ctx.send_shared(&self.heartbeat_frame).is_ok() {
-                counters.heartbeats.fetch_add(1, Relaxed);
-                counters.sent(self.heartbeat_frame.len());
+            } else {
+                let frame = match route {
+                    Route::Stream(kind) => &self.stream_heartbeats[kind.index()],
+                    _ => &self.heartbeat_frame,
+                };
+                if ctx.send_shared(frame).is_ok() {
+                    counters.heartbeats.fetch_add(1, Relaxed);
+                    counters.sent(frame.len());
+                }
             }
         }
     }
@@ -1210,12 +1322,18 @@ impl App {
         envelope::render_reset(&mut out, topic, self.server.hub.epoch(), seq);
         let frame = shared_frame(MessageKind::Text, &out);
         for id in subscribers {
-            if local
-                .conn(id)
-                .is_some_and(|conn| conn.route == Route::Envelope)
-                && matches!(local.send_shared(id, &frame, usize::MAX), Push::Queued)
-            {
-                self.server.counters[self.index].sent(out.len());
+            match local.conn(id).map(|conn| conn.route) {
+                Some(Route::Envelope) => {
+                    if matches!(local.send_shared(id, &frame, usize::MAX), Push::Queued) {
+                        self.server.counters[self.index].sent(out.len());
+                    }
+                }
+                Some(Route::Stream(kind)) => {
+                    if let Some(bytes) = self.stream_reset(local, id, kind, &out) {
+                        self.server.counters[self.index].sent(bytes);
+                    }
+                }
+                _ => {}
             }
         }
         self.scratch = out;
@@ -1238,11 +1356,42 @@ impl App {
         // A node's own provisional publish, numbered otherwise by the cluster, reached the raw
         // sockets here already; envelope subscribers were told to expect it again.
         let raw_had_it = message.provisional() != 0;
-        for id in self.registry.fanout(&message) {
-            let Some(route) = local.conn(id).map(|conn| conn.route) else {
+        let topic = self.registry.deliver(&message);
+        self.stream_frames.clear();
+        let epoch = server.hub.epoch();
+        for id in topic.iter().flat_map(|&topic| self.registry.members(topic)) {
+            let Some(conn) = local.conn(id) else {
                 continue;
             };
+            let route = conn.route;
             if raw_had_it && route == Route::Topic {
+                continue;
+            }
+            if let Route::Stream(kind) = route {
+                let waiting = !self.parked.is_empty() && streams::waits(&self.parked, id);
+                let held = self.replays.get(&id).map_or(&[][..], Vec::as_slice);
+                let frames = &mut self.stream_frames;
+                let frame = frames.bytes(
+                    kind,
+                    id,
+                    &conn.subs,
+                    &message,
+                    &self.registry,
+                    waiting,
+                    held,
+                    epoch,
+                );
+                match local.send_shared(id, frame, max_queued) {
+                    Push::Queued => {
+                        delivered += 1;
+                        bytes += frame.len() as u64;
+                    }
+                    Push::Full => {
+                        streams::end_from_inbox(local, &mut self.scratch, id, kind, SLOW);
+                        evicted += 1;
+                    }
+                    Push::Closed => {}
+                }
                 continue;
             }
             // With compression off, the plain path is as before: no lookup per subscriber.
@@ -1295,7 +1444,7 @@ impl App {
                     }
                     // 1013, not 1008: falling behind is temporary, and a client retries (with
                     // backoff) and resumes on 1013 where 1008 tells it to stop.
-                    local.close(id, CloseCode::TRY_AGAIN_LATER, "slow consumer");
+                    local.close(id, SLOW.0, SLOW.1);
                 }
                 Push::Closed => {}
             }

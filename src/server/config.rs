@@ -314,6 +314,12 @@ pub struct Settings {
     #[serde(default, deserialize_with = "de_duration")]
     pub heartbeat_max: Option<Duration>,
 
+    /// How often a Server-Sent Events or NDJSON stream gets a heartbeat so that proxies do not
+    /// time it out, 1s to 255s [default: 15s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub stream_heartbeat: Option<Duration>,
+
     /// Bearer key of the HTTP publish API; unset leaves the API open (a warning is logged).
     /// Flags show in `ps`: prefer --api-key-file or CLARION_API_KEY_FILE.
     #[arg(long, value_name = "KEY")]
@@ -727,6 +733,7 @@ impl Settings {
                 .unwrap_or(d.max_topics_per_connection),
             max_topic_length: self.max_topic_length.unwrap_or(d.max_topic_length),
             max_queued_bytes: self.max_queued_bytes.unwrap_or(d.max_queued_bytes),
+            stream_heartbeat: self.stream_heartbeat.unwrap_or(d.stream_heartbeat),
             slow_consumer: self.slow_consumer.unwrap_or(d.slow_consumer),
             message_rate: self.message_rate.unwrap_or(d.message_rate),
             message_burst: self.message_burst.unwrap_or(d.message_burst),

@@ -627,7 +627,7 @@ fn u64_field(out: &mut Vec<u8>, name: &str, value: u64) {
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Appends `s` as a JSON string, escaping what JSON requires and nothing else.
-fn push_json_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     out.push(b'"');
     let mut clean = 0;
@@ -657,7 +657,7 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Appends standard, padded base64 of `bytes`, encoded in place.
-fn push_base64(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn push_base64(out: &mut Vec<u8>, bytes: &[u8]) {
     let start = out.len();
     // The length only overflows for inputs larger than memory; then nothing is written.
     let len = base64::encoded_len(bytes.len(), true).unwrap_or(0);

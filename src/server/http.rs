@@ -19,7 +19,11 @@
 //! In a cluster a publish is queued for Redis, which numbers it later: the answers carry no
 //! `seq` then.
 //!
-//! With an API key configured the publish API needs `Authorization: Bearer <key>` (401 without).
+//! With an API key configured the publish API needs `Authorization: Bearer <key>` (401 without),
+//! or a client's token (`auth = jwt`; in `Authorization: Bearer` or `?token=`) that allows
+//! publishing to every topic of the request by `client_publish` (403 otherwise): what a client
+//! that cannot open a WebSocket publishes with. Browser pages on other origins get the CORS
+//! headers of [`super::cors`], from allowed origins only (403 otherwise).
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -28,6 +32,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
+use super::auth::{Grants, token};
 use super::envelope::format_of;
 use super::metrics::{PROMETHEUS_CONTENT_TYPE, Prometheus, stats_json};
 use super::refusals::Refusal;
@@ -87,7 +92,8 @@ pub fn presence(server: &Server, live: &Live, topic: &str) -> Response {
     Response::new(200, "application/json", body.to_string())
 }
 
-/// `POST /publish/<topic>` and `POST /publish` from `peer`, after the API key check.
+/// `POST /publish/<topic>` and `POST /publish` from `peer`: checked (origin, then the API key
+/// or a client's token), published, and answered with the CORS headers the page's origin needs.
 pub fn publish(
     server: &Server,
     live: &Live,
@@ -96,32 +102,85 @@ pub fn publish(
     peer: Option<SocketAddr>,
     reactor: usize,
 ) -> Response {
-    if let Some(key) = &live.api_key
-        && !key.check(request)
-    {
-        let reason = "missing or wrong API key";
+    let refuse = |status, reason: &str, subject: Option<&str>| {
         server.refusals.log(Refusal {
             path: request.path(),
             peer,
-            status: 401,
+            status,
             reason,
-            subject: None,
+            subject,
         });
-        let mut response = error(401, reason);
-        response
-            .headers
-            .push(("WWW-Authenticate", "Bearer".to_owned()));
-        return response;
-    }
-    server.counters[reactor]
-        .bytes_in
-        .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    match request.path().strip_prefix("/publish/") {
-        Some(topic) => {
-            let format = content_format(request, body);
-            publish_one(server, live, topic, format, body)
+        let mut response = error(status, reason);
+        if status == 401 {
+            response
+                .headers
+                .push(("WWW-Authenticate", "Bearer".to_owned()));
         }
-        None => publish_many(server, live, body),
+        response
+    };
+    let mut response = if !live.origins.allows(request) {
+        refuse(403, "origin not allowed", None)
+    } else {
+        match publisher(live, request) {
+            Err(reason) => refuse(401, &reason, None),
+            Ok(who) => {
+                server.counters[reactor]
+                    .bytes_in
+                    .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                let allowed = |topic: &str| match &who {
+                    Publisher::Api => true,
+                    Publisher::Client(grants) => live.can_publish(Some(grants), topic),
+                };
+                let subject = match &who {
+                    Publisher::Client(grants) => grants.subject(),
+                    Publisher::Api => None,
+                };
+                let origin = match &who {
+                    Publisher::Api => Origin::Api,
+                    Publisher::Client(_) => Origin::Client,
+                };
+                let forbidden = "publishing to this topic is not allowed";
+                match request.path().strip_prefix("/publish/") {
+                    Some(topic) if !allowed(topic) => refuse(403, forbidden, subject),
+                    Some(topic) => {
+                        let format = content_format(request, body);
+                        publish_one(server, live, origin, topic, format, body)
+                    }
+                    None => publish_many(server, live, origin, body, &allowed)
+                        .unwrap_or_else(|| refuse(403, forbidden, subject)),
+                }
+            }
+        }
+    };
+    response
+        .headers
+        .extend(super::cors::headers(request, &live.origins));
+    response
+}
+
+/// Who publishes over HTTP.
+enum Publisher {
+    /// The API itself: no key is set, or the request has it.
+    Api,
+    /// A client, with its token's grants.
+    Client(Grants),
+}
+
+/// Who the request publishes as: the API (no key set, or the key given), or a client whose
+/// token the server accepts (`auth = jwt`); the reason for a 401 otherwise.
+fn publisher(live: &Live, request: &Request) -> Result<Publisher, String> {
+    let Some(key) = &live.api_key else {
+        return Ok(Publisher::Api);
+    };
+    if key.check(request) {
+        return Ok(Publisher::Api);
+    }
+    match (&live.jwt, token(request)) {
+        (Some(jwt), Some(token)) => jwt
+            .verify(token)
+            .map(Publisher::Client)
+            .map_err(|e| e.to_string()),
+        _ => Err("missing or wrong API key".to_owned()),
     }
 }
 
@@ -149,6 +208,7 @@ fn content_format(request: &Request, body: &[u8]) -> Result<Format, &'static str
 fn publish_one(
     server: &Server,
     live: &Live,
+    origin: Origin,
     topic: &str,
     format: Result<Format, &str>,
     body: &[u8],
@@ -161,7 +221,7 @@ fn publish_one(
         Err(message) => return error(400, message),
     };
     let max_queued = live.config.max_queued_bytes;
-    match server.publish(topic, Payload::new(format, body), Origin::Api, max_queued) {
+    match server.publish(topic, Payload::new(format, body), origin, max_queued) {
         Ok(seq) => {
             let mut answer = json!({ "topic": topic, "epoch": server.hub.epoch().to_string() });
             if let Some(seq) = seq {
@@ -211,11 +271,23 @@ pub fn parse_batch(
     Ok(batch)
 }
 
-fn publish_many(server: &Server, live: &Live, body: &[u8]) -> Response {
+/// `POST /publish`: every item checked (its topic, its size, and whether the publisher may
+/// publish to it) before any is published; `None` when one is not allowed. Each item's result
+/// is its own: 202 when all were taken, 207 when some, 503 when none.
+fn publish_many(
+    server: &Server,
+    live: &Live,
+    origin: Origin,
+    body: &[u8],
+    allowed: &dyn Fn(&str) -> bool,
+) -> Option<Response> {
     let batch = match parse_batch(body, live.config.max_topic_length) {
         Ok(batch) => batch,
-        Err(message) => return error(400, &message),
+        Err(message) => return Some(error(400, &message)),
     };
+    if !batch.iter().all(|(topic, _)| allowed(topic)) {
+        return None;
+    }
     // Too large for any subscriber is the batch's fault: refused whole, before publishing.
     let max_queued = live.config.max_queued_bytes;
     for (topic, payload) in &batch {
@@ -225,13 +297,13 @@ fn publish_many(server: &Server, live: &Live, body: &[u8]) -> Response {
                 size,
                 max: max_queued,
             };
-            return error(413, &format!("{topic}: {e}"));
+            return Some(error(413, &format!("{topic}: {e}")));
         }
     }
     let mut results = Vec::with_capacity(batch.len());
     let mut published = 0;
     for (topic, payload) in batch {
-        match server.publish(&topic, payload, Origin::Api, max_queued) {
+        match server.publish(&topic, payload, origin, max_queued) {
             Ok(seq) => {
                 published += 1;
                 let mut result = json!({ "topic": topic });
@@ -256,7 +328,7 @@ fn publish_many(server: &Server, live: &Live, body: &[u8]) -> Response {
         "epoch": server.hub.epoch().to_string(),
         "results": results,
     });
-    Response::new(status, "application/json", body.to_string())
+    Some(Response::new(status, "application/json", body.to_string()))
 }
 
 fn accepted(body: serde_json::Value) -> Response {

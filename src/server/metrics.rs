@@ -196,6 +196,8 @@ pub struct ReactorMetrics {
     pub wait_retries: u64,
     /// 1 once the reactor stopped on a backend error (gauge).
     pub failed: u64,
+    /// Writes that carried bytes to sockets (`writev` calls, or completed io_uring sends).
+    pub socket_writes: u64,
 }
 
 /// Everything one scrape shows.
@@ -465,6 +467,12 @@ const REACTOR_METRICS: &[Def<ReactorMetrics>] = &[
         kind: Kind::Gauge,
         help: "1 once the reactor stopped on an event-loop error it cannot recover from (its connections are gone).",
         value: |r| r.failed,
+    },
+    Def {
+        key: "socket_writes",
+        kind: Kind::Counter,
+        help: "Writes that carried bytes to sockets (writev calls, or completed io_uring sends).",
+        value: |r| r.socket_writes,
     },
 ];
 

@@ -6,6 +6,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod cors;
 pub mod envelope;
 pub mod forwarded;
 pub mod host;
@@ -18,6 +19,7 @@ pub mod refusals;
 pub mod reload;
 pub mod sources;
 pub mod state;
+pub mod stream;
 pub mod systemd;
 
 use std::io;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::auth::{ApiKey, AuthMode, Jwt, JwtConfig, Origins};
+use super::auth::{ApiKey, AuthMode, Grants, Jwt, JwtConfig, Origins};
 use super::config::Secret;
 use super::envelope::delivery_len;
 use super::forwarded::ForwardedHeader;
@@ -97,6 +97,9 @@ pub struct AppConfig {
     /// connection over it is not read until it drains; a publish whose delivery frame is
     /// larger is refused.
     pub max_queued_bytes: usize,
+    /// How often a stream (`/sse`, `/stream`) gets a heartbeat, so that proxies do not time it
+    /// out (whole seconds, 1 s to 255 s).
+    pub stream_heartbeat: Duration,
     /// What to do with a subscriber that falls behind.
     pub slow_consumer: SlowConsumer,
     /// Messages (data, ping, pong) a client may send per second; 0 = no limit.
@@ -139,6 +142,7 @@ impl Default for AppConfig {
             max_topics_per_connection: 100,
             max_topic_length: 256,
             max_queued_bytes: 1 << 20,
+            stream_heartbeat: Duration::from_secs(15),
             slow_consumer: SlowConsumer::Close,
             message_rate: 100,
             message_burst: 200,
@@ -165,6 +169,9 @@ impl AppConfig {
                  heartbeat_max"
                     .to_owned(),
             );
+        }
+        if !(Duration::from_secs(1)..=MAX_HEARTBEAT).contains(&self.stream_heartbeat) {
+            return Err("stream_heartbeat must be 1s to 255s".to_owned());
         }
         self.verifier().map(drop)
     }
@@ -207,6 +214,11 @@ impl AppConfig {
              connect: set api_key (and client_publish to none or token), or pass --insecure \
              (insecure = true) if that is meant"
         ))
+    }
+
+    /// A stream's heartbeat interval, in whole seconds (`check` keeps it within 1 to 255).
+    pub fn stream_heartbeat_secs(&self) -> u8 {
+        self.stream_heartbeat.as_secs().clamp(1, u64::from(u8::MAX)) as u8
     }
 
     /// The heartbeat interval, in whole seconds, for a client that asked for `seconds`: 0 (off)
@@ -266,7 +278,12 @@ pub struct Counters {
 impl Counters {
     /// Counts one message of `bytes` frame bytes sent to a client.
     pub fn sent(&self, bytes: usize) {
-        self.messages_out.fetch_add(1, Relaxed);
+        self.sent_many(1, bytes);
+    }
+
+    /// Counts `messages` sent to a client in `bytes` (a stream's events written together).
+    pub fn sent_many(&self, messages: usize, bytes: usize) {
+        self.messages_out.fetch_add(messages as u64, Relaxed);
         self.bytes_out.fetch_add(bytes as u64, Relaxed);
     }
 }
@@ -382,6 +399,21 @@ impl std::fmt::Debug for Live {
 }
 
 impl Live {
+    /// Whether a client holding `grants` (its token's, with `auth = jwt`) may subscribe to
+    /// `topic`: anyone may without tokens.
+    pub fn can_subscribe(&self, grants: Option<&Grants>, topic: &str) -> bool {
+        self.jwt.is_none() || grants.is_some_and(|g| g.can_subscribe(topic))
+    }
+
+    /// Whether a client holding `grants` may publish to `topic`, per `client_publish`.
+    pub fn can_publish(&self, grants: Option<&Grants>, topic: &str) -> bool {
+        match self.config.client_publish {
+            ClientPublish::All => true,
+            ClientPublish::None => false,
+            ClientPublish::Token => grants.is_some_and(|g| g.can_publish(topic)),
+        }
+    }
+
     /// Fails only if `auth = jwt` has no usable key (settings are checked before they get
     /// here, but a key file can change in between): never a server without its verifier.
     fn new(config: AppConfig) -> Result<Live, String> {
@@ -739,6 +771,7 @@ impl Server {
                     heartbeats_skipped: c.heartbeats_skipped.load(Relaxed),
                     wait_retries: s.wait_retries.load(Relaxed),
                     failed: u64::from(s.failed.load(Relaxed)),
+                    socket_writes: s.socket_writes.load(Relaxed),
                 }
             })
             .collect();
@@ -843,6 +876,7 @@ mod tests {
             max_topics_per_connection: 8,
             max_topic_length: 9,
             max_queued_bytes: 4096,
+            stream_heartbeat: Duration::from_secs(5),
             slow_consumer: SlowConsumer::Drop,
             message_rate: 7,
             message_burst: 8,
@@ -869,6 +903,7 @@ mod tests {
             assert_eq!(field(&live.config), field(&next), "{key} is applied");
         }
         assert_eq!(live.config.hub, start.hub, "history needs a restart");
+        assert_eq!(live.config.stream_heartbeat, start.stream_heartbeat);
         assert_eq!(
             live.config.ipv6_prefix, 64,
             "the per-IP keys need a restart"

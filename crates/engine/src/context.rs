@@ -55,16 +55,32 @@ impl<C> Ctx<'_, C> {
     }
 
     /// Sends a whole frame built with [`clarion_protocol::frame::encode_frame`], shared by many
-    /// connections.
+    /// connections; on a streaming response, bytes of its body shared alike.
     pub fn send_shared(&mut self, frame: &Arc<[u8]>) -> Result<(), SendError> {
-        if !self.ws.can_send() {
+        if !self.ws.can_send() && !self.ws.is_streaming() {
             return Err(SendError::NotOpen);
         }
         self.out.transmit_shared(frame);
         Ok(())
     }
 
-    /// Starts the close handshake.
+    /// Whether the connection carries a streaming response ([`crate::Answer::Stream`]) rather
+    /// than a WebSocket.
+    pub fn is_streaming(&self) -> bool {
+        self.ws.is_streaming()
+    }
+
+    /// Sends bytes of a streaming response's body as they are (written at once if the socket
+    /// takes them, else queued). `NotOpen` on a WebSocket, or once the stream is closed.
+    pub fn send_bytes(&mut self, bytes: &[u8]) -> Result<(), SendError> {
+        if !self.ws.is_streaming() {
+            return Err(SendError::NotOpen);
+        }
+        self.out.transmit(bytes, &[]);
+        Ok(())
+    }
+
+    /// Starts the close handshake (a streaming response simply ends, after what is queued).
     pub fn close(&mut self, code: CloseCode, reason: &str) {
         self.ws.close(code, reason, self.now, &mut *self.out);
     }
@@ -130,10 +146,10 @@ impl<C> Local<'_, C> {
         self.ops.deflate(id)
     }
 
-    /// Queues a whole frame shared with other connections, unless `max_queued` bytes or more
-    /// already wait for this connection (then [`Push::Full`]). The frame's own size does not
-    /// count: a subscriber is refused for its backlog, never for a large message, and holds at
-    /// most `max_queued` plus one frame.
+    /// Queues a whole frame shared with other connections (or bytes of a streaming response's
+    /// body), unless `max_queued` bytes or more already wait for this connection (then
+    /// [`Push::Full`]). The frame's own size does not count: a subscriber is refused for its
+    /// backlog, never for a large message, and holds at most `max_queued` plus one frame.
     pub fn send_shared(&mut self, id: ConnId, frame: &Arc<[u8]>, max_queued: usize) -> Push {
         self.ops.send_shared(id, frame, max_queued)
     }

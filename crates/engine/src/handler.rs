@@ -32,14 +32,15 @@ pub trait Handler {
         info: &RequestInfo,
     ) -> Answer<'r, Self::Conn>;
 
-    /// The WebSocket is open (the 101 answer is queued).
+    /// The WebSocket is open (the 101 answer is queued), or a streaming response began
+    /// ([`Answer::Stream`]: its head is queued).
     fn on_open(&mut self, _ctx: &mut Ctx<'_, Self::Conn>) {}
 
     /// A complete message arrived.
     fn on_message(&mut self, ctx: &mut Ctx<'_, Self::Conn>, kind: MessageKind, payload: &[u8]);
 
-    /// The WebSocket is over (close handshake, failure, timeout or dropped TCP); called once per
-    /// opened connection. `code` is the close code sent or received, `None` if the TCP
+    /// The WebSocket (or the streaming response) is over (close handshake, failure, timeout or
+    /// dropped TCP); called once per opened connection. `code` is the close code sent or received, `None` if the TCP
     /// connection dropped without one.
     fn on_close(
         &mut self,
@@ -64,7 +65,8 @@ pub trait Handler {
         false
     }
 
-    /// During a sweep that [`Handler::on_sweep`] asked for, once per open WebSocket: the place
+    /// During a sweep that [`Handler::on_sweep`] asked for, once per open WebSocket or streaming
+    /// response: the place
     /// for the handler's own coarse deadlines (a token's expiry, an application heartbeat)
     /// without a timer or an allocation per connection. Sends and closes work as in any other
     /// callback.
@@ -179,6 +181,18 @@ pub enum Answer<'r, C> {
     },
     /// Answer as plain HTTP, then close.
     Respond(Response),
+    /// Answer with a response whose body is streamed (Server-Sent Events, NDJSON): its head is
+    /// written now (no `Content-Length`; the response's body, if any, follows it), then the
+    /// connection stays open with this state, gets [`Handler::on_open`], and carries whatever
+    /// the handler sends ([`Ctx::send_bytes`], or shared bytes through
+    /// [`Local::send_shared`], by reference, exactly as WebSocket frames are), until it is
+    /// closed. The handler frames the body (chunked or not) and says so in `response.headers`.
+    Stream {
+        /// The connection's application state.
+        conn: C,
+        /// The head (status, content type, further headers) and the first bytes of the body.
+        response: Response,
+    },
     /// Refuse with a status (and the header it calls for).
     Reject(Rejection),
 }

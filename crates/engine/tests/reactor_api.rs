@@ -1,7 +1,7 @@
 //! The engine's application interface, through a small broadcast handler: a request body
 //! (the publish), a post to every reactor's mailbox, frames shared by reference with every
-//! subscriber, backpressure reported to the handler, request body limits, and what each
-//! callback is told. Clients are tungstenite and raw sockets; `CLARION_TEST_IO=epoll|uring`
+//! subscriber (WebSockets and streaming responses alike), backpressure reported to the handler,
+//! request body limits, and what each callback is told. Clients are tungstenite and raw sockets; `CLARION_TEST_IO=epoll|uring`
 //! picks the backend.
 
 use std::io::{Read, Write};
@@ -15,7 +15,7 @@ use clarion_engine::{
     Shared, Stats,
 };
 use clarion_protocol::handshake::Request;
-use clarion_protocol::{CloseCode, MessageKind, frame};
+use clarion_protocol::{CloseCode, MessageKind, SendError, frame};
 use tungstenite::{Message, WebSocket};
 
 /// What a connection's callbacks were told, in order.
@@ -40,6 +40,8 @@ struct Broadcast {
     mailboxes: Arc<Mailboxes<Arc<[u8]>>>,
     full: Arc<AtomicU64>,
     max_queued: usize,
+    /// Copies of each post queued to every subscriber (a burst behind one turn).
+    copies: usize,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
@@ -63,6 +65,11 @@ impl Handler for Broadcast {
                 conn: (),
                 protocol: None,
             },
+            ("GET", "/stream") => {
+                let mut response = Response::new(200, "text/plain", "head\n");
+                response.headers.push(("X-Stream", "yes".to_owned()));
+                Answer::Stream { conn: (), response }
+            }
             ("POST", "/pub") => {
                 let frame: Arc<[u8]> =
                     frame::encode_frame(clarion_protocol::OpCode::Binary, body).into();
@@ -78,6 +85,10 @@ impl Handler for Broadcast {
     fn on_open(&mut self, ctx: &mut Ctx<'_, ()>) {
         self.seen.lock().unwrap().push(Seen::Open(ctx.id()));
         self.subscribers.push(ctx.id());
+        if ctx.is_streaming() {
+            ctx.send_bytes(b"opened\n").unwrap();
+            assert_eq!(ctx.send(MessageKind::Text, b"x"), Err(SendError::NotOpen));
+        }
     }
 
     fn on_message(&mut self, _ctx: &mut Ctx<'_, ()>, _kind: MessageKind, _payload: &[u8]) {}
@@ -92,9 +103,11 @@ impl Handler for Broadcast {
     }
 
     fn on_inbox(&mut self, local: &mut Local<'_, ()>, frame: Arc<[u8]>) {
-        for &id in &self.subscribers {
-            if local.send_shared(id, &frame, self.max_queued) == Push::Full {
-                self.full.fetch_add(1, Ordering::Relaxed);
+        for _ in 0..self.copies {
+            for &id in &self.subscribers {
+                if local.send_shared(id, &frame, self.max_queued) == Push::Full {
+                    self.full.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -117,6 +130,10 @@ struct Server {
 }
 
 fn start(threads: usize, max_queued: usize) -> Server {
+    start_copying(threads, max_queued, 1)
+}
+
+fn start_copying(threads: usize, max_queued: usize, copies: usize) -> Server {
     let mut config = clarion_engine::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         threads,
@@ -137,6 +154,7 @@ fn start(threads: usize, max_queued: usize) -> Server {
             mailboxes: shared.mailboxes.clone(),
             full: full2.clone(),
             max_queued,
+            copies,
             seen: Arc::clone(&seen2),
         })
     })
@@ -224,6 +242,80 @@ fn a_post_reaches_every_subscriber_on_every_reactor() {
         eventually(|| total(&server.runtime, |s| &s.tx_queues_lent) == 0),
         "queues go back once written"
     );
+}
+
+/// Reads from `stream` until `wanted` bytes have come.
+fn read_exactly(stream: &mut TcpStream, wanted: usize) -> Vec<u8> {
+    let mut got = vec![0; wanted];
+    stream.read_exact(&mut got).unwrap();
+    got
+}
+
+#[test]
+fn a_streaming_response_carries_its_head_its_own_bytes_and_shared_ones() {
+    let server = start(1, 1 << 20);
+    let addr = server.runtime.local_addr();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // Bytes behind the request are not a second request: a stream reads nothing.
+    stream
+        .write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\nGET /nothing HTTP/1.1\r\n\r\n")
+        .unwrap();
+    let head = "HTTP/1.1 200 OK\r\nX-Stream: yes\r\nContent-Type: text/plain\r\n\
+                Connection: close\r\n\r\nhead\nopened\n";
+    let got = read_exactly(&mut stream, head.len());
+    assert_eq!(String::from_utf8_lossy(&got), head);
+    assert!(eventually(|| server.seen.lock().unwrap().len() == 2));
+    for n in 0..3 {
+        let body = format!("message {n}");
+        assert!(publish(addr, body.as_bytes()).starts_with("HTTP/1.1 202"));
+        // The shared bytes, as the handler built them (a WebSocket frame here), unchanged.
+        let shared = frame::encode_frame(clarion_protocol::OpCode::Binary, body.as_bytes());
+        assert_eq!(read_exactly(&mut stream, shared.len()), shared);
+    }
+    // The client hangs up: the handler hears of it once, without a close code.
+    drop(stream);
+    assert!(eventually(|| server.seen.lock().unwrap().len() == 3 + 3));
+    let seen = server.seen.lock().unwrap();
+    let closes: Vec<_> = seen
+        .iter()
+        .filter_map(|s| match s {
+            Seen::Close { code, .. } => Some(*code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closes, [None]);
+}
+
+#[test]
+fn everything_queued_for_a_subscriber_in_a_turn_leaves_in_one_write() {
+    // 40 frames per subscriber from one post: more than the 16 slices one io_uring send took
+    // before, fewer than the 64 of one write now.
+    const SUBSCRIBERS: u64 = 20;
+    const COPIES: usize = 40;
+    let server = start_copying(1, 1 << 20, COPIES);
+    let addr = server.runtime.local_addr();
+    let mut subscribers: Vec<_> = (0..SUBSCRIBERS).map(|_| subscribe(addr)).collect();
+    assert!(eventually(
+        || total(&server.runtime, |s| &s.upgrades) == SUBSCRIBERS
+    ));
+    assert!(publish(addr, b"burst").starts_with("HTTP/1.1 202"));
+    for ws in &mut subscribers {
+        for _ in 0..COPIES {
+            assert_eq!(
+                ws.read().unwrap(),
+                Message::Binary(b"burst".to_vec().into())
+            );
+        }
+    }
+    // One write per handshake answer (the subscribers' and the publish's), then one per
+    // subscriber for all 40 frames.
+    let expected = SUBSCRIBERS + 1 + SUBSCRIBERS;
+    let writes = || total(&server.runtime, |s| &s.socket_writes);
+    assert!(eventually(|| writes() >= expected), "{} writes", writes());
+    assert_eq!(writes(), expected, "one write per subscriber for the burst");
 }
 
 #[test]
@@ -341,10 +433,14 @@ impl Handler for Sweeper {
 
     fn on_request<'r>(
         &mut self,
-        _request: &Request<'r>,
+        request: &Request<'r>,
         _body: &[u8],
         _info: &RequestInfo,
     ) -> Answer<'r, u8> {
+        if request.path() == "/stream" {
+            let response = Response::new(200, "text/plain", "");
+            return Answer::Stream { conn: 0, response };
+        }
         Answer::Upgrade {
             conn: 0,
             protocol: None,
@@ -361,8 +457,9 @@ impl Handler for Sweeper {
     fn on_sweep_conn(&mut self, ctx: &mut Ctx<'_, u8>) {
         self.visits.fetch_add(1, Ordering::Relaxed);
         *ctx.conn() += 1;
-        match *ctx.conn() {
-            1 => ctx.send(MessageKind::Text, b"tick").unwrap(),
+        match (*ctx.conn(), ctx.is_streaming()) {
+            (1, false) => ctx.send(MessageKind::Text, b"tick").unwrap(),
+            (1, true) => ctx.send_bytes(b"tick\n").unwrap(),
             _ => ctx.close(CloseCode(4000), "swept"),
         }
     }
@@ -412,6 +509,22 @@ fn the_sweep_hands_each_open_connection_to_the_handler_which_can_send_and_close(
         other => panic!("expected the sweep's close, got {other:?}"),
     }
     assert!(sweeps.load(Ordering::Relaxed) >= 2);
+}
+
+#[test]
+fn the_sweep_visits_streaming_responses_too_and_a_close_ends_them() {
+    let (server, _, visits) = start_sweeper(true);
+    let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(b"GET /stream HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\ntick\n"), "{answer}");
+    assert!(visits.load(Ordering::Relaxed) >= 2);
 }
 
 #[test]

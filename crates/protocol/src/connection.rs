@@ -4,6 +4,9 @@
 //! States: `Handshaking` (server: waiting for the request head) → `Open` → `Closing` (our close
 //! frame sent, waiting for the peer's) → `Closed` (the WebSocket is over; closing TCP is the
 //! caller's job). A protocol error sends the RFC close code and goes straight to `Closed`.
+//! A request answered with a streaming HTTP response (Server-Sent Events, NDJSON) goes from
+//! `Handshaking` to `Streaming` instead of `Open`: the caller writes the body's bytes as they
+//! come, what the peer sends is discarded, and closing ends it at once (`Closed`).
 //!
 //! Memory: the struct is a few dozen bytes and owns no buffer. The caller lends `rx`, a buffer
 //! used only while a message or frame is incomplete; a complete frame found in the caller's input
@@ -79,6 +82,10 @@ pub enum State {
     Open,
     /// Our close frame is sent; waiting for the peer's.
     Closing,
+    /// Server: the request was answered with a response whose body is streamed (Server-Sent
+    /// Events, NDJSON): the caller sends the body's bytes as they are, without WebSocket
+    /// framing; nothing the peer sends is read, and there are no pings or close handshake.
+    Streaming,
     /// Nothing more will be sent or delivered.
     Closed,
 }
@@ -262,9 +269,15 @@ impl Connection {
         (self.close_code != 0).then_some(CloseCode(self.close_code))
     }
 
-    /// Whether messages can be sent.
+    /// Whether WebSocket messages can be sent.
     pub fn can_send(&self) -> bool {
         self.state == State::Open
+    }
+
+    /// Whether the connection carries a streaming HTTP response (see [`State::Streaming`]):
+    /// bytes are sent as they are.
+    pub fn is_streaming(&self) -> bool {
+        self.state == State::Streaming
     }
 
     /// The permessage-deflate parameters, when negotiated.
@@ -315,7 +328,9 @@ impl Connection {
         match self.state {
             State::Handshaking => self.read_head(input, rx, config, out),
             State::Open | State::Closing => self.read_frames(input, rx, inflate, now, config, out),
-            State::Closed => {
+            // A streaming response's client has nothing to say: what it sends is dropped
+            // unread (its FIN still ends the connection, below this state machine).
+            State::Streaming | State::Closed => {
                 *input = &mut [];
                 None
             }
@@ -414,6 +429,17 @@ impl Connection {
         rx.drain(..(self.remaining as usize).min(rx.len()));
         self.remaining = 0;
         self.state = State::Open;
+        self.stamp = now;
+    }
+
+    /// After a `Request` event answered with the head of a streaming response (the caller sends
+    /// it): the connection carries the response's body from now on ([`State::Streaming`]).
+    /// Removes the request from `rx`; anything the client sent behind it is discarded.
+    pub fn stream(&mut self, now: Instant, rx: &mut Vec<u8>) {
+        debug_assert_eq!(self.state, State::Handshaking);
+        rx.clear();
+        self.remaining = 0;
+        self.state = State::Streaming;
         self.stamp = now;
     }
 
@@ -919,7 +945,9 @@ impl Connection {
     }
 
     /// Starts the close handshake (a close frame with `code` and `reason`, then `Closing`).
-    /// Before the handshake is done the connection is simply finished.
+    /// Before the handshake is done the connection is simply finished; a streaming response
+    /// ends at once (`code` is kept as the close code, nothing is sent: the caller writes the
+    /// body's own ending, if it has one, before).
     pub fn close(
         &mut self,
         code: CloseCode,
@@ -929,6 +957,10 @@ impl Connection {
     ) {
         match self.state {
             State::Handshaking => self.state = State::Closed,
+            State::Streaming => {
+                self.close_code = code.0;
+                self.state = State::Closed;
+            }
             State::Open => {
                 self.send_close(code, reason, out);
                 self.close_code = code.0;
@@ -996,7 +1028,9 @@ impl Connection {
                 }
             }
             State::Closing => Some(self.stamp + config.close_timeout),
-            State::Closed => None,
+            // A streaming response's liveness is its writes: the caller's heartbeats fail on a
+            // dead peer, and its queue cap catches one that stops reading.
+            State::Streaming | State::Closed => None,
         }
     }
 
@@ -1038,7 +1072,7 @@ impl Connection {
                 self.state = State::Closed;
                 Some(Timeout::Close)
             }
-            State::Closed => None,
+            State::Streaming | State::Closed => None,
         }
     }
 }
@@ -1185,6 +1219,57 @@ mod tests {
             }
             events
         }
+    }
+
+    #[test]
+    fn a_streaming_response_discards_input_sends_nothing_of_its_own_and_closes_at_once() {
+        let now = Instant::now();
+        let config = Config::default();
+        let mut conn = Connection::server(now);
+        let (mut rx, mut sent) = (Vec::new(), Vec::new());
+        // The head arrives in two reads (so it is gathered in `rx`), with bytes behind it.
+        let mut first = b"GET /sse?topic=a HTTP/1.1\r\nHost: x\r\n".to_vec();
+        let mut input = &mut first[..];
+        assert!(
+            conn.read(&mut input, &mut rx, now, &config, &mut sent)
+                .is_none()
+        );
+        let mut rest = b"\r\nstray bytes".to_vec();
+        let mut input = &mut rest[..];
+        let event = conn.read(&mut input, &mut rx, now, &config, &mut sent);
+        assert_eq!(event.map(own), Some(Ev::Request("/sse?topic=a ".into())));
+        conn.stream(now, &mut rx);
+        assert!(rx.is_empty(), "the request and what followed it are gone");
+        assert_eq!(conn.state(), State::Streaming);
+        assert!(conn.is_streaming() && !conn.can_send());
+        assert_eq!(
+            conn.send(MessageKind::Text, b"x", &mut sent),
+            Err(SendError::NotOpen),
+            "no WebSocket frames on a stream"
+        );
+        // What the client sends is dropped unread, whatever it is.
+        let mut noise = frame(true, 0x1, b"hello");
+        noise.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        let mut input = &mut noise[..];
+        assert!(
+            conn.read(&mut input, &mut rx, now, &config, &mut sent)
+                .is_none()
+        );
+        assert!(input.is_empty() && rx.is_empty());
+        // No timer of its own: no pings, no idle timeout.
+        let quiet = Config {
+            idle_timeout: Some(Duration::from_secs(1)),
+            ..Config::default()
+        };
+        assert_eq!(conn.poll_timeout(&quiet), None);
+        let later = now + Duration::from_secs(3600);
+        assert_eq!(conn.handle_timeout(later, &quiet, &mut sent), None);
+        assert!(sent.is_empty(), "nothing was sent by the state machine");
+        // Closing ends it at once, keeping the code, sending nothing.
+        conn.close(CloseCode::GOING_AWAY, "server shutdown", later, &mut sent);
+        assert_eq!(conn.state(), State::Closed);
+        assert_eq!(conn.close_code(), Some(CloseCode::GOING_AWAY));
+        assert!(sent.is_empty());
     }
 
     /// Client-side frame builder: masked frames with explicit flags.

@@ -124,6 +124,11 @@ impl<'a> Request<'a> {
             .map(|(_, v)| v)
     }
 
+    /// The `y` of `HTTP/1.y`.
+    pub fn minor_version(&self) -> u8 {
+        self.minor_version
+    }
+
     /// Whether any header `name` lists `token` in its comma-separated value (case-insensitive).
     pub fn has_token(&self, name: &str, token: &str) -> bool {
         self.tokens(name).any(|t| t.eq_ignore_ascii_case(token))
@@ -302,6 +307,29 @@ pub fn write_response(
     write_header(out, "Connection", "close");
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(body);
+}
+
+/// Writes the head of an HTTP/1.1 response whose body is streamed (Server-Sent Events, NDJSON):
+/// no `Content-Length`, and `Connection: close`, since the body ends only with the connection.
+/// `headers` say how the body is framed (`Transfer-Encoding: chunked`, which an HTTP/1.0
+/// request must not get: its body then simply runs to the connection's end) and must not hold
+/// `Content-Type`, `Content-Length` or `Connection`.
+pub fn write_stream_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    headers: &[(&str, &str)],
+    content_type: &str,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    for (name, value) in headers {
+        write_header(out, name, value);
+    }
+    write_header(out, "Content-Type", content_type);
+    write_header(out, "Connection", "close");
+    out.extend_from_slice(b"\r\n\r\n");
 }
 
 fn write_header(out: &mut Vec<u8>, name: &str, value: &str) {
@@ -490,6 +518,23 @@ mod tests {
         assert_eq!(
             req.upgrade().unwrap().as_str(),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn a_stream_head_has_no_length_and_closes() {
+        let (request, _) = parse(b"GET /sse HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert_eq!(request.minor_version(), 0);
+        let mut out = Vec::new();
+        let headers = [
+            ("Transfer-Encoding", "chunked"),
+            ("Cache-Control", "no-cache"),
+        ];
+        write_stream_head(&mut out, 200, &headers, "text/event-stream");
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nCache-Control: no-cache\r\n\
+              Content-Type: text/event-stream\r\nConnection: close\r\n\r\n"
         );
     }
 

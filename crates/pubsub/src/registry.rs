@@ -22,7 +22,7 @@ use super::reactors::MAX_REACTORS;
 
 /// A handle on a topic in one reactor's [`Registry`], valid while the connection holding it is
 /// subscribed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TopicId(NonZeroU32);
 
 impl TopicId {
@@ -334,28 +334,42 @@ impl Registry {
     /// The local subscribers that get `message`, which arrived from the hub (messages of a
     /// topic must come here in `seq` order). Empty when no connection here subscribes.
     pub fn fanout(&mut self, message: &Message) -> impl ExactSizeIterator<Item = usize> + '_ {
-        let members: &[u32] = match self.by_name.get(&**message.topic()) {
-            None => &[],
-            Some(&id) => {
-                let seq = message.seq();
-                let LocalTopic {
-                    members,
-                    index,
-                    joining,
-                    last_seq,
-                    ..
-                } = &mut self.topics[id.key()];
-                *last_seq = seq.max(*last_seq);
-                joining.retain(|&(conn, joined_at)| {
-                    let waiting = seq <= joined_at;
-                    if !waiting {
-                        add_member(members, index, conn);
-                    }
-                    waiting
-                });
-                members
+        let topic = self.deliver(message);
+        let members: &[u32] = topic.map_or(&[], |id| &self.topics[id.key()].members);
+        members.iter().map(|&conn| conn as usize)
+    }
+
+    /// [`Registry::fanout`] in two steps, for a caller that reads the registry (positions)
+    /// while it walks the subscribers: takes `message` in (the topic's last `seq`, subscribers
+    /// that stop waiting for it), and gives the topic's handle when it has local subscribers.
+    pub fn deliver(&mut self, message: &Message) -> Option<TopicId> {
+        let id = *self.by_name.get(&**message.topic())?;
+        let seq = message.seq();
+        let LocalTopic {
+            members,
+            index,
+            joining,
+            last_seq,
+            ..
+        } = &mut self.topics[id.key()];
+        *last_seq = seq.max(*last_seq);
+        joining.retain(|&(conn, joined_at)| {
+            let waiting = seq <= joined_at;
+            if !waiting {
+                add_member(members, index, conn);
             }
-        };
+            waiting
+        });
+        Some(id)
+    }
+
+    /// The live subscribers of `topic` here: after [`Registry::deliver`], those that get the
+    /// message it took in.
+    pub fn members(&self, topic: TopicId) -> impl ExactSizeIterator<Item = usize> + '_ {
+        let members: &[u32] = self
+            .topics
+            .get(topic.key())
+            .map_or(&[], |local| &local.members);
         members.iter().map(|&conn| conn as usize)
     }
 
@@ -396,6 +410,29 @@ impl Registry {
         self.by_name
             .get(topic)
             .map_or(0, |id| self.topics[id.key()].len())
+    }
+
+    /// The last `seq` connection `conn` has of `topic` (a topic it subscribes to): the `seq`
+    /// it joined at while messages up to it may still be in flight to this reactor (they skip
+    /// it), otherwise the highest `seq` fanned out here, which every live member received (a
+    /// member that could not take one was closed or dropped it). `None` for a topic the
+    /// registry does not hold.
+    pub fn position(&self, topic: TopicId, conn: usize) -> Option<u64> {
+        let local = self.topics.get(topic.key())?;
+        let joined = local
+            .joining
+            .iter()
+            .find(|&&(c, _)| c as usize == conn)
+            .map(|&(_, seq)| seq);
+        Some(joined.unwrap_or(local.last_seq))
+    }
+
+    /// Whether `conn` still waits to become a live member of `topic` (see
+    /// [`Registry::position`]): while it does, its position differs from the other members'.
+    pub fn is_joining(&self, topic: TopicId, conn: usize) -> bool {
+        self.topics.get(topic.key()).is_some_and(|local| {
+            !local.joining.is_empty() && local.joining.iter().any(|&(c, _)| c as usize == conn)
+        })
     }
 
     /// The name of a topic a connection holds a handle on.
@@ -486,6 +523,47 @@ mod tests {
         }
         out.sort();
         out
+    }
+
+    #[test]
+    fn a_position_is_the_seq_a_subscriber_joined_at_until_the_reactor_passes_it() {
+        let (world, mut sides) = World::new(1);
+        let (registry, inbox) = &mut sides[0];
+        let (mut old, mut new) = (Subscriptions::default(), Subscriptions::default());
+        let topic = registry
+            .subscribe(1, &mut old, "t", None, 0, world.now)
+            .unwrap()
+            .topic;
+        assert_eq!(world.publish("t"), 1);
+        assert_eq!(drain(registry, inbox), [(1, 1)]);
+        assert_eq!(registry.position(topic, 1), Some(1));
+        // 2 is in flight when connection 2 joins at 2: it waits, its position is 2, and the old
+        // member's is 1 until 2 is fanned out.
+        world.publish("t");
+        assert_eq!(
+            registry
+                .subscribe(2, &mut new, "t", None, 0, world.now)
+                .unwrap()
+                .seq,
+            2
+        );
+        assert!(registry.is_joining(topic, 2) && !registry.is_joining(topic, 1));
+        assert_eq!(
+            (registry.position(topic, 1), registry.position(topic, 2)),
+            (Some(1), Some(2))
+        );
+        assert_eq!(drain(registry, inbox), [(1, 2)]);
+        assert_eq!(
+            (registry.position(topic, 1), registry.position(topic, 2)),
+            (Some(2), Some(2))
+        );
+        world.publish("t");
+        assert_eq!(drain(registry, inbox), [(1, 3), (2, 3)]);
+        assert!(!registry.is_joining(topic, 2));
+        assert_eq!(
+            (registry.position(topic, 1), registry.position(topic, 2)),
+            (Some(3), Some(3))
+        );
     }
 
     #[test]

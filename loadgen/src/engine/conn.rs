@@ -35,6 +35,8 @@ pub enum Phase {
     },
     /// WebSocket open (or closing, once we sent our close frame).
     Open(Connection),
+    /// `sse` transport: the event stream is open (or, once we sent our FIN, ending).
+    Stream(crate::sse::Decoder),
     /// The WebSocket is over; waiting for the server to close TCP first, so the TIME_WAIT
     /// lands on its side and the loadgen's ports stay free.
     Finishing,

@@ -3,13 +3,14 @@
 //! what they queued, and see the close handshake through.
 
 use clarion_protocol::handshake::ClientHandshake;
-use clarion_protocol::{CloseCode, Connection, Event};
+use clarion_protocol::{CloseCode, Connection, Event, MessageKind};
 
 use super::conn::{self, Got, Life, Phase};
 use super::{At, Readiness, Stage, Worker, next_random};
 use crate::clock::ns;
 use crate::failure::Reason;
 use crate::hist;
+use crate::sse;
 use crate::traffic::{Link, Traffic, Verdict};
 
 /// What feeding bytes to an open connection came to.
@@ -50,7 +51,7 @@ impl<T: Traffic> Worker<'_, T> {
                     self.read_handshake(slot, at);
                 }
             }
-            Phase::Open(_) => {
+            Phase::Open(_) | Phase::Stream(_) => {
                 if ready.writable && conn.lent.is_some() {
                     self.flush(slot, at);
                 }
@@ -93,7 +94,12 @@ impl<T: Traffic> Worker<'_, T> {
         let index = self.first + slot;
         let (_, target) = self.plan.pairs.pair(index);
         let path = self.traffic.path(index, target);
-        handshake.write_request(&target.host, &path, &[], &mut self.tx);
+        if self.plan.sse {
+            // The handshake's key goes unused: an event stream is a plain GET.
+            sse::write_request(&target.host, &path, &mut self.tx);
+        } else {
+            handshake.write_request(&target.host, &path, &[], &mut self.tx);
+        }
         conn.phase = Phase::Handshaking {
             handshake,
             since_ns: at.now_ns,
@@ -122,11 +128,21 @@ impl<T: Traffic> Worker<'_, T> {
                 Got::Failed(reason) => return self.fail(slot, reason, at),
             };
             let mut rx = self.take_rx(slot);
-            let answer = if rx.is_empty() {
-                handshake.read_response(&self.rbuf[..n])
+            let head = if rx.is_empty() {
+                &self.rbuf[..n]
             } else {
                 rx.extend_from_slice(&self.rbuf[..n]);
-                handshake.read_response(&rx)
+                &rx[..]
+            };
+            let (answer, stream) = if self.plan.sse {
+                match sse::read_head(head) {
+                    Ok(Some((len, decoder))) => (Ok(Some(len)), Some(decoder)),
+                    Ok(None) => (Ok(None), None),
+                    Err(reason) => (Err(reason), None),
+                }
+            } else {
+                let answer = handshake.read_response(head);
+                (answer.map_err(Reason::of_handshake), None)
             };
             match answer {
                 Ok(None) => {
@@ -135,9 +151,9 @@ impl<T: Traffic> Worker<'_, T> {
                     }
                     self.put_rx(slot, rx);
                 }
-                Err(e) => {
+                Err(reason) => {
                     self.put_rx(slot, rx);
-                    return self.fail(slot, Reason::of_handshake(e), at);
+                    return self.fail(slot, reason, at);
                 }
                 Ok(Some(head)) => {
                     let early = if rx.is_empty() {
@@ -149,7 +165,7 @@ impl<T: Traffic> Worker<'_, T> {
                         rx.drain(..head);
                         Some(rx)
                     };
-                    self.open(slot, since_ns, early, head..n, at);
+                    self.open(slot, since_ns, stream, early, head..n, at);
                     // Whatever came behind the 101 (frames, even the server's FIN) raises no
                     // new edge: read on until the socket is empty.
                     return self.read_frames(slot, true, at);
@@ -158,12 +174,13 @@ impl<T: Traffic> Worker<'_, T> {
         }
     }
 
-    /// The 101 (to a request sent at `since_ns`) arrived; frames that came with it are in
-    /// `early` or else in `rbuf[in_rbuf]`.
+    /// The 101 (to a request sent at `since_ns`) arrived, or with `stream` the event stream's
+    /// head; what came with it is in `early` or else in `rbuf[in_rbuf]`.
     pub(super) fn open(
         &mut self,
         slot: usize,
         since_ns: u64,
+        stream: Option<sse::Decoder>,
         early: Option<Vec<u8>>,
         in_rbuf: std::ops::Range<usize>,
         at: At,
@@ -178,7 +195,10 @@ impl<T: Traffic> Worker<'_, T> {
             self.tally.established += 1;
             conn.life = Life::Open;
         }
-        conn.phase = Phase::Open(Connection::client(at.instant, seed));
+        conn.phase = match stream {
+            Some(decoder) => Phase::Stream(decoder),
+            None => Phase::Open(Connection::client(at.instant, seed)),
+        };
         self.with_link(slot, at, |traffic, state, link| traffic.opened(state, link));
         let fed = match early {
             Some(mut early) => self.feed(slot, &mut early, at),
@@ -199,7 +219,8 @@ impl<T: Traffic> Worker<'_, T> {
         let mut rbuf = std::mem::take(&mut self.rbuf);
         loop {
             let conn = &mut self.conns[slot];
-            let (Phase::Open(_), Some(stream)) = (&conn.phase, &mut conn.stream) else {
+            let (Phase::Open(_) | Phase::Stream(_), Some(stream)) = (&conn.phase, &mut conn.stream)
+            else {
                 break;
             };
             let n = match conn::read(stream, &mut rbuf) {
@@ -238,6 +259,9 @@ impl<T: Traffic> Worker<'_, T> {
     }
 
     fn feed_with(&mut self, slot: usize, input: &mut [u8], rx: &mut Vec<u8>, at: At) -> Fed {
+        if matches!(self.conns[slot].phase, Phase::Stream(_)) {
+            return self.feed_stream(slot, input, rx, at);
+        }
         let sending = self.sending();
         let conn = &mut self.conns[slot];
         let Phase::Open(ws) = &mut conn.phase else {
@@ -279,11 +303,52 @@ impl<T: Traffic> Worker<'_, T> {
         Fed::Open
     }
 
+    /// Hands an event stream's bytes to the mode, one event's data at a time (as a text message).
+    fn feed_stream(&mut self, slot: usize, input: &[u8], rx: &mut Vec<u8>, at: At) -> Fed {
+        let sending = self.sending();
+        let index = self.first + slot;
+        let conn = &mut self.conns[slot];
+        let Phase::Stream(decoder) = &mut conn.phase else {
+            return Fed::Open;
+        };
+        // What a mode writes to a stream would be dropped unread by the server: it is not sent.
+        let mut unused = Connection::client(at.instant, 0);
+        let mut verdict = Verdict::Continue;
+        let (traffic, tally, tx) = (&mut self.traffic, &mut self.tally, &mut self.tx);
+        let (state, go_ns, stop_ns) = (&mut conn.state, self.go_ns, self.stop_ns);
+        let fed = decoder.feed(input, rx, &mut self.scratch, &mut |_, data| {
+            tally.messages_received += 1;
+            if sending && at.now_ns >= go_ns {
+                tally.received_in_window += 1;
+            }
+            let mut link = Link {
+                ws: &mut unused,
+                tx,
+                tally,
+                now_ns: at.now_ns,
+                slot,
+                index,
+                sending,
+                go_ns,
+                stop_ns,
+            };
+            verdict = traffic.message(state, &mut link, MessageKind::Text, data);
+            tx.clear();
+            verdict == Verdict::Continue
+        });
+        match (fed, verdict) {
+            (Err(reason), _) | (_, Verdict::Fail(reason)) => Fed::Fail(reason),
+            (_, Verdict::Finish) => Fed::Finish,
+            (Ok(sse::Fed::Ended), _) => Fed::Closed,
+            _ => Fed::Open,
+        }
+    }
+
     /// Writes what feeding queued and acts on how it ended.
     pub(super) fn conclude(&mut self, slot: usize, fed: Fed, at: At) {
         self.flush(slot, at);
         let conn = &mut self.conns[slot];
-        if !matches!(conn.phase, Phase::Open(_)) {
+        if !matches!(conn.phase, Phase::Open(_) | Phase::Stream(_)) {
             return;
         }
         match fed {
@@ -322,8 +387,12 @@ impl<T: Traffic> Worker<'_, T> {
     ) {
         let sending = self.sending();
         let conn = &mut self.conns[slot];
-        let Phase::Open(ws) = &mut conn.phase else {
-            return;
+        // A stream's mode callbacks get a WebSocket that sends nowhere (see `feed_stream`).
+        let mut unused = Connection::client(at.instant, 0);
+        let (ws, stream) = match &mut conn.phase {
+            Phase::Open(ws) => (ws, false),
+            Phase::Stream(_) => (&mut unused, true),
+            _ => return,
         };
         let mut link = Link {
             ws,
@@ -337,6 +406,9 @@ impl<T: Traffic> Worker<'_, T> {
             stop_ns: self.stop_ns,
         };
         let verdict = callback(&mut self.traffic, &mut conn.state, &mut link);
+        if stream {
+            self.tx.clear();
+        }
         let fed = match verdict {
             Verdict::Continue => Fed::Open,
             Verdict::Finish => Fed::Finish,
@@ -345,9 +417,18 @@ impl<T: Traffic> Worker<'_, T> {
         self.conclude(slot, fed, at);
     }
 
-    /// Sends our close frame; the server's answer ends the connection.
+    /// Sends our close frame; the server's answer ends the connection. A stream has none: our
+    /// FIN asks the server to end it, and its own FIN is the clean end.
     pub(super) fn begin_close(&mut self, slot: usize, at: At) {
         let conn = &mut self.conns[slot];
+        if let (Phase::Stream(_), Some(stream)) = (&conn.phase, &conn.stream) {
+            if !conn.we_closed {
+                conn.we_closed = true;
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                self.watch_finish(slot, at);
+            }
+            return;
+        }
         let Phase::Open(ws) = &mut conn.phase else {
             return;
         };
@@ -400,6 +481,13 @@ impl<T: Traffic> Worker<'_, T> {
     }
 
     pub(super) fn on_eof(&mut self, slot: usize, at: At) {
+        let conn = &mut self.conns[slot];
+        if conn.we_closed && matches!(conn.phase, Phase::Stream(_)) {
+            // The server ended the stream after our FIN: a stream's clean end.
+            self.tally.closed_clean += 1;
+            conn.life = Life::Ended;
+            return self.release(slot);
+        }
         if self.conns[slot].we_closed {
             // We asked to close and the server hung up without a close frame: over, not clean.
             self.conns[slot].life = Life::Ended;

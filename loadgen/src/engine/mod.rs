@@ -131,6 +131,8 @@ struct Worker<'a, T: Traffic> {
     spare: Vec<u8>,
     rbuf: Vec<u8>,
     tx: Vec<u8>,
+    /// Multi-line SSE data, joined.
+    scratch: Vec<u8>,
     due: Vec<usize>,
     ws_config: clarion_protocol::Config,
     tally: Tally,
@@ -206,6 +208,7 @@ impl<'a, T: Traffic> Worker<'a, T> {
             spare: Vec::new(),
             rbuf: vec![0; READ_BUFFER],
             tx: Vec::with_capacity(READ_BUFFER),
+            scratch: Vec::new(),
             due: Vec::new(),
             ws_config,
             tally: Tally::new(topics, plan.output.hdr.is_some()),
@@ -423,7 +426,7 @@ impl<'a, T: Traffic> Worker<'a, T> {
                 self.rejoined(slot, Err(Reason::Timeout), at);
             }
             match self.conns[slot].phase {
-                Phase::Open(_) => {
+                Phase::Open(_) | Phase::Stream(_) => {
                     self.tally.close.open += 1;
                     self.begin_close(slot, at);
                 }

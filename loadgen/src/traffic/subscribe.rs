@@ -1,8 +1,8 @@
-//! `fanout`, subscriber side: each connection subscribes to one topic (raw topic socket, or a
-//! subscribe command on the envelope protocol) and checks every delivery's stamp: latency from
-//! the publisher's intended send time, sequence bookkeeping per publisher, and the time of each
-//! message's first and last delivery. Over the envelope protocol a subscriber keeps the last
-//! `seq` it had, so after the reconnect storm it resumes from there.
+//! `fanout`, subscriber side: each connection subscribes to one topic (raw topic socket, a
+//! subscribe command on the envelope protocol, or a Server-Sent Events stream) and checks every
+//! delivery's stamp: latency from the publisher's intended send time, sequence bookkeeping per
+//! publisher, and the time of each message's first and last delivery. Over the envelope protocol
+//! a subscriber keeps the last `seq` it had, so after the reconnect storm it resumes from there.
 //!
 //! Memory: a subscriber's slot state is 16 bytes; its per-publisher trackers live in one table
 //! of the loop (16 bytes per subscriber and publisher of its topic), allocated at start.
@@ -121,7 +121,7 @@ impl Traffic for Subscribe {
 
     fn path<'t>(&self, index: usize, target: &'t Target) -> Cow<'t, str> {
         match self.settings.protocol {
-            Protocol::Raw => {
+            Protocol::Raw | Protocol::Sse => {
                 let topic = &self.settings.topics[self.settings.topic_of(index)];
                 Cow::Owned(format!("{}/{topic}", target.path.trim_end_matches('/')))
             }
@@ -132,6 +132,8 @@ impl Traffic for Subscribe {
     fn opened(&mut self, conn: &mut SubscriberConn, link: &mut Link<'_>) -> Verdict {
         match self.settings.protocol {
             Protocol::Raw => conn.subscribed = true,
+            // Subscribed by the request; ready at its `subscribed` event.
+            Protocol::Sse => {}
             Protocol::Envelope => {
                 let topic = &self.settings.topics[self.settings.topic_of(link.index)];
                 let resume = match &self.epoch {
@@ -166,6 +168,18 @@ impl Traffic for Subscribe {
     ) -> Verdict {
         let stamp = match self.settings.protocol {
             Protocol::Raw => Stamp::read(payload),
+            // An event's data: a stamped payload, or a control event's JSON.
+            Protocol::Sse if payload.starts_with(br#"{"type":"session""#) => {
+                return Verdict::Continue;
+            }
+            Protocol::Sse if payload.starts_with(br#"{"type":"subscribed""#) => {
+                conn.subscribed = true;
+                return Verdict::Continue;
+            }
+            Protocol::Sse if payload.starts_with(br#"{"type":"close""#) => {
+                return Verdict::Fail(Reason::ClosedByServer);
+            }
+            Protocol::Sse => Stamp::read(payload),
             Protocol::Envelope => match envelope::parse(payload) {
                 Some(Incoming::Delivery(data, seq)) => {
                     conn.last_seq = seq.unwrap_or(conn.last_seq);

@@ -80,8 +80,13 @@ impl ClarionServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Generous: a debug server on a machine busy with builds may take seconds to start.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut child = child;
         while TcpStream::connect(addr).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("clarion serve exited before listening on {addr}: {status}");
+            }
             assert!(
                 Instant::now() < deadline,
                 "clarion serve did not listen on {addr}"

@@ -147,7 +147,7 @@ impl<S, H: Handler> Core<S, H> {
             }
             if per_conn
                 && conn.flags.contains(ConnFlags::OPENED)
-                && conn.ws.can_send()
+                && conn.writable()
                 && let Some(app) = conn.app.as_mut()
             {
                 let state_before = conn.ws.state();
@@ -233,8 +233,11 @@ impl<S, H: Handler> Core<S, H> {
         .min()
     }
 
-    pub(super) fn publish_stats(&self) {
+    /// Publishes the gauges, and the driver's count of socket writes.
+    pub(super) fn publish_stats(&self, socket_writes: u64) {
         let s = &self.stats;
+        s.socket_writes
+            .store(socket_writes, std::sync::atomic::Ordering::Relaxed);
         Stats::set(&s.connections, self.conns.len());
         Stats::set(&s.rx_buffers_lent, self.rx_pool.lent());
         Stats::set(&s.tx_queues_lent, self.tx_pool.lent());

@@ -94,6 +94,11 @@ impl<S, C> Conn<S, C> {
         }
     }
 
+    /// Whether the handler may send to it: an open WebSocket or a streaming response.
+    pub(crate) fn writable(&self) -> bool {
+        self.ws.can_send() || self.ws.is_streaming()
+    }
+
     /// Bytes waiting to be written.
     pub(crate) fn queued(&self) -> usize {
         self.tx.as_deref().map_or(0, TxQueue::len)
@@ -114,9 +119,9 @@ pub(crate) fn live<S, C>(conns: &mut Slab<Conn<S, C>>, token: usize) -> Option<&
         .filter(|conn| !conn.flags.contains(ConnFlags::RELEASING))
 }
 
-/// A live connection whose WebSocket is open for sending.
+/// A live connection whose WebSocket is open for sending, or that carries a streaming response.
 pub(crate) fn open<S, C>(conns: &mut Slab<Conn<S, C>>, token: usize) -> Option<&mut Conn<S, C>> {
-    live(conns, token).filter(|conn| !conn.flags.contains(ConnFlags::LINGER) && conn.ws.can_send())
+    live(conns, token).filter(|conn| !conn.flags.contains(ConnFlags::LINGER) && conn.writable())
 }
 
 /// Same shape as `slab`'s private entry type: what one connection really occupies in the table.

@@ -7,10 +7,12 @@
 //! layers go there, before the protocol: the PROXY protocol header ([`super::proxy_header`])
 //! is the first, and TLS goes after it: records decrypted into a plaintext buffer lent from a
 //! reactor pool, then fed here.
-//! HTTP keep-alive and streaming responses (Server-Sent Events) start in [`write_answer`]:
-//! an answer that keeps the connection (new `Answer` variants; the enum is non-exhaustive for
-//! them) leaves it open where `Respond` now finishes it, and a streaming one makes it a target
-//! of `Local::send_shared` like an open WebSocket.
+//! Streaming responses (Server-Sent Events, NDJSON): an [`Answer::Stream`] writes its head in
+//! [`write_answer`], then the state machine carries the body (`Connection::stream`), the
+//! handler gets `on_open`, and the connection is a target of `Local::send_shared` like an open
+//! WebSocket. HTTP keep-alive starts in [`write_answer`] too: an answer that keeps the
+//! connection (a new `Answer` variant; the enum is non-exhaustive for it) leaves it reading the
+//! next head where `Respond` now finishes it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use clarion_protocol::deflate::Params;
-use clarion_protocol::handshake::{Request, write_response};
+use clarion_protocol::handshake::{Request, write_response, write_stream_head};
 use clarion_protocol::{CloseCode, Connection, Event, State};
 
 use super::bookkeeping::{Core, rearm_on_state_change};
@@ -285,16 +287,25 @@ impl<H: Handler> Dispatch<'_, H> {
                     let negotiator = &mut self.compression.policy;
                     let answered = write_answer(answer, &request, negotiator, self.scratch, stats);
                     out.transmit(self.scratch, &[]);
-                    let Some((conn, deflate)) = answered else {
-                        ws.finish();
-                        return Stop::End;
+                    let conn = match answered {
+                        Answered::Upgraded(conn, deflate) => {
+                            ws.accept(self.now, rx);
+                            if let Some(params) = deflate {
+                                ws.set_deflate(params);
+                                flags.insert(ConnFlags::DEFLATE);
+                            }
+                            self.stats.upgrades.fetch_add(1, Ordering::Relaxed);
+                            conn
+                        }
+                        Answered::Streaming(conn) => {
+                            ws.stream(self.now, rx);
+                            conn
+                        }
+                        Answered::Closed => {
+                            ws.finish();
+                            return Stop::End;
+                        }
                     };
-                    ws.accept(self.now, rx);
-                    if let Some(params) = deflate {
-                        ws.set_deflate(params);
-                        flags.insert(ConnFlags::DEFLATE);
-                    }
-                    self.stats.upgrades.fetch_add(1, Ordering::Relaxed);
                     flags.insert(ConnFlags::OPENED);
                     let app = app.insert(conn);
                     self.handler.on_open(&mut Ctx {
@@ -347,15 +358,24 @@ impl<H: Handler> Dispatch<'_, H> {
     }
 }
 
-/// Writes the handler's answer to a request head into `scratch`; when it upgrades, the
-/// connection's state and the compression agreed.
+/// What became of a connection after its answer.
+enum Answered<C> {
+    /// A WebSocket opened with this state and the compression agreed.
+    Upgraded(C, Option<Params>),
+    /// A streaming response began, with this state.
+    Streaming(C),
+    /// The connection ends after the answer.
+    Closed,
+}
+
+/// Writes the handler's answer to a request head into `scratch`.
 fn write_answer<C>(
     answer: Answer<'_, C>,
     request: &Request<'_>,
     negotiator: &mut Negotiator,
     scratch: &mut Vec<u8>,
     stats: &Stats,
-) -> Option<(C, Option<Params>)> {
+) -> Answered<C> {
     scratch.clear();
     let mut deflate = None;
     let upgrade = match answer {
@@ -399,10 +419,24 @@ fn write_answer<C>(
             stats.http_requests.fetch_add(1, Ordering::Relaxed);
             None
         }
+        Answer::Stream { conn, response } => {
+            let headers: Vec<(&str, &str)> = response
+                .headers
+                .iter()
+                .map(|(n, v)| (*n, v.as_str()))
+                .collect();
+            write_stream_head(scratch, response.status, &headers, response.content_type);
+            scratch.extend_from_slice(&response.body);
+            stats.http_requests.fetch_add(1, Ordering::Relaxed);
+            return Answered::Streaming(conn);
+        }
         Answer::Reject(rejection) => {
             rejection.write_response(scratch);
             None
         }
     };
-    upgrade.map(|conn| (conn, deflate.map(|(params, _)| params)))
+    match upgrade {
+        Some(conn) => Answered::Upgraded(conn, deflate.map(|(params, _)| params)),
+        None => Answered::Closed,
+    }
 }

@@ -49,6 +49,8 @@ pub(crate) struct Reactor<D: Driver, H: Handler> {
     mailboxes: Arc<Mailboxes<H::Inbox>>,
     /// The inbox held more than one turn's worth: drain again without waiting.
     inbox_again: bool,
+    /// Turns ended so far: where the next turn's end starts writing ([`rotation_start`]).
+    turns: u64,
 }
 
 impl<D: Driver, H: Handler> Reactor<D, H> {
@@ -67,6 +69,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
             index,
             mailboxes,
             inbox_again: false,
+            turns: 0,
         }
     }
 
@@ -99,7 +102,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
                 self.core.accept_paused_until = None;
                 self.driver.resume_accepting();
             }
-            self.core.publish_stats();
+            self.core.publish_stats(self.driver.socket_writes());
             let timeout = if self.inbox_again {
                 Some(Duration::ZERO)
             } else {
@@ -132,7 +135,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
             self.core.limits.release();
             std::mem::forget(conn.tx);
         }
-        self.core.publish_stats();
+        self.core.publish_stats(self.driver.socket_writes());
     }
 
     /// The periodic walk of the table (see [`Core::sweep`]), then the I/O bookkeeping of the
@@ -180,13 +183,18 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
     }
 
     /// The turn's end: each connection that queued bytes during the turn is moved on once, so a
-    /// subscriber behind on several messages gets them in one write (or one send).
+    /// subscriber behind on several messages gets them in one write (or one send). The list is
+    /// written from a different place each turn, so the same subscribers of a large fanout are
+    /// not always the last ones written (those wait the whole list's writing, milliseconds for
+    /// thousands).
     fn end_turn(&mut self, now: Instant) {
-        // Only those marked before: a handler that asks for `on_writable` again from it, with
+        // Only those listed before: a handler that asks for `on_writable` again from it, with
         // nothing queued, is told next turn rather than in a loop.
-        let marked = self.core.dirty.len();
-        for next in 0..marked {
-            let token = self.core.dirty[next];
+        let listed = self.core.dirty.len();
+        let start = rotation_start(self.turns, listed);
+        self.turns = self.turns.wrapping_add(1);
+        for next in 0..listed {
+            let token = self.core.dirty[rotated(next, start, listed)];
             let Some(conn) = self.core.conns.get_mut(token) else {
                 continue;
             };
@@ -195,7 +203,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
             self.after_io(token, Written::Done, now);
             self.after_flush(token, now);
         }
-        self.core.dirty.drain(..marked);
+        self.core.dirty.drain(..listed);
     }
 }
 
@@ -238,6 +246,22 @@ fn is_transient(error: &std::io::Error) -> bool {
         error.raw_os_error(),
         Some(libc::EINTR | libc::EAGAIN | libc::EBUSY | libc::ENOMEM | libc::ENOBUFS | libc::ETIME)
     )
+}
+
+/// Where the end of turn `turn` starts in its list of `len` connections: the fractional part
+/// of `turn` times the golden ratio, scaled to `len`, which spreads the starts evenly over the
+/// list for any length (each place equally often over many turns, never two turns in a row
+/// close together).
+fn rotation_start(turn: u64, len: usize) -> usize {
+    // 2^64 / golden ratio: the top 32 bits of the product are frac(turn × φ) in 32-bit fixed point.
+    let fraction = turn.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    ((fraction * len as u64) >> 32) as usize
+}
+
+/// The index of the `i`th connection to write in a list of which the first `listed` are
+/// written from `start` on, wrapping around; any added while writing come after, in order.
+fn rotated(i: usize, start: usize, listed: usize) -> usize {
+    if i < listed { (start + i) % listed } else { i }
 }
 
 #[cfg(test)]
@@ -322,6 +346,10 @@ mod tests {
         fn waker(&self) -> Waker {
             Arc::new(NoWake)
         }
+
+        fn socket_writes(&self) -> u64 {
+            0
+        }
     }
 
     struct Nothing;
@@ -397,5 +425,47 @@ mod tests {
             assert!(!is_transient(&io::Error::from_raw_os_error(code)), "{code}");
         }
         assert!(!is_transient(&io::Error::other("no errno")));
+    }
+
+    #[test]
+    fn a_rotated_list_visits_every_entry_once_then_what_was_added() {
+        for listed in [1, 2, 7, 64] {
+            for start in [0, 1, listed / 2, listed - 1]
+                .into_iter()
+                .filter(|&s| s < listed)
+            {
+                let order: Vec<usize> =
+                    (0..listed + 3).map(|i| rotated(i, start, listed)).collect();
+                let mut seen = order[..listed].to_vec();
+                seen.sort_unstable();
+                assert_eq!(
+                    seen,
+                    (0..listed).collect::<Vec<_>>(),
+                    "{listed} from {start}"
+                );
+                assert_eq!(order[0], start);
+                assert_eq!(order[listed..], [listed, listed + 1, listed + 2]);
+            }
+        }
+    }
+
+    #[test]
+    fn the_start_moves_every_turn_and_covers_the_list_evenly() {
+        // 5,000 subscribers over 1,000 turns: a different last one every turn.
+        let last: std::collections::HashSet<usize> = (0..1000)
+            .map(|turn| (rotation_start(turn, 5000) + 4999) % 5000)
+            .collect();
+        assert_eq!(last.len(), 1000);
+        // Ten places over 1,000 turns: each the start 100 ± 1 times.
+        let mut starts = [0; 10];
+        for turn in 0..1000 {
+            starts[rotation_start(turn, 10)] += 1;
+        }
+        assert!(
+            starts.iter().all(|&n| (99..=101).contains(&n)),
+            "{starts:?}"
+        );
+        assert_eq!(rotation_start(12345, 0), 0, "an empty list");
+        assert!((0..1000).all(|turn| rotation_start(turn, 3) < 3));
     }
 }

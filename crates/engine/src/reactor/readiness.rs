@@ -119,7 +119,10 @@ where
             let n = queue.slices(&mut slices);
             match B::send(socket, &slices[..n]) {
                 Ok(0) => return Ok(Flushed::Pending),
-                Ok(written) => queue.consume(written),
+                Ok(written) => {
+                    queue.consume(written);
+                    self.writing.writes += 1;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Pending),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -159,6 +162,10 @@ where
 
     fn waker(&self) -> Waker {
         self.backend.waker()
+    }
+
+    fn socket_writes(&self) -> u64 {
+        self.writing.writes
     }
 }
 
