@@ -80,7 +80,9 @@ export class Clarion {
 
   async spawn(port) {
     const io = process.env.CLARION_TEST_IO;
-    const env = { ...process.env, ...TEST_ENV, ...(io ? { CLARION_IO: io } : {}), ...this.env };
+    // With tokens, clients publish as their grants allow (the default for auth = jwt).
+    const publishing = this.args.includes("jwt") ? { CLARION_CLIENT_PUBLISH: "token" } : {};
+    const env = { ...process.env, ...TEST_ENV, ...publishing, ...(io ? { CLARION_IO: io } : {}), ...this.env };
     delete env.CLARION_TEST_IO;
     const child = spawn(
       clarionBin(),
