@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::{CompressionConfig, UringConfig};
+use crate::{CompressionConfig, TlsConfig, UringConfig};
 
 /// Which event-loop backend the reactors use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +46,8 @@ pub struct Config {
     pub protocol: clarion_protocol::Config,
     /// permessage-deflate.
     pub compression: CompressionConfig,
+    /// TLS on the listener (every connection, every route); `None`: plaintext.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for Config {
@@ -63,6 +65,7 @@ impl Default for Config {
             uring: UringConfig::default(),
             protocol: clarion_protocol::Config::default(),
             compression: CompressionConfig::default(),
+            tls: None,
         }
     }
 }

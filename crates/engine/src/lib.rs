@@ -84,6 +84,7 @@ mod runtime;
 mod stats;
 mod sys;
 mod timer;
+pub mod tls;
 mod txqueue;
 
 pub use compression::{CompressionConfig, Policy};
@@ -95,6 +96,7 @@ pub use mailbox::Mailboxes;
 pub use runtime::{Runtime, Shared, ShutdownHandle};
 pub use stats::Stats;
 pub use sys::uring::UringConfig;
+pub use tls::TlsConfig;
 
 /// Identifies a connection within its reactor (its slab key).
 pub type ConnId = usize;

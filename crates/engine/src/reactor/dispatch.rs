@@ -3,8 +3,9 @@
 //! `on_message`).
 //!
 //! [`Core::on_data`] is the one entry of a connection's received bytes for both I/O models (the
-//! readiness driver's shared read buffer, a completion backend's provided buffer). TLS goes
-//! there: records decrypted into a plaintext buffer lent from a reactor pool, then fed here.
+//! readiness driver's shared read buffer, a completion backend's provided buffer). A TLS
+//! connection's records are decrypted there into the reactor's one plaintext buffer
+//! (`reactor/tls.rs`), which then goes the same way.
 //! HTTP keep-alive and streaming responses (Server-Sent Events) start in [`write_answer`]:
 //! an answer that keeps the connection (new `Answer` variants; the enum is non-exhaustive for
 //! them) leaves it open where `Respond` now finishes it, and a streaming one makes it a target
@@ -21,16 +22,69 @@ use clarion_protocol::{Connection, Event};
 
 use super::bookkeeping::{Core, rearm_on_state_change};
 use super::conn::{Conn, ConnFlags};
-use super::writer::{ConnWriter, Sink, Writing, Written};
+use super::tls::Received;
+use super::writer::{ConnWriter, Sink, Writing, Written, writer_for};
 use crate::compression::{Compression, ConnInflate, Negotiator};
 use crate::{Answer, Config, Ctx, Handler, RequestInfo, Stats};
 
 impl<S, H: Handler> Core<S, H> {
-    /// Feeds bytes received on `token` to its protocol state machine and dispatches the events;
-    /// what the connection's writer left to do.
+    /// Feeds bytes received on `token` (decrypted first on a TLS connection) to its protocol
+    /// state machine and dispatches the events; what the connection's writer left to do.
     pub(super) fn on_data<W: Writing<S>>(
         &mut self,
         writing: &mut W,
+        token: usize,
+        input: &mut [u8],
+        now: Instant,
+    ) -> Written {
+        if !self.tls.is_tls(token) {
+            return self.on_plaintext(writing, false, token, input, now);
+        }
+        let Some(conn) = self.conns.get_mut(token) else {
+            return Written::Done;
+        };
+        if conn.flags.contains(ConnFlags::LINGER) {
+            // The WebSocket is over: what comes now (a close_notify) is read only to see FIN.
+            return Written::Done;
+        }
+        let received = self.tls.receive(
+            token,
+            input,
+            &mut self.rx_pool,
+            &mut self.tx_pool,
+            &self.stats,
+        );
+        let mut plain = std::mem::take(&mut self.tls.plain);
+        let written = if received == Received::Failed {
+            let conn = &mut self.conns[token];
+            let state_before = conn.ws.state();
+            conn.ws.finish();
+            rearm_on_state_change(&mut self.timers, conn, state_before);
+            Written::Done
+        } else if plain.is_empty() {
+            Written::Done
+        } else {
+            self.on_plaintext(writing, true, token, &mut plain, now)
+        };
+        self.tls.plain = plain;
+        let handshake_out = self
+            .tls
+            .get_mut(token)
+            .is_some_and(|tls| tls.outgoing.is_some());
+        if handshake_out && written == Written::Done {
+            // Handshake messages or an alert wait: the turn's end sends them.
+            Written::Queued
+        } else {
+            written
+        }
+    }
+
+    /// Feeds plaintext received on `token` to its protocol state machine and dispatches the
+    /// events.
+    fn on_plaintext<W: Writing<S>>(
+        &mut self,
+        writing: &mut W,
+        tls: bool,
         token: usize,
         input: &mut [u8],
         now: Instant,
@@ -61,7 +115,7 @@ impl<S, H: Handler> Core<S, H> {
         } = conn;
         let state_before = ws.state();
         let mut rxb = rx.take().unwrap_or_else(|| rx_pool.take());
-        let mut out = writing.writer(socket, tx, tx_pool);
+        let mut out = writer_for(writing, tls, socket, tx, tx_pool);
         let mut dispatch = Dispatch {
             handler,
             config,
@@ -71,6 +125,7 @@ impl<S, H: Handler> Core<S, H> {
             peers,
             now,
             token,
+            tls,
         };
         if dispatch.drive(ws, app, flags, &mut out, input, &mut rxb) {
             // Frames the client sent right behind its request head: feed them now, in order.
@@ -98,6 +153,8 @@ struct Dispatch<'a, H> {
     peers: &'a mut HashMap<usize, SocketAddr>,
     now: Instant,
     token: usize,
+    /// The connection speaks TLS.
+    tls: bool,
 }
 
 impl<H: Handler> Dispatch<'_, H> {
@@ -131,6 +188,7 @@ impl<H: Handler> Dispatch<'_, H> {
                         id: token,
                         peer: self.peers.remove(&token),
                         now: self.now,
+                        tls: self.tls,
                     };
                     let answer = self.handler.on_request(&request, body, &info);
                     let negotiator = &mut self.compression.policy;

@@ -14,6 +14,7 @@ mod driver;
 mod lifecycle;
 mod local;
 mod readiness;
+mod tls;
 mod writer;
 
 use std::sync::Arc;
@@ -113,6 +114,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         for conn in self.core.conns.drain() {
             std::mem::forget(conn.tx);
         }
+        self.core.tls.leak_queues();
         self.core.publish_stats();
     }
 
@@ -142,6 +144,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
                 tx_pool,
                 timers,
                 dirty,
+                tls,
                 ..
             } = &mut self.core;
             let mut ops = LocalConns {
@@ -150,6 +153,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
                 writing: self.driver.writing(),
                 timers,
                 dirty,
+                tls,
             };
             handler.on_inbox(&mut Local { ops: &mut ops, now }, message);
             handled += 1;
