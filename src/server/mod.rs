@@ -18,6 +18,7 @@ pub mod reload;
 pub mod sources;
 pub mod state;
 pub mod systemd;
+pub mod tls;
 
 use std::io;
 use std::sync::{Arc, OnceLock};
