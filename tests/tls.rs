@@ -164,3 +164,47 @@ fn a_certificate_without_its_key_or_one_that_does_not_load_stops_the_start() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("does not belong"), "{stderr}");
 }
+
+/// The push server in this process with TLS from the test fixtures.
+fn tls_server() -> clarion_engine::Runtime {
+    let key = clarion::server::tls::load(&fixture("chain.pem"), &fixture("key.pem")).unwrap();
+    let cert = std::sync::Arc::new(clarion_engine::tls::ReloadableCert::new(key));
+    let tls = clarion_engine::TlsConfig::new(cert).unwrap();
+    common::start(|config| config.tls = Some(tls))
+}
+
+#[test]
+fn python_websockets_with_an_ssl_context_echoes_and_receives_fanout_over_wss() {
+    let runtime = tls_server();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/websockets_client.py"
+    );
+    let ca = fixture("ca.pem");
+    let output = std::process::Command::new("python3")
+        .args([script, &runtime.local_addr().to_string(), path(&ca)])
+        .output()
+        .expect("python3 runs (pip install websockets; scripts/test.sh does)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout.matches("\"ok\": true").count(), 2, "{stdout}");
+    let handshakes: u64 = runtime
+        .stats()
+        .iter()
+        .map(|s| s.tls_handshakes.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    assert!(handshakes >= 6, "{handshakes}");
+}
+
+#[test]
+fn chromium_echoes_and_receives_fanout_over_wss() {
+    let runtime = tls_server();
+    let result = common::run_page(runtime.local_addr(), "tls", "wss");
+    for check in ["echoText", "echoBinary", "subscribed", "topic", "envelope"] {
+        assert_eq!(result[check], true, "{check}: {result}");
+    }
+}
