@@ -22,6 +22,7 @@ mod sources;
 mod stamp;
 mod sys;
 mod tally;
+mod tls;
 mod traffic;
 mod url;
 

@@ -103,6 +103,9 @@ pub struct Tally {
     /// TCP connect times.
     #[serde(with = "hist::as_hex")]
     pub connect: Histogram<u64>,
+    /// TLS handshake times (connected to handshake done), `wss://` only.
+    #[serde(with = "hist::as_hex")]
+    pub tls: Histogram<u64>,
     /// Upgrade request to 101 times.
     #[serde(with = "hist::as_hex")]
     pub handshake: Histogram<u64>,
@@ -131,6 +134,7 @@ impl Tally {
             cycles: 0,
             fanout: FanoutTally::new(topics),
             connect: hist::new(),
+            tls: hist::new(),
             handshake: hist::new(),
             latency: hist::new(),
             intervals: Vec::new(),
@@ -189,6 +193,7 @@ impl Tally {
         self.cycles += other.cycles;
         self.fanout.merge(&other.fanout);
         hist::merge(&mut self.connect, &other.connect);
+        hist::merge(&mut self.tls, &other.tls);
         hist::merge(&mut self.handshake, &other.handshake);
         hist::merge(&mut self.latency, &other.latency);
         for interval in &other.intervals {

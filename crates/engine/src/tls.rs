@@ -16,6 +16,10 @@ use rustls::sign::CertifiedKey;
 
 pub use rustls;
 
+/// The record layer of one connection without a reactor, for the fuzz target. Not an API.
+#[doc(hidden)]
+pub use crate::reactor::Pipe;
+
 /// The protocol a TLS connection agrees on (ALPN): HTTP/1.1, which carries the WebSocket
 /// upgrade, the HTTP API and metrics alike.
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";

@@ -11,7 +11,7 @@ use mio::net::TcpStream;
 use crate::failure::Reason;
 
 /// Most bytes a connection may have waiting for the socket before it counts as stalled.
-const MAX_BACKLOG: usize = 16 << 20;
+pub const MAX_BACKLOG: usize = 16 << 20;
 
 /// Where the socket is.
 #[derive(Debug)]
@@ -20,6 +20,8 @@ pub enum Phase {
     Idle,
     /// TCP connect in progress.
     Connecting,
+    /// TLS handshake in progress (`wss://`); its state is beside the slot.
+    Securing,
     /// Upgrade request sent, waiting for the 101.
     Handshaking(ClientHandshake),
     /// WebSocket open (or closing, once we sent our close frame).
@@ -93,12 +95,16 @@ impl<S: Default> Conn<S> {
 }
 
 /// Writes `tx` after whatever is in `backlog`; what the socket does not take is kept in
-/// `backlog`. `tx` is left empty.
+/// `backlog` (with TLS: in rustls, as records). `tx` is left empty.
 pub fn flush(
     stream: &mut TcpStream,
+    tls: Option<&mut rustls::ClientConnection>,
     backlog: &mut Vec<u8>,
     tx: &mut Vec<u8>,
 ) -> Result<(), Reason> {
+    if let Some(tls) = tls {
+        return flush_tls(stream, tls, tx);
+    }
     if backlog.is_empty() {
         if tx.is_empty() {
             return Ok(());
@@ -125,6 +131,39 @@ pub fn flush(
         return Err(Reason::Stalled);
     }
     Ok(())
+}
+
+/// [`flush`] through TLS: `tx` is encrypted, and the records go out as far as the socket takes
+/// them.
+fn flush_tls(
+    stream: &mut TcpStream,
+    tls: &mut rustls::ClientConnection,
+    tx: &mut Vec<u8>,
+) -> Result<(), Reason> {
+    if !tx.is_empty() {
+        // rustls holds up to MAX_BACKLOG (set_buffer_limit at connect): past it, stalled.
+        let taken = tls.writer().write(tx).map_err(|e| Reason::of_io(&e))?;
+        let all = taken == tx.len();
+        tx.clear();
+        if !all {
+            return Err(Reason::Stalled);
+        }
+    }
+    while tls.wants_write() {
+        match tls.write_tls(stream) {
+            Ok(0) => return Err(Reason::Reset),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Reason::of_io(&e)),
+        }
+    }
+    Ok(())
+}
+
+/// Whether bytes wait for the socket (in `backlog`, or as TLS records).
+pub fn has_backlog(backlog: &[u8], tls: Option<&rustls::ClientConnection>) -> bool {
+    !backlog.is_empty() || tls.is_some_and(|tls| tls.wants_write())
 }
 
 /// Writes as much of `bytes` as the socket takes now.
@@ -154,8 +193,16 @@ pub enum Got {
     Failed(Reason),
 }
 
-/// Reads into `buf`.
-pub fn read(stream: &mut TcpStream, buf: &mut [u8]) -> Got {
+/// Reads into `buf` (with TLS: decrypted bytes; a short read does not mean the socket is
+/// drained, only [`Got::Empty`] does).
+pub fn read(
+    stream: &mut TcpStream,
+    tls: Option<&mut rustls::ClientConnection>,
+    buf: &mut [u8],
+) -> Got {
+    if let Some(tls) = tls {
+        return read_tls(stream, tls, buf);
+    }
     loop {
         return match stream.read(buf) {
             Ok(0) => Got::Eof,
@@ -164,5 +211,44 @@ pub fn read(stream: &mut TcpStream, buf: &mut [u8]) -> Got {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => Got::Failed(Reason::of_io(&e)),
         };
+    }
+}
+
+/// [`read`] through TLS: plaintext rustls holds first, else records from the socket.
+fn read_tls(stream: &mut TcpStream, tls: &mut rustls::ClientConnection, buf: &mut [u8]) -> Got {
+    loop {
+        match tls.reader().read(buf) {
+            Ok(0) => return Got::Eof,
+            Ok(n) => return Got::Bytes(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Got::Eof,
+            Err(_) => return Got::Failed(Reason::Tls),
+        }
+        match receive_tls(stream, tls) {
+            Ok(true) => {}
+            Ok(false) => return Got::Empty,
+            Err(got) => return got,
+        }
+    }
+}
+
+/// Reads records from the socket into rustls and processes them; `false` when the socket had
+/// nothing.
+pub fn receive_tls(
+    stream: &mut TcpStream,
+    tls: &mut rustls::ClientConnection,
+) -> Result<bool, Got> {
+    loop {
+        match tls.read_tls(stream) {
+            Ok(0) => return Err(Got::Eof),
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Got::Failed(Reason::of_io(&e))),
+        }
+    }
+    match tls.process_new_packets() {
+        Ok(_) => Ok(true),
+        Err(_) => Err(Got::Failed(Reason::Tls)),
     }
 }

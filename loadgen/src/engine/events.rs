@@ -45,13 +45,21 @@ impl<T: Traffic> Worker<'_, T> {
                     self.on_connect(slot, at);
                 }
             }
+            Phase::Securing => {
+                if ready.readable {
+                    self.read_tls_handshake(slot, at);
+                } else if ready.writable {
+                    self.flush(slot, at);
+                }
+            }
             Phase::Handshaking(_) => {
                 if ready.readable {
                     self.read_handshake(slot, at);
                 }
             }
             Phase::Open(_) => {
-                if ready.writable && !conn.backlog.is_empty() {
+                let tls = self.secure.get(slot).and_then(|t| t.as_deref());
+                if ready.writable && conn::has_backlog(&conn.backlog, tls) {
                     self.flush(slot, at);
                 }
                 if ready.readable {
@@ -87,6 +95,69 @@ impl<T: Traffic> Worker<'_, T> {
             &mut self.tally.connect,
             at.now_ns.saturating_sub(conn.phase_ns),
         );
+        let (_, target) = self.plan.pairs.pair(conn.index);
+        if target.tls {
+            return self.start_tls(slot, at);
+        }
+        self.send_upgrade(slot, at);
+    }
+
+    /// Starts the TLS handshake (`wss://`): the client's hello goes out now.
+    fn start_tls(&mut self, slot: usize, at: At) {
+        let conn = &mut self.conns[slot];
+        let (_, target) = self.plan.pairs.pair(conn.index);
+        let config = self
+            .plan
+            .tls
+            .as_ref()
+            .expect("a TLS target has a TLS config");
+        let mut tls = match crate::tls::connect(config, &target.server_name()) {
+            Ok(tls) => tls,
+            Err(_) => return self.fail(slot, Reason::Tls, at),
+        };
+        tls.set_buffer_limit(Some(conn::MAX_BACKLOG));
+        if self.secure.len() <= slot {
+            self.secure.resize_with(slot + 1, || None);
+        }
+        self.secure[slot] = Some(Box::new(tls));
+        conn.phase = Phase::Securing;
+        conn.phase_ns = at.now_ns;
+        self.flush(slot, at);
+    }
+
+    /// Reads the server's side of the TLS handshake; once it is done, sends the upgrade.
+    fn read_tls_handshake(&mut self, slot: usize, at: At) {
+        let conn = &mut self.conns[slot];
+        let (Some(stream), Some(Some(tls))) = (&mut conn.stream, self.secure.get_mut(slot)) else {
+            return;
+        };
+        loop {
+            match conn::receive_tls(stream, tls) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(Got::Failed(reason)) => {
+                    // The alert rustls queued says why; send it if the socket takes it.
+                    self.flush(slot, at);
+                    return self.fail(slot, reason, at);
+                }
+                Err(_) => return self.fail(slot, Reason::Tls, at),
+            }
+            if !tls.is_handshaking() {
+                break;
+            }
+        }
+        let done = !tls.is_handshaking();
+        self.flush(slot, at);
+        if done && matches!(self.conns[slot].phase, Phase::Securing) {
+            let conn = &mut self.conns[slot];
+            hist::record(&mut self.tally.tls, at.now_ns.saturating_sub(conn.phase_ns));
+            self.send_upgrade(slot, at);
+        }
+    }
+
+    /// Sends the upgrade request (over TLS when the slot has it).
+    fn send_upgrade(&mut self, slot: usize, at: At) {
+        let conn = &mut self.conns[slot];
         let mut nonce = [0u8; 16];
         nonce[..8].copy_from_slice(&next_random(&mut self.rng).to_ne_bytes());
         nonce[8..].copy_from_slice(&next_random(&mut self.rng).to_ne_bytes());
@@ -106,7 +177,8 @@ impl<T: Traffic> Worker<'_, T> {
             else {
                 return;
             };
-            let n = match conn::read(stream, &mut self.rbuf) {
+            let tls = self.secure.get_mut(slot).and_then(|t| t.as_deref_mut());
+            let n = match conn::read(stream, tls, &mut self.rbuf) {
                 Got::Bytes(n) => n,
                 Got::Empty => return,
                 Got::Eof => return self.fail(slot, Reason::Eof, at),
@@ -180,12 +252,15 @@ impl<T: Traffic> Worker<'_, T> {
     /// already queued behind the data and raises no further edge, so reading goes on to it.
     pub(super) fn read_frames(&mut self, slot: usize, hangup: bool, at: At) {
         let mut rbuf = std::mem::take(&mut self.rbuf);
+        // Through TLS a short read says nothing of the socket: read until it is empty.
+        let tls_slot = self.secure.get(slot).is_some_and(Option::is_some);
         loop {
             let conn = &mut self.conns[slot];
             let (Phase::Open(_), Some(stream)) = (&conn.phase, &mut conn.stream) else {
                 break;
             };
-            let n = match conn::read(stream, &mut rbuf) {
+            let tls = self.secure.get_mut(slot).and_then(|t| t.as_deref_mut());
+            let n = match conn::read(stream, tls, &mut rbuf) {
                 Got::Bytes(n) => n,
                 Got::Empty => break,
                 Got::Eof => {
@@ -200,7 +275,7 @@ impl<T: Traffic> Worker<'_, T> {
             let fed = self.feed(slot, &mut rbuf[..n], at);
             self.conclude(slot, fed, at);
             // A short read drained the socket; the next arrival raises a new edge.
-            if n < rbuf.len() && !hangup {
+            if n < rbuf.len() && !hangup && !tls_slot {
                 break;
             }
         }
@@ -324,7 +399,8 @@ impl<T: Traffic> Worker<'_, T> {
             self.tx.clear();
             return;
         };
-        if let Err(reason) = conn::flush(stream, &mut conn.backlog, &mut self.tx) {
+        let tls = self.secure.get_mut(slot).and_then(|t| t.as_deref_mut());
+        if let Err(reason) = conn::flush(stream, tls, &mut conn.backlog, &mut self.tx) {
             self.fail(slot, reason, at);
         }
     }
@@ -366,7 +442,8 @@ impl<T: Traffic> Worker<'_, T> {
             let Some(stream) = &mut self.conns[slot].stream else {
                 return;
             };
-            match conn::read(stream, &mut self.rbuf) {
+            let tls = self.secure.get_mut(slot).and_then(|t| t.as_deref_mut());
+            match conn::read(stream, tls, &mut self.rbuf) {
                 Got::Bytes(_) => {}
                 Got::Empty => return,
                 Got::Eof | Got::Failed(_) => return self.release(slot),

@@ -118,6 +118,9 @@ struct Worker<'a, T: Traffic> {
     poll: Poll,
     alarm: Alarm,
     conns: Vec<Conn<T::Conn>>,
+    /// TLS connections' state by slot, beside the slots (plaintext ones pay nothing): boxed,
+    /// filled from the TCP connect to the release.
+    secure: Vec<Option<Box<rustls::ClientConnection>>>,
     rbuf: Vec<u8>,
     tx: Vec<u8>,
     due: Vec<usize>,
@@ -184,6 +187,7 @@ impl<'a, T: Traffic> Worker<'a, T> {
             conns: (0..shard.count)
                 .map(|i| Conn::new(shard.first + i))
                 .collect(),
+            secure: Vec::new(),
             rbuf: vec![0; READ_BUFFER],
             tx: Vec::with_capacity(READ_BUFFER),
             due: Vec::new(),
@@ -368,7 +372,9 @@ impl<'a, T: Traffic> Worker<'a, T> {
         for slot in 0..self.conns.len() {
             match self.conns[slot].phase {
                 Phase::Open(_) => self.begin_close(slot, at),
-                Phase::Connecting | Phase::Handshaking(_) => self.fail(slot, Reason::Timeout, at),
+                Phase::Connecting | Phase::Securing | Phase::Handshaking(_) => {
+                    self.fail(slot, Reason::Timeout, at)
+                }
                 // Aborted during the ramp: never dialed, or waiting to retry.
                 Phase::Idle if self.conns[slot].life == Life::Pending && self.is_hold() => {
                     self.end_pending(slot, Reason::RampTimeout);

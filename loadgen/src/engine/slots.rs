@@ -106,7 +106,10 @@ impl<T: Traffic> Worker<'_, T> {
             self.connect_deadlines.pop_front();
             let conn = &self.conns[slot];
             if conn.generation == generation
-                && matches!(conn.phase, Phase::Connecting | Phase::Handshaking(_))
+                && matches!(
+                    conn.phase,
+                    Phase::Connecting | Phase::Securing | Phase::Handshaking(_)
+                )
             {
                 self.fail(slot, Reason::Timeout, at);
             }
@@ -134,7 +137,8 @@ impl<T: Traffic> Worker<'_, T> {
                 continue;
             };
             let timeout = ws.handle_timeout(at.instant, &self.ws_config, &mut self.tx);
-            let flushed = conn::flush(stream, &mut conn.backlog, &mut self.tx);
+            let tls = self.secure.get_mut(slot).and_then(|t| t.as_deref_mut());
+            let flushed = conn::flush(stream, tls, &mut conn.backlog, &mut self.tx);
             match (timeout, flushed) {
                 (Some(Timeout::Pong), _) => self.fail(slot, Reason::Timeout, at),
                 (_, Err(reason)) => self.fail(slot, reason, at),
@@ -198,6 +202,9 @@ impl<T: Traffic> Worker<'_, T> {
         conn.phase = Phase::Idle;
         conn.rx = Vec::new();
         conn.backlog = Vec::new();
+        if let Some(tls) = self.secure.get_mut(slot) {
+            *tls = None;
+        }
         if let Dials::Cycle { free, .. } = &mut self.dials {
             free.push(slot);
         }

@@ -14,7 +14,7 @@ mod driver;
 mod lifecycle;
 mod local;
 mod readiness;
-mod tls;
+pub(crate) mod tls;
 mod writer;
 
 use std::sync::Arc;
@@ -26,6 +26,9 @@ pub(crate) use conn::{Conn, SlabEntry};
 pub(crate) use driver::Driver;
 pub(crate) use readiness::ReadinessDriver;
 pub(crate) use writer::Sink;
+
+#[doc(hidden)]
+pub use tls::Pipe;
 
 use crate::mailbox::Mailboxes;
 use crate::{Config, Handler, Local, Stats};

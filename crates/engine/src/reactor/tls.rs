@@ -524,3 +524,95 @@ fn scratch_space(scratch: &mut Vec<u8>) -> &mut [u8] {
     }
     scratch
 }
+
+/// One TLS connection's record layer as the reactor runs it, without a reactor: for the fuzz
+/// target (`fuzz/fuzz_targets/tls_server.rs`), which feeds it arbitrary bytes. Not an API.
+#[doc(hidden)]
+pub struct Pipe {
+    table: TlsTable,
+    rx_pool: Pool<Vec<u8>>,
+    tx_pool: Pool<TxQueue>,
+    plain_out: Option<Box<TxQueue>>,
+    stats: Stats,
+}
+
+impl Pipe {
+    /// A connection on a listener with `config`.
+    pub fn new(config: &crate::TlsConfig) -> Pipe {
+        let mut table = TlsTable::new(Some(config));
+        let stats = Stats::default();
+        assert!(table.admit(0, &stats), "one connection is under any cap");
+        Pipe {
+            table,
+            rx_pool: Pool::new(4, 64 << 10),
+            tx_pool: Pool::new(4, 64 << 10),
+            plain_out: None,
+            stats,
+        }
+    }
+
+    /// Ciphertext received: the plaintext it decrypted, or `None` once the connection failed.
+    pub fn receive(&mut self, input: &mut [u8]) -> Option<&[u8]> {
+        let received =
+            self.table
+                .receive(0, input, &mut self.rx_pool, &mut self.tx_pool, &self.stats);
+        (received == Received::Data).then_some(&self.table.plain[..])
+    }
+
+    /// Queues plaintext, as a TLS connection's writer does.
+    pub fn send(&mut self, plain: &[u8]) {
+        self.plain_out
+            .get_or_insert_with(|| self.tx_pool.take())
+            .push_copy(plain);
+    }
+
+    /// Encrypts what is queued, as the turn's end does, and takes all the ciphertext waiting;
+    /// `None` if encrypting failed.
+    pub fn flush(&mut self) -> Option<Vec<u8>> {
+        if let Some(plain) = self.plain_out.as_deref_mut() {
+            if self.table.can_encrypt(0) {
+                while !plain.is_empty() {
+                    self.table.encrypt(0, plain, &mut self.tx_pool).ok()?;
+                }
+            } else {
+                plain.clear();
+            }
+        }
+        if let Some(plain) = self.plain_out.take() {
+            self.tx_pool.give(plain);
+        }
+        Some(self.take_output())
+    }
+
+    /// Queues close_notify (if the connection may still send) and takes what waits.
+    pub fn close(&mut self) -> Vec<u8> {
+        self.table.close_notify(0, &mut self.tx_pool);
+        self.take_output()
+    }
+
+    fn take_output(&mut self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        if let Some(mut queue) = self.table.get_mut(0).and_then(|c| c.outgoing.take()) {
+            while !queue.is_empty() {
+                let mut slices = [std::io::IoSlice::new(&[]); crate::txqueue::MAX_IOVECS];
+                let n = queue.slices(&mut slices);
+                let before = bytes.len();
+                slices[..n].iter().for_each(|s| bytes.extend_from_slice(s));
+                queue.consume(bytes.len() - before);
+            }
+            self.tx_pool.give(queue);
+        }
+        bytes
+    }
+
+    /// Ends the connection; the buffers still lent (receive, write), which must be none.
+    pub fn finish(mut self) -> (usize, usize) {
+        self.table.remove(0, &mut self.rx_pool, &mut self.tx_pool);
+        (self.rx_pool.lent(), self.tx_pool.lent())
+    }
+
+    /// Whether the handshake is done.
+    pub fn handshake_done(&self) -> bool {
+        self.table.can_encrypt(0) || self.table.handshaking() == 0
+    }
+}
