@@ -6,13 +6,15 @@
 # closes them all. Prints connections held, the server's user-space bytes per connection, the
 # kernel's memory per socket, and the fanout's publish-to-receive percentiles.
 #
-#   scripts/bench-c100k.sh [--apply] [--connections N] [--duration D] [--port P]
+#   scripts/bench-c100k.sh [--apply] [--tls] [--connections N] [--duration D] [--port P]
 #
 # --connections N   subscribers (default 100000)
 # --duration D      fanout round after the ramp-up (default 10s)
 # --port P          the server's port (default: the first free one from 9001 up, below the
 #                   ephemeral port range)
 # --apply           set the kernel parameters the run needs (root), and restore them at the end
+# --tls             the same over TLS (wss://): a certificate from scripts/make-cert.sh, the
+#                   loadgen trusting its CA; the ramp is paced at 2,000 handshakes a second
 #
 # Without --apply a host that is not ready is reported (what, why, the fix) and nothing runs
 # (exit 1). The fd limit is not one of them: the server keeps its sockets in io_uring fixed-file
@@ -28,13 +30,15 @@ N=100000
 DURATION=10s
 PORT=""
 APPLY=0
+TLS=0
 usage() {
-  sed -n 2,22p "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n 2,24p "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 while [ $# -gt 0 ]; do
   case $1 in
     --apply) APPLY=1 ;;
+    --tls) TLS=1 ;;
     --connections) N=${2:?}; shift ;;
     --duration) DURATION=${2:?}; shift ;;
     --port) PORT=${2:?}; shift ;;
@@ -204,8 +208,17 @@ read -r inuse0 tcpmem0 slab0 <<<"$(kernel_sample)"
 (while true; do kernel_sample; sleep 0.5; done) >"$OUT/kernel.log" &
 sampler_pid=$!
 
+# TLS: a local CA and certificate; the loadgen trusts the CA; handshakes cost the server about
+# half a millisecond each, so the ramp is paced.
+scheme=ws tls_server=() tls_loadgen=() ramp_rate=10000 ramp_timeout=120s
+if [ "$TLS" = 1 ]; then
+  bash scripts/make-cert.sh "$OUT/cert" >/dev/null
+  scheme=wss ramp_rate=2000 ramp_timeout=300s
+  tls_server=(--tls-cert "$OUT/cert/chain.pem" --tls-key "$OUT/cert/key.pem")
+  tls_loadgen=(--ca "$OUT/cert/ca.pem")
+fi
 "$SERVER" serve "${io[@]}" --threads "$reactors" --no-pin --listen "127.0.0.1:$PORT" \
-  --ping-interval 0 2>"$OUT/server.log" &
+  --ping-interval 0 "${tls_server[@]}" 2>"$OUT/server.log" &
 server_pid=$!
 for _ in $(seq 100); do
   if in_use "$PORT"; then break; fi
@@ -215,9 +228,9 @@ done
 echo "bench-c100k: server pid $server_pid (${io[*]}, $reactors reactors); loadgen: $threads thread(s), sources 127.0.0.2-127.0.0.$((sources + 1))"
 
 status=0
-timeout 600 "$LOADGEN" fanout "ws://127.0.0.1:$PORT/t/" -c "$N" --rate 1 -s 64 -d "$DURATION" \
-  --topics 1 --publishers 1 --threads "$threads" --private-fd-table \
-  --source-ips "127.0.0.2-127.0.0.$((sources + 1))" --ramp-rate 10000 --ramp-timeout 120s \
+timeout 600 "$LOADGEN" fanout "$scheme://localhost:$PORT/t/" -c "$N" --rate 1 -s 64 -d "$DURATION" \
+  --topics 1 --publishers 1 --threads "$threads" --private-fd-table "${tls_loadgen[@]}" \
+  --source-ips "127.0.0.2-127.0.0.$((sources + 1))" --ramp-rate "$ramp_rate" --ramp-timeout "$ramp_timeout" \
   --server-pid "$server_pid" --json "$OUT/fanout.json" || status=$?
 kill "$sampler_pid" 2>/dev/null; wait "$sampler_pid" 2>/dev/null || true
 sampler_pid=""
@@ -238,7 +251,7 @@ samples = [tuple(map(int, line.split())) for line in open(log) if len(line.split
 peak = max(samples, default=(inuse0, tcpmem0, slab0))
 buffers = max((s[1] for s in samples), default=tcpmem0)
 sockets = peak[0] - inuse0
-print(f"\n## C100K run: {n:,} connections\n")
+print(f"\n## C100K run: {n:,} connections{' over TLS' if j.get('tls_us', {}).get('count') else ''}\n")
 print(f"- held: {j['established']:,} of {n:,} established, {j['failed']:,} failed, "
       f"{j['closed_clean']:,} closed cleanly at the end")
 failures = {k: v for k, v in j["failures"].items() if v}

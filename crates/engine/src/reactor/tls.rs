@@ -616,3 +616,126 @@ impl Pipe {
         self.table.can_encrypt(0) || self.table.handshaking() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+
+    use super::*;
+    use crate::tls::{ReloadableCert, certified_key};
+
+    fn server() -> crate::TlsConfig {
+        let key = certified_key(
+            include_bytes!("../../tests/tls/chain.pem"),
+            include_bytes!("../../tests/tls/key.pem"),
+        )
+        .unwrap();
+        crate::TlsConfig::new(Arc::new(ReloadableCert::new(key))).unwrap()
+    }
+
+    /// A client and a pipe with the TLS 1.3 handshake done between them, in memory.
+    fn pair() -> (rustls::ClientConnection, Pipe) {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(include_bytes!("../../tests/tls/ca.pem")) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut pipe = Pipe::new(&server());
+        while client.is_handshaking() || client.wants_write() {
+            let mut hello = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut hello).unwrap();
+            }
+            assert!(pipe.receive(&mut hello).is_some());
+            let answer = pipe.flush().unwrap();
+            client.read_tls(&mut &answer[..]).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        (client, pipe)
+    }
+
+    /// The TLS records in `bytes`: (content type, length) each.
+    fn records(mut bytes: &[u8]) -> Vec<(u8, usize)> {
+        let mut found = Vec::new();
+        while bytes.len() >= 5 {
+            let len = usize::from(u16::from_be_bytes([bytes[3], bytes[4]]));
+            found.push((bytes[0], len));
+            bytes = &bytes[5 + len..];
+        }
+        assert!(bytes.is_empty(), "a record cut short");
+        found
+    }
+
+    #[test]
+    fn queued_messages_share_records_and_large_ones_are_cut_at_the_record_size() {
+        let (mut client, mut pipe) = pair();
+        // The session ticket rustls sends after the handshake is not application data.
+        let ticket = pipe.flush().unwrap();
+        client.read_tls(&mut &ticket[..]).unwrap();
+        client.process_new_packets().unwrap();
+        for i in 0..50u8 {
+            pipe.send(&[i; 64]);
+        }
+        let out = pipe.flush().unwrap();
+        assert_eq!(records(&out).len(), 1, "50 small messages, one record");
+        let big = vec![7; 40_000];
+        pipe.send(&big);
+        let out2 = pipe.flush().unwrap();
+        let sizes: Vec<usize> = records(&out2).iter().map(|r| r.1).collect();
+        assert_eq!(sizes.len(), 3, "{sizes:?}");
+        assert!(sizes.iter().all(|&len| len <= RECORD + 256), "{sizes:?}");
+        let mut all = out;
+        all.extend(out2);
+        let (mut rest, mut plain) = (&all[..], Vec::new());
+        while !rest.is_empty() {
+            client.read_tls(&mut rest).unwrap();
+            client.process_new_packets().unwrap();
+            let mut chunk = [0; 4096];
+            while let Ok(n @ 1..) = client.reader().read(&mut chunk) {
+                plain.extend_from_slice(&chunk[..n]);
+            }
+        }
+        let mut want: Vec<u8> = (0..50u8).flat_map(|i| [i; 64]).collect();
+        want.extend(&big);
+        assert!(
+            plain == want,
+            "in order, whole: {} of {} bytes",
+            plain.len(),
+            want.len()
+        );
+        assert_eq!(pipe.finish(), (0, 0), "every buffer back");
+    }
+
+    #[test]
+    fn a_record_in_pieces_is_held_until_whole_and_the_buffer_goes_back() {
+        let (mut client, mut pipe) = pair();
+        client.writer().write_all(b"hello over tls").unwrap();
+        let mut record = Vec::new();
+        client.write_tls(&mut record).unwrap();
+        let (head, tail) = record.split_at_mut(7);
+        assert_eq!(pipe.receive(head), Some(&b""[..]), "nothing whole yet");
+        assert_eq!(pipe.receive(tail), Some(&b"hello over tls"[..]));
+        // A record that does not decrypt fails the connection; after it nothing more is read.
+        assert_eq!(pipe.receive(&mut [0x17, 3, 3, 0, 2, 0, 0]), None);
+        assert_eq!(pipe.receive(&mut record.clone()), Some(&b""[..]));
+        assert_eq!(pipe.finish(), (0, 0));
+    }
+
+    #[test]
+    fn what_an_idle_tls_connection_holds_beside_its_entry() {
+        // The rustls connection (its keys and protocol state; rustls and aws-lc allocate about
+        // 1 KB more), two empty buffer slots and a flags byte, boxed; 8 bytes in the table.
+        assert_eq!(size_of::<UnbufferedServerConnection>(), 1088);
+        assert_eq!(size_of::<TlsConn>(), 1112);
+        assert_eq!(size_of::<Option<Box<TlsConn>>>(), 8);
+    }
+}
