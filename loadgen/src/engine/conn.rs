@@ -1,6 +1,9 @@
-//! One connection slot of an event loop: its socket, where it is in its life, the buffers it
-//! borrows only while it needs them, and the two socket helpers the loop uses (write with a
-//! backlog, read with retry on EINTR).
+//! One connection slot of an event loop: its socket, where it is in its life and the mode's
+//! state; nothing else. The buffers a connection needs only now and then (a partial frame, bytes
+//! the socket did not take) are lent by the loop ([`super::lent`]) and the slot keeps only their
+//! index, so an idle slot is 64 bytes plus the mode's state (the `size_of` tests below). Also the
+//! socket helpers the loop uses (write with a backlog, read with retry on EINTR, both also through
+//! TLS).
 
 use std::io::{self, Read, Write};
 
@@ -8,6 +11,7 @@ use clarion_protocol::Connection;
 use clarion_protocol::handshake::ClientHandshake;
 use mio::net::TcpStream;
 
+use super::lent::LentId;
 use crate::failure::Reason;
 
 /// Most bytes a connection may have waiting for the socket before it counts as stalled.
@@ -18,12 +22,24 @@ pub const MAX_BACKLOG: usize = 16 << 20;
 pub enum Phase {
     /// No socket: not dialed yet, waiting to retry, or finished.
     Idle,
-    /// TCP connect in progress.
-    Connecting,
-    /// TLS handshake in progress (`wss://`); its state is beside the slot.
-    Securing,
-    /// Upgrade request sent, waiting for the 101.
-    Handshaking(ClientHandshake),
+    /// TCP connect in progress, started at `since_ns`.
+    Connecting {
+        /// When the dial started.
+        since_ns: u64,
+    },
+    /// TLS handshake (`wss://`) in progress since the TCP connect ended at `since_ns`; its
+    /// state is beside the slot.
+    Securing {
+        /// When the client's hello left.
+        since_ns: u64,
+    },
+    /// Upgrade request sent at `since_ns`, waiting for the 101.
+    Handshaking {
+        /// The key to check the answer against.
+        handshake: ClientHandshake,
+        /// When the request left.
+        since_ns: u64,
+    },
     /// WebSocket open (or closing, once we sent our close frame).
     Open(Connection),
     /// The WebSocket is over; waiting for the server to close TCP first, so the TIME_WAIT
@@ -38,73 +54,61 @@ pub enum Life {
     Pending,
     /// Counted as established.
     Open,
+    /// Dropped on purpose by the reconnect storm and dialing again; counted as established
+    /// already, so its return is counted by the storm, not as a new connection.
+    Rejoining,
     /// Counted as failed, dropped or done; nothing more to count.
     Ended,
 }
 
-/// One slot.
+/// One slot. Its global connection index (which picks the source, target and topic) is the
+/// loop's first index plus the slot number, so it is not stored.
 #[derive(Debug)]
 pub struct Conn<S> {
     /// The socket, while there is one.
     pub stream: Option<TcpStream>,
     /// Socket phase.
     pub phase: Phase,
+    /// Changes on every dial, so stale deadlines are recognised.
+    pub generation: u32,
+    /// The buffers lent to this connection, while it has any.
+    pub lent: Option<LentId>,
+    /// Dials so far for this connection (retries are at most 100).
+    pub attempts: u8,
     /// Counting state.
     pub life: Life,
     /// Whether it counts as ramped (ready or ended).
     pub settled: bool,
     /// We sent our close frame.
     pub we_closed: bool,
-    /// Partial handshake answers and frames; empty (unallocated) otherwise.
-    pub rx: Vec<u8>,
-    /// Bytes the socket did not take yet; empty (unallocated) otherwise.
-    pub backlog: Vec<u8>,
-    /// Global connection index (picks the source, target and topic).
-    pub index: usize,
-    /// Dials so far for this connection.
-    pub attempts: u32,
-    /// Changes on every dial, so stale deadlines are recognised.
-    pub generation: u32,
-    /// When the current phase began (dial, request sent).
-    pub phase_ns: u64,
-    /// When the dial was due.
-    pub due_ns: u64,
     /// The mode's state.
     pub state: S,
 }
 
 impl<S: Default> Conn<S> {
-    /// A fresh slot for connection `index`.
-    pub fn new(index: usize) -> Conn<S> {
+    /// A fresh slot.
+    pub fn new() -> Conn<S> {
         Conn {
             stream: None,
             phase: Phase::Idle,
+            generation: 0,
+            lent: None,
+            attempts: 0,
             life: Life::Pending,
             settled: false,
             we_closed: false,
-            rx: Vec::new(),
-            backlog: Vec::new(),
-            index,
-            attempts: 0,
-            generation: 0,
-            phase_ns: 0,
-            due_ns: 0,
             state: S::default(),
         }
     }
 }
 
 /// Writes `tx` after whatever is in `backlog`; what the socket does not take is kept in
-/// `backlog` (with TLS: in rustls, as records). `tx` is left empty.
+/// `backlog`. `tx` is left empty.
 pub fn flush(
     stream: &mut TcpStream,
-    tls: Option<&mut rustls::ClientConnection>,
     backlog: &mut Vec<u8>,
     tx: &mut Vec<u8>,
 ) -> Result<(), Reason> {
-    if let Some(tls) = tls {
-        return flush_tls(stream, tls, tx);
-    }
     if backlog.is_empty() {
         if tx.is_empty() {
             return Ok(());
@@ -122,10 +126,6 @@ pub fn flush(
         tx.clear();
         let written = write_some(stream, backlog)?;
         backlog.drain(..written);
-        if backlog.is_empty() {
-            // Give the memory back: most connections never need a backlog again.
-            *backlog = Vec::new();
-        }
     }
     if backlog.len() > MAX_BACKLOG {
         return Err(Reason::Stalled);
@@ -134,8 +134,9 @@ pub fn flush(
 }
 
 /// [`flush`] through TLS: `tx` is encrypted, and the records go out as far as the socket takes
-/// them.
-fn flush_tls(
+/// them; what it does not take waits in rustls (which the slot's TLS state holds anyway), so a
+/// TLS connection never borrows a backlog.
+pub fn flush_tls(
     stream: &mut TcpStream,
     tls: &mut rustls::ClientConnection,
     tx: &mut Vec<u8>,
@@ -159,11 +160,6 @@ fn flush_tls(
         }
     }
     Ok(())
-}
-
-/// Whether bytes wait for the socket (in `backlog`, or as TLS records).
-pub fn has_backlog(backlog: &[u8], tls: Option<&rustls::ClientConnection>) -> bool {
-    !backlog.is_empty() || tls.is_some_and(|tls| tls.wants_write())
 }
 
 /// Writes as much of `bytes` as the socket takes now.
@@ -250,5 +246,40 @@ pub fn receive_tls(
     match tls.process_new_packets() {
         Ok(_) => Ok(true),
         Err(_) => Err(Got::Failed(Reason::Tls)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::traffic::{Traffic, churn, echo, subscribe};
+
+    type Of<T> = Conn<<T as Traffic>::Conn>;
+
+    /// What every connection costs the loop, whatever it does: these are the bytes per idle
+    /// connection at a million (plus the mode's side tables, see `Subscribe`).
+    #[test]
+    fn slots_stay_small() {
+        assert_eq!(
+            size_of::<Phase>(),
+            48,
+            "the protocol state, with the phases in its niche"
+        );
+        assert_eq!(size_of::<Conn<()>>(), 64, "idle");
+        assert_eq!(
+            size_of::<Of<churn::Churn>>(),
+            72,
+            "churn: when its dial was due"
+        );
+        assert_eq!(
+            size_of::<Of<echo::Echo>>(),
+            88,
+            "echo: counts in flight, sent, owed"
+        );
+        assert_eq!(
+            size_of::<Of<subscribe::Subscribe>>(),
+            80,
+            "fanout: last seq, flags"
+        );
     }
 }
