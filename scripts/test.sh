@@ -10,12 +10,13 @@ step() { printf '\n== %s\n' "$*"; }
 # What the end-to-end tests run against, installed when missing: redis-server and redis-cli (the
 # cluster tests start their own servers, sentinels with `redis-server --sentinel`, and a Redis
 # Cluster made with `redis-cli --cluster create`, on free loopback ports), headless Chromium and
-# Python websockets (compression interop).
-step "test peers: redis-server, redis-cli, chromium, Python websockets (installed if missing)"
+# Python websockets (compression interop), openssl (scripts/make-cert.sh, for the TLS runs below).
+step "test peers: redis-server, redis-cli, chromium, Python websockets, openssl (installed if missing)"
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -65,6 +66,11 @@ for run in epoll:shared uring:per-connection; do
     --server-cmd "target/release/clarion serve --io $io --listen 127.0.0.1:$port --threads 2 --no-pin --compression $policy"
 done
 
+# The same over TLS (wss://, a certificate from scripts/make-cert.sh) on one backend, compression
+# `shared`: 1.* to 10.*, 12.*, 13.*. Both backends: scripts/autobahn-tls.sh.
+step "autobahn conformance over TLS (cases 1.* to 10.*, 12.*, 13.*) on epoll"
+scripts/autobahn-tls.sh --io epoll
+
 # The C1M script end to end at CI size, every phase (the full million takes about 8 minutes and
 # 9 GiB of kernel memory: run it by hand, see docs/benchmarks.md). In a network namespace of its
 # own where it may create one (root), else in the host's; it changes nothing on the host without
@@ -73,3 +79,5 @@ step "scripts/bench-c1m.sh at 2,000 connections"
 c1m_ns=()
 [ "$(id -u)" = 0 ] || c1m_ns=(--no-netns)
 scripts/bench-c1m.sh --connections 2000 --hold 1s --rounds 2 --round-every 1s "${c1m_ns[@]}"
+step "scripts/bench-c1m.sh at 2,000 connections over TLS"
+scripts/bench-c1m.sh --connections 2000 --hold 1s --rounds 2 --round-every 1s --tls "${c1m_ns[@]}"
