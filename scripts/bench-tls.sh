@@ -11,6 +11,9 @@
 #              (--no-resume) and once resumed (tickets)
 #   idle       IDLE connections held: the server's RSS per connection
 #
+# Ramps are paced (1,500 a second, at most 500 opening) in both: a reactor closes connections at
+# accept past max_handshakes (1,024) in the TLS handshake, and one loaded core falls behind that.
+#
 # Server CPU is user + system from /proc/PID/stat over the measurement window (`--server-pid`).
 # Reports go to target/bench-tls/; the summary is a Markdown table on stdout.
 #
@@ -53,10 +56,11 @@ run() {
 for round in $(seq "$ROUNDS"); do
   for kind in plain tls; do
     run "$kind" "fanout.$round" fanout /t/ -c "$SUBSCRIBERS" --rate "$RATE" -s "$SIZE" \
-      -d "$DURATION" --warmup 2s --topics 1 --publishers 1
+      -d "$DURATION" --warmup 2s --topics 1 --publishers 1 --ramp-rate 1500 --max-pending 500
     run "$kind" "echo.$round" echo /echo -c "$ECHO_CONNECTIONS" -d "$DURATION" --warmup 1s
     run "$kind" "churn.$round" churn /echo --concurrency "$CHURN_CONCURRENCY" -d "$DURATION"
-    run "$kind" "idle.$round" idle /echo -c "$IDLE" -d 2s --ramp-rate 5000 --ramp-timeout 120s
+    run "$kind" "idle.$round" idle /echo -c "$IDLE" -d 2s --ramp-rate 1500 --max-pending 500 \
+      --ramp-timeout 120s
   done
   run tls "churn-full.$round" churn /echo --concurrency "$CHURN_CONCURRENCY" -d "$DURATION" \
     --no-resume
