@@ -10,8 +10,35 @@
 # `--warmup` in docs/loadgen.md); WARMUP=0s measures from the first message.
 #
 # Usage: scripts/bench-fanout.sh   (SUBSCRIBERS="5000 10000" RATES="10 50" SIZE=64 DURATION=10s WARMUP=2s)
+#
+# --ramp: the load ramp of issue 22 instead (scripts/lib/ramp.sh): one server per backend and
+# round, 5,000 subscribers, 25/50/100/200/400 msgs/s, both backends interleaved (the order
+# rotating per round); prints deliveries/s, missing, p50/p99/p99.9, the worst round's p99
+# against the median's, server CPU per delivery (user and system), messages and bytes per
+# socket write, and each backend's saturation point (highest rate with every delivery and a
+# p99 under 1 s). Environment: ROUNDS=1 RAMP_RATES RAMP_DURATION=5s RAMP_WARMUP=2s
+# RAMP_SUBSCRIBERS=5000 BACKENDS="epoll uring".
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = --ramp ]; then
+  ROUNDS=${ROUNDS:-1}
+  read -ra servers <<<"${BACKENDS:-epoll uring}"
+  servers=("${servers[@]/#/clarion-}")
+  source scripts/lib/bench.sh
+  source scripts/lib/ramp.sh
+  bench_setup fanout-ramp
+  rm -f "$OUT"/ramp-*
+  ulimit -n "$(ulimit -Hn)"
+  start() { start_server "$2" --io "${1#clarion-}"; }
+  for round in $(seq "$ROUNDS"); do
+    for i in "${!servers[@]}"; do
+      ramp "${servers[$(( (i + round - 1) % ${#servers[@]} ))]}" "$round"
+    done
+  done
+  python3 scripts/lib/ramp_report.py "$OUT" "$ROUNDS" "${servers[*]}" "$RAMP_RATES" \
+    | tee "$OUT/ramp.md"
+  exit 0
+fi
 SUBSCRIBERS=${SUBSCRIBERS:-"5000 10000"}
 RATES=${RATES:-"10 50"}
 SIZE=${SIZE:-64}

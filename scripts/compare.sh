@@ -14,6 +14,12 @@
 #             warm-up (`--warmup`: sent, not counted) so fresh connections' first seconds do
 #             not weigh on every server's steady state
 #   idle      15,000 idle connections: server RSS growth per connection
+#   ramp      the fanout load ramp (issue 22, scripts/lib/ramp.sh): one server per round,
+#             5,000 subscribers, 25/50/100/200/400 msgs/s: deliveries/s, missing, p50/p99/p99.9,
+#             server CPU per delivery (user and system), each server's saturation point
+#
+# A peer whose binary is not there (benches/peers did not build, e.g. offline) is skipped, and
+# the run says so.
 #
 # Server CPU is user + system time from /proc/PID/stat over the loadgen's measurement window
 # (`clarion-loadgen --server-pid`), per message or delivery received in it. Prints markdown tables with ratios to Clarion (epoll) and the issue's targets, writes
@@ -23,7 +29,8 @@
 #   --quick      smoke run (about 2 minutes): 1 round, short windows, charts into the output
 #                directory instead of docs/
 #   environment: ROUNDS=3 ECHO_DURATION=5s FANOUT_DURATION=8s FANOUT_WARMUP=2s FANOUT_RATES="10 50"
-#                IDLE_DURATION=2s
+#                IDLE_DURATION=2s SCENARIOS="echo fanout idle ramp"
+#                RAMP_RATES="25 50 100 200 400" RAMP_DURATION=5s RAMP_WARMUP=2s
 #                SERVERS="clarion-epoll clarion-uring tokio-tungstenite fastwebsockets"
 #                CHARTS=docs
 set -euo pipefail
@@ -49,18 +56,41 @@ FANOUT_WARMUP=${FANOUT_WARMUP:-2s}
 FANOUT_RATES=${FANOUT_RATES:-"10 50"}
 IDLE_DURATION=${IDLE_DURATION:-2s}
 SERVERS=${SERVERS:-"clarion-epoll clarion-uring tokio-tungstenite fastwebsockets"}
+SCENARIOS=${SCENARIOS:-"echo fanout idle ramp"}
 ECHO_CONNS="100 1000"
 SUBSCRIBERS=5000
 IDLE=15000
 DRAIN=1s
 
 source scripts/lib/bench.sh
+source scripts/lib/ramp.sh
 bench_setup compare
-rm -f "$OUT"/*.txt "$OUT"/*.svg "$OUT"/compare.md
+rm -f "$OUT"/*.txt "$OUT"/*.svg "$OUT"/compare.md "$OUT"/ramp-*
 TICK=$(getconf CLK_TCK)
 if $quick; then CHARTS=${CHARTS:-$OUT}; else CHARTS=${CHARTS:-docs}; fi
 PEERS=benches/peers/target/release
-cargo build --release -q --manifest-path benches/peers/Cargo.toml
+if ! cargo build --release -q --manifest-path benches/peers/Cargo.toml; then
+  echo "compare.sh: benches/peers did not build; peers without a binary are skipped" >&2
+fi
+# peer_binary SERVER: a peer's binary ("" for Clarion).
+peer_binary() {
+  case $1 in
+    tokio-tungstenite) echo "$PEERS/peer-tungstenite" ;;
+    fastwebsockets) echo "$PEERS/peer-fastwebsockets" ;;
+    *) echo "" ;;
+  esac
+}
+present=()
+for server in $SERVERS; do
+  binary=$(peer_binary "$server")
+  if [ -n "$binary" ] && [ ! -x "$binary" ]; then
+    echo "compare.sh: skipping $server: $binary is not installed" >&2
+    continue
+  fi
+  present+=("$server")
+done
+SERVERS="${present[*]}"
+has() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 ulimit -n "$(ulimit -Hn)"
 
 # start SERVER PORT: one of $SERVERS, one worker thread on core 0.
@@ -68,8 +98,8 @@ start() {
   case $1 in
     clarion-epoll) start_server "$2" --io epoll ;;
     clarion-uring) start_server "$2" --io uring ;;
-    tokio-tungstenite) start_pinned "$2" "$PEERS/peer-tungstenite" --threads 1 --listen "127.0.0.1:$2" ;;
-    fastwebsockets) start_pinned "$2" "$PEERS/peer-fastwebsockets" --threads 1 --listen "127.0.0.1:$2" ;;
+    tokio-tungstenite | fastwebsockets)
+      start_pinned "$2" "$(peer_binary "$1")" --threads 1 --listen "127.0.0.1:$2" ;;
     *) echo "compare.sh: unknown server $1" >&2; exit 2 ;;
   esac
 }
@@ -107,24 +137,27 @@ for round in $(seq "$ROUNDS"); do
   # Rotate the order each round so no server always runs first or last.
   order=()
   for i in $(seq 0 $((count - 1))); do order+=("${servers[$(( (i + round - 1) % count ))]}"); done
-  for conns in $ECHO_CONNS; do
+  has echo && for conns in $ECHO_CONNS; do
     for server in "${order[@]}"; do
       echo "round $round/$ROUNDS: echo -c $conns, $server" >&2
       measure "$server" "echo$conns-$server-$round" echo "ws://127.0.0.1:PORT/echo" \
         -c "$conns" -s 32 -d "$ECHO_DURATION"
     done
   done
-  for rate in $FANOUT_RATES; do
+  has fanout && for rate in $FANOUT_RATES; do
     for server in "${order[@]}"; do
       echo "round $round/$ROUNDS: fanout -c $SUBSCRIBERS --rate $rate, $server" >&2
       measure "$server" "fanout$rate-$server-$round" fanout "ws://127.0.0.1:PORT/t/" \
         -c "$SUBSCRIBERS" --rate "$rate" -s 64 -d "$FANOUT_DURATION" --warmup "$FANOUT_WARMUP" --topics 1 --publishers 1
     done
   done
-  for server in "${order[@]}"; do
+  has idle && for server in "${order[@]}"; do
     echo "round $round/$ROUNDS: idle -c $IDLE, $server" >&2
     measure "$server" "idle-$server-$round" idle "ws://127.0.0.1:PORT/echo" -c "$IDLE" \
       -d "$IDLE_DURATION"
+  done
+  has ramp && for server in "${order[@]}"; do
+    ramp "$server" "$round"
   done
 done
 elapsed=$(( $(date +%s) - started ))
@@ -136,8 +169,16 @@ other=$(awk -v busy="$(busy_seconds)" -v b0="$busy_before" -v own="$own" -v o0="
     "average (all CPU time less this run's); load average (1, 5, 15 min) $load_before before," \
     "$(cut -d' ' -f1-3 /proc/loadavg) after."
   echo
-  python3 scripts/lib/compare_report.py "$OUT" "$ROUNDS" "$SERVERS" "$ECHO_CONNS" \
-    "$SUBSCRIBERS" "$FANOUT_RATES" "$IDLE"
+  if has echo || has fanout || has idle; then
+    python3 scripts/lib/compare_report.py "$OUT" "$ROUNDS" "$SERVERS" "$ECHO_CONNS" \
+      "$SUBSCRIBERS" "$FANOUT_RATES" "$IDLE"
+  fi
+  if has ramp; then
+    echo
+    echo "### Fanout load ramp ($RAMP_SUBSCRIBERS subscribers, 64 B, $RAMP_DURATION per step)"
+    echo
+    python3 scripts/lib/ramp_report.py "$OUT" "$ROUNDS" "$SERVERS" "$RAMP_RATES"
+  fi
 } | tee "$OUT/compare.md"
 
 # Latency charts: every round's report per server (the chart takes the median per percentile).
@@ -150,11 +191,15 @@ chart() { # NAME TITLE
   done
   "$PEERS/peers-charts" --title "$2" --out "$CHARTS/compare-$1.svg" "${series[@]}"
 }
+if [ ! -x "$PEERS/peers-charts" ]; then
+  echo "compare.sh: no charts: $PEERS/peers-charts is not built" >&2
+  exit 0
+fi
 mkdir -p "$CHARTS"
-for conns in $ECHO_CONNS; do
+has echo && for conns in $ECHO_CONNS; do
   chart "echo$conns" "echo round trip, $conns connections, 32 B (median of $ROUNDS rounds)"
 done
-for rate in $FANOUT_RATES; do
+has fanout && for rate in $FANOUT_RATES; do
   chart "fanout$rate" "fanout publish to receipt, $SUBSCRIBERS subscribers x $rate msgs/s, 64 B (median of $ROUNDS rounds)"
 done
 echo "tables: $OUT/compare.md; charts: $CHARTS/compare-*.svg" >&2

@@ -146,6 +146,12 @@ pub struct ReactorMetrics {
     pub heartbeats: u64,
     /// Local subscriptions (gauge).
     pub subscriptions: u64,
+    /// Requests whose client address a trusted proxy's forwarding header named.
+    pub forwarded_requests: u64,
+    /// Requests refused for a malformed forwarding header from a trusted proxy.
+    pub forwarded_refused: u64,
+    /// Connections closed for their PROXY protocol header.
+    pub proxy_protocol_refused: u64,
     /// Open connections that negotiated permessage-deflate (gauge).
     pub deflate_connections: u64,
     /// Of those, connections with windows of their own (gauge).
@@ -170,6 +176,8 @@ pub struct ReactorMetrics {
     pub tls_failures: u64,
     /// Connections closed at accept for the handshake cap.
     pub tls_refused: u64,
+    /// Writes that carried bytes to sockets (`writev` calls, or completed io_uring sends).
+    pub socket_writes: u64,
 }
 
 /// Everything one scrape shows.
@@ -291,6 +299,24 @@ const REACTOR_METRICS: &[Def<ReactorMetrics>] = &[
         value: |r| r.subscriptions,
     },
     Def {
+        key: "forwarded_requests",
+        kind: Kind::Counter,
+        help: "Requests whose client address a trusted proxy's forwarding header named.",
+        value: |r| r.forwarded_requests,
+    },
+    Def {
+        key: "forwarded_refused",
+        kind: Kind::Counter,
+        help: "Requests refused (400) for a trusted proxy's forwarding header that could not be read.",
+        value: |r| r.forwarded_refused,
+    },
+    Def {
+        key: "proxy_protocol_refused",
+        kind: Kind::Counter,
+        help: "Connections closed for their PROXY protocol header: missing or malformed from a trusted proxy, or sent by another peer.",
+        value: |r| r.proxy_protocol_refused,
+    },
+    Def {
         key: "deflate_connections",
         kind: Kind::Gauge,
         help: "Open connections that negotiated permessage-deflate.",
@@ -361,6 +387,12 @@ const REACTOR_METRICS: &[Def<ReactorMetrics>] = &[
         kind: Kind::Counter,
         help: "Connections closed at accept because the reactor had tls max_handshakes in the handshake.",
         value: |r| r.tls_refused,
+    },
+    Def {
+        key: "socket_writes",
+        kind: Kind::Counter,
+        help: "Writes that carried bytes to sockets (writev calls, or completed io_uring sends).",
+        value: |r| r.socket_writes,
     },
 ];
 

@@ -7,6 +7,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod envelope;
+pub mod forwarded;
 pub mod host;
 pub mod http;
 pub mod keys;
@@ -70,8 +71,12 @@ where
     {
         return invalid(&message);
     }
-    // Per-IP caps need each connection's address, which io_uring's multishot accept lacks.
-    config.uring.peer_addresses |= app.max_connections_per_ip != 0;
+    // Per-IP caps and trusted proxies need each connection's address, which io_uring's
+    // multishot accept lacks (the engine asks for it itself for the PROXY protocol).
+    config.uring.peer_addresses |=
+        app.max_connections_per_ip != 0 || !app.trusted_proxies.is_empty();
+    // The engine believes the same proxies' PROXY protocol headers.
+    config.trusted_proxies = app.trusted_proxies.clone();
     // The first reactor to start builds the shared state, from the inboxes the runtime made.
     let built = Arc::new(OnceLock::new());
     let server = built.clone();

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::{CompressionConfig, TlsConfig, UringConfig};
+use crate::{CompressionConfig, ProxyProtocol, TlsConfig, TrustedProxies, UringConfig};
 
 /// Which event-loop backend the reactors use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +48,14 @@ pub struct Config {
     pub compression: CompressionConfig,
     /// TLS on the listener (every connection, every route); `None`: plaintext.
     pub tls: Option<TlsConfig>,
+    /// The PROXY protocol header the trusted proxies send at the start of each connection, in
+    /// the versions taken; `Off` (the default) looks for none. On, a trusted peer's connection
+    /// without an acceptable header is closed, and so is any other peer's that starts with
+    /// one; the header's source address is the peer the handler is told.
+    pub proxy_protocol: ProxyProtocol,
+    /// The peers whose PROXY protocol headers are believed (the application may trust them with
+    /// more, such as forwarding headers).
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for Config {
@@ -66,6 +74,8 @@ impl Default for Config {
             protocol: clarion_protocol::Config::default(),
             compression: CompressionConfig::default(),
             tls: None,
+            proxy_protocol: ProxyProtocol::Off,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }

@@ -46,6 +46,12 @@ pub struct Stats {
     /// Connections refused at accept because the reactor had
     /// [`crate::TlsConfig::max_handshakes`] in the TLS handshake.
     pub tls_refused: AtomicU64,
+    /// Writes that carried bytes to sockets: `writev` calls that wrote (epoll), sends that
+    /// completed having written (io_uring). Bytes out over this is the bytes per write.
+    pub socket_writes: AtomicU64,
+    /// Connections closed for their PROXY protocol header: missing, malformed or of a version
+    /// not taken from a trusted proxy, or sent by a peer that is not one.
+    pub proxy_refused: AtomicU64,
 }
 
 impl Stats {

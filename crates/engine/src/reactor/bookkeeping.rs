@@ -195,8 +195,11 @@ impl<S, H: Handler> Core<S, H> {
         .min()
     }
 
-    pub(super) fn publish_stats(&self) {
+    /// Publishes the gauges, and the driver's count of socket writes.
+    pub(super) fn publish_stats(&self, socket_writes: u64) {
         let s = &self.stats;
+        s.socket_writes
+            .store(socket_writes, std::sync::atomic::Ordering::Relaxed);
         Stats::set(&s.connections, self.conns.len());
         Stats::set(&s.rx_buffers_lent, self.rx_pool.lent());
         Stats::set(&s.tx_queues_lent, self.tx_pool.lent());

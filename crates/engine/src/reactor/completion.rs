@@ -1,7 +1,8 @@
 //! The completion driver: runs the shared core over a [`Completion`] backend (io_uring). It
 //! takes in accepted connections and received buffers as they complete, parses each buffer in
 //! place and hands it straight back, and sends each connection's queue once per turn (one send
-//! in flight per connection; the next when it completes).
+//! in flight per connection; the next at the end of the turn in which it completed, carrying
+//! everything queued until then).
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -20,6 +21,8 @@ pub(crate) struct CompletionDriver<B: Completion> {
     backend: B,
     writing: Queued,
     events: Vec<Completed<B::Socket>>,
+    /// Sends that completed having written, since start.
+    writes: u64,
 }
 
 impl<B: Completion> CompletionDriver<B> {
@@ -29,6 +32,7 @@ impl<B: Completion> CompletionDriver<B> {
             backend,
             writing: Queued,
             events: Vec::with_capacity(1024),
+            writes: 0,
         }
     }
 }
@@ -103,6 +107,10 @@ impl<B: Completion> Driver for CompletionDriver<B> {
     fn waker(&self) -> Waker {
         self.backend.waker()
     }
+
+    fn socket_writes(&self) -> u64 {
+        self.writes
+    }
 }
 
 impl<B: Completion, H: Handler> Reactor<CompletionDriver<B>, H> {
@@ -120,8 +128,10 @@ impl<B: Completion, H: Handler> Reactor<CompletionDriver<B>, H> {
         self.after_io(token, written, now);
     }
 
-    /// A send finished: drop what it wrote, and send the rest (or finish the connection's
-    /// turn of writing).
+    /// A send finished: drop what it wrote; the rest goes at the turn's end, with whatever the
+    /// turn still queues (the inbox's fanout comes after the completions), in one send rather
+    /// than one now and another behind it a turn later. An empty queue finishes the
+    /// connection's turn of writing now.
     fn on_sent(&mut self, token: usize, result: i32, now: Instant) {
         let Some(conn) = self.core.conns.get_mut(token) else {
             return;
@@ -134,11 +144,17 @@ impl<B: Completion, H: Handler> Reactor<CompletionDriver<B>, H> {
         if let Some(queue) = queue {
             queue.finish_send(result.max(0) as usize);
         }
+        if result > 0 {
+            self.driver.writes += 1;
+        }
         if conn.flags.contains(ConnFlags::RELEASING) {
             return;
         }
         if result < 0 {
             return self.drop_conn(token, now);
+        }
+        if conn.tx.as_deref().is_some_and(|queue| !queue.is_empty()) {
+            return self.core.mark_dirty(token);
         }
         if self.flush(token, now) {
             self.after_io(token, Written::Done, now);

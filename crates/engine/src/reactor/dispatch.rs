@@ -3,9 +3,10 @@
 //! `on_message`).
 //!
 //! [`Core::on_data`] is the one entry of a connection's received bytes for both I/O models (the
-//! readiness driver's shared read buffer, a completion backend's provided buffer). A TLS
-//! connection's records are decrypted there into the reactor's one plaintext buffer
-//! (`reactor/tls.rs`), which then goes the same way.
+//! readiness driver's shared read buffer, a completion backend's provided buffer). Transport
+//! layers go there, before the protocol: the PROXY protocol header ([`super::proxy_header`])
+//! first, then TLS: a TLS connection's records are decrypted into the reactor's one plaintext
+//! buffer (`reactor/tls.rs`), which then goes the same way.
 //! HTTP keep-alive and streaming responses (Server-Sent Events) start in [`write_answer`]:
 //! an answer that keeps the connection (new `Answer` variants; the enum is non-exhaustive for
 //! them) leaves it open where `Respond` now finishes it, and a streaming one makes it a target
@@ -22,6 +23,7 @@ use clarion_protocol::{Connection, Event};
 
 use super::bookkeeping::{Core, rearm_on_state_change};
 use super::conn::{Conn, ConnFlags};
+use super::proxy_header::{self, Step};
 use super::tls::Received;
 use super::writer::{ConnWriter, Sink, Writing, Written, writer_for};
 use crate::compression::{Compression, ConnInflate, Negotiator};
@@ -37,9 +39,74 @@ impl<S, H: Handler> Core<S, H> {
         input: &mut [u8],
         now: Instant,
     ) -> Written {
-        if !self.tls.is_tls(token) {
-            return self.on_plaintext(writing, false, token, input, now);
+        // The PROXY protocol header comes before everything, TLS included: what is left of the
+        // bytes after it goes on; a header cut across reads is gathered in the connection's
+        // lent `rx` and fed from there.
+        let mut gathered = Vec::new();
+        let mut input = input;
+        if let Some(conn) = self.conns.get_mut(token)
+            && conn.flags.contains(ConnFlags::PROXY_HEADER)
+        {
+            let mut rxb = conn.rx.take().unwrap_or_else(|| self.rx_pool.take());
+            let (config, peers, stats) = (&self.config, &mut self.peers, &self.stats);
+            match proxy_header::step(
+                config,
+                peers,
+                stats,
+                token,
+                &mut conn.flags,
+                input,
+                &mut rxb,
+            ) {
+                Step::Wait => {
+                    conn.rx = Some(rxb);
+                    return Written::Done;
+                }
+                Step::Refuse => {
+                    let state_before = conn.ws.state();
+                    conn.ws.finish();
+                    self.rx_pool.give(rxb);
+                    rearm_on_state_change(&mut self.timers, conn, state_before);
+                    return Written::Done;
+                }
+                Step::Feed { from, held } => {
+                    if held {
+                        gathered = std::mem::take(&mut *rxb);
+                    }
+                    self.rx_pool.give(rxb);
+                    input = if held {
+                        &mut gathered[from..]
+                    } else {
+                        &mut input[from..]
+                    };
+                }
+            }
         }
+        let written = if self.tls.is_tls(token) {
+            self.on_records(writing, token, input, now)
+        } else {
+            self.on_plaintext(writing, false, token, input, now)
+        };
+        if gathered.capacity() > 0 {
+            // The gathered header's buffer came from the pool: it goes back there.
+            let mut rxb = self.rx_pool.take();
+            if gathered.capacity() > rxb.capacity() {
+                gathered.clear();
+                *rxb = gathered;
+            }
+            self.rx_pool.give(rxb);
+        }
+        written
+    }
+
+    /// Decrypts the TLS records received on `token` and feeds their plaintext on.
+    fn on_records<W: Writing<S>>(
+        &mut self,
+        writing: &mut W,
+        token: usize,
+        input: &mut [u8],
+        now: Instant,
+    ) -> Written {
         let Some(conn) = self.conns.get_mut(token) else {
             return Written::Done;
         };

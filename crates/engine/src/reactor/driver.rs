@@ -70,4 +70,7 @@ pub(crate) trait Driver: Sized {
 
     /// Wakes this reactor's wait from other threads.
     fn waker(&self) -> Waker;
+
+    /// Writes that carried bytes to sockets since start (`Stats::socket_writes`).
+    fn socket_writes(&self) -> u64;
 }

@@ -10,8 +10,8 @@ use super::bookkeeping::{arm, rearm_on_state_change, release_deflate};
 use super::conn::{Conn, ConnFlags, live};
 use super::driver::Driver;
 use super::writer::{ConnWriter, EitherWriter, Writing, Written, writer_for};
-use crate::Handler;
 use crate::sys::Flushed;
+use crate::{Handler, ProxyProtocol};
 
 /// A driver's connection writer (or a TLS connection's).
 type WriterOf<'a, D> =
@@ -44,7 +44,10 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         }
         let ws = Connection::server(now);
         let timer = arm(&mut core.timers, &core.config, &ws, token, now);
-        entry.insert(Conn::new(socket, ws, timer));
+        let conn = entry.insert(Conn::new(socket, ws, timer));
+        if core.config.proxy_protocol != ProxyProtocol::Off {
+            conn.flags.insert(ConnFlags::PROXY_HEADER);
+        }
         if let Some(peer) = peer {
             core.peers.insert(token, peer);
         }

@@ -13,6 +13,7 @@ mod dispatch;
 mod driver;
 mod lifecycle;
 mod local;
+mod proxy_header;
 mod readiness;
 pub(crate) mod tls;
 mod writer;
@@ -47,6 +48,8 @@ pub(crate) struct Reactor<D: Driver, H: Handler> {
     mailboxes: Arc<Mailboxes<H::Inbox>>,
     /// The inbox held more than one turn's worth: drain again without waiting.
     inbox_again: bool,
+    /// Turns ended so far: where the next turn's end starts writing ([`rotation_start`]).
+    turns: u64,
 }
 
 impl<D: Driver, H: Handler> Reactor<D, H> {
@@ -64,6 +67,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
             index,
             mailboxes,
             inbox_again: false,
+            turns: 0,
         }
     }
 
@@ -93,7 +97,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
                 self.core.accept_paused_until = None;
                 self.driver.resume_accepting();
             }
-            self.core.publish_stats();
+            self.core.publish_stats(self.driver.socket_writes());
             let timeout = if self.inbox_again {
                 Some(Duration::ZERO)
             } else {
@@ -118,7 +122,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
             std::mem::forget(conn.tx);
         }
         self.core.tls.leak_queues();
-        self.core.publish_stats();
+        self.core.publish_stats(self.driver.socket_writes());
     }
 
     /// The periodic walk of the table (see [`Core::sweep`]), then the I/O bookkeeping of the
@@ -165,11 +169,17 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
     }
 
     /// The turn's end: each connection that queued bytes during the turn is moved on once, so a
-    /// subscriber behind on several messages gets them in one write (or one send).
+    /// subscriber behind on several messages gets them in one write (or one send). The list is
+    /// written from a different place each turn, so the same subscribers of a large fanout are
+    /// not always the last ones written (those wait the whole list's writing, milliseconds for
+    /// thousands).
     fn end_turn(&mut self, now: Instant) {
+        let listed = self.core.dirty.len();
+        let start = rotation_start(self.turns, listed);
+        self.turns = self.turns.wrapping_add(1);
         // By index: nothing below marks a connection again, but nothing is lost if it did.
         let mut next = 0;
-        while let Some(&token) = self.core.dirty.get(next) {
+        while let Some(&token) = self.core.dirty.get(rotated(next, start, listed)) {
             next += 1;
             let Some(conn) = self.core.conns.get_mut(token) else {
                 continue;
@@ -179,5 +189,68 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
             self.after_io(token, Written::Done, now);
         }
         self.core.dirty.clear();
+    }
+}
+
+/// Where the end of turn `turn` starts in its list of `len` connections: the fractional part
+/// of `turn` times the golden ratio, scaled to `len`, which spreads the starts evenly over the
+/// list for any length (each place equally often over many turns, never two turns in a row
+/// close together).
+fn rotation_start(turn: u64, len: usize) -> usize {
+    // 2^64 / golden ratio: the top 32 bits of the product are frac(turn × φ) in 32-bit fixed point.
+    let fraction = turn.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    ((fraction * len as u64) >> 32) as usize
+}
+
+/// The index of the `i`th connection to write in a list of which the first `listed` are
+/// written from `start` on, wrapping around; any added while writing come after, in order.
+fn rotated(i: usize, start: usize, listed: usize) -> usize {
+    if i < listed { (start + i) % listed } else { i }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rotated_list_visits_every_entry_once_then_what_was_added() {
+        for listed in [1, 2, 7, 64] {
+            for start in [0, 1, listed / 2, listed - 1]
+                .into_iter()
+                .filter(|&s| s < listed)
+            {
+                let order: Vec<usize> =
+                    (0..listed + 3).map(|i| rotated(i, start, listed)).collect();
+                let mut seen = order[..listed].to_vec();
+                seen.sort_unstable();
+                assert_eq!(
+                    seen,
+                    (0..listed).collect::<Vec<_>>(),
+                    "{listed} from {start}"
+                );
+                assert_eq!(order[0], start);
+                assert_eq!(order[listed..], [listed, listed + 1, listed + 2]);
+            }
+        }
+    }
+
+    #[test]
+    fn the_start_moves_every_turn_and_covers_the_list_evenly() {
+        // 5,000 subscribers over 1,000 turns: a different last one every turn.
+        let last: std::collections::HashSet<usize> = (0..1000)
+            .map(|turn| (rotation_start(turn, 5000) + 4999) % 5000)
+            .collect();
+        assert_eq!(last.len(), 1000);
+        // Ten places over 1,000 turns: each the start 100 ± 1 times.
+        let mut starts = [0; 10];
+        for turn in 0..1000 {
+            starts[rotation_start(turn, 10)] += 1;
+        }
+        assert!(
+            starts.iter().all(|&n| (99..=101).contains(&n)),
+            "{starts:?}"
+        );
+        assert_eq!(rotation_start(12345, 0), 0, "an empty list");
+        assert!((0..1000).all(|turn| rotation_start(turn, 3) < 3));
     }
 }

@@ -115,7 +115,10 @@ impl<B: Readiness> Driver for ReadinessDriver<B> {
             let n = queue.slices(&mut slices);
             match B::send(socket, &slices[..n]) {
                 Ok(0) => return Ok(Flushed::Pending),
-                Ok(written) => queue.consume(written),
+                Ok(written) => {
+                    queue.consume(written);
+                    self.writing.writes += 1;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Pending),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -146,6 +149,10 @@ impl<B: Readiness> Driver for ReadinessDriver<B> {
 
     fn waker(&self) -> Waker {
         self.backend.waker()
+    }
+
+    fn socket_writes(&self) -> u64 {
+        self.writing.writes
     }
 }
 

@@ -77,6 +77,8 @@ pub(crate) trait Writing<S> {
 /// Readiness: the cork buffer the connections' writers share (one per reactor).
 pub(crate) struct Corked<B> {
     cork: Vec<u8>,
+    /// Writes that carried bytes, since start.
+    pub(super) writes: u64,
     backend: PhantomData<fn() -> B>,
 }
 
@@ -84,6 +86,7 @@ impl<B> Corked<B> {
     pub(crate) fn new() -> Self {
         Corked {
             cork: Vec::with_capacity(CORK_SIZE),
+            writes: 0,
             backend: PhantomData,
         }
     }
@@ -107,6 +110,7 @@ impl<B: Readiness> Writing<B::Socket> for Corked<B> {
             tx,
             tx_pool,
             cork: &mut self.cork,
+            writes: &mut self.writes,
             failed: false,
         }
     }
@@ -119,6 +123,7 @@ pub(crate) struct CorkedWriter<'a, B: Readiness> {
     tx: &'a mut Option<Box<TxQueue>>,
     tx_pool: &'a mut Pool<TxQueue>,
     cork: &'a mut Vec<u8>,
+    writes: &'a mut u64,
     failed: bool,
 }
 
@@ -143,7 +148,10 @@ impl<B: Readiness> CorkedWriter<'_, B> {
             }
             match B::send(self.socket, &rest[..n]) {
                 Ok(0) => break,
-                Ok(k) => written += k,
+                Ok(k) => {
+                    written += k;
+                    *self.writes += 1;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => self.failed = true,

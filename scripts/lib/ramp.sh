@@ -1,0 +1,45 @@
+# The fanout load ramp (issue 22), sourced by scripts/bench-fanout.sh --ramp and
+# scripts/compare.sh: one server, RAMP_SUBSCRIBERS subscribers of one topic, one publisher of
+# 64-byte messages stepping through RAMP_RATES msgs/s, each step a fresh loadgen run of
+# RAMP_DURATION after RAMP_WARMUP. The caller defines `start SERVER PORT` (a server pinned to
+# core 0, its PID in server_pid) and has run bench_setup (LOADGEN, OUT). A Clarion server's
+# `/stats` is read before and after each step (socket writes and deliveries: messages per
+# write); other servers have none and show "-" there. Every step is bounded by its duration and
+# by `timeout` (RAMP_STEP_LIMIT seconds), so a wedged server cannot hold the run.
+RAMP_RATES=${RAMP_RATES:-"25 50 100 200 400"}
+RAMP_SUBSCRIBERS=${RAMP_SUBSCRIBERS:-5000}
+RAMP_DURATION=${RAMP_DURATION:-5s}
+RAMP_WARMUP=${RAMP_WARMUP:-2s}
+RAMP_STEP_LIMIT=${RAMP_STEP_LIMIT:-180}
+
+# scrape_stats PORT FILE: the server's /stats JSON into FILE (nothing when it has none).
+scrape_stats() {
+  python3 - "$1" "$2" <<'PY' 2>/dev/null || true
+import sys, urllib.request
+port, path = sys.argv[1], sys.argv[2]
+body = urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=2).read()
+open(path, "wb").write(body)
+PY
+}
+
+# ramp SERVER ROUND: one server through every rate; reports go to
+# $OUT/ramp-SERVER-RATE-ROUND.{json,txt} (and .before/.after for /stats).
+ramp() {
+  local server=$1 round=$2 port rate name
+  port=$(free_port)
+  start "$server" "$port"
+  for rate in $RAMP_RATES; do
+    name="ramp-$server-$rate-$round"
+    echo "ramp round $round: $server at $rate msgs/s" >&2
+    rm -f "$OUT/$name".*
+    scrape_stats "$port" "$OUT/$name.before"
+    if ! timeout "$RAMP_STEP_LIMIT" taskset -c 1 "$LOADGEN" fanout "ws://127.0.0.1:$port/t/" \
+        -c "$RAMP_SUBSCRIBERS" --rate "$rate" -s 64 -d "$RAMP_DURATION" --warmup "$RAMP_WARMUP" \
+        --threads 1 --topics 1 --publishers 1 --server-pid "$server_pid" \
+        --json "$OUT/$name.json" >"$OUT/$name.txt" 2>&1; then
+      echo "ramp: $name: the loadgen failed or timed out (see $OUT/$name.txt)" >&2
+    fi
+    scrape_stats "$port" "$OUT/$name.after"
+  done
+  stop_server
+}
