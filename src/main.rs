@@ -79,7 +79,16 @@ fn main() -> ExitCode {
         tracing::warn!("cannot use NOTIFY_SOCKET: {e}");
         None
     });
-    let config = settings.reactor_config();
+    let mut config = settings.reactor_config();
+    let tls = match settings.tls_config() {
+        Ok(tls) => tls,
+        Err(message) => {
+            eprintln!("clarion: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let certificate = tls.as_ref().map(|(_, cert)| cert.clone());
+    config.tls = tls.map(|(tls, _)| tls);
     let app = settings.app_config();
     let open_api = app.api_key.is_none();
     let max_connections = app.max_connections;
@@ -92,8 +101,9 @@ fn main() -> ExitCode {
     };
     let runtime = running.runtime;
     let listening = format!(
-        "listening on {} with {} reactors ({:?}; RLIMIT_NOFILE {fd_limit})",
+        "listening on {}{} with {} reactors ({:?}; RLIMIT_NOFILE {fd_limit})",
         runtime.local_addr(),
+        if certificate.is_some() { " (TLS)" } else { "" },
         config.threads,
         runtime.io()
     );
@@ -115,7 +125,13 @@ fn main() -> ExitCode {
     let draining = Arc::new(AtomicBool::new(false));
     spawn_housekeeping(running.server.clone(), notifier.clone(), draining.clone());
 
-    let mut reloader = Reloader::new(sources, loaded.layer, running.server, Some(logging));
+    let mut reloader = Reloader::new(
+        sources,
+        loaded.layer,
+        running.server,
+        Some(logging),
+        certificate,
+    );
     let shutdown = runtime.shutdown_handle();
     std::thread::spawn(move || {
         for signal in signals.forever() {

@@ -2,7 +2,8 @@
 //! file over defaults (how the sources merge: [`super::sources`]).
 //!
 //! Every flag of `clarion serve` has a TOML key of the same name (with `_` for `-`), except
-//! `--redis`, which is `redis` in the `[cluster]` table, and an environment variable
+//! `--redis`, which is `redis` in the `[cluster]` table, and `--tls-cert` and `--tls-key`,
+//! which are `cert` and `key` in the `[tls]` table, and an environment variable
 //! `CLARION_<KEY>` (upper case; `__` for a table: `CLARION_CLUSTER__REDIS`). Sizes are in bytes,
 //! durations are written `500ms`, `10s`, `2m` or `1h`; `0` turns an optional timer off. The
 //! list of keys is read off [`Settings`] itself ([`keys`]); `docs/configuration.md` and
@@ -11,10 +12,11 @@
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use clarion_engine::tls::ReloadableCert;
 use clarion_host::parse_duration;
 use serde::Deserialize;
 
@@ -423,6 +425,36 @@ pub struct Settings {
     /// The config file's `[cluster]` table.
     #[arg(skip)]
     pub cluster: Option<ClusterSettings>,
+
+    /// Serve TLS (https, wss) on the listener with this certificate chain (PEM, leaf first,
+    /// intermediates after it); needs --tls-key. Read again on SIGHUP. In the config file:
+    /// `cert` in the `[tls]` table.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC). In the config file:
+    /// `key` in the `[tls]` table.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub tls_key: Option<PathBuf>,
+
+    /// The config file's `[tls]` table.
+    #[arg(skip)]
+    pub tls: Option<TlsSettings>,
+}
+
+/// The `[tls]` table of the config file: TLS on the listener, on once `cert` and `key` are set.
+#[derive(Debug, Default, Deserialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The certificate chain, PEM (the `--tls-cert` flag wins over it).
+    pub cert: Option<PathBuf>,
+    /// Its private key, PEM (the `--tls-key` flag wins over it).
+    pub key: Option<PathBuf>,
+    /// Most connections of one reactor in the TLS handshake at once; more are closed at accept
+    /// [default: 1024].
+    pub max_handshakes: Option<usize>,
 }
 
 /// The `[cluster]` table of the config file: where Redis is (`redis`, or `sentinels` with
@@ -610,7 +642,46 @@ impl Settings {
             cluster::check(cluster)?;
         }
         app.check()?;
+        settings.tls_files()?;
+        if settings.tls_max_handshakes() == 0 {
+            return Err("tls max_handshakes must be at least 1".to_owned());
+        }
         Ok(settings)
+    }
+
+    /// The certificate and key files, when TLS is on (both set); one without the other is an
+    /// error.
+    pub fn tls_files(&self) -> Result<Option<(PathBuf, PathBuf)>, String> {
+        let table = self.tls.clone().unwrap_or_default();
+        let cert = self.tls_cert.clone().or(table.cert);
+        let key = self.tls_key.clone().or(table.key);
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some((cert, key))),
+            (None, None) => Ok(None),
+            _ => Err("TLS needs both a certificate and its key (tls_cert and tls_key)".to_owned()),
+        }
+    }
+
+    fn tls_max_handshakes(&self) -> usize {
+        self.tls
+            .as_ref()
+            .and_then(|t| t.max_handshakes)
+            .unwrap_or(clarion_engine::tls::DEFAULT_MAX_HANDSHAKES)
+    }
+
+    /// TLS for the listener, when it is on: the certificate read from its files (which is what
+    /// can fail) behind a handle that a reload replaces.
+    pub fn tls_config(
+        &self,
+    ) -> Result<Option<(clarion_engine::TlsConfig, Arc<ReloadableCert>)>, String> {
+        let Some((cert, key)) = self.tls_files()? else {
+            return Ok(None);
+        };
+        let cert = Arc::new(ReloadableCert::new(super::tls::load(&cert, &key)?));
+        let mut config = clarion_engine::TlsConfig::new(cert.clone())
+            .map_err(|e| format!("TLS settings: {e}"))?;
+        config.max_handshakes = self.tls_max_handshakes();
+        Ok(Some((config, cert)))
     }
 
     /// The log filter (default `info`).
@@ -770,6 +841,8 @@ impl Settings {
                 Some(ProxyProtocolChoice::V2) => clarion_engine::ProxyProtocol::V2,
                 Some(ProxyProtocolChoice::Any) => clarion_engine::ProxyProtocol::Any,
             },
+            // Read from its files by `tls_config`, which can fail.
+            tls: None,
             // The server's start hands the engine `AppConfig::trusted_proxies`.
             ..clarion_engine::Config::default()
         }

@@ -166,6 +166,16 @@ pub struct ReactorMetrics {
     pub deflate_messages_out: u64,
     /// Compressed payload bytes sent.
     pub deflate_bytes_out: u64,
+    /// TLS connections in the handshake (gauge).
+    pub tls_handshaking: u64,
+    /// TLS handshakes completed, full and resumed.
+    pub tls_handshakes: u64,
+    /// Of those, resumed.
+    pub tls_resumed: u64,
+    /// TLS connections that failed (a refused handshake, a bad record).
+    pub tls_failures: u64,
+    /// Connections closed at accept for the handshake cap.
+    pub tls_refused: u64,
     /// Writes that carried bytes to sockets (`writev` calls, or completed io_uring sends).
     pub socket_writes: u64,
 }
@@ -347,6 +357,36 @@ const REACTOR_METRICS: &[Def<ReactorMetrics>] = &[
         kind: Kind::Counter,
         help: "Compressed payload bytes sent.",
         value: |r| r.deflate_bytes_out,
+    },
+    Def {
+        key: "tls_handshaking",
+        kind: Kind::Gauge,
+        help: "TLS connections in the handshake.",
+        value: |r| r.tls_handshaking,
+    },
+    Def {
+        key: "tls_handshakes",
+        kind: Kind::Counter,
+        help: "TLS handshakes completed, full and resumed.",
+        value: |r| r.tls_handshakes,
+    },
+    Def {
+        key: "tls_resumed",
+        kind: Kind::Counter,
+        help: "TLS handshakes that resumed a session (ticket or id).",
+        value: |r| r.tls_resumed,
+    },
+    Def {
+        key: "tls_failures",
+        kind: Kind::Counter,
+        help: "TLS connections that failed: a refused handshake, a bad record.",
+        value: |r| r.tls_failures,
+    },
+    Def {
+        key: "tls_refused",
+        kind: Kind::Counter,
+        help: "Connections closed at accept because the reactor had tls max_handshakes in the handshake.",
+        value: |r| r.tls_refused,
     },
     Def {
         key: "socket_writes",

@@ -21,6 +21,7 @@ pub mod sources;
 pub mod state;
 pub mod stream;
 pub mod systemd;
+pub mod tls;
 
 use std::io;
 use std::sync::{Arc, OnceLock};

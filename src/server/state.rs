@@ -597,6 +597,11 @@ impl Server {
                         + c.deflate_deliveries.load(Relaxed),
                     deflate_bytes_out: s.deflate_bytes_out.load(Relaxed)
                         + c.deflate_delivery_bytes.load(Relaxed),
+                    tls_handshaking: s.tls_handshaking.load(Relaxed),
+                    tls_handshakes: s.tls_handshakes.load(Relaxed),
+                    tls_resumed: s.tls_resumed.load(Relaxed),
+                    tls_failures: s.tls_failures.load(Relaxed),
+                    tls_refused: s.tls_refused.load(Relaxed),
                     socket_writes: s.socket_writes.load(Relaxed),
                 }
             })

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::{CompressionConfig, ProxyProtocol, TrustedProxies, UringConfig};
+use crate::{CompressionConfig, ProxyProtocol, TlsConfig, TrustedProxies, UringConfig};
 
 /// Which event-loop backend the reactors use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +46,8 @@ pub struct Config {
     pub protocol: clarion_protocol::Config,
     /// permessage-deflate.
     pub compression: CompressionConfig,
+    /// TLS on the listener (every connection, every route); `None`: plaintext.
+    pub tls: Option<TlsConfig>,
     /// The PROXY protocol header the trusted proxies send at the start of each connection, in
     /// the versions taken; `Off` (the default) looks for none. On, a trusted peer's connection
     /// without an acceptable header is closed, and so is any other peer's that starts with
@@ -71,6 +73,7 @@ impl Default for Config {
             uring: UringConfig::default(),
             protocol: clarion_protocol::Config::default(),
             compression: CompressionConfig::default(),
+            tls: None,
             proxy_protocol: ProxyProtocol::Off,
             trusted_proxies: TrustedProxies::default(),
         }

@@ -80,13 +80,29 @@ pub struct RequestInfo {
     pub(crate) id: ConnId,
     pub(crate) peer: Option<SocketAddr>,
     pub(crate) now: Instant,
+    pub(crate) tls: bool,
 }
 
 impl RequestInfo {
     /// What a request on connection `id` from `peer`, at `now`, is told (for testing a handler
     /// without sockets; the reactor makes these itself).
     pub fn new(id: ConnId, peer: Option<SocketAddr>, now: Instant) -> RequestInfo {
-        RequestInfo { id, peer, now }
+        RequestInfo {
+            id,
+            peer,
+            now,
+            tls: false,
+        }
+    }
+
+    /// The same, for a request that came over TLS.
+    pub fn over_tls(self) -> RequestInfo {
+        RequestInfo { tls: true, ..self }
+    }
+
+    /// Whether the request came over TLS (`https`, `wss`).
+    pub fn tls(&self) -> bool {
+        self.tls
     }
 
     /// The connection's id in its reactor (the id its WebSocket keeps if the request upgrades).

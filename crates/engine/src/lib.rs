@@ -86,6 +86,7 @@ mod runtime;
 mod stats;
 mod sys;
 mod timer;
+pub mod tls;
 mod txqueue;
 
 pub use compression::{CompressionConfig, Policy};
@@ -99,6 +100,7 @@ pub use proxy_protocol::ProxyProtocol;
 pub use runtime::{Runtime, Shared, ShutdownHandle};
 pub use stats::Stats;
 pub use sys::uring::UringConfig;
+pub use tls::TlsConfig;
 
 /// Identifies a connection within its reactor (its slab key).
 pub type ConnId = usize;

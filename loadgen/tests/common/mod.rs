@@ -54,6 +54,11 @@ pub struct ClarionServer {
 impl ClarionServer {
     /// Starts the server binary on a free loopback port and waits until it accepts.
     pub fn start(threads: usize) -> ClarionServer {
+        ClarionServer::start_with(threads, &[])
+    }
+
+    /// [`ClarionServer::start`] with more flags for `clarion serve`.
+    pub fn start_with(threads: usize, flags: &[&str]) -> ClarionServer {
         let binary = clarion_binary();
         let addr = free_port();
         let child = Command::new(&binary)
@@ -64,6 +69,7 @@ impl ClarionServer {
                 "--threads",
                 &threads.to_string(),
             ])
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

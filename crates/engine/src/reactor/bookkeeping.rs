@@ -12,7 +12,8 @@ use clarion_protocol::{Connection, State};
 use slab::Slab;
 
 use super::conn::{Conn, ConnFlags};
-use super::writer::{ConnWriter, Writing, Written};
+use super::tls::TlsTable;
+use super::writer::{ConnWriter, Writing, Written, writer_for};
 use crate::buffer::Pool;
 use crate::compression::Compression;
 use crate::timer::{TimerKey, TimerWheel};
@@ -48,6 +49,8 @@ pub(crate) struct Core<S, H: Handler> {
     pub(super) tx_pool: Pool<TxQueue>,
     pub(super) scratch: Vec<u8>,
     pub(super) compression: Compression,
+    /// TLS connections' state, beside the table (empty on a plaintext listener).
+    pub(super) tls: TlsTable,
     /// Connections with bytes queued this turn, moved on once at its end.
     pub(super) dirty: Vec<usize>,
     /// Connections the handler wrote to or closed during a sweep, and how their writer ended.
@@ -73,6 +76,7 @@ impl<S, H: Handler> Core<S, H> {
             tx_pool: Pool::new(1024, 64 << 10),
             scratch: Vec::new(),
             compression: Compression::new(config.compression),
+            tls: TlsTable::new(config.tls.as_ref()),
             dirty: Vec::new(),
             swept: Vec::new(),
             retired: Vec::new(),
@@ -101,6 +105,7 @@ impl<S, H: Handler> Core<S, H> {
             stats,
             compression,
             swept,
+            tls,
             ..
         } = self;
         for (token, conn) in conns.iter_mut() {
@@ -116,7 +121,13 @@ impl<S, H: Handler> Core<S, H> {
                 && let Some(app) = conn.app.as_mut()
             {
                 let state_before = conn.ws.state();
-                let mut out = writing.writer(&mut conn.socket, &mut conn.tx, tx_pool);
+                let mut out = writer_for(
+                    writing,
+                    tls.is_tls(token),
+                    &mut conn.socket,
+                    &mut conn.tx,
+                    tx_pool,
+                );
                 handler.on_sweep_conn(&mut Ctx {
                     id: token,
                     conn: app,
@@ -150,6 +161,7 @@ impl<S, H: Handler> Core<S, H> {
             {
                 self.tx_pool.give(tx);
             }
+            self.tls.remove(token, &mut self.rx_pool, &mut self.tx_pool);
         }
     }
 
@@ -192,6 +204,7 @@ impl<S, H: Handler> Core<S, H> {
         Stats::set(&s.rx_buffers_lent, self.rx_pool.lent());
         Stats::set(&s.tx_queues_lent, self.tx_pool.lent());
         Stats::set(&s.timers, self.timers.len());
+        Stats::set(&s.tls_handshaking, self.tls.handshaking());
         self.compression.policy.publish(s);
     }
 

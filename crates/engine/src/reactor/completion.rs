@@ -136,7 +136,12 @@ impl<B: Completion, H: Handler> Reactor<CompletionDriver<B>, H> {
         let Some(conn) = self.core.conns.get_mut(token) else {
             return;
         };
-        if let Some(queue) = conn.tx.as_deref_mut() {
+        // The queue the send read from: a TLS connection's ciphertext, else its own.
+        let queue = match self.core.tls.get_mut(token) {
+            Some(tls) => tls.outgoing.as_deref_mut(),
+            None => conn.tx.as_deref_mut(),
+        };
+        if let Some(queue) = queue {
             queue.finish_send(result.max(0) as usize);
         }
         if result > 0 {

@@ -5,8 +5,8 @@
 //! [`Core::on_data`] is the one entry of a connection's received bytes for both I/O models (the
 //! readiness driver's shared read buffer, a completion backend's provided buffer). Transport
 //! layers go there, before the protocol: the PROXY protocol header ([`super::proxy_header`])
-//! is the first, and TLS goes after it: records decrypted into a plaintext buffer lent from a
-//! reactor pool, then fed here.
+//! first, then TLS: a TLS connection's records are decrypted into the reactor's one plaintext
+//! buffer (`reactor/tls.rs`), which then goes the same way.
 //! Streaming responses (Server-Sent Events, NDJSON): an [`Answer::Stream`] writes its head in
 //! [`write_answer`], then the state machine carries the body (`Connection::stream`), the
 //! handler gets `on_open`, and the connection is a target of `Local::send_shared` like an open
@@ -26,16 +26,134 @@ use clarion_protocol::{Connection, Event};
 use super::bookkeeping::{Core, rearm_on_state_change};
 use super::conn::{Conn, ConnFlags};
 use super::proxy_header::{self, Step};
-use super::writer::{ConnWriter, Sink, Writing, Written};
+use super::tls::Received;
+use super::writer::{ConnWriter, Sink, Writing, Written, writer_for};
 use crate::compression::{Compression, ConnInflate, Negotiator};
 use crate::{Answer, Config, Ctx, Handler, RequestInfo, Stats};
 
 impl<S, H: Handler> Core<S, H> {
-    /// Feeds bytes received on `token` to its protocol state machine and dispatches the events;
-    /// what the connection's writer left to do.
+    /// Feeds bytes received on `token` (decrypted first on a TLS connection) to its protocol
+    /// state machine and dispatches the events; what the connection's writer left to do.
     pub(super) fn on_data<W: Writing<S>>(
         &mut self,
         writing: &mut W,
+        token: usize,
+        input: &mut [u8],
+        now: Instant,
+    ) -> Written {
+        // The PROXY protocol header comes before everything, TLS included: what is left of the
+        // bytes after it goes on; a header cut across reads is gathered in the connection's
+        // lent `rx` and fed from there.
+        let mut gathered = Vec::new();
+        let mut input = input;
+        if let Some(conn) = self.conns.get_mut(token)
+            && conn.flags.contains(ConnFlags::PROXY_HEADER)
+        {
+            let mut rxb = conn.rx.take().unwrap_or_else(|| self.rx_pool.take());
+            let (config, peers, stats) = (&self.config, &mut self.peers, &self.stats);
+            match proxy_header::step(
+                config,
+                peers,
+                stats,
+                token,
+                &mut conn.flags,
+                input,
+                &mut rxb,
+            ) {
+                Step::Wait => {
+                    conn.rx = Some(rxb);
+                    return Written::Done;
+                }
+                Step::Refuse => {
+                    let state_before = conn.ws.state();
+                    conn.ws.finish();
+                    self.rx_pool.give(rxb);
+                    rearm_on_state_change(&mut self.timers, conn, state_before);
+                    return Written::Done;
+                }
+                Step::Feed { from, held } => {
+                    if held {
+                        gathered = std::mem::take(&mut *rxb);
+                    }
+                    self.rx_pool.give(rxb);
+                    input = if held {
+                        &mut gathered[from..]
+                    } else {
+                        &mut input[from..]
+                    };
+                }
+            }
+        }
+        let written = if self.tls.is_tls(token) {
+            self.on_records(writing, token, input, now)
+        } else {
+            self.on_plaintext(writing, false, token, input, now)
+        };
+        if gathered.capacity() > 0 {
+            // The gathered header's buffer came from the pool: it goes back there.
+            let mut rxb = self.rx_pool.take();
+            if gathered.capacity() > rxb.capacity() {
+                gathered.clear();
+                *rxb = gathered;
+            }
+            self.rx_pool.give(rxb);
+        }
+        written
+    }
+
+    /// Decrypts the TLS records received on `token` and feeds their plaintext on.
+    fn on_records<W: Writing<S>>(
+        &mut self,
+        writing: &mut W,
+        token: usize,
+        input: &mut [u8],
+        now: Instant,
+    ) -> Written {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return Written::Done;
+        };
+        if conn.flags.contains(ConnFlags::LINGER) {
+            // The WebSocket is over: what comes now (a close_notify) is read only to see FIN.
+            return Written::Done;
+        }
+        let received = self.tls.receive(
+            token,
+            input,
+            &mut self.rx_pool,
+            &mut self.tx_pool,
+            &self.stats,
+        );
+        let mut plain = std::mem::take(&mut self.tls.plain);
+        let written = if received == Received::Failed {
+            let conn = &mut self.conns[token];
+            let state_before = conn.ws.state();
+            conn.ws.finish();
+            rearm_on_state_change(&mut self.timers, conn, state_before);
+            Written::Done
+        } else if plain.is_empty() {
+            Written::Done
+        } else {
+            self.on_plaintext(writing, true, token, &mut plain, now)
+        };
+        self.tls.plain = plain;
+        let handshake_out = self
+            .tls
+            .get_mut(token)
+            .is_some_and(|tls| tls.outgoing.is_some());
+        if handshake_out && written == Written::Done {
+            // Handshake messages or an alert wait: the turn's end sends them.
+            Written::Queued
+        } else {
+            written
+        }
+    }
+
+    /// Feeds plaintext received on `token` to its protocol state machine and dispatches the
+    /// events.
+    fn on_plaintext<W: Writing<S>>(
+        &mut self,
+        writing: &mut W,
+        tls: bool,
         token: usize,
         input: &mut [u8],
         now: Instant,
@@ -66,30 +184,7 @@ impl<S, H: Handler> Core<S, H> {
         } = conn;
         let state_before = ws.state();
         let mut rxb = rx.take().unwrap_or_else(|| rx_pool.take());
-        // The PROXY protocol header, before the client's bytes: what is left of them after it
-        // is fed on; a header cut across reads is gathered in `rxb` and fed from there.
-        let mut gathered = Vec::new();
-        let mut input = input;
-        if flags.contains(ConnFlags::PROXY_HEADER) {
-            match proxy_header::step(config, peers, stats, token, flags, input, &mut rxb) {
-                Step::Wait => {
-                    *rx = Some(rxb);
-                    return Written::Done;
-                }
-                Step::Refuse => {
-                    ws.finish();
-                    rx_pool.give(rxb);
-                    rearm_on_state_change(&mut self.timers, conn, state_before);
-                    return Written::Done;
-                }
-                Step::Feed { from, held: false } => input = &mut input[from..],
-                Step::Feed { from, held: true } => {
-                    gathered = std::mem::take(&mut *rxb);
-                    input = &mut gathered[from..];
-                }
-            }
-        }
-        let mut out = writing.writer(socket, tx, tx_pool);
+        let mut out = writer_for(writing, tls, socket, tx, tx_pool);
         let mut dispatch = Dispatch {
             handler,
             config,
@@ -99,6 +194,7 @@ impl<S, H: Handler> Core<S, H> {
             peers,
             now,
             token,
+            tls,
         };
         if dispatch.drive(ws, app, flags, &mut out, input, &mut rxb) {
             // Frames the client sent right behind its request head: feed them now, in order.
@@ -107,11 +203,6 @@ impl<S, H: Handler> Core<S, H> {
         }
         let written = out.finish();
         if rxb.is_empty() {
-            // The gathered header's buffer came from the pool: it goes back there.
-            if gathered.capacity() > rxb.capacity() {
-                gathered.clear();
-                *rxb = gathered;
-            }
             rx_pool.give(rxb);
         } else {
             *rx = Some(rxb);
@@ -131,6 +222,8 @@ struct Dispatch<'a, H> {
     peers: &'a mut HashMap<usize, SocketAddr>,
     now: Instant,
     token: usize,
+    /// The connection speaks TLS.
+    tls: bool,
 }
 
 impl<H: Handler> Dispatch<'_, H> {
@@ -164,6 +257,7 @@ impl<H: Handler> Dispatch<'_, H> {
                         id: token,
                         peer: self.peers.remove(&token),
                         now: self.now,
+                        tls: self.tls,
                     };
                     let answer = self.handler.on_request(&request, body, &info);
                     let negotiator = &mut self.compression.policy;

@@ -9,16 +9,17 @@ use super::Reactor;
 use super::bookkeeping::{arm, rearm_on_state_change, release_deflate};
 use super::conn::{Conn, ConnFlags, live};
 use super::driver::Driver;
-use super::writer::{ConnWriter, Writing, Written};
+use super::writer::{ConnWriter, EitherWriter, Writing, Written, writer_for};
 use crate::sys::Flushed;
 use crate::{Handler, ProxyProtocol};
 
-/// A driver's connection writer.
-type WriterOf<'a, D> = <<D as Driver>::Writing as Writing<<D as Driver>::Socket>>::Writer<'a>;
+/// A driver's connection writer (or a TLS connection's).
+type WriterOf<'a, D> =
+    EitherWriter<'a, <<D as Driver>::Writing as Writing<<D as Driver>::Socket>>::Writer<'a>>;
 
 impl<D: Driver, H: Handler> Reactor<D, H> {
-    /// Takes a connection a driver accepted into the table, or refuses it (over the cap, or
-    /// draining) by closing it without a word.
+    /// Takes a connection a driver accepted into the table, or refuses it (over the cap, at the
+    /// TLS handshake cap, or draining) by closing it without a word.
     pub(super) fn on_accepted(
         &mut self,
         mut socket: D::Socket,
@@ -33,8 +34,12 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         }
         let entry = core.conns.vacant_entry();
         let token = entry.key();
+        if !core.tls.admit(token, &core.stats) {
+            return self.driver.refuse(socket);
+        }
         if let Err(e) = self.driver.register(&mut socket, token) {
             tracing::warn!("cannot watch accepted socket: {e}");
+            core.tls.remove(token, &mut core.rx_pool, &mut core.tx_pool);
             return self.driver.refuse(socket);
         }
         let ws = Connection::server(now);
@@ -63,6 +68,9 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
             return;
         }
         if self.core.end_of_websocket(token, now) {
+            if self.core.tls.is_tls(token) && !self.tls_closed(token, now) {
+                return;
+            }
             let conn = &mut self.core.conns[token];
             if conn.tx.is_none() && !conn.flags.contains(ConnFlags::FIN_SENT) {
                 conn.flags.insert(ConnFlags::FIN_SENT);
@@ -71,8 +79,27 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         }
     }
 
+    /// A TLS connection whose WebSocket is over: true once what it queued, then its
+    /// close_notify, are all sent (FIN may follow).
+    fn tls_closed(&mut self, token: usize, now: Instant) -> bool {
+        let core = &mut self.core;
+        if core.conns[token].tx.is_some() {
+            return false;
+        }
+        if core.tls.close_notify(token, &mut core.tx_pool) {
+            self.flush(token, now);
+        }
+        self.core
+            .tls
+            .get_mut(token)
+            .is_some_and(|tls| tls.outgoing.is_none())
+    }
+
     /// Moves a connection's queue on; true when it emptied now (and went back to the pool).
     pub(super) fn flush(&mut self, token: usize, now: Instant) -> bool {
+        if self.core.tls.is_tls(token) {
+            return self.flush_tls(token, now);
+        }
         let Some(conn) = live(&mut self.core.conns, token) else {
             return false;
         };
@@ -93,6 +120,52 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         }
     }
 
+    /// [`Reactor::flush`] for a TLS connection: sends the ciphertext waiting, then encrypts the
+    /// next batch of queued plaintext, until the socket stops taking it or nothing is left.
+    fn flush_tls(&mut self, token: usize, now: Instant) -> bool {
+        loop {
+            let core = &mut self.core;
+            let Some(conn) = live(&mut core.conns, token) else {
+                return false;
+            };
+            let Some(tls) = core.tls.get_mut(token) else {
+                return false;
+            };
+            if let Some(queue) = tls.outgoing.as_deref_mut() {
+                match self.driver.flush(token, &mut conn.socket, queue) {
+                    Ok(Flushed::Done) => {
+                        let queue = tls.outgoing.take().expect("present");
+                        core.tx_pool.give(queue);
+                    }
+                    Ok(Flushed::Pending) => return false,
+                    Err(_) => {
+                        self.drop_conn(token, now);
+                        return false;
+                    }
+                }
+            }
+            let Some(plain) = conn.tx.as_deref_mut() else {
+                return true;
+            };
+            if plain.is_empty() || !core.tls.can_encrypt(token) {
+                // Nothing to send, or no way to: the handshake never finished, or an alert
+                // ended the connection's sending.
+                let plain = conn.tx.take().expect("present");
+                core.tx_pool.give(plain);
+                return true;
+            }
+            if let Err(e) = core.tls.encrypt(token, plain, &mut core.tx_pool) {
+                tracing::debug!(token, "TLS cannot encrypt: {e}");
+                self.drop_conn(token, now);
+                return false;
+            }
+            if plain.is_empty() {
+                let plain = conn.tx.take().expect("present");
+                core.tx_pool.give(plain);
+            }
+        }
+    }
+
     /// Runs `f` with a connection's protocol state, its writer and the protocol settings.
     fn with_writer(
         &mut self,
@@ -104,10 +177,13 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
             return Written::Done;
         };
         let state_before = conn.ws.state();
-        let mut out =
-            self.driver
-                .writing()
-                .writer(&mut conn.socket, &mut conn.tx, &mut core.tx_pool);
+        let mut out = writer_for(
+            self.driver.writing(),
+            core.tls.is_tls(token),
+            &mut conn.socket,
+            &mut conn.tx,
+            &mut core.tx_pool,
+        );
         f(&mut conn.ws, &mut out, &core.config.protocol);
         let written = out.finish();
         rearm_on_state_change(&mut core.timers, conn, state_before);
@@ -169,6 +245,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         if let Some(rx) = conn.rx.take() {
             core.rx_pool.give(rx);
         }
+        core.tls.release_incoming(token, &mut core.rx_pool);
         release_deflate(&mut core.compression, token, conn);
         if conn.flags & (ConnFlags::OPENED | ConnFlags::LINGER) == ConnFlags::OPENED
             && let Some(app) = conn.app.as_mut()

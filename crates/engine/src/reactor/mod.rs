@@ -15,6 +15,7 @@ mod lifecycle;
 mod local;
 mod proxy_header;
 mod readiness;
+pub(crate) mod tls;
 mod writer;
 
 use std::sync::Arc;
@@ -26,6 +27,9 @@ pub(crate) use conn::{Conn, SlabEntry};
 pub(crate) use driver::Driver;
 pub(crate) use readiness::ReadinessDriver;
 pub(crate) use writer::Sink;
+
+#[doc(hidden)]
+pub use tls::Pipe;
 
 use crate::mailbox::Mailboxes;
 use crate::{Config, Handler, Local, Stats};
@@ -117,6 +121,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         for conn in self.core.conns.drain() {
             std::mem::forget(conn.tx);
         }
+        self.core.tls.leak_queues();
         self.core.publish_stats(self.driver.socket_writes());
     }
 
@@ -146,6 +151,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
                 tx_pool,
                 timers,
                 dirty,
+                tls,
                 ..
             } = &mut self.core;
             let mut ops = LocalConns {
@@ -154,6 +160,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
                 writing: self.driver.writing(),
                 timers,
                 dirty,
+                tls,
             };
             handler.on_inbox(&mut Local { ops: &mut ops, now }, message);
             handled += 1;
