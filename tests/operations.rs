@@ -221,8 +221,9 @@ fn refused_clients_are_logged_with_path_peer_reason_and_subject() {
     assert_eq!(publish_status(addr, "wrong"), 401);
     let line = clarion.wait_for("refused a client");
     assert!(line.contains("path=\"/publish/news\""), "{line}");
+    // With JWT on, a bearer that is not the API key is tried as a client's token.
     assert!(
-        line.contains("reason=\"missing or wrong API key\""),
+        line.contains("reason=\"not the API key, and a token refused: invalid token\""),
         "{line}"
     );
     // A token in the query is not logged with the path; nor is the secret.

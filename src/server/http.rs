@@ -165,7 +165,7 @@ fn publisher(live: &Live, request: &Request) -> Result<Publisher, String> {
         (Some(jwt), Some(token)) => jwt
             .verify(token)
             .map(Publisher::Client)
-            .map_err(|e| e.to_string()),
+            .map_err(|e| format!("not the API key, and a token refused: {e}")),
         _ => Err("missing or wrong API key".to_owned()),
     }
 }
