@@ -218,6 +218,17 @@ pub struct Settings {
     #[serde(default, deserialize_with = "de_duration")]
     pub drain_timeout: Option<Duration>,
 
+    /// HTTP keep-alive (publish API, metrics): most requests answered on one connection; the
+    /// last answer says `Connection: close`. 1 closes after every answer [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub keep_alive_requests: Option<u32>,
+
+    /// HTTP keep-alive: how long a kept connection may wait for its next request
+    /// [default: 75s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub keep_alive_timeout: Option<Duration>,
+
     /// Bytes of each reactor's shared read buffer [default: 65536].
     #[arg(long, value_name = "BYTES")]
     pub read_buffer_size: Option<usize>,
@@ -476,8 +487,14 @@ impl Settings {
             (
                 p.handshake_timeout.is_zero()
                     || p.pong_timeout.is_zero()
-                    || p.close_timeout.is_zero(),
-                "handshake_timeout, pong_timeout and close_timeout must be above 0",
+                    || p.close_timeout.is_zero()
+                    || p.keep_alive_timeout.is_zero(),
+                "handshake_timeout, pong_timeout, close_timeout and keep_alive_timeout must be \
+                 above 0",
+            ),
+            (
+                config.keep_alive_requests == 0,
+                "keep_alive_requests must be at least 1 (1 turns keep-alive off)",
             ),
             (
                 config.read_buffer_size < 4096,
@@ -617,6 +634,7 @@ impl Settings {
             .min(u32::MAX as u64) as u32;
         clarion_engine::Config {
             listen: self.listen.unwrap_or(d.listen),
+            also_listen: Vec::new(),
             io: match self.io.unwrap_or(IoChoice::Auto) {
                 IoChoice::Auto => clarion_engine::Io::Auto,
                 IoChoice::Epoll => clarion_engine::Io::Epoll,
@@ -637,6 +655,7 @@ impl Settings {
                 .max_connections_per_reactor
                 .unwrap_or(d.max_connections_per_reactor),
             read_buffer_size: self.read_buffer_size.unwrap_or(d.read_buffer_size),
+            keep_alive_requests: self.keep_alive_requests.unwrap_or(d.keep_alive_requests),
             drain_timeout: self.drain_timeout.unwrap_or(d.drain_timeout),
             protocol: clarion_protocol::Config {
                 max_frame_size: self.max_frame_size.unwrap_or(p.max_frame_size),
@@ -645,6 +664,7 @@ impl Settings {
                 max_headers: self.max_headers.unwrap_or(p.max_headers),
                 max_body_size: self.max_body_size.unwrap_or(p.max_body_size),
                 handshake_timeout: self.handshake_timeout.unwrap_or(p.handshake_timeout),
+                keep_alive_timeout: self.keep_alive_timeout.unwrap_or(p.keep_alive_timeout),
                 ping_interval: optional(self.ping_interval, p.ping_interval),
                 pong_timeout: self.pong_timeout.unwrap_or(p.pong_timeout),
                 idle_timeout: optional(self.idle_timeout, p.idle_timeout),

@@ -77,14 +77,32 @@ pub trait Handler {
 pub struct RequestInfo {
     pub(crate) id: ConnId,
     pub(crate) peer: Option<SocketAddr>,
+    pub(crate) listener: usize,
     pub(crate) now: Instant,
 }
 
 impl RequestInfo {
-    /// What a request on connection `id` from `peer`, at `now`, is told (for testing a handler
-    /// without sockets; the reactor makes these itself).
+    /// What a request on connection `id` from `peer`, at `now`, on listener 0, is told (for
+    /// testing a handler without sockets; the reactor makes these itself).
     pub fn new(id: ConnId, peer: Option<SocketAddr>, now: Instant) -> RequestInfo {
-        RequestInfo { id, peer, now }
+        RequestInfo {
+            id,
+            peer,
+            listener: 0,
+            now,
+        }
+    }
+
+    /// The same request, on listener `listener`.
+    pub fn on_listener(self, listener: usize) -> RequestInfo {
+        RequestInfo { listener, ..self }
+    }
+
+    /// The listener the connection was accepted on: 0 for [`crate::Config::listen`], `i + 1`
+    /// for `also_listen[i]`. A handler serves different routes on each (a public and an admin
+    /// port).
+    pub fn listener(&self) -> usize {
+        self.listener
     }
 
     /// The connection's id in its reactor (the id its WebSocket keeps if the request upgrades).

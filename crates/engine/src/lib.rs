@@ -87,7 +87,7 @@ mod timer;
 mod txqueue;
 
 pub use compression::{CompressionConfig, Policy};
-pub use config::{Config, Io};
+pub use config::{Config, Io, MAX_LISTENERS};
 pub(crate) use context::LocalOps;
 pub use context::{Ctx, Local};
 pub use handler::{Answer, Handler, Push, RequestInfo, Response};

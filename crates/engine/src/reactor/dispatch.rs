@@ -5,21 +5,24 @@
 //! [`Core::on_data`] is the one entry of a connection's received bytes for both I/O models (the
 //! readiness driver's shared read buffer, a completion backend's provided buffer). TLS goes
 //! there: records decrypted into a plaintext buffer lent from a reactor pool, then fed here.
-//! HTTP keep-alive and streaming responses (Server-Sent Events) start in [`write_answer`]:
-//! an answer that keeps the connection (new `Answer` variants; the enum is non-exhaustive for
-//! them) leaves it open where `Respond` now finishes it, and a streaming one makes it a target
-//! of `Local::send_shared` like an open WebSocket.
+//!
+//! HTTP keep-alive: a plain answer keeps the connection for the next request when the client
+//! asks for it (HTTP/1.1 by default, HTTP/1.0 with `Connection: keep-alive`), the handler did
+//! not answer `Connection: close`, the connection is under `keep_alive_requests` and the reactor
+//! is not draining; the state machine then reads the next head, and requests pipelined behind
+//! the answered one are answered in order. Streaming responses (Server-Sent Events) start in
+//! [`write_answer`] too: a new `Answer` variant (the enum is non-exhaustive for it) that makes
+//! the connection a target of `Local::send_shared` like an open WebSocket.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use clarion_protocol::deflate::Params;
-use clarion_protocol::handshake::{Request, write_response};
+use clarion_protocol::handshake::{Persistence, Request, write_response, write_response_head};
 use clarion_protocol::{Connection, Event};
 
-use super::bookkeeping::{Core, rearm_on_state_change};
+use super::bookkeeping::{Core, HttpConn, rearm_on_state_change};
 use super::conn::{Conn, ConnFlags};
 use super::writer::{ConnWriter, Sink, Writing, Written};
 use crate::compression::{Compression, ConnInflate, Negotiator};
@@ -35,11 +38,12 @@ impl<S, H: Handler> Core<S, H> {
         input: &mut [u8],
         now: Instant,
     ) -> Written {
+        let draining = self.drain_deadline.is_some();
         let Core {
             handler,
             config,
             conns,
-            peers,
+            http,
             rx_pool,
             tx_pool,
             scratch,
@@ -68,15 +72,20 @@ impl<S, H: Handler> Core<S, H> {
             scratch,
             stats,
             compression,
-            peers,
+            http,
+            draining,
+            kept_alive: false,
             now,
             token,
         };
-        if dispatch.drive(ws, app, flags, &mut out, input, &mut rxb) {
-            // Frames the client sent right behind its request head: feed them now, in order.
+        let mut again = dispatch.drive(ws, app, flags, &mut out, input, &mut rxb);
+        while again {
+            // What the client sent right behind a request that was read in pieces (frames after
+            // an upgrade, pipelined requests after a kept answer): feed it now, in order.
             let mut early = std::mem::take(&mut *rxb);
-            dispatch.drive(ws, app, flags, &mut out, &mut early, &mut rxb);
+            again = dispatch.drive(ws, app, flags, &mut out, &mut early, &mut rxb);
         }
+        let kept_alive = dispatch.kept_alive;
         let written = out.finish();
         if rxb.is_empty() {
             rx_pool.give(rxb);
@@ -84,6 +93,10 @@ impl<S, H: Handler> Core<S, H> {
             *rx = Some(rxb);
         }
         rearm_on_state_change(&mut self.timers, conn, state_before);
+        // A kept connection's deadline moved (to `keep_alive_timeout`, maybe earlier).
+        if kept_alive && let Some(key) = conn.timer.take() {
+            self.timers.cancel(key);
+        }
         written
     }
 }
@@ -95,14 +108,18 @@ struct Dispatch<'a, H> {
     scratch: &'a mut Vec<u8>,
     stats: &'a Stats,
     compression: &'a mut Compression,
-    peers: &'a mut HashMap<usize, SocketAddr>,
+    http: &'a mut HashMap<usize, HttpConn>,
+    /// The reactor is draining: no connection is kept for another request.
+    draining: bool,
+    /// A request was answered and the connection kept for the next.
+    kept_alive: bool,
     now: Instant,
     token: usize,
 }
 
 impl<H: Handler> Dispatch<'_, H> {
-    /// Runs the state machine over `input`; true when bytes behind the request head were left in
-    /// `rx` to be fed again.
+    /// Runs the state machine over `input`; true when bytes behind a request were left in `rx`
+    /// to be fed again.
     fn drive(
         &mut self,
         ws: &mut Connection,
@@ -127,19 +144,40 @@ impl<H: Handler> Dispatch<'_, H> {
         ) {
             match event {
                 Event::Request(request, body) => {
+                    let http = self.http.get(&token).copied().unwrap_or_default();
                     let info = RequestInfo {
                         id: token,
-                        peer: self.peers.remove(&token),
+                        peer: http.peer,
+                        listener: usize::from(http.listener),
                         now: self.now,
                     };
                     let answer = self.handler.on_request(&request, body, &info);
+                    let keep = request.wants_keep_alive()
+                        && !self.draining
+                        && http.answered.saturating_add(1) < self.config.keep_alive_requests;
                     let negotiator = &mut self.compression.policy;
-                    let answered = write_answer(answer, &request, negotiator, self.scratch, stats);
+                    let answered =
+                        write_answer(answer, &request, keep, negotiator, self.scratch, stats);
                     out.transmit(self.scratch, &[]);
-                    let Some((conn, deflate)) = answered else {
-                        ws.finish();
-                        return false;
+                    let (conn, deflate) = match answered {
+                        Answered::Upgraded(conn, deflate) => (conn, deflate),
+                        Answered::Kept => {
+                            let answered = http.answered + 1;
+                            self.http.insert(token, HttpConn { answered, ..http });
+                            ws.next_request(self.now, rx);
+                            self.kept_alive = true;
+                            if rx.is_empty() {
+                                continue;
+                            }
+                            return true;
+                        }
+                        Answered::Closed => {
+                            self.http.remove(&token);
+                            ws.finish();
+                            return false;
+                        }
                     };
+                    self.http.remove(&token);
                     ws.accept(self.now, rx);
                     if let Some(params) = deflate {
                         ws.set_deflate(params);
@@ -186,15 +224,26 @@ impl<H: Handler> Dispatch<'_, H> {
     }
 }
 
-/// Writes the handler's answer to a request head into `scratch`; when it upgrades, the
-/// connection's state and the compression agreed.
+/// What became of a connection after its answer.
+enum Answered<C> {
+    /// A WebSocket opened with this state and the compression agreed.
+    Upgraded(C, Option<Params>),
+    /// A plain answer; the connection reads the next request.
+    Kept,
+    /// The connection ends after the answer.
+    Closed,
+}
+
+/// Writes the handler's answer to a request head into `scratch`. A plain answer keeps the
+/// connection when `keep` allows it and the handler did not say `Connection: close`.
 fn write_answer<C>(
     answer: Answer<'_, C>,
     request: &Request<'_>,
+    keep: bool,
     negotiator: &mut Negotiator,
     scratch: &mut Vec<u8>,
     stats: &Stats,
-) -> Option<(C, Option<Params>)> {
+) -> Answered<C> {
     scratch.clear();
     let mut deflate = None;
     let upgrade = match answer {
@@ -223,25 +272,48 @@ fn write_answer<C>(
             None
         }
         Answer::Respond(response) => {
+            let is_connection = |name: &str| name.eq_ignore_ascii_case("connection");
+            let close_asked = response
+                .headers
+                .iter()
+                .any(|(n, v)| is_connection(n) && v.eq_ignore_ascii_case("close"));
+            let persistence = match keep && !close_asked {
+                false => Persistence::Close,
+                true if request.minor_version() == 0 => Persistence::KeepAlive,
+                true => Persistence::Kept,
+            };
             let headers: Vec<(&str, &str)> = response
                 .headers
                 .iter()
+                .filter(|(n, _)| !is_connection(n))
                 .map(|(n, v)| (*n, v.as_str()))
                 .collect();
-            write_response(
+            write_response_head(
                 scratch,
                 response.status,
                 &headers,
                 response.content_type,
-                &response.body,
+                response.body.len(),
+                persistence,
             );
+            // A HEAD answer has the length of a GET's body but not the body, which would be
+            // read as the next answer on a kept connection.
+            if request.method() != "HEAD" {
+                scratch.extend_from_slice(&response.body);
+            }
             stats.http_requests.fetch_add(1, Ordering::Relaxed);
-            None
+            return match persistence {
+                Persistence::Close => Answered::Closed,
+                _ => Answered::Kept,
+            };
         }
         Answer::Reject(rejection) => {
             rejection.write_response(scratch);
             None
         }
     };
-    upgrade.map(|conn| (conn, deflate.map(|(params, _)| params)))
+    match upgrade {
+        Some(conn) => Answered::Upgraded(conn, deflate.map(|(params, _)| params)),
+        None => Answered::Closed,
+    }
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use clarion_protocol::{CloseCode, Config, Connection};
 
 use super::Reactor;
-use super::bookkeeping::{arm, rearm_on_state_change, release_deflate};
+use super::bookkeeping::{HttpConn, arm, rearm_on_state_change, release_deflate};
 use super::conn::{Conn, ConnFlags, live};
 use super::driver::Driver;
 use super::writer::{ConnWriter, Writing, Written};
@@ -17,12 +17,13 @@ use crate::sys::Flushed;
 type WriterOf<'a, D> = <<D as Driver>::Writing as Writing<<D as Driver>::Socket>>::Writer<'a>;
 
 impl<D: Driver, H: Handler> Reactor<D, H> {
-    /// Takes a connection a driver accepted into the table, or refuses it (over the cap, or
-    /// draining) by closing it without a word.
+    /// Takes a connection a driver accepted on `listener` into the table, or refuses it (over
+    /// the cap, or draining) by closing it without a word.
     pub(super) fn on_accepted(
         &mut self,
         mut socket: D::Socket,
         peer: Option<std::net::SocketAddr>,
+        listener: usize,
         now: Instant,
     ) {
         let core = &mut self.core;
@@ -40,8 +41,14 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         let ws = Connection::server(now);
         let timer = arm(&mut core.timers, &core.config, &ws, token, now);
         entry.insert(Conn::new(socket, ws, timer));
-        if let Some(peer) = peer {
-            core.peers.insert(token, peer);
+        let http = HttpConn {
+            peer,
+            // Below MAX_LISTENERS (8): the runtime binds no more.
+            listener: listener as u8,
+            answered: 0,
+        };
+        if http != HttpConn::default() {
+            core.http.insert(token, http);
         }
         core.stats
             .accepted
@@ -159,7 +166,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         if conn.flags.contains(ConnFlags::RELEASING) {
             return;
         }
-        core.peers.remove(&token);
+        core.http.remove(&token);
         if let Some(key) = conn.timer.take() {
             core.timers.cancel(key);
         }
