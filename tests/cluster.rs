@@ -21,6 +21,8 @@ struct Node {
 impl Node {
     fn start(redis: &str, extra: &[&str]) -> Node {
         let mut args = vec!["--listen", "127.0.0.1:0", "--threads", "2", "--no-pin"];
+        // The tests read /stats and /topics/ on the public port.
+        args.push("--public-metrics");
         args.extend(["--io", io_flag(), "--redis", redis]);
         args.extend(extra);
         let (child, addr) = common::spawn_clarion(&args);
@@ -31,6 +33,7 @@ impl Node {
                 .contains("cluster: up")),
             "node did not reach Redis"
         );
+        assert_eq!(body(&get(node.addr, "/readyz")), "ready\n");
         node
     }
 
@@ -632,9 +635,14 @@ fn without_redis_publishes_fill_the_buffer_then_are_refused_and_counted() {
         io_flag(),
         "--config",
         config.to_str().unwrap(),
+        "--public-metrics",
     ]);
     let node = Node { child, addr };
     assert_eq!(body(&node.health()), "ok\ncluster: down\n");
+    // Alive, but not to be sent new clients while its link is down.
+    let ready = get(node.addr, "/readyz");
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert_eq!(body(&ready), "not ready: cluster link down\n");
     let sixty = "x".repeat(60);
     assert_eq!(node.publish("t", &sixty), 202);
     assert_eq!(node.publish("t", &sixty), 503);

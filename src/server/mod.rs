@@ -6,6 +6,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod envelope;
 pub mod host;
 pub mod http;
@@ -26,6 +27,10 @@ use clarion_engine::Runtime;
 use clarion_pubsub::MAX_REACTORS;
 pub use state::AppConfig;
 
+/// The engine's listener that [`AppConfig::admin_listen`] becomes (listener 0 is the public
+/// one).
+pub const ADMIN_LISTENER: usize = 1;
+
 /// A started server: its reactors, and the state they share (what reloads and the service
 /// watchdog reach).
 pub struct Running {
@@ -35,7 +40,16 @@ pub struct Running {
     pub server: Arc<state::Server>,
 }
 
-/// Starts the server's reactors with the application settings `app`.
+impl Running {
+    /// Where the admin listener listens (with the real port when 0 was asked for), if there is
+    /// one.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.runtime.local_addrs().get(ADMIN_LISTENER).copied()
+    }
+}
+
+/// Starts the server's reactors with the application settings `app` (and the admin listener it
+/// names: `runtime.local_addrs()[ADMIN_LISTENER]`).
 pub fn start(config: clarion_engine::Config, app: AppConfig) -> io::Result<Runtime> {
     launch(config, app).map(|running| running.runtime)
 }
@@ -56,6 +70,9 @@ pub fn launch(mut config: clarion_engine::Config, app: AppConfig) -> io::Result<
     }
     // Per-IP caps need each connection's address, which io_uring's multishot accept lacks.
     config.uring.peer_addresses |= app.max_connections_per_ip != 0;
+    // The admin listener is the engine's listener 1, served by every reactor.
+    config.also_listen = app.admin_listen.into_iter().collect();
+    let admin = app.admin_listen.is_some();
     // The first reactor to start builds the shared state, from the inboxes the runtime made.
     let built = Arc::new(OnceLock::new());
     let server = built.clone();
@@ -75,5 +92,8 @@ pub fn launch(mut config: clarion_engine::Config, app: AppConfig) -> io::Result<
         .and_then(|server| server.as_ref().ok())
         .cloned()
         .ok_or_else(|| io::Error::other("the reactors started without their shared state"))?;
+    if admin {
+        dashboard::spawn(Arc::downgrade(&server))?;
+    }
     Ok(Running { runtime, server })
 }

@@ -30,8 +30,10 @@ pub fn start(adjust: impl FnOnce(&mut clarion_engine::Config)) -> Runtime {
     start_app(adjust, AppConfig::default())
 }
 
-/// [`start`] with application settings.
-pub fn start_app(adjust: impl FnOnce(&mut clarion_engine::Config), app: AppConfig) -> Runtime {
+/// [`start`] with application settings. The monitoring routes are served on the public port
+/// too (`public_metrics`), where the helpers below read them.
+pub fn start_app(adjust: impl FnOnce(&mut clarion_engine::Config), mut app: AppConfig) -> Runtime {
+    app.public_metrics = true;
     let mut config = clarion_engine::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         threads: 2,
@@ -68,6 +70,8 @@ pub struct Clarion {
     child: Option<std::process::Child>,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its admin listener listens (on a free port unless the test sets `admin_listen`).
+    pub admin: Option<SocketAddr>,
     lines: std::sync::mpsc::Receiver<String>,
     /// The lines read so far.
     pub log: Vec<String>,
@@ -86,6 +90,9 @@ impl Clarion {
             clarion_engine::Io::Uring => command.env("CLARION_IO", "uring"),
             clarion_engine::Io::Auto => &mut command,
         };
+        // A free port rather than the default 9002, which parallel tests would share; below the
+        // test's own flags and variables.
+        command.env("CLARION_ADMIN_LISTEN", "127.0.0.1:0");
         command.envs(env.iter().copied());
         let mut child = command
             .stderr(std::process::Stdio::piped())
@@ -104,6 +111,7 @@ impl Clarion {
         let mut clarion = Clarion {
             child: Some(child),
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            admin: None,
             lines,
             log: Vec::new(),
         };
@@ -116,6 +124,21 @@ impl Clarion {
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let admin_off = args.contains(&"off")
+            || env
+                .iter()
+                .any(|(name, value)| *name == "CLARION_ADMIN_LISTEN" && *value == "off");
+        if !admin_off {
+            let line = clarion.wait_for("admin listener on ");
+            clarion.admin = line.split("admin listener on ").nth(1).and_then(|rest| {
+                rest.split(':')
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(":")
+                    .parse()
+                    .ok()
+            });
+        }
         clarion
     }
 
