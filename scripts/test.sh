@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every check the project has, in order: formatting, lints, unit + end-to-end tests on both
-# backends, and the Autobahn|Testsuite conformance run against a release build on both
-# backends. This is the README's test command and what CI runs.
+# backends, the TypeScript client's tests, and the Autobahn|Testsuite conformance run against a
+# release build on both backends. This is the README's test command and what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +38,15 @@ for io in epoll uring; do
   step "cargo test: unit, property and end-to-end tests, server on $io"
   CLARION_TEST_IO=$io cargo test --workspace
 done
+
+# The TypeScript client (clients/js): its build tools (typescript, ws, types) from its committed
+# lockfile into clients/js/node_modules (nothing global), tsc, then node --test against the debug
+# server and the ticker example just built, a redis-server and Chromium. About a minute.
+step "TypeScript client (clients/js): npm ci, tsc, node --test"
+node -e 'const [major, minor] = process.versions.node.split(".").map(Number);
+  if (major < 20 || (major === 20 && minor < 10)) { console.error(`Node ${process.version}: the client needs 20.10 or later`); process.exit(1); }'
+cargo build --bin clarion --example ticker
+(cd clients/js && npm ci --no-audit --no-fund && npm test)
 
 # 1.* to 10.* with compression offered by the server (the fuzzing client does not offer it in
 # those), 12.* (compressed messages of every size, about 3 min per backend) and 13.* (every

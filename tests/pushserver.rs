@@ -353,11 +353,11 @@ fn drain(ws: &mut Ws) -> (Vec<usize>, Option<CloseCode>) {
 }
 
 #[test]
-fn a_slow_consumer_is_closed_with_1008_and_the_others_keep_up() {
+fn a_slow_consumer_is_closed_with_1013_and_the_others_keep_up() {
     let (_runtime, addr, mut slow, published) = stall(SlowConsumer::Close);
     assert!(eventually(|| total_stat(addr, "slow_consumer_closes") == 1));
     let (seen, code) = drain(&mut slow);
-    assert_eq!(code, Some(CloseCode::Policy));
+    assert_eq!(code, Some(CloseCode::Again));
     assert!(
         seen.len() < published,
         "bounded: {} of {published}",

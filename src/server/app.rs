@@ -700,10 +700,10 @@ fn close_reason(code: Option<CloseCode>) -> &'static str {
         Some(CloseCode::UNSUPPORTED_DATA) => "unsupported data",
         Some(CloseCode::NO_STATUS) => "closed without a code",
         Some(CloseCode::INVALID_PAYLOAD) => "invalid UTF-8",
-        Some(CloseCode::POLICY_VIOLATION) => "policy (slow consumer, forbidden publish)",
+        Some(CloseCode::POLICY_VIOLATION) => "policy (forbidden publish, too many topics)",
         Some(CloseCode::MESSAGE_TOO_BIG) => "message too big",
         Some(CloseCode::INTERNAL_ERROR) => "internal error",
-        Some(CloseCode::TRY_AGAIN_LATER) => "try again later (cluster publish buffer full)",
+        Some(CloseCode::TRY_AGAIN_LATER) => "try again later (slow consumer, cluster buffer full)",
         Some(_) => "application code",
     }
 }
@@ -1103,7 +1103,9 @@ impl App {
                 }
                 Push::Full if policy == SlowConsumer::Drop => dropped += 1,
                 Push::Full => {
-                    local.close(id, CloseCode::POLICY_VIOLATION, "slow consumer");
+                    // 1013, not 1008: falling behind is temporary, and a client retries (with
+                    // backoff) and resumes on 1013 where 1008 tells it to stop.
+                    local.close(id, CloseCode::TRY_AGAIN_LATER, "slow consumer");
                     evicted += 1;
                 }
                 Push::Closed => {}

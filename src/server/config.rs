@@ -376,7 +376,7 @@ pub struct Settings {
     #[arg(long, value_name = "BYTES")]
     pub max_queued_bytes: Option<usize>,
 
-    /// What happens to a subscriber past `max_queued_bytes`: close it with 1008, or drop
+    /// What happens to a subscriber past `max_queued_bytes`: close it with 1013, or drop
     /// messages (it sees a gap in `seq`) [default: close].
     #[arg(long, value_enum)]
     pub slow_consumer: Option<SlowConsumer>,

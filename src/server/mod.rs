@@ -55,7 +55,22 @@ pub fn start(config: clarion_engine::Config, app: AppConfig) -> io::Result<Runti
 }
 
 /// [`start`], keeping a handle on the shared state.
-pub fn launch(mut config: clarion_engine::Config, app: AppConfig) -> io::Result<Running> {
+pub fn launch(config: clarion_engine::Config, app: AppConfig) -> io::Result<Running> {
+    launch_with(config, app, |app| app)
+}
+
+/// [`launch`] with each reactor's [`app::App`] handed to `wrap`, whose handler the reactor runs:
+/// for a program that puts routes of its own in front of the push server's and passes the rest
+/// on (`examples/ticker.rs` serves a page and the client library this way).
+pub fn launch_with<H, W>(
+    mut config: clarion_engine::Config,
+    app: AppConfig,
+    wrap: W,
+) -> io::Result<Running>
+where
+    H: clarion_engine::Handler<Inbox = clarion_pubsub::Post> + 'static,
+    W: Fn(app::App) -> H + Send + Sync + 'static,
+{
     let invalid = |message: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, message));
     if config.threads > MAX_REACTORS {
         return invalid("the push server runs at most 64 reactors");
@@ -84,7 +99,9 @@ pub fn launch(mut config: clarion_engine::Config, app: AppConfig) -> io::Result<
             .as_ref()
             .map_err(|e| io::Error::other(format!("cannot start: {e}")))?;
         // `threads` was checked against the hub's limit above.
-        app::App::new(server.clone(), index).map_err(|e| io::Error::other(e.to_string()))
+        app::App::new(server.clone(), index)
+            .map(&wrap)
+            .map_err(|e| io::Error::other(e.to_string()))
     })?;
     // Every reactor has started, so the first one built the state.
     let server = built

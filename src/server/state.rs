@@ -41,7 +41,7 @@ pub enum ClientPublish {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum SlowConsumer {
-    /// Close it with 1008 "slow consumer".
+    /// Close it with 1013 "slow consumer" (try again later).
     #[default]
     Close,
     /// Skip the messages that do not fit; it sees the gap in `seq`.
