@@ -210,6 +210,15 @@ fn the_dashboard_socket_gets_snapshots_and_the_public_port_cannot_reach_its_topi
     assert_eq!(shown["reactors"].as_array().unwrap().len(), 2);
     assert_eq!(shown["memory"]["entry"], 104);
     assert!(shown["cluster"].is_null());
+    // A topic published to shows among the busiest.
+    let rated = (0..10).find_map(|_| {
+        let (code, _) = common::post(public, "/publish/news", "", b"x");
+        assert_eq!(code, 202);
+        let shown = snapshot(&mut dashboard);
+        let top = shown["top_rate"].as_array()?;
+        top.iter().any(|t| t[0] == "news").then_some(shown)
+    });
+    assert!(rated.is_some(), "the published topic among the top rates");
     // What a client sends on it is ignored; it goes on getting snapshots.
     dashboard.send(Message::text("hello")).unwrap();
     snapshot(&mut dashboard);

@@ -14,7 +14,9 @@
 //! `messages_in_per_s`, `messages_out_per_s`, `deliveries_per_s`, `drops` and
 //! `slow_consumer_closes` (totals and `_per_s`), `latency_us` (publish-to-write percentiles of
 //! the interval), `topics`, `subscriptions`, `top_subscribers` and `top_rate` (`[topic, n]`),
-//! `memory` (`rss`, `per_connection`, `entry` in bytes), `cluster` (`null` on one node).
+//! `memory` (`rss`; `per_connection`, the growth of RSS since the first sample divided by the
+//! open connections; `entry`, a connection's table entry; in bytes), `cluster` (`null` on one
+//! node).
 //! Finding the top topics walks the topic table once a second, only while a dashboard is open.
 //! A snapshot's delivery counts among the deliveries it reports, like any message.
 
@@ -80,6 +82,9 @@ struct Sample {
 #[derive(Default)]
 pub struct Sampler {
     previous: Option<Sample>,
+    /// The resident memory at the first sample (the server just started, before clients):
+    /// the growth since, per connection, is what a connection costs.
+    baseline_rss: Option<u64>,
 }
 
 impl Sampler {
@@ -100,6 +105,9 @@ impl Sampler {
             seqs: counts.iter().map(|c| (c.name.clone(), c.seq)).collect(),
             cluster_received: cluster.map_or(0, |c| c.received),
         };
+        if self.baseline_rss.is_none() {
+            self.baseline_rss = resident_bytes();
+        }
         let previous = self.previous.replace(current);
         let (previous, current) = (previous?, self.previous.as_ref()?);
         if !watched {
@@ -146,6 +154,10 @@ impl Sampler {
         by_rate.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
         let connections = total(current, |r| r.connections);
         let rss = resident_bytes();
+        let baseline = self.baseline_rss.unwrap_or(0);
+        let per_connection = rss
+            .filter(|_| connections > 0)
+            .map(|rss| rss.saturating_sub(baseline) / connections);
         Some(json!({
             "time": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
             "interval_s": seconds,
@@ -173,7 +185,7 @@ impl Sampler {
             "top_rate": by_rate.iter().take(TOP).map(|(t, n)| json!([&***t, n])).collect::<Vec<_>>(),
             "memory": {
                 "rss": rss,
-                "per_connection": rss.filter(|_| connections > 0).map(|rss| rss / connections),
+                "per_connection": per_connection,
                 "entry": clarion_engine::connection_size::<super::app::Conn>(),
             },
             "cluster": cluster.map(|c| json!({
