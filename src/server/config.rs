@@ -86,7 +86,7 @@ impl From<&str> for Secret {
 
 /// Where the admin listener listens by default: loopback, a port beside the public one's.
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9002);
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9011);
 
 /// `admin_listen`: an address, or `off` for no admin listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -319,7 +319,7 @@ pub struct Settings {
 
     /// The admin listener: /metrics, /stats, /topics/<topic>, /healthz, /readyz and the live
     /// dashboard (/dashboard), apart from the public port; `off` for none. Loopback by default,
-    /// so that only the host reaches it [default: 127.0.0.1:9002].
+    /// so that only the host reaches it [default: 127.0.0.1:9011].
     #[arg(long, value_name = "ADDR:PORT|off")]
     pub admin_listen: Option<AdminListen>,
 

@@ -90,7 +90,7 @@ impl Clarion {
             clarion_engine::Io::Uring => command.env("CLARION_IO", "uring"),
             clarion_engine::Io::Auto => &mut command,
         };
-        // A free port rather than the default 9002, which parallel tests would share; below the
+        // A free port rather than the default 9011, which parallel tests would share; below the
         // test's own flags and variables.
         command.env("CLARION_ADMIN_LISTEN", "127.0.0.1:0");
         command.envs(env.iter().copied());
