@@ -132,7 +132,9 @@ pub enum Answer<'r, C> {
         /// The chosen subprotocol.
         protocol: Option<&'r str>,
     },
-    /// Answer as plain HTTP, then close.
+    /// Answer as plain HTTP. The connection is kept for the next request if the client asks
+    /// (HTTP/1.1 by default), within [`crate::Config::keep_alive_requests`], unless the
+    /// response carries `Connection: close`.
     Respond(Response),
     /// Refuse with a status (and the header it calls for).
     Reject(Rejection),

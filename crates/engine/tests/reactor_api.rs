@@ -519,6 +519,12 @@ fn a_kept_connection_answers_requests_in_order_pipelined_or_not() {
             "HTTP/1.1 keeps by default: {answer}"
         );
     }
+    // Kept and idle, it holds no buffer and no write queue.
+    assert!(eventually(|| {
+        total(&server.runtime, |s| &s.rx_buffers_lent) == 0
+            && total(&server.runtime, |s| &s.tx_queues_lent) == 0
+            && total(&server.runtime, |s| &s.connections) == 1
+    }));
     // Pipelined: a POST with a body, a HEAD (its length, no body), a GET; in one write.
     let pipelined = [
         &b"POST /pub HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"[..],
@@ -597,8 +603,4 @@ fn keep_alive_follows_the_client_and_the_limits() {
     let (answer, mut stream) = ask(b"GET /listener HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(!answer.contains("Connection:"), "{answer}");
     assert!(closed_by_server(&mut stream), "closed when idle");
-    assert!(
-        eventually(|| total(&server.runtime, |s| &s.rx_buffers_lent) == 0),
-        "an idle kept connection holds no buffer"
-    );
 }
