@@ -24,8 +24,9 @@
 # changed sysctl and one "file<TAB>path<TAB>backup" line per file --persist wrote.
 #
 # The figures behind the recommendations (measured on the project machine, docs/tuning.md):
-# about 4.4 KiB of kernel memory per idle TCP socket and 114 bytes of server user space per
-# idle connection (143 per idle topic subscriber, the figure the arithmetic below uses).
+# about 4.3 KiB of kernel memory per idle TCP socket (at a million), 114 bytes of server user
+# space per idle connection, and 144-160 per topic subscriber at a million (the arithmetic below
+# uses 160).
 set -euo pipefail
 
 PROG=tune-linux.sh
@@ -57,22 +58,9 @@ state_file() {
   fi
 }
 
-proc_path() { printf '/proc/sys/%s\n' "${1//.//}"; }
-
-# Current value of a sysctl with runs of whitespace collapsed to one space; empty if absent.
-read_sysctl() {
-  local p
-  p=$(proc_path "$1")
-  [ -r "$p" ] || return 0
-  tr -s ' \t' '  ' <"$p" | tr -d '\n'
-}
-
-write_sysctl() {
-  local p
-  p=$(proc_path "$1")
-  [ -w "$p" ] || return 1
-  { printf '%s\n' "$2" >"$p"; } 2>/dev/null
-}
+# proc_path, read_sysctl, write_sysctl
+# shellcheck source=lib/sysctl.sh
+. "$(dirname "$0")/lib/sysctl.sh"
 
 # --- the table -------------------------------------------------------------------------------
 # Each row: key, current, recommended (shown), status, why, and for apply the value to write
@@ -218,6 +206,16 @@ build_rows() {
       "io_uring rings count against it before Linux 5.12 (else epoll fallback)" "" rlimit
   fi
 
+  # The established hash table: sized at boot (thash_entries=), or for a network namespace
+  # created later from tcp_child_ehash_entries (negative: the namespace shares the host's).
+  cur=$(read_sysctl net.ipv4.tcp_ehash_entries)
+  if [ -n "$cur" ]; then
+    if [ "${cur#-}" -ge "$n" ]; then status=ok; else status=note; fi
+    add_row net.ipv4.tcp_ehash_entries "$cur" ">= $n" "$status" \
+      "TCP established hash buckets (boot: thash_entries=; a new netns: tcp_child_ehash_entries); not changed by apply" \
+      "" info
+  fi
+
   cur=$(read_sysctl kernel.io_uring_disabled)
   if [ -n "$cur" ]; then
     if [ "$cur" = 0 ]; then status=ok; else status=note; fi
@@ -246,8 +244,8 @@ not_ready() {
 
 memory_estimate() {
   local n=$1 kernel_mib user_mib total_kib
-  kernel_mib=$((n * 4506 / 1048576))   # 4.4 KiB of slab per idle socket
-  user_mib=$((n * 143 / 1048576))      # 143 bytes per idle subscriber (the larger figure)
+  kernel_mib=$((n * 4414 / 1048576))   # 4.3 KiB of slab per idle socket, measured at a million
+  user_mib=$((n * 160 / 1048576))      # 144-160 bytes per subscriber at a million (the larger)
   total_kib=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null || echo 0)
   printf '\nmemory for %s idle connections (server side, docs/tuning.md): about %s MiB of kernel\n' \
     "$n" "$kernel_mib"

@@ -23,9 +23,6 @@ pub enum ModeArgs {
     Idle {
         #[command(flatten)]
         common: Common,
-        /// Ping each connection after this long without hearing from the server.
-        #[arg(long, value_parser = parse_duration)]
-        ping_interval: Option<Duration>,
     },
     /// N connections each keep a window of messages in flight to an echo server.
     Echo {
@@ -74,6 +71,14 @@ pub struct Common {
     /// How long to measure once every connection is open (e.g. 10s, 500ms, 2m).
     #[arg(short = 'd', long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
+    /// After the ramp-up, hold every connection this long before the warm-up and the
+    /// measurement begin (idle but for keep-alive pings), e.g. to show they stay up.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub hold: Duration,
+    /// Ping each connection after this long without hearing from the server (a quiet
+    /// server that does not answer within 15 s drops the connection as a timeout).
+    #[arg(long, value_parser = parse_duration)]
+    pub ping_interval: Option<Duration>,
     /// Traffic before the measurement (echo, fanout): sent and checked for order and
     /// duplicates, but neither timed nor counted, so that fresh connections' first messages
     /// (TCP quick-ACK mode, cold caches) do not weigh on the steady-state figures.
@@ -93,6 +98,11 @@ pub struct Common {
     /// New connections per second while ramping up, over all threads; 0 = no pacing.
     #[arg(long, default_value_t = 10_000.0)]
     pub ramp_rate: f64,
+    /// Most connections being opened at once during the ramp-up (dialed, not yet open and
+    /// ready), over all threads; the ramp waits below it, so a server that falls behind slows
+    /// the ramp instead of timing out a growing queue of handshakes. 0 = no limit.
+    #[arg(long, default_value_t = 0)]
+    pub max_pending: usize,
     /// Longest the ramp-up may take; connections not open by then count as failed.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub ramp_timeout: Duration,
@@ -219,6 +229,14 @@ pub struct FanoutArgs {
     /// Bearer token for the publish API.
     #[arg(long, value_name = "TOKEN")]
     pub publish_token: Option<String>,
+    /// Reconnect storm (envelope protocol): at the stop instant plus --drain, drop this share
+    /// of the subscribers at once (0.1 = 10%), dial them again and resume their subscriptions
+    /// from the last seq they had; one more message is published while they are away.
+    #[arg(long, value_name = "FRACTION")]
+    pub storm: Option<f64>,
+    /// Longest the storm may take; dropped subscribers not back by then count as failed.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub storm_timeout: Duration,
 }
 
 #[cfg(test)]

@@ -18,10 +18,7 @@ const MAX_MESSAGE: usize = 16 << 20;
 #[derive(Clone, Debug)]
 pub enum Mode {
     /// Open and hold.
-    Idle {
-        /// Keep-alive pings after this much silence.
-        ping_interval: Option<Duration>,
-    },
+    Idle,
     /// Round trips to an echo server.
     Echo(Echo),
     /// Connect, exchange, disconnect at a rate.
@@ -34,7 +31,7 @@ impl Mode {
     /// The mode's name in reports.
     pub fn name(&self) -> &'static str {
         match self {
-            Mode::Idle { .. } => "idle",
+            Mode::Idle => "idle",
             Mode::Echo(_) => "echo",
             Mode::Churn(_) => "churn",
             Mode::Fanout(_) => "fanout",
@@ -83,7 +80,25 @@ pub struct Fanout {
     pub publish_target: Target,
     /// Bearer token for the publish API.
     pub publish_token: Option<String>,
+    /// The reconnect storm, if any.
+    pub storm: Option<Storm>,
 }
+
+/// `fanout --storm` settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Storm {
+    /// Share of the open subscribers dropped, in (0, 1].
+    pub fraction: f64,
+    /// Longest the storm may take.
+    pub timeout: Duration,
+}
+
+/// After the storm breaks, when the publishers send the message the dropped subscribers miss
+/// (and get back by resuming).
+pub const STORM_MESSAGE_DELAY: Duration = Duration::from_millis(100);
+/// How long the dropped subscribers stay away (a network blip) before they all dial again: long
+/// enough for that message to be published while they are away.
+pub const STORM_BLIP: Duration = Duration::from_millis(200);
 
 impl Fanout {
     /// The topic of subscriber or publisher `index`.
@@ -136,6 +151,10 @@ pub struct Plan {
     pub connections: usize,
     /// Measurement time.
     pub duration: Duration,
+    /// Time the connections are held after the ramp-up, before the warm-up.
+    pub hold: Duration,
+    /// Keep-alive pings after this much silence.
+    pub ping_interval: Option<Duration>,
     /// Traffic before the measurement, not counted.
     pub warmup: Duration,
     /// Receive coalescing period (0: off).
@@ -146,6 +165,8 @@ pub struct Plan {
     pub procs: usize,
     /// Connections per second while ramping (0: unpaced).
     pub ramp_rate: f64,
+    /// Most connections being opened at once over all loops (0: no limit).
+    pub max_pending: usize,
     /// Longest ramp.
     pub ramp_timeout: Duration,
     /// Retries after connect errors.
@@ -181,9 +202,7 @@ impl Plan {
         };
         let pairs = Pairs::new(sources, targets)?;
         let mode = match args {
-            ModeArgs::Idle { ping_interval, .. } => Mode::Idle {
-                ping_interval: *ping_interval,
-            },
+            ModeArgs::Idle { .. } => Mode::Idle,
             ModeArgs::Echo { echo, .. } => Mode::Echo(check_echo(echo)?),
             ModeArgs::Churn { churn, .. } => Mode::Churn(check_churn(churn)?),
             ModeArgs::Fanout { fanout, .. } => Mode::Fanout(check_fanout(fanout, &pairs)?),
@@ -237,11 +256,14 @@ impl Plan {
             pairs,
             connections,
             duration: common.duration,
+            hold: common.hold,
+            ping_interval: common.ping_interval.filter(|d| !d.is_zero()),
             warmup: common.warmup,
             coalesce: common.coalesce,
             threads,
             procs,
             ramp_rate: common.ramp_rate,
+            max_pending: common.max_pending,
             ramp_timeout: common.ramp_timeout,
             retries: common.retries,
             backoff: common.backoff,
@@ -352,6 +374,21 @@ fn check_fanout(fanout: &cli::FanoutArgs, pairs: &Pairs) -> Result<Fanout, Strin
     {
         return Err("--publish-token must be printable ASCII without spaces".into());
     }
+    let storm = match fanout.storm {
+        None => None,
+        Some(fraction) if !(fraction > 0.0 && fraction <= 1.0) => {
+            return Err(format!("--storm must be a share in (0, 1], not {fraction}"));
+        }
+        Some(_) if fanout.protocol != Protocol::Envelope => {
+            return Err(
+                "--storm needs --protocol envelope: raw topic sockets cannot resume".into(),
+            );
+        }
+        Some(fraction) => Some(Storm {
+            fraction,
+            timeout: fanout.storm_timeout,
+        }),
+    };
     Ok(Fanout {
         protocol: fanout.protocol,
         topics: (0..fanout.topics)
@@ -363,6 +400,7 @@ fn check_fanout(fanout: &cli::FanoutArgs, pairs: &Pairs) -> Result<Fanout, Strin
         publish_via: fanout.publish_via,
         publish_target,
         publish_token: fanout.publish_token.clone(),
+        storm,
     })
 }
 
@@ -427,6 +465,15 @@ mod tests {
             &["idle", "ws://127.0.0.1:1/", "--duration", "0s"],
             &["fanout", "ws://127.0.0.1:1/t/", "--topics", "2"],
             &["fanout", "ws://127.0.0.1:1/t/", "--topic-prefix", "a/b"],
+            &["fanout", "ws://127.0.0.1:1/t/", "--storm", "0.1"],
+            &[
+                "fanout",
+                "ws://127.0.0.1:1/ws",
+                "--protocol",
+                "envelope",
+                "--storm",
+                "1.5",
+            ],
             &[
                 "fanout",
                 "ws://127.0.0.1:1/t/",

@@ -15,7 +15,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use crate::clock::{self, ns};
 use crate::plan::Plan;
 use crate::progress::Progress;
-use crate::run::{GO_LEAD_NS, ProcessResult};
+use crate::run::{GO_LEAD_NS, OwnMemory, ProcessResult};
 use crate::server::{CpuSampler, ServerWatch};
 
 /// What a worker said.
@@ -36,6 +36,7 @@ pub fn run_parent(
         signal_hook::flag::register(signal, abort.clone())
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     }
+    let mut memory = OwnMemory::before();
     let (said_tx, said) = mpsc::channel();
     let mut children: Vec<(Child, Option<ChildStdin>)> = Vec::new();
     for index in 0..plan.procs {
@@ -67,7 +68,8 @@ pub fn run_parent(
     drop(said_tx);
 
     let mut heard = Heard::default();
-    let ramp_deadline = clock::now_ns() + ns(plan.ramp_timeout);
+    let start_ns = clock::now_ns();
+    let ramp_deadline = start_ns + ns(plan.ramp_timeout);
     while heard.ramped + heard.gone < plan.procs
         && !abort.load(Ordering::Relaxed)
         && clock::now_ns() < ramp_deadline
@@ -78,9 +80,11 @@ pub fn run_parent(
             heard.note(message);
         }
     }
+    let ramp_s = clock::now_ns().saturating_sub(start_ns) as f64 / 1e9;
     if let Some(watch) = server {
         watch.sample_after();
     }
+    memory.ramped();
     let mut sampler = None;
     if abort.load(Ordering::Relaxed) || heard.gone > 0 {
         // Closing their stdin aborts the workers; they still report what they counted.
@@ -88,7 +92,7 @@ pub fn run_parent(
             .iter_mut()
             .for_each(|(_, stdin)| drop(stdin.take()));
     } else {
-        let go_ns = clock::now_ns() + 2 * GO_LEAD_NS + ns(plan.warmup);
+        let go_ns = clock::now_ns() + 2 * GO_LEAD_NS + ns(plan.hold) + ns(plan.warmup);
         let stop_ns = go_ns + ns(plan.duration);
         sampler = server
             .as_ref()
@@ -124,8 +128,14 @@ pub fn run_parent(
         watch.finish_window(sampler, abort.load(Ordering::Relaxed));
     }
     let missing = plan.procs - heard.reported;
+    memory.finish();
     match heard.total {
-        Some(total) if missing == 0 => Ok(total),
+        Some(mut total) if missing == 0 => {
+            // The parent's own memory is the loadgen's too; its ramp waited for every worker.
+            total.memory.add(memory);
+            total.ramp_s = ramp_s;
+            Ok(total)
+        }
         Some(_) | None => Err(format!(
             "{missing} of {} worker processes ended without a result",
             plan.procs

@@ -2,7 +2,8 @@
 //!
 //! Message `k` of a publisher is due at `go + k / rate` and carries that intended time in its
 //! stamp even when it leaves late (a slow server or publish API shows up in the latencies instead
-//! of slowing the schedule). Publishers are few, so each is a plain blocking client: a WebSocket
+//! of slowing the schedule). With `--storm`, one more message is due shortly after the storm
+//! breaks, while the dropped subscribers are away: they must get it back by resuming. Publishers are few, so each is a plain blocking client: a WebSocket
 //! (raw topic socket, or publish commands on the envelope protocol) or keep-alive HTTP
 //! `POST {publish-url}/{topic}`. Whatever the server sends a publisher is read and dropped.
 
@@ -17,7 +18,7 @@ use crate::cli::{Protocol, PublishVia};
 use crate::clock::{self, ns};
 use crate::control::Control;
 use crate::failure::Reason;
-use crate::plan::{Fanout, Plan};
+use crate::plan::{Fanout, Plan, STORM_MESSAGE_DELAY};
 use crate::stamp::{self, Stamp};
 use crate::tally::Tally;
 use crate::traffic::envelope::{self, Incoming};
@@ -40,9 +41,18 @@ pub fn run(plan: &Plan, fanout: &Fanout, id: usize, control: &Control) -> Tally 
     let mut client: Option<Client> = None;
     let template = stamp::template(fanout.size);
     let mut payload = Vec::with_capacity(fanout.size);
+    let mut storm_message = fanout
+        .storm
+        .map(|_| stop_ns + ns(plan.drain) + ns(STORM_MESSAGE_DELAY));
     for count in 0u64.. {
-        let due_ns = start_ns + (count as f64 * interval_ns) as u64;
-        if due_ns >= stop_ns || control.aborted() {
+        let mut due_ns = start_ns + (count as f64 * interval_ns) as u64;
+        if due_ns >= stop_ns {
+            match storm_message.take() {
+                Some(at_ns) => due_ns = at_ns,
+                None => break,
+            }
+        }
+        if control.aborted() {
             break;
         }
         if client.is_none() {

@@ -1,6 +1,7 @@
 //! One process's part of a run: start the event loops (and, in the first process of a fanout,
-//! the publishers), wait for the ramp-up, agree on the measurement window, sample CPU time at its
-//! edges, and add up what every loop counted.
+//! the publishers), wait for the ramp-up, agree on the measurement window (after `--hold`),
+//! sample CPU time at its edges and the process's own memory around the ramp-up, and add up what
+//! every loop counted.
 //!
 //! The window comes from this process itself when it runs alone, or from the parent process
 //! through stdin (`go GO_NS STOP_NS`) when it is one of `--procs` workers; then it reports
@@ -19,7 +20,7 @@ use crate::control::Control;
 use crate::plan::{Mode, Plan};
 use crate::progress::Progress;
 use crate::server::{CpuSampler, ServerWatch};
-use crate::sys::CpuTime;
+use crate::sys::{self, CpuTime};
 use crate::tally::Tally;
 use crate::{engine, publisher};
 
@@ -37,6 +38,44 @@ pub enum Steering {
     Parent,
 }
 
+/// The loadgen's own resident memory (KiB; summed over processes).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OwnMemory {
+    /// Before the first event loop started.
+    pub before_kib: u64,
+    /// With every connection open (after the ramp-up).
+    pub ramped_kib: u64,
+    /// The peak over the whole run (`VmHWM`).
+    pub peak_kib: u64,
+}
+
+impl OwnMemory {
+    /// The "before" reading of this process.
+    pub fn before() -> OwnMemory {
+        OwnMemory {
+            before_kib: sys::own_rss_kib().0,
+            ..OwnMemory::default()
+        }
+    }
+
+    /// Takes the "ramped" reading.
+    pub fn ramped(&mut self) {
+        self.ramped_kib = sys::own_rss_kib().0;
+    }
+
+    /// Takes the peak reading, at the end.
+    pub fn finish(&mut self) {
+        self.peak_kib = sys::own_rss_kib().1;
+    }
+
+    /// Adds another process's readings.
+    pub fn add(&mut self, other: OwnMemory) {
+        self.before_kib += other.before_kib;
+        self.ramped_kib += other.ramped_kib;
+        self.peak_kib += other.peak_kib;
+    }
+}
+
 /// What one process measured.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ProcessResult {
@@ -52,6 +91,10 @@ pub struct ProcessResult {
     pub go_ns: u64,
     /// How long the window lasted (shorter than planned when aborted), seconds.
     pub window_s: f64,
+    /// Its own memory.
+    pub memory: OwnMemory,
+    /// From its start until every connection was open (or failed), seconds.
+    pub ramp_s: f64,
 }
 
 impl ProcessResult {
@@ -65,6 +108,8 @@ impl ProcessResult {
             self.go_ns = other.go_ns;
         }
         self.window_s = self.window_s.max(other.window_s);
+        self.memory.add(other.memory);
+        self.ramp_s = self.ramp_s.max(other.ramp_s);
     }
 }
 
@@ -85,6 +130,7 @@ pub fn run_process(
     if steering == Steering::Parent {
         listen_to_parent(control.clone());
     }
+    let mut memory = OwnMemory::before();
     let cpu_start = CpuTime::of_self();
     let start_ns = clock::now_ns();
     let process = plan.process_index();
@@ -113,13 +159,15 @@ pub fn run_process(
         // A loop could not start: stop the others, then report its error below.
         control.abort();
     }
+    let ramp_s = clock::now_ns().saturating_sub(start_ns) as f64 / 1e9;
     if let Some(watch) = server {
         watch.sample_after();
     }
+    memory.ramped();
     let mut sampler = None;
     match steering {
         Steering::Local if !control.aborted() => {
-            let go_ns = clock::now_ns() + GO_LEAD_NS + ns(plan.warmup);
+            let go_ns = clock::now_ns() + GO_LEAD_NS + ns(plan.hold) + ns(plan.warmup);
             let stop_ns = go_ns + ns(plan.duration);
             control.start(go_ns, stop_ns);
             sampler = server
@@ -150,6 +198,7 @@ pub fn run_process(
     if let Some(first) = errors.into_iter().next() {
         return Err(first);
     }
+    memory.finish();
     Ok(ProcessResult {
         tally,
         cpu_window: window.cpu,
@@ -157,6 +206,8 @@ pub fn run_process(
         fd_limit,
         go_ns: window.go_ns,
         window_s: window.seconds,
+        memory,
+        ramp_s,
     })
 }
 

@@ -1,5 +1,5 @@
 //! The few operating-system facts and knobs the loadgen needs beside `clarion_host`'s: timer
-//! slack, its own CPU time, and another process's resident memory.
+//! slack, its own CPU time and memory, and another process's.
 
 use std::io;
 
@@ -80,11 +80,19 @@ fn parse_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
 /// Resident memory of process `pid` in KiB (`VmRSS` in `/proc/PID/status`).
 pub fn rss_kib(pid: u32) -> io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    parse_vm_rss(&status).ok_or_else(|| io::Error::other("no VmRSS line"))
+    status_kib(&status, "VmRSS:").ok_or_else(|| io::Error::other("no VmRSS line"))
 }
 
-fn parse_vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+/// This process's resident memory now and at its peak (`VmRSS`, `VmHWM`), KiB; zeros if
+/// `/proc` cannot be read.
+pub fn own_rss_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let read = |key| status_kib(&status, key).unwrap_or(0);
+    (read("VmRSS:"), read("VmHWM:"))
+}
+
+fn status_kib(status: &str, key: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
@@ -107,7 +115,12 @@ mod tests {
         let spin: u64 = (0..2_000_000u64).map(std::hint::black_box).sum();
         assert!(spin > 0);
         assert!(CpuTime::of_self().total_s() > 0.0);
-        assert_eq!(parse_vm_rss("Name: x\nVmRSS:\t  1234 kB\n"), Some(1234));
-        assert_eq!(parse_vm_rss("Name: x\n"), None);
+        assert_eq!(
+            status_kib("Name: x\nVmRSS:\t  1234 kB\n", "VmRSS:"),
+            Some(1234)
+        );
+        assert_eq!(status_kib("Name: x\n", "VmRSS:"), None);
+        let (now, peak) = own_rss_kib();
+        assert!(now > 0 && peak >= now, "{now} {peak}");
     }
 }

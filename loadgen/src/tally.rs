@@ -1,15 +1,142 @@
 //! What one event loop (and, merged, a process and the whole run) counted: connections by
-//! outcome, messages, fanout accounting and latency histograms. Mergeable and serializable, so
-//! threads and worker processes add up the same way.
+//! outcome, messages, fanout accounting (with each message's first and last delivery), the
+//! reconnect storm, the close, and latency histograms. Mergeable and serializable, so threads
+//! and worker processes add up the same way.
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::failure::Failures;
 use crate::hist;
+use crate::stamp::Stamp;
 
 /// Length of one `--hdr` interval.
 pub const INTERVAL_NS: u64 = 1_000_000_000;
+/// Messages whose first and last delivery a loop tracks; later ones are only counted.
+const MAX_ROUNDS: usize = 1024;
+
+/// The first and last delivery of one published message (latencies from its intended send time).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Round {
+    /// The message's stamp sequence number (publisher and count).
+    pub seq: u64,
+    /// When it was due to be published ([`crate::clock`] nanoseconds).
+    pub sent_ns: u64,
+    /// Subscribers it reached.
+    pub deliveries: u64,
+    /// Latency of its first delivery, ns.
+    pub first_ns: u64,
+    /// Latency of its last delivery, ns.
+    pub last_ns: u64,
+}
+
+/// Each message's first and last delivery: a fanout's "time until the first and the last
+/// subscriber has it".
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Rounds {
+    /// Tracked messages, by send time once merged.
+    pub list: Vec<Round>,
+    /// Deliveries of messages past the first [`MAX_ROUNDS`] a loop saw.
+    pub untracked: u64,
+}
+
+impl Rounds {
+    /// Records a delivery of the message stamped `stamp`, `latency_ns` after it was due.
+    pub fn record(&mut self, stamp: Stamp, latency_ns: u64) {
+        // Deliveries of one message come together: look from the newest.
+        if let Some(round) = self.list.iter_mut().rev().find(|r| r.seq == stamp.seq) {
+            round.deliveries += 1;
+            round.first_ns = round.first_ns.min(latency_ns);
+            round.last_ns = round.last_ns.max(latency_ns);
+            return;
+        }
+        if self.list.len() < MAX_ROUNDS {
+            self.list.push(Round {
+                seq: stamp.seq,
+                sent_ns: stamp.sent_ns,
+                deliveries: 1,
+                first_ns: latency_ns,
+                last_ns: latency_ns,
+            });
+        } else {
+            self.untracked += 1;
+        }
+    }
+
+    fn merge(&mut self, other: &Rounds) {
+        for theirs in &other.list {
+            match self.list.iter_mut().find(|r| r.seq == theirs.seq) {
+                Some(round) => {
+                    round.deliveries += theirs.deliveries;
+                    round.first_ns = round.first_ns.min(theirs.first_ns);
+                    round.last_ns = round.last_ns.max(theirs.last_ns);
+                }
+                None => self.list.push(*theirs),
+            }
+        }
+        self.list.sort_by_key(|r| (r.sent_ns, r.seq));
+        self.untracked += other.untracked;
+    }
+}
+
+/// The reconnect storm (`--storm`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StormTally {
+    /// Connections dropped on purpose.
+    pub dropped: u64,
+    /// Of them, back and subscribed again.
+    pub rejoined: u64,
+    /// Back, but the server could not resume their subscription (`recovered` not true).
+    pub not_recovered: u64,
+    /// Messages the server promised to replay to the resumed ones (their acks' `seq` less the
+    /// `since` they asked from).
+    pub replayed: u64,
+    /// Not back by the storm's timeout, or failed dialing again.
+    pub failed: u64,
+    /// Why they did not come back (`timeout` for the storm's timeout too).
+    pub failures: Failures,
+    /// From the end of the blip until the last one was back or given up, ns (the longest
+    /// loop's).
+    pub ns: u64,
+    /// From the end of the blip until each was back.
+    #[serde(with = "hist::as_hex")]
+    pub rejoin: Histogram<u64>,
+}
+
+impl StormTally {
+    fn new() -> StormTally {
+        StormTally {
+            dropped: 0,
+            rejoined: 0,
+            not_recovered: 0,
+            replayed: 0,
+            failed: 0,
+            failures: Failures::default(),
+            ns: 0,
+            rejoin: hist::new(),
+        }
+    }
+
+    fn merge(&mut self, other: &StormTally) {
+        self.dropped += other.dropped;
+        self.rejoined += other.rejoined;
+        self.not_recovered += other.not_recovered;
+        self.replayed += other.replayed;
+        self.failed += other.failed;
+        self.failures.merge(&other.failures);
+        self.ns = self.ns.max(other.ns);
+        hist::merge(&mut self.rejoin, &other.rejoin);
+    }
+}
+
+/// The close at the end.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CloseTally {
+    /// WebSockets open when closing began.
+    pub open: u64,
+    /// From then until the last socket was gone (or the close timeout), ns (the longest loop's).
+    pub ns: u64,
+}
 
 /// Fanout accounting, per topic where it matters.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -88,6 +215,8 @@ pub struct Tally {
     pub drops: Failures,
     /// Dials repeated after a connect error.
     pub retries: u64,
+    /// The errors that were retried, by reason.
+    pub retried: Failures,
     /// Connections that ended with a complete close handshake.
     pub closed_clean: u64,
     /// Messages sent (echo requests, churn messages, publishes).
@@ -100,6 +229,12 @@ pub struct Tally {
     pub cycles: u64,
     /// Fanout accounting.
     pub fanout: FanoutTally,
+    /// Fanout: each message's first and last delivery.
+    pub rounds: Rounds,
+    /// The reconnect storm.
+    pub storm: StormTally,
+    /// The close at the end.
+    pub close: CloseTally,
     /// TCP connect times.
     #[serde(with = "hist::as_hex")]
     pub connect: Histogram<u64>,
@@ -124,12 +259,16 @@ impl Tally {
             failures: Failures::default(),
             drops: Failures::default(),
             retries: 0,
+            retried: Failures::default(),
             closed_clean: 0,
             messages_sent: 0,
             messages_received: 0,
             received_in_window: 0,
             cycles: 0,
             fanout: FanoutTally::new(topics),
+            rounds: Rounds::default(),
+            storm: StormTally::new(),
+            close: CloseTally::default(),
             connect: hist::new(),
             handshake: hist::new(),
             latency: hist::new(),
@@ -182,12 +321,17 @@ impl Tally {
         self.failures.merge(&other.failures);
         self.drops.merge(&other.drops);
         self.retries += other.retries;
+        self.retried.merge(&other.retried);
         self.closed_clean += other.closed_clean;
         self.messages_sent += other.messages_sent;
         self.messages_received += other.messages_received;
         self.received_in_window += other.received_in_window;
         self.cycles += other.cycles;
         self.fanout.merge(&other.fanout);
+        self.rounds.merge(&other.rounds);
+        self.storm.merge(&other.storm);
+        self.close.open += other.close.open;
+        self.close.ns = self.close.ns.max(other.close.ns);
         hist::merge(&mut self.connect, &other.connect);
         hist::merge(&mut self.handshake, &other.handshake);
         hist::merge(&mut self.latency, &other.latency);
@@ -222,6 +366,12 @@ mod tests {
         a.fanout.published[1] = 10;
         a.fanout.subscribers[1] = 2;
         a.fanout.delivered[1] = 19;
+        a.rounds.record(Stamp::published(500, 0, 1), 30);
+        a.rounds.record(Stamp::published(100, 0, 0), 20);
+        a.rounds.record(Stamp::published(500, 0, 1), 10);
+        a.storm.dropped = 4;
+        a.storm.ns = 7;
+        a.close.ns = 3;
         let json = serde_json::to_string(&a).unwrap();
         let b: Tally = serde_json::from_str(&json).unwrap();
         let mut total = Tally::new(2, false);
@@ -241,5 +391,38 @@ mod tests {
         assert_eq!(a.fanout.missing(), 1);
         // Merged: 20 published to each of 4 subscribers, 38 delivered.
         assert_eq!(total.fanout.missing(), 42);
+        let first = Round {
+            seq: Stamp::published(100, 0, 0).seq,
+            sent_ns: 100,
+            deliveries: 2,
+            first_ns: 20,
+            last_ns: 20,
+        };
+        let second = Round {
+            seq: Stamp::published(500, 0, 1).seq,
+            sent_ns: 500,
+            deliveries: 4,
+            first_ns: 10,
+            last_ns: 30,
+        };
+        assert_eq!(
+            total.rounds.list,
+            [first, second],
+            "merged and in send order"
+        );
+        assert_eq!((total.storm.dropped, total.storm.ns), (8, 7));
+        assert_eq!(total.close.ns, 3);
+    }
+
+    #[test]
+    fn rounds_are_bounded() {
+        let mut rounds = Rounds::default();
+        for count in 0..MAX_ROUNDS as u64 + 5 {
+            rounds.record(Stamp::published(count, 1, count), 1);
+        }
+        rounds.record(Stamp::published(0, 1, 0), 9);
+        assert_eq!(rounds.list.len(), MAX_ROUNDS);
+        assert_eq!(rounds.untracked, 5);
+        assert_eq!((rounds.list[0].deliveries, rounds.list[0].last_ns), (2, 9));
     }
 }

@@ -250,6 +250,72 @@ fn fanout_over_the_envelope_protocol_and_http_publish() {
     }
 }
 
+#[test]
+fn a_held_fanout_survives_a_reconnect_storm_by_resuming() {
+    let server = ClarionServer::start(2);
+    let ws = format!("ws://{}/ws", server.addr);
+    // Two processes: the storm's instant and its message line up across them.
+    let args = [
+        "fanout",
+        &ws,
+        "--protocol",
+        "envelope",
+        "-c",
+        "300",
+        "-d",
+        "1s",
+        "--rate",
+        "5",
+        "--hold",
+        "1s",
+        "--storm",
+        "0.5",
+        "--procs",
+        "2",
+        "--threads",
+        "2",
+        "--max-pending",
+        "50",
+    ];
+    // The window's 5 messages and the one published while half the subscribers are away: all
+    // delivered once each (the absent ones get theirs by resuming).
+    let json = complete_fanout(&args, 300, 6, "storm");
+    assert_keys(&json);
+    assert_eq!(json["hold_s"], 1.0);
+    assert!(json["ramp_s"].as_f64().unwrap() > 0.0, "{json:#}");
+    // Each of the 4 loops drops half of its 75 connections, rounded down.
+    let storm = &json["storm"];
+    assert_eq!(storm["dropped"], 148, "{json:#}");
+    assert_eq!(storm["rejoined"], 148, "{json:#}");
+    for key in ["failed", "not_recovered"] {
+        assert_eq!(storm[key], 0, "{key}: {json:#}");
+    }
+    // Every resumed subscriber is owed at least the message published while it was away.
+    assert!(storm["replayed"].as_u64().unwrap() >= 148, "{json:#}");
+    assert_eq!(storm["rejoin_us"]["count"], 148);
+    // Each message's first and last delivery, the storm's one after the window.
+    let rounds = json["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len() as u64, json["published"].as_u64().unwrap());
+    for round in rounds {
+        assert_eq!(round["deliveries"], 300, "{round}");
+        assert!(
+            round["first_us"].as_f64() <= round["last_us"].as_f64(),
+            "{round}"
+        );
+    }
+    assert!(rounds.last().unwrap()["at_s"].as_f64().unwrap() >= 1.0);
+    // Timed are only the window's messages.
+    let published = json["published"].as_u64().unwrap();
+    assert_eq!(json["latency_us"]["count"], (published - 1) * 300);
+    let close = &json["close"];
+    assert_eq!(
+        (close["open"].as_u64(), close["failed"].as_u64()),
+        (Some(300), Some(0))
+    );
+    let memory = &json["loadgen_memory"];
+    assert!(memory["peak_kib"].as_u64().unwrap() >= memory["ramped_kib"].as_u64().unwrap());
+}
+
 /// Runs the loadgen, which must succeed and write its JSON report; returns the report.
 fn successful_run(args: &[&str]) -> serde_json::Value {
     let (output, json) = run_loadgen(args);

@@ -11,9 +11,13 @@
 //! Link events (connections, topics followed and left, syncs, gap fills, resets) are logged at
 //! `debug`, heartbeats at `trace`.
 //!
-//! One Pub/Sub connection and one command connection. The Pub/Sub read waits at most
-//! [`POLL`] so that new interest (a topic's first subscriber) is acted on promptly; messages
-//! themselves are read as they arrive.
+//! Command connections ([`Commands`]) and push connections ([`Subscriptions`]), one of each per
+//! master. The wait for pushed messages lasts at most [`POLL`] so that new interest (a topic's
+//! first subscriber) is acted on promptly; messages themselves are read as they arrive. A topic
+//! whose Redis Cluster slot moved is subscribed again on its new master and synced, which fills
+//! what was published there in between from the log. In Sentinel mode a new master (announced
+//! by the sentinels, see [`super::servers::watch_sentinels`]) or a connection lost ends the
+//! session, and the next one asks the sentinels for the master.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,11 +25,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use redis::{Client, Connection, Msg, PubSub, RedisError, RedisResult, Value};
+use redis::{FromRedisValue, RedisError, RedisResult, Value};
 
 use super::link::{Backoff, Link};
 use super::presence::Presence;
-use super::{CONNECT_TIMEOUT, IO_TIMEOUT, keys, wire};
+use super::servers::{Commands, Event, Routed, Servers, Subscriptions};
+use super::{keys, wire};
 use clarion_engine::Mailboxes;
 use clarion_pubsub::{Delivered, Epoch, Hub, Interest, Message, Post, Reactors};
 
@@ -34,7 +39,7 @@ const POLL: Duration = Duration::from_millis(10);
 
 /// Everything the receiving thread works with.
 pub(super) struct Feed {
-    pub client: Client,
+    pub servers: Arc<Servers>,
     pub hub: Arc<Hub>,
     pub interest: Receiver<Interest>,
     pub mailboxes: Arc<Mailboxes<Post>>,
@@ -46,9 +51,11 @@ pub(super) struct Feed {
     pub heartbeat: Duration,
 }
 
-/// The command connection and the sync script's hash.
-struct Query {
-    con: Connection,
+/// A session's connections.
+struct Session {
+    commands: Commands,
+    subscriptions: Subscriptions,
+    /// The sync script's hash.
     sync: String,
 }
 
@@ -72,144 +79,145 @@ impl Feed {
     }
 
     fn session(&self, backoff: &mut Backoff, lost: &mut bool) -> RedisResult<()> {
-        let mut query = self.query_connection()?;
-        let mut sub = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
-        sub.set_write_timeout(Some(IO_TIMEOUT))?;
-        let epoch = shared_epoch(&mut query.con)?;
+        let mut session = Session {
+            commands: Commands::connect(&self.servers)?,
+            subscriptions: Subscriptions::new(&self.servers),
+            sync: keys::SYNC.sha(),
+        };
+        let epoch = shared_epoch(&mut session.commands)?;
         let replace = epoch != self.hub.epoch();
         self.hub.set_epoch(epoch);
-        let mut pubsub = sub.as_pubsub();
-        pubsub.set_read_timeout(Some(IO_TIMEOUT))?;
         // Interest sent before now is in the hub's state, which is read next.
         while self.interest.try_recv().is_ok() {}
-        let mut subscribed = HashSet::new();
-        for topic in self.hub.wanted() {
-            pubsub.subscribe(keys::channel(&topic))?;
-            subscribed.insert(topic);
-        }
-        for topic in &subscribed {
-            self.sync(&mut query, topic, replace)?;
-        }
+        let wanted = self.hub.wanted();
+        session
+            .subscriptions
+            .subscribe(&wanted, &mut session.commands)?;
+        self.sync(&mut session, &wanted, replace)?;
         self.link.feed_up.store(true, Relaxed);
-        tracing::debug!(%epoch, topics = subscribed.len(), "cluster: feed connected");
+        tracing::debug!(%epoch, topics = wanted.len(), "cluster: feed connected");
         if *lost {
             self.link.reconnects.fetch_add(1, Relaxed);
             tracing::info!(%epoch, "cluster: receiving from Redis again");
         }
         backoff.reset();
-        pubsub.set_read_timeout(Some(POLL))?;
         let mut next_beat = Instant::now();
         while !self.link.stopping() {
+            if session.commands.stale() {
+                return Err(switched());
+            }
             let mut changed: Vec<Arc<str>> = Vec::new();
             while let Ok(Interest::Join(topic) | Interest::Leave(topic)) = self.interest.try_recv()
             {
                 changed.push(topic);
             }
-            if !changed.is_empty() {
-                pubsub.set_read_timeout(Some(IO_TIMEOUT))?;
-                for topic in changed {
-                    self.follow(&mut pubsub, &mut query, &mut subscribed, topic)?;
-                }
-                pubsub.set_read_timeout(Some(POLL))?;
-            }
+            self.follow(&mut session, changed)?;
             if Instant::now() >= next_beat {
                 tracing::trace!("cluster: presence heartbeat");
                 self.presence
-                    .beat(&mut query.con, &self.hub, &self.node, self.heartbeat)?;
+                    .beat(&mut session.commands, &self.hub, &self.node, self.heartbeat)?;
                 next_beat = Instant::now() + self.heartbeat;
             }
-            match pubsub.get_message() {
-                Ok(message) => self.receive(&mut query, &message)?,
-                Err(e) if e.is_timeout() => {}
-                Err(e) => return Err(e),
+            let mut moved = Vec::new();
+            for event in session.subscriptions.wait(POLL)? {
+                match event {
+                    Event::Message { topic, payload } => {
+                        self.receive(&mut session, topic, &payload)?;
+                    }
+                    Event::Moved(topic) => {
+                        tracing::debug!(%topic, "cluster: the topic's slot moved");
+                        moved.push(topic);
+                    }
+                }
             }
+            self.follow(&mut session, moved)?;
         }
         Ok(())
     }
 
-    fn query_connection(&self) -> RedisResult<Query> {
-        let mut con = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
-        con.set_read_timeout(Some(IO_TIMEOUT))?;
-        con.set_write_timeout(Some(IO_TIMEOUT))?;
-        let sync = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(keys::SYNC)
-            .query(&mut con)?;
-        Ok(Query { con, sync })
-    }
-
-    /// Brings the channel subscription of `topic` in line with what the hub wants now (interest
-    /// messages can be stale by the time they are read), and syncs a topic that waits.
-    fn follow(
-        &self,
-        pubsub: &mut PubSub<'_>,
-        query: &mut Query,
-        subscribed: &mut HashSet<Arc<str>>,
-        topic: Arc<str>,
-    ) -> RedisResult<()> {
-        match self.hub.wants(&topic) {
-            Some(live) => {
-                if !subscribed.contains(&topic) {
-                    tracing::debug!(topic = &*topic, "cluster: following a topic");
-                    pubsub.subscribe(keys::channel(&topic))?;
-                    subscribed.insert(topic.clone());
-                }
-                if !live {
-                    self.sync(query, &topic, false)?;
-                }
+    /// Brings the channel subscriptions of `topics` in line with what the hub wants now
+    /// (interest messages can be stale by the time they are read), and syncs the topics that
+    /// wait or were subscribed again: all subscribes, then all syncs, each pipelined.
+    fn follow(&self, session: &mut Session, topics: Vec<Arc<str>>) -> RedisResult<()> {
+        let mut subscribe = Vec::new();
+        let mut sync = Vec::new();
+        let mut seen = HashSet::new();
+        for topic in topics {
+            if !seen.insert(topic.clone()) {
+                continue;
             }
-            None => {
-                if subscribed.remove(&topic) {
-                    tracing::debug!(topic = &*topic, "cluster: leaving a topic");
-                    pubsub.unsubscribe(keys::channel(&topic))?;
+            match self.hub.wants(&topic) {
+                Some(live) => {
+                    let fresh = !session.subscriptions.contains(&topic);
+                    if fresh {
+                        tracing::debug!(topic = &*topic, "cluster: following a topic");
+                        subscribe.push(topic.clone());
+                    }
+                    if fresh || !live {
+                        sync.push(topic);
+                    }
+                }
+                None => {
+                    if session.subscriptions.contains(&topic) {
+                        tracing::debug!(topic = &*topic, "cluster: leaving a topic");
+                    }
+                    session.subscriptions.unsubscribe(&topic)?;
                 }
             }
         }
-        Ok(())
+        session
+            .subscriptions
+            .subscribe(&subscribe, &mut session.commands)?;
+        self.sync(session, &sync, false)
     }
 
-    /// Reads `topic`'s last `seq` and newest log entries and hands them to the hub; tells the
-    /// reactors that waited for it.
-    fn sync(&self, query: &mut Query, topic: &Arc<str>, replace: bool) -> RedisResult<()> {
-        let (seq, newest): (u64, Vec<Value>) = redis::cmd("EVALSHA")
-            .arg(&query.sync)
-            .arg(2)
-            .arg(keys::seq(topic))
-            .arg(keys::log(topic))
-            .arg(self.history)
-            .query(&mut query.con)?;
-        let recent: Vec<Arc<Message>> = newest
+    /// Reads each topic's last `seq` and newest log entries (one pipeline per master) and hands
+    /// them to the hub; tells the reactors that waited for a topic.
+    fn sync(&self, session: &mut Session, topics: &[Arc<str>], replace: bool) -> RedisResult<()> {
+        let reads: Vec<Routed> = topics
             .iter()
-            .rev()
-            .filter_map(|entry| wire::decode_entry(topic, entry, &self.node))
-            .map(Arc::new)
+            .map(|topic| {
+                let seq_key = keys::seq(topic);
+                let mut sync = redis::cmd("EVALSHA");
+                sync.arg(&session.sync)
+                    .arg(2)
+                    .arg(&seq_key)
+                    .arg(keys::log(topic))
+                    .arg(self.history);
+                Routed::new(&seq_key, sync)
+            })
             .collect();
-        let entries = recent.len();
-        let waiting = self
-            .hub
-            .sync(topic, seq, recent, replace, |p, r| self.post(p, r));
-        tracing::debug!(
-            topic = &**topic,
-            seq,
-            entries,
-            reactors_waiting = waiting.iter().count(),
-            "cluster: synced a topic from Redis"
-        );
-        for reactor in waiting.iter() {
-            self.mailboxes.post(reactor, Post::Ready(topic.clone()));
+        let replies = session.commands.run(&reads, 0)?.ok()?;
+        for (topic, reply) in topics.iter().zip(replies) {
+            let (seq, newest) = <(u64, Vec<Value>)>::from_redis_value(reply)?;
+            let recent: Vec<Arc<Message>> = newest
+                .iter()
+                .rev()
+                .filter_map(|entry| wire::decode_entry(topic, entry, &self.node))
+                .map(Arc::new)
+                .collect();
+            let entries = recent.len();
+            let waiting = self
+                .hub
+                .sync(topic, seq, recent, replace, |p, r| self.post(p, r));
+            tracing::debug!(
+                topic = &**topic,
+                seq,
+                entries,
+                reactors_waiting = waiting.iter().count(),
+                "cluster: synced a topic from Redis"
+            );
+            for reactor in waiting.iter() {
+                self.mailboxes.post(reactor, Post::Ready(topic.clone()));
+            }
         }
         Ok(())
     }
 
     /// A Pub/Sub message: delivered in order, after filling any gap before it from the log.
-    fn receive(&self, query: &mut Query, message: &Msg) -> RedisResult<()> {
-        let Some(topic) = keys::topic_of(message.get_channel_name()) else {
-            return Ok(());
-        };
-        let Some(message) =
-            wire::decode_live(Arc::from(topic), message.get_payload_bytes(), &self.node)
-        else {
-            tracing::warn!(topic, "cluster: ignoring a malformed message");
+    fn receive(&self, session: &mut Session, topic: Arc<str>, payload: &[u8]) -> RedisResult<()> {
+        let Some(message) = wire::decode_live(topic.clone(), payload, &self.node) else {
+            tracing::warn!(%topic, "cluster: ignoring a malformed message");
             return Ok(());
         };
         self.link.received.fetch_add(1, Relaxed);
@@ -218,20 +226,23 @@ impl Feed {
             .hub
             .deliver(message.clone(), false, |p, r| self.post(p, r))
         {
-            let missed: Vec<Value> = redis::cmd("XRANGE")
-                .arg(keys::log(topic))
+            let log = keys::log(&topic);
+            let mut range = redis::cmd("XRANGE");
+            range
+                .arg(&log)
                 .arg(format!("{}-0", have + 1))
-                .arg(format!("{}-0", message.seq() - 1))
-                .query(&mut query.con)?;
+                .arg(format!("{}-0", message.seq() - 1));
+            let replies = session.commands.run(&[Routed::new(&log, range)], 0)?.ok()?;
+            let missed = Vec::<Value>::from_redis_value(first(replies))?;
             tracing::debug!(
-                topic,
+                %topic,
                 after = have,
                 before = message.seq(),
                 read = missed.len(),
                 "cluster: filling a gap from the log"
             );
             for entry in &missed {
-                if let Some(old) = wire::decode_entry(message.topic(), entry, &self.node) {
+                if let Some(old) = wire::decode_entry(&topic, entry, &self.node) {
                     self.link.received.fetch_add(1, Relaxed);
                     self.hub
                         .deliver(Arc::new(old), true, |p, r| self.post(p, r));
@@ -253,18 +264,33 @@ impl Feed {
     }
 }
 
+/// Why a session ended when Sentinel named another master.
+fn switched() -> RedisError {
+    RedisError::from((
+        redis::ErrorKind::Io,
+        "Sentinel named another master; connecting to it",
+    ))
+}
+
+/// The first of some replies (`Nil` if none).
+fn first(replies: Vec<Value>) -> Value {
+    replies.into_iter().next().unwrap_or(Value::Nil)
+}
+
 /// The cluster's epoch: the one in Redis, or a new one this node sets (first node, or a Redis
 /// that lost its data, whose `seq`s start over).
-fn shared_epoch(con: &mut Connection) -> RedisResult<Epoch> {
-    let (stored,): (String,) = redis::pipe()
-        .cmd("SET")
-        .arg(keys::EPOCH)
+fn shared_epoch(commands: &mut Commands) -> RedisResult<Epoch> {
+    let mut set = redis::cmd("SET");
+    set.arg(keys::EPOCH)
         .arg(Epoch::random().to_string())
-        .arg("NX")
-        .ignore()
-        .cmd("GET")
-        .arg(keys::EPOCH)
-        .query(con)?;
+        .arg("NX");
+    let mut get = redis::cmd("GET");
+    get.arg(keys::EPOCH);
+    let ran = commands.run(
+        &[Routed::new(keys::EPOCH, set), Routed::new(keys::EPOCH, get)],
+        0,
+    )?;
+    let stored = String::from_redis_value(first(ran.ok()?.split_off(1)))?;
     Epoch::parse(&stored).ok_or_else(|| {
         RedisError::from((
             redis::ErrorKind::Client,

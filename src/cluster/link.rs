@@ -32,6 +32,8 @@ pub(super) struct Link {
     pub provisional: AtomicU64,
     /// Topics reset to Redis's numbering under their local subscribers.
     pub resets: AtomicU64,
+    /// Batches whose `WAIT` found fewer replicas than `min_replicas_ack` (sent again).
+    pub replica_timeouts: AtomicU64,
     /// The bridge threads are to exit.
     pub stop: AtomicBool,
 }
@@ -57,6 +59,10 @@ pub struct ClusterStats {
     pub provisional: u64,
     /// Topics renumbered by Redis under their local subscribers.
     pub resets: u64,
+    /// Batches of publishes whose `WAIT` found fewer replicas than `min_replicas_ack`.
+    pub replica_timeouts: u64,
+    /// Redis Cluster redirections (`MOVED`, `ASK`) followed.
+    pub redirects: u64,
 }
 
 impl Link {
@@ -76,6 +82,8 @@ impl Link {
             received: self.received.load(Relaxed),
             provisional: self.provisional.load(Relaxed),
             resets: self.resets.load(Relaxed),
+            replica_timeouts: self.replica_timeouts.load(Relaxed),
+            redirects: 0,
         }
     }
 

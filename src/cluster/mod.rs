@@ -7,11 +7,16 @@
 //! back, the origin included, so every node sees a topic in Redis's order, and each message is
 //! framed once per node.
 //!
+//! Redis is one server, the master Redis Sentinel names, or a Redis Cluster ([`servers`]): a
+//! topic's keys and channel share one hash slot, so that each topic lives on one master and its
+//! messages travel on sharded channels (`SPUBLISH`, `SSUBSCRIBE`) of that master only.
+//!
 //! Threads: the reactors never wait on Redis. A publish is queued to the *publisher* thread
 //! ([`publisher`]), which pipelines it to Redis; the first subscribe of a topic on a node is
 //! answered once the *feed* thread ([`feed`]) has subscribed to the channel and synced the
 //! topic from its Stream, and the feed thread delivers every message into the hub, which posts
-//! it to the reactors' inboxes like a local publish.
+//! it to the reactors' inboxes like a local publish. With Sentinel a third thread listens for
+//! failovers ([`servers::watch_sentinels`]).
 //!
 //! While the link is down a local publish is also delivered to this node's subscribers at once,
 //! with a provisional `seq` ([`Hub::publish_provisional`]); the hub confirms it when Redis numbers
@@ -23,6 +28,7 @@ mod keys;
 mod link;
 mod presence;
 mod publisher;
+mod servers;
 pub mod wire;
 
 use std::sync::Arc;
@@ -37,6 +43,8 @@ pub use link::ClusterStats;
 use link::Link;
 use presence::Presence;
 use publisher::{Outgoing, Publisher};
+use servers::Servers;
+pub use servers::{Auth, Upstream};
 
 /// Longest wait to connect to Redis.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -46,32 +54,35 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// A node's cluster settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
-    /// The Redis URL, e.g. `redis://127.0.0.1:6379`.
-    pub redis: String,
+    /// Where Redis is.
+    pub upstream: Upstream,
+    /// Credentials for the Redis servers found through Sentinel or Redis Cluster.
+    pub auth: Auth,
     /// Payload bytes of publishes that may wait for Redis (while it is slow or down); past it
     /// publishes are refused and counted as dropped.
     pub buffer_bytes: usize,
     /// How often the node writes its subscriber counts; they expire after three.
     pub heartbeat: Duration,
+    /// Replicas that must have a publish (Redis `WAIT`) before the node lets go of it; until
+    /// then it stays in the buffer and is sent again after a failover. 0: the master's word.
+    pub min_replicas_ack: u32,
 }
 
 impl Default for ClusterConfig {
     fn default() -> ClusterConfig {
         ClusterConfig {
-            redis: String::new(),
+            upstream: Upstream::default(),
+            auth: Auth::default(),
             buffer_bytes: 16 << 20,
             heartbeat: Duration::from_secs(1),
+            min_replicas_ack: 0,
         }
     }
 }
 
-/// Checks that `url` is a Redis URL the client accepts (it does not connect).
-pub fn check_url(url: &str) -> Result<(), String> {
-    client(url).map(drop)
-}
-
-fn client(url: &str) -> Result<redis::Client, String> {
-    redis::Client::open(url).map_err(|e| format!("invalid redis URL {url:?}: {e}"))
+/// Checks that the settings name Redis in a form the client accepts (it does not connect).
+pub fn check(config: &ClusterConfig) -> Result<(), String> {
+    Servers::new(&config.upstream, &config.auth).map(drop)
 }
 
 /// Why a publish was not taken.
@@ -89,6 +100,7 @@ impl std::error::Error for BufferFull {}
 /// A running bridge; dropping it stops its threads.
 pub struct Cluster {
     link: Arc<Link>,
+    servers: Arc<Servers>,
     hub: Arc<Hub>,
     mailboxes: Arc<Mailboxes<Post>>,
     outgoing: Sender<Outgoing>,
@@ -111,7 +123,7 @@ impl Cluster {
         interest: Receiver<Interest>,
         mailboxes: Arc<Mailboxes<Post>>,
     ) -> Result<Cluster, String> {
-        let client = client(&config.redis)?;
+        let servers = Arc::new(Servers::new(&config.upstream, &config.auth)?);
         let link = Arc::new(Link::default());
         let presence = Arc::new(Presence::default());
         // Unique among the nodes sharing the Redis: random, like an epoch.
@@ -119,14 +131,15 @@ impl Cluster {
         let hub_config = hub.config().clone();
         let (outgoing, incoming) = crossbeam_channel::unbounded();
         let publisher = Publisher {
-            client: client.clone(),
+            servers: servers.clone(),
             link: link.clone(),
             node: node.clone(),
             log_length: hub_config.history_size,
             log_ttl: hub_config.history_max_age,
+            replicas: config.min_replicas_ack,
         };
         let feed = feed::Feed {
-            client,
+            servers: servers.clone(),
             hub: hub.clone(),
             interest,
             mailboxes: mailboxes.clone(),
@@ -140,12 +153,23 @@ impl Cluster {
         spawn("clarion-publish")
             .spawn(move || publisher.run(incoming))
             .map_err(|e| e.to_string())?;
-        if let Err(e) = spawn("clarion-feed").spawn(move || feed.run()) {
+        let watching = (servers.clone(), link.clone());
+        let mut started = spawn("clarion-feed").spawn(move || feed.run()).map(drop);
+        if started.is_ok() && servers.sentinels() {
+            started = spawn("clarion-sentinel")
+                .spawn(move || {
+                    let (servers, link) = watching;
+                    servers::watch_sentinels(&servers, || link.stopping());
+                })
+                .map(drop);
+        }
+        if let Err(e) = started {
             link.stop.store(true, Relaxed);
             return Err(e.to_string());
         }
         Ok(Cluster {
             link,
+            servers,
             hub,
             mailboxes,
             outgoing,
@@ -205,7 +229,10 @@ impl Cluster {
 
     /// The link's state and counters.
     pub fn stats(&self) -> ClusterStats {
-        self.link.stats()
+        ClusterStats {
+            redirects: self.servers.redirects(),
+            ..self.link.stats()
+        }
     }
 }
 

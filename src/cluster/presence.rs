@@ -2,15 +2,17 @@
 //! subscribers) into a hash that expires after three heartbeats, registers itself in a sorted
 //! set, and reads the other nodes' hashes back; a node that dies stops refreshing its hash, so
 //! its counts vanish within three heartbeats. `/topics/<topic>` adds the local count (current) to
-//! the others' (as of the last heartbeat).
+//! the others' (as of the last heartbeat). Every command names one key, so that in Redis Cluster
+//! each goes to the master of its own slot: two round trips per heartbeat in every mode.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::{Connection, RedisResult};
+use redis::{FromRedisValue, RedisResult};
 
 use super::keys;
+use super::servers::{Commands, Routed};
 use super::wire::unix_micros;
 use clarion_pubsub::Hub;
 
@@ -33,7 +35,7 @@ impl Presence {
     /// Writes this node's counts and reads the others'.
     pub fn beat(
         &self,
-        con: &mut Connection,
+        commands: &mut Commands,
         hub: &Hub,
         node: &str,
         heartbeat: Duration,
@@ -41,43 +43,50 @@ impl Presence {
         let own = keys::presence(node);
         let now_ms = unix_micros() / 1000;
         let ttl_ms = (heartbeat.as_millis() as u64 * 3).max(1);
-        let counts = hub.subscriber_counts();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        pipe.cmd("DEL").arg(&own).ignore();
-        if !counts.is_empty() {
-            let hset = pipe.cmd("HSET").arg(&own);
-            for (topic, count) in &counts {
-                hset.arg(&**topic).arg(*count);
-            }
-            hset.ignore();
+        let mut write = redis::cmd("EVALSHA");
+        write.arg(keys::PRESENCE.sha()).arg(1).arg(&own).arg(ttl_ms);
+        for (topic, count) in hub.subscriber_counts() {
+            write.arg(&*topic).arg(count);
         }
-        pipe.cmd("PEXPIRE").arg(&own).arg(ttl_ms).ignore();
-        pipe.cmd("ZADD")
+        let mut register = redis::cmd("ZADD");
+        register
             .arg(keys::NODES)
             .arg(now_ms + NODE_GRACE_MS)
-            .arg(node)
-            .ignore();
-        pipe.cmd("ZREMRANGEBYSCORE")
-            .arg(keys::NODES)
-            .arg("-inf")
-            .arg(now_ms)
-            .ignore();
-        pipe.cmd("ZRANGE").arg(keys::NODES).arg(0).arg(-1);
-        let (nodes,): (Vec<String>,) = pipe.query(con)?;
-        let others: Vec<&String> = nodes.iter().filter(|n| *n != node).collect();
-        let mut read = redis::pipe();
-        for other in &others {
-            read.cmd("HGETALL").arg(keys::presence(other));
-        }
-        let hashes: Vec<HashMap<String, u64>> = if others.is_empty() {
-            Vec::new()
-        } else {
-            read.query(con)?
-        };
+            .arg(node);
+        let mut forget = redis::cmd("ZREMRANGEBYSCORE");
+        forget.arg(keys::NODES).arg("-inf").arg(now_ms);
+        let mut list = redis::cmd("ZRANGE");
+        list.arg(keys::NODES).arg(0).arg(-1);
+        let ran = commands.run(
+            &[
+                Routed::new(&own, write),
+                Routed::new(keys::NODES, register),
+                Routed::new(keys::NODES, forget),
+                Routed::new(keys::NODES, list),
+            ],
+            0,
+        )?;
+        let replies = ran.ok()?;
+        let nodes: Vec<String> = replies
+            .last()
+            .map(Vec::<String>::from_redis_value_ref)
+            .transpose()?
+            .unwrap_or_default();
+        let reads: Vec<Routed> = nodes
+            .iter()
+            .filter(|n| *n != node)
+            .map(|other| {
+                let key = keys::presence(other);
+                let mut read = redis::cmd("HGETALL");
+                read.arg(&key);
+                Routed::new(&key, read)
+            })
+            .collect();
         let mut total: HashMap<String, u64> = HashMap::new();
-        for (topic, count) in hashes.into_iter().flatten() {
-            *total.entry(topic).or_default() += count;
+        for hash in commands.run(&reads, 0)?.ok()? {
+            for (topic, count) in HashMap::<String, u64>::from_redis_value(hash)? {
+                *total.entry(topic).or_default() += count;
+            }
         }
         *self.map() = total;
         Ok(())

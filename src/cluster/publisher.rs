@@ -4,7 +4,10 @@
 //! While Redis is unreachable publishes stay queued, in order, and the thread reconnects with
 //! back-off; the reactors refuse new ones once the queue holds `buffer_bytes` (see
 //! [`super::Cluster::publish`]). A batch whose replies were lost is sent again: each publish
-//! carries this node's id and its own number, and the script takes each number once.
+//! carries this node's id and its own number, and the script takes each number once. With
+//! `min_replicas_ack`, each master's pipeline ends with `WAIT`, and a batch stays queued (and is
+//! sent again, which the script takes as already done) until the replicas have it: a failover
+//! to a replica that missed it then gets it from the queue.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,11 +15,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use redis::{Client, Connection, RedisError, Value};
+use redis::{RedisError, Value};
 
+use super::keys;
 use super::link::{Backoff, Link};
+use super::servers::{Commands, Routed, Servers};
 use super::wire::format_code;
-use super::{CONNECT_TIMEOUT, IO_TIMEOUT, keys};
 use clarion_pubsub::Payload;
 
 /// Most publishes in one pipeline.
@@ -38,20 +42,25 @@ pub(super) struct Outgoing {
 }
 
 /// What the publish script needs besides the message.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(super) struct Publisher {
-    pub client: Client,
+    pub servers: Arc<Servers>,
     pub link: Arc<Link>,
     pub node: Arc<str>,
     /// Log entries kept per topic (`MAXLEN ~`); 0 keeps no log.
     pub log_length: usize,
     /// Log TTL after the last publish; zero keeps it.
     pub log_ttl: Duration,
+    /// Replicas that must acknowledge a batch (`WAIT`) before it leaves the queue.
+    pub replicas: u32,
 }
 
-struct Connected {
-    con: Connection,
-    sha: String,
+/// What became of a batch.
+enum Sent {
+    /// Redis took every publish but `refused` (those it answered with an error for good).
+    Taken { refused: u64 },
+    /// Redis ran it, but not enough replicas acknowledged it in time.
+    Unreplicated,
 }
 
 impl Publisher {
@@ -59,7 +68,8 @@ impl Publisher {
     pub fn run(self, incoming: Receiver<Outgoing>) {
         let mut queue: VecDeque<(u64, Outgoing)> = VecDeque::new();
         let mut number = 0u64;
-        let mut connected: Option<Connected> = None;
+        let mut connected: Option<Commands> = None;
+        let sha = keys::PUBLISH.sha();
         let mut backoff = Backoff::new();
         let mut lost = false;
         let mut idle_since = Instant::now();
@@ -68,7 +78,7 @@ impl Publisher {
                 return;
             }
             let Some(ready) = connected.as_mut() else {
-                match self.connect() {
+                match Commands::connect(&self.servers) {
                     Ok(fresh) => {
                         connected = Some(fresh);
                         self.link.publisher_up.store(true, Relaxed);
@@ -97,7 +107,7 @@ impl Publisher {
                         // state is true while nothing is published.
                         if idle_since.elapsed() >= PING_EVERY {
                             idle_since = Instant::now();
-                            if let Err(e) = redis::cmd("PING").query::<()>(&mut ready.con) {
+                            if let Err(e) = ready.ping() {
                                 connected = None;
                                 self.down(&e, &mut lost);
                             }
@@ -114,73 +124,96 @@ impl Publisher {
                 number += 1;
                 queue.push_back((number, outgoing));
             }
+            // Checked right before sending: a master that Sentinel replaced may still take
+            // writes (until it is demoted), and they would be lost with it.
+            if ready.stale() {
+                connected = None;
+                tracing::info!("cluster: Sentinel named another master; publishing there");
+                continue;
+            }
             let batch = queue.len().min(BATCH);
-            match self.send(ready, queue.range(..batch)) {
-                Ok(()) => {
+            match self.send(ready, &sha, queue.range(..batch)) {
+                Ok(Sent::Taken { refused }) => {
+                    if refused > 0 {
+                        // Out of memory, say: sending them again would fail again.
+                        tracing::warn!("cluster: Redis refused {refused} publishes");
+                        self.link.dropped.fetch_add(refused, Relaxed);
+                    }
                     let bytes: u64 = queue
                         .drain(..batch)
                         .map(|(_, o)| o.payload.bytes().len() as u64)
                         .sum();
-                    self.link.published.fetch_add(batch as u64, Relaxed);
+                    self.link
+                        .published
+                        .fetch_add(batch as u64 - refused, Relaxed);
                     self.release(batch as u64, bytes);
                     tracing::trace!(batch, bytes, "cluster: published a batch");
                 }
-                Err(e) if is_link_failure(&e) => {
-                    connected = None;
-                    self.down(&e, &mut lost);
+                Ok(Sent::Unreplicated) => {
+                    // Kept: sent again (a no-op for what Redis took) until replicas have it.
+                    self.link.replica_timeouts.fetch_add(1, Relaxed);
                 }
                 Err(e) => {
-                    // Redis refused (out of memory, say): sending again would fail again.
-                    tracing::warn!("cluster: Redis refused {batch} publishes: {e}");
-                    let bytes: u64 = queue
-                        .drain(..batch)
-                        .map(|(_, o)| o.payload.bytes().len() as u64)
-                        .sum();
-                    self.link.dropped.fetch_add(batch as u64, Relaxed);
-                    self.release(batch as u64, bytes);
+                    connected = None;
+                    self.down(&e, &mut lost);
                 }
             }
         }
     }
 
-    fn connect(&self) -> Result<Connected, RedisError> {
-        let mut con = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
-        con.set_read_timeout(Some(IO_TIMEOUT))?;
-        con.set_write_timeout(Some(IO_TIMEOUT))?;
-        let sha = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(keys::PUBLISH)
-            .query(&mut con)?;
-        Ok(Connected { con, sha })
-    }
-
+    /// Sends a batch; fails (keeping it queued) if a connection failed or a master asks for a
+    /// reconnection (see [`is_link_failure`]).
     fn send<'a>(
         &self,
-        ready: &mut Connected,
+        ready: &mut Commands,
+        sha: &str,
         batch: impl Iterator<Item = &'a (u64, Outgoing)>,
-    ) -> Result<(), RedisError> {
-        let mut pipe = redis::pipe();
+    ) -> Result<Sent, RedisError> {
         let ttl = self.log_ttl.as_millis() as u64;
-        for (number, outgoing) in batch {
-            let topic = &*outgoing.topic;
-            pipe.cmd("EVALSHA")
-                .arg(&ready.sha)
-                .arg(3)
-                .arg(keys::seq(topic))
-                .arg(keys::log(topic))
-                .arg(keys::origins(topic))
-                .arg(&*self.node)
-                .arg(*number)
-                .arg(self.log_length)
-                .arg(ttl)
-                .arg(format_code(outgoing.payload.format()))
-                .arg(outgoing.time)
-                .arg(outgoing.payload.bytes())
-                .arg(keys::channel(topic))
-                .arg(outgoing.provisional)
-                .ignore();
+        let publish = if self.servers.sharded() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        let commands: Vec<Routed> = batch
+            .map(|(number, outgoing)| {
+                let topic = &*outgoing.topic;
+                let seq = keys::seq(topic);
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(sha)
+                    .arg(3)
+                    .arg(&seq)
+                    .arg(keys::log(topic))
+                    .arg(keys::origins(topic))
+                    .arg(&*self.node)
+                    .arg(*number)
+                    .arg(self.log_length)
+                    .arg(ttl)
+                    .arg(format_code(outgoing.payload.format()))
+                    .arg(outgoing.time)
+                    .arg(outgoing.payload.bytes())
+                    .arg(keys::channel(topic))
+                    .arg(outgoing.provisional)
+                    .arg(publish);
+                Routed::new(&seq, cmd)
+            })
+            .collect();
+        let ran = ready.run(&commands, self.replicas)?;
+        let mut refused = 0;
+        for reply in ran.replies {
+            if let Value::ServerError(error) = reply {
+                let error = RedisError::from(error);
+                if is_link_failure(&error) {
+                    return Err(error);
+                }
+                refused += 1;
+            }
         }
-        pipe.query::<Value>(&mut ready.con).map(drop)
+        Ok(if ran.acked {
+            Sent::Taken { refused }
+        } else {
+            Sent::Unreplicated
+        })
     }
 
     fn down(&self, error: &RedisError, lost: &mut bool) {
@@ -198,12 +231,22 @@ impl Publisher {
     }
 }
 
-/// Whether an error means the connection is gone (or its script cache, after a Redis restart
-/// that kept the socket): reconnect and send again.
-pub(super) fn is_link_failure(error: &RedisError) -> bool {
-    error.is_io_error()
-        || error.is_connection_dropped()
-        || error.is_connection_refusal()
-        || error.is_timeout()
-        || error.code() == Some("NOSCRIPT")
+/// Whether an error reply means the connection's server is not (or no longer) the one to send
+/// to, so that the thread should reconnect and send again: its script cache is gone (a restart
+/// that kept the socket), it is a replica now (`READONLY`, after a failover), it is loading or
+/// cut off from its cluster, or Redis Cluster kept redirecting.
+fn is_link_failure(error: &RedisError) -> bool {
+    matches!(
+        error.code(),
+        Some(
+            "NOSCRIPT"
+                | "READONLY"
+                | "LOADING"
+                | "MASTERDOWN"
+                | "CLUSTERDOWN"
+                | "TRYAGAIN"
+                | "MOVED"
+                | "ASK"
+        )
+    )
 }

@@ -23,7 +23,7 @@ use super::keys::{Key, SECRET, keys_of};
 use super::logging::LogFormat;
 use super::sources::{Layer, Sources};
 use super::state::{AppConfig, ClientPublish, SlowConsumer};
-use crate::cluster::{self, ClusterConfig};
+use crate::cluster::{self, Auth, ClusterConfig, Upstream};
 
 use clarion_pubsub::{HubConfig, MAX_REACTORS};
 
@@ -423,7 +423,8 @@ pub struct Settings {
 
     /// Join the cluster on this Redis (e.g. redis://127.0.0.1:6379): topics, `seq`s, history and
     /// presence are shared with every node on it. Unset: a self-contained node. In the config
-    /// file: `redis` in the `[cluster]` table (or `redis_file`, for a URL with a password).
+    /// file: `redis` in the `[cluster]` table (or `redis_file`, for a URL with a password),
+    /// which wins over `sentinels` and `redis_cluster`, the other ways to name Redis.
     #[arg(long, value_name = "URL")]
     #[serde(skip)]
     pub redis: Option<String>,
@@ -443,12 +444,30 @@ pub struct Settings {
     pub cluster: Option<ClusterSettings>,
 }
 
-/// The `[cluster]` table of the config file.
+/// The `[cluster]` table of the config file: where Redis is (`redis`, or `sentinels` with
+/// `master_name`, or `redis_cluster`), and how the node uses it.
 #[derive(Debug, Default, Deserialize, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSettings {
-    /// The Redis URL (the `--redis` flag wins over it). A secret: it may hold a password.
+    /// The Redis URL (the `--redis` flag wins over it). A secret: it may hold a password. Set,
+    /// it wins over `sentinels` and `redis_cluster`.
     pub redis: Option<Secret>,
+    /// Redis Sentinel addresses (`host:port`): the node uses the master they know as
+    /// `master_name`, and follows failovers.
+    pub sentinels: Option<Vec<String>>,
+    /// The name the sentinels monitor the master under.
+    pub master_name: Option<String>,
+    /// Redis Cluster nodes (`host:port`) to read the slot map from.
+    pub redis_cluster: Option<Vec<String>>,
+    /// ACL user for the Redis servers named by `sentinels` or `redis_cluster`.
+    pub username: Option<String>,
+    /// Password for the Redis servers named by `sentinels` or `redis_cluster`.
+    pub password: Option<Secret>,
+    /// Password for the sentinels themselves.
+    pub sentinel_password: Option<Secret>,
+    /// Replicas that must acknowledge a publish (`WAIT`) before the node lets go of it
+    /// [default: 0].
+    pub min_replicas_ack: Option<u32>,
     /// Payload bytes of publishes that may wait for Redis while it is slow or down; past it
     /// publishes are refused [default: 16777216].
     pub buffer_bytes: Option<usize>,
@@ -456,6 +475,19 @@ pub struct ClusterSettings {
     /// [default: 1s].
     #[serde(default, deserialize_with = "de_duration")]
     pub heartbeat: Option<Duration>,
+}
+
+impl ClusterSettings {
+    /// What is wrong with the way the table names Redis, if anything.
+    fn conflict(&self) -> Option<&'static str> {
+        if self.sentinels.is_some() && self.redis_cluster.is_some() {
+            return Some("[cluster] sentinels and redis_cluster name Redis twice: keep one");
+        }
+        if self.master_name.is_some() != self.sentinels.is_some() {
+            return Some("[cluster] sentinels and master_name go together");
+        }
+        None
+    }
 }
 
 /// Every config key, read off [`Settings`] once (see [`super::keys`]).
@@ -597,8 +629,15 @@ impl Settings {
         if let Some((_, message)) = checks.iter().find(|(bad, _)| *bad) {
             return Err((*message).to_owned());
         }
+        if let Some(conflict) = settings
+            .cluster
+            .as_ref()
+            .and_then(ClusterSettings::conflict)
+        {
+            return Err(conflict.to_owned());
+        }
         if let Some(cluster) = &app.cluster {
-            cluster::check_url(&cluster.redis)?;
+            cluster::check(cluster)?;
         }
         app.check()?;
         Ok(settings)
@@ -675,18 +714,34 @@ impl Settings {
         }
     }
 
-    /// The cluster this node joins, if a Redis URL is set (flag or `[cluster] redis`).
+    /// The cluster this node joins, if Redis is named (`--redis`, or `[cluster]` `redis`,
+    /// `sentinels` or `redis_cluster`).
     fn cluster_config(&self) -> Option<ClusterConfig> {
         let table = self.cluster.clone().unwrap_or_default();
         let redis = self
             .redis
             .clone()
-            .or_else(|| table.redis.map(|url| String::from(&*url)))?;
+            .or_else(|| table.redis.map(|url| String::from(&*url)));
+        let upstream = match (redis, table.sentinels) {
+            (Some(url), _) => Upstream::Redis(url),
+            (None, Some(sentinels)) => Upstream::Sentinel {
+                sentinels,
+                master_name: table.master_name.unwrap_or_default(),
+            },
+            (None, None) => Upstream::Cluster(table.redis_cluster?),
+        };
+        let text = |secret: Option<Secret>| secret.map(|s| String::from(&*s));
         let d = ClusterConfig::default();
         Some(ClusterConfig {
-            redis,
+            upstream,
+            auth: Auth {
+                username: table.username,
+                password: text(table.password),
+                sentinel_password: text(table.sentinel_password),
+            },
             buffer_bytes: table.buffer_bytes.unwrap_or(d.buffer_bytes),
             heartbeat: table.heartbeat.unwrap_or(d.heartbeat),
+            min_replicas_ack: table.min_replicas_ack.unwrap_or(d.min_replicas_ack),
         })
     }
 
@@ -863,7 +918,10 @@ mod tests {
             clarion_engine::Policy::PerConnection
         );
         let cluster = app.cluster.unwrap();
-        assert_eq!(cluster.redis, "redis://127.0.0.1:7001");
+        assert_eq!(
+            cluster.upstream,
+            Upstream::Redis("redis://127.0.0.1:7001".into())
+        );
         assert_eq!(cluster.heartbeat, Duration::from_secs(2));
         assert_eq!(app.api_key.as_deref(), Some("k"));
         assert_eq!(loaded.settings.log_format, Some(LogFormat::Json));
@@ -996,6 +1054,7 @@ mod tests {
         let cluster = ClusterConfig::default();
         assert_eq!(table.buffer_bytes, Some(cluster.buffer_bytes));
         assert_eq!(table.heartbeat, Some(cluster.heartbeat));
+        assert_eq!(table.min_replicas_ack, Some(cluster.min_replicas_ack));
     }
 
     #[test]
@@ -1046,15 +1105,22 @@ mod tests {
             .app_config()
             .cluster;
         let cluster = cluster.unwrap();
-        assert_eq!(cluster.redis, "redis://10.0.0.1:6379");
+        assert_eq!(
+            cluster.upstream,
+            Upstream::Redis("redis://10.0.0.1:6379".into())
+        );
         assert_eq!(cluster.buffer_bytes, 1000);
         assert_eq!(cluster.heartbeat, Duration::from_secs(2));
+        assert_eq!(cluster.min_replicas_ack, 0);
         let flagged = load(
             &["--config", file, "--redis", "redis://127.0.0.1:7000"],
             &[],
         );
         let merged = flagged.unwrap().settings.app_config().cluster.unwrap();
-        assert_eq!(merged.redis, "redis://127.0.0.1:7000");
+        assert_eq!(
+            merged.upstream,
+            Upstream::Redis("redis://127.0.0.1:7000".into())
+        );
         assert_eq!(merged.buffer_bytes, 1000);
         assert_eq!(Settings::default().app_config().cluster, None);
         assert!(
@@ -1063,6 +1129,71 @@ mod tests {
                 .contains("invalid redis URL")
         );
         assert!(toml::from_str::<Settings>("[cluster]\nredos = \"x\"").is_err());
+    }
+
+    #[test]
+    fn cluster_names_sentinels_or_redis_cluster() {
+        let file = scratch_dir("sentinels").join("clarion.toml");
+        std::fs::write(
+            &file,
+            "[cluster]\nsentinels = [\"10.0.0.1:26379\", \"10.0.0.2:26379\"]\n\
+             master_name = \"main\"\npassword = \"pw\"\nmin_replicas_ack = 1",
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+        let loaded = load(&["--config", file], &[]).unwrap().settings;
+        let cluster = loaded.app_config().cluster.unwrap();
+        assert_eq!(
+            cluster.upstream,
+            Upstream::Sentinel {
+                sentinels: vec!["10.0.0.1:26379".into(), "10.0.0.2:26379".into()],
+                master_name: "main".into()
+            }
+        );
+        assert_eq!(cluster.auth.password.as_deref(), Some("pw"));
+        assert_eq!(cluster.min_replicas_ack, 1);
+        assert!(
+            !format!("{loaded:?} {cluster:?}").contains("pw"),
+            "never shown"
+        );
+        // From the environment, a list is comma-separated; --redis wins over the table.
+        let env = [(
+            "CLARION_CLUSTER__REDIS_CLUSTER",
+            "10.0.0.1:7000,10.0.0.2:7000",
+        )];
+        let sharded = load(&[], &env).unwrap().settings.app_config().cluster;
+        assert_eq!(
+            sharded.unwrap().upstream,
+            Upstream::Cluster(vec!["10.0.0.1:7000".into(), "10.0.0.2:7000".into()])
+        );
+        let flagged = load(&["--config", file, "--redis", "redis://h:1"], &[]).unwrap();
+        assert_eq!(
+            flagged.settings.app_config().cluster.unwrap().upstream,
+            Upstream::Redis("redis://h:1".into())
+        );
+        for (bad, error) in [
+            (
+                "sentinels = [\"h:1\"]\nmaster_name = \"m\"\nredis_cluster = [\"h:1\"]",
+                "name Redis twice",
+            ),
+            ("sentinels = [\"h:1\"]", "go together"),
+            (
+                "redis_cluster = [\"h:1\"]\nmaster_name = \"m\"",
+                "go together",
+            ),
+            (
+                "sentinels = [\"h:1\"]\nmaster_name = \"\"",
+                "need a master_name",
+            ),
+            ("redis_cluster = []", "redis_cluster is empty"),
+            ("redis_cluster = [\"h:x\"]", "invalid redis_cluster entry"),
+            ("redis_cluster = [\"redis://:pw@h:1\"]", "host:port"),
+        ] {
+            let path = scratch_dir("bad-cluster").join("clarion.toml");
+            std::fs::write(&path, format!("[cluster]\n{bad}")).unwrap();
+            let message = load(&["--config", path.to_str().unwrap()], &[]).unwrap_err();
+            assert!(message.contains(error), "{bad}: {message}");
+        }
     }
 
     #[test]

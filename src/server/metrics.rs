@@ -417,8 +417,20 @@ const CLUSTER_METRICS: &[Def<ClusterStats>] = &[
     Def {
         key: "cluster_resets",
         kind: Kind::Counter,
-        help: "Topics renumbered by Redis under their local subscribers (provisional seqs taken by other nodes, or Redis lost its data).",
+        help: "Topics renumbered by Redis under their local subscribers (provisional seqs taken by other nodes, Redis lost its data, or a failover lost messages).",
         value: |c| c.resets,
+    },
+    Def {
+        key: "cluster_replica_timeouts",
+        kind: Kind::Counter,
+        help: "Batches of publishes whose WAIT found fewer replicas than min_replicas_ack (kept and sent again).",
+        value: |c| c.replica_timeouts,
+    },
+    Def {
+        key: "cluster_redirects",
+        kind: Kind::Counter,
+        help: "Redis Cluster redirections (MOVED, ASK) followed.",
+        value: |c| c.redirects,
     },
 ];
 

@@ -79,7 +79,7 @@ where
         return invalid(&message);
     }
     if let Some(cluster) = &app.cluster
-        && let Err(message) = crate::cluster::check_url(&cluster.redis)
+        && let Err(message) = crate::cluster::check(cluster)
     {
         return invalid(&message);
     }

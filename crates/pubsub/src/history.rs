@@ -121,6 +121,26 @@ impl History {
         change
     }
 
+    /// Whether `upstream` (messages in `seq` order) has, under a `seq` up to `upto` that this
+    /// ring also holds, a message of other content (format or payload bytes): the upstream is
+    /// not the copy these messages came from (a replica promoted before it had them, a restored
+    /// backup). Only the overlap can be compared; content is the identity a client sees.
+    pub fn differs(&self, upstream: &[Arc<Message>], upto: u64) -> bool {
+        let Some(oldest) = self.ring.front().map(|m| m.seq) else {
+            return false;
+        };
+        upstream
+            .iter()
+            .filter(|theirs| theirs.seq >= oldest && theirs.seq <= upto)
+            .any(|theirs| {
+                let at = usize::try_from(theirs.seq - oldest).unwrap_or(usize::MAX);
+                self.ring.get(at).is_some_and(|ours| {
+                    ours.payload.format() != theirs.payload.format()
+                        || ours.payload.bytes() != theirs.payload.bytes()
+                })
+            })
+    }
+
     /// Nothing retained.
     pub fn is_empty(&self) -> bool {
         self.ring.is_empty()

@@ -1,6 +1,8 @@
-//! One connection slot of an event loop: its socket, where it is in its life, the buffers it
-//! borrows only while it needs them, and the two socket helpers the loop uses (write with a
-//! backlog, read with retry on EINTR).
+//! One connection slot of an event loop: its socket, where it is in its life and the mode's
+//! state; nothing else. The buffers a connection needs only now and then (a partial frame, bytes
+//! the socket did not take) are lent by the loop ([`super::lent`]) and the slot keeps only their
+//! index, so an idle slot is 64 bytes plus the mode's state (the `size_of` tests below). Also the
+//! two socket helpers the loop uses (write with a backlog, read with retry on EINTR).
 
 use std::io::{self, Read, Write};
 
@@ -8,6 +10,7 @@ use clarion_protocol::Connection;
 use clarion_protocol::handshake::ClientHandshake;
 use mio::net::TcpStream;
 
+use super::lent::LentId;
 use crate::failure::Reason;
 
 /// Most bytes a connection may have waiting for the socket before it counts as stalled.
@@ -18,10 +21,18 @@ const MAX_BACKLOG: usize = 16 << 20;
 pub enum Phase {
     /// No socket: not dialed yet, waiting to retry, or finished.
     Idle,
-    /// TCP connect in progress.
-    Connecting,
-    /// Upgrade request sent, waiting for the 101.
-    Handshaking(ClientHandshake),
+    /// TCP connect in progress, started at `since_ns`.
+    Connecting {
+        /// When the dial started.
+        since_ns: u64,
+    },
+    /// Upgrade request sent at `since_ns`, waiting for the 101.
+    Handshaking {
+        /// The key to check the answer against.
+        handshake: ClientHandshake,
+        /// When the request left.
+        since_ns: u64,
+    },
     /// WebSocket open (or closing, once we sent our close frame).
     Open(Connection),
     /// The WebSocket is over; waiting for the server to close TCP first, so the TIME_WAIT
@@ -36,57 +47,49 @@ pub enum Life {
     Pending,
     /// Counted as established.
     Open,
+    /// Dropped on purpose by the reconnect storm and dialing again; counted as established
+    /// already, so its return is counted by the storm, not as a new connection.
+    Rejoining,
     /// Counted as failed, dropped or done; nothing more to count.
     Ended,
 }
 
-/// One slot.
+/// One slot. Its global connection index (which picks the source, target and topic) is the
+/// loop's first index plus the slot number, so it is not stored.
 #[derive(Debug)]
 pub struct Conn<S> {
     /// The socket, while there is one.
     pub stream: Option<TcpStream>,
     /// Socket phase.
     pub phase: Phase,
+    /// Changes on every dial, so stale deadlines are recognised.
+    pub generation: u32,
+    /// The buffers lent to this connection, while it has any.
+    pub lent: Option<LentId>,
+    /// Dials so far for this connection (retries are at most 100).
+    pub attempts: u8,
     /// Counting state.
     pub life: Life,
     /// Whether it counts as ramped (ready or ended).
     pub settled: bool,
     /// We sent our close frame.
     pub we_closed: bool,
-    /// Partial handshake answers and frames; empty (unallocated) otherwise.
-    pub rx: Vec<u8>,
-    /// Bytes the socket did not take yet; empty (unallocated) otherwise.
-    pub backlog: Vec<u8>,
-    /// Global connection index (picks the source, target and topic).
-    pub index: usize,
-    /// Dials so far for this connection.
-    pub attempts: u32,
-    /// Changes on every dial, so stale deadlines are recognised.
-    pub generation: u32,
-    /// When the current phase began (dial, request sent).
-    pub phase_ns: u64,
-    /// When the dial was due.
-    pub due_ns: u64,
     /// The mode's state.
     pub state: S,
 }
 
 impl<S: Default> Conn<S> {
-    /// A fresh slot for connection `index`.
-    pub fn new(index: usize) -> Conn<S> {
+    /// A fresh slot.
+    pub fn new() -> Conn<S> {
         Conn {
             stream: None,
             phase: Phase::Idle,
+            generation: 0,
+            lent: None,
+            attempts: 0,
             life: Life::Pending,
             settled: false,
             we_closed: false,
-            rx: Vec::new(),
-            backlog: Vec::new(),
-            index,
-            attempts: 0,
-            generation: 0,
-            phase_ns: 0,
-            due_ns: 0,
             state: S::default(),
         }
     }
@@ -116,10 +119,6 @@ pub fn flush(
         tx.clear();
         let written = write_some(stream, backlog)?;
         backlog.drain(..written);
-        if backlog.is_empty() {
-            // Give the memory back: most connections never need a backlog again.
-            *backlog = Vec::new();
-        }
     }
     if backlog.len() > MAX_BACKLOG {
         return Err(Reason::Stalled);
@@ -164,5 +163,40 @@ pub fn read(stream: &mut TcpStream, buf: &mut [u8]) -> Got {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => Got::Failed(Reason::of_io(&e)),
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::traffic::{Traffic, churn, echo, subscribe};
+
+    type Of<T> = Conn<<T as Traffic>::Conn>;
+
+    /// What every connection costs the loop, whatever it does: these are the bytes per idle
+    /// connection at a million (plus the mode's side tables, see `Subscribe`).
+    #[test]
+    fn slots_stay_small() {
+        assert_eq!(
+            size_of::<Phase>(),
+            48,
+            "the protocol state, with the phases in its niche"
+        );
+        assert_eq!(size_of::<Conn<()>>(), 64, "idle");
+        assert_eq!(
+            size_of::<Of<churn::Churn>>(),
+            72,
+            "churn: when its dial was due"
+        );
+        assert_eq!(
+            size_of::<Of<echo::Echo>>(),
+            88,
+            "echo: counts in flight, sent, owed"
+        );
+        assert_eq!(
+            size_of::<Of<subscribe::Subscribe>>(),
+            80,
+            "fanout: last seq, flags"
+        );
     }
 }

@@ -1,25 +1,30 @@
 //! The event loop of one thread: a mio poll over the connections of one shard.
 //!
 //! Each loop owns its sockets, one read buffer and one write buffer for all of them; a
-//! connection borrows a receive or backlog buffer only while it has a partial frame or unsent
-//! bytes. Per turn: advance the stage, dial what the pacer releases, expire deadlines, send what
-//! the mode's schedule has due, wait for readiness (or, with `--coalesce`, sleep and poll), then
-//! for each ready socket read until it is drained, hand the frames to the mode and write
-//! everything it queued with one `write`.
+//! connection borrows a receive or backlog buffer ([`lent`]) only while it has a partial frame or
+//! unsent bytes, so an idle connection is its slot and nothing more. Per turn: advance the stage,
+//! dial what the pacer releases, expire deadlines, send what the mode's schedule has due, wait for
+//! readiness (or, with `--coalesce`, sleep and poll), then for each ready socket read until it is
+//! drained, hand the frames to the mode and write everything it queued with one `write`.
 //!
-//! Stages: ramp (dial every slot at the ramp rate, retry connect errors with backoff) → measure
-//! (from the warm-up's start, the coordinator's go instant less `--warmup`, to its stop instant;
-//! what is stamped before go is checked but not counted) → drain (wait for replies in flight) →
-//! closing (close handshakes, bounded by `--close-timeout`) → done. Churn skips the ramp and
+//! Stages: ramp (dial every slot at the ramp rate, retry connect errors with backoff; the
+//! connections are then held through `--hold`) → measure (from the warm-up's start, the
+//! coordinator's go instant less `--warmup`, to its stop instant; what is stamped before go is
+//! checked but not counted) → drain (wait for replies in flight) → with `--storm`, the reconnect
+//! storm at the stop instant plus `--drain` (drop a share of the open connections at once, dial
+//! them again and resume their subscriptions, bounded by `--storm-timeout`) and a second drain
+//! → closing (close handshakes, bounded by `--close-timeout`) → done. Churn skips the ramp and
 //! dials during the measurement instead.
 
 mod alarm;
 mod coalesce;
 mod conn;
 mod events;
+mod lent;
 mod pace;
 mod slots;
 mod socket;
+mod storm;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -37,7 +42,9 @@ use crate::traffic::{self, Traffic, Verdict};
 use alarm::Alarm;
 use coalesce::Coalesce;
 use conn::{Conn, Life, Phase};
+use lent::Lender;
 use pace::Pacer;
+use storm::Storm;
 
 /// The one read buffer of a loop.
 const READ_BUFFER: usize = 64 << 10;
@@ -56,9 +63,7 @@ pub fn run(plan: &Plan, control: &Control, loop_index: usize, shard: Shard) -> i
         clarion_host::unshare_fd_table()?;
     }
     Ok(match &plan.mode {
-        Mode::Idle { .. } => {
-            Worker::new(plan, control, loop_index, shard, traffic::idle::Idle)?.run()
-        }
+        Mode::Idle => Worker::new(plan, control, loop_index, shard, traffic::idle::Idle)?.run(),
         Mode::Echo(echo) => {
             let traffic = traffic::echo::Echo::new(echo, shard.count, shard.fraction);
             Worker::new(plan, control, loop_index, shard, traffic)?.run()
@@ -68,7 +73,7 @@ pub fn run(plan: &Plan, control: &Control, loop_index: usize, shard: Shard) -> i
             Worker::new(plan, control, loop_index, shard, traffic)?.run()
         }
         Mode::Fanout(fanout) => {
-            let traffic = traffic::subscribe::Subscribe::new(fanout);
+            let traffic = traffic::subscribe::Subscribe::new(fanout, shard.count);
             Worker::new(plan, control, loop_index, shard, traffic)?.run()
         }
     })
@@ -79,7 +84,8 @@ enum Stage {
     Ramp,
     Measure { stop_ns: u64 },
     Drain { until_ns: u64 },
-    Closing { until_ns: u64 },
+    Storm { until_ns: u64 },
+    Closing { since_ns: u64, until_ns: u64 },
 }
 
 /// How slots get dialed.
@@ -90,7 +96,7 @@ enum Dials {
     Cycle {
         rate: f64,
         pacer: Option<Pacer>,
-        free: Vec<usize>,
+        free: Vec<u32>,
     },
 }
 
@@ -117,7 +123,12 @@ struct Worker<'a, T: Traffic> {
     traffic: T,
     poll: Poll,
     alarm: Alarm,
+    /// Global index of slot 0.
+    first: usize,
     conns: Vec<Conn<T::Conn>>,
+    lender: Lender,
+    /// An empty receive buffer (with capacity) for reads by connections that borrow none.
+    spare: Vec<u8>,
     rbuf: Vec<u8>,
     tx: Vec<u8>,
     due: Vec<usize>,
@@ -125,11 +136,18 @@ struct Worker<'a, T: Traffic> {
     tally: Tally,
     stage: Stage,
     dials: Dials,
-    retries: BinaryHeap<Reverse<(u64, usize)>>,
-    connect_deadlines: VecDeque<(u64, usize, u32)>,
-    finish_deadlines: VecDeque<(u64, usize, u32)>,
+    storm: Option<Storm>,
+    /// When the measurement stops (0 before it starts).
+    stop_ns: u64,
+    retries: BinaryHeap<Reverse<(u64, u32)>>,
+    connect_deadlines: VecDeque<(u64, u32, u32)>,
+    finish_deadlines: VecDeque<(u64, u32, u32)>,
     /// Slots not yet settled (open and ready, or ended): the ramp is done at zero.
     unsettled: usize,
+    /// Slots the ramp has dialed.
+    dialed: usize,
+    /// Most slots dialed and not settled at once (`--max-pending`, this loop's share).
+    max_pending: usize,
     ramp_reported: bool,
     sockets: usize,
     go_ns: u64,
@@ -151,7 +169,7 @@ impl<'a, T: Traffic> Worker<'a, T> {
             Mode::Churn(churn) => Dials::Cycle {
                 rate: churn.rate * shard.fraction,
                 pacer: None,
-                free: (0..shard.count).rev().collect(),
+                free: (0..shard.count as u32).rev().collect(),
             },
             _ => Dials::Hold(Pacer::new(
                 start_ns,
@@ -163,11 +181,12 @@ impl<'a, T: Traffic> Worker<'a, T> {
             Mode::Fanout(fanout) => fanout.topics.len(),
             _ => 0,
         };
+        let storm = match &plan.mode {
+            Mode::Fanout(fanout) => fanout.storm.map(Storm::new),
+            _ => None,
+        };
         let ws_config = clarion_protocol::Config {
-            ping_interval: match plan.mode {
-                Mode::Idle { ping_interval } => ping_interval,
-                _ => None,
-            },
+            ping_interval: plan.ping_interval,
             idle_timeout: None,
             close_timeout: plan.close_timeout,
             ..clarion_protocol::Config::default()
@@ -181,9 +200,10 @@ impl<'a, T: Traffic> Worker<'a, T> {
             traffic,
             poll,
             alarm,
-            conns: (0..shard.count)
-                .map(|i| Conn::new(shard.first + i))
-                .collect(),
+            first: shard.first,
+            conns: (0..shard.count).map(|_| Conn::new()).collect(),
+            lender: Lender::default(),
+            spare: Vec::new(),
             rbuf: vec![0; READ_BUFFER],
             tx: Vec::with_capacity(READ_BUFFER),
             due: Vec::new(),
@@ -191,10 +211,17 @@ impl<'a, T: Traffic> Worker<'a, T> {
             tally: Tally::new(topics, plan.output.hdr.is_some()),
             stage: Stage::Ramp,
             dials,
+            storm,
+            stop_ns: 0,
             retries: BinaryHeap::new(),
             connect_deadlines: VecDeque::new(),
             finish_deadlines: VecDeque::new(),
             unsettled: shard.count,
+            dialed: 0,
+            max_pending: match plan.max_pending {
+                0 => usize::MAX,
+                all => ((all as f64 * shard.fraction).ceil() as usize).max(1),
+            },
             ramp_reported: false,
             sockets: 0,
             go_ns: 0,
@@ -284,6 +311,11 @@ impl<'a, T: Traffic> Worker<'a, T> {
         matches!(self.dials, Dials::Hold(_))
     }
 
+    /// Ramp: slots dialed and not yet settled (connecting, upgrading, subscribing, retrying).
+    fn pending(&self) -> usize {
+        self.dialed - (self.conns.len() - self.unsettled)
+    }
+
     /// Moves through the stages; `false` once the loop is done.
     fn advance(&mut self, at: At) -> bool {
         let aborted = self.control.aborted();
@@ -311,15 +343,29 @@ impl<'a, T: Traffic> Worker<'a, T> {
             }
             Stage::Drain { until_ns } => {
                 self.tally.roll_interval(at.now_ns, self.go_ns);
-                if aborted
-                    || at.now_ns >= until_ns
-                    || self.traffic.drained(&self.tally, self.sockets)
-                {
+                let storm_at = self.storm.as_ref().and_then(Storm::due_at);
+                if aborted {
+                    self.enter_closing(at);
+                } else if let Some(storm_at) = storm_at {
+                    if at.now_ns >= storm_at {
+                        self.begin_storm(at);
+                    }
+                } else if at.now_ns >= until_ns || self.traffic.drained(&self.tally, self.sockets) {
                     self.enter_closing(at);
                 }
             }
-            Stage::Closing { until_ns } => {
-                return self.sockets > 0 && at.now_ns < until_ns;
+            Stage::Storm { until_ns } => {
+                let settled = self.storm.as_ref().is_none_or(|s| s.pending() == 0);
+                if aborted || settled || at.now_ns >= until_ns {
+                    self.end_storm(at);
+                }
+            }
+            Stage::Closing { since_ns, until_ns } => {
+                let done = self.sockets == 0 || at.now_ns >= until_ns;
+                if done {
+                    self.tally.close.ns = at.now_ns.min(until_ns) - since_ns;
+                }
+                return !done;
             }
         }
         true
@@ -339,8 +385,12 @@ impl<'a, T: Traffic> Worker<'a, T> {
     /// counted).
     fn begin_measure(&mut self, go_ns: u64, stop_ns: u64, at: At) {
         self.go_ns = go_ns;
+        self.stop_ns = stop_ns;
         let start_ns = go_ns.saturating_sub(ns(self.plan.warmup));
         self.stage = Stage::Measure { stop_ns };
+        if let Some(storm) = &mut self.storm {
+            storm.plan_at(stop_ns + ns(self.plan.drain));
+        }
         self.retries.clear();
         for slot in 0..self.conns.len() {
             if self.conns[slot].life == Life::Pending && self.is_hold() {
@@ -362,13 +412,24 @@ impl<'a, T: Traffic> Worker<'a, T> {
 
     fn enter_closing(&mut self, at: At) {
         self.stage = Stage::Closing {
+            since_ns: at.now_ns,
             until_ns: at.now_ns + ns(self.plan.close_timeout),
         };
         self.retries.clear();
         for slot in 0..self.conns.len() {
+            if self.conns[slot].life == Life::Rejoining {
+                // Aborted during the storm before it came back.
+                self.release(slot);
+                self.rejoined(slot, Err(Reason::Timeout), at);
+            }
             match self.conns[slot].phase {
-                Phase::Open(_) => self.begin_close(slot, at),
-                Phase::Connecting | Phase::Handshaking(_) => self.fail(slot, Reason::Timeout, at),
+                Phase::Open(_) => {
+                    self.tally.close.open += 1;
+                    self.begin_close(slot, at);
+                }
+                Phase::Connecting { .. } | Phase::Handshaking { .. } => {
+                    self.fail(slot, Reason::Timeout, at);
+                }
                 // Aborted during the ramp: never dialed, or waiting to retry.
                 Phase::Idle if self.conns[slot].life == Life::Pending && self.is_hold() => {
                     self.end_pending(slot, Reason::RampTimeout);
@@ -392,7 +453,9 @@ impl<'a, T: Traffic> Worker<'a, T> {
             }
         };
         match (&self.dials, self.stage) {
-            (Dials::Hold(pacer), Stage::Ramp) => consider(pacer.next_due()),
+            (Dials::Hold(pacer), Stage::Ramp) if self.pending() < self.max_pending => {
+                consider(pacer.next_due());
+            }
             (
                 Dials::Cycle {
                     pacer: Some(pacer),
@@ -412,7 +475,15 @@ impl<'a, T: Traffic> Worker<'a, T> {
                 consider(Some(stop_ns));
                 consider(self.traffic.next_due_ns());
             }
-            Stage::Drain { until_ns } | Stage::Closing { until_ns } => consider(Some(until_ns)),
+            Stage::Drain { until_ns } | Stage::Closing { until_ns, .. } => {
+                consider(Some(until_ns));
+                consider(self.storm.as_ref().and_then(Storm::due_at));
+            }
+            Stage::Storm { until_ns } => {
+                consider(Some(until_ns));
+                // After the blip, and straight back while more are queued than a turn takes.
+                consider(self.storm.as_ref().and_then(Storm::dials_due));
+            }
         }
         if self.ws_config.ping_interval.is_some() {
             consider(Some(self.next_sweep_ns));

@@ -1,6 +1,7 @@
 //! The life of a connection slot: dialing at the pacer's pace, retrying connect errors with
-//! backoff, deadlines (connect, close, keep-alive), and counting each connection once, as
-//! established, failed or dropped, before its socket is released.
+//! backoff, deadlines (connect, close, keep-alive), counting each connection once, as
+//! established, failed or dropped, before its socket is released, and lending and taking back
+//! its buffers.
 
 use std::cmp::Reverse;
 use std::time::Instant;
@@ -21,10 +22,19 @@ const MAX_DIALS_PER_TURN: usize = 256;
 impl<T: Traffic> Worker<'_, T> {
     pub(super) fn dial_due(&mut self, now_ns: u64) {
         for _ in 0..MAX_DIALS_PER_TURN {
+            let room = self.pending() < self.max_pending;
             let next = match (&mut self.dials, self.stage) {
-                (Dials::Hold(pacer), Stage::Ramp) => {
-                    pacer.take(now_ns).map(|(step, due)| (step as usize, due))
+                (Dials::Hold(pacer), Stage::Ramp) if room => {
+                    let step = pacer.take(now_ns).map(|(step, due)| (step as usize, due));
+                    self.dialed += step.is_some() as usize;
+                    step
                 }
+                (Dials::Hold(_), Stage::Storm { .. }) => self
+                    .storm
+                    .as_mut()
+                    .filter(|storm| storm.in_flight() < self.max_pending)
+                    .and_then(|storm| storm.next_dial(now_ns))
+                    .map(|slot| (slot, now_ns)),
                 (
                     Dials::Cycle {
                         pacer: Some(pacer),
@@ -33,7 +43,7 @@ impl<T: Traffic> Worker<'_, T> {
                     },
                     Stage::Measure { .. },
                 ) if !free.is_empty() => match pacer.take(now_ns) {
-                    Some((_, due)) => free.pop().map(|slot| (slot, due)),
+                    Some((_, due)) => free.pop().map(|slot| (slot as usize, due)),
                     None => None,
                 },
                 _ => None,
@@ -42,10 +52,9 @@ impl<T: Traffic> Worker<'_, T> {
                 return;
             };
             if !self.is_hold() {
-                let conn = &mut self.conns[slot];
-                *conn = Conn::new(conn.index);
+                self.conns[slot] = Conn::new();
             }
-            self.conns[slot].due_ns = due_ns;
+            self.traffic.dialed(&mut self.conns[slot].state, due_ns);
             self.dial(slot, now_ns);
         }
     }
@@ -54,10 +63,9 @@ impl<T: Traffic> Worker<'_, T> {
         self.generation = self.generation.wrapping_add(1);
         let generation = self.generation;
         let conn = &mut self.conns[slot];
-        conn.attempts += 1;
+        conn.attempts = conn.attempts.saturating_add(1);
         conn.generation = generation;
-        conn.phase_ns = now_ns;
-        let (source, target) = self.plan.pairs.pair(conn.index);
+        let (source, target) = self.plan.pairs.pair(self.first + slot);
         let registered = socket::dial(source, target.addr).and_then(|mut stream| {
             self.poll.registry().register(
                 &mut stream,
@@ -69,18 +77,18 @@ impl<T: Traffic> Worker<'_, T> {
         match registered {
             Ok(stream) => {
                 conn.stream = Some(stream);
-                conn.phase = Phase::Connecting;
+                conn.phase = Phase::Connecting { since_ns: now_ns };
                 self.sockets += 1;
                 self.connect_deadlines.push_back((
                     now_ns + ns(self.plan.connect_timeout),
-                    slot,
+                    slot as u32,
                     generation,
                 ));
             }
             Err(e) => {
                 if let Dials::Cycle { free, .. } = &mut self.dials {
                     // No socket to release, so give the slot back here.
-                    free.push(slot);
+                    free.push(slot as u32);
                 }
                 let at = At {
                     now_ns,
@@ -97,18 +105,21 @@ impl<T: Traffic> Worker<'_, T> {
                 break;
             }
             self.retries.pop();
-            self.dial(slot, at.now_ns);
+            self.dial(slot as usize, at.now_ns);
         }
         while let Some(&(deadline, slot, generation)) = self.connect_deadlines.front() {
             if deadline > at.now_ns {
                 break;
             }
             self.connect_deadlines.pop_front();
-            let conn = &self.conns[slot];
+            let conn = &self.conns[slot as usize];
             if conn.generation == generation
-                && matches!(conn.phase, Phase::Connecting | Phase::Handshaking(_))
+                && matches!(
+                    conn.phase,
+                    Phase::Connecting { .. } | Phase::Handshaking { .. }
+                )
             {
-                self.fail(slot, Reason::Timeout, at);
+                self.fail(slot as usize, Reason::Timeout, at);
             }
         }
         while let Some(&(deadline, slot, generation)) = self.finish_deadlines.front() {
@@ -116,8 +127,8 @@ impl<T: Traffic> Worker<'_, T> {
                 break;
             }
             self.finish_deadlines.pop_front();
-            if self.conns[slot].generation == generation {
-                self.release(slot);
+            if self.conns[slot as usize].generation == generation {
+                self.release(slot as usize);
             }
         }
         if self.ws_config.ping_interval.is_some() && at.now_ns >= self.next_sweep_ns {
@@ -129,16 +140,14 @@ impl<T: Traffic> Worker<'_, T> {
     /// Pings quiet servers and drops those that do not answer.
     pub(super) fn sweep_keepalive(&mut self, at: At) {
         for slot in 0..self.conns.len() {
-            let conn = &mut self.conns[slot];
-            let (Phase::Open(ws), Some(stream)) = (&mut conn.phase, &mut conn.stream) else {
+            let Phase::Open(ws) = &mut self.conns[slot].phase else {
                 continue;
             };
             let timeout = ws.handle_timeout(at.instant, &self.ws_config, &mut self.tx);
-            let flushed = conn::flush(stream, &mut conn.backlog, &mut self.tx);
-            match (timeout, flushed) {
-                (Some(Timeout::Pong), _) => self.fail(slot, Reason::Timeout, at),
-                (_, Err(reason)) => self.fail(slot, reason, at),
-                _ => {}
+            if let Some(Timeout::Pong) = timeout {
+                self.fail(slot, Reason::Timeout, at);
+            } else {
+                self.flush(slot, at);
             }
         }
     }
@@ -146,24 +155,22 @@ impl<T: Traffic> Worker<'_, T> {
     /// Counts a failure (or schedules a retry) and frees the slot's socket.
     pub(super) fn fail(&mut self, slot: usize, reason: Reason, at: At) {
         self.release(slot);
-        let may_retry = self.is_hold() && self.stage == Stage::Ramp;
+        let may_retry = self.is_hold() && matches!(self.stage, Stage::Ramp | Stage::Storm { .. });
         let conn = &mut self.conns[slot];
+        let retry = may_retry && reason.is_retryable() && conn.attempts as u32 <= self.plan.retries;
         match conn.life {
-            Life::Pending => {
-                let retry =
-                    may_retry && reason.is_retryable() && conn.attempts <= self.plan.retries;
-                if retry {
-                    self.tally.retries += 1;
-                    let delay = backoff_ns(
-                        ns(self.plan.backoff),
-                        conn.attempts,
-                        next_random(&mut self.rng),
-                    );
-                    self.retries.push(Reverse((at.now_ns + delay, slot)));
-                } else {
-                    self.end_pending(slot, reason);
-                }
+            Life::Pending | Life::Rejoining if retry => {
+                self.tally.retries += 1;
+                self.tally.retried.add(reason);
+                let delay = backoff_ns(
+                    ns(self.plan.backoff),
+                    conn.attempts as u32,
+                    next_random(&mut self.rng),
+                );
+                self.retries.push(Reverse((at.now_ns + delay, slot as u32)));
             }
+            Life::Pending => self.end_pending(slot, reason),
+            Life::Rejoining => self.rejoined(slot, Err(reason), at),
             Life::Open => {
                 self.tally.drops.add(reason);
                 conn.life = Life::Ended;
@@ -188,7 +195,7 @@ impl<T: Traffic> Worker<'_, T> {
         }
     }
 
-    /// Closes the slot's socket, if it has one, and gives its buffers back.
+    /// Closes the slot's socket, if it has one, and takes its buffers back.
     pub(super) fn release(&mut self, slot: usize) {
         let conn = &mut self.conns[slot];
         if conn.stream.take().is_none() {
@@ -196,10 +203,78 @@ impl<T: Traffic> Worker<'_, T> {
         }
         self.sockets -= 1;
         conn.phase = Phase::Idle;
-        conn.rx = Vec::new();
-        conn.backlog = Vec::new();
+        if let Some(id) = conn.lent.take() {
+            self.lender.give_back(id);
+        }
         if let Dials::Cycle { free, .. } = &mut self.dials {
-            free.push(slot);
+            free.push(slot as u32);
+        }
+    }
+
+    /// The slot's receive buffer, taken out for a read: its lent one, else the loop's spare
+    /// (empty). Put it back with [`Worker::put_rx`].
+    pub(super) fn take_rx(&mut self, slot: usize) -> Vec<u8> {
+        match self.conns[slot].lent {
+            Some(id) => std::mem::take(&mut self.lender.get(id).rx),
+            None => std::mem::take(&mut self.spare),
+        }
+    }
+
+    /// Puts back what [`Worker::take_rx`] gave: a partial frame keeps (or gets) a lent entry;
+    /// an empty buffer goes back to the spare, and the entry too once it holds nothing.
+    pub(super) fn put_rx(&mut self, slot: usize, mut rx: Vec<u8>) {
+        let conn = &mut self.conns[slot];
+        let id = match conn.lent {
+            Some(id) => id,
+            None if rx.is_empty() => {
+                self.spare = rx;
+                return;
+            }
+            None => *conn.lent.insert(self.lender.lend()),
+        };
+        let lent = self.lender.get(id);
+        std::mem::swap(&mut lent.rx, &mut rx);
+        if self.spare.capacity() == 0 {
+            // The entry's old (empty) buffer becomes the spare.
+            self.spare = rx;
+        }
+        if lent.is_empty() {
+            conn.lent = None;
+            self.lender.give_back(id);
+        }
+    }
+
+    /// Writes what the loop queued in `tx` for the slot (after its backlog, if it has one);
+    /// what the socket does not take goes to a lent backlog.
+    pub(super) fn flush(&mut self, slot: usize, at: At) {
+        let conn = &mut self.conns[slot];
+        let Some(stream) = &mut conn.stream else {
+            self.tx.clear();
+            return;
+        };
+        let result = match conn.lent {
+            Some(id) => {
+                let lent = self.lender.get(id);
+                let result = conn::flush(stream, &mut lent.backlog, &mut self.tx);
+                if lent.is_empty() {
+                    conn.lent = None;
+                    self.lender.give_back(id);
+                }
+                result
+            }
+            None if self.tx.is_empty() => return,
+            None => {
+                let mut backlog = Vec::new();
+                let result = conn::flush(stream, &mut backlog, &mut self.tx);
+                if !backlog.is_empty() {
+                    let id = *conn.lent.insert(self.lender.lend());
+                    self.lender.get(id).backlog = backlog;
+                }
+                result
+            }
+        };
+        if let Err(reason) = result {
+            self.fail(slot, reason, at);
         }
     }
 }

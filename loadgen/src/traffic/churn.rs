@@ -27,12 +27,22 @@ impl Churn {
     }
 }
 
-impl Traffic for Churn {
-    type Conn = ();
+/// A cycle's connection: when its dial was due.
+#[derive(Debug, Default)]
+pub struct CycleConn {
+    due_ns: u64,
+}
 
-    fn opened(&mut self, _index: usize, _: &mut (), link: &mut Link<'_>) -> Verdict {
+impl Traffic for Churn {
+    type Conn = CycleConn;
+
+    fn dialed(&mut self, conn: &mut CycleConn, due_ns: u64) {
+        conn.due_ns = due_ns;
+    }
+
+    fn opened(&mut self, conn: &mut CycleConn, link: &mut Link<'_>) -> Verdict {
         let stamp = Stamp {
-            sent_ns: link.due_ns,
+            sent_ns: conn.due_ns,
             seq: 0,
         };
         link.send_stamped(
@@ -46,15 +56,15 @@ impl Traffic for Churn {
 
     fn message(
         &mut self,
-        _: &mut (),
+        conn: &mut CycleConn,
         link: &mut Link<'_>,
         _: MessageKind,
         payload: &[u8],
     ) -> Verdict {
         match Stamp::read(payload) {
-            Some(stamp) if stamp.sent_ns == link.due_ns => {
+            Some(stamp) if stamp.sent_ns == conn.due_ns => {
                 link.tally
-                    .record_latency(link.now_ns.saturating_sub(link.due_ns));
+                    .record_latency(link.now_ns.saturating_sub(conn.due_ns));
                 link.tally.cycles += 1;
                 Verdict::Finish
             }

@@ -39,12 +39,14 @@ pub struct Link<'a> {
     pub now_ns: u64,
     /// The connection's slot in its loop.
     pub slot: usize,
-    /// When this connection's dial was due (churn measures cycles from it).
-    pub due_ns: u64,
+    /// The connection's global index (picks its source, target and topic).
+    pub index: usize,
     /// Whether traffic runs (the warm-up or the measurement window: new messages may be sent).
     pub sending: bool,
     /// When the measurement begins: messages stamped earlier are warm-up, not counted.
     pub go_ns: u64,
+    /// When the measurement ends (0 before it begins).
+    pub stop_ns: u64,
 }
 
 impl Link<'_> {
@@ -86,8 +88,11 @@ pub trait Traffic {
         Cow::Borrowed(&target.path)
     }
 
-    /// The WebSocket of connection `index` just opened.
-    fn opened(&mut self, _index: usize, _conn: &mut Self::Conn, _link: &mut Link<'_>) -> Verdict {
+    /// The connection is being dialed; the dial was due at `due_ns`.
+    fn dialed(&mut self, _conn: &mut Self::Conn, _due_ns: u64) {}
+
+    /// The WebSocket just opened (again, after the reconnect storm dropped it).
+    fn opened(&mut self, _conn: &mut Self::Conn, _link: &mut Link<'_>) -> Verdict {
         Verdict::Continue
     }
 

@@ -1,6 +1,11 @@
 //! `fanout`, subscriber side: each connection subscribes to one topic (raw topic socket, or a
 //! subscribe command on the envelope protocol) and checks every delivery's stamp: latency from
-//! the publisher's intended send time, and sequence bookkeeping per publisher.
+//! the publisher's intended send time, sequence bookkeeping per publisher, and the time of each
+//! message's first and last delivery. Over the envelope protocol a subscriber keeps the last
+//! `seq` it had, so after the reconnect storm it resumes from there.
+//!
+//! Memory: a subscriber's slot state is 16 bytes; its per-publisher trackers live in one table
+//! of the loop (16 bytes per subscriber and publisher of its topic), allocated at start.
 
 use std::borrow::Cow;
 
@@ -19,10 +24,13 @@ use crate::url::Target;
 /// Per-subscriber state.
 #[derive(Debug, Default)]
 pub struct SubscriberConn {
-    topic: usize,
+    /// Envelope: the topic's last `seq` this subscriber had (its subscribe ack's, then each
+    /// delivery's): where a resume starts.
+    last_seq: u64,
+    /// Deliveries may come (raw: open; envelope: acknowledged).
     subscribed: bool,
-    /// One per publisher of the topic.
-    trackers: Vec<Tracker>,
+    /// Envelope: acknowledged once, so a later subscribe is a resume.
+    acked: bool,
 }
 
 /// Subscriber traffic of one event loop.
@@ -30,27 +38,37 @@ pub struct SubscriberConn {
 pub struct Subscribe {
     settings: Fanout,
     scratch: Vec<u8>,
+    /// The most publishers any topic has: trackers per subscriber.
+    stride: usize,
+    /// Slot `s`'s tracker of its topic's `k`-th publisher is at `s * stride + k`.
+    trackers: Vec<Tracker>,
+    /// Envelope: the server's epoch, from the acks.
+    epoch: Option<String>,
 }
 
 impl Subscribe {
-    /// Subscribers for a fanout plan.
-    pub fn new(settings: &Fanout) -> Subscribe {
+    /// Subscribers for a fanout plan, `slots` of them in this loop.
+    pub fn new(settings: &Fanout, slots: usize) -> Subscribe {
+        let stride = settings.publishers.div_ceil(settings.topics.len());
         Subscribe {
             settings: settings.clone(),
             scratch: Vec::new(),
+            stride,
+            trackers: vec![Tracker::default(); slots * stride],
+            epoch: None,
         }
     }
 
-    fn deliver(&self, conn: &mut SubscriberConn, link: &mut Link<'_>, stamp: Stamp) -> Verdict {
-        let Some(tracker) = conn
-            .trackers
-            .iter_mut()
-            .find(|t| t.publisher == stamp.publisher())
-        else {
-            // A message from a publisher of another topic.
+    fn deliver(&mut self, link: &mut Link<'_>, stamp: Stamp) -> Verdict {
+        let topics = self.settings.topics.len();
+        let topic = self.settings.topic_of(link.index);
+        let publisher = stamp.publisher() as usize;
+        if publisher >= self.settings.publishers || publisher % topics != topic {
+            // A message from no publisher, or one of another topic.
             return Verdict::Fail(Reason::BadPayload);
-        };
-        let measured = link.measured(stamp.sent_ns);
+        }
+        let tracker = &mut self.trackers[link.slot * self.stride + publisher / topics];
+        let counted = link.measured(stamp.sent_ns);
         let fanout = &mut link.tally.fanout;
         match tracker.arrive(stamp.count()) {
             Arrival::Duplicate => {
@@ -60,12 +78,41 @@ impl Subscribe {
             Arrival::OutOfOrder => fanout.out_of_order += 1,
             Arrival::InOrder => {}
         }
-        if measured {
-            fanout.delivered[conn.topic] += 1;
-            link.tally
-                .record_latency(link.now_ns.saturating_sub(stamp.sent_ns));
+        // Not warm-up: counted, and timed unless it is the storm's message (due after the
+        // window, while some subscribers are away on purpose).
+        if counted {
+            fanout.delivered[topic] += 1;
+            let latency_ns = link.now_ns.saturating_sub(stamp.sent_ns);
+            link.tally.rounds.record(stamp, latency_ns);
+            if stamp.sent_ns < link.stop_ns {
+                link.tally.record_latency(latency_ns);
+            }
         }
         Verdict::Continue
+    }
+
+    /// An envelope acknowledgement: the subscription holds (again).
+    fn acked(&mut self, conn: &mut SubscriberConn, link: &mut Link<'_>, ack: envelope::Ack<'_>) {
+        let resumed = conn.acked;
+        if resumed {
+            match (ack.recovered, ack.seq) {
+                (Some(true), Some(seq)) => {
+                    link.tally.storm.replayed += seq.saturating_sub(conn.last_seq);
+                }
+                _ => link.tally.storm.not_recovered += 1,
+            }
+        }
+        if !resumed || ack.recovered != Some(true) {
+            // Live from the ack's seq on; a recovered resume replays from `last_seq` instead.
+            conn.last_seq = ack.seq.unwrap_or(conn.last_seq);
+        }
+        if let Some(epoch) = ack.epoch
+            && self.epoch.as_deref() != Some(&epoch)
+        {
+            self.epoch = Some(epoch.into_owned());
+        }
+        conn.acked = true;
+        conn.subscribed = true;
     }
 }
 
@@ -82,16 +129,17 @@ impl Traffic for Subscribe {
         }
     }
 
-    fn opened(&mut self, index: usize, conn: &mut SubscriberConn, link: &mut Link<'_>) -> Verdict {
-        conn.topic = self.settings.topic_of(index);
-        conn.trackers = (0..self.settings.publishers)
-            .filter(|p| self.settings.topic_of(*p) == conn.topic)
-            .map(|p| Tracker::new(p as u16))
-            .collect();
+    fn opened(&mut self, conn: &mut SubscriberConn, link: &mut Link<'_>) -> Verdict {
         match self.settings.protocol {
             Protocol::Raw => conn.subscribed = true,
             Protocol::Envelope => {
-                envelope::subscribe(&self.settings.topics[conn.topic], 1, &mut self.scratch);
+                let topic = &self.settings.topics[self.settings.topic_of(link.index)];
+                let resume = match &self.epoch {
+                    Some(epoch) if conn.acked => Some((conn.last_seq, epoch.as_str())),
+                    _ => None,
+                };
+                conn.subscribed = false;
+                envelope::subscribe(topic, 1, resume, &mut self.scratch);
                 // A command, not a measured message: not counted as sent.
                 let _ = link
                     .ws
@@ -105,8 +153,8 @@ impl Traffic for Subscribe {
         conn.subscribed
     }
 
-    fn started(&mut self, conn: &mut SubscriberConn, link: &mut Link<'_>) {
-        link.tally.fanout.subscribers[conn.topic] += 1;
+    fn started(&mut self, _conn: &mut SubscriberConn, link: &mut Link<'_>) {
+        link.tally.fanout.subscribers[self.settings.topic_of(link.index)] += 1;
     }
 
     fn message(
@@ -119,9 +167,12 @@ impl Traffic for Subscribe {
         let stamp = match self.settings.protocol {
             Protocol::Raw => Stamp::read(payload),
             Protocol::Envelope => match envelope::parse(payload) {
-                Some(Incoming::Delivery(data)) => Stamp::read(data.as_bytes()),
-                Some(Incoming::Ack) => {
-                    conn.subscribed = true;
+                Some(Incoming::Delivery(data, seq)) => {
+                    conn.last_seq = seq.unwrap_or(conn.last_seq);
+                    Stamp::read(data.as_bytes())
+                }
+                Some(Incoming::Ack(ack)) => {
+                    self.acked(conn, link, ack);
                     return Verdict::Continue;
                 }
                 Some(Incoming::Other) => return Verdict::Continue,
@@ -130,7 +181,7 @@ impl Traffic for Subscribe {
             },
         };
         match stamp {
-            Some(stamp) => self.deliver(conn, link, stamp),
+            Some(stamp) => self.deliver(link, stamp),
             None => Verdict::Fail(Reason::BadPayload),
         }
     }

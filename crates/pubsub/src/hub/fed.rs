@@ -154,9 +154,11 @@ impl Hub {
     /// Fed hub: the upstream's view of `topic`, with `seq` its latest number and `recent` its
     /// latest messages in `seq` order. A topic that is not live takes them as its history and
     /// goes live; a live one (after the upstream reconnected) takes the messages it missed as
-    /// [`Hub::deliver`] would. With `replace` (the upstream's numbering started over), or a `seq`
-    /// below what the topic took (the upstream went back to an older copy), a live topic is
-    /// reset like a new one, and its reactors are sent [`Post::Reset`]. Returns the reactors
+    /// [`Hub::deliver`] would. With `replace` (the upstream's numbering started over), a `seq`
+    /// below what the topic took, or `recent` messages that differ from the ones the topic took
+    /// under the same `seq` (the upstream went back to an older copy, or to a replica that had
+    /// not got them all), a live topic is reset like a new one, and its reactors are sent
+    /// [`Post::Reset`]. Returns the reactors
     /// waiting for the topic: tell them it is ready.
     pub fn sync(
         &self,
@@ -170,9 +172,12 @@ impl Hub {
             if state.reactors == 0 && state.waiting == 0 {
                 return Reactors::default();
             }
-            // A Redis restored from an older copy (same epoch) numbers below what this node
-            // took: waiting for it to catch up would drop its new messages as duplicates.
-            let renumbered = replace || seq < state.confirmed;
+            // A Redis restored from an older copy, or a replica promoted before it had this
+            // node's latest messages (same epoch), numbers below what this node took, or holds
+            // other messages under those numbers: waiting for it to catch up would drop its new
+            // messages as duplicates, or keep messages it no longer has.
+            let renumbered =
+                replace || seq < state.confirmed || state.history.differs(&recent, state.confirmed);
             if state.live && !renumbered {
                 for message in recent {
                     if message.seq > state.confirmed {
@@ -405,6 +410,30 @@ mod tests {
             hub.deliver(numbered("t", 2), false, |p, _| sent.push(p)),
             Delivered::Sent
         );
+    }
+
+    #[test]
+    fn a_sync_that_finds_other_messages_under_taken_numbers_resets() {
+        // The node took 1..=5 from a master that failed before its replica had 4 and 5; the
+        // promoted replica numbered other publishes 4, 5 and 6 since.
+        let hub = live_fed_hub();
+        let other = |seq: u64| {
+            let payload = Payload::new(Format::Text, format!("other {seq}").as_bytes());
+            Arc::new(Message::new(Arc::from("t"), seq, Instant::now(), payload))
+        };
+        let mut sent = Vec::new();
+        let recent = vec![numbered("t", 3), other(4), other(5), other(6)];
+        hub.sync("t", 6, recent, false, |p, _| sent.push(p));
+        assert_eq!(posts(&sent), ["reset 6"]);
+        let replay = hub.since("t", &resume(3), Instant::now());
+        assert_eq!(seqs(&replay), [4, 5, 6]);
+        assert_eq!(replay.messages[0].payload().bytes(), b"other 4");
+
+        // The same messages again (a reconnection to the same copy): nothing to do.
+        sent.clear();
+        let recent = vec![numbered("t", 3), other(4), other(5), other(6), other(7)];
+        hub.sync("t", 7, recent, false, |p, _| sent.push(p));
+        assert_eq!(posts(&sent), ["7"]);
     }
 
     /// What the model of a node and its upstream can do next.
