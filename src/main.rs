@@ -84,6 +84,12 @@ fn main() -> ExitCode {
     let open_api = app.api_key.is_none();
     let open_admin = app.admin_key.is_none();
     let max_connections = app.max_connections;
+    // Before the reactors bind these addresses themselves.
+    let taken: Vec<_> = [Some(config.listen), app.admin_listen]
+        .into_iter()
+        .flatten()
+        .filter(|&addr| server::host::port_taken(addr))
+        .collect();
     let running = match server::launch(config.clone(), app) {
         Ok(running) => running,
         Err(e) => {
@@ -113,6 +119,12 @@ fn main() -> ExitCode {
     }
     if open_api {
         tracing::warn!("no api_key: the HTTP publish API is open to anyone who can connect");
+    }
+    for addr in taken {
+        tracing::warn!(
+            "another process listens on {addr} too: the kernel splits its connections between \
+             the two (SO_REUSEPORT); give each process its own port"
+        );
     }
     for warning in server::host::warnings(
         &config,
