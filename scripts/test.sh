@@ -10,12 +10,19 @@ step() { printf '\n== %s\n' "$*"; }
 # What the end-to-end tests run against, installed when missing: redis-server and redis-cli (the
 # cluster tests start their own servers, sentinels with `redis-server --sentinel`, and a Redis
 # Cluster made with `redis-cli --cluster create`, on free loopback ports), headless Chromium and
-# Python websockets (compression interop).
-step "test peers: redis-server, redis-cli, chromium, Python websockets (installed if missing)"
+# Python websockets (compression interop), nginx (with its stream module) and HAProxy in front of
+# the server with TLS (tests/proxy.rs, certificates by scripts/make-cert.sh with openssl;
+# publishes with curl).
+step "test peers: redis-server, redis-cli, chromium, nginx, haproxy, Python websockets (installed if missing)"
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v nginx >/dev/null || missing+=(nginx)
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
+command -v haproxy >/dev/null || missing+=(haproxy)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -26,6 +33,8 @@ python3 -c 'import websockets.sync.client' 2>/dev/null \
   || PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q 'websockets>=13'
 redis-server --version
 chromium --version
+nginx -v
+haproxy -v | head -1
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

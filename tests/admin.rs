@@ -263,3 +263,34 @@ fn no_admin_listener_when_it_is_off() {
     stream.write_all(&upgrade_request("/dashboard/ws")).unwrap();
     assert!(common::read_head(&mut stream).starts_with("HTTP/1.1 404"));
 }
+
+#[test]
+fn the_admin_listener_takes_plain_connections_when_the_public_port_speaks_proxy_protocol() {
+    let config = clarion_engine::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        threads: 1,
+        pin_threads: false,
+        io: common::io(),
+        proxy_protocol: clarion_engine::ProxyProtocol::V1,
+        ..clarion_engine::Config::default()
+    };
+    let app = AppConfig {
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        trusted_proxies: clarion_engine::TrustedProxies::new(vec!["127.0.0.1".parse().unwrap()]),
+        ..AppConfig::default()
+    };
+    let running = clarion::server::launch(config, app).expect("server starts");
+    let public = running.runtime.local_addr();
+    // From a trusted peer, the public port wants the header first: a bare request is refused.
+    let bare = common::http(public, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(!bare.starts_with("HTTP/1.1 200"), "{bare}");
+    let proxied = common::http(
+        public,
+        b"PROXY TCP4 192.0.2.1 127.0.0.1 5000 80\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(proxied.starts_with("HTTP/1.1 200"), "{proxied}");
+    // The admin listener is scraped directly.
+    let admin = running.admin_addr().unwrap();
+    assert_eq!(status(admin, "/readyz"), 200);
+    assert_eq!(status(admin, "/metrics"), 200);
+}

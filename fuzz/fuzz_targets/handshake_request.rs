@@ -1,15 +1,20 @@
 //! The server side of the opening handshake on arbitrary bytes, as the connection and the push
 //! server use it: `Request::parse`, then what a handler asks of the request (path, query, headers,
-//! body length, auth token, origin), the upgrade check and the permessage-deflate negotiation.
+//! body length, auth token, origin, the client's address behind trusted proxies), the upgrade
+//! check and the permessage-deflate negotiation.
 //!
 //! Invariants: a parsed head is within the limits and parses again, alone, to the same length;
 //! a stricter limit never yields a different head; an accepted upgrade answers the key's accept
-//! value, and every answer written is a complete HTTP response with the right status.
+//! value, and every answer written is a complete HTTP response with the right status; an
+//! untrusted peer's forwarding headers are never read, and a client a trusted proxy names is
+//! canonical and comes from the configured header.
 #![no_main]
 
 use clarion_protocol::deflate::{self, Wants};
 use clarion_protocol::handshake::{Accept, HeadError, Request};
 use clarion::server::auth::{self, ApiKey, Jwt, JwtConfig, Origins};
+use clarion::server::forwarded::{self, ForwardedHeader};
+use clarion_engine::TrustedProxies;
 use libfuzzer_sys::fuzz_target;
 
 /// The defaults of `clarion_protocol::Config`, and a small pair.
@@ -67,6 +72,7 @@ fn exercise(request: &Request<'_>) {
     let _ = jwt.authenticate(request);
     let _ = ApiKey::new(b"key").expect("a key").check(request);
     let _ = Origins::new(&["https://example.com"]).allows(request);
+    client_address(request);
 
     let mut out = Vec::new();
     match request.upgrade() {
@@ -85,6 +91,20 @@ fn exercise(request: &Request<'_>) {
         Err(rejection) => {
             rejection.write_response(&mut out);
             parse_response(&out, rejection.status);
+        }
+    }
+}
+
+/// The client's address, from both headers, behind a trusted 10.0.0.0/8.
+fn client_address(request: &Request<'_>) {
+    let trusted = TrustedProxies::new(vec!["10.0.0.0/8".parse().expect("a block")]);
+    for header in [ForwardedHeader::XForwardedFor, ForwardedHeader::Forwarded] {
+        let outsider = "192.0.2.1:5000".parse().expect("an address");
+        assert_eq!(forwarded::client(request, outsider, &trusted, header), Ok(None));
+        let proxy = "10.0.0.1:5000".parse().expect("an address");
+        if let Ok(Some(client)) = forwarded::client(request, proxy, &trusted, header) {
+            assert_eq!(client.ip(), client.ip().to_canonical());
+            assert!(request.header(header.name()).is_some());
         }
     }
 }

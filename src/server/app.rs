@@ -32,6 +32,7 @@ use super::envelope::{
     self, Command, ErrorCode, HEARTBEAT, Id, TOKEN_EXPIRED, TOKEN_REFUSED, delivery_frame,
     format_of,
 };
+use super::forwarded;
 use super::live::Cached;
 use super::refusals::Refusal;
 use super::state::{ClientPublish, Full, Live, PublishError, Server, SlowConsumer};
@@ -79,6 +80,7 @@ pub struct Conn {
 #[derive(Debug, Default)]
 struct Extra {
     grants: Option<Grants>,
+    /// The key the per-IP cap counted this client under ([`Server::client_key`]).
     ip: Option<IpAddr>,
 }
 
@@ -97,8 +99,8 @@ struct Pending {
     extra: Extra,
     /// `/ws` with a token refused: opened only to be closed with a code a browser can read.
     refused: Option<Unauthorized>,
-    /// For the `debug` line of the open.
-    peer: Option<SocketAddr>,
+    /// The client's address, for the `debug` line of the open (as `peer`).
+    client: Option<SocketAddr>,
 }
 
 /// A subscribe waiting for its topic to be synced from the cluster.
@@ -186,13 +188,52 @@ impl App {
         })
     }
 
-    /// Checks a WebSocket request (limits, and for pubsub routes origin, token and topic) and
-    /// answers the upgrade or the refusal.
+    /// The client's address: the peer's, or the one trusted proxies forwarded the request for.
+    /// A trusted proxy's forwarding header that cannot be read is refused with 400 (and the
+    /// refusal logged with the proxy's address: the client's is what could not be read).
+    fn client(
+        &self,
+        request: &Request<'_>,
+        peer: Option<SocketAddr>,
+    ) -> Result<Option<SocketAddr>, Response> {
+        let Some(peer) = peer else {
+            return Ok(None);
+        };
+        let config = &self.live.get().config;
+        let counters = &self.server.counters[self.index];
+        match forwarded::client(
+            request,
+            peer,
+            &config.trusted_proxies,
+            config.forwarded_header,
+        ) {
+            Ok(None) => Ok(Some(peer)),
+            Ok(Some(client)) => {
+                counters.forwarded_requests.fetch_add(1, Relaxed);
+                Ok(Some(client))
+            }
+            Err(e) => {
+                counters.forwarded_refused.fetch_add(1, Relaxed);
+                let reason = format!("malformed forwarding header: {e}");
+                self.server.refusals.log(Refusal {
+                    path: request.path(),
+                    peer: Some(peer),
+                    status: 400,
+                    reason: &reason,
+                    subject: None,
+                });
+                Err(http::error(400, &reason))
+            }
+        }
+    }
+
+    /// Checks a WebSocket request from `client` (limits, and for pubsub routes origin, token and
+    /// topic) and answers the upgrade or the refusal.
     fn websocket<'r>(
         &mut self,
         route: Route,
         request: &Request<'r>,
-        peer: Option<SocketAddr>,
+        client: Option<SocketAddr>,
         topic: Option<&str>,
     ) -> Answer<'r, Conn> {
         let (server, live) = (&*self.server, self.live.get());
@@ -200,14 +241,16 @@ impl App {
         let refused = |status, reason: &str, grants: Option<&Grants>| {
             server.refusals.log(Refusal {
                 path: request.path(),
-                peer,
+                peer: client,
                 status,
                 reason,
                 subject: grants.and_then(Grants::subject),
             });
             http::error(status, reason)
         };
-        let ip = peer.map(|p| p.ip()).filter(|_| server.counts_ips());
+        let ip = client
+            .filter(|_| server.counts_ips())
+            .map(|c| server.client_key(c.ip()));
         match server.admit(&live.config, ip) {
             Err(Full::Server) => {
                 return Answer::Respond(refused(503, "too many connections", None));
@@ -233,7 +276,7 @@ impl App {
                     Err(e) if route == Route::Envelope => {
                         server.refusals.log(Refusal {
                             path: request.path(),
-                            peer,
+                            peer: client,
                             status: token_close_code(e).0,
                             reason: &e.to_string(),
                             subject: None,
@@ -264,7 +307,7 @@ impl App {
             topic: topic.map(Box::from),
             extra,
             refused: refused_token,
-            peer,
+            client,
         });
         Answer::Upgrade {
             conn: Conn {
@@ -721,7 +764,7 @@ impl App {
     fn admin<'r>(
         &mut self,
         request: &Request<'r>,
-        peer: Option<SocketAddr>,
+        client: Option<SocketAddr>,
         on_admin: bool,
     ) -> Option<Answer<'r, Conn>> {
         let (server, live) = (&*self.server, self.live.get());
@@ -742,7 +785,7 @@ impl App {
             let reason = "missing or wrong admin key";
             server.refusals.log(Refusal {
                 path,
-                peer,
+                peer: client,
                 status: 401,
                 reason,
                 subject: None,
@@ -765,7 +808,7 @@ impl App {
                     topic: None,
                     extra: Extra::default(),
                     refused: None,
-                    peer,
+                    client,
                 });
                 Answer::Upgrade {
                     conn: Conn {
@@ -810,18 +853,23 @@ impl Handler for App {
         self.server.refresh(&mut self.live);
         self.server.maybe_sweep(info.now());
         let peer = info.peer();
+        let client = match self.client(request, peer) {
+            Ok(client) => client,
+            Err(refusal) => return Answer::Respond(refusal),
+        };
         let path = request.path();
         tracing::trace!(
             reactor = self.index,
             method = request.method(),
             path,
             ?peer,
+            ?client,
             "request"
         );
         let live = self.live.get();
         let on_admin = live.config.admin_listen.is_some() && info.listener() == ADMIN_LISTENER;
         if on_admin || live.config.public_metrics {
-            let served = self.admin(request, peer, on_admin);
+            let served = self.admin(request, client, on_admin);
             if served.is_some() || on_admin {
                 return served.unwrap_or_else(not_found);
             }
@@ -829,16 +877,16 @@ impl Handler for App {
         let (server, live) = (&*self.server, self.live.get());
         match (request.method(), path) {
             ("GET" | "HEAD", "/healthz") => Answer::Respond(http::health(server)),
-            ("POST", "/publish") => {
-                Answer::Respond(http::publish(server, live, request, body, peer, self.index))
-            }
-            ("POST", _) if path.starts_with("/publish/") => {
-                Answer::Respond(http::publish(server, live, request, body, peer, self.index))
-            }
-            (_, "/echo") => self.websocket(Route::Echo, request, peer, None),
-            (_, "/ws") => self.websocket(Route::Envelope, request, peer, None),
+            ("POST", "/publish") => Answer::Respond(http::publish(
+                server, live, request, body, client, self.index,
+            )),
+            ("POST", _) if path.starts_with("/publish/") => Answer::Respond(http::publish(
+                server, live, request, body, client, self.index,
+            )),
+            (_, "/echo") => self.websocket(Route::Echo, request, client, None),
+            (_, "/ws") => self.websocket(Route::Envelope, request, client, None),
             (_, _) if path.starts_with("/t/") => {
-                self.websocket(Route::Topic, request, peer, path.get(3..))
+                self.websocket(Route::Topic, request, client, path.get(3..))
             }
             _ => not_found(),
         }
@@ -849,18 +897,18 @@ impl Handler for App {
             topic,
             extra,
             refused,
-            peer,
+            client,
         } = self.pending.take().unwrap_or(Pending {
             topic: None,
             extra: Extra::default(),
             refused: None,
-            peer: None,
+            client: None,
         });
         tracing::debug!(
             reactor = self.index,
             conn = ctx.id(),
             route = ?ctx.conn().route,
-            ?peer,
+            peer = ?client,
             topic = topic.as_deref(),
             sub = extra.grants.as_ref().and_then(Grants::subject),
             "websocket open"

@@ -19,12 +19,14 @@ use clarion_host::parse_duration;
 use serde::Deserialize;
 
 use super::auth::{AuthMode, JwtConfig};
+use super::forwarded::ForwardedHeader;
 use super::keys::{Key, SECRET, keys_of};
 use super::logging::LogFormat;
 use super::sources::{Layer, Sources};
 use super::state::{AppConfig, ClientPublish, SlowConsumer};
 use crate::cluster::{self, Auth, ClusterConfig, Upstream};
 
+use clarion_engine::{Cidr, TrustedProxies};
 use clarion_pubsub::{HubConfig, MAX_REACTORS};
 
 /// A configured secret (JWT key, API key, a URL with a password): used as a `str`, never shown
@@ -124,6 +126,20 @@ pub enum IoChoice {
     Epoll,
     /// io_uring; fail if unavailable.
     Uring,
+}
+
+/// The `proxy_protocol` choices: which PROXY protocol versions the trusted proxies send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocolChoice {
+    /// None looked for.
+    Off,
+    /// Version 1 (text).
+    V1,
+    /// Version 2 (binary).
+    V2,
+    /// Either.
+    Any,
 }
 
 /// The `compression` choices (permessage-deflate).
@@ -354,11 +370,34 @@ pub struct Settings {
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
-    /// Most open WebSockets per client IP, refused with 429 beyond; 0 = no limit. Both
-    /// backends (on io_uring a non-zero cap makes accepts carry the peer's address)
-    /// [default: 0].
+    /// Most open WebSockets per client address, refused with 429 beyond; 0 = no limit. An
+    /// IPv6 client is its block of `ipv6_prefix` bits. Both backends (on io_uring a non-zero
+    /// cap makes accepts carry the peer's address) [default: 0].
     #[arg(long, value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
+
+    /// Prefix length of the IPv6 block the per-IP cap counts as one client, 1 to 128
+    /// [default: 64]. IPv4 addresses (IPv4-mapped IPv6 included) count one each.
+    #[arg(long, value_name = "BITS")]
+    pub ipv6_prefix: Option<u8>,
+
+    /// Proxies and load balancers whose forwarding header names the client, comma-separated
+    /// addresses or CIDR blocks (10.0.0.0/8, ::1); empty: forwarding headers are ignored
+    /// [default: none].
+    #[arg(long, value_name = "CIDRS", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "de_cidrs")]
+    pub trusted_proxies: Option<Vec<Cidr>>,
+
+    /// The header the trusted proxies set: x-forwarded-for or forwarded (RFC 7239); only that
+    /// one is read [default: x-forwarded-for].
+    #[arg(long, value_enum)]
+    pub forwarded_header: Option<ForwardedHeader>,
+
+    /// PROXY protocol on the listener: the versions trusted_proxies send at the start of each
+    /// connection (v1, v2 or any); their connections without one are closed, and so are other
+    /// peers' that start with one. Needs trusted_proxies [default: off].
+    #[arg(long, value_enum)]
+    pub proxy_protocol: Option<ProxyProtocolChoice>,
 
     /// Most topics one connection subscribes to [default: 100].
     #[arg(long, value_name = "N")]
@@ -563,6 +602,15 @@ impl Settings {
             ),
             (app.hub.max_topics == 0, "max_topics must be at least 1"),
             (
+                !(1..=128).contains(&app.ipv6_prefix),
+                "ipv6_prefix must be 1 to 128",
+            ),
+            (
+                config.proxy_protocol != clarion_engine::ProxyProtocol::Off
+                    && app.trusted_proxies.is_empty(),
+                "proxy_protocol needs trusted_proxies: the proxies that send the header",
+            ),
+            (
                 app.max_queued_bytes < 1024,
                 "max_queued_bytes must be at least 1024",
             ),
@@ -680,6 +728,9 @@ impl Settings {
             max_connections_per_ip: self
                 .max_connections_per_ip
                 .unwrap_or(d.max_connections_per_ip),
+            ipv6_prefix: self.ipv6_prefix.unwrap_or(d.ipv6_prefix),
+            trusted_proxies: TrustedProxies::new(self.trusted_proxies.clone().unwrap_or_default()),
+            forwarded_header: self.forwarded_header.unwrap_or(d.forwarded_header),
             max_topics_per_connection: self
                 .max_topics_per_connection
                 .unwrap_or(d.max_topics_per_connection),
@@ -799,6 +850,14 @@ impl Settings {
                 close_timeout: self.close_timeout.unwrap_or(p.close_timeout),
             },
             compression: self.compression_config(),
+            proxy_protocol: match self.proxy_protocol {
+                None | Some(ProxyProtocolChoice::Off) => clarion_engine::ProxyProtocol::Off,
+                Some(ProxyProtocolChoice::V1) => clarion_engine::ProxyProtocol::V1,
+                Some(ProxyProtocolChoice::V2) => clarion_engine::ProxyProtocol::V2,
+                Some(ProxyProtocolChoice::Any) => clarion_engine::ProxyProtocol::Any,
+            },
+            // The server's start hands the engine `AppConfig::trusted_proxies`.
+            ..clarion_engine::Config::default()
         }
     }
 }
@@ -808,6 +867,15 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Duratio
     parse_duration(&text)
         .map(Some)
         .map_err(serde::de::Error::custom)
+}
+
+fn de_cidrs<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Vec<Cidr>>, D::Error> {
+    let texts = Vec::<String>::deserialize(de)?;
+    texts
+        .iter()
+        .map(|text| text.parse().map_err(serde::de::Error::custom))
+        .collect::<Result<_, _>>()
+        .map(Some)
 }
 
 #[cfg(test)]
@@ -1203,6 +1271,73 @@ mod tests {
             let settings = load(&["--config", &path], &[]).unwrap().settings;
             assert!(settings.app_config().cluster.is_some());
         }
+    }
+
+    #[test]
+    fn trusted_proxies_and_the_ipv6_prefix_come_from_file_flags_or_environment() {
+        let file = scratch_dir("proxies").join("clarion.toml");
+        std::fs::write(
+            &file,
+            "trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nforwarded_header = \"forwarded\"\n\
+             ipv6_prefix = 56\n",
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+        let app = load(&["--config", file], &[])
+            .unwrap()
+            .settings
+            .app_config();
+        assert!(app.trusted_proxies.trusts("10.1.2.3".parse().unwrap()));
+        assert!(app.trusted_proxies.trusts("::1".parse().unwrap()));
+        assert!(!app.trusted_proxies.trusts("192.0.2.1".parse().unwrap()));
+        assert_eq!(app.forwarded_header, ForwardedHeader::Forwarded);
+        assert_eq!(app.ipv6_prefix, 56);
+        let flagged = load(
+            &[
+                "--config",
+                file,
+                "--trusted-proxies",
+                "192.0.2.0/24,fd00::/8",
+            ],
+            &[],
+        );
+        let proxies = flagged.unwrap().settings.app_config().trusted_proxies;
+        assert!(proxies.trusts("192.0.2.9".parse().unwrap()));
+        assert!(proxies.trusts("fd12::1".parse().unwrap()));
+        assert!(
+            !proxies.trusts("10.1.2.3".parse().unwrap()),
+            "the flag replaces the list"
+        );
+        let env = [("CLARION_TRUSTED_PROXIES", "127.0.0.1, 10.0.0.0/8")];
+        let proxies = load(&[], &env)
+            .unwrap()
+            .settings
+            .app_config()
+            .trusted_proxies;
+        assert!(proxies.trusts("127.0.0.1".parse().unwrap()));
+        assert!(proxies.trusts("10.9.9.9".parse().unwrap()));
+        let typo = load(&["--trusted-proxies", "10.1.2.3/8"], &[]).unwrap_err();
+        assert!(typo.contains("did you mean 10.0.0.0/8"), "{typo}");
+        let typo = toml::from_str::<Settings>("trusted_proxies = [\"10.1.2.3/8\"]");
+        assert!(typo.unwrap_err().to_string().contains("host bits"));
+        assert!(load(&["--forwarded-header", "x-real-ip"], &[]).is_err());
+        assert_eq!(
+            load(&["--ipv6-prefix", "0"], &[]).unwrap_err(),
+            "ipv6_prefix must be 1 to 128"
+        );
+        let alone = load(&["--proxy-protocol", "v2"], &[]).unwrap_err();
+        assert!(
+            alone.starts_with("proxy_protocol needs trusted_proxies"),
+            "{alone}"
+        );
+        let both = load(
+            &["--proxy-protocol", "any", "--trusted-proxies", "10.0.0.0/8"],
+            &[],
+        );
+        let engine = both.unwrap().settings.reactor_config();
+        assert_eq!(engine.proxy_protocol, clarion_engine::ProxyProtocol::Any);
+        assert_eq!(Settings::default().app_config().ipv6_prefix, 64);
+        assert!(Settings::default().app_config().trusted_proxies.is_empty());
     }
 
     #[test]

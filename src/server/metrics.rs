@@ -154,6 +154,12 @@ pub struct ReactorMetrics {
     pub heartbeats: u64,
     /// Local subscriptions (gauge).
     pub subscriptions: u64,
+    /// Requests whose client address a trusted proxy's forwarding header named.
+    pub forwarded_requests: u64,
+    /// Requests refused for a malformed forwarding header from a trusted proxy.
+    pub forwarded_refused: u64,
+    /// Connections closed for their PROXY protocol header.
+    pub proxy_protocol_refused: u64,
     /// Open connections that negotiated permessage-deflate (gauge).
     pub deflate_connections: u64,
     /// Of those, connections with windows of their own (gauge).
@@ -287,6 +293,24 @@ const REACTOR_METRICS: &[Def<ReactorMetrics>] = &[
         kind: Kind::Gauge,
         help: "Topic subscriptions.",
         value: |r| r.subscriptions,
+    },
+    Def {
+        key: "forwarded_requests",
+        kind: Kind::Counter,
+        help: "Requests whose client address a trusted proxy's forwarding header named.",
+        value: |r| r.forwarded_requests,
+    },
+    Def {
+        key: "forwarded_refused",
+        kind: Kind::Counter,
+        help: "Requests refused (400) for a trusted proxy's forwarding header that could not be read.",
+        value: |r| r.forwarded_refused,
+    },
+    Def {
+        key: "proxy_protocol_refused",
+        kind: Kind::Counter,
+        help: "Connections closed for their PROXY protocol header: missing or malformed from a trusted proxy, or sent by another peer.",
+        value: |r| r.proxy_protocol_refused,
     },
     Def {
         key: "deflate_connections",

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod dashboard;
 pub mod envelope;
+pub mod forwarded;
 pub mod host;
 pub mod http;
 pub mod keys;
@@ -83,8 +84,12 @@ where
     {
         return invalid(&message);
     }
-    // Per-IP caps need each connection's address, which io_uring's multishot accept lacks.
-    config.uring.peer_addresses |= app.max_connections_per_ip != 0;
+    // Per-IP caps and trusted proxies need each connection's address, which io_uring's
+    // multishot accept lacks (the engine asks for it itself for the PROXY protocol).
+    config.uring.peer_addresses |=
+        app.max_connections_per_ip != 0 || !app.trusted_proxies.is_empty();
+    // The engine believes the same proxies' PROXY protocol headers.
+    config.trusted_proxies = app.trusted_proxies.clone();
     // The admin listener is the engine's listener 1, served by every reactor.
     config.also_listen = app.admin_listen.into_iter().collect();
     let admin = app.admin_listen.is_some();

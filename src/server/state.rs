@@ -15,11 +15,12 @@ use serde::Deserialize;
 
 use super::auth::{ApiKey, AuthMode, Jwt, JwtConfig, Origins};
 use super::config::Secret;
+use super::forwarded::ForwardedHeader;
 use super::live::{Cached, Versioned};
 use super::metrics::{Histogram, LatencyHistogram, ReactorMetrics, Snapshot};
 use super::refusals::RefusalLog;
 use crate::cluster::{BufferFull, Cluster, ClusterConfig};
-use clarion_engine::{CompressionConfig, Mailboxes, Shared, Stats};
+use clarion_engine::{Cidr, CompressionConfig, Mailboxes, Shared, Stats, TrustedProxies};
 use clarion_pubsub::{Epoch, Hub, HubConfig, Payload, Post};
 
 /// How often, at most, the hub drops idle topics and expired history.
@@ -75,8 +76,16 @@ pub struct AppConfig {
     pub client_publish: ClientPublish,
     /// Most open WebSockets in the process; 0 = no limit.
     pub max_connections: usize,
-    /// Most open WebSockets per client IP; 0 = no limit (both backends).
+    /// Most open WebSockets per client address (an IPv4 address, or an IPv6 block of
+    /// `ipv6_prefix` bits); 0 = no limit (both backends).
     pub max_connections_per_ip: usize,
+    /// Prefix length of the IPv6 block counted as one client by the per-IP cap (one host often
+    /// owns a whole /64).
+    pub ipv6_prefix: u8,
+    /// Proxies whose forwarding headers (and PROXY protocol headers) are believed.
+    pub trusted_proxies: TrustedProxies,
+    /// The forwarding header the trusted proxies set.
+    pub forwarded_header: ForwardedHeader,
     /// Most topics one connection subscribes to.
     pub max_topics_per_connection: usize,
     /// Longest topic name in bytes.
@@ -109,6 +118,9 @@ impl Default for AppConfig {
             client_publish: ClientPublish::All,
             max_connections: 0,
             max_connections_per_ip: 0,
+            ipv6_prefix: 64,
+            trusted_proxies: TrustedProxies::default(),
+            forwarded_header: ForwardedHeader::default(),
             max_topics_per_connection: 100,
             max_topic_length: 256,
             max_queued_bytes: 1 << 20,
@@ -183,6 +195,10 @@ pub struct Counters {
     pub token_refreshes: AtomicU64,
     /// Application heartbeats sent.
     pub heartbeats: AtomicU64,
+    /// Requests whose client address a trusted proxy's forwarding header named.
+    pub forwarded_requests: AtomicU64,
+    /// Requests refused (400) for a trusted proxy's forwarding header that could not be read.
+    pub forwarded_refused: AtomicU64,
     /// Local subscriptions (gauge).
     pub subscriptions: AtomicU64,
     /// Publish to queued-for-write, once per message per reactor.
@@ -294,6 +310,17 @@ impl Live {
     }
 }
 
+/// What the per-IP cap counts a client address under: an IPv4 address (IPv4-mapped IPv6
+/// included), or the IPv6 block of `ipv6_prefix` bits that holds it, since one host (one home
+/// router, one VM) is usually given a whole /64.
+pub fn client_key(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    let ip = ip.to_canonical();
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(_) => Cidr::containing(ip, ipv6_prefix).network(),
+    }
+}
+
 /// State shared by every reactor's handler.
 pub struct Server {
     /// The settings in force and the access rules: read through [`Server::cached`].
@@ -318,6 +345,8 @@ pub struct Server {
     probes_answered: Box<[AtomicU64]>,
     /// Whether open connections are counted per IP: fixed at start by the per-IP cap.
     counts_ips: bool,
+    /// `ipv6_prefix`, fixed at start: the keys of `per_ip` must not change under it.
+    ipv6_prefix: u8,
     open: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     started: Instant,
@@ -365,6 +394,7 @@ impl Server {
             refusals: RefusalLog::default(),
             probes_answered: (0..reactors).map(|_| AtomicU64::new(0)).collect(),
             counts_ips: config.max_connections_per_ip != 0,
+            ipv6_prefix: config.ipv6_prefix,
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             started: Instant::now(),
@@ -542,6 +572,11 @@ impl Server {
         self.counts_ips
     }
 
+    /// What the per-IP cap counts `ip` under ([`client_key`] with `ipv6_prefix`).
+    pub fn client_key(&self, ip: IpAddr) -> IpAddr {
+        client_key(ip, self.ipv6_prefix)
+    }
+
     fn ips(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
         self.per_ip.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -585,6 +620,9 @@ impl Server {
                     token_expired_closes: c.token_expired_closes.load(Relaxed),
                     token_refreshes: c.token_refreshes.load(Relaxed),
                     heartbeats: c.heartbeats.load(Relaxed),
+                    forwarded_requests: c.forwarded_requests.load(Relaxed),
+                    forwarded_refused: c.forwarded_refused.load(Relaxed),
+                    proxy_protocol_refused: s.proxy_refused.load(Relaxed),
                     subscriptions: c.subscriptions.load(Relaxed),
                     deflate_connections: s.deflate_connections.load(Relaxed),
                     deflate_windows: s.deflate_windows.load(Relaxed),
@@ -689,6 +727,9 @@ mod tests {
             client_publish: ClientPublish::None,
             max_connections: 7,
             max_connections_per_ip: 6,
+            ipv6_prefix: 48,
+            trusted_proxies: TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]),
+            forwarded_header: ForwardedHeader::Forwarded,
             max_topics_per_connection: 8,
             max_topic_length: 9,
             max_queued_bytes: 4096,
@@ -712,6 +753,12 @@ mod tests {
             assert_eq!(field(&live.config), field(&next), "{key} is applied");
         }
         assert_eq!(live.config.hub, start.hub, "history needs a restart");
+        assert_eq!(
+            live.config.ipv6_prefix, 64,
+            "the per-IP keys need a restart"
+        );
+        assert!(live.config.trusted_proxies.is_empty(), "so do the proxies");
+        assert_eq!(live.config.forwarded_header, ForwardedHeader::XForwardedFor);
         assert_eq!(live.config.compression, start.compression);
         assert!(live.jwt.is_some() && live.api_key.is_some() && live.admin_key.is_some());
 
@@ -793,5 +840,22 @@ mod tests {
             "both answered: probe 2 goes out"
         );
         assert!(!server.all_answered(2));
+    }
+
+    fn key(ip: &str, prefix: u8) -> IpAddr {
+        client_key(ip.parse().unwrap(), prefix)
+    }
+
+    #[test]
+    fn an_ipv6_block_is_one_client_and_ipv4_keeps_every_bit() {
+        assert_eq!(
+            key("2001:db8:1:2:aaaa::1", 64),
+            key("2001:db8:1:2:bbbb::9", 64)
+        );
+        assert_ne!(key("2001:db8:1:2::1", 64), key("2001:db8:1:3::1", 64));
+        assert_eq!(key("2001:db8:1:2::1", 48), key("2001:db8:1:3::1", 48));
+        assert_ne!(key("2001:db8::1", 128), key("2001:db8::2", 128));
+        assert_eq!(key("::ffff:198.51.100.7", 64), key("198.51.100.7", 64));
+        assert_ne!(key("198.51.100.7", 64), key("198.51.100.8", 64));
     }
 }

@@ -3,6 +3,7 @@
 //! and the `/ws` envelope commands.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod proxy;
 pub mod redis;
 
 use std::io::{Read, Write};

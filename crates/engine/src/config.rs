@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::{CompressionConfig, UringConfig};
+use crate::{CompressionConfig, ProxyProtocol, TrustedProxies, UringConfig};
 
 /// Which event-loop backend the reactors use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +57,15 @@ pub struct Config {
     pub protocol: clarion_protocol::Config,
     /// permessage-deflate.
     pub compression: CompressionConfig,
+    /// The PROXY protocol header the trusted proxies send at the start of each connection, in
+    /// the versions taken; `Off` (the default) looks for none. On, a trusted peer's connection
+    /// without an acceptable header is closed, and so is any other peer's that starts with
+    /// one; the header's source address is the peer the handler is told. Spoken on `listen`
+    /// only: the `also_listen` listeners (an admin port) take plain connections.
+    pub proxy_protocol: ProxyProtocol,
+    /// The peers whose PROXY protocol headers are believed (the application may trust them with
+    /// more, such as forwarding headers).
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for Config {
@@ -76,6 +85,8 @@ impl Default for Config {
             uring: UringConfig::default(),
             protocol: clarion_protocol::Config::default(),
             compression: CompressionConfig::default(),
+            proxy_protocol: ProxyProtocol::Off,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }

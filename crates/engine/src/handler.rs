@@ -111,7 +111,8 @@ impl RequestInfo {
     }
 
     /// The peer's address, when the backend reports it (always on epoll; on io_uring when
-    /// [`crate::UringConfig::peer_addresses`] asks for it).
+    /// [`crate::UringConfig::peer_addresses`] asks for it, or the PROXY protocol is on). Behind
+    /// a trusted proxy's PROXY protocol header, the client's address that the header gives.
     pub fn peer(&self) -> Option<SocketAddr> {
         self.peer
     }

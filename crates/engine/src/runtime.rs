@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use crate::listen::{bind_reuseport, pin_to_core};
 use crate::reactor::{CompletionDriver, Driver, Reactor, ReadinessDriver};
 use crate::sys::{Waker, epoll, uring};
-use crate::{Config, Handler, Io, Mailboxes, Stats};
+use crate::{Config, Handler, Io, Mailboxes, ProxyProtocol, Stats};
 
 /// What every reactor's handler is built with: the way to reach the other reactors, and
 /// everyone's counters.
@@ -50,11 +50,14 @@ impl Runtime {
     /// Binds one listener per reactor and starts the reactor threads on the configured backend.
     /// `make_handler(i, shared)` builds reactor `i`'s handler, on that reactor's thread; an error
     /// there fails the start like a backend that cannot be built.
-    pub fn start<H, F>(config: Config, make_handler: F) -> io::Result<Runtime>
+    pub fn start<H, F>(mut config: Config, make_handler: F) -> io::Result<Runtime>
     where
         H: Handler + 'static,
         F: Fn(usize, &Shared<H::Inbox>) -> io::Result<H> + Send + Sync + 'static,
     {
+        // Whether a connection may send a PROXY protocol header depends on its peer's address,
+        // which io_uring's multishot accept does not report.
+        config.uring.peer_addresses |= config.proxy_protocol != ProxyProtocol::Off;
         let listeners = bind_all(&config)?;
         let local_addrs = listeners[0]
             .iter()

@@ -35,6 +35,9 @@ pub struct Stats {
     pub deflate_messages_out: AtomicU64,
     /// Compressed payload bytes sent through [`crate::Ctx::send`].
     pub deflate_bytes_out: AtomicU64,
+    /// Connections closed for their PROXY protocol header: missing, malformed or of a version
+    /// not taken from a trusted proxy, or sent by a peer that is not one.
+    pub proxy_refused: AtomicU64,
 }
 
 impl Stats {

@@ -10,9 +10,9 @@ use crate::timer::TimerKey;
 use crate::txqueue::TxQueue;
 
 bitflags! {
-    /// Where a connection is in its life: one byte of its entry.
+    /// Where a connection is in its life: two bytes of its entry (in what was padding).
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-    pub(crate) struct ConnFlags: u8 {
+    pub(crate) struct ConnFlags: u16 {
         /// The WebSocket is over: `on_close` has run, FIN goes out once the queue drains, and
         /// the socket is closed at the peer's FIN or after the close timeout.
         const LINGER = 1;
@@ -36,6 +36,9 @@ bitflags! {
         /// It negotiated permessage-deflate and is counted by the reactor's compression until
         /// released (once, when its WebSocket ends).
         const DEFLATE = 1 << 7;
+        /// The listener takes PROXY protocol headers and this connection's first bytes have not
+        /// been looked at yet ([`super::proxy_header`]).
+        const PROXY_HEADER = 1 << 8;
     }
 }
 
@@ -131,13 +134,13 @@ mod tests {
     #[test]
     fn an_idle_connection_costs_its_entry_and_nothing_else() {
         assert_eq!(size_of::<PushState>(), 24);
-        assert_eq!(size_of::<ConnFlags>(), 1);
+        assert_eq!(size_of::<ConnFlags>(), 2);
         assert_eq!(size_of::<Connection>(), 48, "the protocol state machine");
         assert_eq!(size_of::<Option<TimerKey>>(), 8);
         // Epoll's socket is a descriptor, io_uring's a slot and its operations: 4 bytes each.
         assert_eq!(size_of::<std::net::TcpStream>(), 4);
         assert_eq!(size_of::<Direct>(), 4);
-        // socket 4 + protocol 48 + rx 8 + tx 8 + timer 8 + state 24 + flags 1, padded to 8.
+        // socket 4 + protocol 48 + rx 8 + tx 8 + timer 8 + state 24 + flags 2, padded to 8.
         assert_eq!(size_of::<Conn<std::net::TcpStream, PushState>>(), 104);
         assert_eq!(size_of::<Conn<Direct, PushState>>(), 104);
         // The slab's tag goes in the socket's niche: 104 bytes per connection in the table.

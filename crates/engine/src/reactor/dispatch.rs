@@ -3,8 +3,10 @@
 //! `on_message`).
 //!
 //! [`Core::on_data`] is the one entry of a connection's received bytes for both I/O models (the
-//! readiness driver's shared read buffer, a completion backend's provided buffer). TLS goes
-//! there: records decrypted into a plaintext buffer lent from a reactor pool, then fed here.
+//! readiness driver's shared read buffer, a completion backend's provided buffer). Transport
+//! layers go there, before the protocol: the PROXY protocol header ([`super::proxy_header`])
+//! is the first, and TLS goes after it: records decrypted into a plaintext buffer lent from a
+//! reactor pool, then fed here.
 //!
 //! HTTP keep-alive: a plain answer keeps the connection for the next request when the client
 //! asks for it (HTTP/1.1 by default, HTTP/1.0 with `Connection: keep-alive`), the handler did
@@ -24,6 +26,7 @@ use clarion_protocol::{Connection, Event};
 
 use super::bookkeeping::{Core, HttpConn, rearm_on_state_change};
 use super::conn::{Conn, ConnFlags};
+use super::proxy_header::{self, Step};
 use super::writer::{ConnWriter, Sink, Writing, Written};
 use crate::compression::{Compression, ConnInflate, Negotiator};
 use crate::{Answer, Config, Ctx, Handler, RequestInfo, Stats};
@@ -65,6 +68,37 @@ impl<S, H: Handler> Core<S, H> {
         } = conn;
         let state_before = ws.state();
         let mut rxb = rx.take().unwrap_or_else(|| rx_pool.take());
+        // The PROXY protocol header, before the client's bytes: what is left of them after it
+        // is fed on; a header cut across reads is gathered in `rxb` and fed from there.
+        let mut gathered = Vec::new();
+        let mut input = input;
+        if flags.contains(ConnFlags::PROXY_HEADER) {
+            match proxy_header::step(
+                config,
+                &mut http.entry(token).or_default().peer,
+                stats,
+                token,
+                flags,
+                input,
+                &mut rxb,
+            ) {
+                Step::Wait => {
+                    *rx = Some(rxb);
+                    return Written::Done;
+                }
+                Step::Refuse => {
+                    ws.finish();
+                    rx_pool.give(rxb);
+                    rearm_on_state_change(&mut self.timers, conn, state_before);
+                    return Written::Done;
+                }
+                Step::Feed { from, held: false } => input = &mut input[from..],
+                Step::Feed { from, held: true } => {
+                    gathered = std::mem::take(&mut *rxb);
+                    input = &mut gathered[from..];
+                }
+            }
+        }
         let mut out = writing.writer(socket, tx, tx_pool);
         let mut dispatch = Dispatch {
             handler,
@@ -88,6 +122,11 @@ impl<S, H: Handler> Core<S, H> {
         let kept_alive = dispatch.kept_alive;
         let written = out.finish();
         if rxb.is_empty() {
+            // The gathered header's buffer came from the pool: it goes back there.
+            if gathered.capacity() > rxb.capacity() {
+                gathered.clear();
+                *rxb = gathered;
+            }
             rx_pool.give(rxb);
         } else {
             *rx = Some(rxb);

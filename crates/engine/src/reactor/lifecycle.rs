@@ -10,8 +10,8 @@ use super::bookkeeping::{HttpConn, arm, rearm_on_state_change, release_deflate};
 use super::conn::{Conn, ConnFlags, live};
 use super::driver::Driver;
 use super::writer::{ConnWriter, Writing, Written};
-use crate::Handler;
 use crate::sys::Flushed;
+use crate::{Handler, ProxyProtocol};
 
 /// A driver's connection writer.
 type WriterOf<'a, D> = <<D as Driver>::Writing as Writing<<D as Driver>::Socket>>::Writer<'a>;
@@ -40,7 +40,11 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         }
         let ws = Connection::server(now);
         let timer = arm(&mut core.timers, &core.config, &ws, token, now);
-        entry.insert(Conn::new(socket, ws, timer));
+        let conn = entry.insert(Conn::new(socket, ws, timer));
+        // The PROXY protocol is spoken on `listen` only, where the proxies connect.
+        if listener == 0 && core.config.proxy_protocol != ProxyProtocol::Off {
+            conn.flags.insert(ConnFlags::PROXY_HEADER);
+        }
         let http = HttpConn {
             peer,
             // Below MAX_LISTENERS (8): the runtime binds no more.

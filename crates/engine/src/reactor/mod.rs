@@ -13,6 +13,7 @@ mod dispatch;
 mod driver;
 mod lifecycle;
 mod local;
+mod proxy_header;
 mod readiness;
 mod writer;
 
