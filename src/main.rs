@@ -29,8 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server (WebSocket routes /t/<topic>, /ws, /echo; HTTP /publish, /metrics,
-    /// /stats, /healthz).
+    /// Run the server (WebSocket routes /t/<topic>, /ws, /echo; HTTP /publish, /healthz; on the
+    /// admin listener /metrics, /stats, /topics/<topic>, /healthz, /readyz, /dashboard).
     Serve(Settings),
 }
 
@@ -91,7 +91,14 @@ fn main() -> ExitCode {
     config.tls = tls.map(|(tls, _)| tls);
     let app = settings.app_config();
     let open_api = app.api_key.is_none();
+    let open_admin = app.admin_key.is_none();
     let max_connections = app.max_connections;
+    // Before the reactors bind these addresses themselves.
+    let taken: Vec<_> = [Some(config.listen), app.admin_listen]
+        .into_iter()
+        .flatten()
+        .filter(|&addr| server::host::port_taken(addr))
+        .collect();
     let running = match server::launch(config.clone(), app) {
         Ok(running) => running,
         Err(e) => {
@@ -99,6 +106,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let admin = running.admin_addr();
     let runtime = running.runtime;
     let listening = format!(
         "listening on {}{} with {} reactors ({:?}; RLIMIT_NOFILE {fd_limit})",
@@ -108,8 +116,25 @@ fn main() -> ExitCode {
         runtime.io()
     );
     tracing::info!("{listening}");
+    if let Some(admin) = admin {
+        tracing::info!(
+            "admin listener on {admin}: /metrics, /stats, /topics/<topic>, /healthz, /readyz; \
+             dashboard at http://{admin}/dashboard"
+        );
+        if open_admin && !admin.ip().is_loopback() {
+            tracing::warn!(
+                "no admin_key: the admin routes on {admin} are open to anyone who can connect"
+            );
+        }
+    }
     if open_api {
         tracing::warn!("no api_key: the HTTP publish API is open to anyone who can connect");
+    }
+    for addr in taken {
+        tracing::warn!(
+            "another process listens on {addr} too: the kernel splits its connections between \
+             the two (SO_REUSEPORT); give each process its own port"
+        );
     }
     for warning in server::host::warnings(
         &config,
@@ -125,6 +150,7 @@ fn main() -> ExitCode {
     let draining = Arc::new(AtomicBool::new(false));
     spawn_housekeeping(running.server.clone(), notifier.clone(), draining.clone());
 
+    let server = running.server.clone();
     let mut reloader = Reloader::new(
         sources,
         loaded.layer,
@@ -143,6 +169,7 @@ fn main() -> ExitCode {
                 notify(&notifier, |n| n.ready(&listening));
             } else if !draining.swap(true, Ordering::SeqCst) {
                 notify(&notifier, |n| n.stopping());
+                server.set_draining();
                 shutdown.shutdown();
                 tracing::info!(signal, "draining: closing connections with 1001");
             } else {

@@ -88,6 +88,36 @@ impl From<&str> for Secret {
     }
 }
 
+/// Where the admin listener listens by default: loopback, a port beside the public one's.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9011);
+
+/// `admin_listen`: an address, or `off` for no admin listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminListen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for AdminListen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<AdminListen, String> {
+        match text.trim() {
+            "off" | "none" => Ok(AdminListen(None)),
+            addr => addr
+                .parse()
+                .map(|addr| AdminListen(Some(addr)))
+                .map_err(|_| format!("expected ADDR:PORT or off, found {text:?}")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AdminListen {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<AdminListen, D::Error> {
+        String::deserialize(de)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// The `--io` choices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -236,6 +266,17 @@ pub struct Settings {
     #[serde(default, deserialize_with = "de_duration")]
     pub drain_timeout: Option<Duration>,
 
+    /// HTTP keep-alive (publish API, metrics): most requests answered on one connection; the
+    /// last answer says `Connection: close`. 1 closes after every answer [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub keep_alive_requests: Option<u32>,
+
+    /// HTTP keep-alive: how long a kept connection may wait for its next request
+    /// [default: 75s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub keep_alive_timeout: Option<Duration>,
+
     /// Bytes of each reactor's shared read buffer [default: 65536].
     #[arg(long, value_name = "BYTES")]
     pub read_buffer_size: Option<usize>,
@@ -299,6 +340,29 @@ pub struct Settings {
     #[arg(long, value_name = "FILE", conflicts_with = "api_key")]
     #[serde(skip)]
     pub api_key_file: Option<PathBuf>,
+
+    /// The admin listener: /metrics, /stats, /topics/<topic>, /healthz, /readyz and the live
+    /// dashboard (/dashboard), apart from the public port; `off` for none. Loopback by default,
+    /// so that only the host reaches it [default: 127.0.0.1:9011].
+    #[arg(long, value_name = "ADDR:PORT|off")]
+    pub admin_listen: Option<AdminListen>,
+
+    /// Bearer key of the admin routes but /healthz and /readyz (`Authorization: Bearer <key>`,
+    /// or `?key=` for a browser's dashboard); unset leaves them open to whoever reaches the
+    /// admin listener. Flags show in `ps`: prefer --admin-key-file or CLARION_ADMIN_KEY_FILE.
+    #[arg(long, value_name = "KEY")]
+    pub admin_key: Option<Secret>,
+
+    /// A file holding the admin key (trailing newlines trimmed), re-read on SIGHUP.
+    #[arg(long, value_name = "FILE", conflicts_with = "admin_key")]
+    #[serde(skip)]
+    pub admin_key_file: Option<PathBuf>,
+
+    /// Also serve /metrics, /stats, /topics/<topic> and /readyz on the public port (with the
+    /// admin key when one is set); the public port otherwise answers /healthz only
+    /// [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub public_metrics: Option<bool>,
 
     /// Origins allowed to open /t/ and /ws, comma-separated `scheme://host[:port]`; requests
     /// without an Origin header always pass [default: any].
@@ -557,6 +621,20 @@ impl Settings {
                 "api_key must not be empty",
             ),
             (
+                settings.admin_key.as_deref() == Some(""),
+                "admin_key must not be empty",
+            ),
+            (
+                app.admin_listen.is_some_and(|admin| {
+                    admin.port() != 0
+                        && admin.port() == config.listen.port()
+                        && (admin.ip() == config.listen.ip()
+                            || admin.ip().is_unspecified()
+                            || config.listen.ip().is_unspecified())
+                }),
+                "admin_listen must not be the address of listen",
+            ),
+            (
                 app.max_topics_per_connection == 0 || app.max_topic_length == 0,
                 "max_topics_per_connection and max_topic_length must be at least 1",
             ),
@@ -594,8 +672,14 @@ impl Settings {
             (
                 p.handshake_timeout.is_zero()
                     || p.pong_timeout.is_zero()
-                    || p.close_timeout.is_zero(),
-                "handshake_timeout, pong_timeout and close_timeout must be above 0",
+                    || p.close_timeout.is_zero()
+                    || p.keep_alive_timeout.is_zero(),
+                "handshake_timeout, pong_timeout, close_timeout and keep_alive_timeout must be \
+                 above 0",
+            ),
+            (
+                config.keep_alive_requests == 0,
+                "keep_alive_requests must be at least 1 (1 turns keep-alive off)",
             ),
             (
                 config.read_buffer_size < 4096,
@@ -706,6 +790,12 @@ impl Settings {
             heartbeat_min: self.heartbeat_min.unwrap_or(d.heartbeat_min),
             heartbeat_max: self.heartbeat_max.unwrap_or(d.heartbeat_max),
             api_key: self.api_key.clone(),
+            admin_listen: self
+                .admin_listen
+                .unwrap_or(AdminListen(Some(DEFAULT_ADMIN_LISTEN)))
+                .0,
+            admin_key: self.admin_key.clone(),
+            public_metrics: self.public_metrics.unwrap_or(false),
             allowed_origins: self.allowed_origins.clone().unwrap_or_default(),
             client_publish: self.client_publish.unwrap_or(match auth {
                 AuthMode::None => ClientPublish::All,
@@ -801,6 +891,7 @@ impl Settings {
             .min(u32::MAX as u64) as u32;
         clarion_engine::Config {
             listen: self.listen.unwrap_or(d.listen),
+            also_listen: Vec::new(),
             io: match self.io.unwrap_or(IoChoice::Auto) {
                 IoChoice::Auto => clarion_engine::Io::Auto,
                 IoChoice::Epoll => clarion_engine::Io::Epoll,
@@ -821,6 +912,7 @@ impl Settings {
                 .max_connections_per_reactor
                 .unwrap_or(d.max_connections_per_reactor),
             read_buffer_size: self.read_buffer_size.unwrap_or(d.read_buffer_size),
+            keep_alive_requests: self.keep_alive_requests.unwrap_or(d.keep_alive_requests),
             drain_timeout: self.drain_timeout.unwrap_or(d.drain_timeout),
             protocol: clarion_protocol::Config {
                 max_frame_size: self.max_frame_size.unwrap_or(p.max_frame_size),
@@ -829,6 +921,7 @@ impl Settings {
                 max_headers: self.max_headers.unwrap_or(p.max_headers),
                 max_body_size: self.max_body_size.unwrap_or(p.max_body_size),
                 handshake_timeout: self.handshake_timeout.unwrap_or(p.handshake_timeout),
+                keep_alive_timeout: self.keep_alive_timeout.unwrap_or(p.keep_alive_timeout),
                 ping_interval: optional(self.ping_interval, p.ping_interval),
                 pong_timeout: self.pong_timeout.unwrap_or(p.pong_timeout),
                 idle_timeout: optional(self.idle_timeout, p.idle_timeout),
@@ -1095,7 +1188,13 @@ mod tests {
         config.threads = defaults.threads;
         config.uring.files = defaults.uring.files;
         assert_eq!(format!("{config:?}"), format!("{defaults:?}"));
-        assert_eq!(example.app_config(), AppConfig::default());
+        // An embedding application picks its own ports: the library's default has no admin
+        // listener, `clarion serve`'s has one on loopback.
+        let served = AppConfig {
+            admin_listen: Some(DEFAULT_ADMIN_LISTEN),
+            ..AppConfig::default()
+        };
+        assert_eq!(example.app_config(), served);
         assert_eq!(example.log_level(), "info");
         assert_eq!(example.log_format, Some(LogFormat::default()));
         // The [cluster] table's values, used once a Redis URL is set.

@@ -84,6 +84,14 @@ impl Histogram {
         self.sum_micros = self.sum_micros.wrapping_add(other.sum_micros);
     }
 
+    /// What was counted after `earlier` (a snapshot of the same histograms taken before).
+    pub fn since(&self, earlier: &Histogram) -> Histogram {
+        Histogram {
+            counts: std::array::from_fn(|i| self.counts[i].wrapping_sub(earlier.counts[i])),
+            sum_micros: self.sum_micros.wrapping_sub(earlier.sum_micros),
+        }
+    }
+
     /// Latencies counted. Summed from the buckets, so it always agrees with them even though a
     /// snapshot is not atomic across buckets.
     pub fn count(&self) -> u64 {
@@ -675,6 +683,15 @@ mod tests {
         assert_eq!(merged.quantile_micros(0.95), Some(1024));
         assert_eq!(merged.quantile_micros(0.999), None);
         assert_eq!(merged.quantile_micros(f64::NAN), Some(128));
+        let later = {
+            b.record(micros(3));
+            let mut later = a.snapshot();
+            later.merge(&b.snapshot());
+            later
+        };
+        let last = later.since(&merged);
+        assert_eq!((last.count(), last.sum_micros()), (1, 3));
+        assert_eq!(last.quantile_micros(0.5), Some(4));
     }
 
     #[test]

@@ -161,6 +161,11 @@ mod tests {
         );
         assert_eq!(outcome.applied, ["api_key", "log_level", "max_connections"]);
         assert_eq!(outcome.restart, ["listen", "threads"]);
+        // The admin key and where monitoring is served change live; the admin port does not.
+        let admin = || keys(&["admin_key", "admin_listen", "public_metrics"]);
+        let outcome = plan(admin(), admin(), false, false, false);
+        assert_eq!(outcome.applied, ["admin_key", "public_metrics"]);
+        assert_eq!(outcome.restart, ["admin_listen"]);
     }
 
     #[test]

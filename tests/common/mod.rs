@@ -38,8 +38,10 @@ pub fn start(adjust: impl FnOnce(&mut clarion_engine::Config)) -> Runtime {
     start_app(adjust, AppConfig::default())
 }
 
-/// [`start`] with application settings.
-pub fn start_app(adjust: impl FnOnce(&mut clarion_engine::Config), app: AppConfig) -> Runtime {
+/// [`start`] with application settings. The monitoring routes are served on the public port
+/// too (`public_metrics`), where the helpers below read them.
+pub fn start_app(adjust: impl FnOnce(&mut clarion_engine::Config), mut app: AppConfig) -> Runtime {
+    app.public_metrics = true;
     let mut config = clarion_engine::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         threads: 2,
@@ -111,13 +113,24 @@ pub fn read_head(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
-/// Sends a raw request and returns the whole answer (until the server closes).
+/// Sends a raw request on a new connection and returns the answer (head and body).
 pub fn http(addr: SocketAddr, request: &[u8]) -> String {
     let mut stream = tcp(addr);
     stream.write_all(request).unwrap();
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    String::from_utf8_lossy(&answer).into_owned()
+    read_answer(&mut stream)
+}
+
+/// Reads one HTTP answer: its head, then `Content-Length` bytes of body (the connection may
+/// stay open: HTTP keep-alive). What arrived if the connection ends first.
+pub fn read_answer(stream: &mut TcpStream) -> String {
+    let head = read_head(stream);
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("Content-Length: "))
+        .map_or(0, |n| n.trim().parse().unwrap_or(0));
+    let mut body = Vec::with_capacity(length);
+    let _ = stream.take(length as u64).read_to_end(&mut body);
+    head + &String::from_utf8_lossy(&body)
 }
 
 /// A masked client frame, written by hand.

@@ -73,7 +73,10 @@ export class Clarion {
     delete env.CLARION_TEST_IO;
     const child = spawn(
       clarionBin(),
-      ["serve", "--listen", `127.0.0.1:${port}`, "--threads", "1", "--no-pin", ...this.args],
+      // No admin listener (the default port would be shared by parallel servers); /stats on the
+      // public port, where the tests read it.
+      ["serve", "--listen", `127.0.0.1:${port}`, "--threads", "1", "--no-pin",
+        "--admin-listen", "off", "--public-metrics", ...this.args],
       { env, stdio: ["ignore", "ignore", "pipe"] },
     );
     this.child = child;

@@ -33,6 +33,20 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one accept-error log line per interval.
 const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
+/// What a connection still speaking HTTP (before an upgrade, or between keep-alive requests)
+/// is told in `on_request` and counted, kept apart so that open WebSockets do not pay for it.
+/// Only a connection with something to keep has an entry (a known peer, a listener other than
+/// 0, a request answered); it is removed at the upgrade or the end. What else a request is told
+/// about its connection (TLS details) belongs here too.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct HttpConn {
+    pub(super) peer: Option<SocketAddr>,
+    /// The listener it was accepted on.
+    pub(super) listener: u8,
+    /// Requests answered on it so far.
+    pub(super) answered: u32,
+}
+
 /// Everything of a reactor but its driver, so that a driver's buffer can be borrowed while the
 /// core processes its bytes.
 pub(crate) struct Core<S, H: Handler> {
@@ -40,10 +54,8 @@ pub(crate) struct Core<S, H: Handler> {
     pub(super) config: Arc<Config>,
     pub(super) stats: Arc<Stats>,
     pub(super) conns: Slab<Conn<S, H::Conn>>,
-    /// Peer addresses of connections still handshaking (handed to `on_request`), kept apart so
-    /// open connections do not pay for them. What else a request is told about its connection
-    /// (the listener it came on, TLS details) belongs here too.
-    pub(super) peers: HashMap<usize, SocketAddr>,
+    /// What connections still speaking HTTP are told and counted (see [`HttpConn`]).
+    pub(super) http: HashMap<usize, HttpConn>,
     pub(super) timers: TimerWheel<u32>,
     pub(super) rx_pool: Pool<Vec<u8>>,
     pub(super) tx_pool: Pool<TxQueue>,
@@ -70,7 +82,7 @@ impl<S, H: Handler> Core<S, H> {
             handler,
             stats,
             conns: Slab::new(),
-            peers: HashMap::new(),
+            http: HashMap::new(),
             timers: TimerWheel::new(now, TICK, WHEEL_SLOTS),
             rx_pool: Pool::new(1024, 64 << 10),
             tx_pool: Pool::new(1024, 64 << 10),

@@ -57,7 +57,9 @@ impl<B: Completion> Driver for CompletionDriver<B> {
         let mut events = std::mem::take(&mut reactor.driver.events);
         for event in events.drain(..) {
             match event {
-                Completed::Accepted(socket, peer) => reactor.on_accepted(socket, peer, now),
+                Completed::Accepted(socket, peer, listener) => {
+                    reactor.on_accepted(socket, peer, listener, now)
+                }
                 Completed::AcceptFailed(e) => reactor.core.accept_failed(e, now),
                 Completed::Received { token, buffer, len } => {
                     reactor.on_received(token, buffer, len, now)

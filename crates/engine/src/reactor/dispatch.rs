@@ -7,23 +7,27 @@
 //! layers go there, before the protocol: the PROXY protocol header ([`super::proxy_header`])
 //! first, then TLS: a TLS connection's records are decrypted into the reactor's one plaintext
 //! buffer (`reactor/tls.rs`), which then goes the same way.
-//! Streaming responses (Server-Sent Events, NDJSON): an [`Answer::Stream`] writes its head in
-//! [`write_answer`], then the state machine carries the body (`Connection::stream`), the
-//! handler gets `on_open`, and the connection is a target of `Local::send_shared` like an open
-//! WebSocket. HTTP keep-alive starts in [`write_answer`] too: an answer that keeps the
-//! connection (a new `Answer` variant; the enum is non-exhaustive for it) leaves it reading the
-//! next head where `Respond` now finishes it.
+//!
+//! HTTP keep-alive: a plain answer keeps the connection for the next request when the client
+//! asks for it (HTTP/1.1 by default, HTTP/1.0 with `Connection: keep-alive`), the handler did
+//! not answer `Connection: close`, the connection is under `keep_alive_requests` and the reactor
+//! is not draining; the state machine then reads the next head, and requests pipelined behind
+//! the answered one are answered in order. Streaming responses (Server-Sent Events, NDJSON): an
+//! [`Answer::Stream`] writes its head in [`write_answer`], then the state machine carries the
+//! body (`Connection::stream`), the handler gets `on_open`, and the connection is a target of
+//! `Local::send_shared` like an open WebSocket.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use clarion_protocol::deflate::Params;
-use clarion_protocol::handshake::{Request, write_response, write_stream_head};
+use clarion_protocol::handshake::{
+    Persistence, Request, write_response, write_response_head, write_stream_head,
+};
 use clarion_protocol::{Connection, Event};
 
-use super::bookkeeping::{Core, rearm_on_state_change};
+use super::bookkeeping::{Core, HttpConn, rearm_on_state_change};
 use super::conn::{Conn, ConnFlags};
 use super::proxy_header::{self, Step};
 use super::tls::Received;
@@ -50,10 +54,10 @@ impl<S, H: Handler> Core<S, H> {
             && conn.flags.contains(ConnFlags::PROXY_HEADER)
         {
             let mut rxb = conn.rx.take().unwrap_or_else(|| self.rx_pool.take());
-            let (config, peers, stats) = (&self.config, &mut self.peers, &self.stats);
+            let (config, http, stats) = (&self.config, &mut self.http, &self.stats);
             match proxy_header::step(
                 config,
-                peers,
+                &mut http.entry(token).or_default().peer,
                 stats,
                 token,
                 &mut conn.flags,
@@ -158,11 +162,12 @@ impl<S, H: Handler> Core<S, H> {
         input: &mut [u8],
         now: Instant,
     ) -> Written {
+        let draining = self.drain_deadline.is_some();
         let Core {
             handler,
             config,
             conns,
-            peers,
+            http,
             rx_pool,
             tx_pool,
             scratch,
@@ -191,16 +196,21 @@ impl<S, H: Handler> Core<S, H> {
             scratch,
             stats,
             compression,
-            peers,
+            http,
+            draining,
+            kept_alive: false,
             now,
             token,
             tls,
         };
-        if dispatch.drive(ws, app, flags, &mut out, input, &mut rxb) {
-            // Frames the client sent right behind its request head: feed them now, in order.
+        let mut again = dispatch.drive(ws, app, flags, &mut out, input, &mut rxb);
+        while again {
+            // What the client sent right behind a request that was read in pieces (frames after
+            // an upgrade, pipelined requests after a kept answer): feed it now, in order.
             let mut early = std::mem::take(&mut *rxb);
-            dispatch.drive(ws, app, flags, &mut out, &mut early, &mut rxb);
+            again = dispatch.drive(ws, app, flags, &mut out, &mut early, &mut rxb);
         }
+        let kept_alive = dispatch.kept_alive;
         let written = out.finish();
         if rxb.is_empty() {
             rx_pool.give(rxb);
@@ -208,6 +218,10 @@ impl<S, H: Handler> Core<S, H> {
             *rx = Some(rxb);
         }
         rearm_on_state_change(&mut self.timers, conn, state_before);
+        // A kept connection's deadline moved (to `keep_alive_timeout`, maybe earlier).
+        if kept_alive && let Some(key) = conn.timer.take() {
+            self.timers.cancel(key);
+        }
         written
     }
 }
@@ -219,7 +233,11 @@ struct Dispatch<'a, H> {
     scratch: &'a mut Vec<u8>,
     stats: &'a Stats,
     compression: &'a mut Compression,
-    peers: &'a mut HashMap<usize, SocketAddr>,
+    http: &'a mut HashMap<usize, HttpConn>,
+    /// The reactor is draining: no connection is kept for another request.
+    draining: bool,
+    /// A request was answered and the connection kept for the next.
+    kept_alive: bool,
     now: Instant,
     token: usize,
     /// The connection speaks TLS.
@@ -227,8 +245,8 @@ struct Dispatch<'a, H> {
 }
 
 impl<H: Handler> Dispatch<'_, H> {
-    /// Runs the state machine over `input`; true when bytes behind the request head were left in
-    /// `rx` to be fed again.
+    /// Runs the state machine over `input`; true when bytes behind a request were left in `rx`
+    /// to be fed again.
     fn drive(
         &mut self,
         ws: &mut Connection,
@@ -253,18 +271,25 @@ impl<H: Handler> Dispatch<'_, H> {
         ) {
             match event {
                 Event::Request(request, body) => {
+                    let http = self.http.get(&token).copied().unwrap_or_default();
                     let info = RequestInfo {
                         id: token,
-                        peer: self.peers.remove(&token),
+                        peer: http.peer,
+                        listener: usize::from(http.listener),
                         now: self.now,
                         tls: self.tls,
                     };
                     let answer = self.handler.on_request(&request, body, &info);
+                    let keep = request.wants_keep_alive()
+                        && !self.draining
+                        && http.answered.saturating_add(1) < self.config.keep_alive_requests;
                     let negotiator = &mut self.compression.policy;
-                    let answered = write_answer(answer, &request, negotiator, self.scratch, stats);
+                    let answered =
+                        write_answer(answer, &request, keep, negotiator, self.scratch, stats);
                     out.transmit(self.scratch, &[]);
                     let conn = match answered {
                         Answered::Upgraded(conn, deflate) => {
+                            self.http.remove(&token);
                             ws.accept(self.now, rx);
                             if let Some(params) = deflate {
                                 ws.set_deflate(params);
@@ -274,10 +299,22 @@ impl<H: Handler> Dispatch<'_, H> {
                             conn
                         }
                         Answered::Streaming(conn) => {
+                            self.http.remove(&token);
                             ws.stream(self.now, rx);
                             conn
                         }
+                        Answered::Kept => {
+                            let answered = http.answered + 1;
+                            self.http.insert(token, HttpConn { answered, ..http });
+                            ws.next_request(self.now, rx);
+                            self.kept_alive = true;
+                            if rx.is_empty() {
+                                continue;
+                            }
+                            return true;
+                        }
                         Answered::Closed => {
+                            self.http.remove(&token);
                             ws.finish();
                             return false;
                         }
@@ -328,14 +365,18 @@ enum Answered<C> {
     Upgraded(C, Option<Params>),
     /// A streaming response began, with this state.
     Streaming(C),
+    /// A plain answer; the connection reads the next request.
+    Kept,
     /// The connection ends after the answer.
     Closed,
 }
 
-/// Writes the handler's answer to a request head into `scratch`.
+/// Writes the handler's answer to a request head into `scratch`. A plain answer keeps the
+/// connection when `keep` allows it and the handler did not say `Connection: close`.
 fn write_answer<C>(
     answer: Answer<'_, C>,
     request: &Request<'_>,
+    keep: bool,
     negotiator: &mut Negotiator,
     scratch: &mut Vec<u8>,
     stats: &Stats,
@@ -368,20 +409,40 @@ fn write_answer<C>(
             None
         }
         Answer::Respond(response) => {
+            let is_connection = |name: &str| name.eq_ignore_ascii_case("connection");
+            let close_asked = response
+                .headers
+                .iter()
+                .any(|(n, v)| is_connection(n) && v.eq_ignore_ascii_case("close"));
+            let persistence = match keep && !close_asked {
+                false => Persistence::Close,
+                true if request.minor_version() == 0 => Persistence::KeepAlive,
+                true => Persistence::Kept,
+            };
             let headers: Vec<(&str, &str)> = response
                 .headers
                 .iter()
+                .filter(|(n, _)| !is_connection(n))
                 .map(|(n, v)| (*n, v.as_str()))
                 .collect();
-            write_response(
+            write_response_head(
                 scratch,
                 response.status,
                 &headers,
                 response.content_type,
-                &response.body,
+                response.body.len(),
+                persistence,
             );
+            // A HEAD answer has the length of a GET's body but not the body, which would be
+            // read as the next answer on a kept connection.
+            if request.method() != "HEAD" {
+                scratch.extend_from_slice(&response.body);
+            }
             stats.http_requests.fetch_add(1, Ordering::Relaxed);
-            None
+            return match persistence {
+                Persistence::Close => Answered::Closed,
+                _ => Answered::Kept,
+            };
         }
         Answer::Stream { conn, response } => {
             let headers: Vec<(&str, &str)> = response

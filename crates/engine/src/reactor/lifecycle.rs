@@ -6,7 +6,7 @@ use std::time::Instant;
 use clarion_protocol::{CloseCode, Config, Connection};
 
 use super::Reactor;
-use super::bookkeeping::{arm, rearm_on_state_change, release_deflate};
+use super::bookkeeping::{HttpConn, arm, rearm_on_state_change, release_deflate};
 use super::conn::{Conn, ConnFlags, live};
 use super::driver::Driver;
 use super::writer::{ConnWriter, EitherWriter, Writing, Written, writer_for};
@@ -18,12 +18,13 @@ type WriterOf<'a, D> =
     EitherWriter<'a, <<D as Driver>::Writing as Writing<<D as Driver>::Socket>>::Writer<'a>>;
 
 impl<D: Driver, H: Handler> Reactor<D, H> {
-    /// Takes a connection a driver accepted into the table, or refuses it (over the cap, at the
-    /// TLS handshake cap, or draining) by closing it without a word.
+    /// Takes a connection a driver accepted on `listener` into the table, or refuses it (over
+    /// the cap, at the TLS handshake cap, or draining) by closing it without a word.
     pub(super) fn on_accepted(
         &mut self,
         mut socket: D::Socket,
         peer: Option<std::net::SocketAddr>,
+        listener: usize,
         now: Instant,
     ) {
         let core = &mut self.core;
@@ -34,7 +35,9 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         }
         let entry = core.conns.vacant_entry();
         let token = entry.key();
-        if !core.tls.admit(token, &core.stats) {
+        // TLS, like the PROXY protocol, is spoken on `listen` only: the other listeners (the
+        // admin port) are plaintext, on loopback by default.
+        if listener == 0 && !core.tls.admit(token, &core.stats) {
             return self.driver.refuse(socket);
         }
         if let Err(e) = self.driver.register(&mut socket, token) {
@@ -45,11 +48,18 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         let ws = Connection::server(now);
         let timer = arm(&mut core.timers, &core.config, &ws, token, now);
         let conn = entry.insert(Conn::new(socket, ws, timer));
-        if core.config.proxy_protocol != ProxyProtocol::Off {
+        // The PROXY protocol is spoken on `listen` only, where the proxies connect.
+        if listener == 0 && core.config.proxy_protocol != ProxyProtocol::Off {
             conn.flags.insert(ConnFlags::PROXY_HEADER);
         }
-        if let Some(peer) = peer {
-            core.peers.insert(token, peer);
+        let http = HttpConn {
+            peer,
+            // Below MAX_LISTENERS (8): the runtime binds no more.
+            listener: listener as u8,
+            answered: 0,
+        };
+        if http != HttpConn::default() {
+            core.http.insert(token, http);
         }
         core.stats
             .accepted
@@ -238,7 +248,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         if conn.flags.contains(ConnFlags::RELEASING) {
             return;
         }
-        core.peers.remove(&token);
+        core.http.remove(&token);
         if let Some(key) = conn.timer.take() {
             core.timers.cancel(key);
         }
