@@ -684,3 +684,22 @@ async fn open(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_tls_failure_that_will_repeat_is_1015() {
+        let refused = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let error = attempt_error("upgrade", &std::io::Error::other(refused));
+        assert_eq!(error.code, 1015);
+        assert_eq!(error.reason, "TLS: invalid peer certificate: UnknownIssuer");
+        let corrupt = std::io::Error::other(rustls::Error::DecryptError);
+        assert_eq!(attempt_error("upgrade", &corrupt).code, 1006);
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let error = attempt_error("upgrade", &reset);
+        assert_eq!(error.code, 1006);
+        assert!(error.reason.starts_with("upgrade: "), "{}", error.reason);
+    }
+}
