@@ -67,6 +67,18 @@ async fn wss_connect_subscribe_publish_receive_and_resume_after_a_restart() {
             }
         );
     }
+    // Larger than a TLS record (16 KiB) and than rustls' send buffer (64 KiB), both ways.
+    let big = "x".repeat(300 << 10);
+    let ack = client.publish("news", json!(big)).await.unwrap();
+    assert_eq!(ack.seq, Some(4));
+    assert_eq!(
+        next_matching(&mut events, |_| true).await,
+        Event::Message {
+            topic: "news".into(),
+            seq: 4,
+            data: Data::Json(json!(big)),
+        }
+    );
 
     server.restart();
     assert!(matches!(
