@@ -4,7 +4,7 @@
 // cited where it applies.
 
 import { Backoff } from "./backoff.js";
-import { endpoints, openStream, postPublish, resolveEventSource, type StreamHandle } from "./sse.js";
+import { checkPublish, endpoints, openStream, postPublish, resolveEventSource, type StreamHandle } from "./sse.js";
 import { abandon, onPing, open, resolveWebSocket, upgradeStatus } from "./transport.js";
 import {
   ClarionError,
@@ -558,8 +558,9 @@ export class Client {
     conn.stream = undefined;
     conn.resumed = new Set();
     if (this.subs.size === 0) {
-      // Nothing to stream: publishes need no stream, and a subscribe opens one.
-      if (conn.phase !== "connected") this.sseConnected(conn, {});
+      // Nothing to stream: publishes need no stream, and a subscribe opens one. A first
+      // connection checks the server with an empty publish instead.
+      if (conn.phase !== "connected") this.checkServer(conn);
       return;
     }
     const url = new URL(this.http.sse);
@@ -591,6 +592,25 @@ export class Client {
       resolveEventSource(this.options.EventSource),
     );
     conn.stream = stream;
+  }
+
+  /** Connects without a stream: the server answers an empty `POST /publish` (section 15). */
+  private checkServer(conn: Connection): void {
+    const check: StreamHandle = { close: () => {}, seesComments: false };
+    conn.stream = check;
+    const failed = (reason: string, status?: number) => {
+      if (conn.stream !== check) return;
+      if (status !== undefined) conn.status = status;
+      this.end(conn, 1006, reason);
+    };
+    checkPublish(this.http.publish, conn.token).then(
+      ({ status, error }) => {
+        if (conn.stream !== check || this.conn !== conn) return;
+        if (status === 202) this.sseConnected(conn, {});
+        else failed(`HTTP ${status}: ${error}`, status);
+      },
+      (error: unknown) => failed(`POST /publish failed: ${String(error)}`),
+    );
   }
 
   /** Reopens the stream with the topics and positions of now, once per turn of the event loop. */
@@ -670,7 +690,16 @@ export class Client {
    * to SSE after enough of them in a row.
    */
   private countTransport(conn: Connection, code: number): void {
-    if (conn.transport !== "websocket" || conn.heard || conn.phase === "token" || code !== 1006) return;
+    if (conn.transport === "sse") {
+      // An SSE attempt failing too says the server is away, not WebSockets: the next attempt
+      // goes back to WebSocket, and one more failure there brings SSE again.
+      if (conn.phase !== "connected" && this.settings.transports.includes("websocket")) {
+        this.transportValue = "websocket";
+        this.wsFailures = (this.wsWorked ? FALLBACK_AFTER_WORKED : FALLBACK_AFTER_NEVER_WORKED) - 1;
+      }
+      return;
+    }
+    if (conn.heard || conn.phase === "token" || code !== 1006) return;
     this.wsFailures++;
     const limit = this.wsWorked ? FALLBACK_AFTER_WORKED : FALLBACK_AFTER_NEVER_WORKED;
     if (this.wsFailures >= limit && this.settings.transports.includes("sse")) {
@@ -867,7 +896,11 @@ export class Client {
         if (publish.settled) return; // timed out or closed meanwhile
         await postPublish(this.http.publish, token, publish.topic, publish.json).then(
           (ack) => this.settle(publish, ack),
-          (error: ClarionError) => this.settle(publish, error),
+          (error: ClarionError) => {
+            this.settle(publish, error);
+            // No answer at all: the server is away (the only sign of it without a stream).
+            if (error.code === "disconnected") this.end(conn, 1006, error.message);
+          },
         );
       });
       return;

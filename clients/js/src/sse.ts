@@ -182,6 +182,24 @@ function publishErrorCode(status: number, message: string): string {
   return "bad_request";
 }
 
+/** A `POST /publish` of `body` with the client's token: its status and body. */
+async function post(url: string, token: string | undefined, body: string): Promise<{ status: number; body: string }> {
+  const headers: Record<string, string> = { "content-type": "application/json" };
+  if (token !== undefined) headers.authorization = `Bearer ${token}`;
+  const response = await fetch(url, { method: "POST", headers, body });
+  return { status: response.status, body: await response.text() };
+}
+
+/**
+ * The server's answer to an empty `POST /publish` (`[]`, which publishes nothing): how a client
+ * on SSE without topics, so without a stream, knows the server is there and takes its token.
+ * Rejects when no answer came.
+ */
+export async function checkPublish(url: string, token: string | undefined): Promise<{ status: number; error: string }> {
+  const { status, body } = await post(url, token, "[]");
+  return { status, error: status === 202 ? "" : errorText(body) };
+}
+
 /** `POST /publish` of one item (`json`: the data, encoded) with the client's token. */
 export async function postPublish(
   url: string,
@@ -189,26 +207,18 @@ export async function postPublish(
   topic: string,
   json: string,
 ): Promise<PublishAck> {
-  const headers: Record<string, string> = { "content-type": "application/json" };
-  if (token !== undefined) headers.authorization = `Bearer ${token}`;
-  let response: Response;
-  let body: string;
+  let answer: { status: number; body: string };
   try {
-    response = await fetch(url, {
-      method: "POST",
-      headers,
-      body: `[{"topic":${JSON.stringify(topic)},"data":${json}}]`,
-    });
-    body = await response.text();
+    answer = await post(url, token, `[{"topic":${JSON.stringify(topic)},"data":${json}}]`);
   } catch (error) {
     // The request may have reached the server before the failure.
     throw new ClarionError("disconnected", `POST /publish failed: ${String(error)}`, true);
   }
-  if (response.status !== 202) {
-    const message = errorText(body);
-    throw new ClarionError(publishErrorCode(response.status, message), message, false);
+  if (answer.status !== 202) {
+    const message = errorText(answer.body);
+    throw new ClarionError(publishErrorCode(answer.status, message), message, false);
   }
-  const result = (JSON.parse(body) as { results?: { topic?: unknown; seq?: unknown }[] }).results?.[0];
+  const result = (JSON.parse(answer.body) as { results?: { topic?: unknown; seq?: unknown }[] }).results?.[0];
   const seq = result?.seq;
   return typeof seq === "number" ? { topic, seq } : { topic };
 }
