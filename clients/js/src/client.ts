@@ -404,7 +404,12 @@ export class Client {
     }
     for (const sub of this.subs.values()) sub.stateValue = "unsubscribed";
     this.subs.clear();
-    this.emit("disconnected", { code: 1000, reason: "closed by the client", willRetry: false });
+    this.emit("disconnected", {
+      transport: conn?.transport ?? this.transportValue,
+      code: 1000,
+      reason: "closed by the client",
+      willRetry: false,
+    });
     this.rejectQueued("closed", "the client is closed");
   }
 
@@ -782,7 +787,7 @@ export class Client {
     // 3 and 4: retry or stop.
     const openFor = conn.connectedAt > 0 ? now() - conn.connectedAt : 0;
     const status = conn.status;
-    const ended = { code, reason, ...(status === undefined ? {} : { status }) };
+    const ended = { transport: conn.transport, code, reason, ...(status === undefined ? {} : { status }) };
     const verdict = fatal ? false : this.shouldRetry(conn, code, status);
     if (typeof verdict === "boolean") {
       this.afterEnd(ended, openFor, verdict);
@@ -818,7 +823,7 @@ export class Client {
   }
 
   private afterEnd(
-    ended: { code: number; reason: string; status?: number },
+    ended: { transport: Transport; code: number; reason: string; status?: number },
     openFor: number,
     retry: boolean,
   ): void {

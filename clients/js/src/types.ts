@@ -111,6 +111,8 @@ export interface ConnectedEvent {
 }
 
 export interface DisconnectedEvent {
+  /** The transport of the connection or attempt that ended. */
+  transport: Transport;
   code: number;
   reason: string;
   willRetry: boolean;

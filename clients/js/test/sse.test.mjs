@@ -185,3 +185,30 @@ test('transports ["websocket"] never falls back', async () => {
     await server.stop();
   }
 });
+
+test("with the server away, attempts take turns: WebSocket, SSE, WebSocket, SSE", async () => {
+  const port = await freePort(); // nothing listens: every attempt of either kind is refused
+  const r = recorded(`ws://127.0.0.1:${port}/ws`);
+  try {
+    r.client.subscribe("t");
+    await until(() => r.events.filter((e) => e.name === "disconnected").length >= 4, "four attempts");
+    assert.deepEqual(
+      r.events.slice(0, 4).map((e) => [e.name, e.transport]),
+      [
+        ["disconnected", "websocket"],
+        ["disconnected", "sse"],
+        ["disconnected", "websocket"],
+        ["disconnected", "sse"],
+      ],
+    );
+    // The server comes up: whichever attempt comes first gets through.
+    const server = await Clarion.start([], { port });
+    try {
+      await r.next("subscribed");
+    } finally {
+      await server.stop();
+    }
+  } finally {
+    r.client.close();
+  }
+});
