@@ -608,7 +608,7 @@ export class Client {
       if (status !== undefined) conn.status = status;
       this.end(conn, 1006, reason);
     };
-    checkPublish(this.http.publish, conn.token).then(
+    checkPublish(this.http.publish, conn.token, this.settings.connectTimeout).then(
       ({ status, error }) => {
         if (conn.stream !== check || this.conn !== conn) return;
         if (status === 202) this.sseConnected(conn, {});
@@ -899,7 +899,7 @@ export class Client {
       const token = conn.token;
       this.httpPublishes = this.httpPublishes.then(async () => {
         if (publish.settled) return; // timed out or closed meanwhile
-        await postPublish(this.http.publish, token, publish.topic, publish.json).then(
+        await postPublish(this.http.publish, token, publish.topic, publish.json, this.settings.publishTimeout).then(
           (ack) => this.settle(publish, ack),
           (error: ClarionError) => {
             this.settle(publish, error);

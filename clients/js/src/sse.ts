@@ -182,11 +182,17 @@ function publishErrorCode(status: number, message: string): string {
   return "bad_request";
 }
 
-/** A `POST /publish` of `body` with the client's token: its status and body. */
-async function post(url: string, token: string | undefined, body: string): Promise<{ status: number; body: string }> {
+/** A `POST /publish` of `body` with the client's token: its status and body (`timeout` ms; 0: none). */
+async function post(
+  url: string,
+  token: string | undefined,
+  body: string,
+  timeout: number,
+): Promise<{ status: number; body: string }> {
   const headers: Record<string, string> = { "content-type": "application/json" };
   if (token !== undefined) headers.authorization = `Bearer ${token}`;
-  const response = await fetch(url, { method: "POST", headers, body });
+  const signal = timeout > 0 ? AbortSignal.timeout(timeout) : undefined;
+  const response = await fetch(url, { method: "POST", headers, body, ...(signal ? { signal } : {}) });
   return { status: response.status, body: await response.text() };
 }
 
@@ -195,21 +201,29 @@ async function post(url: string, token: string | undefined, body: string): Promi
  * on SSE without topics, so without a stream, knows the server is there and takes its token.
  * Rejects when no answer came.
  */
-export async function checkPublish(url: string, token: string | undefined): Promise<{ status: number; error: string }> {
-  const { status, body } = await post(url, token, "[]");
+export async function checkPublish(
+  url: string,
+  token: string | undefined,
+  timeout: number,
+): Promise<{ status: number; error: string }> {
+  const { status, body } = await post(url, token, "[]", timeout);
   return { status, error: status === 202 ? "" : errorText(body) };
 }
 
-/** `POST /publish` of one item (`json`: the data, encoded) with the client's token. */
+/**
+ * `POST /publish` of one item (`json`: the data, encoded) with the client's token, given up
+ * after `timeout` ms (0: never) so that one request without an answer cannot hold up the next.
+ */
 export async function postPublish(
   url: string,
   token: string | undefined,
   topic: string,
   json: string,
+  timeout: number,
 ): Promise<PublishAck> {
   let answer: { status: number; body: string };
   try {
-    answer = await post(url, token, `[{"topic":${JSON.stringify(topic)},"data":${json}}]`);
+    answer = await post(url, token, `[{"topic":${JSON.stringify(topic)},"data":${json}}]`, timeout);
   } catch (error) {
     // The request may have reached the server before the failure.
     throw new ClarionError("disconnected", `POST /publish failed: ${String(error)}`, true);
