@@ -69,6 +69,17 @@ test("held to SSE: subscribe, HTTP publish, topics added and removed by reopenin
     assert.deepEqual([again.recovered, again.seq], [false, 0]);
     await server.publish("b", { n: 3 });
     await r.next("message", (e) => e.topic === "b" && e.seq === 1);
+    // HTTP publishes made at once go one at a time, numbered in call order.
+    const acks = await Promise.all([2, 3, 4, 5, 6].map((n) => r.client.publish("b", { n })));
+    assert.deepEqual(
+      acks.map((ack) => ack.seq),
+      [2, 3, 4, 5, 6],
+    );
+    await until(() => r.seqs("b").includes(6), "b 6");
+    assert.deepEqual(
+      r.events.filter((e) => e.name === "message" && e.topic === "b").slice(-6).map((e) => e.data.n),
+      [3, 2, 3, 4, 5, 6],
+    );
     checkOnceInOrder(r.events, "b");
     assert.ok(r.events.some((e) => e.name === "disconnected" && e.willRetry));
     assert.ok(r.events.filter((e) => e.name === "connected").every((e) => e.transport === "sse"));
