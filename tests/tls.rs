@@ -1,6 +1,6 @@
 //! The push server over TLS, end to end with the real binary: `--tls-cert` / `--tls-key` and
 //! the `[tls]` table, every route on the TLS listener (WebSocket echo and topics, the publish
-//! API, metrics), plaintext refused, and the certificate read again on SIGHUP: a good one serves
+//! API, health; metrics from the plaintext admin listener), plaintext refused, and the certificate read again on SIGHUP: a good one serves
 //! new connections while open ones stay up, a bad one is refused and the old one stays.
 //! `CLARION_TEST_IO=epoll|uring` picks the backend.
 
@@ -41,7 +41,10 @@ fn every_route_is_served_over_tls_and_plaintext_is_refused() {
         &[],
     );
     assert!(
-        clarion.log.last().unwrap().contains("(TLS)"),
+        clarion
+            .log
+            .iter()
+            .any(|l| l.contains("listening on") && l.contains("(TLS)")),
         "{:?}",
         clarion.log
     );
@@ -63,7 +66,14 @@ fn every_route_is_served_over_tls_and_plaintext_is_refused() {
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
     assert_eq!(subscriber.read().unwrap(), Message::text("hello"));
 
-    let metrics = http(addr, &config, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let health = http(addr, &config, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    // The metrics are on the admin listener, which stays plaintext (loopback by default).
+    let admin = clarion.admin.expect("an admin listener");
+    let metrics = common::http(
+        admin,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     let handshakes = metrics
         .lines()

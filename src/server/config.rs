@@ -1166,6 +1166,8 @@ mod tests {
             let path = match id {
                 "config" => continue,
                 "redis" => "cluster.redis",
+                "tls_cert" => "tls.cert",
+                "tls_key" => "tls.key",
                 id => id,
             };
             let known = keys().iter().any(|key| {

@@ -63,6 +63,9 @@ pub fn websocket(
 /// An HTTP request over TLS; the whole answer, to the server's close_notify.
 pub fn http(addr: SocketAddr, config: &Arc<rustls::ClientConfig>, request: &str) -> String {
     let mut stream = connect(addr, config);
+    // One request a connection: the answer is read to the connection's end, so the server is
+    // asked to close it (HTTP/1.1 keeps it by default).
+    let request = request.replacen("\r\n", "\r\nConnection: close\r\n", 1);
     stream.write_all(request.as_bytes()).unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
