@@ -151,8 +151,8 @@ for kind, table in churns.items():
                 [("cycles per server CPU-second", per_cpu_second), ("loadgen saturated (runs)", saturated),
                  ("failed", failed)])
 if churns:
-    print("\ncycles/s is what one loadgen core drove (it does the client's half of every handshake); "
-          "cycles per server CPU-second is the server's own rate.")
+    print("\ncycles/s depends on the loadgen too (one core doing the client's half of every handshake) "
+          "and on other work on the machine; cycles per server CPU-second is the server's own rate.")
 if tls:
     if notes:
         print("\nNotes:\n" + "\n".join(f"- {n}" for n in notes))
