@@ -41,11 +41,13 @@ start_pinned() {
   exit 1
 }
 
-# start_server PORT [serve flags...]: clarion with one reactor on core 0, no keep-alive pings.
+# start_server PORT [serve flags...]: clarion with one reactor on core 0, no keep-alive pings,
+# /stats and /metrics on its port (the ramp reads them) and no admin listener (scripts that run
+# several servers at once would share its port).
 start_server() {
   local port=$1; shift
   start_pinned "$port" "$SERVER" serve --threads 1 --no-pin --listen "127.0.0.1:$port" \
-    --ping-interval 0 "$@"
+    --ping-interval 0 --admin-listen off --public-metrics "$@"
 }
 
 free_port() {

@@ -176,9 +176,11 @@ fn websocket(addr: SocketAddr, config: &Arc<rustls::ClientConfig>, path: &str) -
     ws
 }
 
-/// A plain HTTP request over TLS; the answer, read to the server's close_notify.
+/// A plain HTTP request over TLS, with `Connection: close` added; the answer, read to the
+/// server's close_notify.
 fn http(addr: SocketAddr, config: &Arc<rustls::ClientConfig>, request: &str) -> String {
     let mut stream = connect(addr, config);
+    let request = request.replacen("\r\n", "\r\nConnection: close\r\n", 1);
     stream.write_all(request.as_bytes()).unwrap();
     let mut answer = String::new();
     // A clean end (close_notify before FIN), or rustls reports UnexpectedEof.
@@ -406,7 +408,7 @@ fn a_client_hello_in_pieces_still_completes() {
         }
         let mut stream = rustls::StreamOwned::new(conn, tcp);
         stream
-            .write_all(b"GET /info HTTP/1.1\r\nHost: x\r\n\r\n")
+            .write_all(b"GET /info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .unwrap();
         let mut answer = String::new();
         stream.read_to_string(&mut answer).unwrap();

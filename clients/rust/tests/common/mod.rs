@@ -66,7 +66,15 @@ impl Server {
 
     fn launch(&mut self) {
         let listen = self.addr.to_string();
-        let mut args = vec!["--listen", &listen, "--threads", "1", "--no-pin"];
+        // `/stats` on the public port, where these tests read it.
+        let mut args = vec![
+            "--listen",
+            &listen,
+            "--threads",
+            "1",
+            "--no-pin",
+            "--public-metrics",
+        ];
         args.extend(self.args.iter().map(String::as_str));
         let clarion = tokio::task::block_in_place(|| Clarion::start(&args, &[]));
         self.addr = clarion.addr;
