@@ -338,14 +338,7 @@ pub fn write_response_head(
     content_length: usize,
     connection: Persistence,
 ) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.to_string().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(reason(status).as_bytes());
-    for (name, value) in headers {
-        write_header(out, name, value);
-    }
-    write_header(out, "Content-Type", content_type);
+    write_status_and_headers(out, status, headers, content_type);
     write_header(out, "Content-Length", &content_length.to_string());
     match connection {
         Persistence::Close => write_header(out, "Connection", "close"),
@@ -366,6 +359,19 @@ pub fn write_stream_head(
     headers: &[(&str, &str)],
     content_type: &str,
 ) {
+    write_status_and_headers(out, status, headers, content_type);
+    write_header(out, "Connection", "close");
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// The status line, `headers` and `Content-Type` of an answer's head, each header line
+/// started with its CRLF (the head's end is the caller's).
+fn write_status_and_headers(
+    out: &mut Vec<u8>,
+    status: u16,
+    headers: &[(&str, &str)],
+    content_type: &str,
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.to_string().as_bytes());
     out.push(b' ');
@@ -374,8 +380,6 @@ pub fn write_stream_head(
         write_header(out, name, value);
     }
     write_header(out, "Content-Type", content_type);
-    write_header(out, "Connection", "close");
-    out.extend_from_slice(b"\r\n\r\n");
 }
 
 fn write_header(out: &mut Vec<u8>, name: &str, value: &str) {
