@@ -68,11 +68,16 @@ cargo build --bin clarion --example ticker
 # pairs: scripts/autobahn-deflate.sh.
 step "autobahn conformance (cases 1.* to 10.*, 12.*, 13.*) on both backends, compression on"
 cargo build --release --bin clarion
-for run in epoll:shared uring:per-connection; do
-  io=${run%%:*} policy=${run#*:}
+# Every case on epoll; on io_uring 1.* to 10.* and the first set of 12.* and 13.* (the
+# compression code is shared; every case on both backends: scripts/autobahn-deflate.sh), which
+# keeps the run near 30 minutes.
+for run in "epoll:shared:1.*,2.*,3.*,4.*,5.*,6.*,7.*,8.*,9.*,10.*,12.*,13.*" \
+  "uring:per-connection:1.*,2.*,3.*,4.*,5.*,6.*,7.*,8.*,9.*,10.*,12.1.*,13.1.*"; do
+  io=${run%%:*} rest=${run#*:}
+  policy=${rest%%:*} cases=${rest#*:}
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   scripts/autobahn.sh --url "ws://127.0.0.1:$port/echo" --agent "clarion-$io" \
-    --cases '1.*,2.*,3.*,4.*,5.*,6.*,7.*,8.*,9.*,10.*,12.*,13.*' --exclude '' \
+    --cases "$cases" --exclude '' \
     --report-dir "autobahn-reports/$io" \
     --server-cmd "target/release/clarion serve --io $io --listen 127.0.0.1:$port --threads 2 --no-pin --compression $policy"
 done
