@@ -10,11 +10,13 @@
 # message: each client's last seq equals its topic's final seq and no delivery broke the
 # sequence.
 #
-#   scripts/bench-reconnect.sh [--clients N] [--procs P] [--topics T] [--rate R] [--mode cut|restart]
+#   scripts/bench-reconnect.sh [--clients N] [--procs P] [--topics T] [--rate R] [--mode cut|restart] [--tls]
 #
 # --clients N   clients in all (default 20000), split over --procs P processes (default 2)
 # --topics T    topics (default 100); --rate R publishes per second in all (default 200)
 # --mode        cut (default) or restart
+# --tls         over wss:// (the server's own TLS, a certificate from scripts/make-cert.sh); the
+#               server's TLS handshakes and how many of them resumed a session are reported
 #
 # Server on core 0, clients and publisher on core 1 (taskset). The hard fd limit (20,000 here)
 # is per process: each client process stays below it, and the server keeps its sockets in
@@ -24,7 +26,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-N=20000 PROCS=2 TOPICS=100 RATE=200 MODE=cut
+N=20000 PROCS=2 TOPICS=100 RATE=200 MODE=cut TLS=0
 while [ $# -gt 0 ]; do
   case $1 in
     --clients) N=${2:?}; shift ;;
@@ -32,7 +34,8 @@ while [ $# -gt 0 ]; do
     --topics) TOPICS=${2:?}; shift ;;
     --rate) RATE=${2:?}; shift ;;
     --mode) MODE=${2:?}; shift ;;
-    -h | --help) sed -n 2,23p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --tls) TLS=1 ;;
+    -h | --help) sed -n 2,25p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-reconnect: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -53,7 +56,14 @@ cargo build --release -q -p clarion-client --example reconnect_storm
 SERVER=${CARGO_TARGET_DIR:-target}/release/clarion
 STORM=${CARGO_TARGET_DIR:-target}/release/examples/reconnect_storm
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-URL="ws://127.0.0.1:$PORT/ws"
+APORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+URL="ws://127.0.0.1:$PORT/ws" TLS_SERVER=() TLS_CLIENT=()
+if [ "$TLS" = 1 ]; then
+  scripts/make-cert.sh "$OUT/cert" >/dev/null
+  URL="wss://127.0.0.1:$PORT/ws"
+  TLS_SERVER=(--tls-cert "$OUT/cert/chain.pem" --tls-key "$OUT/cert/key.pem")
+  TLS_CLIENT=(--ca "$OUT/cert/ca.pem")
+fi
 if [ "$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 0)" = 0 ]; then
   IO=(--io uring)
 else
@@ -67,7 +77,7 @@ start_server() {
   # once are not refused at accept (the storm measures reconnection, not the handshake cap).
   taskset -c 0 "$SERVER" serve "${IO[@]}" --threads 3 --no-pin --listen "127.0.0.1:$PORT" \
     --client-publish all --message-rate 0 --byte-rate 0 --max-handshakes-per-reactor 65536 \
-    2>>"$OUT/server.log" &
+    --admin-listen "127.0.0.1:$APORT" "${TLS_SERVER[@]}" 2>>"$OUT/server.log" &
   server_pid=$!
   for _ in $(seq 200); do
     ss -Hltn "sport = :$PORT" | grep -q . && return
@@ -95,12 +105,12 @@ start_server
 echo "bench-reconnect: server pid $server_pid (${IO[*]}, 3 reactors) on $PORT; $N clients in $PROCS processes, $TOPICS topics, $RATE publishes/s, mode $MODE"
 for p in $(seq 0 $((PROCS - 1))); do
   count=$((p == PROCS - 1 ? N - PER_PROC * (PROCS - 1) : PER_PROC))
-  taskset -c 1 "$STORM" clients --url "$URL" --clients "$count" --topics "$TOPICS" \
+  taskset -c 1 "$STORM" clients --url "$URL" "${TLS_CLIENT[@]}" --clients "$count" --topics "$TOPICS" \
     --offset $((p * PER_PROC)) --out "$OUT/clients-$p.json" --max-wait 240 \
     >"$OUT/clients-$p.out" 2>"$OUT/clients-$p.log" &
   client_pids+=($!)
 done
-taskset -c 1 "$STORM" publish --url "$URL" --topics "$TOPICS" --rate "$RATE" \
+taskset -c 1 "$STORM" publish --url "$URL" "${TLS_CLIENT[@]}" --topics "$TOPICS" --rate "$RATE" \
   --out "$OUT/publisher.json" 2>"$OUT/publisher.log" &
 publisher_pid=$!
 
@@ -120,6 +130,10 @@ wait_lines ready 120
 echo "bench-reconnect: all $N subscribed; holding 12 s"
 sleep 12
 
+tls_stat() { # KEY: the server's counter in /stats totals (admin listener)
+  curl -s "http://127.0.0.1:$APORT/stats" | python3 -c "import json,sys; print(json.load(sys.stdin)['totals'].get('$1', 0))"
+}
+[ "$TLS" = 1 ] && { hs0=$(tls_stat tls_handshakes); res0=$(tls_stat tls_resumed); }
 cpu0=$(cpu_ticks "$server_pid")
 cut_ns=$(date +%s%N)
 if [ "$MODE" = cut ]; then
@@ -130,6 +144,7 @@ else
   old=$server_pid
   stop "$old"
   cpu0=0
+  hs0=0 res0=0
   start_server
 fi
 restarted_ns=$(date +%s%N)
@@ -147,6 +162,9 @@ sampler=$!
 wait_lines recovered 180 || true
 end_ns=$(date +%s%N)
 cpu1=$(cpu_ticks "$server_pid")
+if [ "$TLS" = 1 ]; then
+  echo "bench-reconnect: TLS handshakes through the storm: $(($(tls_stat tls_handshakes) - hs0)), resumed: $(($(tls_stat tls_resumed) - res0))"
+fi
 kill "$sampler" 2>/dev/null || true
 # Publishing stops with a final marker per topic; the clients get it, then report.
 kill -INT "$publisher_pid"

@@ -7,7 +7,7 @@
 #
 # The targets (fuzz/fuzz_targets/, listed in fuzz/Cargo.toml; README "Fuzzing" says what each
 # checks): handshake_request, connection_server, frame_decode, deflate, envelope, jwt,
-# publish_batch, cluster_wire, proxy_header.
+# publish_batch, cluster_wire, proxy_header, tls_server.
 #
 # Installs cargo-fuzz from crates.io if it is missing. cargo-fuzz passes nightly-only rustc flags
 # (sanitizer coverage, AddressSanitizer); on a stable toolchain RUSTC_BOOTSTRAP=1 lets them

@@ -29,8 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server (WebSocket routes /t/<topic>, /ws, /echo; HTTP /publish, /metrics,
-    /// /stats, /healthz).
+    /// Run the server (WebSocket routes /t/<topic>, /ws, /echo; HTTP /publish, /healthz; on the
+    /// admin listener /metrics, /stats, /topics/<topic>, /healthz, /readyz, /dashboard).
     Serve(Settings),
 }
 
@@ -79,10 +79,26 @@ fn main() -> ExitCode {
         tracing::warn!("cannot use NOTIFY_SOCKET: {e}");
         None
     });
-    let config = settings.reactor_config();
+    let mut config = settings.reactor_config();
+    let tls = match settings.tls_config() {
+        Ok(tls) => tls,
+        Err(message) => {
+            eprintln!("clarion: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let certificate = tls.as_ref().map(|(_, cert)| cert.clone());
+    config.tls = tls.map(|(tls, _)| tls);
     let app = settings.app_config();
     let open_publishing = app.open_publishing();
+    let open_admin = app.admin_key.is_none();
     let max_connections = app.max_connections;
+    // Before the reactors bind these addresses themselves.
+    let taken: Vec<_> = [Some(config.listen), app.admin_listen]
+        .into_iter()
+        .flatten()
+        .filter(|&addr| server::host::port_taken(addr))
+        .collect();
     let running = match server::launch(config.clone(), app) {
         Ok(running) => running,
         Err(e) => {
@@ -90,19 +106,38 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let admin = running.admin_addr();
     let runtime = running.runtime;
     let listening = format!(
-        "listening on {} with {} reactors ({:?}; RLIMIT_NOFILE {fd_limit})",
+        "listening on {}{} with {} reactors ({:?}; RLIMIT_NOFILE {fd_limit})",
         runtime.local_addr(),
+        if certificate.is_some() { " (TLS)" } else { "" },
         config.threads,
         runtime.io()
     );
     tracing::info!("{listening}");
+    if let Some(admin) = admin {
+        tracing::info!(
+            "admin listener on {admin}: /metrics, /stats, /topics/<topic>, /healthz, /readyz; \
+             dashboard at http://{admin}/dashboard"
+        );
+        if open_admin && !admin.ip().is_loopback() {
+            tracing::warn!(
+                "no admin_key: the admin routes on {admin} are open to anyone who can connect"
+            );
+        }
+    }
     if open_publishing {
         // Beyond loopback this needed --insecure (or the start was refused).
         tracing::warn!(
             "publishing is open to anyone who can connect (no api_key, or client_publish = all \
              without auth)"
+        );
+    }
+    for addr in taken {
+        tracing::warn!(
+            "another process listens on {addr} too: the kernel splits its connections between \
+             the two (SO_REUSEPORT); give each process its own port"
         );
     }
     for warning in server::host::warnings(
@@ -119,9 +154,15 @@ fn main() -> ExitCode {
     let draining = Arc::new(AtomicBool::new(false));
     spawn_housekeeping(running.server.clone(), notifier.clone(), draining.clone());
     let server = running.server.clone();
+    let drain_server = running.server.clone();
     let drain_started = Arc::new(std::sync::Mutex::new(None::<Instant>));
-
-    let mut reloader = Reloader::new(sources, loaded.layer, running.server, Some(logging));
+    let mut reloader = Reloader::new(
+        sources,
+        loaded.layer,
+        running.server,
+        Some(logging),
+        certificate,
+    );
     let shutdown = runtime.shutdown_handle();
     let drain_clock = drain_started.clone();
     std::thread::spawn(move || {
@@ -135,6 +176,7 @@ fn main() -> ExitCode {
             } else if !draining.swap(true, Ordering::SeqCst) {
                 notify(&notifier, |n| n.stopping());
                 *drain_clock.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                drain_server.set_draining();
                 shutdown.shutdown();
                 tracing::info!(signal, "draining: closing connections with 1001");
             } else {

@@ -24,6 +24,8 @@ struct Node {
 impl Node {
     fn start(redis: &str, extra: &[&str]) -> Node {
         let mut args = vec!["--listen", "127.0.0.1:0", "--threads", "2", "--no-pin"];
+        // The tests read /stats and /topics/ on the public port.
+        args.push("--public-metrics");
         args.extend(["--io", io_flag(), "--redis", redis]);
         args.extend(extra);
         let (child, addr) = common::spawn_clarion(&args);
@@ -34,6 +36,7 @@ impl Node {
                 .contains("cluster: up")),
             "node did not reach Redis"
         );
+        assert_eq!(body(&get(node.addr, "/readyz")), "ready\n");
         node
     }
 
@@ -97,6 +100,8 @@ fn spawn_configured(cluster: &str, extra: &[&str]) -> (Child, SocketAddr) {
     let path = std::env::temp_dir().join(format!("clarion-node-{}-{n}.toml", std::process::id()));
     std::fs::write(&path, format!("[cluster]\n{cluster}\n")).unwrap();
     let mut args = vec!["--listen", "127.0.0.1:0", "--threads", "1", "--no-pin"];
+    // The tests read /stats, /metrics and /readyz on the public port.
+    args.push("--public-metrics");
     args.extend(["--io", io_flag(), "--config", path.to_str().unwrap()]);
     args.extend(extra);
     // The file is read before the node listens.
@@ -651,6 +656,10 @@ fn without_redis_publishes_fill_the_buffer_then_are_refused_and_counted() {
     );
     let node = Node { child, addr };
     assert_eq!(body(&node.health()), "ok\ncluster: down\n");
+    // Alive, but not to be sent new clients while its link is down.
+    let ready = get(node.addr, "/readyz");
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert_eq!(body(&ready), "not ready: cluster link down\n");
     let sixty = "x".repeat(60);
     assert_eq!(node.publish("t", &sixty), 202);
     assert_eq!(node.publish("t", &sixty), 503);

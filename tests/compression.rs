@@ -7,11 +7,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::Command;
 
 use clarion::server::AppConfig;
 use clarion_engine::{CompressionConfig, Policy, Runtime};
@@ -113,70 +111,12 @@ fn python_websockets_negotiates_and_exchanges_compressed_messages() {
     }
 }
 
-/// Runs headless Chromium on the page until it posts its result to a listener of ours
-/// (`--dump-dom` dumps at the load event, before any WebSocket traffic); the page's JSON.
-fn run_page(addr: SocketAddr, name: &str) -> serde_json::Value {
-    let report = TcpListener::bind("127.0.0.1:0").unwrap();
-    let dir = std::env::temp_dir().join(format!("clarion-chromium-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("profile")).unwrap();
-    let file = dir.join("page.html");
-    let page = include_str!("interop/browser.html")
-        .replace("{{ADDR}}", &addr.to_string())
-        .replace("{{REPORT}}", &report.local_addr().unwrap().to_string());
-    std::fs::write(&file, page).unwrap();
-    let mut chromium = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            &format!("--user-data-dir={}", dir.join("profile").display()),
-            &format!("file://{}", file.display()),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromium runs (apt-get install chromium; scripts/test.sh does)");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        // The page's one POST: head, then a Content-Length body.
-        let Ok((mut stream, _)) = report.accept() else {
-            return;
-        };
-        let head = read_head(&mut stream);
-        let length = head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length:")
-                    .map(|v| v.trim().to_owned())
-            })
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let mut body = vec![0; length];
-        let _ = stream.read_exact(&mut body);
-        let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
-        let _ = tx.send(String::from_utf8_lossy(&body).into_owned());
-    });
-    let body = rx.recv_timeout(Duration::from_secs(60));
-    let _ = chromium.kill();
-    let _ = chromium.wait();
-    let _ = std::fs::remove_dir_all(&dir);
-    let body = body.expect("the page reports within 60 s");
-    serde_json::from_str(&body).unwrap_or_else(|_| panic!("the page says {body}"))
-}
-
 #[test]
 fn chromium_negotiates_and_exchanges_compressed_messages() {
     for policy in [Policy::Shared, Policy::PerConnection] {
         let runtime = server(policy);
         let addr = runtime.local_addr();
-        let result = run_page(addr, &format!("{policy:?}"));
+        let result = run_page(addr, &format!("{policy:?}"), "ws");
         let extensions = result["extensions"].as_str().unwrap_or_default();
         assert!(
             extensions.starts_with("permessage-deflate"),

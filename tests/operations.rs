@@ -385,3 +385,27 @@ fn systemd_hears_ready_reloading_watchdog_and_stopping() {
     clarion.wait_for("stopped");
     assert_eq!(clarion.wait().code(), Some(0));
 }
+
+#[test]
+fn a_second_process_on_the_same_ports_is_warned_about() {
+    let mut first = Clarion::start(&["--listen", "127.0.0.1:0", "--threads", "1"], &[]);
+    let (addr, admin) = (first.addr.to_string(), first.admin.unwrap().to_string());
+    // SO_REUSEPORT lets it bind both; the kernel would split their connections.
+    let mut second = Clarion::start(
+        &["--listen", &addr, "--threads", "1"],
+        &[("CLARION_ADMIN_LISTEN", &admin)],
+    );
+    second.wait_for(&format!("another process listens on {addr} too"));
+    second.wait_for(&format!("another process listens on {admin} too"));
+    // The first found both ports free.
+    first.signal(libc::SIGTERM);
+    first.wait_for("stopped");
+    assert!(
+        !first
+            .log
+            .iter()
+            .any(|line| line.contains("another process")),
+        "{:#?}",
+        first.log
+    );
+}

@@ -72,7 +72,7 @@ fn metric(addr: SocketAddr, name: &str) -> u64 {
     socket.connect(&addr.into()).unwrap();
     let mut stream = TcpStream::from(socket);
     stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut answer = String::new();
     let _ = std::io::Read::read_to_string(&mut stream, &mut answer);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -213,6 +213,67 @@ fn http_publish_needs_the_api_key_and_reaches_subscribers() {
     assert!(metrics.contains("clarion_published_total"), "{metrics}");
     assert_eq!(stats(addr)["hub"]["published"], 4);
     assert_eq!(get(addr, "/healthz"), (200, "ok\n".to_owned()));
+}
+
+#[test]
+fn publishes_over_one_kept_connection_arrive_in_order_until_its_request_cap() {
+    const CAP: usize = 10;
+    let runtime = start_app(
+        |config| config.keep_alive_requests = CAP as u32,
+        AppConfig {
+            api_key: Some("sekret".into()),
+            ..AppConfig::default()
+        },
+    );
+    let addr = runtime.local_addr();
+    let mut subscriber = connect(addr, "/t/kept");
+    assert!(eventually(|| total_stat(addr, "subscriptions") == 1));
+    // CAP publishes pipelined in one write, the fourth with a wrong key: refused, the
+    // connection kept.
+    let publishes: Vec<u8> = (0..CAP)
+        .flat_map(|i| {
+            let key = if i == 3 { "nope" } else { "sekret" };
+            format!(
+                "POST /publish/kept HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+                 Content-Length: 2\r\n\r\nm{i}"
+            )
+            .into_bytes()
+        })
+        .collect();
+    let mut stream = tcp(addr);
+    stream.write_all(&publishes).unwrap();
+    let mut seq = 0;
+    for i in 0..CAP {
+        let answer = read_answer(&mut stream);
+        let (status, body) = split(&answer);
+        if i == 3 {
+            assert_eq!(status, 401, "{answer}");
+        } else {
+            seq += 1;
+            assert_eq!(status, 202, "{answer}");
+            let answer: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(answer["seq"], seq);
+        }
+        // The last request the connection may carry says so, and only that one.
+        assert_eq!(
+            answer.contains("Connection: close"),
+            i == CAP - 1,
+            "{answer}"
+        );
+    }
+    let mut rest = Vec::new();
+    assert_eq!(
+        stream.read_to_end(&mut rest).unwrap(),
+        0,
+        "closed at the cap"
+    );
+    for i in (0..CAP).filter(|&i| i != 3) {
+        assert_eq!(
+            text_of(subscriber.read().unwrap()).unwrap(),
+            format!("m{i}")
+        );
+    }
+    assert_eq!(stats(addr)["hub"]["published"], CAP as u64 - 1);
 }
 
 #[test]

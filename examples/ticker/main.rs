@@ -1,6 +1,6 @@
 //! A live ticker: the push server with a page and the TypeScript client (`clients/js`, built)
 //! served on the same port, and a publisher loop. `/`, `/client/*.js` are this program's routes;
-//! everything else (`/ws`, `/publish`, `/stats`, …) is the push server's.
+//! everything else (`/ws`, `/publish`, `/healthz`, …) is the push server's.
 //!
 //! ```sh
 //! (cd clients/js && npm ci && npm run build)

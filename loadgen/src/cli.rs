@@ -62,9 +62,21 @@ impl ModeArgs {
 /// Flags every mode takes.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// Target URLs (ws://HOST:PORT/PATH, loopback only); connections rotate over them.
+    /// Target URLs (ws:// or wss://HOST:PORT/PATH, loopback only); connections rotate over
+    /// them.
     #[arg(required = true, value_name = "URL")]
     pub urls: Vec<String>,
+    /// wss:// and https://: accept any server certificate (self-signed test servers). Without
+    /// it certificates are checked against the system's roots and --ca.
+    #[arg(long)]
+    pub insecure: bool,
+    /// wss:// and https://: trust this CA (PEM) too, e.g. scripts/make-cert.sh's ca.pem.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+    /// wss:// and https://: no TLS session resumption, every handshake a full one (churn
+    /// measures full handshakes with it, resumed ones without).
+    #[arg(long)]
+    pub no_resume: bool,
     /// Connections to open (churn: see --concurrency).
     #[arg(short = 'c', long, default_value_t = 100)]
     pub connections: usize,

@@ -41,11 +41,14 @@ pub enum Reason {
     Stalled,
     /// Not established when the measurement began (`--ramp-timeout`).
     RampTimeout,
+    /// The TLS handshake failed (a certificate not trusted, no common version) or a record
+    /// could not be read.
+    Tls,
 }
 
 impl Reason {
     /// Every reason, in report order.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Refused,
         Reason::Reset,
         Reason::Timeout,
@@ -62,6 +65,7 @@ impl Reason {
         Reason::Rejected,
         Reason::Stalled,
         Reason::RampTimeout,
+        Reason::Tls,
     ];
 
     /// The key in reports and JSON.
@@ -83,6 +87,7 @@ impl Reason {
             Reason::Rejected => "rejected",
             Reason::Stalled => "stalled",
             Reason::RampTimeout => "ramp_timeout",
+            Reason::Tls => "tls",
         }
     }
 
@@ -115,6 +120,7 @@ impl Reason {
             Reason::BadPayload => "the server sent messages this mode cannot read",
             Reason::Rejected => "the server refused the subscriptions or publishes",
             Reason::Stalled => "the server stopped reading",
+            Reason::Tls => "TLS failed: for a self-signed server pass --ca (its CA) or --insecure",
             Reason::RampTimeout => {
                 "connections were still opening when the measurement began: lower the \
                  connection count, raise --ramp-rate or --ramp-timeout"

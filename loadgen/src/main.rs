@@ -23,6 +23,7 @@ mod sse;
 mod stamp;
 mod sys;
 mod tally;
+mod tls;
 mod traffic;
 mod url;
 

@@ -187,6 +187,8 @@ pub struct Plan {
     pub output: Output,
     /// Set when this process is one of several.
     pub worker: Option<WorkerId>,
+    /// TLS client settings, when a target (or the publish URL) is `wss://` or `https://`.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Plan {
@@ -265,6 +267,16 @@ impl Plan {
         if worker.is_some_and(|w| w.count != procs) {
             return Err("--worker COUNT must match --procs".into());
         }
+        let publishes_tls = matches!(&mode, Mode::Fanout(f) if f.publish_target.tls);
+        let tls = if pairs.targets.iter().any(|t| t.tls) || publishes_tls {
+            Some(crate::tls::client_config(&crate::tls::Options {
+                insecure: common.insecure,
+                ca: common.ca.clone(),
+                no_resume: common.no_resume,
+            })?)
+        } else {
+            None
+        };
         Ok(Plan {
             mode,
             pairs,
@@ -293,6 +305,7 @@ impl Plan {
                 server_pid: common.server_pid,
             },
             worker,
+            tls,
         })
     }
 
@@ -394,7 +407,8 @@ fn check_fanout(fanout: &cli::FanoutArgs, pairs: &Pairs, sse: bool) -> Result<Fa
         Some(u) => url::parse_http(u)?,
         None => {
             let first = &pairs.targets[0];
-            url::parse_http(&format!("http://{}/publish", first.host))?
+            let scheme = if first.tls { "https" } else { "http" };
+            url::parse_http(&format!("{scheme}://{}/publish", first.host))?
         }
     };
     if let Some(token) = &fanout.publish_token

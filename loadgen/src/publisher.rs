@@ -8,7 +8,9 @@
 //! `POST {publish-url}/{topic}`. Whatever the server sends a publisher is read and dropped.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::sync::Arc;
+
+use crate::tls::Stream;
 use std::time::{Duration, Instant};
 
 use clarion_protocol::handshake::ClientHandshake;
@@ -114,13 +116,16 @@ impl Client {
         match fanout.publish_via {
             PublishVia::Ws => {
                 let (_, target) = plan.pairs.pair(0);
-                WsPublisher::connect(target, fanout.protocol, topic_name, timeout).map(Client::Ws)
+                let tls = plan.tls.as_ref();
+                WsPublisher::connect(target, tls, fanout.protocol, topic_name, timeout)
+                    .map(Client::Ws)
             }
             PublishVia::Http => Ok(Client::Http(HttpPublisher {
                 target: fanout.publish_target.clone(),
                 token: fanout.publish_token.clone(),
                 topic: topic_name,
                 timeout,
+                tls: plan.tls.clone(),
                 stream: None,
                 buf: Vec::new(),
             })),
@@ -162,7 +167,7 @@ impl Client {
 
 /// A WebSocket publisher on a non-blocking socket.
 struct WsPublisher {
-    stream: TcpStream,
+    stream: Stream,
     ws: Connection,
     protocol: Protocol,
     topic: String,
@@ -177,14 +182,13 @@ struct WsPublisher {
 impl WsPublisher {
     fn connect(
         target: &Target,
+        tls: Option<&Arc<rustls::ClientConfig>>,
         protocol: Protocol,
         topic: String,
         timeout: Duration,
     ) -> Result<WsPublisher, Reason> {
         let io = |e: io::Error| Reason::of_io(&e);
-        let mut stream = TcpStream::connect_timeout(&target.addr, timeout).map_err(io)?;
-        stream.set_nodelay(true).map_err(io)?;
-        stream.set_read_timeout(Some(timeout)).map_err(io)?;
+        let mut stream = Stream::connect(target, tls, timeout).map_err(io)?;
         let path = match protocol {
             // SSE subscribers publish over HTTP (the plan checks it): a raw socket otherwise.
             Protocol::Raw | Protocol::Sse => {
@@ -216,7 +220,7 @@ impl WsPublisher {
                 Err(e) => return Err(Reason::of_handshake(e)),
             }
         };
-        stream.set_nonblocking(true).map_err(io)?;
+        stream.tcp().set_nonblocking(true).map_err(io)?;
         let mut publisher = WsPublisher {
             stream,
             ws: Connection::client(Instant::now(), clock::now_ns() as u32),
@@ -334,7 +338,8 @@ struct HttpPublisher {
     token: Option<String>,
     topic: String,
     timeout: Duration,
-    stream: Option<TcpStream>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    stream: Option<Stream>,
     buf: Vec<u8>,
 }
 
@@ -351,9 +356,8 @@ impl HttpPublisher {
     fn exchange(&mut self, payload: &[u8]) -> Result<bool, Reason> {
         let io = |e: io::Error| Reason::of_io(&e);
         if self.stream.is_none() {
-            let stream = TcpStream::connect_timeout(&self.target.addr, self.timeout).map_err(io)?;
-            stream.set_nodelay(true).map_err(io)?;
-            stream.set_read_timeout(Some(self.timeout)).map_err(io)?;
+            let stream =
+                Stream::connect(&self.target, self.tls.as_ref(), self.timeout).map_err(io)?;
             self.stream = Some(stream);
         }
         let stream = self.stream.as_mut().expect("connected above");

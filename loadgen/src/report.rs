@@ -181,6 +181,8 @@ pub struct Report {
     pub latency_us: Percentiles,
     /// TCP connect times.
     pub connect_us: Percentiles,
+    /// TLS handshakes (wss://): TCP connected to TLS established.
+    pub tls_us: Percentiles,
     /// Upgrade request to 101.
     pub handshake_us: Percentiles,
     /// Churn: cycles completed.
@@ -267,6 +269,7 @@ impl Report {
             },
             latency_us: Percentiles::of(&tally.latency),
             connect_us: Percentiles::of(&tally.connect),
+            tls_us: Percentiles::of(&tally.tls),
             handshake_us: Percentiles::of(&tally.handshake),
             cycles: tally.cycles,
             handshakes_per_s: match plan.mode {
@@ -467,6 +470,7 @@ impl Report {
         for (label, p) in [
             (main, &self.latency_us),
             ("connect", &self.connect_us),
+            ("tls", &self.tls_us),
             ("handshake", &self.handshake_us),
         ] {
             if p.count > 0 {

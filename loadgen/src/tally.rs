@@ -238,6 +238,9 @@ pub struct Tally {
     /// TCP connect times.
     #[serde(with = "hist::as_hex")]
     pub connect: Histogram<u64>,
+    /// TLS handshake times (connected to handshake done), `wss://` only.
+    #[serde(with = "hist::as_hex")]
+    pub tls: Histogram<u64>,
     /// Upgrade request to 101 times.
     #[serde(with = "hist::as_hex")]
     pub handshake: Histogram<u64>,
@@ -270,6 +273,7 @@ impl Tally {
             storm: StormTally::new(),
             close: CloseTally::default(),
             connect: hist::new(),
+            tls: hist::new(),
             handshake: hist::new(),
             latency: hist::new(),
             intervals: Vec::new(),
@@ -333,6 +337,7 @@ impl Tally {
         self.close.open += other.close.open;
         self.close.ns = self.close.ns.max(other.close.ns);
         hist::merge(&mut self.connect, &other.connect);
+        hist::merge(&mut self.tls, &other.tls);
         hist::merge(&mut self.handshake, &other.handshake);
         hist::merge(&mut self.latency, &other.latency);
         for interval in &other.intervals {

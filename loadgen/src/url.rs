@@ -1,5 +1,5 @@
-//! Target URLs: `ws://HOST[:PORT]/PATH` for WebSockets and `http://HOST[:PORT]/PATH` for the
-//! publish API. Hosts are IP literals or `localhost`, and must be loopback: this tool only loads
+//! Target URLs: `ws://` or `wss://HOST[:PORT]/PATH` for WebSockets and `http://` or
+//! `https://HOST[:PORT]/PATH` for the publish API. Hosts are IP literals or `localhost`, and must be loopback: this tool only loads
 //! servers on the same machine.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -15,15 +15,26 @@ pub struct Target {
     pub host: String,
     /// Path and query, as sent in the request line.
     pub path: String,
+    /// Over TLS (`wss://`, `https://`).
+    pub tls: bool,
 }
 
-/// Parses a `ws://` URL.
+impl Target {
+    /// The name the server's certificate must carry: the host without its port or brackets.
+    pub fn server_name(&self) -> String {
+        split_host_port(&self.host)
+            .map_or(self.host.as_str(), |(host, _)| host)
+            .to_owned()
+    }
+}
+
+/// Parses a `ws://` or `wss://` URL.
 pub fn parse_ws(url: &str) -> Result<Target, String> {
-    parse(url, "ws", 80)
+    parse(url, ["ws", "wss"])
 }
 
 /// Parses a subscriber's URL: `ws://` (WebSocket), or `http://` for the `sse` transport
-/// (Server-Sent Events); true for the latter.
+/// (Server-Sent Events, plaintext only here); true for the latter.
 pub fn parse_subscriber(url: &str) -> Result<(Target, bool), String> {
     if url
         .get(..7)
@@ -35,21 +46,27 @@ pub fn parse_subscriber(url: &str) -> Result<(Target, bool), String> {
     }
 }
 
-/// Parses an `http://` URL.
+/// Parses an `http://` or `https://` URL.
 pub fn parse_http(url: &str) -> Result<Target, String> {
-    parse(url, "http", 80)
+    parse(url, ["http", "https"])
 }
 
-fn parse(url: &str, scheme: &str, default_port: u16) -> Result<Target, String> {
+/// `schemes`: the plaintext one, then the TLS one.
+fn parse(url: &str, [plain, secure]: [&str; 2]) -> Result<Target, String> {
     let bad = |why: &str| format!("bad URL {url:?}: {why}");
     let (given_scheme, rest) = url
         .split_once("://")
-        .ok_or_else(|| bad(&format!("expected {scheme}://HOST:PORT/PATH")))?;
-    if !given_scheme.eq_ignore_ascii_case(scheme) {
+        .ok_or_else(|| bad(&format!("expected {plain}://HOST:PORT/PATH")))?;
+    let tls = if given_scheme.eq_ignore_ascii_case(secure) {
+        true
+    } else if given_scheme.eq_ignore_ascii_case(plain) {
+        false
+    } else {
         return Err(bad(&format!(
-            "scheme {given_scheme:?} is not supported here, use {scheme}://"
+            "scheme {given_scheme:?} is not supported here, use {plain}:// or {secure}://"
         )));
-    }
+    };
+    let default_port = if tls { 443 } else { 80 };
     let (authority, path) = match rest.find(['/', '?']) {
         Some(at) if rest.as_bytes()[at] == b'?' => (&rest[..at], format!("/{}", &rest[at..])),
         Some(at) => (&rest[..at], rest[at..].to_owned()),
@@ -82,6 +99,7 @@ fn parse(url: &str, scheme: &str, default_port: u16) -> Result<Target, String> {
         addr: SocketAddr::new(ip, port),
         host: authority.to_owned(),
         path,
+        tls,
     })
 }
 
@@ -120,13 +138,23 @@ mod tests {
         assert_eq!(t.path, "/?x=1");
         let t = parse_http("http://127.0.0.9:1/publish").unwrap();
         assert_eq!(t.path, "/publish");
+        assert!(!t.tls);
+        let t = parse_ws("wss://localhost:9443/t/a").unwrap();
+        assert!(t.tls);
+        assert_eq!(
+            (t.addr.port(), t.server_name().as_str()),
+            (9443, "localhost")
+        );
+        assert_eq!(parse_ws("wss://[::1]/").unwrap().addr.port(), 443);
+        assert_eq!(parse_ws("wss://[::1]/").unwrap().server_name(), "::1");
+        assert!(parse_http("https://127.0.0.1/publish").unwrap().tls);
     }
 
     #[test]
     fn refuses_what_it_cannot_or_must_not_load() {
         for url in [
             "127.0.0.1:9001",
-            "wss://127.0.0.1/",
+            "ftp://127.0.0.1/",
             "ws://10.0.0.1:80/",
             "ws://192.168.1.1/",
             "ws://example.com/",

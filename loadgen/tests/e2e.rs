@@ -225,6 +225,86 @@ fn fanout_delivers_every_message_once_to_2000_subscribers() {
     }
 }
 
+/// The engine's test certificates (for localhost and 127.0.0.1, signed by `ca.pem`).
+fn test_cert(name: &str) -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../crates/engine/tests/tls/").to_owned() + name
+}
+
+#[test]
+fn every_mode_over_wss_times_the_tls_handshake_apart() {
+    let (chain, key, ca) = (
+        test_cert("chain.pem"),
+        test_cert("key.pem"),
+        test_cert("ca.pem"),
+    );
+    let server = ClarionServer::start_with(2, &["--tls-cert", &chain, "--tls-key", &key]);
+    let echo = format!("wss://localhost:{}/echo", server.addr.port());
+
+    let json = successful_run(&["echo", &echo, "-c", "50", "-d", "1s", "--ca", &ca]);
+    assert_eq!(json["established"], 50, "{json:#}");
+    assert_eq!(json["failed"], 0, "{json:#}");
+    assert_eq!(json["tls_us"]["count"], 50, "one TLS handshake each");
+    assert_eq!(json["connect_us"]["count"], 50);
+    assert_eq!(json["handshake_us"]["count"], 50, "the upgrade, over TLS");
+    assert!(
+        json["messages_received"].as_u64().unwrap() >= 50,
+        "{json:#}"
+    );
+    assert_eq!(json["messages_sent"], json["messages_received"]);
+
+    // Full handshakes and resumed ones; both complete cycles without a failure.
+    for resume in [true, false] {
+        let mut args = vec![
+            "churn",
+            &echo,
+            "--concurrency",
+            "4",
+            "-d",
+            "1s",
+            "--ca",
+            &ca,
+        ];
+        if !resume {
+            args.push("--no-resume");
+        }
+        let json = successful_run(&args);
+        assert!(json["cycles"].as_u64().unwrap() > 0, "{json:#}");
+        assert_eq!(json["failed"], 0, "resume {resume}: {json:#}");
+    }
+
+    // Raw topic subscribers over wss, messages published over https.
+    let topics = format!("wss://localhost:{}/t/", server.addr.port());
+    let publish = format!("https://localhost:{}/publish", server.addr.port());
+    let args = [
+        "fanout",
+        &topics,
+        "-c",
+        "200",
+        "-d",
+        "1s",
+        "--rate",
+        "20",
+        "--publish-via",
+        "http",
+        "--publish-url",
+        &publish,
+        "--ca",
+        &ca,
+    ];
+    let json = complete_fanout(&args, 200, 15, "wss");
+    assert_eq!(json["publish_errors"], 0, "{json:#}");
+    assert_eq!(json["tls_us"]["count"], 200);
+
+    // The certificate is checked: without the CA every connection fails as `tls`; with
+    // --insecure any certificate goes.
+    let (output, json) = run_loadgen(&["idle", &echo, "-c", "5", "-d", "100ms", "--retries", "0"]);
+    let json = json.unwrap_or_else(|| panic!("no JSON\n{}", describe(&output)));
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    assert_eq!(json["failures"]["tls"], 5, "{json:#}");
+    let json = successful_run(&["idle", &echo, "-c", "5", "-d", "100ms", "--insecure"]);
+    assert_eq!(json["established"], 5, "{json:#}");
+}
+
 #[test]
 fn fanout_over_the_envelope_protocol_and_http_publish() {
     let server = ClarionServer::start(2);

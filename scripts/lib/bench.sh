@@ -46,11 +46,13 @@ start_pinned() {
 # thousands of connections handshaking at once.
 BENCH_FLAGS=(--echo --message-rate 0 --byte-rate 0 --max-handshakes-per-reactor 65536)
 
-# start_server PORT [serve flags...]: clarion with one reactor on core 0, no keep-alive pings.
+# start_server PORT [serve flags...]: clarion with one reactor on core 0, no keep-alive pings,
+# /stats and /metrics on its port (the ramp reads them) and no admin listener (scripts that run
+# several servers at once would share its port).
 start_server() {
   local port=$1; shift
   start_pinned "$port" "$SERVER" serve --threads 1 --no-pin --listen "127.0.0.1:$port" \
-    --ping-interval 0 "${BENCH_FLAGS[@]}" "$@"
+    --ping-interval 0 --admin-listen off --public-metrics "${BENCH_FLAGS[@]}" "$@"
 }
 
 free_port() {

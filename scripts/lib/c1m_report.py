@@ -178,7 +178,7 @@ def main():
     json.dump(report, open(os.path.join(out, "c1m.json"), "w"), indent=2)
 
     mib = lambda kib: f"{kib / 1024:,.0f} MiB"
-    print(f"\n## C1M run: {n:,} connections ({host['io']}, {host['reactors']} reactors, "
+    print(f"\n## C1M run: {n:,} connections ({host['io']}{', TLS' if host.get('tls') == '1' else ''}, {host['reactors']} reactors, "
           f"{host['threads']} loadgen threads, {host['cores']} cores, Linux {host['kernel']})\n")
     print(f"- held: {j['subscribers']:,} of {n:,} subscribed through the fanout "
           f"({j['established']:,} established, {j['failed']:,} failed, {j['dropped']:,} dropped)")

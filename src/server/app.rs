@@ -40,11 +40,11 @@ use super::envelope::{
     format_of,
 };
 use super::forwarded;
-use super::http;
 use super::live::Cached;
 use super::refusals::Refusal;
 use super::state::{Live, Origin, PublishError, Server, SlowConsumer};
 use super::stream::{self, KINDS, StreamKind, StreamRequest};
+use super::{ADMIN_LISTENER, dashboard, http};
 use clarion_engine::{
     Answer, CompressionConfig, ConnId, Ctx, Handler, Limit, LimitHit, Local, Policy, Push,
     RequestInfo, Response,
@@ -69,6 +69,9 @@ pub enum Route {
     Envelope,
     /// `/sse` or `/stream`: a streaming response, subscribed to the topics of its URL.
     Stream(StreamKind),
+    /// `/dashboard/ws` on the admin listener: the system topic of the dashboard's snapshots,
+    /// payloads as is; what it sends is ignored.
+    Dashboard,
 }
 
 /// A connection's state in its slab entry: 24 bytes, paid by every connection.
@@ -229,6 +232,8 @@ pub struct App {
     live: Cached<Live>,
     index: usize,
     registry: Registry,
+    /// This reactor's subscribers of the system topics (the dashboards).
+    system: Registry,
     extras: Slab<Extra>,
     pending: Option<Pending>,
     /// Cluster mode: subscribes waiting for their topic, by topic.
@@ -260,6 +265,7 @@ impl App {
     pub fn new(server: Arc<Server>, index: usize) -> Result<App, clarion_pubsub::Error> {
         Ok(App {
             registry: Registry::new(server.hub.clone(), index)?,
+            system: Registry::new(server.system.clone(), index)?,
             live: server.cached(),
             server,
             index,
@@ -445,6 +451,7 @@ impl App {
                 None => Cow::Borrowed("/t/"),
             },
             Route::Stream(kind) => Cow::Borrowed(kind.path()),
+            Route::Dashboard => Cow::Borrowed("/dashboard/ws"),
         }
     }
 
@@ -1020,6 +1027,83 @@ fn close_reason(code: Option<CloseCode>) -> &'static str {
     }
 }
 
+/// The 404 answer.
+fn not_found<'r>() -> Answer<'r, Conn> {
+    Answer::Respond(Response::new(404, "text/plain", "not found\n"))
+}
+
+impl App {
+    /// An admin route's answer, if `request` is one: on the admin listener (`on_admin`) the
+    /// monitoring routes and the dashboard, on the public port (with `public_metrics`) the
+    /// monitoring routes. `/healthz` and `/readyz` are open (probes carry no key); the rest
+    /// need the admin key when one is set.
+    fn admin<'r>(
+        &mut self,
+        request: &Request<'r>,
+        client: Option<SocketAddr>,
+        on_admin: bool,
+    ) -> Option<Answer<'r, Conn>> {
+        let (server, live) = (&*self.server, self.live.get());
+        let path = request.path();
+        let read = matches!(request.method(), "GET" | "HEAD");
+        let monitoring =
+            read && matches!(path, "/metrics" | "/stats") || path.starts_with("/topics/");
+        let dashboard = on_admin && read && matches!(path, "/dashboard" | "/dashboard/ws");
+        match path {
+            "/healthz" if read && on_admin => return Some(Answer::Respond(http::health(server))),
+            "/readyz" if read => return Some(Answer::Respond(http::ready(server))),
+            _ if !monitoring && !dashboard => return None,
+            _ => {}
+        }
+        if let Some(key) = &live.admin_key
+            && !key.check_or_query(request)
+        {
+            let reason = "missing or wrong admin key";
+            server.refusals.log(Refusal {
+                path,
+                peer: client,
+                status: 401,
+                reason,
+                subject: None,
+            });
+            let mut response = http::error(401, reason);
+            response
+                .headers
+                .push(("WWW-Authenticate", "Bearer".to_owned()));
+            return Some(Answer::Respond(response));
+        }
+        Some(match path {
+            "/metrics" => Answer::Respond(http::metrics(server)),
+            "/stats" => Answer::Respond(http::stats(server)),
+            "/dashboard" => Answer::Respond(http::dashboard_page()),
+            "/dashboard/ws" if !http::same_origin(request) => {
+                Answer::Respond(http::error(403, "origin not allowed"))
+            }
+            "/dashboard/ws" => {
+                self.pending = Some(Pending {
+                    topic: None,
+                    stream: None,
+                    extra: Extra::default(),
+                    refused: None,
+                    client,
+                });
+                Answer::Upgrade {
+                    conn: Conn {
+                        subs: Subscriptions::default(),
+                        extra: None,
+                        route: Route::Dashboard,
+                        may_publish: false,
+                        heartbeat: 0,
+                    },
+                    protocol: None,
+                }
+            }
+            _ if !read => Answer::Respond(http::error(405, "method not allowed")),
+            _ => Answer::Respond(http::presence(server, live, &path["/topics/".len()..])),
+        })
+    }
+}
+
 impl Handler for App {
     type Conn = Conn;
     type Inbox = Post;
@@ -1047,14 +1131,17 @@ impl Handler for App {
             ?client,
             "request"
         );
+        let live = self.live.get();
+        let on_admin = live.config.admin_listen.is_some() && info.listener() == ADMIN_LISTENER;
+        if on_admin || live.config.public_metrics {
+            let served = self.admin(request, client, on_admin);
+            if served.is_some() || on_admin {
+                return served.unwrap_or_else(not_found);
+            }
+        }
         let (server, live) = (&*self.server, self.live.get());
         match (request.method(), path) {
             ("GET" | "HEAD", "/healthz") => Answer::Respond(http::health(server)),
-            ("GET", _) if path.starts_with("/topics/") => {
-                Answer::Respond(http::presence(server, live, &path["/topics/".len()..]))
-            }
-            ("GET", "/metrics") => Answer::Respond(http::metrics(server)),
-            ("GET", "/stats") => Answer::Respond(http::stats(server)),
             ("POST", "/publish") => Answer::Respond(http::publish(
                 server, live, request, body, client, self.index,
             )),
@@ -1075,7 +1162,7 @@ impl Handler for App {
             (_, _) if path.starts_with("/t/") => {
                 self.websocket(Route::Topic, request, client, path.get(3..))
             }
-            _ => Answer::Respond(Response::new(404, "text/plain", "not found\n")),
+            _ => not_found(),
         }
     }
 
@@ -1116,6 +1203,17 @@ impl Handler for App {
         if let Some(request) = stream {
             return self.open_stream(ctx, request);
         }
+        if ctx.conn().route == Route::Dashboard {
+            let (id, now) = (ctx.id(), ctx.now());
+            let topic = dashboard::STATS_TOPIC;
+            if let Err(e) = self
+                .system
+                .subscribe(id, &mut ctx.conn().subs, topic, None, 0, now)
+            {
+                ctx.close(CloseCode::INTERNAL_ERROR, &e.to_string());
+            }
+            return;
+        }
         if let Some(topic) = topic {
             let (id, now) = (ctx.id(), ctx.now());
             let subscribed =
@@ -1152,6 +1250,7 @@ impl Handler for App {
             Route::Envelope => self.command(ctx, kind, payload),
             // A stream reads nothing: the engine never delivers a message on one.
             Route::Stream(_) => {}
+            Route::Dashboard => {}
         }
     }
 
@@ -1169,7 +1268,9 @@ impl Handler for App {
             conn.heartbeat = 0;
             self.heartbeats -= 1;
         }
-        if self.registry.unsubscribe_all(id, &mut conn.subs) > 0 {
+        if conn.route == Route::Dashboard {
+            self.system.unsubscribe_all(id, &mut conn.subs);
+        } else if self.registry.unsubscribe_all(id, &mut conn.subs) > 0 {
             self.update_gauge();
         }
         if !self.parked.is_empty() {
@@ -1356,10 +1457,16 @@ impl App {
         // A node's own provisional publish, numbered otherwise by the cluster, reached the raw
         // sockets here already; envelope subscribers were told to expect it again.
         let raw_had_it = message.provisional() != 0;
-        let topic = self.registry.deliver(&message);
+        let registry = if message.topic().starts_with('$') {
+            &mut self.system
+        } else {
+            &mut self.registry
+        };
+        let topic = registry.deliver(&message);
+        let registry = &*registry;
         self.stream_frames.clear();
         let epoch = server.hub.epoch();
-        for id in topic.iter().flat_map(|&topic| self.registry.members(topic)) {
+        for id in topic.iter().flat_map(|&topic| registry.members(topic)) {
             let Some(conn) = local.conn(id) else {
                 continue;
             };
@@ -1372,14 +1479,7 @@ impl App {
                 let held = self.replays.get(&id).map_or(&[][..], Vec::as_slice);
                 let frames = &mut self.stream_frames;
                 let frame = frames.bytes(
-                    kind,
-                    id,
-                    &conn.subs,
-                    &message,
-                    &self.registry,
-                    waiting,
-                    held,
-                    epoch,
+                    kind, id, &conn.subs, &message, registry, waiting, held, epoch,
                 );
                 match local.send_shared(id, frame, max_queued) {
                     Push::Queued => {

@@ -378,6 +378,18 @@ impl ApiKey {
             .and_then(bearer)
             .is_some_and(|given| bool::from(given.ct_eq(&self.0)))
     }
+
+    /// [`ApiKey::check`], or `key=<key>` in the query, taken as is (no percent-decoding): what a
+    /// browser can send, which sets no header on a page it opens or on a WebSocket.
+    pub fn check_or_query(&self, request: &Request) -> bool {
+        self.check(request)
+            || request.query().is_some_and(|query| {
+                query
+                    .split('&')
+                    .filter_map(|pair| pair.strip_prefix("key="))
+                    .any(|given| bool::from(given.as_bytes().ct_eq(&self.0)))
+            })
+    }
 }
 
 /// Which browser origins may open WebSockets.
@@ -729,6 +741,13 @@ mod tests {
         ));
         assert!(!check("POST /publish HTTP/1.1\r\nAuthorization: s3cret"));
         assert!(!check("POST /publish?token=s3cret HTTP/1.1"));
+        let by_query = |head: &str| with_request(head, |r| key.check_or_query(r));
+        assert!(by_query("GET /dashboard?x=1&key=s3cret HTTP/1.1"));
+        assert!(by_query(
+            "GET /stats HTTP/1.1\r\nAuthorization: Bearer s3cret"
+        ));
+        assert!(!by_query("GET /dashboard?key=s3cre HTTP/1.1"));
+        assert!(!by_query("GET /dashboard?token=s3cret HTTP/1.1"));
         assert!(ApiKey::new(b"").is_none());
         assert_eq!(format!("{key:?}"), "ApiKey(..)");
     }

@@ -2,7 +2,8 @@
 //! file over defaults (how the sources merge: [`super::sources`]).
 //!
 //! Every flag of `clarion serve` has a TOML key of the same name (with `_` for `-`), except
-//! `--redis`, which is `redis` in the `[cluster]` table, and an environment variable
+//! `--redis`, which is `redis` in the `[cluster]` table, and `--tls-cert` and `--tls-key`,
+//! which are `cert` and `key` in the `[tls]` table, and an environment variable
 //! `CLARION_<KEY>` (upper case; `__` for a table: `CLARION_CLUSTER__REDIS`). Sizes are in bytes,
 //! durations are written `500ms`, `10s`, `2m` or `1h`; `0` turns an optional timer off. The
 //! list of keys is read off [`Settings`] itself ([`keys`]); `docs/configuration.md` and
@@ -11,10 +12,11 @@
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use clarion_engine::tls::ReloadableCert;
 use clarion_host::parse_duration;
 use serde::Deserialize;
 
@@ -83,6 +85,36 @@ impl std::str::FromStr for Secret {
 impl From<&str> for Secret {
     fn from(text: &str) -> Secret {
         Secret(text.to_owned())
+    }
+}
+
+/// Where the admin listener listens by default: loopback, a port beside the public one's.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9011);
+
+/// `admin_listen`: an address, or `off` for no admin listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminListen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for AdminListen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<AdminListen, String> {
+        match text.trim() {
+            "off" | "none" => Ok(AdminListen(None)),
+            addr => addr
+                .parse()
+                .map(|addr| AdminListen(Some(addr)))
+                .map_err(|_| format!("expected ADDR:PORT or off, found {text:?}")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AdminListen {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<AdminListen, D::Error> {
+        String::deserialize(de)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -256,6 +288,17 @@ pub struct Settings {
     #[serde(default, deserialize_with = "de_duration")]
     pub drain_timeout: Option<Duration>,
 
+    /// HTTP keep-alive (publish API, metrics): most requests answered on one connection; the
+    /// last answer says `Connection: close`. 1 closes after every answer [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub keep_alive_requests: Option<u32>,
+
+    /// HTTP keep-alive: how long a kept connection may wait for its next request
+    /// [default: 75s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub keep_alive_timeout: Option<Duration>,
+
     /// Bytes of each reactor's shared read buffer [default: 65536].
     #[arg(long, value_name = "BYTES")]
     pub read_buffer_size: Option<usize>,
@@ -329,6 +372,29 @@ pub struct Settings {
     #[arg(long, value_name = "FILE", conflicts_with = "api_key")]
     #[serde(skip)]
     pub api_key_file: Option<PathBuf>,
+
+    /// The admin listener: /metrics, /stats, /topics/<topic>, /healthz, /readyz and the live
+    /// dashboard (/dashboard), apart from the public port; `off` for none. Loopback by default,
+    /// so that only the host reaches it [default: 127.0.0.1:9011].
+    #[arg(long, value_name = "ADDR:PORT|off")]
+    pub admin_listen: Option<AdminListen>,
+
+    /// Bearer key of the admin routes but /healthz and /readyz (`Authorization: Bearer <key>`,
+    /// or `?key=` for a browser's dashboard); unset leaves them open to whoever reaches the
+    /// admin listener. Flags show in `ps`: prefer --admin-key-file or CLARION_ADMIN_KEY_FILE.
+    #[arg(long, value_name = "KEY")]
+    pub admin_key: Option<Secret>,
+
+    /// A file holding the admin key (trailing newlines trimmed), re-read on SIGHUP.
+    #[arg(long, value_name = "FILE", conflicts_with = "admin_key")]
+    #[serde(skip)]
+    pub admin_key_file: Option<PathBuf>,
+
+    /// Also serve /metrics, /stats, /topics/<topic> and /readyz on the public port (with the
+    /// admin key when one is set); the public port otherwise answers /healthz only
+    /// [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub public_metrics: Option<bool>,
 
     /// Origins allowed to open /t/ and /ws, comma-separated `scheme://host[:port]`; requests
     /// without an Origin header always pass [default: any].
@@ -485,6 +551,36 @@ pub struct Settings {
     /// The config file's `[cluster]` table.
     #[arg(skip)]
     pub cluster: Option<ClusterSettings>,
+
+    /// Serve TLS (https, wss) on the listener with this certificate chain (PEM, leaf first,
+    /// intermediates after it); needs --tls-key. Read again on SIGHUP. In the config file:
+    /// `cert` in the `[tls]` table.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC). In the config file:
+    /// `key` in the `[tls]` table.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub tls_key: Option<PathBuf>,
+
+    /// The config file's `[tls]` table.
+    #[arg(skip)]
+    pub tls: Option<TlsSettings>,
+}
+
+/// The `[tls]` table of the config file: TLS on the listener, on once `cert` and `key` are set.
+#[derive(Debug, Default, Deserialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The certificate chain, PEM (the `--tls-cert` flag wins over it).
+    pub cert: Option<PathBuf>,
+    /// Its private key, PEM (the `--tls-key` flag wins over it).
+    pub key: Option<PathBuf>,
+    /// Most connections of one reactor in the TLS handshake at once; more are closed at accept
+    /// [default: 1024].
+    pub max_handshakes: Option<usize>,
 }
 
 /// The `[cluster]` table of the config file: where Redis is (`redis`, or `sentinels` with
@@ -587,6 +683,20 @@ impl Settings {
                 "api_key must not be empty",
             ),
             (
+                settings.admin_key.as_deref() == Some(""),
+                "admin_key must not be empty",
+            ),
+            (
+                app.admin_listen.is_some_and(|admin| {
+                    admin.port() != 0
+                        && admin.port() == config.listen.port()
+                        && (admin.ip() == config.listen.ip()
+                            || admin.ip().is_unspecified()
+                            || config.listen.ip().is_unspecified())
+                }),
+                "admin_listen must not be the address of listen",
+            ),
+            (
                 app.max_topics_per_connection == 0 || app.max_topic_length == 0,
                 "max_topics_per_connection and max_topic_length must be at least 1",
             ),
@@ -624,8 +734,14 @@ impl Settings {
             (
                 p.handshake_timeout.is_zero()
                     || p.pong_timeout.is_zero()
-                    || p.close_timeout.is_zero(),
-                "handshake_timeout, pong_timeout and close_timeout must be above 0",
+                    || p.close_timeout.is_zero()
+                    || p.keep_alive_timeout.is_zero(),
+                "handshake_timeout, pong_timeout, close_timeout and keep_alive_timeout must be \
+                 above 0",
+            ),
+            (
+                config.keep_alive_requests == 0,
+                "keep_alive_requests must be at least 1 (1 turns keep-alive off)",
             ),
             (
                 config.read_buffer_size < 4096,
@@ -689,7 +805,46 @@ impl Settings {
         }
         app.check()?;
         app.check_exposure(config.listen)?;
+        settings.tls_files()?;
+        if settings.tls_max_handshakes() == 0 {
+            return Err("tls max_handshakes must be at least 1".to_owned());
+        }
         Ok(settings)
+    }
+
+    /// The certificate and key files, when TLS is on (both set); one without the other is an
+    /// error.
+    pub fn tls_files(&self) -> Result<Option<(PathBuf, PathBuf)>, String> {
+        let table = self.tls.clone().unwrap_or_default();
+        let cert = self.tls_cert.clone().or(table.cert);
+        let key = self.tls_key.clone().or(table.key);
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some((cert, key))),
+            (None, None) => Ok(None),
+            _ => Err("TLS needs both a certificate and its key (tls_cert and tls_key)".to_owned()),
+        }
+    }
+
+    fn tls_max_handshakes(&self) -> usize {
+        self.tls
+            .as_ref()
+            .and_then(|t| t.max_handshakes)
+            .unwrap_or(clarion_engine::tls::DEFAULT_MAX_HANDSHAKES)
+    }
+
+    /// TLS for the listener, when it is on: the certificate read from its files (which is what
+    /// can fail) behind a handle that a reload replaces.
+    pub fn tls_config(
+        &self,
+    ) -> Result<Option<(clarion_engine::TlsConfig, Arc<ReloadableCert>)>, String> {
+        let Some((cert, key)) = self.tls_files()? else {
+            return Ok(None);
+        };
+        let cert = Arc::new(ReloadableCert::new(super::tls::load(&cert, &key)?));
+        let mut config = clarion_engine::TlsConfig::new(cert.clone())
+            .map_err(|e| format!("TLS settings: {e}"))?;
+        config.max_handshakes = self.tls_max_handshakes();
+        Ok(Some((config, cert)))
     }
 
     /// The log filter (default `info`).
@@ -716,6 +871,12 @@ impl Settings {
             heartbeat_min: self.heartbeat_min.unwrap_or(d.heartbeat_min),
             heartbeat_max: self.heartbeat_max.unwrap_or(d.heartbeat_max),
             api_key: self.api_key.clone(),
+            admin_listen: self
+                .admin_listen
+                .unwrap_or(AdminListen(Some(DEFAULT_ADMIN_LISTEN)))
+                .0,
+            admin_key: self.admin_key.clone(),
+            public_metrics: self.public_metrics.unwrap_or(false),
             allowed_origins: self.allowed_origins.clone().unwrap_or_default(),
             client_publish: self.client_publish.unwrap_or(match auth {
                 AuthMode::None => ClientPublish::None,
@@ -817,6 +978,7 @@ impl Settings {
             .min(u32::MAX as u64) as u32;
         clarion_engine::Config {
             listen: self.listen.unwrap_or(d.listen),
+            also_listen: Vec::new(),
             io: match self.io.unwrap_or(IoChoice::Auto) {
                 IoChoice::Auto => clarion_engine::Io::Auto,
                 IoChoice::Epoll => clarion_engine::Io::Epoll,
@@ -846,6 +1008,7 @@ impl Settings {
             max_inbox_bytes: self.max_inbox_bytes.unwrap_or(d.max_inbox_bytes),
             limits: self.app_config().engine_limits(),
             read_buffer_size: self.read_buffer_size.unwrap_or(d.read_buffer_size),
+            keep_alive_requests: self.keep_alive_requests.unwrap_or(d.keep_alive_requests),
             drain_timeout: self.drain_timeout.unwrap_or(d.drain_timeout),
             protocol: clarion_protocol::Config {
                 max_frame_size: self.max_frame_size.unwrap_or(MAX_MESSAGE_SIZE),
@@ -854,6 +1017,7 @@ impl Settings {
                 max_headers: self.max_headers.unwrap_or(p.max_headers),
                 max_body_size: self.max_body_size.unwrap_or(p.max_body_size),
                 handshake_timeout: self.handshake_timeout.unwrap_or(p.handshake_timeout),
+                keep_alive_timeout: self.keep_alive_timeout.unwrap_or(p.keep_alive_timeout),
                 ping_interval: optional(self.ping_interval, p.ping_interval),
                 pong_timeout: self.pong_timeout.unwrap_or(p.pong_timeout),
                 idle_timeout: optional(self.idle_timeout, p.idle_timeout),
@@ -866,6 +1030,8 @@ impl Settings {
                 Some(ProxyProtocolChoice::V2) => clarion_engine::ProxyProtocol::V2,
                 Some(ProxyProtocolChoice::Any) => clarion_engine::ProxyProtocol::Any,
             },
+            // Read from its files by `tls_config`, which can fail.
+            tls: None,
             // The server's start hands the engine `AppConfig::trusted_proxies`.
             ..clarion_engine::Config::default()
         }
@@ -1103,6 +1269,8 @@ mod tests {
             let path = match id {
                 "config" => continue,
                 "redis" => "cluster.redis",
+                "tls_cert" => "tls.cert",
+                "tls_key" => "tls.key",
                 id => id,
             };
             let known = keys().iter().any(|key| {
@@ -1128,7 +1296,13 @@ mod tests {
         assert!(engine.protocol.max_message_size > MAX_MESSAGE_SIZE);
         assert_eq!(config.limits, AppConfig::default().engine_limits());
         assert_eq!(engine.limits.message_rate, 0, "no rates in the library");
-        assert_eq!(example.app_config(), AppConfig::default());
+        // An embedding application picks its own ports: the library's default has no admin
+        // listener, `clarion serve`'s has one on loopback.
+        let served = AppConfig {
+            admin_listen: Some(DEFAULT_ADMIN_LISTEN),
+            ..AppConfig::default()
+        };
+        assert_eq!(example.app_config(), served);
         assert_eq!(example.log_level(), "info");
         assert_eq!(example.log_format, Some(LogFormat::default()));
         // The [cluster] table's values, used once a Redis URL is set.

@@ -1,8 +1,21 @@
 //! Start-up check of the host against the configuration: warns, with the fix, when the fd
-//! limit cannot hold the configured connections or `net.core.somaxconn` caps the backlog.
-//! (`scripts/tune-linux.sh check` goes through every setting.)
+//! limit cannot hold the configured connections, `net.core.somaxconn` caps the backlog or
+//! another process listens on a port already. (`scripts/tune-linux.sh check` goes through
+//! every setting.)
+
+use std::net::SocketAddr;
 
 use clarion_engine::Io;
+
+/// Whether another process listens on `addr` already (port 0 never is). The reactors bind
+/// with `SO_REUSEPORT`, so a second process of the same user on the port would not fail: the
+/// kernel would split the port's connections between the two, silently. Probed before the
+/// reactors bind, by binding without `SO_REUSEPORT`, which fails while anyone listens there.
+pub fn port_taken(addr: SocketAddr) -> bool {
+    addr.port() != 0
+        && std::net::TcpListener::bind(addr)
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+}
 
 /// The warnings for `config` running on `io` with `max_connections` (0 = unlimited) under an
 /// fd limit of `fd_limit` and, if known, `somaxconn`.
@@ -67,6 +80,17 @@ mod tests {
             backlog,
             ..clarion_engine::Config::default()
         }
+    }
+
+    #[test]
+    fn a_port_another_socket_listens_on_is_taken() {
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = other.local_addr().unwrap();
+        assert!(port_taken(addr));
+        assert!(
+            !port_taken("127.0.0.1:0".parse().unwrap()),
+            "port 0 is never taken"
+        );
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! The plain HTTP endpoints on the WebSocket port: the publish API, `/metrics` and `/stats`.
+//! The plain HTTP endpoints: the publish API on the public port; `/metrics`, `/stats`,
+//! `/topics/<topic>`, `/healthz`, `/readyz` and the dashboard page on the admin listener
+//! (the monitoring ones on the public port too with `public_metrics`).
 //!
 //! - `POST /publish/<topic>`: the body is the payload. `Content-Type: application/octet-stream`
 //!   publishes binary, `application/json` requires one JSON value; otherwise UTF-8 is text (or
@@ -15,6 +17,7 @@
 //!   node (in a cluster, the other nodes' as of their last heartbeat) and on this one.
 //! - `GET /healthz`: `ok`, and in a cluster the link's state (`cluster: up` or `cluster: down`);
 //!   503 `failed: reactor N` when a reactor stopped on a backend error.
+//! - `GET /readyz`: `ready`, or 503 `not ready: draining` / `not ready: cluster link down`.
 //!
 //! In a cluster a publish is queued for Redis, which numbers it later: the answers carry no
 //! `seq` then.
@@ -80,6 +83,45 @@ pub fn health(server: &Server) -> Response {
         Some(false) => "ok\ncluster: down\n",
     };
     Response::new(200, "text/plain", body)
+}
+
+/// `GET /readyz`: 200 `ready`, or 503 with the reason (draining, cluster link down).
+pub fn ready(server: &Server) -> Response {
+    match server.readiness() {
+        Ok(()) => Response::new(200, "text/plain", "ready\n"),
+        Err(reason) => Response::new(503, "text/plain", format!("not ready: {reason}\n")),
+    }
+}
+
+/// `GET /dashboard`: the page, which connects back to `/dashboard/ws`.
+pub fn dashboard_page() -> Response {
+    let mut response = Response::new(200, "text/html; charset=utf-8", super::dashboard::PAGE);
+    response.headers.extend([
+        ("Cache-Control", "no-store".to_owned()),
+        // Everything is inline; the page talks only to its own origin.
+        (
+            "Content-Security-Policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src data:"
+                .to_owned(),
+        ),
+    ]);
+    response
+}
+
+/// Whether a browser's request comes from a page of the server's own origin: its `Origin`, if
+/// any, names the `Host` it was sent to (what keeps another site's page in an operator's
+/// browser from opening the dashboard's WebSocket).
+pub fn same_origin(request: &Request) -> bool {
+    let Some(origin) = request.header("origin") else {
+        return true;
+    };
+    let host = request.header("host").unwrap_or_default();
+    let origin = origin.trim_ascii();
+    let authority = origin
+        .strip_prefix(b"http://")
+        .or_else(|| origin.strip_prefix(b"https://"));
+    authority.is_some_and(|authority| authority.eq_ignore_ascii_case(host.trim_ascii()))
 }
 
 /// `GET /topics/<topic>`: the topic's subscribers.

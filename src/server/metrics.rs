@@ -84,6 +84,14 @@ impl Histogram {
         self.sum_micros = self.sum_micros.wrapping_add(other.sum_micros);
     }
 
+    /// What was counted after `earlier` (a snapshot of the same histograms taken before).
+    pub fn since(&self, earlier: &Histogram) -> Histogram {
+        Histogram {
+            counts: std::array::from_fn(|i| self.counts[i].wrapping_sub(earlier.counts[i])),
+            sum_micros: self.sum_micros.wrapping_sub(earlier.sum_micros),
+        }
+    }
+
     /// Latencies counted. Summed from the buckets, so it always agrees with them even though a
     /// snapshot is not atomic across buckets.
     pub fn count(&self) -> u64 {
@@ -196,6 +204,16 @@ pub struct ReactorMetrics {
     pub wait_retries: u64,
     /// 1 once the reactor stopped on a backend error (gauge).
     pub failed: u64,
+    /// TLS connections in the handshake (gauge).
+    pub tls_handshaking: u64,
+    /// TLS handshakes completed, full and resumed.
+    pub tls_handshakes: u64,
+    /// Of those, resumed.
+    pub tls_resumed: u64,
+    /// TLS connections that failed (a refused handshake, a bad record).
+    pub tls_failures: u64,
+    /// Connections closed at accept for the handshake cap.
+    pub tls_refused: u64,
     /// Writes that carried bytes to sockets (`writev` calls, or completed io_uring sends).
     pub socket_writes: u64,
 }
@@ -467,6 +485,36 @@ const REACTOR_METRICS: &[Def<ReactorMetrics>] = &[
         kind: Kind::Gauge,
         help: "1 once the reactor stopped on an event-loop error it cannot recover from (its connections are gone).",
         value: |r| r.failed,
+    },
+    Def {
+        key: "tls_handshaking",
+        kind: Kind::Gauge,
+        help: "TLS connections in the handshake.",
+        value: |r| r.tls_handshaking,
+    },
+    Def {
+        key: "tls_handshakes",
+        kind: Kind::Counter,
+        help: "TLS handshakes completed, full and resumed.",
+        value: |r| r.tls_handshakes,
+    },
+    Def {
+        key: "tls_resumed",
+        kind: Kind::Counter,
+        help: "TLS handshakes that resumed a session (ticket or id).",
+        value: |r| r.tls_resumed,
+    },
+    Def {
+        key: "tls_failures",
+        kind: Kind::Counter,
+        help: "TLS connections that failed: a refused handshake, a bad record.",
+        value: |r| r.tls_failures,
+    },
+    Def {
+        key: "tls_refused",
+        kind: Kind::Counter,
+        help: "Connections closed at accept because the reactor had tls max_handshakes in the handshake.",
+        value: |r| r.tls_refused,
     },
     Def {
         key: "socket_writes",
@@ -767,6 +815,15 @@ mod tests {
         assert_eq!(merged.quantile_micros(0.95), Some(1024));
         assert_eq!(merged.quantile_micros(0.999), None);
         assert_eq!(merged.quantile_micros(f64::NAN), Some(128));
+        let later = {
+            b.record(micros(3));
+            let mut later = a.snapshot();
+            later.merge(&b.snapshot());
+            later
+        };
+        let last = later.since(&merged);
+        assert_eq!((last.count(), last.sum_micros()), (1, 3));
+        assert_eq!(last.quantile_micros(0.5), Some(4));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod cors;
+pub mod dashboard;
 pub mod envelope;
 pub mod forwarded;
 pub mod host;
@@ -21,6 +22,7 @@ pub mod sources;
 pub mod state;
 pub mod stream;
 pub mod systemd;
+pub mod tls;
 
 use std::io;
 use std::sync::{Arc, OnceLock};
@@ -28,6 +30,10 @@ use std::sync::{Arc, OnceLock};
 use clarion_engine::Runtime;
 use clarion_pubsub::MAX_REACTORS;
 pub use state::AppConfig;
+
+/// The engine's listener that [`AppConfig::admin_listen`] becomes (listener 0 is the public
+/// one).
+pub const ADMIN_LISTENER: usize = 1;
 
 /// A started server: its reactors, and the state they share (what reloads and the service
 /// watchdog reach).
@@ -38,7 +44,16 @@ pub struct Running {
     pub server: Arc<state::Server>,
 }
 
-/// Starts the server's reactors with the application settings `app`.
+impl Running {
+    /// Where the admin listener listens (with the real port when 0 was asked for), if there is
+    /// one.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.runtime.local_addrs().get(ADMIN_LISTENER).copied()
+    }
+}
+
+/// Starts the server's reactors with the application settings `app` (and the admin listener it
+/// names: `runtime.local_addrs()[ADMIN_LISTENER]`).
 pub fn start(config: clarion_engine::Config, app: AppConfig) -> io::Result<Runtime> {
     launch(config, app).map(|running| running.runtime)
 }
@@ -83,6 +98,9 @@ where
         app.max_connections_per_ip != 0 || !app.trusted_proxies.is_empty();
     // The engine believes the same proxies' PROXY protocol headers.
     config.trusted_proxies = app.trusted_proxies.clone();
+    // The admin listener is the engine's listener 1, served by every reactor.
+    config.also_listen = app.admin_listen.into_iter().collect();
+    let admin = app.admin_listen.is_some();
     // The first reactor to start builds the shared state, from the inboxes the runtime made.
     let built = Arc::new(OnceLock::new());
     let server = built.clone();
@@ -104,5 +122,8 @@ where
         .and_then(|server| server.as_ref().ok())
         .cloned()
         .ok_or_else(|| io::Error::other("the reactors started without their shared state"))?;
+    if admin {
+        dashboard::spawn(Arc::downgrade(&server))?;
+    }
     Ok(Running { runtime, server })
 }

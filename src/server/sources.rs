@@ -27,8 +27,13 @@ pub const CONFIG_ENV: &str = "CLARION_CONFIG";
 /// Read as `log_level` when `CLARION_LOG_LEVEL` is not set, as tracing programs do.
 pub const RUST_LOG: &str = "RUST_LOG";
 
-/// Flags whose key is not their name: `--redis` is `redis` of the `[cluster]` table.
-const FLAG_KEYS: &[(&str, &str)] = &[("redis", "cluster.redis")];
+/// Flags whose key is not their name: `--redis` is `redis` of the `[cluster]` table,
+/// `--tls-cert` and `--tls-key` are `cert` and `key` of `[tls]`.
+const FLAG_KEYS: &[(&str, &str)] = &[
+    ("redis", "cluster.redis"),
+    ("tls_cert", "tls.cert"),
+    ("tls_key", "tls.key"),
+];
 /// Flags that set no key: `--config` says where the keys are.
 const NOT_KEYS: &[&str] = &["config"];
 

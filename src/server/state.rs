@@ -6,7 +6,7 @@
 //! ([`super::live`]); the rest is fixed at start.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -71,6 +71,13 @@ pub struct AppConfig {
     pub heartbeat_max: Duration,
     /// Bearer key of the HTTP publish API; `None` leaves the API open.
     pub api_key: Option<Secret>,
+    /// The admin listener's address (metrics, stats, presence, health, readiness, dashboard);
+    /// `None` for none. [`super::launch`] adds it to the engine's listeners.
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer key of the admin routes but health and readiness; `None` leaves them open.
+    pub admin_key: Option<Secret>,
+    /// Also serve metrics, stats, presence and readiness on the public port.
+    pub public_metrics: bool,
     /// Allowed `Origin`s of `/t/` and `/ws`; empty allows all.
     pub allowed_origins: Vec<String>,
     /// Who may publish from a WebSocket.
@@ -132,6 +139,9 @@ impl Default for AppConfig {
             heartbeat_min: Duration::from_secs(5),
             heartbeat_max: Duration::from_secs(120),
             api_key: None,
+            admin_listen: None,
+            admin_key: None,
+            public_metrics: false,
             allowed_origins: Vec::new(),
             client_publish: ClientPublish::None,
             max_connections: 0,
@@ -363,6 +373,8 @@ pub const RELOADABLE: &[&str] = &[
     "heartbeat_min",
     "heartbeat_max",
     "api_key",
+    "admin_key",
+    "public_metrics",
     "allowed_origins",
     "client_publish",
     "max_connections",
@@ -385,6 +397,8 @@ pub struct Live {
     pub jwt: Option<Jwt>,
     /// HTTP API key, when set.
     pub api_key: Option<ApiKey>,
+    /// Admin key, when set.
+    pub admin_key: Option<ApiKey>,
     /// Origin allowlist.
     pub origins: Origins,
 }
@@ -423,6 +437,10 @@ impl Live {
                 .api_key
                 .as_deref()
                 .and_then(|k| ApiKey::new(k.as_bytes())),
+            admin_key: config
+                .admin_key
+                .as_deref()
+                .and_then(|k| ApiKey::new(k.as_bytes())),
             origins: Origins::new(&config.allowed_origins),
             config,
         })
@@ -446,6 +464,10 @@ pub struct Server {
     live: Versioned<Live>,
     /// Topics, `seq`s and history.
     pub hub: Arc<Hub>,
+    /// The node's own system topics (the dashboard's stats): a local hub of their own, never
+    /// bridged to Redis nor counted among the application's topics. Their names start with
+    /// `$`, which no public route accepts.
+    pub system: Arc<Hub>,
     /// The reactors' inboxes: where a publish sends its message.
     pub mailboxes: Arc<Mailboxes<Post>>,
     /// The Redis bridge, in cluster mode.
@@ -468,6 +490,8 @@ pub struct Server {
     started: Instant,
     /// Milliseconds since `started` of the next sweep.
     next_sweep: AtomicU64,
+    /// SIGTERM or SIGINT began the drain: not ready any more.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Server {
@@ -492,8 +516,15 @@ impl Server {
                 (hub, Some(bridge))
             }
         };
+        // No history (a dashboard starts from the next snapshot), a handful of topics.
+        let system = HubConfig {
+            history_size: 0,
+            max_topics: 16,
+            ..HubConfig::default()
+        };
         Ok(Server {
             hub,
+            system: Arc::new(Hub::new(system, Epoch::random())),
             cluster,
             mailboxes: shared.mailboxes.clone(),
             stats: shared.stats.clone(),
@@ -506,6 +537,7 @@ impl Server {
             per_ip: Mutex::new(HashMap::new()),
             started: Instant::now(),
             next_sweep: AtomicU64::new(0),
+            draining: std::sync::atomic::AtomicBool::new(false),
             live: Versioned::new(live),
         })
     }
@@ -538,6 +570,8 @@ impl Server {
         config.heartbeat_min = next.heartbeat_min;
         config.heartbeat_max = next.heartbeat_max;
         config.api_key = next.api_key.clone();
+        config.admin_key = next.admin_key.clone();
+        config.public_metrics = next.public_metrics;
         config.allowed_origins = next.allowed_origins.clone();
         config.client_publish = next.client_publish;
         config.max_connections = next.max_connections;
@@ -648,6 +682,40 @@ impl Server {
         (0..self.stats.len())
             .filter(|&i| self.stats[i].failed.load(Relaxed))
             .collect()
+    }
+
+    /// Publishes `payload` to the node-local system topic `topic` (see [`Server::system`]): to
+    /// this node's subscribers only, whatever the cluster.
+    pub fn publish_system(
+        &self,
+        topic: &str,
+        payload: Payload,
+    ) -> Result<u64, clarion_pubsub::Error> {
+        self.system
+            .publish_with(topic, payload, Instant::now(), |message, reactors| {
+                for reactor in reactors.iter() {
+                    self.mailboxes.post(reactor, Post::Message(message.clone()));
+                }
+                message.seq()
+            })
+    }
+
+    /// The drain began: readiness turns false for good.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Relaxed);
+    }
+
+    /// Whether the node should be sent new clients (`/readyz`): not while draining, nor in a
+    /// cluster while the link to Redis is down (publishes would only be buffered, new topics
+    /// could not be followed). The reason when not.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if self.draining.load(Relaxed) {
+            return Err("draining");
+        }
+        if self.cluster.as_ref().is_some_and(|c| !c.stats().up) {
+            return Err("cluster link down");
+        }
+        Ok(())
     }
 
     /// Subscribers of `topic`: (on this node, on the others as of the last heartbeat).
@@ -771,6 +839,11 @@ impl Server {
                     heartbeats_skipped: c.heartbeats_skipped.load(Relaxed),
                     wait_retries: s.wait_retries.load(Relaxed),
                     failed: u64::from(s.failed.load(Relaxed)),
+                    tls_handshaking: s.tls_handshaking.load(Relaxed),
+                    tls_handshakes: s.tls_handshakes.load(Relaxed),
+                    tls_resumed: s.tls_resumed.load(Relaxed),
+                    tls_failures: s.tls_failures.load(Relaxed),
+                    tls_refused: s.tls_refused.load(Relaxed),
                     socket_writes: s.socket_writes.load(Relaxed),
                 }
             })
@@ -823,6 +896,8 @@ mod tests {
             ("heartbeat_min", |c| format!("{:?}", c.heartbeat_min)),
             ("heartbeat_max", |c| format!("{:?}", c.heartbeat_max)),
             ("api_key", |c| format!("{:?}", c.api_key.as_deref())),
+            ("admin_key", |c| format!("{:?}", c.admin_key.as_deref())),
+            ("public_metrics", |c| c.public_metrics.to_string()),
             ("allowed_origins", |c| format!("{:?}", c.allowed_origins)),
             ("client_publish", |c| format!("{:?}", c.client_publish)),
             ("max_connections", |c| c.max_connections.to_string()),
@@ -866,6 +941,9 @@ mod tests {
             heartbeat_min: Duration::from_secs(2),
             heartbeat_max: Duration::from_secs(3),
             api_key: Some("new key".into()),
+            admin_listen: None,
+            admin_key: Some("new admin key".into()),
+            public_metrics: true,
             allowed_origins: vec!["https://a.example".into()],
             client_publish: ClientPublish::Token,
             max_connections: 7,
@@ -917,7 +995,7 @@ mod tests {
             next.engine_limits(),
             "the engine's limits follow"
         );
-        assert!(live.jwt.is_some() && live.api_key.is_some());
+        assert!(live.jwt.is_some() && live.api_key.is_some() && live.admin_key.is_some());
 
         // Per-IP caps turned on later are not applied: nothing was counted.
         let uncounted = self::server(AppConfig::default(), 1);

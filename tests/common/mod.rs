@@ -7,12 +7,15 @@ pub mod nginx;
 pub mod process;
 pub mod proxy;
 pub mod redis;
+pub mod tls;
 
 #[allow(unused_imports, reason = "each test binary uses a different subset")]
 pub use process::{Clarion, PATIENCE, TEST_ENV, free_port, spawn_clarion};
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use clarion::server::AppConfig;
@@ -63,8 +66,10 @@ pub fn start(adjust: impl FnOnce(&mut clarion_engine::Config)) -> Runtime {
     start_app(adjust, app())
 }
 
-/// [`start`] with application settings.
-pub fn start_app(adjust: impl FnOnce(&mut clarion_engine::Config), app: AppConfig) -> Runtime {
+/// [`start`] with application settings. The monitoring routes are served on the public port
+/// too (`public_metrics`), where the helpers below read them.
+pub fn start_app(adjust: impl FnOnce(&mut clarion_engine::Config), mut app: AppConfig) -> Runtime {
+    app.public_metrics = true;
     let mut config = clarion_engine::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         threads: 2,
@@ -136,13 +141,24 @@ pub fn read_head(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
-/// Sends a raw request and returns the whole answer (until the server closes).
+/// Sends a raw request on a new connection and returns the answer (head and body).
 pub fn http(addr: SocketAddr, request: &[u8]) -> String {
     let mut stream = tcp(addr);
     stream.write_all(request).unwrap();
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    String::from_utf8_lossy(&answer).into_owned()
+    read_answer(&mut stream)
+}
+
+/// Reads one HTTP answer: its head, then `Content-Length` bytes of body (the connection may
+/// stay open: HTTP keep-alive). What arrived if the connection ends first.
+pub fn read_answer(stream: &mut TcpStream) -> String {
+    let head = read_head(stream);
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("Content-Length: "))
+        .map_or(0, |n| n.trim().parse().unwrap_or(0));
+    let mut body = Vec::with_capacity(length);
+    let _ = stream.take(length as u64).read_to_end(&mut body);
+    head + &String::from_utf8_lossy(&body)
 }
 
 /// A masked client frame, written by hand.
@@ -289,4 +305,66 @@ pub fn next(ws: &mut Ws) -> Value {
 pub fn call(ws: &mut Ws, command: Value) -> Value {
     send(ws, command);
     next(ws)
+}
+
+/// Runs headless Chromium on `tests/interop/browser.html` against `addr` (`scheme` `ws` or
+/// `wss`; the latter with `--ignore-certificate-errors`, for the test CA) until the page posts
+/// its result to a listener of ours (`--dump-dom` dumps at the load event, before any WebSocket
+/// traffic); the page's JSON.
+pub fn run_page(addr: SocketAddr, name: &str, scheme: &str) -> serde_json::Value {
+    let report = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = std::env::temp_dir().join(format!("clarion-chromium-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("profile")).unwrap();
+    let file = dir.join("page.html");
+    let page = include_str!("../interop/browser.html")
+        .replace("{{ADDR}}", &addr.to_string())
+        .replace("{{SCHEME}}", scheme)
+        .replace("{{REPORT}}", &report.local_addr().unwrap().to_string());
+    std::fs::write(&file, page).unwrap();
+    let mut chromium = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--ignore-certificate-errors",
+            &format!("--user-data-dir={}", dir.join("profile").display()),
+            &format!("file://{}", file.display()),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromium runs (apt-get install chromium; scripts/test.sh does)");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // The page's one POST: head, then a Content-Length body.
+        let Ok((mut stream, _)) = report.accept() else {
+            return;
+        };
+        let head = read_head(&mut stream);
+        let length = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        let _ = stream.read_exact(&mut body);
+        let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+        let _ = tx.send(String::from_utf8_lossy(&body).into_owned());
+    });
+    let body = rx.recv_timeout(Duration::from_secs(60));
+    let _ = chromium.kill();
+    let _ = chromium.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let body = body.expect("the page reports within 60 s");
+    serde_json::from_str(&body).unwrap_or_else(|_| panic!("the page says {body}"))
 }

@@ -89,6 +89,8 @@ pub struct Clarion {
     child: Option<std::process::Child>,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its admin listener listens (on a free port unless the test sets `admin_listen`).
+    pub admin: Option<SocketAddr>,
     lines: std::sync::mpsc::Receiver<String>,
     /// The lines read so far.
     pub log: Vec<String>,
@@ -119,6 +121,9 @@ impl Clarion {
         if let Some(io) = io_name() {
             command.env("CLARION_IO", io);
         }
+        // A free port rather than the default 9011, which parallel tests would share; below the
+        // test's own flags and variables.
+        command.env("CLARION_ADMIN_LISTEN", "127.0.0.1:0");
         command.envs(env.iter().copied());
         let mut child = command
             .stderr(std::process::Stdio::piped())
@@ -137,6 +142,7 @@ impl Clarion {
         let mut clarion = Clarion {
             child: Some(child),
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            admin: None,
             lines,
             log: Vec::new(),
         };
@@ -149,6 +155,21 @@ impl Clarion {
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let admin_off = args.contains(&"off")
+            || env
+                .iter()
+                .any(|(name, value)| *name == "CLARION_ADMIN_LISTEN" && *value == "off");
+        if !admin_off {
+            let line = clarion.wait_for("admin listener on ");
+            clarion.admin = line.split("admin listener on ").nth(1).and_then(|rest| {
+                rest.split(':')
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(":")
+                    .parse()
+                    .ok()
+            });
+        }
         clarion
     }
 

@@ -1,15 +1,22 @@
-"""A real library client for tests/compression.rs: Python `websockets`, negotiating
-permessage-deflate with Clarion, exchanging compressible messages on /echo, a raw topic and the
-envelope protocol. Prints one JSON line per connection with the negotiated answer; exits non-zero
-on any mismatch."""
+"""A real library client for tests/compression.rs and tests/tls.rs: Python `websockets`,
+negotiating permessage-deflate with Clarion, exchanging compressible messages on /echo, a raw
+topic and the envelope protocol. Prints one JSON line per connection with the negotiated answer;
+exits non-zero on any mismatch.
+
+    websockets_client.py ADDR [CA_FILE]
+
+With CA_FILE it speaks wss:// through an `ssl` context that trusts that CA."""
 
 import json
+import ssl
 import sys
 
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.sync.client import connect
 
 ADDR = sys.argv[1]
+SSL = ssl.create_default_context(cafile=sys.argv[2]) if len(sys.argv) > 2 else None
+SCHEME = "wss" if SSL else "ws"
 TEXT = json.dumps({"text": "compressible " * 200, "n": list(range(50))})
 BINARY = bytes(range(256)) * 64
 
@@ -31,9 +38,10 @@ OFFERS = {
 def dial(path, offer):
     extensions = OFFERS[offer]
     if extensions is None:
-        return connect(f"ws://{ADDR}{path}", open_timeout=10, close_timeout=5)
+        return connect(f"{SCHEME}://{ADDR}{path}", ssl=SSL, open_timeout=10, close_timeout=5)
     return connect(
-        f"ws://{ADDR}{path}",
+        f"{SCHEME}://{ADDR}{path}",
+        ssl=SSL,
         extensions=extensions,
         compression=None,
         open_timeout=10,

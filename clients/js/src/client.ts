@@ -1,18 +1,22 @@
-// The client: one WebSocket to `/ws` at a time, reconnected with backoff, with subscriptions
-// that resume, publishes answered by acks, a heartbeat watch and token refresh. Every rule
-// here is a section of docs/clients.md, cited where it applies.
+// The client: one connection at a time (a WebSocket to `/ws`, or the `/sse` fallback with HTTP
+// publishes), reconnected with backoff, with subscriptions that resume, publishes answered by
+// acks, a heartbeat watch and token refresh. Every rule here is a section of docs/clients.md,
+// cited where it applies.
 
 import { Backoff } from "./backoff.js";
+import { checkPublish, endpoints, openStream, postPublish, resolveEventSource, type StreamHandle } from "./sse.js";
 import { abandon, onPing, open, resolveWebSocket, upgradeStatus } from "./transport.js";
 import {
   ClarionError,
   type ClientState,
+  type ConnectedEvent,
   type EventMap,
   type EventName,
   type Options,
   type Position,
   type PublishAck,
   type SubscriptionState,
+  type Transport,
   type WebSocketLike,
 } from "./types.js";
 
@@ -22,6 +26,15 @@ const HEARTBEAT_TIMEOUT = 4000;
 const PROBE_TIMEOUT = 5000;
 /** A refresh that failed is tried again at half the time left, if that is more than this (ms). */
 const REFRESH_RETRY_MIN = 2000;
+/**
+ * WebSocket attempts in a row that must fail to get through before the client falls back to
+ * SSE (section 15): one while no WebSocket has worked for this client, three once one has (a
+ * restarting server refuses handshakes too, and that is no reason to leave WebSockets).
+ */
+const FALLBACK_AFTER_NEVER_WORKED = 1;
+const FALLBACK_AFTER_WORKED = 3;
+/** The WebSocket probe's interval while on SSE doubles up to this many times `websocketRetry`. */
+const PROBE_BACKOFF_MAX = 16;
 
 const now = (): number => performance.now();
 
@@ -31,6 +44,9 @@ type Timer = ReturnType<typeof setTimeout>;
 interface OutgoingPublish {
   /** The command without its `id` and closing brace. */
   head: string;
+  /** Its topic and data (encoded), for an HTTP publish. */
+  topic: string;
+  json: string;
   /** Its size as sent, for `maxQueuedBytes`. */
   bytes: number;
   resolve: (ack: PublishAck) => void;
@@ -59,7 +75,17 @@ type Pending =
 class Connection {
   /** `token`: waiting for the provider; `opening`: the upgrade; `open`: commands flow. */
   phase: "token" | "opening" | "open" | "connected" = "token";
+  readonly transport: Transport;
   socket?: WebSocketLike;
+  /** SSE: the stream now open, if any (none while no topic is subscribed). */
+  stream?: StreamHandle;
+  /** SSE: the topics the open stream resumes from a position (its `since`). */
+  resumed = new Set<string>();
+  /** SSE: topics subscribed before the stream was reopened, whose recovered ack is not news. */
+  readonly quiet = new Set<string>();
+  reopenQueued = false;
+  /** Whether anything came from the server on it (section 15: did it get through). */
+  heard = false;
   /** The token this attempt used. */
   token?: string;
   /** The HTTP status of a refused upgrade, when the runtime told it. */
@@ -73,6 +99,10 @@ class Connection {
   refreshing = false;
   probing = false;
   readonly timers: { connect?: Timer; heartbeat?: Timer; refresh?: Timer; probe?: Timer } = {};
+
+  constructor(transport: Transport) {
+    this.transport = transport;
+  }
 
   get canSend(): boolean {
     return this.phase === "open" || this.phase === "connected";
@@ -136,6 +166,8 @@ interface Settings {
   maxQueued: number;
   maxQueuedBytes: number;
   refreshBefore: number;
+  transports: Transport[];
+  websocketRetry: number;
 }
 
 /** A client of one Clarion server's `/ws` (docs/clients.md). */
@@ -156,6 +188,21 @@ export class Client {
   /** A token the provider gave after a refusal, for the next attempt (section 6). */
   private nextToken?: string;
   private unhook?: () => void;
+  /** The transport of the next attempt (section 15). */
+  private transportValue: Transport;
+  /** WebSocket attempts in a row that did not get through. */
+  private wsFailures = 0;
+  /** Whether a WebSocket connection of this client ever heard the server. */
+  private wsWorked = false;
+  /** While on SSE: the next WebSocket probe, and the delay after it. */
+  private probeTimer?: Timer;
+  private probeDelay: number;
+  private probeSocket?: WebSocketLike;
+  /** The next attempt comes at once (a probe found WebSockets working again). */
+  private switching = false;
+  /** HTTP publishes go one at a time, in order (section 15). */
+  private httpPublishes: Promise<void> = Promise.resolve();
+  private readonly http: { sse: string; publish: string };
 
   constructor(url: string, options: Options = {}) {
     let parsed: URL;
@@ -179,7 +226,22 @@ export class Client {
       maxQueued: options.maxQueued ?? 100,
       maxQueuedBytes: options.maxQueuedBytes ?? 1048576,
       refreshBefore: options.refreshBefore ?? 30000,
+      transports: options.transports ?? ["websocket", "sse"],
+      websocketRetry: options.websocketRetry ?? 60000,
     };
+    const transports = this.settings.transports;
+    if (
+      !Array.isArray(transports) ||
+      transports.length === 0 ||
+      transports.some((t) => t !== "websocket" && t !== "sse") ||
+      new Set(transports).size !== transports.length
+    ) {
+      throw new TypeError('transports must list "websocket", "sse" or both, each once');
+    }
+    if (!(this.settings.websocketRetry >= 0)) throw new TypeError("websocketRetry must be >= 0");
+    this.transportValue = transports[0] as Transport;
+    this.probeDelay = this.settings.websocketRetry;
+    this.http = endpoints(url);
     this.unhook = hookBrowser(this);
     // After the caller's synchronous `on(…)` calls, so they hear the first attempt.
     queueMicrotask(() => void this.attempt());
@@ -187,6 +249,11 @@ export class Client {
 
   get state(): ClientState {
     return this.stateValue;
+  }
+
+  /** The transport of the current connection, or of the next attempt. */
+  get transport(): Transport {
+    return this.conn?.transport ?? this.transportValue;
   }
 
   on<K extends EventName>(event: K, listener: Listener<K>): this {
@@ -225,7 +292,8 @@ export class Client {
     }
     this.subs.set(topic, sub);
     const conn = this.conn;
-    if (conn?.canSend) this.sendSubscribe(conn, sub);
+    if (conn?.transport === "sse") this.reopenSoon(conn);
+    else if (conn?.canSend) this.sendSubscribe(conn, sub);
     return sub;
   }
 
@@ -237,6 +305,10 @@ export class Client {
     sub.stateValue = "unsubscribed";
     sub.pendingId = undefined;
     const conn = this.conn;
+    if (conn?.transport === "sse") {
+      this.reopenSoon(conn);
+      return Promise.resolve();
+    }
     if (!conn?.canSend) return Promise.resolve();
     return new Promise((resolve) => {
       this.command(conn, head({ type: "unsubscribe", topic }), { kind: "unsubscribe", done: resolve });
@@ -271,6 +343,8 @@ export class Client {
     return new Promise<PublishAck>((resolve, reject) => {
       const publish: OutgoingPublish = {
         head: command,
+        topic,
+        json,
         bytes: utf8Length(command) + 1,
         resolve,
         reject,
@@ -305,6 +379,9 @@ export class Client {
     if (this.stateValue !== "connected" || !conn) {
       return Promise.reject(new ClarionError("disconnected", "not connected"));
     }
+    if (conn.transport === "sse") {
+      return Promise.reject(new ClarionError("unsupported", "ping needs the WebSocket transport"));
+    }
     return new Promise((resolve, reject) => {
       this.command(conn, '{"type":"ping"', { kind: "ping", sent: now(), resolve, reject });
     });
@@ -316,16 +393,23 @@ export class Client {
     this.stateValue = "closed";
     this.unhook?.();
     clearTimeout(this.retryTimer);
+    this.stopProbe();
     const conn = this.conn;
     this.conn = undefined;
     if (conn) {
       conn.clearTimers();
+      conn.stream?.close();
       if (conn.socket) closeGracefully(conn.socket);
       this.settlePending(conn, "closed", "the client is closed");
     }
     for (const sub of this.subs.values()) sub.stateValue = "unsubscribed";
     this.subs.clear();
-    this.emit("disconnected", { code: 1000, reason: "closed by the client", willRetry: false });
+    this.emit("disconnected", {
+      transport: conn?.transport ?? this.transportValue,
+      code: 1000,
+      reason: "closed by the client",
+      willRetry: false,
+    });
     this.rejectQueued("closed", "the client is closed");
   }
 
@@ -341,7 +425,7 @@ export class Client {
       return;
     }
     const conn = this.conn;
-    if (this.stateValue !== "connected" || !conn || conn.probing) return;
+    if (this.stateValue !== "connected" || !conn || conn.probing || conn.transport === "sse") return;
     conn.probing = true;
     conn.timers.probe = setTimeout(
       () => this.end(conn, HEARTBEAT_TIMEOUT, "heartbeat timeout", HEARTBEAT_TIMEOUT),
@@ -359,7 +443,7 @@ export class Client {
   private async attempt(): Promise<void> {
     this.retryTimer = undefined;
     if (this.stateValue === "closed") return;
-    const conn = new Connection();
+    const conn = new Connection(this.transportValue);
     this.conn = conn;
     this.stateValue = "connecting";
     conn.timers.connect = setTimeout(() => this.connectTimedOut(conn), this.settings.connectTimeout);
@@ -378,6 +462,10 @@ export class Client {
     }
     conn.token = token;
     conn.phase = "opening";
+    if (conn.transport === "sse") {
+      this.openSse(conn);
+      return;
+    }
     let socket: WebSocketLike;
     try {
       const ctor = await resolveWebSocket(this.options.WebSocket);
@@ -461,10 +549,216 @@ export class Client {
     // Publishes made since the socket opened, before those made from the listeners below.
     this.flushQueue(conn);
     this.stateValue = "connected";
-    this.emit("connected", expiresIn === undefined ? { heartbeat } : { heartbeat, expiresIn });
+    this.emit("connected", connectedEvent("websocket", heartbeat, expiresIn));
     if (this.conn !== conn) return;
     if (heartbeat > 0) this.watchHeartbeat(conn, heartbeat * 1000);
     if (expiresIn !== undefined) this.scheduleRefresh(conn, expiresIn);
+  }
+
+  // ---- the SSE fallback (section 15) ----
+
+  /** Opens the stream of every subscription from its position, or connects without one. */
+  private openSse(conn: Connection): void {
+    conn.stream?.close();
+    conn.stream = undefined;
+    conn.resumed = new Set();
+    if (this.subs.size === 0) {
+      // Nothing to stream: publishes need no stream, and a subscribe opens one. A first
+      // connection checks the server with an empty publish instead.
+      if (conn.phase !== "connected") this.checkServer(conn);
+      return;
+    }
+    const url = new URL(this.http.sse);
+    url.searchParams.set("format", "envelope");
+    if (this.settings.heartbeat > 0) url.searchParams.set("heartbeat", String(this.settings.heartbeat));
+    for (const sub of this.subs.values()) {
+      url.searchParams.append("topic", sub.topic);
+      if (sub.seq !== undefined && sub.epoch !== undefined) {
+        url.searchParams.append("since", `${sub.epoch}:${sub.seq}`);
+        conn.resumed.add(sub.topic);
+      }
+    }
+    const stream: StreamHandle = openStream(
+      url.toString(),
+      conn.token,
+      {
+        event: (data) => {
+          if (conn.stream === stream) this.streamEvent(conn, data);
+        },
+        heard: () => {
+          if (conn.stream === stream) conn.lastHeard = now();
+        },
+        ended: (reason, status) => {
+          if (conn.stream !== stream) return;
+          if (status !== undefined) conn.status = status;
+          this.end(conn, 1006, reason);
+        },
+      },
+      resolveEventSource(this.options.EventSource),
+    );
+    conn.stream = stream;
+  }
+
+  /** Connects without a stream: the server answers an empty `POST /publish` (section 15). */
+  private checkServer(conn: Connection): void {
+    const check: StreamHandle = { close: () => {}, seesComments: false };
+    conn.stream = check;
+    const failed = (reason: string, status?: number) => {
+      if (conn.stream !== check) return;
+      if (status !== undefined) conn.status = status;
+      this.end(conn, 1006, reason);
+    };
+    checkPublish(this.http.publish, conn.token, this.settings.connectTimeout).then(
+      ({ status, error }) => {
+        if (conn.stream !== check || this.conn !== conn) return;
+        if (status === 202) this.sseConnected(conn, {});
+        else failed(`HTTP ${status}: ${error}`, status);
+      },
+      (error: unknown) => failed(`POST /publish failed: ${String(error)}`),
+    );
+  }
+
+  /** Reopens the stream with the topics and positions of now, once per turn of the event loop. */
+  private reopenSoon(conn: Connection): void {
+    if (conn.reopenQueued || conn.phase === "token") return;
+    conn.reopenQueued = true;
+    queueMicrotask(() => {
+      conn.reopenQueued = false;
+      if (this.conn !== conn) return;
+      for (const sub of this.subs.values()) {
+        if (sub.stateValue === "subscribed") conn.quiet.add(sub.topic);
+        sub.stateValue = "subscribing";
+      }
+      clearTimeout(conn.timers.heartbeat);
+      this.openSse(conn);
+    });
+  }
+
+  /** One event of an `/sse?format=envelope` stream: its data is an envelope with a `type`. */
+  private streamEvent(conn: Connection, data: string): void {
+    if (this.conn !== conn) return;
+    let message: ServerMessage;
+    try {
+      message = JSON.parse(data) as ServerMessage;
+    } catch {
+      this.emit("error", { code: "protocol", message: "an SSE event that is not JSON" });
+      return;
+    }
+    if (message === null || typeof message !== "object") return;
+    switch (message.type) {
+      case "session":
+        if (conn.phase !== "connected") this.sseConnected(conn, message);
+        else if (conn.stream?.seesComments && isCount(message.heartbeat) && message.heartbeat > 0) {
+          this.watchHeartbeat(conn, message.heartbeat * 1000);
+        }
+        return;
+      case "subscribed": {
+        const sub = typeof message.topic === "string" ? this.subs.get(message.topic) : undefined;
+        if (!sub || sub.stateValue !== "subscribing") return;
+        const quiet = conn.quiet.delete(sub.topic);
+        this.subscribeAcked(sub, conn.resumed.has(sub.topic), message, true, quiet);
+        return;
+      }
+      case "reset":
+        return this.resetReceived(message);
+      case "close":
+        return this.end(conn, isCount(message.code) ? message.code : 1006, String(message.reason ?? ""));
+      case "message":
+        return this.delivered(conn, message);
+      default:
+        return;
+    }
+  }
+
+  /** The stream's `@session` (or, without topics, none needed): as the `hello` ack. */
+  private sseConnected(conn: Connection, session: ServerMessage): void {
+    clearTimeout(conn.timers.connect);
+    conn.phase = "connected";
+    conn.connectedAt = now();
+    conn.lastHeard = conn.connectedAt;
+    const heartbeat = isCount(session.heartbeat) ? session.heartbeat : 0;
+    const expiresIn = isCount(session.expires_in) ? session.expires_in * 1000 : undefined;
+    this.flushQueue(conn);
+    this.stateValue = "connected";
+    this.emit("connected", connectedEvent("sse", heartbeat, expiresIn));
+    if (this.conn !== conn) return;
+    // An EventSource hides comments, so heartbeats cannot be watched there.
+    if (heartbeat > 0 && conn.stream?.seesComments) this.watchHeartbeat(conn, heartbeat * 1000);
+    if (this.settings.transports.includes("websocket") && this.settings.websocketRetry > 0) {
+      this.probeTimer = setTimeout(() => void this.probe(conn), this.probeDelay);
+    }
+  }
+
+  /**
+   * Counts a WebSocket attempt that did not get through (ended before anything came from the
+   * server and without a close frame: a refused upgrade, a reset, a timeout) and falls back
+   * to SSE after enough of them in a row.
+   */
+  private countTransport(conn: Connection, code: number): void {
+    if (conn.transport === "sse") {
+      // An SSE attempt failing too says the server is away, not WebSockets: the next attempt
+      // goes back to WebSocket, and one more failure there brings SSE again.
+      if (conn.phase !== "connected" && this.settings.transports.includes("websocket")) {
+        this.transportValue = "websocket";
+        this.wsFailures = (this.wsWorked ? FALLBACK_AFTER_WORKED : FALLBACK_AFTER_NEVER_WORKED) - 1;
+      }
+      return;
+    }
+    if (conn.heard || conn.phase === "token" || code !== 1006) return;
+    this.wsFailures++;
+    const limit = this.wsWorked ? FALLBACK_AFTER_WORKED : FALLBACK_AFTER_NEVER_WORKED;
+    if (this.wsFailures >= limit && this.settings.transports.includes("sse")) {
+      this.wsFailures = 0;
+      this.transportValue = "sse";
+      this.probeDelay = this.settings.websocketRetry;
+    }
+  }
+
+  /**
+   * While on SSE: a WebSocket with the connection's token, one `ping` on it. Answered: the
+   * client leaves SSE and reconnects over WebSocket at once (resuming). Not: the next probe
+   * comes after twice the delay, up to 16 × `websocketRetry`.
+   */
+  private async probe(conn: Connection): Promise<void> {
+    this.probeTimer = undefined;
+    if (this.conn !== conn) return;
+    let socket: WebSocketLike;
+    try {
+      socket = open(await resolveWebSocket(this.options.WebSocket), this.url, conn.token);
+    } catch {
+      return; // no WebSocket in this runtime: stay on SSE
+    }
+    if (this.conn !== conn) return closeGracefully(socket);
+    this.probeSocket = socket;
+    const done = (worked: boolean) => {
+      if (this.probeSocket !== socket) return;
+      this.probeSocket = undefined;
+      clearTimeout(timer);
+      abandon(socket, 1000, "probe done");
+      if (this.conn !== conn) return;
+      if (worked) {
+        this.transportValue = "websocket";
+        this.switching = true;
+        this.end(conn, 1000, "WebSocket works again: switching");
+      } else {
+        const max = PROBE_BACKOFF_MAX * this.settings.websocketRetry;
+        this.probeDelay = Math.min(max, this.probeDelay * 2);
+        this.probeTimer = setTimeout(() => void this.probe(conn), this.probeDelay);
+      }
+    };
+    const timer = setTimeout(() => done(false), this.settings.connectTimeout);
+    socket.onopen = () => socket.send('{"type":"ping","id":1}');
+    socket.onmessage = () => done(true);
+    socket.onclose = () => done(false);
+    socket.onerror = () => {};
+  }
+
+  private stopProbe(): void {
+    clearTimeout(this.probeTimer);
+    this.probeTimer = undefined;
+    const socket = this.probeSocket;
+    this.probeSocket = undefined;
+    if (socket) abandon(socket, 1000, "probe cancelled");
   }
 
   // ---- the end of a connection or attempt (section 4.3) ----
@@ -478,7 +772,10 @@ export class Client {
     if (this.conn !== conn) return;
     this.conn = undefined;
     conn.clearTimers();
+    this.stopProbe();
+    conn.stream?.close();
     if (conn.socket) abandon(conn.socket, closeWith ?? 1000, reason);
+    this.countTransport(conn, code);
     this.stateValue = "disconnected";
     // 1: unanswered commands.
     this.settlePending(conn, "disconnected", "the connection ended before the answer");
@@ -490,7 +787,7 @@ export class Client {
     // 3 and 4: retry or stop.
     const openFor = conn.connectedAt > 0 ? now() - conn.connectedAt : 0;
     const status = conn.status;
-    const ended = { code, reason, ...(status === undefined ? {} : { status }) };
+    const ended = { transport: conn.transport, code, reason, ...(status === undefined ? {} : { status }) };
     const verdict = fatal ? false : this.shouldRetry(conn, code, status);
     if (typeof verdict === "boolean") {
       this.afterEnd(ended, openFor, verdict);
@@ -526,7 +823,7 @@ export class Client {
   }
 
   private afterEnd(
-    ended: { code: number; reason: string; status?: number },
+    ended: { transport: Transport; code: number; reason: string; status?: number },
     openFor: number,
     retry: boolean,
   ): void {
@@ -538,7 +835,11 @@ export class Client {
       this.rejectQueued("closed", "the client stopped: " + ended.reason);
       return;
     }
-    const delay = this.backoff.next(openFor, ended.code);
+    let delay = this.backoff.next(openFor, ended.code);
+    if (this.switching) {
+      this.switching = false;
+      delay = 0;
+    }
     this.retryTimer = setTimeout(() => void this.attempt(), delay);
     this.emit("disconnected", { ...ended, willRetry: true, retryIn: Math.round(delay) });
   }
@@ -593,6 +894,22 @@ export class Client {
   }
 
   private sendPublish(conn: Connection, publish: OutgoingPublish): void {
+    if (conn.transport === "sse") {
+      publish.sent = { conn, id: 0 };
+      const token = conn.token;
+      this.httpPublishes = this.httpPublishes.then(async () => {
+        if (publish.settled) return; // timed out or closed meanwhile
+        await postPublish(this.http.publish, token, publish.topic, publish.json, this.settings.publishTimeout).then(
+          (ack) => this.settle(publish, ack),
+          (error: ClarionError) => {
+            this.settle(publish, error);
+            // No answer at all: the server is away (the only sign of it without a stream).
+            if (error.code === "disconnected") this.end(conn, 1006, error.message);
+          },
+        );
+      });
+      return;
+    }
     const id = this.command(conn, publish.head, { kind: "publish", publish });
     publish.sent = { conn, id };
   }
@@ -631,6 +948,11 @@ export class Client {
   private received(conn: Connection, data: unknown): void {
     if (this.conn !== conn) return;
     conn.lastHeard = now();
+    if (!conn.heard) {
+      conn.heard = true;
+      this.wsWorked = true;
+      this.wsFailures = 0;
+    }
     if (typeof data !== "string") {
       this.emit("error", { code: "protocol", message: "a binary message on /ws" });
       return;
@@ -705,6 +1027,17 @@ export class Client {
   ): void {
     if (this.subs.get(sub.topic) !== sub || sub.pendingId !== id) return; // ended meanwhile
     sub.pendingId = undefined;
+    this.subscribeAcked(sub, resumed, message, ok, false);
+  }
+
+  /** Section 7.3 for an ack matched to `sub`; `quiet`: no `subscribed` event if recovered. */
+  private subscribeAcked(
+    sub: Subscription,
+    resumed: boolean,
+    message: ServerMessage,
+    ok: boolean,
+    quiet: boolean,
+  ): void {
     if (!ok) {
       this.fail(sub, String(message.code), String(message.message));
       return;
@@ -718,6 +1051,7 @@ export class Client {
     if (!(resumed && recovered)) sub.seq = seq;
     sub.epoch = epoch;
     sub.stateValue = "subscribed";
+    if (quiet && resumed && recovered) return;
     this.emit("subscribed", { topic: sub.topic, resumed, recovered, seq, epoch });
   }
 
@@ -731,6 +1065,10 @@ export class Client {
     if (seq > sub.seq + 1) {
       // A gap (the server's `drop` policy): resume from the last one emitted.
       sub.stateValue = "subscribing";
+      if (conn.transport === "sse") {
+        this.reopenSoon(conn);
+        return;
+      }
       this.command(conn, head({ type: "unsubscribe", topic: sub.topic }), { kind: "unsubscribe" });
       this.sendSubscribe(conn, sub);
       return;
@@ -861,6 +1199,11 @@ interface ServerMessage {
   recovered?: unknown;
   heartbeat?: unknown;
   expires_in?: unknown;
+  reason?: unknown;
+}
+
+function connectedEvent(transport: Transport, heartbeat: number, expiresIn?: number): ConnectedEvent {
+  return expiresIn === undefined ? { transport, heartbeat } : { transport, heartbeat, expiresIn };
 }
 
 /** A JSON command without its closing brace, for {@link Client.command} to add the `id`. */

@@ -11,6 +11,8 @@ export type {
   ConnectedEvent,
   DisconnectedEvent,
   ErrorEvent,
+  EventSourceConstructor,
+  EventSourceLike,
   EventMap,
   EventName,
   MessageEvent,
@@ -20,6 +22,7 @@ export type {
   ResetEvent,
   SubscribedEvent,
   SubscriptionState,
+  Transport,
   WebSocketConstructor,
   WebSocketLike,
 } from "./types.js";

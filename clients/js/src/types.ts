@@ -21,7 +21,22 @@ export interface WebSocketLike {
   send(data: string): void;
   close(code?: number, reason?: string): void;
 }
+
+/** The constructor of an `EventSource` (the browser's, or a polyfill). */
+export interface EventSourceConstructor {
+  new (url: string, ...rest: any[]): EventSourceLike;
+}
+
+/** What the client uses of an `EventSource`. */
+export interface EventSourceLike {
+  onerror: ((event: any) => void) | null;
+  addEventListener(type: string, listener: (event: any) => void): void;
+  close(): void;
+}
 /* eslint-enable @typescript-eslint/no-explicit-any */
+
+/** How the client reaches the server: a WebSocket to `/ws`, or `/sse` plus `POST /publish`. */
+export type Transport = "websocket" | "sse";
 
 /** Backoff between attempts: `cap(n) = min(max, min × factor^(n−1))`, delay uniform in `[0, cap(n)]`. */
 export interface BackoffOptions {
@@ -61,6 +76,20 @@ export interface Options {
    * `Authorization: Bearer` header; otherwise in the URL's `token` query parameter.
    */
   WebSocket?: WebSocketConstructor;
+  /**
+   * The transports to use, in order of preference (default `["websocket", "sse"]`): with both,
+   * the client falls back to SSE when WebSockets do not get through and tries WebSocket again
+   * later (docs/clients.md, section 15); with one, it uses only that one.
+   */
+  transports?: Transport[];
+  /** While on SSE, the first WebSocket probe after this long, doubling up to 16× (default 60000; 0 = none). */
+  websocketRetry?: number;
+  /**
+   * The EventSource constructor for SSE (TypeScript client only). Default: the global one
+   * (browsers; the token then goes in the URL), else `fetch` with a streaming body (Node 20;
+   * the token in an `Authorization: Bearer` header).
+   */
+  EventSource?: EventSourceConstructor;
 }
 
 export type ClientState = "connecting" | "connected" | "disconnected" | "closed";
@@ -73,6 +102,8 @@ export interface Position {
 }
 
 export interface ConnectedEvent {
+  /** The transport of this connection. */
+  transport: Transport;
   /** The heartbeat interval in effect, in seconds (0: none). */
   heartbeat: number;
   /** Time until the server would close with 4001, in ms, when it uses tokens. */
@@ -80,6 +111,8 @@ export interface ConnectedEvent {
 }
 
 export interface DisconnectedEvent {
+  /** The transport of the connection or attempt that ended. */
+  transport: Transport;
   code: number;
   reason: string;
   willRetry: boolean;

@@ -41,7 +41,9 @@ test("Backoff: full jitter within cap(n); reset to n = 1 only by a stable connec
 test("with the server down, attempts are spaced within [0, cap(n)] and the caps grow; a stable connection resets", async () => {
   const port = await freePort(); // nothing listens: every attempt is refused at once
   const options = { min: 40, max: 640, factor: 2, resetAfter: 300 };
-  const { client, events, next } = recorded(`ws://127.0.0.1:${port}/ws`, { backoff: options });
+  // WebSocket only: the spacing is the subject here (the fallback's turns are in sse.test.mjs).
+  const only = { backoff: options, transports: ["websocket"] };
+  const { client, events, next } = recorded(`ws://127.0.0.1:${port}/ws`, only);
   const attempts = 9;
   try {
     for (let i = 0; i < attempts; i++) await next("disconnected", () => true, i);
@@ -61,7 +63,7 @@ test("with the server down, attempts are spaced within [0, cap(n)] and the caps 
     // from the event loop's cached clock, which lags performance.now() by the work the loop did
     // since it last looked), and not long after it (a refused attempt fails at once).
     const times = [];
-    const spacing = recorded(`ws://127.0.0.1:${port}/ws`, { backoff: options });
+    const spacing = recorded(`ws://127.0.0.1:${port}/ws`, only);
     spacing.client.on("disconnected", (e) => times.push({ at: performance.now(), retryIn: e.retryIn }));
     for (let i = 0; i < 5; i++) await spacing.next("disconnected", () => true, i);
     spacing.client.close();

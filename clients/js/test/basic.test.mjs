@@ -64,7 +64,7 @@ test("connect, subscribe, publish and receive, unsubscribe", async () => {
   client.close();
   assert.equal(client.state, "closed");
   const last = events.at(-1);
-  assert.deepEqual(last, { name: "disconnected", code: 1000, reason: "closed by the client", willRetry: false });
+  assert.deepEqual(last, { name: "disconnected", transport: "websocket", code: 1000, reason: "closed by the client", willRetry: false });
   await assert.rejects(client.publish("basic.a", 1), { code: "closed" });
   await assert.rejects(client.ping(), { code: "closed" });
 });

@@ -86,7 +86,10 @@ export class Clarion {
     delete env.CLARION_TEST_IO;
     const child = spawn(
       clarionBin(),
-      ["serve", "--listen", `127.0.0.1:${port}`, "--threads", "1", "--no-pin", ...this.args],
+      // No admin listener (the default port would be shared by parallel servers); /stats on the
+      // public port, where the tests read it.
+      ["serve", "--listen", `127.0.0.1:${port}`, "--threads", "1", "--no-pin",
+        "--admin-listen", "off", "--public-metrics", ...this.args],
       { env, stdio: ["ignore", "ignore", "pipe"] },
     );
     this.child = child;
@@ -382,5 +385,90 @@ export function checkOnceInOrder(events, topic) {
       throw new Error(`${topic}: message ${event.seq} after ${last}`);
     }
     last = event.seq;
+  }
+}
+
+/**
+ * A real nginx (the Debian package) with two listeners in front of Clarion's `upstream` port
+ * (its routes: /ws, /sse, /stream, /publish) and of `site` (everything else): `plain` is a
+ * reverse proxy with nginx's defaults (HTTP/1.0 upstream, response buffering on, `Upgrade` not
+ * forwarded, so WebSockets cannot pass), `upgrading` the usual WebSocket-capable config. One
+ * process (`master_process off`) with its own prefix in a temp dir, ended by PID.
+ */
+export class Nginx {
+  static async start(upstream, site) {
+    const nginx = new Nginx();
+    await nginx.spawn(upstream, site);
+    return nginx;
+  }
+
+  async spawn(upstream, site) {
+    this.plain = await freePort();
+    this.upgrading = await freePort();
+    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), "clarion-js-nginx-"));
+    const d = this.dir;
+    const routes = "~ ^/(ws|sse|stream|publish)(/|$)";
+    const config = `daemon off;
+master_process off;
+worker_processes 1;
+pid ${d}/nginx.pid;
+error_log ${d}/error.log warn;
+events { worker_connections 512; }
+http {
+    access_log off;
+    client_body_temp_path ${d}/body;
+    proxy_temp_path ${d}/proxy;
+    fastcgi_temp_path ${d}/fastcgi;
+    uwsgi_temp_path ${d}/uwsgi;
+    scgi_temp_path ${d}/scgi;
+    server {
+        listen 127.0.0.1:${this.plain};
+        location ${routes} { proxy_pass http://127.0.0.1:${upstream}; }
+        location / { proxy_pass http://127.0.0.1:${site}; }
+    }
+    server {
+        listen 127.0.0.1:${this.upgrading};
+        location ${routes} {
+            proxy_pass http://127.0.0.1:${upstream};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+        }
+        location / { proxy_pass http://127.0.0.1:${site}; }
+    }
+}
+`;
+    fs.writeFileSync(path.join(d, "nginx.conf"), config);
+    // Debian puts it in /usr/sbin, which a user's PATH may lack.
+    const binary = fs.existsSync("/usr/sbin/nginx") ? "/usr/sbin/nginx" : "nginx";
+    const child = spawn(binary, ["-p", d, "-c", path.join(d, "nginx.conf"), "-e", path.join(d, "error.log")], {
+      stdio: "ignore",
+    });
+    this.child = child;
+    this.exited = new Promise((resolve) => child.on("exit", resolve));
+    child.on("error", (error) => {
+      throw new Error(`cannot run nginx (${error.message}): apt-get install nginx`);
+    });
+    const accepts = (port) =>
+      new Promise((resolve) => {
+        const socket = net.connect(port, "127.0.0.1");
+        socket.on("connect", () => {
+          socket.destroy();
+          resolve(true);
+        });
+        socket.on("error", () => resolve(false));
+      });
+    await until(async () => (await accepts(this.plain)) && (await accepts(this.upgrading)), "nginx listens");
+  }
+
+  /** Its error log. */
+  log() {
+    return fs.readFileSync(path.join(this.dir, "error.log"), "utf8");
+  }
+
+  async stop() {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill("SIGKILL");
+    await this.exited;
+    fs.rmSync(this.dir, { recursive: true, force: true });
   }
 }

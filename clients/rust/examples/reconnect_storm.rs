@@ -10,6 +10,7 @@
 //!   publishes a final marker on each topic and writes each topic's last acknowledged `seq`.
 //!
 //! Times are wall-clock nanoseconds, so the script can put them beside the moment it cut.
+//! `--url wss://…` with `--ca FILE` (a PEM CA, `scripts/make-cert.sh`'s) runs both over TLS.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,19 @@ fn number(args: &[String], name: &str, default: u64) -> u64 {
     value
         .parse()
         .unwrap_or_else(|_| panic!("{name} wants a number, not {value:?}"))
+}
+
+/// The client options: the defaults, trusting `--ca` when given.
+fn options(args: &[String]) -> Options {
+    let mut options = Options::default();
+    let ca = arg(args, "--ca", "");
+    if !ca.is_empty() {
+        options
+            .tls
+            .add_ca_file(&ca)
+            .unwrap_or_else(|e| panic!("--ca: {e}"));
+    }
+    options
 }
 
 /// What one client saw after arming.
@@ -79,6 +93,7 @@ fn main() {
 async fn clients(args: &[String]) {
     let url = arg(args, "--url", "ws://127.0.0.1:9001/ws");
     let count = number(args, "--clients", 1000) as usize;
+    let options = options(args);
     let topics = number(args, "--topics", 100) as usize;
     let offset = number(args, "--offset", 0) as usize;
     let max_wait = Duration::from_secs(number(args, "--max-wait", 180));
@@ -91,7 +106,7 @@ async fn clients(args: &[String]) {
     let mut handles = Vec::with_capacity(count);
     for i in 0..count {
         let topic = (offset + i) % topics;
-        let client = Client::connect(&url, Options::default()).expect("a ws: URL");
+        let client = Client::connect(&url, options.clone()).expect("a ws: or wss: URL");
         let mut events = client.events();
         client.subscribe(&format!("storm-{topic}"), None);
         handles.push(client);
@@ -203,7 +218,7 @@ async fn publish(args: &[String]) {
     let topics = number(args, "--topics", 100) as usize;
     let rate = number(args, "--rate", 200).max(1);
     let out = arg(args, "--out", "storm-publisher.json");
-    let client = Client::connect(&url, Options::default()).expect("a ws: URL");
+    let client = Client::connect(&url, options(args)).expect("a ws: or wss: URL");
     let last = Arc::new(Mutex::new(vec![0u64; topics]));
     let failed = Arc::new(AtomicUsize::new(0));
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate as u32);

@@ -6,7 +6,9 @@
 //! curl -X POST localhost:9001/publish/chat.lobby -d '{"text":"hi"}'
 //! ```
 //!
-//! With `CLARION_TOKEN` set, it connects with that token. Ctrl-C closes it.
+//! With `CLARION_TOKEN` set, it connects with that token; with `CLARION_CA` (a PEM file), a
+//! `wss://` server may also have a certificate from that CA (`scripts/make-cert.sh`'s
+//! `ca.pem`). Ctrl-C closes it.
 
 use clarion_client::{Client, Data, Event, Options};
 
@@ -21,7 +23,11 @@ async fn main() {
     if let Ok(token) = std::env::var("CLARION_TOKEN") {
         options = options.token(token);
     }
-    let client = match Client::connect(&url, options) {
+    let trusted = match std::env::var("CLARION_CA") {
+        Ok(ca) => options.tls.add_ca_file(ca),
+        Err(_) => Ok(()),
+    };
+    let client = match trusted.and_then(|()| Client::connect(&url, options)) {
         Ok(client) => client,
         Err(e) => {
             eprintln!("subscriber: {e}");

@@ -15,7 +15,8 @@ use crate::events::{self, Events};
 use crate::options::{Auth, Options};
 use crate::session::Session;
 use crate::subscriptions::SubCell;
-use crate::url::{self, UrlError};
+use crate::tls;
+use crate::url::{self, ConnectError};
 
 /// A connection to a Clarion server that reconnects by itself and keeps its subscriptions.
 /// Cheap to clone (all clones are the same client); when every clone is dropped the client
@@ -36,11 +37,19 @@ struct Inner {
 }
 
 impl Client {
-    /// Starts connecting to `url` (`ws://HOST[:PORT]/ws`) at once and returns. Fails only for a
-    /// URL it cannot use (`wss:` included, for now). Must be called within a tokio runtime
-    /// (the connection is a task spawned on it).
-    pub fn connect(url: &str, options: Options) -> Result<Client, UrlError> {
+    /// Starts connecting to `url` (`ws://` or `wss://HOST[:PORT]/ws`) at once and returns.
+    /// Fails only for a URL it cannot use or, for `wss:`, when no root certificate can be
+    /// trusted (`Options::tls`). Must be called within a tokio runtime (the connection is a
+    /// task spawned on it).
+    pub fn connect(url: &str, options: Options) -> Result<Client, ConnectError> {
         let endpoint = url::parse(url)?;
+        let tls = match endpoint.tls {
+            true => Some((
+                options.tls.client_config()?,
+                tls::server_name(&endpoint.host)?,
+            )),
+            false => None,
+        };
         let mut rng = Rng::from_entropy();
         let session = Session::new(&options, tokio_now(), Rng::new(rng.next_u64()));
         let (commands, receiver) = mpsc::unbounded_channel();
@@ -48,6 +57,7 @@ impl Client {
         let (sink, initial) = events::channel(options.event_buffer, false);
         let setup = Setup {
             endpoint,
+            tls,
             provider: match &options.auth {
                 Auth::Provider(provider) => Some(provider.clone()),
                 Auth::None | Auth::Fixed(_) => None,

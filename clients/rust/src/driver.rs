@@ -1,10 +1,12 @@
-//! The tokio task behind a [`crate::Client`]: it owns the socket and the protocol state
-//! ([`clarion_protocol::Connection`]), runs the token provider and the timers, and carries out
-//! what the [`Session`] asks. All decisions are the session's; this only moves bytes.
+//! The tokio task behind a [`crate::Client`]: it owns the socket, its TLS session for `wss:`
+//! (rustls) and the protocol state ([`clarion_protocol::Connection`]), runs the token provider
+//! and the timers, and carries out what the [`Session`] asks. All decisions are the session's;
+//! this only moves bytes.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
+use std::io::{Read, Write};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -13,9 +15,10 @@ use std::time::{Duration, Instant};
 use clarion_protocol::connection::Failure;
 use clarion_protocol::handshake::{ClientError, ClientHandshake};
 use clarion_protocol::{CloseCode, Connection, MessageKind};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backoff::Rng;
@@ -25,6 +28,7 @@ use crate::options::TokenProvider;
 use crate::queue::Ticket;
 use crate::session::{Output, Purpose, Reply, Session};
 use crate::subscriptions::SubCell;
+use crate::tls::{self, Nonblocking};
 use crate::url::Endpoint;
 
 /// What a handle asks of the task.
@@ -76,6 +80,9 @@ impl SharedState {
 /// Everything the task needs besides the session.
 pub(crate) struct Setup {
     pub(crate) endpoint: Endpoint,
+    /// For `wss:`: the client's rustls settings (its session cache lives as long as it does)
+    /// and the name the certificate must carry.
+    pub(crate) tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     pub(crate) provider: Option<TokenProvider>,
     pub(crate) connect_timeout: Duration,
     pub(crate) event_buffer: usize,
@@ -86,8 +93,7 @@ pub(crate) struct Setup {
 
 /// An open WebSocket.
 struct Link {
-    read: OwnedReadHalf,
-    write: OwnedWriteHalf,
+    transport: Transport,
     ws: Connection,
     /// Lent to the protocol: holds only an incomplete frame or message (empty otherwise).
     rx: Vec<u8>,
@@ -95,16 +101,28 @@ struct Link {
     tx: Vec<u8>,
 }
 
-/// A finished upgrade: the stream and whatever arrived behind the 101.
+/// A finished upgrade: the socket (and its TLS session), and whatever arrived behind the 101.
 struct Opened {
-    stream: TcpStream,
+    transport: Transport,
     early: Vec<u8>,
 }
 
-/// A failed attempt: the reason, and the HTTP status of a refused upgrade.
+/// A failed attempt: the code to report (1006, or 1015 for a TLS failure that will repeat),
+/// the reason, and the HTTP status of a refused upgrade.
 struct AttemptError {
+    code: u16,
     reason: String,
     status: Option<u16>,
+}
+
+impl AttemptError {
+    fn new(reason: String) -> AttemptError {
+        AttemptError {
+            code: 1006,
+            reason,
+            status: None,
+        }
+    }
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -129,6 +147,7 @@ pub(crate) async fn run(
 ) {
     let mut driver = Driver {
         endpoint: Arc::new(setup.endpoint),
+        tls: setup.tls.map(Arc::new),
         provider: setup.provider,
         connect_timeout: setup.connect_timeout,
         event_buffer: setup.event_buffer.max(1),
@@ -198,7 +217,7 @@ pub(crate) async fn run(
             continue;
         }
         let deadline = session.poll_timeout();
-        let write_waiting = link.as_ref().is_some_and(|l| !l.tx.is_empty());
+        let write_waiting = link.as_ref().is_some_and(Link::write_waiting);
         tokio::select! {
             command = commands.recv(), if handles_alive => match command {
                 Some(command) => driver.command(&mut session, command),
@@ -213,7 +232,7 @@ pub(crate) async fn run(
                 attempt = None;
                 match opened {
                     Ok(opened) => {
-                        let mut new = driver.link(opened.stream);
+                        let mut new = driver.link(opened.transport);
                         session.opened(now());
                         let mut early = opened.early;
                         if let Some((code, reason)) = driver.feed(&mut session, &mut new, &mut early) {
@@ -223,14 +242,14 @@ pub(crate) async fn run(
                             link = Some(new);
                         }
                     }
-                    Err(e) => session.ended(1006, &e.reason, e.status, now()),
+                    Err(e) => session.ended(e.code, &e.reason, e.status, now()),
                 }
             }
             fetched = optional(token.as_mut().map(|(_, fetch)| fetch)) => {
                 let (purpose, _) = token.take().expect("polled");
                 session.token_ready(purpose, fetched, now());
             }
-            ready = optional(link.as_ref().filter(|_| !paused).map(|l| l.read.readable())) => {
+            ready = optional(link.as_ref().filter(|_| !paused).map(|l| l.transport.stream.readable())) => {
                 let mut open = link.take().expect("polled");
                 let ended = match ready {
                     Ok(()) => driver.read(&mut session, &mut open),
@@ -244,7 +263,7 @@ pub(crate) async fn run(
                     None => link = Some(open),
                 }
             }
-            writable = optional(link.as_ref().filter(|_| write_waiting).map(|l| l.write.writable())) => {
+            writable = optional(link.as_ref().filter(|_| write_waiting).map(|l| l.transport.stream.writable())) => {
                 if let Err(e) = writable {
                     link = None;
                     session.ended(1006, &e.to_string(), None, now());
@@ -269,6 +288,7 @@ async fn optional<F: Future>(future: Option<F>) -> F::Output {
 
 struct Driver {
     endpoint: Arc<Endpoint>,
+    tls: Option<TlsSetup>,
     provider: Option<TokenProvider>,
     connect_timeout: Duration,
     event_buffer: usize,
@@ -367,14 +387,12 @@ impl Driver {
         let mut nonce = [0u8; 16];
         nonce[..8].copy_from_slice(&self.rng.next_u64().to_ne_bytes());
         nonce[8..].copy_from_slice(&self.rng.next_u64().to_ne_bytes());
-        Box::pin(open(self.endpoint.clone(), bearer, nonce))
+        Box::pin(open(self.endpoint.clone(), self.tls.clone(), bearer, nonce))
     }
 
-    fn link(&mut self, stream: TcpStream) -> Link {
-        let (read, write) = stream.into_split();
+    fn link(&mut self, transport: Transport) -> Link {
         Link {
-            read,
-            write,
+            transport,
             ws: Connection::client(now(), self.rng.next_u64() as u32),
             rx: Vec::new(),
             tx: Vec::new(),
@@ -387,7 +405,7 @@ impl Driver {
         SCRATCH_BUF.with(|scratch| {
             let mut buf = scratch.borrow_mut();
             for _ in 0..4 {
-                match link.read.try_read(&mut buf) {
+                match link.transport.receive(&mut buf) {
                     Ok(0) => return Some((1006, "the connection closed".to_owned())),
                     Ok(n) => {
                         if let Some(end) = self.feed(session, link, &mut buf[..n]) {
@@ -446,16 +464,13 @@ impl Driver {
 }
 
 impl Link {
+    fn write_waiting(&self) -> bool {
+        self.transport.write_waiting(&self.tx)
+    }
+
     /// Writes what it can without waiting.
     fn flush(&mut self) {
-        while !self.tx.is_empty() {
-            match self.write.try_write(&self.tx) {
-                Ok(n) => {
-                    self.tx.drain(..n);
-                }
-                Err(_) => return,
-            }
-        }
+        let _ = self.transport.send(&mut self.tx);
         if self.tx.capacity() > SCRATCH {
             self.tx = Vec::new();
         }
@@ -467,31 +482,160 @@ impl Link {
         self.flush();
     }
 
-    /// `close()`: the close frame, written within a second, then the socket is dropped.
+    /// `close()`: the close frame (and TLS close_notify), written within a second, then the
+    /// socket is dropped.
     async fn shutdown(mut self) {
         self.ws.close(CloseCode::NORMAL, "", now(), &mut self.tx);
         let write = async {
-            self.write.write_all(&self.tx).await?;
-            self.write.shutdown().await
+            self.transport.send_all(&mut self.tx).await?;
+            if let Some(tls) = &mut self.transport.tls {
+                tls.send_close_notify();
+                self.transport.send_all(&mut Vec::new()).await?;
+            }
+            self.transport.stream.shutdown().await
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
     }
 }
 
-/// One attempt: TCP, the upgrade request (token as `Authorization: Bearer`), the 101.
+/// The socket, through TLS for `wss:`: plaintext in and out, without waiting (the `try_`
+/// calls) or waiting for readiness (the async ones).
+struct Transport {
+    stream: TcpStream,
+    /// `wss:`: the TLS session between the socket's bytes and the WebSocket's.
+    tls: Option<Box<ClientConnection>>,
+}
+
+impl Transport {
+    /// Plaintext from the server, as `try_read` gives it: `Ok(0)` at the end, `WouldBlock`
+    /// when nothing is ready. Through TLS, records are read and decrypted until some plaintext
+    /// comes; the read that finds the socket empty clears tokio's readiness, as a plain
+    /// `try_read` does, and no plaintext is left behind unread once it says `WouldBlock`.
+    fn receive(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(tls) = &mut self.tls else {
+            return self.stream.try_read(buf);
+        };
+        loop {
+            match tls.reader().read(buf) {
+                // 0: the server's close_notify.
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // The socket ended without close_notify: the end all the same (a truncated
+                // WebSocket message is the protocol's to notice).
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            tls.read_tls(&mut Nonblocking(&self.stream))?;
+            // The error keeps rustls' own inside, for `attempt_error`.
+            tls.process_new_packets().map_err(std::io::Error::other)?;
+        }
+    }
+
+    /// Plaintext TLS has already decrypted (behind the 101, in the same records), into `into`.
+    fn take_decrypted(&mut self, into: &mut Vec<u8>) {
+        let Some(tls) = &mut self.tls else { return };
+        let _ = tls.reader().read_to_end(into);
+    }
+
+    /// Writes what it can of `tx` (drained as it goes) without waiting; `Ok` when all of it,
+    /// and every TLS record, is out. rustls takes plaintext up to its buffer limit (64 KiB).
+    fn send(&mut self, tx: &mut Vec<u8>) -> std::io::Result<()> {
+        let Some(tls) = &mut self.tls else {
+            while !tx.is_empty() {
+                let n = self.stream.try_write(tx)?;
+                tx.drain(..n);
+            }
+            return Ok(());
+        };
+        loop {
+            let taken = match tx.is_empty() {
+                true => 0,
+                false => tls.writer().write(tx)?,
+            };
+            tx.drain(..taken);
+            if tls.wants_write() {
+                tls.write_tls(&mut Nonblocking(&self.stream))?;
+            } else if tx.is_empty() || taken == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    fn write_waiting(&self, tx: &[u8]) -> bool {
+        !tx.is_empty() || self.tls.as_ref().is_some_and(|tls| tls.wants_write())
+    }
+
+    /// [`Transport::send`], waiting until all of it is out.
+    async fn send_all(&mut self, tx: &mut Vec<u8>) -> std::io::Result<()> {
+        loop {
+            match self.send(tx) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.stream.writable().await?;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// [`Transport::receive`], waiting for some plaintext (or the end); what TLS has to send
+    /// meanwhile (its handshake) is sent.
+    async fn receive_some(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            self.send_all(&mut Vec::new()).await?;
+            match self.receive(buf) {
+                // What the records just read asked for (a handshake message) goes first.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && self.write_waiting(&[]) => {
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.stream.readable().await?;
+                }
+                done => return done,
+            }
+        }
+    }
+}
+
+/// An I/O failure during an attempt, as the session sees it: a TLS failure that will repeat
+/// (a refused certificate) is 1015, which stops the client; anything else is 1006.
+fn attempt_error(stage: &str, e: &std::io::Error) -> AttemptError {
+    let tls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match tls {
+        Some(tls_error) => AttemptError {
+            code: if tls::is_permanent(tls_error) {
+                1015
+            } else {
+                1006
+            },
+            reason: format!("TLS: {tls_error}"),
+            status: None,
+        },
+        None => AttemptError::new(format!("{stage}: {e}")),
+    }
+}
+
+type TlsSetup = Arc<(Arc<ClientConfig>, ServerName<'static>)>;
+
+/// One attempt: TCP, TLS for `wss:` (its handshake carries the upgrade request), the upgrade
+/// request (token as `Authorization: Bearer`), the 101.
 async fn open(
     endpoint: Arc<Endpoint>,
+    tls: Option<TlsSetup>,
     bearer: Option<String>,
     nonce: [u8; 16],
 ) -> Result<Opened, AttemptError> {
-    let failed = |reason: String| AttemptError {
-        reason,
-        status: None,
-    };
-    let mut stream = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+    let stream = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
         .await
-        .map_err(|e| failed(format!("connect: {e}")))?;
+        .map_err(|e| AttemptError::new(format!("connect: {e}")))?;
     let _ = stream.set_nodelay(true);
+    let tls = match tls {
+        Some(tls) => Some(Box::new(
+            tls::connection(&tls.0, &tls.1).map_err(|e| attempt_error("TLS", &e))?,
+        )),
+        None => None,
+    };
+    let mut transport = Transport { stream, tls };
     let handshake = ClientHandshake::new(nonce);
     let mut request = Vec::with_capacity(256);
     let authorization = bearer.map(|token| format!("Bearer {token}"));
@@ -501,32 +645,61 @@ async fn open(
         .into_iter()
         .collect();
     handshake.write_request(&endpoint.authority, &endpoint.path, &headers, &mut request);
-    stream
-        .write_all(&request)
+    transport
+        .send_all(&mut request)
         .await
-        .map_err(|e| failed(format!("upgrade: {e}")))?;
+        .map_err(|e| attempt_error("upgrade", &e))?;
     let mut answer = Vec::with_capacity(512);
+    let mut chunk = [0u8; 4096];
     loop {
-        let n = stream
-            .read_buf(&mut answer)
-            .await
-            .map_err(|e| failed(format!("upgrade: {e}")))?;
+        let n = match transport.receive_some(&mut chunk).await {
+            Ok(n) => n,
+            Err(e) => {
+                // A TLS alert for the server, if the socket takes it.
+                let _ = transport.send(&mut Vec::new());
+                return Err(attempt_error("upgrade", &e));
+            }
+        };
         if n == 0 {
-            return Err(failed("the server closed during the upgrade".to_owned()));
+            return Err(AttemptError::new(
+                "the server closed during the upgrade".to_owned(),
+            ));
         }
+        answer.extend_from_slice(&chunk[..n]);
         match handshake.read_response(&answer) {
             Ok(None) => {}
             Ok(Some(head)) => {
-                let early = answer.split_off(head);
-                return Ok(Opened { stream, early });
+                let mut early = answer.split_off(head);
+                transport.take_decrypted(&mut early);
+                return Ok(Opened { transport, early });
             }
             Err(ClientError::Status(status)) => {
                 return Err(AttemptError {
+                    code: 1006,
                     reason: format!("upgrade refused with HTTP {status}"),
                     status: Some(status),
                 });
             }
-            Err(e) => return Err(failed(format!("bad upgrade answer: {e:?}"))),
+            Err(e) => return Err(AttemptError::new(format!("bad upgrade answer: {e:?}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_tls_failure_that_will_repeat_is_1015() {
+        let refused = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let error = attempt_error("upgrade", &std::io::Error::other(refused));
+        assert_eq!(error.code, 1015);
+        assert_eq!(error.reason, "TLS: invalid peer certificate: UnknownIssuer");
+        let corrupt = std::io::Error::other(rustls::Error::DecryptError);
+        assert_eq!(attempt_error("upgrade", &corrupt).code, 1006);
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let error = attempt_error("upgrade", &reset);
+        assert_eq!(error.code, 1006);
+        assert!(error.reason.starts_with("upgrade: "), "{}", error.reason);
     }
 }

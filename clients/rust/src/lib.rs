@@ -9,8 +9,10 @@
 //!   before expiry, publishes acknowledged or rejected with the server's code and queued (up to
 //!   a bound) while disconnected.
 //! - Async on tokio; the WebSocket is Clarion's own sans-IO protocol core
-//!   ([`clarion_protocol`], client role) over a tokio `TcpStream`, and all client logic is a
-//!   sans-IO state machine too, tested on virtual time. `ws:` URLs only for now (no TLS).
+//!   ([`clarion_protocol`], client role) over a tokio `TcpStream`, through rustls for `wss:`
+//!   URLs (certificates checked against the platform's roots and any CA added in [`Tls`];
+//!   sessions resumed on reconnection), and all client logic is a sans-IO state machine too,
+//!   tested on virtual time.
 //!
 //! ```no_run
 //! use clarion_client::{Client, Event, Options};
@@ -37,8 +39,8 @@
 //!
 //! The modules: [`session`](crate) (the protocol logic: attempts, commands and answers,
 //! timers, stop codes), `subscriptions` (resume, gaps, resets), `queue` (publishes held while
-//! disconnected), `backoff`, `wire` (the JSON on the wire), and `driver` (the tokio task that
-//! moves the bytes).
+//! disconnected), `backoff`, `wire` (the JSON on the wire), `tls` (trust and the rustls
+//! settings), and `driver` (the tokio task that moves the bytes).
 #![deny(missing_docs)]
 
 mod backoff;
@@ -50,6 +52,7 @@ mod options;
 mod queue;
 mod session;
 mod subscriptions;
+mod tls;
 mod url;
 mod wire;
 
@@ -58,7 +61,8 @@ pub use client::{Client, Subscription};
 pub use event::{Data, Event, Position, PublishAck, PublishError, State, SubscriptionState};
 pub use events::Events;
 pub use options::{Auth, BoxError, Options, TokenFuture, TokenProvider};
-pub use url::UrlError;
+pub use tls::Tls;
+pub use url::ConnectError;
 
 /// The README's Rust blocks, compiled as doctests so that they keep up with the API.
 #[cfg(doctest)]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backoff::Backoff;
+use crate::tls::Tls;
 
 /// Any error a token provider returns.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -68,6 +69,8 @@ pub struct Options {
     pub event_buffer: usize,
     /// Largest message accepted from the server (close 1009 above it). Default 16 MiB.
     pub max_message_size: u64,
+    /// Which certificates `wss:` accepts. Default: the platform's trusted roots.
+    pub tls: Tls,
 }
 
 impl Default for Options {
@@ -83,6 +86,7 @@ impl Default for Options {
             refresh_before: Duration::from_secs(30),
             event_buffer: 4096,
             max_message_size: 16 << 20,
+            tls: Tls::default(),
         }
     }
 }
@@ -132,6 +136,7 @@ impl fmt::Debug for Options {
             .field("refresh_before", &self.refresh_before)
             .field("event_buffer", &self.event_buffer)
             .field("max_message_size", &self.max_message_size)
+            .field("tls", &self.tls)
             .finish()
     }
 }

@@ -726,10 +726,12 @@ impl Session {
             opened,
         };
         // Section 6: a refused token (4003, or 401 from an older server) and a broken policy
-        // (1008) are retried only with another token from the provider.
+        // (1008) are retried only with another token from the provider. A TLS handshake that
+        // will fail again (1015: the server's certificate refused) stops the client, as a 403
+        // does: retrying could only hide the misconfiguration.
         let refused = code == 4003 || status == Some(401);
         let retry = match self.auth {
-            _ if status == Some(403) => false,
+            _ if status == Some(403) || code == 1015 => false,
             AuthKind::Provider if refused || code == 1008 => {
                 self.phase = Phase::Recheck(ended);
                 self.out.push_back(Output::FetchToken(Purpose::Recheck));

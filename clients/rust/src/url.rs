@@ -1,4 +1,5 @@
-//! The server's URL: `ws://HOST[:PORT][/PATH][?QUERY]`, read into what the upgrade needs.
+//! The server's URL: `ws://` or `wss://HOST[:PORT][/PATH][?QUERY]`, read into what the
+//! connection and the upgrade need.
 
 use std::fmt;
 
@@ -8,38 +9,38 @@ pub(crate) struct Endpoint {
     /// Host name or IP address to connect to (an IPv6 address without brackets).
     pub(crate) host: String,
     pub(crate) port: u16,
+    /// `wss:`: TLS, the server's certificate checked for `host`.
+    pub(crate) tls: bool,
     /// The `Host` header: the authority as given.
     pub(crate) authority: String,
     /// Path and query for the request line.
     pub(crate) path: String,
 }
 
-/// A URL the client cannot connect to.
+/// A URL or TLS setting the client cannot connect with.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UrlError(String);
+pub struct ConnectError(pub(crate) String);
 
-impl fmt::Display for UrlError {
+impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl std::error::Error for UrlError {}
+impl std::error::Error for ConnectError {}
 
-pub(crate) fn parse(url: &str) -> Result<Endpoint, UrlError> {
-    let bad = |why: &str| UrlError(format!("{url:?}: {why}"));
+pub(crate) fn parse(url: &str) -> Result<Endpoint, ConnectError> {
+    let bad = |why: &str| ConnectError(format!("{url:?}: {why}"));
     let (scheme, rest) = url
         .split_once("://")
-        .ok_or_else(|| bad("expected ws://HOST[:PORT]/PATH"))?;
-    if scheme.eq_ignore_ascii_case("wss") {
-        return Err(bad(
-            "wss: is not supported yet (no TLS in this client): terminate TLS in front of it or \
-             connect with ws:",
-        ));
-    }
-    if !scheme.eq_ignore_ascii_case("ws") {
-        return Err(bad("the scheme must be ws:"));
-    }
+        .ok_or_else(|| bad("expected ws:// or wss://HOST[:PORT]/PATH"))?;
+    let tls = if scheme.eq_ignore_ascii_case("wss") {
+        true
+    } else if scheme.eq_ignore_ascii_case("ws") {
+        false
+    } else {
+        return Err(bad("the scheme must be ws: or wss:"));
+    };
     let (authority, path) = match rest.find(['/', '?']) {
         Some(at) if rest.as_bytes()[at] == b'?' => (&rest[..at], format!("/{}", &rest[at..])),
         Some(at) => (&rest[..at], rest[at..].to_owned()),
@@ -70,6 +71,7 @@ pub(crate) fn parse(url: &str) -> Result<Endpoint, UrlError> {
     }
     let port = match port {
         Some(port) => port.parse::<u16>().map_err(|_| bad("bad port"))?,
+        None if tls => 443,
         None => 80,
     };
     if path.contains(char::is_whitespace) {
@@ -78,6 +80,7 @@ pub(crate) fn parse(url: &str) -> Result<Endpoint, UrlError> {
     Ok(Endpoint {
         host: host.to_owned(),
         port,
+        tls,
         authority: authority.to_owned(),
         path,
     })
@@ -107,9 +110,17 @@ mod tests {
             ("::1", 9, "[::1]:9")
         );
         assert_eq!(parse("ws://[::1]").unwrap().port, 80);
+        assert!(!parse("ws://h/ws").unwrap().tls);
+        let e = parse("WSS://push.example.com/ws").unwrap();
+        assert_eq!(
+            (e.tls, e.port, e.host.as_str()),
+            (true, 443, "push.example.com")
+        );
+        let e = parse("wss://localhost:9443/ws").unwrap();
+        assert_eq!((e.tls, e.port), (true, 9443));
         for bad in [
             "http://h/ws",
-            "wss://h/ws",
+            "https://h/ws",
             "h/ws",
             "ws://:9/ws",
             "ws://h:x/ws",

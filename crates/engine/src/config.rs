@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::{CompressionConfig, Limits, ProxyProtocol, TrustedProxies, UringConfig};
+use crate::{CompressionConfig, Limits, ProxyProtocol, TlsConfig, TrustedProxies, UringConfig};
 
 /// Which event-loop backend the reactors use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,11 +16,18 @@ pub enum Io {
     Uring,
 }
 
+/// Most listeners a reactor serves (`listen` and `also_listen` together).
+pub const MAX_LISTENERS: usize = 8;
+
 /// Settings of the engine, shared by every reactor.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Address to listen on.
+    /// Address to listen on: listener 0 ([`crate::RequestInfo::listener`]).
     pub listen: SocketAddr,
+    /// Further addresses, each served by every reactor like `listen` (an admin port, say):
+    /// a request that came on `also_listen[i]` is told listener `i + 1`. At most
+    /// [`MAX_LISTENERS`] listeners in all.
+    pub also_listen: Vec<SocketAddr>,
     /// Number of reactor threads.
     pub threads: usize,
     /// Pin reactor `i` to core `i % cores`.
@@ -52,6 +59,10 @@ pub struct Config {
     /// Bytes of the one read buffer each reactor shares among its connections (epoll; io_uring
     /// receives into its provided buffers, [`UringConfig`]).
     pub read_buffer_size: usize,
+    /// HTTP keep-alive: most requests answered on one connection; the answer to the last says
+    /// `Connection: close`. 1 closes after every answer. (How long a kept connection may idle:
+    /// `protocol.keep_alive_timeout`.)
+    pub keep_alive_requests: u32,
     /// On shutdown, how long connections get to finish their close handshake.
     pub drain_timeout: Duration,
     /// The backend.
@@ -62,10 +73,13 @@ pub struct Config {
     pub protocol: clarion_protocol::Config,
     /// permessage-deflate.
     pub compression: CompressionConfig,
+    /// TLS on the listener (every connection, every route); `None`: plaintext.
+    pub tls: Option<TlsConfig>,
     /// The PROXY protocol header the trusted proxies send at the start of each connection, in
     /// the versions taken; `Off` (the default) looks for none. On, a trusted peer's connection
     /// without an acceptable header is closed, and so is any other peer's that starts with
-    /// one; the header's source address is the peer the handler is told.
+    /// one; the header's source address is the peer the handler is told. Spoken on `listen`
+    /// only: the `also_listen` listeners (an admin port) take plain connections.
     pub proxy_protocol: ProxyProtocol,
     /// The peers whose PROXY protocol headers are believed (the application may trust them with
     /// more, such as forwarding headers).
@@ -76,6 +90,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9001)),
+            also_listen: Vec::new(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pin_threads: true,
             private_fd_table: false,
@@ -87,11 +102,13 @@ impl Default for Config {
             max_inbox_bytes: 64 << 20,
             limits: Limits::default(),
             read_buffer_size: 64 << 10,
+            keep_alive_requests: 1000,
             drain_timeout: Duration::from_secs(10),
             io: Io::Auto,
             uring: UringConfig::default(),
             protocol: clarion_protocol::Config::default(),
             compression: CompressionConfig::default(),
+            tls: None,
             proxy_protocol: ProxyProtocol::Off,
             trusted_proxies: TrustedProxies::default(),
         }

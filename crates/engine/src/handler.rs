@@ -141,14 +141,44 @@ pub struct LimitHit<'a, C> {
 pub struct RequestInfo {
     pub(crate) id: ConnId,
     pub(crate) peer: Option<SocketAddr>,
+    pub(crate) listener: usize,
     pub(crate) now: Instant,
+    pub(crate) tls: bool,
 }
 
 impl RequestInfo {
-    /// What a request on connection `id` from `peer`, at `now`, is told (for testing a handler
-    /// without sockets; the reactor makes these itself).
+    /// What a request on connection `id` from `peer`, at `now`, on listener 0, is told (for
+    /// testing a handler without sockets; the reactor makes these itself).
     pub fn new(id: ConnId, peer: Option<SocketAddr>, now: Instant) -> RequestInfo {
-        RequestInfo { id, peer, now }
+        RequestInfo {
+            id,
+            peer,
+            listener: 0,
+            now,
+            tls: false,
+        }
+    }
+
+    /// The same, for a request that came over TLS.
+    pub fn over_tls(self) -> RequestInfo {
+        RequestInfo { tls: true, ..self }
+    }
+
+    /// Whether the request came over TLS (`https`, `wss`).
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The same request, on listener `listener`.
+    pub fn on_listener(self, listener: usize) -> RequestInfo {
+        RequestInfo { listener, ..self }
+    }
+
+    /// The listener the connection was accepted on: 0 for [`crate::Config::listen`], `i + 1`
+    /// for `also_listen[i]`. A handler serves different routes on each (a public and an admin
+    /// port).
+    pub fn listener(&self) -> usize {
+        self.listener
     }
 
     /// The connection's id in its reactor (the id its WebSocket keeps if the request upgrades).
@@ -179,7 +209,9 @@ pub enum Answer<'r, C> {
         /// The chosen subprotocol.
         protocol: Option<&'r str>,
     },
-    /// Answer as plain HTTP, then close.
+    /// Answer as plain HTTP. The connection is kept for the next request if the client asks
+    /// (HTTP/1.1 by default), within [`crate::Config::keep_alive_requests`], unless the
+    /// response carries `Connection: close`.
     Respond(Response),
     /// Answer with a response whose body is streamed (Server-Sent Events, NDJSON): its head is
     /// written now (no `Content-Length`; the response's body, if any, follows it), then the

@@ -10,11 +10,14 @@
 //! clarion-protocol              sans-IO RFC 6455 / 7692: bytes and `now` in, events out
 //! ```
 //!
-//! [`Runtime::start`] binds one `SO_REUSEPORT` listener per reactor thread (the kernel spreads
-//! connections over them) and runs a reactor on each. A reactor owns its connections outright:
+//! [`Runtime::start`] binds, for each address it listens on ([`Config::listen`] and any
+//! [`Config::also_listen`], an admin port say), one `SO_REUSEPORT` listener per reactor thread
+//! (the kernel spreads connections over them) and runs a reactor on each; a request is told
+//! which listener it came on ([`RequestInfo::listener`]). A reactor owns its connections outright:
 //! their table (one small entry each, see [`connection_size`]), one read buffer, pools of receive
 //! buffers and write queues that connections borrow only while they hold bytes, and a timer
-//! wheel for pings, pongs and timeouts. It speaks WebSocket and HTTP/1.1 request heads itself
+//! wheel for pings, pongs and timeouts. It speaks WebSocket and HTTP/1.1 (keep-alive and
+//! pipelining included: [`Config::keep_alive_requests`]) request heads itself
 //! and hands you each request, each message and each close, with `now`, on the reactor's
 //! thread: one [`Handler`] per reactor, so no locks. The two backends (epoll readiness,
 //! io_uring completion; [`Io`]) behave the same to a handler.
@@ -87,10 +90,11 @@ mod runtime;
 mod stats;
 mod sys;
 mod timer;
+pub mod tls;
 mod txqueue;
 
 pub use compression::{CompressionConfig, Policy};
-pub use config::{Config, Io};
+pub use config::{Config, Io, MAX_LISTENERS};
 pub(crate) use context::LocalOps;
 pub use context::{Ctx, Local};
 pub use handler::{Answer, Handler, Limit, LimitHit, Push, RequestInfo, Response};
@@ -101,6 +105,7 @@ pub use proxy_protocol::ProxyProtocol;
 pub use runtime::{Runtime, Shared, ShutdownHandle};
 pub use stats::Stats;
 pub use sys::uring::UringConfig;
+pub use tls::TlsConfig;
 
 /// Identifies a connection within its reactor (its slab key).
 pub type ConnId = usize;

@@ -40,7 +40,8 @@ impl ShutdownHandle {
 
 /// Running reactors: their stats, and the way to stop them.
 pub struct Runtime {
-    local_addr: SocketAddr,
+    /// Per listener, the address bound.
+    local_addrs: Vec<SocketAddr>,
     io: Io,
     shutdown: ShutdownHandle,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -60,10 +61,13 @@ impl Runtime {
         // Whether a connection may send a PROXY protocol header depends on its peer's address,
         // which io_uring's multishot accept does not report.
         config.uring.peer_addresses |= config.proxy_protocol != ProxyProtocol::Off;
-        let listeners = bind_reuseport(config.listen, config.threads.max(1), config.backlog)?;
-        let local_addr = listeners[0].local_addr()?;
+        let listeners = bind_all(&config)?;
+        let local_addrs = listeners[0]
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<io::Result<_>>()?;
         let mut runtime = Runtime {
-            local_addr,
+            local_addrs,
             io: config.io,
             shutdown: ShutdownHandle {
                 flag: Arc::new(AtomicBool::new(false)),
@@ -100,14 +104,14 @@ impl Runtime {
         Ok(runtime)
     }
 
-    /// Starts one reactor thread per listener on the driver `make_driver` builds there (a ring
+    /// Starts one reactor thread per set of listeners on the driver `make_driver` builds there (a ring
     /// belongs to the thread that creates it). Fails, stopping what started, if any cannot.
     fn spawn<D, H, F>(
         &mut self,
-        listeners: Vec<std::net::TcpListener>,
+        listeners: Vec<Vec<std::net::TcpListener>>,
         config: &Arc<Config>,
         make_handler: &Arc<F>,
-        make_driver: impl Fn(std::net::TcpListener) -> io::Result<D> + Clone + Send + 'static,
+        make_driver: impl Fn(Vec<std::net::TcpListener>) -> io::Result<D> + Clone + Send + 'static,
     ) -> io::Result<()>
     where
         D: Driver + 'static,
@@ -127,7 +131,7 @@ impl Runtime {
             stats: self.stats.iter().cloned().collect(),
             limits: self.limits.clone(),
         });
-        for (index, listener) in listeners.into_iter().enumerate() {
+        for (index, listeners) in listeners.into_iter().enumerate() {
             let stats = self.stats[index].clone();
             let (config, make_handler, flag) = (
                 config.clone(),
@@ -142,7 +146,7 @@ impl Runtime {
                     if config.pin_threads {
                         pin_to_core(index);
                     }
-                    let driver = match make_driver(listener) {
+                    let driver = match make_driver(listeners) {
                         Ok(driver) => driver,
                         Err(e) => return drop(ready_tx.send(Err(e))),
                     };
@@ -187,9 +191,14 @@ impl Runtime {
         self.io
     }
 
-    /// The address the listeners are bound to (with the real port when 0 was asked for).
+    /// The address `listen` is bound to (with the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.local_addrs[0]
+    }
+
+    /// The addresses of every listener, by index: `listen`, then `also_listen` (real ports).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
     }
 
     /// Per-reactor counters.
@@ -228,6 +237,29 @@ impl Runtime {
             let _ = thread.join();
         }
     }
+}
+
+/// Per reactor, one `SO_REUSEPORT` listener for each address of `config` (listener `i` of every
+/// reactor shares a port).
+fn bind_all(config: &Config) -> io::Result<Vec<Vec<std::net::TcpListener>>> {
+    let addrs: Vec<SocketAddr> = std::iter::once(config.listen)
+        .chain(config.also_listen.iter().copied())
+        .collect();
+    if addrs.len() > crate::MAX_LISTENERS {
+        let message = format!("at most {} listeners", crate::MAX_LISTENERS);
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, message));
+    }
+    let threads = config.threads.max(1);
+    let mut reactors: Vec<Vec<std::net::TcpListener>> = (0..threads).map(|_| Vec::new()).collect();
+    for addr in addrs {
+        for (reactor, listener) in bind_reuseport(addr, threads, config.backlog)?
+            .into_iter()
+            .enumerate()
+        {
+            reactors[reactor].push(listener);
+        }
+    }
+    Ok(reactors)
 }
 
 impl Drop for Runtime {

@@ -35,6 +35,17 @@ pub struct Stats {
     pub deflate_messages_out: AtomicU64,
     /// Compressed payload bytes sent through [`crate::Ctx::send`].
     pub deflate_bytes_out: AtomicU64,
+    /// TLS connections in the handshake now.
+    pub tls_handshaking: AtomicU64,
+    /// TLS handshakes completed since start (full and resumed).
+    pub tls_handshakes: AtomicU64,
+    /// Of those, resumed from a session ticket or id.
+    pub tls_resumed: AtomicU64,
+    /// TLS connections that failed: a refused handshake, a bad record.
+    pub tls_failures: AtomicU64,
+    /// Connections refused at accept because the reactor had
+    /// [`crate::TlsConfig::max_handshakes`] in the TLS handshake.
+    pub tls_refused: AtomicU64,
     /// Writes that carried bytes to sockets: `writev` calls that wrote (epoll), sends that
     /// completed having written (io_uring). Bytes out over this is the bytes per write.
     pub socket_writes: AtomicU64,

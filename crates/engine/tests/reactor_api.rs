@@ -70,6 +70,16 @@ impl Handler for Broadcast {
                 response.headers.push(("X-Stream", "yes".to_owned()));
                 Answer::Stream { conn: (), response }
             }
+            ("GET" | "HEAD", "/listener") => Answer::Respond(Response::new(
+                200,
+                "text/plain",
+                format!("listener {}", info.listener()),
+            )),
+            ("GET", "/close") => {
+                let mut response = Response::new(200, "text/plain", "bye");
+                response.headers.push(("Connection", "close".to_owned()));
+                Answer::Respond(response)
+            }
             ("POST", "/pub") => {
                 let frame: Arc<[u8]> =
                     frame::encode_frame(clarion_protocol::OpCode::Binary, body).into();
@@ -130,10 +140,20 @@ struct Server {
 }
 
 fn start(threads: usize, max_queued: usize) -> Server {
-    start_copying(threads, max_queued, 1)
+    start_with(threads, max_queued, 1, |_| {})
 }
 
 fn start_copying(threads: usize, max_queued: usize, copies: usize) -> Server {
+    start_with(threads, max_queued, copies, |_| {})
+}
+
+/// A server whose handler sends each published frame `copies` times, on a config `adjust`ed.
+fn start_with(
+    threads: usize,
+    max_queued: usize,
+    copies: usize,
+    adjust: impl FnOnce(&mut clarion_engine::Config),
+) -> Server {
     let mut config = clarion_engine::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         threads,
@@ -146,6 +166,7 @@ fn start_copying(threads: usize, max_queued: usize, copies: usize) -> Server {
         ..clarion_engine::Config::default()
     };
     config.uring.peer_addresses = true;
+    adjust(&mut config);
     let (full, seen) = (Arc::new(AtomicU64::new(0)), Arc::default());
     let (full2, seen2) = (full.clone(), Arc::clone(&seen));
     let runtime = Runtime::start(config, move |_, shared: &Shared<Arc<[u8]>>| {
@@ -183,16 +204,45 @@ fn subscribe(addr: SocketAddr) -> WebSocket<TcpStream> {
     ws
 }
 
-/// Sends a raw request and returns the whole answer (until the server closes).
+/// Sends a raw request on a new connection and returns the answer.
 fn http(addr: SocketAddr, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
+    let mut stream = connect(addr);
+    stream.write_all(request).unwrap();
+    read_answer(&mut stream, true)
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    stream.write_all(request).unwrap();
+    stream
+}
+
+/// Reads one HTTP answer: its head, then `Content-Length` bytes of body (`with_body`; not for
+/// `HEAD`). Empty if the connection ends first.
+fn read_answer(stream: &mut TcpStream, with_body: bool) -> String {
     let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    String::from_utf8_lossy(&answer).into_owned()
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => answer.push(byte[0]),
+            _ => return String::from_utf8_lossy(&answer).into_owned(),
+        }
+    }
+    let head = String::from_utf8_lossy(&answer).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("Content-Length: "))
+        .map_or(0, |n| n.trim().parse().unwrap());
+    let mut body = vec![0; if with_body { length } else { 0 }];
+    stream.read_exact(&mut body).unwrap();
+    head + &String::from_utf8_lossy(&body)
+}
+
+/// Whether the server closed `stream` (a read finds the end, not data).
+fn closed_by_server(stream: &mut TcpStream) -> bool {
+    matches!(stream.read(&mut [0u8; 1]), Ok(0))
 }
 
 fn publish(addr: SocketAddr, body: &[u8]) -> String {
@@ -336,8 +386,7 @@ fn a_body_sent_after_100_continue_and_in_pieces() {
     stream.write_all(b"01234").unwrap();
     std::thread::sleep(Duration::from_millis(20));
     stream.write_all(b"56789").unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
+    let answer = read_answer(&mut stream, true);
     assert!(
         answer.starts_with("HTTP/1.1 202") && answer.ends_with("10"),
         "{answer}"
@@ -535,4 +584,138 @@ fn a_handler_that_declines_the_sweep_is_not_called_per_connection() {
     let seen = sweeps.load(Ordering::Relaxed);
     assert!(within_30s(|| sweeps.load(Ordering::Relaxed) >= seen + 2));
     assert_eq!(visits.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn every_reactor_serves_every_listener_and_tells_the_handler_which() {
+    let server = start_with(2, 1 << 20, 1, |config| {
+        config.also_listen = vec!["127.0.0.1:0".parse().unwrap(); 2];
+    });
+    let addrs = server.runtime.local_addrs().to_vec();
+    assert_eq!(addrs.len(), 3);
+    assert_eq!(addrs[0], server.runtime.local_addr());
+    for (index, &addr) in addrs.iter().enumerate() {
+        // Enough connections that both reactors take some (SO_REUSEPORT hashes them).
+        for _ in 0..8 {
+            let answer = http(addr, b"GET /listener HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert!(answer.ends_with(&format!("listener {index}")), "{answer}");
+        }
+    }
+    // WebSockets open on any listener, and a broadcast reaches them all.
+    let mut subscribers: Vec<_> = addrs.iter().map(|&addr| subscribe(addr)).collect();
+    assert!(eventually(|| total(&server.runtime, |s| &s.upgrades) == 3));
+    publish(addrs[2], b"everywhere");
+    for ws in &mut subscribers {
+        assert_eq!(
+            ws.read().unwrap(),
+            Message::Binary(b"everywhere".to_vec().into())
+        );
+    }
+    // Shutdown closes every listener.
+    server.runtime.shutdown();
+    server.runtime.join();
+    for addr in addrs {
+        assert!(TcpStream::connect(addr).is_err(), "{addr} still accepts");
+    }
+}
+
+#[test]
+fn a_kept_connection_answers_requests_in_order_pipelined_or_not() {
+    let server = start(1, 1 << 20);
+    let addr = server.runtime.local_addr();
+    let mut stream = connect(addr);
+    let get = b"GET /listener HTTP/1.1\r\nHost: x\r\n\r\n";
+    for _ in 0..3 {
+        stream.write_all(get).unwrap();
+        let answer = read_answer(&mut stream, true);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            !answer.contains("Connection:"),
+            "HTTP/1.1 keeps by default: {answer}"
+        );
+    }
+    // Kept and idle, it holds no buffer and no write queue.
+    assert!(eventually(|| {
+        total(&server.runtime, |s| &s.rx_buffers_lent) == 0
+            && total(&server.runtime, |s| &s.tx_queues_lent) == 0
+            && total(&server.runtime, |s| &s.connections) == 1
+    }));
+    // Pipelined: a POST with a body, a HEAD (its length, no body), a GET; in one write.
+    let pipelined = [
+        &b"POST /pub HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"[..],
+        b"HEAD /listener HTTP/1.1\r\nHost: x\r\n\r\n",
+        get,
+    ]
+    .concat();
+    stream.write_all(&pipelined).unwrap();
+    let post = read_answer(&mut stream, true);
+    assert!(
+        post.starts_with("HTTP/1.1 202") && post.ends_with("\r\n\r\n5"),
+        "{post}"
+    );
+    let head = read_answer(&mut stream, false);
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.contains("Content-Length: 10"),
+        "{head}"
+    );
+    let third = read_answer(&mut stream, true);
+    assert!(third.ends_with("\r\n\r\nlistener 0"), "{third}");
+    // A request read in pieces, with the next one right behind it in the last piece.
+    stream.write_all(b"GET /listener HTTP/1.1\r\nHo").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    stream
+        .write_all(b"st: x\r\n\r\nGET /close HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert!(read_answer(&mut stream, true).ends_with("listener 0"));
+    // The handler said `Connection: close`: said once, and done.
+    let last = read_answer(&mut stream, true);
+    assert_eq!(last.matches("Connection:").count(), 1, "{last}");
+    assert!(
+        last.contains("Connection: close") && last.ends_with("bye"),
+        "{last}"
+    );
+    assert!(closed_by_server(&mut stream));
+    // The same connection can also upgrade after plain answers.
+    let mut stream = connect(addr);
+    stream.write_all(get).unwrap();
+    read_answer(&mut stream, true);
+    let (mut ws, response) = tungstenite::client(format!("ws://{addr}/sub"), stream).unwrap();
+    assert_eq!(response.status(), 101);
+    publish(addr, b"kept");
+    assert_eq!(ws.read().unwrap(), Message::Binary(b"kept".to_vec().into()));
+}
+
+#[test]
+fn keep_alive_follows_the_client_and_the_limits() {
+    let server = start_with(1, 1 << 20, 1, |config| {
+        config.keep_alive_requests = 2;
+        config.protocol.keep_alive_timeout = Duration::from_millis(300);
+    });
+    let addr = server.runtime.local_addr();
+    let ask = |request: &[u8]| {
+        let mut stream = connect(addr);
+        stream.write_all(request).unwrap();
+        (read_answer(&mut stream, true), stream)
+    };
+    // HTTP/1.1 with `Connection: close`, and HTTP/1.0: closed after the answer.
+    for request in [
+        &b"GET /listener HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
+        b"GET /listener HTTP/1.0\r\n\r\n",
+    ] {
+        let (answer, mut stream) = ask(request);
+        assert!(answer.contains("Connection: close"), "{answer}");
+        assert!(closed_by_server(&mut stream));
+    }
+    // HTTP/1.0 asking for keep-alive is told so; its second request is the last of two.
+    let request = b"GET /listener HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+    let (answer, mut stream) = ask(request);
+    assert!(answer.contains("Connection: keep-alive"), "{answer}");
+    stream.write_all(request).unwrap();
+    let answer = read_answer(&mut stream, true);
+    assert!(answer.contains("Connection: close"), "the cap: {answer}");
+    assert!(closed_by_server(&mut stream));
+    // A kept connection that stays quiet is closed after keep_alive_timeout.
+    let (answer, mut stream) = ask(b"GET /listener HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(!answer.contains("Connection:"), "{answer}");
+    assert!(closed_by_server(&mut stream), "closed when idle");
 }

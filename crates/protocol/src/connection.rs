@@ -35,8 +35,12 @@ pub struct Config {
     pub max_headers: usize,
     /// Largest plain HTTP request body (413 above it).
     pub max_body_size: usize,
-    /// Time from accept to a complete request head.
+    /// Time from accept (or from the first byte of a request that follows another on a
+    /// persistent connection) to a complete request head.
     pub handshake_timeout: Duration,
+    /// HTTP keep-alive: after an answer on a persistent connection, how long the client has to
+    /// start its next request ([`Connection::next_request`]).
+    pub keep_alive_timeout: Duration,
     /// Send a ping after this long without hearing from the peer.
     pub ping_interval: Option<Duration>,
     /// After a ping, how long the peer has to send anything before the connection is dropped.
@@ -56,6 +60,7 @@ impl Default for Config {
             max_headers: 64,
             max_body_size: 1 << 20,
             handshake_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(75),
             ping_interval: Some(Duration::from_secs(30)),
             pong_timeout: Duration::from_secs(15),
             idle_timeout: None,
@@ -136,6 +141,8 @@ pub enum Failure {
 pub enum Timeout {
     /// No request head in time: closed.
     Handshake,
+    /// A persistent HTTP connection was idle past `keep_alive_timeout`: closed.
+    KeepAlive,
     /// The peer was quiet: a ping was sent.
     PingSent,
     /// No answer to our ping: close frame sent, connection closed.
@@ -178,6 +185,9 @@ bitflags::bitflags! {
         const CONTINUE_SENT = 1 << 5;
         /// The message being assembled in `rx` is compressed (its first frame had RSV1).
         const COMPRESSED = 1 << 6;
+        /// Handshaking, after an answer on a persistent HTTP connection: waiting for the first
+        /// byte of the next request (`keep_alive_timeout` from `stamp`).
+        const KEPT_ALIVE = 1 << 7;
     }
 }
 
@@ -326,7 +336,7 @@ impl Connection {
             Cleanup::Control => rx.truncate(rx.len() - self.control_len as usize),
         }
         match self.state {
-            State::Handshaking => self.read_head(input, rx, config, out),
+            State::Handshaking => self.read_head(input, rx, now, config, out),
             State::Open | State::Closing => self.read_frames(input, rx, inflate, now, config, out),
             // A streaming response's client has nothing to say: what it sends is dropped
             // unread (its FIN still ends the connection, below this state machine).
@@ -341,11 +351,17 @@ impl Connection {
         &mut self,
         input: &mut &'i mut [u8],
         rx: &'r mut Vec<u8>,
+        now: Instant,
         config: &Config,
         out: &mut (impl Transmit + ?Sized),
     ) -> Option<Event<'x>> {
         if input.is_empty() {
             return None;
+        }
+        if self.flags.contains(Flags::KEPT_ALIVE) {
+            // The next request has begun: it has `handshake_timeout` to complete its head.
+            self.flags.remove(Flags::KEPT_ALIVE);
+            self.stamp = now;
         }
         if rx.is_empty() {
             // The usual case: the whole request in one read, parsed where it lies.
@@ -440,6 +456,19 @@ impl Connection {
         rx.clear();
         self.remaining = 0;
         self.state = State::Streaming;
+        self.stamp = now;
+    }
+
+    /// After a `Request` event answered as plain HTTP on a persistent connection: reads the next
+    /// request. Removes the answered request from `rx`; what stays there are requests the client
+    /// sent behind it (pipelined), to be fed back through [`Connection::read`] as input, in
+    /// order. The client then has `keep_alive_timeout` to start its next request.
+    pub fn next_request(&mut self, now: Instant, rx: &mut Vec<u8>) {
+        debug_assert_eq!(self.state, State::Handshaking);
+        rx.drain(..(self.remaining as usize).min(rx.len()));
+        self.remaining = 0;
+        self.flags.remove(Flags::CONTINUE_SENT);
+        self.flags.insert(Flags::KEPT_ALIVE);
         self.stamp = now;
     }
 
@@ -1011,6 +1040,9 @@ impl Connection {
     /// When [`Connection::handle_timeout`] next has something to do, if ever.
     pub fn poll_timeout(&self, config: &Config) -> Option<Instant> {
         match self.state {
+            State::Handshaking if self.flags.contains(Flags::KEPT_ALIVE) => {
+                Some(self.stamp + config.keep_alive_timeout)
+            }
             State::Handshaking => Some(self.stamp + config.handshake_timeout),
             State::Open => {
                 let ping = config.ping_interval.map(|interval| {
@@ -1046,6 +1078,10 @@ impl Connection {
             return None;
         }
         match self.state {
+            State::Handshaking if self.flags.contains(Flags::KEPT_ALIVE) => {
+                self.state = State::Closed;
+                Some(Timeout::KeepAlive)
+            }
             State::Handshaking => {
                 self.state = State::Closed;
                 Some(Timeout::Handshake)
@@ -1543,6 +1579,68 @@ mod tests {
             assert!(String::from_utf8_lossy(&sent).starts_with(&format!("HTTP/1.1 {status}")));
             assert_eq!(conn.state(), State::Closed);
         }
+    }
+
+    #[test]
+    fn a_kept_connection_reads_pipelined_requests_and_times_out_when_idle() {
+        let start = Instant::now();
+        let config = Config {
+            keep_alive_timeout: Duration::from_secs(3),
+            ..Config::default()
+        };
+        let mut conn = Connection::server(start);
+        let (mut rx, mut sent) = (Vec::new(), Vec::new());
+        // Two requests, the first split so that it completes in `rx` with the second behind it.
+        let mut first = b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nh".to_vec();
+        let mut input = &mut first[..];
+        assert!(
+            conn.read(&mut input, &mut rx, start, &config, &mut sent)
+                .is_none()
+        );
+        let mut rest = b"iGET /b HTTP/1.1\r\n\r\n".to_vec();
+        let mut input = &mut rest[..];
+        let ev = conn.read(&mut input, &mut rx, start, &config, &mut sent);
+        assert_eq!(ev.map(own), Some(Ev::Request("/a hi".into())));
+        let answered = start + Duration::from_secs(1);
+        conn.next_request(answered, &mut rx);
+        assert_eq!(conn.state(), State::Handshaking);
+        assert_eq!(
+            conn.poll_timeout(&config),
+            Some(answered + config.keep_alive_timeout),
+            "idle between requests: keep_alive_timeout"
+        );
+        // What stayed in rx is the pipelined request, fed back as input.
+        let mut early = std::mem::take(&mut rx);
+        let mut input = &mut early[..];
+        let ev = conn.read(&mut input, &mut rx, answered, &config, &mut sent);
+        assert_eq!(ev.map(own), Some(Ev::Request("/b ".into())));
+        conn.next_request(answered, &mut rx);
+        assert!(rx.is_empty());
+        // The first byte of the next request starts the head's own timeout.
+        let typing = answered + Duration::from_secs(2);
+        let mut partial = b"GET /c HT".to_vec();
+        let mut input = &mut partial[..];
+        assert!(
+            conn.read(&mut input, &mut rx, typing, &config, &mut sent)
+                .is_none()
+        );
+        assert_eq!(
+            conn.poll_timeout(&config),
+            Some(typing + config.handshake_timeout)
+        );
+        // Quiet past keep_alive_timeout: closed.
+        let mut idle = Connection::server(start);
+        idle.next_request(start, &mut Vec::new());
+        let late = start + config.keep_alive_timeout;
+        assert_eq!(
+            idle.handle_timeout(late, &config, &mut sent),
+            Some(Timeout::KeepAlive)
+        );
+        assert_eq!(idle.state(), State::Closed);
+        assert!(
+            sent.is_empty(),
+            "nothing is sent to an idle HTTP connection"
+        );
     }
 
     #[test]

@@ -124,6 +124,15 @@ impl<'a> Request<'a> {
             .map(|(_, v)| v)
     }
 
+    /// Whether the client asks to keep the connection for further requests (RFC 9112 §9.3):
+    /// HTTP/1.1 unless it sent `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`.
+    pub fn wants_keep_alive(&self) -> bool {
+        if self.has_token("connection", "close") {
+            return false;
+        }
+        self.minor_version >= 1 || self.has_token("connection", "keep-alive")
+    }
+
     /// The `y` of `HTTP/1.y`.
     pub fn minor_version(&self) -> u8 {
         self.minor_version
@@ -295,18 +304,48 @@ pub fn write_response(
     content_type: &str,
     body: &[u8],
 ) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.to_string().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(reason(status).as_bytes());
-    for (name, value) in headers {
-        write_header(out, name, value);
-    }
-    write_header(out, "Content-Type", content_type);
-    write_header(out, "Content-Length", &body.len().to_string());
-    write_header(out, "Connection", "close");
-    out.extend_from_slice(b"\r\n\r\n");
+    write_response_head(
+        out,
+        status,
+        headers,
+        content_type,
+        body.len(),
+        Persistence::Close,
+    );
     out.extend_from_slice(body);
+}
+
+/// What an HTTP/1.1 response says of the connection behind it (its `Connection` header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Persistence {
+    /// `Connection: close`: the server closes after this response.
+    Close,
+    /// No `Connection` header: kept for the next request, HTTP/1.1's default.
+    Kept,
+    /// `Connection: keep-alive`: kept, said aloud, as an HTTP/1.0 client that asked for it
+    /// needs.
+    KeepAlive,
+}
+
+/// Writes the head of an HTTP/1.1 response whose body is `content_length` bytes (the caller
+/// appends the body, or leaves it out for `HEAD`). `headers` must not hold `Content-Type`,
+/// `Content-Length` or `Connection`.
+pub fn write_response_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    headers: &[(&str, &str)],
+    content_type: &str,
+    content_length: usize,
+    connection: Persistence,
+) {
+    write_status_and_headers(out, status, headers, content_type);
+    write_header(out, "Content-Length", &content_length.to_string());
+    match connection {
+        Persistence::Close => write_header(out, "Connection", "close"),
+        Persistence::KeepAlive => write_header(out, "Connection", "keep-alive"),
+        Persistence::Kept => {}
+    }
+    out.extend_from_slice(b"\r\n\r\n");
 }
 
 /// Writes the head of an HTTP/1.1 response whose body is streamed (Server-Sent Events, NDJSON):
@@ -320,6 +359,19 @@ pub fn write_stream_head(
     headers: &[(&str, &str)],
     content_type: &str,
 ) {
+    write_status_and_headers(out, status, headers, content_type);
+    write_header(out, "Connection", "close");
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// The status line, `headers` and `Content-Type` of an answer's head, each header line
+/// started with its CRLF (the head's end is the caller's).
+fn write_status_and_headers(
+    out: &mut Vec<u8>,
+    status: u16,
+    headers: &[(&str, &str)],
+    content_type: &str,
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.to_string().as_bytes());
     out.push(b' ');
@@ -328,8 +380,6 @@ pub fn write_stream_head(
         write_header(out, name, value);
     }
     write_header(out, "Content-Type", content_type);
-    write_header(out, "Connection", "close");
-    out.extend_from_slice(b"\r\n\r\n");
 }
 
 fn write_header(out: &mut Vec<u8>, name: &str, value: &str) {
@@ -536,6 +586,43 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nCache-Control: no-cache\r\n\
               Content-Type: text/event-stream\r\nConnection: close\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn keep_alive_is_http_1_1_s_default_and_http_1_0_s_option() {
+        for (head, kept) in [
+            (&b"GET / HTTP/1.1\r\n\r\n"[..], true),
+            (b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n", false),
+            (
+                b"GET / HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n",
+                false,
+            ),
+            (b"GET / HTTP/1.0\r\n\r\n", false),
+            (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true),
+        ] {
+            let (request, _) = parse(head).unwrap().unwrap();
+            let shown = String::from_utf8_lossy(head);
+            assert_eq!(request.wants_keep_alive(), kept, "{shown}");
+        }
+        let mut out = Vec::new();
+        write_response_head(
+            &mut out,
+            200,
+            &[("X", "y")],
+            "text/plain",
+            5,
+            Persistence::Kept,
+        );
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nX: y\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n"
+        );
+        out.clear();
+        write_response_head(&mut out, 200, &[], "text/plain", 0, Persistence::KeepAlive);
+        assert!(out.ends_with(b"Connection: keep-alive\r\n\r\n"));
+        out.clear();
+        write_response(&mut out, 404, &[], "text/plain", b"no");
+        assert!(out.ends_with(b"Connection: close\r\n\r\nno"));
     }
 
     fn with(replace: &str, by: &str) -> Vec<u8> {

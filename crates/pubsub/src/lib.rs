@@ -92,7 +92,7 @@ mod topic;
 
 pub use epoch::{Epoch, Resume};
 pub use history::Recovery;
-pub use hub::{Admission, Delivered, Hub, HubConfig, HubStats, Interest};
+pub use hub::{Admission, Delivered, Hub, HubConfig, HubStats, Interest, TopicCount};
 pub use message::{
     Format, Message, Payload, Post, frame_payload, shared_compressed_frame, shared_frame,
 };

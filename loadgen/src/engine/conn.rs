@@ -2,7 +2,8 @@
 //! state; nothing else. The buffers a connection needs only now and then (a partial frame, bytes
 //! the socket did not take) are lent by the loop ([`super::lent`]) and the slot keeps only their
 //! index, so an idle slot is 64 bytes plus the mode's state (the `size_of` tests below). Also the
-//! two socket helpers the loop uses (write with a backlog, read with retry on EINTR).
+//! socket helpers the loop uses (write with a backlog, read with retry on EINTR, both also through
+//! TLS).
 
 use std::io::{self, Read, Write};
 
@@ -14,7 +15,7 @@ use super::lent::LentId;
 use crate::failure::Reason;
 
 /// Most bytes a connection may have waiting for the socket before it counts as stalled.
-const MAX_BACKLOG: usize = 16 << 20;
+pub const MAX_BACKLOG: usize = 16 << 20;
 
 /// Where the socket is.
 #[derive(Debug)]
@@ -24,6 +25,12 @@ pub enum Phase {
     /// TCP connect in progress, started at `since_ns`.
     Connecting {
         /// When the dial started.
+        since_ns: u64,
+    },
+    /// TLS handshake (`wss://`) in progress since the TCP connect ended at `since_ns`; its
+    /// state is beside the slot.
+    Securing {
+        /// When the client's hello left.
         since_ns: u64,
     },
     /// Upgrade request sent at `since_ns`, waiting for the 101.
@@ -128,6 +135,35 @@ pub fn flush(
     Ok(())
 }
 
+/// [`flush`] through TLS: `tx` is encrypted, and the records go out as far as the socket takes
+/// them; what it does not take waits in rustls (which the slot's TLS state holds anyway), so a
+/// TLS connection never borrows a backlog.
+pub fn flush_tls(
+    stream: &mut TcpStream,
+    tls: &mut rustls::ClientConnection,
+    tx: &mut Vec<u8>,
+) -> Result<(), Reason> {
+    if !tx.is_empty() {
+        // rustls holds up to MAX_BACKLOG (set_buffer_limit at connect): past it, stalled.
+        let taken = tls.writer().write(tx).map_err(|e| Reason::of_io(&e))?;
+        let all = taken == tx.len();
+        tx.clear();
+        if !all {
+            return Err(Reason::Stalled);
+        }
+    }
+    while tls.wants_write() {
+        match tls.write_tls(stream) {
+            Ok(0) => return Err(Reason::Reset),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Reason::of_io(&e)),
+        }
+    }
+    Ok(())
+}
+
 /// Writes as much of `bytes` as the socket takes now.
 fn write_some(stream: &mut TcpStream, bytes: &[u8]) -> Result<usize, Reason> {
     let mut written = 0;
@@ -155,8 +191,16 @@ pub enum Got {
     Failed(Reason),
 }
 
-/// Reads into `buf`.
-pub fn read(stream: &mut TcpStream, buf: &mut [u8]) -> Got {
+/// Reads into `buf` (with TLS: decrypted bytes; a short read does not mean the socket is
+/// drained, only [`Got::Empty`] does).
+pub fn read(
+    stream: &mut TcpStream,
+    tls: Option<&mut rustls::ClientConnection>,
+    buf: &mut [u8],
+) -> Got {
+    if let Some(tls) = tls {
+        return read_tls(stream, tls, buf);
+    }
     loop {
         return match stream.read(buf) {
             Ok(0) => Got::Eof,
@@ -165,6 +209,45 @@ pub fn read(stream: &mut TcpStream, buf: &mut [u8]) -> Got {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => Got::Failed(Reason::of_io(&e)),
         };
+    }
+}
+
+/// [`read`] through TLS: plaintext rustls holds first, else records from the socket.
+fn read_tls(stream: &mut TcpStream, tls: &mut rustls::ClientConnection, buf: &mut [u8]) -> Got {
+    loop {
+        match tls.reader().read(buf) {
+            Ok(0) => return Got::Eof,
+            Ok(n) => return Got::Bytes(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Got::Eof,
+            Err(_) => return Got::Failed(Reason::Tls),
+        }
+        match receive_tls(stream, tls) {
+            Ok(true) => {}
+            Ok(false) => return Got::Empty,
+            Err(got) => return got,
+        }
+    }
+}
+
+/// Reads records from the socket into rustls and processes them; `false` when the socket had
+/// nothing.
+pub fn receive_tls(
+    stream: &mut TcpStream,
+    tls: &mut rustls::ClientConnection,
+) -> Result<bool, Got> {
+    loop {
+        match tls.read_tls(stream) {
+            Ok(0) => return Err(Got::Eof),
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Got::Failed(Reason::of_io(&e))),
+        }
+    }
+    match tls.process_new_packets() {
+        Ok(_) => Ok(true),
+        Err(_) => Err(Got::Failed(Reason::Tls)),
     }
 }
 

@@ -46,13 +46,21 @@ impl<T: Traffic> Worker<'_, T> {
                     self.on_connect(slot, at);
                 }
             }
+            Phase::Securing { .. } => {
+                if ready.readable {
+                    self.read_tls_handshake(slot, at);
+                } else if ready.writable {
+                    self.flush(slot, at);
+                }
+            }
             Phase::Handshaking { .. } => {
                 if ready.readable {
                     self.read_handshake(slot, at);
                 }
             }
             Phase::Open(_) | Phase::Stream(_) => {
-                if ready.writable && conn.lent.is_some() {
+                let tls = self.secure.get(slot).and_then(|t| t.as_deref());
+                if ready.writable && (conn.lent.is_some() || tls.is_some_and(|t| t.wants_write())) {
                     self.flush(slot, at);
                 }
                 if ready.readable {
@@ -87,6 +95,73 @@ impl<T: Traffic> Worker<'_, T> {
         if conn.life == Life::Pending {
             hist::record(&mut self.tally.connect, at.now_ns.saturating_sub(*since_ns));
         }
+        let (_, target) = self.plan.pairs.pair(self.first + slot);
+        if target.tls {
+            return self.start_tls(slot, at);
+        }
+        self.send_upgrade(slot, at);
+    }
+
+    /// Starts the TLS handshake (`wss://`): the client's hello goes out now.
+    fn start_tls(&mut self, slot: usize, at: At) {
+        let (_, target) = self.plan.pairs.pair(self.first + slot);
+        let config = self
+            .plan
+            .tls
+            .as_ref()
+            .expect("a TLS target has a TLS config");
+        let mut tls = match crate::tls::connect(config, &target.server_name()) {
+            Ok(tls) => tls,
+            Err(_) => return self.fail(slot, Reason::Tls, at),
+        };
+        tls.set_buffer_limit(Some(conn::MAX_BACKLOG));
+        if self.secure.len() <= slot {
+            self.secure.resize_with(slot + 1, || None);
+        }
+        self.secure[slot] = Some(Box::new(tls));
+        self.conns[slot].phase = Phase::Securing {
+            since_ns: at.now_ns,
+        };
+        self.flush(slot, at);
+    }
+
+    /// Reads the server's side of the TLS handshake; once it is done, sends the upgrade.
+    fn read_tls_handshake(&mut self, slot: usize, at: At) {
+        let conn = &mut self.conns[slot];
+        let (Phase::Securing { since_ns }, Some(stream), Some(Some(tls))) =
+            (&conn.phase, &mut conn.stream, self.secure.get_mut(slot))
+        else {
+            return;
+        };
+        let since_ns = *since_ns;
+        loop {
+            match conn::receive_tls(stream, tls) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(Got::Failed(reason)) => {
+                    // The alert rustls queued says why; send it if the socket takes it.
+                    self.flush(slot, at);
+                    return self.fail(slot, reason, at);
+                }
+                Err(_) => return self.fail(slot, Reason::Tls, at),
+            }
+            if !tls.is_handshaking() {
+                break;
+            }
+        }
+        let done = !tls.is_handshaking();
+        self.flush(slot, at);
+        if done && matches!(self.conns[slot].phase, Phase::Securing { .. }) {
+            if self.conns[slot].life == Life::Pending {
+                hist::record(&mut self.tally.tls, at.now_ns.saturating_sub(since_ns));
+            }
+            self.send_upgrade(slot, at);
+        }
+    }
+
+    /// Sends the upgrade request (over TLS when the slot has it).
+    fn send_upgrade(&mut self, slot: usize, at: At) {
+        let conn = &mut self.conns[slot];
         let mut nonce = [0u8; 16];
         nonce[..8].copy_from_slice(&next_random(&mut self.rng).to_ne_bytes());
         nonce[8..].copy_from_slice(&next_random(&mut self.rng).to_ne_bytes());
@@ -121,7 +196,8 @@ impl<T: Traffic> Worker<'_, T> {
                 return;
             };
             let (handshake, since_ns) = (*handshake, *since_ns);
-            let n = match conn::read(stream, &mut self.rbuf) {
+            let tls = self.secure.get_mut(slot).and_then(|t| t.as_deref_mut());
+            let n = match conn::read(stream, tls, &mut self.rbuf) {
                 Got::Bytes(n) => n,
                 Got::Empty => return,
                 Got::Eof => return self.fail(slot, Reason::Eof, at),
@@ -217,13 +293,16 @@ impl<T: Traffic> Worker<'_, T> {
     /// already queued behind the data and raises no further edge, so reading goes on to it.
     pub(super) fn read_frames(&mut self, slot: usize, hangup: bool, at: At) {
         let mut rbuf = std::mem::take(&mut self.rbuf);
+        // Through TLS a short read says nothing of the socket: read until it is empty.
+        let tls_slot = self.secure.get(slot).is_some_and(Option::is_some);
         loop {
             let conn = &mut self.conns[slot];
             let (Phase::Open(_) | Phase::Stream(_), Some(stream)) = (&conn.phase, &mut conn.stream)
             else {
                 break;
             };
-            let n = match conn::read(stream, &mut rbuf) {
+            let tls = self.secure.get_mut(slot).and_then(|t| t.as_deref_mut());
+            let n = match conn::read(stream, tls, &mut rbuf) {
                 Got::Bytes(n) => n,
                 Got::Empty => break,
                 Got::Eof => {
@@ -238,7 +317,7 @@ impl<T: Traffic> Worker<'_, T> {
             let fed = self.feed(slot, &mut rbuf[..n], at);
             self.conclude(slot, fed, at);
             // A short read drained the socket; the next arrival raises a new edge.
-            if n < rbuf.len() && !hangup {
+            if n < rbuf.len() && !hangup && !tls_slot {
                 break;
             }
         }
@@ -472,7 +551,8 @@ impl<T: Traffic> Worker<'_, T> {
             let Some(stream) = &mut self.conns[slot].stream else {
                 return;
             };
-            match conn::read(stream, &mut self.rbuf) {
+            let tls = self.secure.get_mut(slot).and_then(|t| t.as_deref_mut());
+            match conn::read(stream, tls, &mut self.rbuf) {
                 Got::Bytes(_) => {}
                 Got::Empty => return,
                 Got::Eof | Got::Failed(_) => return self.release(slot),

@@ -126,6 +126,9 @@ struct Worker<'a, T: Traffic> {
     /// Global index of slot 0.
     first: usize,
     conns: Vec<Conn<T::Conn>>,
+    /// TLS connections' state by slot, beside the slots (plaintext ones pay nothing): boxed,
+    /// filled from the TCP connect to the release.
+    secure: Vec<Option<Box<rustls::ClientConnection>>>,
     lender: Lender,
     /// An empty receive buffer (with capacity) for reads by connections that borrow none.
     spare: Vec<u8>,
@@ -204,6 +207,7 @@ impl<'a, T: Traffic> Worker<'a, T> {
             alarm,
             first: shard.first,
             conns: (0..shard.count).map(|_| Conn::new()).collect(),
+            secure: Vec::new(),
             lender: Lender::default(),
             spare: Vec::new(),
             rbuf: vec![0; READ_BUFFER],
@@ -430,7 +434,7 @@ impl<'a, T: Traffic> Worker<'a, T> {
                     self.tally.close.open += 1;
                     self.begin_close(slot, at);
                 }
-                Phase::Connecting { .. } | Phase::Handshaking { .. } => {
+                Phase::Connecting { .. } | Phase::Securing { .. } | Phase::Handshaking { .. } => {
                     self.fail(slot, Reason::Timeout, at);
                 }
                 // Aborted during the ramp: never dialed, or waiting to retry.

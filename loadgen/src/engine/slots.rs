@@ -116,7 +116,7 @@ impl<T: Traffic> Worker<'_, T> {
             if conn.generation == generation
                 && matches!(
                     conn.phase,
-                    Phase::Connecting { .. } | Phase::Handshaking { .. }
+                    Phase::Connecting { .. } | Phase::Securing { .. } | Phase::Handshaking { .. }
                 )
             {
                 self.fail(slot as usize, Reason::Timeout, at);
@@ -206,6 +206,9 @@ impl<T: Traffic> Worker<'_, T> {
         if let Some(id) = conn.lent.take() {
             self.lender.give_back(id);
         }
+        if let Some(tls) = self.secure.get_mut(slot) {
+            *tls = None;
+        }
         if let Dials::Cycle { free, .. } = &mut self.dials {
             free.push(slot as u32);
         }
@@ -245,15 +248,17 @@ impl<T: Traffic> Worker<'_, T> {
     }
 
     /// Writes what the loop queued in `tx` for the slot (after its backlog, if it has one);
-    /// what the socket does not take goes to a lent backlog.
+    /// what the socket does not take goes to a lent backlog (with TLS: stays in rustls).
     pub(super) fn flush(&mut self, slot: usize, at: At) {
         let conn = &mut self.conns[slot];
         let Some(stream) = &mut conn.stream else {
             self.tx.clear();
             return;
         };
-        let result = match conn.lent {
-            Some(id) => {
+        let tls = self.secure.get_mut(slot).and_then(|t| t.as_deref_mut());
+        let result = match (tls, conn.lent) {
+            (Some(tls), _) => conn::flush_tls(stream, tls, &mut self.tx),
+            (None, Some(id)) => {
                 let lent = self.lender.get(id);
                 let result = conn::flush(stream, &mut lent.backlog, &mut self.tx);
                 if lent.is_empty() {
@@ -262,8 +267,8 @@ impl<T: Traffic> Worker<'_, T> {
                 }
                 result
             }
-            None if self.tx.is_empty() => return,
-            None => {
+            (None, None) if self.tx.is_empty() => return,
+            (None, None) => {
                 let mut backlog = Vec::new();
                 let result = conn::flush(stream, &mut backlog, &mut self.tx);
                 if !backlog.is_empty() {

@@ -56,6 +56,11 @@ impl ClarionServer {
     /// production defaults: `/echo` on, publishing from clients, no per-client rates (a load
     /// generator sends as fast as it can) and room for a ramp of simultaneous handshakes.
     pub fn start(threads: usize) -> ClarionServer {
+        ClarionServer::start_with(threads, &[])
+    }
+
+    /// [`ClarionServer::start`] with more flags for `clarion serve`.
+    pub fn start_with(threads: usize, flags: &[&str]) -> ClarionServer {
         let binary = clarion_binary();
         let addr = free_port();
         let child = Command::new(&binary)
@@ -75,6 +80,7 @@ impl ClarionServer {
                 "--max-handshakes-per-reactor",
                 "65536",
             ])
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

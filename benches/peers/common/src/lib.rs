@@ -4,10 +4,12 @@
 //! Routes are Clarion's: `/echo` echoes every message, `/t/<topic>` subscribes the socket to
 //! `<topic>` and publishes every message it sends there (what `clarion-loadgen fanout` drives
 //! by default). A topic is a `tokio::sync::broadcast` channel, as tokio's users broadcast.
+//! With `--tls-cert` and `--tls-key` every connection is TLS (`wss://`, see [`tls`]).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -15,8 +17,15 @@ use clap::Parser;
 
 #[cfg(feature = "check")]
 pub mod check;
-use tokio::net::{TcpListener, TcpStream};
+pub mod tls;
+use tokio::net::TcpListener;
 use tokio::sync::broadcast;
+use tokio_rustls::TlsAcceptor;
+
+pub use tls::Stream;
+
+/// How long a client has for the TLS handshake before its connection is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The flags of both servers.
 #[derive(Parser, Debug, Clone)]
@@ -30,6 +39,27 @@ pub struct Args {
     /// Messages a topic holds for a subscriber that is behind; past that it skips the oldest.
     #[arg(long, default_value_t = 1024)]
     pub topic_capacity: usize,
+    /// TLS certificate chain (PEM, leaf first): serve `wss://` only (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// A bound listener and, when serving TLS, the acceptor every connection goes through.
+pub struct Listener {
+    /// The TCP listener.
+    pub tcp: TcpListener,
+    /// `Some` for `wss://`.
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl Listener {
+    /// Plaintext on `tcp`.
+    pub fn plain(tcp: TcpListener) -> Listener {
+        Listener { tcp, tls: None }
+    }
 }
 
 /// What a request path asks for.
@@ -133,17 +163,35 @@ pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// Accepts connections for ever, each (with `TCP_NODELAY`) in a task of its own running
-/// `handle`. Accept errors (say, out of file descriptors) are logged and retried after a pause.
-pub async fn serve<F, Fut>(listener: TcpListener, handle: F)
+/// `handle`, after the TLS handshake if the listener has TLS (a failed or late handshake,
+/// past 10 s, drops the connection). Accept errors (say, out of file descriptors) are logged
+/// and retried after a pause.
+pub async fn serve<F, Fut>(listener: Listener, handle: F)
 where
-    F: Fn(TcpStream) -> Fut,
+    F: Fn(Stream) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let handle = Arc::new(handle);
     loop {
-        match listener.accept().await {
+        match listener.tcp.accept().await {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(handle(stream));
+                match &listener.tls {
+                    None => {
+                        tokio::spawn(handle(Stream::Plain(stream)));
+                    }
+                    Some(acceptor) => {
+                        let accept = acceptor.accept(stream);
+                        let handle = Arc::clone(&handle);
+                        tokio::spawn(async move {
+                            let accepted =
+                                tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await;
+                            if let Ok(Ok(tls)) = accepted {
+                                handle(Stream::Tls(Box::new(tls))).await;
+                            }
+                        });
+                    }
+                }
             }
             Err(error) => {
                 eprintln!("accept: {error}");
@@ -153,22 +201,28 @@ where
     }
 }
 
-/// Binds `args.listen` and runs `server` (given the listener) on a runtime of `args.threads`
-/// workers. Errors go to stderr with exit status 1.
+/// Binds `args.listen` (with TLS if asked) and runs `server` (given the listener) on a runtime
+/// of `args.threads` workers. Errors go to stderr with exit status 1.
 pub fn run<F, Fut>(name: &str, args: &Args, server: F) -> std::process::ExitCode
 where
-    F: FnOnce(TcpListener) -> Fut,
+    F: FnOnce(Listener) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let result = runtime(args.threads).and_then(|runtime| {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => tls::acceptor(cert, key).map(Some),
+        _ => Ok(None),
+    };
+    let result = tls.and_then(|tls| {
+        let runtime = runtime(args.threads)?;
         runtime.block_on(async {
-            let listener = TcpListener::bind(args.listen).await?;
+            let tcp = TcpListener::bind(args.listen).await?;
             eprintln!(
-                "{name} listening on {} with {} worker threads",
-                listener.local_addr()?,
+                "{name} listening on {} ({}) with {} worker threads",
+                tcp.local_addr()?,
+                if tls.is_some() { "wss" } else { "ws" },
                 args.threads
             );
-            server(listener).await;
+            server(Listener { tcp, tls }).await;
             Ok(())
         })
     });

@@ -5,6 +5,8 @@
 //! write half behind a lock, shared by the topic's deliveries and the read half's obligatory
 //! pongs and close replies. A published message is one `Bytes` that every subscriber borrows;
 //! fastwebsockets frames it once per subscriber (it has no way to send a frame made once).
+//! With `--tls-cert`/`--tls-key` hyper serves tokio-rustls's `TlsStream` (see
+//! `peers_common::tls`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -21,8 +23,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use peers_common::{Args, Route, Subscription, Topics};
-use tokio::net::{TcpListener, TcpStream};
+use peers_common::{Args, Listener, Route, Stream, Subscription, Topics};
 use tokio::sync::Mutex;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -41,14 +42,14 @@ fn main() -> ExitCode {
     })
 }
 
-async fn serve(listener: TcpListener, topics: Arc<Topics<Published>>) {
+async fn serve(listener: Listener, topics: Arc<Topics<Published>>) {
     peers_common::serve(listener, move |stream| {
         connection(stream, Arc::clone(&topics))
     })
     .await;
 }
 
-async fn connection(stream: TcpStream, topics: Arc<Topics<Published>>) {
+async fn connection(stream: Stream, topics: Arc<Topics<Published>>) {
     let service = service_fn(move |request| route(request, Arc::clone(&topics)));
     let _ = http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
@@ -150,12 +151,21 @@ async fn topic(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpListener;
 
     #[tokio::test]
     async fn serves_echo_and_topics() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, Topics::new(16)));
+        tokio::spawn(serve(Listener::plain(listener), Topics::new(16)));
         peers_common::check::endpoints(addr).await;
+    }
+
+    #[tokio::test]
+    async fn serves_echo_and_topics_over_tls() {
+        let (listener, addr, ca) = peers_common::check::tls_listener().await;
+        tokio::spawn(serve(listener, Topics::new(16)));
+        peers_common::check::endpoints_tls(addr, &ca).await;
+        let _ = std::fs::remove_dir_all(ca.parent().unwrap());
     }
 }

@@ -2,7 +2,8 @@
 //! a task per connection, `StreamExt::next` and `SinkExt::send`, and a `tokio::select!` between
 //! the socket and the topic's broadcast receiver. A published message is one `Message` whose
 //! payload (`Bytes`) every subscriber shares; tungstenite frames it once per subscriber (it has
-//! no way to send a frame made once).
+//! no way to send a frame made once). With `--tls-cert`/`--tls-key` the socket is
+//! tokio-rustls's `TlsStream` (see `peers_common::tls`).
 //!
 //! `--read-buffer` is tungstenite's eagerly allocated read buffer per connection: 4 KiB by
 //! default here, the size its documentation suggests for many connections (its own default
@@ -13,8 +14,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
-use peers_common::{Args, Route, Subscription, Topics};
-use tokio::net::{TcpListener, TcpStream};
+use peers_common::{Args, Listener, Route, Stream, Subscription, Topics};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -42,14 +42,14 @@ fn main() -> ExitCode {
     })
 }
 
-async fn serve(listener: TcpListener, topics: Arc<Topics<Message>>, config: WebSocketConfig) {
+async fn serve(listener: Listener, topics: Arc<Topics<Message>>, config: WebSocketConfig) {
     peers_common::serve(listener, move |stream| {
         connection(stream, Arc::clone(&topics), config)
     })
     .await;
 }
 
-async fn connection(stream: TcpStream, topics: Arc<Topics<Message>>, config: WebSocketConfig) {
+async fn connection(stream: Stream, topics: Arc<Topics<Message>>, config: WebSocketConfig) {
     let mut route = None;
     // The callback's types are tungstenite's, large error included.
     #[allow(clippy::result_large_err)]
@@ -74,7 +74,7 @@ async fn connection(stream: TcpStream, topics: Arc<Topics<Message>>, config: Web
 }
 
 /// Sends every text or binary message back; tungstenite answers pings and closes itself.
-async fn echo(mut ws: WebSocketStream<TcpStream>) {
+async fn echo(mut ws: WebSocketStream<Stream>) {
     while let Some(Ok(message)) = ws.next().await {
         if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
             break;
@@ -83,7 +83,7 @@ async fn echo(mut ws: WebSocketStream<TcpStream>) {
 }
 
 /// Publishes what the socket sends to the topic, and sends it what the topic receives.
-async fn topic(mut ws: WebSocketStream<TcpStream>, mut subscription: Subscription<Message>) {
+async fn topic(mut ws: WebSocketStream<Stream>, mut subscription: Subscription<Message>) {
     loop {
         tokio::select! {
             incoming = ws.next() => match incoming {
@@ -109,6 +109,7 @@ async fn topic(mut ws: WebSocketStream<TcpStream>, mut subscription: Subscriptio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpListener;
 
     #[tokio::test]
     async fn serves_echo_and_topics() {
@@ -116,10 +117,18 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let topics = Topics::new(16);
         tokio::spawn(serve(
-            listener,
+            Listener::plain(listener),
             Arc::clone(&topics),
             WebSocketConfig::default(),
         ));
         peers_common::check::endpoints(addr).await;
+    }
+
+    #[tokio::test]
+    async fn serves_echo_and_topics_over_tls() {
+        let (listener, addr, ca) = peers_common::check::tls_listener().await;
+        tokio::spawn(serve(listener, Topics::new(16), WebSocketConfig::default()));
+        peers_common::check::endpoints_tls(addr, &ca).await;
+        let _ = std::fs::remove_dir_all(ca.parent().unwrap());
     }
 }

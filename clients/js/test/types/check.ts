@@ -21,3 +21,12 @@ void browser.publish("t", { n: 1 }).then(
   (e: unknown) => e instanceof ClarionError && e.maybeSent,
 );
 void sub.unsubscribe();
+const fallback = connect("wss://push.example.com/ws", {
+  transports: ["websocket", "sse"],
+  websocketRetry: 30_000,
+  EventSource: globalThis.EventSource,
+});
+fallback.on("connected", (e) => e.transport === "sse");
+fallback.on("disconnected", (e) => e.transport === "websocket");
+const transport: "websocket" | "sse" = fallback.transport;
+void transport;

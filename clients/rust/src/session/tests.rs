@@ -382,6 +382,31 @@ fn stop_codes() {
     }
 }
 
+#[test]
+fn a_tls_handshake_that_will_fail_again_stops_whatever_the_token() {
+    // 1015 (the server's certificate refused) on the attempt: no retry, no provider recheck.
+    let harnesses = [
+        Harness::new(Options::default()),
+        Harness::new(Options::default().token("t")),
+        provider_harness(),
+    ];
+    for mut h in harnesses {
+        h.drain();
+        let queued = h.publish("t", json!(1));
+        h.session.ended(
+            1015,
+            "TLS: invalid peer certificate: UnknownIssuer",
+            None,
+            h.now,
+        );
+        let d = h.drain();
+        assert_eq!(disconnected(&d.events), (1015, false, None));
+        assert!(d.actions.is_empty(), "{:?}", d.actions);
+        assert_eq!(h.session.state(), State::Closed);
+        assert_eq!(publish_error(&d.replies, queued).code, "closed");
+    }
+}
+
 fn provider_harness() -> Harness {
     let options = Options::default().token_provider(|| Box::pin(async { Ok("unused".into()) }));
     let mut h = Harness::new(options);

@@ -69,7 +69,15 @@ impl Server {
 
     fn launch(&mut self) {
         let listen = self.addr.to_string();
-        let mut args = vec!["--listen", &listen, "--threads", "1", "--no-pin"];
+        // `/stats` on the public port, where these tests read it.
+        let mut args = vec![
+            "--listen",
+            &listen,
+            "--threads",
+            "1",
+            "--no-pin",
+            "--public-metrics",
+        ];
         args.extend(self.args.iter().map(String::as_str));
         let clarion = tokio::task::block_in_place(|| Clarion::start(&args, &[]));
         self.addr = clarion.addr;
@@ -79,6 +87,24 @@ impl Server {
     /// `ws://ADDR/ws`.
     pub fn url(&self) -> String {
         format!("ws://{}/ws", self.addr)
+    }
+
+    /// `wss://ADDR/ws` (for a server started with [`Certs::args`]).
+    pub fn wss_url(&self) -> String {
+        format!("wss://{}/ws", self.addr)
+    }
+
+    /// The server's counter `key` in `/stats` totals, from its admin listener (plaintext, also
+    /// when the public listener speaks TLS).
+    pub async fn admin_stat(&self, key: &str) -> u64 {
+        let admin = self
+            .clarion
+            .as_ref()
+            .and_then(|c| c.admin)
+            .expect("admin listener");
+        let (_, body) = http(admin, "GET", "/stats", "").await;
+        let stats: serde_json::Value = serde_json::from_str(&body).expect("stats JSON");
+        stats["totals"][key].as_u64().unwrap_or(0)
     }
 
     /// Kills it (SIGKILL: the sockets die with the process).
@@ -106,6 +132,61 @@ impl Server {
             .0
     }
 }
+
+/// A local CA and a server certificate it signed (for localhost, 127.0.0.1 and ::1), made by
+/// `scripts/make-cert.sh` in a fresh directory.
+pub struct Certs {
+    pub dir: std::path::PathBuf,
+}
+
+impl Certs {
+    /// Runs `scripts/make-cert.sh` into a new directory named after `name`.
+    pub fn make(name: &str) -> Certs {
+        let dir = std::env::temp_dir().join(format!(
+            "clarion-client-{name}-{}-{}",
+            std::process::id(),
+            CERTS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/make-cert.sh");
+        let status = std::process::Command::new("bash")
+            .arg(script)
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("bash runs scripts/make-cert.sh");
+        assert!(
+            status.success(),
+            "scripts/make-cert.sh failed (openssl installed?)"
+        );
+        Certs { dir }
+    }
+
+    /// The server's flags: `--tls-cert DIR/chain.pem --tls-key DIR/key.pem`.
+    pub fn args(&self) -> Vec<String> {
+        let path = |name: &str| self.dir.join(name).to_str().unwrap().to_owned();
+        vec![
+            "--tls-cert".into(),
+            path("chain.pem"),
+            "--tls-key".into(),
+            path("key.pem"),
+        ]
+    }
+
+    /// `DIR/ca.pem`, the CA that signed the certificate.
+    pub fn ca(&self) -> std::path::PathBuf {
+        self.dir.join("ca.pem")
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+static CERTS: AtomicU64 = AtomicU64::new(0);
 
 /// A loopback address nothing listens on (a port the kernel just handed out and took back).
 pub fn free_addr() -> SocketAddr {

@@ -13,7 +13,8 @@ use clarion_protocol::{Connection, State};
 use slab::Slab;
 
 use super::conn::{Conn, ConnFlags};
-use super::writer::{ConnWriter, Writing, Written};
+use super::tls::TlsTable;
+use super::writer::{ConnWriter, Writing, Written, writer_for};
 use crate::buffer::Pool;
 use crate::compression::Compression;
 use crate::limits::{LiveLimits, Rates};
@@ -34,6 +35,20 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one accept-error log line per interval.
 const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
+/// What a connection still speaking HTTP (before an upgrade, or between keep-alive requests)
+/// is told in `on_request` and counted, kept apart so that open WebSockets do not pay for it.
+/// Only a connection with something to keep has an entry (a known peer, a listener other than
+/// 0, a request answered); it is removed at the upgrade or the end. What else a request is told
+/// about its connection (TLS details) belongs here too.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct HttpConn {
+    pub(super) peer: Option<SocketAddr>,
+    /// The listener it was accepted on.
+    pub(super) listener: u8,
+    /// Requests answered on it so far.
+    pub(super) answered: u32,
+}
+
 /// Everything of a reactor but its driver, so that a driver's buffer can be borrowed while the
 /// core processes its bytes.
 pub(crate) struct Core<S, H: Handler> {
@@ -41,15 +56,15 @@ pub(crate) struct Core<S, H: Handler> {
     pub(super) config: Arc<Config>,
     pub(super) stats: Arc<Stats>,
     pub(super) conns: Slab<Conn<S, H::Conn>>,
-    /// Peer addresses of connections still handshaking (handed to `on_request`), kept apart so
-    /// open connections do not pay for them. What else a request is told about its connection
-    /// (the listener it came on, TLS details) belongs here too.
-    pub(super) peers: HashMap<usize, SocketAddr>,
+    /// What connections still speaking HTTP are told and counted (see [`HttpConn`]).
+    pub(super) http: HashMap<usize, HttpConn>,
     pub(super) timers: TimerWheel<u32>,
     pub(super) rx_pool: Pool<Vec<u8>>,
     pub(super) tx_pool: Pool<TxQueue>,
     pub(super) scratch: Vec<u8>,
     pub(super) compression: Compression,
+    /// TLS connections' state, beside the table (empty on a plaintext listener).
+    pub(super) tls: TlsTable,
     /// Connections with bytes queued this turn, moved on once at its end.
     pub(super) dirty: Vec<usize>,
     /// Connections the handler wrote to or closed during a sweep, and how their writer ended.
@@ -92,12 +107,13 @@ impl<S, H: Handler> Core<S, H> {
             handler,
             stats,
             conns: Slab::new(),
-            peers: HashMap::new(),
+            http: HashMap::new(),
             timers: TimerWheel::new(now, TICK, WHEEL_SLOTS),
             rx_pool: Pool::new(1024, 64 << 10),
             tx_pool: Pool::new(1024, 64 << 10),
             scratch: Vec::new(),
             compression: Compression::new(config.compression),
+            tls: TlsTable::new(config.tls.as_ref()),
             dirty: Vec::new(),
             swept: Vec::new(),
             retired: Vec::new(),
@@ -133,6 +149,7 @@ impl<S, H: Handler> Core<S, H> {
             stats,
             compression,
             swept,
+            tls,
             ..
         } = self;
         for (token, conn) in conns.iter_mut() {
@@ -151,7 +168,13 @@ impl<S, H: Handler> Core<S, H> {
                 && let Some(app) = conn.app.as_mut()
             {
                 let state_before = conn.ws.state();
-                let mut out = writing.writer(&mut conn.socket, &mut conn.tx, tx_pool);
+                let mut out = writer_for(
+                    writing,
+                    tls.is_tls(token),
+                    &mut conn.socket,
+                    &mut conn.tx,
+                    tx_pool,
+                );
                 handler.on_sweep_conn(&mut Ctx {
                     id: token,
                     conn: app,
@@ -188,15 +211,21 @@ impl<S, H: Handler> Core<S, H> {
                     self.tx_pool.give(tx);
                 }
             }
+            self.tls.remove(token, &mut self.rx_pool, &mut self.tx_pool);
         }
     }
 
-    /// Stops counting `token` as handshaking once it no longer is (answered, upgraded, timed
-    /// out or dropped).
-    pub(super) fn left_handshake(&mut self, token: usize) {
+    /// Stops counting `token` as handshaking once it no longer is (upgraded, answered,
+    /// timed out or dropped). `kept`: a request was answered and the connection kept for the
+    /// next; it leaves the count for good (its later requests are bounded by
+    /// `handshake_timeout` each, the partial-message budget and `max_connections`), so idle
+    /// keep-alive connections do not hold the slots new handshakes need.
+    pub(super) fn left_handshake(&mut self, token: usize, kept: bool) {
         if let Some(conn) = self.conns.get_mut(token)
             && conn.flags.contains(ConnFlags::HANDSHAKING)
-            && (conn.ws.state() != State::Handshaking || conn.flags.contains(ConnFlags::RELEASING))
+            && (kept
+                || conn.ws.state() != State::Handshaking
+                || conn.flags.contains(ConnFlags::RELEASING))
         {
             conn.flags.remove(ConnFlags::HANDSHAKING);
             self.handshaking -= 1;
@@ -245,6 +274,7 @@ impl<S, H: Handler> Core<S, H> {
         Stats::set(&s.handshaking, self.handshaking);
         Stats::set(&s.paused, self.stalled.len());
         Stats::set(&s.partial_bytes, self.partial_bytes);
+        Stats::set(&s.tls_handshaking, self.tls.handshaking());
         self.compression.policy.publish(s);
     }
 

@@ -60,7 +60,9 @@ where
         let mut events = std::mem::take(&mut reactor.driver.events);
         for event in events.drain(..) {
             match event {
-                Completed::Accepted(socket, peer) => reactor.on_accepted(socket, peer, now),
+                Completed::Accepted(socket, peer, listener) => {
+                    reactor.on_accepted(socket, peer, listener, now)
+                }
                 Completed::AcceptFailed(e) => reactor.core.accept_failed(e, now),
                 Completed::Received { token, buffer, len } => {
                     reactor.on_received(token, buffer, len, now)
@@ -150,7 +152,12 @@ where
         let Some(conn) = self.core.conns.get_mut(token) else {
             return;
         };
-        if let Some(queue) = conn.tx.as_deref_mut() {
+        // The queue the send read from: a TLS connection's ciphertext, else its own.
+        let queue = match self.core.tls.get_mut(token) {
+            Some(tls) => tls.outgoing.as_deref_mut(),
+            None => conn.tx.as_deref_mut(),
+        };
+        if let Some(queue) = queue {
             queue.finish_send(result.max(0) as usize);
         }
         if result > 0 {

@@ -5,42 +5,47 @@
 //! [`Core::on_data`] is the one entry of a connection's received bytes for both I/O models (the
 //! readiness driver's shared read buffer, a completion backend's provided buffer). Transport
 //! layers go there, before the protocol: the PROXY protocol header ([`super::proxy_header`])
-//! is the first, and TLS goes after it: records decrypted into a plaintext buffer lent from a
-//! reactor pool, then fed here.
-//! Streaming responses (Server-Sent Events, NDJSON): an [`Answer::Stream`] writes its head in
-//! [`write_answer`], then the state machine carries the body (`Connection::stream`), the
-//! handler gets `on_open`, and the connection is a target of `Local::send_shared` like an open
-//! WebSocket. HTTP keep-alive starts in [`write_answer`] too: an answer that keeps the
-//! connection (a new `Answer` variant; the enum is non-exhaustive for it) leaves it reading the
-//! next head where `Respond` now finishes it.
+//! first, then TLS: a TLS connection's records are decrypted into the reactor's one plaintext
+//! buffer (`reactor/tls.rs`), which then goes the same way.
+//!
+//! HTTP keep-alive: a plain answer keeps the connection for the next request when the client
+//! asks for it (HTTP/1.1 by default, HTTP/1.0 with `Connection: keep-alive`), the handler did
+//! not answer `Connection: close`, the connection is under `keep_alive_requests` and the reactor
+//! is not draining; the state machine then reads the next head, and requests pipelined behind
+//! the answered one are answered in order. Streaming responses (Server-Sent Events, NDJSON): an
+//! [`Answer::Stream`] writes its head in [`write_answer`], then the state machine carries the
+//! body (`Connection::stream`), the handler gets `on_open`, and the connection is a target of
+//! `Local::send_shared` like an open WebSocket.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use clarion_protocol::deflate::Params;
-use clarion_protocol::handshake::{Request, write_response, write_stream_head};
+use clarion_protocol::handshake::{
+    Persistence, Request, write_response, write_response_head, write_stream_head,
+};
 use clarion_protocol::{CloseCode, Connection, Event, State};
 
-use super::bookkeeping::{Core, rearm_on_state_change};
+use super::bookkeeping::{Core, HttpConn, rearm_on_state_change};
 use super::conn::{Conn, ConnFlags};
 use super::proxy_header::{self, Step};
-use super::writer::{ConnWriter, Sink, Writing, Written};
+use super::tls::Received;
+use super::writer::{ConnWriter, Sink, Writing, Written, writer_for};
 use crate::compression::{Compression, ConnInflate, Negotiator};
 use crate::limits::{Allowance, Rates};
 use crate::sys::Peer;
 use crate::{Answer, Config, Ctx, Handler, Limit, LimitHit, RequestInfo, Stats};
 
 impl<S: Peer, H: Handler> Core<S, H> {
-    /// Feeds bytes received on `token` to its protocol state machine and dispatches the events;
-    /// what the connection's writer left to do.
+    /// Feeds bytes received on `token` (decrypted first on a TLS connection) to its protocol
+    /// state machine and dispatches the events; what the connection's writer left to do.
     ///
     /// Limits applied on the way: the connection's byte and message allowance (over it: 1008
-    /// "rate limit", at once); its write cap (over it between two frames, the rest of `input`
-    /// is parked in `rx`, marked `UNREAD`, and fed when the queue drains); and the reactor's
-    /// budget for what receive buffers hold (a buffer that would take it past the budget
-    /// closes its connection with 1013).
+    /// "rate limit", at once); its write cap (over it between two frames, the rest of the
+    /// plaintext is parked in `rx`, marked `UNREAD`, and fed when the queue drains); and the
+    /// reactor's budget for what receive buffers hold (a buffer that would take it past the
+    /// budget closes its connection with 1013).
     pub(super) fn on_data<W: Writing<S>>(
         &mut self,
         writing: &mut W,
@@ -48,24 +53,144 @@ impl<S: Peer, H: Handler> Core<S, H> {
         input: &mut [u8],
         now: Instant,
     ) -> Written {
-        self.feed(writing, token, input, true, now)
+        // The PROXY protocol header comes before everything, TLS included: what is left of the
+        // bytes after it goes on; a header cut across reads is gathered in the connection's
+        // lent `rx` (counted against the partial-message budget, 1 KiB at most) and fed from
+        // there.
+        let mut gathered = Vec::new();
+        let mut input = input;
+        if let Some(conn) = self.conns.get_mut(token)
+            && conn.flags.contains(ConnFlags::PROXY_HEADER)
+        {
+            let held_before = conn.rx.as_deref().map_or(0, Vec::capacity);
+            let mut rxb = conn.rx.take().unwrap_or_else(|| self.rx_pool.take());
+            let (config, http, stats) = (&self.config, &mut self.http, &self.stats);
+            let step = proxy_header::step(
+                config,
+                &mut http.entry(token).or_default().peer,
+                stats,
+                token,
+                &mut conn.flags,
+                input,
+                &mut rxb,
+            );
+            self.partial_bytes -= held_before;
+            match step {
+                Step::Wait => {
+                    if rxb.is_empty() {
+                        self.rx_pool.give(rxb);
+                    } else {
+                        self.partial_bytes += rxb.capacity();
+                        conn.rx = Some(rxb);
+                    }
+                    return Written::Done;
+                }
+                Step::Refuse => {
+                    let state_before = conn.ws.state();
+                    conn.ws.finish();
+                    self.rx_pool.give(rxb);
+                    rearm_on_state_change(&mut self.timers, conn, state_before);
+                    return Written::Done;
+                }
+                Step::Feed { from, held } => {
+                    if held {
+                        gathered = std::mem::take(&mut *rxb);
+                    }
+                    self.rx_pool.give(rxb);
+                    input = if held {
+                        &mut gathered[from..]
+                    } else {
+                        &mut input[from..]
+                    };
+                }
+            }
+        }
+        let written = if self.tls.is_tls(token) {
+            self.on_records(writing, token, input, now)
+        } else {
+            self.on_plaintext(writing, false, token, input, true, now)
+        };
+        if gathered.capacity() > 0 {
+            // The gathered header's buffer came from the pool: it goes back there.
+            let mut rxb = self.rx_pool.take();
+            if gathered.capacity() > rxb.capacity() {
+                gathered.clear();
+                *rxb = gathered;
+            }
+            self.rx_pool.give(rxb);
+        }
+        written
     }
 
-    /// [`Core::on_data`] for bytes that arrived now (`arrived`: charged to the connection's
-    /// byte allowance) or that were parked when they arrived (charged then).
-    pub(super) fn feed<W: Writing<S>>(
+    /// Decrypts the TLS records received on `token` and feeds their plaintext on.
+    fn on_records<W: Writing<S>>(
         &mut self,
         writing: &mut W,
+        token: usize,
+        input: &mut [u8],
+        now: Instant,
+    ) -> Written {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return Written::Done;
+        };
+        if conn.flags.contains(ConnFlags::LINGER) {
+            // The WebSocket is over: what comes now (a close_notify) is read only to see FIN.
+            return Written::Done;
+        }
+        let received = self.tls.receive(
+            token,
+            input,
+            &mut self.rx_pool,
+            &mut self.tx_pool,
+            &self.stats,
+        );
+        let mut plain = std::mem::take(&mut self.tls.plain);
+        let written = if received == Received::Failed {
+            let conn = &mut self.conns[token];
+            let state_before = conn.ws.state();
+            conn.ws.finish();
+            rearm_on_state_change(&mut self.timers, conn, state_before);
+            Written::Done
+        } else if plain.is_empty() {
+            Written::Done
+        } else {
+            self.on_plaintext(writing, true, token, &mut plain, true, now)
+        };
+        self.tls.plain = plain;
+        let handshake_out = self
+            .tls
+            .get_mut(token)
+            .is_some_and(|tls| tls.outgoing.is_some());
+        if handshake_out && written == Written::Done {
+            // Handshake messages or an alert wait: the turn's end sends them.
+            Written::Queued
+        } else {
+            written
+        }
+    }
+
+    /// Feeds plaintext received on `token` to its protocol state machine and dispatches the
+    /// events. `arrived`: the bytes arrived now and are charged to the connection's byte
+    /// allowance (bytes parked under the write cap were charged when they arrived).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the transport's facts about the bytes, passed apart"
+    )]
+    pub(super) fn on_plaintext<W: Writing<S>>(
+        &mut self,
+        writing: &mut W,
+        tls: bool,
         token: usize,
         input: &mut [u8],
         arrived: bool,
         now: Instant,
     ) -> Written {
+        let draining = self.drain_deadline.is_some();
         let Core {
             handler,
             config,
             conns,
-            peers,
+            http,
             rx_pool,
             tx_pool,
             scratch,
@@ -92,38 +217,7 @@ impl<S: Peer, H: Handler> Core<S, H> {
         let state_before = ws.state();
         let held_before = rx.as_deref().map_or(0, Vec::capacity);
         let mut rxb = rx.take().unwrap_or_else(|| rx_pool.take());
-        // The PROXY protocol header, before the client's bytes: what is left of them after it
-        // is fed on; a header cut across reads is gathered in `rxb` and fed from there.
-        let mut gathered = Vec::new();
-        let mut input = input;
-        if flags.contains(ConnFlags::PROXY_HEADER) {
-            match proxy_header::step(config, peers, stats, token, flags, input, &mut rxb) {
-                Step::Wait => {
-                    // A header cut across reads (1 KiB at most) counts against the budget too.
-                    let held = if rxb.is_empty() { 0 } else { rxb.capacity() };
-                    *partial_bytes = *partial_bytes - held_before + held;
-                    if held == 0 {
-                        rx_pool.give(rxb);
-                    } else {
-                        *rx = Some(rxb);
-                    }
-                    return Written::Done;
-                }
-                Step::Refuse => {
-                    *partial_bytes -= held_before;
-                    ws.finish();
-                    rx_pool.give(rxb);
-                    rearm_on_state_change(&mut self.timers, conn, state_before);
-                    return Written::Done;
-                }
-                Step::Feed { from, held: false } => input = &mut input[from..],
-                Step::Feed { from, held: true } => {
-                    gathered = std::mem::take(&mut *rxb);
-                    input = &mut gathered[from..];
-                }
-            }
-        }
-        let mut out = writing.writer(socket, tx, tx_pool);
+        let mut out = writer_for(writing, tls, socket, tx, tx_pool);
         let cap = limits.max_queued_bytes();
         let mut dispatch = Dispatch {
             handler,
@@ -131,9 +225,12 @@ impl<S: Peer, H: Handler> Core<S, H> {
             scratch,
             stats,
             compression,
-            peers,
+            http,
+            draining,
+            kept_alive: false,
             now,
             token,
+            tls,
             rates: *rates,
             cap,
         };
@@ -145,8 +242,10 @@ impl<S: Peer, H: Handler> Core<S, H> {
             rxb.extend_from_slice(input);
         } else {
             let mut stop = dispatch.drive(ws, app, flags, allowance, &mut out, input, &mut rxb);
-            if stop == Stop::Early {
-                // Frames the client sent right behind its request head: feed them now, in order.
+            while stop == Stop::Again {
+                // What the client sent right behind a request that was read in pieces (frames
+                // after an upgrade, pipelined requests after a kept answer): feed it now, in
+                // order.
                 let mut early = std::mem::take(&mut *rxb);
                 stop = dispatch.drive(ws, app, flags, allowance, &mut out, &mut early, &mut rxb);
             }
@@ -164,7 +263,7 @@ impl<S: Peer, H: Handler> Core<S, H> {
             rxb.clear();
             flags.remove(ConnFlags::UNREAD);
         }
-        let mut held = if rxb.is_empty() { 0 } else { rxb.capacity() };
+        let held = if rxb.is_empty() { 0 } else { rxb.capacity() };
         *partial_bytes = *partial_bytes - held_before + held;
         if held > held_before && *partial_bytes > config.max_partial_bytes_per_reactor {
             ws.abort(CloseCode::TRY_AGAIN_LATER, "server busy", &mut out);
@@ -172,16 +271,11 @@ impl<S: Peer, H: Handler> Core<S, H> {
             rxb.clear();
             flags.remove(ConnFlags::UNREAD);
             *partial_bytes -= held;
-            held = 0;
             hit = Some(Limit::PartialBudget);
         }
+        let kept_alive = dispatch.kept_alive;
         let written = out.finish();
-        if held == 0 {
-            // The gathered header's buffer came from the pool: it goes back there.
-            if gathered.capacity() > rxb.capacity() {
-                gathered.clear();
-                *rxb = gathered;
-            }
+        if rxb.is_empty() {
             rx_pool.give(rxb);
         } else {
             *rx = Some(rxb);
@@ -192,7 +286,7 @@ impl<S: Peer, H: Handler> Core<S, H> {
                 _ => &stats.partial_budget_closes,
             });
             let peer = match state_before {
-                State::Handshaking => peers.get(&token).copied(),
+                State::Handshaking => http.get(&token).and_then(|h| h.peer),
                 _ => socket.peer(),
             };
             handler.on_limit(&LimitHit {
@@ -204,7 +298,11 @@ impl<S: Peer, H: Handler> Core<S, H> {
             });
         }
         rearm_on_state_change(&mut self.timers, conn, state_before);
-        self.left_handshake(token);
+        // A kept connection's deadline moved (to `keep_alive_timeout`, maybe earlier).
+        if kept_alive && let Some(key) = conn.timer.take() {
+            self.timers.cancel(key);
+        }
+        self.left_handshake(token, kept_alive);
         written
     }
 }
@@ -214,8 +312,9 @@ impl<S: Peer, H: Handler> Core<S, H> {
 enum Stop {
     /// The input is consumed (or parked in `rx`).
     End,
-    /// The request head was answered with an upgrade and frames follow it in `rx`: feed them.
-    Early,
+    /// Bytes behind a request were left in `rx` (frames after an upgrade, pipelined requests
+    /// after a kept answer): feed them.
+    Again,
     /// The connection sent more messages than its allowance.
     Rate,
 }
@@ -227,17 +326,24 @@ struct Dispatch<'a, H> {
     scratch: &'a mut Vec<u8>,
     stats: &'a Stats,
     compression: &'a mut Compression,
-    peers: &'a mut HashMap<usize, SocketAddr>,
+    http: &'a mut HashMap<usize, HttpConn>,
+    /// The reactor is draining: no connection is kept for another request.
+    draining: bool,
+    /// A request was answered and the connection kept for the next.
+    kept_alive: bool,
     now: Instant,
     token: usize,
+    /// The connection speaks TLS.
+    tls: bool,
     rates: Rates,
     /// The connection's write cap.
     cap: usize,
 }
 
 impl<H: Handler> Dispatch<'_, H> {
-    /// Runs the state machine over `input` until it is consumed, the connection goes over its
-    /// write cap between two frames (the rest is parked in `rx`), or over its message rate.
+    /// Runs the state machine over `input` until it is consumed, bytes behind a request are
+    /// left in `rx`, the connection goes over its write cap between two frames (the rest is
+    /// parked in `rx`), or over its message rate.
     #[allow(
         clippy::too_many_arguments,
         reason = "the connection's parts, borrowed apart"
@@ -278,17 +384,25 @@ impl<H: Handler> Dispatch<'_, H> {
             };
             match event {
                 Event::Request(request, body) => {
+                    let http = self.http.get(&token).copied().unwrap_or_default();
                     let info = RequestInfo {
                         id: token,
-                        peer: self.peers.remove(&token),
+                        peer: http.peer,
+                        listener: usize::from(http.listener),
                         now: self.now,
+                        tls: self.tls,
                     };
                     let answer = self.handler.on_request(&request, body, &info);
+                    let keep = request.wants_keep_alive()
+                        && !self.draining
+                        && http.answered.saturating_add(1) < self.config.keep_alive_requests;
                     let negotiator = &mut self.compression.policy;
-                    let answered = write_answer(answer, &request, negotiator, self.scratch, stats);
+                    let answered =
+                        write_answer(answer, &request, keep, negotiator, self.scratch, stats);
                     out.transmit(self.scratch, &[]);
                     let conn = match answered {
                         Answered::Upgraded(conn, deflate) => {
+                            self.http.remove(&token);
                             ws.accept(self.now, rx);
                             if let Some(params) = deflate {
                                 ws.set_deflate(params);
@@ -298,10 +412,22 @@ impl<H: Handler> Dispatch<'_, H> {
                             conn
                         }
                         Answered::Streaming(conn) => {
+                            self.http.remove(&token);
                             ws.stream(self.now, rx);
                             conn
                         }
+                        Answered::Kept => {
+                            let answered = http.answered + 1;
+                            self.http.insert(token, HttpConn { answered, ..http });
+                            ws.next_request(self.now, rx);
+                            self.kept_alive = true;
+                            if rx.is_empty() {
+                                continue;
+                            }
+                            return Stop::Again;
+                        }
                         Answered::Closed => {
+                            self.http.remove(&token);
                             ws.finish();
                             return Stop::End;
                         }
@@ -320,7 +446,7 @@ impl<H: Handler> Dispatch<'_, H> {
                         now: self.now,
                     });
                     if !rx.is_empty() {
-                        return Stop::Early;
+                        return Stop::Again;
                     }
                 }
                 Event::Message(kind, payload) => {
@@ -364,14 +490,18 @@ enum Answered<C> {
     Upgraded(C, Option<Params>),
     /// A streaming response began, with this state.
     Streaming(C),
+    /// A plain answer; the connection reads the next request.
+    Kept,
     /// The connection ends after the answer.
     Closed,
 }
 
-/// Writes the handler's answer to a request head into `scratch`.
+/// Writes the handler's answer to a request head into `scratch`. A plain answer keeps the
+/// connection when `keep` allows it and the handler did not say `Connection: close`.
 fn write_answer<C>(
     answer: Answer<'_, C>,
     request: &Request<'_>,
+    keep: bool,
     negotiator: &mut Negotiator,
     scratch: &mut Vec<u8>,
     stats: &Stats,
@@ -404,20 +534,40 @@ fn write_answer<C>(
             None
         }
         Answer::Respond(response) => {
+            let is_connection = |name: &str| name.eq_ignore_ascii_case("connection");
+            let close_asked = response
+                .headers
+                .iter()
+                .any(|(n, v)| is_connection(n) && v.eq_ignore_ascii_case("close"));
+            let persistence = match keep && !close_asked {
+                false => Persistence::Close,
+                true if request.minor_version() == 0 => Persistence::KeepAlive,
+                true => Persistence::Kept,
+            };
             let headers: Vec<(&str, &str)> = response
                 .headers
                 .iter()
+                .filter(|(n, _)| !is_connection(n))
                 .map(|(n, v)| (*n, v.as_str()))
                 .collect();
-            write_response(
+            write_response_head(
                 scratch,
                 response.status,
                 &headers,
                 response.content_type,
-                &response.body,
+                response.body.len(),
+                persistence,
             );
+            // A HEAD answer has the length of a GET's body but not the body, which would be
+            // read as the next answer on a kept connection.
+            if request.method() != "HEAD" {
+                scratch.extend_from_slice(&response.body);
+            }
             stats.http_requests.fetch_add(1, Ordering::Relaxed);
-            None
+            return match persistence {
+                Persistence::Close => Answered::Closed,
+                _ => Answered::Kept,
+            };
         }
         Answer::Stream { conn, response } => {
             let headers: Vec<(&str, &str)> = response

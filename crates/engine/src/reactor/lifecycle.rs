@@ -7,26 +7,29 @@ use std::time::Instant;
 use clarion_protocol::{CloseCode, Config, Connection, Timeout};
 
 use super::Reactor;
-use super::bookkeeping::{arm, rearm_on_state_change, release_deflate};
+use super::bookkeeping::{HttpConn, arm, rearm_on_state_change, release_deflate};
 use super::conn::{Conn, ConnFlags, live, open};
 use super::driver::Driver;
-use super::writer::{ConnWriter, Writing, Written};
+use super::writer::{ConnWriter, EitherWriter, Writing, Written, writer_for};
 use crate::limits::Allowance;
 use crate::sys::{Flushed, Peer};
 use crate::{Ctx, Handler, Limit, LimitHit, ProxyProtocol, Stats};
 
-/// A driver's connection writer.
-type WriterOf<'a, D> = <<D as Driver>::Writing as Writing<<D as Driver>::Socket>>::Writer<'a>;
+/// A driver's connection writer (or a TLS connection's).
+type WriterOf<'a, D> =
+    EitherWriter<'a, <<D as Driver>::Writing as Writing<<D as Driver>::Socket>>::Writer<'a>>;
 
 impl<D: Driver, H: Handler> Reactor<D, H> {
-    /// Takes a connection a driver accepted into the table, or refuses it by closing it without
-    /// a word: while draining, or past a limit (the process's `max_connections`, the reactor's
-    /// `max_connections_per_reactor` or `max_handshakes_per_reactor`), which the handler hears
-    /// of ([`Handler::on_limit`]).
+    /// Takes a connection a driver accepted on `listener` into the table, or refuses it by
+    /// closing it without a word: while draining, or past a limit (the process's
+    /// `max_connections`, the reactor's `max_connections_per_reactor` or
+    /// `max_handshakes_per_reactor`, which the handler hears of through
+    /// [`Handler::on_limit`]; the TLS handshake cap, counted in `tls_refused`).
     pub(super) fn on_accepted(
         &mut self,
         mut socket: D::Socket,
         peer: Option<std::net::SocketAddr>,
+        listener: usize,
         now: Instant,
     ) {
         let core = &mut self.core;
@@ -58,20 +61,34 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         }
         let entry = core.conns.vacant_entry();
         let token = entry.key();
+        // TLS, like the PROXY protocol, is spoken on `listen` only: the other listeners (the
+        // admin port) are plaintext, on loopback by default.
+        if listener == 0 && !core.tls.admit(token, &core.stats) {
+            core.limits.release();
+            return self.driver.refuse(socket);
+        }
         if let Err(e) = self.driver.register(&mut socket, token) {
             tracing::warn!("cannot watch accepted socket: {e}");
             core.limits.release();
+            core.tls.remove(token, &mut core.rx_pool, &mut core.tx_pool);
             return self.driver.refuse(socket);
         }
         let ws = Connection::server(now);
         let timer = arm(&mut core.timers, &core.config, &ws, token, now);
         let conn = entry.insert(Conn::new(socket, ws, timer, Allowance::full(&core.rates)));
-        if core.config.proxy_protocol != ProxyProtocol::Off {
+        // The PROXY protocol is spoken on `listen` only, where the proxies connect.
+        if listener == 0 && core.config.proxy_protocol != ProxyProtocol::Off {
             conn.flags.insert(ConnFlags::PROXY_HEADER);
         }
         core.handshaking += 1;
-        if let Some(peer) = peer {
-            core.peers.insert(token, peer);
+        let http = HttpConn {
+            peer,
+            // Below MAX_LISTENERS (8): the runtime binds no more.
+            listener: listener as u8,
+            answered: 0,
+        };
+        if http != HttpConn::default() {
+            core.http.insert(token, http);
         }
         core.stats
             .accepted
@@ -104,6 +121,9 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
             return;
         }
         if self.core.end_of_websocket(token, now) {
+            if self.core.tls.is_tls(token) && !self.tls_closed(token, now) {
+                return;
+            }
             let conn = &mut self.core.conns[token];
             if conn.tx.is_none() && !conn.flags.contains(ConnFlags::FIN_SENT) {
                 conn.flags.insert(ConnFlags::FIN_SENT);
@@ -145,10 +165,14 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
             return;
         };
         let state_before = conn.ws.state();
-        let mut out =
-            self.driver
-                .writing()
-                .writer(&mut conn.socket, &mut conn.tx, &mut core.tx_pool);
+        let tls = core.tls.is_tls(token);
+        let mut out = writer_for(
+            self.driver.writing(),
+            tls,
+            &mut conn.socket,
+            &mut conn.tx,
+            &mut core.tx_pool,
+        );
         core.handler.on_writable(&mut Ctx {
             id: token,
             conn: app,
@@ -179,7 +203,8 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
             if let Some(mut parked) = conn.rx.take() {
                 core.partial_bytes -= parked.capacity();
                 let writing = self.driver.writing();
-                let written = core.feed(writing, token, &mut parked, false, now);
+                let tls = core.tls.is_tls(token);
+                let written = core.on_plaintext(writing, tls, token, &mut parked, false, now);
                 self.core.rx_pool.give(parked);
                 self.after_io(token, written, now);
             }
@@ -215,8 +240,8 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         let Some(conn) = core.conns.get(token) else {
             return;
         };
-        let peer = match core.peers.get(&token) {
-            Some(&peer) => Some(peer),
+        let peer = match core.http.get(&token).and_then(|h| h.peer) {
+            Some(peer) => Some(peer),
             None if conn.flags.contains(ConnFlags::OPENED) => conn.socket.peer(),
             None => None,
         };
@@ -229,8 +254,27 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         });
     }
 
+    /// A TLS connection whose WebSocket is over: true once what it queued, then its
+    /// close_notify, are all sent (FIN may follow).
+    fn tls_closed(&mut self, token: usize, now: Instant) -> bool {
+        let core = &mut self.core;
+        if core.conns[token].tx.is_some() {
+            return false;
+        }
+        if core.tls.close_notify(token, &mut core.tx_pool) {
+            self.flush(token, now);
+        }
+        self.core
+            .tls
+            .get_mut(token)
+            .is_some_and(|tls| tls.outgoing.is_none())
+    }
+
     /// Moves a connection's queue on; true when it emptied now (and went back to the pool).
     pub(super) fn flush(&mut self, token: usize, now: Instant) -> bool {
+        if self.core.tls.is_tls(token) {
+            return self.flush_tls(token, now);
+        }
         let Some(conn) = live(&mut self.core.conns, token) else {
             return false;
         };
@@ -251,6 +295,52 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         }
     }
 
+    /// [`Reactor::flush`] for a TLS connection: sends the ciphertext waiting, then encrypts the
+    /// next batch of queued plaintext, until the socket stops taking it or nothing is left.
+    fn flush_tls(&mut self, token: usize, now: Instant) -> bool {
+        loop {
+            let core = &mut self.core;
+            let Some(conn) = live(&mut core.conns, token) else {
+                return false;
+            };
+            let Some(tls) = core.tls.get_mut(token) else {
+                return false;
+            };
+            if let Some(queue) = tls.outgoing.as_deref_mut() {
+                match self.driver.flush(token, &mut conn.socket, queue) {
+                    Ok(Flushed::Done) => {
+                        let queue = tls.outgoing.take().expect("present");
+                        core.tx_pool.give(queue);
+                    }
+                    Ok(Flushed::Pending) => return false,
+                    Err(_) => {
+                        self.drop_conn(token, now);
+                        return false;
+                    }
+                }
+            }
+            let Some(plain) = conn.tx.as_deref_mut() else {
+                return true;
+            };
+            if plain.is_empty() || !core.tls.can_encrypt(token) {
+                // Nothing to send, or no way to: the handshake never finished, or an alert
+                // ended the connection's sending.
+                let plain = conn.tx.take().expect("present");
+                core.tx_pool.give(plain);
+                return true;
+            }
+            if let Err(e) = core.tls.encrypt(token, plain, &mut core.tx_pool) {
+                tracing::debug!(token, "TLS cannot encrypt: {e}");
+                self.drop_conn(token, now);
+                return false;
+            }
+            if plain.is_empty() {
+                let plain = conn.tx.take().expect("present");
+                core.tx_pool.give(plain);
+            }
+        }
+    }
+
     /// Runs `f` with a connection's protocol state, its writer and the protocol settings.
     fn with_writer(
         &mut self,
@@ -262,10 +352,13 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
             return Written::Done;
         };
         let state_before = conn.ws.state();
-        let mut out =
-            self.driver
-                .writing()
-                .writer(&mut conn.socket, &mut conn.tx, &mut core.tx_pool);
+        let mut out = writer_for(
+            self.driver.writing(),
+            core.tls.is_tls(token),
+            &mut conn.socket,
+            &mut conn.tx,
+            &mut core.tx_pool,
+        );
         f(&mut conn.ws, &mut out, &core.config.protocol);
         let written = out.finish();
         rearm_on_state_change(&mut core.timers, conn, state_before);
@@ -294,7 +387,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
             if fired == Some(Timeout::Handshake) {
                 Stats::bump(&self.core.stats.handshake_timeouts);
                 self.limit_hit(token, Limit::HandshakeTimeout, now);
-                self.core.left_handshake(token);
+                self.core.left_handshake(token, false);
             }
             self.after_io(token, written, now);
         }
@@ -327,7 +420,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         if conn.flags.contains(ConnFlags::RELEASING) {
             return;
         }
-        core.peers.remove(&token);
+        core.http.remove(&token);
         core.stalled.remove(&token);
         if let Some(key) = conn.timer.take() {
             core.timers.cancel(key);
@@ -338,6 +431,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         }
         conn.flags
             .remove(ConnFlags::PAUSED | ConnFlags::UNREAD | ConnFlags::WANTS_WRITABLE);
+        core.tls.release_incoming(token, &mut core.rx_pool);
         release_deflate(&mut core.compression, token, conn);
         if conn.flags & (ConnFlags::OPENED | ConnFlags::LINGER) == ConnFlags::OPENED
             && let Some(app) = conn.app.as_mut()
@@ -349,6 +443,6 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         if self.driver.close(token, &mut conn.socket) {
             core.retired.push(token);
         }
-        core.left_handshake(token);
+        core.left_handshake(token, false);
     }
 }

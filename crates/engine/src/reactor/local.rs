@@ -11,7 +11,8 @@ use slab::Slab;
 
 use super::bookkeeping::{mark_dirty, rearm_on_state_change};
 use super::conn::{Conn, ConnFlags, live, open};
-use super::writer::{ConnWriter, Writing};
+use super::tls::TlsTable;
+use super::writer::{ConnWriter, Writing, writer_for};
 use crate::buffer::Pool;
 use crate::timer::TimerWheel;
 use crate::txqueue::TxQueue;
@@ -26,6 +27,7 @@ pub(super) struct LocalConns<'a, S, C, W> {
     pub(super) dirty: &'a mut Vec<usize>,
     /// Half the write cap.
     pub(super) low_mark: usize,
+    pub(super) tls: &'a TlsTable,
 }
 
 impl<S, C, W: Writing<S>> LocalOps<C> for LocalConns<'_, S, C, W> {
@@ -80,9 +82,13 @@ impl<S, C, W: Writing<S>> LocalOps<C> for LocalConns<'_, S, C, W> {
             return;
         };
         let state_before = conn.ws.state();
-        let mut out = self
-            .writing
-            .writer(&mut conn.socket, &mut conn.tx, self.tx_pool);
+        let mut out = writer_for(
+            self.writing,
+            self.tls.is_tls(id),
+            &mut conn.socket,
+            &mut conn.tx,
+            self.tx_pool,
+        );
         conn.ws.close(code, reason, now, &mut out);
         // A failed write shows up again at the next read or write of this connection; the turn's
         // end arms the close timer and moves the queue on either way.

@@ -15,6 +15,7 @@ mod lifecycle;
 mod local;
 mod proxy_header;
 mod readiness;
+pub(crate) mod tls;
 mod writer;
 
 use std::sync::Arc;
@@ -28,6 +29,9 @@ pub(crate) use readiness::ReadinessDriver;
 pub(crate) use writer::Sink;
 
 use crate::limits::LiveLimits;
+#[doc(hidden)]
+pub use tls::Pipe;
+
 use crate::mailbox::Mailboxes;
 use crate::{Config, Handler, Local, Stats};
 use bookkeeping::Core;
@@ -135,6 +139,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
             self.core.limits.release();
             std::mem::forget(conn.tx);
         }
+        self.core.tls.leak_queues();
         self.core.publish_stats(self.driver.socket_writes());
     }
 
@@ -166,6 +171,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
                 timers,
                 dirty,
                 limits,
+                tls,
                 ..
             } = &mut self.core;
             let mut ops = LocalConns {
@@ -175,6 +181,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
                 timers,
                 dirty,
                 low_mark: limits.max_queued_bytes() / 2,
+                tls,
             };
             handler.on_inbox(&mut Local { ops: &mut ops, now }, message);
             handled += 1;

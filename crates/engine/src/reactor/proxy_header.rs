@@ -10,7 +10,6 @@
 //! cut across reads waits in the connection's receive buffer (at most
 //! [`crate::proxy_protocol::MAX_HEADER`] bytes, and the handshake timeout bounds the wait).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
@@ -35,7 +34,7 @@ pub(super) enum Step {
 /// to its closed protocol state, which drops it).
 pub(super) fn step(
     config: &Config,
-    peers: &mut HashMap<usize, SocketAddr>,
+    peer: &mut Option<SocketAddr>,
     stats: &Stats,
     token: usize,
     flags: &mut ConnFlags,
@@ -47,7 +46,6 @@ pub(super) fn step(
         rx.extend_from_slice(input);
     }
     let bytes: &[u8] = if held { rx } else { input };
-    let peer = peers.get(&token).copied();
     let trusted = peer.is_some_and(|p| config.trusted_proxies.trusts(p.ip()));
     let decided = if trusted {
         read_header(bytes, config.proxy_protocol)
@@ -55,7 +53,7 @@ pub(super) fn step(
             .map(|read| {
                 read.map(|(header, len)| {
                     if let Header::Proxied(source) = header {
-                        peers.insert(token, source);
+                        *peer = Some(source);
                     }
                     len
                 })
@@ -95,7 +93,7 @@ mod tests {
 
     struct Layer {
         config: Config,
-        peers: HashMap<usize, SocketAddr>,
+        peer: Option<SocketAddr>,
         stats: Stats,
         flags: ConnFlags,
         rx: Vec<u8>,
@@ -111,7 +109,7 @@ mod tests {
             };
             Layer {
                 config,
-                peers: HashMap::from([(7, peer.parse().unwrap())]),
+                peer: Some(peer.parse().unwrap()),
                 stats: Stats::default(),
                 flags: ConnFlags::PROXY_HEADER,
                 rx: Vec::new(),
@@ -121,12 +119,12 @@ mod tests {
         fn feed(&mut self, input: &[u8]) -> Step {
             let Layer {
                 config,
-                peers,
+                peer,
                 stats,
                 flags,
                 rx,
             } = self;
-            step(config, peers, stats, 7, flags, input, rx)
+            step(config, peer, stats, 7, flags, input, rx)
         }
 
         fn refused(&self) -> u64 {
@@ -144,7 +142,7 @@ mod tests {
                 held: false
             }
         );
-        assert_eq!(layer.peers[&7], "192.0.2.1:56324".parse().unwrap());
+        assert_eq!(layer.peer.unwrap(), "192.0.2.1:56324".parse().unwrap());
         assert!(!layer.flags.contains(ConnFlags::PROXY_HEADER));
         assert!(layer.rx.is_empty());
     }
@@ -162,7 +160,7 @@ mod tests {
             }
         );
         assert_eq!(&layer.rx[V1.len() - 3..], b"GET");
-        assert_eq!(layer.peers[&7], "192.0.2.1:56324".parse().unwrap());
+        assert_eq!(layer.peer.unwrap(), "192.0.2.1:56324".parse().unwrap());
     }
 
     #[test]
@@ -196,13 +194,13 @@ mod tests {
             }
         );
         assert_eq!(
-            plain.peers[&7],
+            plain.peer.unwrap(),
             "192.0.2.9:5000".parse().unwrap(),
             "unchanged"
         );
         // No address known: not trusted.
         let mut unknown = Layer::new("192.0.2.9:5000");
-        unknown.peers.clear();
+        unknown.peer = None;
         assert_eq!(unknown.feed(V1), Step::Refuse);
     }
 }

@@ -31,8 +31,9 @@ pub(crate) struct ReadinessDriver<B: Readiness> {
     read_buf: Box<[u8]>,
     /// Connections whose read hit the per-event cap: read again next turn.
     read_again: Vec<usize>,
-    /// Accept next turn: the per-turn cap was hit, or a pause ended.
-    accept_again: bool,
+    /// Listeners to accept on next turn, a bit per index: the per-turn cap was hit, or a pause
+    /// ended.
+    accept_again: u8,
 }
 
 impl<B: Readiness> ReadinessDriver<B> {
@@ -44,7 +45,7 @@ impl<B: Readiness> ReadinessDriver<B> {
             events: Vec::with_capacity(1024),
             read_buf: vec![0; read_buffer_size.max(4096)].into_boxed_slice(),
             read_again: Vec::new(),
-            accept_again: false,
+            accept_again: 0,
         }
     }
 }
@@ -66,7 +67,7 @@ where
         timeout: Option<Duration>,
     ) -> io::Result<()> {
         // Work carried over (edge-triggered: no new event will come for it) must not wait.
-        let carried = self.accept_again || !self.read_again.is_empty();
+        let carried = self.accept_again != 0 || !self.read_again.is_empty();
         let timeout = if carried {
             Some(Duration::ZERO)
         } else {
@@ -76,8 +77,9 @@ where
     }
 
     fn dispatch<H: Handler>(reactor: &mut Reactor<Self, H>, now: Instant) {
-        if std::mem::take(&mut reactor.driver.accept_again) {
-            reactor.accept(now);
+        let again = std::mem::take(&mut reactor.driver.accept_again);
+        for listener in (0..crate::MAX_LISTENERS).filter(|i| again & 1 << i != 0) {
+            reactor.accept(listener, now);
         }
         for token in std::mem::take(&mut reactor.driver.read_again) {
             reactor.on_readable(token, false, now);
@@ -85,7 +87,7 @@ where
         let mut events = std::mem::take(&mut reactor.driver.events);
         for event in events.drain(..) {
             match event {
-                Ready::Acceptable => reactor.accept(now),
+                Ready::Acceptable(listener) => reactor.accept(listener, now),
                 Ready::Readable { token, closed } => reactor.on_readable(token, closed, now),
                 Ready::Writable(token) => {
                     if reactor.flush(token, now) {
@@ -152,11 +154,11 @@ where
 
     fn resume_accepting(&mut self) {
         // Edge-triggered: no new event comes for connections already waiting.
-        self.accept_again = true;
+        self.accept_again = ((1u16 << self.backend.listeners()) - 1) as u8;
     }
 
     fn stop_accepting(&mut self) {
-        self.accept_again = false;
+        self.accept_again = 0;
         self.backend.stop_accepting();
     }
 
@@ -173,14 +175,14 @@ impl<B: Readiness, H: Handler> Reactor<ReadinessDriver<B>, H>
 where
     B::Socket: Peer,
 {
-    /// Accepts what waits on the listener, up to the per-turn cap.
-    fn accept(&mut self, now: Instant) {
+    /// Accepts what waits on listener `listener`, up to the per-turn cap.
+    fn accept(&mut self, listener: usize, now: Instant) {
         if !self.core.accepting() {
             return;
         }
         for _ in 0..MAX_ACCEPTS_PER_TURN {
-            match self.driver.backend.accept() {
-                Ok(Some((socket, peer))) => self.on_accepted(socket, peer, now),
+            match self.driver.backend.accept(listener) {
+                Ok(Some((socket, peer))) => self.on_accepted(socket, peer, listener, now),
                 Ok(None) => return,
                 Err(e) => match e.raw_os_error() {
                     // The peer gave up before we accepted: try the next one.
@@ -189,7 +191,7 @@ where
                 },
             }
         }
-        self.driver.accept_again = true;
+        self.driver.accept_again |= 1 << listener;
     }
 
     /// Reads what a readable socket holds. `closed`: the peer's FIN is pending too, so read to

@@ -8,10 +8,11 @@
 //! - Completion ([`Queued`]): every byte goes to the connection's queue (owned bytes copied once,
 //!   shared frames by reference), and the turn's end starts one send per connection.
 //!
+//! - TLS ([`TlsWriter`] in either model): every byte goes to the connection's queue as
+//!   plaintext (shared frames by reference), and the turn's end encrypts and sends it
+//!   (`reactor/tls.rs`): a frame is still framed once, and encrypted once per connection.
+//!
 //! Queues are borrowed from the reactor's pool until they drain. Seams for what comes next:
-//! - TLS wraps a model's writer: plaintext in through [`Sink`], records out through the inner
-//!   writer (the ciphertext buffer lent from a reactor pool, like the cork); shared frames are
-//!   then encrypted per connection, still framed once.
 //! - Every byte counts against the connection's write cap ([`Sink::queued`] here, `Conn::queued`
 //!   in `Local::send_shared`): the core stops reading a connection over its cap, between two
 //!   frames even within one read, until its queue drains (`lifecycle.rs`).
@@ -253,6 +254,72 @@ impl<B: Readiness> ConnWriter for CorkedWriter<'_, B> {
         } else {
             // What the socket did not take waits for its `Writable` event.
             Written::Done
+        }
+    }
+}
+
+/// A connection's writer: its model's, or a TLS connection's (which queues plaintext for the
+/// turn's end to encrypt, whatever the model).
+pub(crate) enum EitherWriter<'a, W> {
+    /// A plaintext connection: the model's writer.
+    Plain(W),
+    /// A TLS connection.
+    Tls(TlsWriter<'a>),
+}
+
+/// A TLS connection's writer: the completion model's, queuing plaintext in order.
+pub(crate) type TlsWriter<'a> = QueuedWriter<'a>;
+
+/// The writer of the connection with `socket` and queue `tx`: `writing`'s, or for a TLS
+/// connection the queuing one.
+pub(crate) fn writer_for<'a, S, W: Writing<S>>(
+    writing: &'a mut W,
+    tls: bool,
+    socket: &'a mut S,
+    tx: &'a mut Option<Box<TxQueue>>,
+    tx_pool: &'a mut Pool<TxQueue>,
+) -> EitherWriter<'a, W::Writer<'a>> {
+    if tls {
+        EitherWriter::Tls(QueuedWriter {
+            tx,
+            tx_pool,
+            queued: false,
+        })
+    } else {
+        EitherWriter::Plain(writing.writer(socket, tx, tx_pool))
+    }
+}
+
+impl<W: ConnWriter> Transmit for EitherWriter<'_, W> {
+    fn transmit(&mut self, header: &[u8], payload: &[u8]) {
+        match self {
+            EitherWriter::Plain(w) => w.transmit(header, payload),
+            EitherWriter::Tls(w) => w.transmit(header, payload),
+        }
+    }
+}
+
+impl<W: ConnWriter> Sink for EitherWriter<'_, W> {
+    fn transmit_shared(&mut self, frame: &Arc<[u8]>) {
+        match self {
+            EitherWriter::Plain(w) => w.transmit_shared(frame),
+            EitherWriter::Tls(w) => w.transmit_shared(frame),
+        }
+    }
+
+    fn queued(&self) -> usize {
+        match self {
+            EitherWriter::Plain(w) => w.queued(),
+            EitherWriter::Tls(w) => w.queued(),
+        }
+    }
+}
+
+impl<W: ConnWriter> ConnWriter for EitherWriter<'_, W> {
+    fn finish(self) -> Written {
+        match self {
+            EitherWriter::Plain(w) => w.finish(),
+            EitherWriter::Tls(w) => w.finish(),
         }
     }
 }

@@ -12,8 +12,9 @@ use crate::txqueue::TxQueue;
 /// What a completion backend reports finished, per connection token.
 #[derive(Debug)]
 pub(crate) enum Completed<S> {
-    /// A connection was accepted (with its peer's address when the backend was asked for it).
-    Accepted(S, Option<SocketAddr>),
+    /// A connection was accepted (with its peer's address when the backend was asked for it)
+    /// on the listener of this index.
+    Accepted(S, Option<SocketAddr>, usize),
     /// Accepting stopped on an error (the file table is full, say);
     /// [`Completion::resume_accepting`] starts it again.
     AcceptFailed(io::Error),
@@ -68,7 +69,7 @@ pub(crate) trait Completion {
     /// Asks for accepts again after an accept error stopped them.
     fn resume_accepting(&mut self);
 
-    /// Stops accepting (shutdown): the accepts are cancelled, the listener closed.
+    /// Stops accepting (shutdown): the accepts are cancelled, the listeners closed.
     fn stop_accepting(&mut self);
 
     /// Starts receiving on a new connection under `token`.

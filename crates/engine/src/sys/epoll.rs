@@ -14,32 +14,43 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use super::readiness::{Readiness, Ready};
 use super::{Peer, Wake};
 
-const LISTENER: Token = Token(usize::MAX - 1);
-const WAKER: Token = Token(usize::MAX - 2);
+const WAKER: Token = Token(usize::MAX - 1);
+/// Listener `i` is watched under `LISTENERS - i`; connection tokens (slab keys) stay far below.
+const LISTENERS: usize = usize::MAX - 2;
 
-/// One reactor's epoll instance and its `SO_REUSEPORT` listener.
+/// The token of listener `index`.
+fn listener_token(index: usize) -> Token {
+    Token(LISTENERS - index)
+}
+
+/// One reactor's epoll instance and its `SO_REUSEPORT` listeners.
 pub(crate) struct Epoll {
     poll: Poll,
     events: Events,
-    listener: Option<TcpListener>,
+    /// By listener index; empty once accepting stopped.
+    listeners: Vec<TcpListener>,
     waker: Arc<Waker>,
 }
 
 impl Epoll {
-    /// Watches `listener` (already bound and listening, non-blocking).
+    /// Watches `listeners` (already bound and listening, non-blocking).
     pub(crate) fn new(
-        listener: std::net::TcpListener,
+        listeners: Vec<std::net::TcpListener>,
         events_capacity: usize,
     ) -> io::Result<Epoll> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::from_std(listener);
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut watched = Vec::with_capacity(listeners.len());
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let mut listener = TcpListener::from_std(listener);
+            poll.registry()
+                .register(&mut listener, listener_token(index), Interest::READABLE)?;
+            watched.push(listener);
+        }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         Ok(Epoll {
             poll,
             events: Events::with_capacity(events_capacity),
-            listener: Some(listener),
+            listeners: watched,
             waker,
         })
     }
@@ -80,8 +91,10 @@ impl Readiness for Epoll {
         }
         for event in &self.events {
             match event.token() {
-                LISTENER => events.push(Ready::Acceptable),
                 WAKER => events.push(Ready::Woken),
+                Token(token) if token > LISTENERS - crate::MAX_LISTENERS => {
+                    events.push(Ready::Acceptable(LISTENERS - token));
+                }
                 Token(token) => {
                     // Errors and hang-ups surface as a failed or empty read.
                     let closed = event.is_read_closed() || event.is_error();
@@ -97,8 +110,8 @@ impl Readiness for Epoll {
         Ok(())
     }
 
-    fn accept(&mut self) -> io::Result<Option<(TcpStream, Option<SocketAddr>)>> {
-        let Some(listener) = &self.listener else {
+    fn accept(&mut self, listener: usize) -> io::Result<Option<(TcpStream, Option<SocketAddr>)>> {
+        let Some(listener) = self.listeners.get(listener) else {
             return Ok(None);
         };
         match listener.accept() {
@@ -110,8 +123,12 @@ impl Readiness for Epoll {
         }
     }
 
+    fn listeners(&self) -> usize {
+        self.listeners.len()
+    }
+
     fn stop_accepting(&mut self) {
-        if let Some(mut listener) = self.listener.take() {
+        for mut listener in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut listener);
         }
     }

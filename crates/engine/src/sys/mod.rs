@@ -14,9 +14,9 @@
 //! calls of the shared core, which holds the connection table, timers, parsing, dispatch and the
 //! close procedure once for both.
 //!
-//! Seams for what comes next: several listeners per reactor (a public and an admin port) add a
-//! listener index to `Acceptable` / `Accepted` and to `accept` / `resume_accepting`; TLS needs
-//! nothing here (it works on the bytes above, in the reactor).
+//! A reactor may accept on several listeners (a public and an admin port): `Acceptable` and
+//! `Accepted` carry the listener's index. TLS needs nothing here (it works on the bytes above,
+//! in the reactor).
 
 use std::sync::Arc;
 

@@ -10,8 +10,9 @@ use super::Waker;
 /// What a readiness backend reports, per connection token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Ready {
-    /// Connections wait on the listener: call [`Readiness::accept`] until it has none.
-    Acceptable,
+    /// Connections wait on this listener (its index): call [`Readiness::accept`] until it has
+    /// none.
+    Acceptable(usize),
     /// Read with [`Readiness::read`] until it would block (edge-triggered: no new event comes
     /// for bytes already there).
     Readable {
@@ -35,10 +36,14 @@ pub(crate) trait Readiness {
     /// Waits until something is ready or `timeout` passes, then appends what is to `events`.
     fn wait(&mut self, events: &mut Vec<Ready>, timeout: Option<Duration>) -> io::Result<()>;
 
-    /// Accepts one pending connection; `Ok(None)` when there is none.
-    fn accept(&mut self) -> io::Result<Option<(Self::Socket, Option<SocketAddr>)>>;
+    /// Accepts one pending connection on listener `listener`; `Ok(None)` when there is none.
+    fn accept(&mut self, listener: usize)
+    -> io::Result<Option<(Self::Socket, Option<SocketAddr>)>>;
 
-    /// Stops accepting (shutdown): the listener is closed.
+    /// How many listeners it accepts on (0 once stopped).
+    fn listeners(&self) -> usize;
+
+    /// Stops accepting (shutdown): the listeners are closed.
     fn stop_accepting(&mut self);
 
     /// Starts watching a new connection under `token`, for reading and writing.

@@ -223,10 +223,9 @@ impl Hub {
 
     /// The topics some reactor wants (subscribed or waiting).
     pub fn wanted(&self) -> Vec<Arc<str>> {
-        self.collect(|state| state.reactors != 0 || state.waiting != 0)
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect()
+        self.collect(|name, state| {
+            (state.reactors != 0 || state.waiting != 0).then(|| name.clone())
+        })
     }
 
     /// Fed hub: a topic nobody wants any more stops being live and tells the upstream.

@@ -117,16 +117,14 @@ impl Hub {
         Ok(f(&name, state))
     }
 
-    /// Name and subscriber count of the topics that pass `filter`.
-    pub(super) fn collect(&self, filter: impl Fn(&TopicState) -> bool) -> Vec<(Arc<str>, u64)> {
+    /// What `pick` takes of each topic (name and state), where it takes something.
+    pub(super) fn collect<T>(&self, pick: impl Fn(&Arc<str>, &TopicState) -> Option<T>) -> Vec<T> {
         let mut out = Vec::new();
         for shard in &self.shards {
             let map = shard.read().unwrap_or_else(PoisonError::into_inner);
             for (name, cell) in map.iter() {
                 let state = cell.lock().unwrap_or_else(PoisonError::into_inner);
-                if filter(&state) {
-                    out.push((name.clone(), state.subscribers));
-                }
+                out.extend(pick(name, &state));
             }
         }
         out

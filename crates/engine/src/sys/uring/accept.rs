@@ -1,4 +1,4 @@
-//! The accepts in flight on a ring's listener: one multishot accept, or a few single-shot ones
+//! The accepts in flight on one of a ring's listeners: one multishot accept, or a few single-shot ones
 //! when each connection's peer address is wanted.
 
 use std::net::SocketAddr;
@@ -8,6 +8,8 @@ use socket2::{SockAddr, SockAddrStorage};
 
 /// Single-shot accepts in flight when peer addresses are wanted: enough that a burst of
 /// connections never waits for a turn of the loop between two accepts.
+/// Also the stride of a listener's accepts in `user_data`: accept `i` of listener `l` is
+/// `l * PEER_ACCEPTS + i`.
 pub(crate) const PEER_ACCEPTS: usize = 8;
 
 /// The accepts in flight on the listener: one multishot accept, or [`PEER_ACCEPTS`] single-shot

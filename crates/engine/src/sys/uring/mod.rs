@@ -37,7 +37,7 @@ mod setup;
 use super::completion::{Completed, Completion, Sockets};
 use super::{Flushed, Wake};
 use crate::txqueue::TxQueue;
-use accept::Accepts;
+use accept::{Accepts, PEER_ACCEPTS};
 use bufring::{BUFFER_GROUP, BufRing};
 pub(crate) use direct::Direct;
 use direct::Ops;
@@ -63,11 +63,13 @@ const TOKEN_MASK: u64 = MAX_TOKENS as u64 - 1;
 /// timers and the inbox get their turn between chunks.
 const MAX_COMPLETIONS: usize = 1024;
 
-/// One reactor's ring, listener, provided buffers and waker.
+/// One reactor's ring, listeners, provided buffers and waker.
 pub(crate) struct Uring {
     ring: IoUring,
-    listener: Option<TcpListener>,
-    accepts: Accepts,
+    /// By listener index; empty once accepting stopped.
+    listeners: Vec<TcpListener>,
+    /// The accepts in flight on each listener, by index.
+    accepts: Vec<Accepts>,
     buffers: BufRing,
     waker: Arc<EventFd>,
     /// Tokens whose multishot recv ended and must be armed again.
@@ -78,17 +80,19 @@ pub(crate) struct Uring {
 }
 
 impl Uring {
-    /// Sets up a ring for `listener` (bound and listening), on the thread that will use it.
+    /// Sets up a ring for `listeners` (bound and listening), on the thread that will use it.
     /// Errors say what the host lacks.
-    pub(crate) fn new(listener: TcpListener, config: UringConfig) -> io::Result<Uring> {
+    pub(crate) fn new(listeners: Vec<TcpListener>, config: UringConfig) -> io::Result<Uring> {
         let ring = build_ring(config.entries)?;
         register(&ring, &config)?;
         let buffers = BufRing::new(&ring, config.buffers, config.buffer_size)?;
         let waker = Arc::new(EventFd::new()?);
         let mut uring = Uring {
             ring,
-            listener: Some(listener),
-            accepts: Accepts::new(config.peer_addresses),
+            accepts: (0..listeners.len())
+                .map(|_| Accepts::new(config.peer_addresses))
+                .collect(),
+            listeners,
             buffers,
             waker,
             rearm: Vec::new(),
@@ -157,9 +161,14 @@ impl Uring {
         let op = user_data & OP_MASK;
         match op {
             ACCEPT => {
-                let peer = self.accepts.completed(token, cqueue::more(flags), result);
+                let (listener, index) = (token / PEER_ACCEPTS, token % PEER_ACCEPTS);
+                let peer = self
+                    .accepts
+                    .get_mut(listener)
+                    .and_then(|accepts| accepts.completed(index, cqueue::more(flags), result));
                 if result >= 0 {
-                    events.push(Completed::Accepted(Direct::new(result as u32), peer));
+                    let socket = Direct::new(result as u32);
+                    events.push(Completed::Accepted(socket, peer, listener));
                     self.resume_accepting();
                 } else if result != -libc::ECANCELED {
                     let error = io::Error::from_raw_os_error(-result);
@@ -292,22 +301,24 @@ impl Completion for Uring {
     }
 
     fn resume_accepting(&mut self) {
-        let Some(listener) = &self.listener else {
-            return;
-        };
-        let listener = types::Fd(listener.as_raw_fd());
-        while let Some((index, accept)) = self.accepts.next_idle(listener) {
-            if self.push(accept.user_data(ACCEPT | index as u64)).is_err() {
-                return;
+        for listener in 0..self.listeners.len() {
+            let fd = types::Fd(self.listeners[listener].as_raw_fd());
+            while let Some((index, accept)) = self.accepts[listener].next_idle(fd) {
+                let user_data = ACCEPT | (listener * PEER_ACCEPTS + index) as u64;
+                if self.push(accept.user_data(user_data)).is_err() {
+                    return;
+                }
+                self.accepts[listener].armed(index);
             }
-            self.accepts.armed(index);
         }
     }
 
     fn stop_accepting(&mut self) {
-        if self.listener.take().is_some() {
-            for index in self.accepts.in_flight() {
-                let cancel = opcode::AsyncCancel::new(ACCEPT | index as u64);
+        self.listeners.clear();
+        for listener in 0..self.accepts.len() {
+            for index in self.accepts[listener].in_flight() {
+                let user_data = ACCEPT | (listener * PEER_ACCEPTS + index) as u64;
+                let cancel = opcode::AsyncCancel::new(user_data);
                 let _ = self.push(cancel.build().user_data(IGNORE));
             }
         }
@@ -439,11 +450,11 @@ mod tests {
     use super::*;
 
     fn ring() -> Uring {
-        ring_with(TcpListener::bind("127.0.0.1:0").unwrap(), 16)
+        ring_with(vec![TcpListener::bind("127.0.0.1:0").unwrap()], 16)
     }
 
     /// A ring of 8 submissions (so 32 completions) and 8 provided buffers of 64 bytes.
-    fn ring_with(listener: TcpListener, files: u32) -> Uring {
+    fn ring_with(listeners: Vec<TcpListener>, files: u32) -> Uring {
         let config = UringConfig {
             entries: 8,
             files,
@@ -451,7 +462,7 @@ mod tests {
             buffer_size: 64,
             peer_addresses: false,
         };
-        Uring::new(listener, config).expect("io_uring is available on the test host")
+        Uring::new(listeners, config).expect("io_uring is available on the test host")
     }
 
     /// The test's connection table: token `i` is `sockets[i]`.
@@ -467,7 +478,7 @@ mod tests {
         const CLIENTS: usize = 100;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut uring = ring_with(listener, 128);
+        let mut uring = ring_with(vec![listener], 128);
         let mut clients: Vec<_> = (0..CLIENTS)
             .map(|_| std::net::TcpStream::connect(addr).unwrap())
             .collect();
@@ -478,7 +489,7 @@ mod tests {
             let wait = Some(Duration::from_millis(10));
             uring.wait(&mut events, wait, &mut sockets).unwrap();
             for event in events.drain(..) {
-                if let Completed::Accepted(socket, _) = event {
+                if let Completed::Accepted(socket, _, 0) = event {
                     sockets.push(socket);
                 }
             }
