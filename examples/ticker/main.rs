@@ -5,8 +5,11 @@
 //! ```sh
 //! (cd clients/js && npm ci && npm run build)
 //! cargo run --release --example ticker            # then open http://127.0.0.1:9001/
-//! cargo run --release --example ticker -- 0.0.0.0:8080
+//! TICKER_API_KEY=secret cargo run --release --example ticker -- 0.0.0.0:8080
 //! ```
+//!
+//! Beyond loopback the push server refuses to start with its publish API open to anyone:
+//! `TICKER_API_KEY` closes it (this program publishes in-process, without the key).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -137,7 +140,11 @@ fn main() {
         pin_threads: false,
         ..clarion_engine::Config::default()
     };
-    let running = match launch_with(config, AppConfig::default(), move |app| Ticker {
+    let app = AppConfig {
+        api_key: std::env::var("TICKER_API_KEY").ok().as_deref().map(Into::into),
+        ..AppConfig::default()
+    };
+    let running = match launch_with(config, app, move |app| Ticker {
         app,
         site: site.clone(),
     }) {

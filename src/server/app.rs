@@ -212,7 +212,8 @@ impl Reply for To<'_, '_> {
 
 /// Bytes of history one replay slice takes at most (the first at the subscribe, the next ones
 /// as the connection's queue drains): a resume never queues more than this beyond the
-/// connection's low mark, whatever `since` asks for.
+/// connection's low mark, whatever `since` asks for. Half the write cap when that is smaller
+/// ([`App::replay_slice`]), so that a slice on top of the low mark stays under the cap.
 const REPLAY_SLICE: usize = 64 << 10;
 
 /// A resume whose replay goes out in slices: the subscriber is held (no live message) until it
@@ -455,6 +456,12 @@ impl App {
         }
     }
 
+    /// Bytes of history one replay slice takes at most: [`REPLAY_SLICE`], or half the write
+    /// cap when that is smaller (a slice holds at least one message whatever its size).
+    fn replay_slice(&self) -> usize {
+        REPLAY_SLICE.min(self.live.get().config.max_queued_bytes / 2)
+    }
+
     fn grants(&self, conn: &Conn) -> Option<&Grants> {
         grants_in(&self.extras, conn)
     }
@@ -560,7 +567,7 @@ impl App {
             // Everyone here who waited has left.
             return self.registry.abandon(&topic);
         };
-        let now = local.now();
+        let (now, slice) = (local.now(), self.replay_slice());
         let mut out = std::mem::take(&mut self.scratch);
         for p in parked {
             let Some(conn) = local.conn(p.conn) else {
@@ -582,7 +589,7 @@ impl App {
             };
             let subscribed =
                 self.registry
-                    .subscribe(p.conn, &mut conn.subs, &topic, resume, REPLAY_SLICE, now);
+                    .subscribe(p.conn, &mut conn.subs, &topic, resume, slice, now);
             match subscribed {
                 Err(clarion_pubsub::Error::Pending) => {
                     // The topic was given up and is wanted again: wait for the next sync.
@@ -797,7 +804,7 @@ impl App {
         resume: Option<clarion_pubsub::Resume>,
         out: &mut Vec<u8>,
     ) {
-        let (conn_id, now) = (ctx.id(), ctx.now());
+        let (conn_id, now, slice) = (ctx.id(), ctx.now(), self.replay_slice());
         let max = self.live.get().config.max_topics_per_connection;
         let waiting = if self.parked.is_empty() {
             0
@@ -822,7 +829,7 @@ impl App {
             let subs = &mut ctx.conn().subs;
             match self
                 .registry
-                .subscribe(conn_id, subs, topic, resume.as_ref(), REPLAY_SLICE, now)
+                .subscribe(conn_id, subs, topic, resume.as_ref(), slice, now)
             {
                 Ok(subscribed) => Ok(subscribed),
                 Err(clarion_pubsub::Error::Pending) => {
@@ -912,7 +919,7 @@ impl App {
             Some(Route::Stream(kind)) => Some(kind),
             _ => None,
         };
-        let now = Instant::now();
+        let (now, slice_bytes) = (Instant::now(), self.replay_slice());
         while let Some(replay) = replays.last() {
             if !to.has_room() {
                 break;
@@ -924,7 +931,7 @@ impl App {
             let topic = replay.topic;
             let slice = self
                 .registry
-                .replay(conn, topic, &resume, REPLAY_SLICE, now);
+                .replay(conn, topic, &resume, slice_bytes, now);
             if !slice.recovered {
                 // A stream cannot skip a message (its ids are positions): it always ends.
                 if stream.is_some() || self.live.get().config.slow_consumer == SlowConsumer::Close {
