@@ -1,29 +1,37 @@
 //! Fanout allocates per message, never per subscriber: once a reactor has served a message to
-//! its subscribers, the next messages reuse the write queues it lent them (counted with a
-//! global allocator that ignores the test's own thread).
+//! its subscribers, the next messages reuse the write queues it lent them; and an idle stream
+//! subscriber holds no more heap than an idle WebSocket one (counted with a global allocator
+//! that ignores the test's own thread).
 
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use common::*;
 
 struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+/// Bytes allocated and not yet freed by the server's threads.
+static LIVE: AtomicI64 = AtomicI64::new(0);
 
 thread_local! {
     /// Set on the test's thread: its clients and checks allocate freely.
     static IGNORED: Cell<bool> = const { Cell::new(false) };
 }
 
-fn count() {
-    if !IGNORED.try_with(Cell::get).unwrap_or(true) {
+fn counted() -> bool {
+    !IGNORED.try_with(Cell::get).unwrap_or(true)
+}
+
+fn count(bytes: isize) {
+    if counted() {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        LIVE.fetch_add(bytes as i64, Ordering::Relaxed);
     }
 }
 
@@ -31,18 +39,21 @@ fn count() {
 // atomic and a const-initialised thread-local without a destructor, neither of which allocates.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
+        count(layout.size() as isize);
         // SAFETY: the caller's contract is passed on unchanged.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if counted() {
+            LIVE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        }
         // SAFETY: the caller's contract is passed on unchanged.
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
+        count(new_size as isize - layout.size() as isize);
         // SAFETY: the caller's contract is passed on unchanged.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -112,4 +123,58 @@ fn fanout_reuses_write_queues_instead_of_allocating_per_subscriber() {
         allocations < allowed as u64,
         "{allocations} allocations for {MESSAGES} messages to {SUBSCRIBERS} subscribers"
     );
+}
+
+/// An SSE stream of `path` whose head and first events (`@session`, `@subscribed`) are read.
+fn sse(addr: SocketAddr, path: &str) -> TcpStream {
+    let mut stream = tcp(addr);
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The subscribed event ends with an empty line, then its chunk's CRLF.
+    while !(got.windows(11).any(|w| w == b"@subscribed") && got.ends_with(b"\n\n\r\n")) {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    stream
+}
+
+/// Heap the server holds per connection after `open` opened `count` idle ones, once nothing
+/// is lent any more (the write queues of their answers are back).
+fn held_per_connection<T>(
+    runtime: &clarion_engine::Runtime,
+    count: usize,
+    open: impl Fn() -> T,
+) -> (Vec<T>, i64) {
+    let settled = |connections: u64| {
+        eventually(|| {
+            total(runtime, |s| &s.connections) == connections
+                && total(runtime, |s| &s.tx_queues_lent) == 0
+                && total(runtime, |s| &s.rx_buffers_lent) == 0
+        })
+    };
+    let open_before = total(runtime, |s| &s.connections);
+    assert!(settled(open_before));
+    let before = LIVE.load(Ordering::Relaxed);
+    let conns: Vec<T> = (0..count).map(|_| open()).collect();
+    assert!(settled(open_before + count as u64));
+    let held = LIVE.load(Ordering::Relaxed) - before;
+    (conns, held / count as i64)
+}
+
+#[test]
+fn an_idle_sse_subscriber_holds_no_more_than_an_idle_websocket_subscriber() {
+    const IDLE: usize = 1_000;
+    IGNORED.with(|ignored| ignored.set(true));
+    let runtime = start_app(|config| config.threads = 1, app());
+    let addr = runtime.local_addr();
+    // The table, the topics' member lists and the pools grow once, before either count.
+    let warm: Vec<TcpStream> = (0..3 * IDLE).map(|_| subscribe(addr, "/t/warm")).collect();
+    drop(warm);
+    assert!(eventually(|| total(&runtime, |s| &s.connections) == 0));
+    let (_ws, ws) = held_per_connection(&runtime, IDLE, || subscribe(addr, "/t/ws"));
+    let (_sse, sse) = held_per_connection(&runtime, IDLE, || sse(addr, "/sse/sse"));
+    eprintln!("heap held per idle subscriber: /t/ {ws} B, /sse/ {sse} B");
+    assert!(sse <= ws, "an idle SSE subscriber holds {sse} B, a WebSocket one {ws} B");
 }

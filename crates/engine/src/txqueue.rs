@@ -46,7 +46,10 @@ pub(crate) struct TxQueue {
 
 struct InFlight {
     header: libc::msghdr,
-    slices: [libc::iovec; MAX_IOVECS],
+    /// As many slices as the largest send of this queue took (at most [`MAX_IOVECS`]): a
+    /// stream's head and first events, or one frame, take one (16 bytes), where a full array
+    /// took 1 KiB in every queue lent at once (a burst of opens lends one per connection).
+    slices: Vec<libc::iovec>,
 }
 
 impl std::fmt::Debug for TxQueue {
@@ -143,20 +146,34 @@ impl TxQueue {
     /// bytes pushed meanwhile go to new chunks. The queue must be non-empty and not sending.
     pub(crate) fn start_send(&mut self) -> *const libc::msghdr {
         debug_assert!(!self.is_empty() && !self.is_sending());
-        // SAFETY: msghdr and iovec are plain C structs; all zeroes is a valid (empty) value.
-        let in_flight = self
-            .in_flight
-            .get_or_insert_with(|| Box::new(unsafe { std::mem::zeroed() }));
-        let mut count = 0;
-        for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
-            let bytes = chunk.bytes();
-            let bytes = if i == 0 { &bytes[self.sent..] } else { bytes };
-            in_flight.slices[i] = libc::iovec {
-                iov_base: bytes.as_ptr() as *mut libc::c_void,
-                iov_len: bytes.len(),
-            };
-            count += 1;
-        }
+        let in_flight = self.in_flight.get_or_insert_with(|| {
+            Box::new(InFlight {
+                // SAFETY: msghdr is a plain C struct; all zeroes is a valid (empty) value.
+                header: unsafe { std::mem::zeroed() },
+                slices: Vec::new(),
+            })
+        });
+        in_flight.slices.clear();
+        in_flight
+            .slices
+            .reserve_exact(self.chunks.len().min(MAX_IOVECS));
+        let sent = self.sent;
+        in_flight.slices.extend(
+            self.chunks
+                .iter()
+                .take(MAX_IOVECS)
+                .enumerate()
+                .map(|(i, chunk)| {
+                    let bytes = chunk.bytes();
+                    let bytes = if i == 0 { &bytes[sent..] } else { bytes };
+                    libc::iovec {
+                        iov_base: bytes.as_ptr() as *mut libc::c_void,
+                        iov_len: bytes.len(),
+                    }
+                }),
+        );
+        // The slices are not touched again until `finish_send`: their address holds.
+        let count = in_flight.slices.len();
         in_flight.header.msg_iov = in_flight.slices.as_mut_ptr();
         in_flight.header.msg_iovlen = count;
         self.pinned = count;
@@ -232,6 +249,20 @@ mod tests {
         assert_eq!(prepared(header), (6, 60), "the rest in the next send");
         q.finish_send(60);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_queue_holds_slices_for_its_largest_send_only() {
+        let mut q = TxQueue::default();
+        q.push_copy(b"HTTP/1.1 200 OK\r\n\r\n");
+        q.push_copy(b"event: @session\n\n");
+        let header = q.start_send();
+        assert_eq!(prepared(header).0, 1, "copied bytes share one chunk");
+        q.finish_send(q.len());
+        let in_flight = q.in_flight.as_ref().expect("a send was prepared");
+        // 16 bytes, not 64 slices (1 KiB) for every queue a burst of opens lends at once.
+        assert_eq!(in_flight.slices.capacity(), 1);
+        assert!(size_of::<InFlight>() <= 96, "{}", size_of::<InFlight>());
     }
 
     #[test]
