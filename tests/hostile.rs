@@ -227,7 +227,10 @@ fn clients_that_send_and_never_read_hold_no_more_than_their_write_cap() {
         sent >> 20
     );
     // Paused, and not read since (dropped once past write_timeout, on a very slow machine).
-    let paused_or_dropped = || total(server.addr, "paused") + total(server.addr, "write_timeouts");
+    let paused_or_dropped = || {
+        total(server.admin.expect("an admin listener"), "paused")
+            + total(server.admin.expect("an admin listener"), "write_timeouts")
+    };
     assert!(
         common::eventually(|| paused_or_dropped() == 16),
         "{} paused or dropped of 16",
@@ -282,7 +285,10 @@ fn floods_of_commands_and_pings_are_closed_for_their_rate() {
     for flooder in flooders {
         assert_eq!(flooder.join().unwrap(), Some(1008), "closed: rate limit");
     }
-    assert_eq!(total(server.addr, "rate_limited"), 16);
+    assert_eq!(
+        total(server.admin.expect("an admin listener"), "rate_limited"),
+        16
+    );
     watch.finish(48 * MIB, "command floods");
 }
 
@@ -340,10 +346,14 @@ fn huge_declared_lengths_and_endless_fragments_stay_within_the_partial_budget() 
         held.push(stream);
     }
     std::thread::sleep(Duration::from_millis(500));
-    let partial = total(addr, "partial_bytes");
+    let partial = total(server.admin.expect("an admin listener"), "partial_bytes");
     assert!(partial <= 2 * 8 * MIB + 2 * 65536, "{partial} bytes held");
     assert!(
-        total(addr, "partial_budget_closes") > 0 || budget_closes > 0,
+        total(
+            server.admin.expect("an admin listener"),
+            "partial_budget_closes"
+        ) > 0
+            || budget_closes > 0,
         "the budget closed some"
     );
     watch.finish(64 * MIB, "huge lengths and fragments");
@@ -395,12 +405,20 @@ fn silent_and_drip_fed_handshakes_are_capped_and_closed_at_the_deadline() {
         assert!(attacker.join().unwrap(), "the server closed it");
     }
     assert!(
-        total(addr, "refused_handshakes") > 0,
+        total(
+            server.admin.expect("an admin listener"),
+            "refused_handshakes"
+        ) > 0,
         "past the cap: closed at accept"
     );
-    assert!(total(addr, "handshake_timeouts") > 0);
+    assert!(
+        total(
+            server.admin.expect("an admin listener"),
+            "handshake_timeouts"
+        ) > 0
+    );
     // (The request asking counts itself while it is answered.)
-    assert!(total(addr, "handshaking") <= 1);
+    assert!(total(server.admin.expect("an admin listener"), "handshaking") <= 1);
     // Slots are free again.
     let _fresh = upgraded(addr, "/ws");
     watch.finish(32 * MIB, "drip-fed handshakes");
@@ -446,7 +464,10 @@ fn huge_request_heads_are_answered_431_at_the_head_limit() {
         assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
     }
     // Nothing of them is held, and a well-formed request goes through.
-    assert!(common::eventually(|| total(addr, "handshaking") <= 1));
+    assert!(common::eventually(|| total(
+        server.admin.expect("an admin listener"),
+        "handshaking"
+    ) <= 1));
     let _fresh = upgraded(addr, "/ws");
     watch.finish(32 * MIB, "huge request heads");
 }
@@ -503,11 +524,19 @@ fn thousands_of_half_open_connections_count_against_max_connections() {
     counter.join().unwrap();
     // Past the cap they were closed at accept: the server never held more (the gauge is each
     // reactor's last count, so a few more may show).
-    assert!(total(addr, "refused_connections") > 1000);
+    assert!(
+        total(
+            server.admin.expect("an admin listener"),
+            "refused_connections"
+        ) > 1000
+    );
     let most = most.load(Ordering::Relaxed);
     assert!(most <= 1000 + 16, "{most} connections held");
     // (The request asking counts itself while it is answered.)
-    assert!(common::eventually(|| total(addr, "handshaking") <= 1));
+    assert!(common::eventually(|| total(
+        server.admin.expect("an admin listener"),
+        "handshaking"
+    ) <= 1));
     watch.finish(48 * MIB, "half-open connections");
 }
 
@@ -573,7 +602,12 @@ fn junk_topics_cannot_flush_other_topics_history_or_grow_without_end() {
         taken += t;
     }
     assert!(refused > 0 && taken > 0, "{refused} refused, {taken} taken");
-    assert!(stats(addr)["hub"]["topics_refused"].as_u64().unwrap_or(0) > 0);
+    assert!(
+        stats(server.admin.expect("an admin listener"))["hub"]["topics_refused"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    );
     // The legitimate topic goes on publishing under the junk's pressure, and its history is
     // whole.
     for n in 11..=15 {
@@ -591,7 +625,9 @@ fn junk_topics_cannot_flush_other_topics_history_or_grow_without_end() {
     for n in 1..=15 {
         assert_eq!(common::next(&mut reader)["seq"], n);
     }
-    let history = stats(addr)["hub"]["history_bytes"].as_u64().unwrap();
+    let history = stats(server.admin.expect("an admin listener"))["hub"]["history_bytes"]
+        .as_u64()
+        .unwrap();
     assert!(history <= 2 * 4 * MIB, "{history}");
     watch.finish(64 * MIB, "junk topics");
 }
@@ -643,7 +679,7 @@ fn resumes_that_ask_for_all_of_history_are_replayed_in_slices() {
         }
     }
     watch.finish(96 * MIB, "replay amplification");
-    assert!(total(addr, "sliced_replays") >= 32);
+    assert!(total(server.admin.expect("an admin listener"), "sliced_replays") >= 32);
 }
 
 #[test]
@@ -705,7 +741,13 @@ fn a_publish_too_large_for_subscribers_is_refused_and_evicts_nobody() {
         let delivery = common::next(ws);
         assert_eq!(delivery["data"].as_str().unwrap().len(), fits.len());
     }
-    assert_eq!(total(addr, "slow_consumer_closes"), 0);
+    assert_eq!(
+        total(
+            server.admin.expect("an admin listener"),
+            "slow_consumer_closes"
+        ),
+        0
+    );
     let (status, _) = get(addr, "/healthz");
     assert_eq!(status, 200);
     watch.finish(32 * MIB, "oversized publishes");

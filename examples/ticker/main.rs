@@ -141,7 +141,10 @@ fn main() {
         ..clarion_engine::Config::default()
     };
     let app = AppConfig {
-        api_key: std::env::var("TICKER_API_KEY").ok().as_deref().map(Into::into),
+        api_key: std::env::var("TICKER_API_KEY")
+            .ok()
+            .as_deref()
+            .map(Into::into),
         ..AppConfig::default()
     };
     let running = match launch_with(config, app, move |app| Ticker {

@@ -929,9 +929,7 @@ impl App {
                 epoch: replay.epoch,
             };
             let topic = replay.topic;
-            let slice = self
-                .registry
-                .replay(conn, topic, &resume, slice_bytes, now);
+            let slice = self.registry.replay(conn, topic, &resume, slice_bytes, now);
             if !slice.recovered {
                 // A stream cannot skip a message (its ids are positions): it always ends.
                 if stream.is_some() || self.live.get().config.slow_consumer == SlowConsumer::Close {
