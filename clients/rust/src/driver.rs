@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::backoff::Rng;
 use crate::event::{Event, PublishAck, PublishError, State};
-use crate::events::Sink;
+use crate::events::{self, Sink};
 use crate::options::TokenProvider;
 use crate::queue::Ticket;
 use crate::session::{Output, Purpose, Reply, Session};
@@ -272,7 +272,9 @@ pub(crate) async fn run(
             () = optional(deadline.map(|at| tokio::time::sleep_until(at.into()))) => {
                 session.handle_timeout(now());
             }
-            () = optional(driver.first_full().map(Sink::room)), if paused => {}
+            // Ends at once if the reader caught up since `behind()` looked (reading is off
+            // meanwhile: a wait that missed it would stop the client for good).
+            () = events::caught_up(&driver.sinks, driver.event_buffer), if paused => {}
         }
     }
     // Streams end here: every event before was sent.
@@ -361,11 +363,7 @@ impl Driver {
 
     /// Whether a stream's reader is `event_buffer` events behind.
     fn behind(&self) -> bool {
-        self.first_full().is_some()
-    }
-
-    fn first_full(&self) -> Option<&Sink> {
-        self.sinks.iter().find(|s| s.full(self.event_buffer))
+        events::first_full(&self.sinks, self.event_buffer).is_some()
     }
 
     fn fetch_token(&self) -> BoxFuture<Result<String, String>> {
