@@ -466,10 +466,11 @@ impl Link {
         self.transport.write_waiting(&self.tx)
     }
 
-    /// Writes what it can without waiting.
+    /// Writes what it can without waiting; the rest waits for the socket to be writable. A
+    /// buffer a large message grew past 64 KiB is given back once it is all out.
     fn flush(&mut self) {
         let _ = self.transport.send(&mut self.tx);
-        if self.tx.capacity() > SCRATCH {
+        if self.tx.is_empty() && self.tx.capacity() > SCRATCH {
             self.tx = Vec::new();
         }
     }
@@ -686,6 +687,28 @@ async fn open(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_flush_keeps_the_bytes_the_socket_did_not_take() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        // Accepted and never read: the kernel takes a few MiB of the 64 MiB at most.
+        let (_peer, _) = listener.accept().await.unwrap();
+        let mut link = Link {
+            transport: Transport { stream, tls: None },
+            ws: Connection::client(now(), 1),
+            rx: Vec::new(),
+            tx: vec![7; 64 << 20],
+        };
+        link.flush();
+        assert!(
+            !link.tx.is_empty(),
+            "the rest of a large message waits for the socket"
+        );
+        assert!(link.tx.iter().all(|&byte| byte == 7));
+    }
 
     #[test]
     fn only_a_tls_failure_that_will_repeat_is_1015() {
