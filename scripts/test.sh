@@ -35,7 +35,7 @@ python3 -c 'import websockets.sync.client' 2>/dev/null \
 redis-server --version
 chromium --version
 nginx -v
-haproxy -v | head -1
+haproxy -v | sed -n 1p  # sed reads it all: head would end haproxy with SIGPIPE (pipefail)
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

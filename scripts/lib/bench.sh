@@ -41,10 +41,11 @@ start_pinned() {
   exit 1
 }
 
-# What the benchmarks need beyond the production defaults: /echo on, no per-client rates (a load
+# What the benchmarks need beyond the production defaults: /echo on, client publishing (the
+# loadgen publishes over WebSocket by default), no per-client rates (a load
 # generator's connection sends as fast as it can, which is the point), and room for its ramp of
 # thousands of connections handshaking at once.
-BENCH_FLAGS=(--echo --message-rate 0 --byte-rate 0 --max-handshakes-per-reactor 65536)
+BENCH_FLAGS=(--echo --client-publish all --message-rate 0 --byte-rate 0 --max-handshakes-per-reactor 65536)
 
 # start_server PORT [serve flags...]: clarion with one reactor on core 0, no keep-alive pings,
 # /stats and /metrics on its port (the ramp reads them) and no admin listener (scripts that run
