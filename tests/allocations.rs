@@ -176,5 +176,8 @@ fn an_idle_sse_subscriber_holds_no_more_than_an_idle_websocket_subscriber() {
     let (_ws, ws) = held_per_connection(&runtime, IDLE, || subscribe(addr, "/t/ws"));
     let (_sse, sse) = held_per_connection(&runtime, IDLE, || sse(addr, "/sse/sse"));
     eprintln!("heap held per idle subscriber: /t/ {ws} B, /sse/ {sse} B");
-    assert!(sse <= ws, "an idle SSE subscriber holds {sse} B, a WebSocket one {ws} B");
+    assert!(
+        sse <= ws,
+        "an idle SSE subscriber holds {sse} B, a WebSocket one {ws} B"
+    );
 }

@@ -158,20 +158,22 @@ impl TxQueue {
             .slices
             .reserve_exact(self.chunks.len().min(MAX_IOVECS));
         let sent = self.sent;
-        in_flight.slices.extend(
-            self.chunks
-                .iter()
-                .take(MAX_IOVECS)
-                .enumerate()
-                .map(|(i, chunk)| {
-                    let bytes = chunk.bytes();
-                    let bytes = if i == 0 { &bytes[sent..] } else { bytes };
-                    libc::iovec {
-                        iov_base: bytes.as_ptr() as *mut libc::c_void,
-                        iov_len: bytes.len(),
-                    }
-                }),
-        );
+        in_flight
+            .slices
+            .extend(
+                self.chunks
+                    .iter()
+                    .take(MAX_IOVECS)
+                    .enumerate()
+                    .map(|(i, chunk)| {
+                        let bytes = chunk.bytes();
+                        let bytes = if i == 0 { &bytes[sent..] } else { bytes };
+                        libc::iovec {
+                            iov_base: bytes.as_ptr() as *mut libc::c_void,
+                            iov_len: bytes.len(),
+                        }
+                    }),
+            );
         // The slices are not touched again until `finish_send`: their address holds.
         let count = in_flight.slices.len();
         in_flight.header.msg_iov = in_flight.slices.as_mut_ptr();
