@@ -8,6 +8,7 @@
 # Usage: scripts/autobahn-deflate.sh     (reports in autobahn-reports/deflate-<io>-<policy>/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/conformance.sh
 
 cargo build --release --bin clarion
 failed=0
@@ -18,7 +19,7 @@ for io in epoll uring; do
     scripts/autobahn.sh --url "ws://127.0.0.1:$port/echo" --agent "clarion-$io-$policy" \
       --cases '12.*,13.*' --exclude '' --timeout 1800 \
       --report-dir "autobahn-reports/deflate-$io-$policy" \
-      --server-cmd "target/release/clarion serve --io $io --listen 127.0.0.1:$port --threads 2 --no-pin --compression $policy" \
+      --server-cmd "target/release/clarion serve --io $io --listen 127.0.0.1:$port --threads 2 --no-pin --compression $policy $conformance" \
       || failed=1
   done
 done

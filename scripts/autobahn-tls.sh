@@ -9,6 +9,7 @@
 #        (reports in autobahn-reports/tls-<io>/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/conformance.sh
 
 backends=(epoll uring)
 cases='1.*,2.*,3.*,4.*,5.*,6.*,7.*,8.*,9.*,10.*,12.*,13.*'
@@ -30,7 +31,7 @@ for io in "${backends[@]}"; do
   scripts/autobahn.sh --url "wss://127.0.0.1:$port/echo" --agent "clarion-tls-$io" \
     --cases "$cases" --exclude '' --timeout 1800 \
     --report-dir "autobahn-reports/tls-$io" \
-    --server-cmd "target/release/clarion serve --io $io --listen 127.0.0.1:$port --threads 2 --no-pin --compression shared --tls-cert $cert/chain.pem --tls-key $cert/key.pem" \
+    --server-cmd "target/release/clarion serve --io $io --listen 127.0.0.1:$port --threads 2 --no-pin --compression shared $conformance --tls-cert $cert/chain.pem --tls-key $cert/key.pem" \
     || failed=1
 done
 exit "$failed"

@@ -9,7 +9,9 @@
 # the path of a clarion binary built before; B is this working tree.
 #
 # Usage: scripts/bench-ab.sh REV|BINARY   (ROUNDS=3 DURATION=5s IDLE=15000 FLAGS_A= FLAGS_B= to change;
-#        FLAGS_* are extra `serve` flags for one side, e.g. FLAGS_B=--echo once /echo is opt-in)
+#        FLAGS_* are extra `serve` flags for one side; FLAGS_B defaults to this tree's BENCH_FLAGS
+#        (scripts/lib/bench.sh: --echo, no per-client rates), and an A with /echo opt-in wants
+#        the same: FLAGS_A="--echo --client-publish all --message-rate 0 --byte-rate 0 --max-handshakes-per-reactor 65536")
 # Prints a markdown table of medians with B/A ratios; raw JSON reports go to target/bench-ab/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,8 +20,8 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5s}
 IDLE=${IDLE:-15000}
 FLAGS_A=${FLAGS_A:-}
-FLAGS_B=${FLAGS_B:-}
 source scripts/lib/bench.sh
+FLAGS_B=${FLAGS_B:-${BENCH_FLAGS[*]}}
 bench_setup ab
 
 if [ -f "$REV" ] && [ -x "$REV" ]; then

@@ -294,7 +294,11 @@ counters() { # the namespace's TCP counters and the host's softnet drops, raw (p
 }
 
 read -r slab0 <<<"$(awk '/^Slab:/ {print $2}' /proc/meminfo)"
-server_flags=(--threads "$REACTORS" --no-pin --listen "127.0.0.1:$PORT" --backlog 65535)
+# The loadgen's publisher is one of its WebSocket clients (client publishing is off by default),
+# no per-client rates, and room for the ramp's handshakes in flight (production defaults aside:
+# they cap a reactor at 1,024 connections mid-handshake).
+server_flags=(--threads "$REACTORS" --no-pin --listen "127.0.0.1:$PORT" --backlog 65535
+  --client-publish all --message-rate 0 --byte-rate 0 --max-handshakes-per-reactor 65536)
 scheme=ws tls_loadgen=()
 if [ "$TLS" = 1 ]; then
   bash scripts/make-cert.sh "$OUT/cert" >/dev/null

@@ -117,7 +117,7 @@ while True:
 # node PORT CORE CONFIG_FILE: a one-reactor clarion on CORE (its PID appended to others).
 node() {
   taskset -c "$2" "$SERVER" serve --threads 1 --no-pin --admin-listen off --listen "127.0.0.1:$1" \
-    --ping-interval 0 --config "$3" 2>/dev/null &
+    --ping-interval 0 "${BENCH_FLAGS[@]}" --config "$3" 2>/dev/null &
   others+=($!)
   wait_port "$1"
   wait_linked "$1"

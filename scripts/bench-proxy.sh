@@ -144,6 +144,7 @@ EOF
 start_clarion() { # [PROXY protocol version] -> sets upstream, clarion_pid
   upstream=127.0.0.1:$(free_port)
   taskset -c 0 "$clarion" serve --listen "$upstream" --threads 1 --admin-listen off --public-metrics --trusted-proxies 127.0.0.1 \
+    --echo --message-rate 0 --byte-rate 0 --max-handshakes-per-reactor 65536 \
     --proxy-protocol "${1:-off}" 2>"$work/clarion.log" &
   clarion_pid=$!
   pids+=("$clarion_pid")

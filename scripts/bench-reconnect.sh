@@ -72,7 +72,11 @@ fi
 
 server_pid="" publisher_pid="" client_pids=()
 start_server() {
+  # Beyond the production defaults: the publisher is a WebSocket client sending $RATE a second
+  # (client publishing on, no per-client rates), and the storm's thousands of handshakes at
+  # once are not refused at accept (the storm measures reconnection, not the handshake cap).
   taskset -c 0 "$SERVER" serve "${IO[@]}" --threads 3 --no-pin --listen "127.0.0.1:$PORT" \
+    --client-publish all --message-rate 0 --byte-rate 0 --max-handshakes-per-reactor 65536 \
     --admin-listen "127.0.0.1:$APORT" "${TLS_SERVER[@]}" 2>>"$OUT/server.log" &
   server_pid=$!
   for _ in $(seq 200); do

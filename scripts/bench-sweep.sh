@@ -73,7 +73,10 @@ run() {
     local args=("$@")
     local log
     log=$(mktemp /tmp/clarion-sweep-server.XXXXXX.log)
-    taskset -c 0 "$BIN" serve --listen 127.0.0.1:0 --threads 1 --no-pin --io "$IO" "${args[@]}" 2>"$log" &
+    # /echo on, client publishing, no per-client rates, room for the ramp (the production
+    # defaults aside).
+    taskset -c 0 "$BIN" serve --listen 127.0.0.1:0 --threads 1 --no-pin --io "$IO" \
+        --echo --client-publish all --message-rate 0 --byte-rate 0 --max-handshakes-per-reactor 65536 "${args[@]}" 2>"$log" &
     local server=$!
     local addr=""
     for _ in $(seq 100); do

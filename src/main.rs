@@ -90,7 +90,7 @@ fn main() -> ExitCode {
     let certificate = tls.as_ref().map(|(_, cert)| cert.clone());
     config.tls = tls.map(|(tls, _)| tls);
     let app = settings.app_config();
-    let open_api = app.api_key.is_none();
+    let open_publishing = app.open_publishing();
     let open_admin = app.admin_key.is_none();
     let max_connections = app.max_connections;
     // Before the reactors bind these addresses themselves.
@@ -127,8 +127,12 @@ fn main() -> ExitCode {
             );
         }
     }
-    if open_api {
-        tracing::warn!("no api_key: the HTTP publish API is open to anyone who can connect");
+    if open_publishing {
+        // Beyond loopback this needed --insecure (or the start was refused).
+        tracing::warn!(
+            "publishing is open to anyone who can connect (no api_key, or client_publish = all \
+             without auth)"
+        );
     }
     for addr in taken {
         tracing::warn!(
@@ -149,8 +153,9 @@ fn main() -> ExitCode {
     notify(&notifier, |n| n.ready(&listening));
     let draining = Arc::new(AtomicBool::new(false));
     spawn_housekeeping(running.server.clone(), notifier.clone(), draining.clone());
-
     let server = running.server.clone();
+    let drain_server = running.server.clone();
+    let drain_started = Arc::new(std::sync::Mutex::new(None::<Instant>));
     let mut reloader = Reloader::new(
         sources,
         loaded.layer,
@@ -159,6 +164,7 @@ fn main() -> ExitCode {
         certificate,
     );
     let shutdown = runtime.shutdown_handle();
+    let drain_clock = drain_started.clone();
     std::thread::spawn(move || {
         for signal in signals.forever() {
             if signal == SIGHUP && draining.load(Ordering::SeqCst) {
@@ -169,7 +175,8 @@ fn main() -> ExitCode {
                 notify(&notifier, |n| n.ready(&listening));
             } else if !draining.swap(true, Ordering::SeqCst) {
                 notify(&notifier, |n| n.stopping());
-                server.set_draining();
+                *drain_clock.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                drain_server.set_draining();
                 shutdown.shutdown();
                 tracing::info!(signal, "draining: closing connections with 1001");
             } else {
@@ -179,6 +186,16 @@ fn main() -> ExitCode {
         }
     });
     runtime.join();
+    // Publishes acknowledged to clients but not yet taken by Redis: sent within what is left
+    // of the drain timeout, the rest counted and logged.
+    let started = *drain_started.lock().unwrap_or_else(|e| e.into_inner());
+    let deadline = started.unwrap_or_else(Instant::now) + config.drain_timeout;
+    server.finish(deadline);
+    let failed = runtime.failed();
+    if failed > 0 {
+        tracing::error!("stopped: {failed} reactor(s) had failed");
+        return ExitCode::FAILURE;
+    }
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

@@ -10,7 +10,6 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use clarion::server::AppConfig;
 use common::*;
 
 struct Counting;
@@ -85,7 +84,7 @@ fn fanout_reuses_write_queues_instead_of_allocating_per_subscriber() {
     const SUBSCRIBERS: usize = 3_000;
     const MESSAGES: usize = 21;
     IGNORED.with(|ignored| ignored.set(true));
-    let runtime = start_app(|config| config.threads = 1, AppConfig::default());
+    let runtime = start_app(|config| config.threads = 1, app());
     let addr = runtime.local_addr();
     let mut subscribers: Vec<TcpStream> = (0..SUBSCRIBERS)
         .map(|_| subscribe(addr, "/t/alloc"))

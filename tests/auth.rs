@@ -62,7 +62,7 @@ fn jwt_server(jwt: JwtConfig) -> (Runtime, SocketAddr) {
         AppConfig {
             auth: AuthMode::Jwt,
             jwt,
-            ..AppConfig::default()
+            ..app()
         },
     );
     let addr = runtime.local_addr();
@@ -199,7 +199,7 @@ fn refresh_moves_the_expiry_and_checks_the_grants_again() {
 
 #[test]
 fn refresh_without_tokens_in_use_is_an_error() {
-    let runtime = start_app(|_| {}, AppConfig::default());
+    let runtime = start_app(|_| {}, app());
     let mut ws = connect(runtime.local_addr(), "/ws");
     let reply = call(&mut ws, json!({"type": "refresh", "token": "x", "id": 1}));
     assert_eq!(reply["code"], "unauthorized");
@@ -380,7 +380,7 @@ fn the_server_refuses_to_start_with_an_unusable_token_setup() {
             secret: Some("short".into()),
             ..JwtConfig::default()
         },
-        ..AppConfig::default()
+        ..app()
     };
     let config = clarion_engine::Config {
         listen: "127.0.0.1:0".parse().unwrap(),

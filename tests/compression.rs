@@ -24,7 +24,7 @@ fn server(policy: Policy) -> Runtime {
         |config| config.compression = compression,
         AppConfig {
             compression,
-            ..AppConfig::default()
+            ..app()
         },
     )
 }
@@ -168,7 +168,7 @@ fn windows_past_the_cap_fall_back_to_no_context_takeover_and_come_back_when_free
         },
         AppConfig {
             compression,
-            ..AppConfig::default()
+            ..app()
         },
     );
     let addr = runtime.local_addr();

@@ -1,5 +1,6 @@
 //! `/echo` over real sockets with a third-party client: messages, fragments, control frames,
-//! close, limits, many clients, and a client that does not read.
+//! close, limits, many clients, and a client that does not read (held at its write cap, not
+//! queued without end).
 
 mod common;
 
@@ -170,11 +171,10 @@ fn a_client_that_does_not_read_gets_everything_in_order_later() {
         }
         sender
     });
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        total(&server, |s| &s.tx_queues_lent) >= 1,
-        "the echo backed up into a write queue"
-    );
+    // 8 MiB of echoes against a 1 MiB write cap: the server queues about the cap, then stops
+    // reading this client (its sender blocks in TCP) until it reads.
+    assert!(eventually(|| total(&server, |s| &s.paused) == 1));
+    assert!(total(&server, |s| &s.tx_queues_lent) >= 1);
     for i in 0..64u8 {
         assert_eq!(ws.read().unwrap(), Message::binary(vec![i; 128 * 1024]));
     }

@@ -21,7 +21,7 @@ fn server() -> (Runtime, SocketAddr) {
         AppConfig {
             heartbeat_min: Duration::from_secs(1),
             heartbeat_max: Duration::from_secs(30),
-            ..AppConfig::default()
+            ..app()
         },
     );
     let addr = runtime.local_addr();

@@ -28,7 +28,7 @@ fn server(header: ForwardedHeader, adjust: impl FnOnce(&mut clarion_engine::Conf
             max_connections_per_ip: 2,
             trusted_proxies: TrustedProxies::new(vec!["127.0.0.1".parse().unwrap()]),
             forwarded_header: header,
-            ..AppConfig::default()
+            ..app()
         },
     )
 }

@@ -552,7 +552,8 @@ fn a_stream_that_stops_reading_is_ended_as_a_slow_consumer_under_either_policy()
         let addr = server.local_addr();
         let mut stuck = Stream::open(addr, "/stream/t", "", false);
         assert_eq!(stuck.json()["type"], "subscribed");
-        let big = vec![b'x'; 64 << 10];
+        // Half the cap: a publish larger than max_queued_bytes is refused (413) up front.
+        let big = vec![b'x'; 32 << 10];
         assert!(
             eventually(|| {
                 publish(addr, "t", "text/plain", &big);
@@ -666,4 +667,66 @@ fn through_nginx_with_its_defaults_a_stream_flows_unbuffered_and_resumes_across_
         );
     }
     drop(node);
+}
+
+#[test]
+fn a_resume_larger_than_a_slice_replays_in_order_with_ids_that_never_run_ahead() {
+    // A small write cap and a replay larger than the sockets' buffers can hold: it waits for
+    // the client to read, slice by slice.
+    let small = AppConfig {
+        max_queued_bytes: 256 << 10,
+        hub: clarion_pubsub::HubConfig {
+            history_size: 1000,
+            history_max_bytes: 32 << 20,
+            ..Default::default()
+        },
+        ..common::app()
+    };
+    let server = start_app(|c| c.threads = 1, small);
+    let addr = server.local_addr();
+    let epoch = publish(addr, "a", "text/plain", b"a1")["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // 600 messages of 16 KiB: many replay slices (64 KiB each), all within history.
+    let pad = "x".repeat(16 << 10);
+    for n in 1..=600 {
+        publish(addr, "b", "text/plain", format!("b{n} {pad}").as_bytes());
+    }
+    let last = format!("Last-Event-ID: {epoch}:0,0\r\n");
+    let mut sse = Stream::open(addr, "/sse?topic=a&topic=b", &last, false);
+    // While b is still replaying (the client has not read yet), a goes on live: its events
+    // must carry b's position as far as the replay got, never b's latest seq.
+    publish(addr, "a", "text/plain", b"a2");
+    let (mut at_a, mut at_b) = (0, 0);
+    while at_a < 2 || at_b < 600 {
+        let event = sse.next_event();
+        let id = event
+            .id
+            .clone()
+            .unwrap_or_else(|| panic!("an id: {} {}", event.event, event.data));
+        let positions = id.strip_prefix(&format!("{epoch}:")).expect("this epoch");
+        let (a, b) = positions.split_once(',').unwrap();
+        let (a, b): (u64, u64) = (a.parse().unwrap_or(0), b.parse().unwrap_or(0));
+        match event.event.as_str() {
+            "@subscribed" => continue,
+            "a" => {
+                at_a += 1;
+                assert_eq!(event.data, format!("a{at_a}"));
+            }
+            "b" => {
+                at_b += 1;
+                let n = event.data.split(' ').next().unwrap();
+                assert_eq!(n, format!("b{at_b}"), "b in order, none skipped");
+            }
+            other => panic!("unexpected {other}: {}", event.data),
+        }
+        assert_eq!((a, b), (at_a, at_b), "{id} after a{at_a}, b{at_b}");
+    }
+    assert!(total_stat(addr, "sliced_replays") >= 1);
+    // Caught up: b is live again.
+    publish(addr, "b", "text/plain", b"b601");
+    let live = sse.next_event();
+    assert_eq!((live.event.as_str(), live.data.as_str()), ("b", "b601"));
+    assert_eq!(live.id, Some(format!("{epoch}:2,601")));
 }

@@ -5,8 +5,11 @@
 //! ```sh
 //! (cd clients/js && npm ci && npm run build)
 //! cargo run --release --example ticker            # then open http://127.0.0.1:9001/
-//! cargo run --release --example ticker -- 0.0.0.0:8080
+//! TICKER_API_KEY=secret cargo run --release --example ticker -- 0.0.0.0:8080
 //! ```
+//!
+//! Beyond loopback the push server refuses to start with its publish API open to anyone:
+//! `TICKER_API_KEY` closes it (this program publishes in-process, without the key).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,8 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clarion::server::app::{App, Conn};
+use clarion::server::state::Origin;
 use clarion::server::{AppConfig, launch_with};
-use clarion_engine::{Answer, ConnId, Ctx, Handler, Local, RequestInfo, Response};
+use clarion_engine::{Answer, ConnId, Ctx, Handler, LimitHit, Local, RequestInfo, Response};
 use clarion_protocol::handshake::Request;
 use clarion_protocol::{CloseCode, MessageKind};
 use clarion_pubsub::{Format, Payload, Post};
@@ -106,6 +110,14 @@ impl Handler for Ticker {
     fn on_sweep_conn(&mut self, ctx: &mut Ctx<'_, Conn>) {
         self.app.on_sweep_conn(ctx)
     }
+
+    fn on_writable(&mut self, ctx: &mut Ctx<'_, Conn>) {
+        self.app.on_writable(ctx)
+    }
+
+    fn on_limit(&mut self, hit: &LimitHit<'_, Conn>) {
+        self.app.on_limit(hit)
+    }
 }
 
 fn main() {
@@ -128,7 +140,14 @@ fn main() {
         pin_threads: false,
         ..clarion_engine::Config::default()
     };
-    let running = match launch_with(config, AppConfig::default(), move |app| Ticker {
+    let app = AppConfig {
+        api_key: std::env::var("TICKER_API_KEY")
+            .ok()
+            .as_deref()
+            .map(Into::into),
+        ..AppConfig::default()
+    };
+    let running = match launch_with(config, app, move |app| Ticker {
         app,
         site: site.clone(),
     }) {
@@ -152,9 +171,11 @@ fn main() {
             price / 100,
             price % 100
         );
+        let payload = Payload::new(Format::Json, tick.as_bytes());
+        let max_queued = running.server.live().config.max_queued_bytes;
         if let Err(e) = running
             .server
-            .publish("ticker", Payload::new(Format::Json, tick.as_bytes()))
+            .publish("ticker", payload, Origin::Api, max_queued)
         {
             eprintln!("ticker: publish: {e}");
         }

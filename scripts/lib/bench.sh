@@ -41,13 +41,19 @@ start_pinned() {
   exit 1
 }
 
+# What the benchmarks need beyond the production defaults: /echo on, client publishing (the
+# loadgen publishes over WebSocket by default), no per-client rates (a load
+# generator's connection sends as fast as it can, which is the point), and room for its ramp of
+# thousands of connections handshaking at once.
+BENCH_FLAGS=(--echo --client-publish all --message-rate 0 --byte-rate 0 --max-handshakes-per-reactor 65536)
+
 # start_server PORT [serve flags...]: clarion with one reactor on core 0, no keep-alive pings,
 # /stats and /metrics on its port (the ramp reads them) and no admin listener (scripts that run
 # several servers at once would share its port).
 start_server() {
   local port=$1; shift
   start_pinned "$port" "$SERVER" serve --threads 1 --no-pin --listen "127.0.0.1:$port" \
-    --ping-interval 0 --admin-listen off --public-metrics "$@"
+    --ping-interval 0 --admin-listen off --public-metrics "${BENCH_FLAGS[@]}" "$@"
 }
 
 free_port() {

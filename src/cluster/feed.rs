@@ -36,6 +36,8 @@ use clarion_pubsub::{Delivered, Epoch, Hub, Interest, Message, Post, Reactors};
 
 /// Longest wait for a Pub/Sub message before looking for new interest.
 const POLL: Duration = Duration::from_millis(10);
+/// How often a feed held back by full inboxes looks again.
+const ROOM_CHECK: Duration = Duration::from_millis(1);
 
 /// Everything the receiving thread works with.
 pub(super) struct Feed {
@@ -221,6 +223,7 @@ impl Feed {
             return Ok(());
         };
         self.link.received.fetch_add(1, Relaxed);
+        self.wait_for_room();
         let message = Arc::new(message);
         if let Delivered::Gap { have } = self
             .hub
@@ -258,8 +261,23 @@ impl Feed {
             tracing::debug!(topic = &**topic, seq, "cluster: topic renumbered by Redis");
             self.link.resets.fetch_add(1, Relaxed);
         }
+        let weight = match &post {
+            Post::Message(message) => message.memory(),
+            _ => size_of::<Post>(),
+        };
         for reactor in reactors.iter() {
-            self.mailboxes.post(reactor, post.clone());
+            self.mailboxes.post_weighed(reactor, post.clone(), weight);
+        }
+    }
+
+    /// Waits (reading nothing more from Redis) while a reactor's inbox is full: Redis numbered
+    /// the message already, so it cannot be refused, and the backlog stays in Redis's output
+    /// buffer instead of this node's memory (past Redis's own limit Redis drops the
+    /// subscription, and the next session syncs from the log).
+    fn wait_for_room(&self) {
+        let reactors = self.mailboxes.len();
+        while !self.link.stopping() && !(0..reactors).all(|r| self.mailboxes.has_room(r)) {
+            std::thread::sleep(ROOM_CHECK);
         }
     }
 }

@@ -2,8 +2,9 @@
 //! the metrics, and the reconnect back-off.
 
 use std::hash::{BuildHasher, RandomState};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// First wait after a failed connection; it doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -17,7 +18,7 @@ const STOP_CHECK: Duration = Duration::from_millis(50);
 pub(super) struct Link {
     pub publisher_up: AtomicBool,
     pub feed_up: AtomicBool,
-    /// Publishes accepted but not yet taken by Redis, and their payload bytes.
+    /// Publishes accepted but not yet taken by Redis, and the bytes they take.
     pub buffered: AtomicU64,
     pub buffered_bytes: AtomicU64,
     /// Publishes refused because the buffer was full, or that Redis refused.
@@ -36,6 +37,10 @@ pub(super) struct Link {
     pub replica_timeouts: AtomicU64,
     /// The bridge threads are to exit.
     pub stop: AtomicBool,
+    /// Set at shutdown: the publisher sends what waits until then before it exits.
+    pub flush_until: OnceLock<Instant>,
+    /// Publishes still waiting when the process stopped, not sent.
+    pub lost_at_exit: AtomicU64,
 }
 
 /// A node's cluster numbers, for `/healthz` and the metrics.
@@ -47,7 +52,8 @@ pub struct ClusterStats {
     pub buffered: u64,
     /// Their payload bytes.
     pub buffered_bytes: u64,
-    /// Publishes dropped: refused for a full buffer, or refused by Redis.
+    /// Publishes dropped: refused for a full buffer, refused by Redis, or left unsent at
+    /// shutdown.
     pub dropped: u64,
     /// Reconnections after a lost connection.
     pub reconnects: u64,

@@ -58,8 +58,9 @@ pub struct ClusterConfig {
     pub upstream: Upstream,
     /// Credentials for the Redis servers found through Sentinel or Redis Cluster.
     pub auth: Auth,
-    /// Payload bytes of publishes that may wait for Redis (while it is slow or down); past it
-    /// publishes are refused and counted as dropped.
+    /// Bytes of publishes that may wait for Redis (while it is slow or down), as they take
+    /// memory (an empty payload is not free); past it publishes are refused and counted as
+    /// dropped.
     pub buffer_bytes: usize,
     /// How often the node writes its subscriber counts; they expire after three.
     pub heartbeat: Duration,
@@ -97,7 +98,8 @@ impl std::fmt::Display for BufferFull {
 
 impl std::error::Error for BufferFull {}
 
-/// A running bridge; dropping it stops its threads.
+/// A running bridge; dropping it stops its threads (call [`Cluster::finish`] first to send
+/// what waits for Redis).
 pub struct Cluster {
     link: Arc<Link>,
     servers: Arc<Servers>,
@@ -106,6 +108,7 @@ pub struct Cluster {
     outgoing: Sender<Outgoing>,
     presence: Arc<Presence>,
     buffer_bytes: u64,
+    publisher: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Cluster {
@@ -150,7 +153,7 @@ impl Cluster {
             heartbeat: config.heartbeat,
         };
         let spawn = |name: &str| std::thread::Builder::new().name(name.to_owned());
-        spawn("clarion-publish")
+        let publisher = spawn("clarion-publish")
             .spawn(move || publisher.run(incoming))
             .map_err(|e| e.to_string())?;
         let watching = (servers.clone(), link.clone());
@@ -175,14 +178,36 @@ impl Cluster {
             outgoing,
             presence,
             buffer_bytes: config.buffer_bytes as u64,
+            publisher: std::sync::Mutex::new(Some(publisher)),
         })
+    }
+
+    /// Shutdown: sends the publishes still waiting for Redis until `deadline` (reconnecting if
+    /// it must), then stops the bridge. What could not be sent is counted in
+    /// `clarion_cluster_dropped_total` and logged as an error; the count is returned.
+    pub fn finish(&self, deadline: Instant) -> u64 {
+        let _ = self.link.flush_until.set(deadline);
+        self.link.stop.store(true, Relaxed);
+        let publisher = self
+            .publisher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(publisher) = publisher {
+            let _ = publisher.join();
+        }
+        let lost = self.link.lost_at_exit.load(Relaxed);
+        if lost == 0 {
+            tracing::info!("cluster: every acknowledged publish was sent to Redis");
+        }
+        lost
     }
 
     /// Queues a publish for Redis, or refuses it (counted as dropped) when `buffer_bytes` are
     /// already waiting. Never blocks. While the link is down the publish is also delivered at
     /// once to this node's subscribers, numbered provisionally ([`Hub::publish_provisional`]).
     pub fn publish(&self, topic: &str, payload: Payload) -> Result<(), BufferFull> {
-        let size = payload.bytes().len() as u64;
+        let size = Outgoing::memory(topic, &payload) as u64;
         let before = self.link.buffered_bytes.fetch_add(size, Relaxed);
         if before + size > self.buffer_bytes && before > 0 {
             self.link.buffered_bytes.fetch_sub(size, Relaxed);
@@ -214,8 +239,10 @@ impl Cluster {
                     return queue(payload, 0);
                 };
                 self.link.provisional.fetch_add(1, Relaxed);
+                let weight = message.memory();
                 for reactor in reactors.iter() {
-                    self.mailboxes.post(reactor, Post::Message(message.clone()));
+                    let post = Post::Message(message.clone());
+                    self.mailboxes.post_weighed(reactor, post, weight);
                 }
                 queue(payload, message.seq());
             });

@@ -8,6 +8,10 @@
 //! `min_replicas_ack`, each master's pipeline ends with `WAIT`, and a batch stays queued (and is
 //! sent again, which the script takes as already done) until the replicas have it: a failover
 //! to a replica that missed it then gets it from the queue.
+//!
+//! At shutdown ([`super::Cluster::finish`]) the thread sends what is queued until the drain's
+//! deadline, reconnecting if it must; what is left then is counted as dropped and logged: an
+//! acknowledged publish is sent or reported lost, never silently.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -40,6 +44,19 @@ pub(super) struct Outgoing {
     /// The `seq` this node gave it while the link was down (it delivered it locally); 0 if none.
     pub provisional: u64,
 }
+
+impl Outgoing {
+    /// Bytes a publish of `payload` to `topic` takes while it waits: the record, its topic name
+    /// (with the `Arc`'s counts) and its payload. What `buffer_bytes` counts, so that empty
+    /// payloads are not free.
+    pub fn memory(topic: &str, payload: &Payload) -> usize {
+        size_of::<Outgoing>() + 2 * size_of::<usize>() + topic.len() + payload.memory()
+    }
+}
+
+/// How long the thread pauses between reconnections while it flushes at shutdown (the back-off
+/// is cut short once stopping).
+const FLUSH_RETRY: Duration = Duration::from_millis(50);
 
 /// What the publish script needs besides the message.
 #[derive(Debug)]
@@ -74,10 +91,21 @@ impl Publisher {
         let mut lost = false;
         let mut idle_since = Instant::now();
         loop {
-            if self.link.stopping() && (queue.is_empty() || connected.is_none()) {
-                return;
+            if self.link.stopping() {
+                let nothing_left = queue.is_empty() && incoming.is_empty();
+                let due = self
+                    .link
+                    .flush_until
+                    .get()
+                    .is_none_or(|&deadline| Instant::now() >= deadline);
+                if nothing_left || due {
+                    return self.give_up(queue.len() + incoming.len(), &queue, &incoming);
+                }
             }
             let Some(ready) = connected.as_mut() else {
+                if self.link.stopping() && lost {
+                    std::thread::sleep(FLUSH_RETRY);
+                }
                 match Commands::connect(&self.servers) {
                     Ok(fresh) => {
                         connected = Some(fresh);
@@ -97,7 +125,12 @@ impl Publisher {
                 continue;
             };
             if queue.is_empty() {
-                match incoming.recv_timeout(IDLE) {
+                let idle = if self.link.stopping() {
+                    FLUSH_RETRY
+                } else {
+                    IDLE
+                };
+                match incoming.recv_timeout(idle) {
                     Ok(outgoing) => {
                         number += 1;
                         queue.push_back((number, outgoing));
@@ -141,7 +174,7 @@ impl Publisher {
                     }
                     let bytes: u64 = queue
                         .drain(..batch)
-                        .map(|(_, o)| o.payload.bytes().len() as u64)
+                        .map(|(_, o)| Outgoing::memory(&o.topic, &o.payload) as u64)
                         .sum();
                     self.link
                         .published
@@ -159,6 +192,33 @@ impl Publisher {
                 }
             }
         }
+    }
+
+    /// The thread's end: `left` publishes were acknowledged but not sent (the drain's deadline
+    /// passed, or no flush was asked for): counted as dropped, and logged.
+    fn give_up(
+        &self,
+        left: usize,
+        queue: &VecDeque<(u64, Outgoing)>,
+        incoming: &Receiver<Outgoing>,
+    ) {
+        if left == 0 {
+            return;
+        }
+        let bytes: usize = queue
+            .iter()
+            .map(|(_, o)| o)
+            .chain(incoming.try_iter().collect::<Vec<_>>().iter())
+            .map(|o| Outgoing::memory(&o.topic, &o.payload))
+            .sum();
+        self.link.dropped.fetch_add(left as u64, Relaxed);
+        self.link.lost_at_exit.store(left as u64, Relaxed);
+        self.release(left as u64, bytes as u64);
+        tracing::error!(
+            lost = left,
+            "cluster: {left} acknowledged publishes could not be sent to Redis before the \
+             drain timeout; they are lost"
+        );
     }
 
     /// Sends a batch; fails (keeping it queued) if a connection failed or a master asks for a

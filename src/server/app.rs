@@ -21,6 +21,7 @@
 //! Logs: each refused client at `info` (rate-limited, [`super::refusals`]); each WebSocket's
 //! open and close at `debug`; requests, commands and each message's fanout at `trace`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -41,18 +42,19 @@ use super::envelope::{
 use super::forwarded;
 use super::live::Cached;
 use super::refusals::Refusal;
-use super::state::{Full, Live, PublishError, Server, SlowConsumer};
+use super::state::{Live, Origin, PublishError, Server, SlowConsumer};
 use super::stream::{self, KINDS, StreamKind, StreamRequest};
 use super::{ADMIN_LISTENER, dashboard, http};
 use clarion_engine::{
-    Answer, CompressionConfig, ConnId, Ctx, Handler, Local, Policy, Push, RequestInfo, Response,
+    Answer, CompressionConfig, ConnId, Ctx, Handler, Limit, LimitHit, Local, Policy, Push,
+    RequestInfo, Response,
 };
 use clarion_protocol::deflate::{Deflater, Params};
 use clarion_protocol::handshake::Request;
 use clarion_protocol::{CloseCode, MessageKind};
 use clarion_pubsub::{
-    self, Message, Payload, Post, Registry, Subscribed, Subscriptions, frame_payload,
-    shared_compressed_frame, shared_frame, validate_topic,
+    self, Message, Payload, Post, Registry, Resume, Subscribed, Subscriptions, TopicId,
+    frame_payload, shared_compressed_frame, shared_frame, validate_topic,
 };
 use streams::StreamFrames;
 
@@ -137,13 +139,43 @@ struct Parked {
 
 /// Where a subscribe's answers go: the connection of a callback, or one reached from the inbox.
 trait Reply {
+    /// The connection.
+    fn id(&self) -> ConnId;
+    /// Its state; `None` once it is gone or closing.
+    fn conn(&mut self) -> Option<&mut Conn>;
     /// Queues a frame; false if the connection is gone or closing.
     fn send_frame(&mut self, frame: &Arc<[u8]>) -> bool;
+    /// Less than half the connection's write cap waits: room for the next slice of a replay.
+    fn has_room(&self) -> bool;
+    /// Asks for `on_writable` once the queue is down to half the write cap.
+    fn notify_writable(&mut self);
+    /// Ends the connection with `code`.
+    fn close(&mut self, code: CloseCode, reason: &str);
 }
 
 impl Reply for Ctx<'_, Conn> {
+    fn id(&self) -> ConnId {
+        Ctx::id(self)
+    }
+
+    fn conn(&mut self) -> Option<&mut Conn> {
+        Some(Ctx::conn(self))
+    }
+
     fn send_frame(&mut self, frame: &Arc<[u8]>) -> bool {
         self.send_shared(frame).is_ok()
+    }
+
+    fn has_room(&self) -> bool {
+        Ctx::has_room(self)
+    }
+
+    fn notify_writable(&mut self) {
+        Ctx::notify_writable(self);
+    }
+
+    fn close(&mut self, code: CloseCode, reason: &str) {
+        Ctx::close(self, code, reason);
     }
 }
 
@@ -151,10 +183,47 @@ impl Reply for Ctx<'_, Conn> {
 struct To<'l, 'a>(&'l mut Local<'a, Conn>, ConnId);
 
 impl Reply for To<'_, '_> {
+    fn id(&self) -> ConnId {
+        self.1
+    }
+
+    fn conn(&mut self) -> Option<&mut Conn> {
+        self.0.conn(self.1)
+    }
+
     fn send_frame(&mut self, frame: &Arc<[u8]>) -> bool {
-        // Answers and replays are not deliveries: no slow-consumer cap, as in a callback.
+        // Answers are not deliveries: no slow-consumer cap (they come from reading the
+        // connection, which stops past its cap; replays go out only while it has room).
         matches!(self.0.send_shared(self.1, frame, usize::MAX), Push::Queued)
     }
+
+    fn has_room(&self) -> bool {
+        self.0.has_room(self.1)
+    }
+
+    fn notify_writable(&mut self) {
+        self.0.notify_writable(self.1);
+    }
+
+    fn close(&mut self, code: CloseCode, reason: &str) {
+        self.0.close(self.1, code, reason);
+    }
+}
+
+/// Bytes of history one replay slice takes at most (the first at the subscribe, the next ones
+/// as the connection's queue drains): a resume never queues more than this beyond the
+/// connection's low mark, whatever `since` asks for. Half the write cap when that is smaller
+/// ([`App::replay_slice`]), so that a slice on top of the low mark stays under the cap.
+const REPLAY_SLICE: usize = 64 << 10;
+
+/// A resume whose replay goes out in slices: the subscriber is held (no live message) until it
+/// has everything up to the topic's `seq`.
+#[derive(Debug)]
+struct Replay {
+    topic: TopicId,
+    /// The last `seq` sent.
+    sent: u64,
+    epoch: Option<clarion_pubsub::Epoch>,
 }
 
 /// One reactor's application state.
@@ -170,6 +239,8 @@ pub struct App {
     pending: Option<Pending>,
     /// Cluster mode: subscribes waiting for their topic, by topic.
     parked: HashMap<Arc<str>, Vec<Parked>>,
+    /// Resumes whose replay goes out in slices, by connection (only while one does).
+    replays: HashMap<ConnId, Vec<Replay>>,
     scratch: Vec<u8>,
     /// Compresses fanout frames once for every subscriber they fit; made on first use.
     deflater: Option<Deflater>,
@@ -202,6 +273,7 @@ impl App {
             extras: Slab::new(),
             pending: None,
             parked: HashMap::new(),
+            replays: HashMap::new(),
             scratch: Vec::new(),
             deflater: None,
             heartbeat_frame: shared_frame(MessageKind::Text, HEARTBEAT),
@@ -310,12 +382,8 @@ impl App {
         let ip = client
             .filter(|_| server.counts_ips())
             .map(|c| server.client_key(c.ip()));
-        match server.admit(&live.config, ip) {
-            Err(Full::Server) => return Err(refused(503, "too many connections", None)),
-            Err(Full::Ip) => {
-                return Err(refused(429, "too many connections from this address", None));
-            }
-            Ok(()) => {}
+        if server.admit(&live.config, ip).is_err() {
+            return Err(refused(429, "too many connections from this address", None));
         }
         let mut checked = Checked {
             extra: Extra { grants: None, ip },
@@ -368,9 +436,34 @@ impl App {
         Ok(checked)
     }
 
+    /// The path an open connection came on, as far as its state tells (a `/t/` socket's topic
+    /// while it is subscribed): for the log line of a limit it hit.
+    fn path_of(&self, conn: &Conn) -> Cow<'static, str> {
+        match conn.route {
+            Route::Echo => Cow::Borrowed("/echo"),
+            Route::Envelope => Cow::Borrowed("/ws"),
+            Route::Topic => match conn
+                .subs
+                .iter()
+                .next()
+                .and_then(|id| self.registry.name(id))
+            {
+                Some(topic) => Cow::Owned(format!("/t/{topic}")),
+                None => Cow::Borrowed("/t/"),
+            },
+            Route::Stream(kind) => Cow::Borrowed(kind.path()),
+            Route::Dashboard => Cow::Borrowed("/dashboard/ws"),
+        }
+    }
+
+    /// Bytes of history one replay slice takes at most: [`REPLAY_SLICE`], or half the write
+    /// cap when that is smaller (a slice holds at least one message whatever its size).
+    fn replay_slice(&self) -> usize {
+        REPLAY_SLICE.min(self.live.get().config.max_queued_bytes / 2)
+    }
+
     fn grants(&self, conn: &Conn) -> Option<&Grants> {
-        let key = conn.extra?.get() as usize - 1;
-        self.extras.get(key)?.grants.as_ref()
+        grants_in(&self.extras, conn)
     }
 
     /// Seconds until the token of `conn` ends it (`exp` plus the leeway), with tokens in use.
@@ -401,15 +494,30 @@ impl App {
             return;
         };
         let payload = Payload::new(format_of(kind, payload), payload);
-        match self.server.publish(&topic, payload) {
-            Ok(_) => {}
-            // A raw socket has no answer to carry the refusal: the drop is counted and the
-            // publisher told by the close code, never left believing it was sent.
-            Err(e @ PublishError::Cluster(_)) => {
-                ctx.close(CloseCode::TRY_AGAIN_LATER, &e.to_string())
-            }
-            Err(e) => ctx.close(CloseCode::POLICY_VIOLATION, &e.to_string()),
+        // A raw socket has no answer to carry a refusal: the publisher is told by the close
+        // code (and the refusal counted), never left believing it was sent.
+        if let Err(e) = self.publish(&topic, payload) {
+            let code = match e {
+                PublishError::TooLarge { .. } => CloseCode::MESSAGE_TOO_BIG,
+                e if e.is_transient() => CloseCode::TRY_AGAIN_LATER,
+                _ => CloseCode::POLICY_VIOLATION,
+            };
+            ctx.close(code, &e.to_string());
         }
+    }
+
+    /// A client's publish, within the write cap in force; a refusal is counted.
+    fn publish(&self, topic: &str, payload: Payload) -> Result<Option<u64>, PublishError> {
+        let max_queued = self.live.get().config.max_queued_bytes;
+        let published = self
+            .server
+            .publish(topic, payload, Origin::Client, max_queued);
+        if published.is_err() {
+            self.server.counters[self.index]
+                .publishes_refused
+                .fetch_add(1, Relaxed);
+        }
+        published
     }
 
     /// The topic a `/t/` connection waits for, in cluster mode.
@@ -459,7 +567,7 @@ impl App {
             // Everyone here who waited has left.
             return self.registry.abandon(&topic);
         };
-        let now = local.now();
+        let (now, slice) = (local.now(), self.replay_slice());
         let mut out = std::mem::take(&mut self.scratch);
         for p in parked {
             let Some(conn) = local.conn(p.conn) else {
@@ -474,13 +582,14 @@ impl App {
                 self.send(&mut To(local, p.conn), &out);
                 continue;
             }
+            let resume = p.resume.as_ref();
             let stream = match conn.route {
                 Route::Stream(kind) => Some(kind),
                 _ => None,
             };
             let subscribed =
                 self.registry
-                    .subscribe(p.conn, &mut conn.subs, &topic, p.resume.as_ref(), now);
+                    .subscribe(p.conn, &mut conn.subs, &topic, resume, slice, now);
             match subscribed {
                 Err(clarion_pubsub::Error::Pending) => {
                     // The topic was given up and is wanted again: wait for the next sync.
@@ -580,6 +689,9 @@ impl App {
             }
             Command::Unsubscribe { .. } => {
                 let conn_id = ctx.id();
+                if let Some(id) = self.registry.id(topic) {
+                    end_replay(&mut self.replays, conn_id, id);
+                }
                 self.registry
                     .unsubscribe(conn_id, &mut ctx.conn().subs, topic);
                 if !self.parked.is_empty() {
@@ -596,14 +708,20 @@ impl App {
                         "publishing to this topic is not allowed",
                     );
                 } else {
-                    match self.server.publish(topic, Payload::new(*format, data)) {
+                    match self.publish(topic, Payload::new(*format, data)) {
                         Ok(seq) => envelope::render_published(out, id, topic, seq),
-                        Err(e @ PublishError::Hub(_)) => {
+                        Err(e @ PublishError::TooLarge { .. }) => {
+                            error(out, ErrorCode::TooLarge, &e.to_string());
+                        }
+                        Err(
+                            e @ PublishError::Hub(
+                                clarion_pubsub::Error::TooManyTopics
+                                | clarion_pubsub::Error::TooManyNewTopics,
+                            ),
+                        ) => {
                             error(out, ErrorCode::TooManyTopics, &e.to_string());
                         }
-                        Err(e @ PublishError::Cluster(_)) => {
-                            error(out, ErrorCode::Unavailable, &e.to_string());
-                        }
+                        Err(e) => error(out, ErrorCode::Unavailable, &e.to_string()),
                     }
                 }
             }
@@ -655,6 +773,9 @@ impl App {
             .cloned()
             .collect();
         for topic in &ended {
+            if let Some(id) = self.registry.id(topic) {
+                end_replay(&mut self.replays, conn_id, id);
+            }
             self.registry
                 .unsubscribe(conn_id, &mut ctx.conn().subs, topic);
             out.clear();
@@ -683,7 +804,7 @@ impl App {
         resume: Option<clarion_pubsub::Resume>,
         out: &mut Vec<u8>,
     ) {
-        let (conn_id, now) = (ctx.id(), ctx.now());
+        let (conn_id, now, slice) = (ctx.id(), ctx.now(), self.replay_slice());
         let max = self.live.get().config.max_topics_per_connection;
         let waiting = if self.parked.is_empty() {
             0
@@ -708,7 +829,7 @@ impl App {
             let subs = &mut ctx.conn().subs;
             match self
                 .registry
-                .subscribe(conn_id, subs, topic, resume.as_ref(), now)
+                .subscribe(conn_id, subs, topic, resume.as_ref(), slice, now)
             {
                 Ok(subscribed) => Ok(subscribed),
                 Err(clarion_pubsub::Error::Pending) => {
@@ -737,9 +858,11 @@ impl App {
     }
 
     /// Sends a subscribe's ack, then what a resume recovered: what was missed goes out before
-    /// anything live (live deliveries come from the inbox, after this).
+    /// anything live (live deliveries come from the inbox, after this). A replay larger than
+    /// one slice goes on as the connection's queue drains ([`App::pump_replays`]), the
+    /// subscriber held meanwhile: a small `subscribe` never queues a megabyte.
     fn answer_subscribed(
-        &self,
+        &mut self,
         to: &mut impl Reply,
         id: Option<Id<'_>>,
         topic: &str,
@@ -751,11 +874,90 @@ impl App {
         out.clear();
         envelope::render_subscribed(out, id, topic, recovery.recovered, epoch, subscribed.seq);
         self.send(to, out);
-        for message in &recovery.messages {
+        let sent = self.send_deliveries(to, &recovery.messages, out);
+        if recovery.complete {
+            return;
+        }
+        self.server.counters[self.index]
+            .sliced_replays
+            .fetch_add(1, Relaxed);
+        let replay = Replay {
+            topic: subscribed.topic,
+            sent: sent.unwrap_or(subscribed.seq),
+            epoch: Some(epoch),
+        };
+        self.replays.entry(to.id()).or_default().push(replay);
+        self.pump_replays(to, out);
+    }
+
+    /// Sends `messages` as envelope deliveries; the `seq` of the last one, if any.
+    fn send_deliveries(
+        &self,
+        to: &mut impl Reply,
+        messages: &[Arc<Message>],
+        out: &mut Vec<u8>,
+    ) -> Option<u64> {
+        for message in messages {
             let frame = delivery_frame(message, out);
             if to.send_frame(&frame) {
                 self.server.counters[self.index].sent(frame.len());
             }
+        }
+        messages.last().map(|m| m.seq())
+    }
+
+    /// Sends the next slices of `to`'s replays while its queue has room, and asks to be told
+    /// when it drains if any is left. A replay that reaches its topic's `seq` ends, and its
+    /// subscriber takes live messages from there; one whose history was evicted under it
+    /// meanwhile is a slow consumer (closed, or with `drop` left with the gap in `seq`).
+    fn pump_replays(&mut self, to: &mut impl Reply, out: &mut Vec<u8>) {
+        let conn = to.id();
+        let Some(mut replays) = self.replays.remove(&conn) else {
+            return;
+        };
+        let stream = match to.conn().map(|c| c.route) {
+            Some(Route::Stream(kind)) => Some(kind),
+            _ => None,
+        };
+        let (now, slice_bytes) = (Instant::now(), self.replay_slice());
+        while let Some(replay) = replays.last() {
+            if !to.has_room() {
+                break;
+            }
+            let resume = Resume {
+                since: replay.sent,
+                epoch: replay.epoch,
+            };
+            let topic = replay.topic;
+            let slice = self.registry.replay(conn, topic, &resume, slice_bytes, now);
+            if !slice.recovered {
+                // A stream cannot skip a message (its ids are positions): it always ends.
+                if stream.is_some() || self.live.get().config.slow_consumer == SlowConsumer::Close {
+                    self.server.counters[self.index]
+                        .slow_consumer_closes
+                        .fetch_add(1, Relaxed);
+                    if let Some(kind) = stream {
+                        to.send_frame(&streams::close_event(kind, out, SLOW.0, SLOW.1));
+                    }
+                    return to.close(SLOW.0, SLOW.1);
+                }
+                replays.pop();
+                continue;
+            }
+            let last = match stream {
+                Some(kind) => self.send_stream_replay(to, kind, topic, &replays, &slice.messages),
+                None => self.send_deliveries(to, &slice.messages, out),
+            };
+            if let (Some(last), Some(replay)) = (last, replays.last_mut()) {
+                replay.sent = last;
+            }
+            if slice.complete {
+                replays.pop();
+            }
+        }
+        if !replays.is_empty() {
+            to.notify_writable();
+            self.replays.insert(conn, replays);
         }
     }
 
@@ -818,10 +1020,14 @@ fn close_reason(code: Option<CloseCode>) -> &'static str {
         Some(CloseCode::UNSUPPORTED_DATA) => "unsupported data",
         Some(CloseCode::NO_STATUS) => "closed without a code",
         Some(CloseCode::INVALID_PAYLOAD) => "invalid UTF-8",
-        Some(CloseCode::POLICY_VIOLATION) => "policy (forbidden publish, too many topics)",
+        Some(CloseCode::POLICY_VIOLATION) => {
+            "policy (rate limit, forbidden publish, too many topics)"
+        }
         Some(CloseCode::MESSAGE_TOO_BIG) => "message too big",
         Some(CloseCode::INTERNAL_ERROR) => "internal error",
-        Some(CloseCode::TRY_AGAIN_LATER) => "try again later (slow consumer, cluster buffer full)",
+        Some(CloseCode::TRY_AGAIN_LATER) => {
+            "try again later (slow consumer, server busy, a publish refused for now)"
+        }
         Some(_) => "application code",
     }
 }
@@ -956,7 +1162,7 @@ impl Handler for App {
                 response.headers.push(("Allow", "GET, OPTIONS".to_owned()));
                 Answer::Respond(response)
             }
-            (_, "/echo") => self.websocket(Route::Echo, request, client, None),
+            (_, "/echo") if live.config.echo => self.websocket(Route::Echo, request, client, None),
             (_, "/ws") => self.websocket(Route::Envelope, request, client, None),
             (_, _) if path.starts_with("/t/") => {
                 self.websocket(Route::Topic, request, client, path.get(3..))
@@ -1007,7 +1213,7 @@ impl Handler for App {
             let topic = dashboard::STATS_TOPIC;
             if let Err(e) = self
                 .system
-                .subscribe(id, &mut ctx.conn().subs, topic, None, now)
+                .subscribe(id, &mut ctx.conn().subs, topic, None, 0, now)
             {
                 ctx.close(CloseCode::INTERNAL_ERROR, &e.to_string());
             }
@@ -1015,9 +1221,9 @@ impl Handler for App {
         }
         if let Some(topic) = topic {
             let (id, now) = (ctx.id(), ctx.now());
-            let subscribed = self
-                .registry
-                .subscribe(id, &mut ctx.conn().subs, &topic, None, now);
+            let subscribed =
+                self.registry
+                    .subscribe(id, &mut ctx.conn().subs, &topic, None, 0, now);
             self.update_gauge();
             match subscribed {
                 Ok(_) => {}
@@ -1075,6 +1281,7 @@ impl Handler for App {
         if !self.parked.is_empty() {
             self.unpark_conn(id, None);
         }
+        self.replays.remove(&id);
         let extra = conn
             .extra
             .take()
@@ -1123,15 +1330,63 @@ impl Handler for App {
         let phase = id as u64 % heartbeat.max(1);
         if heartbeat != 0 && (self.tick + phase) / heartbeat != (self.prev_tick + phase) / heartbeat
         {
-            let frame = match route {
-                Route::Stream(kind) => &self.stream_heartbeats[kind.index()],
-                _ => &self.heartbeat_frame,
-            };
-            if ctx.send_shared(frame).is_ok() {
-                let counters = &self.server.counters[self.index];
-                counters.heartbeats.fetch_add(1, Relaxed);
-                counters.sent(frame.len());
+            let counters = &self.server.counters[self.index];
+            // A client that is behind has bytes coming: a heartbeat would only add to them.
+            if !ctx.has_room() {
+                counters.heartbeats_skipped.fetch_add(1, Relaxed);
+            } else {
+                let frame = match route {
+                    Route::Stream(kind) => &self.stream_heartbeats[kind.index()],
+                    _ => &self.heartbeat_frame,
+                };
+                if ctx.send_shared(frame).is_ok() {
+                    counters.heartbeats.fetch_add(1, Relaxed);
+                    counters.sent(frame.len());
+                }
             }
+        }
+    }
+
+    fn on_writable(&mut self, ctx: &mut Ctx<'_, Conn>) {
+        let mut out = std::mem::take(&mut self.scratch);
+        self.pump_replays(ctx, &mut out);
+        self.scratch = out;
+    }
+
+    fn on_limit(&mut self, hit: &LimitHit<'_, Conn>) {
+        let path: Cow<str> = match hit.conn {
+            None => Cow::Borrowed(""),
+            Some(conn) => self.path_of(conn),
+        };
+        let status = match hit.limit {
+            Limit::Rate => CloseCode::POLICY_VIOLATION.0,
+            Limit::PartialBudget => CloseCode::TRY_AGAIN_LATER.0,
+            Limit::HandshakeTimeout => 408,
+            // Closed or dropped without an answer: what an HTTP server would have said.
+            _ => 503,
+        };
+        self.server.refusals.log(Refusal {
+            path: &path,
+            peer: hit.peer,
+            status,
+            reason: hit.limit.reason(),
+            subject: hit.conn.and_then(|conn| self.grants(conn)?.subject()),
+        });
+    }
+}
+
+/// The grants of `conn`, kept in the reactor's side table `extras`.
+fn grants_in<'e>(extras: &'e Slab<Extra>, conn: &Conn) -> Option<&'e Grants> {
+    let key = conn.extra?.get() as usize - 1;
+    extras.get(key)?.grants.as_ref()
+}
+
+/// Forgets `conn`'s replay of `topic` (it unsubscribed or lost the grant).
+fn end_replay(replays: &mut HashMap<ConnId, Vec<Replay>>, conn: ConnId, topic: TopicId) {
+    if let Some(list) = replays.get_mut(&conn) {
+        list.retain(|r| r.topic != topic);
+        if list.is_empty() {
+            replays.remove(&conn);
         }
     }
 }
@@ -1157,6 +1412,17 @@ impl App {
     /// have no `seq` to correct).
     fn reset(&mut self, local: &mut Local<'_, Conn>, topic: &str, seq: u64) {
         let subscribers = self.registry.reset(topic, seq);
+        // A replay in progress goes on from `seq` in the new numbering (the client drops what
+        // it had above it, as `reset` tells every subscriber).
+        if let Some(id) = self.registry.id(topic) {
+            let epoch = Some(self.server.hub.epoch());
+            for replay in self.replays.values_mut().flatten() {
+                if replay.topic == id {
+                    replay.sent = replay.sent.min(seq);
+                    replay.epoch = epoch;
+                }
+            }
+        }
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
         envelope::render_reset(&mut out, topic, self.server.hub.epoch(), seq);
@@ -1215,8 +1481,11 @@ impl App {
             }
             if let Route::Stream(kind) = route {
                 let waiting = !self.parked.is_empty() && streams::waits(&self.parked, id);
+                let held = self.replays.get(&id).map_or(&[][..], Vec::as_slice);
                 let frames = &mut self.stream_frames;
-                let frame = frames.bytes(kind, id, &conn.subs, &message, registry, waiting, epoch);
+                let frame = frames.bytes(
+                    kind, id, &conn.subs, &message, registry, waiting, held, epoch,
+                );
                 match local.send_shared(id, frame, max_queued) {
                     Push::Queued => {
                         delivered += 1;
@@ -1264,10 +1533,23 @@ impl App {
                 }
                 Push::Full if policy == SlowConsumer::Drop => dropped += 1,
                 Push::Full => {
+                    evicted += 1;
+                    if let Some(conn) = local.conn(id) {
+                        let path = match route {
+                            Route::Topic => format!("/t/{}", message.topic()),
+                            _ => "/ws".to_owned(),
+                        };
+                        server.refusals.log(Refusal {
+                            path: &path,
+                            peer: None,
+                            status: CloseCode::TRY_AGAIN_LATER.0,
+                            reason: "slow consumer",
+                            subject: grants_in(&self.extras, conn).and_then(Grants::subject),
+                        });
+                    }
                     // 1013, not 1008: falling behind is temporary, and a client retries (with
                     // backoff) and resumes on 1013 where 1008 tells it to stop.
                     local.close(id, SLOW.0, SLOW.1);
-                    evicted += 1;
                 }
                 Push::Closed => {}
             }

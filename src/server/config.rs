@@ -211,15 +211,37 @@ pub struct Settings {
     #[arg(long, value_name = "N")]
     pub backlog: Option<i32>,
 
-    /// Most connections per reactor; more are refused at accept [default: 1048576].
+    /// Most connections per reactor; more are closed at accept [default: 1048576].
     #[arg(long, value_name = "N")]
     pub max_connections_per_reactor: Option<usize>,
 
-    /// Largest frame payload in bytes; larger closes with 1009 [default: 16777216].
+    /// Most connections per reactor still sending their request (head or body); more are
+    /// closed at accept, so slow or silent clients cannot take every slot [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub max_handshakes_per_reactor: Option<usize>,
+
+    /// Bytes a reactor buffers for partial request heads and bodies, frames and messages, all
+    /// its connections together; a connection that would go past it is closed with 1013
+    /// [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    pub max_partial_bytes_per_reactor: Option<usize>,
+
+    /// How long a connection may stay over its write cap (max_queued_bytes, not reading)
+    /// before it is dropped [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub write_timeout: Option<Duration>,
+
+    /// Bytes of messages that may wait in one reactor's inbox; past it publishes are refused
+    /// (HTTP 503, envelope `unavailable`) [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    pub max_inbox_bytes: Option<usize>,
+
+    /// Largest frame payload in bytes; larger closes with 1009 [default: 65536].
     #[arg(long, value_name = "BYTES")]
     pub max_frame_size: Option<u64>,
 
-    /// Largest message in bytes, fragments together; larger closes with 1009 [default: 16777216].
+    /// Largest message in bytes, fragments together; larger closes with 1009 [default: 65536].
     #[arg(long, value_name = "BYTES")]
     pub max_message_size: Option<u64>,
 
@@ -280,6 +302,16 @@ pub struct Settings {
     /// Bytes of each reactor's shared read buffer [default: 65536].
     #[arg(long, value_name = "BYTES")]
     pub read_buffer_size: Option<usize>,
+
+    /// Serve /echo (every message comes back), for conformance runs and benchmarks
+    /// [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub echo: Option<bool>,
+
+    /// Start even when listening beyond loopback with publishing open to anyone (no api_key,
+    /// or client_publish = all without auth), which is otherwise refused [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub insecure: Option<bool>,
 
     /// Whether /t/ and /ws need a JWT (in ?token= or Authorization: Bearer) [default: none].
     #[arg(long, value_enum)]
@@ -369,12 +401,13 @@ pub struct Settings {
     #[arg(long, value_name = "ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
 
-    /// Who may publish by sending on a WebSocket [default: all with auth = none, token with
+    /// Who may publish by sending on a WebSocket [default: none with auth = none, token with
     /// auth = jwt].
     #[arg(long, value_enum)]
     pub client_publish: Option<ClientPublish>,
 
-    /// Most open WebSockets in the process, refused with 503 beyond; 0 = no limit [default: 0].
+    /// Most connections in the process, of any kind (handshaking, plain HTTP, WebSocket,
+    /// closing); more are closed at accept; 0 = no limit [default: 0].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
@@ -419,7 +452,10 @@ pub struct Settings {
     #[arg(long, value_name = "N")]
     pub max_topics: Option<usize>,
 
-    /// Bytes that may wait for one subscriber before `slow_consumer` applies [default: 1048576].
+    /// A connection's write cap: bytes that may wait to be written to it (deliveries, replies,
+    /// replays). A subscriber with this much waiting gets `slow_consumer`; a connection over it
+    /// is not read until it drains; a publish whose delivery frame is larger is refused (413)
+    /// [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     pub max_queued_bytes: Option<usize>,
 
@@ -428,11 +464,36 @@ pub struct Settings {
     #[arg(long, value_enum)]
     pub slow_consumer: Option<SlowConsumer>,
 
+    /// Messages (data, ping, pong) a client may send per second; past it the connection is
+    /// closed with 1008 "rate limit"; 0 = no limit [default: 100].
+    #[arg(long, value_name = "N")]
+    pub message_rate: Option<u32>,
+
+    /// Messages a client may send at once, at most 65535 [default: 200].
+    #[arg(long, value_name = "N")]
+    pub message_burst: Option<u32>,
+
+    /// Bytes a client may send per second once its WebSocket is open; past it the connection
+    /// is closed with 1008 "rate limit"; 0 = no limit [default: 262144].
+    #[arg(long, value_name = "BYTES")]
+    pub byte_rate: Option<u32>,
+
+    /// Bytes a client may send at once; at least max_message_size and read_buffer_size
+    /// [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    pub byte_burst: Option<u32>,
+
+    /// New topics clients may create per second across the server (by subscribing, or by
+    /// publishing where allowed), with a burst of ten seconds' worth; 0 = no limit. The HTTP
+    /// API is not counted [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub client_topic_rate: Option<u32>,
+
     /// Messages kept per topic for resume; 0 = no history [default: 100].
     #[arg(long, value_name = "N")]
     pub history_size: Option<usize>,
 
-    /// Payload bytes kept per topic [default: 1048576].
+    /// Bytes of history kept per topic, as messages take them in memory [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     pub history_max_bytes: Option<usize>,
 
@@ -441,7 +502,8 @@ pub struct Settings {
     #[serde(default, deserialize_with = "de_duration")]
     pub history_max_age: Option<Duration>,
 
-    /// Payload bytes kept in history across all topics [default: 268435456].
+    /// Bytes of history kept across all topics, as messages take them in memory; past it a
+    /// topic keeps at most an equal share [default: 268435456].
     #[arg(long, value_name = "BYTES")]
     pub history_total_bytes: Option<usize>,
 
@@ -545,8 +607,8 @@ pub struct ClusterSettings {
     /// Replicas that must acknowledge a publish (`WAIT`) before the node lets go of it
     /// [default: 0].
     pub min_replicas_ack: Option<u32>,
-    /// Payload bytes of publishes that may wait for Redis while it is slow or down; past it
-    /// publishes are refused [default: 16777216].
+    /// Bytes of publishes that may wait for Redis while it is slow or down, as they take
+    /// memory; past it publishes are refused [default: 16777216].
     pub buffer_bytes: Option<usize>,
     /// How often the node writes its subscriber counts to Redis; they expire after three
     /// [default: 1s].
@@ -711,6 +773,22 @@ impl Settings {
                 !(8..=15).contains(&config.compression.window_bits),
                 "compression_window_bits must be 8 to 15",
             ),
+            (
+                config.max_handshakes_per_reactor == 0 || config.write_timeout.is_zero(),
+                "max_handshakes_per_reactor and write_timeout must be above 0",
+            ),
+            (
+                app.message_rate != 0
+                    && !(1..=clarion_engine::MAX_MESSAGE_BURST).contains(&app.message_burst),
+                "message_burst must be 1 to 65535 (with a message_rate)",
+            ),
+            (
+                app.byte_rate != 0
+                    && (u64::from(app.byte_burst) < p.max_message_size
+                        || (app.byte_burst as usize) < config.read_buffer_size),
+                "byte_burst must be at least max_message_size and read_buffer_size (with a \
+                 byte_rate)",
+            ),
         ];
         if let Some((_, message)) = checks.iter().find(|(bad, _)| *bad) {
             return Err((*message).to_owned());
@@ -726,6 +804,7 @@ impl Settings {
             cluster::check(cluster)?;
         }
         app.check()?;
+        app.check_exposure(config.listen)?;
         settings.tls_files()?;
         if settings.tls_max_handshakes() == 0 {
             return Err("tls max_handshakes must be at least 1".to_owned());
@@ -779,6 +858,8 @@ impl Settings {
         let h = HubConfig::default();
         let auth = self.auth.unwrap_or(d.auth);
         AppConfig {
+            echo: self.echo.unwrap_or(d.echo),
+            insecure: self.insecure.unwrap_or(d.insecure),
             auth,
             jwt: JwtConfig {
                 secret: self.jwt_secret.clone(),
@@ -798,7 +879,7 @@ impl Settings {
             public_metrics: self.public_metrics.unwrap_or(false),
             allowed_origins: self.allowed_origins.clone().unwrap_or_default(),
             client_publish: self.client_publish.unwrap_or(match auth {
-                AuthMode::None => ClientPublish::All,
+                AuthMode::None => ClientPublish::None,
                 AuthMode::Jwt => ClientPublish::Token,
             }),
             max_connections: self.max_connections.unwrap_or(d.max_connections),
@@ -815,12 +896,17 @@ impl Settings {
             max_queued_bytes: self.max_queued_bytes.unwrap_or(d.max_queued_bytes),
             stream_heartbeat: self.stream_heartbeat.unwrap_or(d.stream_heartbeat),
             slow_consumer: self.slow_consumer.unwrap_or(d.slow_consumer),
+            message_rate: self.message_rate.unwrap_or(d.message_rate),
+            message_burst: self.message_burst.unwrap_or(d.message_burst),
+            byte_rate: self.byte_rate.unwrap_or(d.byte_rate),
+            byte_burst: self.byte_burst.unwrap_or(d.byte_burst),
             hub: HubConfig {
                 history_size: self.history_size.unwrap_or(h.history_size),
                 history_max_bytes: self.history_max_bytes.unwrap_or(h.history_max_bytes),
                 history_max_age: self.history_max_age.unwrap_or(h.history_max_age),
                 history_total_bytes: self.history_total_bytes.unwrap_or(h.history_total_bytes),
                 max_topics: self.max_topics.unwrap_or(h.max_topics),
+                client_topic_rate: self.client_topic_rate.unwrap_or(h.client_topic_rate),
             },
             cluster: self.cluster_config(),
             compression: self.compression_config(),
@@ -874,7 +960,8 @@ impl Settings {
         })
     }
 
-    /// The engine configuration these settings describe (defaults where unset).
+    /// The engine configuration these settings describe (defaults where unset: the engine's,
+    /// but for the message limits, [`MAX_MESSAGE_SIZE`]).
     pub fn reactor_config(&self) -> clarion_engine::Config {
         let d = clarion_engine::Config::default();
         let p = clarion_protocol::Config::default();
@@ -911,12 +998,21 @@ impl Settings {
             max_connections_per_reactor: self
                 .max_connections_per_reactor
                 .unwrap_or(d.max_connections_per_reactor),
+            max_handshakes_per_reactor: self
+                .max_handshakes_per_reactor
+                .unwrap_or(d.max_handshakes_per_reactor),
+            max_partial_bytes_per_reactor: self
+                .max_partial_bytes_per_reactor
+                .unwrap_or(d.max_partial_bytes_per_reactor),
+            write_timeout: self.write_timeout.unwrap_or(d.write_timeout),
+            max_inbox_bytes: self.max_inbox_bytes.unwrap_or(d.max_inbox_bytes),
+            limits: self.app_config().engine_limits(),
             read_buffer_size: self.read_buffer_size.unwrap_or(d.read_buffer_size),
             keep_alive_requests: self.keep_alive_requests.unwrap_or(d.keep_alive_requests),
             drain_timeout: self.drain_timeout.unwrap_or(d.drain_timeout),
             protocol: clarion_protocol::Config {
-                max_frame_size: self.max_frame_size.unwrap_or(p.max_frame_size),
-                max_message_size: self.max_message_size.unwrap_or(p.max_message_size),
+                max_frame_size: self.max_frame_size.unwrap_or(MAX_MESSAGE_SIZE),
+                max_message_size: self.max_message_size.unwrap_or(MAX_MESSAGE_SIZE),
                 max_head_size: self.max_head_size.unwrap_or(p.max_head_size),
                 max_headers: self.max_headers.unwrap_or(p.max_headers),
                 max_body_size: self.max_body_size.unwrap_or(p.max_body_size),
@@ -941,6 +1037,13 @@ impl Settings {
         }
     }
 }
+
+/// The push server's default `max_frame_size` and `max_message_size`, 64 KiB (the protocol
+/// library's is 16 MiB): what clients send a push server is commands and small publishes, and a
+/// connection may hold a partial message of this size in memory; 64 KiB is what Centrifugo
+/// ships, four times uWebSockets' 16 KiB, and far above a subscribe or a chat message. Larger
+/// payloads go through the HTTP API (`max_body_size`, 1 MiB).
+pub const MAX_MESSAGE_SIZE: u64 = 64 << 10;
 
 fn de_duration<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
     let text = String::deserialize(de)?;
@@ -990,7 +1093,7 @@ mod tests {
         std::fs::write(
             &file,
             "threads = 3\nping_interval = \"0\"\nmax_frame_size = 1000\nlisten = \"0.0.0.0:80\"\n\
-             backlog = 7\n",
+             backlog = 7\ninsecure = true\n",
         )
         .unwrap();
         let file = file.to_str().unwrap();
@@ -1184,12 +1287,15 @@ mod tests {
         let example = load(&["--config", &example("clarion.toml")], &[])
             .unwrap()
             .settings;
-        let mut config = example.reactor_config();
-        let defaults = clarion_engine::Config::default();
-        // Host-dependent defaults: the core count and the fd limit.
-        config.threads = defaults.threads;
-        config.uring.files = defaults.uring.files;
+        let config = example.reactor_config();
+        let defaults = Settings::default().reactor_config();
         assert_eq!(format!("{config:?}"), format!("{defaults:?}"));
+        // The server's own defaults, where they differ from the engine's (a library's).
+        let engine = clarion_engine::Config::default();
+        assert_eq!(config.protocol.max_message_size, MAX_MESSAGE_SIZE);
+        assert!(engine.protocol.max_message_size > MAX_MESSAGE_SIZE);
+        assert_eq!(config.limits, AppConfig::default().engine_limits());
+        assert_eq!(engine.limits.message_rate, 0, "no rates in the library");
         // An embedding application picks its own ports: the library's default has no admin
         // listener, `clarion serve`'s has one on loopback.
         let served = AppConfig {
@@ -1469,6 +1575,58 @@ mod tests {
     }
 
     #[test]
+    fn a_public_listener_with_open_publishing_needs_insecure() {
+        let public = ["--listen", "0.0.0.0:9001"];
+        let refused = load(&public, &[]).unwrap_err();
+        assert!(refused.contains("--insecure"), "{refused}");
+        // Behind a key, and clients not publishing: starts.
+        assert!(load(&[&public[..], &["--api-key", "k"]].concat(), &[]).is_ok());
+        // A key, but any client may publish: still open.
+        let all = ["--api-key", "k", "--client-publish", "all"];
+        assert!(load(&[&public[..], &all].concat(), &[]).is_err());
+        // Said to be meant, or on loopback: starts.
+        assert!(load(&[&public[..], &["--insecure"]].concat(), &[]).is_ok());
+        assert!(load(&["--listen", "[::1]:9001"], &[]).is_ok());
+    }
+
+    #[test]
+    fn rates_and_caps_are_checked_and_reach_the_engine() {
+        let loaded = load(
+            &[
+                "--message-rate",
+                "5",
+                "--message-burst",
+                "9",
+                "--byte-rate",
+                "0",
+            ],
+            &[("CLARION_WRITE_TIMEOUT", "3s"), ("CLARION_ECHO", "true")],
+        )
+        .unwrap();
+        let config = loaded.settings.reactor_config();
+        assert_eq!(
+            (config.limits.message_rate, config.limits.message_burst),
+            (5, 9)
+        );
+        assert_eq!(config.limits.byte_rate, 0);
+        assert_eq!(config.write_timeout, Duration::from_secs(3));
+        assert!(loaded.settings.app_config().echo);
+        for (args, error) in [
+            (&["--message-burst", "0"][..], "message_burst"),
+            (&["--message-burst", "70000"][..], "message_burst"),
+            (&["--byte-burst", "1000"][..], "byte_burst"),
+            (
+                &["--max-handshakes-per-reactor", "0"][..],
+                "max_handshakes_per_reactor",
+            ),
+            (&["--write-timeout", "0"][..], "write_timeout"),
+        ] {
+            let refused = load(args, &[]).unwrap_err();
+            assert!(refused.contains(error), "{args:?}: {refused}");
+        }
+    }
+
+    #[test]
     fn client_publish_follows_auth_unless_set() {
         let mut settings: Settings = toml::from_str("auth = \"jwt\"\njwt_secret = \"s\"").unwrap();
         assert_eq!(settings.app_config().client_publish, ClientPublish::Token);
@@ -1476,7 +1634,8 @@ mod tests {
         assert_eq!(settings.app_config().client_publish, ClientPublish::All);
         assert_eq!(
             Settings::default().app_config().client_publish,
-            ClientPublish::All
+            ClientPublish::None,
+            "off unless configured"
         );
         assert!(load(&["--client-publish", "token"], &[]).is_err());
     }

@@ -212,7 +212,8 @@ pub fn resident_bytes() -> Option<u64> {
 mod tests {
     use super::*;
     use crate::server::AppConfig;
-    use clarion_engine::{Mailboxes, Shared, Stats};
+    use crate::server::state::Origin;
+    use clarion_engine::{LiveLimits, Mailboxes, Shared, Stats};
     use std::sync::atomic::Ordering::Relaxed;
 
     #[test]
@@ -220,8 +221,18 @@ mod tests {
         let shared = Shared {
             mailboxes: Arc::new(Mailboxes::new(2)),
             stats: (0..2).map(|_| Arc::new(Stats::default())).collect(),
+            limits: Arc::new(LiveLimits::default()),
         };
         let server = Server::new(AppConfig::default(), &shared).unwrap();
+        // Four messages to "busy", one to "quiet".
+        let publish_round = || {
+            for topic in ["busy", "busy", "busy", "busy", "quiet"] {
+                let payload = Payload::new(Format::Text, b"x");
+                server
+                    .publish(topic, payload, Origin::Api, usize::MAX)
+                    .unwrap();
+            }
+        };
         let mut sampler = Sampler::default();
         assert!(
             sampler.sample(&server, true).is_none(),
@@ -229,14 +240,7 @@ mod tests {
         );
         shared.stats[1].accepted.fetch_add(10, Relaxed);
         shared.stats[0].connections.store(3, Relaxed);
-        for _ in 0..4 {
-            server
-                .publish("busy", Payload::new(Format::Text, b"x"))
-                .unwrap();
-        }
-        server
-            .publish("quiet", Payload::new(Format::Text, b"x"))
-            .unwrap();
+        publish_round();
         let first = sampler.sample(&server, true).unwrap();
         assert_eq!(first["connections"], 3);
         assert_eq!(first["reactors"][0]["connections"], 3);
@@ -246,14 +250,7 @@ mod tests {
             json!([]),
             "rates need a topic seen before"
         );
-        for _ in 0..4 {
-            server
-                .publish("busy", Payload::new(Format::Text, b"x"))
-                .unwrap();
-        }
-        server
-            .publish("quiet", Payload::new(Format::Text, b"x"))
-            .unwrap();
+        publish_round();
         let second = sampler.sample(&server, true).unwrap();
         let top = second["top_rate"].as_array().unwrap();
         assert_eq!(top.len(), 2);

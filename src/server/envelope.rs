@@ -33,7 +33,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use clarion_protocol::{CloseCode, MessageKind};
-use clarion_pubsub::{Epoch, Format, Message, Resume, shared_frame};
+use clarion_pubsub::{Epoch, Format, Message, Payload, Resume, shared_frame};
 
 /// Close code of a connection whose token expired (at the upgrade on `/ws`, or during any
 /// pubsub connection once `exp` plus the leeway has passed): get a new token and reconnect.
@@ -164,6 +164,9 @@ pub enum ErrorCode {
     /// A `refresh` token was refused (missing, malformed, badly signed, expired, not for this
     /// server, or for another subject), or tokens are not in use.
     Unauthorized,
+    /// A publish whose delivery frame (envelope and base64 included) is above the server's
+    /// `max_queued_bytes`: no subscriber's queue could take it.
+    TooLarge,
 }
 
 impl ErrorCode {
@@ -177,6 +180,7 @@ impl ErrorCode {
             ErrorCode::UnknownType => "unknown_type",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TooLarge => "too_large",
         }
     }
 }
@@ -530,7 +534,8 @@ pub fn render_delivery(out: &mut Vec<u8>, message: &Message) {
         Format::Binary => {
             out.push(b'"');
             push_base64(out, bytes);
-            out.extend_from_slice(b"\",\"encoding\":\"base64\"");
+            out.push(b'"');
+            out.extend_from_slice(ENCODING_FIELD);
         }
     }
     out.push(b'}');
@@ -543,6 +548,46 @@ pub fn delivery_frame(message: &Message, scratch: &mut Vec<u8>) -> Arc<[u8]> {
     scratch.clear();
     render_delivery(scratch, message);
     shared_frame(MessageKind::Text, scratch)
+}
+
+/// The size of the largest frame a publish of `payload` to `topic` is delivered in: its
+/// envelope delivery (with the longest `seq`, base64 and escapes included) or its raw frame,
+/// header and all. What must fit a subscriber's queue (`max_queued_bytes`).
+pub fn delivery_len(topic: &str, payload: &Payload) -> usize {
+    let bytes = payload.bytes();
+    let data = match payload.format() {
+        Format::Json => bytes.len(),
+        Format::Text => json_str_len(bytes),
+        Format::Binary => {
+            let encoded = base64::encoded_len(bytes.len(), true).unwrap_or(usize::MAX);
+            encoded.saturating_add(ENCODING_FIELD.len() + 2)
+        }
+    };
+    // {"type":"message","topic":…,"seq":<20 digits>,"data":…}
+    let json =
+        r#"{"type":"message","topic":,"seq":,"data":}"#.len() + json_str_len(topic.as_bytes()) + 20;
+    let envelope = json.saturating_add(data);
+    let header = match envelope {
+        0..=125 => 2,
+        126..=0xFFFF => 4,
+        _ => 10,
+    };
+    (envelope + header).max(payload.frame().len())
+}
+
+/// The `encoding` field of a binary delivery.
+const ENCODING_FIELD: &[u8] = b",\"encoding\":\"base64\"";
+
+/// The length of `bytes` (UTF-8) as [`push_json_str`] writes it, quotes included.
+fn json_str_len(bytes: &[u8]) -> usize {
+    2 + bytes
+        .iter()
+        .map(|&b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
 }
 
 fn open(out: &mut Vec<u8>, kind: &str, id: Option<Id>) {
@@ -1025,6 +1070,24 @@ mod tests {
                 Err(error) => error.render(&mut out),
             }
             json_of(&out);
+        }
+
+        #[test]
+        fn the_delivery_bound_covers_both_frames_at_any_seq(bytes in proptest::collection::vec(any::<u8>(), 0..300), text in "[\\PC\u{0}-\u{1f}\"\\\\]{0,200}", seq in any::<u64>(), long in any::<bool>()) {
+            let topic = if long { "t".repeat(200) } else { "t.x".to_owned() };
+            for payload in [
+                Payload::new(Format::Binary, &bytes),
+                Payload::new(Format::Text, text.as_bytes()),
+                Payload::new(Format::Json, b"{\"k\": [1, 2]}"),
+            ] {
+                let bound = delivery_len(&topic, &payload);
+                let message = Message::new(Arc::from(topic.as_str()), seq, std::time::Instant::now(), payload.clone());
+                let frame = delivery_frame(&message, &mut Vec::new());
+                prop_assert!(frame.len() <= bound, "{} > {bound}", frame.len());
+                prop_assert!(payload.frame().len() <= bound);
+                // Exact but for the seq's digits, and the header's size step they may cross.
+                prop_assert!(bound - frame.len() <= 20 + 6, "{bound} vs {}", frame.len());
+            }
         }
 
         #[test]

@@ -7,12 +7,16 @@
 //!   JSON when it is one JSON value) and anything else binary. Answers 202
 //!   `{"topic":…,"seq":…,"epoch":…}`.
 //! - `POST /publish`: a JSON array of `{"topic":…,"data":<JSON value>}` (a string is published
-//!   as its text, anything else as JSON). All items are checked before any is published.
-//!   Answers 202 `{"epoch":…,"results":[{"topic":…,"seq":…},…]}`.
+//!   as its text, anything else as JSON). All items are checked (names, JSON, sizes) before any
+//!   is published; then each is published on its own, and the answer has one result per item,
+//!   in order: `{"topic":…,"seq":…}` or, for one that could not be published now,
+//!   `{"topic":…,"error":…,"status":503}`, so a client retries exactly those. 202 when every
+//!   item was published, 503 when none was, 207 when some were.
 //!
 //! - `GET /topics/<topic>`: `{"topic":…,"subscribers":…,"local":…}`, the subscribers on every
 //!   node (in a cluster, the other nodes' as of their last heartbeat) and on this one.
-//! - `GET /healthz`: `ok`, and in a cluster the link's state (`cluster: up` or `cluster: down`).
+//! - `GET /healthz`: `ok`, and in a cluster the link's state (`cluster: up` or `cluster: down`);
+//!   503 `failed: reactor N` when a reactor stopped on a backend error.
 //! - `GET /readyz`: `ready`, or 503 `not ready: draining` / `not ready: cluster link down`.
 //!
 //! In a cluster a publish is queued for Redis, which numbers it later: the answers carry no
@@ -35,7 +39,7 @@ use super::auth::{Grants, token};
 use super::envelope::format_of;
 use super::metrics::{PROMETHEUS_CONTENT_TYPE, Prometheus, stats_json};
 use super::refusals::Refusal;
-use super::state::{Live, PublishError, Server};
+use super::state::{Live, Origin, PublishError, Server};
 use clarion_engine::Response;
 use clarion_protocol::MessageKind;
 use clarion_protocol::handshake::Request;
@@ -64,8 +68,15 @@ pub fn stats(server: &Server) -> Response {
     Response::new(200, "application/json", body)
 }
 
-/// `GET /healthz`.
+/// `GET /healthz`: 200 while every reactor serves, 503 once one stopped on a backend error
+/// (its connections are gone; the process should be restarted).
 pub fn health(server: &Server) -> Response {
+    let failed = server.failed_reactors();
+    if !failed.is_empty() {
+        let list: Vec<String> = failed.iter().map(usize::to_string).collect();
+        let body = format!("failed: reactor {}\n", list.join(", "));
+        return Response::new(503, "text/plain", body);
+    }
     let body = match server.cluster.as_ref().map(|c| c.stats().up) {
         None => "ok\n",
         Some(true) => "ok\ncluster: up\n",
@@ -166,15 +177,18 @@ pub fn publish(
                     Publisher::Client(grants) => grants.subject(),
                     Publisher::Api => None,
                 };
-                let max_topic_length = live.config.max_topic_length;
+                let origin = match &who {
+                    Publisher::Api => Origin::Api,
+                    Publisher::Client(_) => Origin::Client,
+                };
                 let forbidden = "publishing to this topic is not allowed";
                 match request.path().strip_prefix("/publish/") {
                     Some(topic) if !allowed(topic) => refuse(403, forbidden, subject),
                     Some(topic) => {
                         let format = content_format(request, body);
-                        publish_one(server, max_topic_length, topic, format, body)
+                        publish_one(server, live, origin, topic, format, body)
                     }
-                    None => publish_many(server, max_topic_length, body, &allowed)
+                    None => publish_many(server, live, origin, body, &allowed)
                         .unwrap_or_else(|| refuse(403, forbidden, subject)),
                 }
             }
@@ -235,19 +249,21 @@ fn content_format(request: &Request, body: &[u8]) -> Result<Format, &'static str
 
 fn publish_one(
     server: &Server,
-    max_topic_length: usize,
+    live: &Live,
+    origin: Origin,
     topic: &str,
     format: Result<Format, &str>,
     body: &[u8],
 ) -> Response {
-    if let Err(e) = validate_topic(topic, max_topic_length) {
+    if let Err(e) = validate_topic(topic, live.config.max_topic_length) {
         return error(400, &e.to_string());
     }
     let format = match format {
         Ok(format) => format,
         Err(message) => return error(400, message),
     };
-    match server.publish(topic, Payload::new(format, body)) {
+    let max_queued = live.config.max_queued_bytes;
+    match server.publish(topic, Payload::new(format, body), origin, max_queued) {
         Ok(seq) => {
             let mut answer = json!({ "topic": topic, "epoch": server.hub.epoch().to_string() });
             if let Some(seq) = seq {
@@ -297,41 +313,81 @@ pub fn parse_batch(
     Ok(batch)
 }
 
-/// `POST /publish`: every item checked (its topic, and whether the publisher may publish to
-/// it) before any is published; `None` when one is not allowed.
+/// `POST /publish`: every item checked (its topic, its size, and whether the publisher may
+/// publish to it) before any is published; `None` when one is not allowed. Each item's result
+/// is its own: 202 when all were taken, 207 when some, 503 when none.
 fn publish_many(
     server: &Server,
-    max_topic_length: usize,
+    live: &Live,
+    origin: Origin,
     body: &[u8],
     allowed: &dyn Fn(&str) -> bool,
 ) -> Option<Response> {
-    let batch = match parse_batch(body, max_topic_length) {
+    let batch = match parse_batch(body, live.config.max_topic_length) {
         Ok(batch) => batch,
         Err(message) => return Some(error(400, &message)),
     };
     if !batch.iter().all(|(topic, _)| allowed(topic)) {
         return None;
     }
-    let mut results = Vec::with_capacity(batch.len());
-    for (topic, payload) in batch {
-        match server.publish(&topic, payload) {
-            Ok(Some(seq)) => results.push(json!({ "topic": topic, "seq": seq })),
-            Ok(None) => results.push(json!({ "topic": topic })),
-            Err(e) => return Some(refused(e)),
+    // Too large for any subscriber is the batch's fault: refused whole, before publishing.
+    let max_queued = live.config.max_queued_bytes;
+    for (topic, payload) in &batch {
+        let size = super::envelope::delivery_len(topic, payload);
+        if size > max_queued {
+            let e = PublishError::TooLarge {
+                size,
+                max: max_queued,
+            };
+            return Some(error(413, &format!("{topic}: {e}")));
         }
     }
-    Some(accepted(json!({
+    let mut results = Vec::with_capacity(batch.len());
+    let mut published = 0;
+    for (topic, payload) in batch {
+        match server.publish(&topic, payload, origin, max_queued) {
+            Ok(seq) => {
+                published += 1;
+                let mut result = json!({ "topic": topic });
+                if let Some(seq) = seq {
+                    result["seq"] = seq.into();
+                }
+                results.push(result);
+            }
+            Err(e) => results.push(json!({
+                "topic": topic,
+                "error": e.to_string(),
+                "status": status_of(e),
+            })),
+        }
+    }
+    let status = match published {
+        n if n == results.len() => 202,
+        0 => 503,
+        _ => 207,
+    };
+    let body = json!({
         "epoch": server.hub.epoch().to_string(),
         "results": results,
-    })))
+    });
+    Some(Response::new(status, "application/json", body.to_string()))
 }
 
 fn accepted(body: serde_json::Value) -> Response {
     Response::new(202, "application/json", body.to_string())
 }
 
+/// The status of a publish refused: 413 when no subscriber could take it, else 503 (the server
+/// or the cluster link is behind, or out of topics).
+fn status_of(reason: PublishError) -> u16 {
+    match reason {
+        PublishError::TooLarge { .. } => 413,
+        _ => 503,
+    }
+}
+
 fn refused(reason: PublishError) -> Response {
-    error(503, &reason.to_string())
+    error(status_of(reason), &reason.to_string())
 }
 
 #[cfg(test)]

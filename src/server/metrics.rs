@@ -174,6 +174,36 @@ pub struct ReactorMetrics {
     pub deflate_messages_out: u64,
     /// Compressed payload bytes sent.
     pub deflate_bytes_out: u64,
+    /// Connections still sending their request (gauge).
+    pub handshaking: u64,
+    /// Connections over their write cap, not read until they drain (gauge).
+    pub paused: u64,
+    /// Bytes held for partial heads, frames and messages (gauge).
+    pub partial_bytes: u64,
+    /// Bytes waiting in the reactor's inbox (gauge).
+    pub inbox_bytes: u64,
+    /// Connections closed at accept past `max_connections` (or the reactor's cap).
+    pub refused_connections: u64,
+    /// Connections closed at accept past `max_handshakes_per_reactor`.
+    pub refused_handshakes: u64,
+    /// Connections closed for not completing their request in time.
+    pub handshake_timeouts: u64,
+    /// Connections closed with 1008 "rate limit".
+    pub rate_limited: u64,
+    /// Connections dropped after `write_timeout` over their write cap.
+    pub write_timeouts: u64,
+    /// Connections closed with 1013 past `max_partial_bytes_per_reactor`.
+    pub partial_budget_closes: u64,
+    /// Publishes refused (too large, reactors behind, too many new topics).
+    pub publishes_refused: u64,
+    /// Resumes replayed in more than one slice.
+    pub sliced_replays: u64,
+    /// Heartbeats skipped for a connection that was behind.
+    pub heartbeats_skipped: u64,
+    /// Transient errors of the backend's wait, retried.
+    pub wait_retries: u64,
+    /// 1 once the reactor stopped on a backend error (gauge).
+    pub failed: u64,
     /// TLS connections in the handshake (gauge).
     pub tls_handshaking: u64,
     /// TLS handshakes completed, full and resumed.
@@ -367,6 +397,96 @@ const REACTOR_METRICS: &[Def<ReactorMetrics>] = &[
         value: |r| r.deflate_bytes_out,
     },
     Def {
+        key: "handshaking",
+        kind: Kind::Gauge,
+        help: "Connections still sending their request.",
+        value: |r| r.handshaking,
+    },
+    Def {
+        key: "paused",
+        kind: Kind::Gauge,
+        help: "Connections over their write cap (max_queued_bytes), not read until they drain.",
+        value: |r| r.paused,
+    },
+    Def {
+        key: "partial_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes held for partial request heads, frames and messages.",
+        value: |r| r.partial_bytes,
+    },
+    Def {
+        key: "inbox_bytes",
+        kind: Kind::Gauge,
+        help: "Bytes of messages waiting in the reactor's inbox.",
+        value: |r| r.inbox_bytes,
+    },
+    Def {
+        key: "refused_connections",
+        kind: Kind::Counter,
+        help: "Connections closed at accept past max_connections or max_connections_per_reactor.",
+        value: |r| r.refused_connections,
+    },
+    Def {
+        key: "refused_handshakes",
+        kind: Kind::Counter,
+        help: "Connections closed at accept past max_handshakes_per_reactor.",
+        value: |r| r.refused_handshakes,
+    },
+    Def {
+        key: "handshake_timeouts",
+        kind: Kind::Counter,
+        help: "Connections closed for not completing their request within handshake_timeout.",
+        value: |r| r.handshake_timeouts,
+    },
+    Def {
+        key: "rate_limited",
+        kind: Kind::Counter,
+        help: "Connections closed with 1008 for sending more messages or bytes a second than allowed.",
+        value: |r| r.rate_limited,
+    },
+    Def {
+        key: "write_timeouts",
+        kind: Kind::Counter,
+        help: "Connections dropped for staying over their write cap past write_timeout.",
+        value: |r| r.write_timeouts,
+    },
+    Def {
+        key: "partial_budget_closes",
+        kind: Kind::Counter,
+        help: "Connections closed with 1013 past max_partial_bytes_per_reactor.",
+        value: |r| r.partial_budget_closes,
+    },
+    Def {
+        key: "publishes_refused",
+        kind: Kind::Counter,
+        help: "Client publishes refused: too large for subscribers' queues, reactors behind, or too many new topics.",
+        value: |r| r.publishes_refused,
+    },
+    Def {
+        key: "sliced_replays",
+        kind: Kind::Counter,
+        help: "Resumes whose replay went out in slices as the connection's queue drained.",
+        value: |r| r.sliced_replays,
+    },
+    Def {
+        key: "heartbeats_skipped",
+        kind: Kind::Counter,
+        help: "Application heartbeats skipped for a connection with bytes already waiting.",
+        value: |r| r.heartbeats_skipped,
+    },
+    Def {
+        key: "wait_retries",
+        kind: Kind::Counter,
+        help: "Transient errors of the event loop's wait, retried.",
+        value: |r| r.wait_retries,
+    },
+    Def {
+        key: "reactor_failed",
+        kind: Kind::Gauge,
+        help: "1 once the reactor stopped on an event-loop error it cannot recover from (its connections are gone).",
+        value: |r| r.failed,
+    },
+    Def {
         key: "tls_handshaking",
         kind: Kind::Gauge,
         help: "TLS connections in the handshake.",
@@ -426,7 +546,7 @@ const HUB_METRICS: &[Def<HubStats>] = &[
     Def {
         key: "history_bytes",
         kind: Kind::Gauge,
-        help: "Payload bytes retained in history.",
+        help: "Bytes of memory retained in history (messages as they take memory).",
         value: |h| h.history_bytes,
     },
     Def {
@@ -434,6 +554,18 @@ const HUB_METRICS: &[Def<HubStats>] = &[
         kind: Kind::Counter,
         help: "Messages evicted from history.",
         value: |h| h.history_evicted,
+    },
+    Def {
+        key: "topics_with_history",
+        kind: Kind::Gauge,
+        help: "Topics with history, as of the last sweep (what a topic's fair share divides by).",
+        value: |h| h.topics_with_history,
+    },
+    Def {
+        key: "topics_refused",
+        kind: Kind::Counter,
+        help: "New topics refused to clients past client_topic_rate.",
+        value: |h| h.topics_refused,
     },
 ];
 
@@ -453,13 +585,13 @@ const CLUSTER_METRICS: &[Def<ClusterStats>] = &[
     Def {
         key: "cluster_buffered_bytes",
         kind: Kind::Gauge,
-        help: "Payload bytes of the publishes waiting for Redis.",
+        help: "Bytes (as they take memory) of the publishes waiting for Redis.",
         value: |c| c.buffered_bytes,
     },
     Def {
         key: "cluster_dropped",
         kind: Kind::Counter,
-        help: "Publishes dropped: buffer full, or refused by Redis.",
+        help: "Publishes dropped: buffer full, refused by Redis, or unsent at shutdown.",
         value: |c| c.dropped,
     },
     Def {

@@ -82,6 +82,11 @@ where
     if let Err(message) = app.check() {
         return invalid(&message);
     }
+    if let Err(message) = app.check_exposure(config.listen) {
+        return invalid(&message);
+    }
+    // The limits that may change at run time are the application's settings.
+    config.limits = app.engine_limits();
     if let Some(cluster) = &app.cluster
         && let Err(message) = crate::cluster::check(cluster)
     {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -15,13 +15,16 @@ use serde::Deserialize;
 
 use super::auth::{ApiKey, AuthMode, Grants, Jwt, JwtConfig, Origins};
 use super::config::Secret;
+use super::envelope::delivery_len;
 use super::forwarded::ForwardedHeader;
 use super::live::{Cached, Versioned};
 use super::metrics::{Histogram, LatencyHistogram, ReactorMetrics, Snapshot};
 use super::refusals::RefusalLog;
 use crate::cluster::{BufferFull, Cluster, ClusterConfig};
-use clarion_engine::{Cidr, CompressionConfig, Mailboxes, Shared, Stats, TrustedProxies};
-use clarion_pubsub::{Epoch, Hub, HubConfig, Payload, Post};
+use clarion_engine::{
+    Cidr, CompressionConfig, LiveLimits, Mailboxes, Shared, Stats, TrustedProxies,
+};
+use clarion_pubsub::{Admission, Epoch, Hub, HubConfig, Payload, Post, Reactors};
 
 /// How often, at most, the hub drops idle topics and expired history.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -49,9 +52,14 @@ pub enum SlowConsumer {
     Drop,
 }
 
-/// The push server's settings (the engine's are in [`clarion_engine::Config`]).
+/// The push server's settings (the engine's are in [`clarion_engine::Config`]; those of its
+/// limits that may change at run time are here, [`AppConfig::engine_limits`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppConfig {
+    /// Whether `/echo` is served (conformance runs and benchmarks; off in production).
+    pub echo: bool,
+    /// Start even when listening beyond loopback with a publish API open to anyone.
+    pub insecure: bool,
     /// Whether `/t/` and `/ws` need a token.
     pub auth: AuthMode,
     /// How tokens are checked (a key is required with [`AuthMode::Jwt`]).
@@ -74,7 +82,8 @@ pub struct AppConfig {
     pub allowed_origins: Vec<String>,
     /// Who may publish from a WebSocket.
     pub client_publish: ClientPublish,
-    /// Most open WebSockets in the process; 0 = no limit.
+    /// Most connections in the process, of any kind (handshaking, plain HTTP, WebSocket,
+    /// closing); more are closed at accept. 0 = no limit.
     pub max_connections: usize,
     /// Most open WebSockets per client address (an IPv4 address, or an IPv6 block of
     /// `ipv6_prefix` bits); 0 = no limit (both backends).
@@ -90,13 +99,24 @@ pub struct AppConfig {
     pub max_topics_per_connection: usize,
     /// Longest topic name in bytes.
     pub max_topic_length: usize,
-    /// Bytes that may wait for one subscriber before [`SlowConsumer`] applies.
+    /// A connection's write cap: bytes that may wait for it (deliveries, replies, replays).
+    /// A delivery to a subscriber with this much waiting applies [`SlowConsumer`]; a
+    /// connection over it is not read until it drains; a publish whose delivery frame is
+    /// larger is refused.
     pub max_queued_bytes: usize,
     /// How often a stream (`/sse`, `/stream`) gets a heartbeat, so that proxies do not time it
     /// out (whole seconds, 1 s to 255 s).
     pub stream_heartbeat: Duration,
     /// What to do with a subscriber that falls behind.
     pub slow_consumer: SlowConsumer,
+    /// Messages (data, ping, pong) a client may send per second; 0 = no limit.
+    pub message_rate: u32,
+    /// Messages a client may send at once.
+    pub message_burst: u32,
+    /// Bytes a client may send per second once its WebSocket is open; 0 = no limit.
+    pub byte_rate: u32,
+    /// Bytes a client may send at once.
+    pub byte_burst: u32,
     /// Topic, history and resume limits.
     pub hub: HubConfig,
     /// The Redis cluster this node joins; `None` for a self-contained node.
@@ -107,8 +127,13 @@ pub struct AppConfig {
 }
 
 impl Default for AppConfig {
+    /// What a production push server ships: no `/echo`, no publishing from clients, and per
+    /// client at most 100 messages a second (200 at once) and 256 KiB a second (1 MiB at
+    /// once): far above what a subscriber sends (commands, pings), far below a flood.
     fn default() -> AppConfig {
         AppConfig {
+            echo: false,
+            insecure: false,
             auth: AuthMode::None,
             jwt: JwtConfig::default(),
             heartbeat_min: Duration::from_secs(5),
@@ -118,7 +143,7 @@ impl Default for AppConfig {
             admin_key: None,
             public_metrics: false,
             allowed_origins: Vec::new(),
-            client_publish: ClientPublish::All,
+            client_publish: ClientPublish::None,
             max_connections: 0,
             max_connections_per_ip: 0,
             ipv6_prefix: 64,
@@ -129,6 +154,10 @@ impl Default for AppConfig {
             max_queued_bytes: 1 << 20,
             stream_heartbeat: Duration::from_secs(15),
             slow_consumer: SlowConsumer::Close,
+            message_rate: 100,
+            message_burst: 200,
+            byte_rate: 256 << 10,
+            byte_burst: 1 << 20,
             hub: HubConfig::default(),
             cluster: None,
             compression: CompressionConfig::default(),
@@ -163,6 +192,38 @@ impl AppConfig {
             AuthMode::None => Ok(None),
             AuthMode::Jwt => Jwt::new(&self.jwt).map(Some),
         }
+    }
+
+    /// The engine's limits these settings set (what a reload applies to every reactor).
+    pub fn engine_limits(&self) -> clarion_engine::Limits {
+        clarion_engine::Limits {
+            max_connections: self.max_connections,
+            max_queued_bytes: self.max_queued_bytes,
+            message_rate: self.message_rate,
+            message_burst: self.message_burst,
+            byte_rate: self.byte_rate,
+            byte_burst: self.byte_burst,
+        }
+    }
+
+    /// Whether anyone who can connect may publish: the HTTP API has no key, or clients may
+    /// publish without a token.
+    pub fn open_publishing(&self) -> bool {
+        self.api_key.is_none()
+            || (self.client_publish == ClientPublish::All && self.auth == AuthMode::None)
+    }
+
+    /// Refuses a server that would listen on `listen`, beyond loopback, with publishing open to
+    /// anyone who can reach it, unless `insecure` says that is meant.
+    pub fn check_exposure(&self, listen: std::net::SocketAddr) -> Result<(), String> {
+        if listen.ip().is_loopback() || self.insecure || !self.open_publishing() {
+            return Ok(());
+        }
+        Err(format!(
+            "listening on {listen}, beyond loopback, with publishing open to anyone who can \
+             connect: set api_key (and client_publish to none or token), or pass --insecure \
+             (insecure = true) if that is meant"
+        ))
     }
 
     /// A stream's heartbeat interval, in whole seconds (`check` keeps it within 1 to 255).
@@ -207,6 +268,13 @@ pub struct Counters {
     pub token_refreshes: AtomicU64,
     /// Application heartbeats sent.
     pub heartbeats: AtomicU64,
+    /// Application heartbeats skipped: the connection's queue was over its low mark.
+    pub heartbeats_skipped: AtomicU64,
+    /// Publishes refused: too large for subscribers' queues, reactors behind, or too many
+    /// new topics from clients.
+    pub publishes_refused: AtomicU64,
+    /// Resumes whose replay went out in more than one slice.
+    pub sliced_replays: AtomicU64,
     /// Requests whose client address a trusted proxy's forwarding header named.
     pub forwarded_requests: AtomicU64,
     /// Requests refused (400) for a trusted proxy's forwarding header that could not be read.
@@ -230,22 +298,49 @@ impl Counters {
     }
 }
 
-/// Why a WebSocket may not open (answered before the upgrade).
+/// Why a WebSocket may not open (answered before the upgrade): `max_connections_per_ip`
+/// reached, 429. (`max_connections` counts every connection and is the engine's, at accept.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Full {
-    /// `max_connections` reached: 503.
-    Server,
-    /// `max_connections_per_ip` reached: 429.
-    Ip,
+pub struct Full;
+
+/// Who publishes: a client may create topics only within the hub's `client_topic_rate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The HTTP API (behind its key).
+    Api,
+    /// A WebSocket client.
+    Client,
 }
 
 /// Why a publish was not taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PublishError {
-    /// The hub refused (too many topics).
+    /// The hub refused: too many topics, too many new topics from clients, or the reactors
+    /// that would deliver it are behind ([`clarion_pubsub::Error::Busy`]).
     Hub(clarion_pubsub::Error),
     /// Cluster mode: Redis is behind or down and the publish buffer is full.
     Cluster(BufferFull),
+    /// Its largest delivery frame (envelope and base64 included) is above `max_queued_bytes`:
+    /// no subscriber could take it.
+    TooLarge {
+        /// That frame's size in bytes.
+        size: usize,
+        /// `max_queued_bytes`.
+        max: usize,
+    },
+}
+
+impl PublishError {
+    /// Worth trying again later (the server is behind), rather than never.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            PublishError::Cluster(_)
+                | PublishError::Hub(
+                    clarion_pubsub::Error::Busy | clarion_pubsub::Error::TooManyNewTopics
+                )
+        )
+    }
 }
 
 impl std::fmt::Display for PublishError {
@@ -253,6 +348,11 @@ impl std::fmt::Display for PublishError {
         match self {
             PublishError::Hub(e) => e.fmt(f),
             PublishError::Cluster(e) => e.fmt(f),
+            PublishError::TooLarge { size, max } => write!(
+                f,
+                "message too large: its delivery frame is {size} bytes, above max_queued_bytes \
+                 ({max})"
+            ),
         }
     }
 }
@@ -263,6 +363,7 @@ impl std::fmt::Display for PublishError {
 /// counted, and io_uring accepts then start to carry addresses). Every reload reads the
 /// `jwt_public_key` file again, so a rotated key is picked up even under the same path.
 pub const RELOADABLE: &[&str] = &[
+    "echo",
     "auth",
     "jwt_secret",
     "jwt_public_key",
@@ -282,6 +383,10 @@ pub const RELOADABLE: &[&str] = &[
     "max_topic_length",
     "max_queued_bytes",
     "slow_consumer",
+    "message_rate",
+    "message_burst",
+    "byte_rate",
+    "byte_burst",
 ];
 
 /// The settings in force and the access rules built from them: replaced whole by a reload.
@@ -369,6 +474,8 @@ pub struct Server {
     pub cluster: Option<Cluster>,
     /// The engine's counters, per reactor.
     pub stats: Arc<[Arc<Stats>]>,
+    /// The engine's limits in force, which a reload changes.
+    pub limits: Arc<LiveLimits>,
     /// The application's counters, per reactor.
     pub counters: Box<[Counters]>,
     /// Refused clients, logged at a bounded rate.
@@ -379,7 +486,6 @@ pub struct Server {
     counts_ips: bool,
     /// `ipv6_prefix`, fixed at start: the keys of `per_ip` must not change under it.
     ipv6_prefix: u8,
-    open: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     started: Instant,
     /// Milliseconds since `started` of the next sweep.
@@ -422,12 +528,12 @@ impl Server {
             cluster,
             mailboxes: shared.mailboxes.clone(),
             stats: shared.stats.clone(),
+            limits: shared.limits.clone(),
             counters: (0..reactors).map(|_| Counters::default()).collect(),
             refusals: RefusalLog::default(),
             probes_answered: (0..reactors).map(|_| AtomicU64::new(0)).collect(),
             counts_ips: config.max_connections_per_ip != 0,
             ipv6_prefix: config.ipv6_prefix,
-            open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             started: Instant::now(),
             next_sweep: AtomicU64::new(0),
@@ -458,6 +564,7 @@ impl Server {
     /// used.
     pub fn reload(&self, next: &AppConfig) -> Result<(), String> {
         let mut config = self.live().config.clone();
+        config.echo = next.echo;
         config.auth = next.auth;
         config.jwt = next.jwt.clone();
         config.heartbeat_min = next.heartbeat_min;
@@ -475,7 +582,13 @@ impl Server {
         config.max_topic_length = next.max_topic_length;
         config.max_queued_bytes = next.max_queued_bytes;
         config.slow_consumer = next.slow_consumer;
-        self.live.store(Live::new(config)?);
+        config.message_rate = next.message_rate;
+        config.message_burst = next.message_burst;
+        config.byte_rate = next.byte_rate;
+        config.byte_burst = next.byte_burst;
+        let live = Live::new(config)?;
+        self.limits.store(&live.config.engine_limits());
+        self.live.store(live);
         Ok(())
     }
 
@@ -498,26 +611,77 @@ impl Server {
             .all(|answered| answered.load(Relaxed) >= round)
     }
 
-    /// Publishes `payload` to `topic`. A self-contained node numbers it and posts it to every
-    /// reactor with subscribers, and returns its `seq`; a cluster node queues it for Redis,
-    /// which numbers it later, and returns `None`.
-    pub fn publish(&self, topic: &str, payload: Payload) -> Result<Option<u64>, PublishError> {
+    /// Publishes `payload` to `topic` for `origin`. A self-contained node numbers it and posts
+    /// it to every reactor with subscribers, and returns its `seq`; a cluster node queues it
+    /// for Redis, which numbers it later, and returns `None`.
+    ///
+    /// Refused before anything is published: a message whose delivery frame could not fit a
+    /// subscriber's queue (`max_queued_bytes`); on one node, a message whose reactors' inboxes
+    /// are full ([`clarion_pubsub::Error::Busy`]) or, from a client, one that would create a
+    /// topic past `client_topic_rate`.
+    pub fn publish(
+        &self,
+        topic: &str,
+        payload: Payload,
+        origin: Origin,
+        max_queued_bytes: usize,
+    ) -> Result<Option<u64>, PublishError> {
         tracing::trace!(topic, bytes = payload.bytes().len(), "publish");
+        let size = delivery_len(topic, &payload);
+        if size > max_queued_bytes {
+            return Err(PublishError::TooLarge {
+                size,
+                max: max_queued_bytes,
+            });
+        }
         if let Some(cluster) = &self.cluster {
             return cluster
                 .publish(topic, payload)
                 .map(|()| None)
                 .map_err(PublishError::Cluster);
         }
+        let mailboxes = &self.mailboxes;
+        let room = |reactors: Reactors| reactors.iter().all(|r| mailboxes.has_room(r));
+        let admission = Admission {
+            client: origin == Origin::Client,
+            room: &room,
+        };
         // The reactor's wake-up time can be a whole batch old; latency starts at the publish.
         self.hub
-            .publish_with(topic, payload, Instant::now(), |message, reactors| {
-                for reactor in reactors.iter() {
-                    self.mailboxes.post(reactor, Post::Message(message.clone()));
-                }
-                Some(message.seq())
-            })
+            .publish_admitted(
+                topic,
+                payload,
+                Instant::now(),
+                &admission,
+                |message, reactors| {
+                    let weight = message.memory();
+                    for reactor in reactors.iter() {
+                        mailboxes.post_weighed(reactor, Post::Message(message.clone()), weight);
+                    }
+                    Some(message.seq())
+                },
+            )
             .map_err(PublishError::Hub)
+    }
+
+    /// At the end of the process: in cluster mode, sends the publishes still waiting for Redis
+    /// until `deadline`, and counts and logs those that could not be sent.
+    pub fn finish(&self, deadline: Instant) {
+        if let Some(cluster) = &self.cluster {
+            cluster.finish(deadline);
+        }
+    }
+
+    /// Whether every reactor serves (none stopped on a backend error).
+    pub fn healthy(&self) -> bool {
+        self.failed_reactors().is_empty()
+    }
+
+    /// The reactors that stopped on a backend error.
+    pub fn failed_reactors(&self) -> Vec<usize> {
+        (0..self.stats.len())
+            .filter(|&i| self.stats[i].failed.load(Relaxed))
+            .collect()
     }
 
     /// Publishes `payload` to the node-local system topic `topic` (see [`Server::system`]): to
@@ -564,30 +728,24 @@ impl Server {
     /// Whether one more WebSocket from `ip` may open (checked before the upgrade; counted in
     /// [`Server::opened`], so concurrent handshakes can overshoot by a few).
     pub fn admit(&self, config: &AppConfig, ip: Option<IpAddr>) -> Result<(), Full> {
-        let max = config.max_connections;
-        if max != 0 && self.open.load(Relaxed) >= max {
-            return Err(Full::Server);
-        }
         let per_ip = config.max_connections_per_ip;
         if let Some(ip) = ip.filter(|_| per_ip != 0)
             && self.ips().get(&ip).is_some_and(|&n| n >= per_ip)
         {
-            return Err(Full::Ip);
+            return Err(Full);
         }
         Ok(())
     }
 
-    /// Counts an opened WebSocket (and its IP, when per-IP caps are on and it is known).
+    /// Counts an opened WebSocket's IP, when per-IP caps are on and it is known.
     pub fn opened(&self, ip: Option<IpAddr>) {
-        self.open.fetch_add(1, Relaxed);
         if let Some(ip) = ip {
             *self.ips().entry(ip).or_default() += 1;
         }
     }
 
-    /// Counts a closed WebSocket.
+    /// Counts a closed WebSocket's IP.
     pub fn closed(&self, ip: Option<IpAddr>) {
-        self.open.fetch_sub(1, Relaxed);
         if let Some(ip) = ip {
             let mut ips = self.ips();
             if let Some(n) = ips.get_mut(&ip) {
@@ -635,7 +793,8 @@ impl Server {
             .stats
             .iter()
             .zip(self.counters.iter())
-            .map(|(s, c)| {
+            .enumerate()
+            .map(|(i, (s, c))| {
                 latency.merge(&c.latency.snapshot());
                 ReactorMetrics {
                     connections: s.connections.load(Relaxed),
@@ -665,6 +824,21 @@ impl Server {
                         + c.deflate_deliveries.load(Relaxed),
                     deflate_bytes_out: s.deflate_bytes_out.load(Relaxed)
                         + c.deflate_delivery_bytes.load(Relaxed),
+                    handshaking: s.handshaking.load(Relaxed),
+                    paused: s.paused.load(Relaxed),
+                    partial_bytes: s.partial_bytes.load(Relaxed),
+                    inbox_bytes: self.mailboxes.queued_bytes(i) as u64,
+                    refused_connections: s.refused_connections.load(Relaxed),
+                    refused_handshakes: s.refused_handshakes.load(Relaxed),
+                    handshake_timeouts: s.handshake_timeouts.load(Relaxed),
+                    rate_limited: s.rate_limited.load(Relaxed),
+                    write_timeouts: s.write_timeouts.load(Relaxed),
+                    partial_budget_closes: s.partial_budget_closes.load(Relaxed),
+                    publishes_refused: c.publishes_refused.load(Relaxed),
+                    sliced_replays: c.sliced_replays.load(Relaxed),
+                    heartbeats_skipped: c.heartbeats_skipped.load(Relaxed),
+                    wait_retries: s.wait_retries.load(Relaxed),
+                    failed: u64::from(s.failed.load(Relaxed)),
                     tls_handshaking: s.tls_handshaking.load(Relaxed),
                     tls_handshakes: s.tls_handshakes.load(Relaxed),
                     tls_resumed: s.tls_resumed.load(Relaxed),
@@ -694,12 +868,16 @@ mod tests {
     use crate::server::systemd::Watchdog;
     use clarion_engine::Policy;
 
-    fn server(config: AppConfig, reactors: usize) -> Server {
-        let shared = Shared {
+    fn shared(reactors: usize) -> Shared<Post> {
+        Shared {
             mailboxes: Arc::new(Mailboxes::new(reactors)),
             stats: (0..reactors).map(|_| Arc::new(Stats::default())).collect(),
-        };
-        Server::new(config, &shared).unwrap()
+            limits: Arc::new(LiveLimits::default()),
+        }
+    }
+
+    fn server(config: AppConfig, reactors: usize) -> Server {
+        Server::new(config, &shared(reactors)).unwrap()
     }
 
     /// The field of [`AppConfig`] a key sets, shown.
@@ -708,6 +886,7 @@ mod tests {
     /// Each reloadable key and its field.
     fn reloadable_fields() -> Vec<(&'static str, Field)> {
         vec![
+            ("echo", |c| c.echo.to_string()),
             ("auth", |c| format!("{:?}", c.auth)),
             ("jwt_secret", |c| format!("{:?}", c.jwt.secret.as_deref())),
             ("jwt_public_key", |c| format!("{:?}", c.jwt.public_key)),
@@ -731,6 +910,10 @@ mod tests {
             ("max_topic_length", |c| c.max_topic_length.to_string()),
             ("max_queued_bytes", |c| c.max_queued_bytes.to_string()),
             ("slow_consumer", |c| format!("{:?}", c.slow_consumer)),
+            ("message_rate", |c| c.message_rate.to_string()),
+            ("message_burst", |c| c.message_burst.to_string()),
+            ("byte_rate", |c| c.byte_rate.to_string()),
+            ("byte_burst", |c| c.byte_burst.to_string()),
         ]
     }
 
@@ -762,7 +945,7 @@ mod tests {
             admin_key: Some("new admin key".into()),
             public_metrics: true,
             allowed_origins: vec!["https://a.example".into()],
-            client_publish: ClientPublish::None,
+            client_publish: ClientPublish::Token,
             max_connections: 7,
             max_connections_per_ip: 6,
             ipv6_prefix: 48,
@@ -773,6 +956,12 @@ mod tests {
             max_queued_bytes: 4096,
             stream_heartbeat: Duration::from_secs(5),
             slow_consumer: SlowConsumer::Drop,
+            message_rate: 7,
+            message_burst: 8,
+            byte_rate: 9,
+            byte_burst: 10,
+            echo: true,
+            insecure: true,
             hub: HubConfig {
                 history_size: 1,
                 ..HubConfig::default()
@@ -800,6 +989,12 @@ mod tests {
         assert!(live.config.trusted_proxies.is_empty(), "so do the proxies");
         assert_eq!(live.config.forwarded_header, ForwardedHeader::XForwardedFor);
         assert_eq!(live.config.compression, start.compression);
+        assert!(!live.config.insecure, "insecure needs a restart");
+        assert_eq!(
+            server.limits.load(),
+            next.engine_limits(),
+            "the engine's limits follow"
+        );
         assert!(live.jwt.is_some() && live.api_key.is_some() && live.admin_key.is_some());
 
         // Per-IP caps turned on later are not applied: nothing was counted.
@@ -837,11 +1032,7 @@ mod tests {
             ..AppConfig::default()
         };
         assert!(server.reload(&short).is_err());
-        let shared = Shared {
-            mailboxes: Arc::new(Mailboxes::new(1)),
-            stats: vec![Arc::new(Stats::default())].into(),
-        };
-        assert!(Server::new(short, &shared).is_err());
+        assert!(Server::new(short, &shared(1)).is_err());
     }
 
     #[test]

@@ -63,6 +63,14 @@ impl StreamKind {
         self.format != StreamFormat::Ndjson
     }
 
+    /// The path its streams are read at (for logs).
+    pub fn path(self) -> &'static str {
+        match self.format {
+            StreamFormat::Sse | StreamFormat::SseEnvelope => "/sse",
+            StreamFormat::Ndjson => "/stream",
+        }
+    }
+
     /// The response's `Content-Type`.
     pub fn content_type(self) -> &'static str {
         match self.format {

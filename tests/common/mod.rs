@@ -10,7 +10,7 @@ pub mod redis;
 pub mod tls;
 
 #[allow(unused_imports, reason = "each test binary uses a different subset")]
-pub use process::{Clarion, PATIENCE, free_port, spawn_clarion};
+pub use process::{Clarion, PATIENCE, TEST_ENV, free_port, spawn_clarion};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -32,10 +32,38 @@ pub fn io() -> clarion_engine::Io {
     }
 }
 
-/// Starts the server (default application settings) on 127.0.0.1 with a free port, two
-/// reactors, after `adjust`.
+/// The server's default settings with what the end-to-end tests exercise turned on (as
+/// [`TEST_ENV`] for a process): `/echo`,
+/// publishing from clients, and no per-client rates (tests send as fast as they can; the
+/// limits have tests of their own in `tests/hostile.rs`).
+pub fn app() -> AppConfig {
+    AppConfig {
+        echo: true,
+        client_publish: clarion::server::state::ClientPublish::All,
+        message_rate: 0,
+        byte_rate: 0,
+        ..AppConfig::default()
+    }
+}
+
+/// Whether the server closes a new connection without answering its request (a limit at
+/// accept: `max_connections`, `max_handshakes_per_reactor`).
+pub fn refused_at_accept(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return true;
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut byte = [0u8; 1];
+    matches!(stream.read(&mut byte), Ok(0) | Err(_))
+}
+
+/// Starts the server ([`app`]'s settings) on 127.0.0.1 with a free port, two reactors, after
+/// `adjust`.
 pub fn start(adjust: impl FnOnce(&mut clarion_engine::Config)) -> Runtime {
-    start_app(adjust, AppConfig::default())
+    start_app(adjust, app())
 }
 
 /// [`start`] with application settings. The monitoring routes are served on the public port

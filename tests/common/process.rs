@@ -60,6 +60,18 @@ pub fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
+/// What the end-to-end tests exercise beyond the production defaults, as environment
+/// variables: `/echo`, publishing from clients, no per-client rates (tests send as fast as they
+/// can; the limits have tests of their own in `tests/hostile.rs`), and room for many clients
+/// connecting at once.
+pub const TEST_ENV: &[(&str, &str)] = &[
+    ("CLARION_ECHO", "true"),
+    ("CLARION_CLIENT_PUBLISH", "all"),
+    ("CLARION_MESSAGE_RATE", "0"),
+    ("CLARION_BYTE_RATE", "0"),
+    ("CLARION_MAX_HANDSHAKES_PER_REACTOR", "65536"),
+];
+
 /// Runs the `clarion` binary with `serve` and `args` (which should listen on port 0) and
 /// returns it with the address from its "listening on" log line (other threads, such as the
 /// cluster bridge, may log before it); the rest of its log is drained.
@@ -87,11 +99,25 @@ pub struct Clarion {
 impl Clarion {
     /// Runs `clarion serve ARGS` with `env` added to the environment (and `CLARION_IO` set to
     /// the backend under test, when one is chosen), and waits for its "listening on" line.
+    /// What the tests exercise beyond the production defaults is on ([`TEST_ENV`]); a test's
+    /// own `env` or flags win.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Clarion {
-        let mut command = std::process::Command::new(binary());
+        Clarion::launch(args, &[TEST_ENV, env].concat())
+    }
+
+    /// [`Clarion::start`] with the production defaults: only `args` and `env` change them.
+    pub fn production(args: &[&str], env: &[(&str, &str)]) -> Clarion {
+        Clarion::launch(args, env)
+    }
+
+    fn launch(args: &[&str], env: &[(&str, &str)]) -> Clarion {
+        // `CLARION_TEST_BIN` runs another build (to see a test fail without the fix it checks).
+        let bin = std::env::var_os("CLARION_TEST_BIN").map_or_else(binary, PathBuf::from);
+        let mut command = std::process::Command::new(bin);
         command.arg("serve").args(args);
-        // The test's own variable is no setting: passed on, it would only be warned about.
+        // The test's own variables are no settings: passed on, they would only be warned about.
         command.env_remove("CLARION_TEST_IO");
+        command.env_remove("CLARION_TEST_BIN");
         if let Some(io) = io_name() {
             command.env("CLARION_IO", io);
         }
@@ -162,6 +188,11 @@ impl Clarion {
                 return Some(line);
             }
         }
+    }
+
+    /// The process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
     }
 
     /// Sends `signal` to the process.

@@ -39,7 +39,11 @@ def main():
         for line in sys.stdin:
             words = line.split()
             if words:
-                print(clients.run(words[0], words[1:]), flush=True)
+                try:
+                    answer = clients.run(words[0], words[1:])
+                except Exception as error:  # the test shows it rather than "the script died"
+                    answer = f"error {type(error).__name__}: {error}"
+                print(answer, flush=True)
 
 
 class Clients:

@@ -52,6 +52,17 @@ export function freePort() {
   });
 }
 
+/**
+ * What these tests exercise beyond the server's production defaults (as the Rust end-to-end
+ * tests set them, tests/common): publishing from clients, and no per-client rates (tests send
+ * as fast as they can). A test's own `env` or flags win.
+ */
+const TEST_ENV = {
+  CLARION_CLIENT_PUBLISH: "all",
+  CLARION_MESSAGE_RATE: "0",
+  CLARION_BYTE_RATE: "0",
+};
+
 /** A `clarion serve` process on 127.0.0.1. */
 export class Clarion {
   /** Starts one: `args` are added to `serve`; `port` 0 picks a free one. */
@@ -69,7 +80,9 @@ export class Clarion {
 
   async spawn(port) {
     const io = process.env.CLARION_TEST_IO;
-    const env = { ...process.env, ...(io ? { CLARION_IO: io } : {}), ...this.env };
+    // With tokens, clients publish as their grants allow (the default for auth = jwt).
+    const publishing = this.args.includes("jwt") ? { CLARION_CLIENT_PUBLISH: "token" } : {};
+    const env = { ...process.env, ...TEST_ENV, ...publishing, ...(io ? { CLARION_IO: io } : {}), ...this.env };
     delete env.CLARION_TEST_IO;
     const child = spawn(
       clarionBin(),

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::backoff::Rng;
 use crate::event::{Event, PublishAck, PublishError, State};
-use crate::events::Sink;
+use crate::events::{self, Sink};
 use crate::options::TokenProvider;
 use crate::queue::Ticket;
 use crate::session::{Output, Purpose, Reply, Session};
@@ -272,7 +272,9 @@ pub(crate) async fn run(
             () = optional(deadline.map(|at| tokio::time::sleep_until(at.into()))) => {
                 session.handle_timeout(now());
             }
-            () = optional(driver.first_full().map(Sink::room)), if paused => {}
+            // Ends at once if the reader caught up since `behind()` looked (reading is off
+            // meanwhile: a wait that missed it would stop the client for good).
+            () = events::caught_up(&driver.sinks, driver.event_buffer), if paused => {}
         }
     }
     // Streams end here: every event before was sent.
@@ -361,11 +363,7 @@ impl Driver {
 
     /// Whether a stream's reader is `event_buffer` events behind.
     fn behind(&self) -> bool {
-        self.first_full().is_some()
-    }
-
-    fn first_full(&self) -> Option<&Sink> {
-        self.sinks.iter().find(|s| s.full(self.event_buffer))
+        events::first_full(&self.sinks, self.event_buffer).is_some()
     }
 
     fn fetch_token(&self) -> BoxFuture<Result<String, String>> {
@@ -468,10 +466,11 @@ impl Link {
         self.transport.write_waiting(&self.tx)
     }
 
-    /// Writes what it can without waiting.
+    /// Writes what it can without waiting; the rest waits for the socket to be writable. A
+    /// buffer a large message grew past 64 KiB is given back once it is all out.
     fn flush(&mut self) {
         let _ = self.transport.send(&mut self.tx);
-        if self.tx.capacity() > SCRATCH {
+        if self.tx.is_empty() && self.tx.capacity() > SCRATCH {
             self.tx = Vec::new();
         }
     }
@@ -688,6 +687,28 @@ async fn open(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_flush_keeps_the_bytes_the_socket_did_not_take() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        // Accepted and never read: the kernel takes a few MiB of the 64 MiB at most.
+        let (_peer, _) = listener.accept().await.unwrap();
+        let mut link = Link {
+            transport: Transport { stream, tls: None },
+            ws: Connection::client(now(), 1),
+            rx: Vec::new(),
+            tx: vec![7; 64 << 20],
+        };
+        link.flush();
+        assert!(
+            !link.tx.is_empty(),
+            "the rest of a large message waits for the socket"
+        );
+        assert!(link.tx.iter().all(|&byte| byte == 7));
+    }
 
     #[test]
     fn only_a_tls_failure_that_will_repeat_is_1015() {

@@ -94,9 +94,15 @@ impl Sink {
         self.counter.queued.load(Ordering::Acquire) >= capacity
     }
 
-    /// Waits until its reader takes an event.
-    pub(crate) async fn room(&self) {
-        self.counter.room.notified().await;
+    /// Waits until its reader takes an event, or not at all if it is no longer `capacity`
+    /// behind. Registered for the reader's signal before it checks, so a read that comes in
+    /// between still ends the wait.
+    async fn room(&self, capacity: usize) {
+        let mut notified = std::pin::pin!(self.counter.room.notified());
+        notified.as_mut().enable();
+        if self.full(capacity) {
+            notified.await;
+        }
     }
 }
 
@@ -147,6 +153,20 @@ impl std::fmt::Debug for Events {
     }
 }
 
+/// The first of `sinks` whose reader is `capacity` events behind.
+pub(crate) fn first_full(sinks: &[Sink], capacity: usize) -> Option<&Sink> {
+    sinks.iter().find(|sink| sink.full(capacity))
+}
+
+/// While the driver has stopped reading because a stream was full: ends when that stream's
+/// reader takes an event, or at once when no stream is full any more (its reader may have
+/// caught up since the driver looked), so the driver looks again and reads on.
+pub(crate) async fn caught_up(sinks: &[Sink], capacity: usize) {
+    if let Some(sink) = first_full(sinks, capacity) {
+        sink.room(capacity).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,8 +198,8 @@ mod tests {
         );
         cell.end();
         assert_eq!(events.next().await, Some(error(1)));
-        // Room was signalled (the permit waits for the driver).
-        sink.room().await;
+        // Room was signalled.
+        caught_up(std::slice::from_ref(&sink), 2).await;
         assert_eq!(
             events.next().await,
             Some(error(3)),
@@ -187,6 +207,45 @@ mod tests {
         );
         drop(sink);
         assert_eq!(events.next().await, None);
+    }
+
+    /// Polls `future` once, without a runtime's waker.
+    fn ready_now<F: std::future::Future>(future: F) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        std::pin::pin!(future).poll(&mut cx).is_ready()
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_catches_up_before_the_driver_waits_still_wakes_it() {
+        // The driver saw the stream full and stopped reading the socket...
+        let (sink, mut events) = channel(2, true);
+        let sinks = [sink];
+        assert!(sinks[0].send(error(1), None, 2));
+        assert!(sinks[0].send(error(2), None, 2));
+        assert!(first_full(&sinks, 2).is_some());
+        // ...and before it waits for room, the application reads everything.
+        assert_eq!(events.next().await, Some(error(1)));
+        assert_eq!(events.next().await, Some(error(2)));
+        // Nothing will be read any more: the wait must end now, or the client never reads
+        // the socket again (the stall of the gap scenario).
+        assert!(ready_now(caught_up(&sinks, 2)));
+    }
+
+    #[tokio::test]
+    async fn the_wait_for_room_ends_when_the_reader_takes_one() {
+        let (sink, mut events) = channel(2, true);
+        let sinks = [sink];
+        for n in 1..=3 {
+            assert!(sinks[0].send(error(n), None, 2));
+        }
+        let mut wait = Box::pin(caught_up(&sinks, 2));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(wait.as_mut().poll(&mut cx).is_pending(), "still 3 behind");
+        assert_eq!(events.next().await, Some(error(1)));
+        assert!(
+            wait.as_mut().poll(&mut cx).is_ready(),
+            "the reader took one"
+        );
     }
 
     #[tokio::test]

@@ -65,7 +65,9 @@ pub struct Options {
     pub refresh_before: Duration,
     /// Events each stream of [`crate::Client::events`] holds unread before the client stops
     /// reading the socket until the application catches up (the server's slow-consumer policy
-    /// then applies; the heartbeat watch pauses meanwhile). Default 4096.
+    /// then applies; the heartbeat watch pauses meanwhile); it reads again as soon as the
+    /// reader takes one. Only events given to the application count: messages that arrive
+    /// while a gap is repaired are dropped and replayed, never held. Default 4096.
     pub event_buffer: usize,
     /// Largest message accepted from the server (close 1009 above it). Default 16 MiB.
     pub max_message_size: u64,

@@ -472,10 +472,6 @@ async fn publishes_wait_in_a_bounded_queue_and_in_flight_ones_may_be_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "stalls now and then beside the other scenarios (no event for 50 s while tails are \
-            published; twice in about ten runs, never alone): suspected, the messages held \
-            behind a gap count against event_buffer, so the client stops reading the socket the \
-            repair's replay has to come through; run with --ignored"]
 async fn a_gap_left_by_the_drop_policy_is_repaired_from_history() {
     const MESSAGES: u64 = 300;
     let server = Server::start(&[

@@ -37,7 +37,14 @@ fn tls_server(certs: &Certs, extra: &[&str]) -> Server {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_connect_subscribe_publish_receive_and_resume_after_a_restart() {
     let certs = Certs::make("wss-restart");
-    let mut server = tls_server(&certs, &[]);
+    // Room for the 300 KiB message below (the production default is 64 KiB).
+    let sizes = [
+        "--max-message-size",
+        "1048576",
+        "--max-frame-size",
+        "1048576",
+    ];
+    let mut server = tls_server(&certs, &sizes);
     // The host is a name here (the certificate's DNS name), an address in the other tests.
     let url = format!("wss://localhost:{}/ws", server.addr.port());
     let client = Client::connect(&url, trusting(&certs)).unwrap();

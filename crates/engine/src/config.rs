@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::{CompressionConfig, ProxyProtocol, TlsConfig, TrustedProxies, UringConfig};
+use crate::{CompressionConfig, Limits, ProxyProtocol, TlsConfig, TrustedProxies, UringConfig};
 
 /// Which event-loop backend the reactors use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,8 +38,24 @@ pub struct Config {
     pub private_fd_table: bool,
     /// `listen(2)` backlog of each reactor's listener.
     pub backlog: i32,
-    /// Most connections per reactor; further ones are refused at accept.
+    /// Most connections per reactor; further ones are closed at accept.
     pub max_connections_per_reactor: usize,
+    /// Most connections per reactor still sending their request head (or a request body);
+    /// further ones are closed at accept, so slow or silent clients cannot take every slot.
+    pub max_handshakes_per_reactor: usize,
+    /// Bytes a reactor buffers for all its connections together in their receive buffers:
+    /// partial request heads and bodies, partial frames and fragmented messages. A connection
+    /// whose buffer would take the total past it is closed (1013 "try again later"; before
+    /// the upgrade, without an answer).
+    pub max_partial_bytes_per_reactor: usize,
+    /// How long a connection may stay over its write cap ([`Limits::max_queued_bytes`]) before
+    /// it is dropped: its peer is not reading.
+    pub write_timeout: Duration,
+    /// Bytes of posted messages (as their senders weigh them) that may wait in one reactor's
+    /// inbox; senders check [`crate::Mailboxes::has_room`] and refuse work past it.
+    pub max_inbox_bytes: usize,
+    /// The limits that may change while the reactors run (through [`crate::LiveLimits`]).
+    pub limits: Limits,
     /// Bytes of the one read buffer each reactor shares among its connections (epoll; io_uring
     /// receives into its provided buffers, [`UringConfig`]).
     pub read_buffer_size: usize,
@@ -80,6 +96,11 @@ impl Default for Config {
             private_fd_table: false,
             backlog: 4096,
             max_connections_per_reactor: 1 << 20,
+            max_handshakes_per_reactor: 1024,
+            max_partial_bytes_per_reactor: 64 << 20,
+            write_timeout: Duration::from_secs(30),
+            max_inbox_bytes: 64 << 20,
+            limits: Limits::default(),
             read_buffer_size: 64 << 10,
             keep_alive_requests: 1000,
             drain_timeout: Duration::from_secs(10),

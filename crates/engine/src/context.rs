@@ -8,7 +8,7 @@ use clarion_protocol::deflate::Params;
 use clarion_protocol::{CloseCode, MessageKind, SendError};
 
 use crate::compression::Deflating;
-use crate::reactor::Sink;
+use crate::reactor::{ConnFlags, Sink};
 use crate::{ConnId, Push, Stats};
 
 /// A handler's view of one open connection during a callback.
@@ -19,6 +19,9 @@ pub struct Ctx<'a, C> {
     pub(crate) out: &'a mut dyn Sink,
     pub(crate) deflating: &'a mut Deflating,
     pub(crate) stats: &'a Stats,
+    pub(crate) flags: &'a mut ConnFlags,
+    /// The connection's low mark: half its write cap.
+    pub(crate) low_mark: usize,
     pub(crate) now: Instant,
 }
 
@@ -81,6 +84,27 @@ impl<C> Ctx<'_, C> {
     pub fn close(&mut self, code: CloseCode, reason: &str) {
         self.ws.close(code, reason, self.now, &mut *self.out);
     }
+
+    /// Bytes waiting to be written to the connection (what the socket has not taken yet).
+    pub fn queued(&self) -> usize {
+        self.out.queued()
+    }
+
+    /// Whether less than the connection's low mark (half its write cap) waits: room to send
+    /// more of something long now rather than after [`Handler::on_writable`].
+    ///
+    /// [`Handler::on_writable`]: crate::Handler::on_writable
+    pub fn has_room(&self) -> bool {
+        self.out.queued() < self.low_mark
+    }
+
+    /// Asks for [`Handler::on_writable`] once the queue is at or below the low mark (at the end
+    /// of this turn if it already is).
+    ///
+    /// [`Handler::on_writable`]: crate::Handler::on_writable
+    pub fn notify_writable(&mut self) {
+        self.flags.insert(ConnFlags::WANTS_WRITABLE);
+    }
 }
 
 /// A handler's access to every connection of its reactor, during [`crate::Handler::on_inbox`].
@@ -96,6 +120,8 @@ pub(crate) trait LocalOps<C> {
     fn deflate(&self, id: ConnId) -> Option<Params>;
     fn send_shared(&mut self, id: ConnId, frame: &Arc<[u8]>, max_queued: usize) -> Push;
     fn close(&mut self, id: ConnId, code: CloseCode, reason: &str, now: Instant);
+    fn has_room(&self, id: ConnId) -> bool;
+    fn notify_writable(&mut self, id: ConnId);
 }
 
 impl<C> Local<'_, C> {
@@ -121,9 +147,24 @@ impl<C> Local<'_, C> {
     }
 
     /// Queues a whole frame shared with other connections (or bytes of a streaming response's
-    /// body), unless more than `max_queued` bytes would then wait for this connection.
+    /// body), unless `max_queued` bytes or more already wait for this connection (then
+    /// [`Push::Full`]). The frame's own size does not count: a subscriber is refused for its
+    /// backlog, never for a large message, and holds at most `max_queued` plus one frame.
     pub fn send_shared(&mut self, id: ConnId, frame: &Arc<[u8]>, max_queued: usize) -> Push {
         self.ops.send_shared(id, frame, max_queued)
+    }
+
+    /// Whether less than an open connection's low mark (half its write cap) waits for it.
+    pub fn has_room(&self, id: ConnId) -> bool {
+        self.ops.has_room(id)
+    }
+
+    /// Asks for [`Handler::on_writable`] on an open connection once its queue is at or below
+    /// the low mark (at the end of this turn if it already is).
+    ///
+    /// [`Handler::on_writable`]: crate::Handler::on_writable
+    pub fn notify_writable(&mut self, id: ConnId) {
+        self.ops.notify_writable(id);
     }
 
     /// Starts the close handshake of a connection.

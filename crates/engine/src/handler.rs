@@ -71,6 +71,68 @@ pub trait Handler {
     /// without a timer or an allocation per connection. Sends and closes work as in any other
     /// callback.
     fn on_sweep_conn(&mut self, _ctx: &mut Ctx<'_, Self::Conn>) {}
+
+    /// The connection's queue drained to its low mark (half its write cap) after
+    /// [`Ctx::notify_writable`] or [`Local::notify_writable`]: the place to send the next slice
+    /// of something long (a replay) without holding it all in the queue. Called once per ask.
+    fn on_writable(&mut self, _ctx: &mut Ctx<'_, Self::Conn>) {}
+
+    /// The engine enforced a limit on a client by itself (closed it at accept, at the handshake
+    /// deadline, for its rate, its stalled queue or the reactor's buffer budget): the place to
+    /// log or count it. Called before the connection's `on_close`, if it has one.
+    fn on_limit(&mut self, _hit: &LimitHit<'_, Self::Conn>) {}
+}
+
+/// A limit the engine enforces by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Limit {
+    /// The process's `max_connections` or the reactor's `max_connections_per_reactor` was
+    /// reached: closed at accept.
+    Connections,
+    /// The reactor's `max_handshakes_per_reactor` was reached: closed at accept.
+    Handshakes,
+    /// No complete request within `handshake_timeout` (a silent or drip-feeding client): closed.
+    HandshakeTimeout,
+    /// Messages or bytes per second past the connection's allowance: closed with 1008
+    /// "rate limit".
+    Rate,
+    /// Over its write cap for `write_timeout` (its peer is not reading): dropped.
+    WriteTimeout,
+    /// Its receive buffer would take the reactor past `max_partial_bytes_per_reactor`: closed
+    /// with 1013 "try again later".
+    PartialBudget,
+}
+
+impl Limit {
+    /// What happened, for a log line.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Limit::Connections => "too many connections",
+            Limit::Handshakes => "too many connections still handshaking",
+            Limit::HandshakeTimeout => "no complete request within the handshake timeout",
+            Limit::Rate => "rate limit",
+            Limit::WriteTimeout => "not reading: over its write cap past the write timeout",
+            Limit::PartialBudget => "the reactor's buffer for partial messages is full",
+        }
+    }
+}
+
+/// A limit enforced on one client: what [`Handler::on_limit`] is told.
+#[derive(Debug)]
+pub struct LimitHit<'a, C> {
+    /// Which limit.
+    pub limit: Limit,
+    /// The connection's id in its reactor; `None` for one closed at accept.
+    pub id: Option<ConnId>,
+    /// The peer's address, when known: at accept and during the handshake as
+    /// [`RequestInfo::peer`] has it; after the upgrade on epoll (asked of the socket), not on
+    /// io_uring.
+    pub peer: Option<SocketAddr>,
+    /// The application's state of an opened connection.
+    pub conn: Option<&'a C>,
+    /// When the reactor woke for it.
+    pub now: Instant,
 }
 
 /// Where and when a request arrived: what [`Handler::on_request`] is told besides the request

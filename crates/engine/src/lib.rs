@@ -80,6 +80,7 @@ mod compression;
 mod config;
 mod context;
 mod handler;
+mod limits;
 mod listen;
 mod mailbox;
 mod proxies;
@@ -96,7 +97,8 @@ pub use compression::{CompressionConfig, Policy};
 pub use config::{Config, Io, MAX_LISTENERS};
 pub(crate) use context::LocalOps;
 pub use context::{Ctx, Local};
-pub use handler::{Answer, Handler, Push, RequestInfo, Response};
+pub use handler::{Answer, Handler, Limit, LimitHit, Push, RequestInfo, Response};
+pub use limits::{Limits, LiveLimits, MAX_MESSAGE_BURST};
 pub use mailbox::Mailboxes;
 pub use proxies::{Cidr, CidrError, TrustedProxies};
 pub use proxy_protocol::ProxyProtocol;
@@ -113,8 +115,8 @@ pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1
 
 /// Bytes one connection takes in its reactor's table when the handler's per-connection state is
 /// `C` (its [`Handler::Conn`]): the socket, the protocol state machine, slots for a receive
-/// buffer, a write queue and a timer (empty while idle), the state and a flags byte, and the
-/// table's own link. The same on both backends. An idle connection costs this and nothing more
+/// buffer, a write queue and a timer (empty while idle), the state, two bytes of flags, its
+/// allowance of messages and bytes (6 bytes), and the table's own link. The same on both backends. An idle connection costs this and nothing more
 /// in the engine (plus what the kernel keeps per socket).
 pub const fn connection_size<C>() -> usize {
     let epoll = size_of::<reactor::SlabEntry<reactor::Conn<std::net::TcpStream, C>>>();

@@ -10,15 +10,17 @@ use std::thread::JoinHandle;
 use crate::listen::{bind_reuseport, pin_to_core};
 use crate::reactor::{CompletionDriver, Driver, Reactor, ReadinessDriver};
 use crate::sys::{Waker, epoll, uring};
-use crate::{Config, Handler, Io, Mailboxes, ProxyProtocol, Stats};
+use crate::{Config, Handler, Io, LiveLimits, Mailboxes, ProxyProtocol, Stats};
 
-/// What every reactor's handler is built with: the way to reach the other reactors, and
-/// everyone's counters.
+/// What every reactor's handler is built with: the way to reach the other reactors, everyone's
+/// counters, and the limits in force.
 pub struct Shared<M> {
     /// The reactors' inboxes.
     pub mailboxes: Arc<Mailboxes<M>>,
     /// The reactors' counters.
     pub stats: Arc<[Arc<Stats>]>,
+    /// The limits every reactor applies, which the application may change while they run.
+    pub limits: Arc<LiveLimits>,
 }
 
 /// Starts a graceful shutdown from any thread (a signal handler thread, a test).
@@ -44,6 +46,7 @@ pub struct Runtime {
     shutdown: ShutdownHandle,
     threads: Mutex<Vec<JoinHandle<()>>>,
     stats: Vec<Arc<Stats>>,
+    limits: Arc<LiveLimits>,
 }
 
 impl Runtime {
@@ -72,6 +75,7 @@ impl Runtime {
             },
             threads: Mutex::new(Vec::new()),
             stats: Vec::new(),
+            limits: Arc::new(LiveLimits::new(config.limits)),
         };
         let config = Arc::new(config);
         let make_handler = Arc::new(make_handler);
@@ -120,8 +124,12 @@ impl Runtime {
             .map(|_| Arc::new(Stats::default()))
             .collect();
         let shared = Arc::new(Shared {
-            mailboxes: Arc::new(Mailboxes::<H::Inbox>::new(listeners.len())),
+            mailboxes: Arc::new(Mailboxes::<H::Inbox>::with_capacity(
+                listeners.len(),
+                config.max_inbox_bytes,
+            )),
             stats: self.stats.iter().cloned().collect(),
+            limits: self.limits.clone(),
         });
         for (index, listeners) in listeners.into_iter().enumerate() {
             let stats = self.stats[index].clone();
@@ -156,9 +164,10 @@ impl Runtime {
                         Err(e) => return drop(ready_tx.send(Err(e))),
                     };
                     let _ = ready_tx.send(Ok(waker));
-                    let mailboxes = shared.mailboxes.clone();
+                    let (mailboxes, limits) = (shared.mailboxes.clone(), shared.limits.clone());
                     drop(shared);
-                    Reactor::new(driver, handler, config, stats, index, mailboxes).run(&flag);
+                    Reactor::new(driver, handler, config, stats, index, mailboxes, limits)
+                        .run(&flag);
                 })?;
             threads.push(thread);
         }
@@ -195,6 +204,20 @@ impl Runtime {
     /// Per-reactor counters.
     pub fn stats(&self) -> &[Arc<Stats>] {
         &self.stats
+    }
+
+    /// The limits in force, which may be changed while the reactors run.
+    pub fn limits(&self) -> &Arc<LiveLimits> {
+        &self.limits
+    }
+
+    /// How many reactors stopped on a backend error (their `failed` stat). When every one has,
+    /// nothing serves any more and [`Runtime::join`] returns.
+    pub fn failed(&self) -> usize {
+        self.stats
+            .iter()
+            .filter(|s| s.failed.load(std::sync::atomic::Ordering::Relaxed))
+            .count()
     }
 
     /// Begins a graceful shutdown: stop accepting, close every connection with 1001, drain.

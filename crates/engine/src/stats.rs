@@ -1,6 +1,6 @@
 //! Each reactor's counters, written by its thread and read by metrics and tests from others.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Counters of one reactor, read by metrics and tests from other threads.
 #[derive(Debug, Default)]
@@ -52,6 +52,36 @@ pub struct Stats {
     /// Connections closed for their PROXY protocol header: missing, malformed or of a version
     /// not taken from a trusted proxy, or sent by a peer that is not one.
     pub proxy_refused: AtomicU64,
+    /// Connections still sending their request head or body (gauge).
+    pub handshaking: AtomicU64,
+    /// Connections over their write cap, not read until their queue drains (gauge).
+    pub paused: AtomicU64,
+    /// Bytes held in connections' receive buffers: partial heads, frames and messages (gauge).
+    pub partial_bytes: AtomicU64,
+    /// Connections closed at accept: `max_connections` or `max_connections_per_reactor`.
+    pub refused_connections: AtomicU64,
+    /// Connections closed at accept: `max_handshakes_per_reactor`.
+    pub refused_handshakes: AtomicU64,
+    /// Connections closed for not completing their request within `handshake_timeout`.
+    pub handshake_timeouts: AtomicU64,
+    /// Connections closed with 1008 "rate limit".
+    pub rate_limited: AtomicU64,
+    /// Connections dropped for staying over their write cap past `write_timeout`.
+    pub write_timeouts: AtomicU64,
+    /// Connections closed because their receive buffer would take the reactor past
+    /// `max_partial_bytes_per_reactor`.
+    pub partial_budget_closes: AtomicU64,
+    /// Transient errors of the backend's wait (retried).
+    pub wait_retries: AtomicU64,
+    /// The reactor stopped on an error it cannot recover from: its connections are gone.
+    pub failed: AtomicBool,
+}
+
+impl Stats {
+    /// Counts one.
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Stats {

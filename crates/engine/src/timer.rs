@@ -29,8 +29,21 @@ const NIL: u32 = u32::MAX;
 ///
 /// Keys are reused once their timer has fired or been cancelled, so a caller keeps a
 /// key only while its timer is pending.
+///
+/// Stored inverted (`!index`, never zero since an index is below [`NIL`]), so that
+/// `Option<TimerKey>` is 4 bytes: a connection's timer slot costs no tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct TimerKey(u32);
+pub(crate) struct TimerKey(std::num::NonZeroU32);
+
+impl TimerKey {
+    fn new(index: u32) -> TimerKey {
+        TimerKey(std::num::NonZeroU32::new(!index).expect("an index is below NIL"))
+    }
+
+    fn index(self) -> u32 {
+        !self.0.get()
+    }
+}
 
 /// One pending timer.
 struct Node<T> {
@@ -131,7 +144,7 @@ impl<T> TimerWheel<T> {
             self.heads[slot] = key;
             self.occupied[slot / 64] |= 1 << (slot % 64);
         }
-        TimerKey(key)
+        TimerKey::new(key)
     }
 
     /// Removes a pending timer and returns its value.
@@ -139,10 +152,11 @@ impl<T> TimerWheel<T> {
     /// Returns `None` if it already fired or was cancelled (keys may be reused after
     /// that, so callers keep a key only while it is pending).
     pub(crate) fn cancel(&mut self, key: TimerKey) -> Option<T> {
-        let node = self.nodes.try_remove(key.0 as usize)?;
+        let key = key.index();
+        let node = self.nodes.try_remove(key as usize)?;
         if node.prev != NIL {
             self.nodes[node.prev as usize].next = node.next;
-        } else if self.ready == key.0 {
+        } else if self.ready == key {
             self.ready = node.next;
         } else {
             let slot = self.slot_of(node.expiry());
@@ -604,8 +618,8 @@ mod tests {
                         start + tick * u32::try_from(ticks).unwrap()
                     };
                     let key = wheel.insert(deadline, id);
-                    let previous = model.insert(key.0, Pending { id, deadline, due });
-                    prop_assert!(previous.is_none(), "key {} handed out twice", key.0);
+                    let previous = model.insert(key.index(), Pending { id, deadline, due });
+                    prop_assert!(previous.is_none(), "key {} handed out twice", key.index());
                     keys.push(key);
                 }
                 Op::Cancel(n) => {
@@ -614,7 +628,7 @@ mod tests {
                     }
                     // Possibly a stale key, fired, cancelled or reused since.
                     let key = keys[n % keys.len()];
-                    let expected = model.remove(&key.0).map(|p| p.id);
+                    let expected = model.remove(&key.index()).map(|p| p.id);
                     prop_assert_eq!(wheel.cancel(key), expected);
                 }
                 Op::Advance { micros, limit } => {

@@ -1000,6 +1000,43 @@ impl Connection {
         }
     }
 
+    /// Ends the WebSocket at once for a reason of the caller's (a limit): sends a close frame
+    /// with `code` and `reason` if the connection is open and has sent none, and goes straight to
+    /// `Closed` without waiting for the peer's close. Whatever frame or message was in progress
+    /// is forgotten, so the caller may take back the `rx` it lent. Before the handshake is done
+    /// the connection is simply finished.
+    pub fn abort(&mut self, code: CloseCode, reason: &str, out: &mut (impl Transmit + ?Sized)) {
+        if self.state == State::Open && !self.flags.contains(Flags::CLOSE_SENT) {
+            self.send_close(code, reason, out);
+            self.close_code = code.0;
+        }
+        self.state = State::Closed;
+        self.remaining = 0;
+        self.flags
+            .remove(Flags::IN_FRAME | Flags::FRAME_FIN | Flags::COMPRESSED);
+        self.message = None;
+        self.partial_header = 0;
+        self.control_len = 0;
+        self.cleanup = Cleanup::None;
+    }
+
+    /// Whether the connection is between frames with nothing kept in `rx`: no request head, no
+    /// partial frame header, frame or fragmented message. It first gives back what the last event
+    /// borrowed from `rx`, so when this is true `rx` is empty and the caller may park bytes of its
+    /// own there (received bytes it will feed later, in order).
+    pub fn settle(&mut self, rx: &mut Vec<u8>) -> bool {
+        match std::mem::replace(&mut self.cleanup, Cleanup::None) {
+            Cleanup::None => {}
+            Cleanup::Message => rx.clear(),
+            Cleanup::Control => rx.truncate(rx.len() - self.control_len as usize),
+        }
+        matches!(self.state, State::Open | State::Closing)
+            && !self.flags.contains(Flags::IN_FRAME)
+            && self.partial_header == 0
+            && self.message.is_none()
+            && rx.is_empty()
+    }
+
     /// When [`Connection::handle_timeout`] next has something to do, if ever.
     pub fn poll_timeout(&self, config: &Config) -> Option<Instant> {
         match self.state {
@@ -1921,6 +1958,41 @@ mod tests {
         })
     }
 
+    #[test]
+    fn settle_says_when_rx_is_free_and_abort_forgets_the_frame_in_progress() {
+        let mut s = Server::open();
+        assert!(
+            s.conn.settle(&mut s.rx),
+            "a fresh connection is between frames"
+        );
+        // A fragmented message in progress, and a partial frame header: not between frames.
+        s.feed(&frame(false, 0x1, b"frag"));
+        assert!(!s.conn.settle(&mut s.rx));
+        s.feed(&frame(true, 0x0, b"ment")[..3]);
+        assert!(!s.conn.settle(&mut s.rx));
+        assert!(!s.rx.is_empty());
+        // The message completes (delivered from rx): settling gives rx back, empty.
+        let rest = frame(true, 0x0, b"ment");
+        assert_eq!(s.feed(&rest[3..]), [Ev::Text("fragment".into())]);
+        assert!(s.conn.settle(&mut s.rx));
+        assert!(s.rx.is_empty());
+        // Abort in the middle of a frame: a close goes out, nothing more is read, and the
+        // buffer may be taken back at once.
+        s.feed(&frame(true, 0x2, &[7; 100])[..50]);
+        s.sent.clear();
+        s.conn
+            .abort(CloseCode::POLICY_VIOLATION, "rate limit", &mut s.sent);
+        assert_eq!(s.conn.state(), State::Closed);
+        assert_eq!(s.conn.close_code(), Some(CloseCode::POLICY_VIOLATION));
+        assert_eq!(
+            s.sent_frames(),
+            [Ev::Close(Some((1008, "rate limit".into())))]
+        );
+        s.rx = Vec::new();
+        assert!(s.feed(&[0x82; 64]).is_empty());
+        assert_eq!(s.conn.poll_timeout(&s.config), None);
+    }
+
     proptest! {
         #[test]
         fn any_split_gives_the_same_events(stream in arb_stream(), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8)) {
@@ -1935,6 +2007,43 @@ mod tests {
                 events.extend(s.feed(&stream[start..point]));
                 start = point;
             }
+            prop_assert_eq!(events, whole);
+        }
+
+        #[test]
+        fn parking_input_between_frames_and_feeding_it_later_gives_the_same_events(stream in arb_stream(), cut in any::<prop::sample::Index>()) {
+            let whole = Server::open().feed(&stream);
+            // Fed in two reads; after every event of each, the rest of the read is parked in
+            // rx whenever the connection is between frames (as a reactor does for a connection
+            // over its write cap), and fed again from there.
+            let at = cut.index(stream.len() + 1);
+            let mut s = Server::open();
+            let mut events = Vec::new();
+            let mut parked = 0;
+            for part in [&stream[..at], &stream[at..]] {
+                let mut owned = part.to_vec();
+                loop {
+                    let mut input = &mut owned[..];
+                    let mut stopped = false;
+                    while let Some(ev) = s.conn.read_inflating(&mut input, &mut s.rx, &mut s.inflate, s.now, &s.config, &mut s.sent) {
+                        events.push(own(ev));
+                        if !input.is_empty() && s.conn.settle(&mut s.rx) {
+                            s.rx.extend_from_slice(input);
+                            stopped = true;
+                            break;
+                        }
+                    }
+                    if !stopped {
+                        break;
+                    }
+                    parked += 1;
+                    owned = std::mem::take(&mut s.rx);
+                }
+            }
+            // The close frame follows the last message: the reads stopped at least once, unless
+            // the cut fell right before it.
+            let last_is_message = matches!(whole.get(whole.len().wrapping_sub(2)), Some(Ev::Text(_) | Ev::Binary(_)));
+            prop_assert!(parked > 0 || !last_is_message || at + 8 >= stream.len());
             prop_assert_eq!(events, whole);
         }
 

@@ -7,12 +7,26 @@ use std::time::{Duration, Instant};
 use super::message::Message;
 
 /// What a resume (`since`) found.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Recovery {
-    /// Every message after `since` is in `messages`: the subscriber has no gap.
+    /// Every message after `since` is still in history: the subscriber has no gap.
     pub recovered: bool,
-    /// The missed messages in `seq` order; empty when not recovered.
+    /// The missed messages in `seq` order (the first of them, when a byte budget was given and
+    /// they do not all fit it); empty when not recovered.
     pub messages: Vec<Arc<Message>>,
+    /// `messages` reach the topic's current `seq`: nothing more to replay.
+    pub complete: bool,
+}
+
+impl Default for Recovery {
+    /// Not recovered: nothing to replay.
+    fn default() -> Recovery {
+        Recovery {
+            recovered: false,
+            messages: Vec::new(),
+            complete: true,
+        }
+    }
 }
 
 /// Limits of every topic's ring.
@@ -20,7 +34,7 @@ pub struct Recovery {
 pub(super) struct Limits {
     /// Most messages kept.
     pub capacity: usize,
-    /// Most payload bytes kept.
+    /// Most bytes kept, as messages take them in memory ([`Message::memory`]).
     pub max_bytes: usize,
     /// Oldest message kept; zero keeps messages whatever their age.
     pub max_age: Duration,
@@ -33,9 +47,9 @@ pub(super) struct Change {
     pub added: u64,
     /// Messages evicted.
     pub evicted: u64,
-    /// Payload bytes added.
+    /// Bytes added (in memory).
     pub bytes_added: u64,
-    /// Payload bytes evicted.
+    /// Bytes evicted (in memory).
     pub bytes_evicted: u64,
 }
 
@@ -51,7 +65,7 @@ impl History {
     /// Appends the newest message, then evicts what the limits no longer allow.
     pub fn push(&mut self, message: Arc<Message>, limits: &Limits) -> Change {
         let mut change = self.expire(message.published_at, limits);
-        let size = message.payload.bytes().len();
+        let size = message.memory();
         if limits.capacity == 0 || size > limits.max_bytes {
             // It could never be replayed whole, and keeping it would evict everything else;
             // dropping every older message keeps the ring contiguous.
@@ -84,8 +98,10 @@ impl History {
 
     /// The resume rule: recovered iff every message with a `seq` above `since` is still here, up
     /// to `current` (the topic's latest `seq`). A `since` above `current` is from another life of
-    /// the topic and is never recovered.
-    pub fn recover(&self, since: u64, current: u64) -> Recovery {
+    /// the topic and is never recovered. Of the messages after `since`, those that fit
+    /// `max_bytes` (in memory; always at least one) are returned, the rest left for a later
+    /// call from the last one returned.
+    pub fn recover(&self, since: u64, current: u64, max_bytes: usize) -> Recovery {
         let oldest = self
             .ring
             .front()
@@ -94,10 +110,31 @@ impl History {
             return Recovery::default();
         }
         let skip = usize::try_from(since.saturating_add(1) - oldest).unwrap_or(usize::MAX);
+        let mut budget = max_bytes;
+        let messages: Vec<Arc<Message>> = self
+            .ring
+            .iter()
+            .skip(skip)
+            .enumerate()
+            .take_while(|(i, m)| {
+                let fits = *i == 0 || m.memory() <= budget;
+                budget = budget.saturating_sub(m.memory());
+                fits
+            })
+            .map(|(_, m)| m.clone())
+            .collect();
+        let complete = messages.last().is_none_or(|m| m.seq == current);
         Recovery {
             recovered: true,
-            messages: self.ring.iter().skip(skip).cloned().collect(),
+            messages,
+            complete,
         }
+    }
+
+    /// Evicts the oldest messages until at most `max_bytes` are kept (a topic over its share
+    /// of the hub's budget).
+    pub fn trim(&mut self, max_bytes: usize) -> Change {
+        self.evict_while(|_, bytes| bytes > max_bytes)
     }
 
     /// Evicts everything (before a message that does not follow the newest one).
@@ -112,7 +149,7 @@ impl History {
         while let Some(newest) = self.ring.back()
             && newest.seq > seq
         {
-            let size = newest.payload.bytes().len();
+            let size = newest.memory();
             self.ring.pop_back();
             self.bytes -= size;
             change.evicted += 1;
@@ -155,7 +192,7 @@ impl History {
             let Some(oldest) = self.ring.pop_front() else {
                 break;
             };
-            let size = oldest.payload.bytes().len();
+            let size = oldest.memory();
             self.bytes -= size;
             change.evicted += 1;
             change.bytes_evicted += size as u64;
@@ -185,9 +222,14 @@ mod tests {
 
     const LIMITS: Limits = Limits {
         capacity: 3,
-        max_bytes: 1000,
+        max_bytes: 100_000,
         max_age: Duration::ZERO,
     };
+
+    /// What a message of `size` payload bytes takes in memory.
+    fn cost(size: usize) -> usize {
+        message(0, Instant::now(), size).memory()
+    }
 
     fn seqs(recovery: &Recovery) -> Vec<u64> {
         recovery.messages.iter().map(|m| m.seq).collect()
@@ -204,11 +246,11 @@ mod tests {
     #[test]
     fn recovers_everything_after_since_while_it_is_retained() {
         let history = filled(5, &LIMITS, Instant::now()); // keeps 3, 4, 5
-        assert_eq!((history.ring.len(), history.bytes), (3, 30));
-        let r = history.recover(2, 5); // exact boundary: since + 1 == oldest
+        assert_eq!((history.ring.len(), history.bytes), (3, 3 * cost(10)));
+        let r = history.recover(2, 5, usize::MAX); // exact boundary: since + 1 == oldest
         assert!(r.recovered);
         assert_eq!(seqs(&r), [3, 4, 5]);
-        let r = history.recover(4, 5);
+        let r = history.recover(4, 5, usize::MAX);
         assert!(r.recovered);
         assert_eq!(seqs(&r), [5]);
     }
@@ -217,18 +259,44 @@ mod tests {
     fn truncating_keeps_the_ring_contiguous_up_to_the_new_end() {
         let mut history = filled(5, &LIMITS, Instant::now()); // keeps 3, 4, 5
         let change = history.truncate_after(3);
-        assert_eq!((change.evicted, change.bytes_evicted), (2, 20));
-        assert_eq!(history.bytes, 10);
-        assert_eq!(seqs(&history.recover(2, 3)), [3]);
+        assert_eq!(
+            (change.evicted, change.bytes_evicted),
+            (2, 2 * cost(10) as u64)
+        );
+        assert_eq!(history.bytes, cost(10));
+        assert_eq!(seqs(&history.recover(2, 3, usize::MAX)), [3]);
         assert!(history.truncate_after(9).evicted == 0 && !history.is_empty());
         assert_eq!(history.truncate_after(0).evicted, 1);
         assert!(history.is_empty());
     }
 
     #[test]
+    fn a_byte_budget_recovers_in_slices_from_the_last_one_given() {
+        let history = filled(5, &LIMITS, Instant::now()); // keeps 3, 4, 5
+        let first = history.recover(2, 5, 2 * cost(10));
+        assert!(first.recovered && !first.complete);
+        assert_eq!(seqs(&first), [3, 4]);
+        let rest = history.recover(4, 5, 2 * cost(10));
+        assert!(rest.recovered && rest.complete);
+        assert_eq!(seqs(&rest), [5]);
+        // At least one message however small the budget; nothing when nothing was missed.
+        assert_eq!(seqs(&history.recover(2, 5, 0)), [3]);
+        let none = history.recover(5, 5, 0);
+        assert!(none.recovered && none.complete && none.messages.is_empty());
+    }
+
+    #[test]
+    fn trimming_keeps_the_newest_within_the_bytes() {
+        let mut history = filled(5, &LIMITS, Instant::now()); // keeps 3, 4, 5
+        let change = history.trim(cost(10) + 1);
+        assert_eq!(change.evicted, 2);
+        assert_eq!(seqs(&history.recover(4, 5, usize::MAX)), [5]);
+    }
+
+    #[test]
     fn too_old_is_not_recovered() {
         let history = filled(5, &LIMITS, Instant::now());
-        let r = history.recover(1, 5); // seq 2 is gone
+        let r = history.recover(1, 5, usize::MAX); // seq 2 is gone
         assert!(!r.recovered);
         assert!(r.messages.is_empty());
     }
@@ -236,19 +304,19 @@ mod tests {
     #[test]
     fn since_at_current_is_recovered_with_nothing_even_without_history() {
         let history = filled(5, &LIMITS, Instant::now());
-        let r = history.recover(5, 5);
+        let r = history.recover(5, 5, usize::MAX);
         assert!(r.recovered && r.messages.is_empty());
         let empty = History::default();
-        assert!(empty.recover(7, 7).recovered);
-        assert!(!empty.recover(6, 7).recovered);
-        assert!(empty.recover(0, 0).recovered);
+        assert!(empty.recover(7, 7, usize::MAX).recovered);
+        assert!(!empty.recover(6, 7, usize::MAX).recovered);
+        assert!(empty.recover(0, 0, usize::MAX).recovered);
     }
 
     #[test]
     fn since_from_the_future_is_not_recovered() {
         let history = filled(5, &LIMITS, Instant::now());
-        assert!(!history.recover(6, 5).recovered);
-        assert!(!history.recover(u64::MAX, 5).recovered);
+        assert!(!history.recover(6, 5, usize::MAX).recovered);
+        assert!(!history.recover(u64::MAX, 5, usize::MAX).recovered);
     }
 
     #[test]
@@ -260,29 +328,29 @@ mod tests {
         };
         let mut history = filled(3, &limits, start); // published at start + 1s, 2s, 3s
         let change = history.expire(start + Duration::from_secs(12), &limits);
-        assert_eq!((change.evicted, change.bytes_evicted), (1, 10));
-        assert!(!history.recover(0, 3).recovered);
-        assert_eq!(seqs(&history.recover(1, 3)), [2, 3]);
+        assert_eq!((change.evicted, change.bytes_evicted), (1, cost(10) as u64));
+        assert!(!history.recover(0, 3, usize::MAX).recovered);
+        assert_eq!(seqs(&history.recover(1, 3, usize::MAX)), [2, 3]);
         history.expire(start + Duration::from_secs(60), &limits);
         assert!(history.is_empty());
-        assert!(!history.recover(2, 3).recovered);
-        assert!(history.recover(3, 3).recovered);
+        assert!(!history.recover(2, 3, usize::MAX).recovered);
+        assert!(history.recover(3, 3, usize::MAX).recovered);
     }
 
     #[test]
     fn byte_limit_evicts_and_oversized_messages_empty_the_ring() {
         let limits = Limits {
-            max_bytes: 25,
+            max_bytes: 2 * cost(10) + 5,
             ..LIMITS
         };
         let history = filled(3, &limits, Instant::now());
-        assert_eq!((history.ring.len(), history.bytes), (2, 20));
+        assert_eq!((history.ring.len(), history.bytes), (2, 2 * cost(10)));
         let mut history = history;
-        let change = history.push(message(4, Instant::now(), 26), &limits);
+        let change = history.push(message(4, Instant::now(), 2 * cost(10)), &limits);
         assert_eq!((change.added, change.evicted), (0, 2));
         assert!(history.is_empty());
-        assert!(history.recover(4, 4).recovered);
-        assert!(!history.recover(3, 4).recovered);
+        assert!(history.recover(4, 4, usize::MAX).recovered);
+        assert!(!history.recover(3, 4, usize::MAX).recovered);
     }
 
     #[test]
@@ -293,7 +361,7 @@ mod tests {
         };
         let history = filled(3, &limits, Instant::now());
         assert!(history.is_empty());
-        assert!(history.recover(3, 3).recovered);
-        assert!(!history.recover(2, 3).recovered);
+        assert!(history.recover(3, 3, usize::MAX).recovered);
+        assert!(!history.recover(2, 3, usize::MAX).recovered);
     }
 }

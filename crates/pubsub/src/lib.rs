@@ -42,7 +42,7 @@
 //! let hub = Arc::new(Hub::new(HubConfig::default(), Epoch::random()));
 //! let mut registry = Registry::new(hub.clone(), 0)?;
 //! let mut subscriptions = Subscriptions::default(); // kept in the connection's state
-//! registry.subscribe(7, &mut subscriptions, "news", None, now)?;
+//! registry.subscribe(7, &mut subscriptions, "news", None, usize::MAX, now)?;
 //!
 //! // Any thread publishes: framed once, numbered under the topic's lock, posted to each reactor
 //! // that has subscribers.
@@ -92,7 +92,7 @@ mod topic;
 
 pub use epoch::{Epoch, Resume};
 pub use history::Recovery;
-pub use hub::{Delivered, Hub, HubConfig, HubStats, Interest, TopicCount};
+pub use hub::{Admission, Delivered, Hub, HubConfig, HubStats, Interest, TopicCount};
 pub use message::{
     Format, Message, Payload, Post, frame_payload, shared_compressed_frame, shared_frame,
 };
@@ -112,6 +112,12 @@ pub enum Error {
     /// A fed hub is fetching the topic from its upstream: subscribe again once it posts that
     /// the topic is ready.
     Pending,
+    /// Clients created new topics faster than the hub's `client_topic_rate` allows: try again
+    /// later (existing topics are not affected).
+    TooManyNewTopics,
+    /// The reactors that would receive the message are behind (their inboxes are full): it was
+    /// not published; try again later.
+    Busy,
 }
 
 impl std::fmt::Display for Error {
@@ -121,6 +127,8 @@ impl std::fmt::Display for Error {
             Error::TooManyReactors => "too many reactors for the hub's 64-bit reactor sets",
             Error::IdOverflow => "id does not fit the registry's 32-bit bookkeeping",
             Error::Pending => "the topic is being fetched from the cluster",
+            Error::TooManyNewTopics => "too many new topics at once; try again later",
+            Error::Busy => "the server is behind on delivering; try again later",
         })
     }
 }

@@ -88,7 +88,16 @@ impl Payload {
     pub fn frame(&self) -> &Arc<[u8]> {
         &self.frame
     }
+
+    /// Bytes the payload takes in memory: its frame and the frame's reference counts. An empty
+    /// payload is not free: its frame header and counts are 18 bytes.
+    pub fn memory(&self) -> usize {
+        ARC_COUNTS + self.frame.len()
+    }
 }
+
+/// An `Arc`'s two reference counts, allocated with what it holds.
+const ARC_COUNTS: usize = 2 * size_of::<usize>();
 
 /// A message the hub numbered: what reactors fan out and what history replays.
 #[derive(Debug)]
@@ -150,6 +159,15 @@ impl Message {
         &self.payload
     }
 
+    /// Bytes the message takes where history or an inbox holds it: the message itself with its
+    /// reference counts, its payload ([`Payload::memory`]), and the pointer that holds it. What
+    /// history limits and inboxes count, so that empty messages cost what they really do (about
+    /// 150 bytes). The compressed copy, made later and only with compression on, is left out:
+    /// it is at most about the plain frame's size.
+    pub fn memory(&self) -> usize {
+        ARC_COUNTS + size_of::<Message>() + self.payload.memory() + size_of::<Arc<Message>>()
+    }
+
     /// The frame compressed once (no context takeover) for every subscriber it fits, made by
     /// `compress` (the payload in, the compressed payload out) on first use; callers must
     /// compress alike (same window), since whoever comes first makes it for all.
@@ -198,6 +216,22 @@ mod tests {
             assert_eq!(header.payload_len as usize, len);
             assert_eq!(payload.frame().len(), at + len);
         }
+    }
+
+    #[test]
+    fn a_message_counts_its_real_memory() {
+        let empty = Payload::new(Format::Binary, b"");
+        assert_eq!(empty.memory(), 16 + 2, "counts and a 2-byte header");
+        let message = Message::new(Arc::from("t"), 1, Instant::now(), empty);
+        let overhead = message.memory();
+        assert!((100..250).contains(&overhead), "{overhead}");
+        let kib = Message::new(
+            Arc::from("t"),
+            2,
+            Instant::now(),
+            Payload::new(Format::Binary, &[0; 1024]),
+        );
+        assert_eq!(kib.memory(), overhead - 2 + 4 + 1024, "a 4-byte header");
     }
 
     #[test]

@@ -99,11 +99,16 @@ pub struct Subscribed {
     /// The topic's `seq` when the subscription took effect: the subscriber gets every message
     /// after it, live, and none at or below it (history covers those).
     pub seq: u64,
-    /// What a resume found, when one was asked for a new subscription.
+    /// What a resume found, when one was asked for a new subscription. When it is not
+    /// `complete` (more than the replay budget was missed) the subscriber is *held*: it gets
+    /// no live message until [`Registry::replay`] has given it the rest.
     pub recovery: Option<Recovery>,
     /// The connection was subscribed already: nothing changed and nothing is replayed.
     pub already: bool,
 }
+
+/// A held subscriber's `joined_at`: it takes no live message until its replay catches up.
+const HELD: u64 = u64::MAX;
 
 /// One topic's local subscribers.
 #[derive(Debug)]
@@ -191,16 +196,18 @@ impl Registry {
         &self.hub
     }
 
-    /// Subscribes connection `conn` to `topic`, replaying from `resume` when given. The caller
-    /// has validated the name and checked `subs.len()` against its per-connection maximum; on
-    /// success, it sends the recovered messages (if any) before anything [`Registry::fanout`]
-    /// gives it later.
+    /// Subscribes connection `conn` to `topic`, replaying from `resume` when given, up to
+    /// `replay_bytes` at once (the rest through [`Registry::replay`]). The caller has validated
+    /// the name and checked `subs.len()` against its per-connection maximum; on success, it
+    /// sends the recovered messages (if any) before anything [`Registry::fanout`] gives it
+    /// later.
     pub fn subscribe(
         &mut self,
         conn: usize,
         subs: &mut Subscriptions,
         topic: &str,
         resume: Option<&Resume>,
+        replay_bytes: usize,
         now: Instant,
     ) -> Result<Subscribed, Error> {
         let conn = u32::try_from(conn).map_err(|_| Error::IdOverflow)?;
@@ -208,7 +215,7 @@ impl Registry {
         if let Some(id) = existing
             && self.topics[id.key()].has(conn)
         {
-            let (seq, _) = self.hub.join(topic, self.reactor, None, false, now)?;
+            let (seq, _) = self.hub.join(topic, self.reactor, None, false, 0, now)?;
             return Ok(Subscribed {
                 topic: id,
                 seq,
@@ -216,7 +223,9 @@ impl Registry {
                 already: true,
             });
         }
-        let (seq, recovery) = self.hub.join(topic, self.reactor, resume, true, now)?;
+        let (seq, recovery) =
+            self.hub
+                .join(topic, self.reactor, resume, true, replay_bytes, now)?;
         let id = match existing {
             Some(id) => id,
             None => {
@@ -241,7 +250,10 @@ impl Registry {
             }
         };
         let local = &mut self.topics[id.key()];
-        if local.last_seq >= seq {
+        let held = recovery.as_ref().is_some_and(|r| !r.complete);
+        if held {
+            local.joining.push((conn, HELD));
+        } else if local.last_seq >= seq {
             // Nothing at or below `seq` can still be in flight to this reactor.
             add_member(&mut local.members, &mut local.index, conn);
         } else {
@@ -255,6 +267,46 @@ impl Registry {
             recovery,
             already: false,
         })
+    }
+
+    /// The next slice of a held subscriber's replay ([`Subscribed::recovery`] not complete):
+    /// what `topic` has after `resume.since` (the last `seq` it was sent), up to `max_bytes`.
+    /// When the slice is `complete` (it reaches the topic's `seq`), or history no longer has
+    /// what follows `since` (`recovered` false: the subscriber has a gap), the subscriber takes
+    /// live messages from there on, as if it had subscribed at that `seq`.
+    pub fn replay(
+        &mut self,
+        conn: usize,
+        topic: TopicId,
+        resume: &Resume,
+        max_bytes: usize,
+        now: Instant,
+    ) -> Recovery {
+        let Some(local) = self.topics.get_mut(topic.key()) else {
+            return Recovery::default();
+        };
+        let (recovery, seq) = self.hub.replay(&local.name, resume, max_bytes, now);
+        if recovery.complete || !recovery.recovered {
+            let conn = u32::try_from(conn).unwrap_or(u32::MAX);
+            if let Some(at) = local
+                .joining
+                .iter()
+                .position(|&(c, joined_at)| c == conn && joined_at == HELD)
+            {
+                if local.last_seq >= seq {
+                    local.joining.swap_remove(at);
+                    add_member(&mut local.members, &mut local.index, conn);
+                } else {
+                    local.joining[at].1 = seq;
+                }
+            }
+        }
+        recovery
+    }
+
+    /// `topic`'s handle here, while some connection here subscribes to it.
+    pub fn id(&self, topic: &str) -> Option<TopicId> {
+        self.by_name.get(topic).copied()
     }
 
     /// Unsubscribes connection `conn` from `topic`; false if it was not subscribed.
@@ -331,7 +383,10 @@ impl Registry {
         let local = &mut self.topics[id.key()];
         local.last_seq = seq;
         for (_, joined_at) in &mut local.joining {
-            *joined_at = (*joined_at).min(seq);
+            // A held subscriber stays held: its replay goes on in the new numbering.
+            if *joined_at != HELD {
+                *joined_at = (*joined_at).min(seq);
+            }
         }
         let joining = local.joining.iter().map(|&(conn, _)| conn);
         local
@@ -476,7 +531,7 @@ mod tests {
         let (registry, inbox) = &mut sides[0];
         let (mut old, mut new) = (Subscriptions::default(), Subscriptions::default());
         let topic = registry
-            .subscribe(1, &mut old, "t", None, world.now)
+            .subscribe(1, &mut old, "t", None, 0, world.now)
             .unwrap()
             .topic;
         assert_eq!(world.publish("t"), 1);
@@ -487,7 +542,7 @@ mod tests {
         world.publish("t");
         assert_eq!(
             registry
-                .subscribe(2, &mut new, "t", None, world.now)
+                .subscribe(2, &mut new, "t", None, 0, world.now)
                 .unwrap()
                 .seq,
             2
@@ -517,14 +572,20 @@ mod tests {
         let (registry, _) = &mut sides[0];
         let (mut a, mut b) = (Subscriptions::default(), Subscriptions::default());
         let now = world.now;
-        let sub = registry.subscribe(1, &mut a, "t", None, now).unwrap();
+        let sub = registry
+            .subscribe(1, &mut a, "t", None, usize::MAX, now)
+            .unwrap();
         assert!(!sub.already && sub.recovery.is_none());
         assert_eq!(registry.name(sub.topic).map(|n| &**n), Some("t"));
-        registry.subscribe(2, &mut b, "t", None, now).unwrap();
-        registry.subscribe(1, &mut a, "u", None, now).unwrap();
+        registry
+            .subscribe(2, &mut b, "t", None, usize::MAX, now)
+            .unwrap();
+        registry
+            .subscribe(1, &mut a, "u", None, usize::MAX, now)
+            .unwrap();
         assert!(
             registry
-                .subscribe(1, &mut a, "t", None, now)
+                .subscribe(1, &mut a, "t", None, usize::MAX, now)
                 .unwrap()
                 .already
         );
@@ -546,7 +607,7 @@ mod tests {
         assert_eq!(registry.unsubscribe_all(2, &mut b), 1);
         assert_eq!((registry.topics(), registry.subscriptions()), (0, 0));
         assert!(matches!(
-            registry.subscribe(usize::MAX, &mut a, "t", None, now),
+            registry.subscribe(usize::MAX, &mut a, "t", None, usize::MAX, now),
             Err(Error::IdOverflow)
         ));
     }
@@ -556,7 +617,10 @@ mod tests {
         let (world, mut sides) = World::new(2);
         let mut subs: Vec<Subscriptions> = (0..100).map(|_| Subscriptions::default()).collect();
         for (conn, s) in subs.iter_mut().enumerate() {
-            sides[0].0.subscribe(conn, s, "t", None, world.now).unwrap();
+            sides[0]
+                .0
+                .subscribe(conn, s, "t", None, usize::MAX, world.now)
+                .unwrap();
         }
         for conn in (0..100).step_by(3) {
             assert!(sides[0].0.unsubscribe(conn, &mut subs[conn], "t"));
@@ -576,11 +640,15 @@ mod tests {
         let (world, mut sides) = World::new(1);
         let (registry, inbox) = &mut sides[0];
         let (mut a, mut b) = (Subscriptions::default(), Subscriptions::default());
-        registry.subscribe(1, &mut a, "t", None, world.now).unwrap();
+        registry
+            .subscribe(1, &mut a, "t", None, usize::MAX, world.now)
+            .unwrap();
         assert_eq!(world.publish("t"), 1);
         assert_eq!(world.publish("t"), 2);
         // Joins at 2 while 1 and 2 are still in flight here: it waits for 3.
-        registry.subscribe(2, &mut b, "t", None, world.now).unwrap();
+        registry
+            .subscribe(2, &mut b, "t", None, usize::MAX, world.now)
+            .unwrap();
         assert_eq!(drain(registry, inbox), [(1, 1), (1, 2)]);
         // The upstream renumbered everything above 1: the next message is 2 again, for both.
         let mut told = registry.reset("t", 1);
@@ -604,7 +672,7 @@ mod tests {
         let mut s = Subscriptions::default();
         sides[1]
             .0
-            .subscribe(5, &mut s, "t", None, world.now)
+            .subscribe(5, &mut s, "t", None, usize::MAX, world.now)
             .unwrap();
         world.publish("t");
         assert_eq!(sides[1].1.try_iter().count(), 1);
@@ -619,7 +687,7 @@ mod tests {
         let (registry, inbox) = &mut sides[0];
         let (mut old, mut new) = (Subscriptions::default(), Subscriptions::default());
         registry
-            .subscribe(1, &mut old, "t", None, world.now)
+            .subscribe(1, &mut old, "t", None, usize::MAX, world.now)
             .unwrap();
         for _ in 0..3 {
             world.publish("t"); // in flight: the reactor has not run its inbox yet
@@ -629,7 +697,7 @@ mod tests {
             epoch: Some(EPOCH),
         };
         let sub = registry
-            .subscribe(2, &mut new, "t", Some(&resume), world.now)
+            .subscribe(2, &mut new, "t", Some(&resume), usize::MAX, world.now)
             .unwrap();
         assert_eq!(sub.seq, 3);
         let recovery = sub.recovery.unwrap();
@@ -642,10 +710,64 @@ mod tests {
         // Now caught up, a further subscriber is live at once.
         let mut third = Subscriptions::default();
         registry
-            .subscribe(3, &mut third, "t", None, world.now)
+            .subscribe(3, &mut third, "t", None, usize::MAX, world.now)
             .unwrap();
         world.publish("t");
         assert_eq!(drain(registry, inbox), [(1, 5), (2, 5), (3, 5)]);
+    }
+
+    #[test]
+    fn a_replay_in_slices_holds_the_subscriber_until_it_catches_up() {
+        let (world, mut sides) = World::new(1);
+        let (registry, inbox) = &mut sides[0];
+        let (mut old, mut new) = (Subscriptions::default(), Subscriptions::default());
+        registry
+            .subscribe(1, &mut old, "t", None, usize::MAX, world.now)
+            .unwrap();
+        for _ in 0..5 {
+            world.publish("t");
+        }
+        // A budget of one message: the resume gets seq 1 now and is held for the rest.
+        let resume = Resume {
+            since: 0,
+            epoch: Some(EPOCH),
+        };
+        let sub = registry
+            .subscribe(2, &mut new, "t", Some(&resume), 0, world.now)
+            .unwrap();
+        let first = sub.recovery.unwrap();
+        assert!(first.recovered && !first.complete);
+        assert_eq!(
+            first.messages.iter().map(|m| m.seq()).collect::<Vec<_>>(),
+            [1]
+        );
+        // Live messages (the five in flight, and one more) skip it while it is held.
+        world.publish("t");
+        assert_eq!(
+            drain(registry, inbox)
+                .iter()
+                .filter(|(c, _)| *c == 2)
+                .count(),
+            0
+        );
+        // Slice by slice, from the last it was sent; the one that reaches the topic's `seq`
+        // lets it go live right after it.
+        let mut sent = 1;
+        loop {
+            let resume = Resume {
+                since: sent,
+                epoch: Some(EPOCH),
+            };
+            let slice = registry.replay(2, sub.topic, &resume, 0, world.now);
+            assert!(slice.recovered);
+            sent = slice.messages.last().map_or(sent, |m| m.seq());
+            if slice.complete {
+                break;
+            }
+        }
+        assert_eq!(sent, 6);
+        world.publish("t");
+        assert_eq!(drain(registry, inbox), [(1, 7), (2, 7)]);
     }
 
     #[test]
@@ -653,10 +775,14 @@ mod tests {
         let (world, mut sides) = World::new(1);
         let (registry, inbox) = &mut sides[0];
         let mut s = Subscriptions::default();
-        registry.subscribe(1, &mut s, "t", None, world.now).unwrap();
+        registry
+            .subscribe(1, &mut s, "t", None, usize::MAX, world.now)
+            .unwrap();
         world.publish("t");
         registry.unsubscribe(1, &mut s, "t");
-        registry.subscribe(1, &mut s, "t", None, world.now).unwrap();
+        registry
+            .subscribe(1, &mut s, "t", None, usize::MAX, world.now)
+            .unwrap();
         world.publish("t");
         assert_eq!(drain(registry, inbox), [(1, 2)]);
     }
@@ -666,9 +792,13 @@ mod tests {
         let (world, mut sides) = World::new(1);
         let (registry, inbox) = &mut sides[0];
         let (mut a, mut b) = (Subscriptions::default(), Subscriptions::default());
-        registry.subscribe(1, &mut a, "t", None, world.now).unwrap();
+        registry
+            .subscribe(1, &mut a, "t", None, usize::MAX, world.now)
+            .unwrap();
         world.publish("t");
-        registry.subscribe(2, &mut b, "t", None, world.now).unwrap();
+        registry
+            .subscribe(2, &mut b, "t", None, usize::MAX, world.now)
+            .unwrap();
         assert_eq!(registry.count("t"), 2);
         assert!(registry.unsubscribe(2, &mut b, "t"));
         world.publish("t");
@@ -689,10 +819,12 @@ mod tests {
         let (world, mut sides) = World::new(1);
         let (registry, _) = &mut sides[0];
         let (mut a, mut b) = (Subscriptions::default(), Subscriptions::default());
-        registry.subscribe(1, &mut a, "t", None, world.now).unwrap();
+        registry
+            .subscribe(1, &mut a, "t", None, usize::MAX, world.now)
+            .unwrap();
         world.publish("t");
         let id = registry
-            .subscribe(2, &mut b, "t", None, world.now)
+            .subscribe(2, &mut b, "t", None, usize::MAX, world.now)
             .unwrap()
             .topic;
         let local = &registry.topics[id.key()];

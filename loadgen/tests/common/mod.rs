@@ -52,7 +52,9 @@ pub struct ClarionServer {
 }
 
 impl ClarionServer {
-    /// Starts the server binary on a free loopback port and waits until it accepts.
+    /// Starts the server binary on a free loopback port and waits until it accepts. Beyond its
+    /// production defaults: `/echo` on, publishing from clients, no per-client rates (a load
+    /// generator sends as fast as it can) and room for a ramp of simultaneous handshakes.
     pub fn start(threads: usize) -> ClarionServer {
         ClarionServer::start_with(threads, &[])
     }
@@ -68,6 +70,15 @@ impl ClarionServer {
                 &addr.to_string(),
                 "--threads",
                 &threads.to_string(),
+                "--echo",
+                "--client-publish",
+                "all",
+                "--message-rate",
+                "0",
+                "--byte-rate",
+                "0",
+                "--max-handshakes-per-reactor",
+                "65536",
             ])
             .args(flags)
             .stdin(Stdio::null())

@@ -19,7 +19,7 @@ use clarion_protocol::CloseCode;
 use clarion_protocol::handshake::Request;
 use clarion_pubsub::{Epoch, Message, Registry, Resume, Subscribed, Subscriptions, TopicId};
 
-use super::{App, Conn, Parked, Pending, Route};
+use super::{App, Conn, Parked, Pending, REPLAY_SLICE, Replay, Reply, Route};
 use crate::server::cors;
 use crate::server::http;
 use crate::server::stream::{
@@ -55,7 +55,7 @@ impl StreamFrames {
 
     /// The bytes of `message` for stream `conn` (of `kind`, subscribed to `subs`), shared with
     /// every stream of the same kind and topics unless this one's positions are its own
-    /// (`waiting` for a topic, or joining one).
+    /// (`waiting` for a topic, or joining one, or `held` by a replay in slices).
     #[allow(
         clippy::too_many_arguments,
         reason = "the parts of the app a fanout reads"
@@ -68,6 +68,7 @@ impl StreamFrames {
         message: &Message,
         registry: &Registry,
         waiting: bool,
+        held: &[Replay],
         epoch: Epoch,
     ) -> &Arc<[u8]> {
         let StreamFrames {
@@ -84,7 +85,7 @@ impl StreamFrames {
                 .get_or_insert_with(|| Writer::new(kind, scratch).message(message, None).shared());
         }
         if waiting || subs.iter().any(|topic| registry.is_joining(topic, conn)) {
-            write_positions(id, epoch, &positions(registry, conn, subs, &[]));
+            write_positions(id, epoch, &positions(registry, conn, subs, &[], held));
             let bytes = Writer::new(kind, scratch)
                 .message(message, Some(id))
                 .shared();
@@ -106,7 +107,7 @@ impl StreamFrames {
             &mut shapes[at].1[slot]
         };
         built.get_or_insert_with(|| {
-            write_positions(id, epoch, &positions(registry, conn, subs, &[]));
+            write_positions(id, epoch, &positions(registry, conn, subs, &[], &[]));
             Writer::new(kind, scratch)
                 .message(message, Some(id))
                 .shared()
@@ -115,18 +116,24 @@ impl StreamFrames {
 }
 
 /// A stream's position in each of its topics, by topic name: the subscribed ones from the
-/// registry, and `extra` ones (topics it waits for, with the position it asked for, if any).
+/// registry (or, for a topic `held` by its replay, the last `seq` the replay sent), and
+/// `extra` ones (topics it waits for, with the position it asked for, if any).
 fn positions(
     registry: &Registry,
     conn: ConnId,
     subs: &Subscriptions,
     extra: &[(Arc<str>, Option<u64>)],
+    held: &[Replay],
 ) -> Vec<(Arc<str>, Option<u64>)> {
     let mut all: Vec<(Arc<str>, Option<u64>)> = subs
         .iter()
         .filter_map(|topic| {
             let name = registry.name(topic)?.clone();
-            Some((name, registry.position(topic, conn)))
+            let position = match held.iter().find(|replay| replay.topic == topic) {
+                Some(replay) => Some(replay.sent),
+                None => registry.position(topic, conn),
+            };
+            Some((name, position))
         })
         .chain(extra.iter().cloned())
         .collect();
@@ -214,13 +221,22 @@ impl App {
         self.heartbeats += 1;
         let epoch = self.server.hub.epoch();
         let mut subscribed: Vec<Option<Subscribed>> = Vec::with_capacity(request.topics.len());
+        // One replay slice for the whole stream (at least a message per topic): the rest goes
+        // out as the stream's queue drains.
+        let mut budget = REPLAY_SLICE;
         for want in &request.topics {
             let subs = &mut ctx.conn().subs;
             match self
                 .registry
-                .subscribe(id, subs, &want.topic, want.resume.as_ref(), now)
+                .subscribe(id, subs, &want.topic, want.resume.as_ref(), budget, now)
             {
-                Ok(done) => subscribed.push(Some(done)),
+                Ok(done) => {
+                    let replayed = done.recovery.as_ref().map_or(0, |recovery| {
+                        recovery.messages.iter().map(|m| m.memory()).sum::<usize>()
+                    });
+                    budget = budget.saturating_sub(replayed);
+                    subscribed.push(Some(done));
+                }
                 Err(clarion_pubsub::Error::Pending) => {
                     let parked = Parked {
                         conn: id,
@@ -253,6 +269,7 @@ impl App {
         session_json(&mut json, heartbeat, self.expires_in(ctx.conn()));
         writer.control("session", &json, None);
         let mut events = 1;
+        let mut held = Vec::new();
         for (at, done) in subscribed.into_iter().enumerate() {
             let Some(done) = done else { continue };
             let topic = positions[at].0.clone();
@@ -272,12 +289,69 @@ impl App {
                 writer.message(message, Some(&id_bytes));
             }
             events += 1 + recovery.messages.len();
+            if !recovery.complete {
+                held.push(Replay {
+                    topic: done.topic,
+                    sent: positions[at].1.unwrap_or(start),
+                    epoch: Some(epoch),
+                });
+            }
         }
         let bytes = writer.finish();
         if !bytes.is_empty() && ctx.send_bytes(bytes).is_ok() {
             self.server.counters[self.index].sent_many(events, bytes.len());
         }
+        if !held.is_empty() {
+            self.hold(ctx, held, &mut out);
+        }
         self.scratch = out;
+    }
+
+    /// Replays of stream `to` that go on in slices ([`App::pump_replays`]): their first slices
+    /// are out.
+    fn hold(&mut self, to: &mut impl Reply, held: Vec<Replay>, out: &mut Vec<u8>) {
+        self.server.counters[self.index]
+            .sliced_replays
+            .fetch_add(held.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.replays.entry(to.id()).or_default().extend(held);
+        self.pump_replays(to, out);
+    }
+
+    /// One slice of the replay of `topic` to stream `to`, as events whose ids carry the
+    /// stream's positions (`held`: its replays, this one's position moving with each message);
+    /// the `seq` of the last message, if any.
+    pub(super) fn send_stream_replay(
+        &mut self,
+        to: &mut impl Reply,
+        kind: StreamKind,
+        topic: TopicId,
+        held: &[Replay],
+        messages: &[Arc<Message>],
+    ) -> Option<u64> {
+        let last = messages.last()?.seq();
+        let conn = to.id();
+        let epoch = self.server.hub.epoch();
+        let waiting = self.waiting_positions(conn, epoch);
+        let mut positions = {
+            let subs = &to.conn()?.subs;
+            positions(&self.registry, conn, subs, &waiting, held)
+        };
+        let name = self.registry.name(topic)?.clone();
+        let at = positions.iter().position(|(n, _)| *n == name)?;
+        let mut out = std::mem::take(&mut self.scratch);
+        let mut writer = Writer::new(kind, &mut out);
+        let mut id_bytes = Vec::new();
+        for message in messages {
+            positions[at].1 = Some(message.seq());
+            write_positions(&mut id_bytes, epoch, &positions);
+            writer.message(message, Some(&id_bytes));
+        }
+        let bytes = writer.shared();
+        self.scratch = out;
+        if to.send_frame(&bytes) {
+            self.server.counters[self.index].sent_many(messages.len(), bytes.len());
+        }
+        Some(last)
     }
 
     /// A topic a stream waited for (cluster mode) is subscribed: `subscribed` and what its
@@ -296,18 +370,20 @@ impl App {
             return;
         };
         let waiting = self.waiting_positions(conn, epoch);
-        let mut positions = positions(&self.registry, conn, &subs, &waiting);
+        let held = self.replays.get(&conn).map_or(&[][..], Vec::as_slice);
+        let mut positions = positions(&self.registry, conn, &subs, &waiting, held);
         if let Some(c) = local.conn(conn) {
             c.subs = subs;
         }
         let Some(at) = positions.iter().position(|(name, _)| name == topic) else {
             return;
         };
-        let recovery = done.recovery.unwrap_or_default();
-        positions[at].1 = Some(match resume {
-            Some(resume) if recovery.recovered => resume.since,
+        let start = match &resume {
+            Some(resume) if done.recovery.as_ref().is_some_and(|r| r.recovered) => resume.since,
             _ => done.seq,
-        });
+        };
+        let recovery = done.recovery.unwrap_or_default();
+        positions[at].1 = Some(start);
         let mut json = Vec::new();
         subscribed_json(&mut json, topic, recovery.recovered, epoch, done.seq);
         let mut id_bytes = Vec::new();
@@ -321,9 +397,18 @@ impl App {
             writer.message(message, Some(&id_bytes));
         }
         let bytes: Arc<[u8]> = writer.shared();
-        if matches!(local.send_shared(conn, &bytes, usize::MAX), Push::Queued) {
+        let to = &mut super::To(local, conn);
+        if to.send_frame(&bytes) {
             let events = 1 + recovery.messages.len();
             self.server.counters[self.index].sent_many(events, bytes.len());
+        }
+        if !recovery.complete {
+            let replay = Replay {
+                topic: done.topic,
+                sent: positions[at].1.unwrap_or(start),
+                epoch: Some(epoch),
+            };
+            self.hold(to, vec![replay], &mut out);
         }
         self.scratch = out;
     }
@@ -351,7 +436,8 @@ impl App {
         let epoch = self.server.hub.epoch();
         let subs = local.conn(conn).map(|c| std::mem::take(&mut c.subs))?;
         let waiting = self.waiting_positions(conn, epoch);
-        let positions = positions(&self.registry, conn, &subs, &waiting);
+        let held = self.replays.get(&conn).map_or(&[][..], Vec::as_slice);
+        let positions = positions(&self.registry, conn, &subs, &waiting, held);
         if let Some(c) = local.conn(conn) {
             c.subs = subs;
         }
@@ -400,7 +486,12 @@ pub(super) fn end_from_inbox(
 }
 
 /// The `close` event of a stream of `kind`.
-fn close_event(kind: StreamKind, out: &mut Vec<u8>, code: CloseCode, reason: &str) -> Arc<[u8]> {
+pub(super) fn close_event(
+    kind: StreamKind,
+    out: &mut Vec<u8>,
+    code: CloseCode,
+    reason: &str,
+) -> Arc<[u8]> {
     let mut json = Vec::new();
     close_json(&mut json, code.0, reason);
     Writer::new(kind, out)

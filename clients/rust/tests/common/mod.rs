@@ -59,6 +59,9 @@ impl Server {
             SECRET,
             "--jwt-leeway",
             "0s",
+            // Publishing as the token grants (the tests' environment opens it to all).
+            "--client-publish",
+            "token",
         ];
         args.extend(extra);
         Server::start(&args)

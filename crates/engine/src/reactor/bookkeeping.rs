@@ -1,6 +1,7 @@
 //! The core of a reactor, the same for both I/O models: the connection table and what it
-//! borrows (pools, timers, compression), and its bookkeeping: the sweep that arms timers and
-//! trims pools, retiring released entries, the wait's timeout, accept back-off, and stats.
+//! borrows (pools, timers, compression), and its bookkeeping: the sweep that arms timers,
+//! refills allowances and trims pools, retiring released entries, the wait's timeout, accept
+//! back-off, what the limits count (handshakes, buffered bytes, stalled connections), and stats.
 
 use std::collections::HashMap;
 use std::io;
@@ -16,6 +17,7 @@ use super::tls::TlsTable;
 use super::writer::{ConnWriter, Writing, Written, writer_for};
 use crate::buffer::Pool;
 use crate::compression::Compression;
+use crate::limits::{LiveLimits, Rates};
 use crate::timer::{TimerKey, TimerWheel};
 use crate::txqueue::TxQueue;
 use crate::{Config, Ctx, Handler, Stats};
@@ -73,12 +75,35 @@ pub(crate) struct Core<S, H: Handler> {
     accept_logged_at: Option<Instant>,
     pub(super) drain_deadline: Option<Instant>,
     pub(super) next_sweep: Instant,
+    /// The limits in force (shared by the runtime's reactors) and the process's connections.
+    pub(super) limits: Arc<LiveLimits>,
+    /// The rates as of the last sweep (what new connections' allowances start from).
+    pub(super) rates: Rates,
+    /// When allowances were last refilled.
+    refilled_at: Instant,
+    /// Connections still handshaking (flag `HANDSHAKING`).
+    pub(super) handshaking: usize,
+    /// Bytes held in connections' receive buffers (capacity, what they really take).
+    pub(super) partial_bytes: usize,
+    /// Connections over their write cap (flag `PAUSED`), and since when.
+    pub(super) stalled: HashMap<usize, Instant>,
 }
 
 impl<S, H: Handler> Core<S, H> {
-    pub(super) fn new(handler: H, config: Arc<Config>, stats: Arc<Stats>) -> Self {
+    pub(super) fn new(
+        handler: H,
+        config: Arc<Config>,
+        stats: Arc<Stats>,
+        limits: Arc<LiveLimits>,
+    ) -> Self {
         let now = Instant::now();
         Core {
+            rates: limits.rates(),
+            limits,
+            refilled_at: now,
+            handshaking: 0,
+            partial_bytes: 0,
+            stalled: HashMap::new(),
             handler,
             stats,
             conns: Slab::new(),
@@ -100,14 +125,21 @@ impl<S, H: Handler> Core<S, H> {
         }
     }
 
-    /// Arms a timer for every connection whose deadline now falls within the next sweep, frees
-    /// pooled buffers the last period did not need, and, if the handler asks, gives it each
-    /// open WebSocket ([`Handler::on_sweep_conn`]) in the same pass. Connections it wrote to or
+    /// Arms a timer for every connection whose deadline now falls within the next sweep,
+    /// refills allowances by the rates times the time since the last refill, frees pooled
+    /// buffers the last period did not need, and, if the handler asks, gives it each open
+    /// WebSocket ([`Handler::on_sweep_conn`]) in the same pass. Connections it wrote to or
     /// closed are left in `swept` for the reactor's bookkeeping.
     pub(super) fn sweep<W: Writing<S>>(&mut self, writing: &mut W, now: Instant) {
         self.rx_pool.trim();
         self.tx_pool.trim();
         let per_conn = self.handler.on_sweep(now);
+        let rates = self.limits.rates();
+        let refill = rates.any() || self.rates.any();
+        let elapsed = now.saturating_duration_since(self.refilled_at);
+        self.rates = rates;
+        self.refilled_at = now;
+        let low_mark = self.limits.max_queued_bytes() / 2;
         let Core {
             handler,
             config,
@@ -126,6 +158,9 @@ impl<S, H: Handler> Core<S, H> {
                 .intersects(ConnFlags::LINGER | ConnFlags::RELEASING)
             {
                 continue;
+            }
+            if refill {
+                conn.allowance.refill(&rates, elapsed);
             }
             if per_conn
                 && conn.flags.contains(ConnFlags::OPENED)
@@ -147,6 +182,8 @@ impl<S, H: Handler> Core<S, H> {
                     out: &mut out,
                     deflating: &mut compression.deflating,
                     stats,
+                    flags: &mut conn.flags,
+                    low_mark,
                     now,
                 });
                 let written = out.finish();
@@ -168,12 +205,30 @@ impl<S, H: Handler> Core<S, H> {
     /// Frees the entries of connections released this turn.
     pub(super) fn free_retired(&mut self) {
         for token in self.retired.drain(..) {
-            if let Some(mut conn) = self.conns.try_remove(token)
-                && let Some(tx) = conn.tx.take()
-            {
-                self.tx_pool.give(tx);
+            if let Some(mut conn) = self.conns.try_remove(token) {
+                self.limits.release();
+                if let Some(tx) = conn.tx.take() {
+                    self.tx_pool.give(tx);
+                }
             }
             self.tls.remove(token, &mut self.rx_pool, &mut self.tx_pool);
+        }
+    }
+
+    /// Stops counting `token` as handshaking once it no longer is (upgraded, answered,
+    /// timed out or dropped). `kept`: a request was answered and the connection kept for the
+    /// next; it leaves the count for good (its later requests are bounded by
+    /// `handshake_timeout` each, the partial-message budget and `max_connections`), so idle
+    /// keep-alive connections do not hold the slots new handshakes need.
+    pub(super) fn left_handshake(&mut self, token: usize, kept: bool) {
+        if let Some(conn) = self.conns.get_mut(token)
+            && conn.flags.contains(ConnFlags::HANDSHAKING)
+            && (kept
+                || conn.ws.state() != State::Handshaking
+                || conn.flags.contains(ConnFlags::RELEASING))
+        {
+            conn.flags.remove(ConnFlags::HANDSHAKING);
+            self.handshaking -= 1;
         }
     }
 
@@ -216,6 +271,9 @@ impl<S, H: Handler> Core<S, H> {
         Stats::set(&s.rx_buffers_lent, self.rx_pool.lent());
         Stats::set(&s.tx_queues_lent, self.tx_pool.lent());
         Stats::set(&s.timers, self.timers.len());
+        Stats::set(&s.handshaking, self.handshaking);
+        Stats::set(&s.paused, self.stalled.len());
+        Stats::set(&s.partial_bytes, self.partial_bytes);
         Stats::set(&s.tls_handshaking, self.tls.handshaking());
         self.compression.policy.publish(s);
     }

@@ -15,7 +15,7 @@ use super::driver::Driver;
 use super::writer::{Queued, Written};
 use crate::Handler;
 use crate::sys::completion::{Completed, Completion, Sockets};
-use crate::sys::{Flushed, Waker};
+use crate::sys::{Flushed, Peer, Waker};
 use crate::txqueue::TxQueue;
 
 /// A completion backend and what only this model needs.
@@ -39,7 +39,10 @@ impl<B: Completion> CompletionDriver<B> {
     }
 }
 
-impl<B: Completion> Driver for CompletionDriver<B> {
+impl<B: Completion> Driver for CompletionDriver<B>
+where
+    B::Socket: Peer,
+{
     type Socket = B::Socket;
     type Writing = Queued;
 
@@ -96,6 +99,14 @@ impl<B: Completion> Driver for CompletionDriver<B> {
         self.backend.shutdown_write(token, socket);
     }
 
+    fn pause_reading(&mut self, token: usize, socket: &mut B::Socket) {
+        self.backend.pause_receiving(token, socket);
+    }
+
+    fn resume_reading(&mut self, token: usize, socket: &mut B::Socket) {
+        self.backend.resume_receiving(token, socket);
+    }
+
     fn close(&mut self, token: usize, socket: &mut B::Socket) -> bool {
         self.backend.close(token, socket)
     }
@@ -117,7 +128,10 @@ impl<B: Completion> Driver for CompletionDriver<B> {
     }
 }
 
-impl<B: Completion, H: Handler> Reactor<CompletionDriver<B>, H> {
+impl<B: Completion, H: Handler> Reactor<CompletionDriver<B>, H>
+where
+    B::Socket: Peer,
+{
     /// Parses the bytes of a provided buffer in place, then gives the buffer back.
     fn on_received(&mut self, token: usize, buffer: u16, len: u32, now: Instant) {
         if !self.core.is_live(token) {
@@ -172,5 +186,6 @@ impl<B: Completion, H: Handler> Reactor<CompletionDriver<B>, H> {
         {
             self.after_io(token, Written::Done, now);
         }
+        self.after_flush(token, now);
     }
 }

@@ -1,10 +1,11 @@
 //! A connection's entry in its reactor's table, and its flags: everything an idle connection
-//! costs (no buffer, no queue, no timer node).
+//! costs (no buffer, no queue, no timer node), its allowance of messages and bytes included.
 
 use bitflags::bitflags;
 use clarion_protocol::Connection;
 use slab::Slab;
 
+use crate::limits::Allowance;
 use crate::sys::completion::Sockets;
 use crate::timer::TimerKey;
 use crate::txqueue::TxQueue;
@@ -36,9 +37,19 @@ bitflags! {
         /// It negotiated permessage-deflate and is counted by the reactor's compression until
         /// released (once, when its WebSocket ends).
         const DEFLATE = 1 << 7;
+        /// Over its write cap: not read until its queue drains to the low mark (and dropped if
+        /// it stays over past `write_timeout`; the reactor's `stalled` list has since when).
+        const PAUSED = 1 << 8;
+        /// Its `rx` holds received bytes not parsed yet (it went over its cap between frames):
+        /// they are fed, in order, before anything read later.
+        const UNREAD = 1 << 9;
+        /// The handler asked for `on_writable` once the queue is at or below the low mark.
+        const WANTS_WRITABLE = 1 << 10;
+        /// Still sending its request head (or body): counted against `max_handshakes_per_reactor`.
+        const HANDSHAKING = 1 << 11;
         /// The listener takes PROXY protocol headers and this connection's first bytes have not
         /// been looked at yet ([`super::proxy_header`]).
-        const PROXY_HEADER = 1 << 8;
+        const PROXY_HEADER = 1 << 12;
     }
 }
 
@@ -59,11 +70,18 @@ pub(crate) struct Conn<S, C> {
     /// The handler's state, from the upgrade on.
     pub(crate) app: Option<C>,
     pub(crate) flags: ConnFlags,
+    /// Messages and bytes it may still send now (refilled by the sweep).
+    pub(crate) allowance: Allowance,
 }
 
 impl<S, C> Conn<S, C> {
-    /// A new connection, handshaking.
-    pub(crate) fn new(socket: S, ws: Connection, timer: Option<TimerKey>) -> Self {
+    /// A new connection, handshaking, with a full allowance.
+    pub(crate) fn new(
+        socket: S,
+        ws: Connection,
+        timer: Option<TimerKey>,
+        allowance: Allowance,
+    ) -> Self {
         Conn {
             socket,
             ws,
@@ -71,7 +89,8 @@ impl<S, C> Conn<S, C> {
             tx: None,
             timer,
             app: None,
-            flags: ConnFlags::empty(),
+            flags: ConnFlags::HANDSHAKING,
+            allowance,
         }
     }
 
@@ -140,12 +159,16 @@ mod tests {
     fn an_idle_connection_costs_its_entry_and_nothing_else() {
         assert_eq!(size_of::<PushState>(), 24);
         assert_eq!(size_of::<ConnFlags>(), 2);
+        assert_eq!(size_of::<Allowance>(), 6);
         assert_eq!(size_of::<Connection>(), 48, "the protocol state machine");
-        assert_eq!(size_of::<Option<TimerKey>>(), 8);
+        // The timer key has a niche: no tag for the `Option`.
+        assert_eq!(size_of::<Option<TimerKey>>(), 4);
         // Epoll's socket is a descriptor, io_uring's a slot and its operations: 4 bytes each.
         assert_eq!(size_of::<std::net::TcpStream>(), 4);
         assert_eq!(size_of::<Direct>(), 4);
-        // socket 4 + protocol 48 + rx 8 + tx 8 + timer 8 + state 24 + flags 2, padded to 8.
+        // socket 4 + protocol 48 + rx 8 + tx 8 + timer 4 + state 24 + flags 2 + allowance 6:
+        // 104, no padding. The write cap, the pause and the rate limits cost no byte more than
+        // before they came (the timer's tag and the padding paid for them).
         assert_eq!(size_of::<Conn<std::net::TcpStream, PushState>>(), 104);
         assert_eq!(size_of::<Conn<Direct, PushState>>(), 104);
         // The slab's tag goes in the socket's niche: 104 bytes per connection in the table.
@@ -155,7 +178,8 @@ mod tests {
         );
         assert_eq!(size_of::<SlabEntry<Conn<Direct, PushState>>>(), 104);
         assert_eq!(crate::connection_size::<PushState>(), 104);
-        // With no state of its own (an echo server): 80.
-        assert_eq!(crate::connection_size::<()>(), 80);
+        // With no state of its own (an echo server): 88, 8 more than before the allowance came:
+        // the rest fills 80 bytes exactly, and the `Option` of a zero-sized state takes one.
+        assert_eq!(crate::connection_size::<()>(), 88);
     }
 }

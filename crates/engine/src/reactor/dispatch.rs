@@ -25,7 +25,7 @@ use clarion_protocol::deflate::Params;
 use clarion_protocol::handshake::{
     Persistence, Request, write_response, write_response_head, write_stream_head,
 };
-use clarion_protocol::{Connection, Event};
+use clarion_protocol::{CloseCode, Connection, Event, State};
 
 use super::bookkeeping::{Core, HttpConn, rearm_on_state_change};
 use super::conn::{Conn, ConnFlags};
@@ -33,11 +33,19 @@ use super::proxy_header::{self, Step};
 use super::tls::Received;
 use super::writer::{ConnWriter, Sink, Writing, Written, writer_for};
 use crate::compression::{Compression, ConnInflate, Negotiator};
-use crate::{Answer, Config, Ctx, Handler, RequestInfo, Stats};
+use crate::limits::{Allowance, Rates};
+use crate::sys::Peer;
+use crate::{Answer, Config, Ctx, Handler, Limit, LimitHit, RequestInfo, Stats};
 
-impl<S, H: Handler> Core<S, H> {
+impl<S: Peer, H: Handler> Core<S, H> {
     /// Feeds bytes received on `token` (decrypted first on a TLS connection) to its protocol
     /// state machine and dispatches the events; what the connection's writer left to do.
+    ///
+    /// Limits applied on the way: the connection's byte and message allowance (over it: 1008
+    /// "rate limit", at once); its write cap (over it between two frames, the rest of the
+    /// plaintext is parked in `rx`, marked `UNREAD`, and fed when the queue drains); and the
+    /// reactor's budget for what receive buffers hold (a buffer that would take it past the
+    /// budget closes its connection with 1013).
     pub(super) fn on_data<W: Writing<S>>(
         &mut self,
         writing: &mut W,
@@ -47,15 +55,17 @@ impl<S, H: Handler> Core<S, H> {
     ) -> Written {
         // The PROXY protocol header comes before everything, TLS included: what is left of the
         // bytes after it goes on; a header cut across reads is gathered in the connection's
-        // lent `rx` and fed from there.
+        // lent `rx` (counted against the partial-message budget, 1 KiB at most) and fed from
+        // there.
         let mut gathered = Vec::new();
         let mut input = input;
         if let Some(conn) = self.conns.get_mut(token)
             && conn.flags.contains(ConnFlags::PROXY_HEADER)
         {
+            let held_before = conn.rx.as_deref().map_or(0, Vec::capacity);
             let mut rxb = conn.rx.take().unwrap_or_else(|| self.rx_pool.take());
             let (config, http, stats) = (&self.config, &mut self.http, &self.stats);
-            match proxy_header::step(
+            let step = proxy_header::step(
                 config,
                 &mut http.entry(token).or_default().peer,
                 stats,
@@ -63,9 +73,16 @@ impl<S, H: Handler> Core<S, H> {
                 &mut conn.flags,
                 input,
                 &mut rxb,
-            ) {
+            );
+            self.partial_bytes -= held_before;
+            match step {
                 Step::Wait => {
-                    conn.rx = Some(rxb);
+                    if rxb.is_empty() {
+                        self.rx_pool.give(rxb);
+                    } else {
+                        self.partial_bytes += rxb.capacity();
+                        conn.rx = Some(rxb);
+                    }
                     return Written::Done;
                 }
                 Step::Refuse => {
@@ -91,7 +108,7 @@ impl<S, H: Handler> Core<S, H> {
         let written = if self.tls.is_tls(token) {
             self.on_records(writing, token, input, now)
         } else {
-            self.on_plaintext(writing, false, token, input, now)
+            self.on_plaintext(writing, false, token, input, true, now)
         };
         if gathered.capacity() > 0 {
             // The gathered header's buffer came from the pool: it goes back there.
@@ -137,7 +154,7 @@ impl<S, H: Handler> Core<S, H> {
         } else if plain.is_empty() {
             Written::Done
         } else {
-            self.on_plaintext(writing, true, token, &mut plain, now)
+            self.on_plaintext(writing, true, token, &mut plain, true, now)
         };
         self.tls.plain = plain;
         let handshake_out = self
@@ -153,13 +170,19 @@ impl<S, H: Handler> Core<S, H> {
     }
 
     /// Feeds plaintext received on `token` to its protocol state machine and dispatches the
-    /// events.
-    fn on_plaintext<W: Writing<S>>(
+    /// events. `arrived`: the bytes arrived now and are charged to the connection's byte
+    /// allowance (bytes parked under the write cap were charged when they arrived).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the transport's facts about the bytes, passed apart"
+    )]
+    pub(super) fn on_plaintext<W: Writing<S>>(
         &mut self,
         writing: &mut W,
         tls: bool,
         token: usize,
         input: &mut [u8],
+        arrived: bool,
         now: Instant,
     ) -> Written {
         let draining = self.drain_deadline.is_some();
@@ -173,6 +196,9 @@ impl<S, H: Handler> Core<S, H> {
             scratch,
             stats,
             compression,
+            limits,
+            rates,
+            partial_bytes,
             ..
         } = self;
         let Some(conn) = conns.get_mut(token) else {
@@ -185,11 +211,14 @@ impl<S, H: Handler> Core<S, H> {
             tx,
             app,
             flags,
+            allowance,
             ..
         } = conn;
         let state_before = ws.state();
+        let held_before = rx.as_deref().map_or(0, Vec::capacity);
         let mut rxb = rx.take().unwrap_or_else(|| rx_pool.take());
         let mut out = writer_for(writing, tls, socket, tx, tx_pool);
+        let cap = limits.max_queued_bytes();
         let mut dispatch = Dispatch {
             handler,
             config,
@@ -202,13 +231,47 @@ impl<S, H: Handler> Core<S, H> {
             now,
             token,
             tls,
+            rates: *rates,
+            cap,
         };
-        let mut again = dispatch.drive(ws, app, flags, &mut out, input, &mut rxb);
-        while again {
-            // What the client sent right behind a request that was read in pieces (frames after
-            // an upgrade, pipelined requests after a kept answer): feed it now, in order.
-            let mut early = std::mem::take(&mut *rxb);
-            again = dispatch.drive(ws, app, flags, &mut out, &mut early, &mut rxb);
+        let mut hit = None;
+        if arrived && state_before == State::Open && !allowance.take_bytes(rates, input.len()) {
+            hit = Some(Limit::Rate);
+        } else if flags.contains(ConnFlags::UNREAD) {
+            // Bytes parked earlier are fed first: these wait behind them.
+            rxb.extend_from_slice(input);
+        } else {
+            let mut stop = dispatch.drive(ws, app, flags, allowance, &mut out, input, &mut rxb);
+            while stop == Stop::Again {
+                // What the client sent right behind a request that was read in pieces (frames
+                // after an upgrade, pipelined requests after a kept answer): feed it now, in
+                // order.
+                let mut early = std::mem::take(&mut *rxb);
+                stop = dispatch.drive(ws, app, flags, allowance, &mut out, &mut early, &mut rxb);
+            }
+            if stop == Stop::Rate {
+                hit = Some(Limit::Rate);
+            }
+        }
+        if hit == Some(Limit::Rate) {
+            ws.abort(CloseCode::POLICY_VIOLATION, Limit::Rate.reason(), &mut out);
+        }
+        if ws.state() == State::Closed {
+            // Nothing more is parsed: what the buffer held is moot (once the last event's
+            // borrow of it is given back).
+            ws.settle(&mut rxb);
+            rxb.clear();
+            flags.remove(ConnFlags::UNREAD);
+        }
+        let held = if rxb.is_empty() { 0 } else { rxb.capacity() };
+        *partial_bytes = *partial_bytes - held_before + held;
+        if held > held_before && *partial_bytes > config.max_partial_bytes_per_reactor {
+            ws.abort(CloseCode::TRY_AGAIN_LATER, "server busy", &mut out);
+            ws.settle(&mut rxb);
+            rxb.clear();
+            flags.remove(ConnFlags::UNREAD);
+            *partial_bytes -= held;
+            hit = Some(Limit::PartialBudget);
         }
         let kept_alive = dispatch.kept_alive;
         let written = out.finish();
@@ -217,13 +280,43 @@ impl<S, H: Handler> Core<S, H> {
         } else {
             *rx = Some(rxb);
         }
+        if let Some(limit) = hit {
+            Stats::bump(match limit {
+                Limit::Rate => &stats.rate_limited,
+                _ => &stats.partial_budget_closes,
+            });
+            let peer = match state_before {
+                State::Handshaking => http.get(&token).and_then(|h| h.peer),
+                _ => socket.peer(),
+            };
+            handler.on_limit(&LimitHit {
+                limit,
+                id: Some(token),
+                peer,
+                conn: app.as_ref(),
+                now,
+            });
+        }
         rearm_on_state_change(&mut self.timers, conn, state_before);
         // A kept connection's deadline moved (to `keep_alive_timeout`, maybe earlier).
         if kept_alive && let Some(key) = conn.timer.take() {
             self.timers.cancel(key);
         }
+        self.left_handshake(token, kept_alive);
         written
     }
+}
+
+/// Why [`Dispatch::drive`] stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// The input is consumed (or parked in `rx`).
+    End,
+    /// Bytes behind a request were left in `rx` (frames after an upgrade, pipelined requests
+    /// after a kept answer): feed them.
+    Again,
+    /// The connection sent more messages than its allowance.
+    Rate,
 }
 
 /// What a connection's events are dispatched with (the parts of the core they need).
@@ -242,33 +335,53 @@ struct Dispatch<'a, H> {
     token: usize,
     /// The connection speaks TLS.
     tls: bool,
+    rates: Rates,
+    /// The connection's write cap.
+    cap: usize,
 }
 
 impl<H: Handler> Dispatch<'_, H> {
-    /// Runs the state machine over `input`; true when bytes behind a request were left in `rx`
-    /// to be fed again.
+    /// Runs the state machine over `input` until it is consumed, bytes behind a request are
+    /// left in `rx`, the connection goes over its write cap between two frames (the rest is
+    /// parked in `rx`), or over its message rate.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the connection's parts, borrowed apart"
+    )]
     fn drive(
         &mut self,
         ws: &mut Connection,
         app: &mut Option<H::Conn>,
         flags: &mut ConnFlags,
+        allowance: &mut Allowance,
         out: &mut impl Sink,
         mut input: &mut [u8],
         rx: &mut Vec<u8>,
-    ) -> bool {
+    ) -> Stop {
         let (stats, token) = (self.stats, self.token);
-        while let Some(event) = ws.read_inflating(
-            &mut input,
-            rx,
-            &mut ConnInflate {
+        loop {
+            // Over its write cap: read no further until the queue drains. Only between two
+            // frames, where `rx` is free to hold the rest as it came.
+            if !input.is_empty() && out.queued() > self.cap && ws.settle(rx) {
+                rx.extend_from_slice(input);
+                flags.insert(ConnFlags::UNREAD);
+                return Stop::End;
+            }
+            let mut inflate = ConnInflate {
                 inflating: &mut self.compression.inflating,
                 token,
                 stats,
-            },
-            self.now,
-            &self.config.protocol,
-            out,
-        ) {
+            };
+            let Some(event) = ws.read_inflating(
+                &mut input,
+                rx,
+                &mut inflate,
+                self.now,
+                &self.config.protocol,
+                out,
+            ) else {
+                return Stop::End;
+            };
             match event {
                 Event::Request(request, body) => {
                     let http = self.http.get(&token).copied().unwrap_or_default();
@@ -311,12 +424,12 @@ impl<H: Handler> Dispatch<'_, H> {
                             if rx.is_empty() {
                                 continue;
                             }
-                            return true;
+                            return Stop::Again;
                         }
                         Answered::Closed => {
                             self.http.remove(&token);
                             ws.finish();
-                            return false;
+                            return Stop::End;
                         }
                     };
                     flags.insert(ConnFlags::OPENED);
@@ -328,13 +441,18 @@ impl<H: Handler> Dispatch<'_, H> {
                         out,
                         deflating: &mut self.compression.deflating,
                         stats,
+                        flags,
+                        low_mark: self.cap / 2,
                         now: self.now,
                     });
                     if !rx.is_empty() {
-                        return true;
+                        return Stop::Again;
                     }
                 }
                 Event::Message(kind, payload) => {
+                    if !allowance.take_messages(&self.rates, 1) {
+                        return Stop::Rate;
+                    }
                     self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
                     if let Some(app) = app.as_mut() {
                         let mut ctx = Ctx {
@@ -344,18 +462,25 @@ impl<H: Handler> Dispatch<'_, H> {
                             out,
                             deflating: &mut self.compression.deflating,
                             stats,
+                            flags,
+                            low_mark: self.cap / 2,
                             now: self.now,
                         };
                         self.handler.on_message(&mut ctx, kind, payload);
                     }
                 }
+                // A ping costs a pong: counted like a message.
+                Event::Ping(_) | Event::Pong(_) => {
+                    if !allowance.take_messages(&self.rates, 1) {
+                        return Stop::Rate;
+                    }
+                }
                 Event::Failed(failure) => {
                     tracing::debug!(token = self.token, ?failure, "connection failed")
                 }
-                Event::Ping(_) | Event::Pong(_) | Event::Close(_) => {}
+                Event::Close(_) => {}
             }
         }
-        false
     }
 }
 

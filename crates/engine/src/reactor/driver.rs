@@ -14,15 +14,14 @@ use std::time::{Duration, Instant};
 use super::Reactor;
 use super::writer::Writing;
 use crate::Handler;
-use crate::sys::Flushed;
-use crate::sys::Waker;
 use crate::sys::completion::Sockets;
+use crate::sys::{Flushed, Peer, Waker};
 use crate::txqueue::TxQueue;
 
 /// One I/O model, as the shared core drives it.
 pub(crate) trait Driver: Sized {
     /// A connection's socket, kept in its entry.
-    type Socket;
+    type Socket: Peer;
     /// How this model's connections write.
     type Writing: Writing<Self::Socket>;
 
@@ -57,6 +56,13 @@ pub(crate) trait Driver: Sized {
 
     /// Sends FIN behind what is queued.
     fn shutdown_write(&mut self, token: usize, socket: &mut Self::Socket);
+
+    /// Stops reading a connection (over its write cap): its bytes wait in the socket.
+    fn pause_reading(&mut self, token: usize, socket: &mut Self::Socket);
+
+    /// Reads a paused connection again: readiness reads what waits (no new edge would come),
+    /// completion arms its receive again.
+    fn resume_reading(&mut self, token: usize, socket: &mut Self::Socket);
 
     /// Closes a connection; `false` while operations are still in flight on it (the model then
     /// reports its release).

@@ -1,25 +1,30 @@
-//! A connection's life in the shared core, the same for both I/O models: admitted, written,
-//! timed out, closed. The drivers call these; the close procedure lives here once.
+//! A connection's life in the shared core, the same for both I/O models: admitted (or refused
+//! at accept), written, paused over its write cap and resumed, timed out, closed. The drivers
+//! call these; the close procedure lives here once.
 
 use std::time::Instant;
 
-use clarion_protocol::{CloseCode, Config, Connection};
+use clarion_protocol::{CloseCode, Config, Connection, Timeout};
 
 use super::Reactor;
 use super::bookkeeping::{HttpConn, arm, rearm_on_state_change, release_deflate};
-use super::conn::{Conn, ConnFlags, live};
+use super::conn::{Conn, ConnFlags, live, open};
 use super::driver::Driver;
 use super::writer::{ConnWriter, EitherWriter, Writing, Written, writer_for};
-use crate::sys::Flushed;
-use crate::{Handler, ProxyProtocol};
+use crate::limits::Allowance;
+use crate::sys::{Flushed, Peer};
+use crate::{Ctx, Handler, Limit, LimitHit, ProxyProtocol, Stats};
 
 /// A driver's connection writer (or a TLS connection's).
 type WriterOf<'a, D> =
     EitherWriter<'a, <<D as Driver>::Writing as Writing<<D as Driver>::Socket>>::Writer<'a>>;
 
 impl<D: Driver, H: Handler> Reactor<D, H> {
-    /// Takes a connection a driver accepted on `listener` into the table, or refuses it (over
-    /// the cap, at the TLS handshake cap, or draining) by closing it without a word.
+    /// Takes a connection a driver accepted on `listener` into the table, or refuses it by
+    /// closing it without a word: while draining, or past a limit (the process's
+    /// `max_connections`, the reactor's `max_connections_per_reactor` or
+    /// `max_handshakes_per_reactor`, which the handler hears of through
+    /// [`Handler::on_limit`]; the TLS handshake cap, counted in `tls_refused`).
     pub(super) fn on_accepted(
         &mut self,
         mut socket: D::Socket,
@@ -28,9 +33,30 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         now: Instant,
     ) {
         let core = &mut self.core;
-        if core.conns.len() >= core.config.max_connections_per_reactor
-            || core.drain_deadline.is_some()
-        {
+        if core.drain_deadline.is_some() {
+            return self.driver.refuse(socket);
+        }
+        let refused = if core.conns.len() >= core.config.max_connections_per_reactor {
+            Some(Limit::Connections)
+        } else if core.handshaking >= core.config.max_handshakes_per_reactor {
+            Some(Limit::Handshakes)
+        } else if !core.limits.admit() {
+            Some(Limit::Connections)
+        } else {
+            None
+        };
+        if let Some(limit) = refused {
+            Stats::bump(match limit {
+                Limit::Handshakes => &core.stats.refused_handshakes,
+                _ => &core.stats.refused_connections,
+            });
+            core.handler.on_limit(&LimitHit {
+                limit,
+                id: None,
+                peer,
+                conn: None,
+                now,
+            });
             return self.driver.refuse(socket);
         }
         let entry = core.conns.vacant_entry();
@@ -38,20 +64,23 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         // TLS, like the PROXY protocol, is spoken on `listen` only: the other listeners (the
         // admin port) are plaintext, on loopback by default.
         if listener == 0 && !core.tls.admit(token, &core.stats) {
+            core.limits.release();
             return self.driver.refuse(socket);
         }
         if let Err(e) = self.driver.register(&mut socket, token) {
             tracing::warn!("cannot watch accepted socket: {e}");
+            core.limits.release();
             core.tls.remove(token, &mut core.rx_pool, &mut core.tx_pool);
             return self.driver.refuse(socket);
         }
         let ws = Connection::server(now);
         let timer = arm(&mut core.timers, &core.config, &ws, token, now);
-        let conn = entry.insert(Conn::new(socket, ws, timer));
+        let conn = entry.insert(Conn::new(socket, ws, timer, Allowance::full(&core.rates)));
         // The PROXY protocol is spoken on `listen` only, where the proxies connect.
         if listener == 0 && core.config.proxy_protocol != ProxyProtocol::Off {
             conn.flags.insert(ConnFlags::PROXY_HEADER);
         }
+        core.handshaking += 1;
         let http = HttpConn {
             peer,
             // Below MAX_LISTENERS (8): the runtime binds no more.
@@ -66,15 +95,29 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Bookkeeping after a connection's writer finished: drop it if its socket failed, leave it
-    /// to the turn's end if it queued bytes, else the timers, the end of the WebSocket and FIN.
+    /// Bookkeeping after a connection's writer finished: drop it if its socket failed, stop
+    /// reading it if it went over its write cap, leave it to the turn's end if it queued bytes,
+    /// else the timers, the end of the WebSocket and FIN.
     pub(super) fn after_io(&mut self, token: usize, written: Written, now: Instant) {
         match written {
             Written::Failed => return self.drop_conn(token, now),
-            Written::Queued => return self.core.mark_dirty(token),
+            Written::Queued => self.core.mark_dirty(token),
             Written::Done => {}
         }
-        if live(&mut self.core.conns, token).is_none() {
+        let cap = self.core.limits.max_queued_bytes();
+        let Some(conn) = live(&mut self.core.conns, token) else {
+            return;
+        };
+        let queued = conn.queued();
+        if queued > cap && !conn.flags.intersects(ConnFlags::PAUSED | ConnFlags::LINGER) {
+            conn.flags.insert(ConnFlags::PAUSED);
+            self.driver.pause_reading(token, &mut conn.socket);
+            self.core.stalled.insert(token, now);
+        } else if conn.flags.contains(ConnFlags::WANTS_WRITABLE) && queued <= cap / 2 {
+            // Asked while the queue was already low: told at the turn's end.
+            self.core.mark_dirty(token);
+        }
+        if written == Written::Queued {
             return;
         }
         if self.core.end_of_websocket(token, now) {
@@ -87,6 +130,128 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
                 self.driver.shutdown_write(token, &mut conn.socket);
             }
         }
+    }
+
+    /// After a connection's queue moved on: at or below the low mark (half the write cap), the
+    /// handler hears `on_writable` if it asked, and a connection paused over its cap is read
+    /// again, its parked bytes first.
+    pub(super) fn after_flush(&mut self, token: usize, now: Instant) {
+        let low_mark = self.core.limits.max_queued_bytes() / 2;
+        let Some(conn) = open(&mut self.core.conns, token) else {
+            return;
+        };
+        if conn.queued() > low_mark {
+            return;
+        }
+        if conn.flags.contains(ConnFlags::WANTS_WRITABLE) {
+            conn.flags.remove(ConnFlags::WANTS_WRITABLE);
+            self.writable(token, now);
+        }
+        if let Some(conn) = live(&mut self.core.conns, token)
+            && conn.flags.contains(ConnFlags::PAUSED)
+            && conn.queued() <= low_mark
+        {
+            self.resume(token, now);
+        }
+    }
+
+    /// Tells the handler an open connection has room again ([`Handler::on_writable`]).
+    fn writable(&mut self, token: usize, now: Instant) {
+        let core = &mut self.core;
+        let Some(conn) = open(&mut core.conns, token) else {
+            return;
+        };
+        let Some(app) = conn.app.as_mut() else {
+            return;
+        };
+        let state_before = conn.ws.state();
+        let tls = core.tls.is_tls(token);
+        let mut out = writer_for(
+            self.driver.writing(),
+            tls,
+            &mut conn.socket,
+            &mut conn.tx,
+            &mut core.tx_pool,
+        );
+        core.handler.on_writable(&mut Ctx {
+            id: token,
+            conn: app,
+            ws: &mut conn.ws,
+            out: &mut out,
+            deflating: &mut core.compression.deflating,
+            stats: &core.stats,
+            flags: &mut conn.flags,
+            low_mark: core.limits.max_queued_bytes() / 2,
+            now,
+        });
+        let written = out.finish();
+        rearm_on_state_change(&mut core.timers, conn, state_before);
+        self.after_io(token, written, now);
+    }
+
+    /// Reads a paused connection again: its parked bytes are fed first (which may pause it
+    /// again), then the driver reads what waits in the socket.
+    fn resume(&mut self, token: usize, now: Instant) {
+        let core = &mut self.core;
+        let Some(conn) = live(&mut core.conns, token) else {
+            return;
+        };
+        conn.flags.remove(ConnFlags::PAUSED);
+        core.stalled.remove(&token);
+        if conn.flags.contains(ConnFlags::UNREAD) {
+            conn.flags.remove(ConnFlags::UNREAD);
+            if let Some(mut parked) = conn.rx.take() {
+                core.partial_bytes -= parked.capacity();
+                let writing = self.driver.writing();
+                let tls = core.tls.is_tls(token);
+                let written = core.on_plaintext(writing, tls, token, &mut parked, false, now);
+                self.core.rx_pool.give(parked);
+                self.after_io(token, written, now);
+            }
+        }
+        if let Some(conn) = live(&mut self.core.conns, token)
+            && !conn.flags.contains(ConnFlags::PAUSED)
+        {
+            self.driver.resume_reading(token, &mut conn.socket);
+        }
+    }
+
+    /// Drops the connections that stayed over their write cap past `write_timeout` (their peers
+    /// are not reading).
+    pub(super) fn stalled_out(&mut self, now: Instant) {
+        let timeout = self.core.config.write_timeout;
+        let expired: Vec<usize> = self
+            .core
+            .stalled
+            .iter()
+            .filter(|&(_, &since)| now.saturating_duration_since(since) >= timeout)
+            .map(|(&token, _)| token)
+            .collect();
+        for token in expired {
+            self.limit_hit(token, Limit::WriteTimeout, now);
+            Stats::bump(&self.core.stats.write_timeouts);
+            self.drop_conn(token, now);
+        }
+    }
+
+    /// Tells the handler of a limit enforced on a connection in the table.
+    fn limit_hit(&mut self, token: usize, limit: Limit, now: Instant) {
+        let core = &mut self.core;
+        let Some(conn) = core.conns.get(token) else {
+            return;
+        };
+        let peer = match core.http.get(&token).and_then(|h| h.peer) {
+            Some(peer) => Some(peer),
+            None if conn.flags.contains(ConnFlags::OPENED) => conn.socket.peer(),
+            None => None,
+        };
+        core.handler.on_limit(&LimitHit {
+            limit,
+            id: Some(token),
+            peer,
+            conn: conn.app.as_ref(),
+            now,
+        });
     }
 
     /// A TLS connection whose WebSocket is over: true once what it queued, then its
@@ -212,11 +377,18 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
                 self.drop_conn(token, now);
                 continue;
             }
+            let mut fired = None;
             let written = self.with_writer(token, |ws, out, protocol| {
-                if let Some(timeout) = ws.handle_timeout(now, protocol, out) {
+                fired = ws.handle_timeout(now, protocol, out);
+                if let Some(timeout) = fired {
                     tracing::debug!(token, ?timeout, "timeout");
                 }
             });
+            if fired == Some(Timeout::Handshake) {
+                Stats::bump(&self.core.stats.handshake_timeouts);
+                self.limit_hit(token, Limit::HandshakeTimeout, now);
+                self.core.left_handshake(token, false);
+            }
             self.after_io(token, written, now);
         }
     }
@@ -249,12 +421,16 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
             return;
         }
         core.http.remove(&token);
+        core.stalled.remove(&token);
         if let Some(key) = conn.timer.take() {
             core.timers.cancel(key);
         }
         if let Some(rx) = conn.rx.take() {
+            core.partial_bytes -= rx.capacity();
             core.rx_pool.give(rx);
         }
+        conn.flags
+            .remove(ConnFlags::PAUSED | ConnFlags::UNREAD | ConnFlags::WANTS_WRITABLE);
         core.tls.release_incoming(token, &mut core.rx_pool);
         release_deflate(&mut core.compression, token, conn);
         if conn.flags & (ConnFlags::OPENED | ConnFlags::LINGER) == ConnFlags::OPENED
@@ -267,5 +443,6 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         if self.driver.close(token, &mut conn.socket) {
             core.retired.push(token);
         }
+        core.left_handshake(token, false);
     }
 }

@@ -25,6 +25,8 @@ pub(super) struct LocalConns<'a, S, C, W> {
     pub(super) writing: &'a mut W,
     pub(super) timers: &'a mut TimerWheel<u32>,
     pub(super) dirty: &'a mut Vec<usize>,
+    /// Half the write cap.
+    pub(super) low_mark: usize,
     pub(super) tls: &'a TlsTable,
 }
 
@@ -45,7 +47,9 @@ impl<S, C, W: Writing<S>> LocalOps<C> for LocalConns<'_, S, C, W> {
         let Some(conn) = open(self.conns, id) else {
             return Push::Closed;
         };
-        if conn.queued() + frame.len() > max_queued {
+        // The backlog decides, not the frame's size: a message larger than the room left never
+        // makes a subscriber with a short queue "slow".
+        if conn.queued() >= max_queued {
             return Push::Full;
         }
         conn.tx
@@ -56,6 +60,20 @@ impl<S, C, W: Writing<S>> LocalOps<C> for LocalConns<'_, S, C, W> {
             self.dirty.push(id);
         }
         Push::Queued
+    }
+
+    fn has_room(&self, id: ConnId) -> bool {
+        self.conns
+            .get(id)
+            .is_some_and(|conn| conn.queued() < self.low_mark)
+    }
+
+    fn notify_writable(&mut self, id: ConnId) {
+        if let Some(conn) = open(self.conns, id) {
+            conn.flags.insert(ConnFlags::WANTS_WRITABLE);
+            // The turn's end looks at it (and tells it at once if the queue is already low).
+            mark_dirty(self.conns, self.dirty, id);
+        }
     }
 
     fn close(&mut self, id: ConnId, code: CloseCode, reason: &str, now: Instant) {

@@ -23,11 +23,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub(crate) use completion::CompletionDriver;
-pub(crate) use conn::{Conn, SlabEntry};
+pub(crate) use conn::{Conn, ConnFlags, SlabEntry};
 pub(crate) use driver::Driver;
 pub(crate) use readiness::ReadinessDriver;
 pub(crate) use writer::Sink;
 
+use crate::limits::LiveLimits;
 #[doc(hidden)]
 pub use tls::Pipe;
 
@@ -39,6 +40,10 @@ use writer::Written;
 
 /// Inbox messages handled per loop turn before connections get a turn.
 const MAX_INBOX_PER_TURN: usize = 4096;
+/// Longest pause before waiting again after a transient error of the backend's wait.
+const MAX_RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// At most one log line per interval for transient wait errors.
+const RETRY_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// One reactor thread's state.
 pub(crate) struct Reactor<D: Driver, H: Handler> {
@@ -60,10 +65,11 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         stats: Arc<Stats>,
         index: usize,
         mailboxes: Arc<Mailboxes<H::Inbox>>,
+        limits: Arc<LiveLimits>,
     ) -> Self {
         Reactor {
             driver,
-            core: Core::new(handler, config, stats),
+            core: Core::new(handler, config, stats, limits),
             index,
             mailboxes,
             inbox_again: false,
@@ -71,7 +77,10 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         }
     }
 
+    /// Runs until the drain after `shutdown` is done, or the backend fails for good: then the
+    /// reactor's `failed` stat is set, an error is logged, and its connections are dropped.
     pub(crate) fn run(mut self, shutdown: &AtomicBool) {
+        let mut retry = Retry::default();
         loop {
             let now = Instant::now();
             self.fire_timers(now);
@@ -104,9 +113,17 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
                 self.core.wait_timeout(now)
             };
             if let Err(e) = self.driver.wait(&mut self.core.conns, timeout) {
-                tracing::error!("reactor wait failed: {e}");
+                if retry.again(&e, &self.core.stats, self.index) {
+                    continue;
+                }
+                tracing::error!(
+                    reactor = self.index,
+                    "reactor stopped: its backend failed ({e}); its connections are dropped"
+                );
+                self.core.stats.failed.store(true, Ordering::Relaxed);
                 break;
             }
+            retry.reset();
             let now = Instant::now();
             D::dispatch(&mut self, now);
             self.drain_inbox(now);
@@ -119,6 +136,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         self.core.free_retired();
         // Queues a completion backend may still read from are leaked, not freed under it.
         for conn in self.core.conns.drain() {
+            self.core.limits.release();
             std::mem::forget(conn.tx);
         }
         self.core.tls.leak_queues();
@@ -135,6 +153,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         }
         swept.clear();
         self.core.swept = swept;
+        self.stalled_out(now);
     }
 
     /// Hands posted messages to the handler; the frames it queues go out at the turn's end.
@@ -151,6 +170,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
                 tx_pool,
                 timers,
                 dirty,
+                limits,
                 tls,
                 ..
             } = &mut self.core;
@@ -160,6 +180,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
                 writing: self.driver.writing(),
                 timers,
                 dirty,
+                low_mark: limits.max_queued_bytes() / 2,
                 tls,
             };
             handler.on_inbox(&mut Local { ops: &mut ops, now }, message);
@@ -174,22 +195,64 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
     /// not always the last ones written (those wait the whole list's writing, milliseconds for
     /// thousands).
     fn end_turn(&mut self, now: Instant) {
+        // Only those listed before: a handler that asks for `on_writable` again from it, with
+        // nothing queued, is told next turn rather than in a loop.
         let listed = self.core.dirty.len();
         let start = rotation_start(self.turns, listed);
         self.turns = self.turns.wrapping_add(1);
-        // By index: nothing below marks a connection again, but nothing is lost if it did.
-        let mut next = 0;
-        while let Some(&token) = self.core.dirty.get(rotated(next, start, listed)) {
-            next += 1;
+        for next in 0..listed {
+            let token = self.core.dirty[rotated(next, start, listed)];
             let Some(conn) = self.core.conns.get_mut(token) else {
                 continue;
             };
             conn.flags.remove(conn::ConnFlags::DIRTY);
             self.flush(token, now);
             self.after_io(token, Written::Done, now);
+            self.after_flush(token, now);
         }
-        self.core.dirty.clear();
+        self.core.dirty.drain(..listed);
     }
+}
+
+/// Retries of the backend's wait after transient errors (interrupted, busy, out of memory or
+/// buffers for now), with a growing pause; any other error stops the reactor.
+#[derive(Debug, Default)]
+struct Retry {
+    pause: Duration,
+    logged_at: Option<Instant>,
+}
+
+impl Retry {
+    /// Whether `error` is worth waiting again for (after a pause); counted in `wait_retries`.
+    fn again(&mut self, error: &std::io::Error, stats: &Stats, reactor: usize) -> bool {
+        if !is_transient(error) {
+            return false;
+        }
+        Stats::bump(&stats.wait_retries);
+        let now = Instant::now();
+        if self
+            .logged_at
+            .is_none_or(|at| now >= at + RETRY_LOG_INTERVAL)
+        {
+            tracing::warn!(reactor, "reactor wait failed, retrying: {error}");
+            self.logged_at = Some(now);
+        }
+        self.pause = (self.pause * 2).clamp(Duration::from_millis(1), MAX_RETRY_PAUSE);
+        std::thread::sleep(self.pause);
+        true
+    }
+
+    fn reset(&mut self) {
+        self.pause = Duration::ZERO;
+    }
+}
+
+/// Errors a wait (or the submission that goes with it) may meet and get past by trying again.
+fn is_transient(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY | libc::ENOMEM | libc::ENOBUFS | libc::ETIME)
+    )
 }
 
 /// Where the end of turn `turn` starts in its list of `len` connections: the fractional part
@@ -215,7 +278,166 @@ fn rotated(i: usize, start: usize, listed: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use std::io;
+    use std::net::TcpStream;
+    use std::sync::atomic::AtomicUsize;
+
+    use clarion_protocol::MessageKind;
+    use clarion_protocol::handshake::Request;
+
     use super::*;
+    use crate::sys::{Flushed, Wake, Waker};
+    use crate::txqueue::TxQueue;
+    use crate::{Answer, Ctx, LiveLimits, RequestInfo};
+
+    /// A backend whose waits fail as scripted, and that has nothing else to do.
+    struct Scripted {
+        waits: Vec<io::Result<()>>,
+        called: Arc<AtomicUsize>,
+        writing: writer::Queued,
+    }
+
+    struct NoWake;
+
+    impl Wake for NoWake {
+        fn wake(&self) {}
+    }
+
+    impl Driver for Scripted {
+        type Socket = TcpStream;
+        type Writing = writer::Queued;
+
+        fn writing(&mut self) -> &mut writer::Queued {
+            &mut self.writing
+        }
+
+        fn wait(
+            &mut self,
+            _sockets: &mut impl crate::sys::completion::Sockets<TcpStream>,
+            _timeout: Option<Duration>,
+        ) -> std::io::Result<()> {
+            self.called.fetch_add(1, Ordering::Relaxed);
+            if self.waits.is_empty() {
+                Ok(())
+            } else {
+                self.waits.remove(0)
+            }
+        }
+
+        fn dispatch<H: Handler>(_reactor: &mut Reactor<Self, H>, _now: Instant) {}
+
+        fn register(&mut self, _socket: &mut TcpStream, _token: usize) -> io::Result<()> {
+            Ok(())
+        }
+
+        fn refuse(&mut self, _socket: TcpStream) {}
+
+        fn flush(
+            &mut self,
+            _token: usize,
+            _socket: &mut TcpStream,
+            _queue: &mut TxQueue,
+        ) -> io::Result<Flushed> {
+            Ok(Flushed::Done)
+        }
+
+        fn shutdown_write(&mut self, _token: usize, _socket: &mut TcpStream) {}
+
+        fn pause_reading(&mut self, _token: usize, _socket: &mut TcpStream) {}
+
+        fn resume_reading(&mut self, _token: usize, _socket: &mut TcpStream) {}
+
+        fn close(&mut self, _token: usize, _socket: &mut TcpStream) -> bool {
+            true
+        }
+
+        fn resume_accepting(&mut self) {}
+
+        fn stop_accepting(&mut self) {}
+
+        fn waker(&self) -> Waker {
+            Arc::new(NoWake)
+        }
+
+        fn socket_writes(&self) -> u64 {
+            0
+        }
+    }
+
+    struct Nothing;
+
+    impl Handler for Nothing {
+        type Conn = ();
+        type Inbox = ();
+
+        fn on_request<'r>(
+            &mut self,
+            _request: &Request<'r>,
+            _body: &[u8],
+            _info: &RequestInfo,
+        ) -> Answer<'r, ()> {
+            unreachable!("no connection is ever accepted")
+        }
+
+        fn on_message(&mut self, _ctx: &mut Ctx<'_, ()>, _kind: MessageKind, _payload: &[u8]) {}
+    }
+
+    fn errno(code: i32) -> io::Result<()> {
+        Err(io::Error::from_raw_os_error(code))
+    }
+
+    #[test]
+    fn transient_wait_errors_are_retried_and_a_lasting_one_stops_the_reactor_marked_failed() {
+        let called = Arc::new(AtomicUsize::new(0));
+        let driver = Scripted {
+            waits: vec![
+                errno(libc::EINTR),
+                errno(libc::ENOMEM),
+                errno(libc::EBUSY),
+                Ok(()),
+                errno(libc::EBADF),
+                Ok(()),
+            ],
+            called: called.clone(),
+            writing: writer::Queued,
+        };
+        let stats = Arc::new(Stats::default());
+        let reactor = Reactor::new(
+            driver,
+            Nothing,
+            Arc::new(Config::default()),
+            stats.clone(),
+            0,
+            Arc::new(Mailboxes::new(1)),
+            Arc::new(LiveLimits::default()),
+        );
+        // Returns (rather than waiting forever for a shutdown) once the wait fails for good.
+        reactor.run(&AtomicBool::new(false));
+        assert_eq!(
+            called.load(Ordering::Relaxed),
+            5,
+            "the lasting error ends it"
+        );
+        assert_eq!(stats.wait_retries.load(Ordering::Relaxed), 3);
+        assert!(stats.failed.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn what_a_wait_may_get_past() {
+        for code in [
+            libc::EINTR,
+            libc::EAGAIN,
+            libc::EBUSY,
+            libc::ENOMEM,
+            libc::ENOBUFS,
+        ] {
+            assert!(is_transient(&io::Error::from_raw_os_error(code)), "{code}");
+        }
+        for code in [libc::EBADF, libc::EINVAL, libc::EFAULT, libc::ENXIO] {
+            assert!(!is_transient(&io::Error::from_raw_os_error(code)), "{code}");
+        }
+        assert!(!is_transient(&io::Error::other("no errno")));
+    }
 
     #[test]
     fn a_rotated_list_visits_every_entry_once_then_what_was_added() {

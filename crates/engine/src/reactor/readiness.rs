@@ -13,7 +13,7 @@ use super::writer::{Corked, Written};
 use crate::Handler;
 use crate::sys::completion::Sockets;
 use crate::sys::readiness::{Readiness, Ready};
-use crate::sys::{Flushed, Waker};
+use crate::sys::{Flushed, Peer, Waker};
 use crate::txqueue::{MAX_IOVECS, TxQueue};
 
 /// Reads from one socket per readiness event before others get a turn.
@@ -50,7 +50,10 @@ impl<B: Readiness> ReadinessDriver<B> {
     }
 }
 
-impl<B: Readiness> Driver for ReadinessDriver<B> {
+impl<B: Readiness> Driver for ReadinessDriver<B>
+where
+    B::Socket: Peer,
+{
     type Socket = B::Socket;
     type Writing = Corked<B>;
 
@@ -90,6 +93,7 @@ impl<B: Readiness> Driver for ReadinessDriver<B> {
                     if reactor.flush(token, now) {
                         reactor.after_io(token, Written::Done, now);
                     }
+                    reactor.after_flush(token, now);
                 }
                 Ready::Woken => {}
             }
@@ -133,6 +137,15 @@ impl<B: Readiness> Driver for ReadinessDriver<B> {
         B::shutdown_write(socket);
     }
 
+    fn pause_reading(&mut self, _token: usize, _socket: &mut B::Socket) {
+        // Nothing to tell the kernel: `on_readable` skips a paused connection.
+    }
+
+    fn resume_reading(&mut self, token: usize, _socket: &mut B::Socket) {
+        // Edge-triggered: bytes that came while paused bring no new event.
+        self.read_again.push(token);
+    }
+
     fn close(&mut self, _token: usize, _socket: &mut B::Socket) -> bool {
         // Nothing is in flight: the descriptor closes (and leaves the epoll set) when the entry
         // is freed at the end of the turn and the socket dropped.
@@ -158,7 +171,10 @@ impl<B: Readiness> Driver for ReadinessDriver<B> {
     }
 }
 
-impl<B: Readiness, H: Handler> Reactor<ReadinessDriver<B>, H> {
+impl<B: Readiness, H: Handler> Reactor<ReadinessDriver<B>, H>
+where
+    B::Socket: Peer,
+{
     /// Accepts what waits on listener `listener`, up to the per-turn cap.
     fn accept(&mut self, listener: usize, now: Instant) {
         if !self.core.accepting() {
@@ -191,6 +207,10 @@ impl<B: Readiness, H: Handler> Reactor<ReadinessDriver<B>, H> {
                 conn.flags.insert(ConnFlags::PEER_CLOSED);
             }
             let closed = conn.flags.contains(ConnFlags::PEER_CLOSED);
+            if conn.flags.contains(ConnFlags::PAUSED) {
+                // Over its write cap: what waits is read once the queue drains (resume).
+                break;
+            }
             match B::read(&mut conn.socket, &mut buf) {
                 Ok(0) => {
                     self.drop_conn(token, now);
@@ -218,12 +238,9 @@ impl<B: Readiness, H: Handler> Reactor<ReadinessDriver<B>, H> {
                 }
             }
         }
-        if self
-            .core
-            .conns
-            .get(token)
-            .is_some_and(|conn| conn.flags.contains(ConnFlags::READ_AGAIN))
-        {
+        if self.core.conns.get(token).is_some_and(|conn| {
+            conn.flags & (ConnFlags::READ_AGAIN | ConnFlags::PAUSED) == ConnFlags::READ_AGAIN
+        }) {
             self.driver.read_again.push(token);
         }
         self.driver.read_buf = buf;

@@ -13,9 +13,9 @@
 //!   (`reactor/tls.rs`): a frame is still framed once, and encrypted once per connection.
 //!
 //! Queues are borrowed from the reactor's pool until they drain. Seams for what comes next:
-//! - A per-connection cap on queued bytes is checked where bytes enter a queue: here and in
-//!   `Local::send_shared` (the one other path), both through `Conn::queued`; the core then stops
-//!   reading a connection over its cap until its queue drains ([`Written`] tells it).
+//! - Every byte counts against the connection's write cap ([`Sink::queued`] here, `Conn::queued`
+//!   in `Local::send_shared`): the core stops reading a connection over its cap, between two
+//!   frames even within one read, until its queue drains (`lifecycle.rs`).
 //! - Coalescing everything queued for a subscriber into one write per turn is the `DIRTY` list
 //!   that [`Written::Queued`] feeds: a readiness writer that queues instead of writing at once
 //!   joins it unchanged.
@@ -38,6 +38,10 @@ pub(crate) trait Sink: Transmit {
     /// Queues a frame shared with other connections (framed once, never copied per connection
     /// unless a short write leaves part of it).
     fn transmit_shared(&mut self, frame: &Arc<[u8]>);
+
+    /// Bytes given to the writer that the socket has not taken yet (corked or queued): what
+    /// counts against the connection's write cap.
+    fn queued(&self) -> usize;
 }
 
 /// How a connection's turn of writing ended.
@@ -236,6 +240,10 @@ impl<B: Readiness> Sink for CorkedWriter<'_, B> {
             self.queue().push_shared(frame.clone(), written);
         }
     }
+
+    fn queued(&self) -> usize {
+        self.cork.len() + self.tx.as_deref().map_or(0, TxQueue::len)
+    }
 }
 
 impl<B: Readiness> ConnWriter for CorkedWriter<'_, B> {
@@ -298,6 +306,13 @@ impl<W: ConnWriter> Sink for EitherWriter<'_, W> {
             EitherWriter::Tls(w) => w.transmit_shared(frame),
         }
     }
+
+    fn queued(&self) -> usize {
+        match self {
+            EitherWriter::Plain(w) => w.queued(),
+            EitherWriter::Tls(w) => w.queued(),
+        }
+    }
 }
 
 impl<W: ConnWriter> ConnWriter for EitherWriter<'_, W> {
@@ -358,6 +373,10 @@ impl Transmit for QueuedWriter<'_> {
 impl Sink for QueuedWriter<'_> {
     fn transmit_shared(&mut self, frame: &Arc<[u8]>) {
         self.queue().push_shared(frame.clone(), 0);
+    }
+
+    fn queued(&self) -> usize {
+        self.tx.as_deref().map_or(0, TxQueue::len)
     }
 }
 

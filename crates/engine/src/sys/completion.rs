@@ -93,6 +93,13 @@ pub(crate) trait Completion {
     /// Sends FIN once what was sent before is out; receiving goes on.
     fn shutdown_write(&mut self, token: usize, socket: &mut Self::Socket);
 
+    /// Stops receiving on a connection (it is over its write cap): what arrives waits in the
+    /// socket, and TCP pushes back on the peer. Receives already completing still come.
+    fn pause_receiving(&mut self, token: usize, socket: &mut Self::Socket);
+
+    /// Receives again after [`Completion::pause_receiving`] (armed with the next wait).
+    fn resume_receiving(&mut self, token: usize, socket: &mut Self::Socket);
+
     /// Closes a registered connection. `true`: done, the token is free now. `false`: operations
     /// are still in flight; `Released` will say when the token is free (until then the queue
     /// the kernel may be reading must be kept).

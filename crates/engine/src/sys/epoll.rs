@@ -11,8 +11,8 @@ use mio::net::TcpListener;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::Wake;
 use super::readiness::{Readiness, Ready};
+use super::{Peer, Wake};
 
 const WAKER: Token = Token(usize::MAX - 1);
 /// Listener `i` is watched under `LISTENERS - i`; connection tokens (slab keys) stay far below.
@@ -72,6 +72,12 @@ fn send(socket: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         // message header and an iovec array.
         [one] => socket.send_with_flags(one, libc::MSG_NOSIGNAL),
         _ => socket.send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL),
+    }
+}
+
+impl Peer for TcpStream {
+    fn peer(&self) -> Option<SocketAddr> {
+        self.peer_addr().ok()
     }
 }
 

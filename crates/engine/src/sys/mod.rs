@@ -34,6 +34,13 @@ pub(crate) enum Flushed {
     Pending,
 }
 
+/// What an accepted socket can say of its peer, for the log line of a limit it hit after the
+/// handshake (before it, the address comes from accept).
+pub(crate) trait Peer {
+    /// The peer's address, when the socket can tell.
+    fn peer(&self) -> Option<std::net::SocketAddr>;
+}
+
 /// Wakes a reactor from another thread.
 pub(crate) trait Wake: Send + Sync {
     /// Interrupts the reactor's wait.

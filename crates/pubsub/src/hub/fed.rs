@@ -288,10 +288,10 @@ mod tests {
         let hub = Hub::fed(HubConfig::default(), tx);
         hub.set_epoch(EPOCH);
         let now = Instant::now();
-        assert!(hub.join("t", 0, None, true, now).is_err());
+        assert!(hub.join("t", 0, None, true, usize::MAX, now).is_err());
         let recent = (1..=5).map(|seq| numbered("t", seq)).collect();
         hub.sync("t", 5, recent, false, |_, _| ());
-        hub.join("t", 0, None, true, now).unwrap();
+        hub.join("t", 0, None, true, usize::MAX, now).unwrap();
         hub
     }
 
@@ -322,7 +322,7 @@ mod tests {
         assert_eq!(provisional(&hub, "t", 2), [6, 7]);
         assert_eq!(provisional(&hub, "not-live", 1), [0]);
         let (_, recovery) = hub
-            .join("t", 0, Some(&resume(5)), false, Instant::now())
+            .join("t", 0, Some(&resume(5)), false, usize::MAX, Instant::now())
             .unwrap();
         assert_eq!(
             seqs(&recovery.unwrap()),
@@ -543,11 +543,11 @@ mod tests {
         let now = Instant::now();
         assert!(hub.is_fed());
         assert!(matches!(
-            hub.join("t", 1, None, true, now),
+            hub.join("t", 1, None, true, usize::MAX, now),
             Err(Error::Pending)
         ));
         assert!(matches!(
-            hub.join("t", 2, None, true, now),
+            hub.join("t", 2, None, true, usize::MAX, now),
             Err(Error::Pending)
         ));
         assert_eq!(
@@ -569,7 +569,9 @@ mod tests {
         let recent = vec![numbered("t", 4), numbered("t", 5)];
         let waiting = hub.sync("t", 5, recent, false, |_, _| panic!("nothing live yet"));
         assert_eq!(waiting.iter().collect::<Vec<_>>(), [1, 2]);
-        let (seq, recovery) = hub.join("t", 1, Some(&resume(3)), true, now).unwrap();
+        let (seq, recovery) = hub
+            .join("t", 1, Some(&resume(3)), true, usize::MAX, now)
+            .unwrap();
         assert_eq!((seq, seqs(&recovery.unwrap())), (5, vec![4, 5]));
         assert_eq!(hub.subscribers("t"), 1);
 

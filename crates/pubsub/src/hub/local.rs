@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::Hub;
+use super::{Admission, Hub};
 use crate::Error;
 use crate::message::{Message, Payload};
 use crate::reactors::Reactors;
@@ -22,12 +22,31 @@ impl Hub {
         now: Instant,
         send: impl FnOnce(&Arc<Message>, Reactors) -> R,
     ) -> Result<R, Error> {
-        self.get_or_create(topic, |name, state| {
+        self.publish_admitted(topic, payload, now, &Admission::API, send)
+    }
+
+    /// [`Hub::publish_with`] for a publisher that must meet `admission`: a client's publish may
+    /// create its topic only within `client_topic_rate` ([`Error::TooManyNewTopics`]), and the
+    /// message is numbered only if `admission.room` says the reactors that would receive it can
+    /// take it ([`Error::Busy`] otherwise: nothing was published).
+    pub fn publish_admitted<R>(
+        &self,
+        topic: &str,
+        payload: Payload,
+        now: Instant,
+        admission: &Admission<'_>,
+        send: impl FnOnce(&Arc<Message>, Reactors) -> R,
+    ) -> Result<R, Error> {
+        self.get_or_create(topic, admission.client, now, |name, state| {
+            let reactors = Reactors::from_bits(state.reactors);
+            if !(admission.room)(reactors) {
+                return Err(Error::Busy);
+            }
             state.seq += 1;
             let message = Arc::new(Message::new(name.clone(), state.seq, now, payload));
             self.record(state, &message);
-            send(&message, Reactors::from_bits(state.reactors))
-        })
+            Ok(send(&message, reactors))
+        })?
     }
 }
 
@@ -50,7 +69,12 @@ mod tests {
         assert_eq!(publish(&hub, "b", "z", now), 1);
         let stats = hub.stats();
         assert_eq!((stats.topics, stats.published), (2, 3));
-        assert_eq!((stats.history_messages, stats.history_bytes), (3, 3));
+        let each = Message::new(Arc::from("a"), 1, now, Payload::new(Format::Text, b"x")).memory();
+        assert_eq!(
+            (stats.history_messages, stats.history_bytes),
+            (3, 3 * each as u64),
+            "counted as they take memory"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ mod topics;
 
 use std::hash::RandomState;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -30,24 +30,32 @@ use crossbeam_channel::Sender;
 use super::Error;
 use super::epoch::{Epoch, Resume};
 use super::history::{History, Limits, Recovery};
-use super::reactors::bit;
+use super::reactors::{Reactors, bit};
 pub use fed::{Delivered, Interest};
 use topics::{SHARDS, Shard};
 
-/// Limits of the hub.
+/// Limits of the hub. History is counted in bytes of memory, as messages really take it
+/// ([`crate::Message::memory`]: an empty message costs about 150 bytes, not nothing).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HubConfig {
     /// Messages kept per topic for resume; 0 turns history off.
     pub history_size: usize,
-    /// Payload bytes kept per topic.
+    /// Bytes of history kept per topic.
     pub history_max_bytes: usize,
     /// Age after which a message leaves history; zero keeps messages whatever their age.
     pub history_max_age: Duration,
-    /// Payload bytes kept across all topics. Past it a publish is not retained and empties its
-    /// topic's ring, so the total stays bounded without a global eviction order.
+    /// Bytes of history kept across all topics. When a publish would go past it, a topic may
+    /// keep no more than an equal share of it (this total over the topics with history): a
+    /// topic above its share evicts its own oldest messages, one below keeps its history and
+    /// the new message, and each sweep trims every topic to its share. One topic, or a few,
+    /// cannot flush the others' history; the total stays under twice this between sweeps.
     pub history_total_bytes: usize,
     /// Most topics alive at once; a publish or subscribe that would create one more fails.
     pub max_topics: usize,
+    /// New topics clients may create per second (by subscribing, or publishing where allowed),
+    /// across the hub, with a burst of ten seconds' worth; 0: no limit. Publishes through the
+    /// API ([`Hub::publish_with`]) are not counted.
+    pub client_topic_rate: u32,
 }
 
 impl Default for HubConfig {
@@ -58,8 +66,33 @@ impl Default for HubConfig {
             history_max_age: Duration::from_secs(300),
             history_total_bytes: 256 << 20,
             max_topics: 100_000,
+            client_topic_rate: 1000,
         }
     }
+}
+
+/// What a publish must meet before it is numbered (checked under the topic's lock).
+pub struct Admission<'a> {
+    /// A client's publish: creating its topic draws on the hub's `client_topic_rate`.
+    pub client: bool,
+    /// Whether the reactors that would receive the message can take it now.
+    pub room: &'a dyn Fn(Reactors) -> bool,
+}
+
+impl Admission<'_> {
+    /// A trusted publisher's (the HTTP API): every topic may be created, every reactor takes it.
+    pub const API: Admission<'static> = Admission {
+        client: false,
+        room: &|_| true,
+    };
+}
+
+/// The hub's allowance of new topics for clients, refilled by the time since it was last used.
+#[derive(Debug)]
+struct Creations {
+    /// Thousandths of a topic.
+    millis: u64,
+    refilled: Instant,
 }
 
 /// One topic's numbers ([`Hub::topic_counts`]).
@@ -84,8 +117,12 @@ pub struct HubStats {
     pub history_messages: u64,
     /// Payload bytes retained in history.
     pub history_bytes: u64,
-    /// Messages evicted from history (by count, size or age) since start.
+    /// Messages evicted from history (by count, size, age or the fair share) since start.
     pub history_evicted: u64,
+    /// Topics with history, as of the last sweep.
+    pub topics_with_history: u64,
+    /// New topics refused to clients past `client_topic_rate`.
+    pub topics_refused: u64,
 }
 
 /// Topics shared by all reactors. See the module docs for the ordering contract.
@@ -106,6 +143,10 @@ pub struct Hub {
     history_messages: AtomicU64,
     history_bytes: AtomicU64,
     history_evicted: AtomicU64,
+    /// Topics with history, counted by the sweep: what a topic's fair share divides by.
+    topics_with_history: AtomicU64,
+    creations: Mutex<Creations>,
+    topics_refused: AtomicU64,
 }
 
 impl Hub {
@@ -121,6 +162,10 @@ impl Hub {
     }
 
     fn build(config: HubConfig, epoch: Epoch, upstream: Option<Sender<Interest>>) -> Hub {
+        let creations = Creations {
+            millis: u64::from(config.client_topic_rate) * CREATION_BURST_SECONDS * 1000,
+            refilled: Instant::now(),
+        };
         Hub {
             epoch: AtomicU64::new(epoch.value()),
             upstream,
@@ -138,7 +183,34 @@ impl Hub {
             history_messages: AtomicU64::new(0),
             history_bytes: AtomicU64::new(0),
             history_evicted: AtomicU64::new(0),
+            topics_with_history: AtomicU64::new(0),
+            creations: Mutex::new(creations),
+            topics_refused: AtomicU64::new(0),
         }
+    }
+
+    /// Whether a client may create one more topic now (drawing on `client_topic_rate`).
+    fn may_create(&self, now: Instant) -> bool {
+        let rate = u64::from(self.config.client_topic_rate);
+        if rate == 0 {
+            return true;
+        }
+        let mut creations = self
+            .creations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let elapsed = now
+            .saturating_duration_since(creations.refilled)
+            .as_millis() as u64;
+        creations.refilled = creations.refilled.max(now);
+        let full = rate * CREATION_BURST_SECONDS * 1000;
+        creations.millis = (creations.millis + rate.saturating_mul(elapsed)).min(full);
+        if creations.millis < 1000 {
+            self.topics_refused.fetch_add(1, Relaxed);
+            return false;
+        }
+        creations.millis -= 1000;
+        true
     }
 
     /// The limits it was made with.
@@ -162,18 +234,21 @@ impl Hub {
     }
 
     /// Adds `reactor` to `topic`'s reactor set and reads, in the same critical section, the
-    /// current `seq` (and what `resume` missed): every later publish reaches the reactor, and
-    /// every earlier one is at or below the returned `seq`. `new` counts one more subscriber.
-    /// In a fed hub a topic that is not live answers [`Error::Pending`] (see the module docs).
+    /// current `seq` (and what `resume` missed, up to `replay_bytes` of it): every later
+    /// publish reaches the reactor, and every earlier one is at or below the returned `seq`.
+    /// `new` counts one more subscriber. In a fed hub a topic that is not live answers
+    /// [`Error::Pending`] (see the module docs). Subscribing is a client's act: creating the
+    /// topic draws on `client_topic_rate`.
     pub(crate) fn join(
         &self,
         topic: &str,
         reactor: usize,
         resume: Option<&Resume>,
         new: bool,
+        replay_bytes: usize,
         now: Instant,
     ) -> Result<(u64, Option<Recovery>), Error> {
-        self.get_or_create(topic, |name, state| {
+        self.get_or_create(topic, true, now, |name, state| {
             if !state.live {
                 if state.reactors == 0 && state.waiting == 0 {
                     self.tell(Interest::Join(name.clone()));
@@ -186,7 +261,7 @@ impl Hub {
             state.subscribers += u64::from(new);
             let recovery = resume.map(|resume| {
                 self.expire(state, now);
-                self.recover(&state.history, state.seq, resume)
+                self.recover(&state.history, state.seq, resume, replay_bytes)
             });
             Ok((state.seq, recovery))
         })?
@@ -214,13 +289,30 @@ impl Hub {
 
     /// What a subscriber resuming from `resume` missed on `topic`, without subscribing.
     pub fn since(&self, topic: &str, resume: &Resume, now: Instant) -> Recovery {
+        self.replay(topic, resume, usize::MAX, now).0
+    }
+
+    /// What a subscriber resuming from `resume` missed on `topic`, up to `max_bytes` of it (at
+    /// least one message), and the topic's `seq` as of the same moment: the next slice of a
+    /// replay is asked for from the last message of this one, and when one is `complete` the
+    /// subscriber has everything up to that `seq`.
+    pub fn replay(
+        &self,
+        topic: &str,
+        resume: &Resume,
+        max_bytes: usize,
+        now: Instant,
+    ) -> (Recovery, u64) {
         let found = self.existing(topic, |_, state| {
             self.expire(state, now);
-            self.recover(&state.history, state.seq, resume)
+            let recovery = self.recover(&state.history, state.seq, resume, max_bytes);
+            (recovery, state.seq)
         });
         // A topic that does not exist has no history, and its `seq` would start at the floor.
         found.unwrap_or_else(|_| {
-            self.recover(&History::default(), self.seq_floor.load(Relaxed), resume)
+            let floor = self.seq_floor.load(Relaxed);
+            let recovery = self.recover(&History::default(), floor, resume, max_bytes);
+            (recovery, floor)
         })
     }
 
@@ -257,9 +349,14 @@ impl Hub {
             history_messages: self.history_messages.load(Relaxed),
             history_bytes: self.history_bytes.load(Relaxed),
             history_evicted: self.history_evicted.load(Relaxed),
+            topics_with_history: self.topics_with_history.load(Relaxed),
+            topics_refused: self.topics_refused.load(Relaxed),
         }
     }
 }
+
+/// Seconds of `client_topic_rate` that may be spent at once after a quiet spell.
+const CREATION_BURST_SECONDS: u64 = 10;
 
 #[cfg(test)]
 mod tests {
@@ -267,6 +364,8 @@ mod tests {
     use crate::message::{Format, Payload};
 
     pub(super) const EPOCH: Epoch = Epoch::new(0xfeed);
+    /// No budget on a replay: everything at once.
+    pub(super) const ALL: usize = usize::MAX;
 
     pub(super) fn hub(config: HubConfig) -> Hub {
         Hub::new(config, EPOCH)
@@ -363,9 +462,12 @@ mod tests {
     fn publish_reaches_only_joined_reactors() {
         let hub = hub(HubConfig::default());
         let now = Instant::now();
-        assert!(matches!(hub.join("t", 3, None, true, now), Ok((0, None))));
-        hub.join("t", 63, None, true, now).unwrap();
-        hub.join("t", 64, None, true, now).unwrap(); // out of range: no bit
+        assert!(matches!(
+            hub.join("t", 3, None, true, ALL, now),
+            Ok((0, None))
+        ));
+        hub.join("t", 63, None, true, ALL, now).unwrap();
+        hub.join("t", 64, None, true, ALL, now).unwrap(); // out of range: no bit
         let reactors = hub
             .publish_with("t", Payload::new(Format::Binary, b""), now, |_, r| r)
             .unwrap();
@@ -377,7 +479,7 @@ mod tests {
             .publish_with("t", Payload::new(Format::Binary, b""), now, |_, r| r)
             .unwrap();
         assert_eq!(reactors.iter().collect::<Vec<_>>(), [63]);
-        let (seq, recovery) = hub.join("t", 0, Some(&resume(1)), true, now).unwrap();
+        let (seq, recovery) = hub.join("t", 0, Some(&resume(1)), true, ALL, now).unwrap();
         assert_eq!(seq, 2);
         assert_eq!(seqs(&recovery.unwrap()), [2]);
     }

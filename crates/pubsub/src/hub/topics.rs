@@ -13,7 +13,7 @@ use std::time::Instant;
 use super::Hub;
 use crate::Error;
 use crate::epoch::Resume;
-use crate::history::{Change, History, Limits, Recovery};
+use crate::history::{Change, History, Recovery};
 use crate::message::Message;
 
 /// Topic map shards: enough that publishers on different topics rarely meet on a shard lock.
@@ -69,10 +69,13 @@ impl Hub {
         }
     }
 
-    /// Runs `f` on `topic` under its lock, creating the topic first if needed.
+    /// Runs `f` on `topic` under its lock, creating the topic first if needed (for a `client`,
+    /// within the hub's `client_topic_rate`).
     pub(super) fn get_or_create<R>(
         &self,
         topic: &str,
+        client: bool,
+        now: Instant,
         f: impl FnOnce(&Arc<str>, &mut TopicState) -> R,
     ) -> Result<R, Error> {
         let f = match self.existing(topic, f) {
@@ -89,6 +92,10 @@ impl Hub {
                 if self.topics.fetch_add(1, Relaxed) >= self.config.max_topics {
                     self.topics.fetch_sub(1, Relaxed);
                     return Err(Error::TooManyTopics);
+                }
+                if client && !self.may_create(now) {
+                    self.topics.fetch_sub(1, Relaxed);
+                    return Err(Error::TooManyNewTopics);
                 }
                 let floor = self.seq_floor.load(Relaxed);
                 entry.insert_entry(Mutex::new(TopicState {
@@ -123,29 +130,46 @@ impl Hub {
         out
     }
 
-    /// Appends `message` (the topic's new `seq`) to history and counts it.
+    /// Appends `message` (the topic's new `seq`) to history and counts it. When the hub's
+    /// history would go past `history_total_bytes`, the topic may keep only its fair share
+    /// ([`Hub::fair_share`]): one above it evicts its own oldest messages, one below it keeps
+    /// its history and the new message. Only past twice the total does a publish flush its
+    /// own topic's history (the sweep trims topics to their shares within a second).
     pub(super) fn record(&self, state: &mut TopicState, message: &Arc<Message>) {
-        let size = message.payload.bytes().len();
-        let room = self.history_bytes.load(Relaxed).saturating_add(size as u64)
-            <= self.config.history_total_bytes as u64;
-        let limits = if room {
-            self.limits
-        } else {
-            Limits {
-                capacity: 0,
-                ..self.limits
-            }
-        };
+        let size = message.memory() as u64;
+        let total = self.config.history_total_bytes as u64;
+        let used = self.history_bytes.load(Relaxed).saturating_add(size);
+        let mut limits = self.limits;
+        if used > total {
+            limits.max_bytes = limits.max_bytes.min(self.fair_share(&state.history));
+        }
+        if used > total.saturating_mul(2) {
+            limits.capacity = 0;
+        }
         let change = state.history.push(message.clone(), &limits);
         self.account(change);
         self.published.fetch_add(1, Relaxed);
     }
 
+    /// A topic's share of `history_total_bytes` while the hub is over it: the total divided by
+    /// the topics with history (as of the last sweep, this one counted if it had none).
+    fn fair_share(&self, history: &History) -> usize {
+        let counted = self.topics_with_history.load(Relaxed);
+        let topics = counted + u64::from(history.is_empty()) + u64::from(counted == 0);
+        (self.config.history_total_bytes as u64 / topics.max(1)) as usize
+    }
+
     /// The resume rule of [`History::recover`], for a claim of this hub's epoch only: a `seq`
     /// of another epoch names other messages.
-    pub(super) fn recover(&self, history: &History, current: u64, resume: &Resume) -> Recovery {
+    pub(super) fn recover(
+        &self,
+        history: &History,
+        current: u64,
+        resume: &Resume,
+        max_bytes: usize,
+    ) -> Recovery {
         if resume.epoch == Some(self.epoch()) {
-            history.recover(resume.since, current)
+            history.recover(resume.since, current, max_bytes)
         } else {
             Recovery::default()
         }
@@ -167,14 +191,17 @@ impl Hub {
     }
 
     /// Removes the topics that no reactor subscribes to and whose history has expired (or was
-    /// never kept). Call it now and then (every few seconds) from any one thread.
+    /// never kept), counts the topics with history, and while the hub holds more history than
+    /// `history_total_bytes` trims every topic to its fair share (the total over that count).
+    /// Call it now and then (every few seconds) from any one thread.
     pub fn sweep(&self, now: Instant) -> usize {
-        let mut removed = 0;
+        let (mut removed, mut with_history) = (0, 0);
         for shard in &self.shards {
             let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
             map.retain(|_, cell| {
                 let state = cell.get_mut().unwrap_or_else(PoisonError::into_inner);
                 self.expire(state, now);
+                with_history += u64::from(!state.history.is_empty());
                 let idle = state.reactors == 0 && state.waiting == 0 && state.history.is_empty();
                 if idle {
                     self.seq_floor.fetch_max(state.seq, Relaxed);
@@ -184,6 +211,19 @@ impl Hub {
             });
         }
         self.topics.fetch_sub(removed, Relaxed);
+        self.topics_with_history.store(with_history, Relaxed);
+        let total = self.config.history_total_bytes;
+        if self.history_bytes.load(Relaxed) > total as u64 {
+            let share = total / with_history.max(1) as usize;
+            for shard in &self.shards {
+                let map = shard.read().unwrap_or_else(PoisonError::into_inner);
+                for cell in map.values() {
+                    let mut state = cell.lock().unwrap_or_else(PoisonError::into_inner);
+                    let change = state.history.trim(share);
+                    self.account(change);
+                }
+            }
+        }
         removed
     }
 }
@@ -193,8 +233,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::hub::HubConfig;
     use crate::hub::tests::{hub, publish, resume, seqs};
+    use crate::hub::{Admission, HubConfig};
     use crate::message::{Format, Payload};
 
     #[test]
@@ -207,11 +247,11 @@ mod tests {
         let now = Instant::now();
         publish(&hub, "a", "1", now);
         publish(&hub, "a", "2", now);
-        hub.join("b", 0, None, true, now).unwrap();
+        hub.join("b", 0, None, true, usize::MAX, now).unwrap();
         let full = hub.publish_with("c", Payload::new(Format::Text, b""), now, |_, _| ());
         assert_eq!(full, Err(Error::TooManyTopics));
         assert!(matches!(
-            hub.join("c", 0, None, true, now),
+            hub.join("c", 0, None, true, usize::MAX, now),
             Err(Error::TooManyTopics)
         ));
         assert_eq!(
@@ -230,19 +270,100 @@ mod tests {
     }
 
     #[test]
-    fn total_history_bytes_stay_bounded() {
+    fn a_flooding_topic_cannot_flush_the_others_history() {
+        let now = Instant::now();
+        let big = Payload::new(Format::Text, &[b'x'; 1000]);
+        let one = Message::new(Arc::from("junk"), 1, now, big.clone()).memory();
+        let total = 10 * one;
         let hub = hub(HubConfig {
-            history_total_bytes: 10,
+            history_total_bytes: total,
+            history_size: 1000,
             ..HubConfig::default()
         });
+        for topic in ["a", "b"] {
+            publish(&hub, topic, "1", now);
+            publish(&hub, topic, "2", now);
+        }
+        // A publisher floods one topic with far more than the hub keeps.
+        for _ in 0..100 {
+            hub.publish_with("junk", big.clone(), now, |_, _| ())
+                .unwrap();
+        }
+        let used = hub.stats().history_bytes as usize;
+        assert!(used <= 2 * total, "{used} of {total}");
+        for topic in ["a", "b"] {
+            assert_eq!(seqs(&hub.since(topic, &resume(0), now)), [1, 2], "{topic}");
+        }
+        // The sweep brings the total back under the budget at the flooder's expense: three
+        // topics with history, a third of the budget each at most.
+        hub.sweep(now);
+        assert!(hub.stats().history_bytes as usize <= total);
+        assert_eq!(hub.stats().topics_with_history, 3);
+        let junk = hub.since("junk", &resume(0), now);
+        assert!(!junk.recovered, "the flood's oldest are gone");
+        let kept = hub.since("junk", &resume(97), now);
+        assert!(kept.recovered && kept.messages.len() * one <= total / 3);
+        for topic in ["a", "b"] {
+            assert_eq!(seqs(&hub.since(topic, &resume(0), now)), [1, 2], "{topic}");
+        }
+        // Past twice the total a publish keeps nothing of its topic: the last stop.
+        let tiny = super::super::tests::hub(HubConfig {
+            history_total_bytes: 1,
+            ..HubConfig::default()
+        });
+        publish(&tiny, "a", "1", now);
+        assert_eq!(tiny.stats().history_messages, 0);
+    }
+
+    #[test]
+    fn clients_create_topics_within_their_rate_and_the_api_without() {
         let now = Instant::now();
-        publish(&hub, "a", "12345678", now);
-        publish(&hub, "b", "12", now);
-        assert_eq!(hub.stats().history_bytes, 10);
-        publish(&hub, "a", "x", now); // no room: not kept, and `a`'s ring is emptied
-        assert_eq!(hub.stats().history_bytes, 2);
-        assert!(!hub.since("a", &resume(1), now).recovered);
-        assert!(hub.since("a", &resume(2), now).recovered);
-        assert_eq!(seqs(&hub.since("b", &resume(0), now)), [1]);
+        let hub = hub(HubConfig {
+            client_topic_rate: 1,
+            ..HubConfig::default()
+        });
+        // A burst of ten seconds' worth, then one a second.
+        for n in 0..10 {
+            hub.join(&format!("t{n}"), 0, None, true, usize::MAX, now)
+                .unwrap();
+        }
+        let refused = hub.join("t10", 0, None, true, usize::MAX, now);
+        assert!(matches!(refused, Err(Error::TooManyNewTopics)));
+        hub.join("t0", 0, None, false, usize::MAX, now)
+            .expect("an existing topic is not new");
+        let client = Admission {
+            client: true,
+            room: &|_| true,
+        };
+        let payload = || Payload::new(Format::Text, b"x");
+        let refused = hub.publish_admitted("p", payload(), now, &client, |_, _| ());
+        assert_eq!(refused, Err(Error::TooManyNewTopics));
+        hub.publish_with("p", payload(), now, |_, _| ())
+            .expect("the API is not counted");
+        assert_eq!(hub.stats().topics_refused, 2);
+        let later = now + Duration::from_millis(1500);
+        hub.join("t10", 0, None, true, usize::MAX, later).unwrap();
+    }
+
+    #[test]
+    fn a_publish_is_not_numbered_when_its_reactors_have_no_room() {
+        let now = Instant::now();
+        let hub = hub(HubConfig::default());
+        hub.join("t", 3, None, true, usize::MAX, now).unwrap();
+        let busy = Admission {
+            client: false,
+            room: &|reactors: crate::Reactors| !reactors.contains(3),
+        };
+        let payload = Payload::new(Format::Text, b"x");
+        assert_eq!(
+            hub.publish_admitted("t", payload.clone(), now, &busy, |m, _| m.seq()),
+            Err(Error::Busy)
+        );
+        assert_eq!(
+            publish(&hub, "t", "y", now),
+            1,
+            "the refused one took no seq"
+        );
+        assert_eq!(hub.stats().published, 1);
     }
 }

@@ -25,6 +25,9 @@ bitflags! {
         const SHUTDOWN_IN_FLIGHT = 1 << 4;
         /// The close waits for the shutdown in flight.
         const CLOSE_DEFERRED = 1 << 5;
+        /// Receiving is paused (the connection is over its write cap): the recv was cancelled
+        /// and is not armed again until it is resumed.
+        const RECV_PAUSED = 1 << 6;
     }
 }
 
@@ -77,6 +80,14 @@ impl Direct {
     /// Removes `ops` from the operations in flight.
     pub(super) fn remove(&mut self, ops: Ops) {
         self.set_ops(self.ops() - ops);
+    }
+}
+
+/// A direct descriptor has no file to ask `getpeername` of: its peer is known only at accept,
+/// when [`super::UringConfig::peer_addresses`] asks for it.
+impl super::super::Peer for Direct {
+    fn peer(&self) -> Option<std::net::SocketAddr> {
+        None
     }
 }
 

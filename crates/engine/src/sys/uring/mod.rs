@@ -221,9 +221,10 @@ impl Uring {
                     if !more && !closing {
                         self.rearm.push(token);
                     }
-                } else if result == -libc::ENOBUFS {
-                    // Every buffer is out: the data waits in the socket; ask again next turn.
-                    if !closing {
+                } else if result == -libc::ENOBUFS || result == -libc::ECANCELED {
+                    // Every buffer is out (the data waits in the socket), or a pause cancelled
+                    // the recv: ask again next turn unless still paused (a resume re-arms it).
+                    if !closing && !socket.ops().contains(Ops::RECV_PAUSED) {
                         self.rearm.push(token);
                     }
                 } else if !closing {
@@ -261,15 +262,16 @@ impl Completion for Uring {
         timeout: Option<Duration>,
         sockets: &mut impl Sockets<Direct>,
     ) -> io::Result<()> {
-        // Taken and put back, so the list keeps its capacity from turn to turn.
+        // Taken and put back, so the list keeps its capacity from turn to turn. A recv the
+        // submission queue cannot take now stays listed for the next turn.
         let mut rearm = std::mem::take(&mut self.rearm);
-        for token in rearm.drain(..) {
-            if let Some(socket) = sockets.socket(token)
-                && socket.ops() & (Ops::LIVE | Ops::RECV_ARMED) == Ops::LIVE
-            {
-                self.arm_recv(token, socket)?;
+        let armable = Ops::LIVE | Ops::RECV_ARMED | Ops::RECV_PAUSED;
+        rearm.retain(|&token| match sockets.socket(token) {
+            Some(socket) if socket.ops() & armable == Ops::LIVE => {
+                self.arm_recv(token, socket).is_err()
             }
-        }
+            _ => false,
+        });
         self.rearm = rearm;
         let submitted = match timeout {
             Some(Duration::ZERO) => self.ring.submit(),
@@ -386,12 +388,35 @@ impl Completion for Uring {
         }
     }
 
+    fn pause_receiving(&mut self, token: usize, socket: &mut Direct) {
+        socket.insert(Ops::RECV_PAUSED);
+        if socket.ops().contains(Ops::RECV_ARMED) {
+            // Completes with ECANCELED (not a reset: the recv ends without `ReadClosed`).
+            let recv = Self::user_data(RECV, token);
+            let _ = self.push(opcode::AsyncCancel::new(recv).build().user_data(IGNORE));
+        }
+    }
+
+    fn resume_receiving(&mut self, token: usize, socket: &mut Direct) {
+        socket.remove(Ops::RECV_PAUSED);
+        if !socket.ops().contains(Ops::RECV_ARMED) {
+            self.rearm.push(token);
+        }
+    }
+
     fn close(&mut self, token: usize, socket: &mut Direct) -> bool {
         let ops = (socket.ops() - Ops::LIVE) | Ops::CLOSING;
         socket.set_ops(ops);
         if ops.contains(Ops::RECV_ARMED) {
             let recv = Self::user_data(RECV, token);
             let _ = self.push(opcode::AsyncCancel::new(recv).build().user_data(IGNORE));
+        }
+        if ops.contains(Ops::SEND_IN_FLIGHT) {
+            // A send to a peer that does not read never completes on its own (the socket lives
+            // on in the request, whatever becomes of the slot): a dropped connection's is
+            // cancelled, so that it is released.
+            let send = Self::user_data(SEND, token);
+            let _ = self.push(opcode::AsyncCancel::new(send).build().user_data(IGNORE));
         }
         if ops.contains(Ops::SHUTDOWN_IN_FLIGHT) {
             socket.insert(Ops::CLOSE_DEFERRED);
