@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The full Autobahn|Testsuite compression sets (12.* and 13.*: permessage-deflate with every
 # offer variant, 216 cases) against a release build, on both backends and under both
-# compression policies: four runs of about 6 minutes each. scripts/test.sh runs both sets
-# once per backend (epoll with `shared`, io_uring with `per-connection`); this script runs all
-# four pairs.
+# compression policies: four runs of 6 to 13 minutes each (wstest's CPU bounds them, so the
+# machine's speed decides; docs/benchmarks.md, "Autobahn's compression sets"). scripts/test.sh
+# runs both sets once per backend (epoll with `shared`, io_uring with `per-connection`); this
+# script runs all four pairs.
 #
 # Usage: scripts/autobahn-deflate.sh     (reports in autobahn-reports/deflate-<io>-<policy>/)
 set -euo pipefail

@@ -298,6 +298,36 @@ if [[ -f "$REPORT_DIR/index.json" ]]; then
   find "$REPORT_DIR" -maxdepth 1 -type f \( -name '*.json' -o -name '*.html' \) -delete
 fi
 
+# Where the run's time went. The suite is a ping-pong (one message out, its echo back), so on an
+# otherwise idle machine wall ~= wstest CPU + server CPU; a large rest is waiting: for a CPU
+# (other work on the machine) or on the server (stalls). The compression sets (12.*, 13.*) are
+# bound by wstest's own CPU (Python: deflate, UTF-8 checks, SHA-1 of every message), so their
+# length follows the machine's speed and load (docs/benchmarks.md, "Autobahn's run time").
+report_time() {
+  local wall user sys
+  read -r wall user sys < "$REPORT_DIR/wstest.time" 2>/dev/null || return 0
+  python3 - "$wall" "$user" "$sys" "$SERVER_PID" <<'EOF' >&2
+import glob, os, sys
+wall, user, sys_, sid = sys.argv[1:]
+client = float(user) + float(sys_)
+line = "autobahn.sh: wstest wall %.1f s, wstest CPU %.1f s" % (float(wall), client)
+if sid:
+    # utime + stime of every process in the server's session (it was started with setsid).
+    ticks = 0
+    for path in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = open(path).read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[3] == sid:
+            ticks += int(fields[11]) + int(fields[12])
+    server = ticks / float(os.sysconf("SC_CLK_TCK"))
+    line += ", server CPU %.1f s, rest (waiting for a CPU or on the peer) %.1f s" % (
+        server, float(wall) - client - server)
+print(line)
+EOF
+}
+
 SERVER_PID=""
 stop_server() {
   [[ -n "$SERVER_PID" ]] || return 0
@@ -354,8 +384,11 @@ EOF
 log "running wstest -m fuzzingclient against $URL (timeout ${RUN_TIMEOUT}s; log: $REPORT_DIR/wstest.log)"
 rc=0
 py2_argv
-(cd "$REPORT_DIR" && timeout --kill-after=30 "$RUN_TIMEOUT" \
-   "${PY2_ARGV[@]}" "$USERBASE/bin/wstest" -m fuzzingclient -s "$SPEC") >"$REPORT_DIR/wstest.log" 2>&1 || rc=$?
+# `time` gives wstest's wall and CPU seconds (user + sys of the subshell's children).
+TIMEFORMAT='%R %U %S'
+{ time (cd "$REPORT_DIR" && timeout --kill-after=30 "$RUN_TIMEOUT" \
+   "${PY2_ARGV[@]}" "$USERBASE/bin/wstest" -m fuzzingclient -s "$SPEC" >"$REPORT_DIR/wstest.log" 2>&1) ; } \
+   2>"$REPORT_DIR/wstest.time" || rc=$?
 if (( rc == 124 || rc == 137 )); then
   tail -20 "$REPORT_DIR/wstest.log" >&2
   die "wstest timed out after ${RUN_TIMEOUT}s"
@@ -364,6 +397,7 @@ elif (( rc != 0 )); then
   die "wstest exited with status $rc"
 fi
 [[ -f "$REPORT_DIR/index.json" ]] || { tail -30 "$REPORT_DIR/wstest.log" >&2; die "wstest wrote no $REPORT_DIR/index.json"; }
+report_time
 stop_server
 
 rc=0
