@@ -3,8 +3,10 @@
 //! framed message referenced by many connections, never copied).
 //!
 //! A completion backend (io_uring) sends from the queue asynchronously: [`TxQueue::start_send`]
-//! pins the chunks the kernel reads from and fills the queue's own message header, so both stay
-//! put until [`TxQueue::finish_send`].
+//! pins the chunks the kernel reads from until [`TxQueue::finish_send`]. One chunk (a handshake
+//! answer, a subscriber's one message of the turn) goes as a plain send and needs nothing more;
+//! several go through the queue's own message header and slices ([`Gather`]), made for the first
+//! gathered send and sized to it, so a queue that never gathers (most of them) carries none.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -30,6 +32,11 @@ impl Chunk {
     }
 }
 
+/// Chunks and gather slices a queue keeps when it goes back to its pool: a subscriber a few
+/// messages behind reuses them, while one that fell 64 behind does not leave every pooled queue
+/// the size of its backlog.
+const KEPT_SLICES: usize = 8;
+
 /// A connection's write queue. It exists only while there is something to send.
 #[derive(Default)]
 pub(crate) struct TxQueue {
@@ -40,16 +47,25 @@ pub(crate) struct TxQueue {
     len: usize,
     /// Front chunks an asynchronous send is reading: their bytes must not move.
     pinned: usize,
-    /// The asynchronous send's message header and slices (boxed queues keep their address).
-    in_flight: Option<Box<InFlight>>,
+    /// The message header of a gathered asynchronous send; none until the queue gathers.
+    gather: Option<Box<Gather>>,
 }
 
-struct InFlight {
+/// A gathered send's message header and slices; boxed, so both stay put while the kernel reads
+/// them. The slices grow to the largest send the queue gathered (at most [`MAX_IOVECS`], 16
+/// bytes each), instead of always taking room for 64.
+struct Gather {
     header: libc::msghdr,
-    /// As many slices as the largest send of this queue took (at most [`MAX_IOVECS`]): a
-    /// stream's head and first events, or one frame, take one (16 bytes), where a full array
-    /// took 1 KiB in every queue lent at once (a burst of opens lends one per connection).
     slices: Vec<libc::iovec>,
+}
+
+/// What one asynchronous send reads, as [`TxQueue::start_send`] pinned it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outgoing {
+    /// The front chunk's unsent bytes (address and length): a plain send, no header.
+    One(*const u8, usize),
+    /// Several chunks, through the queue's message header.
+    Gathered(*const libc::msghdr),
 }
 
 impl std::fmt::Debug for TxQueue {
@@ -128,10 +144,17 @@ impl TxQueue {
         }
     }
 
-    /// Empties the queue, keeping its allocations for reuse. Not while a send is in flight.
+    /// Empties the queue, keeping small allocations for reuse (see [`KEPT_SLICES`]). Not while
+    /// a send is in flight.
     pub(crate) fn clear(&mut self) {
         debug_assert!(!self.is_sending());
         self.chunks.clear();
+        if self.chunks.capacity() > KEPT_SLICES {
+            // Only a queue that held more than KEPT_SLICES chunks can have gathered more slices
+            // (the header is not read here: it is likely out of cache by now).
+            self.chunks.shrink_to(KEPT_SLICES);
+            self.gather = None;
+        }
         self.sent = 0;
         self.len = 0;
     }
@@ -141,45 +164,43 @@ impl TxQueue {
         self.pinned > 0
     }
 
-    /// Prepares an asynchronous `sendmsg` of the queue's front and pins what it reads. The
-    /// header stays valid, and the bytes it points to stay put, until [`TxQueue::finish_send`];
-    /// bytes pushed meanwhile go to new chunks. The queue must be non-empty and not sending.
-    pub(crate) fn start_send(&mut self) -> *const libc::msghdr {
+    /// Prepares an asynchronous send of the queue's front (up to [`MAX_IOVECS`] chunks) and pins
+    /// what it reads. The bytes, and a gathered send's header and slices, stay valid and put
+    /// until [`TxQueue::finish_send`]; bytes pushed meanwhile go to new chunks. The queue must be
+    /// non-empty and not sending.
+    pub(crate) fn start_send(&mut self) -> Outgoing {
         debug_assert!(!self.is_empty() && !self.is_sending());
-        let in_flight = self.in_flight.get_or_insert_with(|| {
-            Box::new(InFlight {
+        let count = self.chunks.len().min(MAX_IOVECS);
+        self.pinned = count;
+        if count == 1 {
+            let front = &self.chunks[0].bytes()[self.sent..];
+            return Outgoing::One(front.as_ptr(), front.len());
+        }
+        let gather = self.gather.get_or_insert_with(|| {
+            Box::new(Gather {
                 // SAFETY: msghdr is a plain C struct; all zeroes is a valid (empty) value.
                 header: unsafe { std::mem::zeroed() },
                 slices: Vec::new(),
             })
         });
-        in_flight.slices.clear();
-        in_flight
-            .slices
-            .reserve_exact(self.chunks.len().min(MAX_IOVECS));
+        gather.slices.clear();
         let sent = self.sent;
-        in_flight
-            .slices
-            .extend(
-                self.chunks
-                    .iter()
-                    .take(MAX_IOVECS)
-                    .enumerate()
-                    .map(|(i, chunk)| {
-                        let bytes = chunk.bytes();
-                        let bytes = if i == 0 { &bytes[sent..] } else { bytes };
-                        libc::iovec {
-                            iov_base: bytes.as_ptr() as *mut libc::c_void,
-                            iov_len: bytes.len(),
-                        }
-                    }),
-            );
-        // The slices are not touched again until `finish_send`: their address holds.
-        let count = in_flight.slices.len();
-        in_flight.header.msg_iov = in_flight.slices.as_mut_ptr();
-        in_flight.header.msg_iovlen = count;
-        self.pinned = count;
-        &in_flight.header
+        let slices = self
+            .chunks
+            .iter()
+            .take(count)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let bytes = &chunk.bytes()[if i == 0 { sent } else { 0 }..];
+                libc::iovec {
+                    iov_base: bytes.as_ptr() as *mut libc::c_void,
+                    iov_len: bytes.len(),
+                }
+            });
+        gather.slices.extend(slices);
+        gather.header.msg_iov = gather.slices.as_mut_ptr();
+        gather.header.msg_iovlen = count;
+        Outgoing::Gathered(&gather.header)
     }
 
     /// The asynchronous send finished having written `written` bytes: drops them and unpins.
@@ -210,10 +231,9 @@ mod tests {
     fn bytes_pushed_during_a_send_do_not_move_the_pinned_ones() {
         let mut q = TxQueue::default();
         q.push_copy(b"first");
-        let header = q.start_send();
-        // SAFETY: the header and its single slice were just filled by start_send.
-        let slice = unsafe { *(*header).msg_iov };
-        let (ptr, len) = (slice.iov_base as *const u8, slice.iov_len);
+        let Outgoing::One(ptr, len) = q.start_send() else {
+            panic!("one chunk goes as a plain send");
+        };
         q.push_copy(&[b'x'; 100_000]);
         // SAFETY: pinned bytes stay valid and unmoved until finish_send.
         assert_eq!(unsafe { std::slice::from_raw_parts(ptr, len) }, b"first");
@@ -224,7 +244,11 @@ mod tests {
     }
 
     /// Slices and bytes of the send `start_send` just prepared.
-    fn prepared(header: *const libc::msghdr) -> (usize, usize) {
+    fn prepared(outgoing: Outgoing) -> (usize, usize) {
+        let header = match outgoing {
+            Outgoing::One(_, len) => return (1, len),
+            Outgoing::Gathered(header) => header,
+        };
         // SAFETY: start_send just filled the header and its slices, which stay put until
         // finish_send.
         let slices = unsafe { std::slice::from_raw_parts((*header).msg_iov, (*header).msg_iovlen) };
@@ -238,8 +262,7 @@ mod tests {
         for _ in 0..MAX_IOVECS + 6 {
             q.push_shared(frame.clone(), 0);
         }
-        let header = q.start_send();
-        assert_eq!(prepared(header), (MAX_IOVECS, MAX_IOVECS * 10));
+        assert_eq!(prepared(q.start_send()), (MAX_IOVECS, MAX_IOVECS * 10));
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         assert_eq!(
             q.slices(&mut slices),
@@ -247,24 +270,52 @@ mod tests {
             "the same as a writev takes"
         );
         q.finish_send(MAX_IOVECS * 10);
-        let header = q.start_send();
-        assert_eq!(prepared(header), (6, 60), "the rest in the next send");
+        assert_eq!(
+            prepared(q.start_send()),
+            (6, 60),
+            "the rest in the next send"
+        );
         q.finish_send(60);
         assert!(q.is_empty());
     }
 
     #[test]
-    fn a_queue_holds_slices_for_its_largest_send_only() {
+    fn only_a_gathered_send_takes_a_header_and_a_pooled_queue_keeps_a_small_one() {
+        let frame: Arc<[u8]> = Arc::from(&b"0123456789"[..]);
         let mut q = TxQueue::default();
-        q.push_copy(b"HTTP/1.1 200 OK\r\n\r\n");
-        q.push_copy(b"event: @session\n\n");
-        let header = q.start_send();
-        assert_eq!(prepared(header).0, 1, "copied bytes share one chunk");
-        q.finish_send(q.len());
-        let in_flight = q.in_flight.as_ref().expect("a send was prepared");
-        // 16 bytes, not 64 slices (1 KiB) for every queue a burst of opens lends at once.
-        assert_eq!(in_flight.slices.capacity(), 1);
-        assert!(size_of::<InFlight>() <= 96, "{}", size_of::<InFlight>());
+        q.push_copy(b"HTTP/1.1 101 Switching Protocols");
+        q.push_copy(b" and a welcome frame behind it");
+        assert!(matches!(q.start_send(), Outgoing::One(_, 62)));
+        q.finish_send(62);
+        assert!(q.gather.is_none(), "a one-chunk send needs no header");
+        // Two frames: gathered, with slices for two (not for 64).
+        q.push_shared(frame.clone(), 0);
+        q.push_shared(frame.clone(), 3);
+        assert_eq!(prepared(q.start_send()), (2, 17));
+        let capacity = q.gather.as_ref().map(|gather| gather.slices.capacity());
+        assert!(
+            capacity.is_some_and(|c| (2..=KEPT_SLICES).contains(&c)),
+            "{capacity:?}"
+        );
+        q.finish_send(17);
+        q.clear();
+        assert!(
+            q.gather.is_some(),
+            "a small header stays for the next gathered send"
+        );
+        // A subscriber 64 behind: its queue goes back to the pool without the large header.
+        for _ in 0..MAX_IOVECS {
+            q.push_shared(frame.clone(), 0);
+        }
+        assert_eq!(prepared(q.start_send()), (MAX_IOVECS, MAX_IOVECS * 10));
+        q.finish_send(MAX_IOVECS * 10);
+        q.clear();
+        assert!(q.gather.is_none());
+        assert!(
+            q.chunks.capacity() <= KEPT_SLICES,
+            "{}",
+            q.chunks.capacity()
+        );
     }
 
     #[test]

@@ -297,9 +297,11 @@ fn capped(config: &mut clarion_engine::Config) {
 
 #[test]
 fn a_client_that_sends_and_never_reads_is_not_read_past_its_cap_then_is_dropped() {
+    // Well past the flood's own 2 s without progress, so that the pause is seen before the drop
+    // even on a busy machine (a 2 s timeout raced it: the flood met the reset).
     let server = start(|c| {
         capped(c);
-        c.write_timeout = Duration::from_secs(2);
+        c.write_timeout = Duration::from_secs(8);
     });
     let stream = upgraded(server.addr(), "/echo");
     // 64 MiB of echo requests: a server that kept reading would queue them all as echoes.

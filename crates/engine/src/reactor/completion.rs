@@ -7,6 +7,8 @@
 use std::io;
 use std::time::{Duration, Instant};
 
+use clarion_protocol::State;
+
 use super::Reactor;
 use super::conn::ConnFlags;
 use super::driver::Driver;
@@ -146,8 +148,11 @@ where
 
     /// A send finished: drop what it wrote; the rest goes at the turn's end, with whatever the
     /// turn still queues (the inbox's fanout comes after the completions), in one send rather
-    /// than one now and another behind it a turn later. An empty queue finishes the
-    /// connection's turn of writing now.
+    /// than one now and another behind it a turn later. An empty queue goes back to the pool
+    /// now; only a WebSocket that is over has more to do then (FIN, a TLS close_notify): its
+    /// timers were seen to when the send started (the turn's end, or whatever wrote and
+    /// changed its state since, runs `after_io`), so an open connection does not pay for
+    /// that bookkeeping twice per message.
     fn on_sent(&mut self, token: usize, result: i32, now: Instant) {
         let Some(conn) = self.core.conns.get_mut(token) else {
             return;
@@ -172,7 +177,13 @@ where
         if conn.tx.as_deref().is_some_and(|queue| !queue.is_empty()) {
             return self.core.mark_dirty(token);
         }
-        if self.flush(token, now) {
+        if self.flush(token, now)
+            && self
+                .core
+                .conns
+                .get(token)
+                .is_some_and(|conn| conn.ws.state() == State::Closed)
+        {
             self.after_io(token, Written::Done, now);
         }
         self.after_flush(token, now);

@@ -268,7 +268,12 @@ fn rotation_start(turn: u64, len: usize) -> usize {
 /// The index of the `i`th connection to write in a list of which the first `listed` are
 /// written from `start` on, wrapping around; any added while writing come after, in order.
 fn rotated(i: usize, start: usize, listed: usize) -> usize {
-    if i < listed { (start + i) % listed } else { i }
+    // A wrap by subtraction, not a division per connection written (start < listed).
+    match i < listed {
+        true if start + i >= listed => start + i - listed,
+        true => start + i,
+        false => i,
+    }
 }
 
 #[cfg(test)]

@@ -11,8 +11,9 @@
 //!   picks a buffer only when bytes arrive, so an idle connection holds none; the reactor hands
 //!   it back right after parsing. `ENOBUFS` (ring empty) ends the recv without losing data; it
 //!   is re-armed at the next turn, once the turn's buffers are back.
-//! - Send: at most one `sendmsg` in flight per connection, straight from its write queue, which
-//!   pins what the kernel reads until the completion. A turn's submissions go in with one
+//! - Send: at most one send in flight per connection, straight from its write queue, which
+//!   pins what the kernel reads until the completion (a plain send for one chunk, a `sendmsg`
+//!   with the queue's message header for several). A turn's submissions go in with one
 //!   `io_uring_enter`, which also waits (with the timer wheel's timeout).
 //! - Close: cancel the recv, close the direct descriptor; the token is released (and may be
 //!   reused) only once every operation on it has completed, so no completion of a connection's
@@ -36,7 +37,7 @@ mod setup;
 
 use super::completion::{Completed, Completion, Sockets};
 use super::{Flushed, Wake};
-use crate::txqueue::TxQueue;
+use crate::txqueue::{Outgoing, TxQueue};
 use accept::{Accepts, PEER_ACCEPTS};
 use bufring::{BUFFER_GROUP, BufRing};
 pub(crate) use direct::Direct;
@@ -354,22 +355,18 @@ impl Completion for Uring {
         if queue.is_sending() {
             return Ok(Flushed::Pending);
         }
-        let header = queue.start_send();
         let user_data = Self::user_data(SEND, token);
         let flags = libc::MSG_NOSIGNAL;
-        // SAFETY: start_send just filled the header and its slices; they and the bytes they
-        // point to stay valid and in place until finish_send, after this send completes.
-        let only = unsafe { ((*header).msg_iovlen == 1).then(|| *(*header).msg_iov) };
-        // One chunk (the common case) goes out as a plain send: no message header to import.
-        let send = match only {
-            Some(slice) => opcode::Send::new(
-                types::Fixed(socket.slot()),
-                slice.iov_base as *const u8,
-                slice.iov_len as u32,
-            )
-            .flags(flags)
-            .build(),
-            None => opcode::SendMsg::new(types::Fixed(socket.slot()), header)
+        // What start_send pinned (the bytes, and a gathered send's header and slices) stays
+        // valid and in place until finish_send, after this send completes. One chunk (the
+        // common case) goes out as a plain send: no message header to import.
+        let send = match queue.start_send() {
+            Outgoing::One(bytes, len) => {
+                opcode::Send::new(types::Fixed(socket.slot()), bytes, len as u32)
+                    .flags(flags)
+                    .build()
+            }
+            Outgoing::Gathered(header) => opcode::SendMsg::new(types::Fixed(socket.slot()), header)
                 .flags(flags as u32)
                 .build(),
         }
