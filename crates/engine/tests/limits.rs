@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{eventually, io};
+
 use clarion_engine::{
     Answer, Ctx, Handler, Io, Limit, LimitHit, Limits, RequestInfo, Response, Runtime, Shared,
     Stats,
@@ -111,15 +114,6 @@ impl Handler for Limited {
             opened: hit.conn.is_some(),
             peer: hit.peer,
         });
-    }
-}
-
-fn io() -> Io {
-    match std::env::var("CLARION_TEST_IO").as_deref() {
-        Ok("epoll") => Io::Epoll,
-        Ok("uring") => Io::Uring,
-        Ok(other) if !other.is_empty() => panic!("CLARION_TEST_IO={other}: use epoll or uring"),
-        _ => Io::Auto,
     }
 }
 
@@ -276,17 +270,6 @@ fn flood_without_reading(stream: &TcpStream, frame: &[u8], limit: usize) -> usiz
     }
     stream.set_nonblocking(false).unwrap();
     sent
-}
-
-/// Polls `condition` every 10 ms for up to 30 s (a bound for a broken server, not a timing
-/// assertion).
-fn eventually(mut condition: impl FnMut() -> bool) -> bool {
-    (0..3000).any(|_| {
-        condition() || {
-            std::thread::sleep(Duration::from_millis(10));
-            false
-        }
-    })
 }
 
 const CAP: usize = 64 * 1024;

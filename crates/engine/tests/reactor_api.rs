@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{eventually, io};
+
 use clarion_engine::{
     Answer, ConnId, Ctx, Handler, Io, Local, Mailboxes, Push, RequestInfo, Response, Runtime,
     Shared, Stats,
@@ -120,16 +123,6 @@ impl Handler for Broadcast {
                 }
             }
         }
-    }
-}
-
-/// The backend under test: `CLARION_TEST_IO=epoll|uring` (default: whatever `auto` picks).
-fn io() -> Io {
-    match std::env::var("CLARION_TEST_IO").as_deref() {
-        Ok("epoll") => Io::Epoll,
-        Ok("uring") => Io::Uring,
-        Ok(other) if !other.is_empty() => panic!("CLARION_TEST_IO={other}: use epoll or uring"),
-        _ => Io::Auto,
     }
 }
 
@@ -256,16 +249,6 @@ fn publish(addr: SocketAddr, body: &[u8]) -> String {
 fn total(runtime: &Runtime, counter: impl Fn(&Stats) -> &AtomicU64) -> u64 {
     let stats = runtime.stats().iter();
     stats.map(|s| counter(s).load(Ordering::Relaxed)).sum()
-}
-
-/// Polls `condition` every 10 ms for up to 10 s.
-fn eventually(mut condition: impl FnMut() -> bool) -> bool {
-    (0..1000).any(|_| {
-        condition() || {
-            std::thread::sleep(Duration::from_millis(10));
-            false
-        }
-    })
 }
 
 #[test]
@@ -535,16 +518,6 @@ fn start_sweeper(per_conn: bool) -> (Runtime, Arc<AtomicU64>, Arc<AtomicU64>) {
     (runtime, sweeps, visits)
 }
 
-/// Waits up to 30 s (sweeps are a second apart; a loaded machine may stretch them).
-fn within_30s(mut condition: impl FnMut() -> bool) -> bool {
-    (0..3000).any(|_| {
-        condition() || {
-            std::thread::sleep(Duration::from_millis(10));
-            false
-        }
-    })
-}
-
 #[test]
 fn the_sweep_hands_each_open_connection_to_the_handler_which_can_send_and_close() {
     let (server, sweeps, _) = start_sweeper(true);
@@ -582,7 +555,7 @@ fn a_handler_that_declines_the_sweep_is_not_called_per_connection() {
     let _ws = subscribe(server.local_addr());
     assert!(eventually(|| total(&server, |s| &s.upgrades) == 1));
     let seen = sweeps.load(Ordering::Relaxed);
-    assert!(within_30s(|| sweeps.load(Ordering::Relaxed) >= seen + 2));
+    assert!(eventually(|| sweeps.load(Ordering::Relaxed) >= seen + 2));
     assert_eq!(visits.load(Ordering::Relaxed), 0);
 }
 
