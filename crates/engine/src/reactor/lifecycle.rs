@@ -136,10 +136,17 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
     /// handler hears `on_writable` if it asked, and a connection paused over its cap is read
     /// again, its parked bytes first.
     pub(super) fn after_flush(&mut self, token: usize, now: Instant) {
-        let low_mark = self.core.limits.max_queued_bytes() / 2;
         let Some(conn) = open(&mut self.core.conns, token) else {
             return;
         };
+        // Once per flush, so per message on an echo: the flags first, the cap only if asked.
+        if !conn
+            .flags
+            .intersects(ConnFlags::WANTS_WRITABLE | ConnFlags::PAUSED)
+        {
+            return;
+        }
+        let low_mark = self.core.limits.max_queued_bytes() / 2;
         if conn.queued() > low_mark {
             return;
         }
