@@ -774,7 +774,7 @@ impl Connection {
     fn unmask(&mut self, payload: &mut [u8]) {
         if !self.flags.contains(Flags::CLIENT) {
             mask::apply_mask(payload, self.mask, 0);
-            self.mask.rotate_left(payload.len() % 4);
+            self.mask = mask::key_at(self.mask, payload.len());
         }
     }
 
@@ -1102,6 +1102,14 @@ impl Connection {
                 } else {
                     self.send_control(OpCode::Ping, &[], out);
                     self.flags.insert(Flags::PING_OUT);
+                    // The pong deadline counts from now, not from when the ping was due: a
+                    // caller that comes late (a reactor busy for seconds with a large fanout)
+                    // must not blame the peer for its own delay. `stamp` moves to where the
+                    // deadline (`stamp + interval + pong_timeout`) is `now + pong_timeout`; the
+                    // idle deadline, counted from the same stamp, moves by as much.
+                    if let Some(stamp) = config.ping_interval.and_then(|i| now.checked_sub(i)) {
+                        self.stamp = self.stamp.max(stamp);
+                    }
                     Some(Timeout::PingSent)
                 }
             }
@@ -1867,6 +1875,28 @@ mod tests {
             Some(Timeout::Pong)
         );
         assert_eq!(s.conn.state(), State::Closed);
+
+        // A ping sent late (the caller was busy past its due time) gets its whole pong timeout
+        // from when it is sent.
+        let mut s = Server::open();
+        let t = s.now;
+        assert_eq!(
+            s.conn
+                .handle_timeout(t + Duration::from_secs(50), &config, &mut s.sent),
+            Some(Timeout::PingSent)
+        );
+        assert_eq!(
+            s.conn.poll_timeout(&config),
+            Some(t + Duration::from_secs(60))
+        );
+        assert_eq!(
+            s.conn
+                .handle_timeout(t + Duration::from_secs(59), &config, &mut s.sent),
+            None
+        );
+        s.now = t + Duration::from_secs(59);
+        s.feed(&frame(true, 0xA, b""));
+        assert_eq!(s.conn.state(), State::Open);
 
         let idle_only = Config {
             ping_interval: None,

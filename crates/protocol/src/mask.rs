@@ -119,8 +119,8 @@ fn supported(path: MaskPath) -> bool {
 }
 
 /// The key as seen from byte `offset` of the payload, so the paths below can
-/// always start at key byte 0.
-fn key_at(key: [u8; 4], offset: usize) -> [u8; 4] {
+/// always start at key byte 0 (and a frame read in pieces can go on where it stopped).
+pub(crate) fn key_at(key: [u8; 4], offset: usize) -> [u8; 4] {
     // A rotate on the integer, as `<[u8]>::rotate_left` compiles to memmove.
     let shift = 8 * (offset % 4) as u32;
     u32::from_le_bytes(key).rotate_right(shift).to_le_bytes()
