@@ -37,7 +37,8 @@ enum Seen {
     },
 }
 
-/// Subscribers on `/sub`; `POST /pub` broadcasts its body to all of them, on every reactor.
+/// Subscribers on `/sub`; `POST /pub` broadcasts its body to all of them, on every reactor. A
+/// subscriber's message `stall <ms>` holds its reactor that long (a handler busy for a while).
 struct Broadcast {
     subscribers: Vec<ConnId>,
     mailboxes: Arc<Mailboxes<Arc<[u8]>>>,
@@ -104,7 +105,12 @@ impl Handler for Broadcast {
         }
     }
 
-    fn on_message(&mut self, _ctx: &mut Ctx<'_, ()>, _kind: MessageKind, _payload: &[u8]) {}
+    fn on_message(&mut self, _ctx: &mut Ctx<'_, ()>, _kind: MessageKind, payload: &[u8]) {
+        if let Some(ms) = payload.strip_prefix(b"stall ") {
+            let ms = std::str::from_utf8(ms).unwrap().parse().unwrap();
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+    }
 
     fn on_close(&mut self, id: ConnId, _conn: &mut (), code: Option<CloseCode>, now: Instant) {
         let code = code.map(|c| c.0);
@@ -691,4 +697,53 @@ fn keep_alive_follows_the_client_and_the_limits() {
     let (answer, mut stream) = ask(b"GET /listener HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(!answer.contains("Connection:"), "{answer}");
     assert!(closed_by_server(&mut stream), "closed when idle");
+}
+
+/// A client frame (FIN, masked with a zero key, so the payload goes as it is) of `opcode`.
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    [
+        &[0x80 | opcode, 0x80 | payload.len() as u8, 0, 0, 0, 0],
+        payload,
+    ]
+    .concat()
+}
+
+/// A server frame's opcode and payload (unmasked, under 126 bytes, as pings and closes are).
+fn read_server_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head).unwrap();
+    let mut payload = vec![0; usize::from(head[1] & 0x7f)];
+    stream.read_exact(&mut payload).unwrap();
+    (head[0] & 0x0f, payload)
+}
+
+#[test]
+fn a_reactor_held_up_does_not_time_out_a_pong_it_has_not_read_yet() {
+    // Peer A answers its ping at once, but another connection's message holds the reactor (a
+    // handler busy for 600 ms) until well past A's 100 ms pong deadline: judged against the
+    // clock, A would be closed for a pong that waited in its socket.
+    let server = start_with(1, 1 << 20, 1, |config| {
+        config.protocol.ping_interval = Some(Duration::from_millis(300));
+        config.protocol.pong_timeout = Duration::from_millis(100);
+    });
+    let addr = server.runtime.local_addr();
+    let (mut a, mut b) = (subscribe(addr), subscribe(addr));
+    assert_eq!(read_server_frame(a.get_mut()), (0x9, vec![]), "a ping");
+    b.get_mut()
+        .write_all(&client_frame(0x1, b"stall 600"))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    a.get_mut().write_all(&client_frame(0xA, b"")).unwrap();
+    // Two more ping rounds on A, answered at once: no close among them. (B, which answers
+    // nothing more, is closed by its own pong timeout meanwhile.)
+    for _ in 0..2 {
+        let (opcode, payload) = read_server_frame(a.get_mut());
+        assert_eq!(
+            (opcode, String::from_utf8_lossy(&payload).into_owned()),
+            (0x9, String::new()),
+            "a ping, not a close"
+        );
+        a.get_mut().write_all(&client_frame(0xA, b"")).unwrap();
+    }
 }

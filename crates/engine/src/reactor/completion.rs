@@ -15,7 +15,7 @@ use super::driver::Driver;
 use super::writer::{Queued, Written};
 use crate::Handler;
 use crate::sys::completion::{Completed, Completion, Sockets};
-use crate::sys::{Flushed, Peer, Waker};
+use crate::sys::{Flushed, Peer, Reported, Waker};
 use crate::txqueue::TxQueue;
 
 /// A completion backend and what only this model needs.
@@ -54,7 +54,7 @@ where
         &mut self,
         sockets: &mut impl Sockets<B::Socket>,
         timeout: Option<Duration>,
-    ) -> io::Result<()> {
+    ) -> io::Result<Reported> {
         self.backend.wait(&mut self.events, timeout, sockets)
     }
 

@@ -15,7 +15,7 @@ use super::Reactor;
 use super::writer::Writing;
 use crate::Handler;
 use crate::sys::completion::Sockets;
-use crate::sys::{Flushed, Peer, Waker};
+use crate::sys::{Flushed, Peer, Reported, Waker};
 use crate::txqueue::TxQueue;
 
 /// One I/O model, as the shared core drives it.
@@ -29,12 +29,12 @@ pub(crate) trait Driver: Sized {
     fn writing(&mut self) -> &mut Self::Writing;
 
     /// Waits for I/O, at most `timeout` (less if the model carried work over), submitting what
-    /// the turn asked for first.
+    /// the turn asked for first; whether what it reports is all there is.
     fn wait(
         &mut self,
         sockets: &mut impl Sockets<Self::Socket>,
         timeout: Option<Duration>,
-    ) -> io::Result<()>;
+    ) -> io::Result<Reported>;
 
     /// Handles what the wait reported, through the reactor's shared procedures.
     fn dispatch<H: Handler>(reactor: &mut Reactor<Self, H>, now: Instant);

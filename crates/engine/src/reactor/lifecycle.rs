@@ -372,9 +372,11 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         written
     }
 
-    /// Acts on the deadlines that passed: pings, pong, handshake, idle and close timeouts.
-    pub(super) fn fire_timers(&mut self, now: Instant) {
-        while let Some(token) = self.core.timers.poll_expired(now) {
+    /// Acts on the deadlines that passed by `horizon` (the clock, or earlier when the reactor is
+    /// behind: [`Reactor::deadline_horizon`]): pings, pong, handshake, idle and close timeouts.
+    /// `now` is when what they send is sent.
+    pub(super) fn fire_timers(&mut self, horizon: Instant, now: Instant) {
+        while let Some(token) = self.core.timers.poll_expired(horizon) {
             let token = token as usize;
             let Some(conn) = self.core.conns.get_mut(token) else {
                 continue;

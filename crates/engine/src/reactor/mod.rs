@@ -33,6 +33,7 @@ use crate::limits::LiveLimits;
 pub use tls::Pipe;
 
 use crate::mailbox::Mailboxes;
+use crate::sys::Reported;
 use crate::{Config, Handler, Local, Stats};
 use bookkeeping::Core;
 use local::LocalConns;
@@ -44,6 +45,10 @@ const MAX_INBOX_PER_TURN: usize = 4096;
 const MAX_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// At most one log line per interval for transient wait errors.
 const RETRY_LOG_INTERVAL: Duration = Duration::from_secs(5);
+/// How far the deadlines may wait behind the clock for a reactor that is not caught up: past
+/// it they fire anyway, so a crowd that keeps a reactor busy cannot also keep its handshake
+/// slots and dead connections for ever.
+const MAX_DEADLINE_LAG: Duration = Duration::from_secs(30);
 
 /// One reactor thread's state.
 pub(crate) struct Reactor<D: Driver, H: Handler> {
@@ -55,6 +60,9 @@ pub(crate) struct Reactor<D: Driver, H: Handler> {
     inbox_again: bool,
     /// Turns ended so far: where the next turn's end starts writing ([`rotation_start`]).
     turns: u64,
+    /// When a wait last reported everything that was ready: deadlines are judged at this time,
+    /// not the clock's (see [`Reactor::deadline_horizon`]).
+    seen_all_at: Instant,
 }
 
 impl<D: Driver, H: Handler> Reactor<D, H> {
@@ -74,7 +82,21 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
             mailboxes,
             inbox_again: false,
             turns: 0,
+            seen_all_at: Instant::now(),
         }
+    }
+
+    /// Up to when deadlines have passed, as far as the peers are concerned: the time of the
+    /// last wait that reported everything ready (all of it handled since), at most
+    /// [`MAX_DEADLINE_LAG`] behind `now`. A reactor that is itself behind (a fanout to
+    /// thousands, a burst of handshakes) has not read what its peers sent meanwhile, a pong or
+    /// a request head among it; judged against the clock, they would be blamed for its delay.
+    fn deadline_horizon(&self, now: Instant) -> Instant {
+        match now.checked_sub(MAX_DEADLINE_LAG) {
+            Some(oldest) => self.seen_all_at.max(oldest),
+            None => self.seen_all_at,
+        }
+        .min(now)
     }
 
     /// Runs until the drain after `shutdown` is done, or the backend fails for good: then the
@@ -83,7 +105,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         let mut retry = Retry::default();
         loop {
             let now = Instant::now();
-            self.fire_timers(now);
+            self.fire_timers(self.deadline_horizon(now), now);
             if shutdown.load(Ordering::Relaxed) && self.core.drain_deadline.is_none() {
                 self.begin_drain(now);
             }
@@ -112,19 +134,26 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
             } else {
                 self.core.wait_timeout(now)
             };
-            if let Err(e) = self.driver.wait(&mut self.core.conns, timeout) {
-                if retry.again(&e, &self.core.stats, self.index) {
-                    continue;
+            let reported = match self.driver.wait(&mut self.core.conns, timeout) {
+                Ok(reported) => reported,
+                Err(e) => {
+                    if retry.again(&e, &self.core.stats, self.index) {
+                        continue;
+                    }
+                    tracing::error!(
+                        reactor = self.index,
+                        "reactor stopped: its backend failed ({e}); its connections are dropped"
+                    );
+                    self.core.stats.failed.store(true, Ordering::Relaxed);
+                    break;
                 }
-                tracing::error!(
-                    reactor = self.index,
-                    "reactor stopped: its backend failed ({e}); its connections are dropped"
-                );
-                self.core.stats.failed.store(true, Ordering::Relaxed);
-                break;
-            }
+            };
             retry.reset();
             let now = Instant::now();
+            if reported == Reported::All {
+                // Handled by the next turn's deadlines: dispatch comes first.
+                self.seen_all_at = now;
+            }
             D::dispatch(&mut self, now);
             self.drain_inbox(now);
         }
@@ -315,12 +344,12 @@ mod tests {
             &mut self,
             _sockets: &mut impl crate::sys::completion::Sockets<TcpStream>,
             _timeout: Option<Duration>,
-        ) -> std::io::Result<()> {
+        ) -> std::io::Result<Reported> {
             self.called.fetch_add(1, Ordering::Relaxed);
             if self.waits.is_empty() {
-                Ok(())
+                Ok(Reported::All)
             } else {
-                self.waits.remove(0)
+                self.waits.remove(0).map(|()| Reported::All)
             }
         }
 

@@ -13,7 +13,7 @@ use super::writer::{Corked, Written};
 use crate::Handler;
 use crate::sys::completion::Sockets;
 use crate::sys::readiness::{Readiness, Ready};
-use crate::sys::{Flushed, Peer, Waker};
+use crate::sys::{Flushed, Peer, Reported, Waker};
 use crate::txqueue::{MAX_IOVECS, TxQueue};
 
 /// Reads from one socket per readiness event before others get a turn.
@@ -65,7 +65,7 @@ where
         &mut self,
         _sockets: &mut impl Sockets<B::Socket>,
         timeout: Option<Duration>,
-    ) -> io::Result<()> {
+    ) -> io::Result<Reported> {
         // Work carried over (edge-triggered: no new event will come for it) must not wait.
         let carried = self.accept_again != 0 || !self.read_again.is_empty();
         let timeout = if carried {
@@ -73,7 +73,9 @@ where
         } else {
             timeout
         };
-        self.backend.wait(&mut self.events, timeout)
+        let reported = self.backend.wait(&mut self.events, timeout)?;
+        // Reads carried over left bytes in their sockets.
+        Ok(if carried { Reported::Part } else { reported })
     }
 
     fn dispatch<H: Handler>(reactor: &mut Reactor<Self, H>, now: Instant) {

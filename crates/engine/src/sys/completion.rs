@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{Flushed, Waker};
+use super::{Flushed, Reported, Waker};
 use crate::txqueue::TxQueue;
 
 /// What a completion backend reports finished, per connection token.
@@ -64,7 +64,7 @@ pub(crate) trait Completion {
         events: &mut Vec<Completed<Self::Socket>>,
         timeout: Option<Duration>,
         sockets: &mut impl Sockets<Self::Socket>,
-    ) -> io::Result<()>;
+    ) -> io::Result<Reported>;
 
     /// Asks for accepts again after an accept error stopped them.
     fn resume_accepting(&mut self);

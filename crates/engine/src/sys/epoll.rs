@@ -12,7 +12,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::readiness::{Readiness, Ready};
-use super::{Peer, Wake};
+use super::{Peer, Reported, Wake};
 
 const WAKER: Token = Token(usize::MAX - 1);
 /// Listener `i` is watched under `LISTENERS - i`; connection tokens (slab keys) stay far below.
@@ -84,12 +84,14 @@ impl Peer for TcpStream {
 impl Readiness for Epoll {
     type Socket = TcpStream;
 
-    fn wait(&mut self, events: &mut Vec<Ready>, timeout: Option<Duration>) -> io::Result<()> {
+    fn wait(&mut self, events: &mut Vec<Ready>, timeout: Option<Duration>) -> io::Result<Reported> {
         match self.poll.poll(&mut self.events, timeout) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Reported::Part),
             other => other?,
         }
+        let mut reported = 0;
         for event in &self.events {
+            reported += 1;
             match event.token() {
                 WAKER => events.push(Ready::Woken),
                 Token(token) if token > LISTENERS - crate::MAX_LISTENERS => {
@@ -107,7 +109,12 @@ impl Readiness for Epoll {
                 }
             }
         }
-        Ok(())
+        // A full batch may have left ready sockets for the next `epoll_wait`.
+        Ok(if reported < self.events.capacity() {
+            Reported::All
+        } else {
+            Reported::Part
+        })
     }
 
     fn accept(&mut self, listener: usize) -> io::Result<Option<(TcpStream, Option<SocketAddr>)>> {

@@ -25,6 +25,16 @@ pub(crate) mod epoll;
 pub(crate) mod readiness;
 pub(crate) mod uring;
 
+/// What one wait reported of what was ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reported {
+    /// Everything: once the turn has handled it, the reactor has seen all its peers had sent
+    /// when the wait returned.
+    All,
+    /// A batch cut at the backend's budget (events or completions): more is waiting.
+    Part,
+}
+
 /// What moving a connection's queue on did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Flushed {

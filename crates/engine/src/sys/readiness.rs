@@ -5,7 +5,7 @@ use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::Waker;
+use super::{Reported, Waker};
 
 /// What a readiness backend reports, per connection token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,7 +34,7 @@ pub(crate) trait Readiness {
     type Socket;
 
     /// Waits until something is ready or `timeout` passes, then appends what is to `events`.
-    fn wait(&mut self, events: &mut Vec<Ready>, timeout: Option<Duration>) -> io::Result<()>;
+    fn wait(&mut self, events: &mut Vec<Ready>, timeout: Option<Duration>) -> io::Result<Reported>;
 
     /// Accepts one pending connection on listener `listener`; `Ok(None)` when there is none.
     fn accept(&mut self, listener: usize)

@@ -36,7 +36,7 @@ mod eventfd;
 mod setup;
 
 use super::completion::{Completed, Completion, Sockets};
-use super::{Flushed, Wake};
+use super::{Flushed, Reported, Wake};
 use crate::txqueue::{Outgoing, TxQueue};
 use accept::{Accepts, PEER_ACCEPTS};
 use bufring::{BUFFER_GROUP, BufRing};
@@ -261,7 +261,7 @@ impl Completion for Uring {
         events: &mut Vec<Completed<Direct>>,
         timeout: Option<Duration>,
         sockets: &mut impl Sockets<Direct>,
-    ) -> io::Result<()> {
+    ) -> io::Result<Reported> {
         // Taken and put back, so the list keeps its capacity from turn to turn. A recv the
         // submission queue cannot take now stays listed for the next turn.
         let mut rearm = std::mem::take(&mut self.rearm);
@@ -274,7 +274,14 @@ impl Completion for Uring {
         });
         self.rearm = rearm;
         let submitted = match timeout {
-            Some(Duration::ZERO) => self.ring.submit(),
+            // Not `submit()`: with deferred task work, only an enter that asks for completions
+            // (GETEVENTS) posts those ready, bytes received meanwhile among them. A zero timeout
+            // makes it a look, not a wait.
+            Some(Duration::ZERO) => {
+                let timespec = types::Timespec::new();
+                let args = types::SubmitArgs::new().timespec(&timespec);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
             Some(timeout) => {
                 let timespec = types::Timespec::from(timeout);
                 let args = types::SubmitArgs::new().timespec(&timespec);
@@ -294,11 +301,18 @@ impl Completion for Uring {
         let mut completed = std::mem::take(&mut self.completed);
         // What is left stays in the ring for the next turn, which then does not block.
         completed.extend(self.ring.completion().take(MAX_COMPLETIONS));
+        // A full batch left completions in the ring; a recv not armed leaves bytes in its
+        // socket.
+        let reported = if completed.len() < MAX_COMPLETIONS && self.rearm.is_empty() {
+            Reported::All
+        } else {
+            Reported::Part
+        };
         for cqe in completed.drain(..) {
             self.on_completion(cqe, events, sockets);
         }
         self.completed = completed;
-        Ok(())
+        Ok(reported)
     }
 
     fn resume_accepting(&mut self) {
