@@ -21,13 +21,18 @@
 #   Nodes, loadgen and publisher run on core 0, the Redis servers on core 1: the single Redis has
 #   a core to itself and the three masters share one (this machine has two), so the run shows
 #   the cluster's cost per message and its overhead, not the gain of masters on cores of their
-#   own.
+#   own. REDIS_CORE_SHARE (e.g. 0.2) gives every redis-server a CPU budget of that fraction of a
+#   core (a cgroup's CFS quota, each server its own cgroup): Redis becomes the bottleneck, and
+#   three masters get three budgets as three slow cores would, which is how a 2-core host shows
+#   whether publishing scales with masters.
 #
 # replicas: the cost of min_replicas_ack. A Redis master and its replica (core 1), nodes A and B
 #   with min_replicas_ack 0 and 1: the throughput run above, and the latency run's cross set-up.
 #
 # Usage: scripts/bench-cluster.sh   (MODE=all SUBSCRIBERS=5000 RATE=10 SIZE=64 DURATION=10s
-#                                    ROUNDS=3 TOPICS=256; DURATION in whole seconds)
+#                                    ROUNDS=3 TOPICS=256 REDIS_CORE_SHARE=; DURATION in whole
+#                                    seconds; REDIS_CORE_SHARE needs root and a cgroup cpu
+#                                    controller, v1 or v2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${MODE:-all}
@@ -37,6 +42,7 @@ SIZE=${SIZE:-64}
 DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-3}
 TOPICS=${TOPICS:-256}
+REDIS_CORE_SHARE=${REDIS_CORE_SHARE:-}
 case $MODE in all | latency | throughput | replicas) ;; *) echo "bench: MODE=$MODE?" >&2; exit 2 ;; esac
 [[ $DURATION =~ ^[0-9]+s$ ]] || { echo "bench: DURATION in whole seconds, e.g. 10s" >&2; exit 2; }
 source scripts/lib/bench.sh
@@ -49,8 +55,48 @@ others=()
 stop_others() {
   for pid in "${others[@]}"; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
   others=()
+  drop_budgets
 }
 trap 'stop_server; stop_others' EXIT
+
+# The cgroup that CPU budgets go under: v2's root when it delegates cpu, else v1's cpu hierarchy.
+budget_root=""
+budgets=()
+if [ -n "$REDIS_CORE_SHARE" ]; then
+  if grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null; then
+    budget_root=/sys/fs/cgroup
+  elif [ -w /sys/fs/cgroup/cpu/cgroup.procs ]; then
+    budget_root=/sys/fs/cgroup/cpu
+  else
+    echo "bench: REDIS_CORE_SHARE needs a writable cgroup cpu controller (v1 or v2)" >&2; exit 1
+  fi
+fi
+
+# budget PID: PID into a cgroup of its own whose CPU quota is REDIS_CORE_SHARE of a core
+# (quota over a 100 ms period).
+budget() {
+  [ -n "$budget_root" ] || return 0
+  local group=$budget_root/clarion-bench-$1 quota
+  quota=$(python3 -c "print(int(float('$REDIS_CORE_SHARE') * 100000))")
+  mkdir "$group"
+  if [ -f "$group/cpu.max" ]; then
+    echo "$quota 100000" >"$group/cpu.max"
+  else
+    echo 100000 >"$group/cpu.cfs_period_us"
+    echo "$quota" >"$group/cpu.cfs_quota_us"
+  fi
+  echo "$1" >"$group/cgroup.procs"
+  budgets+=("$group")
+}
+
+# drop_budgets: removes the cgroups of stopped servers (a cgroup goes once it is empty).
+drop_budgets() {
+  local kept=()
+  for group in "${budgets[@]}"; do
+    rmdir "$group" 2>/dev/null || kept+=("$group")
+  done
+  budgets=("${kept[@]}")
+}
 
 # stop_from N: stops what was started after the first N PIDs of others.
 stop_from() {
@@ -86,6 +132,7 @@ redis() {
   taskset -c 1 redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
     --dir "$dir" "$@" >/dev/null &
   others+=($!)
+  budget $!
   wait_port "$port"
 }
 
