@@ -2026,6 +2026,49 @@ mod tests {
         assert_eq!(s.conn.poll_timeout(&s.config), None);
     }
 
+    /// A client reads a server's frames the same however they are cut into reads: pings between
+    /// messages, short and 16-bit lengths, every one and two cuts.
+    #[test]
+    fn a_client_reads_server_frames_cut_anywhere() {
+        let now = Instant::now();
+        let config = Config::default();
+        let text = |n: usize| frame::encode_frame(OpCode::Text, &vec![b'a' + (n % 26) as u8; n]);
+        let ping = frame::encode_frame(OpCode::Ping, b"");
+        let stream: Vec<u8> = [
+            ping.clone(),
+            text(300),
+            text(64),
+            ping.clone(),
+            text(200),
+            text(126),
+            ping,
+            text(125),
+        ]
+        .concat();
+        let feed = |cuts: &[usize]| {
+            let mut client = Connection::client(now, 7);
+            let (mut rx, mut sent, mut events) = (Vec::new(), Vec::new(), Vec::new());
+            let mut start = 0;
+            for &end in cuts.iter().chain([&stream.len()]) {
+                let mut owned = stream[start..end].to_vec();
+                let mut input = &mut owned[..];
+                while let Some(ev) = client.read(&mut input, &mut rx, now, &config, &mut sent) {
+                    events.push(own(ev));
+                }
+                start = end;
+            }
+            events
+        };
+        let whole = feed(&[]);
+        assert_eq!(whole.len(), 8, "{whole:?}");
+        for a in 0..=stream.len() {
+            assert_eq!(feed(&[a]), whole, "cut at {a}");
+            for b in (a..=stream.len()).step_by(7) {
+                assert_eq!(feed(&[a, b]), whole, "cuts at {a} and {b}");
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn any_split_gives_the_same_events(stream in arb_stream(), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8)) {

@@ -376,7 +376,14 @@ impl<T: Traffic> Worker<'_, T> {
                 }
                 Event::Ping(_) | Event::Pong(_) => {}
                 Event::Close(_) => return Fed::Closed,
-                Event::Failed(_) | Event::Request(..) => return Fed::Fail(Reason::Protocol),
+                Event::Failed(failure) => {
+                    report_protocol_failure(self.first + slot, &format!("{failure:?}"));
+                    return Fed::Fail(Reason::Protocol);
+                }
+                Event::Request(..) => {
+                    report_protocol_failure(self.first + slot, "an HTTP request");
+                    return Fed::Fail(Reason::Protocol);
+                }
             }
         }
         Fed::Open
@@ -575,5 +582,18 @@ impl<T: Traffic> Worker<'_, T> {
         } else {
             self.fail(slot, Reason::Eof, at);
         }
+    }
+}
+
+/// Says on stderr what a server's protocol violation was, for the first few of a run (a
+/// broken server could break thousands): the drop count alone does not tell a bad frame from
+/// a bad close.
+fn report_protocol_failure(connection: usize, what: &str) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    /// Lines a run prints at most.
+    const MAX_REPORTED: usize = 20;
+    static REPORTED: AtomicUsize = AtomicUsize::new(0);
+    if REPORTED.fetch_add(1, Ordering::Relaxed) < MAX_REPORTED {
+        eprintln!("connection {connection}: the server broke the WebSocket protocol: {what}");
     }
 }
