@@ -120,6 +120,12 @@ impl Runtime {
     {
         let mut threads = Vec::new();
         let (ready_tx, ready) = std::sync::mpsc::channel();
+        // Every reactor's waker is written to by number from other threads: with private fd
+        // tables, all of them must exist before any thread copies the table, or a thread that
+        // copied early hands a later waker's number to a socket it accepts, and a wake-up then
+        // writes 8 bytes into that client's stream (seen at C1M on epoll: the first sockets of
+        // each reactor got `01 00 00 00 00 00 00 00` in the middle of their frames).
+        let wakers_made = Arc::new(std::sync::Barrier::new(listeners.len()));
         self.stats = (0..listeners.len())
             .map(|_| Arc::new(Stats::default()))
             .collect();
@@ -138,20 +144,28 @@ impl Runtime {
                 make_handler.clone(),
                 self.shutdown.flag.clone(),
             );
-            let (make_driver, ready_tx, shared) =
-                (make_driver.clone(), ready_tx.clone(), shared.clone());
+            let (make_driver, ready_tx, shared, wakers_made) = (
+                make_driver.clone(),
+                ready_tx.clone(),
+                shared.clone(),
+                wakers_made.clone(),
+            );
             let thread = std::thread::Builder::new()
                 .name(format!("reactor-{index}"))
                 .spawn(move || {
                     if config.pin_threads {
                         pin_to_core(index);
                     }
-                    let driver = match make_driver(listeners) {
+                    let driver = make_driver(listeners);
+                    // After every reactor's backend exists (or failed): each waker's descriptor
+                    // is then in every thread's copy of the table, under the same number.
+                    if config.private_fd_table {
+                        wakers_made.wait();
+                    }
+                    let driver = match driver {
                         Ok(driver) => driver,
                         Err(e) => return drop(ready_tx.send(Err(e))),
                     };
-                    // After the backend exists: its waker's descriptor, which other threads write
-                    // to, must be the same in their table and in this thread's copy.
                     if config.private_fd_table
                         && let Err(e) = clarion_host::unshare_fd_table()
                     {
