@@ -118,6 +118,14 @@ impl TxQueue {
         self.chunks.push_back(Chunk::Shared(frame));
     }
 
+    /// The unsent bytes when they are all in one chunk.
+    pub(crate) fn single(&self) -> Option<&[u8]> {
+        match self.chunks.as_slices() {
+            ([one], []) => Some(&one.bytes()[self.sent..]),
+            _ => None,
+        }
+    }
+
     /// The unsent bytes as slices for `writev`, in order.
     pub(crate) fn slices<'a>(&'a self, out: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
         let mut n = 0;
