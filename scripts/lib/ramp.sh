@@ -22,8 +22,26 @@ open(path, "wb").write(body)
 PY
 }
 
+# steal_mark: the host's CPU time stolen by the hypervisor so far (USER_HZ ticks, all CPUs)
+# and the wall clock, for `steal_since`.
+steal_mark() {
+  echo "$(awk '/^cpu /{print $9}' /proc/stat) $(date +%s.%N)"
+}
+
+# steal_since MARK: the share of the host's CPUs stolen since MARK, in percent: time this
+# virtual machine was ready to run and the hypervisor ran something else, which no process
+# here sees as CPU time but every latency does.
+steal_since() {
+  local ticks0 t0
+  read -r ticks0 t0 <<<"$1"
+  awk -v d="$(( $(awk '/^cpu /{print $9}' /proc/stat) - ticks0 ))" -v hz="$(getconf CLK_TCK)" \
+    -v t0="$t0" -v t1="$(date +%s.%N)" -v n="$(nproc)" \
+    'BEGIN {printf "%.1f\n", 100 * d / hz / ((t1 - t0) * n)}'
+}
+
 # ramp SERVER ROUND: one server through every rate; reports go to
-# $OUT/ramp-SERVER-RATE-ROUND.{json,txt} (and .before/.after for /stats).
+# $OUT/ramp-SERVER-RATE-ROUND.{json,txt} (and .before/.after for /stats, .steal for the host's
+# stolen CPU during the step).
 ramp() {
   local server=$1 round=$2 port rate name
   port=$(free_port)
@@ -33,12 +51,15 @@ ramp() {
     echo "ramp round $round: $server at $rate msgs/s" >&2
     rm -f "$OUT/$name".*
     scrape_stats "$port" "$OUT/$name.before"
+    local mark
+    mark=$(steal_mark)
     if ! timeout "$RAMP_STEP_LIMIT" taskset -c 1 "$LOADGEN" fanout "ws://127.0.0.1:$port/t/" \
         -c "$RAMP_SUBSCRIBERS" --rate "$rate" -s 64 -d "$RAMP_DURATION" --warmup "$RAMP_WARMUP" \
         --threads 1 --topics 1 --publishers 1 --server-pid "$server_pid" \
         --json "$OUT/$name.json" >"$OUT/$name.txt" 2>&1; then
       echo "ramp: $name: the loadgen failed or timed out (see $OUT/$name.txt)" >&2
     fi
+    steal_since "$mark" >"$OUT/$name.steal"
     scrape_stats "$port" "$OUT/$name.after"
   done
   stop_server

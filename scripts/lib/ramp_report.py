@@ -3,7 +3,9 @@ missing, latency percentiles (median over rounds, and the worst round's p99 agai
 round's), server CPU per delivery (user and system apart), messages and bytes per socket write
 (Clarion's /stats), then each server's saturation point: the highest rate at which every delivery
 arrived (in every round) with a median p99 under one second, and any lower rate that did not
-(a sign of a noisy run)."""
+(a sign of a noisy run). Last, each round's p99 with the host's CPU stolen by the hypervisor
+during it (`.steal`, percent of the host's CPUs): on a shared virtual machine the rounds that
+lose most to steal are the slow ones, which the spread of the rounds alone does not say."""
 
 import json
 import statistics
@@ -41,7 +43,12 @@ def step(server, rate, n):
         "saturated": report["loadgen_cpu"]["saturated"],
         "per_write": None,
         "bytes_per_write": None,
+        "steal": None,
     }
+    try:
+        figures["steal"] = float(open(f"{out}/{name}.steal").read())
+    except (OSError, ValueError):
+        pass
     before, after = load(f"{out}/{name}.before"), load(f"{out}/{name}.after")
     if before and after:
         delta = lambda key: after["totals"].get(key, 0) - before["totals"].get(key, 0)
@@ -67,7 +74,7 @@ print(
     "| bytes per write | loadgen saturated |"
 )
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-saturation, failed_below = {}, {}
+saturation, failed_below, per_round = {}, {}, []
 for server in servers:
     saturation[server], failed = None, []
     for rate in rates:
@@ -80,6 +87,10 @@ for server in servers:
         worst = max(r["p99"] for r in runs)
         spread = worst / m["p99"] if m["p99"] else None
         saturated = sum(1 for r in runs if r["saturated"])
+        per_round.append(
+            f"{server} {rate}: "
+            + ", ".join(f"{fmt(r['p99'], '.1f', 1e3)} ({fmt(r['steal'], '.1f')}%)" for r in runs)
+        )
         print(
             f"| {server} | {rate} | {m['throughput']:,.0f} | {missing} | {fmt(m['p50'], '.1f', 1e3)} "
             f"| {fmt(m['p99'], '.1f', 1e3)} | {fmt(m['p999'], '.1f', 1e3)} | {fmt(spread, '.2f')}x "
@@ -99,5 +110,10 @@ for server in servers:
     if failed_below[server]:
         said += f" (but not at {', '.join(map(str, failed_below[server]))} msgs/s: a noisy run?)"
     print(f"Saturation point of {server} (every delivery, median p99 < 1 s): {said}")
+print()
+print("p99 of each round, ms (host CPU stolen by the hypervisor meanwhile, % of its CPUs):")
+print()
+for line in per_round:
+    print(f"- {line}")
 for note in notes:
     print(f"Note: {note}")
