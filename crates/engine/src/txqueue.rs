@@ -327,6 +327,20 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_of_one_chunk_is_its_unsent_bytes_and_of_two_is_not_single() {
+        let mut q = TxQueue::default();
+        assert_eq!(q.single(), None, "empty");
+        q.push_shared(Arc::from(&b"frame"[..]), 0);
+        assert_eq!(q.single(), Some(&b"frame"[..]));
+        q.consume(2);
+        assert_eq!(q.single(), Some(&b"ame"[..]), "what is left of it");
+        q.push_copy(b"next");
+        assert_eq!(q.single(), None, "two chunks go as slices");
+        q.consume(3);
+        assert_eq!(q.single(), Some(&b"next"[..]));
+    }
+
+    #[test]
     fn mixed_chunks_come_out_in_order_at_any_write_size() {
         for step in [1, 2, 3, 7, 100] {
             let mut q = TxQueue::default();
