@@ -30,7 +30,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-python3 -c 'import websockets.sync.client' 2>/dev/null \
+python3 -c 'import websockets.asyncio.client' 2>/dev/null \
   || PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q 'websockets>=13'
 redis-server --version
 chromium --version

@@ -14,33 +14,40 @@ Each command answers one line on stdout:
     close NAME                            close it; "ok"
 
 The client never pings on its own (ping_interval=None) and answers the server's pings, so an
-idle connection carries exactly the server's keep-alive traffic.
+idle connection carries exactly the server's keep-alive traffic. The event loop runs while the
+next command is awaited (stdin is read in a worker thread), so pings are answered then too.
+
+The asyncio client, not the threading one: `websockets.sync` reads in a thread of its own while
+the caller writes, and Python's `ssl` sockets are not safe for a read and a write at once (one
+OpenSSL session): now and then a connection hung or died right after its handshake, on the
+client's side.
 """
 
+import asyncio
 import contextlib
 import socket
 import ssl
 import sys
-import time
 from urllib.parse import urlsplit
 
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import connect
 
 # Long enough for any slow machine; a test that waits this long has failed anyway.
 TIMEOUT = 60
 
 
-def main():
+async def main():
     base, cafile = sys.argv[1], sys.argv[2]
     clients = Clients(base, ssl.create_default_context(cafile=cafile))
+    loop = asyncio.get_running_loop()
     # Every connection opened is closed on the way out.
-    with contextlib.ExitStack() as clients.stack:
-        for line in sys.stdin:
+    async with contextlib.AsyncExitStack() as clients.stack:
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
             words = line.split()
             if words:
                 try:
-                    answer = clients.run(words[0], words[1:])
+                    answer = await clients.run(words[0], words[1:])
                 except Exception as error:  # the test shows it rather than "the script died"
                     answer = f"error {type(error).__name__}: {error}"
                 print(answer, flush=True)
@@ -54,36 +61,38 @@ class Clients:
         self.conns = {}
         self.stack = None
 
-    def run(self, command, args):
+    async def run(self, command, args):
         """One command's answer."""
         if command == "open":
-            return self.open(args[0], args[1], args[2], [tuple(h.split("=", 1)) for h in args[3:]])
+            headers = [tuple(h.split("=", 1)) for h in args[3:]]
+            return await self.open(args[0], args[1], args[2], headers)
         if command == "idle":
-            time.sleep(float(args[0]))
+            await asyncio.sleep(float(args[0]))
             return "ok"
         conn = self.conns[args[0]]
         try:
             if command == "echo":
-                conn.send(" ".join(args[1:]))
-                return conn.recv(timeout=TIMEOUT)
+                await conn.send(" ".join(args[1:]))
+                return await asyncio.wait_for(conn.recv(), TIMEOUT)
             if command == "recv":
-                return conn.recv(timeout=TIMEOUT)
+                return await asyncio.wait_for(conn.recv(), TIMEOUT)
             if command == "closed":
                 while True:
-                    conn.recv(timeout=TIMEOUT)
+                    await asyncio.wait_for(conn.recv(), TIMEOUT)
             if command == "close":
-                conn.close()
+                await conn.close()
                 return "ok"
         except ConnectionClosed:
             return "closed"
         return f"unknown command {command}"
 
-    def open(self, name, source, path, headers):
+    async def open(self, name, source, path, headers):
         sock = socket.create_connection(
             (self.target.hostname, self.target.port), timeout=TIMEOUT, source_address=(source, 0)
         )
+        sock.setblocking(False)
         try:
-            self.conns[name] = self.stack.enter_context(
+            self.conns[name] = await self.stack.enter_async_context(
                 connect(
                     self.base + path,
                     sock=sock,
@@ -101,4 +110,4 @@ class Clients:
 
 
 if __name__ == "__main__":
-    main()
+    asyncio.run(main())
