@@ -124,8 +124,10 @@ impl Runtime {
         // tables, all of them must exist before any thread copies the table, or a thread that
         // copied early hands a later waker's number to a socket it accepts, and a wake-up then
         // writes 8 bytes into that client's stream (seen at C1M on epoll: the first sockets of
-        // each reactor got `01 00 00 00 00 00 00 00` in the middle of their frames).
-        let wakers_made = Arc::new(std::sync::Barrier::new(listeners.len()));
+        // each reactor got `01 00 00 00 00 00 00 00` in the middle of their frames). The gate
+        // opens once every thread made its backend (or died trying), and stays shut if a thread
+        // could not even be spawned, so no start waits forever.
+        let gate = Arc::new(StartGate::default());
         self.stats = (0..listeners.len())
             .map(|_| Arc::new(Stats::default()))
             .collect();
@@ -137,6 +139,7 @@ impl Runtime {
             stats: self.stats.iter().cloned().collect(),
             limits: self.limits.clone(),
         });
+        let mut spawn_failed = None;
         for (index, listeners) in listeners.into_iter().enumerate() {
             let stats = self.stats[index].clone();
             let (config, make_handler, flag) = (
@@ -144,23 +147,26 @@ impl Runtime {
                 make_handler.clone(),
                 self.shutdown.flag.clone(),
             );
-            let (make_driver, ready_tx, shared, wakers_made) = (
+            let (make_driver, ready_tx, shared, gate) = (
                 make_driver.clone(),
                 ready_tx.clone(),
                 shared.clone(),
-                wakers_made.clone(),
+                gate.clone(),
             );
-            let thread = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("reactor-{index}"))
                 .spawn(move || {
                     if config.pin_threads {
                         pin_to_core(index);
                     }
+                    // Counted at the gate even if making the backend panics.
+                    let arrival = Arrival(&gate);
                     let driver = make_driver(listeners);
+                    drop(arrival);
                     // After every reactor's backend exists (or failed): each waker's descriptor
                     // is then in every thread's copy of the table, under the same number.
-                    if config.private_fd_table {
-                        wakers_made.wait();
+                    if config.private_fd_table && !gate.wait_open() {
+                        return;
                     }
                     let driver = match driver {
                         Ok(driver) => driver,
@@ -177,25 +183,48 @@ impl Runtime {
                         Ok(handler) => handler,
                         Err(e) => return drop(ready_tx.send(Err(e))),
                     };
+                    // Sent, then let go: once every thread has answered or died (a panicking
+                    // handler factory), the channel closes and the start does not wait on.
                     let _ = ready_tx.send(Ok(waker));
+                    drop(ready_tx);
                     let (mailboxes, limits) = (shared.mailboxes.clone(), shared.limits.clone());
                     drop(shared);
                     Reactor::new(driver, handler, config, stats, index, mailboxes, limits)
                         .run(&flag);
-                })?;
-            threads.push(thread);
+                });
+            match spawned {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    spawn_failed = Some(e);
+                    break;
+                }
+            }
         }
+        drop(ready_tx);
+        let started = threads.len();
         *self.threads.lock().unwrap_or_else(|e| e.into_inner()) = threads;
-        for _ in 0..self.stats.len() {
+        gate.open(spawn_failed.is_none(), started);
+        // Every thread answers once, or dies (its sender dropped): all answers are heard before
+        // a failed start stops the others, so each one that runs is woken to drain.
+        let mut failure = spawn_failed;
+        for _ in 0..started {
             match ready.recv() {
                 Ok(Ok(waker)) => self.shutdown.wakers.push(waker),
                 Ok(Err(e)) => {
-                    self.shutdown();
-                    self.join();
-                    return Err(e);
+                    failure.get_or_insert(e);
                 }
-                Err(_) => return Err(io::Error::other("a reactor thread died while starting")),
+                Err(_) => {
+                    failure.get_or_insert_with(|| {
+                        io::Error::other("a reactor thread died while starting")
+                    });
+                    break;
+                }
             }
+        }
+        if let Some(e) = failure {
+            self.shutdown();
+            self.join();
+            return Err(e);
         }
         Ok(())
     }
@@ -280,5 +309,59 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         self.shutdown();
         self.join();
+    }
+}
+
+/// Where reactor threads wait, with private fd tables, until every one has made its backend: a
+/// barrier that the starting thread opens, or keeps shut when a thread could not be spawned.
+#[derive(Default)]
+struct StartGate {
+    state: Mutex<GateState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// Threads past making their backend (or dead in it).
+    arrived: usize,
+    /// `Some(go)` once decided.
+    open: Option<bool>,
+}
+
+impl StartGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Once `threads` have arrived: lets them on if `go`, else turns them back; at once if not
+    /// `go` (no thread waits for one that was never spawned).
+    fn open(&self, go: bool, threads: usize) {
+        let mut state = self.lock();
+        while go && state.arrived < threads {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state.open = Some(go);
+        self.changed.notify_all();
+    }
+
+    /// Waits for the decision: whether to go on.
+    fn wait_open(&self) -> bool {
+        let mut state = self.lock();
+        loop {
+            if let Some(go) = state.open {
+                return go;
+            }
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// A thread's arrival at the gate, counted when dropped (so also when the thread panics).
+struct Arrival<'a>(&'a StartGate);
+
+impl Drop for Arrival<'_> {
+    fn drop(&mut self) {
+        self.0.lock().arrived += 1;
+        self.0.changed.notify_all();
     }
 }

@@ -761,3 +761,53 @@ fn a_reactor_held_up_does_not_time_out_a_pong_it_has_not_read_yet() {
         a.get_mut().write_all(&client_frame(0xA, b"")).unwrap();
     }
 }
+
+/// A reactor whose handler cannot be made (an error, or a panic in the factory) fails the start,
+/// and the reactors that did start are stopped: the start returns rather than waiting on the
+/// thread that is gone, with or without private fd tables (where the threads wait for each
+/// other's backends).
+#[test]
+fn a_reactor_that_cannot_start_fails_the_start_without_hanging() {
+    for private_fd_table in [false, true] {
+        for panics in [false, true] {
+            let config = clarion_engine::Config {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                threads: 3,
+                pin_threads: false,
+                io: io(),
+                private_fd_table,
+                ..clarion_engine::Config::default()
+            };
+            let (done, result) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let started = Runtime::start(config, move |index, _: &Shared<()>| {
+                    if index == 1 {
+                        assert!(
+                            !panics,
+                            "the handler factory of reactor 1 panics (on purpose)"
+                        );
+                        return Err(std::io::Error::other("reactor 1 has no handler"));
+                    }
+                    Ok(Sweeper {
+                        per_conn: false,
+                        sweeps: Arc::default(),
+                        visits: Arc::default(),
+                    })
+                });
+                let _ = done.send(started.err().map(|e| e.to_string()));
+            });
+            let error = result
+                .recv_timeout(Duration::from_secs(60))
+                .expect("the start returns");
+            let expected = if panics {
+                "died while starting"
+            } else {
+                "has no handler"
+            };
+            assert!(
+                error.as_deref().is_some_and(|e| e.contains(expected)),
+                "private fd tables {private_fd_table}, panics {panics}: {error:?}"
+            );
+        }
+    }
+}
