@@ -101,7 +101,7 @@ impl TxQueue {
         {
             last.extend_from_slice(bytes);
         } else {
-            self.chunks.push_back(Chunk::Owned(bytes.to_vec()));
+            self.push_chunk(Chunk::Owned(bytes.to_vec()));
         }
     }
 
@@ -115,7 +115,19 @@ impl TxQueue {
             return;
         }
         self.len += frame.len();
-        self.chunks.push_back(Chunk::Shared(frame));
+        self.push_chunk(Chunk::Shared(frame));
+    }
+
+    /// Appends a chunk. A queue's first chunk takes room for one (24 bytes), not the four
+    /// `VecDeque` starts with (96): most queues never hold more (a handshake answer, a
+    /// subscriber's one message of the turn, a heartbeat), and on a completion backend every
+    /// send in flight holds its queue, and the pool keeps as many as the last second's peak (a
+    /// sweep's heartbeats to a tenth of 15,000 streams: 1,500).
+    fn push_chunk(&mut self, chunk: Chunk) {
+        if self.chunks.capacity() == 0 {
+            self.chunks.reserve_exact(1);
+        }
+        self.chunks.push_back(chunk);
     }
 
     /// The unsent bytes when they are all in one chunk.
@@ -332,10 +344,12 @@ mod tests {
         assert_eq!(q.single(), None, "empty");
         q.push_shared(Arc::from(&b"frame"[..]), 0);
         assert_eq!(q.single(), Some(&b"frame"[..]));
+        assert_eq!(q.chunks.capacity(), 1, "room for the one chunk, not four");
         q.consume(2);
         assert_eq!(q.single(), Some(&b"ame"[..]), "what is left of it");
         q.push_copy(b"next");
         assert_eq!(q.single(), None, "two chunks go as slices");
+        assert!(q.chunks.capacity() >= 2, "then it grows as a deque does");
         q.consume(3);
         assert_eq!(q.single(), Some(&b"next"[..]));
     }
