@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Server-Sent Events against WebSocket subscribers, interleaved, on one reactor (server on core
 # 0, clarion-loadgen on core 1): the server's RSS per idle subscriber (IDLE subscribers of one
-# topic: `/t/news` WebSockets, then `/sse/news` streams) and its CPU time per delivery in a
+# topic: `/t/news` WebSockets, then `/sse/news` streams), read when the ramp ends and again 2 s
+# later (the streams' heartbeats going, the WebSockets' pings off as in every benchmark), and
+# its CPU time per delivery in a
 # fanout (SUBSCRIBERS subscribers of one topic, one HTTP publisher at RATE msgs/s with
 # SIZE-byte payloads; `/t/` then `/sse/`, so both sides publish the same way). ROUNDS rounds.
 #
@@ -37,13 +39,14 @@ done
 python3 - "$OUT" "$ROUNDS" "$IDLE" "$SUBSCRIBERS" "$RATE" <<'PY'
 import json, sys
 out, rounds, idle, subs, rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-print(f"| round | transport | RSS per idle subscriber at {idle:,} (bytes) | deliveries/s ({subs:,} subscribers, {rate} msgs/s) | server CPU/delivery (µs) | p99 (ms) | missing |")
+print(f"| round | transport | RSS per idle subscriber at {idle:,}, ramp end / 2 s later (bytes) | deliveries/s ({subs:,} subscribers, {rate} msgs/s) | server CPU/delivery (µs) | p99 (ms) | missing |")
 print("| --- | --- | --- | --- | --- | --- | --- |")
 for r in range(1, rounds + 1):
     for t in ["ws", "sse"]:
         i = json.load(open(f"{out}/idle-{t}-{r}.json"))
         f = json.load(open(f"{out}/fanout-{t}-{r}.json"))
         rss = i["server"]["rss_per_connection_bytes"]
+        idle_end = i["server"].get("rss_per_connection_at_window_end_bytes") or 0
         cpu = f["server"]["cpu_per_message_us"] or 0
-        print(f"| {r} | {t} | {rss:.0f} | {f['throughput']:,.0f} | {cpu:.2f} | {f['latency_us']['p99']/1000:.1f} | {f['missing']} |")
+        print(f"| {r} | {t} | {rss:.0f} / {idle_end:.0f} | {f['throughput']:,.0f} | {cpu:.2f} | {f['latency_us']['p99']/1000:.1f} | {f['missing']} |")
 PY

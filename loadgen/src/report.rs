@@ -120,6 +120,11 @@ pub struct ServerReport {
     pub rss_after_kib: Option<u64>,
     /// (after − before) / established, bytes.
     pub rss_per_connection_bytes: Option<f64>,
+    /// VmRSS at the end of the measurement window, KiB (in `idle` mode: the connections idle,
+    /// the ramp's transients settled).
+    pub rss_window_end_kib: Option<u64>,
+    /// (window end − before) / established, bytes.
+    pub rss_per_connection_at_window_end_bytes: Option<f64>,
     /// Its CPU time (user + system) over the measurement window, seconds.
     pub cpu_window_s: Option<f64>,
     /// That CPU time per message received in the window (echo: round trip; fanout: delivery),
@@ -342,6 +347,9 @@ impl Report {
                 rss_before_kib: watch.rss_before_kib,
                 rss_after_kib: watch.rss_after_kib,
                 rss_per_connection_bytes: watch.bytes_per_connection(tally.established),
+                rss_window_end_kib: watch.rss_window_end_kib,
+                rss_per_connection_at_window_end_bytes: watch
+                    .bytes_per_connection_at_window_end(tally.established),
                 cpu_window_s: watch.cpu_window.map(|cpu| cpu.total_s()),
                 cpu_per_message_us: watch.cpu_window.and_then(|cpu| per_message(cpu.total_s())),
                 cpu_user_per_message_us: watch.cpu_window.and_then(|cpu| per_message(cpu.user_s)),
@@ -541,6 +549,15 @@ impl Report {
                         server.pid,
                         server.rss_per_connection_bytes.unwrap_or(0.0)
                     );
+                    if let (Some(end), Some(per)) = (
+                        server.rss_window_end_kib,
+                        server.rss_per_connection_at_window_end_bytes,
+                    ) {
+                        let _ = writeln!(
+                            out,
+                            "             {end} KiB at the end of the window = {per:.0} bytes per connection"
+                        );
+                    }
                 }
                 _ => {
                     let _ = writeln!(

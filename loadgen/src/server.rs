@@ -1,6 +1,7 @@
-//! `--server-pid`: the server's resident memory before the loadgen opens its connections and once
-//! they are all open, to report what each connection costs the server; and its CPU time over the
-//! measurement window only (no ramp-up, no close), to report what each message costs it.
+//! `--server-pid`: the server's resident memory before the loadgen opens its connections, once
+//! they are all open and again at the end of the measurement window, to report what each
+//! connection costs the server; and its CPU time over the window only (no ramp-up, no close), to
+//! report what each message costs it.
 
 use std::thread::JoinHandle;
 
@@ -16,20 +17,28 @@ pub struct ServerWatch {
     pub pid: u32,
     /// VmRSS before the first dial, KiB.
     pub rss_before_kib: Option<u64>,
-    /// VmRSS once the ramp-up finished, KiB.
+    /// VmRSS once the ramp-up finished, KiB: what the connections hold, with what the ramp
+    /// still has in flight (answers being sent, the buffers lent for them).
     pub rss_after_kib: Option<u64>,
+    /// VmRSS at the end of the measurement window, KiB: in `idle` mode, what the connections
+    /// hold once idle (the ramp's transients settled, the server's keep-alive traffic going).
+    pub rss_window_end_kib: Option<u64>,
     /// CPU time over the measurement window.
     pub cpu_window: Option<CpuTime>,
     /// Why a reading failed, if one did.
     pub error: Option<String>,
 }
 
-/// Reads the server's CPU time at the edges of a measurement window, from its own thread so it
-/// reads on time whatever the caller is doing.
-pub struct CpuSampler(JoinHandle<Result<CpuTime, String>>);
+/// What [`CpuSampler`] read: CPU time over the window, and resident memory at its end (KiB).
+type WindowSample = (CpuTime, Option<u64>);
+
+/// Reads the server's CPU time at the edges of a measurement window (and its memory at the end),
+/// from its own thread so it reads on time whatever the caller is doing.
+pub struct CpuSampler(JoinHandle<Result<WindowSample, String>>);
 
 impl CpuSampler {
-    /// Samples the server's CPU at `go_ns` and `stop_ns` (monotonic, see [`clock::now_ns`]).
+    /// Samples the server's CPU at `go_ns` and `stop_ns` (monotonic, see [`clock::now_ns`]),
+    /// and its RSS at `stop_ns`.
     pub fn start(pid: u32, go_ns: u64, stop_ns: u64) -> CpuSampler {
         CpuSampler(std::thread::spawn(move || {
             let read =
@@ -37,7 +46,8 @@ impl CpuSampler {
             clock::sleep_until_ns(go_ns);
             let at_go = read()?;
             clock::sleep_until_ns(stop_ns);
-            Ok(read()?.since(at_go))
+            let cpu = read()?.since(at_go);
+            Ok((cpu, sys::rss_kib(pid).ok()))
         }))
     }
 }
@@ -49,6 +59,7 @@ impl ServerWatch {
             pid,
             rss_before_kib: None,
             rss_after_kib: None,
+            rss_window_end_kib: None,
             cpu_window: None,
             error: None,
         };
@@ -61,23 +72,32 @@ impl ServerWatch {
         self.rss_after_kib = self.read();
     }
 
-    /// Collects the window's CPU time once the window has passed; an aborted run does not wait
-    /// for it.
+    /// Collects the window's CPU time (and the memory at its end) once the window has passed;
+    /// an aborted run does not wait for it.
     pub fn finish_window(&mut self, sampler: CpuSampler, aborted: bool) {
         if aborted && !sampler.0.is_finished() {
             return;
         }
         match sampler.0.join() {
-            Ok(Ok(cpu)) => self.cpu_window = Some(cpu),
+            Ok(Ok((cpu, rss))) => {
+                self.cpu_window = Some(cpu);
+                self.rss_window_end_kib = rss;
+            }
             Ok(Err(e)) => self.error = Some(e),
             Err(_) => self.error = Some("the CPU sampler panicked".into()),
         }
     }
 
-    /// Bytes of server memory per open connection, from the two readings.
+    /// Bytes of server memory per open connection, from the readings before and after the
+    /// ramp-up.
     pub fn bytes_per_connection(&self, connections: u64) -> Option<f64> {
-        let (before, after) = (self.rss_before_kib?, self.rss_after_kib?);
-        (connections > 0).then(|| (after as f64 - before as f64) * 1024.0 / connections as f64)
+        per_connection(self.rss_before_kib?, self.rss_after_kib?, connections)
+    }
+
+    /// Bytes of server memory per connection at the end of the window (once idle, in `idle`
+    /// mode).
+    pub fn bytes_per_connection_at_window_end(&self, connections: u64) -> Option<f64> {
+        per_connection(self.rss_before_kib?, self.rss_window_end_kib?, connections)
     }
 
     fn read(&mut self) -> Option<u64> {
@@ -89,6 +109,11 @@ impl ServerWatch {
             }
         }
     }
+}
+
+/// (`after` − `before`) KiB over `connections`, in bytes.
+fn per_connection(before: u64, after: u64, connections: u64) -> Option<f64> {
+    (connections > 0).then(|| (after as f64 - before as f64) * 1024.0 / connections as f64)
 }
 
 #[cfg(test)]
@@ -122,6 +147,8 @@ mod tests {
         watch.finish_window(sampler, false);
         let cpu = watch.cpu_window.expect("sampled");
         assert!(cpu.total_s() >= 0.04, "{cpu:?}");
+        assert!(watch.rss_window_end_kib.is_some_and(|kib| kib > 0));
+        assert!(watch.bytes_per_connection_at_window_end(10).is_some());
         let mut dead = ServerWatch::start(u32::MAX);
         let now = clock::now_ns();
         dead.finish_window(CpuSampler::start(u32::MAX, now, now), false);
