@@ -122,7 +122,7 @@ impl TxQueue {
     /// `VecDeque` starts with (96): most queues never hold more (a handshake answer, a
     /// subscriber's one message of the turn, a heartbeat), and on a completion backend every
     /// send in flight holds its queue, and the pool keeps as many as the last second's peak (a
-    /// sweep's heartbeats to a tenth of 15,000 streams: 1,500).
+    /// sweep sends heartbeats to one stream in 15 at once at the default 15 s: 1,000 of 15,000).
     fn push_chunk(&mut self, chunk: Chunk) {
         if self.chunks.capacity() == 0 {
             self.chunks.reserve_exact(1);
