@@ -3,9 +3,9 @@
 # 0, clarion-loadgen on core 1): the server's RSS per idle subscriber (IDLE subscribers of one
 # topic: `/t/news` WebSockets, then `/sse/news` streams), read when the ramp ends and again 2 s
 # later (the streams' heartbeats going, the WebSockets' pings off as in every benchmark), and
-# its CPU time per delivery in a
-# fanout (SUBSCRIBERS subscribers of one topic, one HTTP publisher at RATE msgs/s with
-# SIZE-byte payloads; `/t/` then `/sse/`, so both sides publish the same way). ROUNDS rounds.
+# its CPU time per delivery in a fanout (SUBSCRIBERS subscribers of one topic, one HTTP
+# publisher at RATE msgs/s with SIZE-byte payloads; `/t/` then `/sse/`, so both sides publish
+# the same way). ROUNDS rounds.
 #
 # Usage: scripts/bench-sse.sh   (ROUNDS=2 IDLE=15000 SUBSCRIBERS=5000 RATE=50 SIZE=64 DURATION=5s)
 set -euo pipefail
@@ -46,7 +46,8 @@ for r in range(1, rounds + 1):
         i = json.load(open(f"{out}/idle-{t}-{r}.json"))
         f = json.load(open(f"{out}/fanout-{t}-{r}.json"))
         rss = i["server"]["rss_per_connection_bytes"]
-        idle_end = i["server"].get("rss_per_connection_at_window_end_bytes") or 0
+        idle_end = i["server"].get("rss_per_connection_at_window_end_bytes")
+        idle_end = "n/a" if idle_end is None else f"{idle_end:.0f}"
         cpu = f["server"]["cpu_per_message_us"] or 0
-        print(f"| {r} | {t} | {rss:.0f} / {idle_end:.0f} | {f['throughput']:,.0f} | {cpu:.2f} | {f['latency_us']['p99']/1000:.1f} | {f['missing']} |")
+        print(f"| {r} | {t} | {rss:.0f} / {idle_end} | {f['throughput']:,.0f} | {cpu:.2f} | {f['latency_us']['p99']/1000:.1f} | {f['missing']} |")
 PY
