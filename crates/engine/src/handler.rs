@@ -58,15 +58,16 @@ pub trait Handler {
 
     /// The reactor's sweep begins: it walks its table about once a second
     /// ([`crate::SWEEP_INTERVAL`] apart at least; later when the loop is busy) to arm the timers
-    /// of connections whose deadlines come near. Return true to have
-    /// [`Handler::on_sweep_conn`] called for every open WebSocket during this sweep; false (the
-    /// default) costs nothing per connection.
+    /// of connections whose deadlines come near, 1,024 connections a turn (a large table takes
+    /// several turns, so the walk neither holds up other work nor writes to every connection at
+    /// once). Return true to have [`Handler::on_sweep_conn`] called for every open WebSocket
+    /// during this sweep; false (the default) costs nothing per connection.
     fn on_sweep(&mut self, _now: Instant) -> bool {
         false
     }
 
     /// During a sweep that [`Handler::on_sweep`] asked for, once per open WebSocket or streaming
-    /// response: the place
+    /// response (a connection opened during the sweep may be left for the next): the place
     /// for the handler's own coarse deadlines (a token's expiry, an application heartbeat)
     /// without a timer or an allocation per connection. Sends and closes work as in any other
     /// callback.

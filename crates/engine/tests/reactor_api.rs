@@ -517,17 +517,21 @@ impl Handler for Sweeper {
     }
 }
 
-fn start_sweeper(per_conn: bool) -> (Runtime, Arc<AtomicU64>, Arc<AtomicU64>) {
-    let (sweeps, visits) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let config = clarion_engine::Config {
+/// One reactor on a free loopback port, on the backend under test.
+fn one_reactor() -> clarion_engine::Config {
+    clarion_engine::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         threads: 1,
         pin_threads: false,
         io: io(),
         ..clarion_engine::Config::default()
-    };
+    }
+}
+
+fn start_sweeper(per_conn: bool) -> (Runtime, Arc<AtomicU64>, Arc<AtomicU64>) {
+    let (sweeps, visits) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let (s, v) = (sweeps.clone(), visits.clone());
-    let runtime = Runtime::start(config, move |_, _: &Shared<()>| {
+    let runtime = Runtime::start(one_reactor(), move |_, _: &Shared<()>| {
         Ok(Sweeper {
             per_conn,
             sweeps: s.clone(),
@@ -567,6 +571,83 @@ fn the_sweep_visits_streaming_responses_too_and_a_close_ends_them() {
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(answer.ends_with("\r\n\r\ntick\n"), "{answer}");
     assert!(visits.load(Ordering::Relaxed) >= 2);
+}
+
+/// Records each sweep's steps: how many connections the handler was given at each `now`
+/// (one `now` per reactor turn).
+#[derive(Default)]
+struct StepRecorder {
+    sweeps: Arc<Mutex<Vec<Vec<usize>>>>,
+    last_now: Option<Instant>,
+}
+
+impl Handler for StepRecorder {
+    type Conn = ();
+    type Inbox = ();
+
+    fn on_request<'r>(
+        &mut self,
+        _request: &Request<'r>,
+        _body: &[u8],
+        _info: &RequestInfo,
+    ) -> Answer<'r, ()> {
+        let response = Response::new(200, "text/plain", "");
+        Answer::Stream { conn: (), response }
+    }
+
+    fn on_message(&mut self, _ctx: &mut Ctx<'_, ()>, _kind: MessageKind, _payload: &[u8]) {}
+
+    fn on_sweep(&mut self, _now: Instant) -> bool {
+        self.sweeps.lock().unwrap().push(Vec::new());
+        self.last_now = None;
+        true
+    }
+
+    fn on_sweep_conn(&mut self, ctx: &mut Ctx<'_, ()>) {
+        let mut sweeps = self.sweeps.lock().unwrap();
+        let steps = sweeps.last_mut().unwrap();
+        if self.last_now == Some(ctx.now()) {
+            *steps.last_mut().unwrap() += 1;
+        } else {
+            steps.push(1);
+            self.last_now = Some(ctx.now());
+        }
+    }
+}
+
+#[test]
+fn a_large_table_is_swept_in_steps_of_at_most_1024_one_per_turn() {
+    const STREAMS: usize = 2500;
+    let sweeps = Arc::new(Mutex::new(Vec::new()));
+    let recorded = sweeps.clone();
+    let server = Runtime::start(one_reactor(), move |_, _: &Shared<()>| {
+        Ok(StepRecorder {
+            sweeps: recorded.clone(),
+            last_now: None,
+        })
+    })
+    .unwrap();
+    let _streams: Vec<TcpStream> = (0..STREAMS)
+        .map(|_| {
+            let mut stream = connect(server.local_addr());
+            stream
+                .write_all(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            stream
+        })
+        .collect();
+    assert!(eventually(
+        || total(&server, |s| &s.http_requests) == STREAMS as u64
+    ));
+    // The first sweep to start with every stream open visits each once, over several turns.
+    let seen = sweeps.lock().unwrap().len();
+    assert!(eventually(|| sweeps.lock().unwrap().len() > seen + 1));
+    let steps = sweeps.lock().unwrap()[seen].clone();
+    assert_eq!(steps.iter().sum::<usize>(), STREAMS, "{steps:?}");
+    assert!(
+        steps.len() >= 3 && steps.iter().all(|&n| n <= 1024),
+        "{steps:?}"
+    );
 }
 
 #[test]

@@ -26,6 +26,12 @@ use crate::{Config, Ctx, Handler, Stats};
 /// node only while its next deadline is within one sweep, so an idle connection waiting out a
 /// 30 s ping interval holds none (24 bytes saved per connection).
 pub(super) const SWEEP: Duration = crate::SWEEP_INTERVAL;
+/// Connections one turn's step of a sweep visits: a sweep of a large table goes on over several
+/// turns, so that it neither holds up the reactor's other work (a million entries take tens of
+/// milliseconds) nor writes to all the connections it has something for at once (on io_uring
+/// each such write holds a pooled write queue of about 100 bytes until the kernel completes
+/// it: a burst of a second's heartbeats to 1,000 streams kept 100 KiB in the pool).
+const SWEEP_STEP: usize = 1024;
 /// Timer resolution: fine enough for close and pong deadlines, coarse enough to batch.
 const TICK: Duration = Duration::from_millis(10);
 /// 4096 ticks of 10 ms: one rotation covers 41 s, so common timeouts fire in one pass.
@@ -56,6 +62,21 @@ pub(super) struct HttpConn {
     pub(super) answered: u32,
 }
 
+/// A sweep under way: where its next step starts and what it applies to every entry.
+#[derive(Clone, Copy, Debug)]
+struct SweepPass {
+    /// The table index the next step starts at.
+    next: usize,
+    /// The handler asked for [`Handler::on_sweep_conn`].
+    per_conn: bool,
+    /// Allowances are refilled (a rate is on, or was).
+    refill: bool,
+    /// Time since the last sweep began: what allowances are refilled for.
+    elapsed: Duration,
+    /// Queued bytes under which a connection has room (half the write cap).
+    low_mark: usize,
+}
+
 /// Everything of a reactor but its driver, so that a driver's buffer can be borrowed while the
 /// core processes its bytes.
 pub(crate) struct Core<S, H: Handler> {
@@ -82,11 +103,13 @@ pub(crate) struct Core<S, H: Handler> {
     accept_logged_at: Option<Instant>,
     pub(super) drain_deadline: Option<Instant>,
     pub(super) next_sweep: Instant,
+    /// The sweep under way, if one is (it goes on by one step per turn).
+    sweeping: Option<SweepPass>,
     /// The limits in force (shared by the runtime's reactors) and the process's connections.
     pub(super) limits: Arc<LiveLimits>,
     /// The rates as of the last sweep (what new connections' allowances start from).
     pub(super) rates: Rates,
-    /// When allowances were last refilled.
+    /// When allowances were last refilled (the last sweep's start).
     refilled_at: Instant,
     /// Connections still handshaking (flag `HANDSHAKING`).
     pub(super) handshaking: usize,
@@ -128,25 +151,23 @@ impl<S, H: Handler> Core<S, H> {
             accept_logged_at: None,
             drain_deadline: None,
             next_sweep: now + SWEEP,
+            sweeping: None,
             config,
         }
     }
 
-    /// Arms a timer for every connection whose deadline now falls within the next sweep,
-    /// refills allowances by the rates times the time since the last refill, frees pooled
-    /// buffers the last period did not need, and, if the handler asks, gives it each open
-    /// WebSocket ([`Handler::on_sweep_conn`]) in the same pass. Connections it wrote to or
-    /// closed are left in `swept` for the reactor's bookkeeping.
-    pub(super) fn sweep<W: Writing<S>>(&mut self, writing: &mut W, now: Instant) {
-        self.rx_pool.trim();
-        self.tx_pool.trim();
-        let per_conn = self.handler.on_sweep(now);
-        let rates = self.limits.rates();
-        let refill = rates.any() || self.rates.any();
-        let elapsed = now.saturating_duration_since(self.refilled_at);
-        self.rates = rates;
-        self.refilled_at = now;
-        let low_mark = self.limits.max_queued_bytes() / 2;
+    /// One step of the sweep, starting a new one if none is under way: over the next
+    /// [`SWEEP_STEP`] connections of the table, arms a timer for each whose deadline falls
+    /// within the next sweep, refills allowances by the rates times the time since the last
+    /// sweep began, and, if the handler asked at the start ([`Handler::on_sweep`]), gives it
+    /// each open WebSocket ([`Handler::on_sweep_conn`]). A sweep's start also frees pooled
+    /// buffers the last period did not need. Connections it wrote to or closed are left in
+    /// `swept` for the reactor's bookkeeping. Returns true when the sweep is done.
+    pub(super) fn sweep<W: Writing<S>>(&mut self, writing: &mut W, now: Instant) -> bool {
+        let pass = match self.sweeping {
+            Some(pass) => pass,
+            None => self.begin_sweep(now),
+        };
         let Core {
             handler,
             config,
@@ -157,19 +178,29 @@ impl<S, H: Handler> Core<S, H> {
             compression,
             swept,
             tls,
+            rates,
             ..
         } = self;
-        for (token, conn) in conns.iter_mut() {
+        let end = conns.capacity();
+        let mut next = pass.next;
+        let mut visited = 0;
+        while next < end && visited < SWEEP_STEP {
+            let token = next;
+            next += 1;
+            let Some(conn) = conns.get_mut(token) else {
+                continue;
+            };
+            visited += 1;
             if conn
                 .flags
                 .intersects(ConnFlags::LINGER | ConnFlags::RELEASING)
             {
                 continue;
             }
-            if refill {
-                conn.allowance.refill(&rates, elapsed);
+            if pass.refill {
+                conn.allowance.refill(rates, pass.elapsed);
             }
-            if per_conn
+            if pass.per_conn
                 && conn.flags.contains(ConnFlags::OPENED)
                 && conn.writable()
                 && let Some(app) = conn.app.as_mut()
@@ -190,7 +221,7 @@ impl<S, H: Handler> Core<S, H> {
                     deflating: &mut compression.deflating,
                     stats,
                     flags: &mut conn.flags,
-                    low_mark,
+                    low_mark: pass.low_mark,
                     now,
                 });
                 let written = out.finish();
@@ -206,7 +237,38 @@ impl<S, H: Handler> Core<S, H> {
                 conn.timer = arm(timers, config, &conn.ws, token, now);
             }
         }
+        if next < end {
+            self.sweeping = Some(SweepPass { next, ..pass });
+            return false;
+        }
+        self.sweeping = None;
         self.next_sweep = now + SWEEP;
+        true
+    }
+
+    /// Starts a sweep: trims the pools, asks the handler whether it wants each connection, and
+    /// takes the rates and the time since the last sweep began.
+    fn begin_sweep(&mut self, now: Instant) -> SweepPass {
+        self.rx_pool.trim();
+        self.tx_pool.trim();
+        let per_conn = self.handler.on_sweep(now);
+        let rates = self.limits.rates();
+        let refill = rates.any() || self.rates.any();
+        let elapsed = now.saturating_duration_since(self.refilled_at);
+        self.rates = rates;
+        self.refilled_at = now;
+        SweepPass {
+            next: 0,
+            per_conn,
+            refill,
+            elapsed,
+            low_mark: self.limits.max_queued_bytes() / 2,
+        }
+    }
+
+    /// Whether a sweep is under way or due.
+    pub(super) fn sweep_due(&self, now: Instant) -> bool {
+        self.sweeping.is_some() || now >= self.next_sweep
     }
 
     /// Frees the entries of connections released this turn.
@@ -254,8 +316,11 @@ impl<S, H: Handler> Core<S, H> {
     /// How long the loop may sleep: until the next timer, sweep, end of an accept pause or the
     /// drain deadline.
     pub(super) fn wait_timeout(&self, now: Instant) -> Option<Duration> {
-        let sweep =
-            (!self.conns.is_empty()).then(|| self.next_sweep.saturating_duration_since(now));
+        let sweep = if self.sweeping.is_some() {
+            Some(Duration::ZERO)
+        } else {
+            (!self.conns.is_empty()).then(|| self.next_sweep.saturating_duration_since(now))
+        };
         [
             self.timers.next_wakeup(now),
             sweep,

@@ -112,7 +112,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
             self.end_turn(now);
             // Every event of the last batch is handled: tokens released since can be reused.
             self.core.free_retired();
-            if now >= self.core.next_sweep {
+            if self.core.sweep_due(now) {
                 self.sweep(now);
             }
             if let Some(deadline) = self.core.drain_deadline
@@ -172,17 +172,20 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         self.core.publish_stats(self.driver.socket_writes());
     }
 
-    /// The periodic walk of the table (see [`Core::sweep`]), then the I/O bookkeeping of the
-    /// connections the handler wrote to or closed during it.
+    /// A step of the periodic walk of the table (see [`Core::sweep`]), then the I/O
+    /// bookkeeping of the connections the handler wrote to or closed during it; once the walk
+    /// is done, the connections stalled past the write timeout are dropped.
     fn sweep(&mut self, now: Instant) {
-        self.core.sweep(self.driver.writing(), now);
+        let done = self.core.sweep(self.driver.writing(), now);
         let mut swept = std::mem::take(&mut self.core.swept);
         for &(token, written) in &swept {
             self.after_io(token, written, now);
         }
         swept.clear();
         self.core.swept = swept;
-        self.stalled_out(now);
+        if done {
+            self.stalled_out(now);
+        }
     }
 
     /// Hands posted messages to the handler; the frames it queues go out at the turn's end.
