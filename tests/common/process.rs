@@ -213,6 +213,22 @@ impl Clarion {
     }
 }
 
+/// Stops a spawned process that has children of its own: SIGTERM first, so that it stops them
+/// (nginx's master leaves its workers running, and holding its ports, when it is killed), then
+/// SIGKILL if it has not exited within 5 s.
+pub fn terminate(child: &mut std::process::Child) {
+    // SAFETY: kill(2) on the child we spawned, by its PID.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    for _ in 0..500 {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 impl Drop for Clarion {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {

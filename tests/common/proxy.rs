@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::process::free_port;
+use super::process::{free_port, terminate};
 
 /// A running proxy.
 pub struct Proxy {
@@ -144,8 +144,7 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate(&mut self.child);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
