@@ -11,6 +11,7 @@ pub(crate) trait Recycle: Default {
 }
 
 impl Recycle for Vec<u8> {
+    #[inline]
     fn recycle(&mut self, max_capacity: usize) {
         self.clear();
         if self.capacity() > max_capacity {

@@ -95,6 +95,7 @@ impl LiveLimits {
     }
 
     /// A connection's write cap.
+    #[inline]
     pub fn max_queued_bytes(&self) -> usize {
         self.max_queued_bytes.load(Relaxed)
     }

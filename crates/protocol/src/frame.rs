@@ -118,6 +118,7 @@ pub fn header_len(second_byte: u8) -> usize {
 }
 
 /// Encodes a header into `out`, returning its length. Uses the shortest length form.
+#[inline]
 pub fn encode_header(out: &mut [u8; MAX_HEADER_LEN], header: &FrameHeader) -> usize {
     out[0] = (header.fin as u8) << 7 | (header.rsv & 0x7) << 4 | header.opcode as u8;
     let mask_bit = if header.mask.is_some() { 0x80 } else { 0 };

@@ -68,6 +68,7 @@ impl Wake for Waker {
 /// SIGPIPE, and none of the cancellation-point bookkeeping glibc's `send` wraps each call in
 /// (enabling and disabling asynchronous cancellation: a tenth of epoll's user time per fanout
 /// delivery, measured with perf; the engine never cancels a thread).
+#[inline]
 fn send(socket: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     let fd = socket.as_raw_fd() as libc::c_long;
     let flags = libc::MSG_NOSIGNAL as libc::c_long;
@@ -103,6 +104,7 @@ fn send(socket: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
 }
 
 /// What syscall(2) returned as a byte count or the error it set.
+#[inline]
 fn syscall_result(returned: libc::c_long) -> io::Result<usize> {
     if returned < 0 {
         Err(io::Error::last_os_error())
@@ -187,6 +189,8 @@ impl Readiness for Epoll {
         )
     }
 
+    // Inlinable into the reactor, which is compiled in the embedder's crate (as `send`).
+    #[inline]
     fn read(socket: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
         // recvfrom(2), not read(2): straight to the socket layer, skipping the VFS
         // file-position lock that read and writev take on every call; through syscall(2), as
@@ -206,6 +210,7 @@ impl Readiness for Epoll {
         })
     }
 
+    #[inline]
     fn send(socket: &mut TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         send(socket, bufs)
     }
