@@ -91,17 +91,30 @@ impl TxQueue {
 
     /// Appends a copy of `bytes` (to the last owned chunk when there is one).
     pub(crate) fn push_copy(&mut self, bytes: &[u8]) {
-        if bytes.is_empty() {
+        self.push_frame(bytes, &[]);
+    }
+
+    /// Appends a copy of a frame's `header` and `payload`, to the last owned chunk when there
+    /// is one, else in a new chunk of exactly their size: one allocation, where a chunk of the
+    /// header grown by the payload took a `malloc` and a `realloc` (7% of io_uring's user time
+    /// per echoed message, measured with perf).
+    pub(crate) fn push_frame(&mut self, header: &[u8], payload: &[u8]) {
+        let len = header.len() + payload.len();
+        if len == 0 {
             return;
         }
-        self.len += bytes.len();
+        self.len += len;
         let last_is_free = self.chunks.len() > self.pinned;
         if let Some(Chunk::Owned(last)) = self.chunks.back_mut()
             && last_is_free
         {
-            last.extend_from_slice(bytes);
+            last.extend_from_slice(header);
+            last.extend_from_slice(payload);
         } else {
-            self.push_chunk(Chunk::Owned(bytes.to_vec()));
+            let mut chunk = Vec::with_capacity(len);
+            chunk.extend_from_slice(header);
+            chunk.extend_from_slice(payload);
+            self.push_chunk(Chunk::Owned(chunk));
         }
     }
 
@@ -245,6 +258,28 @@ mod tests {
             q.consume(take);
         }
         out
+    }
+
+    #[test]
+    fn a_frame_is_one_chunk_of_its_exact_size_or_joins_the_last_free_one() {
+        let mut q = TxQueue::default();
+        q.push_frame(&[0x81, 5], b"hello");
+        assert_eq!(q.chunks.len(), 1);
+        let Some(Chunk::Owned(first)) = q.chunks.front() else {
+            panic!("a copied frame is an owned chunk");
+        };
+        assert_eq!(
+            (first.as_slice(), first.capacity()),
+            (&b"\x81\x05hello"[..], 7)
+        );
+        q.push_frame(&[0x81, 2], b"hi");
+        assert_eq!(q.chunks.len(), 1, "appended to the free last chunk");
+        let _pinned = q.start_send();
+        q.push_frame(&[0x82, 0], b"");
+        assert_eq!(q.chunks.len(), 2, "a pinned chunk is not appended to");
+        assert_eq!(q.len(), 13);
+        q.push_frame(b"", b"");
+        assert_eq!((q.chunks.len(), q.len()), (2, 13));
     }
 
     #[test]

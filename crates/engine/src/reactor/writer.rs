@@ -194,8 +194,7 @@ impl<B: Readiness> Transmit for CorkedWriter<'_, B> {
         }
         if let Some(queue) = self.tx.as_deref_mut() {
             // Bytes are already waiting for the socket: queue, in order.
-            queue.push_copy(header);
-            queue.push_copy(payload);
+            queue.push_frame(header, payload);
             return;
         }
         let len = header.len() + payload.len();
@@ -212,8 +211,7 @@ impl<B: Readiness> Transmit for CorkedWriter<'_, B> {
         if written < len && !self.failed {
             let queue = self.queue();
             if written < header.len() {
-                queue.push_copy(&header[written..]);
-                queue.push_copy(payload);
+                queue.push_frame(&header[written..], payload);
             } else {
                 queue.push_copy(&payload[written - header.len()..]);
             }
@@ -364,9 +362,7 @@ impl QueuedWriter<'_> {
 
 impl Transmit for QueuedWriter<'_> {
     fn transmit(&mut self, header: &[u8], payload: &[u8]) {
-        let queue = self.queue();
-        queue.push_copy(header);
-        queue.push_copy(payload);
+        self.queue().push_frame(header, payload);
     }
 }
 
