@@ -176,10 +176,15 @@ impl TxQueue {
         }
     }
 
+    /// The unsent bytes, chunk by chunk, in order.
+    pub(crate) fn runs(&self) -> impl Iterator<Item = &[u8]> {
+        unsent(&self.chunks, self.sent)
+    }
+
     /// The unsent bytes as slices for `writev`, in order.
     pub(crate) fn slices<'a>(&'a self, out: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
         let mut n = 0;
-        for (slot, run) in out.iter_mut().zip(unsent(&self.chunks, self.sent)) {
+        for (slot, run) in out.iter_mut().zip(self.runs()) {
             *slot = IoSlice::new(run);
             n += 1;
         }

@@ -575,7 +575,6 @@ fn the_sweep_visits_streaming_responses_too_and_a_close_ends_them() {
 
 /// Records each sweep's steps: how many connections the handler was given at each `now`
 /// (one `now` per reactor turn).
-#[derive(Default)]
 struct StepRecorder {
     sweeps: Arc<Mutex<Vec<Vec<usize>>>>,
     last_now: Option<Instant>,

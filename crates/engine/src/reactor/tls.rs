@@ -286,15 +286,15 @@ impl TlsTable {
         let mut encrypted = 0;
         while !plain.is_empty() && encrypted < BATCH {
             let taken = {
-                let mut slices = [std::io::IoSlice::new(&[]); crate::txqueue::MAX_IOVECS];
-                let n = plain.slices(&mut slices);
-                let record: &[u8] = if slices[0].len() >= GATHER_BELOW || n == 1 {
-                    &slices[0][..slices[0].len().min(BATCH)]
+                let mut runs = plain.runs().peekable();
+                let first = runs.next().unwrap_or_default();
+                let record: &[u8] = if first.len() >= GATHER_BELOW || runs.peek().is_none() {
+                    &first[..first.len().min(BATCH)]
                 } else {
                     gather.clear();
-                    for slice in &slices[..n] {
+                    for run in std::iter::once(first).chain(runs) {
                         let room = RECORD - gather.len();
-                        gather.extend_from_slice(&slice[..slice.len().min(room)]);
+                        gather.extend_from_slice(&run[..run.len().min(room)]);
                         if gather.len() == RECORD {
                             break;
                         }
