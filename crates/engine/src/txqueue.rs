@@ -247,7 +247,12 @@ impl TxQueue {
             })
         });
         let pinned = || unsent(&self.chunks, self.sent).take(count);
-        let bytes: usize = pinned().map(<[u8]>::len).sum();
+        // All of the queue (the common case) or its first MAX_IOVECS chunks.
+        let bytes = if count == self.chunks.len() {
+            self.len
+        } else {
+            pinned().map(<[u8]>::len).sum()
+        };
         if bytes <= FLATTEN_UP_TO {
             gather.flat.clear();
             pinned().for_each(|run| gather.flat.extend_from_slice(run));
