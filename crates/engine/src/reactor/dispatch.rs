@@ -273,6 +273,14 @@ impl<S: Peer, H: Handler> Core<S, H> {
             *partial_bytes -= held;
             hit = Some(Limit::PartialBudget);
         }
+        // Counted before the close goes out (epoll writes it in `finish`): a peer that has read
+        // the close finds it counted.
+        if let Some(limit) = hit {
+            Stats::bump(match limit {
+                Limit::Rate => &stats.rate_limited,
+                _ => &stats.partial_budget_closes,
+            });
+        }
         let kept_alive = dispatch.kept_alive;
         let written = out.finish();
         if rxb.is_empty() {
@@ -281,10 +289,6 @@ impl<S: Peer, H: Handler> Core<S, H> {
             *rx = Some(rxb);
         }
         if let Some(limit) = hit {
-            Stats::bump(match limit {
-                Limit::Rate => &stats.rate_limited,
-                _ => &stats.partial_budget_closes,
-            });
             let peer = match state_before {
                 State::Handshaking => http.get(&token).and_then(|h| h.peer),
                 _ => socket.peer(),
