@@ -25,10 +25,8 @@ client's side.
 
 import asyncio
 import contextlib
-import socket
 import ssl
 import sys
-from urllib.parse import urlsplit
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -57,7 +55,7 @@ class Clients:
     """The named connections, and the commands on them."""
 
     def __init__(self, base, context):
-        self.base, self.target, self.context = base, urlsplit(base), context
+        self.base, self.context = base, context
         self.conns = {}
         self.stack = None
 
@@ -87,15 +85,12 @@ class Clients:
         return f"unknown command {command}"
 
     async def open(self, name, source, path, headers):
-        sock = socket.create_connection(
-            (self.target.hostname, self.target.port), timeout=TIMEOUT, source_address=(source, 0)
-        )
-        sock.setblocking(False)
         try:
             self.conns[name] = await self.stack.enter_async_context(
                 connect(
                     self.base + path,
-                    sock=sock,
+                    # Dialed by the event loop (no blocking connect inside it), from `source`.
+                    local_addr=(source, 0),
                     ssl=self.context,
                     server_hostname="localhost",
                     additional_headers=headers,
