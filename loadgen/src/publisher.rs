@@ -20,6 +20,7 @@ use crate::cli::{Protocol, PublishVia};
 use crate::clock::{self, ns};
 use crate::control::Control;
 use crate::failure::Reason;
+use crate::hist;
 use crate::plan::{Fanout, Plan, STORM_MESSAGE_DELAY};
 use crate::stamp::{self, Stamp};
 use crate::tally::Tally;
@@ -70,6 +71,14 @@ pub fn run(plan: &Plan, fanout: &Fanout, id: usize, control: &Control) -> Tally 
         }
         let Some(active) = &mut client else { continue };
         let waited = active.wait_until(due_ns, control, &mut tally);
+        if due_ns >= go_ns {
+            // Late by the scheduler (this thread shares a core with the receiving loops) or by
+            // a publish that blocked: the stamp keeps the due time, so deliveries count it.
+            hist::record(
+                &mut tally.publish_lag,
+                clock::now_ns().saturating_sub(due_ns),
+            );
+        }
         payload.clear();
         payload.extend_from_slice(&template);
         Stamp::published(due_ns, id as u16, count).write(&mut payload);

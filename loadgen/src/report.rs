@@ -190,6 +190,8 @@ pub struct Report {
     pub tls_us: Percentiles,
     /// Upgrade request to 101.
     pub handshake_us: Percentiles,
+    /// Fanout: how late publishes left against their due time.
+    pub publish_lag_us: Percentiles,
     /// Churn: cycles completed.
     pub cycles: u64,
     /// Churn: handshakes per second.
@@ -276,6 +278,7 @@ impl Report {
             connect_us: Percentiles::of(&tally.connect),
             tls_us: Percentiles::of(&tally.tls),
             handshake_us: Percentiles::of(&tally.handshake),
+            publish_lag_us: Percentiles::of(&tally.publish_lag),
             cycles: tally.cycles,
             handshakes_per_s: match plan.mode {
                 Mode::Churn(_) => tally.established as f64 / duration_s,
@@ -466,7 +469,7 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "latency (us) {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "latency (us)  {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "count", "p50", "p90", "p99", "p99.9", "p99.99", "max", "mean"
         );
         let main = match self.mode {
@@ -480,11 +483,12 @@ impl Report {
             ("connect", &self.connect_us),
             ("tls", &self.tls_us),
             ("handshake", &self.handshake_us),
+            ("publish lag", &self.publish_lag_us),
         ] {
             if p.count > 0 {
                 let _ = writeln!(
                     out,
-                    "  {label:<10} {:>10} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+                    "  {label:<11} {:>10} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
                     p.count, p.p50, p.p90, p.p99, p.p99_9, p.p99_99, p.max, p.mean
                 );
             }

@@ -267,6 +267,10 @@ pub struct Tally {
     /// Upgrade request to 101 times.
     #[serde(with = "hist::as_hex")]
     pub handshake: Histogram<u64>,
+    /// Fanout: how late each publish left against the time it was due (and stamped with), so
+    /// the loadgen's own delay in publishing, which the delivery latencies include, is seen.
+    #[serde(with = "hist::as_hex")]
+    pub publish_lag: Histogram<u64>,
     /// The mode's latency: echo round trip, churn cycle, publish-to-receive.
     #[serde(with = "hist::as_hex")]
     pub latency: Histogram<u64>,
@@ -298,6 +302,7 @@ impl Tally {
             connect: hist::new(),
             tls: hist::new(),
             handshake: hist::new(),
+            publish_lag: hist::new(),
             latency: hist::new(),
             intervals: Vec::new(),
             current: intervals.then(|| (0, hist::new())),
@@ -362,6 +367,7 @@ impl Tally {
         hist::merge(&mut self.connect, &other.connect);
         hist::merge(&mut self.tls, &other.tls);
         hist::merge(&mut self.handshake, &other.handshake);
+        hist::merge(&mut self.publish_lag, &other.publish_lag);
         hist::merge(&mut self.latency, &other.latency);
         for interval in &other.intervals {
             match self
