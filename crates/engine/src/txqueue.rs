@@ -35,7 +35,8 @@ impl Chunk {
 }
 
 /// Chunks and gather slices a queue keeps when it goes back to its pool (at most 32 x 24 bytes
-/// of chunks and 32 x 16 of slices): a subscriber up to 32 messages behind reuses them, while
+/// of chunks and 32 x 16 of slices, plus the copy buffer, at most [`FLATTEN_UP_TO`] rounded up
+/// by `Vec` growth): a subscriber up to 32 messages behind reuses them, while
 /// one that fell 64 behind does not leave every pooled queue the size of its backlog. Under
 /// overload a send carries many messages (17 per write for 5,000 subscribers at 400 msgs/s on
 /// one core); a queue that shrank to 8 on every return to the pool grew its chunks and rebuilt

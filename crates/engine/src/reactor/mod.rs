@@ -273,11 +273,11 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         {
             return;
         }
-        let listed = self.core.dirty.len();
+        let before = self.core.dirty.len();
         let now = Instant::now();
         D::dispatch(self, now);
         self.drain_inbox(now);
-        self.listed_by_look |= self.core.dirty.len() > listed;
+        self.listed_by_look |= self.core.dirty.len() > before;
     }
 }
 
