@@ -44,6 +44,11 @@ pub(crate) struct Pool<T> {
     lent: usize,
     /// Most items lent at once since the last trim.
     peak: usize,
+    /// Items, free and lent, that the last trim kept. Those lent at the trim (a fanout's sends
+    /// in flight) belong to the period before it: without this they would be freed on their
+    /// way back, and the next fanout would allocate them again, up to a queue per subscriber
+    /// at every trim.
+    kept: usize,
 }
 
 impl<T: Recycle> Pool<T> {
@@ -56,6 +61,7 @@ impl<T: Recycle> Pool<T> {
             max_capacity,
             lent: 0,
             peak: 0,
+            kept: 0,
         }
     }
 
@@ -69,7 +75,8 @@ impl<T: Recycle> Pool<T> {
     /// Returns an item to the pool (its contents are discarded).
     pub(crate) fn give(&mut self, mut item: Box<T>) {
         self.lent -= 1;
-        if self.free.len() < self.max_free.max(self.peak - self.lent) {
+        let wanted = self.peak.max(self.kept) - self.lent;
+        if self.free.len() < self.max_free.max(wanted) {
             item.recycle(self.max_capacity);
             self.free.push(item);
         }
@@ -82,6 +89,7 @@ impl<T: Recycle> Pool<T> {
         self.free.truncate(keep);
         self.free.shrink_to(keep);
         self.peak = self.lent;
+        self.kept = self.lent + self.free.len();
     }
 
     /// Items lent out and not yet given back.
@@ -130,6 +138,27 @@ mod tests {
         // to `max_free`.
         pool.trim();
         assert_eq!(pool.free.len(), 5);
+        pool.trim();
+        assert_eq!(pool.free.len(), 2);
+    }
+
+    #[test]
+    fn items_lent_at_a_trim_come_back_to_the_free_list() {
+        let mut pool: Pool<Vec<u8>> = Pool::new(2, 1024);
+        let mut taken: Vec<_> = (0..5).map(|_| pool.take()).collect();
+        let addresses: Vec<*const Vec<u8>> = taken.iter().map(|b| &**b as *const _).collect();
+        taken.drain(..2).for_each(|b| pool.give(b));
+        // A trim while three are still lent (sends in flight): they are part of the peak.
+        pool.trim();
+        taken.into_iter().for_each(|b| pool.give(b));
+        assert_eq!(pool.free.len(), 5, "kept on their way back");
+        let again: Vec<_> = (0..5).map(|_| pool.take()).collect();
+        for item in &again {
+            assert!(addresses.contains(&(&**item as *const _)));
+        }
+        again.into_iter().for_each(|b| pool.give(b));
+        // With nothing lent since, the pool still comes down to `max_free`.
+        pool.trim();
         pool.trim();
         assert_eq!(pool.free.len(), 2);
     }

@@ -259,6 +259,8 @@ impl TxQueue {
         };
         if bytes <= FLATTEN_UP_TO {
             gather.flat.clear();
+            // One growth for the whole run rather than one per chunk copied in.
+            gather.flat.reserve(bytes);
             pinned().for_each(|run| gather.flat.extend_from_slice(run));
             return Outgoing::One(gather.flat.as_ptr(), bytes);
         }
