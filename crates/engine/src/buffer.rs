@@ -32,7 +32,8 @@ impl Recycle for TxQueue {
 /// The pool keeps as many free items as the recent peak of lending needs, so that a fanout
 /// which lends one item to each of thousands of subscribers, ten times a second, allocates
 /// nothing once warm; [`Pool::trim`], called about once a second, frees what the last period
-/// did not need beyond `max_free`.
+/// did not need beyond `max_free` (items lent at a trim count for the period they were lent
+/// in, so a peak gone is freed one or two trims later).
 #[derive(Debug)]
 pub(crate) struct Pool<T> {
     free: Vec<Box<T>>,
