@@ -1,7 +1,8 @@
 //! A fanout long enough that the reactor looks at what arrived while it writes it (every 512
 //! writes): a message published meanwhile reaches every subscriber at once, in order, those
 //! written before the look included, without waiting for something else to wake the reactor
-//! (its next sweep is up to a second away).
+//! (its next sweep is up to a second away); and each write of fanout frames counts its wait in
+//! the queue once (`write_wait`).
 
 mod common;
 
@@ -66,4 +67,32 @@ fn a_message_published_while_a_long_fanout_is_written_reaches_every_subscriber_a
             }
         }
     }
+}
+
+/// `write_wait` in `/stats` counts each write of fanout frames once: five messages to 300
+/// subscribers, each read by all before the next is published, are 1,500 writes of one frame.
+#[test]
+fn each_write_of_fanout_frames_counts_its_wait_once() {
+    const SMALL: usize = 300;
+    let app = clarion::server::AppConfig {
+        public_metrics: true,
+        ..app()
+    };
+    let runtime = start_app(|config| config.threads = 1, app);
+    let addr = runtime.local_addr();
+    let mut subscribers: Vec<TcpStream> = (0..SMALL).map(|_| subscribe(addr)).collect();
+    let waits = || stats(addr)["write_wait_us"]["count"].as_u64().unwrap();
+    let before = waits();
+    let mut publisher = tcp(addr);
+    for n in 0..5 {
+        let payload = format!("m{n}");
+        publish(&mut publisher, &payload);
+        let answer = read_answer(&mut publisher);
+        assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+        for stream in &mut subscribers {
+            let (_, _, got) = read_frame(stream).unwrap();
+            assert_eq!(got, payload.as_bytes());
+        }
+    }
+    assert_eq!(waits() - before, 5 * SMALL as u64);
 }

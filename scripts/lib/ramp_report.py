@@ -1,7 +1,9 @@
 """The report of the fanout load ramp (scripts/lib/ramp.sh): per server and rate, deliveries/s,
 missing, latency percentiles (median over rounds, and the worst round's p99 against the median
 round's), server CPU per delivery (user and system apart), messages and bytes per socket write
-(Clarion's /stats), then each server's saturation point: the highest rate at which every delivery
+and the mean time a fanout frame waited in the server's queue until its write (Clarion's /stats:
+`write_wait_us`, the reactor's own share of the latency, which a saturated loadgen's does not
+separate), then each server's saturation point: the highest rate at which every delivery
 arrived (in every round) with a median p99 under one second, and any lower rate that did not
 (a sign of a noisy run). Last, each round's p99 with the host's CPU stolen by the hypervisor
 during it (`.steal`, percent of the host's CPUs): on a shared virtual machine the rounds that
@@ -43,6 +45,7 @@ def step(server, rate, n):
         "saturated": report["loadgen_cpu"]["saturated"],
         "per_write": None,
         "bytes_per_write": None,
+        "write_wait": None,
         "steal": None,
     }
     try:
@@ -56,6 +59,10 @@ def step(server, rate, n):
         if writes > 0:
             figures["per_write"] = delta("deliveries") / writes
             figures["bytes_per_write"] = delta("bytes_out") / writes
+        waits = [(s.get("write_wait_us") or {}) for s in (before, after)]
+        counted = waits[1].get("count", 0) - waits[0].get("count", 0)
+        if counted > 0:
+            figures["write_wait"] = (waits[1]["sum"] - waits[0]["sum"]) / counted
     return figures
 
 
@@ -71,9 +78,9 @@ def fmt(value, spec, scale=1.0):
 print(
     "| server | msgs/s | deliveries/s | missing | p50 (ms) | p99 (ms) | p99.9 (ms) "
     "| worst/median p99 | server CPU user / sys per delivery (µs) | msgs per write "
-    "| bytes per write | loadgen saturated |"
+    "| bytes per write | server write wait, mean (ms) | loadgen saturated |"
 )
-print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 saturation, failed_below, per_round = {}, {}, []
 for server in servers:
     saturation[server], failed = None, []
@@ -95,7 +102,8 @@ for server in servers:
             f"| {server} | {rate} | {m['throughput']:,.0f} | {missing} | {fmt(m['p50'], '.1f', 1e3)} "
             f"| {fmt(m['p99'], '.1f', 1e3)} | {fmt(m['p999'], '.1f', 1e3)} | {fmt(spread, '.2f')}x "
             f"| {fmt(m['user'], '.2f')} / {fmt(m['sys'], '.2f')} | {fmt(m['per_write'], '.1f')} "
-            f"| {fmt(m['bytes_per_write'], ',.0f')} | {saturated}/{len(runs)} |"
+            f"| {fmt(m['bytes_per_write'], ',.0f')} | {fmt(m['write_wait'], '.2f', 1e3)} "
+            f"| {saturated}/{len(runs)} |"
         )
         if missing == 0 and m["p99"] < 1e6 and len(runs) == rounds:
             saturation[server] = rate

@@ -91,7 +91,7 @@ impl Sampler {
     /// Samples `server`; the snapshot when `watched` and a previous sample gives the rates.
     pub fn sample(&mut self, server: &Server, watched: bool) -> Option<Value> {
         let at = Instant::now();
-        let (reactors, latency) = server.metrics();
+        let (reactors, latencies) = server.metrics();
         let counts = if watched {
             server.hub.topic_counts()
         } else {
@@ -101,7 +101,7 @@ impl Sampler {
         let current = Sample {
             at,
             reactors,
-            latency,
+            latency: latencies.latency,
             seqs: counts.iter().map(|c| (c.name.clone(), c.seq)).collect(),
             cluster_received: cluster.map_or(0, |c| c.received),
         };

@@ -56,15 +56,15 @@ pub fn error(status: u16, message: &str) -> Response {
 
 /// `GET /metrics`.
 pub fn metrics(server: &Server) -> Response {
-    let (reactors, latency) = server.metrics();
-    let body = Prometheus(&server.snapshot(&reactors, latency)).to_string();
+    let (reactors, latencies) = server.metrics();
+    let body = Prometheus(&server.snapshot(&reactors, latencies)).to_string();
     Response::new(200, PROMETHEUS_CONTENT_TYPE, body)
 }
 
 /// `GET /stats`.
 pub fn stats(server: &Server) -> Response {
-    let (reactors, latency) = server.metrics();
-    let body = stats_json(&server.snapshot(&reactors, latency));
+    let (reactors, latencies) = server.metrics();
+    let body = stats_json(&server.snapshot(&reactors, latencies));
     Response::new(200, "application/json", body)
 }
 

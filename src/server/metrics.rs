@@ -1,14 +1,13 @@
-//! Metrics: the publish-to-write latency histogram, and the renderings of `/metrics`
-//! (Prometheus text) and `/stats` (JSON) from plain numbers the caller gathers.
+//! Metrics: the renderings of `/metrics` (Prometheus text) and `/stats` (JSON) from plain
+//! numbers and histograms the caller gathers.
 //!
 //! One table lists every metric once (name, type, help, where its value comes from); both
 //! renderings walk it, so they cannot disagree. Names start with `clarion_`; counters end with
 //! `_total`; per-reactor series carry a `reactor` label.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
 
+pub use clarion_engine::{BUCKETS, Histogram, LatencyHistogram};
 use serde_json::{Map, Value, json};
 
 use crate::cluster::ClusterStats;
@@ -16,110 +15,6 @@ use clarion_pubsub::HubStats;
 
 /// `Content-Type` of the Prometheus text exposition format.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
-
-/// Finite histogram buckets: upper bounds of 2^0 to 2^(BUCKETS-1) µs (1 µs to about 8.4 s).
-pub const BUCKETS: usize = 24;
-
-/// A latency histogram that many threads record into without locks (one relaxed add per
-/// bucket and one for the sum). Give each reactor its own, to keep its cache line local, and
-/// [`Histogram::merge`] the snapshots when rendering.
-#[derive(Debug)]
-pub struct LatencyHistogram {
-    /// Per bucket, not cumulative; the last one counts everything above the finite bounds.
-    counts: [AtomicU64; BUCKETS + 1],
-    sum_micros: AtomicU64,
-}
-
-impl Default for LatencyHistogram {
-    fn default() -> LatencyHistogram {
-        LatencyHistogram::new()
-    }
-}
-
-impl LatencyHistogram {
-    /// An empty histogram.
-    pub const fn new() -> LatencyHistogram {
-        LatencyHistogram {
-            counts: [const { AtomicU64::new(0) }; BUCKETS + 1],
-            sum_micros: AtomicU64::new(0),
-        }
-    }
-
-    /// Counts one latency.
-    pub fn record(&self, latency: Duration) {
-        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        // The smallest bucket whose bound 2^i µs is at least `micros`.
-        let bucket = match micros {
-            0 | 1 => 0,
-            _ => (u64::BITS - (micros - 1).leading_zeros()) as usize,
-        };
-        if let Some(count) = self.counts.get(bucket.min(BUCKETS)) {
-            count.fetch_add(1, Relaxed);
-        }
-        self.sum_micros.fetch_add(micros, Relaxed);
-    }
-
-    /// The counts so far.
-    pub fn snapshot(&self) -> Histogram {
-        Histogram {
-            counts: std::array::from_fn(|i| self.counts[i].load(Relaxed)),
-            sum_micros: self.sum_micros.load(Relaxed),
-        }
-    }
-}
-
-/// A histogram's counts at one moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Histogram {
-    counts: [u64; BUCKETS + 1],
-    sum_micros: u64,
-}
-
-impl Histogram {
-    /// Adds another histogram's counts (another reactor's).
-    pub fn merge(&mut self, other: &Histogram) {
-        for (mine, theirs) in self.counts.iter_mut().zip(other.counts) {
-            *mine = mine.wrapping_add(theirs);
-        }
-        self.sum_micros = self.sum_micros.wrapping_add(other.sum_micros);
-    }
-
-    /// What was counted after `earlier` (a snapshot of the same histograms taken before).
-    pub fn since(&self, earlier: &Histogram) -> Histogram {
-        Histogram {
-            counts: std::array::from_fn(|i| self.counts[i].wrapping_sub(earlier.counts[i])),
-            sum_micros: self.sum_micros.wrapping_sub(earlier.sum_micros),
-        }
-    }
-
-    /// Latencies counted. Summed from the buckets, so it always agrees with them even though a
-    /// snapshot is not atomic across buckets.
-    pub fn count(&self) -> u64 {
-        self.counts.iter().fold(0, |sum, &n| sum.wrapping_add(n))
-    }
-
-    /// All latencies added up, in microseconds.
-    pub fn sum_micros(&self) -> u64 {
-        self.sum_micros
-    }
-
-    /// The upper bound in µs of the bucket holding quantile `q` (0 to 1): the true value is at
-    /// most this and more than half of it. `None` when empty or above the finite buckets.
-    pub fn quantile_micros(&self, q: f64) -> Option<u64> {
-        let count = self.count();
-        if count == 0 {
-            return None;
-        }
-        // The rank of the quantile, 1-based; the cast saturates for out-of-range `q`.
-        let rank = ((q.clamp(0.0, 1.0) * count as f64).ceil() as u64).max(1);
-        let mut seen = 0u64;
-        let bucket = self.counts.iter().position(|&n| {
-            seen = seen.saturating_add(n);
-            seen >= rank
-        })?;
-        (bucket < BUCKETS).then(|| 1u64 << bucket)
-    }
-}
 
 /// One reactor's numbers, gathered by the caller from wherever it keeps them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -218,6 +113,15 @@ pub struct ReactorMetrics {
     pub socket_writes: u64,
 }
 
+/// The histograms of one scrape, all reactors merged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Latencies {
+    /// Publish to a reactor's fanout of the message.
+    pub latency: Histogram,
+    /// A fanout frame's wait in a connection's queue until its write (`Stats::write_wait`).
+    pub write_wait: Histogram,
+}
+
 /// Everything one scrape shows.
 #[derive(Clone, Copy, Debug)]
 pub struct Snapshot<'a> {
@@ -227,6 +131,8 @@ pub struct Snapshot<'a> {
     pub hub: HubStats,
     /// Publish-to-write latency, all reactors merged.
     pub latency: Histogram,
+    /// Queued-to-written wait of fanout frames, all reactors merged.
+    pub write_wait: Histogram,
     /// The Redis link, in cluster mode.
     pub cluster: Option<ClusterStats>,
 }
@@ -639,6 +545,7 @@ const CLUSTER_METRICS: &[Def<ClusterStats>] = &[
 ];
 
 const LATENCY: &str = "clarion_publish_to_write_seconds";
+const WRITE_WAIT: &str = "clarion_write_wait_seconds";
 
 impl<T> Def<T> {
     /// `clarion_<key>`, with `_total` for a counter.
@@ -701,25 +608,53 @@ impl fmt::Display for Prometheus<'_> {
             let value = snapshot.cluster.as_ref().map_or(0, def.value);
             writeln!(f, "{} {value}", def.name())?;
         }
-        let latency = &snapshot.latency;
-        writeln!(
+        write_histogram(
             f,
-            "# HELP {LATENCY} Time from publish to the write of a delivery."
+            LATENCY,
+            "Time from publish to a reactor's fanout of the message (its frames queued).",
+            &snapshot.latency,
         )?;
-        writeln!(f, "# TYPE {LATENCY} histogram")?;
-        let mut cumulative = 0u64;
-        for (bucket, &count) in latency.counts.iter().enumerate() {
-            cumulative = cumulative.wrapping_add(count);
-            if bucket < BUCKETS {
-                let le = Seconds(1 << bucket);
-                writeln!(f, "{LATENCY}_bucket{{le=\"{le}\"}} {cumulative}")?;
-            } else {
-                writeln!(f, "{LATENCY}_bucket{{le=\"+Inf\"}} {cumulative}")?;
-            }
-        }
-        writeln!(f, "{LATENCY}_sum {}", Seconds(latency.sum_micros))?;
-        writeln!(f, "{LATENCY}_count {}", latency.count())
+        write_histogram(
+            f,
+            WRITE_WAIT,
+            "Time a fanout frame waited in a connection's queue until its write was attempted (epoll) or submitted (io_uring).",
+            &snapshot.write_wait,
+        )
     }
+}
+
+/// One histogram in the exposition format: cumulative buckets in seconds, sum, count.
+fn write_histogram(
+    f: &mut fmt::Formatter<'_>,
+    name: &str,
+    help: &str,
+    histogram: &Histogram,
+) -> fmt::Result {
+    writeln!(f, "# HELP {name} {help}")?;
+    writeln!(f, "# TYPE {name} histogram")?;
+    let mut cumulative = 0u64;
+    for (bucket, &count) in histogram.counts().iter().enumerate() {
+        cumulative = cumulative.wrapping_add(count);
+        if bucket < BUCKETS {
+            let le = Seconds(1 << bucket);
+            writeln!(f, "{name}_bucket{{le=\"{le}\"}} {cumulative}")?;
+        } else {
+            writeln!(f, "{name}_bucket{{le=\"+Inf\"}} {cumulative}")?;
+        }
+    }
+    writeln!(f, "{name}_sum {}", Seconds(histogram.sum_micros()))?;
+    writeln!(f, "{name}_count {}", histogram.count())
+}
+
+/// Count, sum and quantiles (µs, bucket bounds) of a histogram, for `/stats`.
+fn quantiles_json(histogram: &Histogram) -> Value {
+    json!({
+        "count": histogram.count(),
+        "sum": histogram.sum_micros(),
+        "p50": histogram.quantile_micros(0.5),
+        "p99": histogram.quantile_micros(0.99),
+        "p999": histogram.quantile_micros(0.999),
+    })
 }
 
 /// `{key: value}` for each metric of a table.
@@ -741,7 +676,6 @@ pub fn stats_json(snapshot: &Snapshot) -> String {
             (def.key.to_owned(), Value::from(sum))
         })
         .collect();
-    let latency = &snapshot.latency;
     json!({
         "reactors": snapshot.reactors.iter().map(|r| object(REACTOR_METRICS, r)).collect::<Vec<_>>(),
         "totals": totals,
@@ -753,13 +687,8 @@ pub fn stats_json(snapshot: &Snapshot) -> String {
                 .map(|(key, value)| (key.trim_start_matches("cluster_").to_owned(), value))
                 .collect::<Map<String, Value>>()
         }),
-        "latency_us": {
-            "count": latency.count(),
-            "sum": latency.sum_micros(),
-            "p50": latency.quantile_micros(0.5),
-            "p99": latency.quantile_micros(0.99),
-            "p999": latency.quantile_micros(0.999),
-        },
+        "latency_us": quantiles_json(&snapshot.latency),
+        "write_wait_us": quantiles_json(&snapshot.write_wait),
     })
     .to_string()
 }
@@ -768,78 +697,10 @@ pub fn stats_json(snapshot: &Snapshot) -> String {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::time::Duration;
 
     fn micros(us: u64) -> Duration {
         Duration::from_micros(us)
-    }
-
-    #[test]
-    fn buckets_are_powers_of_two_microseconds() {
-        let histogram = LatencyHistogram::new();
-        for us in [0, 1, 2, 3, 4, 5, 1 << 23, (1 << 23) + 1] {
-            histogram.record(micros(us));
-        }
-        histogram.record(Duration::from_secs(3600));
-        histogram.record(Duration::MAX);
-        let snapshot = histogram.snapshot();
-        let mut expected = [0u64; BUCKETS + 1];
-        expected[0] = 2; // 0, 1
-        expected[1] = 1; // 2
-        expected[2] = 2; // 3, 4
-        expected[3] = 1; // 5
-        expected[23] = 1; // 2^23
-        expected[24] = 3; // above
-        assert_eq!(snapshot.counts, expected);
-        assert_eq!(snapshot.count(), 10);
-    }
-
-    #[test]
-    fn quantiles_and_merge() {
-        let a = LatencyHistogram::new();
-        let b = LatencyHistogram::default();
-        assert_eq!(a.snapshot().quantile_micros(0.5), None);
-        for _ in 0..90 {
-            a.record(micros(100)); // bucket bound 128
-        }
-        for _ in 0..9 {
-            b.record(micros(1000)); // 1024
-        }
-        b.record(Duration::from_secs(100)); // above the finite buckets
-        let mut merged = a.snapshot();
-        merged.merge(&b.snapshot());
-        assert_eq!(merged.count(), 100);
-        assert_eq!(merged.sum_micros(), 90 * 100 + 9 * 1000 + 100_000_000);
-        assert_eq!(merged.quantile_micros(0.0), Some(128));
-        assert_eq!(merged.quantile_micros(0.5), Some(128));
-        assert_eq!(merged.quantile_micros(0.9), Some(128));
-        assert_eq!(merged.quantile_micros(0.95), Some(1024));
-        assert_eq!(merged.quantile_micros(0.999), None);
-        assert_eq!(merged.quantile_micros(f64::NAN), Some(128));
-        let later = {
-            b.record(micros(3));
-            let mut later = a.snapshot();
-            later.merge(&b.snapshot());
-            later
-        };
-        let last = later.since(&merged);
-        assert_eq!((last.count(), last.sum_micros()), (1, 3));
-        assert_eq!(last.quantile_micros(0.5), Some(4));
-    }
-
-    #[test]
-    fn concurrent_records_are_all_counted() {
-        let histogram = LatencyHistogram::new();
-        std::thread::scope(|scope| {
-            for t in 0..4u64 {
-                let histogram = &histogram;
-                scope.spawn(move || {
-                    for i in 0..10_000 {
-                        histogram.record(micros(i * t));
-                    }
-                });
-            }
-        });
-        assert_eq!(histogram.snapshot().count(), 40_000);
     }
 
     fn sample_reactors() -> Vec<ReactorMetrics> {
@@ -862,6 +723,8 @@ mod tests {
         let histogram = LatencyHistogram::new();
         histogram.record(micros(3));
         histogram.record(micros(1_500_000));
+        let write_wait = LatencyHistogram::new();
+        write_wait.record(micros(700));
         Snapshot {
             reactors,
             hub: HubStats {
@@ -870,6 +733,7 @@ mod tests {
                 ..HubStats::default()
             },
             latency: histogram.snapshot(),
+            write_wait: write_wait.snapshot(),
             cluster: None,
         }
     }
@@ -941,7 +805,16 @@ mod tests {
         assert_eq!(buckets.len(), BUCKETS + 1);
         assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "cumulative");
         let per_reactor = REACTOR_METRICS.len() * 2;
-        let total = per_reactor + HUB_METRICS.len() + BUCKETS + 3;
+        assert_eq!(
+            samples[&format!("{WRITE_WAIT}_bucket{{le=\"0.000512\"}}")],
+            0.0
+        );
+        assert_eq!(
+            samples[&format!("{WRITE_WAIT}_bucket{{le=\"0.001024\"}}")],
+            1.0
+        );
+        assert_eq!(samples[&format!("{WRITE_WAIT}_sum")], 0.0007);
+        let total = per_reactor + HUB_METRICS.len() + 2 * (BUCKETS + 3);
         assert_eq!(samples.len(), total);
     }
 
@@ -951,6 +824,7 @@ mod tests {
             reactors: &[],
             hub: HubStats::default(),
             latency: Histogram::default(),
+            write_wait: Histogram::default(),
             cluster: None,
         };
         let samples = parse_back(&Prometheus(&snapshot).to_string());
@@ -981,6 +855,9 @@ mod tests {
         assert_eq!(stats["latency_us"]["count"], 2);
         assert_eq!(stats["latency_us"]["p50"], 4);
         assert_eq!(stats["latency_us"]["p99"], 2_097_152);
+        assert_eq!(stats["write_wait_us"]["count"], 1);
+        assert_eq!(stats["write_wait_us"]["sum"], 700);
+        assert_eq!(stats["write_wait_us"]["p99"], 1024);
         let keys = stats["reactors"][0].as_object().unwrap().len();
         assert_eq!(keys, REACTOR_METRICS.len());
     }

@@ -18,7 +18,7 @@ use super::config::Secret;
 use super::envelope::delivery_len;
 use super::forwarded::ForwardedHeader;
 use super::live::{Cached, Versioned};
-use super::metrics::{Histogram, LatencyHistogram, ReactorMetrics, Snapshot};
+use super::metrics::{Latencies, LatencyHistogram, ReactorMetrics, Snapshot};
 use super::refusals::RefusalLog;
 use crate::cluster::{BufferFull, Cluster, ClusterConfig};
 use clarion_engine::{
@@ -787,15 +787,16 @@ impl Server {
     }
 
     /// Every reactor's numbers, for `/metrics` and `/stats`.
-    pub fn metrics(&self) -> (Vec<ReactorMetrics>, Histogram) {
-        let mut latency = Histogram::default();
+    pub fn metrics(&self) -> (Vec<ReactorMetrics>, Latencies) {
+        let mut latencies = Latencies::default();
         let reactors = self
             .stats
             .iter()
             .zip(self.counters.iter())
             .enumerate()
             .map(|(i, (s, c))| {
-                latency.merge(&c.latency.snapshot());
+                latencies.latency.merge(&c.latency.snapshot());
+                latencies.write_wait.merge(&s.write_wait.snapshot());
                 ReactorMetrics {
                     connections: s.connections.load(Relaxed),
                     accepted: s.accepted.load(Relaxed),
@@ -848,15 +849,20 @@ impl Server {
                 }
             })
             .collect();
-        (reactors, latency)
+        (reactors, latencies)
     }
 
-    /// A snapshot over `reactors` and `latency` from [`Server::metrics`].
-    pub fn snapshot<'a>(&self, reactors: &'a [ReactorMetrics], latency: Histogram) -> Snapshot<'a> {
+    /// A snapshot over `reactors` and `latencies` from [`Server::metrics`].
+    pub fn snapshot<'a>(
+        &self,
+        reactors: &'a [ReactorMetrics],
+        latencies: Latencies,
+    ) -> Snapshot<'a> {
         Snapshot {
             reactors,
             hub: self.hub.stats(),
-            latency,
+            latency: latencies.latency,
+            write_wait: latencies.write_wait,
             cluster: self.cluster.as_ref().map(Cluster::stats),
         }
     }

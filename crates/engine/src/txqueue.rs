@@ -13,6 +13,7 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Most slices handed to one `writev` or one asynchronous send: 64 queued messages of a
 /// subscriber behind on fanout go in one write (16 made an io_uring subscriber more than 16
@@ -67,6 +68,8 @@ pub(crate) struct TxQueue {
     pinned: usize,
     /// The message header of a gathered asynchronous send; none until the queue gathers.
     gather: Option<Box<Gather>>,
+    /// When the oldest shared frame not yet handed to a write was queued (`Stats::write_wait`).
+    shared_since: Option<Instant>,
 }
 
 /// What a send of several chunks reads: their bytes copied into `flat` (at most
@@ -223,6 +226,18 @@ impl TxQueue {
         }
         self.sent = 0;
         self.len = 0;
+        self.shared_since = None;
+    }
+
+    /// Notes that a shared frame was queued at `at`, unless an older one still waits.
+    pub(crate) fn stamp_shared(&mut self, at: Instant) {
+        self.shared_since.get_or_insert(at);
+    }
+
+    /// When the oldest shared frame waiting for a write was queued, forgotten from now on: the
+    /// caller is writing it.
+    pub(crate) fn take_shared_since(&mut self) -> Option<Instant> {
+        self.shared_since.take()
     }
 
     /// Whether an asynchronous send is reading from the queue.
@@ -296,6 +311,29 @@ mod tests {
             q.consume(take);
         }
         out
+    }
+
+    #[test]
+    fn the_oldest_waiting_shared_frame_is_remembered_until_taken_or_cleared() {
+        let t0 = Instant::now();
+        let (t1, t2) = (
+            t0 + std::time::Duration::from_millis(1),
+            t0 + std::time::Duration::from_millis(2),
+        );
+        let mut q = TxQueue::default();
+        assert_eq!(q.take_shared_since(), None);
+        q.stamp_shared(t1);
+        q.stamp_shared(t2);
+        assert_eq!(q.take_shared_since(), Some(t1), "the oldest");
+        assert_eq!(q.take_shared_since(), None, "taken once");
+        q.stamp_shared(t2);
+        q.push_copy(b"x");
+        q.clear();
+        assert_eq!(
+            q.take_shared_since(),
+            None,
+            "a cleared queue waits for nothing"
+        );
     }
 
     #[test]

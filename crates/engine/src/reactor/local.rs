@@ -28,6 +28,8 @@ pub(super) struct LocalConns<'a, S, C, W> {
     /// Half the write cap.
     pub(super) low_mark: usize,
     pub(super) tls: &'a TlsTable,
+    /// The clock as the drain began: when the shared frames queued now count as queued from.
+    pub(super) queued_at: Instant,
 }
 
 impl<S, C, W: Writing<S>> LocalOps<C> for LocalConns<'_, S, C, W> {
@@ -52,9 +54,9 @@ impl<S, C, W: Writing<S>> LocalOps<C> for LocalConns<'_, S, C, W> {
         if conn.queued() >= max_queued {
             return Push::Full;
         }
-        conn.tx
-            .get_or_insert_with(|| self.tx_pool.take())
-            .push_shared(frame.clone(), 0);
+        let queue = conn.tx.get_or_insert_with(|| self.tx_pool.take());
+        queue.push_shared(frame.clone(), 0);
+        queue.stamp_shared(self.queued_at);
         if !conn.flags.contains(ConnFlags::DIRTY) {
             conn.flags.insert(ConnFlags::DIRTY);
             self.dirty.push(id);
