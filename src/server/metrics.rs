@@ -617,7 +617,7 @@ impl fmt::Display for Prometheus<'_> {
         write_histogram(
             f,
             WRITE_WAIT,
-            "Time a fanout frame waited in a connection's queue until its write was attempted (epoll) or submitted (io_uring).",
+            "Time a fanout frame waited in a connection's queue until its write was made (epoll) or its send prepared (io_uring).",
             &snapshot.write_wait,
         )
     }
