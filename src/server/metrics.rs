@@ -129,10 +129,8 @@ pub struct Snapshot<'a> {
     pub reactors: &'a [ReactorMetrics],
     /// The hub's numbers.
     pub hub: HubStats,
-    /// Publish-to-write latency, all reactors merged.
-    pub latency: Histogram,
-    /// Queued-to-written wait of fanout frames, all reactors merged.
-    pub write_wait: Histogram,
+    /// The latency histograms, all reactors merged.
+    pub latencies: Latencies,
     /// The Redis link, in cluster mode.
     pub cluster: Option<ClusterStats>,
 }
@@ -612,13 +610,13 @@ impl fmt::Display for Prometheus<'_> {
             f,
             LATENCY,
             "Time from publish to a reactor's fanout of the message (its frames queued).",
-            &snapshot.latency,
+            &snapshot.latencies.latency,
         )?;
         write_histogram(
             f,
             WRITE_WAIT,
             "Time a fanout frame waited in a connection's queue until its write was made (epoll) or its send prepared (io_uring).",
-            &snapshot.write_wait,
+            &snapshot.latencies.write_wait,
         )
     }
 }
@@ -687,8 +685,8 @@ pub fn stats_json(snapshot: &Snapshot) -> String {
                 .map(|(key, value)| (key.trim_start_matches("cluster_").to_owned(), value))
                 .collect::<Map<String, Value>>()
         }),
-        "latency_us": quantiles_json(&snapshot.latency),
-        "write_wait_us": quantiles_json(&snapshot.write_wait),
+        "latency_us": quantiles_json(&snapshot.latencies.latency),
+        "write_wait_us": quantiles_json(&snapshot.latencies.write_wait),
     })
     .to_string()
 }
@@ -732,8 +730,10 @@ mod tests {
                 published: 7,
                 ..HubStats::default()
             },
-            latency: histogram.snapshot(),
-            write_wait: write_wait.snapshot(),
+            latencies: Latencies {
+                latency: histogram.snapshot(),
+                write_wait: write_wait.snapshot(),
+            },
             cluster: None,
         }
     }
@@ -823,8 +823,7 @@ mod tests {
         let mut snapshot = Snapshot {
             reactors: &[],
             hub: HubStats::default(),
-            latency: Histogram::default(),
-            write_wait: Histogram::default(),
+            latencies: Latencies::default(),
             cluster: None,
         };
         let samples = parse_back(&Prometheus(&snapshot).to_string());

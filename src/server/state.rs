@@ -861,8 +861,7 @@ impl Server {
         Snapshot {
             reactors,
             hub: self.hub.stats(),
-            latency: latencies.latency,
-            write_wait: latencies.write_wait,
+            latencies,
             cluster: self.cluster.as_ref().map(Cluster::stats),
         }
     }
