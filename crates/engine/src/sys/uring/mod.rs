@@ -30,7 +30,6 @@ use std::time::Duration;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 mod accept;
-mod bufring;
 mod direct;
 mod eventfd;
 mod setup;
@@ -39,13 +38,13 @@ use super::completion::{Completed, Completion, Sockets};
 use super::{Flushed, Reported, Wake};
 use crate::txqueue::{Outgoing, TxQueue};
 use accept::{Accepts, PEER_ACCEPTS};
-use bufring::{BUFFER_GROUP, BufRing};
+use clarion_host::uring::{BUFFER_GROUP, BufRing, build_ring};
 pub(crate) use direct::Direct;
 use direct::Ops;
 use eventfd::EventFd;
 pub use setup::UringConfig;
 pub(crate) use setup::probe;
-use setup::{build_ring, register};
+use setup::register;
 
 // user_data: the operation (8 bits) and the token (or an accept's index).
 const ACCEPT: u64 = 1 << 56;

@@ -5,7 +5,7 @@ use std::io;
 
 use io_uring::IoUring;
 
-use super::bufring::BufRing;
+use clarion_host::uring::{BufRing, build_ring, explain};
 
 /// Sizes of one reactor's ring and buffers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,16 +74,6 @@ fn probe_here(config: &UringConfig) -> io::Result<()> {
     BufRing::new(&ring, config.buffers.min(8), 4096).map(drop)
 }
 
-pub(super) fn build_ring(entries: u32) -> io::Result<IoUring> {
-    IoUring::builder()
-        .setup_cqsize(entries * 4)
-        .setup_single_issuer()
-        .setup_coop_taskrun()
-        .setup_defer_taskrun()
-        .build(entries)
-        .map_err(|e| explain(e, "create an io_uring"))
-}
-
 pub(super) fn register(ring: &IoUring, config: &UringConfig) -> io::Result<()> {
     if !ring.params().is_feature_nodrop() {
         return Err(io::Error::other(
@@ -101,27 +91,6 @@ pub(super) fn register(ring: &IoUring, config: &UringConfig) -> io::Result<()> {
                 ),
             )
         })
-}
-
-/// Turns a setup error into one that says what to change.
-pub(super) fn explain(e: io::Error, what: &str) -> io::Error {
-    let hint = match e.raw_os_error() {
-        Some(libc::ENOSYS) => "the kernel has no io_uring",
-        Some(libc::EPERM) => {
-            "io_uring is disabled (sysctl kernel.io_uring_disabled) or blocked by seccomp"
-        }
-        Some(libc::ENOMEM) => "not enough locked memory (raise RLIMIT_MEMLOCK, e.g. ulimit -l)",
-        Some(libc::EMFILE) => "RLIMIT_NOFILE is too low for the requested table",
-        Some(libc::EINVAL) => "the kernel is too old for this feature (Linux 6.0+ is needed)",
-        _ => "",
-    };
-    io::Error::new(
-        e.kind(),
-        format!(
-            "cannot {what}: {e}{}{hint}",
-            if hint.is_empty() { "" } else { "; " }
-        ),
-    )
 }
 
 #[cfg(test)]
