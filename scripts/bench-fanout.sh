@@ -17,7 +17,7 @@
 # against the median's, server CPU per delivery (user and system), messages and bytes per
 # socket write, and each backend's saturation point (highest rate with every delivery and a
 # p99 under 1 s). Environment: ROUNDS=1 RAMP_RATES RAMP_DURATION=5s RAMP_WARMUP=2s
-# RAMP_SUBSCRIBERS=5000 BACKENDS="epoll uring".
+# RAMP_SUBSCRIBERS=5000 RAMP_LOADGEN_IO=uring BACKENDS="epoll uring".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = --ramp ]; then

@@ -101,6 +101,12 @@ pub struct Common {
     /// on loopback stop paying for waking it (adds up to one period of latency; 0 = off).
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub coalesce: Duration,
+    /// How open plaintext WebSockets are read: `epoll` (readiness, then one `recv` per ready
+    /// socket) or `uring` (one multishot receive per socket on an io_uring with provided
+    /// buffers: no readiness events and no system call per read; Linux 6.0+). Connecting, the
+    /// handshakes, TLS and event streams go through epoll either way.
+    #[arg(long, value_enum, default_value_t = Io::Epoll)]
+    pub io: Io,
     /// Event-loop threads per process [default: available cores].
     #[arg(long)]
     pub threads: Option<usize>,
@@ -278,5 +284,24 @@ mod tests {
         assert_eq!((common.connections, echo.window), (10, 4));
         assert_eq!(common.worker.as_deref(), Some("0/2"));
         assert!(Cli::try_parse_from(["clarion-loadgen", "echo"]).is_err());
+    }
+}
+
+/// How a loop reads its open connections (`--io`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Io {
+    /// Readiness from epoll, then `recv` on each ready socket.
+    Epoll,
+    /// A multishot receive per connection on the loop's io_uring.
+    Uring,
+}
+
+impl Io {
+    /// The name `--io` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Io::Epoll => "epoll",
+            Io::Uring => "uring",
+        }
     }
 }

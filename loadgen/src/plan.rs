@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clarion_protocol::MessageKind;
 
-use crate::cli::{self, ModeArgs, Protocol, PublishVia};
+use crate::cli::{self, Io, ModeArgs, Protocol, PublishVia};
 use crate::sources::{Pairs, parse_source_ips};
 use crate::stamp::STAMP_LEN;
 use crate::url::{self, Target};
@@ -161,6 +161,8 @@ pub struct Plan {
     pub warmup: Duration,
     /// Receive coalescing period (0: off).
     pub coalesce: Duration,
+    /// How open connections are read.
+    pub io: Io,
     /// Event loops per process.
     pub threads: usize,
     /// Processes.
@@ -287,6 +289,7 @@ impl Plan {
             ping_interval: common.ping_interval.filter(|d| !d.is_zero()),
             warmup: common.warmup,
             coalesce: common.coalesce,
+            io: common.io,
             threads,
             procs,
             ramp_rate: common.ramp_rate,

@@ -173,6 +173,10 @@ pub struct Report {
     pub warmup_s: f64,
     /// Receive coalescing period (`--coalesce`; 0: off), microseconds.
     pub coalesce_us: f64,
+    /// How open connections were read (`--io`: `epoll` or `uring`).
+    pub io: &'static str,
+    /// Reads done by io_uring's multishot receive (0 with `--io epoll`).
+    pub ring_reads: u64,
     /// Messages sent.
     pub messages_sent: u64,
     /// Messages received.
@@ -266,6 +270,8 @@ impl Report {
             hold_s: plan.hold.as_secs_f64(),
             warmup_s: plan.warmup.as_secs_f64(),
             coalesce_us: plan.coalesce.as_secs_f64() * 1e6,
+            io: plan.io.name(),
+            ring_reads: tally.ring_reads,
             messages_sent: tally.messages_sent,
             messages_received: tally.messages_received,
             throughput: tally.received_in_window as f64 / duration_s,
@@ -399,7 +405,7 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "clarion-loadgen {}: {} connections, {} thread(s) x {} process(es), {:.1} s measured{}{}, to {}",
+            "clarion-loadgen {}: {} connections, {} thread(s) x {} process(es), {:.1} s measured{}{}{}, to {}",
             self.mode,
             self.connections,
             self.threads,
@@ -412,6 +418,11 @@ impl Report {
             },
             if self.coalesce_us > 0.0 {
                 format!(" (receive coalescing {:.0} µs)", self.coalesce_us)
+            } else {
+                String::new()
+            },
+            if self.io == "uring" {
+                format!(" (read through io_uring: {} reads)", self.ring_reads)
             } else {
                 String::new()
             },

@@ -250,6 +250,8 @@ pub struct Tally {
     pub received_in_window: u64,
     /// Churn: connect-exchange-close cycles completed.
     pub cycles: u64,
+    /// Reads done by io_uring's multishot receive (`--io uring`), one per completion.
+    pub ring_reads: u64,
     /// Fanout accounting.
     pub fanout: FanoutTally,
     /// Fanout: each message's first and last delivery.
@@ -295,6 +297,7 @@ impl Tally {
             messages_received: 0,
             received_in_window: 0,
             cycles: 0,
+            ring_reads: 0,
             fanout: FanoutTally::new(topics),
             rounds: Rounds::default(),
             storm: StormTally::new(),
@@ -359,6 +362,7 @@ impl Tally {
         self.messages_received += other.messages_received;
         self.received_in_window += other.received_in_window;
         self.cycles += other.cycles;
+        self.ring_reads += other.ring_reads;
         self.fanout.merge(&other.fanout);
         self.rounds.merge(&other.rounds);
         self.storm.merge(&other.storm);

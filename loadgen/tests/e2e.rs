@@ -32,6 +32,7 @@ fn idle_and_echo_hold_2000_connections() {
     assert_eq!(json["handshake_us"]["count"], 2000);
     assert!(json["server"]["rss_after_kib"].as_u64().unwrap() > 0);
 
+    // The replies read through io_uring.
     let (output, json) = run_loadgen(&[
         "echo",
         &url,
@@ -43,6 +44,8 @@ fn idle_and_echo_hold_2000_connections() {
         "2",
         "--server-pid",
         &pid,
+        "--io",
+        "uring",
     ]);
     let json = json.unwrap_or_else(|| panic!("no JSON\n{}", describe(&output)));
     assert!(output.status.success(), "{}", describe(&output));
@@ -57,6 +60,7 @@ fn idle_and_echo_hold_2000_connections() {
         json["messages_sent"], json["messages_received"],
         "replies drained"
     );
+    assert!(json["ring_reads"].as_u64().unwrap() >= 2000, "{json:#}");
     assert_eq!(json["latency_us"]["count"].as_u64().unwrap(), received);
     assert!(json["throughput"].as_f64().unwrap() > 0.0);
     assert!(json["loadgen_cpu"]["per_message_us"].as_f64().unwrap() > 0.0);
@@ -151,30 +155,44 @@ fn echo_at_a_rate_churn_and_procs() {
 fn fanout_delivers_every_message_once_to_2000_subscribers() {
     let server = ClarionServer::start(2);
     let url = format!("ws://{}/t/", server.addr);
-    // Each topic's messages reach its 1,000 subscribers.
-    let args = [
-        "fanout",
-        &url,
-        "-c",
-        "2000",
-        "-d",
-        "2s",
-        "--rate",
-        "20",
-        "--topics",
-        "2",
-        "--publishers",
-        "2",
-    ];
-    let json = complete_fanout(&args, 1000, 38, "raw");
-    assert_keys(&json);
-    assert_eq!(json["established"], 2000, "{json:#}");
-    assert_eq!(json["subscribers"], 2000);
-    let published = json["published"].as_u64().unwrap();
-    assert_eq!(
-        json["latency_us"]["count"].as_u64().unwrap(),
-        published * 1000
-    );
+    // Each topic's messages reach its 1,000 subscribers, read through epoll or io_uring.
+    for io in ["epoll", "uring"] {
+        let args = [
+            "fanout",
+            &url,
+            "-c",
+            "2000",
+            "-d",
+            "2s",
+            "--rate",
+            "20",
+            "--topics",
+            "2",
+            "--publishers",
+            "2",
+            "--io",
+            io,
+        ];
+        let json = complete_fanout(&args, 1000, 38, io);
+        assert_keys(&json);
+        assert_eq!(json["established"], 2000, "{json:#}");
+        assert_eq!(json["subscribers"], 2000);
+        assert_eq!(json["closed_clean"], 2000, "{io}: {json:#}");
+        let published = json["published"].as_u64().unwrap();
+        assert_eq!(
+            json["latency_us"]["count"].as_u64().unwrap(),
+            published * 1000
+        );
+        assert_eq!(json["io"], io);
+        // Through the ring every delivery and close frame was read by it (a read carries
+        // one or more); through epoll, none.
+        let reads = json["ring_reads"].as_u64().unwrap();
+        let received = json["messages_received"].as_u64().unwrap();
+        match io {
+            "uring" => assert!(reads > 0 && reads <= received + 2000, "{json:#}"),
+            _ => assert_eq!(reads, 0),
+        }
+    }
 
     // Subscribers in two processes, publishers in the first: counts merge across them. With a
     // warm-up, its messages are sent, delivered and checked, but neither timed nor counted as
@@ -382,7 +400,8 @@ fn the_sse_transport_holds_streams_and_fans_out_to_them() {
 fn a_held_fanout_survives_a_reconnect_storm_by_resuming() {
     let server = ClarionServer::start(2);
     let ws = format!("ws://{}/ws", server.addr);
-    // Two processes: the storm's instant and its message line up across them.
+    // Two processes: the storm's instant and its message line up across them. Read through
+    // io_uring: the dropped connections' receives are cancelled, the new ones armed.
     let args = [
         "fanout",
         &ws,
@@ -404,6 +423,8 @@ fn a_held_fanout_survives_a_reconnect_storm_by_resuming() {
         "2",
         "--max-pending",
         "50",
+        "--io",
+        "uring",
     ];
     // The window's 5 messages and the one published while half the subscribers are away: all
     // delivered once each (the absent ones get theirs by resuming).

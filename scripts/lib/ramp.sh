@@ -5,12 +5,15 @@
 # core 0, its PID in server_pid) and has run bench_setup (LOADGEN, OUT). A Clarion server's
 # `/stats` is read before and after each step (socket writes and deliveries: messages per
 # write); other servers have none and show "-" there. Every step is bounded by its duration and
-# by `timeout` (RAMP_STEP_LIMIT seconds), so a wedged server cannot hold the run.
+# by `timeout` (RAMP_STEP_LIMIT seconds), so a wedged server cannot hold the run. The loadgen
+# reads through io_uring (RAMP_LOADGEN_IO=uring, its `--io`): its one core is then less busy
+# per segment the server sends, so less of its own queueing is in the latencies it reports.
 RAMP_RATES=${RAMP_RATES:-"25 50 100 200 400"}
 RAMP_SUBSCRIBERS=${RAMP_SUBSCRIBERS:-5000}
 RAMP_DURATION=${RAMP_DURATION:-5s}
 RAMP_WARMUP=${RAMP_WARMUP:-2s}
 RAMP_STEP_LIMIT=${RAMP_STEP_LIMIT:-180}
+RAMP_LOADGEN_IO=${RAMP_LOADGEN_IO:-uring}
 
 # scrape_stats PORT FILE: the server's /stats JSON into FILE (nothing when it has none).
 scrape_stats() {
@@ -55,7 +58,7 @@ ramp() {
     mark=$(steal_mark)
     if ! timeout "$RAMP_STEP_LIMIT" taskset -c 1 "$LOADGEN" fanout "ws://127.0.0.1:$port/t/" \
         -c "$RAMP_SUBSCRIBERS" --rate "$rate" -s 64 -d "$RAMP_DURATION" --warmup "$RAMP_WARMUP" \
-        --threads 1 --topics 1 --publishers 1 --server-pid "$server_pid" \
+        --threads 1 --topics 1 --publishers 1 --server-pid "$server_pid" --io "$RAMP_LOADGEN_IO" \
         --json "$OUT/$name.json" >"$OUT/$name.txt" 2>&1; then
       echo "ramp: $name: the loadgen failed or timed out (see $OUT/$name.txt)" >&2
     fi

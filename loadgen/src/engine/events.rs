@@ -2,6 +2,9 @@
 //! read the 101, then read frames into the protocol core and hand messages to the mode, write
 //! what they queued, and see the close handshake through.
 
+use std::io;
+use std::os::fd::AsRawFd;
+
 use clarion_protocol::handshake::ClientHandshake;
 use clarion_protocol::{CloseCode, Connection, Event, MessageKind};
 
@@ -36,6 +39,8 @@ impl<T: Traffic> Worker<'_, T> {
     }
 
     pub(super) fn on_event(&mut self, slot: usize, ready: Readiness, at: At) {
+        // An armed connection's bytes and FIN come from its receive on the ring.
+        let armed = self.armed(slot);
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
@@ -63,12 +68,12 @@ impl<T: Traffic> Worker<'_, T> {
                 if ready.writable && (conn.lent.is_some() || tls.is_some_and(|t| t.wants_write())) {
                     self.flush(slot, at);
                 }
-                if ready.readable {
+                if ready.readable && !armed {
                     self.read_frames(slot, ready.hangup, at);
                 }
             }
             Phase::Finishing => {
-                if ready.readable {
+                if ready.readable && !armed {
                     self.read_until_eof(slot);
                 }
             }
@@ -244,7 +249,8 @@ impl<T: Traffic> Worker<'_, T> {
                     self.open(slot, since_ns, stream, early, head..n, at);
                     // Whatever came behind the 101 (frames, even the server's FIN) raises no
                     // new edge: read on until the socket is empty.
-                    return self.read_frames(slot, true, at);
+                    self.read_frames(slot, true, at);
+                    return self.arm_ring(slot, at);
                 }
             }
         }
@@ -325,6 +331,96 @@ impl<T: Traffic> Worker<'_, T> {
         if matches!(self.conns[slot].phase, Phase::Finishing) {
             // The close handshake just ended; the FIN may already be here.
             self.read_until_eof(slot);
+        }
+    }
+
+    /// `--io uring`: from now on an open plaintext WebSocket is read by a multishot receive on
+    /// the loop's ring; epoll watches it for writing only.
+    fn arm_ring(&mut self, slot: usize, at: At) {
+        let tls = self.secure.get(slot).is_some_and(Option::is_some);
+        let conn = &mut self.conns[slot];
+        let (Some(ring), Phase::Open(_), Some(stream), false) =
+            (&mut self.ring, &conn.phase, &mut conn.stream, tls)
+        else {
+            return;
+        };
+        if ring.is_armed(slot) {
+            return;
+        }
+        let armed = self
+            .poll
+            .registry()
+            .reregister(stream, mio::Token(slot), mio::Interest::WRITABLE)
+            .and_then(|()| ring.arm(stream.as_raw_fd(), slot, conn.generation));
+        if let Err(e) = armed {
+            self.fail(slot, Reason::of_io(&e), at);
+        }
+    }
+
+    /// Whether `slot` is read by a receive on the ring rather than through epoll.
+    fn armed(&self, slot: usize) -> bool {
+        self.ring.as_ref().is_some_and(|ring| ring.is_armed(slot))
+    }
+
+    /// `--io uring`: a completion of the receive armed for `slot` at `generation`: bytes for
+    /// the protocol, the server's FIN, or an error; one that ended without either is armed
+    /// again. Completions of an earlier dial of the slot only give their buffer back.
+    pub(super) fn on_ring_read(
+        &mut self,
+        slot: usize,
+        generation: u32,
+        result: i32,
+        buffer: Option<u16>,
+        more: bool,
+        at: At,
+    ) {
+        let Some(ring) = &mut self.ring else {
+            return;
+        };
+        let n = match buffer {
+            Some(buffer) => ring.take(buffer, result.max(0) as usize, &mut self.rbuf),
+            None => 0,
+        };
+        let conn = &mut self.conns[slot];
+        if conn.generation != generation || !ring.is_armed(slot) {
+            return;
+        }
+        if !more {
+            ring.ended(slot);
+        }
+        let mut rbuf = std::mem::take(&mut self.rbuf);
+        match conn.phase {
+            Phase::Open(_) if result > 0 => {
+                self.tally.ring_reads += 1;
+                let fed = self.feed(slot, &mut rbuf[..n], at);
+                self.conclude(slot, fed, at);
+            }
+            Phase::Finishing if result > 0 => {}
+            Phase::Open(_) | Phase::Finishing if result == -libc::ENOBUFS => {}
+            Phase::Open(_) => match result {
+                0 => self.on_eof(slot, at),
+                errno => self.fail(
+                    slot,
+                    Reason::of_io(&io::Error::from_raw_os_error(-errno)),
+                    at,
+                ),
+            },
+            // The FIN (or an error) after our close: the connection is over.
+            Phase::Finishing => self.release(slot),
+            _ => {}
+        }
+        self.rbuf = rbuf;
+        let conn = &mut self.conns[slot];
+        if let (Some(ring), Some(stream)) = (&mut self.ring, &conn.stream)
+            && !ring.is_armed(slot)
+            && conn.generation == generation
+            && matches!(conn.phase, Phase::Open(_) | Phase::Finishing)
+        {
+            // Ended without the connection ending (no buffer was free, or a large read):
+            // the bytes wait in the socket for the next receive.
+            if let Err(e) = ring.arm(stream.as_raw_fd(), slot, generation) {
+                self.fail(slot, Reason::of_io(&e), at);
+            }
         }
     }
 
@@ -554,6 +650,10 @@ impl<T: Traffic> Worker<'_, T> {
     }
 
     pub(super) fn read_until_eof(&mut self, slot: usize) {
+        if self.armed(slot) {
+            // The FIN comes as the receive's last completion (`on_ring_read`).
+            return;
+        }
         loop {
             let Some(stream) = &mut self.conns[slot].stream else {
                 return;

@@ -5,7 +5,10 @@
 //! unsent bytes, so an idle connection is its slot and nothing more. Per turn: advance the stage,
 //! dial what the pacer releases, expire deadlines, send what the mode's schedule has due, wait for
 //! readiness (or, with `--coalesce`, sleep and poll), then for each ready socket read until it is
-//! drained, hand the frames to the mode and write everything it queued with one `write`.
+//! drained, hand the frames to the mode and write everything it queued with one `write`. With
+//! `--io uring` the wait is on the loop's io_uring ([`ring`]) instead: open plaintext
+//! connections are read by multishot receives, and epoll's events are taken when the ring says
+//! it has some.
 //!
 //! Stages: ramp (dial every slot at the ramp rate, retry connect errors with backoff; the
 //! connections are then held through `--hold`) → measure (from the warm-up's start, the
@@ -22,6 +25,7 @@ mod conn;
 mod events;
 mod lent;
 mod pace;
+mod ring;
 mod slots;
 mod socket;
 mod storm;
@@ -29,10 +33,12 @@ mod storm;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token};
 
+use crate::cli::Io;
 use crate::clock::{self, ns};
 use crate::control::Control;
 use crate::failure::Reason;
@@ -44,6 +50,7 @@ use coalesce::Coalesce;
 use conn::{Conn, Life, Phase};
 use lent::Lender;
 use pace::Pacer;
+use ring::{Completion, Ring};
 use storm::Storm;
 
 /// The one read buffer of a loop.
@@ -122,6 +129,8 @@ struct Worker<'a, T: Traffic> {
     loop_index: usize,
     traffic: T,
     poll: Poll,
+    /// `--io uring`: the ring the loop waits on and reads open connections with.
+    ring: Option<Ring>,
     alarm: Alarm,
     /// Global index of slot 0.
     first: usize,
@@ -198,12 +207,17 @@ impl<'a, T: Traffic> Worker<'a, T> {
         };
         let poll = Poll::new()?;
         let alarm = Alarm::new(poll.registry(), ALARM)?;
+        let ring = match plan.io {
+            Io::Epoll => None,
+            Io::Uring => Some(Ring::new()?),
+        };
         Ok(Worker {
             plan,
             control,
             loop_index,
             traffic,
             poll,
+            ring,
             alarm,
             first: shard.first,
             conns: (0..shard.count).map(|_| Conn::new()).collect(),
@@ -269,10 +283,16 @@ impl<'a, T: Traffic> Worker<'a, T> {
             if wait > 0 && wait < PRECISE_BELOW_NS {
                 self.alarm.arm(before_poll_ns + wait);
             }
-            let polled = self
-                .poll
-                .poll(&mut events, Some(Duration::from_nanos(wait)));
-            coalesce.polled(before_poll_ns, !events.is_empty());
+            let timeout = Duration::from_nanos(wait);
+            let polled = match &mut self.ring {
+                None => self.poll.poll(&mut events, Some(timeout)),
+                Some(ring) => ring.wait(self.poll.as_raw_fd(), timeout),
+            };
+            let woken = match &mut self.ring {
+                None => !events.is_empty(),
+                Some(ring) => ring.has_completed(),
+            };
+            coalesce.polled(before_poll_ns, woken);
             if let Err(e) = polled
                 && e.kind() != io::ErrorKind::Interrupted
             {
@@ -288,18 +308,32 @@ impl<'a, T: Traffic> Worker<'a, T> {
                 // first message, which must be judged against the window.
                 self.begin_when_due(at);
             }
-            for event in events.iter() {
-                if event.token() == ALARM {
-                    self.alarm.clear();
-                    continue;
+            match self.ring.as_mut().map(Ring::take_completed) {
+                None => self.on_events(&events, at),
+                Some(completed) => {
+                    for &completion in &completed {
+                        match completion {
+                            Completion::Epoll => self.take_epoll_events(&mut events, at),
+                            Completion::Read {
+                                slot,
+                                generation,
+                                result,
+                                buffer,
+                                more,
+                            } => self.on_ring_read(
+                                slot as usize,
+                                generation,
+                                result,
+                                buffer,
+                                more,
+                                at,
+                            ),
+                        }
+                    }
+                    if let Some(ring) = &mut self.ring {
+                        ring.put_completed(completed);
+                    }
                 }
-                let hangup = event.is_read_closed() || event.is_error();
-                let readiness = Readiness {
-                    readable: event.is_readable() || hangup,
-                    writable: event.is_writable() || event.is_error(),
-                    hangup,
-                };
-                self.on_event(event.token().0, readiness, at);
             }
         }
         for slot in 0..self.conns.len() {
@@ -308,6 +342,38 @@ impl<'a, T: Traffic> Worker<'a, T> {
         self.tally.finish_intervals();
         self.control.live(self.loop_index).publish(&self.tally);
         self.tally
+    }
+
+    fn on_events(&mut self, events: &Events, at: At) {
+        for event in events.iter() {
+            if event.token() == ALARM {
+                self.alarm.clear();
+                continue;
+            }
+            let hangup = event.is_read_closed() || event.is_error();
+            let readiness = Readiness {
+                readable: event.is_readable() || hangup,
+                writable: event.is_writable() || event.is_error(),
+                hangup,
+            };
+            self.on_event(event.token().0, readiness, at);
+        }
+    }
+
+    /// `--io uring`: the ring saw epoll's descriptor ready; take its events without blocking,
+    /// all of them (a full list may leave more ready, which wake the ring no further).
+    fn take_epoll_events(&mut self, events: &mut Events, at: At) {
+        loop {
+            match self.poll.poll(events, Some(Duration::ZERO)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.control.abort(),
+            }
+            self.on_events(events, at);
+            if events.iter().count() < events.capacity() {
+                return;
+            }
+        }
     }
 
     fn sending(&self) -> bool {

@@ -203,6 +203,9 @@ impl<T: Traffic> Worker<'_, T> {
         }
         self.sockets -= 1;
         conn.phase = Phase::Idle;
+        if let Some(ring) = &mut self.ring {
+            ring.cancel(slot, conn.generation);
+        }
         if let Some(id) = conn.lent.take() {
             self.lender.give_back(id);
         }

@@ -192,6 +192,8 @@ pub const JSON_KEYS: &[&str] = &[
     "hold_s",
     "warmup_s",
     "coalesce_us",
+    "io",
+    "ring_reads",
     "messages_sent",
     "messages_received",
     "throughput",
