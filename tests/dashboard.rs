@@ -257,6 +257,12 @@ fn the_dashboard_shows_the_server_live_in_chromium() {
         (rate >= 50.0).then_some(rate)
     });
     assert!(delivering.is_some(), "fanout deliveries per second show");
+    // Each delivery's wait between its frame being queued and written.
+    let waited = wait(patience, || {
+        let shown = browser.text("write_wait_p99");
+        shown.starts_with('≤').then_some(shown)
+    });
+    assert!(waited.is_some(), "the write wait shows");
     // A topic's rate needs it in two snapshots: it may show one later than the deliveries.
     let busiest = wait(patience, || {
         let top = browser.eval("document.getElementById('top_rate').textContent");

@@ -13,7 +13,8 @@
 //! `connections`, per reactor `reactors[i].connections` and `accepted_per_s`, `accepted_per_s`,
 //! `messages_in_per_s`, `messages_out_per_s`, `deliveries_per_s`, `drops` and
 //! `slow_consumer_closes` (totals and `_per_s`), `latency_us` (publish-to-write percentiles of
-//! the interval), `topics`, `subscriptions`, `top_subscribers` and `top_rate` (`[topic, n]`),
+//! the interval), `write_wait_us` (the same for the write wait: a fanout frame queued for a
+//! subscriber until the write that carries it), `topics`, `subscriptions`, `top_subscribers` and `top_rate` (`[topic, n]`),
 //! `memory` (`rss`; `per_connection`, the growth of RSS since the first sample divided by the
 //! open connections; `entry`, a connection's table entry; in bytes), `cluster` (`null` on one
 //! node).
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use super::metrics::{Histogram, ReactorMetrics};
+use super::metrics::{Histogram, Latencies, ReactorMetrics};
 use super::state::Server;
 use clarion_pubsub::{Format, Payload};
 
@@ -72,7 +73,7 @@ pub fn spawn(server: Weak<Server>) -> io::Result<()> {
 struct Sample {
     at: Instant,
     reactors: Vec<ReactorMetrics>,
-    latency: Histogram,
+    latencies: Latencies,
     /// Per topic, its `seq` (only while watched).
     seqs: HashMap<Arc<str>, u64>,
     cluster_received: u64,
@@ -101,7 +102,7 @@ impl Sampler {
         let current = Sample {
             at,
             reactors,
-            latency: latencies.latency,
+            latencies,
             seqs: counts.iter().map(|c| (c.name.clone(), c.seq)).collect(),
             cluster_received: cluster.map_or(0, |c| c.received),
         };
@@ -136,8 +137,8 @@ impl Sampler {
                 })
             })
             .collect();
-        let latency = current.latency.since(&previous.latency);
-        let quantile = |q| latency.quantile_micros(q);
+        let latency = current.latencies.latency.since(&previous.latencies.latency);
+        let write_wait = (current.latencies.write_wait).since(&previous.latencies.write_wait);
         let mut by_subscribers: Vec<(&Arc<str>, u64)> = counts
             .iter()
             .filter(|c| c.subscribers > 0)
@@ -172,13 +173,8 @@ impl Sampler {
             "drops_per_s": per_s(|r| r.drops),
             "slow_consumer_closes": total(current, |r| r.slow_consumer_closes),
             "slow_consumer_closes_per_s": per_s(|r| r.slow_consumer_closes),
-            "latency_us": {
-                "count": latency.count(),
-                "p50": quantile(0.5),
-                "p90": quantile(0.9),
-                "p99": quantile(0.99),
-                "p999": quantile(0.999),
-            },
+            "latency_us": percentiles(&latency),
+            "write_wait_us": percentiles(&write_wait),
             "topics": server.hub.stats().topics,
             "subscriptions": total(current, |r| r.subscriptions),
             "top_subscribers": by_subscribers.iter().take(TOP).map(|(t, n)| json!([&***t, n])).collect::<Vec<_>>(),
@@ -197,6 +193,18 @@ impl Sampler {
             })),
         }))
     }
+}
+
+/// An interval's count and percentiles, in microseconds.
+fn percentiles(histogram: &Histogram) -> Value {
+    let quantile = |q| histogram.quantile_micros(q);
+    json!({
+        "count": histogram.count(),
+        "p50": quantile(0.5),
+        "p90": quantile(0.9),
+        "p99": quantile(0.99),
+        "p999": quantile(0.999),
+    })
 }
 
 /// The process's resident memory, from `/proc/self/statm` (its second field, in pages).
@@ -251,7 +259,16 @@ mod tests {
             "rates need a topic seen before"
         );
         publish_round();
+        // Two writes of queued frames, 3 ms and 40 ms after they were queued.
+        for waited in [3, 40] {
+            (shared.stats[0].write_wait).record(Duration::from_millis(waited));
+        }
         let second = sampler.sample(&server, true).unwrap();
+        assert_eq!(first["write_wait_us"]["count"], 0);
+        let wait = &second["write_wait_us"];
+        assert_eq!(wait["count"], 2, "only this interval's: {wait}");
+        let (p50, p99) = (wait["p50"].as_u64().unwrap(), wait["p99"].as_u64().unwrap());
+        assert!((3_000..40_000).contains(&p50) && p99 >= 40_000, "{wait}");
         let top = second["top_rate"].as_array().unwrap();
         assert_eq!(top.len(), 2);
         assert_eq!(
