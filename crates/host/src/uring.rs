@@ -4,6 +4,7 @@
 //! ([`BufRing`]).
 
 use std::io;
+use std::time::Duration;
 
 use io_uring::{IoUring, types};
 
@@ -21,6 +22,34 @@ pub fn build_ring(entries: u32) -> io::Result<IoUring> {
         .setup_defer_taskrun()
         .build(entries)
         .map_err(|e| explain(e, "create an io_uring"))
+}
+
+/// Submits what is queued and waits for a completion, up to `timeout` (`None`: for as long as it
+/// takes; zero: a look, not a wait). Not `submit()`: with deferred task work only an enter that
+/// asks for completions (GETEVENTS) posts those ready, received bytes among them. No completion
+/// in time, a signal, or completions waiting for room in the queue (EBUSY) are not errors: the
+/// caller reaps what there is.
+pub fn submit_and_wait(ring: &IoUring, timeout: Option<Duration>) -> io::Result<()> {
+    let submitted = match timeout {
+        Some(timeout) => {
+            let timespec = types::Timespec::from(timeout);
+            let args = types::SubmitArgs::new().timespec(&timespec);
+            ring.submitter().submit_with_args(1, &args)
+        }
+        None => ring.submit_and_wait(1),
+    };
+    match submitted {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Turns a setup error into one that says what to change.
@@ -200,6 +229,16 @@ mod tests {
         let (result, flags, _) = next(&mut ring, &mut buffers);
         assert_eq!(result, 0, "the peer's close ends the recv");
         assert!(!cqueue::more(flags));
+    }
+
+    #[test]
+    fn a_wait_with_nothing_to_complete_ends_at_its_timeout_without_an_error() {
+        let ring = build_ring(8).unwrap();
+        for timeout in [Duration::ZERO, Duration::from_millis(5)] {
+            let started = std::time::Instant::now();
+            submit_and_wait(&ring, Some(timeout)).unwrap();
+            assert!(started.elapsed() >= timeout);
+        }
     }
 
     #[test]

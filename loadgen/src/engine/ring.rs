@@ -10,7 +10,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-use clarion_host::uring::{BUFFER_GROUP, BufRing, build_ring, explain};
+use clarion_host::uring::{BUFFER_GROUP, BufRing, build_ring, explain, submit_and_wait};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 /// Submission entries (completions: four times as many). Arming 5,000 receives at the end of
@@ -131,19 +131,7 @@ impl Ring {
             self.push(&poll)?;
             self.watching_epoll = true;
         }
-        let timespec = types::Timespec::from(timeout);
-        let args = types::SubmitArgs::new().timespec(&timespec);
-        match self.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => {}
-            // No completion in time, a signal, or completions waiting for room in the queue
-            // (EBUSY): reap what there is.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) => {}
-            Err(e) => return Err(e),
-        }
+        submit_and_wait(&self.ring, Some(timeout))?;
         self.completed.clear();
         for entry in self.ring.completion() {
             let (data, result, flags) = (entry.user_data(), entry.result(), entry.flags());

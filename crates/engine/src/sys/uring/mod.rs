@@ -38,7 +38,7 @@ use super::completion::{Completed, Completion, Sockets};
 use super::{Flushed, Reported, Wake};
 use crate::txqueue::{Outgoing, TxQueue};
 use accept::{Accepts, PEER_ACCEPTS};
-use clarion_host::uring::{BUFFER_GROUP, BufRing, build_ring};
+use clarion_host::uring::{BUFFER_GROUP, BufRing, build_ring, submit_and_wait};
 pub(crate) use direct::Direct;
 use direct::Ops;
 use eventfd::EventFd;
@@ -272,31 +272,7 @@ impl Completion for Uring {
             _ => false,
         });
         self.rearm = rearm;
-        let submitted = match timeout {
-            // Not `submit()`: with deferred task work, only an enter that asks for completions
-            // (GETEVENTS) posts those ready, bytes received meanwhile among them. A zero timeout
-            // makes it a look, not a wait.
-            Some(Duration::ZERO) => {
-                let timespec = types::Timespec::new();
-                let args = types::SubmitArgs::new().timespec(&timespec);
-                self.ring.submitter().submit_with_args(1, &args)
-            }
-            Some(timeout) => {
-                let timespec = types::Timespec::from(timeout);
-                let args = types::SubmitArgs::new().timespec(&timespec);
-                self.ring.submitter().submit_with_args(1, &args)
-            }
-            None => self.ring.submit_and_wait(1),
-        };
-        match submitted {
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) => {}
-            Err(e) => return Err(e),
-        }
+        submit_and_wait(&self.ring, timeout)?;
         let mut completed = std::mem::take(&mut self.completed);
         // What is left stays in the ring for the next turn, which then does not block.
         completed.extend(self.ring.completion().take(MAX_COMPLETIONS));
