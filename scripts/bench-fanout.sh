@@ -11,9 +11,9 @@
 #
 # Usage: scripts/bench-fanout.sh   (SUBSCRIBERS="5000 10000" RATES="10 50" SIZE=64 DURATION=10s WARMUP=2s)
 #
-# --ramp: the load ramp of issue 22 instead (scripts/lib/ramp.sh): one server per backend and
-# round, 5,000 subscribers, 25/50/100/200/400 msgs/s, both backends interleaved (the order
-# rotating per round); prints deliveries/s, missing, p50/p99/p99.9, the worst round's p99
+# --ramp: the load ramp of issue 22 instead (scripts/lib/ramp.sh): a fresh server per backend
+# and step, 5,000 subscribers, 25/50/100/200/400 msgs/s, both backends interleaved at each rate
+# (the order rotating per round); prints deliveries/s, missing, p50/p99/p99.9, the worst round's p99
 # against the median's, server CPU per delivery (user and system), messages and bytes per
 # socket write, and each backend's saturation point (highest rate with every delivery and a
 # p99 under 1 s). Environment: ROUNDS=1 RAMP_RATES RAMP_DURATION=5s RAMP_WARMUP=2s
@@ -31,9 +31,9 @@ if [ "${1:-}" = --ramp ]; then
   ulimit -n "$(ulimit -Hn)"
   start() { start_server "$2" --io "${1#clarion-}"; }
   for round in $(seq "$ROUNDS"); do
-    for i in "${!servers[@]}"; do
-      ramp "${servers[$(( (i + round - 1) % ${#servers[@]} ))]}" "$round"
-    done
+    order=()
+    for i in "${!servers[@]}"; do order+=("${servers[$(( (i + round - 1) % ${#servers[@]} ))]}"); done
+    ramp_round "$round" "${order[@]}"
   done
   python3 scripts/lib/ramp_report.py "$OUT" "$ROUNDS" "${servers[*]}" "$RAMP_RATES" \
     | tee "$OUT/ramp.md"

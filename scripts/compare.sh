@@ -18,9 +18,10 @@
 #             CHURN_RATE (5,000) new a second (more than one loadgen core opens), for
 #             CHURN_DURATION: cycles/s and server CPU per cycle (with --tls: resumed handshakes,
 #             and again with `--no-resume`: full handshakes; not in the default plaintext set)
-#   ramp      the fanout load ramp (issue 22, scripts/lib/ramp.sh): one server per round,
-#             5,000 subscribers, 25/50/100/200/400 msgs/s: deliveries/s, missing, p50/p99/p99.9,
-#             server CPU per delivery (user and system), each server's saturation point
+#   ramp      the fanout load ramp (issue 22, scripts/lib/ramp.sh): a fresh server per step,
+#             the servers interleaved at each rate, 5,000 subscribers, 25/50/100/200/400
+#             msgs/s: deliveries/s, missing, p50/p99/p99.9, server CPU per delivery (user and
+#             system), each server's saturation point
 #
 # --tls runs the same scenarios over wss:// (TLS 1.3, ECDSA P-256 certificate from
 # scripts/make-cert.sh, the loadgen trusting its CA; every server on rustls 0.23 with aws-lc-rs,
@@ -206,9 +207,7 @@ for round in $(seq "$ROUNDS"); do
         --concurrency "$CHURN_CONCURRENCY" --rate "$CHURN_RATE" -d "$CHURN_DURATION" --no-resume
     fi
   done
-  has ramp && for server in "${order[@]}"; do
-    ramp "$server" "$round"
-  done
+  has ramp && ramp_round "$round" "${order[@]}"
 done
 elapsed=$(( $(date +%s) - started ))
 own_seconds

@@ -1,8 +1,11 @@
 # The fanout load ramp (issue 22), sourced by scripts/bench-fanout.sh --ramp and
 # scripts/compare.sh: one server, RAMP_SUBSCRIBERS subscribers of one topic, one publisher of
-# 64-byte messages stepping through RAMP_RATES msgs/s, each step a fresh loadgen run of
-# RAMP_DURATION after RAMP_WARMUP. The caller defines `start SERVER PORT` (a server pinned to
-# core 0, its PID in server_pid) and has run bench_setup (LOADGEN, OUT). A Clarion server's
+# 64-byte messages stepping through RAMP_RATES msgs/s, each step a fresh server and a fresh
+# loadgen run of RAMP_DURATION after RAMP_WARMUP. Within a round every server runs a rate before
+# any runs the next, so the servers compared at one rate ran within seconds of each other: the
+# machine's drift over a round (minutes) falls between rates, not between servers. The caller
+# defines `start SERVER PORT` (a server pinned to core 0, its PID in server_pid) and has run
+# bench_setup (LOADGEN, OUT). A Clarion server's
 # `/stats` is read before and after each step (socket writes and deliveries: messages per
 # write); other servers have none and show "-" there. Every step is bounded by its duration and
 # by `timeout` (RAMP_STEP_LIMIT seconds), so a wedged server cannot hold the run. The loadgen
@@ -42,28 +45,36 @@ steal_since() {
     'BEGIN {printf "%.1f\n", 100 * d / hz / ((t1 - t0) * n)}'
 }
 
-# ramp SERVER ROUND: one server through every rate; reports go to
+# ramp_round ROUND SERVER...: every rate, each server in the order given at it; reports go to
 # $OUT/ramp-SERVER-RATE-ROUND.{json,txt} (and .before/.after for /stats, .steal for the host's
 # stolen CPU during the step).
-ramp() {
-  local server=$1 round=$2 port rate name
+ramp_round() {
+  local round=$1 rate server
+  shift
+  for rate in $RAMP_RATES; do
+    for server in "$@"; do
+      ramp_step "$server" "$rate" "$round"
+    done
+  done
+}
+
+# ramp_step SERVER RATE ROUND: one step on a server of its own.
+ramp_step() {
+  local server=$1 rate=$2 round=$3 port mark
+  local name="ramp-$server-$rate-$round"
   port=$(free_port)
   start "$server" "$port"
-  for rate in $RAMP_RATES; do
-    name="ramp-$server-$rate-$round"
-    echo "ramp round $round: $server at $rate msgs/s" >&2
-    rm -f "$OUT/$name".*
-    scrape_stats "$port" "$OUT/$name.before"
-    local mark
-    mark=$(steal_mark)
-    if ! timeout "$RAMP_STEP_LIMIT" taskset -c 1 "$LOADGEN" fanout "ws://127.0.0.1:$port/t/" \
-        -c "$RAMP_SUBSCRIBERS" --rate "$rate" -s 64 -d "$RAMP_DURATION" --warmup "$RAMP_WARMUP" \
-        --threads 1 --topics 1 --publishers 1 --server-pid "$server_pid" --io "$RAMP_LOADGEN_IO" \
-        --json "$OUT/$name.json" >"$OUT/$name.txt" 2>&1; then
-      echo "ramp: $name: the loadgen failed or timed out (see $OUT/$name.txt)" >&2
-    fi
-    steal_since "$mark" >"$OUT/$name.steal"
-    scrape_stats "$port" "$OUT/$name.after"
-  done
+  echo "ramp round $round: $server at $rate msgs/s" >&2
+  rm -f "$OUT/$name".*
+  scrape_stats "$port" "$OUT/$name.before"
+  mark=$(steal_mark)
+  if ! timeout "$RAMP_STEP_LIMIT" taskset -c 1 "$LOADGEN" fanout "ws://127.0.0.1:$port/t/" \
+      -c "$RAMP_SUBSCRIBERS" --rate "$rate" -s 64 -d "$RAMP_DURATION" --warmup "$RAMP_WARMUP" \
+      --threads 1 --topics 1 --publishers 1 --server-pid "$server_pid" --io "$RAMP_LOADGEN_IO" \
+      --json "$OUT/$name.json" >"$OUT/$name.txt" 2>&1; then
+    echo "ramp: $name: the loadgen failed or timed out (see $OUT/$name.txt)" >&2
+  fi
+  steal_since "$mark" >"$OUT/$name.steal"
+  scrape_stats "$port" "$OUT/$name.after"
   stop_server
 }
