@@ -76,11 +76,12 @@ pub struct Stats {
     /// Transient errors of the backend's wait (retried).
     pub wait_retries: AtomicU64,
     /// How long each shared frame (a fanout delivery, [`crate::Local::send_shared`]) waited in
-    /// its connection's queue until the reactor made its write (epoll) or prepared its send
-    /// (io_uring, which the kernel runs with the next submission, at most 512 writes later):
-    /// the reactor's own share of a delivery's latency. Recorded once per write for the oldest
-    /// frame it carries, to within about 0.25 ms (the clock is read every 64 writes of a turn's
-    /// end). A socket whose buffer is full adds its own wait after that, not counted here.
+    /// its connection's queue until the kernel took the write carrying it: the reactor's own
+    /// share of a delivery's latency. Recorded once per write for the oldest frame it carries.
+    /// The clock is read around each batch of writes (every 64 writes on epoll; on io_uring
+    /// around the submission that runs up to 512 prepared sends), and the batch's writes are
+    /// spread evenly over that time. A socket whose buffer is full adds its own wait after
+    /// that, not counted here.
     pub write_wait: LatencyHistogram,
     /// The reactor stopped on an error it cannot recover from: its connections are gone.
     pub failed: AtomicBool,

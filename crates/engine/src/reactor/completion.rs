@@ -45,6 +45,7 @@ where
 {
     type Socket = B::Socket;
     type Writing = Queued;
+    const SENDS_AT_SUBMIT: bool = true;
 
     fn writing(&mut self) -> &mut Queued {
         &mut self.writing
@@ -93,6 +94,10 @@ where
         queue: &mut TxQueue,
     ) -> io::Result<Flushed> {
         self.backend.send(token, socket, queue)
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
+        self.backend.submit()
     }
 
     fn shutdown_write(&mut self, token: usize, socket: &mut B::Socket) {

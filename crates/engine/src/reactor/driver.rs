@@ -20,6 +20,9 @@ use crate::txqueue::TxQueue;
 
 /// One I/O model, as the shared core drives it.
 pub(crate) trait Driver: Sized {
+    /// Whether `flush` only queues a send for the next submission (completion), rather than
+    /// writing (readiness).
+    const SENDS_AT_SUBMIT: bool;
     /// A connection's socket, kept in its entry.
     type Socket: Peer;
     /// How this model's connections write.
@@ -53,6 +56,10 @@ pub(crate) trait Driver: Sized {
         socket: &mut Self::Socket,
         queue: &mut TxQueue,
     ) -> io::Result<Flushed>;
+
+    /// Gives the kernel the sends `flush` queued, without waiting: completion's are run only by
+    /// a submission (this or the next wait); readiness writes in `flush` and has none.
+    fn submit(&mut self) -> io::Result<()>;
 
     /// Sends FIN behind what is queued.
     fn shutdown_write(&mut self, token: usize, socket: &mut Self::Socket);

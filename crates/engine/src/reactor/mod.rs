@@ -16,6 +16,7 @@ mod local;
 mod proxy_header;
 mod readiness;
 pub(crate) mod tls;
+mod write_wait;
 mod writer;
 
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use crate::sys::Reported;
 use crate::{Config, Handler, Local, Stats};
 use bookkeeping::Core;
 use local::LocalConns;
+use write_wait::WriteWaits;
 use writer::Written;
 
 /// Inbox messages handled per loop turn before connections get a turn.
@@ -46,10 +48,11 @@ const MAX_INBOX_PER_TURN: usize = 4096;
 /// published meanwhile then joins the queues of those not written yet instead of waiting for
 /// the whole list and a write of its own. 512 writes are about 1 ms; a look is one system call.
 const WRITES_PER_LOOK: usize = 512;
-/// Writes between two reads of the clock for `Stats::write_wait` at the end of a turn: at 2-4 µs
-/// a write, the wait is known to within about 0.25 ms for one clock read (about 25 ns) per 64
-/// writes instead of per write. A divisor of [`WRITES_PER_LOOK`], so the clock is read again
-/// right after a look queues frames stamped with its own.
+/// Writes between two reads of the clock for `Stats::write_wait` at the end of a turn on
+/// readiness: at 2-4 µs a write, one clock read (about 25 ns) per 64 writes instead of per
+/// write, the writes between two reads spread evenly over the time between them. A divisor of
+/// [`WRITES_PER_LOOK`]. Completion's sends are timed by the submission that runs them, every
+/// [`WRITES_PER_LOOK`] sends and at the turn's end.
 const CLOCK_EVERY: usize = 64;
 /// Longest pause before waiting again after a transient error of the backend's wait.
 const MAX_RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -76,6 +79,8 @@ pub(crate) struct Reactor<D: Driver, H: Handler> {
     /// When a wait last reported everything that was ready: deadlines are judged at this time,
     /// not the clock's (see [`Reactor::deadline_horizon`]).
     seen_all_at: Instant,
+    /// The shared frames written (or sent) since the clock was last read for `Stats::write_wait`.
+    write_waits: WriteWaits,
 }
 
 impl<D: Driver, H: Handler> Reactor<D, H> {
@@ -97,6 +102,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
             listed_by_look: false,
             turns: 0,
             seen_all_at: Instant::now(),
+            write_waits: WriteWaits::new(WRITES_PER_LOOK),
         }
     }
 
@@ -250,14 +256,15 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         self.listed_by_look = false;
         let start = rotation_start(self.turns, listed);
         self.turns = self.turns.wrapping_add(1);
-        // For `Stats::write_wait`: `now` is read again every CLOCK_EVERY writes, not per write.
-        let mut clock = now;
+        // Where the writes since the last close of `write_waits` began (readiness).
+        let mut batch = now;
         for next in 0..listed {
             if next > 0 && next % WRITES_PER_LOOK == 0 {
+                self.writes_taken(batch);
                 self.look_in();
-            }
-            if next > 0 && next % CLOCK_EVERY == 0 {
-                clock = Instant::now();
+                batch = Instant::now();
+            } else if !D::SENDS_AT_SUBMIT && next > 0 && next % CLOCK_EVERY == 0 {
+                batch = self.writes_taken(batch);
             }
             let token = self.core.dirty[rotated(next, start, listed)];
             let Some(conn) = self.core.conns.get_mut(token) else {
@@ -268,14 +275,35 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
                 && !queue.is_sending()
                 && let Some(since) = queue.take_shared_since()
             {
-                let waited = clock.saturating_duration_since(since);
-                self.core.stats.write_wait.record(waited);
+                self.write_waits.made(since);
             }
             self.flush(token, now);
             self.after_io(token, Written::Done, now);
             self.after_flush(token, now);
         }
+        self.writes_taken(batch);
         self.core.dirty.drain(..listed);
+    }
+
+    /// For `Stats::write_wait`: the writes made since `batch` (readiness) are done; the sends
+    /// prepared since the last submission (completion) are submitted now, so that the kernel
+    /// runs them between two reads of the clock. Returns the time the batch closed.
+    fn writes_taken(&mut self, batch: Instant) -> Instant {
+        if self.write_waits.is_empty() {
+            return batch;
+        }
+        let start = if D::SENDS_AT_SUBMIT {
+            let start = Instant::now();
+            // A failed submission is left to the next wait, which meets the same error.
+            let _ = self.driver.submit();
+            start
+        } else {
+            batch
+        };
+        let end = Instant::now();
+        let histogram = &self.core.stats.write_wait;
+        self.write_waits.taken(start, end, histogram);
+        end
     }
 
     /// In the middle of a long end of turn: what arrived since the turn's wait, handled as a
@@ -393,6 +421,7 @@ mod tests {
     impl Driver for Scripted {
         type Socket = TcpStream;
         type Writing = writer::Queued;
+        const SENDS_AT_SUBMIT: bool = true;
 
         fn writing(&mut self) -> &mut writer::Queued {
             &mut self.writing
@@ -418,6 +447,10 @@ mod tests {
         }
 
         fn refuse(&mut self, _socket: TcpStream) {}
+
+        fn submit(&mut self) -> io::Result<()> {
+            Ok(())
+        }
 
         fn flush(
             &mut self,

@@ -56,6 +56,7 @@ where
 {
     type Socket = B::Socket;
     type Writing = Corked<B>;
+    const SENDS_AT_SUBMIT: bool = false;
 
     fn writing(&mut self) -> &mut Corked<B> {
         &mut self.writing
@@ -105,6 +106,10 @@ where
 
     fn register(&mut self, socket: &mut B::Socket, token: usize) -> io::Result<()> {
         self.backend.register(socket, token)
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
+        Ok(())
     }
 
     fn refuse(&mut self, socket: B::Socket) {

@@ -66,6 +66,9 @@ pub(crate) trait Completion {
         sockets: &mut impl Sockets<Self::Socket>,
     ) -> io::Result<Reported>;
 
+    /// Submits what is queued without waiting for anything to complete.
+    fn submit(&mut self) -> io::Result<()>;
+
     /// Asks for accepts again after an accept error stopped them.
     fn resume_accepting(&mut self);
 

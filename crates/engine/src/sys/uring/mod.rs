@@ -290,6 +290,10 @@ impl Completion for Uring {
         Ok(reported)
     }
 
+    fn submit(&mut self) -> io::Result<()> {
+        self.ring.submit().map(drop)
+    }
+
     fn resume_accepting(&mut self) {
         for listener in 0..self.listeners.len() {
             let fd = types::Fd(self.listeners[listener].as_raw_fd());
