@@ -146,7 +146,9 @@ mod tests {
         }
         watch.finish_window(sampler, false);
         let cpu = watch.cpu_window.expect("sampled");
-        assert!(cpu.total_s() >= 0.04, "{cpu:?}");
+        // Read in clock ticks of 10 ms: 50 ms burnt shows as 40-60 ms, and 4 ticks add up to
+        // a hair under 0.04 s in floating point.
+        assert!(cpu.total_s() >= 0.035, "{cpu:?}");
         assert!(watch.rss_window_end_kib.is_some_and(|kib| kib > 0));
         assert!(watch.bytes_per_connection_at_window_end(10).is_some());
         let mut dead = ServerWatch::start(u32::MAX);
