@@ -288,20 +288,11 @@ mod tests {
 }
 
 /// How a loop reads its open connections (`--io`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Io {
     /// Readiness from epoll, then `recv` on each ready socket.
     Epoll,
     /// A multishot receive per connection on the loop's io_uring.
     Uring,
-}
-
-impl Io {
-    /// The name `--io` takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            Io::Epoll => "epoll",
-            Io::Uring => "uring",
-        }
-    }
 }

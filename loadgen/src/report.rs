@@ -10,6 +10,7 @@ use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use serde::Serialize;
 
+use crate::cli::Io;
 use crate::clock;
 use crate::failure::{Failures, Reason};
 use crate::hist::Percentiles;
@@ -174,7 +175,7 @@ pub struct Report {
     /// Receive coalescing period (`--coalesce`; 0: off), microseconds.
     pub coalesce_us: f64,
     /// How open connections were read (`--io`: `epoll` or `uring`).
-    pub io: &'static str,
+    pub io: Io,
     /// Reads done by io_uring's multishot receive (0 with `--io epoll`).
     pub ring_reads: u64,
     /// Messages sent.
@@ -270,7 +271,7 @@ impl Report {
             hold_s: plan.hold.as_secs_f64(),
             warmup_s: plan.warmup.as_secs_f64(),
             coalesce_us: plan.coalesce.as_secs_f64() * 1e6,
-            io: plan.io.name(),
+            io: plan.io,
             ring_reads: tally.ring_reads,
             messages_sent: tally.messages_sent,
             messages_received: tally.messages_received,
@@ -421,7 +422,7 @@ impl Report {
             } else {
                 String::new()
             },
-            if self.io == "uring" {
+            if self.io == Io::Uring {
                 format!(" (read through io_uring: {} reads)", self.ring_reads)
             } else {
                 String::new()
