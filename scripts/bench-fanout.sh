@@ -31,8 +31,7 @@ if [ "${1:-}" = --ramp ]; then
   ulimit -n "$(ulimit -Hn)"
   start() { start_server "$2" --io "${1#clarion-}"; }
   for round in $(seq "$ROUNDS"); do
-    order=()
-    for i in "${!servers[@]}"; do order+=("${servers[$(( (i + round - 1) % ${#servers[@]} ))]}"); done
+    rotate_order "$round" "${servers[@]}"
     ramp_round "$round" "${order[@]}"
   done
   python3 scripts/lib/ramp_report.py "$OUT" "$ROUNDS" "${servers[*]}" "$RAMP_RATES" \

@@ -171,12 +171,9 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 busy_before=$(busy_seconds)
 own_seconds; own_before=$own
 read -ra servers <<<"$SERVERS"
-count=${#servers[@]}
 started=$(date +%s)
 for round in $(seq "$ROUNDS"); do
-  # Rotate the order each round so no server always runs first or last.
-  order=()
-  for i in $(seq 0 $((count - 1))); do order+=("${servers[$(( (i + round - 1) % count ))]}"); done
+  rotate_order "$round" "${servers[@]}"
   has echo && for conns in $ECHO_CONNS; do
     for server in "${order[@]}"; do
       echo "round $round/$ROUNDS: echo -c $conns, $server" >&2

@@ -59,3 +59,11 @@ start_server() {
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
+
+# rotate_order ROUND NAME...: sets the array `order` to the names rotated left by ROUND - 1
+# places, so over an interleaved run's rounds no server always runs first or last.
+rotate_order() {
+  local k=$(( ($1 - 1) % ($# - 1) ))
+  shift
+  order=("${@:k+1}" "${@:1:k}")
+}
