@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use super::metrics::{Histogram, Latencies, ReactorMetrics};
+use super::metrics::{Latencies, ReactorMetrics, quantiles_json};
 use super::state::Server;
 use clarion_pubsub::{Format, Payload};
 
@@ -173,8 +173,8 @@ impl Sampler {
             "drops_per_s": per_s(|r| r.drops),
             "slow_consumer_closes": total(current, |r| r.slow_consumer_closes),
             "slow_consumer_closes_per_s": per_s(|r| r.slow_consumer_closes),
-            "latency_us": percentiles(&latency),
-            "write_wait_us": percentiles(&write_wait),
+            "latency_us": quantiles_json(&latency),
+            "write_wait_us": quantiles_json(&write_wait),
             "topics": server.hub.stats().topics,
             "subscriptions": total(current, |r| r.subscriptions),
             "top_subscribers": by_subscribers.iter().take(TOP).map(|(t, n)| json!([&***t, n])).collect::<Vec<_>>(),
@@ -193,18 +193,6 @@ impl Sampler {
             })),
         }))
     }
-}
-
-/// An interval's count and percentiles, in microseconds.
-fn percentiles(histogram: &Histogram) -> Value {
-    let quantile = |q| histogram.quantile_micros(q);
-    json!({
-        "count": histogram.count(),
-        "p50": quantile(0.5),
-        "p90": quantile(0.9),
-        "p99": quantile(0.99),
-        "p999": quantile(0.999),
-    })
 }
 
 /// The process's resident memory, from `/proc/self/statm` (its second field, in pages).

@@ -644,12 +644,14 @@ fn write_histogram(
     writeln!(f, "{name}_count {}", histogram.count())
 }
 
-/// Count, sum and quantiles (µs, bucket bounds) of a histogram, for `/stats`.
-fn quantiles_json(histogram: &Histogram) -> Value {
+/// Count, sum and quantiles (µs, bucket bounds) of a histogram, for `/stats` and the
+/// dashboard's snapshots.
+pub(crate) fn quantiles_json(histogram: &Histogram) -> Value {
     json!({
         "count": histogram.count(),
         "sum": histogram.sum_micros(),
         "p50": histogram.quantile_micros(0.5),
+        "p90": histogram.quantile_micros(0.9),
         "p99": histogram.quantile_micros(0.99),
         "p999": histogram.quantile_micros(0.999),
     })
