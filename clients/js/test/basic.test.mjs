@@ -169,6 +169,8 @@ test("publishTimeout rejects a publish unanswered (maybeSent) or still queued (r
     await next("connected");
     proxy.stall();
     await assert.rejects(client.publish("basic.t", 1), { code: "timeout", maybeSent: true });
+    // Full jitter may draw a retry within the timeout: its attempts must not get through.
+    proxy.refuse();
     proxy.cut();
     await next("disconnected");
     await assert.rejects(client.publish("basic.t", 2), { code: "timeout", maybeSent: false });

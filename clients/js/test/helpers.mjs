@@ -243,9 +243,12 @@ export class Proxy {
   constructor(port) {
     this.target = port;
     this.pairs = new Set();
-    this.accepted = 0;
+    this.refusing = false;
     this.server = net.createServer((client) => {
-      this.accepted++;
+      if (this.refusing) {
+        client.destroy();
+        return;
+      }
       const upstream = net.connect(this.target, "127.0.0.1");
       const pair = { client, upstream, stalled: false };
       this.pairs.add(pair);
@@ -274,6 +277,11 @@ export class Proxy {
       upstream.destroy();
     }
     this.pairs.clear();
+  }
+
+  /** Closes every connection it accepts from now on at once (the client's attempts fail). */
+  refuse() {
+    this.refusing = true;
   }
 
   /** Stops forwarding on every connection it carries now, without closing them. */
