@@ -77,7 +77,11 @@ export function chromium(url) {
     ],
     { stdio: "ignore", detached: true },
   );
-  const exited = new Promise((resolve) => child.on("exit", resolve));
+  // A browser that never started has no exit to wait for: its error ends the wait too.
+  const exited = new Promise((resolve) => {
+    child.on("exit", resolve);
+    child.on("error", resolve);
+  });
   child.on("error", (error) => {
     throw new Error(`cannot run chromium (${error.message}): apt-get install chromium`);
   });
