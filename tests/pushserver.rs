@@ -521,6 +521,11 @@ fn tokens_origins_and_limits() {
         reply(&mut ws, json!({"type": "subscribe", "topic": "room.2"})),
         "too_many_topics"
     );
+    // At the limit, a topic already held is no new topic: subscribing again is acked.
+    assert_eq!(
+        reply(&mut ws, json!({"type": "subscribe", "topic": "news"})),
+        Value::Null
+    );
     assert_eq!(
         reply(
             &mut ws,

@@ -820,7 +820,9 @@ impl App {
                 ErrorCode::Forbidden,
                 "subscribing to this topic is not allowed",
             ))
-        } else if ctx.conn().subs.len() + waiting >= max {
+        } else if ctx.conn().subs.len() + waiting >= max
+            && !self.registry.is_subscribed(conn_id, topic)
+        {
             Err((
                 ErrorCode::TooManyTopics,
                 "too many topics on this connection",

@@ -196,11 +196,20 @@ impl Registry {
         &self.hub
     }
 
+    /// Whether `conn` holds `topic` already: subscribing again changes nothing, so it takes no
+    /// new place under a per-connection maximum.
+    pub fn is_subscribed(&self, conn: usize, topic: &str) -> bool {
+        let (Ok(conn), Some(id)) = (u32::try_from(conn), self.by_name.get(topic)) else {
+            return false;
+        };
+        self.topics[id.key()].has(conn)
+    }
+
     /// Subscribes connection `conn` to `topic`, replaying from `resume` when given, up to
     /// `replay_bytes` at once (the rest through [`Registry::replay`]). The caller has validated
-    /// the name and checked `subs.len()` against its per-connection maximum; on success, it
-    /// sends the recovered messages (if any) before anything [`Registry::fanout`] gives it
-    /// later.
+    /// the name and checked `subs.len()` against its per-connection maximum (a topic it
+    /// [holds](Registry::is_subscribed) already takes no new place); on success, it sends the
+    /// recovered messages (if any) before anything [`Registry::fanout`] gives it later.
     pub fn subscribe(
         &mut self,
         conn: usize,
