@@ -289,6 +289,14 @@ fn is_strict_json(text: &[u8]) -> bool {
     serde_json::from_slice::<Strict>(text).is_ok()
 }
 
+/// Whether `text` (JSON) is an object, by its first byte after whitespace: serde's derived
+/// structs also read an array as the fields in order, which the protocol does not allow.
+pub(crate) fn is_object(text: &[u8]) -> bool {
+    text.iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .is_some_and(|&b| b == b'{')
+}
+
 /// A JSON string's text, borrowed unless it has escapes.
 fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
     serde_json::from_str::<&str>(raw.get())
@@ -299,15 +307,22 @@ fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
 
 /// Parses one command from a text frame. Unknown fields are ignored.
 pub fn parse_command(input: &[u8]) -> Result<Command<'_>, EnvelopeError<'_>> {
-    let fields: Fields = serde_json::from_slice(input).map_err(|error| EnvelopeError {
+    let not_an_object = EnvelopeError {
         id: None,
         code: ErrorCode::BadRequest,
-        message: if error.is_data() {
-            "a command is a JSON object with each field at most once"
-        } else {
-            "malformed JSON"
-        },
-    })?;
+        message: "a command is a JSON object with each field at most once",
+    };
+    let fields: Fields = match serde_json::from_slice(input) {
+        Ok(fields) if is_object(input) => fields,
+        Ok(_) => return Err(not_an_object),
+        Err(error) if error.is_data() => return Err(not_an_object),
+        Err(_) => {
+            return Err(EnvelopeError {
+                message: "malformed JSON",
+                ..not_an_object
+            });
+        }
+    };
     let bad = |id, message| EnvelopeError {
         id,
         code: ErrorCode::BadRequest,
@@ -685,6 +700,27 @@ mod tests {
 
     fn json_of(out: &[u8]) -> Value {
         serde_json::from_slice(out).unwrap()
+    }
+
+    #[test]
+    fn a_command_is_an_object_never_an_array_of_its_fields() {
+        for input in [
+            r#"["subscribe",1,"t"]"#,
+            r#" ["publish",null,"t",null,null,1]"#,
+            "[]",
+            "1",
+            r#""subscribe""#,
+        ] {
+            let error = parse(input).unwrap_err();
+            assert_eq!(error.code, ErrorCode::BadRequest, "{input}");
+            assert!(
+                error.message.contains("JSON object"),
+                "{input}: {}",
+                error.message
+            );
+        }
+        assert_eq!(parse("[").unwrap_err().message, "malformed JSON");
+        assert!(is_object(b" \r\n\t{}"));
     }
 
     #[test]

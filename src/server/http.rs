@@ -36,7 +36,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::auth::{Grants, token};
-use super::envelope::format_of;
+use super::envelope::{format_of, is_object};
 use super::metrics::{PROMETHEUS_CONTENT_TYPE, Prometheus, stats_json};
 use super::refusals::Refusal;
 use super::state::{Live, Origin, PublishError, Server};
@@ -292,9 +292,18 @@ pub fn parse_batch(
     body: &[u8],
     max_topic_length: usize,
 ) -> Result<Vec<(Cow<'_, str>, Payload)>, String> {
-    let Ok(items) = serde_json::from_slice::<Vec<Item>>(body) else {
-        return Err("expected a JSON array of {\"topic\":…,\"data\":…} objects".to_owned());
+    let expected = || "expected a JSON array of {\"topic\":…,\"data\":…} objects".to_owned();
+    let Ok(items) = serde_json::from_slice::<Vec<&RawValue>>(body) else {
+        return Err(expected());
     };
+    let items = items
+        .into_iter()
+        .map(|item| match is_object(item.get().as_bytes()) {
+            true => serde_json::from_str::<Item>(item.get()).ok(),
+            false => None,
+        })
+        .collect::<Option<Vec<Item>>>()
+        .ok_or_else(expected)?;
     let mut batch = Vec::with_capacity(items.len());
     for item in items {
         if let Err(e) = validate_topic(&item.topic, max_topic_length) {
@@ -415,9 +424,11 @@ mod tests {
 
     #[test]
     fn a_batch_with_one_bad_item_is_refused_whole() {
-        let bad: [&[u8]; 9] = [
+        let bad: [&[u8]; 11] = [
             b"",
             b"{}",
+            br#"[["a",1]]"#,
+            br#"[{"topic":"a","data":1},["a",1]]"#,
             br#"[{"topic":"a"}]"#,
             br#"[{"data":1}]"#,
             br#"[{"topic":"a","data":1,"topic":"b"}]"#,
