@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -74,6 +74,41 @@ fn bad_requests_get_4xx() {
             "400",
         ),
         (upgrade.replace("GET", "POST").into_bytes(), "405"),
+        // RFC 6455 §11.3.1, §11.3.5: the key and the version appear once.
+        (
+            upgrade
+                .replace(
+                    "\r\n\r\n",
+                    "\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n\r\n",
+                )
+                .into_bytes(),
+            "400",
+        ),
+        (
+            upgrade
+                .replace("\r\n\r\n", "\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                .into_bytes(),
+            "400",
+        ),
+        // RFC 9112 §3.2: HTTP/1.1 needs exactly one Host.
+        (b"GET /healthz HTTP/1.1\r\n\r\n".to_vec(), "400"),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            upgrade
+                .replace("\r\n\r\n", "\r\nHost: b\r\n\r\n")
+                .into_bytes(),
+            "400",
+        ),
+        // Bodies need one Content-Length; chunked ones are not decoded.
+        (
+            b"POST /publish/t HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\
+              Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                .to_vec(),
+            "411",
+        ),
     ];
     for (request, status) in cases {
         let answer = http(addr, &request);
@@ -91,6 +126,36 @@ fn bad_requests_get_4xx() {
     let mut ws = connect(addr, "/echo");
     ws.send(tungstenite::Message::text("still here")).unwrap();
     assert_eq!(ws.read().unwrap(), tungstenite::Message::text("still here"));
+}
+
+/// Request smuggling (RFC 9112 §6.3): two different `Content-Length`s are refused with 400 and
+/// the connection closed, so what one length would call the next request is never answered.
+#[test]
+fn conflicting_content_lengths_are_refused_and_the_connection_closed() {
+    let server = start(|_| {});
+    let smuggled = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    for (first, second) in [(0, smuggled.len()), (smuggled.len(), 0)] {
+        let mut stream = tcp(server.local_addr());
+        let request = format!(
+            "POST /publish/t HTTP/1.1\r\nHost: x\r\nContent-Length: {first}\r\n\
+             Content-Length: {second}\r\n\r\n{smuggled}"
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let answer = read_answer(&mut stream);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("Connection: close\r\n"), "{answer}");
+        let mut rest = String::new();
+        let _ = stream.read_to_string(&mut rest);
+        assert_eq!(rest, "", "nothing after the 400: the connection is closed");
+    }
+    // The same length twice is one length.
+    let (status, _) = post(
+        server.local_addr(),
+        "/publish/t",
+        "Content-Length: 2\r\n",
+        b"hi",
+    );
+    assert_eq!(status, 202);
 }
 
 #[test]

@@ -1130,7 +1130,8 @@ impl Connection {
     }
 }
 
-/// The lengths of a parsed request: its head, and head plus body.
+/// The lengths of a parsed request: its head, and head plus body. A head that breaks HTTP/1.1's
+/// message rules (`Host`, the body's framing) is refused here, before anyone routes it.
 fn request_len(
     parsed: Option<(Request<'_>, usize)>,
     config: &Config,
@@ -1138,6 +1139,7 @@ fn request_len(
     let Some((request, head)) = parsed else {
         return Ok(None);
     };
+    request.check_host()?;
     Ok(Some((head, head + request.body_len(config.max_body_size)?)))
 }
 
@@ -1584,6 +1586,18 @@ mod tests {
         for (bytes, status) in [
             (&b"\x16\x03\x01garbage\r\n\r\n"[..], "400"),
             (&[b'a'; 9000][..], "431"),
+            // Request smuggling (RFC 9112 §6.3): never framed by either length.
+            (
+                b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Length: 4\r\n\r\nGET /",
+                "400",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "411",
+            ),
+            // RFC 9112 §3.2: HTTP/1.1 without Host, or two of them.
+            (b"GET / HTTP/1.1\r\n\r\n", "400"),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "400"),
         ] {
             let mut conn = Connection::server(now);
             let (mut rx, mut sent) = (Vec::new(), Vec::new());
@@ -1609,13 +1623,13 @@ mod tests {
         let mut conn = Connection::server(start);
         let (mut rx, mut sent) = (Vec::new(), Vec::new());
         // Two requests, the first split so that it completes in `rx` with the second behind it.
-        let mut first = b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nh".to_vec();
+        let mut first = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nh".to_vec();
         let mut input = &mut first[..];
         assert!(
             conn.read(&mut input, &mut rx, start, &config, &mut sent)
                 .is_none()
         );
-        let mut rest = b"iGET /b HTTP/1.1\r\n\r\n".to_vec();
+        let mut rest = b"iGET /b HTTP/1.1\r\nHost: h\r\n\r\n".to_vec();
         let mut input = &mut rest[..];
         let ev = conn.read(&mut input, &mut rx, start, &config, &mut sent);
         assert_eq!(ev.map(own), Some(Ev::Request("/a hi".into())));

@@ -22,7 +22,8 @@ pub enum HeadError {
     TooLarge,
     /// More header lines than allowed (431).
     TooManyHeaders,
-    /// Not HTTP/1.x, or a bad `Content-Length` (400).
+    /// Not HTTP/1.x, a bad or conflicting `Content-Length`, or an HTTP/1.1 request without
+    /// exactly one `Host` (400).
     Malformed,
     /// A body larger than allowed (413).
     BodyTooLarge,
@@ -153,19 +154,55 @@ impl<'a> Request<'a> {
             .filter(|t| !t.is_empty())
     }
 
+    /// The value of header `name` when it appears at most once: `Err(())` when it appears
+    /// more than once (a field that must be single, such as `Host`, is then unusable).
+    fn single(&self, name: &str) -> Result<Option<&'a [u8]>, ()> {
+        let mut values = self
+            .headers()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v);
+        match (values.next(), values.next()) {
+            (value, None) => Ok(value),
+            (_, Some(_)) => Err(()),
+        }
+    }
+
+    /// Checks the `Host` rule of RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or any
+    /// request with more than one, is refused with 400 ([`HeadError::Malformed`]).
+    pub fn check_host(&self) -> Result<(), HeadError> {
+        match self.single("host") {
+            Ok(None) if self.minor_version >= 1 => Err(HeadError::Malformed),
+            Ok(_) => Ok(()),
+            Err(()) => Err(HeadError::Malformed),
+        }
+    }
+
     /// The body length announced by `Content-Length` (0 without one), checked against `max`.
+    ///
+    /// The framing rules of RFC 9112 §6.3: any `Transfer-Encoding` is refused with 411 (chunked
+    /// bodies are not decoded), whatever `Content-Length` says, so such a request is never framed
+    /// by its `Content-Length`; several `Content-Length` values are accepted only when they are
+    /// all the same number, anything else (two different values, the smuggling case) is 400.
     pub fn body_len(&self, max: usize) -> Result<usize, HeadError> {
         if self.header("transfer-encoding").is_some() {
             return Err(HeadError::LengthRequired);
         }
-        let Some(value) = self.header("content-length") else {
-            return Ok(0);
-        };
-        let len: u64 = std::str::from_utf8(value.trim_ascii())
-            .ok()
-            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|v| v.parse().ok())
-            .ok_or(HeadError::Malformed)?;
+        let mut len = None;
+        for (name, value) in self.headers() {
+            if !name.eq_ignore_ascii_case("content-length") {
+                continue;
+            }
+            let value: u64 = std::str::from_utf8(value.trim_ascii())
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse().ok())
+                .ok_or(HeadError::Malformed)?;
+            if len.is_some_and(|len| len != value) {
+                return Err(HeadError::Malformed);
+            }
+            len = Some(value);
+        }
+        let len = len.unwrap_or(0);
         if len > max as u64 {
             return Err(HeadError::BodyTooLarge);
         }
@@ -196,19 +233,24 @@ impl<'a> Request<'a> {
             header: None,
         };
         if self.minor_version < 1
-            || self.header("host").is_none()
+            || self.check_host().is_err()
             || !self.has_token("connection", "upgrade")
         {
             return Err(bad_request);
         }
-        if self.header("sec-websocket-version").map(<[u8]>::trim_ascii) != Some(b"13") {
+        // RFC 6455 §11.3.1 and §11.3.5: the key and the version appear once in a request.
+        let version = self
+            .single("sec-websocket-version")
+            .map_err(|()| bad_request)?;
+        if version.map(<[u8]>::trim_ascii) != Some(b"13") {
             return Err(Rejection {
                 status: 426,
                 header: Some(("Sec-WebSocket-Version", "13")),
             });
         }
         let key = self
-            .header("sec-websocket-key")
+            .single("sec-websocket-key")
+            .map_err(|()| bad_request)?
             .map(<[u8]>::trim_ascii)
             .ok_or(bad_request)?;
         let mut nonce = [0u8; 18];
@@ -649,6 +691,81 @@ mod tests {
         assert_eq!(status(with("dGhlIHNhbXBsZSBub25jZQ==", "!!!")), 400);
         assert_eq!(status(with("Host: server.example.com\r\n", "")), 400);
         assert_eq!(status(with("keep-alive, Upgrade", "UPGRADE")), 101);
+        // RFC 6455 §11.3.1, §11.3.5: the key and the version must appear once.
+        let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+        assert_eq!(status(with(key, &key.repeat(2))), 400);
+        let other_key = "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n";
+        assert_eq!(status(with(key, &format!("{key}{other_key}"))), 400);
+        let version = "Sec-WebSocket-Version: 13\r\n";
+        assert_eq!(status(with(version, &version.repeat(2))), 400);
+        let host = "Host: server.example.com\r\n";
+        assert_eq!(status(with(host, &host.repeat(2))), 400);
+    }
+
+    /// `Ok(len)` of the body, or the error the head gets before routing (as the connection
+    /// checks it: `Host`, then the framing).
+    fn framing(head: &str) -> Result<usize, HeadError> {
+        let (request, _) = parse(head.as_bytes()).unwrap().unwrap();
+        request.check_host()?;
+        request.body_len(100)
+    }
+
+    #[test]
+    fn conflicting_content_lengths_are_refused_not_first_wins() {
+        let post = |fields: &str| framing(&format!("POST /p HTTP/1.1\r\nHost: h\r\n{fields}\r\n"));
+        assert_eq!(post(""), Ok(0));
+        assert_eq!(post("Content-Length: 5\r\n"), Ok(5));
+        // RFC 9112 §6.3: different values are a smuggling attempt, refused with 400.
+        assert_eq!(
+            post("Content-Length: 5\r\nContent-Length: 50\r\n"),
+            Err(HeadError::Malformed)
+        );
+        assert_eq!(
+            post("Content-Length: 50\r\nX: y\r\ncontent-length: 5\r\n"),
+            Err(HeadError::Malformed)
+        );
+        assert_eq!(
+            post("Content-Length: 5\r\nContent-Length: x\r\n"),
+            Err(HeadError::Malformed)
+        );
+        assert_eq!(post("Content-Length: 5, 6\r\n"), Err(HeadError::Malformed));
+        // The same value twice is one length (RFC 9110 §8.6 allows it).
+        assert_eq!(post("Content-Length: 5\r\nContent-Length: 05\r\n"), Ok(5));
+        assert_eq!(
+            post("Content-Length: 500\r\nContent-Length: 500\r\n"),
+            Err(HeadError::BodyTooLarge)
+        );
+        // Transfer-Encoding is never framed by Content-Length, in either order: 411, closed.
+        for fields in [
+            "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+            "Content-Length: 5\r\nTransfer-Encoding: identity\r\n",
+        ] {
+            assert_eq!(post(fields), Err(HeadError::LengthRequired), "{fields}");
+        }
+        assert_eq!(HeadError::LengthRequired.status(), 411);
+        assert_eq!(HeadError::Malformed.status(), 400);
+    }
+
+    #[test]
+    fn http_1_1_needs_exactly_one_host() {
+        assert_eq!(framing("GET / HTTP/1.1\r\nHost: h\r\n\r\n"), Ok(0));
+        assert_eq!(framing("GET / HTTP/1.1\r\nHost:\r\n\r\n"), Ok(0));
+        assert_eq!(framing("GET / HTTP/1.1\r\n\r\n"), Err(HeadError::Malformed));
+        assert_eq!(
+            framing("GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n"),
+            Err(HeadError::Malformed)
+        );
+        assert_eq!(
+            framing("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"),
+            Err(HeadError::Malformed)
+        );
+        // HTTP/1.0 has no Host requirement, but never two.
+        assert_eq!(framing("GET / HTTP/1.0\r\n\r\n"), Ok(0));
+        assert_eq!(
+            framing("GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Err(HeadError::Malformed)
+        );
     }
 
     #[test]
