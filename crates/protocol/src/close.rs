@@ -27,15 +27,16 @@ impl CloseCode {
     pub const MESSAGE_TOO_BIG: CloseCode = CloseCode(1009);
     /// The server hit an unexpected condition.
     pub const INTERNAL_ERROR: CloseCode = CloseCode(1011);
-    /// Refused for now (IANA-registered; we send it, and, like Autobahn, do not accept it
-    /// from a peer): e.g. a publish the cluster link cannot take.
+    /// Refused for now (IANA-registered after RFC 6455): e.g. a slow consumer, or a publish
+    /// the cluster link cannot take.
     pub const TRY_AGAIN_LATER: CloseCode = CloseCode(1013);
 
-    /// Whether a peer may send this code in a close frame: the defined codes 1000-1003 and
-    /// 1007-1011, and the registered (3000-3999) and private (4000-4999) ranges. 1004-1006 and
-    /// 1015 are reserved, the rest of 1000-2999 is unassigned for endpoints.
+    /// Whether a peer may send this code in a close frame: the codes RFC 6455 defines
+    /// (1000-1003, 1007-1011), those IANA registered since (1012 service restart, 1013 try
+    /// again later, 1014 bad gateway), and the registered (3000-3999) and private (4000-4999)
+    /// ranges. 1004-1006 and 1015 are reserved, the rest of 1000-2999 is unassigned.
     pub fn is_valid_on_wire(self) -> bool {
-        matches!(self.0, 1000..=1003 | 1007..=1011 | 3000..=4999)
+        matches!(self.0, 1000..=1003 | 1007..=1014 | 3000..=4999)
     }
 }
 
@@ -82,12 +83,13 @@ mod tests {
     #[test]
     fn wire_validity_follows_rfc_ranges() {
         for code in [
-            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999,
+            4000, 4999,
         ] {
             assert!(CloseCode(code).is_valid_on_wire(), "{code}");
         }
         for code in [
-            0, 999, 1004, 1005, 1006, 1012, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
         ] {
             assert!(!CloseCode(code).is_valid_on_wire(), "{code}");
         }
