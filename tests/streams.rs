@@ -2,8 +2,9 @@
 //! resume from `Last-Event-ID` and from `since` without a gap or a duplicate, several topics
 //! on one stream, chunked (HTTP/1.1) and unframed (HTTP/1.0) bodies, heartbeats, tokens (401,
 //! 403, expiry with a `close` event), CORS, publishing with a client's token, a stream that
-//! stops reading ended as a slow consumer, and a real nginx with its defaults in the path
-//! (unbuffered events, resume across a restart of the node behind it, in cluster mode).
+//! stops reading ended as a slow consumer, a stream the server ends (expiry, slow consumer)
+//! ending its body with the last chunk before EOF, and a real nginx with its defaults in the
+//! path (unbuffered events, resume across a restart of the node behind it, in cluster mode).
 
 mod common;
 
@@ -46,6 +47,8 @@ struct Body {
     left: usize,
     /// A chunk was read, so its closing CRLF comes before the next size.
     started: bool,
+    /// The last chunk (`0\r\n\r\n`) came: the body is complete, not cut.
+    ended: bool,
 }
 
 impl Body {
@@ -78,6 +81,7 @@ impl Read for Body {
             };
             let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
             if size == 0 {
+                self.ended = self.line()?.is_some_and(|line| line.is_empty());
                 return Ok(0);
             }
             self.left = size;
@@ -107,6 +111,7 @@ impl Stream {
             chunked,
             left: 0,
             started: false,
+            ended: false,
         };
         let mut stream = Stream {
             reader: BufReader::new(body),
@@ -171,6 +176,44 @@ impl Stream {
 
     fn json(&mut self) -> Value {
         serde_json::from_str(&self.next_event().data).unwrap()
+    }
+
+    /// Whether a chunked body ended with its last chunk (after which the server closed).
+    fn ended(&mut self) -> bool {
+        let mut rest = Vec::new();
+        let _ = self.reader.read_to_end(&mut rest);
+        self.reader.get_ref().ended
+    }
+}
+
+/// A stream's request on a new connection, its head (asserted 200) read: the raw body follows.
+fn raw_stream(addr: SocketAddr, path: &str, http10: bool) -> TcpStream {
+    let mut stream = tcp(addr);
+    let version = if http10 { "1.0" } else { "1.1" };
+    let request = format!("GET {path} HTTP/{version}\r\nHost: x\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let head = read_head(&mut stream);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    stream
+}
+
+/// Everything a stream sends until the server closes it (EOF, not a reset or a timeout).
+fn to_the_end(mut stream: TcpStream) -> String {
+    let mut body = Vec::new();
+    stream.read_to_end(&mut body).expect("read to EOF");
+    String::from_utf8(body).unwrap()
+}
+
+/// How a body the server ended with `json` ends: the close event (SSE `@close`, or the NDJSON
+/// line), in one chunk followed by the last chunk when chunked, else as it is.
+fn closing(sse: bool, chunked: bool, json: &str) -> String {
+    let event = match sse {
+        true => format!("event: @close\ndata: {json}\n\n"),
+        false => format!("{json}\n"),
+    };
+    match chunked {
+        true => format!("{:x}\r\n{event}\r\n0\r\n\r\n", event.len()),
+        false => event,
     }
 }
 
@@ -495,6 +538,26 @@ fn a_stream_ends_with_a_close_event_when_its_token_expires() {
         json!({"type":"close","code":4001,"reason":"token expired"})
     );
     assert!(nd.next().is_none(), "the stream ends after it");
+    assert!(nd.ended(), "with the last chunk: complete, not cut");
+    // The raw bytes: the close event, then the body's end, then EOF.
+    let json = r#"{"type":"close","code":4001,"reason":"token expired"}"#;
+    let short = token(json!({"exp": unix_now() + 2, "subscribe": ["t"]}));
+    let opened: Vec<_> = [
+        (format!("/sse/t?token={short}"), true, false),
+        (format!("/stream/t?token={short}"), false, false),
+        (format!("/sse/t?token={short}"), true, true),
+    ]
+    .into_iter()
+    .map(|(path, sse, http10)| {
+        let stream = raw_stream(addr, &path, http10);
+        (path, sse, http10, stream)
+    })
+    .collect();
+    for (path, sse, http10, stream) in opened {
+        let body = to_the_end(stream);
+        let end = closing(sse, !http10, json);
+        assert!(body.ends_with(&end), "{path} HTTP/1.0 {http10}: {body:?}");
+    }
 }
 
 #[test]
@@ -571,6 +634,7 @@ fn a_stream_that_stops_reading_is_ended_as_a_slow_consumer_under_either_policy()
             last,
             json!({"type":"close","code":1013,"reason":"slow consumer"})
         );
+        assert!(stuck.ended(), "{policy:?}: the last chunk after it");
     }
 }
 

@@ -101,6 +101,9 @@ pub const KINDS: [StreamKind; 6] = {
 pub const STREAM_HEADERS: [(&str, &str); 2] =
     [("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")];
 
+/// The last chunk of a chunked body: after it the response is complete.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
 /// A topic a stream asks for, and where to resume it from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Wanted {
@@ -411,6 +414,17 @@ impl<'b> Writer<'b> {
             let head = format!("{:x}\r\n", self.out.len());
             self.out.splice(0..0, head.into_bytes());
             self.out.extend_from_slice(b"\r\n");
+        }
+        self.out
+    }
+
+    /// [`Writer::finish`], then the body's end: a chunked body's last chunk (`0\r\n\r\n`), so
+    /// a client sees the response complete rather than cut; a body that runs to the
+    /// connection's end has nothing more. The last bytes of a stream: close it after them.
+    pub fn end(&mut self) -> &[u8] {
+        self.finish();
+        if self.kind.chunked {
+            self.out.extend_from_slice(LAST_CHUNK);
         }
         self.out
     }

@@ -485,7 +485,9 @@ pub(super) fn end_from_inbox(
     local.close(conn, code, reason);
 }
 
-/// The `close` event of a stream of `kind`.
+/// The last bytes of a stream of `kind` that the server ends: the `close` event saying why,
+/// and the end of the body (a chunked body's last chunk). Whoever ends the stream uses this
+/// (the handler before its close, the engine at shutdown through `Handler::stream_ending`).
 pub(super) fn close_event(
     kind: StreamKind,
     out: &mut Vec<u8>,
@@ -494,9 +496,7 @@ pub(super) fn close_event(
 ) -> Arc<[u8]> {
     let mut json = Vec::new();
     close_json(&mut json, code.0, reason);
-    Writer::new(kind, out)
-        .control("close", &json, None)
-        .shared()
+    Arc::from(Writer::new(kind, out).control("close", &json, None).end())
 }
 
 /// The heartbeat of each stream kind, by [`StreamKind::index`], built once.
