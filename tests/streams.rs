@@ -2,9 +2,10 @@
 //! resume from `Last-Event-ID` and from `since` without a gap or a duplicate, several topics
 //! on one stream, chunked (HTTP/1.1) and unframed (HTTP/1.0) bodies, heartbeats, tokens (401,
 //! 403, expiry with a `close` event), CORS, publishing with a client's token, a stream that
-//! stops reading ended as a slow consumer, a stream the server ends (expiry, slow consumer)
-//! ending its body with the last chunk before EOF, and a real nginx with its defaults in the
-//! path (unbuffered events, resume across a restart of the node behind it, in cluster mode).
+//! stops reading ended as a slow consumer, a stream the server ends (expiry, slow consumer,
+//! shutdown with 1001) ending its body with the last chunk before EOF, and a real nginx with
+//! its defaults in the path (unbuffered events, resume across a restart of the node behind it,
+//! in cluster mode).
 
 mod common;
 
@@ -636,6 +637,44 @@ fn a_stream_that_stops_reading_is_ended_as_a_slow_consumer_under_either_policy()
         );
         assert!(stuck.ended(), "{policy:?}: the last chunk after it");
     }
+}
+
+#[test]
+fn shutdown_ends_every_stream_with_a_close_event_1001_and_the_body_end() {
+    let server = start(|c| c.threads = 2);
+    let addr = server.local_addr();
+    let streams: Vec<_> = [
+        ("/sse/a", true, false),
+        ("/stream/b", false, false),
+        ("/sse/a", true, true),
+        ("/stream/b", false, true),
+    ]
+    .into_iter()
+    .map(|(path, sse, http10)| {
+        let mut stream = raw_stream(addr, path, http10);
+        // Open (its subscribed event sent) before the shutdown.
+        let mut seen = Vec::new();
+        let mut byte = [0u8];
+        while !String::from_utf8_lossy(&seen).contains("subscribed") {
+            assert_eq!(stream.read(&mut byte).unwrap(), 1, "{path}");
+            seen.push(byte[0]);
+        }
+        (path, sse, http10, stream)
+    })
+    .collect();
+    let mut ws = connect(addr, "/ws");
+    server.shutdown();
+    let json = r#"{"type":"close","code":1001,"reason":"server shutdown"}"#;
+    for (path, sse, http10, stream) in streams {
+        let body = to_the_end(stream);
+        let end = closing(sse, !http10, json);
+        assert!(body.ends_with(&end), "{path} HTTP/1.0 {http10}: {body:?}");
+    }
+    match ws.read() {
+        Ok(tungstenite::Message::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("a WebSocket's close frame: {other:?}"),
+    }
+    server.join();
 }
 
 /// `clarion serve` on `listen`, linked to `redis` (whose seq, epoch and history outlive it).

@@ -1261,6 +1261,14 @@ impl Handler for App {
         }
     }
 
+    /// A stream the engine ends (shutdown): its `close` event and the body's end, as the
+    /// handler's own closes send them.
+    fn stream_ending(&mut self, conn: &mut Conn, code: CloseCode, reason: &str, out: &mut Vec<u8>) {
+        if let Route::Stream(kind) = conn.route {
+            out.extend_from_slice(&streams::close_event(kind, &mut self.scratch, code, reason));
+        }
+    }
+
     fn on_close(&mut self, id: ConnId, conn: &mut Conn, code: Option<CloseCode>, now: Instant) {
         tracing::debug!(
             reactor = self.index,

@@ -51,6 +51,20 @@ pub trait Handler {
     ) {
     }
 
+    /// The last bytes of a streaming response ([`Answer::Stream`]) that the reactor ends by
+    /// itself, with `code` and `reason` (at shutdown: 1001 "server shutdown"): written into `out`
+    /// before the connection closes, as a WebSocket gets its close frame (a closing event, a
+    /// chunked body's last chunk). Nothing by default. The handler's own closes
+    /// ([`Ctx::close`], [`Local::close`]) write their ending themselves, before.
+    fn stream_ending(
+        &mut self,
+        _conn: &mut Self::Conn,
+        _code: CloseCode,
+        _reason: &str,
+        _out: &mut Vec<u8>,
+    ) {
+    }
+
     /// A message posted to this reactor. Frames sent through `local` are queued by reference
     /// and each touched connection is written once after the inbox is drained, so a subscriber
     /// behind on several messages gets them in one write.
@@ -219,7 +233,9 @@ pub enum Answer<'r, C> {
     /// connection stays open with this state, gets [`Handler::on_open`], and carries whatever
     /// the handler sends ([`Ctx::send_bytes`], or shared bytes through
     /// [`Local::send_shared`], by reference, exactly as WebSocket frames are), until it is
-    /// closed. The handler frames the body (chunked or not) and says so in `response.headers`.
+    /// closed. The handler frames the body (chunked or not) and says so in `response.headers`,
+    /// and writes its end: before its own closes, and through [`Handler::stream_ending`] when
+    /// the reactor ends it (shutdown).
     Stream {
         /// The connection's application state.
         conn: C,

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use clarion_protocol::{CloseCode, Config, Connection, Timeout};
+use clarion_protocol::{CloseCode, Config, Connection, Timeout, Transmit};
 
 use super::Reactor;
 use super::bookkeeping::{HttpConn, arm, rearm_on_state_change, release_deflate};
@@ -402,17 +402,32 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         }
     }
 
-    /// Shutdown: stop accepting and send every open connection a close (1001).
+    /// Shutdown: stop accepting and send every open connection a close (1001): a WebSocket its
+    /// close frame, a streaming response the ending its handler writes
+    /// ([`Handler::stream_ending`]).
     pub(super) fn begin_drain(&mut self, now: Instant) {
         self.driver.stop_accepting();
         self.core.drain_deadline = Some(now + self.core.config.drain_timeout);
+        let (code, reason) = (CloseCode::GOING_AWAY, "server shutdown");
         let tokens: Vec<usize> = self.core.conns.iter().map(|(token, _)| token).collect();
+        let mut ending = Vec::new();
         for token in tokens {
             if !self.core.is_live(token) {
                 continue;
             }
+            ending.clear();
+            let core = &mut self.core;
+            if let Some(conn) = core.conns.get_mut(token)
+                && conn.ws.is_streaming()
+                && let Some(app) = conn.app.as_mut()
+            {
+                core.handler.stream_ending(app, code, reason, &mut ending);
+            }
             let written = self.with_writer(token, |ws, out, _| {
-                ws.close(CloseCode::GOING_AWAY, "server shutdown", now, out);
+                if !ending.is_empty() {
+                    out.transmit(&ending, &[]);
+                }
+                ws.close(code, reason, now, out);
             });
             self.after_io(token, written, now);
         }
