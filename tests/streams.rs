@@ -3,9 +3,9 @@
 //! on one stream, chunked (HTTP/1.1) and unframed (HTTP/1.0) bodies, heartbeats, tokens (401,
 //! 403, expiry with a `close` event), CORS, publishing with a client's token, a stream that
 //! stops reading ended as a slow consumer, a stream the server ends (expiry, slow consumer,
-//! shutdown with 1001) ending its body with the last chunk before EOF, and a real nginx with
-//! its defaults in the path (unbuffered events, resume across a restart of the node behind it,
-//! in cluster mode).
+//! shutdown with 1001) ending its body with the last chunk before EOF, a stream past the
+//! server's `max_topics` refused with 503, and a real nginx with its defaults in the path
+//! (unbuffered events, resume across a restart of the node behind it, in cluster mode).
 
 mod common;
 
@@ -675,6 +675,32 @@ fn shutdown_ends_every_stream_with_a_close_event_1001_and_the_body_end() {
         other => panic!("a WebSocket's close frame: {other:?}"),
     }
     server.join();
+}
+
+#[test]
+fn a_stream_past_the_servers_max_topics_is_refused_with_503_before_it_starts() {
+    let mut app = app();
+    app.hub.max_topics = 2;
+    let server = start_app(|c| c.threads = 2, app);
+    let addr = server.local_addr();
+    let mut a = Stream::open(addr, "/sse/a", "", false);
+    let mut b = Stream::open(addr, "/stream/b", "", false);
+    assert_eq!(a.next_event().event, "@subscribed");
+    assert_eq!(b.json()["type"], "subscribed");
+    for path in ["/sse/c", "/stream/c", "/sse?topic=a&topic=c"] {
+        let refused = Stream::open(addr, path, "", false);
+        assert_eq!(refused.status(), 503, "{path}: {}", refused.head);
+        let (status, body) = get(addr, path);
+        assert_eq!(status, 503, "{path}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap(),
+            json!({"error":"too many topics on the server"})
+        );
+    }
+    // Topics that exist take no room: their streams open.
+    let mut again = Stream::open(addr, "/sse?topic=a&topic=b", "", false);
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.next_event().event, "@subscribed");
 }
 
 /// `clarion serve` on `listen`, linked to `redis` (whose seq, epoch and history outlive it).

@@ -20,8 +20,10 @@ use clarion_protocol::handshake::Request;
 use clarion_pubsub::{Epoch, Message, Registry, Resume, Subscribed, Subscriptions, TopicId};
 
 use super::{App, Conn, Parked, Pending, REPLAY_SLICE, Replay, Reply, Route};
+use crate::server::auth::Grants;
 use crate::server::cors;
 use crate::server::http;
+use crate::server::refusals::Refusal;
 use crate::server::stream::{
     self, KINDS, STREAM_HEADERS, StreamKind, StreamRequest, Writer, close_json, session_json,
     subscribed_json,
@@ -180,6 +182,20 @@ impl App {
             Ok(checked) => checked,
             Err(refusal) => return refuse(refusal),
         };
+        // The server's `max_topics`: refused before the stream starts rather than ended at
+        // once by its first subscribe (which still does, if other reactors fill the table
+        // between this look and the subscribe).
+        if !self.server.hub.has_room_for(topics.iter().copied()) {
+            let reason = "too many topics on the server";
+            self.server.refusals.log(Refusal {
+                path: request.path(),
+                peer: client,
+                status: 503,
+                reason,
+                subject: checked.extra.grants.as_ref().and_then(Grants::subject),
+            });
+            return refuse(http::error(503, reason));
+        }
         let heartbeat = match wanted.heartbeat {
             Some(asked) if asked > 0 => live.config.heartbeat(asked),
             _ => live.config.stream_heartbeat_secs(),

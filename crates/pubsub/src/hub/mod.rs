@@ -316,6 +316,18 @@ impl Hub {
         })
     }
 
+    /// Whether `topics` fit under `max_topics` now: the ones that do not exist yet, added to the
+    /// topics alive, do not go past it. A look, not a reservation: topics created meanwhile
+    /// (on other reactors) can still fill the table before a subscribe creates these, which
+    /// then answers [`Error::TooManyTopics`] as always.
+    pub fn has_room_for<'t>(&self, topics: impl IntoIterator<Item = &'t str>) -> bool {
+        let new = topics
+            .into_iter()
+            .filter(|topic| !self.exists(topic))
+            .count();
+        new == 0 || self.topics.load(Relaxed).saturating_add(new) <= self.config.max_topics
+    }
+
     /// Local subscribers of `topic`, all reactors together.
     pub fn subscribers(&self, topic: &str) -> u64 {
         self.existing(topic, |_, state| state.subscribers)

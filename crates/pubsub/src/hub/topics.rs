@@ -69,6 +69,14 @@ impl Hub {
         }
     }
 
+    /// Whether `topic` is in the table.
+    pub(super) fn exists(&self, topic: &str) -> bool {
+        self.shard(topic)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(topic)
+    }
+
     /// Runs `f` on `topic` under its lock, creating the topic first if needed (for a `client`,
     /// within the hub's `client_topic_rate`).
     pub(super) fn get_or_create<R>(
