@@ -32,6 +32,38 @@ fn healthz_and_unknown_routes() {
         answer.starts_with("HTTP/1.1 426"),
         "plain GET on a WebSocket route: {answer}"
     );
+    // A method no route takes is 501 (methods are case-sensitive); a known path with a method
+    // it does not take is 405 with Allow, on a kept connection.
+    let mut stream = tcp(server.local_addr());
+    for (request, status, allow) in [
+        ("FOO /healthz", "501 Not Implemented", None),
+        ("get /healthz", "501", None),
+        ("FOO /nowhere", "501", None),
+        ("PUT /publish/news", "501", None),
+        (
+            "GET /publish/news",
+            "405 Method Not Allowed",
+            Some("POST, OPTIONS"),
+        ),
+        ("GET /publish", "405", Some("POST, OPTIONS")),
+        ("POST /healthz", "405", Some("GET, HEAD")),
+        ("POST /nowhere", "404", None),
+        ("GET /healthz", "200", None),
+    ] {
+        let head = format!("{request} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        let answer = read_answer(&mut stream);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{request}: {answer}"
+        );
+        let allowed = allow.map(|methods| format!("\r\nAllow: {methods}\r\n"));
+        assert_eq!(
+            allowed.is_some_and(|a| answer.contains(&a)),
+            allow.is_some(),
+            "{request}: {answer}"
+        );
+    }
 }
 
 #[test]

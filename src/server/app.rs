@@ -6,8 +6,8 @@
 //! Streams for clients without WebSockets: `/sse` (Server-Sent Events) and `/stream` (NDJSON),
 //! in [`streams`] and [`super::stream`]. HTTP: `/healthz`, `/metrics`, `/stats`,
 //! `/topics/<topic>` and the publish API of [`super::http`], with CORS preflights
-//! ([`super::cors`]). Anything else is a 404. The protocols are specified in
-//! `docs/protocol.md`.
+//! ([`super::cors`]). Anything else is a 404, or a 405 with `Allow` on a known path, or a 501
+//! for a method no route takes. The protocols are specified in `docs/protocol.md`.
 //!
 //! In a cluster the first subscribe of a topic on this node waits (without blocking anything)
 //! until the bridge has synced the topic from Redis: it is *parked* here and answered when the
@@ -1039,6 +1039,27 @@ fn not_found<'r>() -> Answer<'r, Conn> {
     Answer::Respond(Response::new(404, "text/plain", "not found\n"))
 }
 
+/// The methods some route takes; any other is answered 501 (RFC 9110 §15.6.2). Methods are
+/// case-sensitive: `get` is not `GET`.
+const METHODS: [&str; 4] = ["GET", "HEAD", "POST", "OPTIONS"];
+
+/// The answer to a request no route took: 405 with `Allow` on a path that takes other methods
+/// (RFC 9110 §15.5.6), else 404. The routes that answer every method themselves (WebSocket
+/// routes, streams, `/topics/`) are not listed.
+fn unrouted<'r>(path: &str, public_metrics: bool, on_admin: bool) -> Answer<'r, Conn> {
+    let allow = match path {
+        "/healthz" => "GET, HEAD",
+        "/readyz" | "/metrics" | "/stats" if on_admin || public_metrics => "GET, HEAD",
+        "/dashboard" | "/dashboard/ws" if on_admin => "GET, HEAD",
+        "/publish" if !on_admin => "POST, OPTIONS",
+        _ if !on_admin && path.starts_with("/publish/") => "POST, OPTIONS",
+        _ => return not_found(),
+    };
+    let mut response = http::error(405, "method not allowed");
+    response.headers.push(("Allow", allow.to_owned()));
+    Answer::Respond(response)
+}
+
 impl App {
     /// An admin route's answer, if `request` is one: on the admin listener (`on_admin`) the
     /// monitoring routes and the dashboard, on the public port (with `public_metrics`) the
@@ -1105,7 +1126,11 @@ impl App {
                     protocol: None,
                 }
             }
-            _ if !read => Answer::Respond(http::error(405, "method not allowed")),
+            _ if !read => {
+                let mut response = http::error(405, "method not allowed");
+                response.headers.push(("Allow", "GET, HEAD".to_owned()));
+                Answer::Respond(response)
+            }
             _ => Answer::Respond(http::presence(server, live, &path["/topics/".len()..])),
         })
     }
@@ -1138,12 +1163,16 @@ impl Handler for App {
             ?client,
             "request"
         );
+        if !METHODS.contains(&request.method()) {
+            return Answer::Respond(http::error(501, "method not implemented"));
+        }
         let live = self.live.get();
         let on_admin = live.config.admin_listen.is_some() && info.listener() == ADMIN_LISTENER;
-        if on_admin || live.config.public_metrics {
+        let public_metrics = live.config.public_metrics;
+        if on_admin || public_metrics {
             let served = self.admin(request, client, on_admin);
             if served.is_some() || on_admin {
-                return served.unwrap_or_else(not_found);
+                return served.unwrap_or_else(|| unrouted(path, public_metrics, on_admin));
             }
         }
         let (server, live) = (&*self.server, self.live.get());
@@ -1169,7 +1198,7 @@ impl Handler for App {
             (_, _) if path.starts_with("/t/") => {
                 self.websocket(Route::Topic, request, client, path.get(3..))
             }
-            _ => not_found(),
+            _ => unrouted(path, public_metrics, false),
         }
     }
 
@@ -1607,5 +1636,34 @@ mod tests {
         assert_eq!(size_of::<Conn>(), 24);
         // The engine's entry around it: what an idle push-server connection costs.
         assert_eq!(clarion_engine::connection_size::<Conn>(), 104);
+    }
+
+    #[test]
+    fn a_known_path_with_another_method_is_405_with_allow_and_the_rest_404() {
+        let answer = |path, public_metrics, on_admin| match unrouted(path, public_metrics, on_admin)
+        {
+            Answer::Respond(response) => {
+                let allow = response.headers.iter().find(|(n, _)| *n == "Allow");
+                (response.status, allow.map(|(_, v)| v.clone()))
+            }
+            _ => panic!("{path}: not a plain answer"),
+        };
+        let allows = |methods: &str| (405, Some(methods.to_owned()));
+        assert_eq!(
+            answer("/publish/news", false, false),
+            allows("POST, OPTIONS")
+        );
+        assert_eq!(answer("/publish", false, false), allows("POST, OPTIONS"));
+        assert_eq!(answer("/healthz", false, false), allows("GET, HEAD"));
+        assert_eq!(answer("/healthz", false, true), allows("GET, HEAD"));
+        assert_eq!(answer("/metrics", false, true), allows("GET, HEAD"));
+        assert_eq!(answer("/metrics", true, false), allows("GET, HEAD"));
+        assert_eq!(answer("/dashboard", false, true), allows("GET, HEAD"));
+        // Paths a listener does not serve stay 404 whatever the method.
+        assert_eq!(answer("/metrics", false, false), (404, None));
+        assert_eq!(answer("/dashboard", true, false), (404, None));
+        assert_eq!(answer("/publish/news", false, true), (404, None));
+        assert_eq!(answer("/publisher", false, false), (404, None));
+        assert_eq!(answer("/nowhere", true, true), (404, None));
     }
 }
