@@ -573,6 +573,51 @@ fn tokens_origins_and_limits() {
 
 /// Opens a WebSocket on `/echo` from source address `source`; the status of its upgrade and
 /// the stream (held open by the caller).
+#[test]
+fn clients_creating_topics_too_fast_are_told_to_try_again_later() {
+    // One new topic a second, ten seconds' worth at once.
+    let (runtime, addr) = server(AppConfig {
+        hub: HubConfig {
+            client_topic_rate: 1,
+            ..HubConfig::default()
+        },
+        ..app()
+    });
+    let mut ws = connect(addr, "/ws");
+    let mut fresh = 0;
+    // New topics until one is refused (the bucket refills by one a second meanwhile).
+    let mut until_refused = |ws: &mut Ws| loop {
+        fresh += 1;
+        assert!(fresh < 1000, "never refused");
+        let reply = call(
+            ws,
+            json!({"type": "subscribe", "topic": format!("new.{fresh}")}),
+        );
+        if reply["type"] == "error" {
+            return reply;
+        }
+    };
+    let refused = until_refused(&mut ws);
+    assert_eq!(refused["code"], "too_many_topics", "{refused}");
+    assert_eq!(
+        refused["message"], "too many new topics at once; try again later",
+        "{refused}"
+    );
+    // A raw socket has only its close code: 1013, which a client retries with backoff (1008
+    // would tell it to stop). Bounded retries: a token may refill between the two.
+    let closed_with = (0..5)
+        .map(|attempt| {
+            until_refused(&mut ws);
+            let mut raw = connect(addr, &format!("/t/raw.{attempt}"));
+            drain(&mut raw).1
+        })
+        .find(Option::is_some)
+        .flatten();
+    assert_eq!(closed_with, Some(CloseCode::Again));
+    drop(ws);
+    drop(runtime);
+}
+
 fn upgrade_from(source: [u8; 4], addr: SocketAddr) -> (u16, TcpStream) {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();

@@ -703,6 +703,26 @@ fn a_stream_past_the_servers_max_topics_is_refused_with_503_before_it_starts() {
     assert_eq!(again.next_event().event, "@subscribed");
 }
 
+#[test]
+fn a_stream_refused_a_new_topic_for_the_rate_ends_with_1013_to_retry() {
+    // One new topic a second, ten seconds' worth at once: a stream of twelve new topics is
+    // refused one (the bucket cannot refill two in the microseconds its subscribes take) and
+    // ended with 1013, which a client retries with backoff (1008 would stop it).
+    let mut app = app();
+    app.hub.client_topic_rate = 1;
+    let server = start_app(|c| c.threads = 1, app);
+    let addr = server.local_addr();
+    let topics: Vec<String> = (0..12).map(|n| format!("topic=new.{n}")).collect();
+    let body = to_the_end(raw_stream(
+        addr,
+        &format!("/sse?{}", topics.join("&")),
+        false,
+    ));
+    let json =
+        r#"{"type":"close","code":1013,"reason":"too many new topics at once; try again later"}"#;
+    assert!(body.ends_with(&closing(true, true, json)), "{body:?}");
+}
+
 /// `clarion serve` on `listen`, linked to `redis` (whose seq, epoch and history outlive it).
 fn cluster_node(listen: &str, redis: &redis::Redis) -> Clarion {
     let url = redis.url();

@@ -602,16 +602,12 @@ impl App {
                     self.send(&mut To(local, p.conn), &out);
                 }
                 Err(e) => {
-                    let reason = e.to_string();
+                    let (code, reason) = (subscribe_close(&e), e.to_string());
                     match stream {
-                        Some(kind) => streams::end_from_inbox(
-                            local,
-                            &mut out,
-                            p.conn,
-                            kind,
-                            (CloseCode::POLICY_VIOLATION, &reason),
-                        ),
-                        None => local.close(p.conn, CloseCode::POLICY_VIOLATION, &reason),
+                        Some(kind) => {
+                            streams::end_from_inbox(local, &mut out, p.conn, kind, (code, &reason))
+                        }
+                        None => local.close(p.conn, code, &reason),
                     }
                 }
                 Ok(subscribed) => {
@@ -987,7 +983,21 @@ fn subscribe_error(error: clarion_pubsub::Error) -> (ErrorCode, &'static str) {
         clarion_pubsub::Error::TooManyTopics => {
             (ErrorCode::TooManyTopics, "too many topics on the server")
         }
+        clarion_pubsub::Error::TooManyNewTopics => (
+            ErrorCode::TooManyTopics,
+            "too many new topics at once; try again later",
+        ),
         _ => (ErrorCode::BadRequest, "cannot subscribe"),
+    }
+}
+
+/// How a raw socket or a stream whose subscribe the registry refused is closed: 1013 for a
+/// refusal that passes (clients creating topics too fast), so the client retries with
+/// backoff, 1008 for one that does not.
+fn subscribe_close(error: &clarion_pubsub::Error) -> CloseCode {
+    match error.is_transient() {
+        true => CloseCode::TRY_AGAIN_LATER,
+        false => CloseCode::POLICY_VIOLATION,
     }
 }
 
@@ -1055,7 +1065,12 @@ fn unrouted<'r>(path: &str, public_metrics: bool, on_admin: bool) -> Answer<'r, 
         _ if !on_admin && path.starts_with("/publish/") => "POST, OPTIONS",
         _ => return not_found(),
     };
-    let mut response = http::error(405, "method not allowed");
+    method_not_allowed("method not allowed", allow)
+}
+
+/// A 405 whose `Allow` lists the methods the path takes (RFC 9110 §15.5.6).
+fn method_not_allowed<'r>(message: &str, allow: &str) -> Answer<'r, Conn> {
+    let mut response = http::error(405, message);
     response.headers.push(("Allow", allow.to_owned()));
     Answer::Respond(response)
 }
@@ -1126,11 +1141,7 @@ impl App {
                     protocol: None,
                 }
             }
-            _ if !read => {
-                let mut response = http::error(405, "method not allowed");
-                response.headers.push(("Allow", "GET, HEAD".to_owned()));
-                Answer::Respond(response)
-            }
+            _ if !read => method_not_allowed("method not allowed", "GET, HEAD"),
             _ => Answer::Respond(http::presence(server, live, &path["/topics/".len()..])),
         })
     }
@@ -1189,9 +1200,7 @@ impl Handler for App {
             }
             ("GET", _) if stream::is_stream_path(path) => self.stream(request, client),
             (_, _) if stream::is_stream_path(path) => {
-                let mut response = http::error(405, "streams are read with GET");
-                response.headers.push(("Allow", "GET, OPTIONS".to_owned()));
-                Answer::Respond(response)
+                method_not_allowed("streams are read with GET", "GET, OPTIONS")
             }
             (_, "/echo") if live.config.echo => self.websocket(Route::Echo, request, client, None),
             (_, "/ws") => self.websocket(Route::Envelope, request, client, None),
@@ -1267,7 +1276,7 @@ impl Handler for App {
                     };
                     self.park(&topic, parked);
                 }
-                Err(e) => ctx.close(CloseCode::POLICY_VIOLATION, &e.to_string()),
+                Err(e) => ctx.close(subscribe_close(&e), &e.to_string()),
             }
         }
     }

@@ -333,13 +333,11 @@ pub enum PublishError {
 impl PublishError {
     /// Worth trying again later (the server is behind), rather than never.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            PublishError::Cluster(_)
-                | PublishError::Hub(
-                    clarion_pubsub::Error::Busy | clarion_pubsub::Error::TooManyNewTopics
-                )
-        )
+        match self {
+            PublishError::Cluster(_) => true,
+            PublishError::Hub(e) => e.is_transient(),
+            _ => false,
+        }
     }
 }
 

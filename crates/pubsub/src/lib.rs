@@ -120,6 +120,14 @@ pub enum Error {
     Busy,
 }
 
+impl Error {
+    /// Worth trying again later (the server is behind, or clients are creating topics too
+    /// fast), rather than never.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Busy | Error::TooManyNewTopics)
+    }
+}
+
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -19,7 +19,7 @@ use clarion_protocol::CloseCode;
 use clarion_protocol::handshake::Request;
 use clarion_pubsub::{Epoch, Message, Registry, Resume, Subscribed, Subscriptions, TopicId};
 
-use super::{App, Conn, Parked, Pending, REPLAY_SLICE, Replay, Reply, Route};
+use super::{App, Conn, Parked, Pending, REPLAY_SLICE, Replay, Reply, Route, subscribe_close};
 use crate::server::auth::Grants;
 use crate::server::cors;
 use crate::server::http;
@@ -265,7 +265,7 @@ impl App {
                 }
                 Err(e) => {
                     self.update_gauge();
-                    return self.end_stream(ctx, CloseCode::POLICY_VIOLATION, &e.to_string());
+                    return self.end_stream(ctx, subscribe_close(&e), &e.to_string());
                 }
             }
         }
