@@ -76,6 +76,10 @@ pub(crate) struct Reactor<D: Driver, H: Handler> {
     listed_by_look: bool,
     /// Turns ended so far: where the next turn's end starts writing ([`rotation_start`]).
     turns: u64,
+    /// How many connections at the head of the list were listed again by the looks of the
+    /// last turn's end, in the order that end wrote them: the next end writes them first and
+    /// in that order, so each is written about one list's writing after its last write.
+    carried: usize,
     /// When a wait last reported everything that was ready: deadlines are judged at this time,
     /// not the clock's (see [`Reactor::deadline_horizon`]).
     seen_all_at: Instant,
@@ -101,6 +105,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
             inbox_again: false,
             listed_by_look: false,
             turns: 0,
+            carried: 0,
             seen_all_at: Instant::now(),
             write_waits: WriteWaits::new(WRITES_PER_LOOK),
         }
@@ -248,13 +253,18 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
     /// subscriber behind on several messages gets them in one write (or one send). The list is
     /// written from a different place each turn, so the same subscribers of a large fanout are
     /// not always the last ones written (those wait the whole list's writing, milliseconds for
-    /// thousands).
+    /// thousands); except its head, those the last turn's end listed again while it wrote
+    /// (`carried`), which go first and in the order they were written. Under a sustained
+    /// fanout, where each end of turn writes everyone, this keeps every subscriber's writes
+    /// one list's writing apart: rotated, a subscriber written first in one end and last in
+    /// the next would wait two, and a message published just after its write would too.
     fn end_turn(&mut self, now: Instant) {
         // Only those listed before: a handler that asks for `on_writable` again from it, with
         // nothing queued, is told next turn rather than in a loop.
         let listed = self.core.dirty.len();
+        let carried = self.carried.min(listed);
         self.listed_by_look = false;
-        let start = rotation_start(self.turns, listed);
+        let start = rotation_start(self.turns, listed - carried);
         self.turns = self.turns.wrapping_add(1);
         // Where the writes since the last close of `write_waits` began (readiness).
         let mut batch = now;
@@ -266,7 +276,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
             } else if !D::SENDS_AT_SUBMIT && next > 0 && next % CLOCK_EVERY == 0 {
                 batch = self.writes_taken(batch);
             }
-            let token = self.core.dirty[rotated(next, start, listed)];
+            let token = self.core.dirty[rotated(next, start, carried, listed)];
             let Some(conn) = self.core.conns.get_mut(token) else {
                 continue;
             };
@@ -283,6 +293,7 @@ impl<D: Driver, H: Handler> Reactor<D, H> {
         }
         self.writes_taken(batch);
         self.core.dirty.drain(..listed);
+        self.carried = self.core.dirty.len();
     }
 
     /// For `Stats::write_wait`: the writes made since `batch` (readiness) are done; the sends
@@ -381,11 +392,13 @@ fn rotation_start(turn: u64, len: usize) -> usize {
 }
 
 /// The index of the `i`th connection to write in a list of which the first `listed` are
-/// written from `start` on, wrapping around; any added while writing come after, in order.
-fn rotated(i: usize, start: usize, listed: usize) -> usize {
-    // A wrap by subtraction, not a division per connection written (start < listed).
+/// written thus: the first `head` in order, then the rest from `head + start` on, wrapping
+/// around to `head`; any added while writing come after, in order.
+fn rotated(i: usize, start: usize, head: usize, listed: usize) -> usize {
+    // A wrap by subtraction, not a division per connection written (head + start < listed).
     match i < listed {
-        true if start + i >= listed => start + i - listed,
+        true if i < head => i,
+        true if start + i >= listed => start + i - (listed - head),
         true => start + i,
         false => i,
     }
@@ -405,11 +418,13 @@ mod tests {
     use crate::txqueue::TxQueue;
     use crate::{Answer, Ctx, LiveLimits, RequestInfo};
 
-    /// A backend whose waits fail as scripted, and that has nothing else to do.
+    /// A backend whose waits fail as scripted, whose first dispatch lists `lists` (as a
+    /// fanout would), and that has nothing else to do.
     struct Scripted {
         waits: Vec<io::Result<()>>,
         called: Arc<AtomicUsize>,
         writing: writer::Queued,
+        lists: Vec<usize>,
     }
 
     struct NoWake;
@@ -440,7 +455,10 @@ mod tests {
             }
         }
 
-        fn dispatch<H: Handler>(_reactor: &mut Reactor<Self, H>, _now: Instant) {}
+        fn dispatch<H: Handler>(reactor: &mut Reactor<Self, H>, _now: Instant) {
+            let lists = std::mem::take(&mut reactor.driver.lists);
+            reactor.core.dirty.extend(lists);
+        }
 
         fn register(&mut self, _socket: &mut TcpStream, _token: usize) -> io::Result<()> {
             Ok(())
@@ -520,6 +538,7 @@ mod tests {
             ],
             called: called.clone(),
             writing: writer::Queued,
+            lists: Vec::new(),
         };
         let stats = Arc::new(Stats::default());
         let reactor = Reactor::new(
@@ -543,12 +562,13 @@ mod tests {
     }
 
     #[test]
-    fn a_long_end_of_turn_looks_at_what_arrived_every_512_writes_and_a_short_one_never() {
+    fn a_long_end_of_turn_looks_in_every_512_writes_and_carries_what_the_looks_listed() {
         let called = Arc::new(AtomicUsize::new(0));
         let driver = Scripted {
             waits: Vec::new(),
             called: called.clone(),
             writing: writer::Queued,
+            lists: Vec::new(),
         };
         let mut reactor = Reactor::new(
             driver,
@@ -563,10 +583,19 @@ mod tests {
         reactor.core.dirty.extend(0..WRITES_PER_LOOK);
         reactor.end_turn(Instant::now());
         assert_eq!(called.load(Ordering::Relaxed), 0, "one look's worth: none");
+        // A look lists three again (a fanout to some already written): carried to the next
+        // turn's end, at the head of its list.
+        reactor.driver.lists = vec![9000, 9001, 9002];
         reactor.core.dirty.extend(0..2 * WRITES_PER_LOOK + 1);
         reactor.end_turn(Instant::now());
         assert_eq!(called.load(Ordering::Relaxed), 2, "after 512 and 1,024");
+        assert_eq!(reactor.core.dirty, [9000, 9001, 9002]);
+        assert_eq!(reactor.carried, 3);
+        assert!(reactor.listed_by_look);
+        reactor.core.dirty.extend(0..5);
+        reactor.end_turn(Instant::now());
         assert!(reactor.core.dirty.is_empty());
+        assert_eq!(reactor.carried, 0, "nothing listed while writing");
     }
 
     #[test]
@@ -587,23 +616,27 @@ mod tests {
     }
 
     #[test]
-    fn a_rotated_list_visits_every_entry_once_then_what_was_added() {
-        for listed in [1, 2, 7, 64] {
-            for start in [0, 1, listed / 2, listed - 1]
-                .into_iter()
-                .filter(|&s| s < listed)
-            {
-                let order: Vec<usize> =
-                    (0..listed + 3).map(|i| rotated(i, start, listed)).collect();
-                let mut seen = order[..listed].to_vec();
-                seen.sort_unstable();
-                assert_eq!(
-                    seen,
-                    (0..listed).collect::<Vec<_>>(),
-                    "{listed} from {start}"
-                );
-                assert_eq!(order[0], start);
-                assert_eq!(order[listed..], [listed, listed + 1, listed + 2]);
+    fn a_rotated_list_visits_its_head_in_order_then_the_rest_once_then_what_was_added() {
+        for listed in [1_usize, 2, 7, 64] {
+            for head in [0, 1, listed / 2, listed - 1, listed] {
+                let rest = listed - head;
+                for start in [0, 1, rest / 2, rest.saturating_sub(1)]
+                    .into_iter()
+                    .filter(|&s| s < rest.max(1))
+                {
+                    let order: Vec<usize> = (0..listed + 3)
+                        .map(|i| rotated(i, start, head, listed))
+                        .collect();
+                    let case = format!("{listed} from {start} after {head}");
+                    assert_eq!(order[..head], (0..head).collect::<Vec<_>>(), "{case}");
+                    if head < listed {
+                        assert_eq!(order[head], head + start, "{case}");
+                    }
+                    let mut seen = order[..listed].to_vec();
+                    seen.sort_unstable();
+                    assert_eq!(seen, (0..listed).collect::<Vec<_>>(), "{case}");
+                    assert_eq!(order[listed..], [listed, listed + 1, listed + 2]);
+                }
             }
         }
     }
