@@ -96,7 +96,7 @@ pub fn run(plan: &Plan, fanout: &Fanout, id: usize, control: &Control) -> Tally 
         }
     }
     if let Some(client) = client {
-        client.close();
+        client.close(&mut tally);
     }
     tally
 }
@@ -167,9 +167,9 @@ impl Client {
         }
     }
 
-    fn close(self) {
+    fn close(self, tally: &mut Tally) {
         if let Client::Ws(mut ws) = self {
-            ws.close();
+            ws.close(tally);
         }
     }
 }
@@ -334,10 +334,21 @@ impl WsPublisher {
         Ok(())
     }
 
-    fn close(&mut self) {
+    /// Closes with the handshake: sends a Close, then reads (and drops) until the server's
+    /// answer or the end of the stream, at most `timeout`. Closed at once with deliveries still
+    /// unread in it, the socket is reset rather than ended, and the kernel discards whatever it
+    /// had not transmitted yet: once in about 450 ramp steps the last publish (the server had
+    /// read 4,799 messages of 4,800, so every subscriber missed one).
+    fn close(&mut self, tally: &mut Tally) {
         self.ws
             .close(CloseCode::NORMAL, "", Instant::now(), &mut self.tx);
-        let _ = self.write_out();
+        if self.write_out().is_err() {
+            return;
+        }
+        let deadline = clock::now_ns() + ns(self.timeout);
+        while self.drain(tally).is_ok() && clock::now_ns() < deadline {
+            std::thread::sleep(NAP);
+        }
     }
 }
 

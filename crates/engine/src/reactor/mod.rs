@@ -418,7 +418,7 @@ mod tests {
     use crate::txqueue::TxQueue;
     use crate::{Answer, Ctx, LiveLimits, RequestInfo};
 
-    /// A backend whose waits fail as scripted, whose first dispatch lists `lists` (as a
+    /// A backend whose waits fail as scripted, whose next dispatch lists `lists` (as a
     /// fanout would), and that has nothing else to do.
     struct Scripted {
         waits: Vec<io::Result<()>>,
