@@ -76,9 +76,10 @@ pub(crate) struct Reactor<D: Driver, H: Handler> {
     listed_by_look: bool,
     /// Turns ended so far: where the next turn's end starts writing ([`rotation_start`]).
     turns: u64,
-    /// How many connections at the head of the list were listed again by the looks of the
-    /// last turn's end, in the order that end wrote them: the next end writes them first and
-    /// in that order, so each is written about one list's writing after its last write.
+    /// How many connections at the head of the list were listed while the last turn's end
+    /// wrote (again, mostly, by its looks' fanouts), in about the order that end wrote them:
+    /// the next end writes them first and in that order, so each is written about one list's
+    /// writing after its last write.
     carried: usize,
     /// When a wait last reported everything that was ready: deadlines are judged at this time,
     /// not the clock's (see [`Reactor::deadline_horizon`]).
